@@ -1,0 +1,207 @@
+"""The config file's schema: what each section may hold, checked before anything is served.
+
+Models are pydantic with ``extra="forbid"`` so a misspelt key is an error, never silently ignored.
+Sections of DESIGN §2 that the gateway does not implement yet are refused by name
+(``UNSUPPORTED_SECTIONS``), with a message that says so, rather than accepted and not enforced.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Sections of the design's config file that later work fills in. Accepting them before they are
+#: enforced would let a reviewer believe a rule holds when it does not.
+UNSUPPORTED_SECTIONS = (
+    "teams",
+    "access",
+    "metadata",
+    "rate_limits",
+    "budgets",
+    "guardrails",
+    "data_classes",
+    "residency",
+    "audit",
+    "mcp_servers",
+)
+
+PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
+#: Prices are kept exact: USD per million tokens with at most six decimals, i.e. whole
+#: pico-dollars per token, so cost arithmetic never touches a float.
+_PRICE_PLACES = 6
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Strict):
+    listen: str = "127.0.0.1:8787"
+    region: str | None = None
+    max_body_bytes: Annotated[int, Field(gt=0, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
+    instance: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        match = _LISTEN.match(value)
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8787")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class StateSettings(_Strict):
+    store: str = "sqlite:///./custos.db"
+    counters: str = "memory"
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("must be a sqlite:///PATH or postgresql://… URL")
+        return value
+
+    @field_validator("counters")
+    @classmethod
+    def _known_counters(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be 'memory' or a redis://… URL")
+        return value
+
+
+def _price(value: float | int | str | Decimal) -> Decimal:
+    price = Decimal(str(value))
+    if price < 0:
+        raise ValueError("a price cannot be negative")
+    if -price.as_tuple().exponent > _PRICE_PLACES:  # type: ignore[operator]
+        raise ValueError(f"at most {_PRICE_PLACES} decimal places (USD per million tokens)")
+    return price
+
+
+Price = Decimal
+
+
+class ModelSettings(_Strict):
+    """One model a provider account serves, with its price in USD per million tokens."""
+
+    input_per_mtok: Price
+    output_per_mtok: Price = Decimal(0)
+    cached_input_per_mtok: Price | None = None
+    cache_write_per_mtok: Price | None = None
+    per_request_usd: Price = Decimal(0)
+    #: The name the provider knows the model by, when it differs from the key (Azure deployments).
+    deployment: str | None = None
+    upstream_model: str | None = None
+
+    @field_validator(
+        "input_per_mtok",
+        "output_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "per_request_usd",
+        mode="before",
+    )
+    @classmethod
+    def _exact_price(cls, value: object) -> Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+            raise ValueError("must be a number")
+        try:
+            return _price(value)
+        except ArithmeticError as exc:
+            raise ValueError("must be a number") from exc
+
+
+class ProviderSettings(_Strict):
+    type: Literal["openai", "openai_compatible", "azure_openai", "anthropic"]
+    base_url: str
+    api_key: str | None = Field(default=None, repr=False)
+    region: str | None = None
+    api_version: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    models: dict[str, ModelSettings]
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        if not value:
+            raise ValueError("a provider account must list at least one model with its price")
+        for name in value:
+            if not name or "/" in name or len(name) > 200:
+                raise ValueError(f"model name {name!r} must be non-empty, at most 200 chars, no '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _type_needs(self) -> ProviderSettings:
+        if self.type == "azure_openai" and not self.api_version:
+            raise ValueError("azure_openai needs api_version (e.g. 2024-10-21)")
+        if self.type in ("openai", "azure_openai", "anthropic") and not self.api_key:
+            raise ValueError(f"{self.type} needs api_key (use ${{env:NAME}} or ${{file:path}})")
+        return self
+
+
+class TargetSettings(_Strict):
+    model: str
+    weight: Annotated[int, Field(ge=0, le=1000)] = 1
+
+
+class RetrySettings(_Strict):
+    attempts: Annotated[int, Field(ge=1, le=10)] = 1
+    backoff_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
+    on_status: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
+
+
+class VirtualModelSettings(_Strict):
+    """A name clients call that the gateway resolves to ordered provider targets."""
+
+    strategy: Literal["priority", "weighted"] = "priority"
+    targets: Annotated[list[TargetSettings], Field(min_length=1)]
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    fallback_on: list[int] = Field(default_factory=lambda: [401, 403, 404, 429, 500, 502, 503, 504])
+
+
+class Config(_Strict):
+    version: Literal[1]
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    providers: dict[Annotated[str, Field(pattern=_NAME)], ProviderSettings]
+    virtual_models: dict[Annotated[str, Field(pattern=_NAME)], VirtualModelSettings] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> Config:
+        for name, vm in self.virtual_models.items():
+            if name in self.providers:
+                raise ValueError(f"virtual model {name!r} has the name of a provider account")
+            for target in vm.targets:
+                account, _, model = target.model.partition("/")
+                if account not in self.providers or model not in self.providers[account].models:
+                    raise ValueError(
+                        f"virtual_models.{name}: target {target.model!r} is not a configured "
+                        "provider-account/model"
+                    )
+        return self

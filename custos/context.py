@@ -1,0 +1,80 @@
+"""The request context: what one request is, and every fact the request path adds to it.
+
+Each stage of the path (DESIGN §1) reads the context, may add facts, and passes or stops the
+request. After the path has run, the context is what the audit record is made from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from custos.runtime import ModelTarget, Runtime
+
+Protocol = Literal["openai", "anthropic"]
+Operation = Literal["chat", "embeddings", "messages"]
+
+
+@dataclass(slots=True)
+class Usage:
+    """Normalised token usage. ``input_tokens`` includes cached and cache-write tokens;
+    ``output_tokens`` includes reasoning tokens, as OpenAI counts them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    #: True when the provider did not report usage and the gateway estimated it.
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream call made for this request."""
+
+    target: str
+    status: int | None = None
+    latency_ms: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    protocol: Protocol
+    operation: Operation
+    runtime: Runtime
+    raw_body: bytes
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    started_ns: int = field(default_factory=time.monotonic_ns)
+    started_unix_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    #: The client asked for a usage chunk at the end of its stream.
+    client_wants_usage: bool = False
+    served: ModelTarget | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: Usage | None = None
+    cost_micros: int = 0
+    status: int = 0
+    error_code: str | None = None
+    first_byte_ns: int | None = None
+    client_disconnected: bool = False
+    applied: list[str] = field(default_factory=list)
+
+    @property
+    def latency_ms(self) -> int:
+        return (time.monotonic_ns() - self.started_ns) // 1_000_000
+
+    @property
+    def ttft_ms(self) -> int | None:
+        if self.first_byte_ns is None:
+            return None
+        return (self.first_byte_ns - self.started_ns) // 1_000_000

@@ -1,0 +1,22 @@
+"""Azure OpenAI: OpenAI's bodies, addressed by deployment, authenticated by ``api-key``."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from custos.providers.base import ProviderCall
+from custos.providers.openai import OpenAIAdapter
+
+_PATHS = {"chat": "chat/completions", "embeddings": "embeddings", "messages": "chat/completions"}
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    def url(self, call: ProviderCall) -> str:
+        deployment = quote(call.upstream_model, safe="")
+        return (
+            f"{self.base_url}/openai/deployments/{deployment}/{_PATHS[call.operation]}"
+            f"?api-version={quote(self.settings.api_version or '', safe='')}"
+        )
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"api-key": self.settings.api_key or ""}

@@ -1,0 +1,222 @@
+"""The provider adapter contract: the strict point of cut-off between the gateway and a wire format.
+
+An adapter does no I/O. It turns one client request into one upstream HTTP request (URL, header
+pairs, body bytes), and turns the upstream's body bytes or server-sent events back into bytes in
+the client's protocol, reporting normalised usage on the way. The transport
+(``custos.providers.transport``) moves the bytes; the pipeline decides which adapter to use.
+
+Example, an OpenAI client reaching an Anthropic account::
+
+    call = ProviderCall(protocol="openai", operation="chat", body=body, raw_body=raw,
+                        requested_model="claude-main/claude-x", upstream_model="claude-x",
+                        stream=False, client_wants_usage=False)
+    request = adapter.build_request(call)         # POST {base_url}/v1/messages, Anthropic JSON
+    ...                                           # the transport sends it, reads the body
+    parsed = adapter.parse_response(call, body)   # OpenAI chat.completion bytes + Usage
+
+When the client's protocol is the adapter's own wire format, the body is forwarded as received,
+with only the model name changed in place: it is not re-serialised.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from custos.context import Operation, Protocol, Usage
+from custos.errors import GatewayError
+from custos.providers.estimate import tokens_for_chars
+
+if TYPE_CHECKING:
+    from custos.config.schema import ProviderSettings
+    from custos.providers.sse import SSEEvent
+
+
+@dataclass(slots=True)
+class ProviderCall:
+    """What an adapter needs to know to build one upstream request."""
+
+    protocol: Protocol
+    operation: Operation
+    body: dict[str, Any]
+    raw_body: bytes
+    requested_model: str
+    upstream_model: str
+    stream: bool
+    client_wants_usage: bool
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class ParsedResponse:
+    """An upstream response rendered in the client's protocol."""
+
+    body: bytes
+    usage: Usage | None
+
+
+class StreamTranslator(ABC):
+    """Turns upstream server-sent events into bytes for the client, one event at a time."""
+
+    #: Normalised usage once the upstream has reported it.
+    usage: Usage | None = None
+    #: Characters of generated text seen so far, for an estimate when no usage is reported.
+    output_chars: int = 0
+
+    @abstractmethod
+    def feed(self, event: SSEEvent) -> bytes:
+        """Bytes to send to the client for this upstream event (may be empty)."""
+
+    @abstractmethod
+    def finish(self) -> bytes:
+        """Bytes that close the client's stream once the upstream stream has ended cleanly."""
+
+    @property
+    def complete(self) -> bool:
+        """True once the upstream has sent its terminating event."""
+        return False
+
+    @property
+    def estimated_output_tokens(self) -> int:
+        return tokens_for_chars(self.output_chars)
+
+
+class UpstreamMalformed(Exception):
+    """The provider answered 2xx with something that is not its wire format."""
+
+
+class ProviderAdapter(ABC):
+    """One provider wire format. Subclasses set ``wire`` and implement the four methods."""
+
+    wire: Protocol
+
+    def __init__(self, account: str, settings: ProviderSettings) -> None:
+        self.account = account
+        self.settings = settings
+        self.base_url = settings.base_url
+
+    @abstractmethod
+    def build_request(self, call: ProviderCall) -> UpstreamRequest: ...
+
+    @abstractmethod
+    def parse_response(self, call: ProviderCall, body: bytes) -> ParsedResponse: ...
+
+    @abstractmethod
+    def stream_translator(self, call: ProviderCall) -> StreamTranslator: ...
+
+    def supports(self, operation: Operation) -> bool:
+        return True
+
+    def error_message(self, body: bytes) -> str | None:
+        """The provider's own error text from a non-2xx body, if it has one."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+        return None
+
+    def common_headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers.update(self.settings.headers)
+        return headers
+
+
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def with_model(call: ProviderCall, model: str | None) -> bytes:
+    """The client's body with its top-level ``model`` replaced (or removed when ``model`` is None).
+
+    The common case rewrites the one ``"model": "…"`` pair in place, leaving every other byte as
+    the client sent it. If the pair cannot be found exactly once (it is escaped, or a nested object
+    has a ``model`` key too), the body is re-serialised instead, which is always correct.
+    """
+    matches = _MODEL_FIELD.findall(call.raw_body)
+    expected = orjson.dumps(call.requested_model)[1:-1]
+    if model is not None and len(matches) == 1 and matches[0] == expected:
+        replacement = b'"model":' + orjson.dumps(model)
+        return _MODEL_FIELD.sub(lambda _: replacement, call.raw_body, count=1)
+    body = dict(call.body)
+    if model is None:
+        body.pop("model", None)
+    else:
+        body["model"] = model
+    return orjson.dumps(body)
+
+
+def usage_from_openai(data: Any) -> Usage | None:
+    """Normalise an OpenAI ``usage`` object (chat or embeddings)."""
+    if not isinstance(data, dict):
+        return None
+    prompt = data.get("prompt_tokens")
+    if not isinstance(prompt, int):
+        return None
+    completion = data.get("completion_tokens") or 0
+    prompt_details = data.get("prompt_tokens_details") or {}
+    completion_details = data.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=completion if isinstance(completion, int) else 0,
+        cached_input_tokens=_int(prompt_details.get("cached_tokens")),
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+    )
+
+
+def usage_from_anthropic(data: Any, previous: Usage | None = None) -> Usage | None:
+    """Normalise an Anthropic ``usage`` object; ``input_tokens`` there excludes cache tokens."""
+    if not isinstance(data, dict):
+        return previous
+    usage = previous or Usage()
+    if "input_tokens" in data or "cache_read_input_tokens" in data:
+        cached = _int(data.get("cache_read_input_tokens"))
+        written = _int(data.get("cache_creation_input_tokens"))
+        usage.input_tokens = _int(data.get("input_tokens")) + cached + written
+        usage.cached_input_tokens = cached
+        usage.cache_write_tokens = written
+    if "output_tokens" in data:
+        usage.output_tokens = _int(data.get("output_tokens"))
+    return usage
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def upstream_error(account: str, status: int, message: str | None) -> GatewayError:
+    """Map a provider's error status to what the caller sees.
+
+    The caller's own mistakes (400, 413, 422) keep their status and the provider's explanation;
+    the provider limiting us keeps 429; problems with the gateway's credentials or configuration
+    (401, 403, 404) are the operator's, not the caller's, and become 502 without the provider's
+    text, which can echo part of a key.
+    """
+    detail = f": {message[:500]}" if message else ""
+    if status in (400, 413, 422):
+        return GatewayError(status, "upstream_invalid_request", f"provider {account} rejected the request ({status}){detail}")
+    if status == 429:
+        return GatewayError(429, "upstream_rate_limited", f"provider {account} is rate limiting (429){detail}")
+    if status in (401, 403):
+        return GatewayError(502, "upstream_auth_failed", f"provider {account} refused the gateway's credentials ({status})")
+    if status == 404:
+        return GatewayError(502, "upstream_not_found", f"provider {account} does not know the model or route (404)")
+    if status == 503:
+        return GatewayError(503, "upstream_unavailable", f"provider {account} is unavailable (503){detail}")
+    if status == 504:
+        return GatewayError(504, "upstream_timeout", f"provider {account} timed out (504)")
+    return GatewayError(502, "upstream_error", f"provider {account} failed ({status}){detail}")

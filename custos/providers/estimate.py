@@ -1,0 +1,41 @@
+"""Token estimates for when a provider reports no usage.
+
+The gateway has no provider's tokenizer (they are model-specific and some are not public), so it
+counts about four characters of UTF-8 text per token, the rule of thumb OpenAI and Anthropic both
+publish for English. Usage built this way is marked ``estimated`` in the record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+
+
+def tokens_for_chars(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN) if chars > 0 else 0
+
+
+def text_chars(value: Any) -> int:
+    """Characters of text in a message body: strings, lists of content parts, nested dicts."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(text_chars(item) for item in value)
+    if isinstance(value, dict):
+        return sum(text_chars(v) for k, v in value.items() if k in _TEXT_KEYS)
+    return 0
+
+
+_TEXT_KEYS = frozenset(
+    {"content", "text", "system", "messages", "arguments", "input", "tool_calls", "function"}
+)
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """Input tokens of a chat/messages/embeddings request: its text plus 3 tokens per message."""
+    messages = body.get("messages")
+    overhead = 3 * len(messages) if isinstance(messages, list) else 0
+    chars = text_chars(body.get("messages")) + text_chars(body.get("system"))
+    chars += text_chars(body.get("input"))
+    return tokens_for_chars(chars) + overhead

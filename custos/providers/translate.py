@@ -1,0 +1,1 @@
+"""OpenAI chat <-> Anthropic Messages translation (requests, responses, streams). In progress."""
