@@ -193,4 +193,4 @@ def _pydantic_problems(exc: ValidationError, lines: dict[Path_, int]) -> list[Pr
 
 def _is_pydantic_tag(part: str | int) -> bool:
     # pydantic inserts the key/validator names of dict and Annotated types into locations.
-    return isinstance(part, str) and part in ("[key]",) or str(part).startswith("function-")
+    return (isinstance(part, str) and part in ("[key]",)) or str(part).startswith("function-")

@@ -1,20 +1,25 @@
-"""Which adapter serves which provider ``type`` in the config file."""
+"""Which adapter serves which provider ``type`` in the config file.
+
+Adapters are imported on first use, so a config that names only OpenAI accounts never loads the
+others.
+"""
 
 from __future__ import annotations
 
-from custos.config.schema import ProviderSettings
-from custos.providers.anthropic import AnthropicAdapter
-from custos.providers.azure_openai import AzureOpenAIAdapter
-from custos.providers.base import ProviderAdapter
-from custos.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
+from importlib import import_module
 
-ADAPTERS: dict[str, type[ProviderAdapter]] = {
-    "openai": OpenAIAdapter,
-    "openai_compatible": OpenAICompatibleAdapter,
-    "azure_openai": AzureOpenAIAdapter,
-    "anthropic": AnthropicAdapter,
+from custos.config.schema import ProviderSettings
+from custos.providers.base import ProviderAdapter
+
+ADAPTERS: dict[str, str] = {
+    "openai": "custos.providers.openai:OpenAIAdapter",
+    "openai_compatible": "custos.providers.openai:OpenAICompatibleAdapter",
+    "azure_openai": "custos.providers.azure_openai:AzureOpenAIAdapter",
+    "anthropic": "custos.providers.anthropic:AnthropicAdapter",
 }
 
 
 def adapter_for(account: str, settings: ProviderSettings) -> ProviderAdapter:
-    return ADAPTERS[settings.type](account, settings)
+    module, _, name = ADAPTERS[settings.type].partition(":")
+    adapter: type[ProviderAdapter] = getattr(import_module(module), name)
+    return adapter(account, settings)

@@ -1,0 +1,76 @@
+"""The running gateway process: the revision being served, the pipeline, reloads, start and stop.
+
+``Gateway`` owns what lives as long as the process (the upstream connection pool, the config
+watcher) and the one mutable reference that changes while serving, ``runtime``. A reload builds a
+new ``Runtime`` beside the old one and swaps the reference; requests already running keep the
+revision they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from custos.config.loader import LoadedConfig, load_config
+from custos.config.watch import ConfigWatcher, ReloadResult
+from custos.pipeline import Pipeline
+from custos.providers.transport import Transport
+from custos.runtime import Runtime
+from custos.telemetry import metrics
+
+log = logging.getLogger("custos")
+
+
+class Gateway:
+    def __init__(
+        self, loaded: LoadedConfig, config_path: str | Path | None = None, *, watch: bool = True
+    ) -> None:
+        self.watch = watch
+        self.runtime = Runtime(loaded)
+        self.config_path = Path(config_path) if config_path else None
+        self.transport = Transport()
+        self.pipeline = Pipeline(self.transport)
+        self.ready = False
+        self._watcher: ConfigWatcher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        metrics.set_revision(self.runtime.revision)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, watch: bool = True) -> Gateway:
+        return cls(load_config(path), path, watch=watch)
+
+    def apply(self, loaded: LoadedConfig) -> None:
+        self.runtime = Runtime(loaded)
+        metrics.set_revision(loaded.revision)
+
+    def reload(self) -> ReloadResult:
+        if self._watcher is None:
+            raise RuntimeError("this gateway was not started from a file")
+        result = self._watcher.reload()
+        metrics.CONFIG_RELOADS.labels(result.outcome).inc()
+        return result
+
+    async def start(self) -> None:
+        await self.transport.start()
+        if self.config_path is not None:
+            self._watcher = ConfigWatcher(self.config_path, self.apply, lambda: self.runtime.revision)
+            loop = asyncio.get_running_loop()
+            try:
+                loop.add_signal_handler(signal.SIGHUP, self.reload)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals
+                log.debug("SIGHUP reload unavailable here")
+            if self.watch:
+                watching = self._watcher.watch(self.reload)
+                self._tasks.append(asyncio.create_task(watching, name="custos-config-watch"))
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._watcher is not None:
+            self._watcher.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.close()

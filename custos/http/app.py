@@ -1,0 +1,271 @@
+"""The ASGI application: OpenAI- and Anthropic-compatible routes, health, readiness and metrics.
+
+Plain ASGI, no framework: a dict of routes, each an async function of (scope, receive, send).
+The LLM routes read and check the request (``custos.http.requests``), hand a ``RequestContext``
+to the pipeline, and write what it returns — a body, or a stream relayed chunk by chunk while
+watching for the client to go away. Every error leaves in the caller's protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from custos.context import Operation, Protocol, RequestContext
+from custos.errors import GatewayError, error_body
+from custos.gateway import Gateway
+from custos.http.requests import (
+    ClientGone,
+    check_content_type,
+    parse_json_object,
+    require_model,
+    validate,
+)
+from custos.http.requests import read_body as read_request_body
+from custos.pipeline import GatewayResponse
+from custos.runtime import Runtime
+from custos.telemetry import metrics
+
+log = logging.getLogger("custos.http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    methods: frozenset[str]
+    handler: Handler
+    protocol: Protocol
+
+
+class GatewayApp:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.routes: dict[str, Endpoint] = {
+            "/v1/chat/completions": self._llm("openai", "chat"),
+            "/v1/embeddings": self._llm("openai", "embeddings"),
+            "/v1/messages": self._llm("anthropic", "messages"),
+            "/v1/models": Endpoint(frozenset({"GET"}), self.models, "openai"),
+            "/healthz": Endpoint(frozenset({"GET"}), self.healthz, "openai"),
+            "/readyz": Endpoint(frozenset({"GET"}), self.readyz, "openai"),
+            "/metrics": Endpoint(frozenset({"GET"}), self.metrics, "openai"),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.dispatch(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        endpoint = self.routes.get(path) or self.routes.get(path.rstrip("/"))
+        if endpoint is None:
+            protocol: Protocol = "anthropic" if path.startswith("/v1/messages") else "openai"
+            err = GatewayError(404, "unknown_route", f"No route {scope['method']} {path} on this gateway.")
+            await send_error(send, protocol, err, new_request_id())
+            return
+        if scope["method"] not in endpoint.methods:
+            allowed = ", ".join(sorted(endpoint.methods))
+            err = GatewayError(405, "method_not_allowed", f"{path} accepts {allowed} only.")
+            err.headers["allow"] = allowed
+            await send_error(send, endpoint.protocol, err, new_request_id())
+            return
+        await endpoint.handler(scope, receive, send)
+
+    # -- the LLM routes ------------------------------------------------------------------------
+
+    def _llm(self, protocol: Protocol, operation: Operation) -> Endpoint:
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            await self.llm(scope, receive, send, protocol, operation)
+
+        return Endpoint(frozenset({"POST"}), handler, protocol)
+
+    async def llm(
+        self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, operation: Operation
+    ) -> None:
+        request_id = new_request_id()
+        runtime = self.gateway.runtime
+        route = scope["path"]
+        try:
+            ctx = await self._read_request(scope, receive, runtime, protocol, operation, request_id)
+        except ClientGone:
+            return
+        except GatewayError as err:
+            metrics.REQUESTS.labels(route, str(err.status)).inc()
+            await send_error(send, protocol, err, request_id)
+            return
+        try:
+            response = await self.gateway.pipeline.handle(ctx)
+        except GatewayError as err:
+            metrics.REQUESTS.labels(route, str(err.status)).inc()
+            await send_error(send, protocol, err, request_id)
+            return
+        except Exception:
+            log.exception("request %s failed inside the gateway", request_id)
+            metrics.REQUESTS.labels(route, "500").inc()
+            err = GatewayError(500, "internal_error", f"The gateway failed on request {request_id}.")
+            await send_error(send, protocol, err, request_id)
+            return
+        response.headers.append((b"x-custos-request-id", request_id.encode()))
+        if response.stream is None:
+            await send_body(send, response.status, response.headers, response.body)
+        else:
+            await relay_stream(send, receive, response)
+        metrics.REQUESTS.labels(route, str(ctx.status)).inc()
+        metrics.LATENCY.labels(route).observe(ctx.latency_ms / 1000)
+
+    async def _read_request(
+        self,
+        scope: Scope,
+        receive: Receive,
+        runtime: Runtime,
+        protocol: Protocol,
+        operation: Operation,
+        request_id: str,
+    ) -> RequestContext:
+        content_type: bytes | None = None
+        content_length: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length" and value.isdigit():
+                content_length = int(value)
+        check_content_type(content_type)
+        limit = runtime.config.gateway.max_body_bytes
+        raw = await read_request_body(receive, content_length, limit)
+        body = parse_json_object(raw)
+        model = require_model(body)
+        validate(operation, body)
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        return RequestContext(
+            request_id=request_id,
+            protocol=protocol,
+            operation=operation,
+            runtime=runtime,
+            raw_body=raw,
+            body=body,
+            model=model,
+            stream=stream,
+            client_wants_usage=stream
+            and (protocol == "anthropic" or (isinstance(options, dict) and options.get("include_usage") is True)),
+        )
+
+    # -- the other routes ----------------------------------------------------------------------
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_body(send, 200, [_JSON], models_body(self.gateway.runtime))
+
+    async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_body(send, 200, [_JSON], b'{"status":"ok"}')
+
+    async def readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ready = self.gateway.ready
+        body = orjson.dumps(
+            {"status": "ready" if ready else "starting", "revision": self.gateway.runtime.revision}
+        )
+        await send_body(send, 200 if ready else 503, [_JSON], body)
+
+    async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body, content_type = metrics.exposition()
+        await send_body(send, 200, [(b"content-type", content_type.encode())], body)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+_MODELS_CACHE: dict[str, bytes] = {}
+
+
+def models_body(runtime: Runtime) -> bytes:
+    """The OpenAI model list for a revision, built once per revision."""
+    cached = _MODELS_CACHE.get(runtime.revision)
+    if cached is None:
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "custos" if route.virtual else route.targets[0].account,
+            }
+            for name, route in sorted(runtime.routes.items())
+        ]
+        cached = orjson.dumps({"object": "list", "data": data})
+        _MODELS_CACHE.clear()
+        _MODELS_CACHE[runtime.revision] = cached
+    return cached
+
+
+async def send_body(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, protocol: Protocol, err: GatewayError, request_id: str) -> None:
+    headers = [_JSON, (b"x-custos-request-id", request_id.encode())]
+    headers.extend((k.encode(), v.encode()) for k, v in err.headers.items())
+    if protocol == "anthropic":
+        headers.append((b"request-id", request_id.encode()))
+    await send_body(send, err.status, headers, error_body(protocol, err, request_id))
+
+
+async def relay_stream(send: Send, receive: Receive, response: GatewayResponse) -> None:
+    """Send a stream while watching for the client to leave; if it does, stop the stream,
+    which closes the upstream request and settles the call."""
+    stream = response.stream
+    assert stream is not None
+
+    async def pump() -> None:
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def client_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    pumping = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(client_gone())
+    try:
+        done, _ = await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pumping, watching):
+            if not task.done():
+                task.cancel()
+        for task in (pumping, watching):
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task

@@ -1,0 +1,248 @@
+"""The request path of DESIGN §1, stage by stage, over one ``RequestContext``.
+
+    authenticate → identify → authorize → budget → rate limit → input guardrails
+      → route → call provider → output guardrails → settle and record
+
+Stages 1–6 and 9 arrive with their own issues and take their places in ``Pipeline.handle``;
+today the path is route → call provider → settle. Every stage either adds facts to the context
+or raises ``GatewayError``. Settle runs exactly once per request, whatever the outcome: at the end
+of ``handle`` for a plain response, at the end of the relayed stream for a streaming one (including
+a client that went away mid-stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from custos.context import Attempt, RequestContext, Usage
+from custos.errors import GatewayError, stream_error_event
+from custos.providers.base import ProviderCall, UpstreamMalformed, upstream_error
+from custos.providers.estimate import estimate_prompt_tokens
+from custos.providers.sse import SSEDecoder
+from custos.providers.transport import (
+    Transport,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from custos.routing import backoff_s, candidates
+from custos.runtime import ModelTarget, Route
+from custos.telemetry import metrics
+
+Header = tuple[bytes, bytes]
+_JSON = (b"content-type", b"application/json")
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+@dataclass(slots=True)
+class GatewayResponse:
+    status: int
+    headers: list[Header]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self, transport: Transport, on_settled: Callable[[RequestContext], None] | None = None
+    ) -> None:
+        self.transport = transport
+        self.on_settled = on_settled
+
+    async def handle(self, ctx: RequestContext) -> GatewayResponse:
+        """Run the path. Raises ``GatewayError`` for a stopped request, after settling it."""
+        relayed = False
+        try:
+            route = self.route(ctx)
+            response = await self.call_provider(ctx, route)
+            relayed = response.stream is not None
+            return response
+        except GatewayError as err:
+            ctx.status, ctx.error_code = err.status, err.code
+            raise
+        except asyncio.CancelledError:
+            ctx.client_disconnected = True
+            ctx.status, ctx.error_code = 499, "client_disconnected"
+            raise
+        except Exception:
+            ctx.status, ctx.error_code = 500, "internal_error"
+            raise
+        finally:
+            if not relayed:
+                self.settle(ctx)
+
+    # -- stage 7: route ------------------------------------------------------------------------
+
+    def route(self, ctx: RequestContext) -> Route:
+        route = ctx.runtime.routes.get(ctx.model)
+        if route is None:
+            raise GatewayError(
+                404,
+                "model_not_found",
+                f"The model '{ctx.model}' does not exist on this gateway; "
+                "GET /v1/models lists the models you can call.",
+                param="model",
+            )
+        unsupported = [t for t in route.targets if not t.adapter.supports(ctx.operation)]
+        if len(unsupported) == len(route.targets):
+            raise GatewayError(
+                400,
+                "operation_not_supported",
+                f"The model '{ctx.model}' does not support {ctx.operation}.",
+                param="model",
+            )
+        return route
+
+    # -- stage 8: call provider ----------------------------------------------------------------
+
+    async def call_provider(self, ctx: RequestContext, route: Route) -> GatewayResponse:
+        """Try the route's targets in order, retrying each as its policy says."""
+        last: GatewayError | None = None
+        for target in candidates(route):
+            if not target.adapter.supports(ctx.operation):
+                continue
+            for attempt_number in range(1, route.retry.attempts + 1):
+                if attempt_number > 1:
+                    await asyncio.sleep(backoff_s(route, attempt_number - 1))
+                response, last = await self._attempt(ctx, target)
+                if response is not None:
+                    return response
+                assert last is not None
+                if last.status not in route.retry.on_status:
+                    break
+            if not route.virtual or last is None or last.status not in route.fallback_on:
+                break
+        assert last is not None
+        raise last
+
+    async def _attempt(
+        self, ctx: RequestContext, target: ModelTarget
+    ) -> tuple[GatewayResponse | None, GatewayError | None]:
+        ctx.served = target
+        call = ProviderCall(
+            protocol=ctx.protocol,
+            operation=ctx.operation,
+            body=ctx.body,
+            raw_body=ctx.raw_body,
+            requested_model=ctx.model,
+            upstream_model=target.upstream_model,
+            stream=ctx.stream,
+            client_wants_usage=ctx.client_wants_usage,
+        )
+        attempt = Attempt(target.name)
+        ctx.attempts.append(attempt)
+        started = time.monotonic_ns()
+        try:
+            request = target.adapter.build_request(call)
+            upstream = await self.transport.open(
+                request,
+                connect_s=target.connect_timeout_s,
+                read_s=target.timeout_s,
+                total_s=None if ctx.stream else target.timeout_s,
+            )
+            attempt.status = upstream.status
+            if upstream.status >= 400:
+                body = await upstream.read()
+                err = upstream_error(target.account, upstream.status, target.adapter.error_message(body))
+                if upstream.status == 429 and "retry-after" in upstream.headers:
+                    err.headers["retry-after"] = upstream.headers["retry-after"]
+                return None, self._failed(attempt, err, started)
+            if ctx.stream:
+                attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
+                return self._streaming(ctx, target, call, upstream), None
+            body = await upstream.read()
+            parsed = target.adapter.parse_response(call, body)
+        except UpstreamTimeout:
+            err = GatewayError(504, "upstream_timeout", f"provider {target.account} did not answer in time")
+            return None, self._failed(attempt, err, started)
+        except UpstreamUnreachable:
+            err = GatewayError(502, "upstream_unreachable", f"could not reach provider {target.account}")
+            return None, self._failed(attempt, err, started)
+        except UpstreamMalformed as exc:
+            err = GatewayError(502, "upstream_malformed_response", f"provider {target.account}: {exc}")
+            return None, self._failed(attempt, err, started)
+        attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
+        ctx.usage = parsed.usage or Usage(input_tokens=estimate_prompt_tokens(ctx.body), estimated=True)
+        ctx.status = 200
+        headers = [_JSON, (b"x-custos-served-by", target.served_by)]
+        return GatewayResponse(200, headers, parsed.body), None
+
+    def _failed(self, attempt: Attempt, err: GatewayError, started: int) -> GatewayError:
+        attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
+        attempt.error = err.code
+        metrics.UPSTREAM_ATTEMPTS.labels(attempt.target.split("/", 1)[0], err.code).inc()
+        return err
+
+    def _streaming(
+        self, ctx: RequestContext, target: ModelTarget, call: ProviderCall, upstream: UpstreamResponse
+    ) -> GatewayResponse:
+        headers = [*_SSE, (b"x-custos-served-by", target.served_by)]
+        return GatewayResponse(200, headers, stream=self._relay(ctx, target, call, upstream))
+
+    async def _relay(
+        self, ctx: RequestContext, target: ModelTarget, call: ProviderCall, upstream: UpstreamResponse
+    ) -> AsyncIterator[bytes]:
+        """Relay one upstream stream to the client, then settle, whatever happened."""
+        translator = target.adapter.stream_translator(call)
+        decoder = SSEDecoder()
+        metrics.ACTIVE_STREAMS.inc()
+        try:
+            async for chunk in upstream.chunks():
+                out = b"".join(translator.feed(event) for event in decoder.feed(chunk))
+                if out:
+                    if ctx.first_byte_ns is None:
+                        ctx.first_byte_ns = time.monotonic_ns()
+                    yield out
+            tail = b"".join(translator.feed(event) for event in decoder.close())
+            if not translator.complete:
+                raise UpstreamUnreachable("the provider ended the stream early")
+            yield tail + translator.finish()
+            ctx.status = 200
+        except (UpstreamTimeout, UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
+            err = _stream_failure(target, exc)
+            ctx.status, ctx.error_code = err.status, err.code
+            ctx.attempts[-1].error = err.code
+            yield stream_error_event(ctx.protocol, err)
+        except (asyncio.CancelledError, GeneratorExit):
+            ctx.client_disconnected = True
+            ctx.status, ctx.error_code = 499, "client_disconnected"
+            raise
+        finally:
+            if translator.complete:
+                upstream.release()
+            else:
+                upstream.close()
+            metrics.ACTIVE_STREAMS.dec()
+            ctx.usage = translator.usage or Usage(
+                input_tokens=estimate_prompt_tokens(ctx.body),
+                output_tokens=translator.estimated_output_tokens,
+                estimated=True,
+            )
+            self.settle(ctx)
+
+    # -- stage 10: settle and record -----------------------------------------------------------
+
+    def settle(self, ctx: RequestContext) -> None:
+        """Charge the actual usage and emit the request's one terminal record."""
+        if ctx.usage is not None and ctx.served is not None:
+            ctx.cost_micros = ctx.served.price.cost_micros(ctx.usage)
+            model = ctx.served.name
+            metrics.TOKENS.labels(model, "input").inc(ctx.usage.input_tokens)
+            metrics.TOKENS.labels(model, "output").inc(ctx.usage.output_tokens)
+            metrics.COST.labels(model).inc(ctx.cost_micros)
+        if ctx.error_code is not None:
+            metrics.DENIALS.labels(ctx.error_code).inc()
+        if self.on_settled is not None:
+            self.on_settled(ctx)
+
+
+def _stream_failure(target: ModelTarget, exc: Exception) -> GatewayError:
+    if isinstance(exc, UpstreamTimeout):
+        return GatewayError(504, "upstream_timeout", f"provider {target.account} stalled mid-stream")
+    if isinstance(exc, UpstreamMalformed | ValueError):
+        return GatewayError(502, "upstream_malformed_response", f"provider {target.account} sent a malformed stream")
+    return GatewayError(502, "upstream_stream_broken", f"provider {target.account} ended the stream early")

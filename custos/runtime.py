@@ -1,0 +1,96 @@
+"""One revision of the config file, compiled for serving.
+
+``Runtime`` is built once per loaded revision and never changed: a reload builds a new one and
+swaps the reference, so a request keeps the revision it started with to its end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from custos.config.loader import LoadedConfig
+from custos.config.schema import ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.pricing import ModelPrice
+from custos.providers.base import ProviderAdapter
+from custos.providers.registry import adapter_for
+
+#: A model named directly (``account/model``) gets one attempt and no fallback.
+_DIRECT_RETRY = RetrySettings(attempts=1, on_status=[])
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    """One model on one provider account: what an attempt is made against."""
+
+    name: str
+    account: str
+    model: str
+    upstream_model: str
+    adapter: ProviderAdapter
+    price: ModelPrice
+    region: str | None
+    connect_timeout_s: float
+    timeout_s: float
+    #: Pre-encoded ``x-custos-served-by`` value.
+    served_by: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a model name a client may ask for resolves to."""
+
+    name: str
+    targets: tuple[ModelTarget, ...]
+    strategy: str
+    weights: tuple[int, ...]
+    retry: RetrySettings
+    fallback_on: frozenset[int]
+    virtual: bool
+
+
+class Runtime:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.revision = loaded.revision
+        self.targets: dict[str, ModelTarget] = {}
+        for account, settings in self.config.providers.items():
+            adapter = adapter_for(account, settings)
+            for model in settings.models:
+                target = _target(account, model, settings, adapter)
+                self.targets[target.name] = target
+        self.routes: dict[str, Route] = {
+            name: Route(name, (t,), "priority", (1,), _DIRECT_RETRY, frozenset(), False)
+            for name, t in self.targets.items()
+        }
+        for name, vm in self.config.virtual_models.items():
+            self.routes[name] = self._virtual_route(name, vm)
+
+    def _virtual_route(self, name: str, vm: VirtualModelSettings) -> Route:
+        return Route(
+            name=name,
+            targets=tuple(self.targets[t.model] for t in vm.targets),
+            strategy=vm.strategy,
+            weights=tuple(t.weight for t in vm.targets),
+            retry=vm.retry,
+            fallback_on=frozenset(vm.fallback_on),
+            virtual=True,
+        )
+
+
+def _target(account: str, model: str, settings: ProviderSettings, adapter: ProviderAdapter) -> ModelTarget:
+    model_settings = settings.models[model]
+    upstream = model_settings.deployment or model_settings.upstream_model or model
+    name = f"{account}/{model}"
+    return ModelTarget(
+        name=name,
+        account=account,
+        model=model,
+        upstream_model=upstream,
+        adapter=adapter,
+        price=ModelPrice.from_settings(model_settings),
+        region=settings.region,
+        connect_timeout_s=settings.connect_timeout_s,
+        timeout_s=settings.timeout_s,
+        served_by=name.encode(),
+    )

@@ -1,0 +1,40 @@
+"""Serving the gateway with uvicorn (uvloop event loop, httptools parser).
+
+uvicorn was chosen by measurement (bench/README.md) and because it runs in this process, so the
+gateway owns its signals (SIGHUP reloads the config) and its shutdown: in-flight requests are
+given ``GRACEFUL_SHUTDOWN_S`` to finish.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import uvicorn
+
+from custos.gateway import Gateway
+from custos.http.app import GatewayApp
+
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def serve(config_path: str | Path, *, host: str | None, port: int | None, watch: bool = True) -> int:
+    gateway = Gateway.from_file(config_path, watch=watch)
+    settings = gateway.runtime.config.gateway
+    app = GatewayApp(gateway)
+    config = uvicorn.Config(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,74 @@
+"""Prometheus metrics, served at ``GET /metrics``.
+
+Label values come from the config (account, model names) and fixed code sets (route, status,
+error code), never from request bodies, so the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "custos_requests",
+    "Requests by route and final HTTP status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+DENIALS = Counter(
+    "custos_errors",
+    "Requests stopped by the gateway, by error code.",
+    ["code"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "custos_request_duration_seconds",
+    "Time from request received to last byte sent.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+UPSTREAM_ATTEMPTS = Counter(
+    "custos_upstream_attempts",
+    "Calls to providers by provider account and outcome (HTTP status or error).",
+    ["account", "outcome"],
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "custos_tokens",
+    "Tokens by provider model and direction (input, output).",
+    ["model", "direction"],
+    registry=REGISTRY,
+)
+COST = Counter(
+    "custos_cost_micros",
+    "Cost in micro-dollars by provider model.",
+    ["model"],
+    registry=REGISTRY,
+)
+ACTIVE_STREAMS = Gauge(
+    "custos_active_streams", "Streams being relayed to clients now.", registry=REGISTRY
+)
+CONFIG_RELOADS = Counter(
+    "custos_config_reloads",
+    "Config reload attempts by result (applied, refused, unchanged).",
+    ["result"],
+    registry=REGISTRY,
+)
+CONFIG_INFO = Gauge(
+    "custos_config_revision_info",
+    "The config revision being served (value 1).",
+    ["revision"],
+    registry=REGISTRY,
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def set_revision(revision: str) -> None:
+    CONFIG_INFO.clear()
+    CONFIG_INFO.labels(revision=revision).set(1)
