@@ -1,0 +1,40 @@
+# Custos: `make run` serves the quickstart, `make test` runs every test, `make bench` measures.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The install stamp changes whenever pyproject.toml does, so an edited dependency is installed.
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+TEST_STAMP := $(STAMP)-test
+
+.PHONY: run test lint bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	@scripts/quickstart.sh
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check custos tests bench
+
+test: $(TEST_STAMP)
+	$(BIN)/ruff check custos tests
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	@bench/run.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache custos.egg-info

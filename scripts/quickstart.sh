@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make run`: the mock provider and the gateway on the quickstart config, in the foreground.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+GATEWAY_PORT=${CUSTOS_PORT:-8787}
+MOCK_PORT=9999
+export MOCK_PROVIDER_KEY=${MOCK_PROVIDER_KEY:-mock-key}
+
+"$BIN/custos" mock-provider --host 127.0.0.1 --port "$MOCK_PORT" --api-key "$MOCK_PROVIDER_KEY" &
+MOCK_PID=$!
+trap 'kill $MOCK_PID 2>/dev/null || true' EXIT
+
+"$BIN/custos" config check examples/quickstart.yaml
+"$BIN/custos" serve --config examples/quickstart.yaml --port "$GATEWAY_PORT" &
+GATEWAY_PID=$!
+trap 'kill $GATEWAY_PID $MOCK_PID 2>/dev/null || true' EXIT
+
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then echo "the gateway did not start" >&2; exit 1; fi
+  sleep 0.1
+done
+
+cat <<MSG
+
+Custos is serving on http://127.0.0.1:$GATEWAY_PORT in front of a local mock provider.
+
+  curl http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions \\
+    -H 'Content-Type: application/json' \\
+    -d '{"model": "chat-default", "messages": [{"role": "user", "content": "Hello"}]}'
+
+  $BIN/python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="http://127.0.0.1:$GATEWAY_PORT/v1", api_key="unused-until-tokens")
+reply = client.chat.completions.create(
+    model="chat-default", messages=[{"role": "user", "content": "Hello"}])
+print(reply.choices[0].message.content)
+PY
+
+Models: curl http://127.0.0.1:$GATEWAY_PORT/v1/models    Stop: Ctrl-C
+MSG
+wait "$GATEWAY_PID"
