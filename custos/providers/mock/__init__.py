@@ -1,0 +1,27 @@
+"""Mock LLM provider (OpenAI, Azure OpenAI, Anthropic). The contract is documented in
+``custos.providers.mock_server``, which re-exports this package's public API."""
+
+from .app import MockProvider, create_app
+from .content import (
+    DEFAULT_DIMENSIONS,
+    DEFAULT_WORDS,
+    PER_MESSAGE_TOKENS,
+    count_tokens,
+    prompt_tokens_anthropic,
+    prompt_tokens_openai,
+)
+from .server import BackgroundMock, run, serve_in_background
+
+__all__ = [
+    "DEFAULT_DIMENSIONS",
+    "DEFAULT_WORDS",
+    "PER_MESSAGE_TOKENS",
+    "BackgroundMock",
+    "MockProvider",
+    "count_tokens",
+    "create_app",
+    "prompt_tokens_anthropic",
+    "prompt_tokens_openai",
+    "run",
+    "serve_in_background",
+]
