@@ -1,0 +1,106 @@
+"""The PostgreSQL store: an asyncpg pool.
+
+Writes run at READ COMMITTED and lock the rows they read-then-change (``Tx.for_update``), so
+two replicas changing one token serialise on its row and the admin event's "before" is exactly
+what was changed. Read-only transactions run at REPEATABLE READ so a multi-query read (the
+directory's snapshot) sees one consistent state. Migrations take a transaction-scoped advisory
+lock so replicas starting together migrate once.
+
+Extra query parameters in the URL become server settings (an asyncpg feature), so
+``postgresql://…/db?search_path=custos`` keeps custos's tables in their own schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from custos.state.errors import Conflict, Invalid, StoreError
+from custos.state.store import Row, Store, Tx
+
+#: Advisory lock key for migrations: the bytes of "custos" as an integer.
+MIGRATION_LOCK_KEY = int.from_bytes(b"custos", "big")
+
+
+def _translate(exc: asyncpg.PostgresError) -> StoreError:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return Conflict(f"a record with this value already exists ({exc.constraint_name})")
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return Conflict("the change would leave a reference to a missing record")
+    return Invalid(f"the change breaks a rule of the schema ({exc.constraint_name or exc})")
+
+
+_CONSTRAINT_ERRORS = (asyncpg.IntegrityConstraintViolationError,)
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+    _migration_lock_sql = f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+    _migrations_table_sql = (
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+        " name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL);"
+    )
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self._min_size, max_size=self._max_size
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        if self._pool is None:
+            raise StoreError("the store is closed")
+        async with self._pool.acquire() as conn:
+            isolation = "repeatable_read" if readonly else "read_committed"
+            async with conn.transaction(isolation=isolation, readonly=readonly):
+                yield _PostgresTx(conn)
+
+
+class _PostgresTx:
+    dialect = "postgresql"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        try:
+            status = await self._conn.execute(sql, *args)
+        except _CONSTRAINT_ERRORS as exc:
+            raise _translate(exc) from exc
+        # The status is e.g. "UPDATE 3" or "INSERT 0 1": the row count is the last word.
+        last = status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        try:
+            await self._conn.executemany(sql, list(args))
+        except _CONSTRAINT_ERRORS as exc:
+            raise _translate(exc) from exc
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self._conn.fetch(sql, *args)]
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row = await self._conn.fetchrow(sql, *args)
+        return None if row is None else dict(row)
+
+    async def run_script(self, script: str) -> None:
+        # Without arguments asyncpg uses the simple query protocol, which runs several
+        # statements in one call, inside the open transaction.
+        await self._conn.execute(script)

@@ -1,0 +1,180 @@
+"""The SQLite store: one connection, driven by one worker thread.
+
+Why one thread: ``sqlite3`` calls block, so they must leave the event loop; and one connection
+means one writer, which is what SQLite allows anyway. An ``asyncio.Lock`` gives each transaction
+the connection to itself for its whole duration, so two coroutines never interleave statements in
+one transaction (and never read each other's uncommitted rows).
+
+The database runs in WAL mode (readers never block the writer; several gateway processes may open
+the same file), with ``busy_timeout`` so a second process waits for the write lock instead of
+failing, ``foreign_keys`` on (SQLite's default is off), and ``synchronous=FULL`` because admin
+changes are rare and must survive a power cut. Writes start with ``BEGIN IMMEDIATE`` so the
+write lock is taken up front rather than on the first write, which could fail half-way with
+``SQLITE_BUSY`` and no way to wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from custos.state.errors import Conflict, Invalid, StoreError
+from custos.state.migrations import split_sqlite_script
+from custos.state.store import Row, Store, Tx
+
+T = TypeVar("T")
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+@lru_cache(maxsize=512)
+def _sql(sql: str) -> str:
+    """``$1`` → ``?1``: SQLite's numbered parameters, so one SQL text serves both dialects."""
+    return _PARAM.sub(r"?\1", sql)
+
+
+def _time_text(value: datetime) -> str:
+    # Fixed width, always with microseconds, always UTC: text order is then time order, which
+    # the snapshot's ``revoked_at > $1`` comparisons rely on.
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _args(args: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(_time_text(a) if isinstance(a, datetime) else a for a in args)
+
+
+def _translate(exc: sqlite3.IntegrityError) -> StoreError:
+    message = str(exc)
+    if message.startswith("UNIQUE"):
+        column = message.rsplit(":", 1)[-1].strip()
+        return Conflict(f"a record with this {column} already exists")
+    if message.startswith("FOREIGN KEY"):
+        return Conflict("the change would leave a reference to a missing record")
+    return Invalid(f"the change breaks a rule of the schema ({message})")
+
+
+class SQLiteStore(Store):
+    dialect = "sqlite"
+    _migrations_table_sql = (
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+        " name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL);"
+    )
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
+        super().__init__()
+        self.path = path
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="custos-sqlite")
+        self._conn = await self._run(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: the module never opens transactions behind our back; we issue
+        # BEGIN/COMMIT ourselves. check_same_thread=False only because close() may run after
+        # the worker thread is gone; every statement still runs on the one worker thread.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if self.path != ":memory:":
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.close()
+                raise StoreError(f"could not put {self.path} in WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                await self._run(self._conn.close)
+                self._conn = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("the store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is closed")
+        return self._conn
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        async with self._lock:
+            conn = self.connection
+            await self._run(conn.execute, "BEGIN" if readonly else "BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteTx(self, conn)
+                await self._run(conn.execute, "COMMIT")
+            except BaseException:
+                await asyncio.shield(self._run(_rollback, conn))
+                raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class _SQLiteTx:
+    dialect = "sqlite"
+    for_update = ""
+
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    # Each method does its whole job on the worker thread (statement and fetch), so a call is
+    # one hop across threads.
+
+    def _execute(self, sql: str, args: Sequence[Any]) -> int:
+        try:
+            return self._conn.execute(_sql(sql), _args(args)).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise _translate(exc) from exc
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            self._conn.executemany(_sql(sql), rows)
+        except sqlite3.IntegrityError as exc:
+            raise _translate(exc) from exc
+
+    def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
+        return [dict(r) for r in self._conn.execute(_sql(sql), _args(args)).fetchall()]
+
+    def _script(self, script: str) -> None:
+        for statement in split_sqlite_script(script):
+            self._conn.execute(statement)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self._store._run(self._execute, sql, args)
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        await self._store._run(self._executemany, sql, [_args(a) for a in args])
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await self._store._run(self._fetch, sql, args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def run_script(self, script: str) -> None:
+        await self._store._run(self._script, script)
