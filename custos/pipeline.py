@@ -198,6 +198,13 @@ class Pipeline:
                         ctx.first_byte_ns = time.monotonic_ns()
                     yield out
             tail = b"".join(translator.feed(event) for event in decoder.close())
+            if translator.upstream_error and not translator.complete:
+                # The provider's own error event already reached the client; don't add a second.
+                if tail:
+                    yield tail
+                ctx.status, ctx.error_code = 502, "upstream_stream_error"
+                ctx.attempts[-1].error = ctx.error_code
+                return
             if not translator.complete:
                 raise UpstreamUnreachable("the provider ended the stream early")
             yield tail + translator.finish()

@@ -106,6 +106,8 @@ class AnthropicPassthroughStream(StreamTranslator):
             self.output_chars += translate.anthropic_delta_chars(data.get("delta"))
         elif kind == "message_stop":
             self._done = True
+        elif kind == "error":
+            self.upstream_error = True
         # Anthropic names every event; keep its name, or take the type when a server omits it.
         name = event.event or (kind if isinstance(kind, str) else None)
         return encode_event(event.data, name)

@@ -73,6 +73,8 @@ class StreamTranslator(ABC):
     usage: Usage | None = None
     #: Characters of generated text seen so far, for an estimate when no usage is reported.
     output_chars: int = 0
+    #: The provider reported an error inside the stream and it was relayed to the client.
+    upstream_error: bool = False
 
     @abstractmethod
     def feed(self, event: SSEEvent) -> bytes:
@@ -174,6 +176,7 @@ def usage_from_openai(data: Any) -> Usage | None:
         input_tokens=prompt,
         output_tokens=completion if isinstance(completion, int) else 0,
         cached_input_tokens=_int(prompt_details.get("cached_tokens")),
+        cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
     )
 
@@ -183,15 +186,20 @@ def usage_from_anthropic(data: Any, previous: Usage | None = None) -> Usage | No
     if not isinstance(data, dict):
         return previous
     usage = previous or Usage()
-    if "input_tokens" in data or "cache_read_input_tokens" in data:
-        cached = _int(data.get("cache_read_input_tokens"))
-        written = _int(data.get("cache_creation_input_tokens"))
-        usage.input_tokens = _int(data.get("input_tokens")) + cached + written
-        usage.cached_input_tokens = cached
-        usage.cache_write_tokens = written
-    if "output_tokens" in data:
-        usage.output_tokens = _int(data.get("output_tokens"))
+    # A later stream event carries only the counts that changed; keep the others.
+    cached = _count(data, "cache_read_input_tokens", usage.cached_input_tokens)
+    written = _count(data, "cache_creation_input_tokens", usage.cache_write_tokens)
+    uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
+    usage.input_tokens = _count(data, "input_tokens", uncached) + cached + written
+    usage.cached_input_tokens = cached
+    usage.cache_write_tokens = written
+    usage.output_tokens = _count(data, "output_tokens", usage.output_tokens)
     return usage
+
+
+def _count(data: dict[str, Any], key: str, default: int) -> int:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _int(value: Any) -> int:

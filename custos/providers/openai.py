@@ -90,6 +90,7 @@ class OpenAIPassthroughStream(StreamTranslator):
             return b"data: [DONE]\n\n"
         chunk = _json_object(event.data)
         if "error" in chunk:
+            self.upstream_error = True
             return encode_event(event.data)
         choices = chunk.get("choices") or []
         for choice in choices:

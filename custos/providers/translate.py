@@ -677,6 +677,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
         if kind == "message_stop":
             return self._stop()
         if kind == "error":
+            self.upstream_error = True
             return self._error(data.get("error"))
         return b""  # ping, content_block_stop, and event types Anthropic adds later
 
@@ -788,6 +789,7 @@ class OpenAIToAnthropicStream(StreamTranslator):
             return self._close()
         chunk = load_object(event.data)
         if chunk.get("error"):
+            self.upstream_error = True
             return self._error(chunk["error"])
         usage = usage_from_openai(chunk.get("usage"))
         if usage is not None:
