@@ -97,16 +97,20 @@ class MemoryInvalidation(Invalidation):
 class RedisInvalidation(Invalidation):
     """Redis pub/sub on one channel; a background task listens and reconnects with backoff."""
 
-    def __init__(self, url: str, *, channel: str = DEFAULT_CHANNEL) -> None:
+    def __init__(
+        self, url: str, *, channel: str = DEFAULT_CHANNEL, client_name: str = "custos-invalidation"
+    ) -> None:
         super().__init__()
         self.url = url
         self.channel = channel
+        #: Shown by Redis ``CLIENT LIST``, so operators can tell custos's connections apart.
+        self.client_name = client_name
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
     async def start(self, timeout: float = 5.0) -> None:
-        self._redis = aioredis.Redis.from_url(self.url)
+        self._redis = aioredis.Redis.from_url(self.url, client_name=self.client_name)
         self._task = asyncio.create_task(self._listen(), name="custos-redis-invalidation")
         try:
             await asyncio.wait_for(self._subscribed.wait(), timeout)

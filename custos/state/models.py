@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Role = Literal["admin", "team_manager", "member", "auditor"]
 ROLES: frozenset[str] = frozenset({"admin", "team_manager", "member", "auditor"})
@@ -152,8 +152,12 @@ class TokenRecord:
     allowed_models: tuple[str, ...] | None
 
     def state(self, now: datetime) -> Literal["active", "revoked", "rotated", "expired"]:
-        """The token's state at ``now`` (revocation wins over rotation, rotation over expiry)."""
-        if self.revoked_at is not None and self.revoked_at <= now:
+        """The token's state at ``now`` (revocation wins over rotation, rotation over expiry).
+
+        Revocation takes effect whatever the clocks say: ``revoked_at`` is informative only, so a
+        replica whose clock runs behind the one that revoked still refuses the token.
+        """
+        if self.revoked_at is not None:
             return "revoked"
         if self.grace_until is not None and self.grace_until <= now:
             return "rotated"
@@ -196,15 +200,36 @@ class AdminEvent:
     after: dict[str, Any] | None
 
 
+class AuthToken(NamedTuple):
+    """A token as the directory needs it: what decides a lookup, times as epoch seconds.
+
+    Lighter than ``TokenRecord`` because a directory reload builds thousands of them.
+    """
+
+    id: str
+    kind: str
+    principal_id: str
+    token_hash: str
+    revoked: bool
+    expires_at: float | None
+    grace_until: float | None
+    allowed_models: tuple[str, ...] | None
+
+
 @dataclass(frozen=True, slots=True)
 class AuthSnapshot:
-    """Everything the token directory needs, read in one consistent transaction."""
+    """What the token directory needs, read in one consistent transaction.
+
+    A full snapshot (``complete``) holds every principal and every token alive or recently dead.
+    A partial one holds some tokens, their principals and those principals' memberships.
+    """
 
     users: list[User]
     teams: list[Team]
     memberships: list[Membership]
     accounts: list[VirtualAccount]
-    tokens: list[TokenRecord]
+    tokens: list[AuthToken]
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)

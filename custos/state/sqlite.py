@@ -119,8 +119,11 @@ class SQLiteStore(Store):
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
         async with self._lock:
             conn = self.connection
-            await self._run(conn.execute, "BEGIN" if readonly else "BEGIN IMMEDIATE")
             try:
+                # BEGIN is inside the try: if the task is cancelled while the worker runs it,
+                # the BEGIN still happens and must be rolled back. The worker runs jobs in order,
+                # so the ROLLBACK queued below always comes after whatever is in flight.
+                await self._run(conn.execute, "BEGIN" if readonly else "BEGIN IMMEDIATE")
                 yield _SQLiteTx(self, conn)
                 await self._run(conn.execute, "COMMIT")
             except BaseException:

@@ -26,7 +26,7 @@ import logging
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol, Self
@@ -43,6 +43,7 @@ from custos.state.models import (
     Actor,
     AdminEvent,
     AuthSnapshot,
+    AuthToken,
     Change,
     Membership,
     Team,
@@ -179,6 +180,34 @@ def _token(row: Row) -> TokenRecord:
         last_used_at=_dt(row["last_used_at"]),
         allowed_models=None if models is None else tuple(models),
     )
+
+
+def _epoch(value: Any) -> float | None:
+    moment = _dt(value)
+    return None if moment is None else moment.timestamp()
+
+
+def _auth_token(row: Row) -> AuthToken:
+    models = _json(row["allowed_models"])
+    return AuthToken(
+        row["id"],
+        row["kind"],
+        row["principal_id"],
+        row["token_hash"],
+        row["revoked_at"] is not None,
+        _epoch(row["expires_at"]),
+        _epoch(row["grace_until"]),
+        None if models is None else tuple(models),
+    )
+
+
+async def _fetch_in(tx: Tx, select: str, column: str, values: Collection[str]) -> list[Row]:
+    """``select`` restricted to ``column IN values`` (portable: one placeholder per value)."""
+    if not values:
+        return []
+    ordered = sorted(values)
+    marks = ", ".join(f"${i}" for i in range(1, len(ordered) + 1))
+    return await tx.fetch(f"{select} WHERE {column} IN ({marks})", *ordered)
 
 
 def _event(row: Row) -> AdminEvent:
@@ -1009,29 +1038,47 @@ class Store(ABC):
         *,
         now: datetime | None = None,
         keep_dead_tokens: timedelta = DEFAULT_KEEP_DEAD_TOKENS,
+        token_ids: Collection[str] | None = None,
     ) -> AuthSnapshot:
-        """Every principal and every token alive, or dead for less than ``keep_dead_tokens``.
+        """What the token directory loads, read in one snapshot (so a token never appears
+        without the principal it belongs to).
 
-        Read in one snapshot, so a token never appears without the principal it belongs to.
+        Without ``token_ids``: every principal, and every token alive or dead for less than
+        ``keep_dead_tokens``. With ``token_ids``: those tokens whatever their state, their
+        principals, and those principals' memberships (``complete`` is then False).
         """
         horizon = (now or utcnow()) - keep_dead_tokens
+        columns = (
+            "id, kind, principal_id, token_hash, revoked_at, expires_at, grace_until,"
+            " allowed_models"
+        )
         async with self._read() as tx:
-            users = await tx.fetch("SELECT * FROM users")
+            if token_ids is None:
+                tokens = await tx.fetch(
+                    f"SELECT {columns} FROM tokens WHERE (revoked_at IS NULL OR revoked_at > $1)"
+                    " AND (grace_until IS NULL OR grace_until > $1)"
+                    " AND (expires_at IS NULL OR expires_at > $1)",
+                    horizon,
+                )
+                users = await tx.fetch("SELECT * FROM users")
+                members = await tx.fetch("SELECT * FROM team_members")
+                accounts = await tx.fetch("SELECT * FROM virtual_accounts")
+            else:
+                tokens = await _fetch_in(tx, f"SELECT {columns} FROM tokens", "id", token_ids)
+                user_ids = {t["principal_id"] for t in tokens if t["kind"] == "pat"}
+                account_ids = {t["principal_id"] for t in tokens if t["kind"] == "vat"}
+                users = await _fetch_in(tx, "SELECT * FROM users", "id", user_ids)
+                members = await _fetch_in(tx, "SELECT * FROM team_members", "user_id", user_ids)
+                accounts = await _fetch_in(tx, "SELECT * FROM virtual_accounts", "id", account_ids)
+            # Teams are few; all of them keeps the partial path simple.
             teams = await tx.fetch("SELECT * FROM teams")
-            members = await tx.fetch("SELECT * FROM team_members")
-            accounts = await tx.fetch("SELECT * FROM virtual_accounts")
-            tokens = await tx.fetch(
-                "SELECT * FROM tokens WHERE (revoked_at IS NULL OR revoked_at > $1)"
-                " AND (grace_until IS NULL OR grace_until > $1)"
-                " AND (expires_at IS NULL OR expires_at > $1)",
-                horizon,
-            )
         return AuthSnapshot(
             users=[_user(r) for r in users],
             teams=[_team(r) for r in teams],
             memberships=[_membership(r) for r in members],
             accounts=[_account(r) for r in accounts],
-            tokens=[_token(r) for r in tokens],
+            tokens=[_auth_token(r) for r in tokens],
+            complete=token_ids is None,
         )
 
     async def list_admin_events(
