@@ -505,6 +505,32 @@ async def test_auth_snapshot_keeps_recently_dead_tokens_only(store: Store) -> No
     assert [u.id for u in snapshot.users] == [user.id]
 
 
+async def test_partial_auth_snapshot_holds_the_tokens_and_their_principals(
+    store: Store,  # noqa: F811
+) -> None:
+    team = await store.create_team(ADMIN, name="t")
+    user = await store.create_user(ADMIN, email="p@example.com")
+    other = await store.create_user(ADMIN, email="q@example.com")
+    await store.add_member(ADMIN, team.id, user.id, role="manager")
+    account = await store.create_account(ADMIN, name="svc", team_id=team.id)
+    pat = await new_token(store, user.id)
+    vat = await new_token(store, account.id, kind="vat")
+    await new_token(store, other.id)
+    await store.revoke_token(ADMIN, pat.id)
+
+    partial = await store.auth_snapshot(token_ids=[pat.id, vat.id, "tok_missing"])
+    assert not partial.complete
+    by_id = {t.id: t for t in partial.tokens}
+    assert set(by_id) == {pat.id, vat.id}
+    assert by_id[pat.id].revoked and not by_id[vat.id].revoked
+    assert [u.id for u in partial.users] == [user.id]
+    assert [a.id for a in partial.accounts] == [account.id]
+    assert [(m.user_id, m.role) for m in partial.memberships] == [(user.id, "manager")]
+    empty = await store.auth_snapshot(token_ids=[])
+    assert empty.tokens == [] and empty.users == []
+    assert (await store.auth_snapshot()).complete
+
+
 async def test_two_sqlite_stores_share_one_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     one, two = await open_store(url), await open_store(url)

@@ -422,6 +422,39 @@ async def test_memory_invalidation_refuses_a_revoked_token_at_once(world: World)
     assert time.perf_counter() - started < 1.0
 
 
+async def test_token_changes_reload_only_those_tokens(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    original = world.store.auth_snapshot
+
+    async def spy(**kwargs: Any) -> Any:
+        calls.append(kwargs.get("token_ids"))
+        return await original(**kwargs)
+
+    monkeypatch.setattr(world.store, "auth_snapshot", spy)
+    issued = await world.service.issue_token(
+        ADMIN, kind="pat", principal_id=world.user_id, name="a"
+    )
+    await settle(lambda: isinstance(world.directory.lookup(issued.secret), Principal))
+    assert calls == [{issued.record.id}]  # one partial reload of the one new token
+
+    calls.clear()
+    await world.store.update_user(ADMIN, world.user_id, roles=["admin"])
+
+    def roles() -> frozenset[str]:
+        principal = world.directory.lookup(issued.secret)
+        return principal.roles if isinstance(principal, Principal) else frozenset()
+
+    await settle(lambda: roles() == {"admin"})
+    assert calls == [None]  # anything but tokens: a full reload
+
+    calls.clear()
+    for _ in range(600):  # more changed tokens than a partial reload is worth
+        world.directory.invalidate(Change("token", f"tok_{secrets.token_hex(4)}"))
+    await settle(lambda: calls == [None])
+
+
 # -- last used ------------------------------------------------------------------------------------
 
 
