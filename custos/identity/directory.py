@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from custos.identity.principal import (
     EXPIRED,
@@ -52,9 +52,11 @@ from custos.identity.principal import (
     Principal,
 )
 from custos.identity.tokens import check_format, coerce_key, hash_token
-from custos.state.invalidation import Invalidation
 from custos.state.models import AuthSnapshot, Change, User, VirtualAccount
 from custos.state.store import DEFAULT_KEEP_DEAD_TOKENS, Store, email_key
+
+if TYPE_CHECKING:  # the transports import redis and asyncpg; a single node needs neither
+    from custos.state.invalidation import Invalidation
 
 log = logging.getLogger("custos.identity")
 

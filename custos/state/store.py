@@ -346,7 +346,8 @@ class Store(ABC):
     # -- migrations ----------------------------------------------------------------------------
 
     async def schema_version(self) -> int:
-        """The highest applied migration (0 for an empty database)."""
+        """The highest applied migration (0 for an empty database, where it creates the
+        ``schema_migrations`` bookkeeping table)."""
         async with self.transaction() as tx:
             await tx.run_script(self._migrations_table_sql)
             rows = await tx.fetch("SELECT max(version) AS v FROM schema_migrations")
