@@ -229,6 +229,15 @@ class Pipeline:
                 output_tokens=translator.estimated_output_tokens,
                 estimated=True,
             )
+            counted = translator.estimated_output_tokens
+            if counted > ctx.usage.output_tokens and (
+                ctx.usage.output_tokens == 0 or not translator.complete
+            ):
+                # Text went out but the provider reported no output (Anthropic's format cannot
+                # omit the count, so a missing one arrives as 0), or the stream broke before the
+                # final count: charge what was counted instead.
+                ctx.usage.output_tokens = counted
+                ctx.usage.estimated = True
             self.settle(ctx)
 
     # -- stage 10: settle and record -----------------------------------------------------------
