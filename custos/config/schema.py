@@ -84,6 +84,8 @@ class StateSettings(_Strict):
 
 def _price(value: float | int | str | Decimal) -> Decimal:
     price = Decimal(str(value))
+    if not price.is_finite():
+        raise ValueError("must be a finite number")
     if price < 0:
         raise ValueError("a price cannot be negative")
     if -price.as_tuple().exponent > _PRICE_PLACES:  # type: ignore[operator]
