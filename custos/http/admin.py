@@ -1,0 +1,615 @@
+"""``AdminAPI``: the plain-ASGI handler for everything under ``/admin/v1/``.
+
+One request goes: route (404/405) → bearer token via ``Directory.lookup`` (401 with the
+``AuthFailure`` code) → the principal re-read from the store (``AdminService.recheck``: a
+revocation or demotion counts at once; virtual accounts get 403) → read-only principals refused
+from mutating routes (403) before the body is read → query and body validated by the pydantic
+models (400 naming the field, 413 over 1 MiB, 415 not JSON) → ``AdminService`` (403/404/409) →
+JSON. Errors have the OpenAI shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Responses carry ``Cache-Control: no-store``: some hold a token secret, shown this once.
+The objects it needs exist only once the gateway has started, so the constructor takes a
+zero-argument callable returning ``(store, tokens, directory)``; until it can, the API answers
+503 ``not_ready``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from custos import __version__
+from custos.admin import schemas as s
+from custos.admin.errors import BadInput, Forbidden
+from custos.admin.openapi import RouteSpec, build_document
+from custos.admin.service import AdminService
+from custos.errors import GatewayError, openai_error_body
+from custos.identity.directory import Directory
+from custos.identity.principal import AuthFailure, Principal
+from custos.identity.tokens import TokenService
+from custos.state.errors import Conflict, Invalid, NotFound
+from custos.state.store import Store
+
+log = logging.getLogger("custos.admin")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Deps = Callable[[], tuple[Store, TokenService, Directory]]
+
+PREFIX = "/admin/v1"
+MAX_BODY_BYTES = 1 << 20
+
+_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler gets: the checked principal, path parameters, parsed query and body."""
+
+    principal: Principal
+    params: dict[str, str]
+    query: Any
+    body: Any
+
+
+Handler = Callable[[AdminService, Call], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    spec: RouteSpec
+    handler: Handler
+    segments: tuple[str, ...]
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for want, got in zip(self.segments, parts, strict=True):
+            if want.startswith("{"):
+                if not got:
+                    return None
+                params[want[1:-1]] = got
+            elif want != got:
+                return None
+        return params
+
+
+def _split(path: str) -> list[str]:
+    return [unquote(p) for p in path.strip("/").split("/")]
+
+
+class AdminAPI:
+    """The admin API as an ASGI callable for ``http`` scopes whose path starts with ``/admin/``.
+
+    ``model_names``, if given, returns the models the gateway serves (see ``AdminService``).
+    """
+
+    def __init__(
+        self,
+        deps: Deps,
+        *,
+        model_names: Callable[[], Iterable[str]] | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._deps = deps
+        self._model_names = model_names
+        self._max_body = max_body_bytes
+        self._service: tuple[Store, TokenService, AdminService] | None = None
+        self.routes = [Route(spec, handler, tuple(_split(spec.path))) for spec, handler in ROUTES]
+        self._openapi: bytes | None = None
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            status, body = await self._handle(scope, receive)
+            headers = list(_HEADERS)
+        except GatewayError as err:
+            status, body = err.status, openai_error_body(err)
+            headers = [*_HEADERS, *((k.encode(), v.encode()) for k, v in err.headers.items())]
+        except Exception:
+            log.exception("admin request %s %s failed", scope.get("method"), scope.get("path"))
+            err = GatewayError(500, "internal_error", "The admin API failed; see the gateway log.")
+            status, body, headers = 500, openai_error_body(err), list(_HEADERS)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]
+        route, params = self._route(scope["method"], path)
+        if route.spec.operation_id == "getOpenAPI":
+            return 200, self.openapi_json()
+        service, directory = self._service_and_directory()
+        principal = await self._authenticate(scope, service, directory)
+        try:
+            if route.spec.mutating:
+                service.check_writer(principal)
+            query = self._query(route.spec, scope)
+            body = await self._body(route.spec, scope, receive)
+            result = await route.handler(service, Call(principal, params, query, body))
+        except BadInput as exc:
+            raise GatewayError(400, "invalid_request", exc.message, param=exc.param) from None
+        except Invalid as exc:
+            raise GatewayError(400, "invalid_request", exc.message) from None
+        except Forbidden as exc:
+            raise GatewayError(403, "forbidden", exc.message) from None
+        except NotFound as exc:
+            raise GatewayError(404, "not_found", exc.message) from None
+        except Conflict as exc:
+            raise GatewayError(409, "conflict", exc.message) from None
+        return route.spec.status, result.model_dump_json().encode()
+
+    def openapi_json(self) -> bytes:
+        """The OpenAPI document (built once)."""
+        if self._openapi is None:
+            document = build_document([r.spec for r in self.routes], version=__version__)
+            self._openapi = orjson.dumps(document)
+        return self._openapi
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        parts = _split(path)
+        allowed: list[str] = []
+        for route in self.routes:
+            params = route.match(parts)
+            if params is None:
+                continue
+            if route.spec.method == method:
+                return route, params
+            allowed.append(route.spec.method)
+        if allowed:
+            methods = ", ".join(sorted(set(allowed)))
+            raise GatewayError(
+                405,
+                "method_not_allowed",
+                f"{path} accepts {methods} only.",
+                headers={"allow": methods},
+            )
+        raise GatewayError(404, "unknown_route", f"No admin route {method} {path}.")
+
+    def _service_and_directory(self) -> tuple[AdminService, Directory]:
+        try:
+            store, tokens, directory = self._deps()
+        except Exception:
+            log.debug("admin API dependencies unavailable", exc_info=True)
+            store = tokens = directory = None  # type: ignore[assignment]
+        if store is None or tokens is None or directory is None:
+            raise GatewayError(503, "not_ready", "The gateway is starting; retry in a moment.")
+        cached = self._service
+        if cached is None or cached[0] is not store or cached[1] is not tokens:
+            service = AdminService(store, tokens, model_names=self._model_names)
+            self._service = cached = (store, tokens, service)
+        return cached[2], directory
+
+    async def _authenticate(
+        self, scope: Scope, service: AdminService, directory: Directory
+    ) -> Principal:
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and credentials.strip():
+                    token = credentials.strip()
+                break
+        if token is None:
+            raise GatewayError(
+                401,
+                "missing_token",
+                "Send your personal access token as 'Authorization: Bearer cst_pat_…'.",
+                headers={"www-authenticate": "Bearer"},
+            )
+        found = directory.lookup(token)
+        if not isinstance(found, AuthFailure):
+            try:
+                found = await service.recheck(found)
+            except Forbidden as exc:
+                raise GatewayError(403, "forbidden", exc.message) from None
+        if isinstance(found, AuthFailure):
+            err = found.to_error()
+            err.headers["www-authenticate"] = "Bearer"
+            raise err
+        return found
+
+    def _query(self, spec: RouteSpec, scope: Scope) -> Any:
+        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if spec.query is None:
+            if pairs:
+                name = pairs[0][0]
+                message = f"{spec.path} takes no query parameters (got {name!r})."
+                raise GatewayError(400, "invalid_request", message, param=name)
+            return None
+        values: dict[str, str] = {}
+        for key, value in pairs:
+            if key in values:
+                raise GatewayError(400, "invalid_request", f"give {key!r} once", param=key)
+            values[key] = value
+        try:
+            return spec.query.model_validate(values)
+        except ValidationError as exc:
+            raise _invalid(exc, spec.query) from None
+
+    async def _body(self, spec: RouteSpec, scope: Scope, receive: Receive) -> Any:
+        if spec.body is None:
+            return None
+        content_type = None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.split(b";", 1)[0].strip().lower()
+            elif name == b"content-length" and value.isdigit():
+                length = int(value)
+        if length is not None and length > self._max_body:
+            raise _too_large(self._max_body)
+        raw = await self._read(receive)
+        if not raw.strip() and not _has_required(spec.body):
+            raw = b"{}"
+        elif content_type != b"application/json":
+            shown = "none" if content_type is None else repr(content_type.decode("latin-1"))
+            raise GatewayError(
+                415,
+                "unsupported_media_type",
+                f"Send the body as JSON with 'Content-Type: application/json' (got {shown}).",
+            )
+        try:
+            return spec.body.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _invalid(exc, spec.body) from None
+
+    async def _read(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise GatewayError(400, "client_gone", "The client went away.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise _too_large(self._max_body)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+
+def _has_required(model: type[BaseModel]) -> bool:
+    return any(f.is_required() for f in model.model_fields.values())
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, "request_too_large", f"The request body is larger than {limit} bytes.")
+
+
+def _invalid(exc: ValidationError, model: type[BaseModel]) -> GatewayError:
+    """A 400 for the first problem pydantic found, naming the field in ``param``."""
+    error = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "json_invalid":
+        return GatewayError(400, "invalid_json", f"The body is not valid JSON: {error['msg']}.")
+    if not loc:
+        return GatewayError(
+            400, "invalid_request", f"The body must be a JSON object: {error['msg']}."
+        )
+    if kind == "extra_forbidden":
+        known = ", ".join(model.model_fields) or "nothing"
+        message = f"Unknown field {loc!r}: this request takes {known}."
+    elif kind == "missing":
+        message = f"{loc} is required."
+    else:
+        message = f"{loc}: {error['msg']}."
+    return GatewayError(400, "invalid_request", message, param=loc)
+
+
+# -- the route table ------------------------------------------------------------------------------
+
+
+async def _list_users(svc: AdminService, c: Call) -> BaseModel:
+    return s.UserList(data=[s.UserOut.from_record(u) for u in await svc.list_users(c.principal)])
+
+
+async def _create_user(svc: AdminService, c: Call) -> BaseModel:
+    b: s.UserCreate = c.body
+    user = await svc.create_user(
+        c.principal, email=b.email, display_name=b.display_name, roles=b.roles
+    )
+    return s.UserOut.from_record(user)
+
+
+async def _get_user(svc: AdminService, c: Call) -> BaseModel:
+    return s.UserDetail.from_view(await svc.get_user(c.principal, c.params["user"]))
+
+
+async def _update_user(svc: AdminService, c: Call) -> BaseModel:
+    b: s.UserUpdate = c.body
+    user = await svc.update_user(
+        c.principal,
+        c.params["user"],
+        email=b.email,
+        display_name=b.display_name,
+        roles=b.roles,
+        disabled=b.disabled,
+    )
+    return s.UserOut.from_record(user)
+
+
+async def _delete_user(svc: AdminService, c: Call) -> BaseModel:
+    return s.UserOut.from_record(await svc.delete_user(c.principal, c.params["user"]))
+
+
+async def _me(svc: AdminService, c: Call) -> BaseModel:
+    view = await svc.me(c.principal)
+    detail = s.UserDetail.from_view(view)
+    return s.MeOut(
+        **detail.model_dump(),
+        token_id=c.principal.token_id,
+        managed_teams=list(c.principal.managed_teams),
+    )
+
+
+async def _list_teams(svc: AdminService, c: Call) -> BaseModel:
+    return s.TeamList(data=[s.TeamOut.from_record(t) for t in await svc.list_teams(c.principal)])
+
+
+async def _create_team(svc: AdminService, c: Call) -> BaseModel:
+    b: s.TeamCreate = c.body
+    return s.TeamOut.from_record(await svc.create_team(c.principal, name=b.name))
+
+
+async def _get_team(svc: AdminService, c: Call) -> BaseModel:
+    return s.TeamDetail.from_view(await svc.get_team(c.principal, c.params["team"]))
+
+
+async def _delete_team(svc: AdminService, c: Call) -> BaseModel:
+    return s.TeamOut.from_record(await svc.delete_team(c.principal, c.params["team"]))
+
+
+async def _list_members(svc: AdminService, c: Call) -> BaseModel:
+    members = await svc.list_members(c.principal, c.params["team"])
+    return s.MemberList(data=[s.MembershipOut.from_view(m) for m in members])
+
+
+async def _add_member(svc: AdminService, c: Call) -> BaseModel:
+    b: s.MemberAdd = c.body
+    view = await svc.add_member(c.principal, c.params["team"], b.user, role=b.role)
+    return s.MembershipOut.from_view(view)
+
+
+async def _update_member(svc: AdminService, c: Call) -> BaseModel:
+    b: s.MemberUpdate = c.body
+    view = await svc.set_member_role(c.principal, c.params["team"], c.params["user"], role=b.role)
+    return s.MembershipOut.from_view(view)
+
+
+async def _remove_member(svc: AdminService, c: Call) -> BaseModel:
+    view = await svc.remove_member(c.principal, c.params["team"], c.params["user"])
+    return s.MembershipOut.from_view(view)
+
+
+async def _list_accounts(svc: AdminService, c: Call) -> BaseModel:
+    q: s.AccountsQuery = c.query
+    views = await svc.list_accounts(c.principal, team_ref=q.team)
+    return s.AccountList(data=[s.AccountOut.from_view(v) for v in views])
+
+
+async def _create_account(svc: AdminService, c: Call) -> BaseModel:
+    b: s.AccountCreate = c.body
+    view = await svc.create_account(
+        c.principal, name=b.name, team_ref=b.team, allowed_models=b.allowed_models
+    )
+    return s.AccountOut.from_view(view)
+
+
+async def _get_account(svc: AdminService, c: Call) -> BaseModel:
+    return s.AccountOut.from_view(await svc.get_account(c.principal, c.params["account"]))
+
+
+async def _update_account(svc: AdminService, c: Call) -> BaseModel:
+    b: s.AccountUpdate = c.body
+    view = await svc.update_account(
+        c.principal,
+        c.params["account"],
+        allowed_models=b.allowed_models,
+        disabled=b.disabled,
+        team_ref=b.team,
+    )
+    return s.AccountOut.from_view(view)
+
+
+async def _delete_account(svc: AdminService, c: Call) -> BaseModel:
+    return s.AccountOut.from_view(await svc.delete_account(c.principal, c.params["account"]))
+
+
+async def _list_tokens(svc: AdminService, c: Call) -> BaseModel:
+    q: s.TokensQuery = c.query
+    views = await svc.list_tokens(c.principal, user_ref=q.user, account_ref=q.account)
+    return s.TokenList(data=[s.TokenOut.from_view(v) for v in views])
+
+
+async def _create_token(svc: AdminService, c: Call) -> BaseModel:
+    b: s.TokenCreate = c.body
+    issued = await svc.create_token(
+        c.principal,
+        name=b.name,
+        user_ref=b.user,
+        account_ref=b.account,
+        expires_at=b.expires_at,
+        expires_in_days=b.expires_in_days,
+        models=b.models,
+    )
+    return s.TokenCreated.from_view(issued)
+
+
+async def _get_token(svc: AdminService, c: Call) -> BaseModel:
+    return s.TokenOut.from_view(await svc.get_token(c.principal, c.params["token"]))
+
+
+async def _revoke_token(svc: AdminService, c: Call) -> BaseModel:
+    return s.TokenOut.from_view(await svc.revoke_token(c.principal, c.params["token"]))
+
+
+async def _rotate_token(svc: AdminService, c: Call) -> BaseModel:
+    b: s.TokenRotate = c.body
+    issued = await svc.rotate_token(
+        c.principal,
+        c.params["token"],
+        grace_seconds=b.grace_seconds,
+        expires_at=b.expires_at,
+        expires_in_days=b.expires_in_days,
+    )
+    return s.TokenCreated.from_view(issued)
+
+
+async def _list_events(svc: AdminService, c: Call) -> BaseModel:
+    q: s.EventsQuery = c.query
+    page = await svc.list_events(
+        c.principal,
+        after=q.after,
+        limit=q.limit,
+        target_type=q.target_type,
+        target_id=q.target_id,
+    )
+    return s.EventList.from_page(page)
+
+
+async def _no_handler(svc: AdminService, c: Call) -> BaseModel:  # the document is served early
+    raise AssertionError("unreachable")
+
+
+class OpenAPIDocument(BaseModel):
+    """The OpenAPI 3.1 document of this API."""
+
+    openapi: str
+
+
+def _r(
+    method: str,
+    path: str,
+    op: str,
+    summary: str,
+    response: type[BaseModel],
+    *,
+    tag: str | None = None,
+    **kw: Any,
+) -> RouteSpec:
+    tag = tag or path.lstrip("/").split("/", 1)[0]
+    mutating = method != "GET"
+    return RouteSpec(method, PREFIX + path, op, summary, response, tag, mutating=mutating, **kw)  # type: ignore[arg-type]
+
+
+ROUTES: list[tuple[RouteSpec, Handler]] = [
+    (_r("GET", "/me", "getMe", "The caller: user, memberships, token", s.MeOut), _me),
+    (_r("GET", "/users", "listUsers", "List users", s.UserList), _list_users),
+    (
+        _r("POST", "/users", "createUser", "Create a user (admin)", s.UserOut, body=s.UserCreate,
+           status=201),
+        _create_user,
+    ),
+    (_r("GET", "/users/{user}", "getUser", "Show a user", s.UserDetail), _get_user),
+    (
+        _r("PATCH", "/users/{user}", "updateUser", "Change a user's roles, email, name or "
+           "disabled flag (admin)", s.UserOut, body=s.UserUpdate),
+        _update_user,
+    ),
+    (
+        _r("DELETE", "/users/{user}", "deleteUser", "Delete a user; revokes their tokens (admin)",
+           s.UserOut),
+        _delete_user,
+    ),
+    (_r("GET", "/teams", "listTeams", "List teams", s.TeamList), _list_teams),
+    (
+        _r("POST", "/teams", "createTeam", "Create a team (admin)", s.TeamOut, body=s.TeamCreate,
+           status=201),
+        _create_team,
+    ),
+    (_r("GET", "/teams/{team}", "getTeam", "Show a team and its members", s.TeamDetail), _get_team),
+    (
+        _r("DELETE", "/teams/{team}", "deleteTeam", "Delete a team (admin)", s.TeamOut),
+        _delete_team,
+    ),
+    (
+        _r("GET", "/teams/{team}/members", "listMembers", "List a team's members", s.MemberList),
+        _list_members,
+    ),
+    (
+        _r("POST", "/teams/{team}/members", "addMember", "Add a member (admin, team manager)",
+           s.MembershipOut, body=s.MemberAdd, status=201),
+        _add_member,
+    ),
+    (
+        _r("PATCH", "/teams/{team}/members/{user}", "updateMember", "Set a member's role",
+           s.MembershipOut, body=s.MemberUpdate),
+        _update_member,
+    ),
+    (
+        _r("DELETE", "/teams/{team}/members/{user}", "removeMember", "Remove a member",
+           s.MembershipOut),
+        _remove_member,
+    ),
+    (
+        _r("GET", "/accounts", "listAccounts", "List virtual accounts", s.AccountList,
+           query=s.AccountsQuery),
+        _list_accounts,
+    ),
+    (
+        _r("POST", "/accounts", "createAccount", "Create a virtual account (admin, team manager)",
+           s.AccountOut, body=s.AccountCreate, status=201),
+        _create_account,
+    ),
+    (
+        _r("GET", "/accounts/{account}", "getAccount", "Show a virtual account", s.AccountOut),
+        _get_account,
+    ),
+    (
+        _r("PATCH", "/accounts/{account}", "updateAccount", "Change a virtual account",
+           s.AccountOut, body=s.AccountUpdate),
+        _update_account,
+    ),
+    (
+        _r("DELETE", "/accounts/{account}", "deleteAccount", "Delete a virtual account; revokes "
+           "its tokens", s.AccountOut),
+        _delete_account,
+    ),
+    (
+        _r("GET", "/tokens", "listTokens", "List tokens (never their secrets)", s.TokenList,
+           query=s.TokensQuery),
+        _list_tokens,
+    ),
+    (
+        _r("POST", "/tokens", "createToken", "Create a token; the secret is in this reply only",
+           s.TokenCreated, body=s.TokenCreate, status=201),
+        _create_token,
+    ),
+    (_r("GET", "/tokens/{token}", "getToken", "Show a token", s.TokenOut), _get_token),
+    (
+        _r("POST", "/tokens/{token}/revoke", "revokeToken", "Revoke a token now", s.TokenOut),
+        _revoke_token,
+    ),
+    (
+        _r("POST", "/tokens/{token}/rotate", "rotateToken", "Replace a token; the old one works "
+           "for grace_seconds more", s.TokenCreated, body=s.TokenRotate, status=201),
+        _rotate_token,
+    ),
+    (
+        _r("GET", "/events", "listEvents", "List admin events (admin, auditor)", s.EventList,
+           query=s.EventsQuery),
+        _list_events,
+    ),
+    (
+        _r("GET", "/openapi.json", "getOpenAPI", "This document", OpenAPIDocument, auth=False,
+           tag="meta"),
+        _no_handler,
+    ),
+]  # fmt: skip

@@ -1,0 +1,568 @@
+"""The admin API in-process (httpx over ASGI), on a real store (SQLite and PostgreSQL), a real
+TokenService and a real Directory.
+
+Every test starts from ``custos init`` (``bootstrap``): one admin with one token. Users with
+other roles are created through the API, as an operator would.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from custos.admin import bootstrap
+from custos.http.admin import PREFIX, ROUTES, AdminAPI
+from custos.identity.directory import Directory
+from custos.identity.principal import AuthFailure, Principal
+from custos.identity.tokens import TokenService
+from custos.state.models import Actor
+from custos.state.store import Store
+from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
+
+KEY = secrets.token_bytes(32)
+
+
+@dataclass
+class Env:
+    store: Store
+    tokens: TokenService
+    directory: Directory
+    client: httpx.AsyncClient
+    admin: str
+
+    async def call(
+        self, method: str, path: str, token: str | None, json: Any = None, **kw: Any
+    ) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}))
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        return await self.client.request(method, PREFIX + path, json=json, headers=headers, **kw)
+
+    async def ok(self, method: str, path: str, token: str, json: Any = None, **kw: Any) -> Any:
+        response = await self.call(method, path, token, json, **kw)
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+    async def user(self, email: str, roles: list[str], *, models: list[str] | None = None) -> str:
+        """Create a user with ``roles`` and a PAT for them (as the admin); returns the secret."""
+        await self.ok("POST", "/users", self.admin, {"email": email, "roles": roles})
+        body: dict[str, Any] = {"name": "test", "user": email}
+        if models is not None:
+            body["models"] = models
+        created = await self.ok("POST", "/tokens", self.admin, body)
+        await self.directory.reload()
+        return str(created["token"])
+
+    async def event_count(self) -> int:
+        return len(await self.store.list_admin_events(limit=100_000))
+
+
+@pytest.fixture
+async def env(store: Store) -> AsyncIterator[Env]:  # noqa: F811  (the fixture above)
+    tokens = TokenService(store, KEY)
+    directory = Directory(store, KEY)
+    admin = await bootstrap(store, tokens, "root@example.com")
+    await directory.reload()
+    api = AdminAPI(lambda: (store, tokens, directory))
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        yield Env(store, tokens, directory, client, admin.secret)
+
+
+async def manager_setup(env: Env) -> dict[str, Any]:
+    """Teams red and blue, each with an account and a VAT; ``mgr`` manages red only."""
+    for team in ("red", "blue"):
+        await env.ok("POST", "/teams", env.admin, {"name": team})
+        await env.ok(
+            "POST",
+            "/accounts",
+            env.admin,
+            {"name": f"{team}-svc", "team": team, "allowed_models": ["azure-eu/*"]},
+        )
+    mgr = await env.user("mgr@example.com", ["team_manager", "member"])
+    await env.ok("POST", "/teams/red/members", env.admin, {"user": "mgr@example.com",
+                                                           "role": "manager"})  # fmt: skip
+    await env.ok("POST", "/users", env.admin, {"email": "bob@example.com"})
+    await env.ok("POST", "/teams/blue/members", env.admin, {"user": "bob@example.com"})
+    blue_vat = await env.ok("POST", "/tokens", env.admin, {"name": "b", "account": "blue-svc"})
+    return {"mgr": mgr, "blue_vat": blue_vat["record"]["id"]}
+
+
+# -- authentication -------------------------------------------------------------------------------
+
+
+async def test_bearer_token_is_required_and_auth_failures_are_401(env: Env) -> None:
+    missing = await env.call("GET", "/me", None)
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "missing_token"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    malformed = await env.call("GET", "/me", "cst_pat_nope")
+    assert malformed.json()["error"]["code"] == "malformed_token"
+    unknown = await env.call("GET", "/me", _fresh_pat())
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (401, "unknown_token")
+    me = await env.ok("GET", "/me", env.admin)
+    assert me["email"] == "root@example.com"
+    assert set(me["roles"]) == {"admin", "member"}
+    assert me["token_id"].startswith("tok_")
+
+
+def _fresh_pat() -> str:
+    from custos.identity.tokens import generate
+
+    return generate("pat")
+
+
+async def test_virtual_accounts_cannot_use_the_admin_api(env: Env) -> None:
+    await env.ok("POST", "/teams", env.admin, {"name": "svc"})
+    await env.ok("POST", "/accounts", env.admin, {"name": "bot", "team": "svc"})
+    vat = await env.ok("POST", "/tokens", env.admin, {"name": "v", "account": "bot"})
+    await env.directory.reload()
+    response = await env.call("GET", "/me", vat["token"])
+    assert response.status_code == 403
+    assert "virtual accounts" in response.json()["error"]["message"]
+
+
+async def test_a_demoted_admin_is_refused_before_the_directory_reloads(env: Env) -> None:
+    other = await env.user("second@example.com", ["admin"])
+    await env.ok("GET", "/users", other)
+    await env.ok("PATCH", "/users/second@example.com", env.admin, {"roles": ["member"]})
+    # No directory reload: the API re-reads roles from the store on every call.
+    response = await env.call("POST", "/teams", other, {"name": "x"})
+    assert response.status_code == 403
+    assert "admin role" in response.json()["error"]["message"]
+
+
+# -- role tests (issue 3, "Must show") ------------------------------------------------------------
+
+
+async def test_a_member_cannot_create_tokens_for_others(env: Env) -> None:
+    alice = await env.user("alice@example.com", ["member"])
+    await env.ok("POST", "/users", env.admin, {"email": "carol@example.com"})
+    before = await env.event_count()
+    for target in ("carol@example.com", "root@example.com"):
+        response = await env.call("POST", "/tokens", alice, {"name": "x", "user": target})
+        assert response.status_code == 403, response.text
+        assert response.json()["error"]["code"] == "forbidden"
+        assert "admin role" in response.json()["error"]["message"]
+    assert await env.event_count() == before
+    # Her own tokens she manages: create, list, show, rotate, revoke.
+    own = await env.ok("POST", "/tokens", alice, {"name": "laptop"})
+    assert own["record"]["owner"] == "alice@example.com"
+    listed = await env.ok("GET", "/tokens", alice)
+    assert {t["owner"] for t in listed["data"]} == {"alice@example.com"}
+    token_id = own["record"]["id"]
+    await env.ok("GET", f"/tokens/{token_id}", alice)
+    await env.ok("POST", f"/tokens/{token_id}/rotate", alice, {"grace_seconds": 0})
+    # ... but not anyone else's.
+    root_token = (await env.ok("GET", "/me", env.admin))["token_id"]
+    assert (await env.call("GET", f"/tokens/{root_token}", alice)).status_code == 403
+    assert (await env.call("POST", f"/tokens/{root_token}/revoke", alice)).status_code == 403
+    assert (await env.call("GET", "/tokens?user=root@example.com", alice)).status_code == 403
+    assert (await env.call("GET", "/events", alice)).status_code == 403
+    assert (await env.call("POST", "/teams", alice, {"name": "t"})).status_code == 403
+
+
+def _sample_body(path: str) -> dict[str, Any] | None:
+    """A valid body for each mutating route (so only the role can be what refuses it)."""
+    bodies: dict[str, dict[str, Any]] = {
+        "POST /users": {"email": "new@example.com"},
+        "PATCH /users/{user}": {"display_name": "x"},
+        "POST /teams": {"name": "newteam"},
+        "POST /teams/{team}/members": {"user": "root@example.com"},
+        "PATCH /teams/{team}/members/{user}": {"role": "manager"},
+        "POST /accounts": {"name": "newacct", "team": "red"},
+        "PATCH /accounts/{account}": {"disabled": True},
+        "POST /tokens": {"name": "x"},
+        "POST /tokens/{token}/rotate": {"grace_seconds": 0},
+    }
+    return bodies.get(path)
+
+
+async def test_an_auditor_cannot_change_anything(env: Env) -> None:
+    ids = await manager_setup(env)
+    auditor = await env.user("audit@example.com", ["auditor"])
+    values = {
+        "{user}": "bob@example.com",
+        "{team}": "blue",
+        "{account}": "blue-svc",
+        "{token}": ids["blue_vat"],
+    }
+    before = await env.event_count()
+    mutating = [spec for spec, _ in ROUTES if spec.mutating]
+    assert len(mutating) >= 14
+    for spec in mutating:
+        template = spec.path[len(PREFIX) :]
+        path = template
+        for placeholder, value in values.items():
+            path = path.replace(placeholder, value)
+        body = _sample_body(f"{spec.method} {template}")
+        response = await env.call(spec.method, path, auditor, body)
+        assert response.status_code == 403, f"{spec.method} {path}: {response.text}"
+        assert "read-only" in response.json()["error"]["message"]
+        # Even a missing object or a bad body is refused for the role first.
+        bogus = await env.call(spec.method, path.replace("blue", "nope"), auditor, {"x": 1})
+        assert bogus.status_code == 403, f"{spec.method} {path}: {bogus.text}"
+    assert await env.event_count() == before
+    # Reading everything is what an auditor is for.
+    assert len((await env.ok("GET", "/users", auditor))["data"]) == 4
+    assert len((await env.ok("GET", "/tokens", auditor))["data"]) >= 4
+    assert len((await env.ok("GET", "/accounts", auditor))["data"]) == 2
+    assert (await env.ok("GET", "/events", auditor))["data"]
+    await env.ok("GET", "/teams/blue", auditor)
+    await env.ok("GET", f"/tokens/{ids['blue_vat']}", auditor)
+
+
+async def test_a_team_manager_cannot_touch_another_team(env: Env) -> None:
+    ids = await manager_setup(env)
+    mgr = ids["mgr"]
+    before = await env.event_count()
+    refused = [
+        ("POST", "/accounts", {"name": "sneaky", "team": "blue"}),
+        ("PATCH", "/accounts/blue-svc", {"disabled": True}),
+        ("DELETE", "/accounts/blue-svc", None),
+        ("POST", "/tokens", {"name": "x", "account": "blue-svc"}),
+        ("POST", f"/tokens/{ids['blue_vat']}/revoke", None),
+        ("POST", f"/tokens/{ids['blue_vat']}/rotate", {}),
+        ("POST", "/teams/blue/members", {"user": "mgr@example.com"}),
+        ("PATCH", "/teams/blue/members/bob@example.com", {"role": "manager"}),
+        ("DELETE", "/teams/blue/members/bob@example.com", None),
+        ("PATCH", "/accounts/red-svc", {"team": "blue"}),
+        ("GET", "/accounts/blue-svc", None),
+        ("GET", f"/tokens/{ids['blue_vat']}", None),
+        ("GET", "/tokens?account=blue-svc", None),
+        ("GET", "/accounts?team=blue", None),
+        ("POST", "/teams", {"name": "mine"}),
+        ("DELETE", "/teams/red", None),
+        ("POST", "/users", {"email": "x@example.com"}),
+    ]
+    for method, path, body in refused:
+        response = await env.call(method, path, mgr, body)
+        assert response.status_code == 403, f"{method} {path}: {response.text}"
+        assert response.json()["error"]["type"] == "permission_error"
+    assert await env.event_count() == before
+    # Their own team they manage: accounts, VATs, members.
+    await env.ok("POST", "/accounts", mgr, {"name": "red-two", "team": "red"})
+    vat = await env.ok("POST", "/tokens", mgr, {"name": "deploy", "account": "red-svc"})
+    assert vat["token"].startswith("cst_vat_")
+    await env.ok("POST", "/teams/red/members", mgr, {"user": "bob@example.com"})
+    await env.ok("POST", f"/tokens/{vat['record']['id']}/revoke", mgr)
+    listed = await env.ok("GET", "/accounts", mgr)
+    assert {a["name"] for a in listed["data"]} == {"red-svc", "red-two"}
+    tokens = await env.ok("GET", "/tokens", mgr)
+    assert {t["owner"] for t in tokens["data"]} == {"red-svc", "mgr@example.com"}
+    events = await env.store.list_admin_events(after_id=0, limit=100_000)
+    assert events[-1].actor_role == "team_manager"
+    assert events[-1].actor.startswith("user:usr_")
+
+
+async def test_the_team_manager_role_alone_manages_no_team(env: Env) -> None:
+    await env.ok("POST", "/teams", env.admin, {"name": "red"})
+    lone = await env.user("lone@example.com", ["team_manager"])
+    await env.ok("POST", "/teams/red/members", env.admin, {"user": "lone@example.com"})
+    response = await env.call("POST", "/accounts", lone, {"name": "a", "team": "red"})
+    assert response.status_code == 403
+    assert "manager membership of team 'red'" in response.json()["error"]["message"]
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+async def test_validation_errors_are_400_naming_the_field(env: Env) -> None:
+    await env.ok("POST", "/teams", env.admin, {"name": "red"})
+    await env.ok("POST", "/accounts", env.admin, {"name": "bot", "team": "red",
+                                                   "allowed_models": ["azure-eu/*"]})  # fmt: skip
+    cases: list[tuple[str, str, Any, str | None]] = [
+        ("POST", "/users", {"email": "a@b.c", "colour": "red"}, "colour"),
+        ("POST", "/users", {"email": "not-an-email"}, "email"),
+        ("POST", "/users", {}, "email"),
+        ("POST", "/users", {"email": "a@b.c", "roles": ["superuser"]}, "roles.0"),
+        ("PATCH", "/users/root@example.com", {"disabled": "yes"}, "disabled"),
+        ("POST", "/teams", {"name": "has space"}, "name"),
+        ("POST", "/teams", {"name": 5}, "name"),
+        ("POST", "/teams/red/members", {"user": "root@example.com", "role": "boss"}, "role"),
+        ("POST", "/accounts", {"name": "x", "team": "red", "allowed_models": ["a?b"]},
+         "allowed_models"),
+        ("POST", "/tokens", {"name": "t", "models": []}, "models"),
+        ("POST", "/tokens", {"name": "t", "models": ["gpt-[45]"]}, "models"),
+        ("POST", "/tokens", {"name": "t", "expires_in_days": 0}, "expires_in_days"),
+        ("POST", "/tokens", {"name": "t", "expires_in_days": "7"}, "expires_in_days"),
+        ("POST", "/tokens", {"name": "t", "expires_at": "2030-01-01T00:00:00"}, "expires_at"),
+        ("POST", "/tokens", {"name": "t", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        ("POST", "/tokens", {"name": "t", "expires_at": "2030-01-01T00:00:00Z",
+                             "expires_in_days": 3}, "expires_in_days"),
+        ("POST", "/tokens", {"name": "t", "account": "bot", "models": ["openai-main/*"]},
+         "models"),
+        ("POST", "/tokens", {"name": "t", "user": "root@example.com", "account": "bot"},
+         "account"),
+        ("GET", "/events?limit=0", None, "limit"),
+        ("GET", "/events?colour=red", None, "colour"),
+        ("GET", "/users?x=1", None, "x"),
+    ]  # fmt: skip
+    before = await env.event_count()
+    for method, path, body, param in cases:
+        response = await env.call(method, path, env.admin, body)
+        assert response.status_code == 400, f"{method} {path} {body}: {response.text}"
+        error = response.json()["error"]
+        assert error["param"] == param, f"{method} {path} {body}: {error}"
+        assert error["type"] == "invalid_request_error"
+        assert param.split(".")[0] in error["message"]
+    assert await env.event_count() == before
+
+
+async def test_bad_bodies_routes_and_methods(env: Env) -> None:
+    raw = {"authorization": f"Bearer {env.admin}", "content-type": "application/json"}
+    bad_json = await env.client.post(f"{PREFIX}/teams", content=b"{nope", headers=raw)
+    assert (bad_json.status_code, bad_json.json()["error"]["code"]) == (400, "invalid_json")
+    not_object = await env.client.post(f"{PREFIX}/teams", content=b"[1]", headers=raw)
+    assert not_object.status_code == 400
+    assert "JSON object" in not_object.json()["error"]["message"]
+    text = {"authorization": f"Bearer {env.admin}", "content-type": "text/plain"}
+    wrong_type = await env.client.post(f"{PREFIX}/teams", content=b'{"name":"a"}', headers=text)
+    assert wrong_type.status_code == 415
+    huge = await env.client.post(
+        f"{PREFIX}/teams", content=b'{"name":"' + b"a" * (1 << 20) + b'"}', headers=raw
+    )
+    assert (huge.status_code, huge.json()["error"]["code"]) == (413, "request_too_large")
+    method = await env.call("PUT", "/teams", env.admin, {"name": "a"})
+    assert method.status_code == 405
+    assert method.headers["allow"] == "GET, POST"
+    unknown = await env.call("GET", "/nothing/here", env.admin)
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "unknown_route")
+    # A body-less rotate is fine: every field has a default.
+    own = await env.ok("POST", "/tokens", env.admin, {"name": "spare"})
+    rotated = await env.client.post(
+        f"{PREFIX}/tokens/{own['record']['id']}/rotate",
+        headers={"authorization": f"Bearer {env.admin}"},
+    )
+    assert rotated.status_code == 201, rotated.text
+    assert rotated.json()["replaced"]["grace_until"] is not None
+
+
+async def test_not_found_and_conflicts(env: Env) -> None:
+    missing = [
+        ("GET", "/users/nobody@example.com"),
+        ("GET", "/users/usr_00000000000000000000"),
+        ("GET", "/teams/ghosts"),
+        ("GET", "/accounts/ghost"),
+        ("GET", "/tokens/tok_00000000000000000000"),
+        ("POST", "/tokens/tok_00000000000000000000/revoke"),
+        ("DELETE", "/teams/ghosts"),
+    ]
+    for method, path in missing:
+        response = await env.call(method, path, env.admin)
+        assert response.status_code == 404, f"{method} {path}: {response.text}"
+        assert response.json()["error"]["code"] == "not_found"
+    await env.ok("POST", "/teams", env.admin, {"name": "red"})
+    await env.ok("POST", "/accounts", env.admin, {"name": "bot", "team": "red"})
+    conflicts: list[tuple[str, str, Any]] = [
+        ("POST", "/teams", {"name": "red"}),
+        ("POST", "/users", {"email": "ROOT@example.com"}),
+        ("POST", "/accounts", {"name": "bot", "team": "red"}),
+        ("DELETE", "/teams/red", None),  # owns an account
+        ("DELETE", "/users/root@example.com", None),  # the only admin
+        ("PATCH", "/users/root@example.com", {"roles": ["member"]}),
+        ("PATCH", "/users/root@example.com", {"disabled": True}),
+    ]
+    for method, path, body in conflicts:
+        response = await env.call(method, path, env.admin, body)
+        assert response.status_code == 409, f"{method} {path}: {response.text}"
+        assert response.json()["error"]["code"] == "conflict"
+    created = await env.ok("POST", "/tokens", env.admin, {"name": "x"})
+    await env.ok("POST", f"/tokens/{created['record']['id']}/revoke", env.admin)
+    again = await env.call("POST", f"/tokens/{created['record']['id']}/revoke", env.admin)
+    assert again.status_code == 409
+    rotate = await env.call("POST", f"/tokens/{created['record']['id']}/rotate", env.admin, {})
+    assert rotate.status_code == 409
+    # A team from the config file cannot be deleted through the API.
+    await env.store.create_team(Actor.system("config"), name="gitops", source="config")
+    response = await env.call("DELETE", "/teams/gitops", env.admin)
+    assert response.status_code == 409
+    assert "config file" in response.json()["error"]["message"]
+
+
+async def test_a_failed_request_leaves_nothing_behind(env: Env) -> None:
+    await env.ok("POST", "/teams", env.admin, {"name": "red"})
+    before = await env.event_count()
+    failing: list[tuple[str, str, Any, int]] = [
+        ("POST", "/teams/red/members", {"user": "ghost@example.com"}, 404),
+        ("POST", "/teams/blue/members", {"user": "root@example.com"}, 404),
+        ("POST", "/accounts", {"name": "bot", "team": "blue"}, 404),
+        ("POST", "/tokens", {"name": "t", "account": "nobot"}, 404),
+        ("POST", "/tokens", {"name": "t", "user": "ghost@example.com"}, 404),
+        ("POST", "/tokens", {"name": "t", "models": ["bad model"]}, 400),
+        ("POST", "/users", {"email": "x@example.com", "roles": ["root"]}, 400),
+    ]
+    for method, path, body, status in failing:
+        response = await env.call(method, path, env.admin, body)
+        assert response.status_code == status, f"{method} {path}: {response.text}"
+    assert await env.event_count() == before
+    assert (await env.ok("GET", "/teams/red/members", env.admin))["data"] == []
+    assert len((await env.ok("GET", "/users", env.admin))["data"]) == 1
+    assert len((await env.ok("GET", "/tokens", env.admin))["data"]) == 1
+    assert (await env.ok("GET", "/accounts", env.admin))["data"] == []
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+async def test_a_token_secret_is_shown_once_and_never_again(env: Env) -> None:
+    await env.ok("POST", "/teams", env.admin, {"name": "red"})
+    await env.ok("POST", "/accounts", env.admin, {"name": "bot", "team": "red",
+                                                   "allowed_models": ["azure-eu/*"]})  # fmt: skip
+    pat = await env.ok("POST", "/tokens", env.admin, {"name": "ci", "expires_in_days": 30})
+    vat = await env.ok(
+        "POST", "/tokens", env.admin, {"name": "svc", "account": "bot", "models": ["azure-eu/x"]}
+    )
+    rotated = await env.ok("POST", f"/tokens/{pat['record']['id']}/rotate", env.admin, {})
+    secrets_ = [pat["token"], vat["token"], rotated["token"]]
+    assert pat["token"].startswith("cst_pat_") and vat["token"].startswith("cst_vat_")
+    assert "only time" in pat["warning"]
+    assert pat["record"]["prefix"] == pat["token"][:12]
+    assert vat["record"]["allowed_models"] == ["azure-eu/x"]
+    pages = [
+        await env.call("GET", "/tokens", env.admin),
+        await env.call("GET", f"/tokens/{pat['record']['id']}", env.admin),
+        await env.call("GET", f"/tokens/{vat['record']['id']}", env.admin),
+        await env.call("GET", "/events?limit=1000", env.admin),
+        await env.call("GET", "/me", env.admin),
+        await env.call("GET", "/accounts/bot", env.admin),
+    ]
+    for page in pages:
+        assert page.status_code == 200
+        for secret in secrets_:
+            assert secret not in page.text
+            assert secret[12:] not in page.text  # not even the part after the prefix
+        assert "token_hash" not in page.text
+    for event in await env.store.list_admin_events(limit=100_000):
+        dumped = orjson.dumps([event.before, event.after]).decode()
+        assert not any(secret in dumped for secret in secrets_)
+
+
+async def test_rotation_and_revocation_reach_the_directory(env: Env) -> None:
+    alice = await env.user("alice@example.com", ["member"])
+    first = await env.ok("POST", "/tokens", alice, {"name": "laptop"})
+    await env.directory.reload()
+    assert isinstance(env.directory.lookup(first["token"]), Principal)
+
+    graceful = await env.ok(
+        "POST", f"/tokens/{first['record']['id']}/rotate", alice, {"grace_seconds": 600}
+    )
+    await env.directory.reload()
+    assert isinstance(env.directory.lookup(first["token"]), Principal)  # in its grace period
+    assert isinstance(env.directory.lookup(graceful["token"]), Principal)
+    assert graceful["record"]["rotated_from"] == first["record"]["id"]
+
+    sharp = await env.ok(
+        "POST", f"/tokens/{graceful['record']['id']}/rotate", alice, {"grace_seconds": 0}
+    )
+    await env.directory.reload()
+    old = env.directory.lookup(graceful["token"])
+    assert isinstance(old, AuthFailure) and old.code == "revoked_token"
+    assert isinstance(env.directory.lookup(sharp["token"]), Principal)
+    listed = {t["id"]: t["state"] for t in (await env.ok("GET", "/tokens", alice))["data"]}
+    assert listed[graceful["record"]["id"]] == "rotated"
+    assert listed[first["record"]["id"]] == "active"
+
+    revoked = await env.ok("POST", f"/tokens/{sharp['record']['id']}/revoke", env.admin)
+    assert revoked["state"] == "revoked" and revoked["revoked_at"]
+    # The admin API refuses it at once (it re-reads the token), the directory after a reload.
+    response = await env.call("GET", "/me", sharp["token"])
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "revoked_token")
+    await env.directory.reload()
+    gone = env.directory.lookup(sharp["token"])
+    assert isinstance(gone, AuthFailure) and gone.code == "revoked_token"
+
+
+async def test_a_narrowed_token_cannot_mint_a_broader_one(env: Env) -> None:
+    narrow = await env.user("n@example.com", ["member"], models=["azure-eu/*"])
+    broad = await env.call("POST", "/tokens", narrow, {"name": "broad"})
+    assert broad.status_code == 403
+    outside = await env.call("POST", "/tokens", narrow, {"name": "o", "models": ["openai/*"]})
+    assert outside.status_code == 403
+    inside = await env.ok("POST", "/tokens", narrow, {"name": "i", "models": ["azure-eu/gpt"]})
+    assert inside["record"]["allowed_models"] == ["azure-eu/gpt"]
+
+
+async def test_admin_issues_tokens_for_others_with_expiry(env: Env) -> None:
+    await env.ok("POST", "/users", env.admin, {"email": "dana@example.com", "roles": []})
+    created = await env.ok(
+        "POST",
+        "/tokens",
+        env.admin,
+        {"name": "d", "user": "dana@example.com", "expires_at": "2031-02-03T04:05:06+02:00"},
+    )
+    assert created["record"]["owner"] == "dana@example.com"
+    assert created["record"]["expires_at"].startswith("2031-02-03T02:05:06")
+    await env.directory.reload()
+    # Dana has no role: she may read herself, and nothing else.
+    me = await env.ok("GET", "/me", created["token"])
+    assert me["roles"] == []
+    assert (await env.call("GET", "/tokens", created["token"])).status_code == 403
+    assert (await env.call("POST", "/tokens", created["token"], {"name": "x"})).status_code == 403
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+async def test_names_and_ids_both_address_objects(env: Env) -> None:
+    team = await env.ok("POST", "/teams", env.admin, {"name": "red"})
+    user = await env.ok("POST", "/users", env.admin, {"email": "Eve@Example.com"})
+    await env.ok("POST", f"/teams/{team['id']}/members", env.admin, {"user": user["id"]})
+    by_name = await env.ok("GET", "/teams/red", env.admin)
+    by_id = await env.ok("GET", f"/teams/{team['id']}", env.admin)
+    assert by_name == by_id
+    assert by_name["members"][0]["email"] == "Eve@Example.com"
+    shown = await env.ok("GET", "/users/eve@example.com", env.admin)
+    assert shown["id"] == user["id"]
+    assert shown["memberships"][0]["team"] == "red"
+    await env.ok("PATCH", f"/teams/red/members/{user['id']}", env.admin, {"role": "manager"})
+    removed = await env.ok("DELETE", "/teams/red/members/eve@example.com", env.admin)
+    assert removed["role"] == "manager"
+
+
+async def test_events_page_with_a_cursor_and_filters(env: Env) -> None:
+    for name in ("a", "b", "c"):
+        await env.ok("POST", "/teams", env.admin, {"name": name})
+    first = await env.ok("GET", "/events?limit=2", env.admin)
+    assert len(first["data"]) == 2 and first["next_after"] == first["data"][-1]["id"]
+    rest = await env.ok("GET", f"/events?after={first['next_after']}", env.admin)
+    assert rest["next_after"] is None
+    teams = await env.ok("GET", "/events?target_type=team", env.admin)
+    assert [e["action"] for e in teams["data"]] == ["team.create"] * 3
+    assert teams["data"][0]["actor"].startswith("user:usr_")
+    assert teams["data"][0]["after"]["name"] == "a"
+
+
+# -- the OpenAPI document -------------------------------------------------------------------------
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
+
+
+async def test_the_openapi_document_is_valid_and_complete(env: Env) -> None:
+    response = await env.call("GET", "/openapi.json", None)  # no token needed
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"] == "3.1.0"
+    for spec, _ in ROUTES:
+        operation = document["paths"][spec.path][spec.method.lower()]
+        assert str(spec.status) in operation["responses"]
+    schemas = document["components"]["schemas"]
+    for ref in _refs(document):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+    assert "token" in schemas["TokenCreated"]["properties"]
+    assert "token" not in schemas["TokenOut"]["properties"]
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(document)
