@@ -1,0 +1,230 @@
+"""The admin CLI: ``custos init`` and ``custos db migrate`` on a temporary SQLite store, and the
+API commands against the admin API served by uvicorn in a thread (a real HTTP round trip)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from custos.admin_cli import build_parser, main
+from custos.http.admin import AdminAPI
+from custos.identity.directory import Directory
+from custos.identity.tokens import TokenService
+from custos.state.invalidation import MemoryInvalidation
+from custos.state.store import Store, open_store
+from tests.conftest import free_port
+
+KEY = "test-token-hash-key-" + "x" * 40
+TOKEN = re.compile(r"cst_(?:pat|vat)_[0-9A-Za-z]{38}")
+
+
+@pytest.fixture
+def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("CUSTOS_TOKEN_HASH_KEY", KEY)
+    monkeypatch.delenv("CUSTOS_TOKEN", raising=False)
+    return f"sqlite:///{tmp_path / 'custos.db'}"
+
+
+def test_init_prints_a_token_once_and_refuses_a_second_time(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", "--store", store_url, "--email", "ops@example.com"]) == 0
+    out, err = capsys.readouterr()
+    assert TOKEN.findall(out + err) == [out.strip()]  # the secret, alone on stdout, once
+    assert "shown once" in err and "ops@example.com" in err
+
+    assert main(["init", "--store", store_url, "--email", "other@example.com"]) == 1
+    out, err = capsys.readouterr()
+    assert "refusing" in err and "admin exists" in err
+    assert not TOKEN.search(out + err)
+
+    assert main(["init", "--store", store_url, "--if-needed"]) == 0
+    out, err = capsys.readouterr()
+    assert "nothing to do" in err and not TOKEN.search(out + err)
+
+
+def test_init_needs_a_token_hash_key_and_a_store(
+    store_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["init"])
+    assert exited.value.code == 2
+    monkeypatch.delenv("CUSTOS_TOKEN_HASH_KEY")
+    assert main(["init", "--store", store_url]) == 1
+    assert "token hash key" in capsys.readouterr().err
+
+
+def test_db_migrate_is_idempotent(
+    store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "migrate", "--store", store_url]) == 0
+    assert "applied migration(s) 0001" in capsys.readouterr().out
+    config = tmp_path / "custos.yaml"
+    config.write_text(f'version: 1\nproviders: {{}}\nstate: {{store: "{store_url}"}}\n')
+    assert main(["db", "migrate", "--config", str(config)]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def _leaves(parser: argparse.ArgumentParser, trail: tuple[str, ...] = ()) -> Iterator[tuple]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*trail, name), child
+                yield from _leaves(child, (*trail, name))
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = list(_leaves(build_parser()))
+    assert len(commands) > 30
+    for trail, parser in commands:
+        assert parser.description, trail
+        with pytest.raises(SystemExit) as exited:
+            main([*trail, "--help"])
+        assert exited.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: custos " + " ".join(trail))
+
+
+# -- against a served admin API -------------------------------------------------------------------
+
+
+class _App:
+    """An ASGI app serving only the admin API, opening the store on lifespan startup."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.deps: tuple[Store, TokenService, Directory] | None = None
+        self.admin = AdminAPI(lambda: self.deps)  # type: ignore[arg-type, return-value]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await self.admin(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                invalidation = MemoryInvalidation()
+                store = await open_store(self.url, publisher=invalidation)
+                directory = Directory(store, KEY, invalidation=invalidation)
+                await directory.start()
+                self.deps = (store, TokenService(store, KEY), directory)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.deps is not None:
+                    await self.deps[2].close()
+                    await self.deps[0].close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+@pytest.fixture
+def served(store_url: str, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[str, str]]:
+    """``(gateway URL, admin token)``: ``custos init`` run, then the admin API served."""
+    assert main(["init", "--store", store_url, "--email", "root@example.com"]) == 0
+    admin = capsys.readouterr().out.strip()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            _App(store_url),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            loop="asyncio",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", admin
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_calls_the_admin_api(
+    served: tuple[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, admin = served
+    api = ["--url", url, "--token", admin]
+    assert _run(capsys, "teams", "create", "red", *api)[0] == 0
+    assert _run(capsys, "users", "create", "bob@example.com", "--role", "member", *api)[0] == 0
+    status, out, _ = _run(capsys, "teams", "members", "add", "red", "bob@example.com", *api)
+    assert status == 0 and "bob@example.com" in out
+
+    status, out, err = _run(
+        capsys,
+        "tokens",
+        "create",
+        "--user",
+        "bob@example.com",
+        "--name",
+        "bob-laptop",
+        "--expires-in-days",
+        "7",
+        *api,
+    )
+    assert status == 0, err
+    bob = out.strip()
+    assert TOKEN.fullmatch(bob) and "shown once" in err
+
+    status, out, _ = _run(capsys, "tokens", "list", *api)
+    assert status == 0 and "bob-laptop" in out and "PREFIX" in out and bob not in out
+    listed = json.loads(
+        _run(capsys, "tokens", "list", "--user", "bob@example.com", "--json", *api)[1]
+    )
+    (record,) = listed["data"]
+    assert record["prefix"] == bob[:12] and bob not in json.dumps(listed)
+
+    # Bob (role member) cannot make tokens for others; the API's message reaches the terminal.
+    monkeypatch.setenv("CUSTOS_TOKEN", bob)
+    deadline = time.monotonic() + 5
+    while (result := _run(capsys, "tokens", "create", "--user", "root@example.com", "--url", url))[
+        0
+    ] != 1 or "HTTP 403" not in result[2]:
+        assert "unknown_token" in result[2] and time.monotonic() < deadline, result
+        time.sleep(0.05)  # the directory picks the new token up within milliseconds
+    assert "admin role" in result[2]
+
+    rotated = json.loads(
+        _run(capsys, "tokens", "rotate", record["id"], "--grace-seconds", "0", "--json", *api)[1]
+    )
+    assert rotated["record"]["rotated_from"] == record["id"] and TOKEN.fullmatch(rotated["token"])
+    status, out, _ = _run(capsys, "tokens", "revoke", rotated["record"]["id"], *api)
+    assert status == 0 and "revoked" in out
+
+    status, _, err = _run(capsys, "teams", "create", "red", *api)
+    assert status == 1 and "already exists" in err and "HTTP 409" in err
+    status, out, _ = _run(capsys, "teams", "show", "red", *api)
+    assert status == 0 and "bob@example.com" in out
+    status, out, _ = _run(capsys, "events", "list", "--target-type", "team", *api)
+    assert status == 0 and "team.create" in out
+
+
+def test_cli_without_a_token_or_a_gateway(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = _run(capsys, "users", "list")
+    assert status == 2 and "CUSTOS_TOKEN" in err
+    status, _, err = _run(
+        capsys, "users", "list", "--url", f"http://127.0.0.1:{free_port()}", "--token", "cst_pat_x"
+    )
+    assert status == 1 and "cannot reach" in err
