@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 from custos.config.loader import LoadedConfig
 from custos.config.schema import ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.policy.access import AccessGrant, AccessPolicy
+from custos.policy.metadata import MetadataContract
+from custos.policy.patterns import ModelPattern
 from custos.pricing import ModelPrice
+from custos.state.store import email_key
 from custos.providers.base import ProviderAdapter
 from custos.providers.registry import adapter_for
 
@@ -65,6 +69,19 @@ class Runtime:
         }
         for name, vm in self.config.virtual_models.items():
             self.routes[name] = self._virtual_route(name, vm)
+        self.access = AccessPolicy(
+            [
+                AccessGrant(
+                    id=rule.id or f"access[{index}]",
+                    subjects=frozenset(_subject_key(s) for s in rule.subjects),
+                    models=ModelPattern(rule.models),
+                )
+                for index, rule in enumerate(self.config.access)
+            ]
+        )
+        self.metadata = MetadataContract.build(
+            self.config.metadata.required, self.config.metadata.allowed
+        )
 
     def _virtual_route(self, name: str, vm: VirtualModelSettings) -> Route:
         return Route(
@@ -76,6 +93,12 @@ class Runtime:
             fallback_on=frozenset(vm.fallback_on),
             virtual=True,
         )
+
+
+def _subject_key(subject: str) -> str:
+    """Users are compared by case-folded email, as the directory names them."""
+    kind, _, name = subject.partition(":")
+    return f"user:{email_key(name)}" if kind == "user" else subject
 
 
 def _target(account: str, model: str, settings: ProviderSettings, adapter: ProviderAdapter) -> ModelTarget:
