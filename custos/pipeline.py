@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from custos.context import Attempt, RequestContext, Usage
 from custos.errors import GatewayError, stream_error_event
 from custos.identity.directory import Directory
+from custos.identity.jwt import looks_like_jwt
 from custos.identity.principal import AuthFailure, Principal
 from custos.providers.base import ProviderCall, UpstreamMalformed, upstream_error
 from custos.providers.estimate import estimate_prompt_tokens
@@ -31,7 +32,7 @@ from custos.providers.transport import (
     UpstreamUnreachable,
 )
 from custos.routing import backoff_s, candidates
-from custos.runtime import ModelTarget, Route
+from custos.runtime import ModelTarget, Route, Runtime
 from custos.telemetry import metrics
 
 Header = tuple[bytes, bytes]
@@ -68,7 +69,7 @@ class Pipeline:
         """
         relayed = False
         try:
-            self.authenticate(ctx)
+            await self.authenticate(ctx)
             await read_request(ctx)
             self.identify(ctx)
             self.authorize(ctx)
@@ -92,12 +93,12 @@ class Pipeline:
 
     # -- stage 1: authenticate ------------------------------------------------------------------
 
-    def authenticate(self, ctx: RequestContext) -> Principal:
-        """Bearer token → principal, from memory."""
-        ctx.principal = self.principal_for(ctx.token)
+    async def authenticate(self, ctx: RequestContext) -> Principal:
+        """Bearer token → principal: a gateway token from memory, or an IdP's JWT."""
+        ctx.principal = await self.principal_for(ctx.token, ctx.runtime)
         return ctx.principal
 
-    def principal_for(self, token: str | None) -> Principal:
+    async def principal_for(self, token: str | None, runtime: Runtime) -> Principal:
         if self.directory is None:
             raise GatewayError(503, "not_ready", "The gateway is starting; try again shortly.")
         if not token:
@@ -106,7 +107,10 @@ class Pipeline:
                 "missing_api_key",
                 "No API key: send 'Authorization: Bearer <token>' (or 'x-api-key' on /v1/messages).",
             )
-        found = self.directory.lookup(token)
+        if runtime.jwt.idps and looks_like_jwt(token):
+            found = await runtime.jwt.principal(token)
+        else:
+            found = self.directory.lookup(token)
         if isinstance(found, AuthFailure):
             raise found.to_error()
         return found

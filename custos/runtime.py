@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from custos.config.loader import LoadedConfig
-from custos.config.schema import ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.config.schema import Config, ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.identity.jwt import JWTVerifier
 from custos.policy.access import AccessGrant, AccessPolicy
 from custos.policy.metadata import MetadataContract
 from custos.policy.patterns import ModelPattern
@@ -79,6 +80,7 @@ class Runtime:
                 for index, rule in enumerate(self.config.access)
             ]
         )
+        self.jwt = JWTVerifier(self.config.identity.idp, _teams_by_email(self.config))
         self.metadata = MetadataContract.build(
             self.config.metadata.required, self.config.metadata.allowed
         )
@@ -93,6 +95,14 @@ class Runtime:
             fallback_on=frozenset(vm.fallback_on),
             virtual=True,
         )
+
+
+def _teams_by_email(config: Config) -> dict[str, tuple[str, ...]]:
+    teams: dict[str, list[str]] = {}
+    for name, team in config.teams.items():
+        for email in {*team.members, *team.managers}:
+            teams.setdefault(email_key(email), []).append(name)
+    return {email: tuple(names) for email, names in teams.items()}
 
 
 def _subject_key(subject: str) -> str:

@@ -159,6 +159,19 @@ def issue_admin_token(store_url: str) -> str:
     return asyncio.run(bootstrap())
 
 
+OPEN_ACCESS = """access:
+  - id: everyone-everything
+    subjects: ["*"]
+    models: ["*"]
+"""
+
+
+def without_open_access(config_text: str) -> str:
+    """``standard_config`` without its allow-everything rule, for tests of access itself."""
+    assert OPEN_ACCESS in config_text
+    return config_text.replace(OPEN_ACCESS, "")
+
+
 class GatewayProcess:
     """``custos serve`` on a free port with the given config text.
 

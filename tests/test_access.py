@@ -20,7 +20,13 @@ import pytest
 from custos.identity.tokens import TokenService
 from custos.state.models import Actor
 from custos.state.store import open_store
-from tests.conftest import TOKEN_KEY, GatewayProcess, MockProvider
+from tests.conftest import (
+    TOKEN_KEY,
+    GatewayProcess,
+    MockProvider,
+    standard_config,
+    without_open_access,
+)
 
 ACCESS_CONFIG = """
 teams:
@@ -46,12 +52,7 @@ def governed_config(mock_url: str) -> str:
 
 
 def _standard_without_access(mock_url: str) -> str:
-    from tests.conftest import standard_config
-
-    text = standard_config(mock_url)
-    start = text.index("access:\n")
-    end = text.index("providers:\n")
-    return text[:start] + text[end:]
+    return without_open_access(standard_config(mock_url))
 
 
 async def _principals(store_url: str) -> dict[str, str]:

@@ -206,6 +206,39 @@ class MetadataSettings(_Strict):
     allowed: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
 
 
+class ClaimMapping(_Strict):
+    #: The claim naming the principal: an email for users, a name for virtual accounts.
+    subject: str = "email"
+    teams: str | None = "groups"
+    roles: str | None = None
+
+
+class IdPSettings(_Strict):
+    """An OIDC identity provider whose bearer JWTs the gateway accepts."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    issuer: str
+    audience: str | list[str]
+    jwks_url: str
+    algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]] = (
+        Field(default_factory=lambda: ["RS256", "ES256"])
+    )
+    principal: Literal["user", "virtualaccount"] = "user"
+    claims: ClaimMapping = Field(default_factory=ClaimMapping)
+    leeway_s: Annotated[int, Field(ge=0, le=300)] = 30
+    #: An unknown ``kid`` refetches the key set, but not more often than this.
+    jwks_min_refresh_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    #: The key set is refetched when older than this, whatever the tokens say.
+    jwks_max_age_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class IdentitySettings(_Strict):
     #: HMAC key for stored token hashes (at least 32 bytes). Optional with a SQLite store, where
     #: a key file beside the database is created once; required with PostgreSQL, where every
@@ -215,6 +248,7 @@ class IdentitySettings(_Strict):
     #: ``auto`` picks Redis when counters are in Redis, else PostgreSQL LISTEN/NOTIFY with a
     #: PostgreSQL store, else in process.
     invalidation: str = "auto"
+    idp: list[IdPSettings] = Field(default_factory=list)
 
     @field_validator("token_hash_key")
     @classmethod

@@ -142,7 +142,8 @@ class GatewayApp:
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            principal = self.gateway.pipeline.principal_for(RequestHead.of(scope).token)
+            token = RequestHead.of(scope).token
+            principal = await self.gateway.pipeline.principal_for(token, self.gateway.runtime)
         except GatewayError as err:
             await send_error(send, "openai", err, new_request_id())
             return
