@@ -80,10 +80,15 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     supported = {k: v for k, v in document.items() if k not in UNSUPPORTED_SECTIONS}
     resolved = _resolve_refs(supported, (), lines, base_dir or Path.cwd(), problems)
     config: Config | None = None
+    references = _cross_references(supported, resolved, lines)
+    problems.extend(references)
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, lines))
+        # The schema's own target check has no location; ``references`` says the same, placed.
+        problems.extend(
+            p for p in _pydantic_problems(exc, lines) if not (references and _is_target_check(p))
+        )
     if problems or config is None:
         raise ConfigError(source, sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return LoadedConfig(config=config, revision=revision_of(document), text=text, source=source)
@@ -98,30 +103,111 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [Problem("", line, f"not valid YAML: {reason}")]) from None
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
     if node is None:
         raise ConfigError(source, [Problem("", None, "file is empty")])
     lines: dict[Path_, int] = {}
-    _record_lines(node, (), lines)
-    document = yaml.safe_load(text)
+    problems: list[Problem] = []
+    _record_lines(node, (), lines, problems, frozenset())
+    if problems:
+        raise ConfigError(source, problems)
+    try:
+        document = yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
     if not isinstance(document, dict):
         raise ConfigError(source, [Problem("", 1, "the file must be a mapping of sections")])
+    _check_plain(document, (), lines, problems)
+    if problems:
+        raise ConfigError(source, problems)
     return document, lines
 
 
-def _record_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None:
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    reason = getattr(exc, "problem", None) or str(exc)
+    return Problem("", line, f"not valid YAML: {reason}")
+
+
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` that reports a tagged value it cannot build (``!!float abc``) as a YAML
+    error with its line, instead of letting a bare ``ValueError`` escape."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            tag = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value as {tag}", node.start_mark
+            ) from None
+
+
+def _record_lines(
+    node: yaml.Node,
+    path: Path_,
+    lines: dict[Path_, int],
+    problems: list[Problem],
+    ancestors: frozenset[int],
+) -> None:
     lines[path] = node.start_mark.line + 1
+    if id(node) in ancestors:
+        problems.append(Problem(dotted(path), lines[path], "an alias refers to itself"))
+        return
+    ancestors = ancestors | {id(node)}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                problems.append(Problem(dotted(path), line, "keys must be strings"))
+                continue
             child = (*path, key.value)
-            _record_lines(value, child, lines)
+            if child in lines and child[-1] != "<<":
+                problems.append(
+                    Problem(
+                        dotted(child),
+                        key.start_mark.line + 1,
+                        f"duplicate key (first at line {lines[child]})",
+                    )
+                )
+                continue
+            _record_lines(value, child, lines, problems, ancestors)
             lines[child] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_lines(item, (*path, index), lines)
+            _record_lines(item, (*path, index), lines, problems, ancestors)
+
+
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _check_plain(value: Any, path: Path_, lines: dict[Path_, int], problems: list[Problem]) -> None:
+    """Only JSON's kinds of value (what the revision is computed over): no binary, sets, dates."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str | bool | float | None) or (
+                isinstance(key, int) and key in _INT_RANGE
+            ):
+                _check_plain(item, (*path, key), lines, problems)
+            else:
+                line = _line_of(path, lines)
+                problems.append(Problem(dotted(path), line, "keys must be strings"))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain(item, (*path, index), lines, problems)
+    elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+        problems.append(Problem(dotted(path), _line_of(path, lines), "number out of range"))
+    elif not isinstance(value, str | int | float | None):
+        problems.append(
+            Problem(
+                dotted(path),
+                _line_of(path, lines),
+                "must be a string, number, boolean, null, list or mapping",
+            )
+        )
 
 
 def _line_of(path: Path_, lines: dict[Path_, int]) -> int | None:
@@ -143,6 +229,47 @@ def _unsupported_sections(document: dict[str, Any], lines: dict[Path_, int]) -> 
         for name in UNSUPPORTED_SECTIONS
         if name in document
     ]
+
+
+def _cross_references(
+    document: dict[str, Any], resolved: dict[str, Any], lines: dict[Path_, int]
+) -> list[Problem]:
+    """Virtual-model targets that name no configured model, each at its own path and line,
+    reported whatever else is wrong in the file (the schema's check runs only on a valid one)."""
+    providers, vms = resolved.get("providers"), resolved.get("virtual_models")
+    if not isinstance(providers, dict) or not isinstance(vms, dict):
+        return []
+    problems = []
+    for name, vm in vms.items():
+        if name in providers:
+            path: Path_ = ("virtual_models", name)
+            problems.append(
+                Problem(dotted(path), _line_of(path, lines), "has the name of a provider account")
+            )
+        targets = vm.get("targets") if isinstance(vm, dict) else None
+        for index, target in enumerate(targets if isinstance(targets, list) else ()):
+            model = target.get("model") if isinstance(target, dict) else None
+            if not isinstance(model, str):
+                continue
+            account, _, model_name = model.partition("/")
+            settings = providers.get(account)
+            models = settings.get("models") if isinstance(settings, dict) else None
+            if isinstance(models, dict) and model_name in models:
+                continue
+            path = ("virtual_models", name, "targets", index, "model")
+            written = document["virtual_models"][name]["targets"][index]["model"]  # unresolved
+            problems.append(
+                Problem(
+                    dotted(path),
+                    _line_of(path, lines),
+                    f"target {written!r} is not a configured provider-account/model",
+                )
+            )
+    return problems
+
+
+def _is_target_check(problem: Problem) -> bool:
+    return not problem.path and problem.message.startswith(("virtual_models.", "virtual model "))
 
 
 def _resolve_refs(

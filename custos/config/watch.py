@@ -50,6 +50,9 @@ class ConfigWatcher:
         except ConfigError as exc:
             log.error("config reload refused; revision %s keeps serving: %s", current[:12], exc)
             return ReloadResult("refused", current, str(exc))
+        except Exception as exc:  # a loader bug must not end the watch (and all later reloads)
+            log.exception("config reload refused; revision %s keeps serving", current[:12])
+            return ReloadResult("refused", current, f"cannot load: {type(exc).__name__}")
         if loaded.revision == current:
             return ReloadResult("unchanged", current, "revision unchanged")
         try:
