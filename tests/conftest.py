@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CUSTOS = [sys.executable, "-m", "custos.cli"]
@@ -181,7 +182,8 @@ class GatewayProcess:
 
     def __init__(self, config_text: str, tmp_path: Path, *, env: dict[str, str] | None = None) -> None:
         self.token = ""
-        if 'store: "sqlite:///./custos.db"' in config_text:
+        store = (yaml.safe_load(config_text).get("state") or {}).get("store")
+        if store == "sqlite:///./custos.db":
             self.token = issue_admin_token(f"sqlite:///{tmp_path / 'custos.db'}")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
