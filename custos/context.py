@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from custos.identity.principal import Principal
     from custos.runtime import ModelTarget, Runtime
 
 Protocol = Literal["openai", "anthropic"]
@@ -51,10 +52,17 @@ class RequestContext:
     protocol: Protocol
     operation: Operation
     runtime: Runtime
-    raw_body: bytes
-    body: dict[str, Any]
-    model: str
-    stream: bool
+    #: The bearer credential as presented (never logged, never recorded).
+    token: str | None = field(default=None, repr=False)
+    metadata_header: bytes | None = None
+    # Filled by reading the request (after authentication):
+    raw_body: bytes = field(default=b"", repr=False)
+    body: dict[str, Any] = field(default_factory=dict, repr=False)
+    model: str = ""
+    stream: bool = False
+    # Filled by the stages:
+    principal: Principal | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
     started_ns: int = field(default_factory=time.monotonic_ns)
     started_unix_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
     #: The client asked for a usage chunk at the end of its stream.

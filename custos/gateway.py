@@ -15,6 +15,7 @@ from pathlib import Path
 
 from custos.config.loader import LoadedConfig, load_config
 from custos.config.watch import ConfigWatcher, ReloadResult
+from custos.identity.setup import Identity, open_identity, sync_config_teams
 from custos.pipeline import Pipeline
 from custos.providers.transport import Transport
 from custos.runtime import Runtime
@@ -32,6 +33,7 @@ class Gateway:
         self.config_path = Path(config_path) if config_path else None
         self.transport = Transport()
         self.pipeline = Pipeline(self.transport)
+        self.identity: Identity | None = None
         self.ready = False
         self._watcher: ConfigWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -42,8 +44,12 @@ class Gateway:
         return cls(load_config(path), path, watch=watch)
 
     def apply(self, loaded: LoadedConfig) -> None:
+        previous = self.runtime.config.teams
         self.runtime = Runtime(loaded)
         metrics.set_revision(loaded.revision)
+        if self.identity is not None and loaded.config.teams != previous:
+            sync = sync_config_teams(self.identity.store, loaded.config.teams, loaded.revision)
+            self._tasks.append(asyncio.create_task(sync, name="custos-team-sync"))
 
     def reload(self) -> ReloadResult:
         if self._watcher is None:
@@ -54,6 +60,10 @@ class Gateway:
 
     async def start(self) -> None:
         await self.transport.start()
+        config = self.runtime.config
+        self.identity = await open_identity(config)
+        await sync_config_teams(self.identity.store, config.teams, self.runtime.revision)
+        self.pipeline.directory = self.identity.directory
         if self.config_path is not None:
             self._watcher = ConfigWatcher(self.config_path, self.apply, lambda: self.runtime.revision)
             loop = asyncio.get_running_loop()
@@ -74,3 +84,6 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
+        if self.identity is not None:
+            await self.identity.close()
+            self.identity = None

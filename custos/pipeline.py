@@ -3,9 +3,9 @@
     authenticate → identify → authorize → budget → rate limit → input guardrails
       → route → call provider → output guardrails → settle and record
 
-Stages 1–6 and 9 arrive with their own issues and take their places in ``Pipeline.handle``;
-today the path is route → call provider → settle. Every stage either adds facts to the context
-or raises ``GatewayError``. Settle runs exactly once per request, whatever the outcome: at the end
+Stages 4–6 and 9 arrive with their own issues and take their places in ``Pipeline.handle``;
+today the path is authenticate → read the request → identify → authorize → route → call
+provider → settle. Every stage either adds facts to the context or raises ``GatewayError``. Settle runs exactly once per request, whatever the outcome: at the end
 of ``handle`` for a plain response, at the end of the relayed stream for a streaming one (including
 a client that went away mid-stream).
 """
@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from custos.context import Attempt, RequestContext, Usage
 from custos.errors import GatewayError, stream_error_event
+from custos.identity.directory import Directory
+from custos.identity.jwt import looks_like_jwt
+from custos.identity.principal import AuthFailure, Principal
 from custos.providers.base import ProviderCall, UpstreamMalformed, upstream_error
 from custos.providers.estimate import estimate_prompt_tokens
 from custos.providers.sse import SSEDecoder
@@ -29,7 +32,7 @@ from custos.providers.transport import (
     UpstreamUnreachable,
 )
 from custos.routing import backoff_s, candidates
-from custos.runtime import ModelTarget, Route
+from custos.runtime import ModelTarget, Route, Runtime
 from custos.telemetry import metrics
 
 Header = tuple[bytes, bytes]
@@ -46,17 +49,30 @@ class GatewayResponse:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+ReadRequest = Callable[[RequestContext], Awaitable[None]]
+
+
 class Pipeline:
     def __init__(
         self, transport: Transport, on_settled: Callable[[RequestContext], None] | None = None
     ) -> None:
         self.transport = transport
         self.on_settled = on_settled
+        #: Set when the gateway has opened its store (``Gateway.start``).
+        self.directory: Directory | None = None
 
-    async def handle(self, ctx: RequestContext) -> GatewayResponse:
-        """Run the path. Raises ``GatewayError`` for a stopped request, after settling it."""
+    async def handle(self, ctx: RequestContext, read_request: ReadRequest) -> GatewayResponse:
+        """Run the path. Raises ``GatewayError`` for a stopped request, after settling it.
+
+        ``read_request`` reads and checks the body into the context; it runs after
+        authentication, so an unauthenticated caller costs no body parsing.
+        """
         relayed = False
         try:
+            await self.authenticate(ctx)
+            await read_request(ctx)
+            self.identify(ctx)
+            self.authorize(ctx)
             route = self.route(ctx)
             response = await self.call_provider(ctx, route)
             relayed = response.stream is not None
@@ -74,6 +90,59 @@ class Pipeline:
         finally:
             if not relayed:
                 self.settle(ctx)
+
+    # -- stage 1: authenticate ------------------------------------------------------------------
+
+    async def authenticate(self, ctx: RequestContext) -> Principal:
+        """Bearer token → principal: a gateway token from memory, or an IdP's JWT."""
+        ctx.principal = await self.principal_for(ctx.token, ctx.runtime)
+        return ctx.principal
+
+    async def principal_for(self, token: str | None, runtime: Runtime) -> Principal:
+        if self.directory is None:
+            raise GatewayError(503, "not_ready", "The gateway is starting; try again shortly.")
+        if not token:
+            raise GatewayError(
+                401,
+                "missing_api_key",
+                "No API key: send 'Authorization: Bearer <token>' (or 'x-api-key' on /v1/messages).",
+            )
+        if runtime.jwt.idps and looks_like_jwt(token):
+            found = await runtime.jwt.principal(token)
+        else:
+            found = self.directory.lookup(token)
+        if isinstance(found, AuthFailure):
+            raise found.to_error()
+        return found
+
+    # -- stage 2: identify ---------------------------------------------------------------------
+
+    def identify(self, ctx: RequestContext) -> None:
+        ctx.metadata = ctx.runtime.metadata.parse(ctx.metadata_header)
+
+    # -- stage 3: authorize --------------------------------------------------------------------
+
+    def authorize(self, ctx: RequestContext) -> None:
+        principal = ctx.principal
+        assert principal is not None
+        if not principal.may_use_model(ctx.model):
+            narrowed = "token" if principal.token_models is not None else "virtual account"
+            raise GatewayError(
+                403,
+                "model_not_allowed",
+                f"The model '{ctx.model}' is outside what this {narrowed} may call.",
+                param="model",
+            )
+        decision = ctx.runtime.access.decide(principal.subjects, ctx.model)
+        if not decision.allowed:
+            raise GatewayError(
+                403,
+                "model_not_allowed",
+                f"The model '{ctx.model}' is not allowed for {principal.name}: {decision.reason}.",
+                param="model",
+            )
+        assert decision.rule_id is not None
+        ctx.applied.append(decision.rule_id)
 
     # -- stage 7: route ------------------------------------------------------------------------
 

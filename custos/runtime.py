@@ -9,8 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from custos.config.loader import LoadedConfig
-from custos.config.schema import ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.config.schema import Config, ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.identity.jwt import JWTVerifier
+from custos.policy.access import AccessGrant, AccessPolicy
+from custos.policy.metadata import MetadataContract
+from custos.policy.patterns import ModelPattern
 from custos.pricing import ModelPrice
+from custos.state.store import email_key
 from custos.providers.base import ProviderAdapter
 from custos.providers.registry import adapter_for
 
@@ -65,6 +70,20 @@ class Runtime:
         }
         for name, vm in self.config.virtual_models.items():
             self.routes[name] = self._virtual_route(name, vm)
+        self.access = AccessPolicy(
+            [
+                AccessGrant(
+                    id=rule.id or f"access[{index}]",
+                    subjects=frozenset(_subject_key(s) for s in rule.subjects),
+                    models=ModelPattern(rule.models),
+                )
+                for index, rule in enumerate(self.config.access)
+            ]
+        )
+        self.jwt = JWTVerifier(self.config.identity.idp, _teams_by_email(self.config))
+        self.metadata = MetadataContract.build(
+            self.config.metadata.required, self.config.metadata.allowed
+        )
 
     def _virtual_route(self, name: str, vm: VirtualModelSettings) -> Route:
         return Route(
@@ -76,6 +95,20 @@ class Runtime:
             fallback_on=frozenset(vm.fallback_on),
             virtual=True,
         )
+
+
+def _teams_by_email(config: Config) -> dict[str, tuple[str, ...]]:
+    teams: dict[str, list[str]] = {}
+    for name, team in config.teams.items():
+        for email in {*team.members, *team.managers}:
+            teams.setdefault(email_key(email), []).append(name)
+    return {email: tuple(names) for email, names in teams.items()}
+
+
+def _subject_key(subject: str) -> str:
+    """Users are compared by case-folded email, as the directory names them."""
+    kind, _, name = subject.partition(":")
+    return f"user:{email_key(name)}" if kind == "user" else subject
 
 
 def _target(account: str, model: str, settings: ProviderSettings, adapter: ProviderAdapter) -> ModelTarget:

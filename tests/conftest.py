@@ -6,6 +6,7 @@ its own process (``custos serve``), so what is tested is what is shipped, signal
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,10 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CUSTOS = [sys.executable, "-m", "custos.cli"]
 MOCK_KEY = "mock-key-for-tests"
+#: The token hash key every test gateway uses (``identity.token_hash_key``).
+TOKEN_KEY = "test-token-hash-key-0123456789abcdef"
+ADMIN_EMAIL = "admin@custos.test"
 
 
 def free_port() -> int:
@@ -75,6 +80,13 @@ def standard_config(mock_url: str) -> str:
         f"""\
         version: 1
         gateway: {{listen: "127.0.0.1:8787", max_body_bytes: 65536}}
+        state: {{store: "sqlite:///./custos.db"}}
+        identity:
+          token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
+        access:
+          - id: everyone-everything
+            subjects: ["*"]
+            models: ["*"]
         providers:
           openai-main:
             type: openai
@@ -127,10 +139,52 @@ def standard_config(mock_url: str) -> str:
     )
 
 
+def issue_admin_token(store_url: str) -> str:
+    """Create the first admin in the store and return a PAT for it, as ``custos init`` does."""
+    from custos.identity.tokens import TokenService
+    from custos.state.models import Actor
+    from custos.state.store import open_store
+
+    async def bootstrap() -> str:
+        store = await open_store(store_url)
+        try:
+            actor = Actor.system("tests")
+            user = await store.create_user(actor, email=ADMIN_EMAIL, roles=("admin",))
+            issued = await TokenService(store, TOKEN_KEY).issue_token(
+                actor, kind="pat", principal_id=user.id, name="tests"
+            )
+            return issued.secret
+        finally:
+            await store.close()
+
+    return asyncio.run(bootstrap())
+
+
+OPEN_ACCESS = """access:
+  - id: everyone-everything
+    subjects: ["*"]
+    models: ["*"]
+"""
+
+
+def without_open_access(config_text: str) -> str:
+    """``standard_config`` without its allow-everything rule, for tests of access itself."""
+    assert OPEN_ACCESS in config_text
+    return config_text.replace(OPEN_ACCESS, "")
+
+
 class GatewayProcess:
-    """``custos serve`` on a free port with the given config text."""
+    """``custos serve`` on a free port with the given config text.
+
+    When the config keeps its store in ``./custos.db`` (as ``standard_config`` does), an admin
+    user and its token are created first: ``token`` authenticates as that admin.
+    """
 
     def __init__(self, config_text: str, tmp_path: Path, *, env: dict[str, str] | None = None) -> None:
+        self.token = ""
+        store = (yaml.safe_load(config_text).get("state") or {}).get("store")
+        if store == "sqlite:///./custos.db":
+            self.token = issue_admin_token(f"sqlite:///{tmp_path / 'custos.db'}")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = tmp_path / "custos.yaml"
@@ -140,7 +194,12 @@ class GatewayProcess:
         self.process = subprocess.Popen(
             [*CUSTOS, "serve", "--config", str(self.config_path), "--port", str(self.port)],
             cwd=tmp_path,
-            env={**os.environ, "CUSTOS_TEST_MOCK_KEY": MOCK_KEY, **(env or {})},
+            env={
+                **os.environ,
+                "CUSTOS_TEST_MOCK_KEY": MOCK_KEY,
+                "CUSTOS_TEST_TOKEN_KEY": TOKEN_KEY,
+                **(env or {}),
+            },
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -149,6 +208,11 @@ class GatewayProcess:
         except RuntimeError as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n--- gateway log ---\n{self.log()}") from None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers that authenticate as the admin."""
+        return {"authorization": f"Bearer {self.token}"}
 
     @property
     def base_url(self) -> str:

@@ -49,7 +49,7 @@ WEATHER_QUESTION_TOKENS = 11
 
 @pytest.fixture(scope="module")
 def client(gateway: GatewayProcess) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0) as sdk:
+    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.token, max_retries=0) as sdk:
         yield sdk
 
 
@@ -218,7 +218,7 @@ def test_passthrough_tool_use_round_trip(client, gateway, mock_provider):
 async def test_async_client_create_and_stream_concurrently(gateway):
     meter = Meter(gateway, CLAUDE)
     async with anthropic.AsyncAnthropic(
-        base_url=gateway.url, api_key="unused", max_retries=0
+        base_url=gateway.url, api_key=gateway.token, max_retries=0
     ) as sdk:
 
         async def streamed() -> Any:
@@ -483,7 +483,7 @@ def native(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
     process = GatewayProcess(
         config_with(mock_provider.url, add_directive_models), tmp_path_factory.mktemp("native")
     )
-    with anthropic.Anthropic(base_url=process.url, api_key="unused", max_retries=0) as sdk:
+    with anthropic.Anthropic(base_url=process.url, api_key=process.token, max_retries=0) as sdk:
         yield process, sdk
     process.stop()
 

@@ -99,7 +99,7 @@ def assert_error(
 
 @pytest.fixture(scope="module")
 def client(gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+    with httpx.Client(base_url=gateway.url, headers=gateway.headers, timeout=10) as http:
         yield http
 
 

@@ -52,7 +52,7 @@ VLLM = "local-vllm/llama-3.1-8b"
 
 @pytest.fixture(scope="module")
 def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0) as sdk:
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as sdk:
         yield sdk
 
 
@@ -91,7 +91,7 @@ async def test_async_chat_concurrent_requests_each_charged(gateway):
     prompts = ["One small step", "Two roads diverged in a wood", "Three, two, one, liftoff!"]
     meter = Meter(gateway, GPT)
     async with openai.AsyncOpenAI(
-        base_url=gateway.base_url, api_key="unused", max_retries=0
+        base_url=gateway.base_url, api_key=gateway.token, max_retries=0
     ) as sdk:
         completions = await asyncio.gather(
             *(sdk.chat.completions.create(model=GPT, messages=user(p)) for p in prompts)
@@ -399,7 +399,7 @@ def test_openai_compatible_account_without_key(keyless):
     gateway, server = keyless
     prompt = "Hello local model"
     meter = Meter(gateway, VLLM)
-    with openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0) as sdk:
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as sdk:
         raw = sdk.chat.completions.with_raw_response.create(model=VLLM, messages=user(prompt))
         stream = list(sdk.chat.completions.create(model=VLLM, messages=user(prompt), stream=True))
     completion = raw.parse()

@@ -111,6 +111,7 @@ class Watch:
         assert httpx.get(f"{self.gateway.url}/healthz").status_code == 200
         response = httpx.post(
             f"{self.gateway.base_url}/chat/completions",
+            headers=self.gateway.headers,
             json={"model": "openai-main/gpt-5.5", "messages": [{"role": "user", "content": "hi"}]},
         )
         assert response.status_code == 200, response.text
@@ -136,7 +137,7 @@ DISCONNECTS = [
 def test_client_disconnect_mid_stream_cancels_the_upstream(gw, mock_provider, path, model):
     watch = Watch(gw, mock_provider, "client_disconnected")
     with (
-        httpx.Client(base_url=gw.url, timeout=10) as client,
+        httpx.Client(base_url=gw.url, headers=gw.headers, timeout=10) as client,
         client.stream("POST", path, json=body(path, model)) as response,
     ):
         assert response.status_code == 200
@@ -176,7 +177,7 @@ def test_many_clients_disconnecting_at_once(gw, mock_provider):
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=gw.url, timeout=10, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=gw.url, headers=gw.headers, timeout=10, limits=limits) as client:
             ready = asyncio.Barrier(count)
             await asyncio.gather(*(abandon(client, i, ready) for i in range(count)))
 
@@ -191,7 +192,7 @@ def test_many_clients_disconnecting_at_once(gw, mock_provider):
 
 def test_openai_sdk_breaking_out_of_a_stream_cancels_the_upstream(gw, mock_provider):
     watch = Watch(gw, mock_provider, "client_disconnected")
-    with openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as client:
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0) as client:
         stream = client.chat.completions.create(
             model=LONG_GPT,
             messages=[{"role": "user", "content": "tell me a long story"}],
@@ -217,7 +218,7 @@ def test_anthropic_sdk_breaking_out_of_a_stream_cancels_the_upstream(gw, mock_pr
     messages = [{"role": "user", "content": "tell me a long story"}]
     pieces = []
     with (
-        anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0) as client,
+        anthropic.Anthropic(base_url=gw.url, api_key=gw.token, max_retries=0) as client,
         client.messages.stream(model=LONG_CLAUDE, max_tokens=1000, messages=messages) as stream,
     ):
         for text in stream.text_stream:
@@ -246,7 +247,7 @@ DROPS = [
 @pytest.mark.parametrize(("path", "model", "account"), DROPS)
 def test_upstream_drop_mid_stream_ends_with_an_error_event(gw, mock_provider, path, model, account):
     watch = Watch(gw, mock_provider, "upstream_stream_broken")
-    response = httpx.post(f"{gw.url}{path}", json=body(path, model), timeout=10)
+    response = httpx.post(f"{gw.url}{path}", headers=gw.headers, json=body(path, model), timeout=10)
     assert response.status_code == 200  # the status went out before the drop
     assert response.headers["content-type"].startswith("text/event-stream")
     assert "x-custos-request-id" in response.headers
@@ -281,7 +282,7 @@ def test_upstream_drop_mid_stream_ends_with_an_error_event(gw, mock_provider, pa
 def test_openai_sdk_raises_on_a_dropped_stream(gw, mock_provider):
     watch = Watch(gw, mock_provider, "upstream_stream_broken")
     received = []
-    with openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as client:
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0) as client:
         stream = client.chat.completions.create(
             model=DROP_GPT, messages=[{"role": "user", "content": "hi"}], stream=True
         )
@@ -297,7 +298,7 @@ def test_anthropic_sdk_raises_on_a_dropped_stream(gw, mock_provider):
     watch = Watch(gw, mock_provider, "upstream_stream_broken")
     messages = [{"role": "user", "content": "hi"}]
     with (
-        anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0) as client,
+        anthropic.Anthropic(base_url=gw.url, api_key=gw.token, max_retries=0) as client,
         pytest.raises(anthropic.APIStatusError, match="claude-main ended the stream early"),
         client.messages.stream(model=DROP_CLAUDE, max_tokens=100, messages=messages) as stream,
     ):

@@ -16,9 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
 UNSUPPORTED_SECTIONS = (
-    "teams",
-    "access",
-    "metadata",
     "rate_limits",
     "budgets",
     "guardrails",
@@ -165,6 +162,109 @@ class ProviderSettings(_Strict):
         return self
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_SUBJECT = re.compile(r"^(\*|(user|team|virtualaccount):\S+)$")
+
+
+class TeamSettings(_Strict):
+    """A team declared in the file (GitOps); it appears in the store like one made by the API."""
+
+    members: list[str] = Field(default_factory=list)
+    managers: list[str] = Field(default_factory=list)
+
+    @field_validator("members", "managers")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for email in value:
+            if not _EMAIL.match(email):
+                raise ValueError(f"{email!r} is not an email address")
+        return value
+
+
+class AccessRule(_Strict):
+    """A grant: these subjects may call these models. Default deny."""
+
+    id: str | None = None
+    subjects: Annotated[list[str], Field(min_length=1)]
+    models: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, value: list[str]) -> list[str]:
+        for subject in value:
+            if not _SUBJECT.match(subject):
+                raise ValueError(
+                    f"{subject!r} must be user:EMAIL, team:NAME, virtualaccount:NAME or *"
+                )
+        return value
+
+
+class MetadataSettings(_Strict):
+    """The contract of the X-Custos-Metadata header."""
+
+    required: list[str] = Field(default_factory=list)
+    allowed: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
+
+
+class ClaimMapping(_Strict):
+    #: The claim naming the principal: an email for users, a name for virtual accounts.
+    subject: str = "email"
+    teams: str | None = "groups"
+    roles: str | None = None
+
+
+class IdPSettings(_Strict):
+    """An OIDC identity provider whose bearer JWTs the gateway accepts."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    issuer: str
+    audience: str | list[str]
+    jwks_url: str
+    algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]] = (
+        Field(default_factory=lambda: ["RS256", "ES256"])
+    )
+    principal: Literal["user", "virtualaccount"] = "user"
+    claims: ClaimMapping = Field(default_factory=ClaimMapping)
+    leeway_s: Annotated[int, Field(ge=0, le=300)] = 30
+    #: An unknown ``kid`` refetches the key set, but not more often than this.
+    jwks_min_refresh_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    #: The key set is refetched when older than this, whatever the tokens say.
+    jwks_max_age_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class IdentitySettings(_Strict):
+    #: HMAC key for stored token hashes (at least 32 bytes). Optional with a SQLite store, where
+    #: a key file beside the database is created once; required with PostgreSQL, where every
+    #: replica must share it. Losing it invalidates every token.
+    token_hash_key: Annotated[str | None, Field(repr=False)] = None
+    #: Where invalidations (a revoked token, a changed team) travel between replicas:
+    #: ``auto`` picks Redis when counters are in Redis, else PostgreSQL LISTEN/NOTIFY with a
+    #: PostgreSQL store, else in process.
+    invalidation: str = "auto"
+    idp: list[IdPSettings] = Field(default_factory=list)
+
+    @field_validator("token_hash_key")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) < 32:
+            raise ValueError("must be at least 32 bytes")
+        return value
+
+    @field_validator("invalidation")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in ("auto", "memory", "postgresql") and not value.startswith("redis"):
+            raise ValueError("must be auto, memory, postgresql or a redis://… URL")
+        return value
+
+
 class TargetSettings(_Strict):
     model: str
     weight: Annotated[int, Field(ge=0, le=1000)] = 1
@@ -193,6 +293,19 @@ class Config(_Strict):
     virtual_models: dict[Annotated[str, Field(pattern=_NAME)], VirtualModelSettings] = Field(
         default_factory=dict
     )
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    teams: dict[Annotated[str, Field(pattern=_NAME)], TeamSettings] = Field(default_factory=dict)
+    access: list[AccessRule] = Field(default_factory=list)
+    metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+
+    @model_validator(mode="after")
+    def _store_needs_shared_key(self) -> Config:
+        if self.state.store.startswith("postgres") and self.identity.token_hash_key is None:
+            raise ValueError(
+                "identity.token_hash_key is required with a PostgreSQL store (every replica "
+                "must share it); use ${env:NAME} or ${file:path}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _targets_exist(self) -> Config:

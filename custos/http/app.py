@@ -21,6 +21,7 @@ import orjson
 from custos.context import Operation, Protocol, RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
+from custos.identity.principal import Principal
 from custos.http.requests import (
     ClientGone,
     check_content_type,
@@ -30,6 +31,7 @@ from custos.http.requests import (
 )
 from custos.http.requests import read_body as read_request_body
 from custos.pipeline import GatewayResponse
+from custos.policy.metadata import HEADER_NAMES
 from custos.runtime import Runtime
 from custos.telemetry import metrics
 
@@ -97,18 +99,27 @@ class GatewayApp:
         self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, operation: Operation
     ) -> None:
         request_id = new_request_id()
-        runtime = self.gateway.runtime
         route = scope["path"]
+        head = RequestHead.of(scope)
+        ctx = RequestContext(
+            request_id=request_id,
+            protocol=protocol,
+            operation=operation,
+            runtime=self.gateway.runtime,
+            token=head.token,
+            metadata_header=head.metadata,
+        )
+
+        async def read_request(ctx: RequestContext) -> None:
+            check_content_type(head.content_type)
+            limit = ctx.runtime.config.gateway.max_body_bytes
+            raw = await read_request_body(receive, head.content_length, limit)
+            fill_request(ctx, raw)
+
         try:
-            ctx = await self._read_request(scope, receive, runtime, protocol, operation, request_id)
+            response = await self.gateway.pipeline.handle(ctx, read_request)
         except ClientGone:
             return
-        except GatewayError as err:
-            metrics.REQUESTS.labels(route, str(err.status)).inc()
-            await send_error(send, protocol, err, request_id)
-            return
-        try:
-            response = await self.gateway.pipeline.handle(ctx)
         except GatewayError as err:
             metrics.REQUESTS.labels(route, str(err.status)).inc()
             await send_error(send, protocol, err, request_id)
@@ -127,47 +138,16 @@ class GatewayApp:
         metrics.REQUESTS.labels(route, str(ctx.status)).inc()
         metrics.LATENCY.labels(route).observe(ctx.latency_ms / 1000)
 
-    async def _read_request(
-        self,
-        scope: Scope,
-        receive: Receive,
-        runtime: Runtime,
-        protocol: Protocol,
-        operation: Operation,
-        request_id: str,
-    ) -> RequestContext:
-        content_type: bytes | None = None
-        content_length: int | None = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length" and value.isdigit():
-                content_length = int(value)
-        check_content_type(content_type)
-        limit = runtime.config.gateway.max_body_bytes
-        raw = await read_request_body(receive, content_length, limit)
-        body = parse_json_object(raw)
-        model = require_model(body)
-        validate(operation, body)
-        stream = body.get("stream") is True
-        options = body.get("stream_options")
-        return RequestContext(
-            request_id=request_id,
-            protocol=protocol,
-            operation=operation,
-            runtime=runtime,
-            raw_body=raw,
-            body=body,
-            model=model,
-            stream=stream,
-            client_wants_usage=stream
-            and (protocol == "anthropic" or (isinstance(options, dict) and options.get("include_usage") is True)),
-        )
-
     # -- the other routes ----------------------------------------------------------------------
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_body(send, 200, [_JSON], models_body(self.gateway.runtime))
+        try:
+            token = RequestHead.of(scope).token
+            principal = await self.gateway.pipeline.principal_for(token, self.gateway.runtime)
+        except GatewayError as err:
+            await send_error(send, "openai", err, new_request_id())
+            return
+        await send_body(send, 200, [_JSON], models_body(self.gateway.runtime, principal))
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_body(send, 200, [_JSON], b'{"status":"ok"}')
@@ -199,29 +179,74 @@ class GatewayApp:
                 return
 
 
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What the gateway reads from a request's headers, in one pass over them."""
+
+    token: str | None
+    metadata: bytes | None
+    content_type: bytes | None
+    content_length: int | None
+
+    @classmethod
+    def of(cls, scope: Scope) -> RequestHead:
+        token = metadata = content_type = None
+        content_length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credential = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = credential.strip().decode("latin-1")
+            elif name == b"x-api-key" and token is None:
+                token = value.strip().decode("latin-1")
+            elif name in HEADER_NAMES and metadata is None:
+                metadata = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"content-length" and value.isdigit():
+                content_length = int(value)
+        return cls(token, metadata, content_type, content_length)
+
+
+def fill_request(ctx: RequestContext, raw: bytes) -> None:
+    """Parse and check the body into the context."""
+    body = parse_json_object(raw)
+    ctx.model = require_model(body)
+    validate(ctx.operation, body)
+    ctx.raw_body, ctx.body = raw, body
+    ctx.stream = body.get("stream") is True
+    options = body.get("stream_options")
+    asked = isinstance(options, dict) and options.get("include_usage") is True
+    ctx.client_wants_usage = ctx.stream and (ctx.protocol == "anthropic" or asked)
+
+
 def new_request_id() -> str:
     return secrets.token_hex(12)
 
 
-_MODELS_CACHE: dict[str, bytes] = {}
+_MODELS_CACHE: dict[tuple[object, ...], bytes] = {}
+_MODELS_CACHE_SIZE = 1024
 
 
-def models_body(runtime: Runtime) -> bytes:
-    """The OpenAI model list for a revision, built once per revision."""
-    cached = _MODELS_CACHE.get(runtime.revision)
+def models_body(runtime: Runtime, principal: Principal) -> bytes:
+    """The OpenAI model list of what this principal may call, cached per revision and grant."""
+    key = (runtime.revision, principal.subjects, principal.account_models, principal.token_models)
+    cached = _MODELS_CACHE.get(key)
     if cached is None:
+        names = [n for n in sorted(runtime.routes) if principal.may_use_model(n)]
         data = [
             {
                 "id": name,
                 "object": "model",
                 "created": 0,
-                "owned_by": "custos" if route.virtual else route.targets[0].account,
+                "owned_by": "custos" if runtime.routes[name].virtual else name.split("/", 1)[0],
             }
-            for name, route in sorted(runtime.routes.items())
+            for name in runtime.access.allowed_models(principal.subjects, names)
         ]
         cached = orjson.dumps({"object": "list", "data": data})
-        _MODELS_CACHE.clear()
-        _MODELS_CACHE[runtime.revision] = cached
+        if len(_MODELS_CACHE) >= _MODELS_CACHE_SIZE:
+            _MODELS_CACHE.clear()
+        _MODELS_CACHE[key] = cached
     return cached
 
 

@@ -14,7 +14,9 @@ from typing import Literal
 from custos.errors import GatewayError
 
 PrincipalKind = Literal["user", "virtual_account"]
-FailureCode = Literal["malformed_token", "unknown_token", "expired_token", "revoked_token"]
+FailureCode = Literal[
+    "malformed_token", "unknown_token", "expired_token", "revoked_token", "invalid_jwt"
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Policy compiled once per config revision: access rules and the metadata contract."""

@@ -1,0 +1,47 @@
+"""Stage 3, authorize: may this principal call this model? Default deny; any matching grant allows.
+
+A grant names subjects (``user:EMAIL``, ``team:NAME``, ``virtualaccount:NAME``, or ``*`` for every
+authenticated principal) and models (exact names, ``account/*`` globs, virtual model names). The
+rules are compiled once per revision; a decision is a set intersection and a pattern match.
+A virtual model is allowed by naming it; naming its targets does not allow the virtual name, and
+naming the virtual name does not allow its targets directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from custos.policy.patterns import ModelPattern
+
+
+@dataclass(frozen=True, slots=True)
+class AccessGrant:
+    id: str
+    subjects: frozenset[str]
+    models: ModelPattern
+
+    def applies_to(self, subjects: frozenset[str]) -> bool:
+        return "*" in self.subjects or not self.subjects.isdisjoint(subjects)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDecision:
+    allowed: bool
+    rule_id: str | None
+    reason: str
+
+
+class AccessPolicy:
+    def __init__(self, grants: Sequence[AccessGrant]) -> None:
+        self.grants = tuple(grants)
+
+    def decide(self, subjects: frozenset[str], model: str) -> AccessDecision:
+        for grant in self.grants:
+            if grant.applies_to(subjects) and grant.models.matches(model):
+                return AccessDecision(True, grant.id, f"allowed by {grant.id}")
+        return AccessDecision(False, None, "no access rule grants it")
+
+    def allowed_models(self, subjects: frozenset[str], names: Iterable[str]) -> list[str]:
+        grants = [g for g in self.grants if g.applies_to(subjects)]
+        return [n for n in names if any(g.models.matches(n) for g in grants)]

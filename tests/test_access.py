@@ -1,0 +1,285 @@
+"""Authenticate, identify, authorize through a real gateway process with the official SDKs.
+
+Principals and tokens are made in the store before the gateway starts; the config declares a
+team (GitOps), access rules and the metadata contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from custos.identity.tokens import TokenService
+from custos.state.models import Actor
+from custos.state.store import open_store
+from tests.conftest import (
+    TOKEN_KEY,
+    GatewayProcess,
+    MockProvider,
+    standard_config,
+    without_open_access,
+)
+
+ACCESS_CONFIG = """
+teams:
+  support-ai:
+    members: [Alice@Northwind.example]
+    managers: [lead@northwind.example]
+access:
+  - id: support-azure
+    subjects: [team:support-ai]
+    models: ["azure-eu/*", chat-default]
+  - id: ticket-bot-openai
+    subjects: [virtualaccount:ticket-bot]
+    models: [openai-main/gpt-5.5, openai-main/text-embedding-3-small]
+metadata:
+  required: [project]
+  allowed: {environment: [production, staging]}
+"""
+
+
+def governed_config(mock_url: str) -> str:
+    base = _standard_without_access(mock_url)
+    return base + textwrap.dedent(ACCESS_CONFIG)
+
+
+def _standard_without_access(mock_url: str) -> str:
+    return without_open_access(standard_config(mock_url))
+
+
+async def _principals(store_url: str) -> dict[str, str]:
+    """alice (team member via config), bob (no team), ticket-bot (VAT), narrowed and dead tokens."""
+    store = await open_store(store_url)
+    tokens = TokenService(store, TOKEN_KEY)
+    actor = Actor.system("tests")
+    try:
+        alice = await store.create_user(actor, email="alice@northwind.example")
+        bob = await store.create_user(actor, email="bob@northwind.example")
+        bots = await store.create_team(actor, name="bots")
+        bot = await store.create_account(
+            actor, name="ticket-bot", team_id=bots.id, allowed_models=("openai-main/*",)
+        )
+
+        async def pat(user_id: str, name: str, **kw: object) -> str:
+            issued = await tokens.issue_token(
+                actor, kind="pat", principal_id=user_id, name=name, **kw
+            )
+            return issued.secret
+
+        secrets = {
+            "alice": await pat(alice.id, "alice"),
+            "bob": await pat(bob.id, "bob"),
+            "alice_narrow": await pat(
+                alice.id, "narrow", allowed_models=("azure-eu/text-embedding-3-small",)
+            ),
+            "expired": await pat(
+                alice.id, "old", expires_at=datetime.now(UTC) + timedelta(seconds=1)
+            ),
+        }
+        revoked = await tokens.issue_token(actor, kind="pat", principal_id=bob.id, name="gone")
+        await tokens.revoke(revoked.record.id, actor)
+        secrets["revoked"] = revoked.secret
+        vat = await tokens.issue_token(actor, kind="vat", principal_id=bot.id, name="bot")
+        secrets["bot"] = vat.secret
+        return secrets
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def governed(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, dict[str, str]]]:
+    tmp: Path = tmp_path_factory.mktemp("governed")
+    secrets = asyncio.run(_principals(f"sqlite:///{tmp / 'custos.db'}"))
+    process = GatewayProcess(governed_config(mock_provider.url), tmp)
+    yield process, secrets
+    process.stop()
+
+
+def _client(gw: GatewayProcess, token: str, **kw: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=token, max_retries=0, **kw)
+
+
+META = {"X-Custos-Metadata": json.dumps({"project": "helpdesk", "environment": "production"})}
+
+
+def test_pat_of_a_config_team_member_calls_an_allowed_model(governed) -> None:
+    gw, secrets = governed
+    with _client(gw, secrets["alice"]) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="azure-eu/gpt-5.5",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers=META,
+        )
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content
+
+
+def test_vat_calls_its_allowed_models_with_metadata_by_alias(governed) -> None:
+    gw, secrets = governed
+    alias = {"X-TFY-METADATA": json.dumps({"project": "tickets"})}
+    with _client(gw, secrets["bot"]) as client:
+        reply = client.chat.completions.create(
+            model="openai-main/gpt-5.5", messages=[{"role": "user", "content": "hi"}],
+            extra_headers=alias,
+        )
+        assert reply.usage is not None
+        embedded = client.embeddings.create(
+            model="openai-main/text-embedding-3-small", input="x", extra_headers=alias
+        )
+        assert embedded.data
+
+
+def test_model_outside_every_grant_is_403_naming_model_and_rule_state(governed) -> None:
+    gw, secrets = governed
+    with _client(gw, secrets["alice"]) as client, pytest.raises(openai.PermissionDeniedError) as err:
+        client.chat.completions.create(
+            model="openai-main/gpt-5.5",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers=META,
+        )
+    body = err.value.body
+    assert err.value.status_code == 403
+    assert body["code"] == "model_not_allowed"
+    assert "openai-main/gpt-5.5" in body["message"] and "no access rule" in body["message"]
+
+
+def test_user_in_no_team_is_denied_everything(governed) -> None:
+    gw, secrets = governed
+    with _client(gw, secrets["bob"]) as client:
+        with pytest.raises(openai.PermissionDeniedError):
+            client.chat.completions.create(
+                model="azure-eu/gpt-5.5",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers=META,
+            )
+        assert [m.id for m in client.models.list()] == []
+
+
+def test_virtual_account_narrowing_and_token_narrowing(governed) -> None:
+    gw, secrets = governed
+    # The access rule would not allow it anyway; the VA's own list says openai-main/* only.
+    with _client(gw, secrets["bot"]) as client, pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(
+            model="azure-eu/gpt-5.5", messages=[{"role": "user", "content": "x"}],
+            extra_headers=META,
+        )
+    with _client(gw, secrets["alice_narrow"]) as client:
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            client.chat.completions.create(
+                model="azure-eu/gpt-5.5", messages=[{"role": "user", "content": "x"}],
+                extra_headers=META,
+            )
+        assert "token" in err.value.body["message"]
+        assert [m.id for m in client.models.list()] == ["azure-eu/text-embedding-3-small"]
+
+
+def test_models_lists_exactly_what_the_caller_may_call(governed) -> None:
+    gw, secrets = governed
+    with _client(gw, secrets["alice"]) as client:
+        assert sorted(m.id for m in client.models.list()) == [
+            "azure-eu/gpt-5.5",
+            "azure-eu/text-embedding-3-small",
+            "chat-default",
+        ]
+    with _client(gw, secrets["bot"]) as client:
+        assert sorted(m.id for m in client.models.list()) == [
+            "openai-main/gpt-5.5",
+            "openai-main/text-embedding-3-small",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("token_name", "code"),
+    [
+        ("missing", "missing_api_key"),
+        ("malformed", "malformed_token"),
+        ("unknown", "unknown_token"),
+        ("revoked", "revoked_token"),
+        ("expired", "expired_token"),
+    ],
+)
+def test_refused_tokens_get_401_with_distinct_codes(governed, token_name: str, code: str) -> None:
+    gw, secrets = governed
+    good = secrets["alice"]
+    tokens = {
+        "missing": None,
+        "malformed": good[:-1] + ("a" if good[-1] != "a" else "b"),
+        "unknown": _well_formed_unknown(),
+        "revoked": secrets["revoked"],
+        "expired": secrets["expired"],
+    }
+    if token_name == "expired":
+        asyncio.run(asyncio.sleep(1.1))
+    token = tokens[token_name]
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    for path, body in (
+        ("/v1/chat/completions", {"model": "azure-eu/gpt-5.5", "messages": []}),
+        ("/v1/messages", {"model": "azure-eu/gpt-5.5", "messages": [], "max_tokens": 5}),
+    ):
+        response = httpx.post(f"{gw.url}{path}", json=body, headers=headers)
+        assert response.status_code == 401, response.text
+        error = response.json()["error"]
+        if path == "/v1/messages":
+            assert error["type"] == "authentication_error"
+        else:
+            assert error["code"] == code
+        assert token is None or token not in response.text
+    assert httpx.get(f"{gw.base_url}/models", headers=headers).status_code == 401
+
+
+def _well_formed_unknown() -> str:
+    from custos.identity.tokens import generate
+
+    return generate("pat")
+
+
+def test_anthropic_clients_authenticate_with_x_api_key(governed) -> None:
+    gw, secrets = governed
+    response = httpx.post(
+        f"{gw.url}/v1/messages",
+        headers={"x-api-key": secrets["alice"], **META},
+        json={
+            "model": "azure-eu/gpt-5.5",
+            "max_tokens": 20,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["type"] == "message"
+
+
+@pytest.mark.parametrize(
+    ("header", "param"),
+    [
+        (None, "metadata.project"),
+        ("not json", "metadata"),
+        ('["a"]', "metadata"),
+        ('{"project": 5}', "metadata.project"),
+        ('{"project": "p", "environment": "dev"}', "metadata.environment"),
+        ('{"project": "' + "x" * 129 + '"}', "metadata.project"),
+    ],
+)
+def test_bad_metadata_is_400_naming_the_key(governed, header: str | None, param: str) -> None:
+    gw, secrets = governed
+    headers = {"authorization": f"Bearer {secrets['alice']}"}
+    if header is not None:
+        headers["x-custos-metadata"] = header
+    response = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers=headers,
+        json={"model": "azure-eu/gpt-5.5", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_metadata"
+    assert error["param"] == param

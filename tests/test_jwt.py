@@ -1,0 +1,187 @@
+"""IdP JWTs through a real gateway: a local JWKS server with keys generated here."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import jwt
+import openai
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.conftest import (
+    GatewayProcess,
+    MockProvider,
+    free_port,
+    standard_config,
+    without_open_access,
+)
+
+ISSUER = "https://idp.northwind.example"
+AUDIENCE = "custos-gateway"
+
+
+class JWKSServer:
+    """Serves whatever ``keys`` holds at /jwks.json and counts the fetches."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.fetches = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.fetches += 1
+                body = json.dumps({"keys": server.keys}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def publish(self, kid: str, private_key: Any) -> None:
+        jwk = json.loads(jwt.algorithms.get_default_algorithms()[_alg(private_key)].to_jwk(
+            private_key.public_key()
+        ))
+        self.keys.append({**jwk, "kid": kid, "use": "sig"})
+
+
+def _alg(key: Any) -> str:
+    return "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
+
+
+def sign(key: Any, kid: str, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "u-123",
+        "email": "Carol@Northwind.example",
+        "groups": ["research"],
+        "iat": now,
+        "exp": now + 300,
+        **claims,
+    }
+    return jwt.encode(payload, key, algorithm=_alg(key), headers={"kid": kid})
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[tuple[JWKSServer, Any]]:
+    server = JWKSServer()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server.publish("rsa-1", key)
+    yield server, key
+    server.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(
+    mock_provider: MockProvider, idp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    server, _ = idp
+    config = without_open_access(standard_config(mock_provider.url))
+    config += f"""
+teams:
+  finance: {{members: [carol@northwind.example]}}
+access:
+  - id: research-openai
+    subjects: [team:research]
+    models: [openai-main/gpt-5.5]
+  - id: finance-azure
+    subjects: [team:finance]
+    models: [azure-eu/gpt-5.5]
+"""
+    key_line = "  token_hash_key: ${env:CUSTOS_TEST_TOKEN_KEY}\n"
+    assert key_line in config
+    config = config.replace(
+        key_line,
+        key_line + "  idp:\n"
+        "    - name: northwind\n"
+        f"      issuer: {ISSUER}\n"
+        f"      audience: {AUDIENCE}\n"
+        f"      jwks_url: {server.url}\n"
+        "      jwks_min_refresh_s: 0\n"
+        "      leeway_s: 0\n",
+    )
+    process = GatewayProcess(config, tmp_path_factory.mktemp("jwt"))
+    yield process
+    process.stop()
+
+
+def _chat(gw: GatewayProcess, token: str, model: str = "openai-main/gpt-5.5") -> httpx.Response:
+    return httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {token}"},
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+    )
+
+
+def test_valid_jwt_calls_with_teams_from_claims_and_config(jwt_gateway, idp) -> None:
+    _, key = idp
+    token = sign(key, "rsa-1")
+    with openai.OpenAI(base_url=jwt_gateway.base_url, api_key=token, max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="openai-main/gpt-5.5", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content
+        # finance comes from the config file's team, research from the groups claim.
+        assert sorted(m.id for m in client.models.list()) == [
+            "azure-eu/gpt-5.5", "openai-main/gpt-5.5"
+        ]
+    assert _chat(jwt_gateway, token, "claude-main/claude-sonnet-4.5").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("claims", "code", "reason"),
+    [
+        ({"exp": int(time.time()) - 60}, "expired_token", "expired"),
+        ({"aud": "someone-else"}, "invalid_jwt", "wrong audience"),
+        ({"iss": "https://other.example"}, "invalid_jwt", "issuer is not configured"),
+    ],
+)
+def test_refused_jwts(jwt_gateway, idp, claims, code: str, reason: str) -> None:
+    _, key = idp
+    response = _chat(jwt_gateway, sign(key, "rsa-1", **claims))
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == code and reason in error["message"]
+
+
+def test_tampered_signature_and_wrong_key_are_refused(jwt_gateway, idp) -> None:
+    _, key = idp
+    token = sign(key, "rsa-1")
+    header, payload, signature = token.split(".")
+    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    response = _chat(jwt_gateway, f"{header}.{payload}.{flipped}")
+    assert response.status_code == 401 and "bad signature" in response.json()["error"]["message"]
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    response = _chat(jwt_gateway, sign(other, "rsa-1"))
+    assert response.status_code == 401 and "bad signature" in response.json()["error"]["message"]
+    # A payload edited to add a team the caller is not in fails the signature too.
+    forged = jwt.encode({"groups": ["finance"]}, "k" * 32, algorithm="HS256").split(".")[1]
+    response = _chat(jwt_gateway, f"{header}.{forged}.{signature}")
+    assert response.status_code == 401
+
+
+def test_unknown_kid_refreshes_the_key_set(jwt_gateway, idp) -> None:
+    server, _ = idp
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    token = sign(new_key, "ec-2")
+    assert _chat(jwt_gateway, token).status_code == 401  # not published yet
+    before = server.fetches
+    server.publish("ec-2", new_key)
+    assert _chat(jwt_gateway, token).status_code == 200
+    assert server.fetches == before + 1
