@@ -84,27 +84,47 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _store_url(args: argparse.Namespace) -> tuple[str, str | None]:
-    """The store URL and the token hash key (from the config or ``$CUSTOS_TOKEN_HASH_KEY``).
-
-    Raises ``SystemExit`` with a message when neither ``--config`` nor ``--store`` is given or
-    the config cannot be loaded.
-    """
-    key = os.environ.get(HASH_KEY_ENV) or None
+def _store_only(args: argparse.Namespace) -> str:
     if args.store:
-        return args.store, key
+        return str(args.store)
     if not args.config:
         raise SystemExit(fail("give --config FILE or --store URL", 2))
     from custos.config.loader import ConfigError, load_config
 
     try:
-        state = load_config(args.config).config.state
+        return load_config(args.config).config.state.store
     except ConfigError as exc:
         raise SystemExit(fail(str(exc))) from None
-    configured = getattr(state, "token_hash_key", None)
-    if configured is not None and hasattr(configured, "get_secret_value"):
-        configured = configured.get_secret_value()
-    return state.store, configured or key
+
+
+def _store_url(args: argparse.Namespace) -> tuple[str, bytes]:
+    """The store URL and the token hash key, found as the gateway finds them: the config's
+    ``identity.token_hash_key``, else ``$CUSTOS_TOKEN_HASH_KEY``, else (SQLite) the key file
+    beside the database.
+
+    Raises ``SystemExit`` with a message when neither ``--config`` nor ``--store`` is given or
+    the config cannot be loaded.
+    """
+    from custos.identity.setup import token_hash_key_for
+
+    configured = os.environ.get(HASH_KEY_ENV) or None
+    if args.store:
+        url = args.store
+    elif not args.config:
+        raise SystemExit(fail("give --config FILE or --store URL", 2))
+    else:
+        from custos.config.loader import ConfigError, load_config
+
+        try:
+            config = load_config(args.config).config
+        except ConfigError as exc:
+            raise SystemExit(fail(str(exc))) from None
+        url = config.state.store
+        configured = config.identity.token_hash_key or configured
+    try:
+        return url, token_hash_key_for(url, configured)
+    except ValueError as exc:
+        raise SystemExit(fail(f"no token hash key: {exc} (or set ${HASH_KEY_ENV})")) from None
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -114,8 +134,6 @@ def _init(args: argparse.Namespace) -> int:
     from custos.state.store import open_store
 
     url, key = _store_url(args)
-    if not key:
-        return fail(f"no token hash key: set state.token_hash_key in the config or ${HASH_KEY_ENV}")
 
     async def run() -> Any:
         store = await open_store(url)
@@ -147,7 +165,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from custos.state.errors import StoreError
     from custos.state.store import migrate
 
-    url, _ = _store_url(args)
+    url = _store_only(args)
     try:
         applied = asyncio.run(migrate(url))
     except (StoreError, OSError) as exc:

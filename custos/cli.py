@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--api-key", default="mock-key", help="the key clients must present")
     mock.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     mock.set_defaults(run=_mock_provider)
+
+    from custos.admin_cli import register as register_admin
+
+    register_admin(commands)
     return parser
 
 

@@ -15,10 +15,13 @@ from pathlib import Path
 
 from custos.config.loader import LoadedConfig, load_config
 from custos.config.watch import ConfigWatcher, ReloadResult
+from custos.identity.directory import Directory
 from custos.identity.setup import Identity, open_identity, sync_config_teams
+from custos.identity.tokens import TokenService
 from custos.pipeline import Pipeline
 from custos.providers.transport import Transport
 from custos.runtime import Runtime
+from custos.state.store import Store
 from custos.telemetry import metrics
 
 log = logging.getLogger("custos")
@@ -42,6 +45,12 @@ class Gateway:
     @classmethod
     def from_file(cls, path: str | Path, *, watch: bool = True) -> Gateway:
         return cls(load_config(path), path, watch=watch)
+
+    def admin_deps(self) -> tuple[Store, TokenService, Directory] | None:
+        """What the admin API needs, once the store is open."""
+        if self.identity is None:
+            return None
+        return self.identity.store, self.identity.tokens, self.identity.directory
 
     def apply(self, loaded: LoadedConfig) -> None:
         previous = self.runtime.config.teams

@@ -21,6 +21,7 @@ import orjson
 from custos.context import Operation, Protocol, RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
+from custos.http.admin import AdminAPI
 from custos.identity.principal import Principal
 from custos.http.requests import (
     ClientGone,
@@ -55,6 +56,7 @@ class Endpoint:
 class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.admin = AdminAPI(gateway.admin_deps, model_names=lambda: gateway.runtime.routes.keys())
         self.routes: dict[str, Endpoint] = {
             "/v1/chat/completions": self._llm("openai", "chat"),
             "/v1/embeddings": self._llm("openai", "embeddings"),
@@ -73,6 +75,9 @@ class GatewayApp:
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        if path.startswith("/admin/") or path == "/admin":
+            await self.admin(scope, receive, send)
+            return
         endpoint = self.routes.get(path) or self.routes.get(path.rstrip("/"))
         if endpoint is None:
             protocol: Protocol = "anthropic" if path.startswith("/v1/messages") else "openai"

@@ -67,13 +67,21 @@ def sqlite_path(store_url: str) -> str | None:
 
 
 def token_hash_key(config: Config, *, base_dir: Path | None = None) -> bytes:
+    return token_hash_key_for(
+        config.state.store, config.identity.token_hash_key, base_dir=base_dir
+    )
+
+
+def token_hash_key_for(
+    store_url: str, configured: str | None, *, base_dir: Path | None = None
+) -> bytes:
     """The configured key, or for a SQLite store a key file beside the database (created once,
     mode 0600). An in-memory store gets a key that lives as long as the process."""
-    if config.identity.token_hash_key is not None:
-        return config.identity.token_hash_key.encode()
-    path = sqlite_path(config.state.store)
+    if configured is not None:
+        return configured.encode()
+    path = sqlite_path(store_url)
     if path is None:  # the schema requires a key with PostgreSQL
-        raise ValueError("identity.token_hash_key is required")
+        raise ValueError("identity.token_hash_key is required with a PostgreSQL store")
     if path == ":memory:":
         return secrets.token_bytes(32)
     key_file = Path(path + ".key")
