@@ -52,15 +52,24 @@ def test_init_prints_a_token_once_and_refuses_a_second_time(
     assert "nothing to do" in err and not TOKEN.search(out + err)
 
 
-def test_init_needs_a_token_hash_key_and_a_store(
-    store_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_init_needs_a_store_and_finds_the_key_as_the_gateway_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["init"])
     assert exited.value.code == 2
-    monkeypatch.delenv("CUSTOS_TOKEN_HASH_KEY")
-    assert main(["init", "--store", store_url]) == 1
+    monkeypatch.delenv("CUSTOS_TOKEN_HASH_KEY", raising=False)
+    # PostgreSQL: every replica must share the key, so there is no default.
+    with pytest.raises(SystemExit) as exited:
+        main(["init", "--store", "postgresql://127.0.0.1:5432/test"])
+    assert exited.value.code == 1
     assert "token hash key" in capsys.readouterr().err
+    # SQLite: the key file beside the database, created once, readable by its owner only.
+    database = tmp_path / "custos.db"
+    assert main(["init", "--store", f"sqlite:///{database}"]) == 0
+    key_file = tmp_path / "custos.db.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert len(key_file.read_text().strip()) == 64
 
 
 def test_db_migrate_is_idempotent(
