@@ -17,7 +17,9 @@ from custos.http.app import GatewayApp
 GRACEFUL_SHUTDOWN_S = 30
 
 
-def serve(config_path: str | Path, *, host: str | None, port: int | None, watch: bool = True) -> int:
+def serve(
+    config_path: str | Path, *, host: str | None, port: int | None, watch: bool = True
+) -> int:
     gateway = Gateway.from_file(config_path, watch=watch)
     settings = gateway.runtime.config.gateway
     app = GatewayApp(gateway)

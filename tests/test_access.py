@@ -129,7 +129,8 @@ def test_vat_calls_its_allowed_models_with_metadata_by_alias(governed) -> None:
     alias = {"X-TFY-METADATA": json.dumps({"project": "tickets"})}
     with _client(gw, secrets["bot"]) as client:
         reply = client.chat.completions.create(
-            model="openai-main/gpt-5.5", messages=[{"role": "user", "content": "hi"}],
+            model="openai-main/gpt-5.5",
+            messages=[{"role": "user", "content": "hi"}],
             extra_headers=alias,
         )
         assert reply.usage is not None
@@ -141,7 +142,10 @@ def test_vat_calls_its_allowed_models_with_metadata_by_alias(governed) -> None:
 
 def test_model_outside_every_grant_is_403_naming_model_and_rule_state(governed) -> None:
     gw, secrets = governed
-    with _client(gw, secrets["alice"]) as client, pytest.raises(openai.PermissionDeniedError) as err:
+    with (
+        _client(gw, secrets["alice"]) as client,
+        pytest.raises(openai.PermissionDeniedError) as err,
+    ):
         client.chat.completions.create(
             model="openai-main/gpt-5.5",
             messages=[{"role": "user", "content": "hi"}],
@@ -170,13 +174,15 @@ def test_virtual_account_narrowing_and_token_narrowing(governed) -> None:
     # The access rule would not allow it anyway; the VA's own list says openai-main/* only.
     with _client(gw, secrets["bot"]) as client, pytest.raises(openai.PermissionDeniedError):
         client.chat.completions.create(
-            model="azure-eu/gpt-5.5", messages=[{"role": "user", "content": "x"}],
+            model="azure-eu/gpt-5.5",
+            messages=[{"role": "user", "content": "x"}],
             extra_headers=META,
         )
     with _client(gw, secrets["alice_narrow"]) as client:
         with pytest.raises(openai.PermissionDeniedError) as err:
             client.chat.completions.create(
-                model="azure-eu/gpt-5.5", messages=[{"role": "user", "content": "x"}],
+                model="azure-eu/gpt-5.5",
+                messages=[{"role": "user", "content": "x"}],
                 extra_headers=META,
             )
         assert "token" in err.value.body["message"]

@@ -120,7 +120,9 @@ def test_rotation_grace_period_then_only_the_new_token(cluster) -> None:
     first, second, admin = cluster
     old = _new_token(first, admin, "to-rotate")
     _wait_for_status(second, old["token"], 200, timeout=1.0)
-    response = _admin(first, admin, "POST", f"/tokens/{old['record']['id']}/rotate", json={"grace_seconds": 2})
+    response = _admin(
+        first, admin, "POST", f"/tokens/{old['record']['id']}/rotate", json={"grace_seconds": 2}
+    )
     assert response.status_code in (200, 201), response.text
     new = response.json()["token"]
     assert new != old["token"]

@@ -53,9 +53,11 @@ class JWKSServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def publish(self, kid: str, private_key: Any) -> None:
-        jwk = json.loads(jwt.algorithms.get_default_algorithms()[_alg(private_key)].to_jwk(
-            private_key.public_key()
-        ))
+        jwk = json.loads(
+            jwt.algorithms.get_default_algorithms()[_alg(private_key)].to_jwk(
+                private_key.public_key()
+            )
+        )
         self.keys.append({**jwk, "kid": kid, "use": "sig"})
 
 
@@ -93,9 +95,9 @@ def jwt_gateway(
 ) -> Iterator[GatewayProcess]:
     server, _ = idp
     config = without_open_access(standard_config(mock_provider.url))
-    config += f"""
+    config += """
 teams:
-  finance: {{members: [carol@northwind.example]}}
+  finance: {members: [carol@northwind.example]}
 access:
   - id: research-openai
     subjects: [team:research]
@@ -139,7 +141,8 @@ def test_valid_jwt_calls_with_teams_from_claims_and_config(jwt_gateway, idp) -> 
         assert reply.choices[0].message.content
         # finance comes from the config file's team, research from the groups claim.
         assert sorted(m.id for m in client.models.list()) == [
-            "azure-eu/gpt-5.5", "openai-main/gpt-5.5"
+            "azure-eu/gpt-5.5",
+            "openai-main/gpt-5.5",
         ]
     assert _chat(jwt_gateway, token, "claude-main/claude-sonnet-4.5").status_code == 403
 

@@ -202,7 +202,9 @@ async def test_hot_reload_under_load_drops_nothing(mock_provider, own_gateway):
         max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
     )
 
-    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.headers, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=gateway.url, headers=gateway.headers, timeout=30, limits=limits
+    ) as client:
 
         async def worker(index: int) -> None:
             await asyncio.sleep(index * 0.02)  # staggered, so the workers do not run in lockstep
@@ -290,7 +292,9 @@ async def test_in_flight_requests_keep_the_revision_they_started_with(mock_provi
     """A model removed by a reload still finishes the stream and the slow call already on it;
     the next request for it is a 404."""
     gateway = own_gateway
-    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.headers, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=gateway.url, headers=gateway.headers, timeout=30
+    ) as client:
         slow = asyncio.create_task(client.post("/v1/chat/completions", json=chat(LONG_WAIT)))
         body = chat(LONG_STREAM, stream=True, stream_options={"include_usage": True})
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -339,12 +343,20 @@ def test_sighup_applies_a_changed_file(mock_provider, unwatched_gateway):
     time.sleep(1.0)  # a negative: without a watcher, nothing may happen on its own
     assert gateway.revision() == before
     assert (
-        httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers, json=chat("gpt-5.5+words=3")).status_code
+        httpx.post(
+            f"{gateway.base_url}/chat/completions",
+            headers=gateway.headers,
+            json=chat("gpt-5.5+words=3"),
+        ).status_code
         == 404
     )
     gateway.sighup()
     wait_until(lambda: gateway.revision() == revision_of_text(text), what="the SIGHUP reload")
-    response = httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers, json=chat("gpt-5.5+words=3"))
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=gateway.headers,
+        json=chat("gpt-5.5+words=3"),
+    )
     assert response.status_code == 200, response.text
     assert reloads(gateway)["applied"] == 1
 
@@ -399,7 +411,9 @@ def test_invalid_files_are_refused_and_a_fix_is_applied(mock_provider, own_gatew
         assert "Traceback" not in log, log
         assert conftest.MOCK_KEY not in log
         # still serving, on the old revision
-        response = httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers, json=chat("gpt-5.5"))
+        response = httpx.post(
+            f"{gateway.base_url}/chat/completions", headers=gateway.headers, json=chat("gpt-5.5")
+        )
         assert response.status_code == 200, response.text
         # SIGHUP on the same broken file: refused again, still serving
         refused = reloads(gateway)["refused"]
@@ -413,7 +427,11 @@ def test_invalid_files_are_refused_and_a_fix_is_applied(mock_provider, own_gatew
     replace_atomically(gateway.config_path, fixed)
     wait_until(lambda: gateway.revision() == revision_of_text(fixed), what="the fix to apply")
     assert reloads(gateway)["applied"] == 1
-    response = httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers, json=chat("gpt-5.5+words=3"))
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=gateway.headers,
+        json=chat("gpt-5.5+words=3"),
+    )
     assert response.status_code == 200, response.text
     assert gateway.process.poll() is None
 

@@ -177,7 +177,9 @@ def test_many_clients_disconnecting_at_once(gw, mock_provider):
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=gw.url, headers=gw.headers, timeout=10, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=gw.url, headers=gw.headers, timeout=10, limits=limits
+        ) as client:
             ready = asyncio.Barrier(count)
             await asyncio.gather(*(abandon(client, i, ready) for i in range(count)))
 

@@ -64,7 +64,9 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(source, [Problem("", None, f"cannot read file: {exc.strerror}")]) from None
+        raise ConfigError(
+            source, [Problem("", None, f"cannot read file: {exc.strerror}")]
+        ) from None
     if len(raw) > _MAX_FILE_BYTES:
         raise ConfigError(source, [Problem("", None, "file is larger than 4 MiB")])
     try:
@@ -74,7 +76,9 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     return parse_config(text, source=source, base_dir=Path(path).resolve().parent)
 
 
-def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> LoadedConfig:
+def parse_config(
+    text: str, *, source: str = "<config>", base_dir: Path | None = None
+) -> LoadedConfig:
     document, lines = _parse_yaml(text, source)
     problems = _unsupported_sections(document, lines)
     supported = {k: v for k, v in document.items() if k not in UNSUPPORTED_SECTIONS}
@@ -277,9 +281,13 @@ def _resolve_refs(
 ) -> Any:
     """Replace ``${env:NAME}`` and ``${file:path}`` in string values; collect what is missing."""
     if isinstance(value, dict):
-        return {k: _resolve_refs(v, (*path, k), lines, base_dir, problems) for k, v in value.items()}
+        return {
+            k: _resolve_refs(v, (*path, k), lines, base_dir, problems) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_resolve_refs(v, (*path, i), lines, base_dir, problems) for i, v in enumerate(value)]
+        return [
+            _resolve_refs(v, (*path, i), lines, base_dir, problems) for i, v in enumerate(value)
+        ]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -289,7 +297,11 @@ def _resolve_refs(
             found = os.environ.get(name)
             if found is None:
                 problems.append(
-                    Problem(dotted(path), _line_of(path, lines), f"environment variable {name} is not set")
+                    Problem(
+                        dotted(path),
+                        _line_of(path, lines),
+                        f"environment variable {name} is not set",
+                    )
                 )
                 return ""
             return found

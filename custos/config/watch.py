@@ -66,7 +66,9 @@ class ConfigWatcher:
     async def watch(self, on_change: Callable[[], object] | None = None) -> None:
         """Call ``on_change`` (default: ``reload``) whenever the file's directory changes."""
         react = on_change or self.reload
-        async for _changes in awatch(self.path.parent, stop_event=self._stop, debounce=200, step=50):
+        async for _changes in awatch(
+            self.path.parent, stop_event=self._stop, debounce=200, step=50
+        ):
             react()
 
     def stop(self) -> None:

@@ -46,7 +46,11 @@ def _too_large(limit: int) -> GatewayError:
 
 def check_content_type(content_type: bytes | None) -> None:
     if content_type is None:
-        raise GatewayError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'.")
+        raise GatewayError(
+            415,
+            "unsupported_media_type",
+            "Send the body as JSON with 'Content-Type: application/json'.",
+        )
     media = content_type.split(b";", 1)[0].strip().lower()
     if media != b"application/json":
         raise GatewayError(
@@ -62,7 +66,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON ({exc.msg}).", code="invalid_json") from None
+        raise bad_request(
+            f"The request body is not valid JSON ({exc.msg}).", code="invalid_json"
+        ) from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
     return body
@@ -71,7 +77,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 def require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
-        raise bad_request("Missing required parameter: 'model'.", code="missing_required_parameter", param="model")
+        raise bad_request(
+            "Missing required parameter: 'model'.", code="missing_required_parameter", param="model"
+        )
     if not isinstance(model, str) or not model or len(model) > 256:
         raise bad_request("'model' must be a non-empty string.", code="invalid_type", param="model")
     return model
@@ -84,9 +92,15 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
         return
     messages = body.get("messages")
     if messages is None:
-        raise bad_request("Missing required parameter: 'messages'.", code="missing_required_parameter", param="messages")
+        raise bad_request(
+            "Missing required parameter: 'messages'.",
+            code="missing_required_parameter",
+            param="messages",
+        )
     if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array.", code="invalid_type", param="messages")
+        raise bad_request(
+            "'messages' must be a non-empty array.", code="invalid_type", param="messages"
+        )
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise bad_request(
@@ -101,21 +115,31 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
     _optional(body, "tools", list, "an array")
     if operation == "messages":
         if "max_tokens" not in body:
-            raise bad_request("Missing required parameter: 'max_tokens'.", code="missing_required_parameter", param="max_tokens")
+            raise bad_request(
+                "Missing required parameter: 'max_tokens'.",
+                code="missing_required_parameter",
+                param="max_tokens",
+            )
         _optional(body, "system", str | list, "a string or an array of text blocks")
 
 
 def _embeddings_input(body: dict[str, Any]) -> None:
     value = body.get("input")
     if value is None:
-        raise bad_request("Missing required parameter: 'input'.", code="missing_required_parameter", param="input")
+        raise bad_request(
+            "Missing required parameter: 'input'.", code="missing_required_parameter", param="input"
+        )
     if isinstance(value, str):
         return
     if isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
         return
     if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
         return
-    raise bad_request("'input' must be a string, an array of strings, or token arrays.", code="invalid_type", param="input")
+    raise bad_request(
+        "'input' must be a string, an array of strings, or token arrays.",
+        code="invalid_type",
+        param="input",
+    )
 
 
 def _optional(body: dict[str, Any], field: str, kind: Any, described: str) -> None:
@@ -128,4 +152,6 @@ def _optional_count(body: dict[str, Any], field: str) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_request(f"'{field}' must be a positive integer.", code="invalid_type", param=field)
+        raise bad_request(
+            f"'{field}' must be a positive integer.", code="invalid_type", param=field
+        )

@@ -5,7 +5,8 @@ routed to its IdP by its (unverified) ``iss`` claim, then verified with PyJWT: s
 key named by ``kid``, ``exp``/``nbf``/``iat`` with a small leeway, issuer and audience. Keys are
 cached; an unknown ``kid`` refreshes the set once (at most every ``jwks_min_refresh_s`` seconds,
 so a flood of forged kids cannot turn into a flood of fetches), and the set is refreshed anyway
-when older than ``jwks_max_age_s``. The JWKS fetch runs in a worker thread: it is rare and must not block the loop.
+when older than ``jwks_max_age_s``. The JWKS fetch runs in a worker thread: it is rare, and
+must not block the event loop.
 
 Claims map to a principal by the IdP's ``claims`` mapping: the subject claim names the user (by
 email) or the virtual account, the teams claim lists teams. A user's teams also include the teams
@@ -84,12 +85,14 @@ class KeySet:
 
 
 def _fetch_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT_S) as response:  # noqa: S310 (config URL)
+    with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT_S) as response:
         return json.loads(response.read(_MAX_JWKS_BYTES))
 
 
 class JWTVerifier:
-    def __init__(self, idps: list[IdPSettings], config_teams: Mapping[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self, idps: list[IdPSettings], config_teams: Mapping[str, tuple[str, ...]]
+    ) -> None:
         self.idps = {idp.issuer: idp for idp in idps}
         self.key_sets = {
             idp.issuer: KeySet(

@@ -67,9 +67,7 @@ def sqlite_path(store_url: str) -> str | None:
 
 
 def token_hash_key(config: Config, *, base_dir: Path | None = None) -> bytes:
-    return token_hash_key_for(
-        config.state.store, config.identity.token_hash_key, base_dir=base_dir
-    )
+    return token_hash_key_for(config.state.store, config.identity.token_hash_key, base_dir=base_dir)
 
 
 def token_hash_key_for(

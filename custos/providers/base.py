@@ -216,15 +216,29 @@ def upstream_error(account: str, status: int, message: str | None) -> GatewayErr
     """
     detail = f": {message[:500]}" if message else ""
     if status in (400, 413, 422):
-        return GatewayError(status, "upstream_invalid_request", f"provider {account} rejected the request ({status}){detail}")
+        return GatewayError(
+            status,
+            "upstream_invalid_request",
+            f"provider {account} rejected the request ({status}){detail}",
+        )
     if status == 429:
-        return GatewayError(429, "upstream_rate_limited", f"provider {account} is rate limiting (429){detail}")
+        return GatewayError(
+            429, "upstream_rate_limited", f"provider {account} is rate limiting (429){detail}"
+        )
     if status in (401, 403):
-        return GatewayError(502, "upstream_auth_failed", f"provider {account} refused the gateway's credentials ({status})")
+        return GatewayError(
+            502,
+            "upstream_auth_failed",
+            f"provider {account} refused the gateway's credentials ({status})",
+        )
     if status == 404:
-        return GatewayError(502, "upstream_not_found", f"provider {account} does not know the model or route (404)")
+        return GatewayError(
+            502, "upstream_not_found", f"provider {account} does not know the model or route (404)"
+        )
     if status == 503:
-        return GatewayError(503, "upstream_unavailable", f"provider {account} is unavailable (503){detail}")
+        return GatewayError(
+            503, "upstream_unavailable", f"provider {account} is unavailable (503){detail}"
+        )
     if status == 504:
         return GatewayError(504, "upstream_timeout", f"provider {account} timed out (504)")
     return GatewayError(502, "upstream_error", f"provider {account} failed ({status}){detail}")

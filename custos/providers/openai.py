@@ -46,13 +46,18 @@ class OpenAIAdapter(ProviderAdapter):
 
     def request_body(self, call: ProviderCall) -> bytes:
         if call.protocol == "anthropic":
-            return orjson.dumps(translate.anthropic_request_to_openai(call.body, call.upstream_model))
+            return orjson.dumps(
+                translate.anthropic_request_to_openai(call.body, call.upstream_model)
+            )
         if call.stream and not call.client_wants_usage:
             # Usage is only sent on streams that ask for it; ask, and strip it on the way back.
             body = dict(call.body)
             body["model"] = call.upstream_model
             options = body.get("stream_options")
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
             return orjson.dumps(body)
         return with_model(call, call.upstream_model)
 
