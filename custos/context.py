@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from custos.identity.principal import Principal
+    from custos.limits import Metering
     from custos.runtime import ModelTarget, Runtime
 
 Protocol = Literal["openai", "anthropic"]
@@ -44,6 +45,18 @@ class Attempt:
     status: int | None = None
     latency_ms: int = 0
     error: str | None = None
+    started_ns: int = field(default_factory=time.monotonic_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class DataClassHit:
+    """A class of data the request carries: a class name and count, never a value."""
+
+    name: str
+    #: How many occurrences; ``None`` when the source did not say.
+    count: int | None
+    #: ``declared`` (the caller's metadata) or the detector that found it.
+    source: str
 
 
 @dataclass(slots=True)
@@ -76,6 +89,12 @@ class RequestContext:
     first_byte_ns: int | None = None
     client_disconnected: bool = False
     applied: list[str] = field(default_factory=list)
+    #: Stages 4 and 5 (budget, rate limit): decisions per rule id, the reservation to settle,
+    #: the ``x-ratelimit-*`` headers. ``None`` when no budget or rate limit applied.
+    limits: Metering | None = None
+    data_classes: list[DataClassHit] = field(default_factory=list)
+    #: Set by ``Pipeline.settle``, which runs once per request.
+    settled: bool = False
 
     @property
     def latency_ms(self) -> int:

@@ -32,6 +32,10 @@ class GatewayError(Exception):
         return f"GatewayError({self.status}, {self.code!r}, {self.message!r})"
 
 
+class ClientDisconnected(Exception):
+    """The client went away before the gateway could answer (recorded as 499)."""
+
+
 def bad_request(message: str, *, code: str = "invalid_request", param: str | None = None) -> GatewayError:
     return GatewayError(400, code, message, param=param)
 

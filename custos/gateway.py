@@ -13,6 +13,7 @@ import logging
 import signal
 from pathlib import Path
 
+from custos.audit.trail import AuditTrail
 from custos.config.loader import LoadedConfig, load_config
 from custos.config.watch import ConfigWatcher, ReloadResult
 from custos.identity.directory import Directory
@@ -37,6 +38,7 @@ class Gateway:
         self.transport = Transport()
         self.pipeline = Pipeline(self.transport)
         self.identity: Identity | None = None
+        self.audit: AuditTrail | None = None
         self.ready = False
         self._watcher: ConfigWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -59,6 +61,8 @@ class Gateway:
         if self.identity is not None and loaded.config.teams != previous:
             sync = sync_config_teams(self.identity.store, loaded.config.teams, loaded.revision)
             self._tasks.append(asyncio.create_task(sync, name="custos-team-sync"))
+        if self.audit is not None:
+            self.audit.config_applied(loaded)
 
     def reload(self) -> ReloadResult:
         if self._watcher is None:
@@ -72,6 +76,12 @@ class Gateway:
         config = self.runtime.config
         self.identity = await open_identity(config)
         await sync_config_teams(self.identity.store, config.teams, self.runtime.revision)
+        self.audit = AuditTrail(
+            self.identity.store, lambda: self.runtime.config.audit, instance=config.gateway.instance
+        )
+        await self.audit.start(self.runtime.loaded)
+        self.pipeline.on_settled = self.audit.on_settled
+        self.pipeline.admit, self.pipeline.release = self.audit.admit, self.audit.release
         self.pipeline.directory = self.identity.directory
         if self.config_path is not None:
             self._watcher = ConfigWatcher(self.config_path, self.apply, lambda: self.runtime.revision)
@@ -93,6 +103,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
+        if self.audit is not None:
+            await self.audit.close()
+            self.audit = None
         if self.identity is not None:
             await self.identity.close()
             self.identity = None

@@ -17,12 +17,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from custos.audit.classes import declared_data_classes
 from custos.context import Attempt, RequestContext, Usage
-from custos.errors import GatewayError, stream_error_event
+from custos.errors import ClientDisconnected, GatewayError, stream_error_event
 from custos.identity.directory import Directory
 from custos.identity.jwt import looks_like_jwt
 from custos.identity.principal import AuthFailure, Principal
-from custos.providers.base import ProviderCall, UpstreamMalformed, upstream_error
+from custos.providers.base import (
+    ProviderCall,
+    StreamTranslator,
+    UpstreamMalformed,
+    upstream_error,
+)
 from custos.providers.estimate import estimate_prompt_tokens
 from custos.providers.sse import SSEDecoder
 from custos.providers.transport import (
@@ -58,6 +64,12 @@ class Pipeline:
     ) -> None:
         self.transport = transport
         self.on_settled = on_settled
+        #: Runs first; raises ``GatewayError`` to refuse the request (the audit trail, while it
+        #: cannot make records durable).
+        self.admit: Callable[[RequestContext], None] | None = None
+        #: Awaited after settling and before the response (a stream's last chunk) is released
+        #: (the audit trail's strict durability).
+        self.release: Callable[[RequestContext], Awaitable[None]] | None = None
         #: Set when the gateway has opened its store (``Gateway.start``).
         self.directory: Directory | None = None
 
@@ -69,6 +81,8 @@ class Pipeline:
         """
         relayed = False
         try:
+            if self.admit is not None:
+                self.admit(ctx)
             await self.authenticate(ctx)
             await read_request(ctx)
             self.identify(ctx)
@@ -80,7 +94,7 @@ class Pipeline:
         except GatewayError as err:
             ctx.status, ctx.error_code = err.status, err.code
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientDisconnected):
             ctx.client_disconnected = True
             ctx.status, ctx.error_code = 499, "client_disconnected"
             raise
@@ -90,6 +104,8 @@ class Pipeline:
         finally:
             if not relayed:
                 self.settle(ctx)
+                if self.release is not None:
+                    await self.release(ctx)
 
     # -- stage 1: authenticate ------------------------------------------------------------------
 
@@ -119,6 +135,7 @@ class Pipeline:
 
     def identify(self, ctx: RequestContext) -> None:
         ctx.metadata = ctx.runtime.metadata.parse(ctx.metadata_header)
+        ctx.data_classes = declared_data_classes(ctx.metadata)
 
     # -- stage 3: authorize --------------------------------------------------------------------
 
@@ -276,8 +293,19 @@ class Pipeline:
                 return
             if not translator.complete:
                 raise UpstreamUnreachable("the provider ended the stream early")
-            yield tail + translator.finish()
+            last = tail + translator.finish()
             ctx.status = 200
+            # Settled before the last chunk goes out, so that a strict audit trail can hold
+            # the chunk until the record is durable.
+            self._stream_usage(ctx, translator)
+            self.settle(ctx)
+            if self.release is not None:
+                try:
+                    await self.release(ctx)
+                except GatewayError as err:  # the 200 is sent: the refusal goes in the stream
+                    yield stream_error_event(ctx.protocol, err)
+                    return
+            yield last
         except (UpstreamTimeout, UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
             err = _stream_failure(target, exc)
             ctx.status, ctx.error_code = err.status, err.code
@@ -293,26 +321,42 @@ class Pipeline:
             else:
                 upstream.close()
             metrics.ACTIVE_STREAMS.dec()
-            ctx.usage = translator.usage or Usage(
-                input_tokens=estimate_prompt_tokens(ctx.body),
-                output_tokens=translator.estimated_output_tokens,
-                estimated=True,
-            )
-            counted = translator.estimated_output_tokens
-            if counted > ctx.usage.output_tokens and (
-                ctx.usage.output_tokens == 0 or not translator.complete
-            ):
-                # Text went out but the provider reported no output (Anthropic's format cannot
-                # omit the count, so a missing one arrives as 0), or the stream broke before the
-                # final count: charge what was counted instead.
-                ctx.usage.output_tokens = counted
-                ctx.usage.estimated = True
-            self.settle(ctx)
+            if not ctx.settled:
+                self._stream_usage(ctx, translator)
+                self.settle(ctx)
+
+    def _stream_usage(self, ctx: RequestContext, translator: StreamTranslator) -> None:
+        """The usage of a relayed stream: the provider's final count, else what was counted."""
+        ctx.usage = translator.usage or Usage(
+            input_tokens=estimate_prompt_tokens(ctx.body),
+            output_tokens=translator.estimated_output_tokens,
+            estimated=True,
+        )
+        counted = translator.estimated_output_tokens
+        if counted > ctx.usage.output_tokens and (
+            ctx.usage.output_tokens == 0 or not translator.complete
+        ):
+            # Text went out but the provider reported no output (Anthropic's format cannot
+            # omit the count, so a missing one arrives as 0), or the stream broke before the
+            # final count: charge what was counted instead.
+            ctx.usage.output_tokens = counted
+            ctx.usage.estimated = True
 
     # -- stage 10: settle and record -----------------------------------------------------------
 
+    def settle_unrelayed(self, ctx: RequestContext) -> None:
+        """Settle a streaming request whose stream never started: its client left first."""
+        if not ctx.settled:
+            ctx.client_disconnected = True
+            ctx.status, ctx.error_code = 499, "client_disconnected"
+            self.settle(ctx)
+
     def settle(self, ctx: RequestContext) -> None:
-        """Charge the actual usage and emit the request's one terminal record."""
+        """Charge the actual usage and emit the request's one terminal record (once: a second
+        call does nothing)."""
+        if ctx.settled:
+            return
+        ctx.settled = True
         if ctx.usage is not None and ctx.served is not None:
             ctx.cost_micros = ctx.served.price.cost_micros(ctx.usage)
             model = ctx.served.name

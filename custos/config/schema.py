@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from custos.audit.settings import AuditSettings
+
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
 UNSUPPORTED_SECTIONS = (
@@ -21,7 +23,6 @@ UNSUPPORTED_SECTIONS = (
     "guardrails",
     "data_classes",
     "residency",
-    "audit",
     "mcp_servers",
 )
 
@@ -297,6 +298,7 @@ class Config(_Strict):
     teams: dict[Annotated[str, Field(pattern=_NAME)], TeamSettings] = Field(default_factory=dict)
     access: list[AccessRule] = Field(default_factory=list)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @model_validator(mode="after")
     def _store_needs_shared_key(self) -> Config:

@@ -98,8 +98,11 @@ class AdminAPI:
         *,
         model_names: Callable[[], Iterable[str]] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        on_auth_failure: Callable[[Scope, GatewayError], None] | None = None,
     ) -> None:
         self._deps = deps
+        #: Told of every 401 (the audit trail records it as an ``auth.failure``).
+        self._on_auth_failure = on_auth_failure
         self._model_names = model_names
         self._max_body = max_body_bytes
         self._service: tuple[Store, TokenService, AdminService] | None = None
@@ -115,6 +118,8 @@ class AdminAPI:
             status, body = await self._handle(scope, receive)
             headers = list(_HEADERS)
         except GatewayError as err:
+            if err.status == 401 and self._on_auth_failure is not None:
+                self._on_auth_failure(scope, err)
             status, body = err.status, openai_error_body(err)
             headers = [*_HEADERS, *((k.encode(), v.encode()) for k, v in err.headers.items())]
         except Exception:

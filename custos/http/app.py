@@ -56,7 +56,11 @@ class Endpoint:
 class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.admin = AdminAPI(gateway.admin_deps, model_names=lambda: gateway.runtime.routes.keys())
+        self.admin = AdminAPI(
+            gateway.admin_deps,
+            model_names=lambda: gateway.runtime.routes.keys(),
+            on_auth_failure=self.auth_failed,
+        )
         self.routes: dict[str, Endpoint] = {
             "/v1/chat/completions": self._llm("openai", "chat"),
             "/v1/embeddings": self._llm("openai", "embeddings"),
@@ -140,6 +144,8 @@ class GatewayApp:
             await send_body(send, response.status, response.headers, response.body)
         else:
             await relay_stream(send, receive, response)
+            if not ctx.settled:  # the client left before the stream's first chunk was asked for
+                self.gateway.pipeline.settle_unrelayed(ctx)
         metrics.REQUESTS.labels(route, str(ctx.status)).inc()
         metrics.LATENCY.labels(route).observe(ctx.latency_ms / 1000)
 
@@ -150,9 +156,25 @@ class GatewayApp:
             token = RequestHead.of(scope).token
             principal = await self.gateway.pipeline.principal_for(token, self.gateway.runtime)
         except GatewayError as err:
-            await send_error(send, "openai", err, new_request_id())
+            request_id = new_request_id()
+            if err.status == 401:
+                self.auth_failed(scope, err, request_id)
+            await send_error(send, "openai", err, request_id)
             return
         await send_body(send, 200, [_JSON], models_body(self.gateway.runtime, principal))
+
+    def auth_failed(self, scope: Scope, err: GatewayError, request_id: str | None = None) -> None:
+        """Record a refused credential outside the LLM routes (an ``auth.failure`` event)."""
+        audit = self.gateway.audit
+        if audit is not None:
+            client = scope.get("client")
+            audit.auth_failure(
+                request_id=request_id or new_request_id(),
+                route=scope["path"],
+                method=scope["method"],
+                code=err.code,
+                client=client[0] if client else None,
+            )
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_body(send, 200, [_JSON], b'{"status":"ok"}')

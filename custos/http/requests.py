@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from custos.context import Operation
-from custos.errors import GatewayError, bad_request
+from custos.errors import ClientDisconnected, GatewayError, bad_request
 
 
 async def read_body(receive: Any, content_length: int | None, limit: int) -> bytes:
@@ -32,7 +32,7 @@ async def read_body(receive: Any, content_length: int | None, limit: int) -> byt
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class ClientGone(Exception):
+class ClientGone(ClientDisconnected):
     """The client disconnected before its request body arrived."""
 
 

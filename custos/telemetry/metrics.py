@@ -64,6 +64,41 @@ CONFIG_INFO = Gauge(
     registry=REGISTRY,
 )
 
+DENIALS_BY_STAGE = Counter(
+    "custos_denials",
+    "LLM requests stopped by the gateway, by the stage that stopped them.",
+    ["stage"],
+    registry=REGISTRY,
+)
+# The audit trail (custos/audit/writer.py): alarms are custos_audit_store_up == 0 and a growing
+# custos_audit_spool_bytes (the store is down and records wait in the local spool).
+AUDIT_RECORDS = Counter(
+    "custos_audit_records", "Audit records written, by event type.", ["event_type"],
+    registry=REGISTRY,
+)  # fmt: skip
+AUDIT_QUEUE_DEPTH = Gauge(
+    "custos_audit_queue_depth", "Audit records in memory, not yet in the spool.", registry=REGISTRY
+)
+AUDIT_UNSHIPPED = Gauge(
+    "custos_audit_unshipped", "Audit records in the spool, not yet in the store.", registry=REGISTRY
+)
+AUDIT_SPOOL_BYTES = Gauge(
+    "custos_audit_spool_bytes", "Size of the local audit spool.", registry=REGISTRY
+)
+AUDIT_STORE_UP = Gauge(
+    "custos_audit_store_up", "1 while the store accepts audit records, else 0.", registry=REGISTRY
+)
+AUDIT_SHIP_FAILURES = Counter(
+    "custos_audit_ship_failures", "Failed attempts to write audit records to the store.",
+    registry=REGISTRY,
+)  # fmt: skip
+AUDIT_DROPPED = Counter(
+    "custos_audit_dropped",
+    "Audit records lost because the spool could not be written and memory was full.",
+    registry=REGISTRY,
+)
+
+
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,373 @@
+"""Building the records of schema version 1, one function per event type.
+
+Keys are flat. Where OpenTelemetry's GenAI (or general) semantic conventions name a field, the
+key is that name (``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ``error.type``,
+``http.response.status_code``, ``cloud.region``); other keys are this gateway's own. Every key of
+an event type is always present (``null`` when unknown), so readers see one stable shape.
+
+``llm.call`` (exactly one per LLM request, built from the request context after the path ran):
+
+    schema_version, event_type, event_id, salt, request_id, time_start, time_end,
+    gateway.instance, gateway.version, config.revision,
+    principal.kind (user | virtual_account), principal.id, principal.teams, team, auth.token_id,
+    metadata, data_classes [{class, count, source}],
+    api.protocol (openai | anthropic), gen_ai.operation.name (chat | embeddings),
+    gen_ai.request.model, gen_ai.request.stream, gen_ai.request.max_tokens,
+    gen_ai.provider.name, provider.account, provider.model, provider.upstream_model, cloud.region,
+    attempts [{target, region, status, error, offset_ms, latency_ms}],
+    decisions [{stage, rule, decision}],
+    http.response.status_code, outcome, stopped_at, error.type,
+    gen_ai.usage.input_tokens, gen_ai.usage.output_tokens, gen_ai.usage.cache_read.input_tokens,
+    gen_ai.usage.cache_creation.input_tokens, gen_ai.usage.reasoning.output_tokens,
+    usage.estimated, cost_micros, currency, latency_ms, ttfc_ms
+
+``team`` is the one team the call is attributed to (reports group by it): a virtual account's
+team; for a user, the metadata ``team`` if the user is a member of it, else their only team,
+else ``null``. ``outcome`` is one of ``served``, ``denied`` (a stage of the gateway stopped it;
+``stopped_at`` names which), ``upstream_error``, ``client_disconnected`` and ``error``.
+
+Never in a record: the bearer token (only its id), provider keys, request or response content.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
+
+from custos import __version__
+from custos.audit.record import (
+    ADMIN_CHANGE,
+    AUTH_FAILURE,
+    CONFIG_REVISION,
+    LLM_CALL,
+    rfc3339_ms,
+    unix_ms,
+)
+
+if TYPE_CHECKING:
+    from custos.context import RequestContext
+    from custos.runtime import Runtime
+
+#: ``gen_ai.provider.name`` for each provider account type (the conventions' well-known values;
+#: an OpenAI-compatible server has none, so it gets its own).
+PROVIDER_NAMES = {
+    "openai": "openai",
+    "azure_openai": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "openai_compatible": "openai_compatible",
+}
+OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
+
+_AUTH_CODES = frozenset(
+    {"missing_api_key", "malformed_token", "unknown_token", "expired_token", "revoked_token",
+     "invalid_jwt", "invalid_api_key", "missing_token"}
+)  # fmt: skip
+#: The stage that answers with each error code (codes not listed: see ``stage_of``).
+STAGES = {
+    **dict.fromkeys(_AUTH_CODES, "authenticate"),
+    "invalid_metadata": "identify",
+    "model_not_allowed": "authorize",
+    "budget_exceeded": "budget",
+    "rate_limit_exceeded": "rate_limit",
+    "guardrail_blocked": "guardrails",
+    "model_not_found": "route",
+    "operation_not_supported": "route",
+    "residency_denied": "route",
+    "audit_unavailable": "audit",
+    "not_ready": "gateway",
+    "internal_error": "gateway",
+    "client_disconnected": "client",
+}
+#: Secrets never belong in an admin event; these keys are dropped from before/after regardless.
+_SECRET_KEYS = frozenset({"secret", "token", "token_hash", "api_key", "password", "key"})
+
+
+class GatewayInfo:
+    """The facts about this process every record names."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.version = __version__
+
+
+def stage_of(code: str | None, status: int) -> str | None:
+    """The stage that stopped a request with ``code`` (``None`` for a served request)."""
+    if code is None:
+        return None if 0 < status < 400 else "gateway"
+    if code.startswith("upstream_"):
+        return "provider"
+    stage = STAGES.get(code)
+    if stage is not None:
+        return stage
+    # Every other 4xx the gateway answers itself is about the request as sent (body, JSON,
+    # parameters, size, content type), checked while reading it.
+    return "read_request" if 400 <= status < 500 else "gateway"
+
+
+def outcome_of(code: str | None, status: int, disconnected: bool) -> str:
+    if disconnected or code == "client_disconnected":
+        return "client_disconnected"
+    if code is None and 0 < status < 400:
+        return "served"
+    if code is not None and code.startswith("upstream_"):
+        return "upstream_error"
+    if code == "internal_error" or (status >= 500 and code not in STAGES):
+        return "error"
+    return "denied"
+
+
+# -- llm.call --------------------------------------------------------------------------------------
+
+
+def llm_call(ctx: RequestContext, gateway: GatewayInfo) -> tuple[dict[str, Any], int]:
+    """The ``llm.call`` record of a settled request, and its ``time_start`` in Unix ms."""
+    runtime = ctx.runtime
+    principal = ctx.principal
+    served = ctx.served
+    usage = ctx.usage
+    start_ms = ctx.started_unix_ms
+    latency_ms = (time.monotonic_ns() - ctx.started_ns) // 1_000_000
+    status = ctx.status
+    code = ctx.error_code
+    stopped_at = stage_of(code, status)
+    provider_type = None
+    if served is not None:
+        settings = runtime.config.providers.get(served.account)
+        provider_type = settings.type if settings is not None else None
+    body = ctx.body
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    teams = list(principal.teams) if principal is not None else []
+    record: dict[str, Any] = {
+        "event_type": LLM_CALL,
+        "request_id": ctx.request_id,
+        "time_start": rfc3339_ms(start_ms),
+        "time_end": rfc3339_ms(start_ms + latency_ms),
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "config.revision": runtime.revision,
+        "principal.kind": principal.kind if principal is not None else None,
+        "principal.id": principal.id if principal is not None else None,
+        "principal.teams": teams,
+        "team": _team(ctx),
+        "auth.token_id": principal.token_id if principal is not None else None,
+        "metadata": dict(ctx.metadata),
+        "data_classes": [
+            {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
+        ],
+        "api.protocol": ctx.protocol,
+        "gen_ai.operation.name": OPERATIONS.get(ctx.operation, ctx.operation),
+        "gen_ai.request.model": ctx.model or None,
+        "gen_ai.request.stream": ctx.stream,
+        "gen_ai.request.max_tokens": max_tokens if type(max_tokens) is int else None,
+        "gen_ai.provider.name": PROVIDER_NAMES.get(provider_type or "", provider_type),
+        "provider.account": served.account if served is not None else None,
+        "provider.model": served.model if served is not None else None,
+        "provider.upstream_model": served.upstream_model if served is not None else None,
+        "cloud.region": served.region if served is not None else None,
+        "attempts": [
+            {
+                "target": a.target,
+                "region": _region(runtime, a.target),
+                "status": a.status,
+                "error": a.error,
+                "offset_ms": max(0, (a.started_ns - ctx.started_ns) // 1_000_000),
+                "latency_ms": a.latency_ms,
+            }
+            for a in ctx.attempts
+        ],
+        "decisions": _decisions(ctx, stopped_at),
+        "http.response.status_code": status,
+        "outcome": outcome_of(code, status, ctx.client_disconnected),
+        "stopped_at": stopped_at,
+        "error.type": code,
+        "gen_ai.usage.input_tokens": usage.input_tokens if usage else 0,
+        "gen_ai.usage.output_tokens": usage.output_tokens if usage else 0,
+        "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens if usage else 0,
+        "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens if usage else 0,
+        "gen_ai.usage.reasoning.output_tokens": usage.reasoning_tokens if usage else 0,
+        "usage.estimated": usage.estimated if usage else False,
+        "cost_micros": ctx.cost_micros,
+        "currency": "USD",
+        "latency_ms": latency_ms,
+        "ttfc_ms": ctx.ttft_ms,
+    }
+    return record, start_ms
+
+
+def _team(ctx: RequestContext) -> str | None:
+    principal = ctx.principal
+    if principal is None or not principal.teams:
+        return None
+    if principal.kind == "virtual_account":
+        return principal.teams[0]
+    declared = ctx.metadata.get("team")
+    if declared is not None and declared in principal.teams:
+        return declared
+    return principal.teams[0] if len(principal.teams) == 1 else None
+
+
+def _region(runtime: Runtime, target: str) -> str | None:
+    found = runtime.targets.get(target)
+    return found.region if found is not None else None
+
+
+#: Config sections whose rules carry an id, and the stage each belongs to. Sections this
+#: revision of the code does not have yet are skipped (``getattr`` below).
+_RULE_SECTIONS = (
+    ("residency", "route"),
+    ("budgets", "budget"),
+    ("rate_limits", "rate_limit"),
+    ("guardrails", "guardrails"),
+)
+_RULE_STAGES: WeakKeyDictionary[Runtime, dict[str, str]] = WeakKeyDictionary()
+
+
+def _rule_stages(runtime: Runtime) -> dict[str, str]:
+    """Rule id → the stage whose rule it is, for one revision (built once per revision)."""
+    stages = _RULE_STAGES.get(runtime)
+    if stages is None:
+        stages = {}
+        config = runtime.config
+        for section, stage in _RULE_SECTIONS:
+            for rule in getattr(config, section, None) or ():
+                rule_id = getattr(rule, "id", None)
+                if isinstance(rule_id, str):
+                    stages[rule_id] = stage
+        for index, rule in enumerate(config.access):
+            stages[rule.id or f"access[{index}]"] = "authorize"
+        _RULE_STAGES[runtime] = stages
+    return stages
+
+
+def _decisions(ctx: RequestContext, stopped_at: str | None) -> list[dict[str, Any]]:
+    """Each applied rule with its stage, and the denial that stopped the request (if one did):
+    a rule of the stopping stage is the one that denied; without one (access is default deny)
+    the denial is recorded with ``rule: null``."""
+    stages = _rule_stages(ctx.runtime)
+    decisions: list[dict[str, Any]] = []
+    denied = False
+    denying_stage = stopped_at if stopped_at in _DENYING_STAGES else None
+    for rule_id in ctx.applied:
+        stage = stages.get(rule_id, "unknown")
+        decision = "allow"
+        if stage == denying_stage and not denied:
+            decision, denied = "deny", True
+        decisions.append({"stage": stage, "rule": rule_id, "decision": decision})
+    if denying_stage is not None and not denied:
+        decisions.append({"stage": denying_stage, "rule": None, "decision": "deny"})
+    return decisions
+
+
+_DENYING_STAGES = frozenset({"authorize", "budget", "rate_limit", "guardrails", "route"})
+
+
+# -- auth.failure ----------------------------------------------------------------------------------
+
+
+def auth_failure(
+    *,
+    request_id: str,
+    route: str,
+    method: str,
+    code: str,
+    client: str | None,
+    revision: str,
+    gateway: GatewayInfo,
+) -> tuple[dict[str, Any], int]:
+    """A refused credential outside the LLM routes (whose refusals are their ``llm.call``)."""
+    now = time.time_ns() // 1_000_000
+    at = rfc3339_ms(now)
+    return {
+        "event_type": AUTH_FAILURE,
+        "request_id": request_id,
+        "time_start": at,
+        "time_end": at,
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "config.revision": revision,
+        "http.route": route,
+        "http.request.method": method,
+        "http.response.status_code": 401,
+        "error.type": code,
+        "client.address": truncate_address(client),
+    }, now
+
+
+def truncate_address(address: str | None) -> str | None:
+    """An IPv4 address to its /24, an IPv6 address to its /48: enough to see where a flood of
+    failures comes from, without keeping a person's exact address."""
+    if not address:
+        return None
+    if ":" in address:
+        groups = address.split(":")
+        return ":".join(groups[:3]) + "::/48"
+    parts = address.split(".")
+    if len(parts) == 4:
+        return ".".join(parts[:3]) + ".0/24"
+    return None
+
+
+# -- admin.change ----------------------------------------------------------------------------------
+
+
+def admin_change(event: dict[str, Any], gateway: GatewayInfo) -> tuple[dict[str, Any], int]:
+    """The record of one row of the store's ``admin_events`` (written with the change itself)."""
+    at_ms = unix_ms(event["at"])
+    at = rfc3339_ms(at_ms)
+    return {
+        "event_type": ADMIN_CHANGE,
+        "time_start": at,
+        "time_end": at,
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "admin.event_id": int(event["id"]),
+        "actor.id": event["actor"],
+        "actor.role": event["actor_role"],
+        "action": event["action"],
+        "target.type": event["target_type"],
+        "target.id": event["target_id"],
+        "before": _plain(event.get("before")),
+        "after": _plain(event.get("after")),
+    }, at_ms
+
+
+def _plain(value: Any) -> Any:
+    """JSON for a record: secrets dropped, floats as text (records hold no floats)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k not in _SECRET_KEYS}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+# -- config.revision -------------------------------------------------------------------------------
+
+
+def config_revision(
+    *,
+    revision: str,
+    previous: str | None,
+    text_sha256: str,
+    source: str,
+    trigger: str,
+    gateway: GatewayInfo,
+) -> tuple[dict[str, Any], int]:
+    """A revision began to be served (``trigger``: ``start`` or ``reload``); its full text is in
+    the store's ``audit_config_texts`` under ``config.revision``."""
+    now = time.time_ns() // 1_000_000
+    at = rfc3339_ms(now)
+    return {
+        "event_type": CONFIG_REVISION,
+        "time_start": at,
+        "time_end": at,
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "config.revision": revision,
+        "config.previous_revision": previous,
+        "config.text_sha256": text_sha256,
+        "config.source": source,
+        "trigger": trigger,
+    }, now

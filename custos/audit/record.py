@@ -1,0 +1,185 @@
+"""The audit record: schema version, canonical bytes, salt and leaf hash.
+
+Every audit event is one JSON object, stored as the exact bytes that were hashed:
+
+- **canonical JSON**: keys sorted (by code point), no insignificant whitespace, UTF-8 (non-ASCII
+  characters written as themselves, not escaped), and only JSON's exact kinds of value: objects
+  with string keys, arrays, strings, booleans, null and integers within ±(2**53 - 1). A float
+  anywhere is refused (``NotCanonical``): number formatting differs between languages, so
+  quantities are integers (``cost_micros``, ``latency_ms``). The bytes equal
+  ``json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()``;
+  ``orjson`` produces them faster.
+- **``schema_version``** (``SCHEMA_VERSION``), ``event_type``, ``event_id`` (a UUIDv7: time
+  ordered, random tail) and ``salt`` (16 random bytes as 32 lowercase hex digits) are in every
+  record. The salt makes the leaf hash of a record reveal nothing about it, even after its body
+  is purged (issue 6 keeps leaf hashes forever).
+- **leaf hash**: ``SHA-256(0x00 || bytes)``, the RFC 9162 leaf hash the Merkle log is built on.
+
+Raw canonical bytes never contain a newline byte (JSON escapes it inside strings), which is
+what lets the spool and ``custos audit export`` write one record per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+SCHEMA_VERSION: Final = 1
+
+LLM_CALL: Final = "llm.call"
+MCP_TOOL_CALL: Final = "mcp.tool_call"  # reserved for the MCP issue; nothing emits it yet
+ADMIN_CHANGE: Final = "admin.change"
+CONFIG_REVISION: Final = "config.revision"
+AUTH_FAILURE: Final = "auth.failure"
+EVENT_TYPES: Final = frozenset(
+    {LLM_CALL, MCP_TOOL_CALL, ADMIN_CHANGE, CONFIG_REVISION, AUTH_FAILURE}
+)
+
+#: The largest integer a record may hold: the range every JSON reader represents exactly.
+MAX_INT: Final = 2**53 - 1
+_LEAF_PREFIX: Final = b"\x00"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class NotCanonical(ValueError):
+    """A record holds something canonical JSON cannot (a float, a non-string key, …)."""
+
+
+def _check(value: Any, path: str) -> None:
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return
+    if kind is int:
+        if -MAX_INT <= value <= MAX_INT:
+            return
+        raise NotCanonical(f"{path}: integer {value} is outside ±(2**53 - 1)")
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise NotCanonical(f"{path}: key {key!r} is not a string")
+            _check(item, f"{path}.{key}")
+        return
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]")
+        return
+    if kind is float:
+        raise NotCanonical(f"{path}: floats are not allowed in audit records (got {value!r})")
+    raise NotCanonical(f"{path}: {kind.__name__} is not a JSON value")
+
+
+def canonical_bytes(record: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of ``record`` (see the module docstring); raises ``NotCanonical``."""
+    if type(record) is not dict:
+        record = dict(record)
+    _check(record, "$")
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate, which is not UTF-8
+        raise NotCanonical(str(exc)) from None
+
+
+def leaf_hash(body: bytes) -> bytes:
+    """RFC 9162 §2.1.1: the hash of a Merkle tree leaf, ``SHA-256(0x00 || body)``."""
+    return hashlib.sha256(_LEAF_PREFIX + body).digest()
+
+
+def new_salt() -> str:
+    return os.urandom(16).hex()
+
+
+def uuid7(at_ms: int | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, version, 74 random bits."""
+    ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76 | (rand >> 62 & 0xFFF) << 64  # version 7, 12 random bits
+    value |= 0b10 << 62 | rand & (2**62 - 1)  # RFC variant, 62 random bits
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def rfc3339_ms(at_ms: int) -> str:
+    """``2026-07-01T12:00:00.123Z``: UTC, millisecond precision, fixed width (text order is
+    time order)."""
+    seconds, ms = divmod(at_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """The inverse of ``rfc3339_ms`` (accepts any RFC 3339 time with a zone)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment.astimezone(UTC)
+
+
+def unix_ms(moment: datetime) -> int:
+    """An aware datetime as whole Unix milliseconds (exact: no float on the way)."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """A record in its final form: the canonical bytes, their leaf hash, and the parsed fields.
+
+    ``fields`` is what ``body`` says (it is parsed from or serialised to it); never change it.
+    """
+
+    event_id: str
+    event_type: str
+    #: ``time_start`` as Unix milliseconds: what the store indexes the event by.
+    at_ms: int
+    body: bytes
+    leaf_hash: bytes
+    fields: dict[str, Any]
+
+
+def seal(record: dict[str, Any], *, at_ms: int) -> SealedRecord:
+    """Complete ``record`` with ``schema_version``, ``event_id`` and ``salt`` (unless present)
+    and turn it into canonical bytes with their leaf hash. ``record`` must hold ``event_type``
+    and ``time_start``; ``at_ms`` is ``time_start`` in Unix milliseconds."""
+    event_type = record.get("event_type")
+    if event_type not in EVENT_TYPES:
+        raise NotCanonical(f"unknown event_type {event_type!r}")
+    record.setdefault("schema_version", SCHEMA_VERSION)
+    record.setdefault("event_id", uuid7(at_ms))
+    record.setdefault("salt", new_salt())
+    body = canonical_bytes(record)
+    return SealedRecord(record["event_id"], event_type, at_ms, body, leaf_hash(body), record)
+
+
+def unseal(body: bytes) -> SealedRecord:
+    """Read a record back from its stored bytes, checking they are canonical and complete.
+
+    Raises ``NotCanonical`` for bytes that are not a canonical record (a torn spool line, an
+    edited file): re-encoding the parsed object must give the same bytes back.
+    """
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise NotCanonical(f"not JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise NotCanonical("a record is a JSON object")
+    if canonical_bytes(fields) != body:
+        raise NotCanonical("the bytes are not in canonical form")
+    missing = [k for k in ("schema_version", "event_type", "event_id", "salt", "time_start")
+               if not isinstance(fields.get(k), int | str)]  # fmt: skip
+    if missing:
+        raise NotCanonical(f"the record lacks {', '.join(missing)}")
+    if fields["event_type"] not in EVENT_TYPES:
+        raise NotCanonical(f"unknown event_type {fields['event_type']!r}")
+    try:
+        at_ms = unix_ms(parse_rfc3339(fields["time_start"]))
+    except (TypeError, ValueError) as exc:
+        raise NotCanonical(f"time_start: {exc}") from None
+    return SealedRecord(
+        fields["event_id"], fields["event_type"], at_ms, body, leaf_hash(body), fields
+    )

@@ -1,0 +1,108 @@
+"""The ``audit`` section of the config file.
+
+```yaml
+audit:
+  content: none             # none (only none for now: hash | redacted | full come with issue 6)
+  durability: batched       # batched: durable within flush_interval_ms | strict: before release
+  on_failure: spool         # spool: keep serving, spool locally | block: 503 while not durable
+  flush_interval_ms: 10     # how often queued records are written and fsynced to the spool
+  spool: {path: ./custos-audit-spool, max_bytes: 1073741824}
+  retention_days: 400       # kept with the config; enforced by the retention job (issue 6)
+  export:
+    - otlp: {endpoint: "http://127.0.0.1:4318"}   # spans and log records, OTLP over HTTP
+    - jsonl: {path: ./audit.jsonl}                # every record's bytes, one per line
+```
+
+``durability``, ``on_failure`` and ``export`` take effect on reload; the spool's path and the
+flush interval are read once, at start.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpoolSettings(_Strict):
+    #: A directory of this gateway process's own (two processes cannot share one: the first
+    #: holds a lock on it).
+    path: str = "./custos-audit-spool"
+    #: The spool's bound: past it, records cannot be made durable and requests get 503.
+    max_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = 1 << 30
+
+
+class OTLPSettings(_Strict):
+    #: The collector's OTLP/HTTP base URL; spans go to ``/v1/traces``, logs to ``/v1/logs``.
+    endpoint: str
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    traces: bool = True
+    logs: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class JSONLSettings(_Strict):
+    path: str
+
+
+class ExportSettings(_Strict):
+    """One export target: exactly one of ``otlp`` or ``jsonl``."""
+
+    otlp: OTLPSettings | None = None
+    jsonl: JSONLSettings | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ExportSettings:
+        if (self.otlp is None) == (self.jsonl is None):
+            raise ValueError("each export entry is either {otlp: {…}} or {jsonl: {…}}")
+        return self
+
+
+class AuditSettings(_Strict):
+    content: Literal["none", "hash", "redacted", "full"] = "none"
+    durability: Literal["batched", "strict"] = "batched"
+    on_failure: Literal["spool", "block"] = "spool"
+    flush_interval_ms: Annotated[int, Field(ge=1, le=1000)] = 10
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    retention_days: Annotated[int, Field(ge=1, le=36500)] = 400
+    export: list[ExportSettings] = Field(default_factory=list)
+    signing_key: str | None = Field(default=None, repr=False)
+
+    @field_validator("content")
+    @classmethod
+    def _content_none_only(cls, value: str) -> str:
+        if value != "none":
+            raise ValueError(
+                f"content {value!r} is not supported yet (encrypted content capture comes with "
+                "the tamper-evident log); use none"
+            )
+        return value
+
+    @field_validator("signing_key")
+    @classmethod
+    def _no_signing_yet(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "not supported yet: signed checkpoints come with the tamper-evident log"
+            )
+        return value
+
+    @property
+    def otlp(self) -> OTLPSettings | None:
+        return next((e.otlp for e in self.export if e.otlp is not None), None)
+
+    @property
+    def jsonl_paths(self) -> list[str]:
+        return [e.jsonl.path for e in self.export if e.jsonl is not None]

@@ -1,0 +1,222 @@
+"""The local spool: append-only segment files of canonical records, one record per line.
+
+The spool is what makes a record durable before the store has it. A directory holds numbered
+segment files (``000000000001.spool``, …); one, the *current* segment, is appended to; the
+others are *sealed*. Records are appended in batches (one ``write``) and made durable with
+``sync`` (``fsync``, plus the directory's when a segment was created). A segment file is
+deleted once every record in it is known to be in the store.
+
+Contracts:
+
+- Only one process uses a spool directory: ``open`` takes an exclusive ``flock`` on
+  ``LOCK`` and refuses (``SpoolError``) when another process holds it.
+- ``append`` refuses (``SpoolFull``) a batch that would take the spool past ``max_bytes``:
+  records are never dropped to make room.
+- ``read_segment`` returns the complete, canonical records of a segment; a torn last line
+  (a crash in the middle of a write) or a corrupt line is skipped and counted, never guessed at.
+- ``append``, ``rotate``, ``mark_shipped`` and ``close`` run on the event loop; ``sync`` may run
+  in a worker thread, but never at the same time as ``rotate`` or ``close`` (the writer's one
+  flush task does all of them in turn).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from custos.audit.record import NotCanonical, SealedRecord, unseal
+
+log = logging.getLogger("custos.audit")
+
+#: A segment is sealed once it is this large, so fully shipped data is deleted in steps.
+SEGMENT_BYTES = 4 << 20
+_SUFFIX = ".spool"
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (locked by another process, not writable)."""
+
+
+class SpoolFull(SpoolError):
+    """Appending would take the spool past its bound."""
+
+
+@dataclass(slots=True)
+class _Segment:
+    id: int
+    path: Path
+    size: int = 0
+    written: int = 0
+    shipped: int = 0
+    sealed: bool = False
+
+
+class Spool:
+    def __init__(self, path: str | Path, *, max_bytes: int) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._segments: dict[int, _Segment] = {}
+        self._current: _Segment | None = None
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._dir_dirty = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> list[Path]:
+        """Lock the directory and start a new current segment; returns the segment files left
+        by an earlier process (to replay), oldest first."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise SpoolError(
+                f"the audit spool {self.path} is in use by another gateway process; give each "
+                "process its own audit.spool.path"
+            ) from None
+        self._lock_fd = lock_fd
+        leftovers = sorted(self.path.glob(f"*{_SUFFIX}"), key=_segment_id)
+        for found in leftovers:
+            self._segments[_segment_id(found)] = _Segment(
+                _segment_id(found), found, size=found.stat().st_size, sealed=True
+            )
+        self._start_segment(max((_segment_id(p) for p in leftovers), default=0) + 1)
+        return leftovers
+
+    def close(self) -> None:
+        """Close the current segment (deleting it if everything in it was shipped) and unlock."""
+        if self._current is not None:
+            current, self._current = self._current, None
+            current.sealed = True
+            self._close_fd()
+            self._maybe_delete(current)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def append(self, data: bytes, count: int) -> int:
+        """Append ``count`` records (``data``: their bytes, each followed by a newline) to the
+        current segment; returns its id. Not durable until ``sync``."""
+        if self.total_bytes + len(data) > self.max_bytes:
+            raise SpoolFull(f"the audit spool {self.path} is full ({self.max_bytes} bytes)")
+        segment = self._current
+        assert segment is not None and self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        segment.size += len(data)
+        segment.written += count
+        if segment.size >= SEGMENT_BYTES:
+            self.rotate()
+        return segment.id
+
+    def sync(self) -> None:
+        """Make every appended record durable (blocking: call from a worker thread)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+        if self._dir_dirty:
+            self._dir_dirty = False
+            dir_fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def rotate(self) -> int:
+        """Seal the current segment and start a new one; returns the sealed segment's id."""
+        old = self._current
+        assert old is not None
+        # The sealed segment's records must be durable before it stops being the one synced.
+        if self._fd is not None:
+            os.fsync(self._fd)
+        self._close_fd()
+        old.sealed = True
+        self._start_segment(old.id + 1)
+        self._maybe_delete(old)
+        return old.id
+
+    def mark_shipped(self, segment_id: int, count: int) -> None:
+        """``count`` records of segment ``segment_id`` are in the store."""
+        segment = self._segments.get(segment_id)
+        if segment is None:
+            return  # already deleted after a replay from disk
+        segment.shipped += count
+        self._maybe_delete(segment)
+
+    def delete(self, path: Path) -> None:
+        """Delete a sealed segment whose records were all put in the store by a replay."""
+        segment = self._segments.pop(_segment_id(path), None)
+        if segment is not None and segment is self._current:
+            raise SpoolError("the current segment cannot be deleted")
+        path.unlink(missing_ok=True)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def sealed_segments(self, up_to: int | None = None) -> list[Path]:
+        """Sealed segment files (all, or those with id <= ``up_to``), oldest first."""
+        return [
+            s.path
+            for s in sorted(self._segments.values(), key=lambda s: s.id)
+            if s.sealed and (up_to is None or s.id <= up_to)
+        ]
+
+    @staticmethod
+    def read_segment(path: Path) -> tuple[list[SealedRecord], int]:
+        """The records of one segment file and how many lines were skipped (torn or corrupt)."""
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        skipped = 1 if lines[-1] else 0  # no newline after the last line: a torn write
+        records: list[SealedRecord] = []
+        for line in lines[:-1]:
+            if not line:
+                continue
+            try:
+                records.append(unseal(line))
+            except NotCanonical as exc:
+                skipped += 1
+                log.error("audit spool %s: skipping a corrupt line (%s)", path.name, exc)
+        return records, skipped
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.size for s in self._segments.values())
+
+    @property
+    def current_id(self) -> int:
+        assert self._current is not None
+        return self._current.id
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _start_segment(self, segment_id: int) -> None:
+        path = self.path / f"{segment_id:012d}{_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._current = _Segment(segment_id, path)
+        self._segments[segment_id] = self._current
+        self._dir_dirty = True
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _maybe_delete(self, segment: _Segment) -> None:
+        if segment.sealed and segment.shipped >= segment.written and segment is not self._current:
+            # A leftover segment (from an earlier process) counts nothing: it is deleted only
+            # by ``delete`` after its replay.
+            if segment.written == 0 and segment.size > 0:
+                return
+            self._segments.pop(segment.id, None)
+            segment.path.unlink(missing_ok=True)
+
+
+def _segment_id(path: Path) -> int:
+    return int(path.name.removesuffix(_SUFFIX))

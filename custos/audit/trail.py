@@ -1,0 +1,225 @@
+"""``AuditTrail``: the one object the gateway talks to about auditing.
+
+It turns what happened into sealed records and hands them to the writer:
+
+- ``on_settled(ctx)`` — the pipeline's settle hook, run exactly once per LLM request whatever
+  its outcome: builds that request's one ``llm.call`` record;
+- ``admit(ctx)`` — first thing on the request path: 503 ``audit_unavailable`` while records
+  cannot be made durable (see ``custos.audit.writer`` for when);
+- ``release(ctx)`` — awaited before a response (a stream's last chunk) is released: with
+  ``durability: strict`` it waits until the request's record is durable, else returns at once;
+- ``auth_failure(…)`` — a refused credential on ``/v1/models`` or the admin API;
+- ``config_applied(loaded)`` — a revision began to be served (start, reload): its text goes to
+  the store and a ``config.revision`` record to the writer;
+- a background task turns new rows of the store's ``admin_events`` into ``admin.change``
+  records (written straight to the store with the cursor, in one transaction: the admin event
+  itself is already durable, so no spool is needed).
+
+Settings that can change on reload (``durability``, ``on_failure``) are read from the revision
+being served when they are needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from custos.audit import events
+from custos.audit.export import Exports
+from custos.audit.record import SealedRecord, seal
+from custos.audit.settings import AuditSettings
+from custos.audit.spool import Spool
+from custos.audit.store import AuditStore
+from custos.audit.writer import AuditUnavailable, AuditWriter
+from custos.errors import GatewayError
+from custos.telemetry import metrics
+
+if TYPE_CHECKING:
+    from custos.config.loader import LoadedConfig
+    from custos.context import RequestContext
+    from custos.state.store import Store
+
+log = logging.getLogger("custos.audit")
+
+#: How often the store's admin events are turned into records.
+ADMIN_POLL_S = 0.5
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        store: Store,
+        settings: Callable[[], AuditSettings],
+        *,
+        instance: str | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        self._settings = settings
+        first = settings()
+        self.gateway = events.GatewayInfo(instance or socket.gethostname())
+        self.store = AuditStore(store)
+        spool_path = Path(first.spool.path)
+        if base_dir is not None and not spool_path.is_absolute():
+            spool_path = base_dir / spool_path
+        self.exports = Exports(first, self.gateway)
+        self.writer = AuditWriter(
+            self.store,
+            Spool(spool_path, max_bytes=first.spool.max_bytes),
+            flush_interval_s=first.flush_interval_ms / 1000,
+            block=lambda: self._settings().on_failure == "block",
+            export=self.exports if self.exports.sinks else None,
+        )
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._revision: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, loaded: LoadedConfig) -> None:
+        """Replay the spool, start writing, record the revision being served and catch up on
+        admin events. Raises when the spool or the store cannot be used."""
+        await self.writer.start()
+        await self._ingest_admin_events()
+        await self._config(loaded, "start")
+        self._tasks.append(asyncio.create_task(self._admin_loop(), name="custos-audit-admin"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._ingest_admin_events()
+        except Exception:
+            log.warning("audit: admin events not recorded at stop; recorded at next start")
+        await self.writer.close()
+        self.exports.close()
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def admit(self, ctx: RequestContext) -> None:
+        reason = self.writer.admit()
+        if reason is not None:
+            raise GatewayError(
+                503,
+                "audit_unavailable",
+                f"The gateway cannot record requests right now ({reason}); try again shortly.",
+                headers={"retry-after": "1"},
+            )
+
+    def on_settled(self, ctx: RequestContext) -> None:
+        """Build and queue the request's ``llm.call`` record (never raises: a failure here is
+        logged and counted, and the response goes out)."""
+        try:
+            record, at_ms = events.llm_call(ctx, self.gateway)
+            sealed = seal(record, at_ms=at_ms)
+        except Exception:
+            log.exception("audit: could not build the record of request %s", ctx.request_id)
+            metrics.AUDIT_DROPPED.inc()
+            return
+        stage = record["stopped_at"]
+        if record["outcome"] == "denied" and stage is not None:
+            metrics.DENIALS_BY_STAGE.labels(stage).inc()
+        waiter = self.writer.submit(sealed, self._wait_for(ctx))
+        if waiter is not None:
+            self._waiters[ctx.request_id] = waiter
+            waiter.add_done_callback(lambda _f: self._waiters.pop(ctx.request_id, None))
+
+    async def release(self, ctx: RequestContext) -> None:
+        """With ``durability: strict``, wait until the request's record is durable (503 when it
+        cannot be made so in time)."""
+        waiter = self._waiters.get(ctx.request_id)
+        if waiter is None or ctx.client_disconnected:
+            return
+        try:
+            await self.writer.wait(waiter)
+        except AuditUnavailable as exc:
+            raise GatewayError(
+                503,
+                "audit_unavailable",
+                f"The gateway could not make this request's audit record durable ({exc}).",
+                headers={"retry-after": "1"},
+            ) from None
+
+    def _wait_for(self, ctx: RequestContext) -> Any:
+        settings = ctx.runtime.config.audit
+        if settings.durability != "strict":
+            return None
+        return "store" if settings.on_failure == "block" else "spool"
+
+    # -- other events --------------------------------------------------------------------------
+
+    def auth_failure(
+        self, *, request_id: str, route: str, method: str, code: str, client: str | None
+    ) -> None:
+        try:
+            record, at_ms = events.auth_failure(
+                request_id=request_id,
+                route=route,
+                method=method,
+                code=code,
+                client=client,
+                revision=self._revision or "",
+                gateway=self.gateway,
+            )
+            self.writer.submit(seal(record, at_ms=at_ms))
+        except Exception:
+            log.exception("audit: could not record an authentication failure")
+
+    def config_applied(self, loaded: LoadedConfig) -> None:
+        """A reloaded revision is being served (called from ``Gateway.apply``)."""
+        task = asyncio.create_task(self._config(loaded, "reload"), name="custos-audit-config")
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _config(self, loaded: LoadedConfig, trigger: str) -> None:
+        previous, self._revision = self._revision, loaded.revision
+        text_sha256 = hashlib.sha256(loaded.text.encode()).hexdigest()
+        record, at_ms = events.config_revision(
+            revision=loaded.revision,
+            previous=previous,
+            text_sha256=text_sha256,
+            source=loaded.source,
+            trigger=trigger,
+            gateway=self.gateway,
+        )
+        self.writer.submit(seal(record, at_ms=at_ms))
+        # The text goes straight to the store (the config file itself is the copy that
+        # survives a crash meanwhile); retried until the store takes it.
+        delay = 0.2
+        while True:
+            try:
+                await self.store.save_config_text(loaded.revision, loaded.text)
+                return
+            except Exception as exc:
+                if trigger == "start":
+                    raise
+                log.warning("audit: config text not stored yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _admin_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ADMIN_POLL_S)
+            try:
+                await self._ingest_admin_events()
+            except Exception as exc:
+                log.debug("audit: admin events not read (%s); retrying", exc)
+
+    async def _ingest_admin_events(self) -> None:
+        while True:
+            records = await self.store.ingest_admin_events(self._admin_record)
+            if not records:
+                return
+            for record in records:
+                metrics.AUDIT_RECORDS.labels(record.event_type).inc()
+            if self.exports.sinks:
+                self.exports(records)
+
+    def _admin_record(self, event: dict[str, Any]) -> SealedRecord:
+        record, at_ms = events.admin_change(event, self.gateway)
+        return seal(record, at_ms=at_ms)

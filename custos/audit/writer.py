@@ -1,0 +1,351 @@
+"""The audit writer: in-memory queue → spool file (batched fsync) → store (batched transactions).
+
+The request path only appends to a list (``submit``); two background tasks do the rest:
+
+- the **flush task** wakes every ``flush_interval_s`` (at once when a strict request waits),
+  writes every queued record to the spool in one ``write`` and ``fsync``s it in a worker thread.
+  A record is then durable: it survives ``kill -9`` and a power cut.
+- the **ship task** inserts spooled records into the store in transactions of up to
+  ``SHIP_BATCH`` records (``ON CONFLICT DO NOTHING``, so a retried batch or a replayed spool
+  never duplicates a record), then marks them shipped so their spool segments can be deleted.
+
+Guarantees (``docs/audit.md`` states them for operators):
+
+- ``durability: batched``: a response is released at once; its record is durable within
+  ``flush_interval_s`` (plus the time of one ``fsync``). A ``kill -9`` loses at most the records
+  of responses sent in the last ``flush_interval_s``; a clean stop loses nothing.
+- ``durability: strict``: the response (a stream's last chunk) is released only once its record
+  is durable: fsynced to the spool with ``on_failure: spool``, committed to the store with
+  ``on_failure: block``. If that does not happen within ``STRICT_WAIT_S`` the caller gets 503
+  ``audit_unavailable`` instead.
+- ``on_failure: block``: while the store refuses writes (the last attempt failed) or the spool
+  cannot be written, ``admit`` refuses new requests (503 ``audit_unavailable``). Records of
+  requests already under way stay in the spool and reach the store when it returns.
+- ``on_failure: spool``: the gateway keeps serving while the store is down; records wait in the
+  spool, ``custos_audit_store_up`` is 0 and ``custos_audit_spool_bytes`` grows. When the spool
+  reaches ``max_bytes`` (or the disk fails) ``admit`` refuses new requests: no record is dropped
+  to keep serving. When the store returns everything is shipped.
+- After a crash, ``start`` replays the spool's segments into the store before serving.
+
+The one loss this module allows: when the spool cannot be written *and* more than
+``MAX_QUEUE`` records wait in memory, further records are dropped and counted in
+``custos_audit_dropped`` (the gateway is refusing requests by then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from custos.audit.record import SealedRecord
+from custos.audit.spool import Spool, SpoolError, SpoolFull
+from custos.audit.store import AuditStore
+from custos.telemetry import metrics
+
+log = logging.getLogger("custos.audit")
+
+#: Records per store transaction.
+SHIP_BATCH = 2000
+#: In batched mode, the store gets a transaction at most this often (unless a batch is full).
+SHIP_INTERVAL_S = 0.05
+#: A store transaction that takes longer than this counts as failed.
+SHIP_TIMEOUT_S = 10.0
+#: Past this many shipped-but-not-stored records in memory, the writer forgets them and
+#: replays the spool from disk when the store returns (memory stays bounded in long outages).
+MAX_PENDING = 100_000
+#: Past this many records that could not be spooled, new records are dropped (and counted).
+MAX_QUEUE = 200_000
+#: How long a strict response waits for its record to become durable before a 503.
+STRICT_WAIT_S = 10.0
+_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+WaitFor = Literal["spool", "store"] | None
+
+
+class AuditUnavailable(Exception):
+    """A record could not be made durable in time."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: SealedRecord
+    waiter: asyncio.Future[None] | None
+    wait_for: WaitFor
+    segment: int = 0
+
+
+class AuditWriter:
+    """See the module docstring. ``block`` returns whether ``on_failure: block`` is in force
+    (read per decision, so a reload changes it); ``export`` receives every durable batch."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        spool: Spool,
+        *,
+        flush_interval_s: float,
+        block: Callable[[], bool],
+        export: Callable[[Sequence[SealedRecord]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.flush_interval_s = flush_interval_s
+        self._block = block
+        self._export = export
+        self._queue: list[_Entry] = []
+        self._pending: list[_Entry] = []
+        self._flush_wake = asyncio.Event()
+        self._ship_wake = asyncio.Event()
+        self._rotation: asyncio.Future[int] | None = None
+        self._overflowed = False
+        #: Sealed segments up to this id must be replayed from disk (after an overflow).
+        self._replay_up_to: int | None = None
+        #: A record waits for the store: ship without waiting for the interval.
+        self._urgent = False
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.store_ok = True
+        self.spool_ok = True
+        self.spool_full = False
+        self.dropped = 0
+        metrics.AUDIT_QUEUE_DEPTH.set_function(lambda: len(self._queue))
+        metrics.AUDIT_UNSHIPPED.set_function(lambda: len(self._pending))
+        metrics.AUDIT_SPOOL_BYTES.set_function(lambda: self.spool.total_bytes)
+        metrics.AUDIT_STORE_UP.set_function(lambda: 1 if self.store_ok else 0)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Open the spool, replay what an earlier process left in it, start the tasks.
+
+        Returns how many records were replayed. Raises if the store refuses them (the gateway
+        does not start with records it cannot account for)."""
+        leftovers = self.spool.open()
+        replayed = 0
+        for path in leftovers:
+            replayed += await self._replay(path)
+        if leftovers:
+            log.warning("replayed %d audit record(s) from the spool", replayed)
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="custos-audit-flush"),
+            asyncio.create_task(self._ship_loop(), name="custos-audit-ship"),
+        ]
+        return replayed
+
+    async def close(self, timeout_s: float = 15.0) -> None:
+        """Flush and ship everything (within ``timeout_s``), then close the spool. What could
+        not be shipped stays in the spool for the next start."""
+        self._stopping = True
+        self._flush_wake.set()
+        self._ship_wake.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            log.error("audit writer: records still unshipped at stop; the spool keeps them")
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.spool.close()
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def submit(self, record: SealedRecord, wait_for: WaitFor = None) -> asyncio.Future[None] | None:
+        """Queue ``record``; with ``wait_for``, return a future done once it is durable there."""
+        if len(self._queue) >= MAX_QUEUE:
+            self.dropped += 1
+            metrics.AUDIT_DROPPED.inc()
+            log.error("audit record %s dropped: the spool cannot be written", record.event_id)
+            return None
+        waiter = asyncio.get_running_loop().create_future() if wait_for else None
+        self._queue.append(_Entry(record, waiter, wait_for))
+        metrics.AUDIT_RECORDS.labels(record.event_type).inc()
+        if wait_for or len(self._queue) >= SHIP_BATCH:
+            self._flush_wake.set()
+        return waiter
+
+    def admit(self) -> str | None:
+        """``None`` when new requests may be served, else why not."""
+        if not self.spool_ok:
+            return "the audit spool cannot be written"
+        if self.spool_full:
+            return "the audit spool is full"
+        if not self.store_ok and self._block():
+            return "the audit store is unavailable"
+        return None
+
+    @staticmethod
+    async def wait(waiter: asyncio.Future[None]) -> None:
+        """Wait for a ``submit`` future; raises ``AuditUnavailable`` after ``STRICT_WAIT_S``."""
+        try:
+            async with asyncio.timeout(STRICT_WAIT_S):
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            raise AuditUnavailable("the audit record was not durable in time") from None
+
+    # -- flush: queue → spool ------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._flush_wake.wait()
+            except TimeoutError:
+                pass
+            self._flush_wake.clear()
+            if self._rotation is not None and not self._rotation.done():
+                self._rotation.set_result(self.spool.rotate())
+                self._overflowed = False
+            flushed = await self._flush()
+            if self._stopping and (not self._queue or not flushed):
+                return
+
+    async def _flush(self) -> bool:
+        """Spool the queue; False when the spool refused it (the records stay queued)."""
+        batch, self._queue = self._queue, []
+        if not batch:
+            return True
+        data = b"".join([e.record.body + b"\n" for e in batch])
+        try:
+            segment = self.spool.append(data, len(batch))
+            await asyncio.get_running_loop().run_in_executor(None, self.spool.sync)
+        except (SpoolError, OSError) as exc:
+            self._queue[:0] = batch
+            self.spool_full = isinstance(exc, SpoolFull)
+            self.spool_ok = self.spool_full  # full is a bound, not a broken disk
+            log.error("audit spool: %s; %d record(s) wait in memory", exc, len(self._queue))
+            if not self._stopping:
+                await asyncio.sleep(_BACKOFF_S[-1])
+                self._flush_wake.set()
+            return False
+        self.spool_ok, self.spool_full = True, False
+        for entry in batch:
+            entry.segment = segment
+            if entry.wait_for == "spool" and entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_result(None)
+            elif entry.wait_for == "store":
+                self._urgent = True
+        if self._overflowed:
+            self._fail_waiters(batch)
+        else:
+            self._pending.extend(batch)
+            if len(self._pending) > MAX_PENDING:
+                self._overflow()
+        if self._export is not None:
+            try:
+                self._export([e.record for e in batch])
+            except Exception:  # an exporter's bug must not stop the audit trail
+                log.exception("audit export failed")
+        self._ship_wake.set()
+        return True
+
+    def _overflow(self) -> None:
+        log.error(
+            "audit store: %d records wait; keeping them in the spool only until it returns",
+            len(self._pending),
+        )
+        self._overflowed = True
+        self._fail_waiters(self._pending)
+        self._pending = []
+
+    @staticmethod
+    def _fail_waiters(entries: Sequence[_Entry]) -> None:
+        for entry in entries:
+            if entry.wait_for == "store" and entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_exception(AuditUnavailable("the audit store is unavailable"))
+
+    # -- ship: spool → store -------------------------------------------------------------------
+
+    async def _ship_loop(self) -> None:
+        failures = 0
+        last_ship = 0.0
+        while True:
+            if self._stopping:
+                await asyncio.sleep(0.005)  # let the flush task finish its last batches
+            else:
+                try:
+                    async with asyncio.timeout(SHIP_INTERVAL_S):
+                        await self._ship_wake.wait()
+                except TimeoutError:
+                    pass
+                self._ship_wake.clear()
+            if not (self._urgent or self._stopping or len(self._pending) >= SHIP_BATCH or
+                    time.monotonic() - last_ship >= SHIP_INTERVAL_S):  # fmt: skip
+                continue
+            self._urgent = False
+            try:
+                if self._overflowed or self._replay_up_to is not None:
+                    await self._recover()
+                elif self._pending:
+                    await self._ship_batch()
+                elif not self.store_ok:
+                    await self.store.ping()
+                else:
+                    if self._stopping and self._flush_done():
+                        return
+                    continue
+            except Exception as exc:
+                if self.store_ok:
+                    log.error("audit store: cannot write records (%s); retrying", exc)
+                self.store_ok = False
+                metrics.AUDIT_SHIP_FAILURES.inc()
+                if self._stopping and self._flush_done():
+                    return  # the spool keeps them for the next start
+                await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])
+                failures += 1
+                continue
+            if not self.store_ok:
+                log.warning("audit store: writable again")
+            self.store_ok = True
+            failures = 0
+            last_ship = time.monotonic()
+            if self._pending:
+                self._ship_wake.set()
+
+    def _flush_done(self) -> bool:
+        return all(t.done() for t in self._tasks if t.get_name() == "custos-audit-flush")
+
+    async def _ship_batch(self) -> None:
+        batch = self._pending[:SHIP_BATCH]
+        async with asyncio.timeout(SHIP_TIMEOUT_S):
+            await self.store.insert([e.record for e in batch])
+        del self._pending[: len(batch)]
+        counts: dict[int, int] = {}
+        for entry in batch:
+            counts[entry.segment] = counts.get(entry.segment, 0) + 1
+            if entry.wait_for == "store" and entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_result(None)
+        for segment, count in counts.items():
+            self.spool.mark_shipped(segment, count)
+
+    async def _recover(self) -> None:
+        """After an overflow: once the store answers, seal the current segment (from then on
+        records are kept in memory again) and replay every sealed segment from disk."""
+        if self._replay_up_to is None:
+            await self.store.ping()
+            if self._flush_done():  # stopping: nothing else touches the spool now
+                self._replay_up_to = self.spool.rotate()
+                self._overflowed = False
+            else:
+                if self._rotation is None or self._rotation.done():
+                    self._rotation = asyncio.get_running_loop().create_future()
+                    self._flush_wake.set()
+                self._replay_up_to = await self._rotation
+        for path in self.spool.sealed_segments(up_to=self._replay_up_to):
+            await self._replay(path)
+        self._replay_up_to = None
+
+    async def _replay(self, path: Path) -> int:
+        records, skipped = self.spool.read_segment(path)
+        if skipped:
+            log.error("audit spool %s: %d torn or corrupt line(s) skipped", path.name, skipped)
+        for start in range(0, len(records), SHIP_BATCH):
+            async with asyncio.timeout(SHIP_TIMEOUT_S):
+                await self.store.insert(records[start : start + SHIP_BATCH])
+        self.spool.delete(path)
+        return len(records)
