@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     from custos.admin_cli import register as register_admin
 
     register_admin(commands)
+    from custos.audit.cli import register as register_audit
+
+    register_audit(commands)
     return parser
 
 

@@ -39,8 +39,14 @@ class Audited:
     store_url: str
     dialect: str
 
-    def chat(self, model: str, *, token: str | None = None, headers: dict[str, str] | None = None,
-             **body: object) -> httpx.Response:  # fmt: skip
+    def chat(
+        self,
+        model: str,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        **body: object,
+    ) -> httpx.Response:
         auth = {"authorization": f"Bearer {token or self.gateway.token}"}
         return httpx.post(
             f"{self.gateway.base_url}/chat/completions",
@@ -51,9 +57,12 @@ class Audited:
 
     def admin(self, method: str, path: str, **kw: object) -> httpx.Response:
         return httpx.request(
-            method, f"{self.gateway.url}/admin/v1{path}", headers=self.gateway.headers,
-            timeout=10, **kw,
-        )  # fmt: skip
+            method,
+            f"{self.gateway.url}/admin/v1{path}",
+            headers=self.gateway.headers,
+            timeout=10,
+            **kw,
+        )
 
 
 async def _bootstrap(store_url: str) -> str:
@@ -90,8 +99,9 @@ def audited(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Audited]:
     config = standard_config(mock_provider.url)
-    found, schema = start_audited(config, tmp_path_factory.mktemp(f"audit-{request.param}"),
-                                  request.param)  # fmt: skip
+    found, schema = start_audited(
+        config, tmp_path_factory.mktemp(f"audit-{request.param}"), request.param
+    )
     yield found
     found.gateway.stop()
     if schema:
@@ -138,15 +148,28 @@ def test_served_call(audited: Audited) -> None:
     assert record["time_start"] <= record["time_end"] and record["time_start"].endswith("Z")
     assert len(record["salt"]) == 32 and record["event_id"][14] == "7"
     # The projection agrees with the record, and has the data classes as rows.
-    row = query(audited.store_url, "SELECT * FROM audit_llm_calls WHERE request_id = $1",
-                record["request_id"])[0]  # fmt: skip
+    row = query(
+        audited.store_url,
+        "SELECT * FROM audit_llm_calls WHERE request_id = $1",
+        record["request_id"],
+    )[0]
     assert (row["provider"], row["model"], row["status"], row["outcome"], row["cost_micros"]) == (
-        "openai-main", "gpt-5.5", 200, "served", record["cost_micros"])  # fmt: skip
-    classes = query(audited.store_url, "SELECT data_class, match_count FROM"
-                    " audit_llm_call_data_classes WHERE event_id = $1 ORDER BY data_class",
-                    record["event_id"])  # fmt: skip
+        "openai-main",
+        "gpt-5.5",
+        200,
+        "served",
+        record["cost_micros"],
+    )
+    classes = query(
+        audited.store_url,
+        "SELECT data_class, match_count FROM"
+        " audit_llm_call_data_classes WHERE event_id = $1 ORDER BY data_class",
+        record["event_id"],
+    )
     assert [(c["data_class"], c["match_count"]) for c in classes] == [
-        ("customer_data", 2), ("pii.email", None)]  # fmt: skip
+        ("customer_data", 2),
+        ("pii.email", None),
+    ]
 
 
 def test_virtual_account_call_is_attributed_to_its_team(audited: Audited) -> None:
@@ -168,9 +191,12 @@ def test_virtual_account_call_is_attributed_to_its_team(audited: Audited) -> Non
 
 def test_streamed_call(audited: Audited) -> None:
     with httpx.stream(
-        "POST", f"{audited.gateway.base_url}/chat/completions", headers=audited.gateway.headers,
-        json={"model": "claude-main/claude-sonnet-4.5", **CHAT, "stream": True}, timeout=15,
-    ) as response:  # fmt: skip
+        "POST",
+        f"{audited.gateway.base_url}/chat/completions",
+        headers=audited.gateway.headers,
+        json={"model": "claude-main/claude-sonnet-4.5", **CHAT, "stream": True},
+        timeout=15,
+    ) as response:
         assert response.status_code == 200
         body = response.read()
     assert b"[DONE]" in body
@@ -187,8 +213,12 @@ def test_streamed_call(audited: Audited) -> None:
 )
 def test_unauthenticated_call(audited: Audited, token: str | None, code: str) -> None:
     headers = {} if token is None else {"authorization": f"Bearer {token}"}
-    response = httpx.post(f"{audited.gateway.base_url}/chat/completions", headers=headers,
-                          json={"model": "openai-main/gpt-5.5", **CHAT}, timeout=10)  # fmt: skip
+    response = httpx.post(
+        f"{audited.gateway.base_url}/chat/completions",
+        headers=headers,
+        json={"model": "openai-main/gpt-5.5", **CHAT},
+        timeout=10,
+    )
     assert response.status_code == 401
     record = one_call(audited.store_url, _request_id(response))
     assert record["http.response.status_code"] == 401
@@ -214,9 +244,11 @@ def test_forbidden_call(audited: Audited) -> None:
 
 @pytest.mark.parametrize(
     ("header", "param"),
-    [("not json", "metadata"), ('{"data_classification": "Customer Data!"}',
-                                "metadata.data_classification")],
-)  # fmt: skip
+    [
+        ("not json", "metadata"),
+        ('{"data_classification": "Customer Data!"}', "metadata.data_classification"),
+    ],
+)
 def test_bad_metadata(audited: Audited, header: str, param: str) -> None:
     response = audited.chat("openai-main/gpt-5.5", headers={"x-custos-metadata": header})
     assert response.status_code == 400
@@ -271,11 +303,19 @@ def test_upstream_timeout(audited: Audited) -> None:
 
 def test_client_disconnect_mid_stream(audited: Audited) -> None:
     marker = f"disconnect-{time.monotonic_ns()}"
-    with httpx.Client(timeout=15) as client, client.stream(
-        "POST", f"{audited.gateway.base_url}/chat/completions",
-        headers={**audited.gateway.headers, "x-custos-metadata": json.dumps({"run": marker})},
-        json={"model": "openai-main/gpt-5.5+chunks=200+chunk_delay_ms=50", **CHAT, "stream": True},
-    ) as response:  # fmt: skip
+    with (
+        httpx.Client(timeout=15) as client,
+        client.stream(
+            "POST",
+            f"{audited.gateway.base_url}/chat/completions",
+            headers={**audited.gateway.headers, "x-custos-metadata": json.dumps({"run": marker})},
+            json={
+                "model": "openai-main/gpt-5.5+chunks=200+chunk_delay_ms=50",
+                **CHAT,
+                "stream": True,
+            },
+        ) as response,
+    ):
         request_id = _request_id(response)
         chunks = response.iter_bytes()
         next(chunks)
@@ -304,7 +344,8 @@ def test_rate_limited_call(mock_provider: MockProvider, tmp_path: Path) -> None:
         assert record["outcome"] == "denied" and record["stopped_at"] == "rate_limit"
         assert record["error.type"] == "rate_limit_exceeded"
         assert {"stage": "rate_limit", "rule": "one-a-minute", "decision": "deny"} in record[
-            "decisions"]  # fmt: skip
+            "decisions"
+        ]
     finally:
         audited.gateway.stop()
 
@@ -334,8 +375,11 @@ def test_auth_failures_outside_llm_routes(audited: Audited) -> None:
     assert httpx.get(f"{audited.gateway.url}/admin/v1/users").status_code == 401
 
     def failures() -> list[dict]:
-        return [r for r in stored_records(audited.store_url, "auth.failure")
-                if r["http.route"] in ("/v1/models", "/admin/v1/users")]  # fmt: skip
+        return [
+            r
+            for r in stored_records(audited.store_url, "auth.failure")
+            if r["http.route"] in ("/v1/models", "/admin/v1/users")
+        ]
 
     found = eventually(failures, lambda f: len(f) >= 3)
     assert sorted((r["http.route"], r["error.type"]) for r in found) == [
@@ -356,8 +400,11 @@ def test_admin_changes_are_recorded_with_their_actor(audited: Audited) -> None:
     assert created.status_code == 201
 
     def changes() -> list[dict]:
-        return [r for r in stored_records(audited.store_url, "admin.change")
-                if r["target.id"] == created.json()["id"]]  # fmt: skip
+        return [
+            r
+            for r in stored_records(audited.store_url, "admin.change")
+            if r["target.id"] == created.json()["id"]
+        ]
 
     found = eventually(changes, bool)
     assert len(found) == 1
@@ -370,21 +417,30 @@ def test_admin_changes_are_recorded_with_their_actor(audited: Audited) -> None:
     issued = audited.admin("POST", "/tokens", json={"name": "audited-token"})
     secret = issued.json()["token"]
     token_events = eventually(
-        lambda: [r for r in stored_records(audited.store_url, "admin.change")
-                 if r["target.id"] == issued.json()["record"]["id"]], bool)  # fmt: skip
+        lambda: [
+            r
+            for r in stored_records(audited.store_url, "admin.change")
+            if r["target.id"] == issued.json()["record"]["id"]
+        ],
+        bool,
+    )
     assert token_events and secret not in json.dumps(token_events)
     assert "token_hash" not in json.dumps(token_events)
 
 
 def test_config_revision_recorded_with_its_text(audited: Audited) -> None:
     revision = audited.gateway.revision()
-    found = [r for r in stored_records(audited.store_url, "config.revision")
-             if r["config.revision"] == revision]  # fmt: skip
+    found = [
+        r
+        for r in stored_records(audited.store_url, "config.revision")
+        if r["config.revision"] == revision
+    ]
     assert found and found[0]["trigger"] == "start"
     text = audited.gateway.config_path.read_text()
     assert found[0]["config.text_sha256"] == hashlib.sha256(text.encode()).hexdigest()
-    rows = query(audited.store_url, "SELECT text FROM audit_config_texts WHERE revision = $1",
-                 revision)  # fmt: skip
+    rows = query(
+        audited.store_url, "SELECT text FROM audit_config_texts WHERE revision = $1", revision
+    )
     assert rows[0]["text"] == text
 
 
@@ -403,7 +459,9 @@ def test_reload_records_a_config_revision(mock_provider: MockProvider, tmp_path:
 
         found = eventually(revisions, lambda rs: len(rs) >= 2)
         assert [(r["trigger"], r["config.revision"]) for r in found] == [
-            ("start", first), ("reload", second)]  # fmt: skip
+            ("start", first),
+            ("reload", second),
+        ]
         assert found[1]["config.previous_revision"] == first
         rows = query(audited.store_url, "SELECT revision FROM audit_config_texts")
         assert {r["revision"] for r in rows} == {first, second}

@@ -29,6 +29,7 @@ from custos.admin import schemas as s
 from custos.admin.errors import BadInput, Forbidden
 from custos.admin.openapi import RouteSpec, build_document
 from custos.admin.service import AdminService
+from custos.audit import api as audit_api
 from custos.errors import GatewayError, openai_error_body
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal
@@ -489,6 +490,18 @@ async def _list_events(svc: AdminService, c: Call) -> BaseModel:
     return s.EventList.from_page(page)
 
 
+async def _audit_report(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.report(svc, c.principal, c.query)
+
+
+async def _audit_events(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.events(svc, c.principal, c.query)
+
+
+async def _audit_request(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.request_records(svc, c.principal, c.params["request"])
+
+
 async def _no_handler(svc: AdminService, c: Call) -> BaseModel:  # the document is served early
     raise AssertionError("unreachable")
 
@@ -611,6 +624,23 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("GET", "/events", "listEvents", "List admin events (admin, auditor)", s.EventList,
            query=s.EventsQuery),
         _list_events,
+    ),
+    (
+        _r("GET", "/audit/report", "getAuditReport", "LLM calls grouped by team, provider, "
+           "data class, …: requests, tokens, cost, denials (admin, auditor)",
+           audit_api.ReportOut, query=audit_api.ReportQuery),
+        _audit_report,
+    ),
+    (
+        _r("GET", "/audit/events", "listAuditEvents", "Audit records exactly as stored, in "
+           "insertion order (admin, auditor)", audit_api.StoredRecordList,
+           query=audit_api.EventsQuery),
+        _audit_events,
+    ),
+    (
+        _r("GET", "/audit/requests/{request}", "getAuditRequest", "The audit records of one "
+           "request id or event id (admin, auditor)", audit_api.StoredRecordList),
+        _audit_request,
     ),
     (
         _r("GET", "/openapi.json", "getOpenAPI", "This document", OpenAPIDocument, auth=False,

@@ -1,0 +1,144 @@
+"""The audit routes of the admin API (admin and auditor roles): report, records, one request.
+
+``GET /admin/v1/audit/report?from=&to=&group_by=&data_class=`` — ``custos.audit.report``.
+``GET /admin/v1/audit/events?from=&to=&event_type=&after=&limit=`` — stored records in insertion
+order, each as its canonical JSON text exactly as stored (``record``: a string, so a client that
+writes it out as UTF-8 has the stored bytes), with its leaf hash; ``next_after`` continues.
+``GET /admin/v1/audit/requests/{request}`` — the records of one request id (or one event id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from custos.admin import rights
+from custos.admin.errors import BadInput
+from custos.admin.service import AdminService
+from custos.audit.record import EVENT_TYPES
+from custos.audit.report import ReportError, build_report, parse_group_by, parse_range, to_json
+from custos.audit.store import AuditStore, StoredEvent
+from custos.state.errors import NotFound
+
+MAX_EVENTS_PAGE = 1000
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReportQuery(_Query):
+    from_: str = Field(alias="from", description="First day (2026-07-01) or RFC 3339 time.")
+    to: str = Field(description="Last day, inclusive (2026-09-30), or an RFC 3339 time, exclusive.")
+    group_by: str = Field("team,provider", description="Comma-separated dimensions.")
+    data_class: str | None = Field(None, description="Only calls that carry this data class.")
+
+
+class ReportRow(_Out):
+    group: dict[str, Any]
+    requests: int
+    served: int
+    denied: int
+    failed: int
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+
+
+class ReportTotals(_Out):
+    requests: int
+    served: int
+    denied: int
+    failed: int
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+
+
+class ReportOut(_Out):
+    from_: str = Field(alias="from")
+    to: str
+    group_by: list[str]
+    data_class: str | None
+    rows: list[ReportRow]
+    totals: ReportTotals
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class EventsQuery(_Query):
+    from_: str | None = Field(None, alias="from", description="First day or RFC 3339 time.")
+    to: str | None = Field(None, description="Last day (inclusive) or RFC 3339 time (exclusive).")
+    event_type: str | None = Field(None, description="llm.call, admin.change, config.revision, …")
+    after: int = Field(0, ge=0, description="Return records inserted after this one (a cursor).")
+    limit: int = Field(MAX_EVENTS_PAGE, ge=1, le=MAX_EVENTS_PAGE)
+
+
+class StoredRecordOut(_Out):
+    ingest_id: int
+    event_id: str
+    event_type: str
+    leaf_hash: str = Field(description="SHA-256(0x00 || record), hex.")
+    record: str = Field(description="The canonical JSON, exactly as stored and hashed.")
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> StoredRecordOut:
+        return cls(
+            ingest_id=event.ingest_id,
+            event_id=event.event_id,
+            event_type=event.event_type,
+            leaf_hash=event.leaf_hash.hex(),
+            record=event.record.decode("utf-8"),
+        )
+
+
+class StoredRecordList(_Out):
+    data: list[StoredRecordOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page; null: the end.")
+
+
+def _store(svc: AdminService) -> AuditStore:
+    return AuditStore(svc.store)
+
+
+async def report(svc: AdminService, principal: Any, q: ReportQuery) -> ReportOut:
+    rights.require_reader(principal, "the audit report")
+    try:
+        since, until = parse_range(q.from_, q.to)
+        group_by = parse_group_by(q.group_by)
+    except ReportError as exc:
+        raise BadInput(str(exc), "group_by" if "group" in str(exc) else "from") from None
+    built = await build_report(
+        _store(svc), since=since, until=until, group_by=group_by, data_class=q.data_class
+    )
+    return ReportOut.model_validate(to_json(built))
+
+
+async def events(svc: AdminService, principal: Any, q: EventsQuery) -> StoredRecordList:
+    rights.require_reader(principal, "reading audit records")
+    since = until = None
+    try:
+        if q.from_ is not None or q.to is not None:
+            since, until = parse_range(q.from_ or "1970-01-01", q.to or "9999-12-30")
+    except ReportError as exc:
+        raise BadInput(str(exc), "from") from None
+    if q.event_type is not None and q.event_type not in EVENT_TYPES:
+        raise BadInput(f"event_type must be one of {', '.join(sorted(EVENT_TYPES))}", "event_type")
+    found = await _store(svc).events(
+        after=q.after, limit=q.limit, since=since, until=until, event_type=q.event_type
+    )
+    next_after = found[-1].ingest_id if len(found) == q.limit else None
+    return StoredRecordList(data=[StoredRecordOut.of(e) for e in found], next_after=next_after)
+
+
+async def request_records(svc: AdminService, principal: Any, ref: str) -> StoredRecordList:
+    rights.require_reader(principal, "reading audit records")
+    found = await _store(svc).find(ref)
+    if not found:
+        raise NotFound(f"no audit record for request or event {ref!r}")
+    return StoredRecordList(data=[StoredRecordOut.of(e) for e in found], next_after=None)

@@ -1,0 +1,144 @@
+"""``custos audit report|export|show``: the audit trail for auditors, over the admin API.
+
+Like the other admin commands they call the gateway (``--url``, default ``$CUSTOS_URL`` or
+http://127.0.0.1:8787) with a personal access token of an admin or auditor (``--token`` or
+``$CUSTOS_TOKEN``).
+
+- ``report --from 2026-07-01 --to 2026-09-30 --group-by team,provider [--data-class X]
+  [--format table|csv|json]``: requests, tokens, cost and denials per group, with totals.
+- ``export [--from] [--to] [--event-type T] [--output FILE]``: the records as JSON lines, each
+  line the record's bytes exactly as stored (so ``SHA-256(0x00 || line)`` is its leaf hash).
+- ``show REQUEST_ID``: the records of one request (or one event id), readable.
+
+Exit status: 0 done, 1 refused or failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from custos.admin.client import DEFAULT_URL, AdminClient, ApiError, path
+from custos.audit.report import render_csv, render_table
+
+TOKEN_ENV = "CUSTOS_TOKEN"
+URL_ENV = "CUSTOS_URL"
+
+Action = Callable[[AdminClient, argparse.Namespace], int]
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"custos: {message}", file=sys.stderr)
+    return status
+
+
+def _run(action: Action) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        token = args.token or os.environ.get(TOKEN_ENV)
+        if not token:
+            return _fail(f"no token: pass --token or set ${TOKEN_ENV}", 2)
+        try:
+            return action(AdminClient(args.url, token, timeout=120), args)
+        except ApiError as exc:
+            return _fail(str(exc))
+
+    return run
+
+
+def _report(client: AdminClient, args: argparse.Namespace) -> int:
+    query = {"from": args.from_, "to": args.to, "group_by": args.group_by,
+             "data_class": args.data_class}  # fmt: skip
+    reply = client.call("GET", path("audit", "report"), query=query)
+    if args.format == "json":
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    elif args.format == "csv":
+        sys.stdout.write(render_csv(reply))
+    else:
+        sys.stdout.write(render_table(reply))
+    return 0
+
+
+def _export(client: AdminClient, args: argparse.Namespace) -> int:
+    out: BinaryIO = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    count = 0
+    try:
+        after = 0
+        while True:
+            query: dict[str, Any] = {"from": args.from_, "to": args.to,
+                                     "event_type": args.event_type, "after": after}  # fmt: skip
+            page = client.call("GET", path("audit", "events"), query=query)
+            out.write(b"".join(r["record"].encode("utf-8") + b"\n" for r in page["data"]))
+            count += len(page["data"])
+            if page["next_after"] is None:
+                break
+            after = page["next_after"]
+    finally:
+        if args.output:
+            out.close()
+        else:
+            out.flush()
+    print(f"custos: exported {count} record(s)", file=sys.stderr)
+    return 0
+
+
+def _show(client: AdminClient, args: argparse.Namespace) -> int:
+    reply = client.call("GET", path("audit", "requests", args.request_id))
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0
+    for entry in reply["data"]:
+        print(f"# {entry['event_type']} {entry['event_id']}  leaf {entry['leaf_hash']}")
+        print(json.dumps(json.loads(entry["record"]), indent=2, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``audit`` and its commands to the ``custos`` parser."""
+    parent = argparse.ArgumentParser(add_help=False)
+    api = parent.add_argument_group("admin API")
+    api.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
+                     help=f"the gateway (default ${URL_ENV} or {DEFAULT_URL})")  # fmt: skip
+    api.add_argument("--token", help=f"an admin's or auditor's token (default ${TOKEN_ENV})")
+
+    audit = subparsers.add_parser(
+        "audit", help="read the audit trail", description="The audit trail (admins, auditors)."
+    )
+    audit.set_defaults(run=lambda _args: (audit.print_help(sys.stderr), 2)[1])
+    commands = audit.add_subparsers(title="audit commands", metavar="COMMAND")
+
+    report = commands.add_parser(
+        "report", parents=[parent], help="LLM calls grouped: requests, tokens, cost, denials",
+        description="Which teams sent which data to which providers: LLM calls between two "
+        "dates grouped by the dimensions given, with requests, tokens, cost and denials, and "
+        "totals. Dates are whole UTC days, both inclusive.",
+    )  # fmt: skip
+    report.add_argument("--from", dest="from_", required=True, metavar="DATE")
+    report.add_argument("--to", required=True, metavar="DATE")
+    report.add_argument("--group-by", default="team,provider",
+                        help="comma-separated: team, principal, provider, model, region, "
+                        "data_class, outcome, stage, status, day, month, quarter, …")  # fmt: skip
+    report.add_argument("--data-class", help="only calls that carry this data class")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.set_defaults(run=_run(_report))
+
+    export = commands.add_parser(
+        "export", parents=[parent], help="the records as JSON lines, byte for byte as stored",
+        description="Write audit records as JSON lines, each exactly the stored bytes.",
+    )  # fmt: skip
+    export.add_argument("--from", dest="from_", metavar="DATE")
+    export.add_argument("--to", metavar="DATE")
+    export.add_argument("--event-type", help="llm.call, admin.change, config.revision, …")
+    export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    export.set_defaults(run=_run(_export))
+
+    show = commands.add_parser(
+        "show", parents=[parent], help="the records of one request",
+        description="Show the audit records of one request id (x-custos-request-id) or event id.",
+    )  # fmt: skip
+    show.add_argument("request_id", metavar="REQUEST_ID")
+    show.add_argument("--json", action="store_true", help="print the API's JSON reply")
+    show.set_defaults(run=_run(_show))

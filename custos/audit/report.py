@@ -1,0 +1,224 @@
+"""The audit report: LLM calls between two times, grouped, with requests, tokens, cost, denials.
+
+It answers "which teams sent customer data to which providers last quarter" with
+``group_by=["team", "provider"]``, ``data_class="customer_data"``. It reads the projection
+tables only (never parsing records), so it is one indexed query per report.
+
+Contracts:
+
+- ``--from``/``--to`` given as dates (``2026-07-01``) are whole UTC days, both inclusive;
+  given as RFC 3339 times they are exact, ``from`` inclusive and ``to`` exclusive.
+- A call is in the range when its ``time_start`` is.
+- With ``data_class``, only calls that carry that class (from any source) count.
+- Grouping by ``data_class`` puts a call in the row of each class it carries (and calls with no
+  class in the row whose ``data_class`` is null), so those rows can add up to more than the
+  totals. ``totals`` is always computed from the calls themselves, never by adding rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from custos.audit.store import AuditStore
+
+#: Report dimension → its SQL expression over ``audit_llm_calls c`` (and ``d``, the classes).
+_COLUMNS = {
+    "team": "c.team",
+    "principal": "c.principal_id",
+    "principal_kind": "c.principal_kind",
+    "provider": "c.provider",
+    "provider_name": "c.provider_name",
+    "model": "c.model",
+    "requested_model": "c.requested_model",
+    "region": "c.region",
+    "operation": "c.operation",
+    "outcome": "c.outcome",
+    "status": "c.status",
+    "stage": "c.stopped_at",
+    "error": "c.error_type",
+    "data_class": "d.data_class",
+}
+_TIME_COLUMNS = {
+    "sqlite": {
+        "day": "substr(c.time_start, 1, 10)",
+        "month": "substr(c.time_start, 1, 7)",
+        "quarter": "substr(c.time_start, 1, 4) || '-Q' ||"
+        " ((CAST(substr(c.time_start, 6, 2) AS INTEGER) + 2) / 3)",
+    },
+    "postgresql": {
+        "day": "to_char(c.time_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        "month": "to_char(c.time_start AT TIME ZONE 'UTC', 'YYYY-MM')",
+        "quarter": "to_char(c.time_start AT TIME ZONE 'UTC', 'YYYY-\"Q\"Q')",
+    },
+}
+DIMENSIONS = (*_COLUMNS, "day", "month", "quarter")
+MEASURES = ("requests", "served", "denied", "failed", "input_tokens", "output_tokens",
+            "cost_micros")  # fmt: skip
+
+_MEASURES_SQL = """count(*) AS requests,
+    CAST(COALESCE(sum(CASE WHEN c.outcome = 'served' THEN 1 ELSE 0 END), 0) AS BIGINT) AS served,
+    CAST(COALESCE(sum(CASE WHEN c.outcome = 'denied' THEN 1 ELSE 0 END), 0) AS BIGINT) AS denied,
+    CAST(COALESCE(sum(CASE WHEN c.outcome NOT IN ('served', 'denied') THEN 1 ELSE 0 END), 0)
+         AS BIGINT) AS failed,
+    CAST(COALESCE(sum(c.input_tokens), 0) AS BIGINT) AS input_tokens,
+    CAST(COALESCE(sum(c.output_tokens), 0) AS BIGINT) AS output_tokens,
+    CAST(COALESCE(sum(c.cost_micros), 0) AS BIGINT) AS cost_micros"""
+
+
+class ReportError(ValueError):
+    """A report request that cannot be answered (unknown dimension, bad date)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    since: datetime
+    until: datetime
+    group_by: tuple[str, ...]
+    data_class: str | None
+    rows: list[dict[str, Any]]
+    totals: dict[str, int] = field(default_factory=dict)
+
+
+def parse_range(since: str, until: str) -> tuple[datetime, datetime]:
+    """``--from``/``--to`` as ``[since, until)`` (see the module docstring)."""
+    start = _moment(since, "from", end=False)
+    end = _moment(until, "to", end=True)
+    if end <= start:
+        raise ReportError("'to' must be after 'from'")
+    return start, end
+
+
+def _moment(text: str, name: str, *, end: bool) -> datetime:
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return moment + timedelta(days=1) if end else moment
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReportError(f"'{name}' must be a date (2026-07-01) or an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise ReportError(f"'{name}' must carry a time zone (e.g. Z)")
+    return moment.astimezone(UTC)
+
+
+def parse_group_by(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in DIMENSIONS]
+    if unknown:
+        raise ReportError(
+            f"cannot group by {unknown[0]!r}: choose from {', '.join(DIMENSIONS)}"
+        )
+    if len(set(names)) != len(names):
+        raise ReportError("a dimension appears twice in group_by")
+    return names
+
+
+async def build_report(
+    store: AuditStore,
+    *,
+    since: datetime,
+    until: datetime,
+    group_by: tuple[str, ...],
+    data_class: str | None = None,
+) -> Report:
+    columns = {**_COLUMNS, **_TIME_COLUMNS[store.dialect]}
+    args: list[Any] = [since, until]
+    where = "c.time_start >= $1 AND c.time_start < $2"
+    if data_class is not None:
+        args.append(data_class)
+        where += (
+            " AND EXISTS (SELECT 1 FROM audit_llm_call_data_classes x"
+            f" WHERE x.event_id = c.event_id AND x.data_class = ${len(args)})"
+        )
+    join = ""
+    if "data_class" in group_by:
+        join = (
+            " LEFT JOIN (SELECT DISTINCT event_id, data_class FROM audit_llm_call_data_classes"
+            " WHERE time_start >= $1 AND time_start < $2) d ON d.event_id = c.event_id"
+        )
+    select = ", ".join(f"{columns[name]} AS g{i}" for i, name in enumerate(group_by))
+    groups = ", ".join(f"g{i}" for i in range(len(group_by)))
+    sql = f"SELECT {select + ', ' if select else ''}{_MEASURES_SQL} FROM audit_llm_calls c{join}"
+    sql += f" WHERE {where}"
+    if groups:
+        sql += f" GROUP BY {groups}"
+    rows = await store.fetch(sql, *args)
+    totals_rows = await store.fetch(f"SELECT {_MEASURES_SQL} FROM audit_llm_calls c WHERE {where}",
+                                    *args)  # fmt: skip
+    out = [
+        {
+            "group": {name: row[f"g{i}"] for i, name in enumerate(group_by)},
+            **{m: int(row[m]) for m in MEASURES},
+        }
+        for row in rows
+        if int(row["requests"]) > 0
+    ]
+    out.sort(key=lambda r: [(v is None, str(v)) for v in r["group"].values()])
+    totals = {m: int(totals_rows[0][m]) for m in MEASURES}
+    return Report(since, until, group_by, data_class, out, totals)
+
+
+def usd(micros: int) -> str:
+    """Micro-dollars as an exact decimal string: ``1234567`` → ``1.234567``."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    return {
+        "from": report.since.isoformat().replace("+00:00", "Z"),
+        "to": report.until.isoformat().replace("+00:00", "Z"),
+        "group_by": list(report.group_by),
+        "data_class": report.data_class,
+        "rows": report.rows,
+        "totals": report.totals,
+    }
+
+
+_HEADINGS = {"input_tokens": "input tok", "output_tokens": "output tok", "cost_micros": "cost usd"}
+
+
+def _cells(entry: dict[str, Any]) -> list[str]:
+    return [
+        usd(entry["cost_micros"]) if m == "cost_micros" else str(entry[m]) for m in MEASURES
+    ]
+
+
+def render_table(data: dict[str, Any]) -> str:
+    """A report (``to_json``'s shape) as an aligned text table with a totals line."""
+    group_by = data["group_by"]
+    head = [g.upper() for g in group_by] + [_HEADINGS.get(m, m).upper() for m in MEASURES]
+    grid = [head]
+    for row in data["rows"]:
+        names = ["-" if row["group"][g] is None else str(row["group"][g]) for g in group_by]
+        grid.append(names + _cells(row))
+    grid.append(["TOTAL"] + [""] * max(0, len(group_by) - 1) + _cells(data["totals"]))
+    if not group_by:
+        grid[-1] = grid[-1][1:]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(head))]
+    lines = [f"audit report {data['from']} .. {data['to']}"
+             + (f", data class {data['data_class']}" if data["data_class"] else "")]  # fmt: skip
+    for line in grid:
+        cells = [
+            v.ljust(w) if i < len(group_by) else v.rjust(w)
+            for i, (v, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(data: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*data["group_by"], *MEASURES[:-1], "cost_usd"])
+    for row in data["rows"]:
+        names = ["" if row["group"][g] is None else row["group"][g] for g in data["group_by"]]
+        writer.writerow([*names, *(row[m] for m in MEASURES[:-1]), usd(row["cost_micros"])])
+    return buffer.getvalue()
