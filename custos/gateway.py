@@ -19,9 +19,11 @@ from custos.config.watch import ConfigWatcher, ReloadResult
 from custos.identity.directory import Directory
 from custos.identity.setup import Identity, open_identity, sync_config_teams
 from custos.identity.tokens import TokenService
+from custos.limits import Limiter
 from custos.pipeline import Pipeline
 from custos.providers.transport import Transport
 from custos.runtime import Runtime
+from custos.state.counters import open_counters
 from custos.state.store import Store
 from custos.telemetry import metrics
 
@@ -39,6 +41,9 @@ class Gateway:
         self.pipeline = Pipeline(self.transport)
         self.identity: Identity | None = None
         self.audit: AuditTrail | None = None
+        state = self.runtime.config.state  # counters are per process: a change needs a restart
+        counters = open_counters(state.counters, prefix=state.counters_prefix)
+        self.limiter = Limiter(counters, lambda: self.runtime)
         self.ready = False
         self._watcher: ConfigWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,6 +88,8 @@ class Gateway:
         self.pipeline.on_settled = self.audit.on_settled
         self.pipeline.admit, self.pipeline.release = self.audit.admit, self.audit.release
         self.pipeline.directory = self.identity.directory
+        await self.limiter.start(self.identity.store)
+        self.pipeline.limiter = self.limiter
         if self.config_path is not None:
             self._watcher = ConfigWatcher(self.config_path, self.apply, lambda: self.runtime.revision)
             loop = asyncio.get_running_loop()
@@ -107,5 +114,6 @@ class Gateway:
             await self.audit.close()
             self.audit = None
         if self.identity is not None:
+            await self.limiter.stop()  # writes the spend ledger a last time
             await self.identity.close()
             self.identity = None

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from custos.audit.classes import declared_data_classes
 from custos.context import Attempt, RequestContext, Usage
@@ -40,6 +41,9 @@ from custos.providers.transport import (
 from custos.routing import backoff_s, candidates
 from custos.runtime import ModelTarget, Route, Runtime
 from custos.telemetry import metrics
+
+if TYPE_CHECKING:
+    from custos.limits import Limiter
 
 Header = tuple[bytes, bytes]
 _JSON = (b"content-type", b"application/json")
@@ -72,6 +76,8 @@ class Pipeline:
         self.release: Callable[[RequestContext], Awaitable[None]] | None = None
         #: Set when the gateway has opened its store (``Gateway.start``).
         self.directory: Directory | None = None
+        #: Budgets and rate limits (stages 4 and 5), set by ``Gateway.start``.
+        self.limiter: Limiter | None = None
 
     async def handle(self, ctx: RequestContext, read_request: ReadRequest) -> GatewayResponse:
         """Run the path. Raises ``GatewayError`` for a stopped request, after settling it.
@@ -87,8 +93,11 @@ class Pipeline:
             await read_request(ctx)
             self.identify(ctx)
             self.authorize(ctx)
+            await self.budget_and_rate_limit(ctx)
             route = self.route(ctx)
             response = await self.call_provider(ctx, route)
+            if ctx.limits is not None:
+                response.headers.extend(ctx.limits.headers)
             relayed = response.stream is not None
             return response
         except GatewayError as err:
@@ -160,6 +169,15 @@ class Pipeline:
             )
         assert decision.rule_id is not None
         ctx.applied.append(decision.rule_id)
+
+    # -- stages 4 and 5: budget and rate limit -------------------------------------------------
+
+    async def budget_and_rate_limit(self, ctx: RequestContext) -> None:
+        """Stage 4 (every matching budget has room; a reservation of the estimated cost is
+        taken) and stage 5 (the first matching rate limit has room), decided separately and
+        taken together in one atomic step on the counters (``custos.limits``)."""
+        if self.limiter is not None:
+            await self.limiter.admit(ctx)
 
     # -- stage 7: route ------------------------------------------------------------------------
 
@@ -363,6 +381,8 @@ class Pipeline:
             metrics.TOKENS.labels(model, "input").inc(ctx.usage.input_tokens)
             metrics.TOKENS.labels(model, "output").inc(ctx.usage.output_tokens)
             metrics.COST.labels(model).inc(ctx.cost_micros)
+        if self.limiter is not None:
+            self.limiter.settle(ctx)  # the reservation becomes the actual cost
         if ctx.error_code is not None:
             metrics.DENIALS.labels(ctx.error_code).inc()
         if self.on_settled is not None:

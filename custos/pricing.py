@@ -26,11 +26,16 @@ class ModelPrice:
     cache_write: int
     per_request: int
 
+    #: The config says ``unpriced: allow``: every price is 0 and calls are counted by a metric.
+    unpriced: bool = False
+
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> ModelPrice:
         def pico(usd_per_mtok: Decimal) -> int:
             return int(usd_per_mtok * _PICO_PER_MICRO)
 
+        if settings.input_per_mtok is None:
+            return cls(0, 0, 0, 0, 0, unpriced=True)
         cached = settings.cached_input_per_mtok
         written = settings.cache_write_per_mtok
         return cls(

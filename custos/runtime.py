@@ -12,6 +12,7 @@ from custos.config.loader import LoadedConfig
 from custos.config.schema import Config, ProviderSettings, RetrySettings, VirtualModelSettings
 from custos.identity.jwt import JWTVerifier
 from custos.policy.access import AccessGrant, AccessPolicy
+from custos.policy.limits import LimitsPolicy
 from custos.policy.metadata import MetadataContract
 from custos.policy.patterns import ModelPattern
 from custos.pricing import ModelPrice
@@ -70,6 +71,8 @@ class Runtime:
         }
         for name, vm in self.config.virtual_models.items():
             self.routes[name] = self._virtual_route(name, vm)
+        #: Budgets and rate limits (stages 4 and 5), with each route's reservation prices.
+        self.limits = LimitsPolicy(self.config, self.routes)
         self.access = AccessPolicy(
             [
                 AccessGrant(

@@ -133,8 +133,8 @@ MANY_PROBLEMS = textwrap.dedent(
           - model: other/m
           - model: other/no-such-model
     rate_limits:
-      - {id: r, when: {}, limit_to: 60, unit: requests_per_minute}
-    budgets: []
+      - {id: r, when: {}, limit_to: 60, unit: requests_per_fortnight}
+    guardrails: []
     colour: blue
     """
 )
@@ -154,8 +154,8 @@ def test_every_problem_is_reported_at_once_with_path_and_line():
         (line_of(text, "no-such-token"), "providers.other.headers.x-token"),
         (line_of(text, "input_per_mtok: -1"), "providers.other.models.m.input_per_mtok"),
         (line_of(text, "other/no-such-model"), "virtual_models.chat-default.targets[1].model"),
-        (line_of(text, "rate_limits:"), "rate_limits"),
-        (line_of(text, "budgets:"), "budgets"),
+        (line_of(text, "requests_per_fortnight"), "rate_limits[0].unit"),
+        (line_of(text, "guardrails:"), "guardrails"),
         (line_of(text, "colour: blue"), "colour"),
     ]
     messages = {path: message for _, path, message in found}
@@ -168,7 +168,8 @@ def test_every_problem_is_reported_at_once_with_path_and_line():
     assert "no-such-token.txt" in messages["providers.other.headers.x-token"]
     assert "negative" in messages["providers.other.models.m.input_per_mtok"]
     assert "other/no-such-model" in messages["virtual_models.chat-default.targets[1].model"]
-    assert "not supported yet" in messages["rate_limits"]
+    assert messages["rate_limits[0].unit"].startswith("must be 'requests_per_minute'")
+    assert "not supported yet" in messages["guardrails"]
     assert messages["colour"] == "unknown key"
 
 
@@ -291,7 +292,7 @@ def test_a_misplaced_secret_is_never_printed(tmp_path, old, new):
 
 def test_the_sections_still_to_come_are_refused():
     # (sections leave this list as they are implemented; these are not yet)
-    assert {"rate_limits", "budgets", "guardrails", "audit", "mcp_servers"} <= set(
+    assert {"guardrails", "mcp_servers"} <= set(
         UNSUPPORTED_SECTIONS
     )
 

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Literal, TypeVar
 
 from custos.admin import rights
+from custos.admin.budgets import BudgetList, BudgetSource, list_budgets
 from custos.admin.errors import BadInput, Forbidden
 from custos.admin.narrowing import ModelNames, check_patterns, uncovered
 from custos.admin.views import (
@@ -127,11 +128,13 @@ class AdminService:
         *,
         model_names: ModelNames | None = None,
         clock: Callable[[], datetime] = utcnow,
+        budgets: BudgetSource | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.model_names = model_names
         self._now = clock
+        self.budgets = budgets
 
     # -- the caller --------------------------------------------------------------------------
 
@@ -644,6 +647,14 @@ class AdminService:
         return [
             TokenView(r, owners.get(r.principal_id, r.principal_id), r.state(now)) for r in records
         ]
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    async def list_budgets(self, p: Principal, *, budget: str | None = None) -> BudgetList:
+        """Budgets with their counters (``custos.admin.budgets`` says who sees what)."""
+        if self.budgets is None:
+            raise Forbidden("this gateway serves no budgets")
+        return await list_budgets(self.budgets, p, budget)
 
     # -- admin events ------------------------------------------------------------------------
 

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from custos.audit.settings import AuditSettings
+from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
 UNSUPPORTED_SECTIONS = (
-    "rate_limits",
-    "budgets",
     "guardrails",
     "data_classes",
     "residency",
@@ -64,6 +70,8 @@ class GatewaySettings(_Strict):
 class StateSettings(_Strict):
     store: str = "sqlite:///./custos.db"
     counters: str = "memory"
+    #: Prefix of every Redis key the counters use (several gateways can share one Redis).
+    counters_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "custos:"
 
     @field_validator("store")
     @classmethod
@@ -95,9 +103,15 @@ Price = Decimal
 
 
 class ModelSettings(_Strict):
-    """One model a provider account serves, with its price in USD per million tokens."""
+    """One model a provider account serves, with its price in USD per million tokens.
 
-    input_per_mtok: Price
+    A model without a price is refused unless it says ``unpriced: allow``: its calls then cost
+    0 (budgets never stop them) and the metric ``custos_unpriced_calls`` counts them.
+    """
+
+    #: Listed first so that ``input_per_mtok``'s check can see it.
+    unpriced: Literal["allow"] | None = None
+    input_per_mtok: Annotated[Price | None, Field(validate_default=True)] = None
     output_per_mtok: Price = Decimal(0)
     cached_input_per_mtok: Price | None = None
     cache_write_per_mtok: Price | None = None
@@ -105,6 +119,9 @@ class ModelSettings(_Strict):
     #: The name the provider knows the model by, when it differs from the key (Azure deployments).
     deployment: str | None = None
     upstream_model: str | None = None
+    #: The most output tokens the model can produce: what a budget reserves for a request
+    #: that sets no max_tokens (``limits.default_output_tokens`` when not given).
+    max_output_tokens: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
 
     @field_validator(
         "input_per_mtok",
@@ -124,6 +141,19 @@ class ModelSettings(_Strict):
             return _price(value)
         except ArithmeticError as exc:
             raise ValueError("must be a number") from exc
+
+    @field_validator("input_per_mtok")
+    @classmethod
+    def _priced(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        unpriced = info.data.get("unpriced") == "allow"
+        if value is None and not unpriced:
+            raise ValueError(
+                "required (USD per million tokens); a model without a price needs "
+                "'unpriced: allow'"
+            )
+        if value is not None and unpriced:
+            raise ValueError("'unpriced: allow' is for models without a price: remove one")
+        return value
 
 
 class ProviderSettings(_Strict):
@@ -299,6 +329,14 @@ class Config(_Strict):
     access: list[AccessRule] = Field(default_factory=list)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    rate_limits: list[RateLimitRule] = Field(default_factory=list)
+    budgets: list[BudgetRule] = Field(default_factory=list)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+
+    @field_validator("rate_limits", "budgets")
+    @classmethod
+    def _unique_rule_ids(cls, value: list[RateLimitRule], info: ValidationInfo) -> list[Any]:
+        return unique_ids(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _store_needs_shared_key(self) -> Config:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from custos import __version__
 from custos.admin import schemas as s
+from custos.admin.budgets import BudgetList, BudgetSource, BudgetsQuery
 from custos.admin.errors import BadInput, Forbidden
 from custos.admin.openapi import RouteSpec, build_document
 from custos.admin.service import AdminService
@@ -34,6 +35,7 @@ from custos.errors import GatewayError, openai_error_body
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal
 from custos.identity.tokens import TokenService
+from custos.state.counters import CountersUnavailable
 from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.store import Store
 
@@ -100,8 +102,11 @@ class AdminAPI:
         model_names: Callable[[], Iterable[str]] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         on_auth_failure: Callable[[Scope, GatewayError], None] | None = None,
+        budgets: BudgetSource | None = None,
     ) -> None:
         self._deps = deps
+        #: The gateway's budgets (``GET /budgets``); without it that route answers 503.
+        self._budgets = budgets
         #: Told of every 401 (the audit trail records it as an ``auth.failure``).
         self._on_auth_failure = on_auth_failure
         self._model_names = model_names
@@ -196,7 +201,9 @@ class AdminAPI:
             raise GatewayError(503, "not_ready", "The gateway is starting; retry in a moment.")
         cached = self._service
         if cached is None or cached[0] is not store or cached[1] is not tokens:
-            service = AdminService(store, tokens, model_names=self._model_names)
+            service = AdminService(
+                store, tokens, model_names=self._model_names, budgets=self._budgets
+            )
             self._service = cached = (store, tokens, service)
         return cached[2], directory
 
@@ -502,6 +509,16 @@ async def _audit_request(svc: AdminService, c: Call) -> BaseModel:
     return await audit_api.request_records(svc, c.principal, c.params["request"])
 
 
+async def _list_budgets(svc: AdminService, c: Call) -> BaseModel:
+    q: BudgetsQuery = c.query
+    try:
+        return await svc.list_budgets(c.principal, budget=q.budget)
+    except CountersUnavailable:
+        raise GatewayError(
+            503, "counters_unavailable", "The budget counters cannot be read right now."
+        ) from None
+
+
 async def _no_handler(svc: AdminService, c: Call) -> BaseModel:  # the document is served early
     raise AssertionError("unreachable")
 
@@ -641,6 +658,11 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("GET", "/audit/requests/{request}", "getAuditRequest", "The audit records of one "
            "request id or event id (admin, auditor)", audit_api.StoredRecordList),
         _audit_request,
+    ),
+    (
+        _r("GET", "/budgets", "listBudgets", "Budgets: limit, spent, reserved and remaining per "
+           "split (admin, auditor; team managers: their teams)", BudgetList, query=BudgetsQuery),
+        _list_budgets,
     ),
     (
         _r("GET", "/openapi.json", "getOpenAPI", "This document", OpenAPIDocument, auth=False,

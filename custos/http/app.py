@@ -60,6 +60,7 @@ class GatewayApp:
             gateway.admin_deps,
             model_names=lambda: gateway.runtime.routes.keys(),
             on_auth_failure=self.auth_failed,
+            budgets=gateway.limiter,
         )
         self.routes: dict[str, Endpoint] = {
             "/v1/chat/completions": self._llm("openai", "chat"),

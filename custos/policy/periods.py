@@ -71,8 +71,10 @@ class PeriodClock:
 
     def current(self, kind: PeriodKind, now: datetime) -> Period:
         period = self._current.get(kind)
-        if period is None or (period.end is not None and now >= period.end) or (
-            period.start is not None and now < period.start
+        if (
+            period is None
+            or (period.end is not None and now >= period.end)
+            or (period.start is not None and now < period.start)
         ):
             period = self._current[kind] = period_at(kind, now)
         return period
@@ -80,3 +82,14 @@ class PeriodClock:
     def current_keys(self, now: datetime) -> list[str]:
         """The key of every kind's current period: what a seed reads from the ledger."""
         return [self.current(kind, now).key for kind in KINDS]
+
+
+def period_from_key(key: str) -> Period:
+    """The period a key names (``month:2025-06-01``, ``total``); raises ``ValueError``."""
+    if key == "total":
+        return period_at("total", datetime.now(UTC))
+    kind, _, start = key.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"not a period key: {key!r}")
+    day = date.fromisoformat(start)
+    return period_at(kind, datetime(day.year, day.month, day.day, tzinfo=UTC))  # type: ignore[arg-type]

@@ -88,7 +88,7 @@ class When:
         return cls(tests, settings)
 
     def matches(self, facts: Facts) -> bool:
-        for test in self._tests:
+        for test in self._tests:  # noqa: SIM110 (no generator per call on the hot path)
             if not test(facts):
                 return False
         return True
@@ -151,9 +151,7 @@ class _Values:
         return value in self._exact
 
 
-def _scalar(
-    selection: Selection, get: Callable[[Facts], str | None], *, glob: bool
-) -> Predicate:
+def _scalar(selection: Selection, get: Callable[[Facts], str | None], *, glob: bool) -> Predicate:
     """A one-valued fact: in ``in`` (when given) and not in ``not_in``."""
     allowed = None if selection.in_ is None else _Values(selection.in_, glob)
     excluded = _Values(selection.not_in, glob) if selection.not_in else None

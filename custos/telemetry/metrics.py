@@ -99,7 +99,6 @@ AUDIT_DROPPED = Counter(
 )
 
 
-
 def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -107,3 +106,48 @@ def exposition() -> tuple[bytes, str]:
 def set_revision(revision: str) -> None:
     CONFIG_INFO.clear()
     CONFIG_INFO.labels(revision=revision).set(1)
+
+
+# -- budgets and rate limits (custos.limits) ---------------------------------------------------
+
+COUNTERS_UP = Gauge(
+    "custos_counters_up",
+    "1 while the budget and rate-limit counters answer, 0 while they are unreachable.",
+    registry=REGISTRY,
+)
+COUNTERS_UP.set(1)
+COUNTER_FAILURES = Counter(
+    "custos_counter_failures",
+    "Requests that met unreachable counters, by what they govern (budgets, rate_limits) and "
+    "the decision taken (fail_open, fail_closed).",
+    ["kind", "decision"],
+    registry=REGISTRY,
+)
+COUNTER_SEEDS = Counter(
+    "custos_counter_seeds",
+    "Times shared counters were seeded from the spend ledger (first start, Redis restarted).",
+    registry=REGISTRY,
+)
+LEDGER_FLUSH_FAILURES = Counter(
+    "custos_ledger_flush_failures",
+    "Spend-ledger batches that could not be written (kept for the next attempt).",
+    registry=REGISTRY,
+)
+UNPRICED_CALLS = Counter(
+    "custos_unpriced_calls",
+    "Calls served by a model the config marks 'unpriced: allow' (charged 0 to budgets).",
+    ["model"],
+    registry=REGISTRY,
+)
+BUDGET_OVERRUNS = Counter(
+    "custos_budget_overruns",
+    "Calls let through over an audit-mode budget's limit, by budget id.",
+    ["budget"],
+    registry=REGISTRY,
+)
+BUDGET_ALERTS = Counter(
+    "custos_budget_alerts",
+    "Budget alert webhooks by budget id and outcome (delivered, failed).",
+    ["budget", "outcome"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,421 @@
+"""Stages 4 (budget) and 5 (rate limit) of the request path, and their settlement.
+
+``Limiter.admit(ctx)`` runs between authorize and route:
+
+1. stage 4, budget: every budget whose ``when`` matches is charged, one counter per split, each
+   with a reservation of the request's estimated cost (``custos.policy.limits``);
+2. stage 5, rate limit: the first rule whose ``when`` matches, one window per split, charged one
+   request or the estimated tokens;
+3. all of those counters are checked and taken in **one** atomic step (one Lua script, one round
+   trip, on Redis). Refused: a budget → ``budget_exceeded`` (429, or 402 by config), a window
+   → ``rate_limit_exceeded`` (429 with ``Retry-After``), and nothing at all is taken.
+
+The decisions go into the context: each rule's id is appended to ``ctx.applied`` (the audit
+record and ``x-custos-applied`` read it) and ``ctx.limits`` (a ``Metering``) keeps the
+decisions, the reservation and the ``x-ratelimit-*`` headers.
+
+``Limiter.settle(ctx)``, called once per request from ``Pipeline.settle`` after the cost is known,
+releases the reservation and charges the actual cost (never waits: in memory it is immediate,
+on Redis it is queued and sent in batches). Settled spend flows to the ledger, which a
+background task writes to the store about once a second, and to the alerts.
+
+While the counters cannot be reached, ``limits.on_counters_down`` decides per kind: budgets
+fail closed by default (503 ``budget_unavailable``), rate limits fail open. Spend of calls let
+through is still charged once the counters answer again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from custos.context import RequestContext
+from custos.limits import headers as h
+from custos.limits.alerts import Alerts
+from custos.policy.limits import BudgetPolicy, RateRule, counter_expiry_ms, estimate_tokens
+from custos.policy.periods import Period, PeriodClock, period_from_key
+from custos.policy.when import Facts
+from custos.state.counters import (
+    Admission,
+    BudgetCharge,
+    Counters,
+    CountersUnavailable,
+    Ticket,
+    WindowCharge,
+)
+from custos.state.counters_memory import MemoryCounters
+from custos.state.counters_redis import RedisCounters
+from custos.state.ledger import LedgerKey, SpendLedger
+from custos.state.store import Store
+from custos.telemetry import metrics
+
+if TYPE_CHECKING:
+    from custos.runtime import Runtime
+
+log = logging.getLogger("custos.limits")
+
+Header = tuple[bytes, bytes]
+
+
+@dataclass(slots=True, weakref_slot=True)
+class Metering:
+    """What stages 4 and 5 decided for one request (``ctx.limits``)."""
+
+    #: Every budget counter charged (kept to charge spend even when nothing could be reserved).
+    budgets: tuple[BudgetCharge, ...] = ()
+    windows: tuple[WindowCharge, ...] = ()
+    #: The reservation to settle; ``None`` when the counters were down and the call let through.
+    ticket: Ticket | None = None
+    #: ``x-ratelimit-*`` headers for the response.
+    headers: list[Header] = field(default_factory=list)
+    #: Rule id → decision: ``reserved``, ``over_limit_audit`` (an audit-mode budget over its
+    #: limit), ``admitted`` (rate limit), ``denied``, ``fail_open``.
+    decisions: dict[str, str] = field(default_factory=dict)
+    estimated_input_tokens: int = 0
+    estimated_output_tokens: int = 0
+    reserved_micros: int = 0
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SplitReport:
+    split: str
+    spent: int
+    reserved: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReport:
+    budget: BudgetPolicy
+    period: Period
+    splits: tuple[SplitReport, ...]
+
+
+def _budget_key(key: str) -> LedgerKey:
+    _, budget_id, period, split = key.split("|", 3)
+    return budget_id, period, split
+
+
+def counter_of(key: LedgerKey) -> BudgetCharge:
+    """The counter a ledger row names (limits and amounts unused)."""
+    budget_id, period_key, split = key
+    period = period_from_key(period_key)
+    return BudgetCharge(
+        key=f"b|{budget_id}|{period_key}|{split}",
+        limit=0,
+        amount=0,
+        enforce=False,
+        expires_at_ms=counter_expiry_ms(period),
+        split=split,
+        index_key=f"bi|{budget_id}|{period_key}",
+    )
+
+
+class Limiter:
+    """Budgets and rate limits for a gateway process (see the module docstring)."""
+
+    def __init__(self, counters: Counters, runtime: Callable[[], Runtime]) -> None:
+        self.counters = counters
+        self.counters.sink = self
+        self._runtime = runtime
+        self.clock = PeriodClock()
+        self.ledger: SpendLedger | None = None
+        self.alerts: Alerts | None = None
+        #: Requests holding a reservation, for renewal. Weak: a request object that vanished
+        #: without settling stops being renewed, and its reservation expires after the TTL.
+        self._live: weakref.WeakValueDictionary[str, Metering] = weakref.WeakValueDictionary()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._over_logged: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, store: Store) -> None:
+        """Open the ledger on ``store``, seed the counters, start the background tasks."""
+        self.ledger = SpendLedger(store)
+        self.alerts = Alerts(self.ledger)
+        periods = self.clock.current_keys(datetime.now(UTC))
+        if isinstance(self.counters, RedisCounters):
+            self.counters.seed_source = self._seed_source
+        else:
+            spent = await self.ledger.totals(periods)
+            await self.counters.seed([(counter_of(key), value) for key, value in spent])
+        await self.counters.start()
+        for name, work in (
+            ("ledger", self._flush_loop()),
+            ("renew", self._renew_loop()),
+            ("alerts", self.alerts.run()),
+        ):
+            self._tasks.append(asyncio.create_task(work, name=f"custos-limits-{name}"))
+
+    async def stop(self) -> None:
+        """Finish settlements, write the ledger a last time, stop."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.counters.drain(), 5)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
+        await self.counters.close()
+
+    async def _seed_source(self) -> tuple[int, list[tuple[BudgetCharge, int]]]:
+        assert self.ledger is not None
+        seed = await self.ledger.seed(self.clock.current_keys(datetime.now(UTC)))
+        return seed.epoch, [(counter_of(key), value) for key, value in seed.spent]
+
+    # -- stages 4 and 5 ----------------------------------------------------------------------
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Charge every matching budget and the first matching rate limit, or raise."""
+        policy = ctx.runtime.limits
+        if not policy.active:
+            return
+        cost = policy.costs.get(ctx.model)
+        principal = ctx.principal
+        if cost is None or principal is None:
+            return  # an unknown model: the route stage answers 404
+        facts = Facts(principal.subjects, ctx.model, ctx.metadata)
+        budgets = policy.matching_budgets(facts)
+        rule = policy.rate_rule(facts)
+        if not budgets and rule is None:
+            return
+        metering = Metering()
+        ctx.limits = metering
+        in_tokens, out_tokens = estimate_tokens(
+            ctx.body, ctx.operation, cost, policy.settings.default_output_tokens
+        )
+        metering.estimated_input_tokens, metering.estimated_output_tokens = in_tokens, out_tokens
+        now = datetime.now(UTC)
+        # Stage 4, budget: every matching budget, one counter per split.
+        amount = cost.micros(in_tokens, out_tokens) if budgets else 0
+        metering.reserved_micros = amount
+        charges: list[BudgetCharge] = []
+        owners: list[tuple[BudgetPolicy, Period]] = []
+        for budget in budgets:
+            period = self.clock.current(budget.period, now)
+            for split in budget.splitter.splits(principal, facts):
+                charges.append(
+                    BudgetCharge(
+                        key=budget.key(period, split),
+                        limit=budget.limit_micros,
+                        amount=amount,
+                        enforce=budget.enforce,
+                        expires_at_ms=counter_expiry_ms(period),
+                        split=split,
+                        index_key=budget.index_key(period),
+                    )
+                )
+                owners.append((budget, period))
+            ctx.applied.append(budget.id)
+        # Stage 5, rate limit: the first matching rule, one window per split.
+        windows: list[WindowCharge] = []
+        if rule is not None:
+            units = in_tokens + out_tokens if rule.per_token else 1
+            windows = [
+                WindowCharge(
+                    rule.key(split), rule.limit, units, rule.window_s * 1000, rule.per_token
+                )
+                for split in rule.splitter.splits(principal, facts)
+            ]
+            ctx.applied.append(rule.id)
+        metering.budgets, metering.windows = tuple(charges), tuple(windows)
+        ttl_ms = policy.settings.reservation_ttl_s * 1000
+        try:
+            admission = await self.counters.admit(charges, windows, ctx.request_id, ttl_ms)
+        except CountersUnavailable:
+            self._counters_down(ctx, metering, budgets, rule)
+            return
+        if not admission.admitted:
+            self._refuse(ctx, metering, admission, charges, owners, rule)
+        metering.ticket = admission.ticket
+        if metering.ticket is not None and charges:
+            self._live[ctx.request_id] = metering
+        for (budget, _), charge, state in zip(owners, charges, admission.budgets, strict=True):
+            decision = "reserved"
+            if not budget.enforce and state.spent + state.reserved > charge.limit:
+                decision = "over_limit_audit"
+                self._over_audit(budget, charge)
+            if metering.decisions.get(budget.id) != "over_limit_audit":
+                metering.decisions[budget.id] = decision
+        if rule is not None:
+            metering.decisions[rule.id] = "admitted"
+            metering.headers = h.rate_headers(rule, admission.windows)
+
+    def _refuse(
+        self,
+        ctx: RequestContext,
+        metering: Metering,
+        admission: Admission,
+        charges: list[BudgetCharge],
+        owners: list[tuple[BudgetPolicy, Period]],
+        rule: RateRule | None,
+    ) -> None:
+        denied = admission.denied
+        metering.settled = True  # nothing was taken: nothing to settle
+        if isinstance(denied, BudgetCharge):
+            index = charges.index(denied)
+            budget, period = owners[index]
+            state = admission.budgets[index]
+            metering.decisions[budget.id] = "denied"
+            raise h.budget_exceeded(
+                budget,
+                denied.split,
+                period,
+                state.spent + state.reserved,
+                denied.amount,
+                ctx.runtime.limits.settings.budget_exceeded_status,
+                period.seconds_left(datetime.now(UTC)),
+            )
+        assert isinstance(denied, WindowCharge) and rule is not None
+        index = metering.windows.index(denied)
+        metering.decisions[rule.id] = "denied"
+        split = denied.key.split("|", 3)[3]
+        raise h.rate_limited(
+            rule, split, admission.windows[index], denied.amount, admission.retry_after_ms
+        )
+
+    def _counters_down(
+        self,
+        ctx: RequestContext,
+        metering: Metering,
+        budgets: list[BudgetPolicy],
+        rule: RateRule | None,
+    ) -> None:
+        mode = ctx.runtime.limits.settings.on_counters_down
+        closed: str | None = None
+        for kind, involved, decision in (
+            ("budgets", bool(budgets), mode.budgets),
+            ("rate_limits", rule is not None, mode.rate_limits),
+        ):
+            if not involved:
+                continue
+            metrics.COUNTER_FAILURES.labels(kind, decision).inc()
+            if decision == "fail_closed" and closed is None:
+                closed = kind
+        if closed is not None:
+            metering.settled = True
+            for budget in budgets:
+                metering.decisions[budget.id] = "counters_down"
+            if rule is not None:
+                metering.decisions[rule.id] = "counters_down"
+            raise h.counters_down(closed)
+        for budget in budgets:
+            metering.decisions[budget.id] = "fail_open"
+        if rule is not None:
+            metering.decisions[rule.id] = "fail_open"
+
+    def _over_audit(self, budget: BudgetPolicy, charge: BudgetCharge) -> None:
+        metrics.BUDGET_OVERRUNS.labels(budget.id).inc()
+        if charge.key not in self._over_logged:
+            if len(self._over_logged) > 10_000:
+                self._over_logged.clear()
+            self._over_logged.add(charge.key)
+            log.warning(
+                "audit-mode budget %s is over its limit (%s): calls continue",
+                budget.id, charge.key,
+            )  # fmt: skip
+
+    # -- stage 10, settle --------------------------------------------------------------------
+
+    def settle(self, ctx: RequestContext) -> None:
+        """Release the reservation and charge the actual cost (``ctx.cost_micros``). Never
+        blocks, never raises; a second call for the same request does nothing."""
+        served = ctx.served
+        if served is not None and served.price.unpriced and ctx.usage is not None:
+            metrics.UNPRICED_CALLS.labels(served.name).inc()
+        metering = ctx.limits
+        if metering is None or metering.settled:
+            return
+        metering.settled = True
+        self._live.pop(ctx.request_id, None)
+        ticket = metering.ticket
+        if ticket is None:
+            if not metering.budgets or ctx.cost_micros <= 0:
+                return
+            ticket = Ticket("", metering.budgets, ())
+        tokens = ctx.usage.total_tokens if ctx.usage is not None else 0
+        try:
+            self.counters.settle(ticket, ctx.cost_micros, tokens)
+        except Exception:  # settle must never fail a request
+            log.exception("settling request %s failed", ctx.request_id)
+
+    def budget_settled(
+        self, charge: BudgetCharge, cost: int, epoch: int | None, spent: int | None
+    ) -> None:
+        """``SettleSink``: settled spend goes to the ledger and is checked against alerts."""
+        key = _budget_key(charge.key)
+        if self.ledger is not None:
+            self.ledger.record(key, cost, epoch)
+        if spent is not None and self.alerts is not None:
+            budget = self._runtime().limits.budget(key[0])
+            if budget is not None:
+                self.alerts.check(budget, key, spent)
+
+    # -- background work ---------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write the ledger batch; hand spend the shared counters lack back to them."""
+        if self.ledger is None:
+            return
+        try:
+            flushed = await self.ledger.flush()
+        except Exception as exc:
+            metrics.LEDGER_FLUSH_FAILURES.inc()
+            log.warning("spend ledger not written (%s); kept for the next attempt", exc)
+            return
+        if flushed is not None and flushed.stale and isinstance(self.counters, RedisCounters):
+            self.counters.reapply(
+                flushed.epoch, [(counter_of(key), amount) for key, amount in flushed.stale]
+            )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._runtime().limits.settings.ledger_flush_s)
+            await self.flush()
+            if isinstance(self.counters, MemoryCounters):
+                self.counters.sweep()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            ttl_s = self._runtime().limits.settings.reservation_ttl_s
+            await asyncio.sleep(ttl_s / 3)
+            tickets = [m.ticket for m in list(self._live.values()) if m.ticket is not None]
+            if not tickets:
+                continue
+            try:
+                await self.counters.renew(tickets, ttl_s * 1000)
+            except CountersUnavailable as exc:
+                log.warning("could not renew %d reservation(s): %s", len(tickets), exc)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def report(self) -> list[BudgetReport]:
+        """Every budget of the current revision, its current period, and each split's counter.
+
+        Raises ``CountersUnavailable`` when the counters cannot be read.
+        """
+        policy = self._runtime().limits
+        now = datetime.now(UTC)
+        reports = []
+        for budget in policy.budgets:
+            period = self.clock.current(budget.period, now)
+            splits = await self.counters.splits(budget.index_key(period))
+            if not budget.splitter.dimensions:
+                splits = [""]
+            states = await self.counters.read([budget.key(period, s) for s in splits])
+            reports.append(
+                BudgetReport(
+                    budget,
+                    period,
+                    tuple(
+                        SplitReport(s, state.spent, state.reserved)
+                        for s, state in zip(splits, states, strict=True)
+                    ),
+                )
+            )
+        return reports
