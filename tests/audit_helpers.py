@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import httpx
 import orjson
 
 from custos.audit.record import leaf_hash
@@ -64,3 +69,69 @@ def one_call(store_url: str, request_id: str, timeout: float = 10.0) -> dict[str
     again = call_records(store_url, request_id)
     assert len(again) == 1, f"{len(again)} records for request {request_id}"
     return found[0]
+
+
+@dataclass
+class Sent:
+    """One request of a load run: its marker (in the metadata and the prompt), the status the
+    client got (0: no complete response), the request id and when the response was complete."""
+
+    marker: str
+    status: int
+    request_id: str | None
+    done_at: float
+
+
+class Load:
+    """``workers`` clients sending chat requests in a loop, in a thread, until ``stop``."""
+
+    def __init__(self, base_url: str, token: str, *, model: str = "openai-main/gpt-5.5",
+                 workers: int = 8, prefix: str = "load") -> None:  # fmt: skip
+        self.base_url, self.token, self.model = base_url, token, model
+        self.workers, self.prefix = workers, prefix
+        self.sent: list[Sent] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> Load:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sent]:
+        self._stop.set()
+        self._thread.join(60)
+        return list(self.sent)
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(max_connections=self.workers)
+        async with httpx.AsyncClient(timeout=20, limits=limits) as client:
+            await asyncio.gather(*(self._worker(client, w) for w in range(self.workers)))
+
+    async def _worker(self, client: httpx.AsyncClient, worker: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            marker = f"{self.prefix}-{worker}-{n}"
+            headers = {"authorization": f"Bearer {self.token}",
+                       "x-custos-metadata": json.dumps({"run": marker})}  # fmt: skip
+            body = {"model": self.model, "messages": [{"role": "user", "content": marker}]}
+            try:
+                response = await client.post(f"{self.base_url}/chat/completions", headers=headers,
+                                             json=body)  # fmt: skip
+                status, request_id = (
+                    response.status_code,
+                    response.headers.get("x-custos-request-id"),
+                )
+            except httpx.HTTPError:
+                status, request_id = 0, None
+                await asyncio.sleep(0.05)
+            self.sent.append(Sent(marker, status, request_id, time.time()))
+
+
+def markers_in_store(store_url: str) -> Counter[str]:
+    """How many ``llm.call`` records carry each metadata ``run`` marker."""
+    return Counter(
+        r["metadata"]["run"]
+        for r in stored_records(store_url, "llm.call")
+        if "run" in r["metadata"]
+    )

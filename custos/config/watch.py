@@ -66,8 +66,10 @@ class ConfigWatcher:
     async def watch(self, on_change: Callable[[], object] | None = None) -> None:
         """Call ``on_change`` (default: ``reload``) whenever the file's directory changes."""
         react = on_change or self.reload
+        # Not recursive: a subdirectory beside the file (the audit spool, written many times a
+        # second) is no reason to re-read it; a ConfigMap's ``..data`` swap is a direct child.
         async for _changes in awatch(
-            self.path.parent, stop_event=self._stop, debounce=200, step=50
+            self.path.parent, stop_event=self._stop, debounce=200, step=50, recursive=False
         ):
             react()
 
