@@ -449,6 +449,7 @@ class RedisCounters(Counters):
             await self._call(self._renew, keys[start:end], [ttl_ms, *rids[start:end]])
 
     async def read(self, keys: Sequence[str]) -> list[BudgetState]:
+        await self._seeded()
         flat: list[str] = []
         for key in keys:
             flat += [self.prefix + key, self.prefix + key + "|z"]
@@ -456,6 +457,7 @@ class RedisCounters(Counters):
         return [BudgetState(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def splits(self, index_key: str) -> list[str]:
+        await self._seeded()
         members = await self._command(self._redis.smembers(self.prefix + index_key))
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
@@ -470,6 +472,11 @@ class RedisCounters(Counters):
         return sum(len(items) for _, items in self._reapply)
 
     # -- seeding -----------------------------------------------------------------------------
+
+    async def _seeded(self) -> None:
+        """Reads after a Redis restart must not show zeros: seed first when it lost its data."""
+        if not await self._command(self._redis.exists(self._epoch_key)):
+            await self._ensure_seeded()
 
     async def _ensure_seeded(self) -> None:
         """Seed from the ledger when Redis has no epoch (first start, or Redis lost its data).
