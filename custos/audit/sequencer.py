@@ -1,0 +1,286 @@
+"""The sequencer: the one task that orders audit records and extends the Merkle log.
+
+Any replica inserts records (``audit_events``; a trigger queues each in ``audit_pending``).
+Exactly one sequencer at a time takes queued records in batches and, in one transaction per
+batch, assigns them the next sequence numbers ``size .. size+k-1`` (``audit_leaves``), stores
+the complete-subtree nodes they complete (``audit_merkle_nodes``), dequeues them, and moves the
+tree head with a compare-and-swap::
+
+    UPDATE audit_tree_head SET size = new, root = … WHERE size = old AND epoch = my_epoch
+
+Contracts:
+
+- **Gap-free order.** ``seq`` is contiguous from 0: a batch either commits whole (leaves, nodes,
+  head) or not at all. ``ingest_id``/``pending_id`` (database sequences, which commit out of
+  order) only choose which records go next; the audit order is ``seq``.
+- **One leader.** On PostgreSQL the leader holds a session advisory lock on a connection of its
+  own (keyed by the schema, so separate schemas have separate logs); when that session dies
+  (process killed, connection cut) PostgreSQL releases the lock and a standby takes over. On
+  SQLite the sequencer is a single task in the process.
+- **Fencing.** Taking leadership increments ``epoch``; every head update compares ``size`` and
+  ``epoch``, so a former leader that stalled past losing its lock has its batch refused
+  (``Fenced``) and rolled back: it cannot write a leaf, a node or a head.
+- The sequencer never reads record bodies: it trusts the leaf hash stored beside them;
+  ``custos audit verify`` recomputes every leaf hash from the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from custos.audit.merkle import Frontier
+from custos.state.models import utcnow
+from custos.state.store import Store, Tx
+
+log = logging.getLogger("custos.audit.sequencer")
+
+#: First key of the two-key advisory lock (the second is the schema's ``hashtext``).
+LOCK_CLASS: Final = 0x61756431  # "aud1"
+BATCH: Final = 2000
+INTERVAL_S: Final = 0.2
+_RETRY_S: Final = 1.0
+
+
+class Fenced(Exception):
+    """The tree head moved under us or another leader took over: this batch was refused."""
+
+
+async def read_nodes(tx: Tx, ids: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The stored complete-subtree nodes ``ids`` (missing ones are absent from the result)."""
+    if not ids:
+        return {}
+    out: dict[tuple[int, int], bytes] = {}
+    for start in range(0, len(ids), 200):
+        chunk = ids[start : start + 200]
+        where = " OR ".join(
+            f"(level = ${2 * i + 1} AND idx = ${2 * i + 2})" for i in range(len(chunk))
+        )
+        args = [v for pair in chunk for v in pair]
+        for row in await tx.fetch(f"SELECT level, idx, hash FROM audit_merkle_nodes WHERE {where}",
+                                  *args):  # fmt: skip
+            out[(int(row["level"]), int(row["idx"]))] = bytes(row["hash"])
+    return out
+
+
+async def read_head(tx: Tx) -> dict[str, Any]:
+    row = await tx.fetchrow("SELECT size, root, epoch FROM audit_tree_head WHERE id = 1")
+    if row is None:
+        raise RuntimeError("audit_tree_head is missing (migration 0004 not applied?)")
+    return {"size": int(row["size"]), "root": bytes(row["root"]), "epoch": int(row["epoch"])}
+
+
+class Sequencer:
+    """See the module docstring. ``on_committed(size, root)`` is awaited after each batch that
+    grew the tree has committed (the checkpointer hooks in there). ``before_write`` is a test
+    hook: awaited after a batch is computed and before anything of it is written."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch: int = BATCH,
+        interval_s: float = INTERVAL_S,
+        name: str | None = None,
+        on_committed: Callable[[int, bytes], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.batch = batch
+        self.interval_s = interval_s
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.on_committed = on_committed
+        self.before_write: Callable[[], Awaitable[None]] | None = None
+        self.epoch: int | None = None
+        self.frontier: Frontier | None = None
+        self.fenced = 0
+        self._lock_conn: Any = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="custos-audit-sequencer")
+
+    def wake(self) -> None:
+        """Sequence now rather than at the next interval."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop after the batch in progress; sequences what is queued first (best effort)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self.step_down()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.epoch is not None
+
+    async def run(self) -> None:
+        """Lead when possible, sequence until stopped."""
+        while True:
+            try:
+                if await self.lead():
+                    count = await self.tick()
+                    if self._stopping and count < self.batch:
+                        return
+                    if count >= self.batch:
+                        continue
+                elif self._stopping:
+                    return
+            except Fenced:
+                log.warning("audit sequencer %s was fenced; stepping down", self.name)
+                await self.step_down()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("audit sequencer %s failed; retrying", self.name)
+                await self.step_down()
+                await asyncio.sleep(_RETRY_S)
+                continue
+            if self._stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s if self.is_leader else _RETRY_S):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    # -- leadership ----------------------------------------------------------------------------
+
+    async def lead(self) -> bool:
+        """Be the leader (take the lock if free); False when another process leads."""
+        if self.is_leader:
+            if await self._lock_alive():
+                return True
+            log.warning("audit sequencer %s lost its lock session", self.name)
+            await self.step_down()
+        if self.store.dialect == "postgresql" and not await self._take_lock():
+            return False
+        async with self.store.transaction() as tx:
+            await tx.execute(
+                "UPDATE audit_tree_head SET epoch = epoch + 1, leader = $1 WHERE id = 1", self.name
+            )
+            head = await read_head(tx)
+            nodes = await read_nodes(tx, Frontier.node_ids(head["size"]))
+        self.frontier = Frontier.load(head["size"], lambda lvl, idx: nodes[(lvl, idx)])
+        if self.frontier.root() != head["root"]:
+            await self.step_down()
+            raise RuntimeError("the stored tree head does not match the stored nodes")
+        self.epoch = head["epoch"]
+        log.info("audit sequencer %s leads (epoch %d, size %d)", self.name, self.epoch,
+                 head["size"])  # fmt: skip
+        return True
+
+    async def _take_lock(self) -> bool:
+        import asyncpg
+
+        dsn = getattr(self.store, "dsn", None)
+        if dsn is None:
+            raise RuntimeError("a PostgreSQL store without a DSN")
+        conn = await asyncpg.connect(dsn)
+        try:
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", LOCK_CLASS
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        if not got:
+            await conn.close()
+            return False
+        self._lock_conn = conn
+        return True
+
+    async def _lock_alive(self) -> bool:
+        if self.store.dialect != "postgresql":
+            return True
+        conn = self._lock_conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
+        except Exception:
+            return False
+        return True
+
+    async def step_down(self) -> None:
+        """Forget leadership and release the lock session."""
+        self.epoch = None
+        self.frontier = None
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+            if not conn.is_closed():
+                conn.terminate()
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Sequence up to ``batch`` queued records; returns how many were taken off the queue.
+
+        Raises ``Fenced`` (nothing written) when this leader was superseded."""
+        if self.epoch is None or self.frontier is None:
+            raise Fenced("not the leader")
+        epoch = self.epoch
+        async with self.store.transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT p.pending_id, p.event_id, e.leaf_hash, l.seq FROM audit_pending p"
+                " JOIN audit_events e ON e.event_id = p.event_id"
+                " LEFT JOIN audit_leaves l ON l.event_id = p.event_id"
+                " ORDER BY p.pending_id LIMIT $1",
+                self.batch,
+            )
+            if not rows:
+                return 0
+            fresh = [r for r in rows if r["seq"] is None]
+            frontier = self.frontier.copy()
+            old_size = frontier.size
+            nodes = frontier.extend(bytes(r["leaf_hash"]) for r in fresh)
+            if self.before_write is not None:
+                await self.before_write()
+            if fresh:
+                now = utcnow()
+                moved = await tx.execute(
+                    "UPDATE audit_tree_head SET size = $1, root = $2, updated_at = $3"
+                    " WHERE id = 1 AND size = $4 AND epoch = $5",
+                    frontier.size,
+                    frontier.root(),
+                    now,
+                    old_size,
+                    epoch,
+                )
+                if moved != 1:
+                    self.fenced += 1
+                    raise Fenced(f"tree head is no longer size {old_size} at epoch {epoch}")
+                await tx.executemany(
+                    "INSERT INTO audit_leaves (seq, event_id, leaf_hash, sequenced_at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    [
+                        (old_size + i, r["event_id"], bytes(r["leaf_hash"]), now)
+                        for i, r in enumerate(fresh)
+                    ],
+                )
+                await tx.executemany(
+                    "INSERT INTO audit_merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)", nodes
+                )
+            await tx.executemany(
+                "DELETE FROM audit_pending WHERE pending_id = $1",
+                [(int(r["pending_id"]),) for r in rows],
+            )
+        self.frontier = frontier
+        if fresh and self.on_committed is not None:
+            await self.on_committed(frontier.size, frontier.root())
+        return len(rows)
