@@ -12,6 +12,8 @@ Contracts:
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from custos.audit.record import LLM_CALL, SealedRecord, parse_rfc3339
+from custos.audit.record import LLM_CALL, SealedRecord
 from custos.state.models import utcnow
 from custos.state.store import Store, Tx
 
@@ -29,6 +31,18 @@ ADMIN_CURSOR = "admin_events"
 
 def ms_to_datetime(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _sqlite_time(ms: int) -> str:
+    """The text the SQLite store keeps times as (``custos.state.sqlite``'s format), made from
+    Unix ms directly: converting a datetime per column costs more than the insert itself."""
+    seconds, rest = divmod(ms, 1000)
+    return f"{_second(seconds)}.{rest:03d}000+00:00"
+
+
+@functools.lru_cache(maxsize=64)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 _INSERT_EVENT = (
@@ -52,13 +66,13 @@ _INSERT_CLASS = (
 )
 
 
-def _llm_row(r: SealedRecord) -> tuple[Any, ...]:
+def _llm_row(r: SealedRecord, at: Callable[[int], Any]) -> tuple[Any, ...]:
     f = r.fields
     return (
         r.event_id,
         f["request_id"],
-        ms_to_datetime(r.at_ms),
-        parse_rfc3339(f["time_end"]),
+        at(r.at_ms),
+        at(r.at_ms + f["latency_ms"]),  # time_end
         f["team"],
         f["principal.kind"],
         f["principal.id"],
@@ -214,19 +228,17 @@ class AuditStore:
 
 async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
     """``AuditStore.insert`` inside an open transaction."""
-    now = utcnow()
+    at = _sqlite_time if tx.dialect == "sqlite" else ms_to_datetime
+    now = at(time.time_ns() // 1_000_000)
     await tx.executemany(
         _INSERT_EVENT,
-        [
-            (r.event_id, r.event_type, ms_to_datetime(r.at_ms), r.body, r.leaf_hash, now)
-            for r in records
-        ],
+        [(r.event_id, r.event_type, at(r.at_ms), r.body, r.leaf_hash, now) for r in records],
     )
     calls = [r for r in records if r.event_type == LLM_CALL]
     if calls:
-        await tx.executemany(_INSERT_LLM, [_llm_row(r) for r in calls])
+        await tx.executemany(_INSERT_LLM, [_llm_row(r, at) for r in calls])
         classes = [
-            (r.event_id, c["class"], c["source"], c["count"], ms_to_datetime(r.at_ms))
+            (r.event_id, c["class"], c["source"], c["count"], at(r.at_ms))
             for r in calls
             for c in r.fields["data_classes"]
         ]

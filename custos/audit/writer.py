@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from custos.audit.record import SealedRecord
 from custos.audit.spool import Spool, SpoolError, SpoolFull
@@ -113,6 +113,7 @@ class AuditWriter:
         self.spool_ok = True
         self.spool_full = False
         self.dropped = 0
+        self._counted: dict[str, Any] = {}
         metrics.AUDIT_QUEUE_DEPTH.set_function(lambda: len(self._queue))
         metrics.AUDIT_UNSHIPPED.set_function(lambda: len(self._pending))
         metrics.AUDIT_SPOOL_BYTES.set_function(lambda: self.spool.total_bytes)
@@ -164,7 +165,12 @@ class AuditWriter:
             return None
         waiter = asyncio.get_running_loop().create_future() if wait_for else None
         self._queue.append(_Entry(record, waiter, wait_for))
-        metrics.AUDIT_RECORDS.labels(record.event_type).inc()
+        counter = self._counted.get(record.event_type)
+        if counter is None:
+            counter = self._counted[record.event_type] = metrics.AUDIT_RECORDS.labels(
+                record.event_type
+            )
+        counter.inc()
         if wait_for or len(self._queue) >= SHIP_BATCH:
             self._flush_wake.set()
         return waiter

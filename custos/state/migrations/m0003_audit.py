@@ -12,13 +12,17 @@
 - ``audit_llm_call_data_classes``: a call's data classes (class, count, source), with the call's
   time so "class X between two dates" is one index range.
 - ``audit_config_texts``: the full text of every config revision that was served.
+- No foreign keys: a projection row is written in the same transaction as its record, and
+  the checks cost more than the insert on the request rate (and SQLite's
+  ``audit_events`` has no ``AUTOINCREMENT`` for the same reason; rows are never deleted, so
+  ``ingest_id`` still only grows).
 - ``audit_cursors``: how far derived streams (``admin_events`` → ``admin.change``) were read;
   its row exists from the start so that replicas serialise on it (``FOR UPDATE``).
 """
 
 SQLITE = """
 CREATE TABLE audit_events (
-    ingest_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    ingest_id   INTEGER PRIMARY KEY,
     event_id    TEXT NOT NULL UNIQUE,
     event_type  TEXT NOT NULL,
     at          TEXT NOT NULL,
@@ -29,7 +33,7 @@ CREATE TABLE audit_events (
 CREATE INDEX audit_events_type_at ON audit_events (event_type, at);
 
 CREATE TABLE audit_llm_calls (
-    event_id        TEXT PRIMARY KEY REFERENCES audit_events (event_id),
+    event_id        TEXT PRIMARY KEY,
     request_id      TEXT NOT NULL,
     time_start      TEXT NOT NULL,
     time_end        TEXT NOT NULL,
@@ -63,13 +67,13 @@ CREATE INDEX audit_llm_calls_status ON audit_llm_calls (status, time_start);
 CREATE INDEX audit_llm_calls_cost ON audit_llm_calls (cost_micros);
 
 CREATE TABLE audit_llm_call_data_classes (
-    event_id    TEXT NOT NULL REFERENCES audit_llm_calls (event_id),
+    event_id    TEXT NOT NULL,
     data_class  TEXT NOT NULL,
     source      TEXT NOT NULL,
     match_count INTEGER,
     time_start  TEXT NOT NULL,
     PRIMARY KEY (event_id, data_class, source)
-);
+) WITHOUT ROWID;
 CREATE INDEX audit_llm_call_data_classes_class
     ON audit_llm_call_data_classes (data_class, time_start);
 
@@ -99,7 +103,7 @@ CREATE TABLE audit_events (
 CREATE INDEX audit_events_type_at ON audit_events (event_type, at);
 
 CREATE TABLE audit_llm_calls (
-    event_id        TEXT PRIMARY KEY REFERENCES audit_events (event_id),
+    event_id        TEXT PRIMARY KEY,
     request_id      TEXT NOT NULL,
     time_start      TIMESTAMPTZ NOT NULL,
     time_end        TIMESTAMPTZ NOT NULL,
@@ -133,7 +137,7 @@ CREATE INDEX audit_llm_calls_status ON audit_llm_calls (status, time_start);
 CREATE INDEX audit_llm_calls_cost ON audit_llm_calls (cost_micros);
 
 CREATE TABLE audit_llm_call_data_classes (
-    event_id    TEXT NOT NULL REFERENCES audit_llm_calls (event_id),
+    event_id    TEXT NOT NULL,
     data_class  TEXT NOT NULL,
     source      TEXT NOT NULL,
     match_count BIGINT,
