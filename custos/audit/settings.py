@@ -13,8 +13,8 @@ audit:
     - jsonl: {path: ./audit.jsonl}                # every record's bytes, one per line
 ```
 
-``durability``, ``on_failure`` and ``export`` take effect on reload; the spool's path and the
-flush interval are read once, at start.
+``durability`` and ``on_failure`` take effect on reload; the spool (path, bound), the flush
+interval and the exports are set up once, at start (a changed value is used after a restart).
 """
 
 from __future__ import annotations
@@ -78,7 +78,18 @@ class AuditSettings(_Strict):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     retention_days: Annotated[int, Field(ge=1, le=36500)] = 400
     export: list[ExportSettings] = Field(default_factory=list)
+    #: Path of the Ed25519 checkpoint signing key (PKCS#8 PEM, optionally encrypted with the
+    #: passphrase in CUSTOS_AUDIT_SIGNING_KEY_PASSPHRASE). Unset: the PEM text may come from
+    #: CUSTOS_AUDIT_SIGNING_KEY; with neither, the log is sequenced but not signed.
     signing_key: str | None = Field(default=None, repr=False)
+    #: The signed-note key name (schema-less URL style) and the checkpoint origin line.
+    signing_key_name: str = "custos/audit/key1"
+    log_origin: str = "custos/audit"
+    #: A checkpoint every this many seconds (when the log grew) or every this many records.
+    checkpoint_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    checkpoint_every: Annotated[int, Field(ge=1)] = 10_000
+    #: An append-only file the checkpoints are exported to (keep it off the database host).
+    checkpoint_export: str | None = None
 
     @field_validator("content")
     @classmethod
@@ -87,15 +98,6 @@ class AuditSettings(_Strict):
             raise ValueError(
                 f"content {value!r} is not supported yet (encrypted content capture comes with "
                 "the tamper-evident log); use none"
-            )
-        return value
-
-    @field_validator("signing_key")
-    @classmethod
-    def _no_signing_yet(cls, value: str | None) -> str | None:
-        if value is not None:
-            raise ValueError(
-                "not supported yet: signed checkpoints come with the tamper-evident log"
             )
         return value
 
