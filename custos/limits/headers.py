@@ -8,6 +8,7 @@ the caller's protocol (``custos.errors`` renders it as OpenAI or Anthropic JSON)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 from custos.errors import GatewayError
@@ -31,14 +32,14 @@ def duration(ms: int) -> str:
     return (f"{hours}h" if hours else "") + f"{minutes}m{seconds}"
 
 
-def rate_headers(rule: RateRule, states: tuple[WindowState, ...]) -> list[Header]:
+def rate_headers(rule: RateRule, states: Sequence[WindowState]) -> list[Header]:
     """The headers of an admitted request: the tightest of the rule's counters."""
-    state = max(states, key=lambda s: s.used)
-    unit = rule.unit
+    state = states[0] if len(states) == 1 else max(states, key=lambda s: s.used)
+    limit, remaining, reset = rule.header_names
     return [
-        (f"x-ratelimit-limit-{unit}".encode(), str(rule.limit).encode()),
-        (f"x-ratelimit-remaining-{unit}".encode(), str(max(rule.limit - state.used, 0)).encode()),
-        (f"x-ratelimit-reset-{unit}".encode(), duration(state.reset_ms).encode()),
+        (limit, rule.limit_header),
+        (remaining, str(max(rule.limit - state.used, 0)).encode()),
+        (reset, duration(state.reset_ms).encode()),
     ]
 
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from custos.context import RequestContext
@@ -139,7 +139,7 @@ class Limiter:
         """Open the ledger on ``store``, seed the counters, start the background tasks."""
         self.ledger = SpendLedger(store)
         self.alerts = Alerts(self.ledger)
-        periods = self.clock.current_keys(datetime.now(UTC))
+        periods = self.clock.current_keys(time.time())
         if isinstance(self.counters, RedisCounters):
             self.counters.seed_source = self._seed_source
         else:
@@ -165,7 +165,7 @@ class Limiter:
 
     async def _seed_source(self) -> tuple[int, list[tuple[BudgetCharge, int]]]:
         assert self.ledger is not None
-        seed = await self.ledger.seed(self.clock.current_keys(datetime.now(UTC)))
+        seed = await self.ledger.seed(self.clock.current_keys(time.time()))
         return seed.epoch, [(counter_of(key), value) for key, value in seed.spent]
 
     # -- stages 4 and 5 ----------------------------------------------------------------------
@@ -190,7 +190,7 @@ class Limiter:
             ctx.body, ctx.operation, cost, policy.settings.default_output_tokens
         )
         metering.estimated_input_tokens, metering.estimated_output_tokens = in_tokens, out_tokens
-        now = datetime.now(UTC)
+        now = time.time()
         # Stage 4, budget: every matching budget, one counter per split.
         amount = cost.micros(in_tokens, out_tokens) if budgets else 0
         metering.reserved_micros = amount
@@ -269,7 +269,7 @@ class Limiter:
                 state.spent + state.reserved,
                 denied.amount,
                 ctx.runtime.limits.settings.budget_exceeded_status,
-                period.seconds_left(datetime.now(UTC)),
+                period.seconds_left(time.time()),
             )
         assert isinstance(denied, WindowCharge) and rule is not None
         index = metering.windows.index(denied)
@@ -400,7 +400,7 @@ class Limiter:
         Raises ``CountersUnavailable`` when the counters cannot be read.
         """
         policy = self._runtime().limits
-        now = datetime.now(UTC)
+        now = time.time()
         reports = []
         for budget in policy.budgets:
             period = self.clock.current(budget.period, now)

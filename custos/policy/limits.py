@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -96,26 +97,41 @@ def _dimension(name: str) -> Values:
     return lambda p, f: (f.metadata.get(key, NONE),)
 
 
-class Splitter:
-    """``applies_per`` compiled: the canonical split texts one request falls into."""
+_UNSPLIT = ("",)
+_SPLIT_CACHE = 4096
 
-    __slots__ = ("_values", "dimensions")
+
+class Splitter:
+    """``applies_per`` compiled: the canonical split texts one request falls into.
+
+    The texts are cached per combination of values (a bounded cache: a busy gateway sees the
+    same callers again and again), so a request pays for a tuple and a dict lookup.
+    """
+
+    __slots__ = ("_cache", "_values", "dimensions")
 
     def __init__(self, dimensions: Sequence[str]) -> None:
         self.dimensions = tuple(dimensions)
-        self._values = tuple((name, _dimension(name)) for name in self.dimensions)
+        self._values = tuple(_dimension(name) for name in self.dimensions)
+        self._cache: dict[tuple[Sequence[str], ...], tuple[str, ...]] = {}
 
-    def splits(self, principal: Principal, facts: Facts) -> list[str]:
+    def splits(self, principal: Principal, facts: Facts) -> tuple[str, ...]:
         if not self._values:
-            return [""]
-        out = [""]
-        for name, values in self._values:
-            out = [
-                f"{prefix},{name}={_escape(v)}" if prefix else f"{name}={_escape(v)}"
-                for prefix in out
-                for v in values(principal, facts)
-            ]
-        return out
+            return _UNSPLIT
+        values = tuple(get(principal, facts) for get in self._values)
+        found = self._cache.get(values)
+        if found is None:
+            out = [""]
+            for name, options in zip(self.dimensions, values, strict=True):
+                out = [
+                    f"{prefix},{name}={_escape(v)}" if prefix else f"{name}={_escape(v)}"
+                    for prefix in out
+                    for v in options
+                ]
+            if len(self._cache) >= _SPLIT_CACHE:
+                self._cache.clear()
+            found = self._cache[values] = tuple(out)
+        return found
 
 
 # -- compiled rules -------------------------------------------------------------------------------
@@ -132,6 +148,9 @@ class RateRule:
     #: ``requests`` or ``tokens``: the OpenAI header family (``x-ratelimit-*-requests``).
     unit: str
     source: RateLimitRule
+    #: ``x-ratelimit-{limit,remaining,reset}-<unit>`` and the limit, encoded once.
+    header_names: tuple[bytes, bytes, bytes]
+    limit_header: bytes
 
     def key(self, split: str) -> str:
         return f"w|{self.id}|{self.unit}:{self.window_s}|{split}"
@@ -159,6 +178,7 @@ class BudgetPolicy:
         return f"bi|{self.id}|{period.key}"
 
 
+@lru_cache(maxsize=64)
 def counter_expiry_ms(period: Period) -> int:
     """When a budget counter of ``period`` may be forgotten (0: never, for ``total``)."""
     if period.end is None:
@@ -177,6 +197,12 @@ def _rate_rule(rule: RateLimitRule) -> RateRule:
         splitter=Splitter(rule.applies_per),
         unit=unit,
         source=rule,
+        header_names=(
+            f"x-ratelimit-limit-{unit}".encode(),
+            f"x-ratelimit-remaining-{unit}".encode(),
+            f"x-ratelimit-reset-{unit}".encode(),
+        ),
+        limit_header=str(rule.limit_to).encode(),
     )
 
 
@@ -230,11 +256,29 @@ def route_cost(route: Route, config: Config) -> RouteCost:
     )
 
 
+def _prompt_tokens(body: Mapping[str, Any]) -> int:
+    """``estimate_prompt_tokens``, with a fast path for the common body (messages of a role and
+    a string content only), which it computes to exactly the same number."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and "system" not in body and "input" not in body:
+        chars = 0
+        for message in messages:
+            if not (isinstance(message, dict) and len(message) == 2 and "role" in message):
+                break
+            content = message.get("content")
+            if not isinstance(content, str):
+                break
+            chars += len(content)
+        else:
+            return tokens_for_chars(chars) + 3 * len(messages)
+    return estimate_prompt_tokens(dict(body))
+
+
 def estimate_tokens(
     body: Mapping[str, Any], operation: str, cost: RouteCost, default_output: int
 ) -> tuple[int, int]:
     """(input, output) tokens to reserve for a request."""
-    input_tokens = estimate_prompt_tokens(dict(body))
+    input_tokens = _prompt_tokens(body)
     tools = body.get("tools")
     if tools:
         input_tokens += tokens_for_chars(len(orjson.dumps(tools)))

@@ -24,8 +24,8 @@ class Period:
     start: datetime | None
     end: datetime | None
 
-    def seconds_left(self, now: datetime) -> float | None:
-        return None if self.end is None else max((self.end - now).total_seconds(), 0.0)
+    def seconds_left(self, now_s: float) -> float | None:
+        return None if self.end is None else max(self.end.timestamp() - now_s, 0.0)
 
 
 def _start(kind: PeriodKind, day: date) -> date:
@@ -64,24 +64,25 @@ def period_at(kind: PeriodKind, now: datetime) -> Period:
 
 class PeriodClock:
     """The current period of each kind, recomputed only when one ends (the hot path asks per
-    request; this answers with one comparison)."""
+    request; this answers with two float comparisons)."""
 
     def __init__(self) -> None:
-        self._current: dict[PeriodKind, Period] = {}
+        #: kind -> (period, start, end) in unix seconds (±inf for ``total``).
+        self._current: dict[PeriodKind, tuple[Period, float, float]] = {}
 
-    def current(self, kind: PeriodKind, now: datetime) -> Period:
-        period = self._current.get(kind)
-        if (
-            period is None
-            or (period.end is not None and now >= period.end)
-            or (period.start is not None and now < period.start)
-        ):
-            period = self._current[kind] = period_at(kind, now)
-        return period
+    def current(self, kind: PeriodKind, now_s: float) -> Period:
+        """The period of ``kind`` containing ``now_s`` (unix seconds)."""
+        found = self._current.get(kind)
+        if found is None or not found[1] <= now_s < found[2]:
+            period = period_at(kind, datetime.fromtimestamp(now_s, UTC))
+            start = period.start.timestamp() if period.start is not None else float("-inf")
+            end = period.end.timestamp() if period.end is not None else float("inf")
+            found = self._current[kind] = (period, start, end)
+        return found[0]
 
-    def current_keys(self, now: datetime) -> list[str]:
+    def current_keys(self, now_s: float) -> list[str]:
         """The key of every kind's current period: what a seed reads from the ledger."""
-        return [self.current(kind, now).key for kind in KINDS]
+        return [self.current(kind, now_s).key for kind in KINDS]
 
 
 def period_from_key(key: str) -> Period:

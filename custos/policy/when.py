@@ -46,9 +46,10 @@ from custos.policy.patterns import ModelPattern
 from custos.state.store import email_key
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Facts:
-    """What a ``when`` can test about one request (filled as the stages learn it)."""
+    """What a ``when`` can test about one request (filled as the stages learn it; built per
+    request, so not frozen, whose ``__init__`` is slower; nothing changes it)."""
 
     subjects: frozenset[str]
     model: str

@@ -49,6 +49,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+# The value types below are built per request, so they are plain slotted dataclasses (a frozen
+# one's __init__ is several times slower); nothing changes them after construction.
+
 #: Buckets per sliding window. The window counted is ``BUCKETS + 1`` buckets wide (the current,
 #: partial one included), so nothing admitted within the last ``window_ms`` is ever left out.
 BUCKETS = 60
@@ -58,7 +61,7 @@ class CountersUnavailable(Exception):
     """The counters could not be reached (Redis down, timed out, or still being seeded)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BudgetCharge:
     """A reservation to take on one budget counter."""
 
@@ -74,7 +77,7 @@ class BudgetCharge:
     index_key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowCharge:
     """An amount to add to one sliding window."""
 
@@ -90,13 +93,13 @@ class WindowCharge:
         return max(self.window_ms // BUCKETS, 1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BudgetState:
     spent: int
     reserved: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowState:
     #: Amount in the window, this request's included when admitted.
     used: int
@@ -104,7 +107,7 @@ class WindowState:
     reset_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ticket:
     """What ``settle`` needs to undo and correct an admission."""
 
@@ -114,7 +117,7 @@ class Ticket:
     windows: tuple[tuple[WindowCharge, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admission:
     admitted: bool
     #: The charge that refused the request (``None`` when admitted).

@@ -29,7 +29,7 @@ from custos.state.counters import (
 
 
 class _Budget:
-    __slots__ = ("expires_at_ms", "heap", "holds", "reserved", "spent")
+    __slots__ = ("expires_at_ms", "heap", "holds", "indexed", "reserved", "spent")
 
     def __init__(self) -> None:
         self.spent = 0
@@ -39,6 +39,16 @@ class _Budget:
         #: (expiry, request id), possibly stale after a renewal; checked against ``holds``.
         self.heap: list[tuple[int, str]] = []
         self.expires_at_ms = 0
+        #: Listed in its budget period's splits (``MemoryCounters.splits``).
+        self.indexed = False
+
+    def compact(self) -> None:
+        """Settled reservations leave stale heap entries behind; rebuild the heap once they
+        outnumber the live ones (amortised O(1), and memory stays proportional to what is in
+        flight rather than to the request rate times the TTL)."""
+        if len(self.heap) > 2 * len(self.holds) + 32:
+            self.heap = [(expiry, rid) for rid, (_, expiry) in self.holds.items()]
+            heapq.heapify(self.heap)
 
     def release_expired(self, now_ms: int) -> None:
         heap = self.heap
@@ -159,8 +169,10 @@ class MemoryCounters(Counters):
                 counter.holds[rid] = (charge.amount, expiry)
                 counter.reserved += charge.amount
                 heapq.heappush(counter.heap, (expiry, rid))
-            counter.expires_at_ms = charge.expires_at_ms
-            self._index(charge)
+            if not counter.indexed:
+                counter.expires_at_ms = charge.expires_at_ms
+                self._index(charge)
+                counter.indexed = True
         placed = []
         for charge, (window, current, _) in zip(windows, spans, strict=True):
             window.buckets[current] = window.buckets.get(current, 0) + charge.amount
@@ -185,6 +197,7 @@ class MemoryCounters(Counters):
             hold = counter.holds.pop(ticket.rid, None) if ticket.rid else None
             if hold is not None:
                 counter.reserved -= hold[0]
+                counter.compact()
             counter.spent += cost_micros
             if self.sink is not None:
                 self.sink.budget_settled(charge, cost_micros, None, counter.spent)
