@@ -13,6 +13,7 @@ import logging
 import signal
 from pathlib import Path
 
+from custos.audit.sequencer import AuditLog
 from custos.audit.trail import AuditTrail
 from custos.config.loader import LoadedConfig, load_config
 from custos.config.watch import ConfigWatcher, ReloadResult
@@ -41,6 +42,7 @@ class Gateway:
         self.pipeline = Pipeline(self.transport)
         self.identity: Identity | None = None
         self.audit: AuditTrail | None = None
+        self.audit_log: AuditLog | None = None
         state = self.runtime.config.state  # counters are per process: a change needs a restart
         counters = open_counters(state.counters, prefix=state.counters_prefix)
         self.limiter = Limiter(counters, lambda: self.runtime)
@@ -85,6 +87,8 @@ class Gateway:
             self.identity.store, lambda: self.runtime.config.audit, instance=config.gateway.instance
         )
         await self.audit.start(self.runtime.loaded)
+        self.audit_log = AuditLog(self.identity.store, config.audit)
+        await self.audit_log.start()
         self.pipeline.on_settled = self.audit.on_settled
         self.pipeline.admit, self.pipeline.release = self.audit.admit, self.audit.release
         self.pipeline.directory = self.identity.directory
@@ -113,6 +117,9 @@ class Gateway:
         if self.audit is not None:
             await self.audit.close()
             self.audit = None
+        if self.audit_log is not None:
+            await self.audit_log.close()
+            self.audit_log = None
         if self.identity is not None:
             await self.limiter.stop()  # writes the spend ledger a last time
             await self.identity.close()

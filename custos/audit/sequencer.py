@@ -284,3 +284,63 @@ class Sequencer:
         if fresh and self.on_committed is not None:
             await self.on_committed(frontier.size, frontier.root())
         return len(rows)
+
+
+class AuditLog:
+    """The sequencer and (with a signing key) the checkpointer of one gateway process.
+
+    ``start``/``close`` are what the gateway calls. The signing key is loaded here, once, and
+    lives only inside the checkpointer's ``Signer``."""
+
+    def __init__(self, store: Store, settings: Any) -> None:
+        from custos.audit.checkpoint import Checkpointer, load_signer
+
+        self.store = store
+        self.checkpointer: Checkpointer | None = None
+        if settings.signing_key is not None or os.environ.get("CUSTOS_AUDIT_SIGNING_KEY"):
+            signer = load_signer(settings.signing_key_name, settings.signing_key)
+            self.checkpointer = Checkpointer(
+                store,
+                [signer],
+                origin=settings.log_origin,
+                interval_s=settings.checkpoint_interval_s,
+                every_n=settings.checkpoint_every,
+                export_path=settings.checkpoint_export,
+            )
+        else:
+            log.warning("audit.signing_key is not set: the log is sequenced but not signed")
+        hook = None if self.checkpointer is None else self.checkpointer.on_sequenced
+        self.sequencer = Sequencer(store, on_committed=hook)
+        self._checkpoint_task: asyncio.Task[None] | None = None
+
+    def head(self) -> tuple[int, bytes] | None:
+        frontier = self.sequencer.frontier
+        if not self.sequencer.is_leader or frontier is None:
+            return None
+        return frontier.size, frontier.root()
+
+    async def start(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.register_keys()
+            self._checkpoint_task = asyncio.create_task(
+                self.checkpointer.run(self.head), name="custos-audit-checkpoints"
+            )
+        self.sequencer.start()
+
+    async def close(self) -> None:
+        """Sequence what is queued, sign a last checkpoint, stop."""
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._checkpoint_task
+        head = self.head()
+        if self.sequencer.is_leader:
+            self.sequencer._stopping = True
+            with contextlib.suppress(Exception):
+                while await self.sequencer.tick():
+                    pass
+            head = self.head()
+        if head is not None and self.checkpointer is not None:
+            with contextlib.suppress(Exception):
+                await self.checkpointer.checkpoint(*head)
+        await self.sequencer.close()
