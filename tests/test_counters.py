@@ -301,3 +301,19 @@ async def test_redis_down_fails_fast_and_recovers_without_a_restart(redis_server
                 await asyncio.sleep(0.05)
     finally:
         await counters.close()
+
+
+async def test_memory_counters_hold_memory_for_what_is_in_flight_only():
+    counters = MemoryCounters()
+    live = [
+        await counters.admit([budget(limit=10**9, amount=1)], [], f"live{i}", 60_000)
+        for i in range(10)
+    ]
+    for i in range(5000):
+        admission = await counters.admit([budget(limit=10**9, amount=1)], [], f"r{i}", 60_000)
+        assert admission.ticket is not None
+        counters.settle(admission.ticket, 1, 0)
+    counter = counters._budgets["b|x|total|"]
+    assert len(counter.holds) == 10 and counter.reserved == 10
+    assert len(counter.heap) <= 2 * 10 + 32 + 1
+    assert all(a.admitted for a in live)

@@ -392,3 +392,18 @@ def test_budgets_are_shown_by_role(
     spec = httpx.get(f"{gw.url}/admin/v1/openapi.json").json()
     assert "get" in spec["paths"]["/admin/v1/budgets"]
     assert bearer  # (imported for other tests' symmetry)
+
+
+def test_a_reload_changes_limits_and_keeps_the_counters(
+    mock_provider: MockProvider, tmp_path: Path, started: list[GatewayProcess]
+):
+    rules = "rate_limits:\n  - {id: steady, limit_to: 2, unit: requests_per_minute}\n"
+    config = with_rules(provider_config(mock_provider.url), rules)
+    gw = start(started, config, tmp_path)
+    assert [chat(gw, gw.token).status_code for _ in range(3)] == [200, 200, 429]
+    before = gw.revision()
+    gw.config_path.write_text(config.replace("limit_to: 2", "limit_to: 4"))
+    gw.sighup()
+    assert wait_for(lambda: gw.revision() != before, timeout=10)
+    # The same rule id keeps its counter: two were admitted, so two more fit under the new limit.
+    assert [chat(gw, gw.token).status_code for _ in range(3)] == [200, 200, 429]
