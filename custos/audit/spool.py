@@ -58,6 +58,8 @@ class Spool:
     def __init__(self, path: str | Path, *, max_bytes: int) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        #: Smaller segments for a small bound, so shipped space is freed well before it is full.
+        self.segment_bytes = min(SEGMENT_BYTES, max(64 << 10, max_bytes // 8))
         self._segments: dict[int, _Segment] = {}
         self._current: _Segment | None = None
         self._fd: int | None = None
@@ -114,7 +116,7 @@ class Spool:
             view = view[written:]
         segment.size += len(data)
         segment.written += count
-        if segment.size >= SEGMENT_BYTES:
+        if segment.size >= self.segment_bytes:
             self.rotate()
         return segment.id
 
@@ -188,6 +190,11 @@ class Spool:
     @property
     def total_bytes(self) -> int:
         return sum(s.size for s in self._segments.values())
+
+    @property
+    def current_size(self) -> int:
+        assert self._current is not None
+        return self._current.size
 
     @property
     def current_id(self) -> int:

@@ -216,7 +216,12 @@ class AuditWriter:
         batch, self._queue = self._queue, []
         if not batch:
             return True
-        data = b"".join([e.record.body + b"\n" for e in batch])
+        lines = [e.record.body + b"\n" for e in batch]
+        fits = self._fitting(lines)
+        if fits < len(batch):  # spool what the bound allows; the rest waits in the queue
+            self._queue[:0] = batch[max(fits, 1) :]
+            batch, lines = batch[: max(fits, 1)], lines[: max(fits, 1)]
+        data = b"".join(lines)
         try:
             segment = self.spool.append(data, len(batch))
             await asyncio.get_running_loop().run_in_executor(None, self.spool.sync)
@@ -225,8 +230,11 @@ class AuditWriter:
             self.spool_full = isinstance(exc, SpoolFull)
             self.spool_ok = self.spool_full  # full is a bound, not a broken disk
             log.error("audit spool: %s; %d record(s) wait in memory", exc, len(self._queue))
+            if self.spool_full and self.spool.current_size > 0:
+                # Seal what is written, so that once it is shipped its segment can go.
+                self.spool.rotate()
             if not self._stopping:
-                await asyncio.sleep(_BACKOFF_S[-1])
+                await asyncio.sleep(_BACKOFF_S[1] if self.spool_full else _BACKOFF_S[-1])
                 self._flush_wake.set()
             return False
         self.spool_ok, self.spool_full = True, False
@@ -249,6 +257,20 @@ class AuditWriter:
                 log.exception("audit export failed")
         self._ship_wake.set()
         return True
+
+    def _fitting(self, lines: list[bytes]) -> int:
+        """How many of ``lines`` fit in the spool's bound."""
+        free = self.spool.max_bytes - self.spool.total_bytes
+        total = sum(len(line) for line in lines)
+        if total <= free:
+            return len(lines)
+        count = 0
+        for line in lines:
+            free -= len(line)
+            if free < 0:
+                break
+            count += 1
+        return count
 
     def _overflow(self) -> None:
         log.error(

@@ -1,0 +1,167 @@
+"""The writer in one process: a store that fails on demand, a spool that fills, a torn spool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from custos.audit import writer as writer_module
+from custos.audit.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.spool import Spool, SpoolError
+from custos.audit.store import AuditStore
+from custos.audit.writer import AuditWriter
+from custos.state.store import Store, open_store
+
+
+class FlakyStore(AuditStore):
+    """An ``AuditStore`` whose writes fail while ``down`` is set."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.down = False
+        self.inserted = 0
+
+    async def insert(self, records: Sequence[SealedRecord]) -> None:
+        if self.down:
+            raise ConnectionError("the store is down")
+        await super().insert(records)
+        self.inserted += len(records)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise ConnectionError("the store is down")
+
+
+def record(n: int) -> SealedRecord:
+    at = 1_782_907_200_000 + n
+    fields = {"event_type": "admin.change", "time_start": rfc3339_ms(at), "n": n}
+    return seal(fields, at_ms=at)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(f"sqlite:///{tmp_path / 'custos.db'}")
+    yield opened
+    await opened.close()
+
+
+async def stored_ns(store: Store) -> list[int]:
+    import orjson
+
+    async with store.transaction(readonly=True) as tx:
+        rows = await tx.fetch("SELECT record FROM audit_events ORDER BY ingest_id")
+    return [orjson.loads(bytes(r["record"]))["n"] for r in rows]
+
+
+async def settle(condition: object, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def make_writer(
+    store: FlakyStore, path: Path, *, block: bool = False, max_bytes: int = 1 << 30
+) -> AuditWriter:
+    return AuditWriter(
+        store, Spool(path, max_bytes=max_bytes), flush_interval_s=0.005, block=lambda: block
+    )
+
+
+async def test_an_outage_longer_than_memory_is_replayed_from_disk(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "MAX_PENDING", 50)
+    flaky = FlakyStore(store)
+    writer = make_writer(flaky, tmp_path / "spool")
+    await writer.start()
+    for n in range(30):
+        writer.submit(record(n))
+    await settle(lambda: flaky.inserted == 30)
+    flaky.down = True
+    for n in range(30, 300):  # more than MAX_PENDING while the store is down
+        writer.submit(record(n))
+        if n % 20 == 0:
+            await asyncio.sleep(0.02)
+    await settle(lambda: not writer.store_ok and writer._overflowed)
+    assert writer.admit() is None  # spool mode keeps serving
+    flaky.down = False
+    for n in range(300, 320):
+        writer.submit(record(n))
+    await settle(
+        lambda: (
+            writer.store_ok
+            and not writer._pending
+            and writer._replay_up_to is None
+            and not writer._overflowed
+        )
+    )
+    await writer.close()
+    assert sorted(await stored_ns(store)) == list(range(320))  # all there, none twice
+    assert list((tmp_path / "spool").glob("*.spool")) == []  # and the spool is empty
+
+
+async def test_block_mode_refuses_while_the_store_is_down(store: Store, tmp_path: Path) -> None:
+    flaky = FlakyStore(store)
+    writer = make_writer(flaky, tmp_path / "spool", block=True)
+    await writer.start()
+    flaky.down = True
+    writer.submit(record(1))
+    await settle(lambda: writer.admit() is not None)
+    assert "store" in (writer.admit() or "")
+    flaky.down = False
+    await settle(lambda: writer.admit() is None)
+    await writer.close()
+    assert await stored_ns(store) == [1]
+
+
+async def test_a_full_spool_refuses_rather_than_drops(store: Store, tmp_path: Path) -> None:
+    flaky = FlakyStore(store)
+    flaky.down = True
+    writer = make_writer(flaky, tmp_path / "spool", max_bytes=1 << 20)
+    await writer.start()
+    big = [record(n) for n in range(20)]
+    per_record = len(big[0].body) + 1
+    count = (1 << 20) // per_record + 10  # more than the spool holds
+    for n in range(count):
+        writer.submit(record(n))
+    await settle(lambda: writer.admit() is not None)
+    assert writer.admit() == "the audit spool is full"
+    assert writer.dropped == 0
+    flaky.down = False  # the store returns: the spool drains, the queue is spooled, all shipped
+    await settle(
+        lambda: writer.admit() is None and not writer._queue and not writer._pending, timeout=30
+    )
+    await writer.close()
+    assert sorted(await stored_ns(store)) == list(range(count))
+
+
+async def test_start_replays_a_crashed_spool_and_skips_a_torn_line(
+    store: Store, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    sealed = [record(n) for n in range(6)]
+    lines = b"".join(r.body + b"\n" for r in sealed[:5])
+    torn = sealed[5].body[:40]  # the crash interrupted this write
+    (spool_dir / "000000000007.spool").write_bytes(lines + torn)
+    flaky = FlakyStore(store)
+    await flaky.insert([sealed[0]])  # shipped just before the crash: must not be duplicated
+    writer = make_writer(flaky, spool_dir)
+    assert await writer.start() == 5
+    await writer.close()
+    async with store.transaction(readonly=True) as tx:
+        rows = await tx.fetch("SELECT event_id FROM audit_events ORDER BY ingest_id")
+    assert [r["event_id"] for r in rows] == [r.event_id for r in sealed[:5]]
+    assert not (spool_dir / "000000000007.spool").exists()
+
+
+async def test_one_process_per_spool(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    first.open()
+    with pytest.raises(SpoolError):
+        Spool(tmp_path / "spool", max_bytes=1 << 20).open()
+    first.close()
