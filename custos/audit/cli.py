@@ -142,3 +142,7 @@ def register(subparsers: Any) -> None:
     show.add_argument("request_id", metavar="REQUEST_ID")
     show.add_argument("--json", action="store_true", help="print the API's JSON reply")
     show.set_defaults(run=_run(_show))
+
+    from custos.audit.verify import register as register_log_commands
+
+    register_log_commands(commands)

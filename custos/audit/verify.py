@@ -1,0 +1,395 @@
+"""``custos audit verify``: prove the audit log intact, or name the first thing that is not.
+
+Checks, in order (``verify_log``):
+
+1. every stored checkpoint: its note's signature by a known key valid at its time, the stored
+   columns equal to the note, ``prev`` equal to the SHA-256 of the previous note, ids contiguous
+   and sizes growing;
+2. every sequenced record in ``seq`` order: ``seq`` contiguous from 0, the record present, its
+   leaf hash recomputed from the stored bytes equal to the leaf's and to the stored tree's
+   level-0 node; the tree recomputed from the leaves has each checkpoint's root at its size;
+3. no checkpoint covers more records than the log holds (truncation);
+4. a consistency proof from the stored nodes between successive checkpoints;
+5. every exported checkpoint (``--checkpoints FILE``): validly signed, equal to the stored one
+   of its size if any, its root equal to the recomputed one, and a consistency proof to the
+   latest stored checkpoint. This is what catches a rewrite re-signed with the real key;
+6. no record waits to be sequenced for longer than ``pending_delay_s``.
+
+Verifier keys come from ``--public-key`` (vkeys, obtained out of band) or else from the
+database's key table (weaker: whoever rewrote the database could have added a key; the
+report says so). The result's ``summary`` reads
+``N/N checkpoints valid; M/M records valid; P purged``; ``failures`` are in order found, the
+first being the one the CLI names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from custos.audit.checkpoint import (
+    Checkpoint,
+    NoteError,
+    Verifier,
+    load_verifiers,
+    parse_checkpoint,
+    read_export,
+)
+from custos.audit.merkle import (
+    Frontier,
+    consistency_proof,
+    leaf_hash,
+    needed_for_consistency,
+    verify_consistency,
+)
+from custos.audit.sequencer import read_nodes
+from custos.state.models import utcnow
+from custos.state.store import Store, _dt
+
+PAGE = 5000
+
+
+@dataclass
+class Report:
+    checkpoints_total: int = 0
+    checkpoints_valid: int = 0
+    records_total: int = 0
+    records_valid: int = 0
+    purged: int = 0
+    unsigned: int = 0
+    pending_late: int = 0
+    exported_checked: int = 0
+    keys_from_database: bool = False
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def summary(self) -> str:
+        text = (
+            f"{self.checkpoints_valid}/{self.checkpoints_total} checkpoints valid; "
+            f"{self.records_valid}/{self.records_total} records valid; {self.purged} purged"
+        )
+        if self.unsigned:
+            text += f"; {self.unsigned} not yet checkpointed"
+        if self.exported_checked:
+            text += f"; {self.exported_checked} exported checkpoint(s) checked"
+        if self.pending_late:
+            text += f"; {self.pending_late} pending past the delay"
+        return text
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "summary": self.summary,
+            "checkpoints": {"total": self.checkpoints_total, "valid": self.checkpoints_valid},
+            "records": {
+                "total": self.records_total,
+                "valid": self.records_valid,
+                "purged": self.purged,
+                "unsigned": self.unsigned,
+            },
+            "pending_late": self.pending_late,
+            "exported_checked": self.exported_checked,
+            "keys_from_database": self.keys_from_database,
+            "failures": self.failures,
+        }
+
+
+async def _db_verifiers(store: Store) -> list[Verifier]:
+    async with store.transaction(readonly=True) as tx:
+        rows = await tx.fetch("SELECT * FROM audit_signing_keys ORDER BY not_before")
+    return [
+        Verifier(r["key_name"], bytes(r["public_key"]), _dt(r["not_before"]), _dt(r["not_after"]))
+        for r in rows
+    ]
+
+
+def _signed_in_validity(checkpoint: Checkpoint, verifiers: list[Verifier]) -> bool:
+    return any(
+        v.name in checkpoint.signers and v.valid_at(checkpoint.at)
+        for v in verifiers
+        if v.not_before is not None or v.not_after is not None
+    ) or not any(v.not_before or v.not_after for v in verifiers)
+
+
+async def verify_log(
+    store: Store,
+    *,
+    verifiers: list[Verifier] | None = None,
+    exported: list[str] = (),  # type: ignore[assignment]
+    pending_delay_s: float = 60.0,
+) -> Report:
+    """Run every check of the module docstring; never raises for a bad log."""
+    report = Report()
+    fail = report.failures.append
+    if verifiers is None:
+        verifiers = await _db_verifiers(store)
+        report.keys_from_database = True
+
+    # 1. checkpoints
+    async with store.transaction(readonly=True) as tx:
+        rows = await tx.fetch("SELECT * FROM audit_checkpoints ORDER BY id")
+    report.checkpoints_total = len(rows)
+    checkpoints: list[Checkpoint] = []
+    prev_hash, prev_size = bytes(32), -1
+    for expected_id, row in enumerate(rows):
+        cid = int(row["id"])
+        try:
+            if cid != expected_id:
+                raise NoteError(f"checkpoint #{expected_id} is missing")
+            cp = parse_checkpoint(row["note"], verifiers)
+            if not _signed_in_validity(cp, verifiers):
+                raise NoteError("signed by a key outside its validity period")
+            if (cp.size, cp.root) != (int(row["size"]), bytes(row["root"])):
+                raise NoteError("the stored size or root differs from the signed note")
+            if bytes(row["note_hash"]) != cp.note_hash:
+                raise NoteError("the stored note hash is wrong")
+            if cp.prev != prev_hash:
+                raise NoteError("prev does not match the previous checkpoint (chain broken)")
+            if cp.size <= prev_size:
+                raise NoteError("the tree size did not grow")
+        except NoteError as exc:
+            fail(f"checkpoint #{cid}: {exc}")
+            prev_hash = hashlib.sha256(str(row["note"]).encode()).digest()
+            continue
+        checkpoints.append(cp)
+        report.checkpoints_valid += 1
+        prev_hash, prev_size = cp.note_hash, cp.size
+
+    exported_cps: list[Checkpoint] = []
+    for index, note in enumerate(exported):
+        try:
+            exported_cps.append(parse_checkpoint(note, verifiers))
+        except NoteError as exc:
+            fail(f"exported checkpoint {index + 1}: {exc}")
+    wanted = {c.size for c in checkpoints} | {c.size for c in exported_cps}
+    roots: dict[int, bytes] = {0: Frontier().root()} if 0 in wanted else {}
+
+    # 2. records
+    frontier = Frontier()
+    after = -1
+    while True:
+        async with store.transaction(readonly=True) as tx:
+            page = await tx.fetch(
+                "SELECT l.seq, l.event_id, l.leaf_hash, e.record, e.leaf_hash AS event_hash,"
+                " n.hash AS node FROM audit_leaves l"
+                " LEFT JOIN audit_events e ON e.event_id = l.event_id"
+                " LEFT JOIN audit_merkle_nodes n ON n.level = 0 AND n.idx = l.seq"
+                " WHERE l.seq > $1 ORDER BY l.seq LIMIT $2",
+                after,
+                PAGE,
+            )
+        for row in page:
+            seq, stored = int(row["seq"]), bytes(row["leaf_hash"])
+            if seq != frontier.size:
+                fail(f"record seq {frontier.size} is missing (the next is seq {seq})")
+            problem = None
+            if row["record"] is None:
+                problem = "its record is missing"
+            elif leaf_hash(bytes(row["record"])) != stored:
+                problem = "the record's bytes do not match its leaf hash (modified)"
+            elif bytes(row["event_hash"]) != stored:
+                problem = "the record's stored leaf hash differs"
+            elif row["node"] is None or bytes(row["node"]) != stored:
+                problem = "the leaf differs from the stored tree (moved or inserted)"
+            if problem:
+                fail(f"record seq {seq} ({row['event_id']}): {problem}")
+            else:
+                report.records_valid += 1
+            frontier.append(stored)
+            if frontier.size in wanted:
+                roots[frontier.size] = frontier.root()
+        if len(page) < PAGE:
+            break
+        after = int(page[-1]["seq"])
+    report.records_total = frontier.size
+
+    # 2b/3. checkpoint roots against the recomputed tree; truncation
+    for cp in checkpoints:
+        if cp.size > frontier.size:
+            fail(f"checkpoint of size {cp.size}: the log holds only {frontier.size} records "
+                 "(truncated)")  # fmt: skip
+        elif roots.get(cp.size) != cp.root:
+            fail(f"checkpoint of size {cp.size}: its root does not match the records")
+    latest = checkpoints[-1] if checkpoints else None
+    report.unsigned = max(frontier.size - (latest.size if latest else 0), 0)
+
+    # 4. consistency between successive checkpoints, from the stored nodes
+    async def consistent(old: Checkpoint, new: Checkpoint) -> bool:
+        if new.size > frontier.size:
+            return False
+        async with store.transaction(readonly=True) as tx:
+            nodes = await read_nodes(tx, needed_for_consistency(old.size, new.size))
+        try:
+            proof = consistency_proof(old.size, new.size, lambda lv, ix: nodes[(lv, ix)])
+        except KeyError:
+            return False
+        return verify_consistency(old.size, new.size, old.root, new.root, proof)
+
+    for old, new in itertools.pairwise(checkpoints):
+        if new.size <= frontier.size and not await consistent(old, new):
+            fail(f"checkpoints of sizes {old.size} and {new.size} are not consistent")
+
+    # 5. exported checkpoints
+    stored_by_size = {c.size: c for c in checkpoints}
+    for cp in exported_cps:
+        report.exported_checked += 1
+        twin = stored_by_size.get(cp.size)
+        if cp.size > frontier.size:
+            fail(f"exported checkpoint of size {cp.size}: the log holds only {frontier.size} "
+                 "records (truncated)")  # fmt: skip
+        elif twin is not None and twin.root != cp.root:
+            fail(f"exported checkpoint of size {cp.size} differs from the stored one "
+                 "(history rewritten)")  # fmt: skip
+        elif roots.get(cp.size) != cp.root:
+            fail(f"exported checkpoint of size {cp.size} is not consistent with the log "
+                 "(history rewritten)")  # fmt: skip
+        elif latest is not None and latest.size >= cp.size and not await consistent(cp, latest):
+            fail(f"exported checkpoint of size {cp.size} is not consistent with the latest "
+                 f"checkpoint (size {latest.size})")  # fmt: skip
+
+    # 6. records not sequenced in time
+    cutoff = utcnow() - timedelta(seconds=pending_delay_s)
+    async with store.transaction(readonly=True) as tx:
+        late = await tx.fetch(
+            "SELECT e.event_id FROM audit_events e WHERE e.received_at < $1 AND NOT EXISTS"
+            " (SELECT 1 FROM audit_leaves l WHERE l.event_id = e.event_id)"
+            " ORDER BY e.ingest_id",
+            cutoff,
+        )
+    report.pending_late = len(late)
+    if late:
+        fail(f"{len(late)} record(s) not sequenced after {pending_delay_s:g}s "
+             f"(first: {late[0]['event_id']})")  # fmt: skip
+    return report
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from custos.admin_cli import _store_only
+    from custos.state.store import open_store
+
+    return open_store(_store_only(args), migrate=False)
+
+
+async def _verify_main(args: argparse.Namespace) -> int:
+    verifiers = None
+    if args.public_key:
+        verifiers = [v for spec in args.public_key for v in load_verifiers(spec)]
+    exported = read_export(args.checkpoints) if args.checkpoints else []
+    store = await _open(args)
+    try:
+        report = await verify_log(store, verifiers=verifiers, exported=exported,
+                                  pending_delay_s=args.pending_delay)  # fmt: skip
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(report.summary)
+        if report.keys_from_database:
+            print("note: keys read from the database; pass --public-key to trust your own copy",
+                  file=sys.stderr)  # fmt: skip
+    if not report.ok:
+        print(f"custos: FAILED: {report.failures[0]}", file=sys.stderr)
+        for more in report.failures[1:20]:
+            print(f"  also: {more}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _keys_main(args: argparse.Namespace) -> int:
+    store = await _open(args)
+    try:
+        keys = await _db_verifiers(store)
+    finally:
+        await store.close()
+    for key in keys:
+        until = key.not_after.isoformat() if key.not_after else "(current)"
+        since = key.not_before.isoformat() if key.not_before else "?"
+        print(f"{key.vkey}  valid {since} .. {until}")
+    return 0
+
+
+async def _prove_main(args: argparse.Namespace) -> int:
+    from custos.audit.proof import ProofError, prove_event
+
+    store = await _open(args)
+    try:
+        document = await prove_event(store, args.event)
+    except ProofError as exc:
+        print(f"custos: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _check_proof_main(args: argparse.Namespace) -> int:
+    from custos.audit.proof import ProofError, check_proof
+
+    try:
+        with open(args.file, encoding="utf-8") as source:
+            document = json.load(source)
+        verifiers = [v for spec in args.public_key for v in load_verifiers(spec)]
+        cp = check_proof(document, verifiers)
+    except (OSError, ValueError, ProofError) as exc:
+        print(f"custos: proof REJECTED: {exc}", file=sys.stderr)
+        return 1
+    root = base64.b64encode(cp.root).decode()
+    print(f"proof OK: record seq {document['seq']} is in the log of size {cp.size} "
+          f"(root {root}), signed by {', '.join(cp.signers)}")  # fmt: skip
+    return 0
+
+
+def register(commands: Any) -> None:
+    """Add ``verify``, ``keys``, ``prove`` and ``check-proof`` to the ``audit`` commands."""
+    from custos.admin_cli import _store_args
+
+    verify = commands.add_parser(
+        "verify", help="prove the audit log intact (reads the store directly)",
+        description="Check checkpoint signatures and chain, recompute every leaf and root, "
+        "check consistency between checkpoints and against exported ones, sequence contiguity "
+        "and records waiting to be sequenced. Exit 1 naming the first failure.",
+    )  # fmt: skip
+    _store_args(verify)
+    verify.add_argument("--public-key", action="append", metavar="VKEY|FILE",
+                        help="a trusted verifier key (vkey text or a file of them)")  # fmt: skip
+    verify.add_argument("--checkpoints", metavar="FILE", help="exported checkpoints to check")
+    verify.add_argument("--pending-delay", type=float, default=60.0, metavar="SECONDS")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(run=lambda a: asyncio.run(_verify_main(a)))
+
+    keys = commands.add_parser("keys", help="the checkpoint public keys and their validity")
+    _store_args(keys)
+    keys.set_defaults(run=lambda a: asyncio.run(_keys_main(a)))
+
+    prove = commands.add_parser("prove", help="one record with its inclusion proof, for auditors")
+    _store_args(prove)
+    prove.add_argument("--event", required=True, metavar="EVENT_ID")
+    prove.add_argument("--output", "-o", metavar="FILE")
+    prove.set_defaults(run=lambda a: asyncio.run(_prove_main(a)))
+
+    check = commands.add_parser("check-proof", help="check a proof file (no database needed)")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--public-key", action="append", required=True, metavar="VKEY|FILE")
+    check.set_defaults(run=_check_proof_main)
