@@ -230,6 +230,13 @@ class Limiter:
         except CountersUnavailable:
             self._counters_down(ctx, metering, budgets, rule)
             return
+        except asyncio.CancelledError:
+            # The client left while Redis was answering: the script may have reserved. Release
+            # whatever it holds under this request id (a no-op where it took nothing).
+            metering.settled = True
+            if charges:
+                self.counters.settle(Ticket(ctx.request_id, tuple(charges), ()), 0, 0)
+            raise
         if not admission.admitted:
             self._refuse(ctx, metering, admission, charges, owners, rule)
         metering.ticket = admission.ticket
