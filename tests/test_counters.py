@@ -317,3 +317,18 @@ async def test_memory_counters_hold_memory_for_what_is_in_flight_only():
     assert len(counter.holds) == 10 and counter.reserved == 10
     assert len(counter.heap) <= 2 * 10 + 32 + 1
     assert all(a.admitted for a in live)
+
+
+async def test_pipelined_admissions_survive_a_script_flush(redis_server: RedisServer):  # noqa: F811
+    counters = await redis_counters(redis_server.url, "p:")
+    try:
+        w = window(limit=30)
+        first = await asyncio.gather(*(counters.admit([], [w], rid(), 1000) for _ in range(20)))
+        assert all(a.admitted for a in first)
+        client = aioredis.Redis.from_url(redis_server.url)
+        await client.script_flush()  # as after a restart: the server no longer knows the scripts
+        await client.aclose()
+        again = await asyncio.gather(*(counters.admit([], [w], rid(), 1000) for _ in range(20)))
+        assert sum(a.admitted for a in again) == 10  # ran exactly once each: 30 in all
+    finally:
+        await counters.close()
