@@ -38,10 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         "The file is reloaded when it changes and on SIGHUP; a file that fails validation is "
         "refused and the running revision keeps serving.",
     )
-    serve.add_argument("--config", "-c", required=True, metavar="FILE", help="the config file (YAML)")
+    serve.add_argument(
+        "--config", "-c", required=True, metavar="FILE", help="the config file (YAML)"
+    )
     serve.add_argument("--host", help="override gateway.listen's host")
     serve.add_argument("--port", type=int, help="override gateway.listen's port")
-    serve.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on change")
+    serve.add_argument(
+        "--no-watch", action="store_true", help="reload on SIGHUP only, not on change"
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -66,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9999)
     mock.add_argument("--api-key", default="mock-key", help="the key clients must present")
-    mock.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    mock.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
     mock.set_defaults(run=_mock_provider)
 
     from custos.admin_cli import register as register_admin

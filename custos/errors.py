@@ -36,7 +36,9 @@ class ClientDisconnected(Exception):
     """The client went away before the gateway could answer (recorded as 499)."""
 
 
-def bad_request(message: str, *, code: str = "invalid_request", param: str | None = None) -> GatewayError:
+def bad_request(
+    message: str, *, code: str = "invalid_request", param: str | None = None
+) -> GatewayError:
     return GatewayError(400, code, message, param=param)
 
 

@@ -95,7 +95,9 @@ class Gateway:
         await self.limiter.start(self.identity.store)
         self.pipeline.limiter = self.limiter
         if self.config_path is not None:
-            self._watcher = ConfigWatcher(self.config_path, self.apply, lambda: self.runtime.revision)
+            self._watcher = ConfigWatcher(
+                self.config_path, self.apply, lambda: self.runtime.revision
+            )
             loop = asyncio.get_running_loop()
             try:
                 loop.add_signal_handler(signal.SIGHUP, self.reload)

@@ -3,11 +3,12 @@
     authenticate → identify → authorize → budget → rate limit → input guardrails
       → route → call provider → output guardrails → settle and record
 
-Stages 4–6 and 9 arrive with their own issues and take their places in ``Pipeline.handle``;
-today the path is authenticate → read the request → identify → authorize → route → call
-provider → settle. Every stage either adds facts to the context or raises ``GatewayError``. Settle runs exactly once per request, whatever the outcome: at the end
-of ``handle`` for a plain response, at the end of the relayed stream for a streaming one (including
-a client that went away mid-stream).
+Stages 6 and 9 (guardrails) arrive with their own issue and take their places in
+``Pipeline.handle``; today the path is authenticate → read the request → identify → authorize →
+budget and rate limit → route → call provider → settle. Every stage either adds facts to the
+context or raises ``GatewayError``. Settle runs exactly once per request, whatever the outcome:
+at the end of ``handle`` for a plain response, at the end of the relayed stream for a streaming
+one (including a client that went away mid-stream).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ class Pipeline:
             raise GatewayError(
                 401,
                 "missing_api_key",
-                "No API key: send 'Authorization: Bearer <token>' (or 'x-api-key' on /v1/messages).",
+                "No API key: send 'Authorization: Bearer <token>' "
+                "(or 'x-api-key' on /v1/messages).",
             )
         if runtime.jwt.idps and looks_like_jwt(token):
             found = await runtime.jwt.principal(token)
@@ -251,7 +253,9 @@ class Pipeline:
             attempt.status = upstream.status
             if upstream.status >= 400:
                 body = await upstream.read()
-                err = upstream_error(target.account, upstream.status, target.adapter.error_message(body))
+                err = upstream_error(
+                    target.account, upstream.status, target.adapter.error_message(body)
+                )
                 if upstream.status == 429 and "retry-after" in upstream.headers:
                     err.headers["retry-after"] = upstream.headers["retry-after"]
                 return None, self._failed(attempt, err, started)
@@ -261,16 +265,24 @@ class Pipeline:
             body = await upstream.read()
             parsed = target.adapter.parse_response(call, body)
         except UpstreamTimeout:
-            err = GatewayError(504, "upstream_timeout", f"provider {target.account} did not answer in time")
+            err = GatewayError(
+                504, "upstream_timeout", f"provider {target.account} did not answer in time"
+            )
             return None, self._failed(attempt, err, started)
         except UpstreamUnreachable:
-            err = GatewayError(502, "upstream_unreachable", f"could not reach provider {target.account}")
+            err = GatewayError(
+                502, "upstream_unreachable", f"could not reach provider {target.account}"
+            )
             return None, self._failed(attempt, err, started)
         except UpstreamMalformed as exc:
-            err = GatewayError(502, "upstream_malformed_response", f"provider {target.account}: {exc}")
+            err = GatewayError(
+                502, "upstream_malformed_response", f"provider {target.account}: {exc}"
+            )
             return None, self._failed(attempt, err, started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
-        ctx.usage = parsed.usage or Usage(input_tokens=estimate_prompt_tokens(ctx.body), estimated=True)
+        ctx.usage = parsed.usage or Usage(
+            input_tokens=estimate_prompt_tokens(ctx.body), estimated=True
+        )
         ctx.status = 200
         headers = [_JSON, (b"x-custos-served-by", target.served_by)]
         return GatewayResponse(200, headers, parsed.body), None
@@ -282,13 +294,21 @@ class Pipeline:
         return err
 
     def _streaming(
-        self, ctx: RequestContext, target: ModelTarget, call: ProviderCall, upstream: UpstreamResponse
+        self,
+        ctx: RequestContext,
+        target: ModelTarget,
+        call: ProviderCall,
+        upstream: UpstreamResponse,
     ) -> GatewayResponse:
         headers = [*_SSE, (b"x-custos-served-by", target.served_by)]
         return GatewayResponse(200, headers, stream=self._relay(ctx, target, call, upstream))
 
     async def _relay(
-        self, ctx: RequestContext, target: ModelTarget, call: ProviderCall, upstream: UpstreamResponse
+        self,
+        ctx: RequestContext,
+        target: ModelTarget,
+        call: ProviderCall,
+        upstream: UpstreamResponse,
     ) -> AsyncIterator[bytes]:
         """Relay one upstream stream to the client, then settle, whatever happened."""
         translator = target.adapter.stream_translator(call)
@@ -391,7 +411,13 @@ class Pipeline:
 
 def _stream_failure(target: ModelTarget, exc: Exception) -> GatewayError:
     if isinstance(exc, UpstreamTimeout):
-        return GatewayError(504, "upstream_timeout", f"provider {target.account} stalled mid-stream")
+        return GatewayError(
+            504, "upstream_timeout", f"provider {target.account} stalled mid-stream"
+        )
     if isinstance(exc, UpstreamMalformed | ValueError):
-        return GatewayError(502, "upstream_malformed_response", f"provider {target.account} sent a malformed stream")
-    return GatewayError(502, "upstream_stream_broken", f"provider {target.account} ended the stream early")
+        return GatewayError(
+            502, "upstream_malformed_response", f"provider {target.account} sent a malformed stream"
+        )
+    return GatewayError(
+        502, "upstream_stream_broken", f"provider {target.account} ended the stream early"
+    )

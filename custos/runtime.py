@@ -16,9 +16,9 @@ from custos.policy.limits import LimitsPolicy
 from custos.policy.metadata import MetadataContract
 from custos.policy.patterns import ModelPattern
 from custos.pricing import ModelPrice
-from custos.state.store import email_key
 from custos.providers.base import ProviderAdapter
 from custos.providers.registry import adapter_for
+from custos.state.store import email_key
 
 #: A model named directly (``account/model``) gets one attempt and no fallback.
 _DIRECT_RETRY = RetrySettings(attempts=1, on_status=[])
@@ -114,7 +114,9 @@ def _subject_key(subject: str) -> str:
     return f"user:{email_key(name)}" if kind == "user" else subject
 
 
-def _target(account: str, model: str, settings: ProviderSettings, adapter: ProviderAdapter) -> ModelTarget:
+def _target(
+    account: str, model: str, settings: ProviderSettings, adapter: ProviderAdapter
+) -> ModelTarget:
     model_settings = settings.models[model]
     upstream = model_settings.deployment or model_settings.upstream_model or model
     name = f"{account}/{model}"

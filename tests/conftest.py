@@ -122,7 +122,8 @@ def standard_config(mock_url: str) -> str:
             api_key: ${{env:CUSTOS_TEST_MOCK_KEY}}
             region: us
             models:
-              claude-sonnet-4.5: {{input_per_mtok: 3.0, output_per_mtok: 15.0, cached_input_per_mtok: 0.3}}
+              claude-sonnet-4.5:
+                {{input_per_mtok: 3.0, output_per_mtok: 15.0, cached_input_per_mtok: 0.3}}
               claude-sonnet-4.5+no_usage: {{input_per_mtok: 3.0, output_per_mtok: 15.0}}
           local-vllm:
             type: openai_compatible
@@ -180,7 +181,9 @@ class GatewayProcess:
     user and its token are created first: ``token`` authenticates as that admin.
     """
 
-    def __init__(self, config_text: str, tmp_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_text: str, tmp_path: Path, *, env: dict[str, str] | None = None
+    ) -> None:
         self.token = ""
         store = (yaml.safe_load(config_text).get("state") or {}).get("store")
         if store == "sqlite:///./custos.db":
@@ -258,7 +261,9 @@ def mock_provider() -> Iterator[MockProvider]:
 
 
 @pytest.fixture(scope="session")
-def gateway(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     process = GatewayProcess(standard_config(mock_provider.url), tmp_path_factory.mktemp("gateway"))
     yield process
     process.stop()

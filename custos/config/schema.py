@@ -148,8 +148,7 @@ class ModelSettings(_Strict):
         unpriced = info.data.get("unpriced") == "allow"
         if value is None and not unpriced:
             raise ValueError(
-                "required (USD per million tokens); a model without a price needs "
-                "'unpriced: allow'"
+                "required (USD per million tokens); a model without a price needs 'unpriced: allow'"
             )
         if value is not None and unpriced:
             raise ValueError("'unpriced: allow' is for models without a price: remove one")
@@ -181,7 +180,9 @@ class ProviderSettings(_Strict):
             raise ValueError("a provider account must list at least one model with its price")
         for name in value:
             if not name or "/" in name or len(name) > 200:
-                raise ValueError(f"model name {name!r} must be non-empty, at most 200 chars, no '/'")
+                raise ValueError(
+                    f"model name {name!r} must be non-empty, at most 200 chars, no '/'"
+                )
         return value
 
     @model_validator(mode="after")

@@ -22,7 +22,6 @@ from custos.context import Operation, Protocol, RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
 from custos.http.admin import AdminAPI
-from custos.identity.principal import Principal
 from custos.http.requests import (
     ClientGone,
     check_content_type,
@@ -31,6 +30,7 @@ from custos.http.requests import (
     validate,
 )
 from custos.http.requests import read_body as read_request_body
+from custos.identity.principal import Principal
 from custos.pipeline import GatewayResponse
 from custos.policy.metadata import HEADER_NAMES
 from custos.runtime import Runtime
@@ -86,7 +86,9 @@ class GatewayApp:
         endpoint = self.routes.get(path) or self.routes.get(path.rstrip("/"))
         if endpoint is None:
             protocol: Protocol = "anthropic" if path.startswith("/v1/messages") else "openai"
-            err = GatewayError(404, "unknown_route", f"No route {scope['method']} {path} on this gateway.")
+            err = GatewayError(
+                404, "unknown_route", f"No route {scope['method']} {path} on this gateway."
+            )
             await send_error(send, protocol, err, new_request_id())
             return
         if scope["method"] not in endpoint.methods:
@@ -137,7 +139,9 @@ class GatewayApp:
         except Exception:
             log.exception("request %s failed inside the gateway", request_id)
             metrics.REQUESTS.labels(route, "500").inc()
-            err = GatewayError(500, "internal_error", f"The gateway failed on request {request_id}.")
+            err = GatewayError(
+                500, "internal_error", f"The gateway failed on request {request_id}."
+            )
             await send_error(send, protocol, err, request_id)
             return
         response.headers.append((b"x-custos-request-id", request_id.encode()))
@@ -278,7 +282,9 @@ def models_body(runtime: Runtime, principal: Principal) -> bytes:
     return cached
 
 
-async def send_body(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+async def send_body(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -300,7 +306,13 @@ async def relay_stream(send: Send, receive: Receive, response: GatewayResponse) 
 
     async def pump() -> None:
         try:
-            await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": response.headers,
+                }
+            )
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -314,7 +326,7 @@ async def relay_stream(send: Send, receive: Receive, response: GatewayResponse) 
     pumping = asyncio.ensure_future(pump())
     watching = asyncio.ensure_future(client_gone())
     try:
-        done, _ = await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (pumping, watching):
             if not task.done():
