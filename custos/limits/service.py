@@ -11,8 +11,8 @@
    → ``rate_limit_exceeded`` (429 with ``Retry-After``), and nothing at all is taken.
 
 The decisions go into the context: each rule's id is appended to ``ctx.applied`` (the audit
-record and ``x-custos-applied`` read it) and ``ctx.limits`` (a ``Metering``) keeps the
-decisions, the reservation and the ``x-ratelimit-*`` headers.
+record reads it) and ``ctx.limits`` (a ``Metering``) keeps the exact decision per rule id, the
+reservation and the ``x-ratelimit-*`` headers.
 
 ``Limiter.settle(ctx)``, called once per request from ``Pipeline.settle`` after the cost is known,
 releases the reservation and charges the actual cost (never waits: in memory it is immediate,
