@@ -1,0 +1,879 @@
+#!/usr/bin/env python3
+"""``make bench``: the gateway's throughput, added latency and memory, on one pinned core.
+
+Starts the mock provider and the gateway, pins the gateway to one CPU (``taskset -c 0``) and the
+mock and the load generators to another (``taskset -c 1``), and measures, each both through the
+gateway and directly against the mock:
+
+1. requests/s at saturation, non-streaming: wrk, 64 connections, a warm-up then the measured run;
+2. latency at a fixed rate (350 requests/s), non-streaming: hey; added = gateway - direct;
+3. the same for a 20-chunk stream: time to last byte and time to first byte;
+1b. requests/s at saturation for the 20-chunk stream;
+4. the gateway's peak RSS (VmHWM) at the end.
+
+Usage: bench/run.sh [--quick] [--out FILE] [--enforce]  (bench/run.sh installs the tools, then
+runs this file with .venv's Python). Knobs, from the environment:
+
+  BENCH_DURATION     seconds per measured run (10; --quick: 2)
+  BENCH_WARMUP       seconds of warm-up before each saturation run (3; --quick: 1)
+  BENCH_CONFIG       the gateway config (bench/bench.yaml)
+  BENCH_TOKEN        the bearer token sent to the gateway; unset: run.py creates the user
+                     bench@example.com in the run's fresh store with `custos init` and uses its
+                     token (so BENCH_CONFIG files must grant that user, or set BENCH_TOKEN)
+  BENCH_MODEL        model for non-streaming requests (bench-openai/gpt-5.5)
+  BENCH_STREAM_MODEL model for streaming requests (bench-openai/gpt-5.5+chunks=20)
+  BENCH_RATE         fixed rate for the latency runs, requests/s (350)
+  BENCH_STREAM_RATE  fixed rate for the streaming latency runs, requests/s (350)
+  BENCH_CONNECTIONS  wrk connections at saturation (64)
+  BENCH_HEY          staggered (ten hey processes, one connection each; the default) or burst
+                     (one hey -c 10: its workers fire together; see bench/README.md)
+  BENCH_GATEWAY_CPU  the CPU the gateway is pinned to (0)
+  BENCH_LOAD_CPU     the CPU the mock and the load generators are pinned to (1)
+  MOCK_PROVIDER_KEY  the mock's API key (mock-key)
+
+Exit status: 0 when every run completed with only 2xx answers; 1 when anything failed (the gateway
+did not become ready, a non-2xx answer, a socket error, a sanity check, a process died, a
+fixed-rate run that did not hold its rate; with --quick that last one is only a warning); 3 with
+--enforce when a figure misses its budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import datetime as dt
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+VENV_BIN = ROOT / ".venv" / "bin"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Budgets: DESIGN.md section 7 and the issue that asked for this benchmark.
+BUDGET_RPS = 2500  # DESIGN: >= 2,000 required, aiming for 2,500; the issue asks for 2,500
+BUDGET_ADDED_P50_MS = 1.0
+BUDGET_ADDED_P99_MS = 3.0
+BUDGET_RSS_MB = 150
+
+HEY_WORKERS = 10  # fixed-rate runs: ten one-connection hey processes at rate/10 each
+BENCH_EMAIL = "bench@example.com"  # bench.yaml grants its team every model
+PROMPT = "Summarise the benefits of a reviewed gateway configuration in one sentence."
+
+
+class BenchError(Exception):
+    """A failure that makes the figures meaningless: reported, and the exit status is 1."""
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every child is recorded, terminated on exit, and dies with us even if we are killed
+
+
+_children: list[subprocess.Popen[Any]] = []
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when this script dies, even by -9
+
+
+def spawn(cmd: list[str], cpu: int, **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start ``cmd`` pinned to ``cpu`` with ``taskset -c`` (taskset execs, so the pid is cmd's)."""
+    kwargs.setdefault("cwd", ROOT)
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(cpu), *cmd], preexec_fn=_die_with_parent, **kwargs
+    )
+    _children.append(proc)
+    return proc
+
+
+def cleanup() -> None:
+    alive = [p for p in _children if p.poll() is None]
+    for proc in alive:
+        proc.terminate()
+    deadline = time.monotonic() + 10
+    for proc in alive:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _children.clear()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU accounting: who used the pinned cores during a run
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def core_times(cpu: int) -> tuple[float, float]:
+    """(busy, total) seconds of one CPU; busy = user + nice + system (interrupts left out)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            values = [int(v) for v in line.split()[1:]]
+            return sum(values[:3]) / CLK_TCK, sum(values[:8]) / CLK_TCK
+    raise BenchError(f"cpu{cpu} not in /proc/stat")
+
+
+SPEED_PROBE = """
+import time
+end = time.perf_counter() + 0.5
+loops = 0
+while time.perf_counter() < end:
+    for _ in range(10_000):
+        pass
+    loops += 1
+print(loops / 50)
+"""
+
+
+def cpu_speed(cpu: int) -> float:
+    """A fixed pure-Python loop on ``cpu`` for 0.5 s, in millions of iterations per second.
+
+    On a shared or virtual machine the same core does not always run at the same speed (noisy
+    neighbours, host contention that no counter inside the guest shows); comparing this figure
+    across runs tells a slow machine from a slow gateway.
+    """
+    done = subprocess.run(
+        ["taskset", "-c", str(cpu), sys.executable, "-c", SPEED_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return round(float(done.stdout), 1)
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Meter:
+    """CPU shares over one run: the gateway, the mock, the load generator, and everyone else."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+
+    def __enter__(self) -> Meter:
+        b = self.bench
+        self.wall = time.monotonic()
+        self.gw = proc_cpu_s(b.gateway.pid)
+        self.mock = proc_cpu_s(b.mock.pid)
+        self.tools = children_cpu_s()
+        self.core_gw = core_times(b.gateway_cpu)
+        self.core_load = core_times(b.load_cpu)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        b = self.bench
+        wall = time.monotonic() - self.wall
+        gw = proc_cpu_s(b.gateway.pid) - self.gw
+        busy_gw = core_times(b.gateway_cpu)[0] - self.core_gw[0]
+        busy_load = core_times(b.load_cpu)[0] - self.core_load[0]
+        mock = proc_cpu_s(b.mock.pid) - self.mock
+        tools = children_cpu_s() - self.tools
+
+        def pct(seconds: float) -> float:
+            return round(100 * seconds / wall, 1)
+
+        self.result = {
+            "gateway_cpu_pct": pct(gw),
+            "mock_cpu_pct": pct(mock),
+            "load_tool_cpu_pct": pct(tools),
+            "gateway_core_busy_pct": pct(busy_gw),
+            "gateway_core_others_pct": pct(max(0.0, busy_gw - gw)),
+            "load_core_busy_pct": pct(busy_load),
+            "load_core_others_pct": pct(max(0.0, busy_load - mock - tools)),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generators
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an ascending list."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def run_wrk(b: Bench, url: str, body: str, auth: str, seconds: int) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_BODY": body, "BENCH_AUTH": auth}
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{b.connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(BENCH / "wrk.lua"),
+        url,
+    ]
+    proc = spawn(
+        cmd, b.load_cpu, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    out, _ = proc.communicate(timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}):\n{out}")
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise BenchError(f"wrk printed no summary:\n{out}")
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")}
+    return {
+        "requests_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "requests": raw["requests"],
+        "non2xx": raw["non2xx"],
+        "socket_errors": errors,
+        "latency_p50_ms": round(raw["latency_p50_us"] / 1000, 2),
+        "latency_p99_ms": round(raw["latency_p99_us"] / 1000, 2),
+        "bytes_per_response": round(raw["bytes"] / max(1, raw["requests"])),
+    }
+
+
+def saturation(b: Bench, target: str, stream: bool) -> dict[str, Any]:
+    url, body, auth = b.target(target, stream)
+    log(
+        f"saturation {'stream' if stream else 'non-stream'} -> {target}: "
+        f"wrk -c{b.connections}, {b.warmup}s warm-up + {b.duration}s"
+    )
+    warm = run_wrk(b, url, body, auth, b.warmup)
+    with Meter(b) as meter:
+        result = run_wrk(b, url, body, auth, b.duration)
+    result["cpu"] = meter.result
+    result["warmup_non2xx"] = warm["non2xx"]
+    if target == "gateway" and meter.result["gateway_cpu_pct"] < 95:
+        b.warnings.append(
+            f"saturation {'stream' if stream else 'non-stream'}: the gateway used only "
+            f"{meter.result['gateway_cpu_pct']:.0f} % of its CPU, so it was not the bottleneck "
+            f"(others on its CPU {meter.result['gateway_core_others_pct']:.0f} %, load CPU busy "
+            f"{meter.result['load_core_busy_pct']:.0f} %, others there "
+            f"{meter.result['load_core_others_pct']:.0f} %): the req/s understates it"
+        )
+    bad = result["non2xx"] + warm["non2xx"] + sum(result["socket_errors"].values())
+    if bad:
+        b.problems.append(
+            f"saturation {target} {'stream' if stream else 'non-stream'}: "
+            f"{result['non2xx']} non-2xx (warm-up {warm['non2xx']}), "
+            f"socket errors {result['socket_errors']}"
+        )
+    log(
+        f"  {result['requests_per_s']:,.0f} req/s, non-2xx {result['non2xx']}, "
+        f"socket errors {sum(result['socket_errors'].values())}, cpu {meter.result}"
+    )
+    return result
+
+
+def fixed_rate(b: Bench, target: str, stream: bool, rate: float) -> dict[str, Any]:
+    """``rate`` requests/s from HEY_WORKERS one-connection hey processes started 1/rate apart.
+
+    hey's own ``-c 10 -q 35`` starts its ten per-worker tickers in the same instant, so it sends
+    ten requests at once every 1/35 s; separate processes with staggered starts spread them out.
+    BENCH_HEY=burst measures that way instead (one hey, -c 10 -q rate/10), for comparison.
+    Each process runs a warm-up first; requests started in it are dropped.
+    """
+    url, body, auth = b.target(target, stream)
+    burst = b.hey_mode == "burst"
+    processes, workers = (1, HEY_WORKERS) if burst else (HEY_WORKERS, 1)
+    per_worker = rate / HEY_WORKERS
+    warm = b.hey_warmup
+    log(
+        f"fixed rate {rate:g}/s {'stream' if stream else 'non-stream'} -> {target}: "
+        f"{processes} x hey -c {workers} -q {per_worker:g}, {warm}s warm-up + {b.duration}s"
+    )
+    body_file = b.tmp / f"body-{target}-{int(stream)}.json"
+    body_file.write_text(body)
+    procs: list[tuple[subprocess.Popen[Any], Path]] = []
+    with Meter(b) as meter:
+        start = time.monotonic()
+        for i in range(processes):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            out = b.tmp / f"hey-{target}-{int(stream)}-{i}.csv"
+            cmd = [
+                "hey", "-z", f"{warm + b.duration}s", "-c", str(workers), "-q", f"{per_worker:g}",
+                "-cpus", "1", "-t", "10", "-m", "POST", "-T", "application/json",
+                "-H", f"Authorization: Bearer {auth}", "-D", str(body_file), "-o", "csv", url,
+            ]  # fmt: skip
+            with out.open("w") as fh:
+                procs.append((spawn(cmd, b.load_cpu, stdout=fh, stderr=subprocess.PIPE), out))
+        for proc, _ in procs:
+            proc.wait(timeout=warm + b.duration + 60)
+    total: list[float] = []
+    first: list[float] = []
+    statuses: dict[str, int] = {}
+    for proc, out in procs:
+        if proc.returncode != 0:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise BenchError(f"hey failed ({proc.returncode}): {err}")
+        with out.open() as fh:
+            for row in csv.DictReader(fh):
+                offset = float(row["offset"])
+                if offset < warm or offset >= warm + b.duration:
+                    continue
+                statuses[row["status-code"]] = statuses.get(row["status-code"], 0) + 1
+                seconds = float(row["response-time"])
+                total.append(seconds * 1000)
+                first.append((seconds - float(row["Response-read"])) * 1000)
+    total.sort()
+    first.sort()
+    achieved = len(total) / b.duration
+    non200 = sum(n for code, n in statuses.items() if code != "200")
+    result = {
+        "rate_target": rate,
+        "rate_achieved": round(achieved, 1),
+        "samples": len(total),
+        "non200": non200,
+        "p50_ms": percentile(total, 50),
+        "p90_ms": percentile(total, 90),
+        "p99_ms": percentile(total, 99),
+        "max_ms": total[-1] if total else math.nan,
+        "ttfb_p50_ms": percentile(first, 50),
+        "ttfb_p99_ms": percentile(first, 99),
+        "cpu": meter.result,
+    }
+    if non200:
+        b.problems.append(f"fixed rate {target} {'stream' if stream else 'non-stream'}: {statuses}")
+    # hey does not write failed requests (socket errors, timeouts) to its CSV: a shortfall in the
+    # achieved rate is how they, or a server that cannot keep up, show.
+    if achieved < 0.97 * rate:
+        # a figure at the wrong rate is wrong: a failure, except in a smoke run (--quick) where
+        # the point is that the script works, and a busy machine must not fail a test suite
+        (b.warnings if b.quick else b.problems).append(
+            f"fixed rate {target} {'stream' if stream else 'non-stream'}: "
+            f"achieved {achieved:.0f}/s of {rate:g}/s (failed requests or a saturated server)"
+        )
+    log(
+        f"  {achieved:.0f}/s achieved, p50 {result['p50_ms']:.1f} ms, "
+        f"p99 {result['p99_ms']:.1f} ms, ttfb p50 {result['ttfb_p50_ms']:.1f} ms, "
+        f"non-200 {non200}; cpu {meter.result}"
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        env = os.environ
+        self.quick = args.quick
+        self.duration = int(env.get("BENCH_DURATION", "2" if args.quick else "10"))
+        self.warmup = int(env.get("BENCH_WARMUP", "1" if args.quick else "3"))
+        self.hey_warmup = 0.5 if args.quick else 1.0
+        self.config = Path(env.get("BENCH_CONFIG", "bench/bench.yaml"))
+        if not self.config.is_absolute():
+            self.config = (
+                (ROOT / self.config) if not self.config.exists() else self.config.resolve()
+            )
+        self.token = env.get("BENCH_TOKEN", "")  # empty: `custos init` makes one
+        self.model = env.get("BENCH_MODEL", "bench-openai/gpt-5.5")
+        self.stream_model = env.get("BENCH_STREAM_MODEL", "bench-openai/gpt-5.5+chunks=20")
+        self.rate = float(env.get("BENCH_RATE", "350"))
+        self.stream_rate = float(env.get("BENCH_STREAM_RATE", "350"))
+        self.connections = int(env.get("BENCH_CONNECTIONS", "64"))
+        self.hey_mode = env.get("BENCH_HEY", "staggered")
+        if self.hey_mode not in ("staggered", "burst"):
+            raise SystemExit(f"BENCH_HEY must be staggered or burst, not {self.hey_mode!r}")
+        self.gateway_cpu = int(env.get("BENCH_GATEWAY_CPU", "0"))
+        self.load_cpu = int(env.get("BENCH_LOAD_CPU", "1"))
+        self.mock_key = env.get("MOCK_PROVIDER_KEY", "mock-key")
+        self.out = (
+            Path(args.out)
+            if args.out
+            else BENCH / "results" / ("quick.json" if args.quick else "latest.json")
+        )
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="custos-bench-"))
+        self.mock_port = free_port()
+        self.gateway_port = free_port()
+        while self.gateway_port == self.mock_port:
+            self.gateway_port = free_port()
+
+    # what each target is sent
+    def target(self, target: str, stream: bool) -> tuple[str, str, str]:
+        if target == "gateway":
+            base, auth = f"http://127.0.0.1:{self.gateway_port}", self.token
+            model = self.stream_model if stream else self.model
+        else:
+            base, auth = f"http://127.0.0.1:{self.mock_port}", self.mock_key
+            model = "gpt-5.5+chunks=20" if stream else "gpt-5.5"
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
+        if stream:
+            body["stream"] = True
+        return f"{base}/v1/chat/completions", json.dumps(body, separators=(",", ":")), auth
+
+    def idle_check(self) -> dict[str, float]:
+        """How busy the two CPUs are before anything starts: other work there skews every figure."""
+        cpus = (self.gateway_cpu, self.load_cpu)
+        before = [core_times(cpu) for cpu in cpus]
+        time.sleep(1.0)
+        after = [core_times(cpu) for cpu in cpus]
+        busy = {
+            f"cpu{cpu}_busy_pct": round(100 * (a[0] - b[0]) / max(1e-9, a[1] - b[1]), 1)
+            for cpu, b, a in zip(cpus, before, after, strict=True)
+        }
+        if any(v > 10 for v in busy.values()):
+            log(f"WARNING: the machine is not idle before the benchmark: {busy}")
+        return busy
+
+    def preflight(self) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        for cpu in (self.gateway_cpu, self.load_cpu):
+            if cpu not in cpus:
+                raise BenchError(f"CPU {cpu} is not available (have {cpus}); set BENCH_*_CPU")
+        if self.gateway_cpu == self.load_cpu:
+            log("WARNING: the gateway and the load share one CPU; figures are not comparable")
+        if not (VENV_BIN / "custos").exists():
+            raise BenchError(f"{VENV_BIN / 'custos'} missing: pip install -e . into .venv first")
+        if not self.config.exists():
+            raise BenchError(f"BENCH_CONFIG {self.config} does not exist")
+        os.sched_setaffinity(0, {self.load_cpu})  # this script stays off the gateway's core
+
+    def start(self) -> None:
+        custos = VENV_BIN / "custos"
+        log(
+            f"work dir {self.tmp}; mock on 127.0.0.1:{self.mock_port} (CPU {self.load_cpu}), "
+            f"gateway on 127.0.0.1:{self.gateway_port} (CPU {self.gateway_cpu}), "
+            f"config {self.config}"
+        )
+        self.mock_log = (self.tmp / "mock.log").open("wb")
+        self.mock = spawn(
+            [
+                str(custos),
+                "mock-provider",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mock_port),
+                "--api-key",
+                self.mock_key,
+            ],
+            self.load_cpu,
+            stdout=self.mock_log,
+            stderr=subprocess.STDOUT,
+        )
+        env = {
+            **os.environ,
+            "MOCK_PROVIDER_KEY": self.mock_key,
+            "BENCH_MOCK_PORT": str(self.mock_port),
+            "BENCH_STATE_DIR": str(self.tmp),
+        }
+        self.token = self.token or self._issue_token(custos, env)
+        self.gateway_log = (self.tmp / "gateway.log").open("wb")
+        self.gateway = spawn(
+            [
+                str(custos),
+                "serve",
+                "--config",
+                str(self.config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.gateway_port),
+                "--no-watch",
+            ],
+            self.gateway_cpu,
+            stdout=self.gateway_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.tmp,
+        )
+        self._wait_ready()
+
+    def _issue_token(self, custos: Path, env: dict[str, str]) -> str:
+        """The first admin's token from ``custos init`` on the run's fresh store."""
+        cmd = [str(custos), "init", "--config", str(self.config), "--email", BENCH_EMAIL, "--json"]
+        done = subprocess.run(cmd, cwd=self.tmp, env=env, capture_output=True, text=True)
+        if done.returncode == 2 and "invalid choice: 'init'" in done.stderr:
+            log("this custos has no `custos init` (no authentication yet): token 'bench'")
+            return "bench"
+        if done.returncode != 0:
+            raise BenchError(
+                f"`custos init` failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+                "(for a config whose store has users already, set BENCH_TOKEN)"
+            )
+        log(f"created {BENCH_EMAIL} and its token with `custos init` in {self.tmp}")
+        return str(json.loads(done.stdout)["token"])
+
+    def _log_tail(self, name: str) -> str:
+        text = (self.tmp / name).read_text(errors="replace")
+        return "\n".join(text.splitlines()[-30:])
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for proc, name in ((self.mock, "mock provider"), (self.gateway, "gateway")):
+                if proc.poll() is not None:
+                    logfile = "mock.log" if proc is self.mock else "gateway.log"
+                    raise BenchError(
+                        f"the {name} exited with status {proc.returncode} before it was ready:\n"
+                        + self._log_tail(logfile)
+                    )
+            try:
+                with socket.create_connection(("127.0.0.1", self.mock_port), timeout=1):
+                    pass
+                url = f"http://127.0.0.1:{self.gateway_port}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    "the gateway did not become ready (GET /readyz -> 200) "
+                    f"within {timeout:.0f} s:\n" + self._log_tail("gateway.log")
+                )
+            time.sleep(0.05)
+
+    def sanity(self) -> None:
+        """One request of each kind to each target, checked properly: wrk and hey only count."""
+        for target in ("direct", "gateway"):
+            for stream in (False, True):
+                url, body, auth = self.target(target, stream)
+                request = urllib.request.Request(
+                    url,
+                    body.encode(),
+                    method="POST",
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {auth}"},
+                )
+                what = f"{target} {'stream' if stream else 'non-stream'}"
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        status, data = response.status, response.read().decode()
+                except urllib.error.HTTPError as exc:
+                    status, data = exc.code, exc.read().decode(errors="replace")
+                except OSError as exc:
+                    raise BenchError(f"sanity check {what}: {exc}") from None
+                if status != 200:
+                    raise BenchError(f"sanity check {what}: HTTP {status}: {data[:500]}")
+                if stream:
+                    events = [ln for ln in data.splitlines() if ln.startswith("data:")]
+                    content = [e for e in events if '"content":"' in e and '"content":""' not in e]
+                    if events[-1:] != ["data: [DONE]"] or len(content) < 20:
+                        raise BenchError(
+                            f"sanity check {what}: {len(content)} content chunks, "
+                            f"last event {events[-1:]}"
+                        )
+                    self.stream_events = len(events)
+                elif not json.loads(data).get("choices"):
+                    raise BenchError(f"sanity check {what}: no choices in {data[:500]}")
+        log(f"sanity checks passed (the stream carries {self.stream_events} SSE events)")
+
+    def check_alive(self, after: str) -> None:
+        for proc, name, logfile in (
+            (self.mock, "mock provider", "mock.log"),
+            (self.gateway, "gateway", "gateway.log"),
+        ):
+            if proc.poll() is not None:
+                how = (
+                    f"killed by signal {-proc.returncode}"
+                    if proc.returncode < 0
+                    else f"exited with status {proc.returncode}"
+                )
+                raise BenchError(f"the {name} {how} during {after}:\n{self._log_tail(logfile)}")
+
+    def memory(self) -> dict[str, int]:
+        status = Path(f"/proc/{self.gateway.pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return {k: int(fields[k].split()[0]) for k in ("VmHWM", "VmRSS")}  # kB
+
+    def run(self) -> dict[str, Any]:
+        self.preflight()
+        self.idle_before = self.idle_check()
+        self.speed = {"start": {f"cpu{c}": cpu_speed(c) for c in (self.gateway_cpu, self.load_cpu)}}
+        self.start()
+        self.sanity()
+        results: dict[str, Any] = {"saturation": {}, "fixed_rate": {}}
+        sat = results["saturation"]
+        sat["non_streaming"] = {}
+        for t in ("direct", "gateway"):
+            sat["non_streaming"][t] = saturation(self, t, False)
+            self.check_alive(f"the non-streaming saturation run ({t})")
+        for name, stream, rate in (
+            ("non_streaming", False, self.rate),
+            ("streaming", True, self.stream_rate),
+        ):
+            runs: dict[str, Any] = {}
+            for t in ("direct", "gateway"):
+                runs[t] = fixed_rate(self, t, stream, rate)
+                self.check_alive(f"the {name} fixed-rate run ({t})")
+            runs["added"] = {
+                key: round(runs["gateway"][key] - runs["direct"][key], 2)
+                for key in ("p50_ms", "p99_ms", "ttfb_p50_ms", "ttfb_p99_ms")
+            }
+            results["fixed_rate"][name] = runs
+        sat["streaming"] = {}
+        for t in ("direct", "gateway"):
+            sat["streaming"][t] = saturation(self, t, True)
+            self.check_alive(f"the streaming saturation run ({t})")
+        results["gateway_memory_kb"] = self.memory()
+        self.speed["end"] = {f"cpu{c}": cpu_speed(c) for c in (self.gateway_cpu, self.load_cpu)}
+        return results
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def budgets(b: Bench, r: dict[str, Any]) -> list[dict[str, Any]]:
+    rps = r["saturation"]["non_streaming"]["gateway"]["requests_per_s"]
+    added = r["fixed_rate"]["non_streaming"]["added"]
+    rss_mb = r["gateway_memory_kb"]["VmHWM"] / 1024
+    return [
+        {
+            "figure": "non-streaming requests/s",
+            "value": rps,
+            "budget": f">= {BUDGET_RPS:,}",
+            "ok": rps >= BUDGET_RPS,
+        },
+        {
+            "figure": "added p50 ms",
+            "value": added["p50_ms"],
+            "budget": f"<= {BUDGET_ADDED_P50_MS}",
+            "ok": added["p50_ms"] <= BUDGET_ADDED_P50_MS,
+        },
+        {
+            "figure": "added p99 ms",
+            "value": added["p99_ms"],
+            "budget": f"<= {BUDGET_ADDED_P99_MS}",
+            "ok": added["p99_ms"] <= BUDGET_ADDED_P99_MS,
+        },
+        {
+            "figure": "peak RSS MB",
+            "value": round(rss_mb, 1),
+            "budget": f"<= {BUDGET_RSS_MB}",
+            "ok": rss_mb <= BUDGET_RSS_MB,
+        },
+    ]
+
+
+def summary(b: Bench, report: dict[str, Any]) -> str:
+    r = report["results"]
+    sat, fr = r["saturation"], r["fixed_rate"]
+    ok = {c["figure"]: ("ok" if c["ok"] else "MISSED") for c in report["budgets"]}
+    lines = []
+    w = lines.append
+    w("")
+    w("=" * 96)
+    w(f"custos bench  {report['date']}  commit {report['commit']}  config {report['config']}")
+    w(
+        f"{report['host']['cpus']} CPUs ({report['host']['cpu_model']}); gateway pinned to CPU "
+        f"{b.gateway_cpu}, mock provider + wrk/hey pinned to CPU {b.load_cpu}; "
+        f"{b.duration} s runs; hey {b.hey_mode}{'  [QUICK]' if b.quick else ''}"
+    )
+    speed = report["cpu_speed_mloops_per_s"]
+    w(
+        "CPU speed probe (M loops/s; compare across runs): "
+        + ", ".join(f"{cpu} {speed['start'][cpu]} -> {speed['end'][cpu]}" for cpu in speed["start"])
+    )
+    w("=" * 96)
+    w(f"{'':44}{'gateway':>12}{'mock direct':>14}{'added':>10}   budget")
+    n = sat["non_streaming"]
+    w(
+        f"{'1  non-streaming saturation, wrk -c' + str(b.connections):44}"
+        f"{n['gateway']['requests_per_s']:>12,.0f}{n['direct']['requests_per_s']:>14,.0f}"
+        f"{'':>10}   >= {BUDGET_RPS:,} req/s: {ok['non-streaming requests/s']}"
+    )
+    w(f"{'     req/s; non-2xx answers':44}{n['gateway']['non2xx']:>12}{n['direct']['non2xx']:>14}")
+    w(
+        f"{'     socket errors':44}{sum(n['gateway']['socket_errors'].values()):>12}"
+        f"{sum(n['direct']['socket_errors'].values()):>14}"
+    )
+    c = n["gateway"]["cpu"]
+    w(
+        f"{'     gateway CPU % / others on its core %':44}{c['gateway_cpu_pct']:>7.0f} / "
+        f"{c['gateway_core_others_pct']:.0f}"
+    )
+    w(
+        f"{'     gateway CPU per request (us)':44}"
+        f"{1e4 * c['gateway_cpu_pct'] / max(1, n['gateway']['requests_per_s']):>12.0f}"
+    )
+    for key, label, rate in (
+        ("non_streaming", "2  non-streaming", b.rate),
+        ("streaming", "3  stream (20 chunks)", b.stream_rate),
+    ):
+        f = fr[key]
+        w(
+            f"{label + f' at {rate:g} req/s (hey)':44}"
+            f"{f['gateway']['rate_achieved']:>12,.0f}{f['direct']['rate_achieved']:>14,.0f}"
+            f"{'':>10}   achieved req/s"
+        )
+        rows = [("p50", "p50_ms"), ("p99", "p99_ms")]
+        if key == "streaming":
+            rows = [
+                ("time to last byte p50", "p50_ms"),
+                ("time to last byte p99", "p99_ms"),
+                ("time to first byte p50", "ttfb_p50_ms"),
+                ("time to first byte p99", "ttfb_p99_ms"),
+            ]
+        for name, field in rows:
+            budget = ""
+            if key == "non_streaming":
+                figure = f"added {name} ms"
+                limit = BUDGET_ADDED_P50_MS if name == "p50" else BUDGET_ADDED_P99_MS
+                budget = f"   added <= {limit:g} ms: {ok[figure]}"
+            w(
+                f"{'     ' + name + ' (ms)':44}{f['gateway'][field]:>12.1f}"
+                f"{f['direct'][field]:>14.1f}{f['added'][field]:>10.1f}{budget}"
+            )
+        w(f"{'     gateway CPU %':44}{f['gateway']['cpu']['gateway_cpu_pct']:>12.0f}")
+    s = sat["streaming"]
+    w(
+        f"{'1b stream saturation, wrk -c' + str(b.connections) + ' (req/s)':44}"
+        f"{s['gateway']['requests_per_s']:>12,.0f}{s['direct']['requests_per_s']:>14,.0f}"
+    )
+    errors = {t: f"{s[t]['non2xx']} / {sum(s[t]['socket_errors'].values())}" for t in s}
+    w(f"{'     non-2xx answers / socket errors':44}{errors['gateway']:>12}{errors['direct']:>14}")
+    mem = r["gateway_memory_kb"]
+    w(
+        f"{'4  gateway peak RSS (VmHWM), MB':44}{mem['VmHWM'] / 1024:>12.1f}{'':>14}{'':>10}"
+        f"   <= {BUDGET_RSS_MB} MB: {ok['peak RSS MB']}"
+    )
+    w(f"{'     RSS at the end, MB':44}{mem['VmRSS'] / 1024:>12.1f}")
+    w("-" * 96)
+    if report["problems"]:
+        w("PROBLEMS:")
+        for problem in report["problems"]:
+            w(f"  - {problem}")
+    else:
+        w("all answers 2xx, every fixed-rate run held its rate")
+    noisy = [
+        f"{where}: {cpu['gateway_core_others_pct']:.0f} % / {cpu['load_core_others_pct']:.0f} %"
+        for where, cpu in report["cpu_by_run"].items()
+        if (cpu["gateway_core_others_pct"] > 5 and where.endswith("gateway"))
+        or cpu["load_core_others_pct"] > 10
+    ]
+    if noisy:
+        w(
+            "NOTE: other processes used the CPUs (gateway's / load's) during: "
+            + ", ".join(noisy)
+            + "; the figures are skewed, run again on a quiet machine"
+        )
+    for warning in report["warnings"]:
+        w(f"WARNING: {warning}")
+    w(f"written to {report['out']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s runs, 1 s warm-up")
+    parser.add_argument("--out", help="results JSON (bench/results/latest.json; quick.json)")
+    parser.add_argument("--enforce", action="store_true", help="exit 3 when a budget is missed")
+    args = parser.parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, _exit_on_signal)
+    for tool in ("wrk", "hey", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is not installed (bench/run.sh installs it)", file=sys.stderr)
+            return 1
+    bench = Bench(args)
+    try:
+        results = bench.run()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, SIGHUP: nothing worth keeping
+        cleanup()
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+        raise
+    except BenchError as exc:
+        print(f"\nbench: FAILED: {exc}", file=sys.stderr)
+        if any(bench.tmp.glob("*.log")):
+            print(f"bench: logs kept in {bench.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(bench.tmp, ignore_errors=True)
+        return 1
+    finally:
+        cleanup()
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short", "HEAD")
+        + ("-dirty" if git("status", "--porcelain", "--", "custos") else ""),
+        "mode": "quick" if bench.quick else "full",
+        "config": os.path.relpath(bench.config, ROOT),
+        "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
+        "pinning": {"gateway_cpu": bench.gateway_cpu, "load_cpu": bench.load_cpu},
+        "idle_before": bench.idle_before,
+        "cpu_speed_mloops_per_s": bench.speed,
+        "duration_s": bench.duration,
+        "warmup_s": bench.warmup,
+        "connections": bench.connections,
+        "rates": {"non_streaming": bench.rate, "streaming": bench.stream_rate},
+        "hey_mode": bench.hey_mode,
+        "results": results,
+        "problems": bench.problems,
+        "warnings": bench.warnings,
+        "out": os.path.relpath(bench.out, ROOT),
+    }
+    report["budgets"] = budgets(bench, results)
+    report["cpu_by_run"] = {
+        f"{kind} {mode} {target}": run[target]["cpu"]
+        for kind, group in (
+            ("saturation", results["saturation"]),
+            ("fixed rate", results["fixed_rate"]),
+        )
+        for mode, run in group.items()
+        for target in ("direct", "gateway")
+    }
+    bench.out.parent.mkdir(parents=True, exist_ok=True)
+    bench.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(summary(bench, report))
+    shutil.rmtree(bench.tmp, ignore_errors=True)
+    if bench.problems:
+        return 1
+    if args.enforce and not all(c["ok"] for c in report["budgets"]):
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
