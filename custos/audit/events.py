@@ -44,6 +44,7 @@ from custos.audit.record import (
     rfc3339_ms,
     unix_ms,
 )
+from custos.context import Usage
 
 if TYPE_CHECKING:
     from custos.context import RequestContext
@@ -125,7 +126,7 @@ def llm_call(ctx: RequestContext, gateway: GatewayInfo) -> tuple[dict[str, Any],
     runtime = ctx.runtime
     principal = ctx.principal
     served = ctx.served
-    usage = ctx.usage
+    usage = ctx.usage or _NO_USAGE
     start_ms = ctx.started_unix_ms
     latency_ms = (time.monotonic_ns() - ctx.started_ns) // 1_000_000
     status = ctx.status
@@ -181,18 +182,27 @@ def llm_call(ctx: RequestContext, gateway: GatewayInfo) -> tuple[dict[str, Any],
         "outcome": outcome_of(code, status, ctx.client_disconnected),
         "stopped_at": stopped_at,
         "error.type": code,
-        "gen_ai.usage.input_tokens": usage.input_tokens if usage else 0,
-        "gen_ai.usage.output_tokens": usage.output_tokens if usage else 0,
-        "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens if usage else 0,
-        "gen_ai.usage.cache_creation.input_tokens": usage.cache_write_tokens if usage else 0,
-        "gen_ai.usage.reasoning.output_tokens": usage.reasoning_tokens if usage else 0,
-        "usage.estimated": usage.estimated if usage else False,
-        "cost_micros": ctx.cost_micros,
+        "gen_ai.usage.input_tokens": _count(usage.input_tokens),
+        "gen_ai.usage.output_tokens": _count(usage.output_tokens),
+        "gen_ai.usage.cache_read.input_tokens": _count(usage.cached_input_tokens),
+        "gen_ai.usage.cache_creation.input_tokens": _count(usage.cache_write_tokens),
+        "gen_ai.usage.reasoning.output_tokens": _count(usage.reasoning_tokens),
+        "usage.estimated": bool(usage.estimated),
+        "cost_micros": _count(ctx.cost_micros),
         "currency": "USD",
         "latency_ms": latency_ms,
         "ttfc_ms": ctx.ttft_ms,
     }
     return record, start_ms
+
+
+_NO_USAGE = Usage()
+
+
+def _count(value: object) -> int:
+    """A count from a provider as an integer: a provider that writes ``12.0`` must not cost the
+    request its record (records refuse floats)."""
+    return value if type(value) is int else int(value)  # type: ignore[call-overload]
 
 
 def _team(ctx: RequestContext) -> str | None:
