@@ -398,9 +398,9 @@ class Pipeline:
         if ctx.usage is not None and ctx.served is not None:
             ctx.cost_micros = ctx.served.price.cost_micros(ctx.usage)
             model = ctx.served.name
-            metrics.TOKENS.labels(model, "input").inc(ctx.usage.input_tokens)
-            metrics.TOKENS.labels(model, "output").inc(ctx.usage.output_tokens)
-            metrics.COST.labels(model).inc(ctx.cost_micros)
+            metrics.child(metrics.TOKENS, model, "input").inc(ctx.usage.input_tokens)
+            metrics.child(metrics.TOKENS, model, "output").inc(ctx.usage.output_tokens)
+            metrics.child(metrics.COST, model).inc(ctx.cost_micros)
         if self.limiter is not None:
             self.limiter.settle(ctx)  # the reservation becomes the actual cost
         if ctx.error_code is not None:

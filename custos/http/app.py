@@ -151,8 +151,8 @@ class GatewayApp:
             await relay_stream(send, receive, response)
             if not ctx.settled:  # the client left before the stream's first chunk was asked for
                 self.gateway.pipeline.settle_unrelayed(ctx)
-        metrics.REQUESTS.labels(route, str(ctx.status)).inc()
-        metrics.LATENCY.labels(route).observe(ctx.latency_ms / 1000)
+        metrics.child(metrics.REQUESTS, route, str(ctx.status)).inc()
+        metrics.child(metrics.LATENCY, route).observe(ctx.latency_ms / 1000)
 
     # -- the other routes ----------------------------------------------------------------------
 

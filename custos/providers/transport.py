@@ -8,6 +8,7 @@ pipeline sees ``UpstreamResponse`` and the two exceptions below.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import lru_cache
 
 import aiohttp
 
@@ -57,6 +58,12 @@ class UpstreamResponse:
         self._response.release()
 
 
+@lru_cache(maxsize=256)
+def _timeout(total_s: float | None, connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    """One immutable ``ClientTimeout`` per distinct setting, not one per request."""
+    return aiohttp.ClientTimeout(total=total_s, sock_connect=connect_s, sock_read=read_s)
+
+
 class Transport:
     def __init__(self, *, max_connections: int = 1000) -> None:
         self._max_connections = max_connections
@@ -90,7 +97,7 @@ class Transport:
         """Send the request and return once the status and headers have arrived."""
         if self._session is None:
             raise RuntimeError("transport not started")
-        timeout = aiohttp.ClientTimeout(total=total_s, sock_connect=connect_s, sock_read=read_s)
+        timeout = _timeout(total_s, connect_s, read_s)
         try:
             response = await self._session.request(
                 request.method,

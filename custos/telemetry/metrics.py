@@ -6,8 +6,12 @@ error code), never from request bodies, so the number of series stays bounded.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -97,6 +101,14 @@ AUDIT_DROPPED = Counter(
     "Audit records lost because the spool could not be written and memory was full.",
     registry=REGISTRY,
 )
+
+
+@lru_cache(maxsize=8192)
+def child(metric: MetricWrapperBase, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: ``labels()`` hashes and locks on every call,
+    which shows in the hot path's profile. Label values come from bounded sets (routes, status
+    codes, configured model names), so the cache stays small."""
+    return metric.labels(*labels)
 
 
 def exposition() -> tuple[bytes, str]:
