@@ -383,9 +383,10 @@ class RedisCounters(Counters):
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drain(), 5)
-        for task in [*self._tasks, *([self._probe] if self._probe else [])]:
+        background = [*self._tasks, *([self._probe] if self._probe else [])]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._admit_batches, return_exceptions=True)
+        await asyncio.gather(*background, *self._admit_batches, return_exceptions=True)
         await self._redis.aclose()
 
     async def drain(self) -> None:
