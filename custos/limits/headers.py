@@ -32,6 +32,20 @@ def duration(ms: int) -> str:
     return (f"{hours}h" if hours else "") + f"{minutes}m{seconds}"
 
 
+_RESETS: dict[int, bytes] = {}
+
+
+def _reset(ms: int) -> bytes:
+    """A reset time for a success header, to the second (rounded up), formatted once."""
+    seconds = -(-ms // 1000)
+    found = _RESETS.get(seconds)
+    if found is None:
+        if len(_RESETS) > 100_000:
+            _RESETS.clear()
+        found = _RESETS[seconds] = duration(seconds * 1000).encode()
+    return found
+
+
 def rate_headers(rule: RateRule, states: Sequence[WindowState]) -> list[Header]:
     """The headers of an admitted request: the tightest of the rule's counters."""
     state = states[0] if len(states) == 1 else max(states, key=lambda s: s.used)
@@ -39,7 +53,7 @@ def rate_headers(rule: RateRule, states: Sequence[WindowState]) -> list[Header]:
     return [
         (limit, rule.limit_header),
         (remaining, str(max(rule.limit - state.used, 0)).encode()),
-        (reset, duration(state.reset_ms).encode()),
+        (reset, _reset(state.reset_ms)),
     ]
 
 
