@@ -63,8 +63,9 @@ def test_two_gateways_on_one_redis_admit_exactly_the_limit_together(
           - {id: shared, when: {}, limit_to: 100, unit: requests_per_minute}
         """,
     ).replace("identity:\n", f"identity:\n  invalidation: {REDIS_URL}\n")
-    a = GatewayProcess(config, tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path)
-    b = GatewayProcess(config, tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = GatewayProcess(config, tmp_path / "a"), GatewayProcess(config, tmp_path / "b")
     try:
         body = {"model": "mock/m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
