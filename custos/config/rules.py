@@ -21,7 +21,15 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _SUBJECT = re.compile(r"^(\*|(user|team|virtualaccount):\S+)$")
@@ -124,6 +132,11 @@ def _applies_per(value: list[str]) -> list[str]:
     return value
 
 
+#: A rule's ``when``, limited to the facts known at stages 4 and 5.
+RuleWhen = Annotated[WhenSettings, AfterValidator(_no_later_facts)]
+#: What a rule keeps one counter per (at most two dimensions).
+AppliesPer = Annotated[list[str], AfterValidator(_applies_per)]
+
 RateUnit = Literal[
     "requests_per_minute",
     "requests_per_hour",
@@ -139,20 +152,10 @@ class RateLimitRule(_Strict):
     one counter per value of ``applies_per`` (none: one counter for every matching request)."""
 
     id: Annotated[str, Field(pattern=_NAME)]
-    when: WhenSettings = Field(default_factory=WhenSettings)
+    when: RuleWhen = Field(default_factory=WhenSettings)
     limit_to: Annotated[int, Field(gt=0, le=10**12)]
     unit: RateUnit
-    applies_per: list[str] = Field(default_factory=list)
-
-    @field_validator("when")
-    @classmethod
-    def _when_known_here(cls, value: WhenSettings) -> WhenSettings:
-        return _no_later_facts(value)
-
-    @field_validator("applies_per")
-    @classmethod
-    def _dimensions(cls, value: list[str]) -> list[str]:
-        return _applies_per(value)
+    applies_per: AppliesPer = Field(default_factory=list)
 
 
 def _usd(value: Any) -> Decimal:
@@ -202,22 +205,12 @@ class BudgetRule(_Strict):
     call through."""
 
     id: Annotated[str, Field(pattern=_NAME)]
-    when: WhenSettings = Field(default_factory=WhenSettings)
+    when: RuleWhen = Field(default_factory=WhenSettings)
     limit_usd: Annotated[Decimal, BeforeValidator(_usd)]
     period: Literal["day", "week", "month", "quarter", "total"]
     mode: Literal["enforce", "audit"] = "enforce"
-    applies_per: list[str] = Field(default_factory=list)
+    applies_per: AppliesPer = Field(default_factory=list)
     alerts: BudgetAlerts | None = None
-
-    @field_validator("when")
-    @classmethod
-    def _when_known_here(cls, value: WhenSettings) -> WhenSettings:
-        return _no_later_facts(value)
-
-    @field_validator("applies_per")
-    @classmethod
-    def _dimensions(cls, value: list[str]) -> list[str]:
-        return _applies_per(value)
 
     @property
     def limit_micros(self) -> int:
