@@ -169,8 +169,9 @@ def _usd(value: Any) -> Decimal:
         raise ValueError("must be a positive number of US dollars")
     if -amount.as_tuple().exponent > _USD_PLACES:  # type: ignore[operator]
         raise ValueError(f"at most {_USD_PLACES} decimal places (whole micro-dollars)")
-    if amount > Decimal(10**12):
-        raise ValueError("must be at most 1e12 US dollars")
+    # Redis scripts compute in doubles: micro-dollars stay exact below 2**53 (about 9e9 USD).
+    if amount > Decimal(10**9):
+        raise ValueError("must be at most 1e9 US dollars")
     return amount
 
 
