@@ -131,19 +131,16 @@ def test_otlp_spans_logs_and_jsonl(
             lambda found: len(found) == 3,
         )
         assert all(c.trace_id == span.trace_id for c in children)
+        # Attempt spans start a millisecond apart at most (backoff_ms: 1), so their start times can
+        # tie: compare them as a multiset, not in time order.
         got = sorted(
             (
-                c.start_time_unix_nano,
                 _attributes(c).get("http.response.status_code"),
                 _attributes(c)["custos.provider.account"],
             )
             for c in children
         )
-        assert [(status, account) for _, status, account in got] == [
-            (503, "openai-main"),
-            (503, "openai-main"),
-            (200, "azure-eu"),
-        ]
+        assert got == [(200, "azure-eu"), (503, "openai-main"), (503, "openai-main")]
         assert _attributes(children[0])["gen_ai.operation.name"] == "chat"
 
         # A log record per audit event: the body is the record's bytes as stored.
