@@ -85,6 +85,19 @@ class Route:
         return params
 
 
+async def _read_your_writes(directory: Directory, result: BaseModel) -> None:
+    """After a token is issued, rotated or revoked here, this replica's directory has it before
+    the reply goes out, so the caller can use (or is refused with) it at once. Other replicas
+    hear of it through the invalidation channel, within milliseconds."""
+    if isinstance(result, s.TokenCreated):
+        ids = [result.record.id] + ([result.replaced.id] if result.replaced else [])
+    elif isinstance(result, s.TokenOut):
+        ids = [result.id]
+    else:
+        return
+    await directory.reload_tokens(ids)
+
+
 def _split(path: str) -> list[str]:
     return [unquote(p) for p in path.strip("/").split("/")]
 
@@ -160,6 +173,8 @@ class AdminAPI:
             raise GatewayError(404, "not_found", exc.message) from None
         except Conflict as exc:
             raise GatewayError(409, "conflict", exc.message) from None
+        if route.spec.mutating:
+            await _read_your_writes(directory, result)
         return route.spec.status, result.model_dump_json().encode()
 
     def openapi_json(self) -> bytes:
