@@ -16,13 +16,12 @@ from custos.policy.limits import (
     NONE,
     RouteCost,
     Splitter,
-    _prompt_tokens,
     estimate_tokens,
     parse_split,
 )
 from custos.policy.periods import PeriodClock, period_at, period_from_key
 from custos.policy.when import Facts
-from custos.providers.estimate import estimate_prompt_tokens
+from custos.providers.estimate import counted_prompt_tokens, estimate_prompt_tokens
 from custos.runtime import Runtime
 
 
@@ -88,7 +87,7 @@ def test_the_fast_input_estimate_equals_the_general_one(messages, system):
     body: dict[str, object] = {"model": "m", "messages": messages}
     if system is not None:
         body["system"] = system
-    assert _prompt_tokens(body) == estimate_prompt_tokens(body)
+    assert estimate_prompt_tokens(body) == counted_prompt_tokens(body)
 
 
 COST = RouteCost(input=1_000_000, output=10_000_000, per_request=0, max_output_tokens=None)

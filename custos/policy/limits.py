@@ -256,29 +256,11 @@ def route_cost(route: Route, config: Config) -> RouteCost:
     )
 
 
-def _prompt_tokens(body: Mapping[str, Any]) -> int:
-    """``estimate_prompt_tokens``, with a fast path for the common body (messages of a role and
-    a string content only), which it computes to exactly the same number."""
-    messages = body.get("messages")
-    if isinstance(messages, list) and "system" not in body and "input" not in body:
-        chars = 0
-        for message in messages:
-            if not (isinstance(message, dict) and len(message) == 2 and "role" in message):
-                break
-            content = message.get("content")
-            if not isinstance(content, str):
-                break
-            chars += len(content)
-        else:
-            return tokens_for_chars(chars) + 3 * len(messages)
-    return estimate_prompt_tokens(dict(body))
-
-
 def estimate_tokens(
     body: Mapping[str, Any], operation: str, cost: RouteCost, default_output: int
 ) -> tuple[int, int]:
     """(input, output) tokens to reserve for a request."""
-    input_tokens = _prompt_tokens(body)
+    input_tokens = estimate_prompt_tokens(body)
     tools = body.get("tools")
     if tools:
         input_tokens += tokens_for_chars(len(orjson.dumps(tools)))
