@@ -403,7 +403,9 @@ class Bench:
             self.config = (
                 (ROOT / self.config) if not self.config.exists() else self.config.resolve()
             )
-        self.token = env.get("BENCH_TOKEN", "")  # empty: `custos init` makes one
+        self.fixed_token = env.get("BENCH_TOKEN", "")  # empty: `custos init` makes one
+        self.token = self.fixed_token
+        self.gateway_starts = 0
         self.model = env.get("BENCH_MODEL", "bench-openai/gpt-5.5")
         self.stream_model = env.get("BENCH_STREAM_MODEL", "bench-openai/gpt-5.5+chunks=20")
         self.rate = float(env.get("BENCH_RATE", "350"))
@@ -469,12 +471,12 @@ class Bench:
         os.sched_setaffinity(0, {self.load_cpu})  # this script stays off the gateway's core
 
     def start(self) -> None:
+        self.start_mock()
+        self.start_gateway()
+
+    def start_mock(self) -> None:
         custos = VENV_BIN / "custos"
-        log(
-            f"work dir {self.tmp}; mock on 127.0.0.1:{self.mock_port} (CPU {self.load_cpu}), "
-            f"gateway on 127.0.0.1:{self.gateway_port} (CPU {self.gateway_cpu}), "
-            f"config {self.config}"
-        )
+        log(f"work dir {self.tmp}; mock on 127.0.0.1:{self.mock_port} (CPU {self.load_cpu})")
         self.mock_log = (self.tmp / "mock.log").open("wb")
         self.mock = spawn(
             [
@@ -491,38 +493,62 @@ class Bench:
             stdout=self.mock_log,
             stderr=subprocess.STDOUT,
         )
+
+    def start_gateway(self, variant: str | None = None, counters: str = "memory") -> None:
+        """Start a gateway on a fresh store in a directory of its own (with a new checkpoint
+        signing key and, unless BENCH_TOKEN is set, a new token): ``custos serve``, or
+        ``bench/variant.py VARIANT`` with some stages switched off."""
+        from custos.audit.checkpoint import generate_pem  # run.sh runs this with .venv's Python
+
+        custos = VENV_BIN / "custos"
+        self.gateway_starts += 1
+        state = self.tmp / f"gateway-{self.gateway_starts}"
+        state.mkdir()
+        (state / "signing.pem").write_bytes(generate_pem())
         env = {
             **os.environ,
             "MOCK_PROVIDER_KEY": self.mock_key,
             "BENCH_MOCK_PORT": str(self.mock_port),
-            "BENCH_STATE_DIR": str(self.tmp),
+            "BENCH_STATE_DIR": str(state),
+            "BENCH_COUNTERS": counters,
+            "BENCH_COUNTERS_PREFIX": f"custos-bench-{os.getpid()}-{self.gateway_starts}:",
         }
-        self.token = self.token or self._issue_token(custos, env)
+        self.token = self.fixed_token or self._issue_token(custos, env, state)
+        listen = ["--host", "127.0.0.1", "--port", str(self.gateway_port)]
+        if variant is None:
+            cmd = [str(custos), "serve", "--config", str(self.config), *listen, "--no-watch"]
+        else:
+            cmd = [str(VENV_BIN / "python"), str(BENCH / "variant.py"), variant]
+            cmd += ["--config", str(self.config), *listen]
+        log(
+            f"gateway {variant or 'custos serve'} on 127.0.0.1:{self.gateway_port} "
+            f"(CPU {self.gateway_cpu}), config {self.config}, counters {counters}, state {state}"
+        )
         self.gateway_log = (self.tmp / "gateway.log").open("wb")
         self.gateway = spawn(
-            [
-                str(custos),
-                "serve",
-                "--config",
-                str(self.config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.gateway_port),
-                "--no-watch",
-            ],
+            cmd,
             self.gateway_cpu,
             stdout=self.gateway_log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=self.tmp,
+            cwd=state,
         )
         self._wait_ready()
 
-    def _issue_token(self, custos: Path, env: dict[str, str]) -> str:
+    def stop_gateway(self) -> None:
+        self.gateway.terminate()
+        try:
+            self.gateway.wait(30)
+        except subprocess.TimeoutExpired:
+            self.gateway.kill()
+            self.gateway.wait()
+        _children.remove(self.gateway)
+        self.gateway_log.close()
+
+    def _issue_token(self, custos: Path, env: dict[str, str], cwd: Path) -> str:
         """The first admin's token from ``custos init`` on the run's fresh store."""
         cmd = [str(custos), "init", "--config", str(self.config), "--email", BENCH_EMAIL, "--json"]
-        done = subprocess.run(cmd, cwd=self.tmp, env=env, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
         if done.returncode == 2 and "invalid choice: 'init'" in done.stderr:
             log("this custos has no `custos init` (no authentication yet): token 'bench'")
             return "bench"
@@ -531,7 +557,7 @@ class Bench:
                 f"`custos init` failed ({done.returncode}):\n{done.stdout}{done.stderr}"
                 "(for a config whose store has users already, set BENCH_TOKEN)"
             )
-        log(f"created {BENCH_EMAIL} and its token with `custos init` in {self.tmp}")
+        log(f"created {BENCH_EMAIL} and its token with `custos init` in {cwd}")
         return str(json.loads(done.stdout)["token"])
 
     def _log_tail(self, name: str) -> str:
@@ -564,9 +590,9 @@ class Bench:
                 )
             time.sleep(0.05)
 
-    def sanity(self) -> None:
+    def sanity(self, targets: tuple[str, ...] = ("direct", "gateway")) -> None:
         """One request of each kind to each target, checked properly: wrk and hey only count."""
-        for target in ("direct", "gateway"):
+        for target in targets:
             for stream in (False, True):
                 url, body, auth = self.target(target, stream)
                 request = urllib.request.Request(
@@ -648,6 +674,138 @@ class Bench:
         results["gateway_memory_kb"] = self.memory()
         self.speed["end"] = {f"cpu{c}": cpu_speed(c) for c in (self.gateway_cpu, self.load_cpu)}
         return results
+
+
+# ---------------------------------------------------------------------------------------------
+# --compare: what each governance stage costs
+
+
+#: The variants ``--compare`` runs by default, and what each is compared against: the figure
+#: the issue that built the stage names (pass-through, or the same path without the stage).
+COMPARE_VARIANTS = ("passthrough", "auth", "limits", "limits-redis", "audit", "log", "full")
+COMPARISONS = (
+    ("auth", "passthrough", 5.0, "token authentication + one access rule"),
+    ("limits", "passthrough", 10.0, "+ a rate limit and a budget, in-process counters"),
+    ("limits-redis", "passthrough", None, "the same with the counters in Redis"),
+    ("audit", "auth", 10.0, "the audit trail (record, spool, SQLite store)"),
+    ("log", "audit", 10.0, "the Merkle log and signed checkpoints"),
+    ("full", "passthrough", None, "everything (what `custos serve` runs)"),
+)
+
+
+def compare(b: Bench, variants: list[str], rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """Saturate each variant in turn, ``rounds`` times, rotating the order every round so that
+    a machine that slows down or speeds up during the run does not favour one variant."""
+    redis_url = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+    b.preflight()
+    b.idle_before = b.idle_check()
+    b.speed = {"start": {f"cpu{c}": cpu_speed(c) for c in (b.gateway_cpu, b.load_cpu)}}
+    b.start_mock()
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for r in range(rounds):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        for variant in order:
+            name, counters = variant, "memory"
+            if variant == "limits-redis":
+                name, counters = "limits", redis_url
+            b.start_gateway(name, counters)
+            b.sanity(("gateway",))
+            result = saturation(b, "gateway", False)
+            b.check_alive(f"the saturation run of {variant}")
+            b.stop_gateway()
+            result["round"] = r + 1
+            runs[variant].append(result)
+    b.speed["end"] = {f"cpu{c}": cpu_speed(c) for c in (b.gateway_cpu, b.load_cpu)}
+    return runs
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def compare_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    figures = {}
+    for variant, results in runs.items():
+        rps = [r["requests_per_s"] for r in results]
+        cpu_us = [
+            1e6 * r["cpu"]["gateway_cpu_pct"] / 100 / max(1e-9, r["requests_per_s"])
+            for r in results
+        ]
+        figures[variant] = {
+            "rps_median": round(_median(rps), 1),
+            "rps_min": min(rps),
+            "rps_max": max(rps),
+            "cpu_us_per_request": round(_median(cpu_us), 1),
+            "gateway_cpu_pct_min": min(r["cpu"]["gateway_cpu_pct"] for r in results),
+        }
+    return figures
+
+
+def compare_verdicts(figures: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    verdicts = []
+    for variant, base, allowed, what in COMPARISONS:
+        if variant not in figures or base not in figures:
+            continue
+        fig, ref = figures[variant], figures[base]
+        rps_change = 100 * (fig["rps_median"] / ref["rps_median"] - 1)
+        cpu_change = 100 * (fig["cpu_us_per_request"] / ref["cpu_us_per_request"] - 1)
+        verdicts.append(
+            {
+                "variant": variant,
+                "against": base,
+                "what": what,
+                "throughput_change_pct": round(rps_change, 1),
+                "cpu_per_request_change_pct": round(cpu_change, 1),
+                "allowed_drop_pct": allowed,
+                "ok": None if allowed is None else rps_change >= -allowed,
+            }
+        )
+    return verdicts
+
+
+def compare_summary(b: Bench, report: dict[str, Any]) -> str:
+    figures, verdicts = report["figures"], report["verdicts"]
+    speed = b.speed
+    lines = [
+        "=" * 96,
+        f"custos bench --compare  {report['date']}  commit {report['commit']}  "
+        f"config {report['config']}",
+        f"{report['host']['cpus']} CPUs ({report['host']['cpu_model']}); gateway pinned to CPU "
+        f"{b.gateway_cpu}, mock + wrk to CPU {b.load_cpu}; non-streaming saturation, "
+        f"wrk -c{b.connections}, {b.warmup} s warm-up + {b.duration} s, "
+        f"{report['rounds']} rounds (order rotated)",
+        "CPU speed probe (M loops/s): "
+        + ", ".join(
+            f"{cpu} {speed['start'][cpu]:.1f} -> {speed['end'][cpu]:.1f}" for cpu in speed["start"]
+        ),
+        "=" * 96,
+        f"{'variant':<14}{'req/s median':>14}{'(min-max)':>18}{'CPU us/req':>12}"
+        f"{'min gw CPU %':>14}",
+    ]
+    for variant, fig in figures.items():
+        spread = f"({fig['rps_min']:,.0f}-{fig['rps_max']:,.0f})"
+        lines.append(
+            f"{variant:<14}{fig['rps_median']:>14,.0f}{spread:>18}"
+            f"{fig['cpu_us_per_request']:>12,.0f}{fig['gateway_cpu_pct_min']:>14.0f}"
+        )
+    lines.append("-" * 96)
+    for v in verdicts:
+        verdict = (
+            "(printed beside)"
+            if v["ok"] is None
+            else f"within {v['allowed_drop_pct']:g} %: {'ok' if v['ok'] else 'MISSED'}"
+        )
+        lines.append(
+            f"{v['variant']} vs {v['against']}: throughput {v['throughput_change_pct']:+.1f} %, "
+            f"CPU/request {v['cpu_per_request_change_pct']:+.1f} %  {verdict}  ({v['what']})"
+        )
+    lines.append("-" * 96)
+    lines.extend(f"WARNING: {w}" for w in b.warnings)
+    lines.extend(f"PROBLEM: {p}" for p in b.problems)
+    lines.append(f"written to {os.path.relpath(b.out, Path.cwd())}")
+    return "\n".join(lines)
 
 
 def git(*args: str) -> str:
@@ -811,7 +969,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s runs, 1 s warm-up")
     parser.add_argument("--out", help="results JSON (bench/results/latest.json; quick.json)")
     parser.add_argument("--enforce", action="store_true", help="exit 3 when a budget is missed")
+    parser.add_argument(
+        "--compare",
+        nargs="?",
+        const=",".join(COMPARE_VARIANTS),
+        metavar="VARIANTS",
+        help="measure what each governance stage costs: non-streaming saturation of each "
+        f"variant of bench/variant.py (default {','.join(COMPARE_VARIANTS)})",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--compare: rounds (3)")
     args = parser.parse_args(argv)
+    if args.compare is not None:
+        unknown = set(args.compare.split(",")) - set(COMPARE_VARIANTS)
+        if unknown:
+            parser.error(f"unknown variants {sorted(unknown)}; known: {COMPARE_VARIANTS}")
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
     for tool in ("wrk", "hey", "taskset"):
@@ -819,6 +990,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {tool} is not installed (bench/run.sh installs it)", file=sys.stderr)
             return 1
     bench = Bench(args)
+    if args.compare is not None:
+        return main_compare(bench, args.compare.split(","), args.rounds)
     try:
         results = bench.run()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, SIGHUP: nothing worth keeping
@@ -873,6 +1046,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.enforce and not all(c["ok"] for c in report["budgets"]):
         return 3
     return 0
+
+
+def main_compare(bench: Bench, variants: list[str], rounds: int) -> int:
+    if bench.out.name in ("latest.json", "quick.json"):
+        bench.out = bench.out.with_name("compare.json")
+    try:
+        runs = compare(bench, variants, rounds)
+    except (KeyboardInterrupt, SystemExit):
+        cleanup()
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+        raise
+    except BenchError as exc:
+        print(f"\nbench: FAILED: {exc}", file=sys.stderr)
+        print(f"bench: logs kept in {bench.tmp}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup()
+    figures = compare_figures(runs)
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short", "HEAD")
+        + ("-dirty" if git("status", "--porcelain", "--", "custos", "bench") else ""),
+        "mode": "compare",
+        "config": os.path.relpath(bench.config, ROOT),
+        "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
+        "idle_before": bench.idle_before,
+        "cpu_speed_mloops_per_s": bench.speed,
+        "duration_s": bench.duration,
+        "warmup_s": bench.warmup,
+        "rounds": rounds,
+        "runs": runs,
+        "figures": figures,
+        "verdicts": compare_verdicts(figures),
+        "problems": bench.problems,
+        "warnings": bench.warnings,
+    }
+    bench.out.parent.mkdir(parents=True, exist_ok=True)
+    bench.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(compare_summary(bench, report))
+    shutil.rmtree(bench.tmp, ignore_errors=True)
+    return 1 if bench.problems else 0
 
 
 if __name__ == "__main__":

@@ -18,9 +18,16 @@ GRACEFUL_SHUTDOWN_S = 30
 
 
 def serve(
-    config_path: str | Path, *, host: str | None, port: int | None, watch: bool = True
+    config_path: str | Path,
+    *,
+    host: str | None,
+    port: int | None,
+    watch: bool = True,
+    gateway_class: type[Gateway] = Gateway,
 ) -> int:
-    gateway = Gateway.from_file(config_path, watch=watch)
+    """Serve until SIGINT/SIGTERM. ``gateway_class`` lets the benchmark serve a gateway with a
+    stage switched off (bench/variant.py); the ``custos serve`` command never passes it."""
+    gateway = gateway_class.from_file(config_path, watch=watch)
     settings = gateway.runtime.config.gateway
     app = GatewayApp(gateway)
     config = uvicorn.Config(
