@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-import orjson
 
-from custos.audit.record import leaf_hash
+from custos.audit.record import leaf_hash, unseal
 from custos.state.store import open_store
 
 T = TypeVar("T")
@@ -34,13 +33,14 @@ def query(store_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 def stored_records(store_url: str, event_type: str | None = None) -> list[dict[str, Any]]:
-    """Every stored record (parsed), after checking its leaf hash matches its bytes."""
+    """Every stored record (parsed), after checking its leaf hash matches its bytes and that
+    the bytes are canonical (``unseal``: no float, integers in range, sorted keys)."""
     rows = query(store_url, "SELECT * FROM audit_events ORDER BY ingest_id")
     out = []
     for row in rows:
         body = bytes(row["record"])
         assert bytes(row["leaf_hash"]) == leaf_hash(body)
-        record = orjson.loads(body)
+        record = unseal(body).fields
         if event_type is None or record["event_type"] == event_type:
             out.append(record)
     return out

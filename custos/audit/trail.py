@@ -116,7 +116,7 @@ class AuditTrail:
         logged and counted, and the response goes out)."""
         try:
             record, at_ms = events.llm_call(ctx, self.gateway)
-            sealed = seal(record, at_ms=at_ms)
+            sealed = seal(record, at_ms=at_ms, check=False)  # built from typed fields
         except Exception:
             log.exception("audit: could not build the record of request %s", ctx.request_id)
             metrics.AUDIT_DROPPED.inc()
