@@ -27,6 +27,7 @@ import argparse
 import sys
 from typing import Any
 
+from custos.audit.merkle import Frontier
 from custos.context import RequestContext
 from custos.gateway import Gateway
 from custos.identity.principal import Principal
@@ -52,15 +53,29 @@ def gateway_keeping(stages: frozenset[str]) -> type[Gateway]:
             if "log" not in stages and self.audit_log is not None:
                 await self.audit_log.close()
                 self.audit_log = None
-                assert self.identity is not None
-                async with self.identity.store.transaction() as tx:  # nothing queues records
-                    await tx.execute("DROP TRIGGER IF EXISTS audit_events_pending")
+                await _skip_log(self)
             if "audit" not in stages:
                 pipeline.on_settled = pipeline.admit = pipeline.release = None
             if "auth" not in stages:
                 _skip_authentication(pipeline)
 
     return VariantGateway
+
+
+async def _skip_log(gateway: Gateway) -> None:
+    """Records are stored but never appended to the Merkle log: PostgreSQL's trigger no longer
+    queues them, and SQLite's inserts no longer extend the tree."""
+    import custos.audit.store
+
+    async def unlogged(tx: Any, leaves: Any, **_: Any) -> Frontier:
+        return Frontier()
+
+    custos.audit.store.append_leaves = unlogged  # type: ignore[assignment]
+
+    assert gateway.identity is not None
+    if gateway.identity.store.dialect == "postgresql":
+        async with gateway.identity.store.transaction() as tx:
+            await tx.execute("DROP TRIGGER IF EXISTS audit_events_pending ON audit_events")
 
 
 def _skip_authentication(pipeline: Any) -> None:

@@ -108,6 +108,7 @@ class Gateway:
         await self.audit.start(self.runtime.loaded)
         self.audit_log = AuditLog(self.identity.store, config.audit)
         await self.audit_log.start()
+        self.audit.store.on_logged = self.audit_log.on_logged
         self.pipeline.on_settled = self.audit.on_settled
         self.pipeline.admit, self.pipeline.release = self.audit.admit, self.audit.release
         self.pipeline.directory = self.identity.directory

@@ -12,8 +12,9 @@ import pytest
 from custos.audit.checkpoint import Checkpointer, Signer, generate_pem, read_export
 from custos.audit.merkle import MemoryTree, leaf_hash
 from custos.audit.proof import ProofError, check_proof, prove_event
-from custos.audit.sequencer import Sequencer
-from custos.audit.store import AuditStore
+from custos.audit.record import SealedRecord
+from custos.audit.sequencer import Sequencer, read_head
+from custos.audit.store import AuditStore, _sqlite_time, ms_to_datetime
 from custos.audit.verify import verify_log
 from custos.state.store import Store
 from tests.audit_log_worker import record
@@ -44,11 +45,15 @@ class Log:
         await self.checkpointer.register_keys()
         sequencer = Sequencer(self.store, batch=40, on_committed=self.checkpointer.on_sequenced)
         assert await sequencer.lead()
-        await AuditStore(self.store).insert(self.records)
-        while await sequencer.tick():
+        audit = AuditStore(self.store)
+        audit.on_logged = self.checkpointer.on_sequenced  # SQLite: inserts extend the log
+        for start in range(0, len(self.records), 40):
+            await audit.insert(self.records[start : start + 40])
+        while await sequencer.tick():  # PostgreSQL: the sequencer does
             pass
-        assert sequencer.frontier is not None
-        await self.checkpointer.checkpoint(sequencer.frontier.size, sequencer.frontier.root())
+        async with self.store.transaction(readonly=True) as tx:
+            head = await read_head(tx)
+        await self.checkpointer.checkpoint(head["size"], head["root"])
 
     async def verify(self, exported: bool = True) -> list[str]:
         report = await verify_log(
@@ -121,10 +126,23 @@ async def test_swapped_records(log: Log) -> None:
     assert any("root does not match" in f for f in failures)
 
 
+async def forge_row(log: Log, sealed: SealedRecord) -> None:
+    """A record row written straight into the table, as someone with database access would
+    (not through the gateway's insert, which sequences it on SQLite and queues it on
+    PostgreSQL)."""
+    at = _sqlite_time if log.store.dialect == "sqlite" else ms_to_datetime
+    await log.sql(
+        "INSERT INTO audit_events (event_id, event_type, at, record, leaf_hash, received_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        sealed.event_id, sealed.event_type, at(sealed.at_ms), sealed.body, sealed.leaf_hash,
+        at(sealed.at_ms),
+    )  # fmt: skip
+    await log.sql("DELETE FROM audit_pending")  # and hidden from the sequencer
+
+
 async def test_inserted_record(log: Log) -> None:
     forged = record("forged", 0)
-    await AuditStore(log.store).insert([forged])
-    await log.sql("DELETE FROM audit_pending")  # the forger hides it from the sequencer
+    await forge_row(log, forged)
     for seq in range(199, 99, -1):
         await log.sql("UPDATE audit_leaves SET seq = $1 WHERE seq = $2", seq + 1, seq)
     await log.sql(
@@ -139,7 +157,7 @@ async def test_inserted_record(log: Log) -> None:
     )
     # Inserted without being sequenced at all: reported once past the delay.
     unsequenced = record("late", 0)
-    await AuditStore(log.store).insert([unsequenced])
+    await forge_row(log, unsequenced)
     report = await verify_log(log.store, verifiers=[log.signer.verifier], pending_delay_s=0)
     assert report.failures[-1].endswith(f"(first: {unsequenced.event_id})")
 

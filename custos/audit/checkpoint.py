@@ -38,11 +38,11 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -401,16 +401,14 @@ class Checkpointer:
                                   self.export_path)  # fmt: skip
             return checkpoint
 
-    async def run(self, head: Any) -> None:
-        """Checkpoint the tree of ``head()`` (``(size, root)`` or ``None`` when not leading)
-        every ``interval_s`` when it grew: slow trickles of records still get signed."""
+    async def run(self, head: Callable[[], Awaitable[tuple[int, bytes] | None]]) -> None:
+        """Checkpoint the tree of ``await head()`` (``(size, root)`` or ``None`` when not
+        leading) every ``interval_s`` when it grew: slow trickles of records still get signed."""
         while True:
             await asyncio.sleep(self.interval_s)
-            current = head()
-            if current is None:
-                continue
-            with contextlib.suppress(Exception):
-                if self._last_size != current[0]:
+            with contextlib.suppress(Exception):  # a store hiccup: try again next interval
+                current = await head()
+                if current is not None and self._last_size != current[0]:
                     await self.checkpoint(*current)
 
 

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from custos.audit.merkle import Frontier
@@ -168,19 +168,20 @@ class Sequencer:
             await self.step_down()
         if self.store.dialect == "postgresql" and not await self._take_lock():
             return False
-        async with self.store.transaction() as tx:
-            await tx.execute(
-                "UPDATE audit_tree_head SET epoch = epoch + 1, leader = $1 WHERE id = 1", self.name
-            )
-            head = await read_head(tx)
-            nodes = await read_nodes(tx, Frontier.node_ids(head["size"]))
-        self.frontier = Frontier.load(head["size"], lambda lvl, idx: nodes[(lvl, idx)])
-        if self.frontier.root() != head["root"]:
+        try:
+            async with self.store.transaction() as tx:
+                await tx.execute(
+                    "UPDATE audit_tree_head SET epoch = epoch + 1, leader = $1 WHERE id = 1",
+                    self.name,
+                )
+                epoch = (await read_head(tx))["epoch"]
+                self.frontier = await load_frontier(tx)
+        except BaseException:
             await self.step_down()
-            raise RuntimeError("the stored tree head does not match the stored nodes")
-        self.epoch = head["epoch"]
+            raise
+        self.epoch = epoch
         log.info("audit sequencer %s leads (epoch %d, size %d)", self.name, self.epoch,
-                 head["size"])  # fmt: skip
+                 self.frontier.size)  # fmt: skip
         return True
 
     async def _take_lock(self) -> bool:
@@ -245,37 +246,19 @@ class Sequencer:
             )
             if not rows:
                 return 0
-            fresh = [r for r in rows if r["seq"] is None]
-            frontier = self.frontier.copy()
-            old_size = frontier.size
-            nodes = frontier.extend(bytes(r["leaf_hash"]) for r in fresh)
-            if self.before_write is not None:
-                await self.before_write()
+            fresh = [(r["event_id"], bytes(r["leaf_hash"])) for r in rows if r["seq"] is None]
+            frontier = self.frontier
             if fresh:
-                now = utcnow()
-                moved = await tx.execute(
-                    "UPDATE audit_tree_head SET size = $1, root = $2, updated_at = $3"
-                    " WHERE id = 1 AND size = $4 AND epoch = $5",
-                    frontier.size,
-                    frontier.root(),
-                    now,
-                    old_size,
-                    epoch,
-                )
-                if moved != 1:
+                # On SQLite every inserting transaction also extends the log (``insert_in``),
+                # so the stored head, not this task's copy, is where the tree is.
+                cached = None if self.store.dialect == "sqlite" else self.frontier
+                try:
+                    frontier = await append_leaves(
+                        tx, fresh, frontier=cached, epoch=epoch, before_write=self.before_write
+                    )
+                except Fenced:
                     self.fenced += 1
-                    raise Fenced(f"tree head is no longer size {old_size} at epoch {epoch}")
-                await tx.executemany(
-                    "INSERT INTO audit_leaves (seq, event_id, leaf_hash, sequenced_at)"
-                    " VALUES ($1, $2, $3, $4)",
-                    [
-                        (old_size + i, r["event_id"], bytes(r["leaf_hash"]), now)
-                        for i, r in enumerate(fresh)
-                    ],
-                )
-                await tx.executemany(
-                    "INSERT INTO audit_merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)", nodes
-                )
+                    raise
             await tx.executemany(
                 "DELETE FROM audit_pending WHERE pending_id = $1",
                 [(int(r["pending_id"]),) for r in rows],
@@ -284,6 +267,58 @@ class Sequencer:
         if fresh and self.on_committed is not None:
             await self.on_committed(frontier.size, frontier.root())
         return len(rows)
+
+
+async def load_frontier(tx: Tx) -> Frontier:
+    """The tree at the stored head, from its stored nodes (O(log n) reads), checked against the
+    head's root."""
+    head = await read_head(tx)
+    nodes = await read_nodes(tx, Frontier.node_ids(head["size"]))
+    frontier = Frontier.load(head["size"], lambda lvl, idx: nodes[(lvl, idx)])
+    if frontier.root() != head["root"]:
+        raise RuntimeError("the stored tree head does not match the stored nodes")
+    return frontier
+
+
+async def append_leaves(
+    tx: Tx,
+    leaves: Sequence[tuple[str, bytes]],
+    *,
+    frontier: Frontier | None = None,
+    epoch: int | None = None,
+    before_write: Callable[[], Awaitable[None]] | None = None,
+) -> Frontier:
+    """Give ``leaves`` (event id, leaf hash) the next sequence numbers, inside ``tx``: their
+    ``audit_leaves`` rows, the complete-subtree nodes they complete, and the tree head moved by
+    compare-and-swap on its size (and on ``epoch`` when given). Returns the grown tree.
+
+    ``frontier`` is the caller's copy of the tree at the head (a leader's); without it the tree
+    is loaded from the store. Raises ``Fenced`` when the head moved or the epoch changed: the
+    caller must roll ``tx`` back (raising out of it does)."""
+    grown = frontier.copy() if frontier is not None else await load_frontier(tx)
+    old_size = grown.size
+    nodes = grown.extend(leaf for _, leaf in leaves)
+    if before_write is not None:
+        await before_write()
+    now = utcnow()
+    sql = (
+        "UPDATE audit_tree_head SET size = $1, root = $2, updated_at = $3"
+        " WHERE id = 1 AND size = $4"
+    )
+    args: list[Any] = [grown.size, grown.root(), now, old_size]
+    if epoch is not None:
+        sql += " AND epoch = $5"
+        args.append(epoch)
+    if await tx.execute(sql, *args) != 1:
+        raise Fenced(f"tree head is no longer size {old_size} at epoch {epoch}")
+    await tx.executemany(
+        "INSERT INTO audit_leaves (seq, event_id, leaf_hash, sequenced_at) VALUES ($1, $2, $3, $4)",
+        [(old_size + i, event_id, leaf, now) for i, (event_id, leaf) in enumerate(leaves)],
+    )
+    await tx.executemany(
+        "INSERT INTO audit_merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)", nodes
+    )
+    return grown
 
 
 class AuditLog:
@@ -313,11 +348,22 @@ class AuditLog:
         self.sequencer = Sequencer(store, on_committed=hook)
         self._checkpoint_task: asyncio.Task[None] | None = None
 
-    def head(self) -> tuple[int, bytes] | None:
+    async def head(self) -> tuple[int, bytes] | None:
+        """The tree to checkpoint: ``None`` unless this process leads. On SQLite every
+        inserting transaction extends the log, so the head is read from the store."""
         frontier = self.sequencer.frontier
         if not self.sequencer.is_leader or frontier is None:
             return None
+        if self.store.dialect == "sqlite":
+            async with self.store.transaction(readonly=True) as tx:
+                head = await read_head(tx)
+            return head["size"], head["root"]
         return frontier.size, frontier.root()
+
+    async def on_logged(self, size: int, root: bytes) -> None:
+        """An insert extended the log itself (SQLite): as after a sequencer's batch."""
+        if self.checkpointer is not None and self.sequencer.is_leader:
+            await self.checkpointer.on_sequenced(size, root)
 
     async def start(self) -> None:
         if self.checkpointer is not None:
@@ -333,13 +379,13 @@ class AuditLog:
             self._checkpoint_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._checkpoint_task
-        head = self.head()
+        head = await self.head()
         if self.sequencer.is_leader:
             self.sequencer._stopping = True
             with contextlib.suppress(Exception):
                 while await self.sequencer.tick():
                     pass
-            head = self.head()
+            head = await self.head()
         if head is not None and self.checkpointer is not None:
             with contextlib.suppress(Exception):
                 await self.checkpointer.checkpoint(*head)

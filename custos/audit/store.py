@@ -5,6 +5,7 @@ Contracts:
 - ``insert`` writes a batch of sealed records and their projections in one transaction, with
   ``ON CONFLICT DO NOTHING`` everywhere: inserting a record twice (a spool replayed after a
   crash, a batch retried after a timeout whose commit did land) changes nothing.
+- On SQLite that transaction also appends the records to the Merkle log (``insert_in``).
 - Reads never re-serialise a record: ``record`` comes back as the stored bytes.
 - Times are stored as the dialect's time type (SQLite: fixed-width ISO text; PostgreSQL:
   ``timestamptz``), converted from Unix milliseconds exactly.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from custos.audit.record import LLM_CALL, SealedRecord
+from custos.audit.sequencer import append_leaves
 from custos.state.models import utcnow
 from custos.state.store import Store, Tx
 
@@ -100,6 +102,9 @@ class AuditStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: Awaited with the log's ``(size, root)`` after an insert that grew it here (SQLite:
+        #: the checkpointer's count-based trigger).
+        self.on_logged: Callable[[int, bytes], Awaitable[None]] | None = None
 
     @property
     def dialect(self) -> str:
@@ -112,7 +117,9 @@ class AuditStore:
         if not records:
             return
         async with self.store.transaction() as tx:
-            await insert_in(tx, records)
+            grown = await insert_in(tx, records)
+        if grown is not None and self.on_logged is not None:
+            await self.on_logged(*grown)
 
     async def save_config_text(self, revision: str, text: str) -> None:
         async with self.store.transaction() as tx:
@@ -226,10 +233,19 @@ class AuditStore:
             return await tx.fetch(sql, *args)
 
 
-async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
-    """``AuditStore.insert`` inside an open transaction."""
+async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> tuple[int, bytes] | None:
+    """``AuditStore.insert`` inside an open transaction.
+
+    On SQLite the same transaction also appends the records it stored to the Merkle log
+    (``append_leaves``): SQLite runs one writing transaction at a time, so whoever inserts can
+    sequence, and there is no queue to fill and drain (on PostgreSQL a trigger queues the
+    records in ``audit_pending`` for the one sequencer). Returns the log's new ``(size, root)``
+    when it grew here."""
     at = _sqlite_time if tx.dialect == "sqlite" else ms_to_datetime
     now = at(time.time_ns() // 1_000_000)
+    inline = tx.dialect == "sqlite"
+    if inline:
+        before = await tx.fetchrow("SELECT COALESCE(MAX(ingest_id), 0) AS n FROM audit_events")
     await tx.executemany(
         _INSERT_EVENT,
         [(r.event_id, r.event_type, at(r.at_ms), r.body, r.leaf_hash, now) for r in records],
@@ -244,6 +260,19 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
         ]
         if classes:
             await tx.executemany(_INSERT_CLASS, classes)
+    if not inline:
+        return None
+    # The rows this statement added (a replayed record was skipped by ON CONFLICT): rowids only
+    # grow, so they are exactly those past the largest before it.
+    assert before is not None
+    added = await tx.fetch(
+        "SELECT event_id FROM audit_events WHERE ingest_id > $1 ORDER BY ingest_id", before["n"]
+    )
+    if not added:
+        return None
+    leaf_of = {r.event_id: r.leaf_hash for r in records}
+    grown = await append_leaves(tx, [(a["event_id"], leaf_of[a["event_id"]]) for a in added])
+    return grown.size, grown.root()
 
 
 def _admin_row(row: dict[str, Any]) -> dict[str, Any]:
