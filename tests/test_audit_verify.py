@@ -16,6 +16,7 @@ from custos.audit.sequencer import Sequencer
 from custos.audit.store import AuditStore
 from custos.audit.verify import verify_log
 from custos.state.store import Store
+from tests.audit_helpers import unguarded
 from tests.audit_log_worker import record
 from tests.conftest import ROOT
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
@@ -59,9 +60,11 @@ class Log:
         return report.failures
 
     async def sql(self, statement: str, *args: object) -> list[dict]:
-        async with self.store.transaction() as tx:
-            if statement.lstrip().upper().startswith("SELECT"):
+        """Run a statement; changes bypass the guard triggers, as an attacker would."""
+        if statement.lstrip().upper().startswith("SELECT"):
+            async with self.store.transaction() as tx:
                 return await tx.fetch(statement, *args)
+        async with unguarded(self.store) as tx:
             await tx.execute(statement, *args)
         return []
 
@@ -166,7 +169,7 @@ async def test_rewrite_resigned_with_the_real_key_is_caught_by_the_export(log: L
               await log.sql("SELECT leaf_hash FROM audit_leaves ORDER BY seq")]  # fmt: skip
     tree = MemoryTree(leaves)
     await log.sql("DELETE FROM audit_merkle_nodes")
-    async with log.store.transaction() as tx:
+    async with unguarded(log.store) as tx:
         await tx.executemany(
             "INSERT INTO audit_merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)",
             [(lv, ix, h) for (lv, ix), h in tree.nodes.items()],
@@ -243,7 +246,7 @@ def test_verify_cli_exit_status(tmp_path: Path) -> None:
 
     async def tamper() -> None:
         opened = await open_store(url)
-        async with opened.transaction() as tx:
+        async with unguarded(opened) as tx:
             await tx.execute("DELETE FROM audit_leaves WHERE seq = 3")
         await opened.close()
 
