@@ -143,6 +143,8 @@ def register(subparsers: Any) -> None:
     show.add_argument("--json", action="store_true", help="print the API's JSON reply")
     show.set_defaults(run=_run(_show))
 
+    from custos.audit.retention import register as register_retention_commands
     from custos.audit.verify import register as register_log_commands
 
     register_log_commands(commands)
+    register_retention_commands(commands)
