@@ -290,15 +290,24 @@ class AuditLog:
     """The sequencer and (with a signing key) the checkpointer of one gateway process.
 
     ``start``/``close`` are what the gateway calls. The signing key is loaded here, once, and
-    lives only inside the checkpointer's ``Signer``."""
+    lives only inside the checkpointer's ``Signer``. With an OTLP export (``logs`` on), each new
+    checkpoint is also sent as an OTLP log record; ``instance`` names this process there."""
 
-    def __init__(self, store: Store, settings: Any) -> None:
+    def __init__(self, store: Store, settings: Any, *, instance: str | None = None) -> None:
         from custos.audit.checkpoint import Checkpointer, load_signer
 
         self.store = store
         self.checkpointer: Checkpointer | None = None
+        self.otlp: Any = None
         if settings.signing_key is not None or os.environ.get("CUSTOS_AUDIT_SIGNING_KEY"):
             signer = load_signer(settings.signing_key_name, settings.signing_key)
+            otlp = settings.otlp
+            if otlp is not None and otlp.logs:
+                from custos.audit.events import GatewayInfo
+                from custos.audit.export import OTLPCheckpointExport
+
+                gateway = GatewayInfo(instance or socket.gethostname())
+                self.otlp = OTLPCheckpointExport(otlp, gateway)
             self.checkpointer = Checkpointer(
                 store,
                 [signer],
@@ -306,6 +315,7 @@ class AuditLog:
                 interval_s=settings.checkpoint_interval_s,
                 every_n=settings.checkpoint_every,
                 export_path=settings.checkpoint_export,
+                on_checkpoint=self.otlp,
             )
         else:
             log.warning("audit.signing_key is not set: the log is sequenced but not signed")
@@ -344,3 +354,5 @@ class AuditLog:
             with contextlib.suppress(Exception):
                 await self.checkpointer.checkpoint(*head)
         await self.sequencer.close()
+        if self.otlp is not None:
+            await asyncio.to_thread(self.otlp.close)  # sends what is queued
