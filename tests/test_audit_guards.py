@@ -5,20 +5,24 @@ change) still works."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 
+import asyncpg
 import pytest
 
 from custos.audit.checkpoint import Checkpointer
+from custos.audit.events import GatewayInfo
 from custos.audit.record import seal, unix_ms
-from custos.audit.retention import purge_window
+from custos.audit.retention import purge, purge_window, release_hold, set_hold
 from custos.audit.sequencer import Sequencer
 from custos.audit.store import AuditStore
 from custos.state.errors import Invalid
-from custos.state.models import utcnow
-from custos.state.store import Store
+from custos.state.models import Actor, utcnow
+from custos.state.store import Store, open_store
 from tests.audit_log_worker import record
-from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
+from tests.conftest import ROOT
+from tests.store_fixtures import PG_URL, pg_url, store, store_url  # noqa: F401  (fixtures)
 from tests.test_audit_report import seeded_calls
 from tests.test_audit_verify import make_signer
 
@@ -159,3 +163,65 @@ async def test_the_purge_window_allows_exactly_the_purge(store: Store) -> None: 
     # The window closes with its transaction.
     await refused(store, "DELETE FROM audit_llm_calls", "audit_llm_calls", "DELETE")
     assert sequencer.frontier is not None and sequencer.frontier.size == 40
+
+
+def documented_grants(schema: str, app: str, retention: str) -> str:
+    """The grant SQL of docs/audit.md ("PostgreSQL roles"), for ``schema`` and these roles."""
+    text = (ROOT / "docs" / "audit.md").read_text()
+    section = text[text.index("### PostgreSQL roles"):]
+    start = section.index("```sql\n") + 7
+    sql = section[start : section.index("\n```", start)]
+    sql = sql.replace("custos_app", app).replace("custos_retention", retention)
+    return sql.replace("SCHEMA custos ", f"SCHEMA {schema} ").replace("custos.", f"{schema}.")
+
+
+async def test_the_documented_grants(pg_url: str) -> None:  # noqa: F811
+    """Under the documented roles, the gateway's work (insert, sequence, checkpoint, rotate a
+    key, set and release a hold) and the purge's work succeed; changing the log is refused."""
+    schema = pg_url.rsplit("search_path=", 1)[1]
+    tag = secrets.token_hex(4)
+    app, retention = f"custos_app_{tag}", f"custos_retention_{tag}"
+    owner = await open_store(pg_url)
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(documented_grants(schema, app, retention))
+        # What the app role needs outside the audit tables, for set_hold's admin event.
+        await admin.execute(f"GRANT SELECT, INSERT ON {schema}.admin_events TO {app}")
+        await admin.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {app}")
+        as_app = await open_store(pg_url.replace("postgres@", f"{app}@"), migrate=False)
+        try:
+            await AuditStore(as_app).insert(
+                [seal(dict(r), at_ms=unix_ms(utcnow() - timedelta(days=500)))
+                 for r in seeded_calls(10, seed=5)] + [record("app", n) for n in range(5)]
+            )  # fmt: skip
+            checkpointer = Checkpointer(as_app, [make_signer()], origin="custos.test/audit")
+            await checkpointer.register_keys()
+            sequencer = Sequencer(as_app, on_committed=checkpointer.checkpoint)
+            assert await sequencer.lead() and await sequencer.tick() == 15
+            async with as_app.transaction() as tx:
+                await tx.execute("UPDATE audit_signing_keys SET not_after = $1", utcnow())
+            hold = await set_hold(as_app, Actor("user:a", "admin"), team="x", reason="case")
+            await release_hold(as_app, Actor("user:a", "admin"), hold.id, reason="done")
+            for sql in ("UPDATE audit_events SET record = ''::bytea", "DELETE FROM audit_leaves",
+                        "TRUNCATE audit_checkpoints", "DELETE FROM audit_llm_calls"):  # fmt: skip
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    async with as_app.transaction() as tx, purge_window(tx):
+                        await tx.execute(sql)
+            await sequencer.step_down()
+        finally:
+            await as_app.close()
+        as_retention = await open_store(pg_url.replace("postgres@", f"{retention}@"),
+                                        migrate=False)  # fmt: skip
+        try:
+            purged = await purge(as_retention, retention_days=400, trigger="command",
+                                 gateway=GatewayInfo("tests"))  # fmt: skip
+            assert purged.count == 10
+        finally:
+            await as_retention.close()
+    finally:
+        await owner.close()
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.execute(f"DROP OWNED BY {app}, {retention} CASCADE")
+        await admin.execute(f"DROP ROLE {app}")
+        await admin.execute(f"DROP ROLE {retention}")
+        await admin.close()

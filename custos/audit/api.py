@@ -7,9 +7,9 @@ writes it out as UTF-8 has the stored bytes), with its leaf hash; ``next_after``
 ``GET /admin/v1/audit/requests/{request}`` — the records of one request id (or one event id).
 ``GET /admin/v1/audit/verify?from=&to=`` — ``custos audit verify`` run by the gateway, with the
 keys stored in the database: the report as JSON. It reads the whole log in pages of
-``API_PAGE`` leaves (each page hashed on the event loop in a few milliseconds, with a database
-round trip between pages) and one verification runs at a time per process; on a large log it
-takes as long as the CLI, so give the client a long timeout.
+``API_PAGE`` leaves with a database round trip between pages; only a page's hashing holds the
+event loop (a page took ~30 ms in all on a busy machine), and one verification runs at a time
+per process. On a large log it takes as long as the CLI, so give the client a long timeout.
 ``GET|POST /admin/v1/audit/holds``, ``POST /admin/v1/audit/holds/{hold}/release`` — legal holds
 (``custos.audit.retention``): admins set and release them with a reason; admins and auditors
 list them.

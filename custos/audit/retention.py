@@ -324,7 +324,8 @@ async def purge(
 
 class RetentionJob:
     """The gateway's periodic purge: every ``interval_s`` with the retention days of the revision
-    being served. ``export`` receives the ``audit.purge`` records written (the trail's exports)."""
+    being served, unless it says ``purge_in_gateway: false``. ``export`` receives the
+    ``audit.purge`` records written (the trail's exports)."""
 
     def __init__(
         self,
@@ -367,7 +368,8 @@ class RetentionJob:
         await asyncio.sleep(self.first_delay_s)
         while True:
             try:
-                await self.run_once()
+                if self.settings().purge_in_gateway:
+                    await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
