@@ -14,6 +14,7 @@ import logging
 import signal
 from pathlib import Path
 
+from custos.audit.retention import RetentionJob
 from custos.audit.sequencer import AuditLog
 from custos.audit.trail import AuditTrail
 from custos.config.loader import LoadedConfig, load_config
@@ -62,6 +63,7 @@ class Gateway:
         self.identity: Identity | None = None
         self.audit: AuditTrail | None = None
         self.audit_log: AuditLog | None = None
+        self.retention: RetentionJob | None = None
         state = self.runtime.config.state  # counters are per process: a change needs a restart
         counters = open_counters(state.counters, prefix=state.counters_prefix)
         self.limiter = Limiter(counters, lambda: self.runtime)
@@ -106,9 +108,14 @@ class Gateway:
             self.identity.store, lambda: self.runtime.config.audit, instance=config.gateway.instance
         )
         await self.audit.start(self.runtime.loaded)
-        self.audit_log = AuditLog(self.identity.store, config.audit)
+        self.audit_log = AuditLog(self.identity.store, config.audit,
+                                  instance=config.gateway.instance)  # fmt: skip
         await self.audit_log.start()
-        self.audit.store.on_logged = self.audit_log.on_logged
+        # The retention purge, hourly; replicas take turns through a database lock.
+        exports = self.audit.exports if self.audit.exports.sinks else None
+        self.retention = RetentionJob(self.identity.store, lambda: self.runtime.config.audit,
+                                      self.audit.gateway, export=exports)  # fmt: skip
+        self.retention.start()
         self.pipeline.on_settled = self.audit.on_settled
         self.pipeline.admit, self.pipeline.release = self.audit.admit, self.audit.release
         self.pipeline.directory = self.identity.directory
@@ -137,6 +144,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
+        if self.retention is not None:
+            await self.retention.close()
+            self.retention = None
         if self.audit is not None:
             await self.audit.close()
             self.audit = None

@@ -7,16 +7,39 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
 from custos.audit.record import leaf_hash, unseal
-from custos.state.store import open_store
+from custos.state.store import Store, Tx, open_store
 
 T = TypeVar("T")
+
+
+@asynccontextmanager
+async def unguarded(store: Store) -> AsyncIterator[Tx]:
+    """A transaction with the audit tables' guard triggers out of the way, as whoever owns the
+    database can do: on PostgreSQL triggers are off for the transaction (a superuser's
+    ``session_replication_role``), on SQLite the guard triggers are dropped and re-created
+    around the change. What tamper tests use to play the attacker."""
+    async with store.transaction() as tx:
+        if tx.dialect == "postgresql":
+            await tx.execute("SET LOCAL session_replication_role = replica")
+            yield tx
+            return
+        guards = await tx.fetch(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            " AND name LIKE 'audit_guard_%'"
+        )
+        for guard in guards:
+            await tx.execute(f"DROP TRIGGER {guard['name']}")
+        yield tx
+        for guard in guards:
+            await tx.execute(guard["sql"])
 
 
 async def _query(store_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:

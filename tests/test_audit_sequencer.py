@@ -104,25 +104,30 @@ async def test_a_superseded_leader_is_fenced(store: Store) -> None:  # noqa: F81
 
 
 async def test_sqlite_inserts_sequence_and_a_stale_tree_is_fenced(store: Store) -> None:  # noqa: F811
-    """On SQLite every insert extends the log in its own transaction (no queue); an append
-    from a copy of the tree that is no longer the head is refused and writes nothing."""
+    """On SQLite every insert extends the log in its own transaction (no queue), and the
+    sequencer's tick reports the grown tree; an append from a copy of the tree that is no
+    longer the head is refused and writes nothing."""
     if store.dialect != "sqlite":
         pytest.skip("PostgreSQL queues records for its one sequencer")
+    grown: list[int] = []
+
+    async def on_committed(size: int, root: bytes) -> None:
+        grown.append(size)
+
+    sequencer = Sequencer(store, on_committed=on_committed)
+    assert await sequencer.lead()
     audit = AuditStore(store)
-    logged: list[int] = []
-
-    async def on_logged(size: int, root: bytes) -> None:
-        logged.append(size)
-
-    audit.on_logged = on_logged
     first = [record("t", n) for n in range(10)]
     await audit.insert(first)
     await check_log(store, 10)
     async with store.transaction() as tx:
         stale = await load_frontier(tx)
+    assert await sequencer.tick() == 0
     await audit.insert([record("u", n) for n in range(5)])
     await audit.insert(first[:3])  # replayed: not logged twice
-    assert logged == [10, 15]
+    await sequencer.tick()
+    await sequencer.tick()  # no growth: no call
+    assert grown == [10, 15]
     with pytest.raises(Fenced):
         async with store.transaction() as tx:
             await append_leaves(tx, [("x", bytes(32))], frontier=stale)

@@ -328,6 +328,7 @@ class Checkpointer:
         interval_s: float = 10.0,
         every_n: int = 10_000,
         export_path: str | None = None,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         if not signers:
             raise ValueError("a checkpointer needs a signing key")
@@ -337,6 +338,9 @@ class Checkpointer:
         self.interval_s = interval_s
         self.every_n = every_n
         self.export_path = export_path
+        #: Told of each new checkpoint once it is stored and exported (the OTLP copy); must
+        #: not block.
+        self.on_checkpoint = on_checkpoint
         self._last_size: int | None = None
         self._last_at = time.monotonic()
         self._lock = asyncio.Lock()
@@ -399,6 +403,11 @@ class Checkpointer:
                 except OSError:
                     log.exception("could not export checkpoint %d to %s", next_id,
                                   self.export_path)  # fmt: skip
+            if self.on_checkpoint is not None:
+                try:
+                    self.on_checkpoint(checkpoint)
+                except Exception:
+                    log.exception("could not hand checkpoint %d to its exporter", next_id)
             return checkpoint
 
     async def run(self, head: Callable[[], Awaitable[tuple[int, bytes] | None]]) -> None:

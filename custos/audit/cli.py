@@ -9,6 +9,11 @@ http://127.0.0.1:8787) with a personal access token of an admin or auditor (``--
 - ``export [--from] [--to] [--event-type T] [--output FILE]``: the records as JSON lines, each
   line the record's bytes exactly as stored (so ``SHA-256(0x00 || line)`` is its leaf hash).
 - ``show REQUEST_ID``: the records of one request (or one event id), readable.
+- ``hold set [--team T] --reason R``, ``hold release HOLD_ID --reason R``, ``hold list
+  [--active]``: legal holds, which suspend the retention purge (set and release: admins).
+
+``verify``, ``keys``, ``prove``, ``check-proof`` and ``purge`` work on the store (or a file)
+directly instead: see ``custos.audit.verify`` and ``custos.audit.retention``.
 
 Exit status: 0 done, 1 refused or failed, 2 usage error.
 """
@@ -96,6 +101,40 @@ def _show(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _hold_line(hold: dict[str, Any]) -> str:
+    scope = f"team {hold['team']}" if hold["team"] else "every record"
+    state = "active"
+    if not hold["active"]:
+        state = (f"released {hold['released_at']} by {hold['released_by']}: "
+                 f"{hold['release_reason']}")  # fmt: skip
+    return (f"{hold['id']}  {scope}  set {hold['set_at']} by {hold['set_by']}: "
+            f"{hold['reason']}  [{state}]")  # fmt: skip
+
+
+def _hold_set(client: AdminClient, args: argparse.Namespace) -> int:
+    body = {"reason": args.reason, **({"team": args.team} if args.team else {})}
+    print(_hold_line(client.call("POST", path("audit", "holds"), body=body)))
+    return 0
+
+
+def _hold_release(client: AdminClient, args: argparse.Namespace) -> int:
+    reply = client.call("POST", path("audit", "holds", args.hold_id, "release"),
+                        body={"reason": args.reason})  # fmt: skip
+    print(_hold_line(reply))
+    return 0
+
+
+def _hold_list(client: AdminClient, args: argparse.Namespace) -> int:
+    query = {"active": "true" if args.active else None}
+    reply = client.call("GET", path("audit", "holds"), query=query)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0
+    for hold in reply["data"]:
+        print(_hold_line(hold))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``audit`` and its commands to the ``custos`` parser."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -143,6 +182,29 @@ def register(subparsers: Any) -> None:
     show.add_argument("--json", action="store_true", help="print the API's JSON reply")
     show.set_defaults(run=_run(_show))
 
+    hold = commands.add_parser(
+        "hold", help="legal holds: suspend the retention purge",
+        description="Legal holds suspend the retention purge: for every record, or for the LLM "
+        "calls of one team. Admins set and release them, with a reason; each change is an "
+        "admin event.",
+    )  # fmt: skip
+    hold.set_defaults(run=lambda _args: (hold.print_help(sys.stderr), 2)[1])
+    holds = hold.add_subparsers(title="hold commands", metavar="COMMAND")
+    hold_set = holds.add_parser("set", parents=[parent], help="set a hold (admin)")
+    hold_set.add_argument("--team", help="hold this team's records only (default: every record)")
+    hold_set.add_argument("--reason", required=True)
+    hold_set.set_defaults(run=_run(_hold_set))
+    release = holds.add_parser("release", parents=[parent], help="release a hold (admin)")
+    release.add_argument("hold_id", metavar="HOLD_ID")
+    release.add_argument("--reason", required=True)
+    release.set_defaults(run=_run(_hold_release))
+    listing = holds.add_parser("list", parents=[parent], help="list holds (admin, auditor)")
+    listing.add_argument("--active", action="store_true", help="only holds in force")
+    listing.add_argument("--json", action="store_true", help="print the API's JSON reply")
+    listing.set_defaults(run=_run(_hold_list))
+
+    from custos.audit.retention import register as register_retention_commands
     from custos.audit.verify import register as register_log_commands
 
     register_log_commands(commands)
+    register_retention_commands(commands)

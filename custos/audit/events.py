@@ -38,6 +38,7 @@ from weakref import WeakKeyDictionary
 from custos import __version__
 from custos.audit.record import (
     ADMIN_CHANGE,
+    AUDIT_PURGE,
     AUTH_FAILURE,
     CONFIG_REVISION,
     LLM_CALL,
@@ -379,5 +380,41 @@ def config_revision(
         "config.previous_revision": previous,
         "config.text_sha256": text_sha256,
         "config.source": source,
+        "trigger": trigger,
+    }, now
+
+
+# -- audit.purge -----------------------------------------------------------------------------------
+
+
+def audit_purge(
+    *,
+    cutoff_ms: int,
+    retention_days: int,
+    seq_ranges: list[tuple[int, int]],
+    count: int,
+    team_holds: list[str],
+    trigger: str,
+    gateway: GatewayInfo,
+) -> tuple[dict[str, Any], int]:
+    """The retention purge emptied the bodies (and dropped the query rows) of ``count`` records
+    whose ``time_start`` is before ``cutoff_ms``: exactly the sequence numbers in ``seq_ranges``
+    (inclusive ``[first, last]`` pairs, ascending). ``team_holds``: the teams whose records were
+    kept under a legal hold. ``trigger``: ``schedule`` (the gateway) or ``command``."""
+    now = time.time_ns() // 1_000_000
+    at = rfc3339_ms(now)
+    return {
+        "event_type": AUDIT_PURGE,
+        "time_start": at,
+        "time_end": at,
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "purge.cutoff": rfc3339_ms(cutoff_ms),
+        "purge.retention_days": retention_days,
+        "purge.count": count,
+        "purge.first_seq": seq_ranges[0][0] if seq_ranges else None,
+        "purge.last_seq": seq_ranges[-1][1] if seq_ranges else None,
+        "purge.seq_ranges": [[first, last] for first, last in seq_ranges],
+        "purge.team_holds": sorted(team_holds),
         "trigger": trigger,
     }, now

@@ -14,7 +14,11 @@ not (no token, no provider key, no content: ``audit.content`` is ``none``):
   its status, error and region), timed from the record;
 - **log records**, for every event: the body is the record's canonical JSON, exactly as stored,
   with ``audit.event_id``, ``audit.event_type`` and ``audit.leaf_hash`` as attributes, so a SIEM
-  copy can be checked against the log (``SHA-256(0x00 || body)`` is the leaf hash).
+  copy can be checked against the log (``SHA-256(0x00 || body)`` is the leaf hash);
+- **checkpoint log records** (``OTLPCheckpointExport``, driven by the checkpointer, not the
+  writer): each new signed checkpoint's note as the body, with its origin, size and root as
+  attributes. A copy of the checkpoints outside the database is what exposes a history
+  rewritten by someone who holds both the database and the signing key.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from custos.audit.checkpoint import Checkpoint
 from custos.audit.events import GatewayInfo
 from custos.audit.record import LLM_CALL, SealedRecord
 from custos.audit.settings import AuditSettings, OTLPSettings
@@ -193,6 +198,62 @@ class OTLPExport:
                     provider.shutdown()
                 except Exception:
                     log.warning("OTLP export: shutdown failed", exc_info=True)
+
+
+class OTLPCheckpointExport:
+    """Each new signed checkpoint as one OTLP log record (``custos.audit.checkpoint``): the body
+    is the signed note exactly as stored and written to the export file; attributes carry the
+    origin, tree size, root (hex and base64), time and the note's SHA-256. Sent from the batch
+    processor's thread; the checkpointer only queues it."""
+
+    def __init__(self, settings: OTLPSettings, gateway: GatewayInfo) -> None:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.resources import Resource
+
+        resource = Resource.create({"service.name": "custos", "service.version": gateway.version,
+                                    "service.instance.id": gateway.instance})  # fmt: skip
+        self._provider = LoggerProvider(resource=resource)
+        exporter = OTLPLogExporter(
+            endpoint=f"{settings.endpoint}/v1/logs",
+            headers=dict(settings.headers),
+            timeout=settings.timeout_s,
+        )
+        self._provider.add_log_record_processor(
+            BatchLogRecordProcessor(exporter, schedule_delay_millis=500)
+        )
+        self._logger = self._provider.get_logger("custos.audit", gateway.version,
+                                                 schema_url=SCHEMA_URL)  # fmt: skip
+
+    def __call__(self, checkpoint: Checkpoint) -> None:
+        import base64
+
+        from opentelemetry._logs import SeverityNumber
+
+        from custos.audit.record import unix_ms
+
+        self._logger.emit(
+            timestamp=unix_ms(checkpoint.at) * 1_000_000,
+            severity_number=SeverityNumber.INFO,
+            severity_text="INFO",
+            body=checkpoint.note,
+            event_name="custos.audit.checkpoint",
+            attributes={
+                "audit.checkpoint.origin": checkpoint.origin,
+                "audit.checkpoint.size": checkpoint.size,
+                "audit.checkpoint.root_hash": checkpoint.root.hex(),
+                "audit.checkpoint.root_hash_base64": base64.b64encode(checkpoint.root).decode(),
+                "audit.checkpoint.time": checkpoint.time,
+                "audit.checkpoint.note_sha256": checkpoint.note_hash.hex(),
+            },
+        )
+
+    def close(self) -> None:
+        try:
+            self._provider.shutdown()
+        except Exception:
+            log.warning("OTLP checkpoint export: shutdown failed", exc_info=True)
 
 
 def span_attributes(fields: dict[str, Any]) -> dict[str, Any]:

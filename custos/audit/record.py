@@ -40,8 +40,9 @@ MCP_TOOL_CALL: Final = "mcp.tool_call"  # reserved for the MCP issue; nothing em
 ADMIN_CHANGE: Final = "admin.change"
 CONFIG_REVISION: Final = "config.revision"
 AUTH_FAILURE: Final = "auth.failure"
+AUDIT_PURGE: Final = "audit.purge"
 EVENT_TYPES: Final = frozenset(
-    {LLM_CALL, MCP_TOOL_CALL, ADMIN_CHANGE, CONFIG_REVISION, AUTH_FAILURE}
+    {LLM_CALL, MCP_TOOL_CALL, ADMIN_CHANGE, CONFIG_REVISION, AUTH_FAILURE, AUDIT_PURGE}
 )
 
 #: The largest integer a record may hold: the range every JSON reader represents exactly.

@@ -232,11 +232,18 @@ class Sequencer:
     async def tick(self) -> int:
         """Sequence up to ``batch`` queued records; returns how many were taken off the queue.
 
+        On SQLite the inserting transactions extend the log themselves (``insert_in``) and the
+        queue only holds records stored before they did: a tick there also picks up the tree
+        they grew, so ``frontier`` and ``on_committed`` follow the log either way.
+
         Raises ``Fenced`` (nothing written) when this leader was superseded."""
         if self.epoch is None or self.frontier is None:
             raise Fenced("not the leader")
-        epoch = self.epoch
+        epoch, known = self.epoch, self.frontier.size
         async with self.store.transaction() as tx:
+            frontier = (
+                await load_frontier(tx) if self.store.dialect == "sqlite" else self.frontier
+            )
             rows = await tx.fetch(
                 "SELECT p.pending_id, p.event_id, e.leaf_hash, l.seq FROM audit_pending p"
                 " JOIN audit_events e ON e.event_id = p.event_id"
@@ -244,27 +251,22 @@ class Sequencer:
                 " ORDER BY p.pending_id LIMIT $1",
                 self.batch,
             )
-            if not rows:
-                return 0
             fresh = [(r["event_id"], bytes(r["leaf_hash"])) for r in rows if r["seq"] is None]
-            frontier = self.frontier
             if fresh:
-                # On SQLite every inserting transaction also extends the log (``insert_in``),
-                # so the stored head, not this task's copy, is where the tree is.
-                cached = None if self.store.dialect == "sqlite" else self.frontier
                 try:
                     frontier = await append_leaves(
-                        tx, fresh, frontier=cached, epoch=epoch, before_write=self.before_write
+                        tx, fresh, frontier=frontier, epoch=epoch, before_write=self.before_write
                     )
                 except Fenced:
                     self.fenced += 1
                     raise
-            await tx.executemany(
-                "DELETE FROM audit_pending WHERE pending_id = $1",
-                [(int(r["pending_id"]),) for r in rows],
-            )
+            if rows:
+                await tx.executemany(
+                    "DELETE FROM audit_pending WHERE pending_id = $1",
+                    [(int(r["pending_id"]),) for r in rows],
+                )
         self.frontier = frontier
-        if fresh and self.on_committed is not None:
+        if frontier.size > known and self.on_committed is not None:
             await self.on_committed(frontier.size, frontier.root())
         return len(rows)
 
@@ -325,15 +327,24 @@ class AuditLog:
     """The sequencer and (with a signing key) the checkpointer of one gateway process.
 
     ``start``/``close`` are what the gateway calls. The signing key is loaded here, once, and
-    lives only inside the checkpointer's ``Signer``."""
+    lives only inside the checkpointer's ``Signer``. With an OTLP export (``logs`` on), each new
+    checkpoint is also sent as an OTLP log record; ``instance`` names this process there."""
 
-    def __init__(self, store: Store, settings: Any) -> None:
+    def __init__(self, store: Store, settings: Any, *, instance: str | None = None) -> None:
         from custos.audit.checkpoint import Checkpointer, load_signer
 
         self.store = store
         self.checkpointer: Checkpointer | None = None
+        self.otlp: Any = None
         if settings.signing_key is not None or os.environ.get("CUSTOS_AUDIT_SIGNING_KEY"):
             signer = load_signer(settings.signing_key_name, settings.signing_key)
+            otlp = settings.otlp
+            if otlp is not None and otlp.logs:
+                from custos.audit.events import GatewayInfo
+                from custos.audit.export import OTLPCheckpointExport
+
+                gateway = GatewayInfo(instance or socket.gethostname())
+                self.otlp = OTLPCheckpointExport(otlp, gateway)
             self.checkpointer = Checkpointer(
                 store,
                 [signer],
@@ -341,6 +352,7 @@ class AuditLog:
                 interval_s=settings.checkpoint_interval_s,
                 every_n=settings.checkpoint_every,
                 export_path=settings.checkpoint_export,
+                on_checkpoint=self.otlp,
             )
         else:
             log.warning("audit.signing_key is not set: the log is sequenced but not signed")
@@ -359,11 +371,6 @@ class AuditLog:
                 head = await read_head(tx)
             return head["size"], head["root"]
         return frontier.size, frontier.root()
-
-    async def on_logged(self, size: int, root: bytes) -> None:
-        """An insert extended the log itself (SQLite): as after a sequencer's batch."""
-        if self.checkpointer is not None and self.sequencer.is_leader:
-            await self.checkpointer.on_sequenced(size, root)
 
     async def start(self) -> None:
         if self.checkpointer is not None:
@@ -390,3 +397,5 @@ class AuditLog:
             with contextlib.suppress(Exception):
                 await self.checkpointer.checkpoint(*head)
         await self.sequencer.close()
+        if self.otlp is not None:
+            await asyncio.to_thread(self.otlp.close)  # sends what is queued

@@ -7,7 +7,8 @@ audit:
   on_failure: spool         # spool: keep serving, spool locally | block: 503 while not durable
   flush_interval_ms: 10     # how often queued records are written and fsynced to the spool
   spool: {path: ./custos-audit-spool, max_bytes: 1073741824}
-  retention_days: 400       # kept with the config; enforced by the retention job (issue 6)
+  retention_days: 400       # record bodies older than this are purged (leaf hashes stay)
+  purge_in_gateway: true    # the gateway purges hourly; false: run `custos audit purge` instead
   export:
     - otlp: {endpoint: "http://127.0.0.1:4318"}   # spans and log records, OTLP over HTTP
     - jsonl: {path: ./audit.jsonl}                # every record's bytes, one per line
@@ -77,6 +78,10 @@ class AuditSettings(_Strict):
     flush_interval_ms: Annotated[int, Field(ge=1, le=1000)] = 10
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     retention_days: Annotated[int, Field(ge=1, le=36500)] = 400
+    #: Run the retention purge in the gateway, hourly. Turn it off where the gateway's database
+    #: role may not purge (an INSERT-only role) and run ``custos audit purge`` as the retention
+    #: role instead (docs/audit.md has the grants).
+    purge_in_gateway: bool = True
     export: list[ExportSettings] = Field(default_factory=list)
     #: Path of the Ed25519 checkpoint signing key (PKCS#8 PEM, optionally encrypted with the
     #: passphrase in CUSTOS_AUDIT_SIGNING_KEY_PASSPHRASE). Unset: the PEM text may come from

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,9 +102,6 @@ class AuditStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        #: Awaited with the log's ``(size, root)`` after an insert that grew it here (SQLite:
-        #: the checkpointer's count-based trigger).
-        self.on_logged: Callable[[int, bytes], Awaitable[None]] | None = None
 
     @property
     def dialect(self) -> str:
@@ -117,9 +114,7 @@ class AuditStore:
         if not records:
             return
         async with self.store.transaction() as tx:
-            grown = await insert_in(tx, records)
-        if grown is not None and self.on_logged is not None:
-            await self.on_logged(*grown)
+            await insert_in(tx, records)
 
     async def save_config_text(self, revision: str, text: str) -> None:
         async with self.store.transaction() as tx:
@@ -233,14 +228,13 @@ class AuditStore:
             return await tx.fetch(sql, *args)
 
 
-async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> tuple[int, bytes] | None:
+async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
     """``AuditStore.insert`` inside an open transaction.
 
     On SQLite the same transaction also appends the records it stored to the Merkle log
     (``append_leaves``): SQLite runs one writing transaction at a time, so whoever inserts can
     sequence, and there is no queue to fill and drain (on PostgreSQL a trigger queues the
-    records in ``audit_pending`` for the one sequencer). Returns the log's new ``(size, root)``
-    when it grew here."""
+    records in ``audit_pending`` for the one sequencer)."""
     at = _sqlite_time if tx.dialect == "sqlite" else ms_to_datetime
     now = at(time.time_ns() // 1_000_000)
     inline = tx.dialect == "sqlite"
@@ -261,18 +255,16 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> tuple[int, bytes
         if classes:
             await tx.executemany(_INSERT_CLASS, classes)
     if not inline:
-        return None
+        return
     # The rows this statement added (a replayed record was skipped by ON CONFLICT): rowids only
     # grow, so they are exactly those past the largest before it.
     assert before is not None
     added = await tx.fetch(
         "SELECT event_id FROM audit_events WHERE ingest_id > $1 ORDER BY ingest_id", before["n"]
     )
-    if not added:
-        return None
-    leaf_of = {r.event_id: r.leaf_hash for r in records}
-    grown = await append_leaves(tx, [(a["event_id"], leaf_of[a["event_id"]]) for a in added])
-    return grown.size, grown.root()
+    if added:
+        leaf_of = {r.event_id: r.leaf_hash for r in records}
+        await append_leaves(tx, [(a["event_id"], leaf_of[a["event_id"]]) for a in added])
 
 
 def _admin_row(row: dict[str, Any]) -> dict[str, Any]:

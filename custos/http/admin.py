@@ -524,6 +524,22 @@ async def _audit_request(svc: AdminService, c: Call) -> BaseModel:
     return await audit_api.request_records(svc, c.principal, c.params["request"])
 
 
+async def _audit_verify(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.verify(svc, c.principal, c.query)
+
+
+async def _audit_holds(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.holds(svc, c.principal, c.query)
+
+
+async def _audit_hold_set(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.create_hold(svc, c.principal, c.body)
+
+
+async def _audit_hold_release(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.end_hold(svc, c.principal, c.params["hold"], c.body)
+
+
 async def _list_budgets(svc: AdminService, c: Call) -> BaseModel:
     q: BudgetsQuery = c.query
     try:
@@ -673,6 +689,28 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("GET", "/audit/requests/{request}", "getAuditRequest", "The audit records of one "
            "request id or event id (admin, auditor)", audit_api.StoredRecordList),
         _audit_request,
+    ),
+    (
+        _r("GET", "/audit/verify", "verifyAuditLog", "Verify the audit log with the keys in the "
+           "database: checkpoints, leaves, roots, consistency, purges (admin, auditor)",
+           audit_api.VerifyOut, query=audit_api.VerifyQuery),
+        _audit_verify,
+    ),
+    (
+        _r("GET", "/audit/holds", "listAuditHolds", "Legal holds on the audit retention purge "
+           "(admin, auditor)", audit_api.HoldList, query=audit_api.HoldsQuery),
+        _audit_holds,
+    ),
+    (
+        _r("POST", "/audit/holds", "setAuditHold", "Set a legal hold: suspends the retention "
+           "purge for every record or one team's (admin)", audit_api.HoldOut,
+           body=audit_api.HoldCreate, status=201),
+        _audit_hold_set,
+    ),
+    (
+        _r("POST", "/audit/holds/{hold}/release", "releaseAuditHold", "Release a legal hold "
+           "(admin)", audit_api.HoldOut, body=audit_api.HoldRelease),
+        _audit_hold_release,
     ),
     (
         _r("GET", "/budgets", "listBudgets", "Budgets: limit, spent, reserved and remaining per "

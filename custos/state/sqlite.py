@@ -106,6 +106,14 @@ class SQLiteStore(Store):
                 self._executor.shutdown(wait=True)
                 self._executor = None
 
+    async def checkpoint_wal(self) -> None:
+        """Copy the WAL into the database file and truncate the WAL to zero bytes, so that
+        page images of rows since deleted (with ``secure_delete``) leave both files. A reader in
+        another process can keep part of the WAL alive; it is then truncated at a later
+        checkpoint."""
+        async with self._lock:
+            await self._run(self.connection.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("the store is closed")
