@@ -381,3 +381,55 @@ def test_none_mode_adds_no_content_fields(
     assert not [k for k in record if k.startswith("content.")]
     assert shown["state"] == "not_captured"
     assert contents_rows(tmp_path) == []
+
+
+# -- PostgreSQL, two replicas --------------------------------------------------------------------
+
+
+def test_postgresql_replicas_share_keys_and_hear_of_erasures(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Replica B encrypts with a key it made; an erasure made through replica A reaches B's key
+    cache (PostgreSQL LISTEN/NOTIFY), so B's next call is under a new key that A can read."""
+    import asyncio
+    import base64
+    import secrets
+
+    from tests.store_fixtures import PG_URL, create_pg_schema, drop_pg_schema, with_search_path
+    from tests.test_cluster import _bootstrap
+
+    try:
+        schema = asyncio.run(create_pg_schema())
+    except OSError as exc:
+        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    url = with_search_path(PG_URL, schema)
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    config = (
+        standard_config(mock_provider.url).replace("sqlite:///./custos.db", url)
+        + "audit: {content: full, content_key: \"${env:CUSTOS_TEST_CONTENT_KEY}\"}\n"
+    )
+    env = {"CUSTOS_TEST_CONTENT_KEY": key}
+    a = b = None
+    try:
+        token = asyncio.run(_bootstrap(url))
+        a = GatewayProcess(config, tmp_path_factory.mktemp("replica-a"), env=env)
+        b = GatewayProcess(config, tmp_path_factory.mktemp("replica-b"), env=env)
+        a.token = b.token = token
+        first_id, _ = chat(client(b), "PG-FIRST please help")
+        first = content_of(a, first_id)  # written by B, read (decrypted) through A
+        erased = cli(a, "erase", "--principal", "admin@custos.test")
+        assert erased.returncode == 0, erased.stderr
+        time.sleep(0.5)  # the notification reaches B within milliseconds
+        second_id, _ = chat(client(b), "PG-SECOND please help")
+        second = content_of(a, second_id)
+        after = content_of(b, first_id)
+    finally:
+        for replica in (a, b):
+            if replica is not None:
+                replica.stop()
+        asyncio.run(drop_pg_schema(schema))
+    assert first["state"] == "available"
+    assert first["request"]["messages"][0]["content"] == "PG-FIRST please help"
+    assert after["state"] == "erased"
+    assert second["state"] == "available", second
+    assert second["dek_id"] != first["dek_id"]

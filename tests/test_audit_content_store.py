@@ -1,0 +1,150 @@
+"""The content tables on SQLite and PostgreSQL: attachments in (idempotent), erasure (keys and
+ciphertexts gone, recorded, not brought back by a replayed attachment), the key hierarchy, and
+a ciphertext bound to its record; plus the settings' key checks."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+import pytest
+
+from custos.audit import content
+from custos.audit.content_store import Attachment, erase, stored_part
+from custos.audit.settings import AuditSettings
+from custos.audit.store import AuditStore
+from custos.state.models import Actor, Change
+from custos.state.store import Store
+from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
+
+ACTOR = Actor("user:usr_tests", "admin")
+
+
+def sealed(keys: content.ContentKeys, event_id: str, team: str, principal: str) -> Attachment:
+    key = keys.data_key(team, principal)
+    parts = {
+        part: content.encrypt(key, event_id, part, f"{event_id} {part} text".encode())
+        for part in content.PARTS
+    }
+    return Attachment(event_id, key.row, parts)
+
+
+def plaintext(keys: content.ContentKeys, event_id: str, part: str, found: object) -> bytes:
+    assert found.key is not None and found.blob is not None  # type: ignore[attr-defined]
+    aead = keys.unwrap(found.key)  # type: ignore[attr-defined]
+    return content.decrypt(aead, found.key.dek_id, event_id, part, found.blob)  # type: ignore[attr-defined]
+
+
+async def test_attachments_erasure_and_replay(store: Store) -> None:  # noqa: F811
+    keys = content.ContentKeys(lambda: secrets.token_bytes(32))
+    red = sealed(keys, "evt-red", "red", "va_red")
+    red_two = sealed(keys, "evt-red-2", "red", "va_red")
+    blue = sealed(keys, "evt-blue", "blue", "va_blue")
+    assert red.key.dek_id == red_two.key.dek_id != blue.key.dek_id  # one key per scope
+    audit = AuditStore(store)
+    lines = [a.encode() for a in (red, red_two, blue)]
+    await audit.insert([], lines)
+    await audit.insert([], lines)  # a replayed batch changes nothing
+
+    found = await stored_part(store, "evt-red", "request", red.key.dek_id)
+    assert plaintext(keys, "evt-red", "request", found) == b"evt-red request text"
+    assert found.erased_at is None
+
+    done = await erase(store, ACTOR, scope="team", subject="red")
+    assert (done.data_keys, done.contents) == (1, 4)
+    gone = await stored_part(store, "evt-red", "request", red.key.dek_id)
+    assert gone.key is None and gone.blob is None and gone.erased_at is not None
+    kept = await stored_part(store, "evt-blue", "response", blue.key.dek_id)
+    assert plaintext(keys, "evt-blue", "response", kept) == b"evt-blue response text"
+
+    # A spool replayed after the erasure (or a replica that had not heard of it yet) cannot
+    # bring the destroyed key or its content back.
+    await audit.insert([], [red.encode()])
+    again = await stored_part(store, "evt-red", "request", red.key.dek_id)
+    assert again.key is None and again.blob is None
+
+    # The erasure is an admin event (it becomes an admin.change record): counts, no content.
+    async with store.transaction(readonly=True) as tx:
+        events = await tx.fetch("SELECT * FROM admin_events WHERE action = 'audit.content.erase'")
+        left = await tx.fetch("SELECT dek_id FROM audit_content_keys")
+    assert [(e["target_type"], e["target_id"]) for e in events] == [("team", "red")]
+    assert [r["dek_id"] for r in left] == [blue.key.dek_id]
+
+    # Erasing by principal; erasing again finds nothing more.
+    assert (await erase(store, ACTOR, scope="principal", subject="va_blue")).data_keys == 1
+    assert (await erase(store, ACTOR, scope="principal", subject="va_blue")).data_keys == 0
+
+
+async def test_the_key_cache_forgets_what_was_erased() -> None:
+    keys = content.ContentKeys(lambda: secrets.token_bytes(32))
+    red = keys.data_key("red", "usr_a")
+    other = keys.data_key("blue", "usr_a")
+    blue = keys.data_key("blue", "usr_b")
+    keys.forget(Change("team", "red"))  # another kind of change: nothing forgotten
+    assert keys.data_key("red", "usr_a") is red
+    keys.forget(Change("audit_content", "team:red"))
+    assert keys.data_key("red", "usr_a").row.dek_id != red.row.dek_id
+    keys.forget(Change("audit_content", "principal:usr_a"))
+    assert keys.data_key("blue", "usr_a").row.dek_id != other.row.dek_id
+    assert keys.data_key("blue", "usr_b") is blue
+    keys.forget(Change.everything())
+    assert keys.data_key("blue", "usr_b").row.dek_id != blue.row.dek_id
+
+
+def test_a_ciphertext_is_bound_to_its_event_part_and_master_key() -> None:
+    kek = secrets.token_bytes(32)
+    keys = content.ContentKeys(lambda: kek)
+    key = keys.data_key("red", "usr_a")
+    blob = content.encrypt(key, "evt-1", "request", b"hello")
+    again = content.encrypt(key, "evt-1", "request", b"hello")
+    assert blob[: content.NONCE_BYTES] != again[: content.NONCE_BYTES]  # a fresh nonce each
+    aead = keys.unwrap(key.row)
+    assert content.decrypt(aead, key.row.dek_id, "evt-1", "request", blob) == b"hello"
+    for event_id, part in [("evt-2", "request"), ("evt-1", "response")]:
+        with pytest.raises(content.ContentUnreadable):
+            content.decrypt(aead, key.row.dek_id, event_id, part, blob)
+    stranger = content.ContentKeys(lambda: secrets.token_bytes(32))
+    with pytest.raises(content.ContentKeyUnavailable):
+        stranger.unwrap(key.row)
+    assert key.row.wrapped != b"" and len(key.row.wrapped) == 40  # RFC 3394: 32 + 8 bytes
+
+
+def test_master_key_file_beside_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "custos.db")
+    with pytest.raises(content.ContentKeyUnavailable):
+        content.master_key(None, db, create=False)
+    first = content.master_key(None, db)
+    assert len(first) == 32 and content.master_key(None, db) == first
+    assert (tmp_path / "custos.db.content-key").stat().st_mode & 0o777 == 0o600
+    configured = base64.b64encode(b"k" * 32).decode()
+    assert content.master_key(configured, db) == b"k" * 32
+    with pytest.raises(content.ContentKeyUnavailable):
+        content.master_key(None, None)
+
+
+def test_content_settings() -> None:
+    assert AuditSettings().content == "none"
+    for mode in content.MODES:
+        assert AuditSettings(content=mode).content == mode
+    AuditSettings(content_key=base64.b64encode(b"x" * 32).decode())
+    for bad in ("not base64!", base64.b64encode(b"short").decode()):
+        with pytest.raises(ValueError):
+            AuditSettings(content_key=bad)
+
+
+def test_postgresql_needs_a_configured_key_for_encrypted_modes() -> None:
+    from pydantic import ValidationError
+
+    from custos.config.schema import Config
+
+    base = {
+        "version": 1,
+        "state": {"store": "postgresql://127.0.0.1/test"},
+        "identity": {"token_hash_key": "k" * 32},
+        "providers": {},
+    }
+    Config.model_validate({**base, "audit": {"content": "hash"}})
+    with pytest.raises(ValidationError, match=r"audit\.content_key is required"):
+        Config.model_validate({**base, "audit": {"content": "full"}})
+    key = base64.b64encode(b"x" * 32).decode()
+    Config.model_validate({**base, "audit": {"content": "redacted", "content_key": key}})
