@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from pathlib import Path
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_a_ciphertext_is_bound_to_its_event_part_and_master_key() -> None:
     assert key.row.wrapped != b"" and len(key.row.wrapped) == 40  # RFC 3394: 32 + 8 bytes
 
 
-def test_master_key_file_beside_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_master_key_file_beside_sqlite(tmp_path: Path) -> None:
     db = str(tmp_path / "custos.db")
     with pytest.raises(content.ContentKeyUnavailable):
         content.master_key(None, db, create=False)
@@ -148,3 +149,33 @@ def test_postgresql_needs_a_configured_key_for_encrypted_modes() -> None:
         Config.model_validate({**base, "audit": {"content": "full"}})
     key = base64.b64encode(b"x" * 32).decode()
     Config.model_validate({**base, "audit": {"content": "redacted", "content_key": key}})
+
+
+async def test_attachments_left_in_a_spool_are_replayed_with_their_records(tmp_path: Path) -> None:
+    """What a crash leaves in the spool (a record line, then its attachment line) reaches the
+    store at the next start, content included."""
+    from custos.audit.record import rfc3339_ms, seal
+    from custos.audit.spool import Spool
+    from custos.audit.writer import AuditWriter
+    from custos.state.store import open_store
+
+    db = await open_store(f"sqlite:///{tmp_path / 'custos.db'}")
+    try:
+        keys = content.ContentKeys(lambda: secrets.token_bytes(32))
+        at = 1_782_907_200_000
+        record = seal({"event_type": "auth.failure", "time_start": rfc3339_ms(at)}, at_ms=at)
+        attachment = sealed(keys, record.event_id, "red", "usr_a")
+        spool_dir = tmp_path / "spool"
+        spool_dir.mkdir()
+        (spool_dir / "000000000001.spool").write_bytes(
+            record.body + b"\n+" + attachment.encode() + b"\n"
+        )
+        writer = AuditWriter(AuditStore(db), Spool(spool_dir, max_bytes=1 << 30),
+                             flush_interval_s=0.01, block=lambda: False)  # fmt: skip
+        assert await writer.start() == 1
+        await writer.close()
+        found = await stored_part(db, record.event_id, "response", attachment.key.dek_id)
+        assert plaintext(keys, record.event_id, "response", found).endswith(b"response text")
+        assert not (spool_dir / "000000000001.spool").exists()
+    finally:
+        await db.close()

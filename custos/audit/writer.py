@@ -351,9 +351,11 @@ class AuditWriter:
     async def _ship_batch(self) -> None:
         batch = self._pending[:SHIP_BATCH]
         async with asyncio.timeout(SHIP_TIMEOUT_S):
-            await self.store.insert(
-                [e.record for e in batch], [e.attachment for e in batch if e.attachment]
-            )
+            attachments = [e.attachment for e in batch if e.attachment is not None]
+            if attachments:
+                await self.store.insert([e.record for e in batch], attachments)
+            else:
+                await self.store.insert([e.record for e in batch])
         del self._pending[: len(batch)]
         counts: dict[int, int] = {}
         for entry in batch:
