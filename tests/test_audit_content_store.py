@@ -179,3 +179,43 @@ async def test_attachments_left_in_a_spool_are_replayed_with_their_records(tmp_p
         assert not (spool_dir / "000000000001.spool").exists()
     finally:
         await db.close()
+
+
+def test_a_stream_and_a_plain_response_capture_the_same_output() -> None:
+    import orjson
+
+    from custos.audit.transcript import StreamTranscript, response_content
+
+    def sse(*events: dict) -> bytes:
+        return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+    anthropic = StreamTranscript("anthropic")
+    data = sse(
+        {"type": "message_start", "message": {"content": []}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "tu_1", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '{"city": "Ly'}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": 'on"}'}},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}},
+    )  # fmt: skip
+    anthropic.feed(data[:-7])  # an event split across two chunks
+    anthropic.feed(data[-7:])
+    plain = response_content("anthropic", "messages", orjson.dumps({
+        "content": [{"type": "text", "text": "Hi"},
+                    {"type": "tool_use", "id": "tu_1", "name": "f", "input": {"city": "Lyon"}}],
+        "stop_reason": "tool_use",
+    }))  # fmt: skip
+    assert anthropic.result() == plain
+
+    chat = StreamTranscript("openai")
+    chat.feed(sse(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+    ) + b"data: [DONE]\n\n")  # fmt: skip
+    assert chat.result() == response_content("openai", "chat", orjson.dumps({"choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hello"},
+         "finish_reason": "stop"}]}))  # fmt: skip
