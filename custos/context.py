@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from custos.audit.content import ContentCapture
     from custos.identity.principal import Principal
     from custos.limits import Metering
     from custos.runtime import ModelTarget, Runtime
@@ -95,6 +96,8 @@ class RequestContext:
     data_classes: list[DataClassHit] = field(default_factory=list)
     #: Set by ``Pipeline.settle``, which runs once per request.
     settled: bool = False
+    #: Content capture (``audit.content`` other than ``none``): the response goes here.
+    capture: ContentCapture | None = field(default=None, repr=False)
 
     @property
     def latency_ms(self) -> int:

@@ -283,6 +283,8 @@ class Pipeline:
         ctx.usage = parsed.usage or Usage(
             input_tokens=estimate_prompt_tokens(ctx.body), estimated=True
         )
+        if ctx.capture is not None:
+            ctx.capture.response = parsed.body
         ctx.status = 200
         headers = [_JSON, (b"x-custos-served-by", target.served_by)]
         return GatewayResponse(200, headers, parsed.body), None
@@ -313,6 +315,7 @@ class Pipeline:
         """Relay one upstream stream to the client, then settle, whatever happened."""
         translator = target.adapter.stream_translator(call)
         decoder = SSEDecoder()
+        capture = ctx.capture
         metrics.ACTIVE_STREAMS.inc()
         try:
             async for chunk in upstream.chunks():
@@ -320,6 +323,8 @@ class Pipeline:
                 if out:
                     if ctx.first_byte_ns is None:
                         ctx.first_byte_ns = time.monotonic_ns()
+                    if capture is not None:
+                        capture.feed(out)
                     yield out
             tail = b"".join(translator.feed(event) for event in decoder.close())
             if translator.upstream_error and not translator.complete:
@@ -332,6 +337,8 @@ class Pipeline:
             if not translator.complete:
                 raise UpstreamUnreachable("the provider ended the stream early")
             last = tail + translator.finish()
+            if capture is not None:
+                capture.feed(last)
             ctx.status = 200
             # Settled before the last chunk goes out, so that a strict audit trail can hold
             # the chunk until the record is durable.

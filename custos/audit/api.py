@@ -1,4 +1,5 @@
-"""The audit routes of the admin API (admin and auditor roles): report, records, one request.
+"""The audit routes of the admin API (admin and auditor roles; erasure: admin): report, records,
+one request, its content, erasure.
 
 ``GET /admin/v1/audit/report?from=&to=&group_by=&data_class=`` — ``custos.audit.report``.
 ``GET /admin/v1/audit/events?from=&to=&event_type=&after=&limit=`` — stored records in insertion
@@ -13,11 +14,16 @@ per process. On a large log it takes as long as the CLI, so give the client a lo
 ``GET|POST /admin/v1/audit/holds``, ``POST /admin/v1/audit/holds/{hold}/release`` — legal holds
 (``custos.audit.retention``): admins set and release them with a reason; admins and auditors
 list them.
+``GET /admin/v1/audit/requests/{request}/content`` — its captured content, decrypted
+(``custos.audit.content``); ``state: erased`` once its data key was destroyed.
+``POST /admin/v1/audit/erase`` ``{"team": T}`` or ``{"principal": P}`` (admin only) — destroy
+the data keys of a team or principal and their ciphertexts (``content_store.erase``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,12 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from custos.admin import rights
 from custos.admin.errors import BadInput
 from custos.admin.service import AdminService
+from custos.audit import content, content_store
 from custos.audit.record import EVENT_TYPES
 from custos.audit.report import ReportError, build_report, parse_group_by, parse_range, to_json
 from custos.audit.retention import Hold, list_holds, release_hold, set_hold
 from custos.audit.store import AuditStore, StoredEvent
 from custos.audit.verify import API_PAGE, verify_log, verify_range
-from custos.state.errors import NotFound
+from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.models import Actor
 
 MAX_EVENTS_PAGE = 1000
@@ -276,3 +283,90 @@ async def create_hold(svc: AdminService, principal: Any, body: HoldCreate) -> Ho
 async def end_hold(svc: AdminService, principal: Any, hold_id: str, body: HoldRelease) -> HoldOut:
     actor = _admin(principal)
     return HoldOut.of(await release_hold(svc.store, actor, hold_id, reason=body.reason))
+# -- content: read back, erase -----------------------------------------------------------------
+
+
+class EventContentOut(_Out):
+    event_id: str
+    mode: str = Field(description="The record's content mode: none, hash, redacted or full.")
+    state: str = Field(
+        description="available, erased, hashed (only digests exist), not_captured or missing."
+    )
+    dek_id: str | None = Field(None, description="The data key the content was encrypted under.")
+    erased_at: str | None = Field(None, description="When its data key was destroyed.")
+    request: Any = Field(None, description="The request content, decrypted.")
+    response: Any = Field(None, description="The response content, decrypted.")
+    digests: dict[str, str | None] | None = Field(
+        None, description="Mode hash: HMAC-SHA-256 of each part, keyed by the record's salt."
+    )
+
+
+class ContentOut(_Out):
+    request_id: str
+    data: list[EventContentOut]
+
+
+class EraseIn(_Query):
+    team: str | None = Field(None, description="Erase the content of this team (its name).")
+    principal: str | None = Field(
+        None, description="Erase the content of this principal: a user id or email, or a "
+        "virtual account id or name.",
+    )  # fmt: skip
+
+
+class ErasureOut(_Out):
+    scope: str
+    subject: str = Field(description="The team name or principal id whose keys were destroyed.")
+    data_keys: int = Field(description="Data keys destroyed.")
+    contents: int = Field(description="Encrypted contents (request or response parts) deleted.")
+    erased_at: str
+
+
+async def request_content(svc: AdminService, principal: Any, ref: str) -> ContentOut:
+    """The decrypted content of one request's ``llm.call`` record(s), each ciphertext checked
+    against its record first."""
+    rights.require_reader(principal, "reading audit content")
+    store = _store(svc)
+    found = await store.find(ref)
+    if not found:
+        raise NotFound(f"no audit record for request or event {ref!r}")
+    try:
+        items = await content.read_content(store, content.keys_for(svc.store), found)
+    except content.ContentUnreadable as exc:
+        raise Conflict(f"audit content check failed: {exc}") from None
+    except content.ContentKeyUnavailable as exc:
+        raise Conflict(f"audit content cannot be decrypted here: {exc}") from None
+    return ContentOut(
+        request_id=ref,
+        data=[EventContentOut.model_validate(dataclasses.asdict(i)) for i in items],
+    )
+
+
+async def erase_content(svc: AdminService, principal: Any, body: EraseIn) -> ErasureOut:
+    """Crypto-shredding: destroy the data keys of a team or a principal (admin only)."""
+    role = rights.require_admin(principal, "erasing audit content")
+    if (body.team is None) == (body.principal is None):
+        raise BadInput("give exactly one of team or principal", "team")
+    if body.team is not None:
+        scope, subject = "team", body.team
+    else:
+        scope, subject = "principal", await _principal_id(svc, str(body.principal))
+    if not subject:
+        raise BadInput(f"{scope} must not be empty", scope)
+    actor = Actor(f"user:{principal.id}", role)
+    done = await content_store.erase(svc.store, actor, scope=scope, subject=subject)
+    return ErasureOut(**done.to_dict(), erased_at=done.erased_at.isoformat())
+
+
+async def _principal_id(svc: AdminService, ref: str) -> str:
+    """A user or virtual account named by id, email or name; a principal the store no longer
+    knows (deleted) is erased by the id given, as records name it."""
+    store = svc.store
+    lookups = (store.get_user, store.get_user_by_email, store.get_account,
+               store.get_account_by_name)  # fmt: skip
+    for lookup in lookups:
+        try:
+            return (await lookup(ref)).id
+        except (NotFound, Invalid):
+            continue
+    return ref

@@ -1,4 +1,4 @@
-"""``custos audit report|export|show``: the audit trail for auditors, over the admin API.
+"""``custos audit report|export|show|hold|content|erase``: the audit trail, over the admin API.
 
 Like the other admin commands they call the gateway (``--url``, default ``$CUSTOS_URL`` or
 http://127.0.0.1:8787) with a personal access token of an admin or auditor (``--token`` or
@@ -11,6 +11,10 @@ http://127.0.0.1:8787) with a personal access token of an admin or auditor (``--
 - ``show REQUEST_ID``: the records of one request (or one event id), readable.
 - ``hold set [--team T] --reason R``, ``hold release HOLD_ID --reason R``, ``hold list
   [--active]``: legal holds, which suspend the retention purge (set and release: admins).
+- ``content REQUEST_ID``: its captured content, decrypted (``audit.content``: ``redacted`` or
+  ``full``), or its digests (``hash``), or that it was erased.
+- ``erase --team T | --principal P`` (admins only): destroy the content keys of a team or a
+  principal; their stored content can never be read again. The records stay, and verify.
 
 ``verify``, ``keys``, ``prove``, ``check-proof`` and ``purge`` work on the store (or a file)
 directly instead: see ``custos.audit.verify`` and ``custos.audit.retention``.
@@ -135,6 +139,37 @@ def _hold_list(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _content(client: AdminClient, args: argparse.Namespace) -> int:
+    reply = client.call("GET", path("audit", "requests", args.request_id, "content"))
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True, ensure_ascii=False))
+        return 0
+    for entry in reply["data"]:
+        print(f"# llm.call {entry['event_id']}  content: {entry['mode']}, {entry['state']}")
+        if entry["state"] == "erased":
+            print(f"content erased: its key was destroyed at {entry['erased_at']}")
+        elif entry["state"] == "hashed":
+            for part, digest in (entry["digests"] or {}).items():
+                print(f"{part} HMAC-SHA-256 (key: the record's salt): {digest}")
+        elif entry["state"] == "missing":
+            print("content missing: the record names a ciphertext the store does not have")
+        elif entry["state"] == "available":
+            for part in ("request", "response"):
+                print(f"## {part}")
+                print(json.dumps(entry[part], indent=2, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def _erase(client: AdminClient, args: argparse.Namespace) -> int:
+    body = {"team": args.team} if args.team is not None else {"principal": args.principal}
+    reply = client.call("POST", path("audit", "erase"), body=body)
+    print(
+        f"erased the content of {reply['scope']} {reply['subject']}: {reply['data_keys']} "
+        f"key(s) destroyed, {reply['contents']} encrypted content part(s) deleted"
+    )
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``audit`` and its commands to the ``custos`` parser."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -202,6 +237,27 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--active", action="store_true", help="only holds in force")
     listing.add_argument("--json", action="store_true", help="print the API's JSON reply")
     listing.set_defaults(run=_run(_hold_list))
+
+    content = commands.add_parser(
+        "content", parents=[parent], help="the captured content of one request, decrypted",
+        description="Show the prompt and completion captured for one request (audit.content: "
+        "redacted or full), after checking the ciphertext against the hash in its record; or "
+        "its digests (hash); or that it was erased.",
+    )  # fmt: skip
+    content.add_argument("request_id", metavar="REQUEST_ID")
+    content.add_argument("--json", action="store_true", help="print the API's JSON reply")
+    content.set_defaults(run=_run(_content))
+
+    erase = commands.add_parser(
+        "erase", parents=[parent], help="destroy a team's or a principal's content keys",
+        description="Crypto-shredding: destroy the data keys of a team or a principal, and the "
+        "content encrypted under them. The audit records keep only hashes, so verify still "
+        "passes. Admins only; the erasure is itself recorded.",
+    )  # fmt: skip
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--team", help="a team name")
+    who.add_argument("--principal", help="a user id or email, or a virtual account id or name")
+    erase.set_defaults(run=_run(_erase))
 
     from custos.audit.retention import register as register_retention_commands
     from custos.audit.verify import register as register_log_commands

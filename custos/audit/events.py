@@ -26,6 +26,9 @@ team; for a user, the metadata ``team`` if the user is a member of it, else thei
 else ``null``. ``outcome`` is one of ``served``, ``denied`` (a stage of the gateway stopped it;
 ``stopped_at`` names which), ``upstream_error``, ``client_disconnected`` and ``error``.
 
+With ``audit.content`` other than ``none``, ``llm.call`` also has ``content.*`` fields (digests,
+or the ciphertext's hash, key id and size: ``custos.audit.content``); with ``none`` it has none.
+
 Never in a record: the bearer token (only its id), provider keys, request or response content.
 """
 

@@ -2,7 +2,8 @@
 
 ```yaml
 audit:
-  content: none             # none (only none for now: hash | redacted | full come with issue 6)
+  content: none             # none | hash | redacted | full (see custos.audit.content)
+  content_key: ${file:./keys/audit-content.key}   # 32 bytes, base64: the master key (KEK)
   durability: batched       # batched: durable within flush_interval_ms | strict: before release
   on_failure: spool         # spool: keep serving, spool locally | block: 503 while not durable
   flush_interval_ms: 10     # how often queued records are written and fsynced to the spool
@@ -14,12 +15,16 @@ audit:
     - jsonl: {path: ./audit.jsonl}                # every record's bytes, one per line
 ```
 
-``durability`` and ``on_failure`` take effect on reload; the spool (path, bound), the flush
+``durability``, ``on_failure`` and ``content`` take effect on reload (``content``: for requests
+admitted after it); ``content_key`` is read when content is first encrypted or read, and a
+changed key needs a restart. The spool (path, bound), the flush
 interval and the exports are set up once, at start (a changed value is used after a restart).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Annotated, Literal
 
@@ -96,14 +101,21 @@ class AuditSettings(_Strict):
     #: An append-only file the checkpoints are exported to (keep it off the database host).
     checkpoint_export: str | None = None
 
-    @field_validator("content")
+    #: The master key (KEK) that wraps the content data keys: 32 random bytes, base64. Unset
+    #: with a SQLite store: a key file beside the database (``<db>.content-key``, mode 0600) is
+    #: created on first use. Required for ``redacted`` and ``full`` with PostgreSQL.
+    content_key: str | None = Field(default=None, repr=False)
+
+    @field_validator("content_key")
     @classmethod
-    def _content_none_only(cls, value: str) -> str:
-        if value != "none":
-            raise ValueError(
-                f"content {value!r} is not supported yet (encrypted content capture comes with "
-                "the tamper-evident log); use none"
-            )
+    def _a_256_bit_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                key = base64.b64decode(value.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("must be base64 (e.g. `openssl rand -base64 32`)") from None
+            if len(key) != 32:
+                raise ValueError(f"must be 32 bytes once base64-decoded (got {len(key)})")
         return value
 
     @property

@@ -14,6 +14,9 @@ Contracts:
   records are never dropped to make room.
 - ``read_segment`` returns the complete, canonical records of a segment; a torn last line
   (a crash in the middle of a write) or a corrupt line is skipped and counted, never guessed at.
+- A line that starts with ``+`` is not a record but an *attachment* of the record before it
+  (its encrypted content, ``custos.audit.content_store``); ``read_segment`` returns those
+  lines' bytes (without the ``+``) beside the records.
 - ``append``, ``rotate``, ``mark_shipped`` and ``close`` run on the event loop; ``sync`` may run
   in a worker thread, but never at the same time as ``rotate`` or ``close`` (the writer's one
   flush task does all of them in turn).
@@ -31,6 +34,8 @@ from custos.audit.record import NotCanonical, SealedRecord, unseal
 
 log = logging.getLogger("custos.audit")
 
+#: The first byte of an attachment line (a record's line starts with ``{``).
+ATTACHMENT_MARK = b"+"
 #: A segment is sealed once it is this large, so fully shipped data is deleted in steps.
 SEGMENT_BYTES = 4 << 20
 _SUFFIX = ".spool"
@@ -171,21 +176,26 @@ class Spool:
         ]
 
     @staticmethod
-    def read_segment(path: Path) -> tuple[list[SealedRecord], int]:
-        """The records of one segment file and how many lines were skipped (torn or corrupt)."""
+    def read_segment(path: Path) -> tuple[list[SealedRecord], list[bytes], int]:
+        """The records of one segment file, its attachments, and how many lines were skipped
+        (torn or corrupt)."""
         data = path.read_bytes()
         lines = data.split(b"\n")
         skipped = 1 if lines[-1] else 0  # no newline after the last line: a torn write
         records: list[SealedRecord] = []
+        attachments: list[bytes] = []
         for line in lines[:-1]:
             if not line:
+                continue
+            if line[:1] == ATTACHMENT_MARK:
+                attachments.append(line[1:])
                 continue
             try:
                 records.append(unseal(line))
             except NotCanonical as exc:
                 skipped += 1
                 log.error("audit spool %s: skipping a corrupt line (%s)", path.name, exc)
-        return records, skipped
+        return records, attachments, skipped
 
     @property
     def total_bytes(self) -> int:

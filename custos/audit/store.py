@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from custos.audit.content_store import insert_attachments
 from custos.audit.record import LLM_CALL, SealedRecord
 from custos.audit.sequencer import append_leaves
 from custos.state.models import utcnow
@@ -109,12 +110,18 @@ class AuditStore:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def insert(self, records: Sequence[SealedRecord]) -> None:
-        """Insert ``records`` and their projections in one transaction; idempotent."""
-        if not records:
+    async def insert(
+        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
+    ) -> None:
+        """Insert ``records`` and their projections (and the records' attachments: encrypted
+        content, ``custos.audit.content_store``) in one transaction; idempotent."""
+        if not records and not attachments:
             return
         async with self.store.transaction() as tx:
-            await insert_in(tx, records)
+            if records:
+                await insert_in(tx, records)
+            if attachments:
+                await insert_attachments(tx, attachments)
 
     async def save_config_text(self, revision: str, text: str) -> None:
         async with self.store.transaction() as tx:

@@ -11,12 +11,15 @@ It turns what happened into sealed records and hands them to the writer:
 - ``auth_failure(…)`` — a refused credential on ``/v1/models`` or the admin API;
 - ``config_applied(loaded)`` — a revision began to be served (start, reload): its text goes to
   the store and a ``config.revision`` record to the writer;
+- with ``audit.content`` other than ``none``, ``admit`` gives the request a capture object and
+  ``on_settled`` adds the ``content.*`` fields to its record and queues its encrypted content
+  with it (``custos.audit.content``); with ``none`` neither does anything more than today;
 - a background task turns new rows of the store's ``admin_events`` into ``admin.change``
   records (written straight to the store with the cursor, in one transaction: the admin event
   itself is already durable, so no spool is needed).
 
-Settings that can change on reload (``durability``, ``on_failure``) are read from the revision
-being served when they are needed.
+Settings that can change on reload (``durability``, ``on_failure``, ``content``) are read from
+the revision being served when they are needed (``content``: when a request is admitted).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from custos.audit import events
+from custos.audit import content, events
 from custos.audit.export import Exports
 from custos.audit.record import SealedRecord, seal
 from custos.audit.settings import AuditSettings
@@ -37,6 +40,7 @@ from custos.audit.spool import Spool
 from custos.audit.store import AuditStore
 from custos.audit.writer import AuditUnavailable, AuditWriter
 from custos.errors import GatewayError
+from custos.state.invalidation import Invalidation
 from custos.telemetry import metrics
 
 if TYPE_CHECKING:
@@ -77,18 +81,31 @@ class AuditTrail:
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._revision: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: ``audit.content`` of the revision being served; ``None`` for ``none``.
+        self._capture: str | None = None
+        sqlite_path = getattr(store, "path", None) if store.dialect == "sqlite" else None
+        self.content_keys = content.ContentKeys(
+            lambda: content.master_key(self._settings().content_key, sqlite_path)
+        )
+        content.register(store, self.content_keys)
+        # The store announces its changes (an erasure included) on the invalidation transport.
+        if isinstance(store.publisher, Invalidation):
+            store.publisher.subscribe(self.content_keys.forget)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, loaded: LoadedConfig) -> None:
         """Replay the spool, start writing, record the revision being served and catch up on
         admin events. Raises when the spool or the store cannot be used."""
+        self._content_mode(loaded)
         await self.writer.start()
         await self._ingest_admin_events()
         await self._config(loaded, "start")
         self._tasks.append(asyncio.create_task(self._admin_loop(), name="custos-audit-admin"))
 
     async def close(self) -> None:
+        if isinstance(self.store.store.publisher, Invalidation):
+            self.store.store.publisher.unsubscribe(self.content_keys.forget)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -102,6 +119,8 @@ class AuditTrail:
     # -- the request path ----------------------------------------------------------------------
 
     def admit(self, ctx: RequestContext) -> None:
+        if self._capture is not None:
+            ctx.capture = content.ContentCapture(self._capture, ctx.protocol)
         reason = self.writer.admit()
         if reason is not None:
             raise GatewayError(
@@ -114,8 +133,11 @@ class AuditTrail:
     def on_settled(self, ctx: RequestContext) -> None:
         """Build and queue the request's ``llm.call`` record (never raises: a failure here is
         logged and counted, and the response goes out)."""
+        attachment = None
         try:
             record, at_ms = events.llm_call(ctx, self.gateway)
+            if ctx.capture is not None:
+                attachment = self._capture_content(record, at_ms, ctx)
             sealed = seal(record, at_ms=at_ms, check=False)  # built from typed fields
         except Exception:
             log.exception("audit: could not build the record of request %s", ctx.request_id)
@@ -124,7 +146,7 @@ class AuditTrail:
         stage = record["stopped_at"]
         if record["outcome"] == "denied" and stage is not None:
             metrics.DENIALS_BY_STAGE.labels(stage).inc()
-        waiter = self.writer.submit(sealed, self._wait_for(ctx))
+        waiter = self.writer.submit(sealed, self._wait_for(ctx), attachment)
         if waiter is not None:
             self._waiters[ctx.request_id] = waiter
             waiter.add_done_callback(lambda _f: self._waiters.pop(ctx.request_id, None))
@@ -144,6 +166,22 @@ class AuditTrail:
                 f"The gateway could not make this request's audit record durable ({exc}).",
                 headers={"retry-after": "1"},
             ) from None
+
+    def _capture_content(
+        self, record: dict[str, Any], at_ms: int, ctx: RequestContext
+    ) -> bytes | None:
+        """The content fields of ``record`` and its encrypted content (``None``: none to
+        store). A failure costs the content, never the record."""
+        try:
+            attachment = content.capture_into(record, at_ms, ctx, self.content_keys)
+        except Exception:
+            log.exception("audit: the content of request %s was not captured", ctx.request_id)
+            return None
+        return attachment.encode() if attachment is not None else None
+
+    def _content_mode(self, loaded: LoadedConfig) -> None:
+        mode = loaded.config.audit.content
+        self._capture = None if mode == "none" else mode
 
     def _wait_for(self, ctx: RequestContext) -> Any:
         settings = ctx.runtime.config.audit
@@ -172,6 +210,7 @@ class AuditTrail:
 
     def config_applied(self, loaded: LoadedConfig) -> None:
         """A reloaded revision is being served (called from ``Gateway.apply``)."""
+        self._content_mode(loaded)
         task = asyncio.create_task(self._config(loaded, "reload"), name="custos-audit-config")
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)

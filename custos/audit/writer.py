@@ -77,6 +77,8 @@ class _Entry:
     waiter: asyncio.Future[None] | None
     wait_for: WaitFor
     segment: int = 0
+    #: Stored with the record, in its transaction (its encrypted content, if captured).
+    attachment: bytes | None = None
 
 
 class AuditWriter:
@@ -156,15 +158,18 @@ class AuditWriter:
 
     # -- the request path ----------------------------------------------------------------------
 
-    def submit(self, record: SealedRecord, wait_for: WaitFor = None) -> asyncio.Future[None] | None:
-        """Queue ``record``; with ``wait_for``, return a future done once it is durable there."""
+    def submit(
+        self, record: SealedRecord, wait_for: WaitFor = None, attachment: bytes | None = None
+    ) -> asyncio.Future[None] | None:
+        """Queue ``record`` (and its ``attachment``, spooled and stored with it); with
+        ``wait_for``, return a future done once it is durable there."""
         if len(self._queue) >= MAX_QUEUE:
             self.dropped += 1
             metrics.AUDIT_DROPPED.inc()
             log.error("audit record %s dropped: the spool cannot be written", record.event_id)
             return None
         waiter = asyncio.get_running_loop().create_future() if wait_for else None
-        self._queue.append(_Entry(record, waiter, wait_for))
+        self._queue.append(_Entry(record, waiter, wait_for, 0, attachment))
         counter = self._counted.get(record.event_type)
         if counter is None:
             counter = self._counted[record.event_type] = metrics.AUDIT_RECORDS.labels(
@@ -216,7 +221,12 @@ class AuditWriter:
         batch, self._queue = self._queue, []
         if not batch:
             return True
-        lines = [e.record.body + b"\n" for e in batch]
+        lines = [
+            e.record.body + b"\n"
+            if e.attachment is None
+            else b"%s\n+%s\n" % (e.record.body, e.attachment)
+            for e in batch
+        ]
         fits = self._fitting(lines)
         if fits < len(batch):  # spool what the bound allows; the rest waits in the queue
             self._queue[:0] = batch[max(fits, 1) :]
@@ -341,7 +351,11 @@ class AuditWriter:
     async def _ship_batch(self) -> None:
         batch = self._pending[:SHIP_BATCH]
         async with asyncio.timeout(SHIP_TIMEOUT_S):
-            await self.store.insert([e.record for e in batch])
+            attachments = [e.attachment for e in batch if e.attachment is not None]
+            if attachments:
+                await self.store.insert([e.record for e in batch], attachments)
+            else:
+                await self.store.insert([e.record for e in batch])
         del self._pending[: len(batch)]
         counts: dict[int, int] = {}
         for entry in batch:
@@ -369,11 +383,15 @@ class AuditWriter:
         self._replay_up_to = None
 
     async def _replay(self, path: Path) -> int:
-        records, skipped = self.spool.read_segment(path)
+        records, attachments, skipped = self.spool.read_segment(path)
         if skipped:
             log.error("audit spool %s: %d torn or corrupt line(s) skipped", path.name, skipped)
         for start in range(0, len(records), SHIP_BATCH):
             async with asyncio.timeout(SHIP_TIMEOUT_S):
                 await self.store.insert(records[start : start + SHIP_BATCH])
+        if attachments:  # after their records (a batch of them at most: content is rare)
+            for start in range(0, len(attachments), SHIP_BATCH):
+                async with asyncio.timeout(SHIP_TIMEOUT_S):
+                    await self.store.insert([], attachments[start : start + SHIP_BATCH])
         self.spool.delete(path)
         return len(records)

@@ -349,6 +349,17 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _content_needs_shared_key(self) -> Config:
+        audit = self.audit
+        if (audit.content in ("redacted", "full") and audit.content_key is None
+                and self.state.store.startswith("postgres")):  # fmt: skip
+            raise ValueError(
+                f"audit.content_key is required for audit.content: {audit.content} with a "
+                "PostgreSQL store (every replica must share it); use ${env:NAME} or ${file:path}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _targets_exist(self) -> Config:
         for name, vm in self.virtual_models.items():
             if name in self.providers:

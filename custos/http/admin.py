@@ -540,6 +540,14 @@ async def _audit_hold_release(svc: AdminService, c: Call) -> BaseModel:
     return await audit_api.end_hold(svc, c.principal, c.params["hold"], c.body)
 
 
+async def _audit_content(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.request_content(svc, c.principal, c.params["request"])
+
+
+async def _audit_erase(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_api.erase_content(svc, c.principal, c.body)
+
+
 async def _list_budgets(svc: AdminService, c: Call) -> BaseModel:
     q: BudgetsQuery = c.query
     try:
@@ -711,6 +719,18 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("POST", "/audit/holds/{hold}/release", "releaseAuditHold", "Release a legal hold "
            "(admin)", audit_api.HoldOut, body=audit_api.HoldRelease),
         _audit_hold_release,
+    ),
+    (
+        _r("GET", "/audit/requests/{request}/content", "getAuditContent", "The captured "
+           "content of one request, decrypted after checking it against its record (admin, "
+           "auditor)", audit_api.ContentOut),
+        _audit_content,
+    ),
+    (
+        _r("POST", "/audit/erase", "eraseAuditContent", "Destroy the content keys of a team or "
+           "a principal, and their encrypted content (admin)", audit_api.ErasureOut,
+           body=audit_api.EraseIn),
+        _audit_erase,
     ),
     (
         _r("GET", "/budgets", "listBudgets", "Budgets: limit, spent, reserved and remaining per "

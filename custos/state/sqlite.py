@@ -16,6 +16,7 @@ write lock is taken up front rather than on the first write, which could fail ha
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -30,6 +31,8 @@ from custos.state.migrations import split_sqlite_script
 from custos.state.store import Row, Store, Tx
 
 T = TypeVar("T")
+
+log = logging.getLogger("custos.state")
 
 _PARAM = re.compile(r"\$(\d+)")
 
@@ -118,6 +121,19 @@ class SQLiteStore(Store):
         if self._executor is None:
             raise StoreError("the store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate the WAL to nothing (what an
+        erasure does after deleting with ``secure_delete``, so that no old page image keeps the
+        deleted bytes). False when a reader in another process kept it from completing."""
+        async with self._lock:
+            conn = self.connection
+            pragma = "PRAGMA wal_checkpoint(TRUNCATE)"
+            row = await self._run(lambda: conn.execute(pragma).fetchone())
+        busy = bool(row[0]) if row is not None else False
+        if busy:
+            log.warning("WAL checkpoint of %s incomplete: another connection is reading", self.path)
+        return not busy
 
     @property
     def connection(self) -> sqlite3.Connection:
