@@ -11,9 +11,9 @@ passthrough     none: the first request's token is looked up once and its princi
                 (no token check, no access rule, no limits, no audit record)
 auth            token authentication and the access rules
 limits          auth + the config's rate limits and budgets
-audit           auth + the audit trail (records, spool, store) without the Merkle log
-log             auth + the audit trail + the Merkle log (sequencer, checkpoints)
-full            everything the config turns on (what ``custos serve`` runs)
+audit           limits + the audit trail (records, spool, store), without the Merkle log
+full            audit + the Merkle log and its checkpoints: everything the config turns on
+                (what ``custos serve`` runs)
 ==============  ==============================================================================
 
 Everything else (HTTP, parsing, routing, the upstream call, metrics) is the same code as
@@ -37,8 +37,7 @@ KEEPS: dict[str, frozenset[str]] = {
     "passthrough": frozenset(),
     "auth": frozenset({"auth"}),
     "limits": frozenset({"auth", "limits"}),
-    "audit": frozenset({"auth", "audit"}),
-    "log": frozenset({"auth", "audit", "log"}),
+    "audit": frozenset({"auth", "limits", "audit"}),
     "full": frozenset({"auth", "limits", "audit", "log"}),
 }
 

@@ -352,8 +352,12 @@ def test_rate_limited_call(mock_provider: MockProvider, tmp_path: Path) -> None:
 
 @pytest.mark.skipif("budgets" in UNSUPPORTED_SECTIONS, reason="budgets not built yet")
 def test_over_budget_call(mock_provider: MockProvider, tmp_path: Path) -> None:
+    # Two budgets match: a roomy one in audit mode with nothing to object to, then the tiny
+    # one that refuses. The record must say which one denied.
     config = standard_config(mock_provider.url) + (
-        "budgets:\n  - id: tiny\n    when: {}\n    limit_usd: 0.000001\n    period: month\n"
+        "budgets:\n  - id: roomy\n    when: {}\n    limit_usd: 1000\n    period: month\n"
+        "    mode: audit\n"
+        "  - id: tiny\n    when: {}\n    limit_usd: 0.000001\n    period: month\n"
         "    mode: enforce\n"
     )
     audited, _ = start_audited(config, tmp_path, "sqlite")
@@ -364,6 +368,11 @@ def test_over_budget_call(mock_provider: MockProvider, tmp_path: Path) -> None:
         record = one_call(audited.store_url, _request_id(denied[-1]))
         assert record["outcome"] == "denied" and record["stopped_at"] == "budget"
         assert record["error.type"] == "budget_exceeded"
+        budget_decisions = [d for d in record["decisions"] if d["stage"] == "budget"]
+        assert budget_decisions == [
+            {"stage": "budget", "rule": "roomy", "decision": "allow"},
+            {"stage": "budget", "rule": "tiny", "decision": "deny"},
+        ]
     finally:
         audited.gateway.stop()
 

@@ -255,22 +255,43 @@ def _rule_stages(runtime: Runtime) -> dict[str, str]:
 
 
 def _decisions(ctx: RequestContext, stopped_at: str | None) -> list[dict[str, Any]]:
-    """Each applied rule with its stage, and the denial that stopped the request (if one did):
-    a rule of the stopping stage is the one that denied; without one (access is default deny)
-    the denial is recorded with ``rule: null``."""
+    """Each applied rule with its stage and decision, and the denial that stopped the request.
+
+    Budgets and rate limits say exactly what they decided per rule (``ctx.limits``), so with
+    two budgets the one that refused is the one marked ``deny``, and an audit-mode budget over
+    its limit is ``allow_over_limit``. For other stages a rule of the stopping stage is the one
+    that denied; without one (access is default deny) the denial is recorded with
+    ``rule: null``."""
     stages = _rule_stages(ctx.runtime)
+    metered = ctx.limits.decisions if ctx.limits is not None else {}
     decisions: list[dict[str, Any]] = []
     denied = False
     denying_stage = stopped_at if stopped_at in _DENYING_STAGES else None
     for rule_id in ctx.applied:
         stage = stages.get(rule_id, "unknown")
-        decision = "allow"
-        if stage == denying_stage and not denied:
+        outcome = metered.get(rule_id)
+        if outcome is not None:
+            decision = _METERED.get(outcome, outcome)
+            denied = denied or (decision == "deny" and stage == denying_stage)
+        elif stage == denying_stage and not denied and stage not in ("budget", "rate_limit"):
             decision, denied = "deny", True
+        else:
+            decision = "allow"
         decisions.append({"stage": stage, "rule": rule_id, "decision": decision})
     if denying_stage is not None and not denied:
         decisions.append({"stage": denying_stage, "rule": None, "decision": "deny"})
     return decisions
+
+
+#: ``Metering.decisions`` (``custos.limits``) as record decisions.
+_METERED = {
+    "reserved": "allow",
+    "admitted": "allow",
+    "over_limit_audit": "allow_over_limit",
+    "fail_open": "allow_fail_open",
+    "denied": "deny",
+    "counters_down": "deny",
+}
 
 
 _DENYING_STAGES = frozenset({"authorize", "budget", "rate_limit", "guardrails", "route"})

@@ -58,6 +58,9 @@ from custos.state.store import DEFAULT_KEEP_DEAD_TOKENS, Store, email_key
 if TYPE_CHECKING:  # the transports import redis and asyncpg; a single node needs neither
     from custos.state.invalidation import Invalidation
 
+#: The change kinds (``custos.state.models.Change``) that can alter who a token stands for.
+IDENTITY_KINDS = frozenset({"token", "user", "team", "account", "*"})
+
 log = logging.getLogger("custos.identity")
 
 #: Beyond this many changed tokens at once, one full reload is cheaper than a partial one.
@@ -243,6 +246,8 @@ class Directory:
         A change to tokens only reloads those tokens (a revocation costs one small query, however
         many tokens there are); anything else, or ``None``, reloads everything.
         """
+        if change is not None and change.kind not in IDENTITY_KINDS:
+            return  # another cache's business (e.g. erased audit content keys)
         if change is not None and change.kind == "token" and not self._full_pending:
             self._token_changes.add(change.id)
         else:
