@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("custos.limits")
 
+#: Bound of the per-counter name caches (cleared when full).
+_NAMES_CACHE = 50_000
+
 Header = tuple[bytes, bytes]
 
 
@@ -132,6 +135,11 @@ class Limiter:
         self._live: weakref.WeakValueDictionary[str, Metering] = weakref.WeakValueDictionary()
         self._tasks: list[asyncio.Task[None]] = []
         self._over_logged: set[str] = set()
+        self._memory = counters if isinstance(counters, MemoryCounters) else None
+        #: (budget id, period key, split) → (counter key, expiry, index key), and counter key →
+        #: ledger key: the same few callers come back on every request.
+        self._names: dict[tuple[str, str, str], tuple[str, int, str]] = {}
+        self._ledger_keys: dict[str, LedgerKey] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -199,17 +207,13 @@ class Limiter:
         for budget in budgets:
             period = self.clock.current(budget.period, now)
             for split in budget.splitter.splits(principal, facts):
+                key, expires_at_ms, index_key = self._counter_names(budget, period, split)
                 charges.append(
                     BudgetCharge(
-                        key=budget.key(period, split),
-                        limit=budget.limit_micros,
-                        amount=amount,
-                        enforce=budget.enforce,
-                        expires_at_ms=counter_expiry_ms(period),
-                        split=split,
-                        index_key=budget.index_key(period),
+                        key, budget.limit_micros, amount, budget.enforce, expires_at_ms, split,
+                        index_key,
                     )
-                )
+                )  # fmt: skip
                 owners.append((budget, period))
             ctx.applied.append(budget.id)
         # Stage 5, rate limit: the first matching rule, one window per split.
@@ -226,7 +230,10 @@ class Limiter:
         metering.budgets, metering.windows = tuple(charges), tuple(windows)
         ttl_ms = policy.settings.reservation_ttl_s * 1000
         try:
-            admission = await self.counters.admit(charges, windows, ctx.request_id, ttl_ms)
+            if self._memory is not None:  # one synchronous step: no coroutine to create
+                admission = self._memory.admit_now(charges, windows, ctx.request_id, ttl_ms)
+            else:
+                admission = await self.counters.admit(charges, windows, ctx.request_id, ttl_ms)
         except CountersUnavailable:
             self._counters_down(ctx, metering, budgets, rule)
             return
@@ -351,11 +358,25 @@ class Limiter:
         except Exception:  # settle must never fail a request
             log.exception("settling request %s failed", ctx.request_id)
 
+    def _counter_names(
+        self, budget: BudgetPolicy, period: Period, split: str
+    ) -> tuple[str, int, str]:
+        names = self._names.get((budget.id, period.key, split))
+        if names is None:
+            if len(self._names) >= _NAMES_CACHE:
+                self._names.clear()
+                self._ledger_keys.clear()
+            key = budget.key(period, split)
+            names = (key, counter_expiry_ms(period), budget.index_key(period))
+            self._names[(budget.id, period.key, split)] = names
+            self._ledger_keys[key] = (budget.id, period.key, split)
+        return names
+
     def budget_settled(
         self, charge: BudgetCharge, cost: int, epoch: int | None, spent: int | None
     ) -> None:
         """``SettleSink``: settled spend goes to the ledger and is checked against alerts."""
-        key = _budget_key(charge.key)
+        key = self._ledger_keys.get(charge.key) or _budget_key(charge.key)
         if self.ledger is not None:
             self.ledger.record(key, cost, epoch)
         if spent is not None and self.alerts is not None:

@@ -32,11 +32,30 @@ class AccessDecision:
     reason: str
 
 
+#: Decisions remembered per policy (one per config revision): callers come in few shapes.
+_DECISION_CACHE_SIZE = 10_000
+
+
 class AccessPolicy:
     def __init__(self, grants: Sequence[AccessGrant]) -> None:
         self.grants = tuple(grants)
+        self._decided: dict[tuple[frozenset[str], str], AccessDecision] = {}
 
     def decide(self, subjects: frozenset[str], model: str) -> AccessDecision:
+        """The first grant that applies to ``subjects`` and matches ``model``, or a denial.
+
+        The policy never changes, so a decision is remembered (a frozenset caches its hash: the
+        lookup costs a tuple and a dict probe where deciding walks every grant's patterns)."""
+        key = (subjects, model)
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = self._decide(subjects, model)
+            if len(self._decided) >= _DECISION_CACHE_SIZE:
+                self._decided.clear()
+            self._decided[key] = decision
+        return decision
+
+    def _decide(self, subjects: frozenset[str], model: str) -> AccessDecision:
         for grant in self.grants:
             if grant.applies_to(subjects) and grant.models.matches(model):
                 return AccessDecision(True, grant.id, f"allowed by {grant.id}")
