@@ -297,6 +297,20 @@ _METERED = {
 _DENYING_STAGES = frozenset({"authorize", "budget", "rate_limit", "guardrails", "route"})
 
 
+def _instant(event_type: str, gateway: GatewayInfo) -> tuple[dict[str, Any], int]:
+    """The fields every record of an instantaneous event starts with (it starts and ends now),
+    and that instant in Unix ms."""
+    now = time.time_ns() // 1_000_000
+    at = rfc3339_ms(now)
+    return {
+        "event_type": event_type,
+        "time_start": at,
+        "time_end": at,
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+    }, now
+
+
 # -- auth.failure ----------------------------------------------------------------------------------
 
 
@@ -311,15 +325,10 @@ def auth_failure(
     gateway: GatewayInfo,
 ) -> tuple[dict[str, Any], int]:
     """A refused credential outside the LLM routes (whose refusals are their ``llm.call``)."""
-    now = time.time_ns() // 1_000_000
-    at = rfc3339_ms(now)
+    record, now = _instant(AUTH_FAILURE, gateway)
     return {
-        "event_type": AUTH_FAILURE,
+        **record,
         "request_id": request_id,
-        "time_start": at,
-        "time_end": at,
-        "gateway.instance": gateway.instance,
-        "gateway.version": gateway.version,
         "config.revision": revision,
         "http.route": route,
         "http.request.method": method,
@@ -392,14 +401,9 @@ def config_revision(
 ) -> tuple[dict[str, Any], int]:
     """A revision began to be served (``trigger``: ``start`` or ``reload``); its full text is in
     the store's ``audit_config_texts`` under ``config.revision``."""
-    now = time.time_ns() // 1_000_000
-    at = rfc3339_ms(now)
+    record, now = _instant(CONFIG_REVISION, gateway)
     return {
-        "event_type": CONFIG_REVISION,
-        "time_start": at,
-        "time_end": at,
-        "gateway.instance": gateway.instance,
-        "gateway.version": gateway.version,
+        **record,
         "config.revision": revision,
         "config.previous_revision": previous,
         "config.text_sha256": text_sha256,
@@ -425,14 +429,9 @@ def audit_purge(
     whose ``time_start`` is before ``cutoff_ms``: exactly the sequence numbers in ``seq_ranges``
     (inclusive ``[first, last]`` pairs, ascending). ``team_holds``: the teams whose records were
     kept under a legal hold. ``trigger``: ``schedule`` (the gateway) or ``command``."""
-    now = time.time_ns() // 1_000_000
-    at = rfc3339_ms(now)
+    record, now = _instant(AUDIT_PURGE, gateway)
     return {
-        "event_type": AUDIT_PURGE,
-        "time_start": at,
-        "time_end": at,
-        "gateway.instance": gateway.instance,
-        "gateway.version": gateway.version,
+        **record,
         "purge.cutoff": rfc3339_ms(cutoff_ms),
         "purge.retention_days": retention_days,
         "purge.count": count,
