@@ -99,6 +99,8 @@ class Pipeline:
             response = await self.call_provider(ctx, route)
             if ctx.limits is not None:
                 response.headers.extend(ctx.limits.headers)
+            if ctx.applied:  # the ids of the rules that let it through (DESIGN §1)
+                response.headers.append((b"x-custos-applied", ",".join(ctx.applied).encode()))
             relayed = response.stream is not None
             return response
         except GatewayError as err:

@@ -114,6 +114,7 @@ def test_success_carries_openai_rate_limit_headers(
     assert int(first.headers["x-ratelimit-remaining-tokens"]) == 1000 - reserved
     assert first.headers["x-ratelimit-reset-tokens"] in ("1m0s", "1m1s")  # whole seconds, up
     assert "x-ratelimit-limit-requests" not in first.headers  # one rule applies, not both
+    assert first.headers["x-custos-applied"].split(",")[-1] == "tokens"  # access rule, then it
     # Token windows are corrected to the real usage when the call ends.
     used = first.json()["usage"]["total_tokens"]
     second = chat(gw, gw.token, max_tokens=100)

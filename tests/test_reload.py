@@ -403,6 +403,9 @@ def test_invalid_files_are_refused_and_a_fix_is_applied(mock_provider, own_gatew
         logged = len(gateway.log())
         replace_atomically(gateway.config_path, broken)
         wait_until(lambda r=refused: reloads(gateway)["refused"] > r, what=f"refusal of {name}")
+        # One atomic replace can be seen as two file events, so the counter may have moved for
+        # the previous file's second refusal: wait for this file's own message too.
+        wait_until(lambda n=logged, s=says: s in gateway.log()[n:], what=f"{name} in the log")
         assert gateway.revision() == serving, name
         log = gateway.log()[logged:]
         assert "config reload refused" in log and says in log, log
