@@ -40,6 +40,7 @@ fixed-rate run that did not hold its rate; with --quick that last one is only a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import datetime as dt
@@ -47,6 +48,7 @@ import json
 import math
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -105,7 +107,62 @@ def spawn(cmd: list[str], cpu: int, **kwargs: Any) -> subprocess.Popen[Any]:
     return proc
 
 
+_pg_schemas: list[tuple[str, str]] = []
+_pinned: dict[int, set[int]] = {}
+
+
+def _pg(url: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def pin_postgres(cpu: int) -> None:
+    """Move the local PostgreSQL server's processes to ``cpu`` (the load CPU), so that a store
+    in PostgreSQL does its work off the gateway's core, as a database server on another machine
+    would; new backends inherit it from the postmaster. ``cleanup`` restores them."""
+    for pid in _postgres_pids():
+        try:
+            _pinned.setdefault(pid, os.sched_getaffinity(pid))
+            os.sched_setaffinity(pid, {cpu})
+        except (PermissionError, ProcessLookupError) as exc:
+            log(f"WARNING: could not pin postgres process {pid} to CPU {cpu} ({exc}); it shares "
+                "the gateway's core")  # fmt: skip
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def cleanup() -> None:
+    for pid, cpus in _pinned.items():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, cpus)
+    for pid in _postgres_pids():  # backends forked while pinned
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, set(range(os.cpu_count() or 1)))
+    _pinned.clear()
+    for url, schema in _pg_schemas:
+        with contextlib.suppress(Exception):
+            _pg(url, f"DROP SCHEMA {schema} CASCADE")
+    _pg_schemas.clear()
     alive = [p for p in _children if p.poll() is None]
     for proc in alive:
         proc.terminate()
@@ -403,6 +460,9 @@ class Bench:
             self.config = (
                 (ROOT / self.config) if not self.config.exists() else self.config.resolve()
             )
+        self.pg_url = env.get("BENCH_STORE", "")  # empty: SQLite
+        if self.pg_url and not self.pg_url.startswith(("postgresql://", "postgres://")):
+            raise SystemExit(f"BENCH_STORE must be a postgresql:// URL, not {self.pg_url!r}")
         self.fixed_token = env.get("BENCH_TOKEN", "")  # empty: `custos init` makes one
         self.token = self.fixed_token
         self.gateway_starts = 0
@@ -469,6 +529,8 @@ class Bench:
         if not self.config.exists():
             raise BenchError(f"BENCH_CONFIG {self.config} does not exist")
         os.sched_setaffinity(0, {self.load_cpu})  # this script stays off the gateway's core
+        if self.pg_url:
+            pin_postgres(self.load_cpu)
 
     def start(self) -> None:
         self.start_mock()
@@ -510,6 +572,8 @@ class Bench:
             "MOCK_PROVIDER_KEY": self.mock_key,
             "BENCH_MOCK_PORT": str(self.mock_port),
             "BENCH_STATE_DIR": str(state),
+            "BENCH_STORE_URL": self.store_url(state),
+            "BENCH_TOKEN_HASH_KEY": secrets.token_urlsafe(48),
             "BENCH_COUNTERS": counters,
             "BENCH_COUNTERS_PREFIX": f"custos-bench-{os.getpid()}-{self.gateway_starts}:",
         }
@@ -534,6 +598,16 @@ class Bench:
             cwd=state,
         )
         self._wait_ready()
+
+    def store_url(self, state: Path) -> str:
+        """A fresh store for one gateway: a SQLite file in its directory, or (BENCH_STORE set to
+        a PostgreSQL URL) a new schema there, dropped on exit."""
+        if not self.pg_url:
+            return f"sqlite:///{state}/custos.db"
+        schema = f"custos_bench_{secrets.token_hex(6)}"
+        _pg(self.pg_url, f"CREATE SCHEMA {schema}")
+        _pg_schemas.append((self.pg_url, schema))
+        return f"{self.pg_url}{'&' if '?' in self.pg_url else '?'}search_path={schema}"
 
     def stop_gateway(self) -> None:
         self.gateway.terminate()
@@ -771,7 +845,7 @@ def compare_summary(b: Bench, report: dict[str, Any]) -> str:
     lines = [
         "=" * 96,
         f"custos bench --compare  {report['date']}  commit {report['commit']}  "
-        f"config {report['config']}",
+        f"config {report['config']}  store {report['store']}",
         f"{report['host']['cpus']} CPUs ({report['host']['cpu_model']}); gateway pinned to CPU "
         f"{b.gateway_cpu}, mock + wrk to CPU {b.load_cpu}; non-streaming saturation, "
         f"wrk -c{b.connections}, {b.warmup} s warm-up + {b.duration} s, "
@@ -864,7 +938,10 @@ def summary(b: Bench, report: dict[str, Any]) -> str:
     w = lines.append
     w("")
     w("=" * 96)
-    w(f"custos bench  {report['date']}  commit {report['commit']}  config {report['config']}")
+    w(
+        f"custos bench  {report['date']}  commit {report['commit']}  config {report['config']}"
+        f"  store {report['store']}"
+    )
     w(
         f"{report['host']['cpus']} CPUs ({report['host']['cpu_model']}); gateway pinned to CPU "
         f"{b.gateway_cpu}, mock provider + wrk/hey pinned to CPU {b.load_cpu}; "
@@ -1013,6 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("-dirty" if git("status", "--porcelain", "--", "custos") else ""),
         "mode": "quick" if bench.quick else "full",
         "config": os.path.relpath(bench.config, ROOT),
+        "store": "postgresql" if bench.pg_url else "sqlite",
         "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
         "pinning": {"gateway_cpu": bench.gateway_cpu, "load_cpu": bench.load_cpu},
         "idle_before": bench.idle_before,
@@ -1070,6 +1148,7 @@ def main_compare(bench: Bench, variants: list[str], rounds: int) -> int:
         + ("-dirty" if git("status", "--porcelain", "--", "custos", "bench") else ""),
         "mode": "compare",
         "config": os.path.relpath(bench.config, ROOT),
+        "store": "postgresql" if bench.pg_url else "sqlite",
         "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
         "idle_before": bench.idle_before,
         "cpu_speed_mloops_per_s": bench.speed,
