@@ -192,6 +192,14 @@ def load_signer(
     return Signer(name, key)
 
 
+def now_ms() -> datetime:
+    """Now, at the millisecond precision of checkpoint times. Key validity bounds are written at
+    that precision so that a checkpoint signed after a key was registered (or retired) is
+    dated at or after that moment, even within the same millisecond."""
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 def generate_pem(passphrase: str | None = None) -> bytes:
     """A new Ed25519 key as PKCS#8 PEM (encrypted with ``passphrase`` when given)."""
     encryption: serialization.KeySerializationEncryption = (
@@ -382,7 +390,7 @@ class Checkpointer:
                     signer.name,
                     signer.verifier.id.hex(),
                     signer.public_key,
-                    utcnow(),
+                    now_ms(),
                 )
                 closed = await tx.fetchrow(
                     "SELECT not_after FROM audit_signing_keys WHERE key_name = $1"

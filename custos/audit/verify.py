@@ -59,6 +59,7 @@ from custos.audit.checkpoint import (
     NoteError,
     Verifier,
     load_verifiers,
+    now_ms,
     parse_checkpoint,
     read_export,
 )
@@ -209,7 +210,7 @@ async def retire_key(store: Store, name: str, key_id: str | None = None) -> Veri
                 f"key {name} ({key.id.hex()}) is the last key still valid: configure the new "
                 "signing key and start the gateway with it (which registers it) first"
             )
-        now = utcnow()
+        now = now_ms()
         updated = await tx.execute(
             "UPDATE audit_signing_keys SET not_after = $1"
             " WHERE key_name = $2 AND key_id = $3 AND not_after IS NULL",
