@@ -272,3 +272,17 @@ def test_without_a_retiring_key_only_the_current_one_signs(
     signers = load_signers(AuditSettings(signing_key=str(path)))
     assert [s.name for s in signers] == ["custos/audit/key1"]
     assert "CUSTOS_AUDIT_RETIRING_SIGNING_KEY_PASSPHRASE" not in os.environ
+
+
+async def test_validity_goes_by_key_not_name(store: Store, tmp_path: Path) -> None:  # noqa: F811
+    # A key file replaced without renaming the key: two keys share a name. The retired one's
+    # late signature must not borrow the validity of its namesake.
+    log = Rotation(store, tmp_path)
+    log.new = make_signer(OLD)
+    await log.phase([log.new, log.old], checkpoints=1)
+    await retire_key(store, OLD, log.old.verifier.id.hex())
+    await log.phase([log.old], checkpoints=1)
+    for given in ((log.old, log.new), ()):
+        failures = await log.failures(*given)
+        assert failures[0].startswith("checkpoint #1: signed at "), failures
+        assert f"{OLD} ({log.old.verifier.id.hex()}) retired at " in failures[0]
