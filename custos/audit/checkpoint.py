@@ -26,6 +26,10 @@ Contracts:
 - The private key is loaded by ``load_signer`` into the ``Signer`` only; settings hold a path
   or the name of an environment variable, never the key, and the variable is removed from the
   environment once read, so request-path code cannot read it.
+- Rotation: during the overlap the checkpointer holds two signers, the current key and the
+  retiring one, and every note carries both signatures, so a verifier holding either vkey
+  accepts it. A key's name is part of its key ID: the retiring key must keep the name it was
+  registered under.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ GENESIS_PREV: Final = bytes(32)
 MAX_SIGNATURES: Final = 100
 KEY_ENV: Final = "CUSTOS_AUDIT_SIGNING_KEY"
 PASSPHRASE_ENV: Final = "CUSTOS_AUDIT_SIGNING_KEY_PASSPHRASE"
+#: The passphrase of ``audit.retiring_signing_key`` (an encrypted PEM), read and removed once.
+RETIRING_PASSPHRASE_ENV: Final = "CUSTOS_AUDIT_RETIRING_SIGNING_KEY_PASSPHRASE"
 
 
 class NoteError(ValueError):
@@ -160,11 +166,17 @@ class Signer:
         return f"{EM_DASH} {self.name} {base64.b64encode(self.verifier.id + sig).decode()}\n"
 
 
-def load_signer(name: str, path: str | None = None, *, env: str = KEY_ENV) -> Signer:
+def load_signer(
+    name: str,
+    path: str | None = None,
+    *,
+    env: str = KEY_ENV,
+    passphrase_env: str = PASSPHRASE_ENV,
+) -> Signer:
     """The signing key from a PEM file (PKCS#8, optionally encrypted: the passphrase comes from
-    ``CUSTOS_AUDIT_SIGNING_KEY_PASSPHRASE``) or, without a path, from the PEM text in the
+    the environment variable ``passphrase_env``) or, without a path, from the PEM text in the
     environment variable ``env``. Both variables are removed from the environment once read."""
-    passphrase = os.environ.pop(PASSPHRASE_ENV, None)
+    passphrase = os.environ.pop(passphrase_env, None)
     if path is not None:
         data = Path(path).read_bytes()
     else:
@@ -178,6 +190,14 @@ def load_signer(name: str, path: str | None = None, *, env: str = KEY_ENV) -> Si
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("the audit signing key must be an Ed25519 key")
     return Signer(name, key)
+
+
+def now_ms() -> datetime:
+    """Now, at the millisecond precision of checkpoint times. Key validity bounds are written at
+    that precision so that a checkpoint signed after a key was registered (or retired) is
+    dated at or after that moment, even within the same millisecond."""
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def generate_pem(passphrase: str | None = None) -> bytes:
@@ -198,7 +218,9 @@ def generate_pem(passphrase: str | None = None) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A parsed checkpoint. ``note`` is the whole signed note; ``signers`` the names of the
-    keys whose signatures were verified (empty when parsed without verifying)."""
+    keys whose signatures were verified and ``keys`` those verifiers themselves (both empty
+    when parsed without verifying). Validity checks go by ``keys``: two keys may share a
+    name."""
 
     origin: str
     size: int
@@ -207,6 +229,7 @@ class Checkpoint:
     prev: bytes
     note: str
     signers: tuple[str, ...] = ()
+    keys: tuple[Verifier, ...] = ()
 
     @property
     def note_hash(self) -> bytes:
@@ -233,6 +256,12 @@ def sign_note(body: str, signers: Sequence[Signer]) -> str:
 def open_note(note: str, verifiers: Iterable[Verifier]) -> tuple[str, tuple[str, ...]]:
     """Check ``note``'s signatures (see the module docstring); returns the body and the names
     of the keys that verified it. Raises ``NoteError``."""
+    body, keys = open_note_keys(note, verifiers)
+    return body, tuple(v.name for v in keys)
+
+
+def open_note_keys(note: str, verifiers: Iterable[Verifier]) -> tuple[str, tuple[Verifier, ...]]:
+    """``open_note``, returning the verifiers whose signatures checked rather than names."""
     if any(ord(c) < 0x20 and c != "\n" for c in note):
         raise NoteError("the note holds a control character")
     split = note.rfind("\n\n")
@@ -243,7 +272,7 @@ def open_note(note: str, verifiers: Iterable[Verifier]) -> tuple[str, tuple[str,
     if len(lines) > MAX_SIGNATURES:
         raise NoteError("the note has too many signatures")
     known = {(v.name, v.id): v for v in verifiers}
-    verified: list[str] = []
+    verified: list[Verifier] = []
     for line in lines:
         prefix, _, rest = line.partition(" ")
         name, _, encoded = rest.partition(" ")
@@ -260,7 +289,7 @@ def open_note(note: str, verifiers: Iterable[Verifier]) -> tuple[str, tuple[str,
             continue  # unknown keys are ignored
         if not verifier.verify(raw[4:], body.encode()):
             raise NoteError(f"the signature of {name} ({raw[:4].hex()}) is not valid")
-        verified.append(name)
+        verified.append(verifier)
     if not verified:
         raise NoteError("the note is not signed by any known key")
     return body, tuple(verified)
@@ -272,9 +301,9 @@ def parse_checkpoint(note: str, verifiers: Iterable[Verifier] | None = None) -> 
         split = note.rfind("\n\n")
         if split < 0:
             raise NoteError("the note has no signature block")
-        body, signers = note[: split + 1], ()
+        body, keys = note[: split + 1], ()
     else:
-        body, signers = open_note(note, verifiers)
+        body, keys = open_note_keys(note, verifiers)
     lines = body[:-1].split("\n")
     if len(lines) < 5:
         raise NoteError("a checkpoint has an origin, a size, a root, a time and a prev line")
@@ -290,7 +319,8 @@ def parse_checkpoint(note: str, verifiers: Iterable[Verifier] | None = None) -> 
         raise NoteError(f"malformed checkpoint: {exc}") from None
     if str(size) != size_text or size < 0 or len(root) != 32 or len(prev) != 32:
         raise NoteError("malformed checkpoint: bad size, root or prev")
-    return Checkpoint(origin, size, root, at, prev, note, signers)
+    signers = tuple(v.name for v in keys)
+    return Checkpoint(origin, size, root, at, prev, note, signers, keys)
 
 
 def read_export(path: str | Path) -> list[str]:
@@ -345,8 +375,13 @@ class Checkpointer:
         self._last_at = time.monotonic()
         self._lock = asyncio.Lock()
 
-    async def register_keys(self) -> None:
-        """Record the public keys (kept forever; ``not_before`` is the first registration)."""
+    async def register_keys(self) -> list[str]:
+        """Record the public keys (kept forever; ``not_before`` is the first registration).
+
+        Returns (and logs) the names of configured keys whose validity was already closed by
+        ``custos audit keys retire``: their signatures from now on fall outside it, so verify
+        counts a checkpoint only through another, still valid key's signature."""
+        retired: list[str] = []
         async with self.store.transaction() as tx:
             for signer in self.signers:
                 await tx.execute(
@@ -355,8 +390,22 @@ class Checkpointer:
                     signer.name,
                     signer.verifier.id.hex(),
                     signer.public_key,
-                    utcnow(),
+                    now_ms(),
                 )
+                closed = await tx.fetchrow(
+                    "SELECT not_after FROM audit_signing_keys WHERE key_name = $1"
+                    " AND key_id = $2 AND not_after IS NOT NULL",
+                    signer.name,
+                    signer.verifier.id.hex(),
+                )
+                if closed is not None:
+                    retired.append(signer.name)
+        for name in retired:
+            log.warning("audit signing key %s was retired: remove it from the config", name)
+        if len(retired) == len(self.signers):
+            log.error("every audit signing key configured was retired: verify will refuse the "
+                      "new checkpoints until a new key is configured")  # fmt: skip
+        return retired
 
     async def on_sequenced(self, size: int, root: bytes) -> None:
         """Called by the sequencer after each batch: checkpoint when ``every_n`` records or

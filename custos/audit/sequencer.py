@@ -32,11 +32,14 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from custos.audit.merkle import Frontier
 from custos.state.models import utcnow
 from custos.state.store import Store, Tx
+
+if TYPE_CHECKING:
+    from custos.audit.checkpoint import Signer
 
 log = logging.getLogger("custos.audit.sequencer")
 
@@ -326,18 +329,19 @@ async def append_leaves(
 class AuditLog:
     """The sequencer and (with a signing key) the checkpointer of one gateway process.
 
-    ``start``/``close`` are what the gateway calls. The signing key is loaded here, once, and
-    lives only inside the checkpointer's ``Signer``. With an OTLP export (``logs`` on), each new
-    checkpoint is also sent as an OTLP log record; ``instance`` names this process there."""
+    ``start``/``close`` are what the gateway calls. The signing keys (the current one and,
+    during a rotation, the retiring one) are loaded here, once, and live only inside the
+    checkpointer's signers. With an OTLP export (``logs`` on), each new checkpoint is also sent
+    as an OTLP log record; ``instance`` names this process there."""
 
     def __init__(self, store: Store, settings: Any, *, instance: str | None = None) -> None:
-        from custos.audit.checkpoint import Checkpointer, load_signer
+        from custos.audit.checkpoint import Checkpointer
 
         self.store = store
         self.checkpointer: Checkpointer | None = None
         self.otlp: Any = None
         if settings.signing_key is not None or os.environ.get("CUSTOS_AUDIT_SIGNING_KEY"):
-            signer = load_signer(settings.signing_key_name, settings.signing_key)
+            signers = load_signers(settings)
             otlp = settings.otlp
             if otlp is not None and otlp.logs:
                 from custos.audit.events import GatewayInfo
@@ -347,7 +351,7 @@ class AuditLog:
                 self.otlp = OTLPCheckpointExport(otlp, gateway)
             self.checkpointer = Checkpointer(
                 store,
-                [signer],
+                signers,
                 origin=settings.log_origin,
                 interval_s=settings.checkpoint_interval_s,
                 every_n=settings.checkpoint_every,
@@ -399,3 +403,20 @@ class AuditLog:
         await self.sequencer.close()
         if self.otlp is not None:
             await asyncio.to_thread(self.otlp.close)  # sends what is queued
+
+
+def load_signers(settings: Any) -> list[Signer]:
+    """The current signing key and, during a rotation, the retiring one after it (both sign
+    every checkpoint). Each passphrase variable is removed from the environment, used or not."""
+    from custos.audit.checkpoint import RETIRING_PASSPHRASE_ENV, load_signer
+
+    signers = [load_signer(settings.signing_key_name, settings.signing_key)]
+    retiring = getattr(settings, "retiring_signing_key", None)
+    if retiring is None:
+        os.environ.pop(RETIRING_PASSPHRASE_ENV, None)
+        return signers
+    signers.append(load_signer(settings.retiring_signing_key_name, retiring,
+                               passphrase_env=RETIRING_PASSPHRASE_ENV))  # fmt: skip
+    log.info("audit checkpoints are signed by %s and, until it is retired, by %s",
+             signers[0].name, signers[1].name)  # fmt: skip
+    return signers

@@ -13,7 +13,23 @@ audit:
   export:
     - otlp: {endpoint: "http://127.0.0.1:4318"}   # spans and log records, OTLP over HTTP
     - jsonl: {path: ./audit.jsonl}                # every record's bytes, one per line
+  signing_key: ./keys/audit-2026.pem              # Ed25519 PKCS#8 PEM, optionally encrypted
+  signing_key_name: custos/audit/key2026
+  retiring_signing_key: ./keys/audit-2025.pem     # during a rotation only: signs alongside
+  retiring_signing_key_name: custos/audit/key2025 # the name it was registered under
+  checkpoint_export: ./audit-checkpoints.txt      # signed checkpoints, outside the database
 ```
+
+Checkpoint signing keys: ``signing_key`` is the current key (its passphrase, for an encrypted
+PEM, in ``CUSTOS_AUDIT_SIGNING_KEY_PASSPHRASE``; without a path, the PEM text may come from
+``CUSTOS_AUDIT_SIGNING_KEY``). During a rotation ``retiring_signing_key`` is the previous key,
+from a file (passphrase in ``CUSTOS_AUDIT_RETIRING_SIGNING_KEY_PASSPHRASE``): every checkpoint
+then carries both signatures, so verifiers still holding only the old vkey keep accepting new
+checkpoints while the new vkey is handed out. It must keep the name it was registered under
+(the name is part of the key ID), the two names must differ, and it needs ``signing_key`` set
+(the current key from a file). The variables are removed from the environment once read. Keys
+are loaded once, at start: a rotation takes a restart (docs/audit.md, "Rotating the signing
+key").
 
 ``durability``, ``on_failure`` and ``content`` take effect on reload (``content``: for requests
 admitted after it); ``content_key`` is read when content is first encrypted or read, and a
@@ -94,6 +110,13 @@ class AuditSettings(_Strict):
     signing_key: str | None = Field(default=None, repr=False)
     #: The signed-note key name (schema-less URL style) and the checkpoint origin line.
     signing_key_name: str = "custos/audit/key1"
+    #: During a rotation: the previous key's PEM file (passphrase in
+    #: CUSTOS_AUDIT_RETIRING_SIGNING_KEY_PASSPHRASE), which signs every checkpoint alongside
+    #: ``signing_key`` until it is removed and retired (``custos audit keys retire``).
+    retiring_signing_key: str | None = Field(default=None, repr=False)
+    #: The retiring key's name: the one it signed under as ``signing_key_name`` (the key ID
+    #: depends on it, so a different name would make its signatures unknown to its vkey).
+    retiring_signing_key_name: str | None = None
     log_origin: str = "custos/audit"
     #: A checkpoint every this many seconds (when the log grew) or every this many records.
     checkpoint_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
@@ -117,6 +140,31 @@ class AuditSettings(_Strict):
             if len(key) != 32:
                 raise ValueError(f"must be 32 bytes once base64-decoded (got {len(key)})")
         return value
+
+    @model_validator(mode="after")
+    def _rotation(self) -> AuditSettings:
+        if self.retiring_signing_key is None:
+            if self.retiring_signing_key_name is not None:
+                raise ValueError("retiring_signing_key_name is set without retiring_signing_key")
+            return self
+        if self.signing_key is None:
+            raise ValueError(
+                "retiring_signing_key signs alongside the current key during a rotation: set "
+                "signing_key to the new key's PEM file too"
+            )
+        if self.retiring_signing_key == self.signing_key:
+            raise ValueError("retiring_signing_key is the same file as signing_key")
+        if self.retiring_signing_key_name is None:
+            raise ValueError(
+                "retiring_signing_key needs retiring_signing_key_name: the name that key was "
+                "registered under (its signing_key_name before the rotation)"
+            )
+        if self.retiring_signing_key_name == self.signing_key_name:
+            raise ValueError(
+                f"signing_key_name and retiring_signing_key_name are both "
+                f"{self.signing_key_name!r}: give the new key a name of its own"
+            )
+        return self
 
     @property
     def otlp(self) -> OTLPSettings | None:

@@ -25,7 +25,15 @@ to be sequenced (6).
 
 Verifier keys come from ``--public-key`` (vkeys, obtained out of band) or else from the
 database's key table (weaker: whoever rewrote the database could have added a key; the
-report says so). The result's ``summary`` reads
+report says so). A checkpoint (stored or exported) counts as signed when at least one of its
+verified signatures is by a key valid at the checkpoint's time. A vkey given out of band
+carries no validity period of its own: it takes the one the key table records for the same key
+(same name and public key), so a key closed by ``custos audit keys retire`` no longer vouches
+for checkpoints dated at or after its ``not_after``, whichever way the verifier got it. The
+trust stays with the vkey: the table can only narrow it (someone who rewrote the database
+could at worst make checkpoints fail, or reopen a retired key, which leaves the vkey as
+trusted as it was before the retirement); a vkey the table does not know is valid at any time.
+The result's ``summary`` reads
 ``N/N checkpoints valid; M/M records valid; P purged``; ``failures`` are in order found, the
 first being the one the CLI names.
 """
@@ -51,6 +59,7 @@ from custos.audit.checkpoint import (
     NoteError,
     Verifier,
     load_verifiers,
+    now_ms,
     parse_checkpoint,
     read_export,
 )
@@ -140,12 +149,96 @@ async def _db_verifiers(store: Store) -> list[Verifier]:
     ]
 
 
-def _signed_in_validity(checkpoint: Checkpoint, verifiers: list[Verifier]) -> bool:
-    return any(
-        v.name in checkpoint.signers and v.valid_at(checkpoint.at)
-        for v in verifiers
-        if v.not_before is not None or v.not_after is not None
-    ) or not any(v.not_before or v.not_after for v in verifiers)
+def with_recorded_validity(given: list[Verifier], recorded: list[Verifier]) -> list[Verifier]:
+    """The out-of-band verifiers ``given``, each narrowed to the validity period ``recorded``
+    (the key table) holds for the same name and public key; unknown keys are left as given.
+    Matching is on the whole public key, not the 4-byte key ID, which can be made to collide."""
+    table = {(v.name, v.public_key): v for v in recorded}
+    narrowed: list[Verifier] = []
+    for key in given:
+        row = table.get((key.name, key.public_key))
+        if row is None:
+            narrowed.append(key)
+            continue
+        starts = [t for t in (key.not_before, row.not_before) if t is not None]
+        ends = [t for t in (key.not_after, row.not_after) if t is not None]
+        narrowed.append(Verifier(key.name, key.public_key, max(starts, default=None),
+                                 min(ends, default=None)))  # fmt: skip
+    return narrowed
+
+
+def _validity_problem(checkpoint: Checkpoint) -> str | None:
+    """Why no verified signature of ``checkpoint`` counts (``None`` when one does): each signing
+    key must be valid at the checkpoint's time, and one that is suffices."""
+    at = checkpoint.at
+    if any(v.valid_at(at) for v in checkpoint.keys):
+        return None
+    reasons = [
+        f"{v.name} ({v.id.hex()}) retired at {v.not_after.isoformat()}"
+        if v.not_after is not None and at >= v.not_after
+        else f"{v.name} ({v.id.hex()}) valid only from "
+        f"{v.not_before.isoformat() if v.not_before else '?'}"
+        for v in checkpoint.keys
+    ]
+    return f"signed at {checkpoint.time} only by keys outside their validity: {'; '.join(reasons)}"
+
+
+class RetireError(Exception):
+    """``retire_key`` refused: the message says why."""
+
+
+async def retire_key(store: Store, name: str, key_id: str | None = None) -> Verifier:
+    """Close the validity of the key ``name`` (and ``key_id``, hex, when several share the
+    name): ``not_after`` = now, the one change the table's guard allows. From then on verify
+    counts a checkpoint dated later only through another key's signature. Refuses (with
+    ``RetireError``) an unknown key, a key already retired, and the last key still valid: a
+    log with no valid key could not be signed at all. Returns the key as retired."""
+    lock = " FOR UPDATE" if store.dialect == "postgresql" else ""
+    async with store.transaction() as tx:
+        rows = await tx.fetch(f"SELECT * FROM audit_signing_keys ORDER BY not_before{lock}")
+        keys = [
+            (str(r["key_id"]), Verifier(r["key_name"], bytes(r["public_key"]),
+                                        _dt(r["not_before"]), _dt(r["not_after"])))
+            for r in rows
+        ]  # fmt: skip
+        key = _choose_key(keys, name, key_id)
+        if key.not_after is not None:
+            raise RetireError(f"key {name} ({key.id.hex()}) was already retired at "
+                              f"{key.not_after.isoformat()}")  # fmt: skip
+        if not any(v.not_after is None and v != key for _, v in keys):
+            raise RetireError(
+                f"key {name} ({key.id.hex()}) is the last key still valid: configure the new "
+                "signing key and start the gateway with it (which registers it) first"
+            )
+        now = now_ms()
+        updated = await tx.execute(
+            "UPDATE audit_signing_keys SET not_after = $1"
+            " WHERE key_name = $2 AND key_id = $3 AND not_after IS NULL",
+            now,
+            name,
+            key.id.hex(),
+        )
+        if updated != 1:
+            raise RetireError(f"key {name} ({key.id.hex()}) changed meanwhile; try again")
+    return Verifier(key.name, key.public_key, key.not_before, now)
+
+
+def _choose_key(keys: list[tuple[str, Verifier]], name: str, key_id: str | None) -> Verifier:
+    """The one key named ``name`` (with ``key_id`` when given); when several share the name
+    and no ID is given, the one still valid if exactly one is."""
+    named = [v for stored_id, v in keys
+             if v.name == name and (key_id is None or stored_id == key_id.lower())]  # fmt: skip
+    if not named:
+        known = ", ".join(f"{v.name} ({i})" for i, v in keys) or "none"
+        which = f"{name} ({key_id})" if key_id else name
+        raise RetireError(f"no audit signing key {which}; the keys are: {known}")
+    if len(named) > 1:
+        still_valid = [v for v in named if v.not_after is None]
+        if len(still_valid) != 1:
+            ids = ", ".join(v.id.hex() for v in named)
+            raise RetireError(f"several keys are named {name}: pass --key-id (one of {ids})")
+        return still_valid[0]
+    return named[0]
 
 
 async def verify_log(
@@ -165,6 +258,8 @@ async def verify_log(
     if verifiers is None:
         verifiers = await _db_verifiers(store)
         report.keys_from_database = True
+    else:
+        verifiers = with_recorded_validity(verifiers, await _db_verifiers(store))
 
     # 1. checkpoints
     async with store.transaction(readonly=True) as tx:
@@ -178,8 +273,9 @@ async def verify_log(
             if cid != expected_id:
                 raise NoteError(f"checkpoint #{expected_id} is missing")
             cp = parse_checkpoint(row["note"], verifiers)
-            if not _signed_in_validity(cp, verifiers):
-                raise NoteError("signed by a key outside its validity period")
+            problem = _validity_problem(cp)
+            if problem is not None:
+                raise NoteError(problem)
             if (cp.size, cp.root) != (int(row["size"]), bytes(row["root"])):
                 raise NoteError("the stored size or root differs from the signed note")
             if bytes(row["note_hash"]) != cp.note_hash:
@@ -199,7 +295,11 @@ async def verify_log(
     exported_cps: list[Checkpoint] = []
     for index, note in enumerate(exported):
         try:
-            exported_cps.append(parse_checkpoint(note, verifiers))
+            cp = parse_checkpoint(note, verifiers)
+            problem = _validity_problem(cp)
+            if problem is not None:
+                raise NoteError(problem)
+            exported_cps.append(cp)
         except NoteError as exc:
             fail(f"exported checkpoint {index + 1}: {exc}")
     wanted = {c.size for c in checkpoints} | {c.size for c in exported_cps}
@@ -423,6 +523,22 @@ async def _verify_main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _retire_main(args: argparse.Namespace) -> int:
+    store = await _open(args)
+    try:
+        key = await retire_key(store, args.name, args.key_id)
+    except RetireError as exc:
+        print(f"custos: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    assert key.not_after is not None
+    print(f"retired {key.vkey}  valid {key.not_before.isoformat() if key.not_before else '?'} "
+          f".. {key.not_after.isoformat()}")  # fmt: skip
+    print("checkpoints signed only by it and dated from now on fail verify")
+    return 0
+
+
 async def _keys_main(args: argparse.Namespace) -> int:
     store = await _open(args)
     try:
@@ -499,9 +615,30 @@ def register(commands: Any) -> None:
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=lambda a: asyncio.run(_verify_main(a)))
 
-    keys = commands.add_parser("keys", help="the checkpoint public keys and their validity")
+    keys = commands.add_parser(
+        "keys", help="the checkpoint public keys and their validity",
+        description="List the checkpoint public keys (vkeys) with their validity periods, or "
+        "retire one.",
+    )  # fmt: skip
     _store_args(keys)
     keys.set_defaults(run=lambda a: asyncio.run(_keys_main(a)))
+    key_commands = keys.add_subparsers(title="keys commands", metavar="COMMAND")
+    retire = key_commands.add_parser(
+        "retire", help="close a key's validity (after a rotation)",
+        description="Close a signing key's validity now (after a rotation: once the gateways "
+        "no longer sign with it). Checkpoints signed only by it and dated later fail verify, "
+        "whether the key comes from the database or from --public-key. Refuses an unknown key, "
+        "a key already retired and the last key still valid.",
+    )  # fmt: skip
+    # As _store_args, but without defaults: `keys --store URL retire …` keeps the URL.
+    where = retire.add_mutually_exclusive_group()
+    where.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
+                       help="read state.store from this config")  # fmt: skip
+    where.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
+                       help="the store URL (sqlite:///PATH or postgresql://…)")  # fmt: skip
+    retire.add_argument("--name", required=True, help="the key name (signing_key_name)")
+    retire.add_argument("--key-id", metavar="HEX", help="its key ID, when several share the name")
+    retire.set_defaults(run=lambda a: asyncio.run(_retire_main(a)))
 
     prove = commands.add_parser("prove", help="one record with its inclusion proof, for auditors")
     _store_args(prove)
