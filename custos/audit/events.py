@@ -297,10 +297,12 @@ _METERED = {
 _DENYING_STAGES = frozenset({"authorize", "budget", "rate_limit", "guardrails", "route"})
 
 
-def _instant(event_type: str, gateway: GatewayInfo) -> tuple[dict[str, Any], int]:
-    """The fields every record of an instantaneous event starts with (it starts and ends now),
-    and that instant in Unix ms."""
-    now = time.time_ns() // 1_000_000
+def _instant(
+    event_type: str, gateway: GatewayInfo, at_ms: int | None = None
+) -> tuple[dict[str, Any], int]:
+    """The fields every record of an instantaneous event starts with (it starts and ends at
+    ``at_ms``, default now), and that instant in Unix ms."""
+    now = time.time_ns() // 1_000_000 if at_ms is None else at_ms
     at = rfc3339_ms(now)
     return {
         "event_type": event_type,
@@ -357,14 +359,9 @@ def truncate_address(address: str | None) -> str | None:
 
 def admin_change(event: dict[str, Any], gateway: GatewayInfo) -> tuple[dict[str, Any], int]:
     """The record of one row of the store's ``admin_events`` (written with the change itself)."""
-    at_ms = unix_ms(event["at"])
-    at = rfc3339_ms(at_ms)
+    record, at_ms = _instant(ADMIN_CHANGE, gateway, unix_ms(event["at"]))
     return {
-        "event_type": ADMIN_CHANGE,
-        "time_start": at,
-        "time_end": at,
-        "gateway.instance": gateway.instance,
-        "gateway.version": gateway.version,
+        **record,
         "admin.event_id": int(event["id"]),
         "actor.id": event["actor"],
         "actor.role": event["actor_role"],
