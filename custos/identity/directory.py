@@ -51,7 +51,7 @@ from custos.identity.principal import (
     AuthFailure,
     Principal,
 )
-from custos.identity.tokens import check_format, coerce_key, hash_token
+from custos.identity.tokens import TokenHasher, check_format, coerce_key
 from custos.state.models import AuthSnapshot, Change, User, VirtualAccount
 from custos.state.store import DEFAULT_KEEP_DEAD_TOKENS, Store, email_key
 
@@ -165,7 +165,7 @@ class Directory:
         keep_dead_tokens: timedelta = DEFAULT_KEEP_DEAD_TOKENS,
     ) -> None:
         self.store = store
-        self._key = coerce_key(token_hash_key)
+        self._hash = TokenHasher(coerce_key(token_hash_key))
         self._invalidation = invalidation
         self._clock = clock
         self._flush_interval = flush_interval
@@ -218,7 +218,7 @@ class Directory:
 
     def lookup(self, token: str) -> Principal | AuthFailure:
         """The principal ``token`` stands for, or why it is refused. Never touches the store."""
-        entry = self._entries.get(hash_token(token, self._key))
+        entry = self._entries.get(self._hash(token))
         if entry is None:
             # Only tokens that are not ours get the shape and checksum check (every token in the
             # map was issued well formed): a mistyped token (``MALFORMED``) is told from a wrong
