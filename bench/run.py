@@ -1041,6 +1041,24 @@ def summary(b: Bench, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_header(bench: Bench, mode: str) -> dict[str, Any]:
+    """What every results file starts with: when, what code, which config, on what machine."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short", "HEAD")
+        + ("-dirty" if git("status", "--porcelain", "--", "custos", "bench") else ""),
+        "mode": mode,
+        "config": os.path.relpath(bench.config, ROOT),
+        "store": "postgresql" if bench.pg_url else "sqlite",
+        "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
+        "pinning": {"gateway_cpu": bench.gateway_cpu, "load_cpu": bench.load_cpu},
+        "idle_before": bench.idle_before,
+        "cpu_speed_mloops_per_s": bench.speed,
+        "duration_s": bench.duration,
+        "warmup_s": bench.warmup,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s runs, 1 s warm-up")
@@ -1085,18 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cleanup()
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git("rev-parse", "--short", "HEAD")
-        + ("-dirty" if git("status", "--porcelain", "--", "custos") else ""),
-        "mode": "quick" if bench.quick else "full",
-        "config": os.path.relpath(bench.config, ROOT),
-        "store": "postgresql" if bench.pg_url else "sqlite",
-        "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
-        "pinning": {"gateway_cpu": bench.gateway_cpu, "load_cpu": bench.load_cpu},
-        "idle_before": bench.idle_before,
-        "cpu_speed_mloops_per_s": bench.speed,
-        "duration_s": bench.duration,
-        "warmup_s": bench.warmup,
+        **report_header(bench, "quick" if bench.quick else "full"),
         "connections": bench.connections,
         "rates": {"non_streaming": bench.rate, "streaming": bench.stream_rate},
         "hey_mode": bench.hey_mode,
@@ -1143,17 +1150,7 @@ def main_compare(bench: Bench, variants: list[str], rounds: int) -> int:
         cleanup()
     figures = compare_figures(runs)
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git("rev-parse", "--short", "HEAD")
-        + ("-dirty" if git("status", "--porcelain", "--", "custos", "bench") else ""),
-        "mode": "compare",
-        "config": os.path.relpath(bench.config, ROOT),
-        "store": "postgresql" if bench.pg_url else "sqlite",
-        "host": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
-        "idle_before": bench.idle_before,
-        "cpu_speed_mloops_per_s": bench.speed,
-        "duration_s": bench.duration,
-        "warmup_s": bench.warmup,
+        **report_header(bench, "compare"),
         "rounds": rounds,
         "runs": runs,
         "figures": figures,

@@ -24,10 +24,12 @@ class FlakyStore(AuditStore):
         self.down = False
         self.inserted = 0
 
-    async def insert(self, records: Sequence[SealedRecord]) -> None:
+    async def insert(
+        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
+    ) -> None:
         if self.down:
             raise ConnectionError("the store is down")
-        await super().insert(records)
+        await super().insert(records, attachments)
         self.inserted += len(records)
 
     async def ping(self) -> None:

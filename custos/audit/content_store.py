@@ -244,14 +244,5 @@ async def erase(store: Store, actor: Actor, *, scope: str, subject: str) -> Eras
         erasure = Erasure(scope, subject, len(keys), contents, w.now)
         await w.event("audit.content.erase", scope, subject, None, erasure.to_dict())
         w.changed(CHANGE_KIND, f"{scope}:{subject}")
-    if sqlite:
-        await _checkpoint(store)
+    await store.checkpoint_wal()  # the page images that held the erased bytes leave the WAL
     return erasure
-
-
-async def _checkpoint(store: Store) -> None:
-    """Copy the WAL into the database and truncate it: the page images that held the erased
-    bytes are in the WAL until then."""
-    checkpoint = getattr(store, "checkpoint", None)
-    if checkpoint is not None:
-        await checkpoint()

@@ -60,25 +60,47 @@ class JSONLExport:
         self._file.close()
 
 
+def _resource(gateway: GatewayInfo) -> Any:
+    from opentelemetry.sdk.resources import Resource
+
+    return Resource.create(
+        {
+            "service.name": "custos",
+            "service.version": gateway.version,
+            "service.instance.id": gateway.instance,
+        }
+    )
+
+
+def _log_pipeline(
+    settings: OTLPSettings, gateway: GatewayInfo, batching: dict[str, Any]
+) -> tuple[Any, Any]:
+    """A logger provider sending OTLP/HTTP log records to ``settings.endpoint`` from a batch
+    processor's thread, and its ``custos.audit`` logger."""
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    provider = LoggerProvider(resource=_resource(gateway))
+    exporter = OTLPLogExporter(
+        endpoint=f"{settings.endpoint}/v1/logs",
+        headers=dict(settings.headers),
+        timeout=settings.timeout_s,
+    )
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter, **batching))
+    logger = provider.get_logger("custos.audit", gateway.version, schema_url=SCHEMA_URL)
+    return provider, logger
+
+
 class OTLPExport:
     """Spans and log records over OTLP/HTTP to ``settings.endpoint``."""
 
     def __init__(self, settings: OTLPSettings, gateway: GatewayInfo) -> None:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        resource = Resource.create(
-            {
-                "service.name": "custos",
-                "service.version": gateway.version,
-                "service.instance.id": gateway.instance,
-            }
-        )
+        resource = _resource(gateway)
         common: dict[str, Any] = {"headers": dict(settings.headers), "timeout": settings.timeout_s}
         # Batches are sent from the processors' threads; the queues are deep enough for a few
         # seconds at thousands of requests a second, and what overflows is dropped, never
@@ -104,15 +126,7 @@ class OTLPExport:
                 "custos", gateway.version, schema_url=SCHEMA_URL
             )
         if settings.logs:
-            self._logger_provider = LoggerProvider(resource=resource)
-            self._logger_provider.add_log_record_processor(
-                BatchLogRecordProcessor(
-                    OTLPLogExporter(endpoint=f"{settings.endpoint}/v1/logs", **common), **batching
-                )
-            )
-            self._logger = self._logger_provider.get_logger(
-                "custos.audit", gateway.version, schema_url=SCHEMA_URL
-            )
+            self._logger_provider, self._logger = _log_pipeline(settings, gateway, batching)
 
     def export(self, records: Sequence[SealedRecord]) -> None:
         for record in records:
@@ -207,24 +221,9 @@ class OTLPCheckpointExport:
     processor's thread; the checkpointer only queues it."""
 
     def __init__(self, settings: OTLPSettings, gateway: GatewayInfo) -> None:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-        from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-        from opentelemetry.sdk.resources import Resource
-
-        resource = Resource.create({"service.name": "custos", "service.version": gateway.version,
-                                    "service.instance.id": gateway.instance})  # fmt: skip
-        self._provider = LoggerProvider(resource=resource)
-        exporter = OTLPLogExporter(
-            endpoint=f"{settings.endpoint}/v1/logs",
-            headers=dict(settings.headers),
-            timeout=settings.timeout_s,
+        self._provider, self._logger = _log_pipeline(
+            settings, gateway, {"schedule_delay_millis": 500}
         )
-        self._provider.add_log_record_processor(
-            BatchLogRecordProcessor(exporter, schedule_delay_millis=500)
-        )
-        self._logger = self._provider.get_logger("custos.audit", gateway.version,
-                                                 schema_url=SCHEMA_URL)  # fmt: skip
 
     def __call__(self, checkpoint: Checkpoint) -> None:
         import base64

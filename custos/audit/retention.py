@@ -315,9 +315,7 @@ async def purge(
         if len(rows) < batch:
             break
     if result.count and not dry_run:
-        checkpoint_wal = getattr(store, "checkpoint_wal", None)
-        if checkpoint_wal is not None:
-            await checkpoint_wal()
+        await store.checkpoint_wal()
         log.info("audit retention: %s", result.summary)
     return result
 

@@ -352,10 +352,7 @@ class AuditWriter:
         batch = self._pending[:SHIP_BATCH]
         async with asyncio.timeout(SHIP_TIMEOUT_S):
             attachments = [e.attachment for e in batch if e.attachment is not None]
-            if attachments:
-                await self.store.insert([e.record for e in batch], attachments)
-            else:
-                await self.store.insert([e.record for e in batch])
+            await self.store.insert([e.record for e in batch], attachments)
         del self._pending[: len(batch)]
         counts: dict[int, int] = {}
         for entry in batch:

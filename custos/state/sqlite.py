@@ -109,23 +109,15 @@ class SQLiteStore(Store):
                 self._executor.shutdown(wait=True)
                 self._executor = None
 
-    async def checkpoint_wal(self) -> None:
-        """Copy the WAL into the database file and truncate the WAL to zero bytes, so that
-        page images of rows since deleted (with ``secure_delete``) leave both files. A reader in
-        another process can keep part of the WAL alive; it is then truncated at a later
-        checkpoint."""
-        async with self._lock:
-            await self._run(self.connection.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
-
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("the store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def checkpoint(self) -> bool:
-        """Copy the WAL into the database file and truncate the WAL to nothing (what an
-        erasure does after deleting with ``secure_delete``, so that no old page image keeps the
-        deleted bytes). False when a reader in another process kept it from completing."""
+    async def checkpoint_wal(self) -> bool:
+        """Copy the WAL into the database file and truncate the WAL to nothing, so that page
+        images of rows since deleted (with ``secure_delete``) leave both files. False when a
+        reader in another process kept it from completing (a later checkpoint truncates it)."""
         async with self._lock:
             conn = self.connection
             pragma = "PRAGMA wal_checkpoint(TRUNCATE)"

@@ -337,6 +337,12 @@ class Store(ABC):
         ``readonly`` transactions see one consistent snapshot and take no write lock.
         """
 
+    async def checkpoint_wal(self) -> bool:
+        """Make deleted bytes leave the database's files, where the dialect keeps old page
+        images in a file of its own (SQLite's WAL). False when that could not complete. A no-op
+        for PostgreSQL, whose dead rows go with VACUUM (docs/audit.md says so)."""
+        return True
+
     async def __aenter__(self) -> Self:
         return self
 
