@@ -10,6 +10,10 @@
    trip, on Redis). Refused: a budget → ``budget_exceeded`` (429, or 402 by config), a window
    → ``rate_limit_exceeded`` (429 with ``Retry-After``), and nothing at all is taken.
 
+Which counters a request charges depends only on its principal, model and metadata (and the
+current periods), so the answer is kept per kind of request (``_Plan``) and the hot path only
+prices the request and takes the counters.
+
 The decisions go into the context: each rule's id is appended to ``ctx.applied`` (the audit
 record reads it) and ``ctx.limits`` (a ``Metering``) keeps the exact decision per rule id, the
 reservation and the ``x-ratelimit-*`` headers.
@@ -36,9 +40,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from custos.context import RequestContext
+from custos.identity.principal import Principal
 from custos.limits import headers as h
 from custos.limits.alerts import Alerts
-from custos.policy.limits import BudgetPolicy, RateRule, counter_expiry_ms, estimate_tokens
+from custos.policy.limits import (
+    BudgetPolicy,
+    LimitsPolicy,
+    RateRule,
+    RouteCost,
+    counter_expiry_ms,
+    estimate_tokens,
+)
 from custos.policy.periods import Period, PeriodClock, period_from_key
 from custos.policy.when import Facts
 from custos.state.counters import (
@@ -60,8 +72,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("custos.limits")
 
-#: Bound of the per-counter name caches (cleared when full).
+#: Bound of the per-counter name caches and of the admission plans (cleared when full).
 _NAMES_CACHE = 50_000
+_PLANS_CACHE = 10_000
 
 Header = tuple[bytes, bytes]
 
@@ -100,6 +113,41 @@ class BudgetReport:
     splits: tuple[SplitReport, ...]
 
 
+@dataclass(slots=True)
+class _BudgetSpec:
+    """One budget counter a plan charges: a ``BudgetCharge`` but for the amount."""
+
+    budget: BudgetPolicy
+    period: Period
+    key: str
+    expires_at_ms: int
+    split: str
+    index_key: str
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Which counters a kind of request charges: the same principal object, model and
+    metadata always match the same rules and fall into the same splits, so all of that is
+    resolved once and reused until the first budget period in it ends (or the revision
+    changes). Only the amounts are computed per request."""
+
+    principal: Principal
+    cost: RouteCost
+    #: The matching budgets, in file order, and their counters (one per split).
+    policies: tuple[BudgetPolicy, ...]
+    budgets: tuple[_BudgetSpec, ...]
+    rule: RateRule | None
+    window_keys: tuple[str, ...]
+    #: Rule ids for ``ctx.applied``: the budgets in file order, then the rate limit.
+    applied: tuple[str, ...]
+    #: Unix seconds at which a budget period of the plan ends (``inf`` for none).
+    valid_until_s: float
+
+
+PlanKey = tuple[int, str, tuple[tuple[str, str], ...]]
+
+
 def _budget_key(key: str) -> LedgerKey:
     _, budget_id, period, split = key.split("|", 3)
     return budget_id, period, split
@@ -130,9 +178,13 @@ class Limiter:
         self.clock = PeriodClock()
         self.ledger: SpendLedger | None = None
         self.alerts: Alerts | None = None
-        #: Requests holding a reservation, for renewal. Weak: a request object that vanished
-        #: without settling stops being renewed, and its reservation expires after the TTL.
-        self._live: weakref.WeakValueDictionary[str, Metering] = weakref.WeakValueDictionary()
+        #: Requests holding a reservation, for renewal. Weak references: a request object that
+        #: vanished without settling stops being renewed, and its reservation expires after the
+        #: TTL (the renewal loop drops dead references; settling removes live ones).
+        self._live: dict[str, weakref.ref[Metering]] = {}
+        #: Admission plans of the revision ``_plans_of`` (see ``_Plan``).
+        self._plans: dict[PlanKey, _Plan] = {}
+        self._plans_of: LimitsPolicy | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._over_logged: set[str] = set()
         self._memory = counters if isinstance(counters, MemoryCounters) else None
@@ -181,52 +233,39 @@ class Limiter:
     async def admit(self, ctx: RequestContext) -> None:
         """Charge every matching budget and the first matching rate limit, or raise."""
         policy = ctx.runtime.limits
-        if not policy.active:
+        if not policy.active or ctx.principal is None:
             return
-        cost = policy.costs.get(ctx.model)
-        principal = ctx.principal
-        if cost is None or principal is None:
-            return  # an unknown model: the route stage answers 404
-        facts = Facts(principal.subjects, ctx.model, ctx.metadata)
-        budgets = policy.matching_budgets(facts)
-        rule = policy.rate_rule(facts)
-        if not budgets and rule is None:
-            return
+        now = time.time()
+        plan = self._plan(ctx, ctx.principal, policy, now)
+        if plan is None:
+            return  # nothing applies, or an unknown model (the route stage answers 404)
         metering = Metering()
         ctx.limits = metering
         in_tokens, out_tokens = estimate_tokens(
-            ctx.body, ctx.operation, cost, policy.settings.default_output_tokens
+            ctx.body, ctx.operation, plan.cost, policy.settings.default_output_tokens
         )
         metering.estimated_input_tokens, metering.estimated_output_tokens = in_tokens, out_tokens
-        now = time.time()
-        # Stage 4, budget: every matching budget, one counter per split.
-        amount = cost.micros(in_tokens, out_tokens) if budgets else 0
+        # Stage 4, budget: every matching budget, one counter per split, each reserving the
+        # estimated cost. Stage 5, rate limit: the first matching rule, one window per split.
+        amount = plan.cost.micros(in_tokens, out_tokens) if plan.budgets else 0
         metering.reserved_micros = amount
-        charges: list[BudgetCharge] = []
-        owners: list[tuple[BudgetPolicy, Period]] = []
-        for budget in budgets:
-            period = self.clock.current(budget.period, now)
-            for split in budget.splitter.splits(principal, facts):
-                key, expires_at_ms, index_key = self._counter_names(budget, period, split)
-                charges.append(
-                    BudgetCharge(
-                        key, budget.limit_micros, amount, budget.enforce, expires_at_ms, split,
-                        index_key,
-                    )
-                )  # fmt: skip
-                owners.append((budget, period))
-            ctx.applied.append(budget.id)
-        # Stage 5, rate limit: the first matching rule, one window per split.
+        charges = [
+            BudgetCharge(
+                b.key, b.budget.limit_micros, amount, b.budget.enforce, b.expires_at_ms, b.split,
+                b.index_key,
+            )
+            for b in plan.budgets
+        ]  # fmt: skip
+        rule = plan.rule
         windows: list[WindowCharge] = []
         if rule is not None:
             units = in_tokens + out_tokens if rule.per_token else 1
+            window_ms = rule.window_s * 1000
             windows = [
-                WindowCharge(
-                    rule.key(split), rule.limit, units, rule.window_s * 1000, rule.per_token
-                )
-                for split in rule.splitter.splits(principal, facts)
+                WindowCharge(key, rule.limit, units, window_ms, rule.per_token)
+                for key in plan.window_keys
             ]
-            ctx.applied.append(rule.id)
+        ctx.applied.extend(plan.applied)
         metering.budgets, metering.windows = tuple(charges), tuple(windows)
         ttl_ms = policy.settings.reservation_ttl_s * 1000
         try:
@@ -235,7 +274,7 @@ class Limiter:
             else:
                 admission = await self.counters.admit(charges, windows, ctx.request_id, ttl_ms)
         except CountersUnavailable:
-            self._counters_down(ctx, metering, budgets, rule)
+            self._counters_down(ctx, metering, plan)
             return
         except asyncio.CancelledError:
             # The client left while Redis was answering: the script may have reserved. Release
@@ -245,20 +284,67 @@ class Limiter:
                 self.counters.settle(Ticket(ctx.request_id, tuple(charges), ()), 0, 0)
             raise
         if not admission.admitted:
-            self._refuse(ctx, metering, admission, charges, owners, rule)
+            self._refuse(ctx, metering, admission, charges, plan)
         metering.ticket = admission.ticket
         if metering.ticket is not None and charges:
-            self._live[ctx.request_id] = metering
-        for (budget, _), charge, state in zip(owners, charges, admission.budgets, strict=True):
-            decision = "reserved"
+            self._live[ctx.request_id] = weakref.ref(metering)
+        decisions = metering.decisions
+        for spec, charge, state in zip(plan.budgets, charges, admission.budgets, strict=True):
+            budget = spec.budget
             if not budget.enforce and state.spent + state.reserved > charge.limit:
-                decision = "over_limit_audit"
+                decisions[budget.id] = "over_limit_audit"
                 self._over_audit(budget, charge)
-            if metering.decisions.get(budget.id) != "over_limit_audit":
-                metering.decisions[budget.id] = decision
+            elif decisions.get(budget.id) != "over_limit_audit":
+                decisions[budget.id] = "reserved"
         if rule is not None:
-            metering.decisions[rule.id] = "admitted"
+            decisions[rule.id] = "admitted"
             metering.headers = h.rate_headers(rule, admission.windows)
+
+    def _plan(
+        self, ctx: RequestContext, principal: Principal, policy: LimitsPolicy, now: float
+    ) -> _Plan | None:
+        """The request's ``_Plan`` from the cache, or resolved now; ``None`` when no budget or
+        rate limit applies (or the model is unknown)."""
+        if policy is not self._plans_of:
+            self._plans.clear()
+            self._plans_of = policy
+        metadata = ctx.metadata
+        key: PlanKey = (id(principal), ctx.model, tuple(metadata.items()) if metadata else ())
+        plan = self._plans.get(key)
+        # The id of a principal object can be reused once it is gone: the identity check makes
+        # a plan serve only the object it was made for.
+        if plan is not None and plan.principal is principal and now < plan.valid_until_s:
+            return plan
+        cost = policy.costs.get(ctx.model)
+        if cost is None:
+            return None
+        facts = Facts(principal.subjects, ctx.model, metadata)
+        budgets = policy.matching_budgets(facts)
+        rule = policy.rate_rule(facts)
+        if not budgets and rule is None:
+            return None
+        specs: list[_BudgetSpec] = []
+        valid_until = float("inf")
+        for budget in budgets:
+            period = self.clock.current(budget.period, now)
+            if period.end is not None:
+                valid_until = min(valid_until, period.end.timestamp())
+            for split in budget.splitter.splits(principal, facts):
+                name, expires_at_ms, index_key = self._counter_names(budget, period, split)
+                specs.append(_BudgetSpec(budget, period, name, expires_at_ms, split, index_key))
+        window_keys = (
+            tuple(rule.key(split) for split in rule.splitter.splits(principal, facts))
+            if rule is not None
+            else ()
+        )
+        applied = tuple(b.id for b in budgets) + ((rule.id,) if rule is not None else ())
+        plan = _Plan(
+            principal, cost, tuple(budgets), tuple(specs), rule, window_keys, applied, valid_until
+        )
+        if len(self._plans) >= _PLANS_CACHE:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _refuse(
         self,
@@ -266,14 +352,15 @@ class Limiter:
         metering: Metering,
         admission: Admission,
         charges: list[BudgetCharge],
-        owners: list[tuple[BudgetPolicy, Period]],
-        rule: RateRule | None,
+        plan: _Plan,
     ) -> None:
         denied = admission.denied
+        rule = plan.rule
         metering.settled = True  # nothing was taken: nothing to settle
         if isinstance(denied, BudgetCharge):
             index = charges.index(denied)
-            budget, period = owners[index]
+            spec = plan.budgets[index]
+            budget, period = spec.budget, spec.period
             state = admission.budgets[index]
             metering.decisions[budget.id] = "denied"
             raise h.budget_exceeded(
@@ -293,14 +380,9 @@ class Limiter:
             rule, split, admission.windows[index], denied.amount, admission.retry_after_ms
         )
 
-    def _counters_down(
-        self,
-        ctx: RequestContext,
-        metering: Metering,
-        budgets: list[BudgetPolicy],
-        rule: RateRule | None,
-    ) -> None:
+    def _counters_down(self, ctx: RequestContext, metering: Metering, plan: _Plan) -> None:
         mode = ctx.runtime.limits.settings.on_counters_down
+        budgets, rule = plan.policies, plan.rule
         closed: str | None = None
         for kind, involved, decision in (
             ("budgets", bool(budgets), mode.budgets),
@@ -412,7 +494,13 @@ class Limiter:
         while True:
             ttl_s = self._runtime().limits.settings.reservation_ttl_s
             await asyncio.sleep(ttl_s / 3)
-            tickets = [m.ticket for m in list(self._live.values()) if m.ticket is not None]
+            tickets = []
+            for rid, ref in list(self._live.items()):
+                metering = ref()
+                if metering is None:  # the request vanished without settling
+                    del self._live[rid]
+                elif metering.ticket is not None:
+                    tickets.append(metering.ticket)
             if not tickets:
                 continue
             try:

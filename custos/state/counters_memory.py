@@ -88,6 +88,14 @@ class _Window:
         return (current + BUCKETS + 1) * width - now_ms
 
 
+def _budget_states(counters: list[_Budget]) -> tuple[BudgetState, ...]:
+    return tuple([BudgetState(c.spent, c.reserved) for c in counters])
+
+
+def _window_states(spans: list[tuple[_Window, int, int]], now: int) -> tuple[WindowState, ...]:
+    return tuple([WindowState(w.total, (cur + BUCKETS + 1) * wd - now) for w, cur, wd in spans])
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -137,7 +145,7 @@ class MemoryCounters(Counters):
                 and charge.enforce
                 and counter.spent + counter.reserved + charge.amount > charge.limit
             ):
-                denied, retry = charge, None
+                denied = charge
         spans = []
         for charge in windows:
             window = self._windows.get(charge.key)
@@ -145,7 +153,8 @@ class MemoryCounters(Counters):
                 window = self._windows[charge.key] = _Window(charge.bucket_ms)
             width = window.width = charge.bucket_ms
             current = now // width
-            window.advance(current)
+            if window.oldest < current - BUCKETS:
+                window.advance(current)
             spans.append((window, current, width))
             if denied is None and window.total + charge.amount > charge.limit:
                 denied = charge
@@ -156,18 +165,13 @@ class MemoryCounters(Counters):
                     else window.retry_after_ms(need, current, width, now)
                 )
         if denied is not None:
-            return Admission(
-                False,
-                denied,
-                retry,
-                tuple(BudgetState(c.spent, c.reserved) for c in found),
-                tuple(WindowState(w.total, (cur + BUCKETS + 1) * wd - now) for w, cur, wd in spans),
-                None,
-            )
+            states = _budget_states(found), _window_states(spans, now)
+            return Admission(False, denied, retry, *states, None)
         expiry = now + ttl_ms
         for charge, counter in zip(budgets, found, strict=True):
-            if rid not in counter.holds:
-                counter.holds[rid] = (charge.amount, expiry)
+            holds = counter.holds
+            if rid not in holds:
+                holds[rid] = (charge.amount, expiry)
                 counter.reserved += charge.amount
                 heapq.heappush(counter.heap, (expiry, rid))
             if not counter.indexed:
@@ -183,8 +187,8 @@ class MemoryCounters(Counters):
             True,
             None,
             None,
-            tuple(BudgetState(c.spent, c.reserved) for c in found),
-            tuple(WindowState(w.total, (cur + BUCKETS + 1) * wd - now) for w, cur, wd in spans),
+            _budget_states(found),
+            _window_states(spans, now),
             Ticket(rid, tuple(budgets), tuple(placed)),
         )
 
