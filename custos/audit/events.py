@@ -136,13 +136,19 @@ def llm_call(ctx: RequestContext, gateway: GatewayInfo) -> tuple[dict[str, Any],
     status = ctx.status
     code = ctx.error_code
     stopped_at = stage_of(code, status)
-    provider_type = None
+    provider_type = account = model = upstream_model = region = None
     if served is not None:
         settings = runtime.config.providers.get(served.account)
         provider_type = settings.type if settings is not None else None
+        account, model = served.account, served.model
+        upstream_model, region = served.upstream_model, served.region
+    kind = principal_id = token_id = None
+    teams: list[str] = []
+    if principal is not None:
+        kind, principal_id, token_id = principal.kind, principal.id, principal.token_id
+        teams = list(principal.teams)
     body = ctx.body
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    teams = list(principal.teams) if principal is not None else []
     record: dict[str, Any] = {
         "event_type": LLM_CALL,
         "request_id": ctx.request_id,
@@ -151,11 +157,11 @@ def llm_call(ctx: RequestContext, gateway: GatewayInfo) -> tuple[dict[str, Any],
         "gateway.instance": gateway.instance,
         "gateway.version": gateway.version,
         "config.revision": runtime.revision,
-        "principal.kind": principal.kind if principal is not None else None,
-        "principal.id": principal.id if principal is not None else None,
+        "principal.kind": kind,
+        "principal.id": principal_id,
         "principal.teams": teams,
         "team": _team(ctx),
-        "auth.token_id": principal.token_id if principal is not None else None,
+        "auth.token_id": token_id,
         "metadata": dict(ctx.metadata),
         "data_classes": [
             {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
@@ -166,10 +172,10 @@ def llm_call(ctx: RequestContext, gateway: GatewayInfo) -> tuple[dict[str, Any],
         "gen_ai.request.stream": ctx.stream,
         "gen_ai.request.max_tokens": max_tokens if type(max_tokens) is int else None,
         "gen_ai.provider.name": PROVIDER_NAMES.get(provider_type or "", provider_type),
-        "provider.account": served.account if served is not None else None,
-        "provider.model": served.model if served is not None else None,
-        "provider.upstream_model": served.upstream_model if served is not None else None,
-        "cloud.region": served.region if served is not None else None,
+        "provider.account": account,
+        "provider.model": model,
+        "provider.upstream_model": upstream_model,
+        "cloud.region": region,
         "attempts": [
             {
                 "target": a.target,

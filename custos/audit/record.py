@@ -137,11 +137,14 @@ def new_salt() -> str:
 def uuid7(at_ms: int | None = None) -> str:
     """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, version, 74 random bits."""
     ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
-    rand = int.from_bytes(_random.take(10), "big")
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80
-    value |= 0x7 << 76 | (rand >> 62 & 0xFFF) << 64  # version 7, 12 random bits
-    value |= 0b10 << 62 | rand & (2**62 - 1)  # RFC variant, 62 random bits
-    text = f"{value:032x}"
+    rand = _random.take(10)
+    # Bytes 6 and 8 carry the version (7) and the RFC variant (0b10) in their high bits; the
+    # remaining 4 + 8 + 6 + 56 = 74 bits are random.
+    text = (
+        (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+        + bytes((0x70 | rand[0] & 0x0F, rand[1], 0x80 | rand[2] & 0x3F))
+        + rand[3:]
+    ).hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
