@@ -1,7 +1,7 @@
-"""The query projections (``audit_llm_calls``, ``audit_llm_call_data_classes``), which the
-database derives from the stored record bytes, on SQLite and PostgreSQL: every value equals the
-record's field, with the column's type; a record stored twice projects once; records other than
-``llm.call`` project nothing."""
+"""The query projections (``audit_llm_calls``, ``audit_llm_call_data_classes``) on SQLite
+(bound from the records' fields) and PostgreSQL (derived by the database from the stored
+bytes): every value equals the record's field, with the column's type; a record stored twice
+projects once; records other than ``llm.call`` project nothing."""
 
 from __future__ import annotations
 
@@ -125,14 +125,17 @@ def expected_time(dialect: str, ms: int) -> Any:
     return moment
 
 
-def expected_value(value: Any) -> Any:
-    # No projection holds a NUL character (PostgreSQL text cannot): U+FFFD stands for it.
-    return value.replace("\u0000", "\ufffd") if isinstance(value, str) else value
+def expected_value(dialect: str, value: Any) -> Any:
+    # PostgreSQL text cannot hold a NUL character: its projections have U+FFFD in its place.
+    # SQLite's hold the value as bound.
+    if dialect == "postgresql" and isinstance(value, str):
+        return value.replace("\u0000", "\ufffd")
+    return value
 
 
 def expected_call(dialect: str, r: SealedRecord) -> dict[str, Any]:
     f = r.fields
-    row = {column: expected_value(f[key]) for column, key in COLUMNS.items()}
+    row = {column: expected_value(dialect, f[key]) for column, key in COLUMNS.items()}
     row["event_id"] = r.event_id
     row["time_start"] = expected_time(dialect, r.at_ms)
     row["time_end"] = expected_time(dialect, r.at_ms + f["latency_ms"])
@@ -189,8 +192,8 @@ async def test_projection_equals_the_record_fields(store: Store) -> None:  # noq
 
 
 async def test_large_batches_project_every_record_once(store: Store) -> None:  # noqa: F811
-    """More records than one SQLite statement holds, in batch sizes around its chunk edges;
-    the log stays one entry per record."""
+    """Large batches of several sizes: every record projects once, and the log stays one
+    entry per record."""
     records = [
         call(n, JULY + n * 7, n % 50, team=f"équipe-{n % 3}",
              data_classes=[{"class": "c", "count": n, "source": "declared"}] if n % 4 else [])
