@@ -125,14 +125,19 @@ def outcome_of(code: str | None, status: int, disconnected: bool) -> str:
 # -- llm.call --------------------------------------------------------------------------------------
 
 
-def llm_call(ctx: RequestContext, gateway: GatewayInfo) -> tuple[dict[str, Any], int]:
-    """The ``llm.call`` record of a settled request, and its ``time_start`` in Unix ms."""
+def llm_call(
+    ctx: RequestContext, gateway: GatewayInfo, ended_ns: int | None = None
+) -> tuple[dict[str, Any], int]:
+    """The ``llm.call`` record of a settled request, and its ``time_start`` in Unix ms.
+    ``ended_ns``: when the request was settled (``time.monotonic_ns``; default now)."""
     runtime = ctx.runtime
     principal = ctx.principal
     served = ctx.served
     usage = ctx.usage or _NO_USAGE
     start_ms = ctx.started_unix_ms
-    latency_ms = (time.monotonic_ns() - ctx.started_ns) // 1_000_000
+    if ended_ns is None:
+        ended_ns = time.monotonic_ns()
+    latency_ms = (ended_ns - ctx.started_ns) // 1_000_000
     status = ctx.status
     code = ctx.error_code
     stopped_at = stage_of(code, status)

@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,9 @@ log = logging.getLogger("custos.audit")
 
 #: How often the store's admin events are turned into records.
 ADMIN_POLL_S = 0.5
+#: Settled requests waiting for their record to be built (``on_settled``) beyond which they
+#: are built at once: a flush that is late (a slow disk) must not hold requests in memory.
+MAX_SETTLED = 2000
 
 
 class AuditTrail:
@@ -77,8 +81,12 @@ class AuditTrail:
             flush_interval_s=first.flush_interval_ms / 1000,
             block=lambda: self._settings().on_failure == "block",
             export=self.exports if self.exports.sinks else None,
+            prepare=self._build_settled,
         )
         self._waiters: dict[str, asyncio.Future[None]] = {}
+        #: Settled requests whose record is built at the writer's next flush (see on_settled),
+        #: with the time each was settled.
+        self._settled: list[tuple[RequestContext, int]] = []
         self._revision: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: ``audit.content`` of the revision being served; ``None`` for ``none``.
@@ -131,11 +139,33 @@ class AuditTrail:
             )
 
     def on_settled(self, ctx: RequestContext) -> None:
-        """Build and queue the request's ``llm.call`` record (never raises: a failure here is
-        logged and counted, and the response goes out)."""
+        """Queue the request's ``llm.call`` record (never raises: a failure to build it is
+        logged and counted, and the response goes out).
+
+        With ``durability: batched`` the record is built and sealed at the writer's next
+        flush (within ``flush_interval_ms``, the window in which a batched record becomes
+        durable anyway), together with the others settled since: built one after the other,
+        with the code and data in the processor's caches, records cost about half the CPU of
+        records built one per request in between the rest of the request path (measured under
+        load). Everything a record says is in the context by now, and the time it was settled
+        is kept. With ``strict``, or content capture, it is built at once."""
+        wait_for = self._wait_for(ctx)
+        if wait_for is None and ctx.capture is None:
+            self._settled.append((ctx, time.monotonic_ns()))
+            if len(self._settled) >= MAX_SETTLED:  # the flush is late: do not hold more
+                self._build_settled()
+            return
+        self._build(ctx, time.monotonic_ns(), wait_for)
+
+    def _build_settled(self) -> None:
+        settled, self._settled = self._settled, []
+        for ctx, ended_ns in settled:
+            self._build(ctx, ended_ns, None)
+
+    def _build(self, ctx: RequestContext, ended_ns: int, wait_for: Any) -> None:
         attachment = None
         try:
-            record, at_ms = events.llm_call(ctx, self.gateway)
+            record, at_ms = events.llm_call(ctx, self.gateway, ended_ns)
             if ctx.capture is not None:
                 attachment = self._capture_content(record, at_ms, ctx)
             sealed = seal(record, at_ms=at_ms, check=False)  # built from typed fields
@@ -146,7 +176,7 @@ class AuditTrail:
         stage = record["stopped_at"]
         if record["outcome"] == "denied" and stage is not None:
             metrics.DENIALS_BY_STAGE.labels(stage).inc()
-        waiter = self.writer.submit(sealed, self._wait_for(ctx), attachment)
+        waiter = self.writer.submit(sealed, wait_for, attachment)
         if waiter is not None:
             self._waiters[ctx.request_id] = waiter
             waiter.add_done_callback(lambda _f: self._waiters.pop(ctx.request_id, None))

@@ -83,7 +83,9 @@ class _Entry:
 
 class AuditWriter:
     """See the module docstring. ``block`` returns whether ``on_failure: block`` is in force
-    (read per decision, so a reload changes it); ``export`` receives every durable batch."""
+    (read per decision, so a reload changes it); ``export`` receives every durable batch;
+    ``prepare`` is called at the start of every flush, to ``submit`` what its caller has
+    waiting (it must not block)."""
 
     def __init__(
         self,
@@ -93,12 +95,14 @@ class AuditWriter:
         flush_interval_s: float,
         block: Callable[[], bool],
         export: Callable[[Sequence[SealedRecord]], None] | None = None,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.flush_interval_s = flush_interval_s
         self._block = block
         self._export = export
+        self._prepare = prepare
         self._queue: list[_Entry] = []
         self._pending: list[_Entry] = []
         self._flush_wake = asyncio.Event()
@@ -212,6 +216,11 @@ class AuditWriter:
 
     async def _flush(self) -> bool:
         """Spool the queue; False when the spool refused it (the records stay queued)."""
+        if self._prepare is not None:
+            try:
+                self._prepare()  # records built late are submitted now (AuditTrail)
+            except Exception:  # never stop the writer; the records' owner logs their loss
+                log.exception("audit: preparing records for the spool failed")
         batch, self._queue = self._queue, []
         if not batch:
             return True
