@@ -761,7 +761,7 @@ COMPARISONS = (
     ("auth", "passthrough", 5.0, "token authentication + one access rule"),
     ("limits", "passthrough", 10.0, "+ a rate limit and a budget, in-process counters"),
     ("limits-redis", "passthrough", None, "the same with the counters in Redis"),
-    ("audit", "limits", 10.0, "+ the audit trail (record, spool, SQLite store)"),
+    ("audit", "limits", 10.0, "+ the audit trail (record, spool, store)"),
     ("full", "audit", 10.0, "+ the Merkle log and signed checkpoints"),
     ("full", "passthrough", None, "everything (what `custos serve` runs)"),
 )
