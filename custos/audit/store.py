@@ -86,13 +86,13 @@ _LLM_COLUMNS = "event_id, time_start, time_end, " + ", ".join(c for c, _, _ in _
 _CLASS_COLUMNS = "event_id, data_class, source, match_count, time_start"
 
 
-def _nul_as_replacement(text: str, chr_function: str) -> str:
+def _nul_as_replacement(text: str) -> str:
     r"""SQL for the JSON ``text`` with each escaped NUL (``\u0000``, not ``\\u0000``) written as
     ``\ufffd``: PostgreSQL text cannot hold a NUL character (its jsonb refuses the escape, which
     would fail the whole batch on a client-chosen string). Escaped backslashes are set aside
     first as ``chr(1)``, which canonical JSON never holds raw."""
-    backslash = f"{chr_function}(92)"
-    pair, mark = f"{backslash} || {backslash}", f"{chr_function}(1)"
+    backslash = "chr(92)"
+    pair, mark = f"{backslash} || {backslash}", "chr(1)"
     escaped = f"replace({text}, {pair}, {mark})"
     replaced = f"replace({escaped}, {backslash} || 'u0000', {backslash} || 'ufffd')"
     return f"replace({replaced}, {mark}, {pair})"
@@ -131,7 +131,7 @@ _PG_INSERT_EVENTS = (
 # so a role without INSERT on them (docs/audit.md, the retention role) can still write it.
 _PG_JSON = (
     "(CASE WHEN strpos(t, chr(92) || 'u0000') = 0 THEN t ELSE "
-    + _nul_as_replacement("t", "chr")
+    + _nul_as_replacement("t")
     + " END)::jsonb"
 )
 _PG_INSERT_WITH_CALLS = (

@@ -39,7 +39,7 @@ from custos.audit.record import SealedRecord, seal
 from custos.audit.settings import AuditSettings
 from custos.audit.spool import Spool
 from custos.audit.store import AuditStore
-from custos.audit.writer import AuditUnavailable, AuditWriter
+from custos.audit.writer import AuditUnavailable, AuditWriter, WaitFor
 from custos.errors import GatewayError
 from custos.state.invalidation import Invalidation
 from custos.telemetry import metrics
@@ -162,7 +162,7 @@ class AuditTrail:
         for ctx, ended_ns in settled:
             self._build(ctx, ended_ns, None)
 
-    def _build(self, ctx: RequestContext, ended_ns: int, wait_for: Any) -> None:
+    def _build(self, ctx: RequestContext, ended_ns: int, wait_for: WaitFor) -> None:
         attachment = None
         try:
             record, at_ms = events.llm_call(ctx, self.gateway, ended_ns)
@@ -213,7 +213,7 @@ class AuditTrail:
         mode = loaded.config.audit.content
         self._capture = None if mode == "none" else mode
 
-    def _wait_for(self, ctx: RequestContext) -> Any:
+    def _wait_for(self, ctx: RequestContext) -> WaitFor:
         settings = ctx.runtime.config.audit
         if settings.durability != "strict":
             return None

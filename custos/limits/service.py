@@ -72,8 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("custos.limits")
 
-#: Bound of the per-counter name caches and of the admission plans (cleared when full).
-_NAMES_CACHE = 50_000
+#: Bounds of the counter → ledger key map and of the admission plans (cleared when full).
+_LEDGER_KEYS_CACHE = 50_000
 _PLANS_CACHE = 10_000
 
 Header = tuple[bytes, bytes]
@@ -188,9 +188,8 @@ class Limiter:
         self._tasks: list[asyncio.Task[None]] = []
         self._over_logged: set[str] = set()
         self._memory = counters if isinstance(counters, MemoryCounters) else None
-        #: (budget id, period key, split) → (counter key, expiry, index key), and counter key →
-        #: ledger key: the same few callers come back on every request.
-        self._names: dict[tuple[str, str, str], tuple[str, int, str]] = {}
+        #: Budget counter key → ledger key, for the counters the plans charge (settlement
+        #: would otherwise parse the key per request).
         self._ledger_keys: dict[str, LedgerKey] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -329,9 +328,8 @@ class Limiter:
             period = self.clock.current(budget.period, now)
             if period.end is not None:
                 valid_until = min(valid_until, period.end.timestamp())
-            for split in budget.splitter.splits(principal, facts):
-                name, expires_at_ms, index_key = self._counter_names(budget, period, split)
-                specs.append(_BudgetSpec(budget, period, name, expires_at_ms, split, index_key))
+            specs += [self._budget_spec(budget, period, split)
+                      for split in budget.splitter.splits(principal, facts)]  # fmt: skip
         window_keys = (
             tuple(rule.key(split) for split in rule.splitter.splits(principal, facts))
             if rule is not None
@@ -440,19 +438,16 @@ class Limiter:
         except Exception:  # settle must never fail a request
             log.exception("settling request %s failed", ctx.request_id)
 
-    def _counter_names(
-        self, budget: BudgetPolicy, period: Period, split: str
-    ) -> tuple[str, int, str]:
-        names = self._names.get((budget.id, period.key, split))
-        if names is None:
-            if len(self._names) >= _NAMES_CACHE:
-                self._names.clear()
+    def _budget_spec(self, budget: BudgetPolicy, period: Period, split: str) -> _BudgetSpec:
+        """A plan's budget counter; its ledger key is remembered for the settlements."""
+        key = budget.key(period, split)
+        if key not in self._ledger_keys:
+            if len(self._ledger_keys) >= _LEDGER_KEYS_CACHE:
                 self._ledger_keys.clear()
-            key = budget.key(period, split)
-            names = (key, counter_expiry_ms(period), budget.index_key(period))
-            self._names[(budget.id, period.key, split)] = names
             self._ledger_keys[key] = (budget.id, period.key, split)
-        return names
+        return _BudgetSpec(
+            budget, period, key, counter_expiry_ms(period), split, budget.index_key(period)
+        )
 
     def budget_settled(
         self, charge: BudgetCharge, cost: int, epoch: int | None, spent: int | None

@@ -153,8 +153,7 @@ class MemoryCounters(Counters):
                 window = self._windows[charge.key] = _Window(charge.bucket_ms)
             width = window.width = charge.bucket_ms
             current = now // width
-            if window.oldest < current - BUCKETS:
-                window.advance(current)
+            window.advance(current)
             spans.append((window, current, width))
             if denied is None and window.total + charge.amount > charge.limit:
                 denied = charge
