@@ -248,24 +248,22 @@ class Limiter:
         # estimated cost. Stage 5, rate limit: the first matching rule, one window per split.
         amount = plan.cost.micros(in_tokens, out_tokens) if plan.budgets else 0
         metering.reserved_micros = amount
-        charges = [
+        charges = tuple([
             BudgetCharge(
                 b.key, b.budget.limit_micros, amount, b.budget.enforce, b.expires_at_ms, b.split,
                 b.index_key,
             )
             for b in plan.budgets
-        ]  # fmt: skip
+        ])  # fmt: skip
         rule = plan.rule
-        windows: list[WindowCharge] = []
+        windows: tuple[WindowCharge, ...] = ()
         if rule is not None:
             units = in_tokens + out_tokens if rule.per_token else 1
             window_ms = rule.window_s * 1000
-            windows = [
-                WindowCharge(key, rule.limit, units, window_ms, rule.per_token)
-                for key in plan.window_keys
-            ]
+            windows = tuple([WindowCharge(key, rule.limit, units, window_ms, rule.per_token)
+                             for key in plan.window_keys])  # fmt: skip
         ctx.applied.extend(plan.applied)
-        metering.budgets, metering.windows = tuple(charges), tuple(windows)
+        metering.budgets, metering.windows = charges, windows
         ttl_ms = policy.settings.reservation_ttl_s * 1000
         try:
             if self._memory is not None:  # one synchronous step: no coroutine to create
@@ -280,17 +278,19 @@ class Limiter:
             # whatever it holds under this request id (a no-op where it took nothing).
             metering.settled = True
             if charges:
-                self.counters.settle(Ticket(ctx.request_id, tuple(charges), ()), 0, 0)
+                self.counters.settle(Ticket(ctx.request_id, charges, ()), 0, 0)
             raise
         if not admission.admitted:
             self._refuse(ctx, metering, admission, charges, plan)
-        metering.ticket = admission.ticket
-        if metering.ticket is not None and charges:
+        ticket = metering.ticket = admission.ticket
+        if ticket is not None and charges:
             self._live[ctx.request_id] = weakref.ref(metering)
         decisions = metering.decisions
         for spec, charge, state in zip(plan.budgets, charges, admission.budgets, strict=True):
             budget = spec.budget
-            if not budget.enforce and state.spent + state.reserved > charge.limit:
+            if budget.enforce:
+                decisions[budget.id] = "reserved"  # (an enforced budget over its limit refused)
+            elif state.spent + state.reserved > charge.limit:
                 decisions[budget.id] = "over_limit_audit"
                 self._over_audit(budget, charge)
             elif decisions.get(budget.id) != "over_limit_audit":
@@ -349,7 +349,7 @@ class Limiter:
         ctx: RequestContext,
         metering: Metering,
         admission: Admission,
-        charges: list[BudgetCharge],
+        charges: tuple[BudgetCharge, ...],
         plan: _Plan,
     ) -> None:
         denied = admission.denied

@@ -148,12 +148,16 @@ class MemoryCounters(Counters):
                 denied = charge
         spans = []
         for charge in windows:
+            # ``bucket_ms`` inline: max(window_ms // BUCKETS, 1) for a positive window.
+            width = charge.window_ms // BUCKETS or 1
             window = self._windows.get(charge.key)
             if window is None:
-                window = self._windows[charge.key] = _Window(charge.bucket_ms)
-            width = window.width = charge.bucket_ms
+                window = self._windows[charge.key] = _Window(width)
+            else:
+                window.width = width
             current = now // width
-            window.advance(current)
+            if window.oldest < current - BUCKETS:  # (inline: most requests move no bucket)
+                window.advance(current)
             spans.append((window, current, width))
             if denied is None and window.total + charge.amount > charge.limit:
                 denied = charge
@@ -166,7 +170,21 @@ class MemoryCounters(Counters):
         if denied is not None:
             states = _budget_states(found), _window_states(spans, now)
             return Admission(False, denied, retry, *states, None)
-        expiry = now + ttl_ms
+        return self._take(budgets, windows, found, spans, rid, now, now + ttl_ms)
+
+    def _take(
+        self,
+        budgets: Sequence[BudgetCharge],
+        windows: Sequence[WindowCharge],
+        found: list[_Budget],
+        spans: list[tuple[_Window, int, int]],
+        rid: str,
+        now: int,
+        expiry: int,
+    ) -> Admission:
+        """Reserve on every budget and add to every window (all were checked to have room);
+        the states after the change, and the ticket to settle it."""
+        budget_states = []
         for charge, counter in zip(budgets, found, strict=True):
             holds = counter.holds
             if rid not in holds:
@@ -177,21 +195,20 @@ class MemoryCounters(Counters):
                 counter.expires_at_ms = charge.expires_at_ms
                 self._index(charge)
                 counter.indexed = True
+            budget_states.append(BudgetState(counter.spent, counter.reserved))
         placed = []
-        for charge, (window, current, _) in zip(windows, spans, strict=True):
-            window.buckets[current] = window.buckets.get(current, 0) + charge.amount
+        window_states = []
+        for charge, (window, current, width) in zip(windows, spans, strict=True):
+            buckets = window.buckets
+            buckets[current] = buckets.get(current, 0) + charge.amount
             window.total += charge.amount
             placed.append((charge, current))
-        return Admission(
-            True,
-            None,
-            None,
-            _budget_states(found),
-            _window_states(spans, now),
-            Ticket(rid, tuple(budgets), tuple(placed)),
-        )
+            window_states.append(WindowState(window.total, (current + BUCKETS + 1) * width - now))
+        ticket = Ticket(rid, tuple(budgets), tuple(placed))
+        return Admission(True, None, None, tuple(budget_states), tuple(window_states), ticket)
 
     def settle(self, ticket: Ticket, cost_micros: int, tokens: int) -> None:
+        sink = self.sink
         for charge in ticket.budgets:
             counter = self._budgets.get(charge.key)
             if counter is None:
@@ -201,10 +218,11 @@ class MemoryCounters(Counters):
             hold = counter.holds.pop(ticket.rid, None) if ticket.rid else None
             if hold is not None:
                 counter.reserved -= hold[0]
-                counter.compact()
+                if len(counter.heap) > 2 * len(counter.holds) + 32:  # (inline: rarely true)
+                    counter.compact()
             counter.spent += cost_micros
-            if self.sink is not None:
-                self.sink.budget_settled(charge, cost_micros, None, counter.spent)
+            if sink is not None:
+                sink.budget_settled(charge, cost_micros, None, counter.spent)
         for charge, bucket in ticket.windows:
             if not charge.per_token or tokens == charge.amount:
                 continue
