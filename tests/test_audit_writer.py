@@ -167,3 +167,35 @@ async def test_one_process_per_spool(tmp_path: Path) -> None:
     with pytest.raises(SpoolError):
         Spool(tmp_path / "spool", max_bytes=1 << 20).open()
     first.close()
+
+
+async def test_records_waiting_to_be_built_count_in_the_queue_depth(
+    store: Store, tmp_path: Path
+) -> None:
+    """Records built at the next flush (the trail's settled requests) are in memory, not yet
+    in the spool: the queue depth gauge counts them until the flush spools them."""
+    from custos.telemetry.metrics import REGISTRY
+
+    flaky = FlakyStore(store)
+    held = [record(n) for n in range(3)]
+
+    def prepare() -> None:
+        while held:
+            writer.submit(held.pop(0))
+
+    writer = AuditWriter(
+        flaky,
+        Spool(tmp_path / "spool", max_bytes=1 << 30),
+        flush_interval_s=0.005,
+        block=lambda: False,
+        prepare=prepare,
+        waiting=lambda: len(held),
+    )
+    assert REGISTRY.get_sample_value("custos_audit_queue_depth") == 3
+    await writer.start()
+    try:
+        await settle(lambda: flaky.inserted == 3)
+        assert REGISTRY.get_sample_value("custos_audit_queue_depth") == 0
+    finally:
+        await writer.close()
+    assert await stored_ns(store) == [0, 1, 2]

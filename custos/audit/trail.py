@@ -82,6 +82,7 @@ class AuditTrail:
             block=lambda: self._settings().on_failure == "block",
             export=self.exports if self.exports.sinks else None,
             prepare=self._build_settled,
+            waiting=lambda: len(self._settled),
         )
         self._waiters: dict[str, asyncio.Future[None]] = {}
         #: Settled requests whose record is built at the writer's next flush (see on_settled),

@@ -85,7 +85,8 @@ class AuditWriter:
     """See the module docstring. ``block`` returns whether ``on_failure: block`` is in force
     (read per decision, so a reload changes it); ``export`` receives every durable batch;
     ``prepare`` is called at the start of every flush, to ``submit`` what its caller has
-    waiting (it must not block)."""
+    waiting (it must not block), and ``waiting`` says how many records that is (they count
+    in ``custos_audit_queue_depth``)."""
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class AuditWriter:
         block: Callable[[], bool],
         export: Callable[[Sequence[SealedRecord]], None] | None = None,
         prepare: Callable[[], None] | None = None,
+        waiting: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
@@ -120,7 +122,9 @@ class AuditWriter:
         self.spool_full = False
         self.dropped = 0
         self._counted: dict[str, Any] = {}
-        metrics.AUDIT_QUEUE_DEPTH.set_function(lambda: len(self._queue))
+        metrics.AUDIT_QUEUE_DEPTH.set_function(
+            lambda: len(self._queue) + (waiting() if waiting is not None else 0)
+        )
         metrics.AUDIT_UNSHIPPED.set_function(lambda: len(self._pending))
         metrics.AUDIT_SPOOL_BYTES.set_function(lambda: self.spool.total_bytes)
         metrics.AUDIT_STORE_UP.set_function(lambda: 1 if self.store_ok else 0)

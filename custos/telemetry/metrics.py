@@ -81,7 +81,10 @@ AUDIT_RECORDS = Counter(
     registry=REGISTRY,
 )  # fmt: skip
 AUDIT_QUEUE_DEPTH = Gauge(
-    "custos_audit_queue_depth", "Audit records in memory, not yet in the spool.", registry=REGISTRY
+    "custos_audit_queue_depth",
+    "Audit records in memory, not yet in the spool (built, or settled and built at the next "
+    "flush).",
+    registry=REGISTRY,
 )
 AUDIT_UNSHIPPED = Gauge(
     "custos_audit_unshipped", "Audit records in the spool, not yet in the store.", registry=REGISTRY
