@@ -484,6 +484,9 @@ class Bench:
         )
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        #: Prepended to the gateway's command (``--instructions`` runs it under valgrind).
+        self.gateway_prefix: list[str] = []
+        self.ready_timeout_s = 30.0
         self.tmp = Path(tempfile.mkdtemp(prefix="custos-bench-"))
         self.mock_port = free_port()
         self.gateway_port = free_port()
@@ -590,14 +593,14 @@ class Bench:
         )
         self.gateway_log = (self.tmp / "gateway.log").open("wb")
         self.gateway = spawn(
-            cmd,
+            [*self.gateway_prefix, *cmd],
             self.gateway_cpu,
             stdout=self.gateway_log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=state,
         )
-        self._wait_ready()
+        self._wait_ready(self.ready_timeout_s)
 
     def store_url(self, state: Path) -> str:
         """A fresh store for one gateway: a SQLite file in its directory, or (BENCH_STORE set to
@@ -1073,9 +1076,17 @@ def main(argv: list[str] | None = None) -> int:
         f"variant of bench/variant.py (default {','.join(COMPARE_VARIANTS)})",
     )
     parser.add_argument("--rounds", type=int, default=3, help="--compare: rounds (3)")
+    parser.add_argument(
+        "--instructions",
+        nargs="?",
+        const=",".join(COMPARE_VARIANTS),
+        metavar="VARIANTS",
+        help="the same comparison in CPU instructions per request, counted by callgrind: "
+        "repeatable where wall-clock figures on a shared machine are not (bench/instructions.py)",
+    )
     args = parser.parse_args(argv)
-    if args.compare is not None:
-        unknown = set(args.compare.split(",")) - set(COMPARE_VARIANTS)
+    for chosen in (args.compare, args.instructions):
+        unknown = set(chosen.split(",")) - set(COMPARE_VARIANTS) if chosen is not None else set()
         if unknown:
             parser.error(f"unknown variants {sorted(unknown)}; known: {COMPARE_VARIANTS}")
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
@@ -1087,6 +1098,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     if args.compare is not None:
         return main_compare(bench, args.compare.split(","), args.rounds)
+    if args.instructions is not None:
+        from instructions import main_instructions
+
+        return main_instructions(bench, args.instructions.split(","), sys.modules[__name__])
     try:
         results = bench.run()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, SIGHUP: nothing worth keeping

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: install what the benchmark needs if it is missing, then run bench/run.py with the
-# project's virtualenv. Arguments go to run.py (--quick, --out FILE, --enforce); knobs are
-# environment variables (BENCH_DURATION, BENCH_CONFIG, ...; see bench/README.md).
+# project's virtualenv. Arguments go to run.py (--quick, --out FILE, --enforce, --compare,
+# --instructions); knobs are environment variables (BENCH_DURATION, BENCH_CONFIG, ...; see
+# bench/README.md).
 # run.py owns every process it starts: it stops them on exit, on Ctrl-C and on SIGTERM, and they
 # get SIGTERM from the kernel (PR_SET_PDEATHSIG) if run.py itself is killed.
 set -euo pipefail
@@ -11,6 +12,9 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v hey >/dev/null || missing+=(hey)
 command -v taskset >/dev/null || missing+=(util-linux)
+if [[ " $* " == *" --instructions"* ]]; then
+  command -v valgrind >/dev/null || missing+=(valgrind)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "bench: ${missing[*]} missing; run as root or: sudo apt-get install -y ${missing[*]}" >&2
