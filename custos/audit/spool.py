@@ -20,6 +20,10 @@ Contracts:
 - ``append``, ``rotate``, ``mark_shipped`` and ``close`` run on the event loop; ``sync`` may run
   in a worker thread, but never at the same time as ``rotate`` or ``close`` (the writer's one
   flush task does all of them in turn).
+- ``keep_refused`` writes records the store refused for what they hold (not for being down)
+  to a segment file of their own in ``refused/`` and syncs it, so they are kept without holding
+  up the records behind them. Nothing replays that directory: once the cause is fixed, moving
+  the file into the spool directory gets it replayed at the next start.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ ATTACHMENT_MARK = b"+"
 #: A segment is sealed once it is this large, so fully shipped data is deleted in steps.
 SEGMENT_BYTES = 4 << 20
 _SUFFIX = ".spool"
+#: The subdirectory of records the store refused (``keep_refused``).
+REFUSED_DIR = "refused"
 
 
 class SpoolError(Exception):
@@ -164,6 +170,31 @@ class Spool:
         if segment is not None and segment is self._current:
             raise SpoolError("the current segment cannot be deleted")
         path.unlink(missing_ok=True)
+
+    def keep_refused(self, data: bytes) -> Path:
+        """Write refused records (``data`` as for ``append``) to a new file in ``refused/``,
+        durably (blocking: call from a worker thread); returns its path. Its name is a free
+        segment id, so the file can be moved back into the spool directory as it is."""
+        directory = self.path / REFUSED_DIR
+        directory.mkdir(exist_ok=True)
+        taken = {_segment_id(p) for p in directory.glob(f"*{_SUFFIX}")}
+        segment_id = max(taken | set(self._segments), default=0) + 1
+        path = directory / f"{segment_id:012d}{_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for synced in (directory, self.path):
+            dir_fd = os.open(synced, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return path
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import orjson
 from custos.audit.content_store import insert_attachments
 from custos.audit.record import LLM_CALL, SealedRecord
 from custos.audit.sequencer import append_leaves
+from custos.state.errors import Conflict, Invalid
 from custos.state.models import utcnow
 from custos.state.store import Store, Tx
 
@@ -285,6 +287,21 @@ class AuditStore:
         """A read-only query (for the report)."""
         async with self.store.transaction(readonly=True) as tx:
             return await tx.fetch(sql, *args)
+
+
+#: SQLSTATE classes of a statement refused for what it holds: 22 (data exception) and 23
+#: (integrity constraint violation). SQLite's errors are told apart by their type.
+_REFUSAL_CLASSES: Final = ("22", "23")
+
+
+def refuses_records(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store refusing what was sent (a constraint it breaks, a value a
+    column cannot hold) rather than being unable to take anything (connection lost, disk
+    full, locked, timed out): sending the same records again would be refused again."""
+    if isinstance(exc, Invalid | Conflict | sqlite3.DataError | sqlite3.IntegrityError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)  # asyncpg's errors carry PostgreSQL's code
+    return isinstance(sqlstate, str) and sqlstate[:2] in _REFUSAL_CLASSES
 
 
 async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:

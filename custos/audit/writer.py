@@ -26,6 +26,12 @@ Guarantees (``docs/audit.md`` states them for operators):
   reaches ``max_bytes`` (or the disk fails) ``admit`` refuses new requests: no record is dropped
   to keep serving. When the store returns everything is shipped.
 - After a crash, ``start`` replays the spool's segments into the store before serving.
+- A batch the store *refuses* for what it holds (a constraint, a value a column cannot hold:
+  ``refuses_records``), as opposed to being unavailable, is inserted again in halves until
+  each record it refuses is alone; the others are stored, and each refused record is kept in
+  the spool's ``refused/`` directory (synced), logged with its event id, counted in
+  ``custos_audit_refused_total`` and, with ``durability: strict`` and ``on_failure: block``,
+  answered with 503. One such record never holds up the trail behind it.
 
 The one loss this module allows: when the spool cannot be written *and* more than
 ``MAX_QUEUE`` records wait in memory, further records are dropped and counted in
@@ -37,14 +43,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from custos.audit.record import SealedRecord
 from custos.audit.spool import Spool, SpoolError, SpoolFull
-from custos.audit.store import AuditStore
+from custos.audit.store import AuditStore, refuses_records
 from custos.telemetry import metrics
 
 log = logging.getLogger("custos.audit")
@@ -65,6 +71,7 @@ STRICT_WAIT_S = 10.0
 _BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 WaitFor = Literal["spool", "store"] | None
+_Item = TypeVar("_Item")
 
 
 class AuditUnavailable(Exception):
@@ -228,12 +235,7 @@ class AuditWriter:
         batch, self._queue = self._queue, []
         if not batch:
             return True
-        lines = [
-            e.record.body + b"\n"
-            if e.attachment is None
-            else b"%s\n+%s\n" % (e.record.body, e.attachment)
-            for e in batch
-        ]
+        lines = [_spool_lines(e) for e in batch]
         fits = self._fitting(lines)
         if fits < len(batch):  # spool what the bound allows; the rest waits in the queue
             self._queue[:0] = batch[max(fits, 1) :]
@@ -371,17 +373,42 @@ class AuditWriter:
 
     async def _ship_batch(self) -> None:
         batch = self._pending[:SHIP_BATCH]
-        async with asyncio.timeout(SHIP_TIMEOUT_S):
-            attachments = [e.attachment for e in batch if e.attachment is not None]
-            await self.store.insert([e.record for e in batch], attachments)
+        refused = await _refused_of(batch, self._insert_entries)
+        if refused:
+            await self._keep_refused([(e.record, _spool_lines(e), exc) for e, exc in refused])
         del self._pending[: len(batch)]
+        failed = {id(e) for e, _ in refused}
         counts: dict[int, int] = {}
         for entry in batch:
             counts[entry.segment] = counts.get(entry.segment, 0) + 1
             if entry.wait_for == "store" and entry.waiter is not None and not entry.waiter.done():
-                entry.waiter.set_result(None)
+                if id(entry) in failed:
+                    entry.waiter.set_exception(AuditUnavailable("the audit store refused it"))
+                else:
+                    entry.waiter.set_result(None)
         for segment, count in counts.items():
             self.spool.mark_shipped(segment, count)
+
+    async def _insert_entries(self, entries: Sequence[_Entry]) -> None:
+        async with asyncio.timeout(SHIP_TIMEOUT_S):
+            attachments = [e.attachment for e in entries if e.attachment is not None]
+            await self.store.insert([e.record for e in entries], attachments)
+
+    async def _insert_records(self, records: Sequence[SealedRecord]) -> None:
+        async with asyncio.timeout(SHIP_TIMEOUT_S):
+            await self.store.insert(records)
+
+    async def _keep_refused(self, refused: list[tuple[SealedRecord, bytes, Exception]]) -> None:
+        """Keep records the store refused in the spool's ``refused/`` (durably), say so."""
+        data = b"".join(lines for _, lines, _ in refused)
+        path = await asyncio.get_running_loop().run_in_executor(None, self.spool.keep_refused, data)
+        metrics.AUDIT_REFUSED.inc(len(refused))
+        for record, _, exc in refused:
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            log.error(
+                "audit store refused record %s (%s: %s); kept in %s",
+                record.event_id, type(exc).__name__, reason, path,
+            )  # fmt: skip
 
     async def _recover(self) -> None:
         """After an overflow: once the store answers, seal the current segment (from then on
@@ -405,11 +432,39 @@ class AuditWriter:
         if skipped:
             log.error("audit spool %s: %d torn or corrupt line(s) skipped", path.name, skipped)
         for start in range(0, len(records), SHIP_BATCH):
-            async with asyncio.timeout(SHIP_TIMEOUT_S):
-                await self.store.insert(records[start : start + SHIP_BATCH])
+            chunk = records[start : start + SHIP_BATCH]
+            refused = await _refused_of(chunk, self._insert_records)
+            if refused:
+                await self._keep_refused([(r, r.body + b"\n", exc) for r, exc in refused])
         if attachments:  # after their records (a batch of them at most: content is rare)
             for start in range(0, len(attachments), SHIP_BATCH):
                 async with asyncio.timeout(SHIP_TIMEOUT_S):
                     await self.store.insert([], attachments[start : start + SHIP_BATCH])
         self.spool.delete(path)
         return len(records)
+
+
+def _spool_lines(entry: _Entry) -> bytes:
+    """An entry as the spool holds it: the record's line, then its attachment's, if any."""
+    if entry.attachment is None:
+        return entry.record.body + b"\n"
+    return b"%s\n+%s\n" % (entry.record.body, entry.attachment)
+
+
+async def _refused_of(
+    items: Sequence[_Item], insert: Callable[[Sequence[_Item]], Awaitable[None]]
+) -> list[tuple[_Item, Exception]]:
+    """Insert ``items``; if the store refuses them (``refuses_records``), insert each half the
+    same way, down to single items. Returns the items refused on their own, with the store's
+    error. Any other error propagates: the store is unavailable, and what was inserted so far
+    is inserted again by the retry without harm (inserting is idempotent)."""
+    try:
+        await insert(items)
+        return []
+    except Exception as exc:
+        if not refuses_records(exc):
+            raise
+        if len(items) == 1:
+            return [(items[0], exc)]
+    middle = len(items) // 2
+    return await _refused_of(items[:middle], insert) + await _refused_of(items[middle:], insert)

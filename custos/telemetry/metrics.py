@@ -99,6 +99,11 @@ AUDIT_SHIP_FAILURES = Counter(
     "custos_audit_ship_failures", "Failed attempts to write audit records to the store.",
     registry=REGISTRY,
 )  # fmt: skip
+AUDIT_REFUSED = Counter(
+    "custos_audit_refused",
+    "Audit records the store refused for what they hold, kept in the spool's refused/ directory.",
+    registry=REGISTRY,
+)
 AUDIT_DROPPED = Counter(
     "custos_audit_dropped",
     "Audit records lost because the spool could not be written and memory was full.",

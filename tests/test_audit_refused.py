@@ -1,0 +1,169 @@
+"""A record the store refuses for what it holds must not hold up the trail behind it.
+
+The writer ships batches; before, one record the store would never accept (a broken
+constraint) failed its batch forever: nothing behind it reached the store, and with
+``on_failure: block`` every request got 503. Now the writer splits a refused batch until the
+refused record is alone, stores the others, and keeps that one in the spool's ``refused/``
+directory. A store that is down (not refusing) is still waited for, never split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+
+from custos.audit.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.spool import REFUSED_DIR, Spool
+from custos.audit.store import AuditStore
+from custos.audit.writer import AuditUnavailable, AuditWriter
+from custos.state.errors import Invalid
+from custos.state.store import Store
+from custos.telemetry.metrics import REGISTRY
+from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
+
+
+def record(n: int) -> SealedRecord:
+    at = 1_782_907_200_000 + n
+    return seal({"event_type": "admin.change", "time_start": rfc3339_ms(at), "n": n}, at_ms=at)
+
+
+def unacceptable(n: int) -> SealedRecord:
+    """A record every store refuses: its leaf hash breaks ``CHECK (length(leaf_hash) = 32)``."""
+    return dataclasses.replace(record(n), leaf_hash=b"\x00" * 31)
+
+
+class CountingStore(AuditStore):
+    """The real store, with inserts counted and an outage that can be switched on."""
+
+    def __init__(self, db: Store) -> None:
+        super().__init__(db)
+        self.down = False
+        self.inserts = 0
+
+    async def insert(
+        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
+    ) -> None:
+        self.inserts += 1
+        if self.down:
+            raise ConnectionError("the store is down")
+        await super().insert(records, attachments)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise ConnectionError("the store is down")
+
+
+async def stored(db: Store) -> list[int]:
+    async with db.transaction(readonly=True) as tx:
+        rows = await tx.fetch("SELECT record FROM audit_events ORDER BY ingest_id")
+    return [orjson.loads(bytes(r["record"]))["n"] for r in rows]
+
+
+async def eventually(condition: object, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def refused_files(spool: Path) -> list[Path]:
+    return sorted((spool / REFUSED_DIR).glob("*.spool"))
+
+
+def refused_count() -> float:
+    return REGISTRY.get_sample_value("custos_audit_refused_total") or 0.0
+
+
+async def test_a_refused_record_is_set_aside_and_the_rest_is_stored(
+    store: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    audit = CountingStore(store)
+    spool_dir = tmp_path / "spool"
+    writer = AuditWriter(
+        audit, Spool(spool_dir, max_bytes=1 << 30), flush_interval_s=0.005, block=lambda: True
+    )
+    before = refused_count()
+    await writer.start()
+    try:
+        # While the store is down nothing is refused: the batch waits, whole.
+        audit.down = True
+        for n in range(3):
+            writer.submit(record(n))
+        bad = unacceptable(3)
+        waiter = writer.submit(bad, wait_for="store")
+        for n in range(4, 9):
+            writer.submit(record(n))
+        await eventually(lambda: not writer.store_ok)
+        assert refused_files(spool_dir) == []
+        audit.down = False
+        assert waiter is not None
+        with pytest.raises(AuditUnavailable):
+            await asyncio.wait_for(AuditWriter.wait(waiter), 10)
+        await eventually(lambda: writer.store_ok and not writer._pending)
+        writer.submit(record(9))  # the trail goes on behind it
+        await eventually(lambda: not writer._pending and not writer._queue)
+        await eventually(lambda: len(refused_files(spool_dir)) == 1)
+        assert writer.admit() is None  # block mode serves again
+    finally:
+        await writer.close()
+    assert await stored(store) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert refused_count() == before + 1
+    (kept,) = refused_files(spool_dir)
+    assert kept.read_bytes() == bad.body + b"\n"
+    # Everything else was shipped: no segment is left to replay.
+    assert list(spool_dir.glob("*.spool")) == []
+
+
+class RefusingStore(CountingStore):
+    """Refuses, as a constraint would, every batch holding one of ``refuse`` (event ids)."""
+
+    def __init__(self, db: Store, refuse: set[str]) -> None:
+        super().__init__(db)
+        self.refuse = refuse
+
+    async def insert(
+        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
+    ) -> None:
+        if any(r.event_id in self.refuse for r in records):
+            self.inserts += 1
+            raise Invalid("the change breaks a rule of the schema (test)")
+        await super().insert(records, attachments)
+
+
+async def test_replaying_a_spool_sets_refused_records_aside_and_starts(
+    store: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A crashed gateway's spool holding a record the store refuses: the gateway still starts,
+    with every other record stored, and the refused ones kept, in their order, apart."""
+    records = [record(n) for n in range(40)]
+    refuse = {records[7].event_id, records[8].event_id, records[31].event_id}
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "000000000001.spool").write_bytes(b"".join(r.body + b"\n" for r in records))
+    audit = RefusingStore(store, refuse)
+    writer = AuditWriter(
+        audit, Spool(spool_dir, max_bytes=1 << 30), flush_interval_s=0.005, block=lambda: True
+    )
+    assert await writer.start() == 40
+    await writer.close()
+    assert await stored(store) == [n for n in range(40) if n not in (7, 8, 31)]
+    (kept,) = refused_files(spool_dir)
+    assert kept.read_bytes() == b"".join(records[n].body + b"\n" for n in (7, 8, 31))
+    # Split in halves, not one insert per record: far fewer inserts than records.
+    assert audit.inserts < 25
+    # The refused file has a segment's name: moved back, it is replayed (and refused again,
+    # here, so it comes back to refused/ with a new name).
+    kept.rename(spool_dir / kept.name)
+    again = AuditWriter(
+        audit, Spool(spool_dir, max_bytes=1 << 30), flush_interval_s=0.005, block=lambda: True
+    )
+    assert await again.start() == 3
+    await again.close()
+    assert len(refused_files(spool_dir)) == 1
