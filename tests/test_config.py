@@ -251,6 +251,29 @@ def test_missing_references_are_reported_with_path_and_line_and_no_value(tmp_pat
     }
 
 
+def test_an_unknown_reference_kind_is_reported_not_taken_as_the_value(monkeypatch):
+    """``${ENV:X}`` (or a typo like ``${evn:X}``) is not a reference: left in place it would be
+    sent as the provider key itself."""
+    monkeypatch.setenv("CUSTOS_T_TOKEN", "tok-123")
+    text = VALID.replace(
+        "api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    api_version",
+        "api_key: ${ENV:CUSTOS_T_OPENAI_KEY}\n    api_version",
+    )
+    found = problems(text)
+    assert (
+        line_of(text, "${ENV:CUSTOS_T_OPENAI_KEY}"),
+        "providers.azure-eu.api_key",
+        "unknown reference ${ENV:…}: references are ${env:NAME} and ${file:path}, in lower case",
+    ) in found
+    # Text that only looks like a reference in part is a value like any other.
+    literal = VALID.replace(
+        "api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    api_version",
+        "api_key: \"pa$${word}-${1:x}\"\n    api_version",
+    )
+    azure = parse_config(literal).config.providers["azure-eu"]
+    assert azure.api_key == "pa$${word}-${1:x}"
+
+
 def test_rotating_a_secret_keeps_the_revision(monkeypatch):
     before = parse_config(VALID).revision
     monkeypatch.setenv("CUSTOS_T_OPENAI_KEY", "a-rotated-key")

@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from custos.config.schema import UNSUPPORTED_SECTIONS, Config
 
-_REF = re.compile(r"\$\{(env|file):([^}]*)\}")
+#: ``${kind:name}``. Only ``env`` and ``file`` exist; any other kind (``${ENV:X}``, ``${evn:X}``)
+#: is reported rather than left in place, where it would be taken as the value itself.
+_REF = re.compile(r"\$\{([A-Za-z_]+):([^}]*)\}")
 _MAX_FILE_BYTES = 4 * 1024 * 1024
 
 Path_ = tuple[str | int, ...]
@@ -293,6 +295,16 @@ def _resolve_refs(
 
     def substitute(match: re.Match[str]) -> str:
         kind, name = match.group(1), match.group(2).strip()
+        if kind not in ("env", "file"):
+            problems.append(
+                Problem(
+                    dotted(path),
+                    _line_of(path, lines),
+                    f"unknown reference ${{{kind}:…}}: references are ${{env:NAME}} and "
+                    "${file:path}, in lower case",
+                )
+            )
+            return ""
         if kind == "env":
             found = os.environ.get(name)
             if found is None:
