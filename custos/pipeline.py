@@ -258,7 +258,7 @@ class Pipeline:
                 err = upstream_error(
                     target.account, upstream.status, target.adapter.error_message(body)
                 )
-                if upstream.status == 429 and "retry-after" in upstream.headers:
+                if upstream.status in (429, 503, 529) and "retry-after" in upstream.headers:
                     err.headers["retry-after"] = upstream.headers["retry-after"]
                 return None, self._failed(attempt, err, started)
             if ctx.stream:

@@ -470,7 +470,9 @@ def test_openai_account_dropped_stream(client, gateway, mock_provider):
 
 # -- Anthropic account errors: a gateway whose claude-main has the mock's directives -------------
 
-NATIVE_DIRECTIVES = ["status=429", "status=500", "status=401", "malformed", "drop_after=6"]
+NATIVE_DIRECTIVES = [
+    "status=429", "status=500", "status=401", "malformed", "drop_after=6", "status=529",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -495,6 +497,8 @@ def native(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
         ("status=500", anthropic.InternalServerError, 502, "api_error"),
         ("status=401", anthropic.InternalServerError, 502, "api_error"),
         ("malformed", anthropic.InternalServerError, 502, "api_error"),
+        # Anthropic's "overloaded" is a provider asking for a pause, as 503 says, not a failure.
+        ("status=529", anthropic.InternalServerError, 503, "overloaded_error"),
     ],
 )
 def test_anthropic_account_errors(native, directive, error_class, status, kind):
@@ -504,8 +508,10 @@ def test_anthropic_account_errors(native, directive, error_class, status, kind):
     with pytest.raises(error_class) as info:
         sdk.messages.create(model=model, max_tokens=50, messages=user("hi"))
     assert_anthropic_error(info.value, status, kind)
-    if status == 429:
+    if status in (429, 503):  # the provider's own pause is passed on
         assert info.value.response.headers["retry-after"] == "1"
+    if directive == "status=529":
+        assert info.value.body["error"]["message"].startswith("provider claude-main is overloaded")
     if directive == "status=401":
         assert "x-api-key" not in info.value.body["error"]["message"]
     assert meter.unchanged()

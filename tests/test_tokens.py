@@ -8,6 +8,7 @@ made through one takes to be refused by the other.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import re
 import secrets
@@ -343,18 +344,26 @@ def wrong_version_of(token: str) -> str:
 
 
 def trace(fn: Callable[[], Any]) -> tuple[Any, list[tuple[str, str, int, str]]]:
-    """The exact sequence of Python lines ``fn`` runs (through every function it calls)."""
+    """The exact sequence of Python lines ``fn`` runs (through every function it calls).
+
+    The collector is off meanwhile: a collection could run anywhere inside ``fn`` and trace
+    other objects' finalisers and gc callbacks (seen: a test library's), which are not ``fn``'s.
+    """
     steps: list[tuple[str, str, int, str]] = []
 
     def tracer(frame: Any, event: str, arg: Any) -> Any:
         steps.append((frame.f_code.co_filename, frame.f_code.co_name, frame.f_lineno, event))
         return tracer
 
+    collecting = gc.isenabled()
+    gc.disable()
     sys.settrace(tracer)
     try:
         result = fn()
     finally:
         sys.settrace(None)
+        if collecting:
+            gc.enable()
     return result, steps
 
 

@@ -212,7 +212,8 @@ def upstream_error(account: str, status: int, message: str | None) -> GatewayErr
     The caller's own mistakes (400, 413, 422) keep their status and the provider's explanation;
     the provider limiting us keeps 429; problems with the gateway's credentials or configuration
     (401, 403, 404) are the operator's, not the caller's, and become 502 without the provider's
-    text, which can echo part of a key.
+    text, which can echo part of a key. A provider asking for a pause (503, and Anthropic's 529
+    "overloaded") is 503: the caller should back off, not take it for a failure.
     """
     detail = f": {message[:500]}" if message else ""
     if status in (400, 413, 422):
@@ -238,6 +239,10 @@ def upstream_error(account: str, status: int, message: str | None) -> GatewayErr
     if status == 503:
         return GatewayError(
             503, "upstream_unavailable", f"provider {account} is unavailable (503){detail}"
+        )
+    if status == 529:
+        return GatewayError(
+            503, "upstream_overloaded", f"provider {account} is overloaded (529){detail}"
         )
     if status == 504:
         return GatewayError(504, "upstream_timeout", f"provider {account} timed out (504)")
