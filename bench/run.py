@@ -1067,23 +1067,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s runs, 1 s warm-up")
     parser.add_argument("--out", help="results JSON (bench/results/latest.json; quick.json)")
     parser.add_argument("--enforce", action="store_true", help="exit 3 when a budget is missed")
-    parser.add_argument(
-        "--compare",
-        nargs="?",
-        const=",".join(COMPARE_VARIANTS),
-        metavar="VARIANTS",
-        help="measure what each governance stage costs: non-streaming saturation of each "
-        f"variant of bench/variant.py (default {','.join(COMPARE_VARIANTS)})",
-    )
+    for flag, what in (
+        ("--compare", "measure what each governance stage costs: non-streaming saturation of "
+         "each variant of bench/variant.py"),
+        ("--instructions", "the same comparison in CPU instructions per request, counted by "
+         "callgrind: repeatable where wall-clock figures on a shared machine are not "
+         "(bench/instructions.py)"),
+    ):  # fmt: skip
+        parser.add_argument(
+            flag,
+            nargs="?",
+            const=",".join(COMPARE_VARIANTS),
+            metavar="VARIANTS",
+            help=f"{what} (default {','.join(COMPARE_VARIANTS)})",
+        )
     parser.add_argument("--rounds", type=int, default=3, help="--compare: rounds (3)")
-    parser.add_argument(
-        "--instructions",
-        nargs="?",
-        const=",".join(COMPARE_VARIANTS),
-        metavar="VARIANTS",
-        help="the same comparison in CPU instructions per request, counted by callgrind: "
-        "repeatable where wall-clock figures on a shared machine are not (bench/instructions.py)",
-    )
     args = parser.parse_args(argv)
     for chosen in (args.compare, args.instructions):
         unknown = set(chosen.split(",")) - set(COMPARE_VARIANTS) if chosen is not None else set()

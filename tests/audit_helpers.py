@@ -7,17 +7,42 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
-from custos.audit.record import leaf_hash, unseal
+from custos.audit.record import SealedRecord, leaf_hash, unseal
+from custos.audit.store import AuditStore
 from custos.state.store import Store, Tx, open_store
 
 T = TypeVar("T")
+
+
+class FlakyStore(AuditStore):
+    """An ``AuditStore`` whose writes fail (the store down) while ``down`` is set; counts the
+    insert calls (``inserts``) and the records they stored (``inserted``)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.down = False
+        self.inserts = 0
+        self.inserted = 0
+
+    async def insert(
+        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
+    ) -> None:
+        self.inserts += 1
+        if self.down:
+            raise ConnectionError("the store is down")
+        await super().insert(records, attachments)
+        self.inserted += len(records)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise ConnectionError("the store is down")
 
 
 @asynccontextmanager

@@ -14,61 +14,23 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 import pytest
 
-from custos.audit.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.record import SealedRecord
 from custos.audit.spool import REFUSED_DIR, Spool
-from custos.audit.store import AuditStore
 from custos.audit.writer import AuditUnavailable, AuditWriter
 from custos.state.errors import Invalid
 from custos.state.store import Store
 from custos.telemetry.metrics import REGISTRY
+from tests.audit_helpers import FlakyStore
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
-
-
-def record(n: int) -> SealedRecord:
-    at = 1_782_907_200_000 + n
-    return seal({"event_type": "admin.change", "time_start": rfc3339_ms(at), "n": n}, at_ms=at)
+from tests.test_audit_writer import record, stored_ns
+from tests.test_audit_writer import settle as eventually
 
 
 def unacceptable(n: int) -> SealedRecord:
     """A record every store refuses: its leaf hash breaks ``CHECK (length(leaf_hash) = 32)``."""
     return dataclasses.replace(record(n), leaf_hash=b"\x00" * 31)
-
-
-class CountingStore(AuditStore):
-    """The real store, with inserts counted and an outage that can be switched on."""
-
-    def __init__(self, db: Store) -> None:
-        super().__init__(db)
-        self.down = False
-        self.inserts = 0
-
-    async def insert(
-        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
-    ) -> None:
-        self.inserts += 1
-        if self.down:
-            raise ConnectionError("the store is down")
-        await super().insert(records, attachments)
-
-    async def ping(self) -> None:
-        if self.down:
-            raise ConnectionError("the store is down")
-
-
-async def stored(db: Store) -> list[int]:
-    async with db.transaction(readonly=True) as tx:
-        rows = await tx.fetch("SELECT record FROM audit_events ORDER BY ingest_id")
-    return [orjson.loads(bytes(r["record"]))["n"] for r in rows]
-
-
-async def eventually(condition: object, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def refused_files(spool: Path) -> list[Path]:
@@ -83,7 +45,7 @@ async def test_a_refused_record_is_set_aside_and_the_rest_is_stored(
     store: Store,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    audit = CountingStore(store)
+    audit = FlakyStore(store)
     spool_dir = tmp_path / "spool"
     writer = AuditWriter(
         audit, Spool(spool_dir, max_bytes=1 << 30), flush_interval_s=0.005, block=lambda: True
@@ -112,7 +74,7 @@ async def test_a_refused_record_is_set_aside_and_the_rest_is_stored(
         assert writer.admit() is None  # block mode serves again
     finally:
         await writer.close()
-    assert await stored(store) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert await stored_ns(store) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert refused_count() == before + 1
     (kept,) = refused_files(spool_dir)
     assert kept.read_bytes() == bad.body + b"\n"
@@ -120,7 +82,7 @@ async def test_a_refused_record_is_set_aside_and_the_rest_is_stored(
     assert list(spool_dir.glob("*.spool")) == []
 
 
-class RefusingStore(CountingStore):
+class RefusingStore(FlakyStore):
     """Refuses, as a constraint would, every batch holding one of ``refuse`` (event ids)."""
 
     def __init__(self, db: Store, refuse: set[str]) -> None:
@@ -153,7 +115,7 @@ async def test_replaying_a_spool_sets_refused_records_aside_and_starts(
     )
     assert await writer.start() == 40
     await writer.close()
-    assert await stored(store) == [n for n in range(40) if n not in (7, 8, 31)]
+    assert await stored_ns(store) == [n for n in range(40) if n not in (7, 8, 31)]
     (kept,) = refused_files(spool_dir)
     assert kept.read_bytes() == b"".join(records[n].body + b"\n" for n in (7, 8, 31))
     # Split in halves, not one insert per record: far fewer inserts than records.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,30 +11,9 @@ import pytest
 from custos.audit import writer as writer_module
 from custos.audit.record import SealedRecord, rfc3339_ms, seal
 from custos.audit.spool import Spool, SpoolError
-from custos.audit.store import AuditStore
 from custos.audit.writer import AuditWriter
 from custos.state.store import Store, open_store
-
-
-class FlakyStore(AuditStore):
-    """An ``AuditStore`` whose writes fail while ``down`` is set."""
-
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
-        self.down = False
-        self.inserted = 0
-
-    async def insert(
-        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
-    ) -> None:
-        if self.down:
-            raise ConnectionError("the store is down")
-        await super().insert(records, attachments)
-        self.inserted += len(records)
-
-    async def ping(self) -> None:
-        if self.down:
-            raise ConnectionError("the store is down")
+from tests.audit_helpers import FlakyStore
 
 
 def record(n: int) -> SealedRecord:
