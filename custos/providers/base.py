@@ -140,6 +140,7 @@ class ProviderAdapter(ABC):
 
 
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_MODEL_KEY = b'"model"'
 
 
 def with_model(call: ProviderCall, model: str | None) -> bytes:
@@ -149,11 +150,23 @@ def with_model(call: ProviderCall, model: str | None) -> bytes:
     the client sent it. If the pair cannot be found exactly once (it is escaped, or a nested object
     has a ``model`` key too), the body is re-serialised instead, which is always correct.
     """
-    matches = _MODEL_FIELD.findall(call.raw_body)
-    expected = orjson.dumps(call.requested_model)[1:-1]
-    if model is not None and len(matches) == 1 and matches[0] == expected:
-        replacement = b'"model":' + orjson.dumps(model)
-        return _MODEL_FIELD.sub(lambda _: replacement, call.raw_body, count=1)
+    raw = call.raw_body
+    found = None
+    if model is not None:
+        # The pair can only start where the bytes "model" (quotes included) are: find those
+        # with a substring search and try the pattern there, instead of running the pattern
+        # over every byte of what may be a long prompt.
+        at = raw.find(_MODEL_KEY)
+        while at >= 0:
+            match = _MODEL_FIELD.match(raw, at)
+            if match is not None:
+                if found is not None:
+                    found = None
+                    break
+                found = match
+            at = raw.find(_MODEL_KEY, at + len(_MODEL_KEY))
+    if found is not None and found.group(1) == orjson.dumps(call.requested_model)[1:-1]:
+        return b"%s\"model\":%s%s" % (raw[: found.start()], orjson.dumps(model), raw[found.end() :])
     body = dict(call.body)
     if model is None:
         body.pop("model", None)
