@@ -11,8 +11,10 @@ gateway and directly against the mock:
 1b. requests/s at saturation for the 20-chunk stream;
 4. the gateway's peak RSS (VmHWM) at the end.
 
-Usage: bench/run.sh [--quick] [--out FILE] [--enforce]  (bench/run.sh installs the tools, then
-runs this file with .venv's Python). Knobs, from the environment:
+Usage: bench/run.sh [--quick] [--out FILE] [--enforce] (bench/run.sh installs the tools, then
+runs this file with .venv's Python); bench/run.sh --compare [VARIANTS] [--rounds N] for what each
+governance stage costs, --instructions [VARIANTS] for the same in instructions per request
+(bench/instructions.py). Knobs, from the environment:
 
   BENCH_DURATION     seconds per measured run (10; --quick: 2)
   BENCH_WARMUP       seconds of warm-up before each saturation run (3; --quick: 1)
