@@ -12,7 +12,8 @@ roughly 10 % of throughput, give or take its memory behaviour.
 For each variant (``bench/variant.py``): start the gateway under ``valgrind --tool=callgrind``
 (some 50 times slower), send ``BENCH_INSTR_WARMUP`` requests with hey (16 connections), zero
 the counts (``callgrind_control --zero``), send ``BENCH_INSTR_REQUESTS`` requests, dump the
-counts (``callgrind_control --dump``) and divide the dump's total by the requests. Every
+counts (``callgrind_control --dump``) and divide the dump's total by the requests (both numbers
+are rounded to a multiple of the 16 connections: hey sends the same number on each). Every
 measured request must be answered 200. A variant takes about a minute.
 
 Knobs: BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_WARMUP (600), and those of ``bench/run.py``
@@ -40,8 +41,9 @@ CONNECTIONS = 16
 
 def count_instructions(b: Bench, variants: list[str], run: ModuleType) -> dict[str, dict[str, Any]]:
     """Instructions per request of each variant, measured as the module docstring says."""
-    requests = int(os.environ.get("BENCH_INSTR_REQUESTS", "2000"))
-    warmup = int(os.environ.get("BENCH_INSTR_WARMUP", "600"))
+    # hey sends n // c requests on each of its c connections: ask for a multiple of c.
+    requests = _whole_rounds(int(os.environ.get("BENCH_INSTR_REQUESTS", "2000")))
+    warmup = _whole_rounds(int(os.environ.get("BENCH_INSTR_WARMUP", "600")))
     redis_url = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
     b.preflight()
     b.idle_before = b.idle_check()
@@ -74,6 +76,11 @@ def count_instructions(b: Bench, variants: list[str], run: ModuleType) -> dict[s
         run.log(f"  {variant}: {total / requests:,.0f} instructions per request")
     b.gateway_prefix = []
     return figures
+
+
+def _whole_rounds(n: int) -> int:
+    """``n`` rounded to a whole number of requests per connection (at least one each)."""
+    return max(1, round(n / CONNECTIONS)) * CONNECTIONS
 
 
 def _send(b: Bench, run: ModuleType, n: int, *, want_all_ok: bool) -> None:
@@ -154,7 +161,6 @@ def main_instructions(b: Bench, variants: list[str], run: ModuleType) -> int:
         run.cleanup()
     report = {
         **run.report_header(b, "instructions"),
-        "requests": int(os.environ.get("BENCH_INSTR_REQUESTS", "2000")),
         "figures": figures,
         "verdicts": verdicts(figures, run),
         "out": os.path.relpath(b.out, run.ROOT),
