@@ -129,3 +129,30 @@ async def test_replaying_a_spool_sets_refused_records_aside_and_starts(
     assert await again.start() == 3
     await again.close()
     assert len(refused_files(spool_dir)) == 1
+
+
+async def test_a_damaged_attachment_in_a_replayed_spool_is_set_aside(
+    store: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An attachment line (a record's encrypted content) that cannot be read is kept apart
+    like a refused record; the records around it are stored and the gateway starts."""
+    records = [record(n) for n in range(3)]
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    damaged = b"+not an attachment\n"
+    lines = [records[0].body + b"\n", records[1].body + b"\n" + damaged, records[2].body + b"\n"]
+    (spool_dir / "000000000001.spool").write_bytes(b"".join(lines))
+    before = refused_count()
+    writer = AuditWriter(
+        FlakyStore(store),
+        Spool(spool_dir, max_bytes=1 << 30),
+        flush_interval_s=0.005,
+        block=lambda: True,
+    )
+    assert await writer.start() == 3
+    await writer.close()
+    assert await stored_ns(store) == [0, 1, 2]
+    (kept,) = refused_files(spool_dir)
+    assert kept.read_bytes() == damaged
+    assert refused_count() == before + 1

@@ -22,6 +22,7 @@ checkpoint that truncates the WAL, so the destroyed key bytes leave the database
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,7 @@ from typing import Any, Final
 
 import orjson
 
+from custos.state.errors import Invalid
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, Tx
 
@@ -98,8 +100,13 @@ class Attachment:
 
 
 async def insert_attachments(tx: Tx, lines: Sequence[bytes]) -> None:
-    """Insert encoded attachments in the open transaction ``tx`` (see the module docstring)."""
-    attachments = [Attachment.decode(line) for line in lines]
+    """Insert encoded attachments in the open transaction ``tx`` (see the module docstring).
+    Raises ``Invalid`` for a line that is not an encoded attachment (a damaged spool line): no
+    attempt can store it."""
+    try:
+        attachments = [Attachment.decode(line) for line in lines]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise Invalid(f"an attachment is not readable ({type(exc).__name__})") from None
     if not attachments:
         return
     if tx.dialect == "postgresql":

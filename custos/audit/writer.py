@@ -375,7 +375,9 @@ class AuditWriter:
         batch = self._pending[:SHIP_BATCH]
         refused = await _refused_of(batch, self._insert_entries)
         if refused:
-            await self._keep_refused([(e.record, _spool_lines(e), exc) for e, exc in refused])
+            await self._keep_refused(
+                [(f"record {e.record.event_id}", _spool_lines(e), exc) for e, exc in refused]
+            )
         del self._pending[: len(batch)]
         failed = {id(e) for e, _ in refused}
         counts: dict[int, int] = {}
@@ -398,17 +400,20 @@ class AuditWriter:
         async with asyncio.timeout(SHIP_TIMEOUT_S):
             await self.store.insert(records)
 
-    async def _keep_refused(self, refused: list[tuple[SealedRecord, bytes, Exception]]) -> None:
-        """Keep records the store refused in the spool's ``refused/`` (durably), say so."""
+    async def _insert_attachments(self, attachments: Sequence[bytes]) -> None:
+        async with asyncio.timeout(SHIP_TIMEOUT_S):
+            await self.store.insert([], attachments)
+
+    async def _keep_refused(self, refused: list[tuple[str, bytes, Exception]]) -> None:
+        """Keep what the store refused (what it was, its spool lines, the store's error) in
+        the spool's ``refused/``, durably, and say so."""
         data = b"".join(lines for _, lines, _ in refused)
         path = await asyncio.get_running_loop().run_in_executor(None, self.spool.keep_refused, data)
         metrics.AUDIT_REFUSED.inc(len(refused))
-        for record, _, exc in refused:
+        for what, _, exc in refused:
             reason = str(exc).splitlines()[0] if str(exc) else ""
-            log.error(
-                "audit store refused record %s (%s: %s); kept in %s",
-                record.event_id, type(exc).__name__, reason, path,
-            )  # fmt: skip
+            name = type(exc).__name__
+            log.error("audit store refused %s (%s: %s); kept in %s", what, name, reason, path)
 
     async def _recover(self) -> None:
         """After an overflow: once the store answers, seal the current segment (from then on
@@ -435,11 +440,15 @@ class AuditWriter:
             chunk = records[start : start + SHIP_BATCH]
             refused = await _refused_of(chunk, self._insert_records)
             if refused:
-                await self._keep_refused([(r, r.body + b"\n", exc) for r, exc in refused])
-        if attachments:  # after their records (a batch of them at most: content is rare)
-            for start in range(0, len(attachments), SHIP_BATCH):
-                async with asyncio.timeout(SHIP_TIMEOUT_S):
-                    await self.store.insert([], attachments[start : start + SHIP_BATCH])
+                await self._keep_refused(
+                    [(f"record {r.event_id}", r.body + b"\n", exc) for r, exc in refused]
+                )
+        # Attachments after their records (a batch of them at most: content is rare).
+        for start in range(0, len(attachments), SHIP_BATCH):
+            chunk = attachments[start : start + SHIP_BATCH]
+            kept = await _refused_of(chunk, self._insert_attachments)
+            if kept:
+                await self._keep_refused([("an attachment", b"+%s\n" % a, exc) for a, exc in kept])
         self.spool.delete(path)
         return len(records)
 
