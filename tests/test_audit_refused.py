@@ -120,15 +120,17 @@ async def test_replaying_a_spool_sets_refused_records_aside_and_starts(
     assert kept.read_bytes() == b"".join(records[n].body + b"\n" for n in (7, 8, 31))
     # Split in halves, not one insert per record: far fewer inserts than records.
     assert audit.inserts < 25
-    # The refused file has a segment's name: moved back, it is replayed (and refused again,
-    # here, so it comes back to refused/ with a new name).
+    # The refused file has a segment's name: once the cause is fixed, moved back, it is
+    # replayed like any segment.
+    audit.refuse = set()
     kept.rename(spool_dir / kept.name)
     again = AuditWriter(
         audit, Spool(spool_dir, max_bytes=1 << 30), flush_interval_s=0.005, block=lambda: True
     )
     assert await again.start() == 3
     await again.close()
-    assert len(refused_files(spool_dir)) == 1
+    assert refused_files(spool_dir) == []
+    assert sorted(await stored_ns(store)) == list(range(40))
 
 
 async def test_a_damaged_attachment_in_a_replayed_spool_is_set_aside(
@@ -156,3 +158,36 @@ async def test_a_damaged_attachment_in_a_replayed_spool_is_set_aside(
     (kept,) = refused_files(spool_dir)
     assert kept.read_bytes() == damaged
     assert refused_count() == before + 1
+
+
+async def test_a_store_that_refuses_every_record_is_waited_for_not_emptied_into_refused(
+    store: Store,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Every record of a batch refused: the store cannot write (a schema out of step, say), so
+    nothing is set aside; the batch waits and block mode refuses requests. Once a record the
+    store takes is in the batch, the refused ones are set aside and the trail moves on."""
+    audit = FlakyStore(store)
+    spool_dir = tmp_path / "spool"
+    writer = AuditWriter(
+        audit, Spool(spool_dir, max_bytes=1 << 30), flush_interval_s=0.005, block=lambda: True
+    )
+    await writer.start()
+    try:
+        audit.down = True  # so that both land in one batch
+        bad = [unacceptable(0), unacceptable(1)]
+        for one in bad:
+            writer.submit(one)
+        await eventually(lambda: len(writer._pending) == 2)
+        audit.down = False
+        await eventually(lambda: audit.inserts >= 8)  # refused in halves, more than once
+        assert not writer.store_ok
+        assert writer.admit() == "the audit store is unavailable"
+        assert refused_files(spool_dir) == []
+        writer.submit(record(2))
+        await eventually(lambda: writer.store_ok and not writer._pending, timeout=15)
+    finally:
+        await writer.close()
+    assert await stored_ns(store) == [2]
+    (kept,) = refused_files(spool_dir)
+    assert kept.read_bytes() == b"".join(one.body + b"\n" for one in bad)

@@ -31,7 +31,9 @@ Guarantees (``docs/audit.md`` states them for operators):
   each record it refuses is alone; the others are stored, and each refused record is kept in
   the spool's ``refused/`` directory (synced), logged with its event id, counted in
   ``custos_audit_refused_total`` and, with ``durability: strict`` and ``on_failure: block``,
-  answered with 503. One such record never holds up the trail behind it.
+  answered with 503. One such record never holds up the trail behind it. A batch of which the
+  store refuses *every* record (more than one) is taken for a store that cannot write, not for
+  bad records: it waits, as for a store that is down.
 
 The one loss this module allows: when the spool cannot be written *and* more than
 ``MAX_QUEUE`` records wait in memory, further records are dropped and counted in
@@ -373,7 +375,7 @@ class AuditWriter:
 
     async def _ship_batch(self) -> None:
         batch = self._pending[:SHIP_BATCH]
-        refused = await _refused_of(batch, self._insert_entries)
+        refused = await _refused_alone(batch, self._insert_entries)
         if refused:
             await self._keep_refused(
                 [(f"record {e.record.event_id}", _spool_lines(e), exc) for e, exc in refused]
@@ -438,7 +440,7 @@ class AuditWriter:
             log.error("audit spool %s: %d torn or corrupt line(s) skipped", path.name, skipped)
         for start in range(0, len(records), SHIP_BATCH):
             chunk = records[start : start + SHIP_BATCH]
-            refused = await _refused_of(chunk, self._insert_records)
+            refused = await _refused_alone(chunk, self._insert_records)
             if refused:
                 await self._keep_refused(
                     [(f"record {r.event_id}", r.body + b"\n", exc) for r, exc in refused]
@@ -446,7 +448,7 @@ class AuditWriter:
         # Attachments after their records (a batch of them at most: content is rare).
         for start in range(0, len(attachments), SHIP_BATCH):
             chunk = attachments[start : start + SHIP_BATCH]
-            kept = await _refused_of(chunk, self._insert_attachments)
+            kept = await _refused_alone(chunk, self._insert_attachments)
             if kept:
                 await self._keep_refused([("an attachment", b"+%s\n" % a, exc) for a, exc in kept])
         self.spool.delete(path)
@@ -458,6 +460,18 @@ def _spool_lines(entry: _Entry) -> bytes:
     if entry.attachment is None:
         return entry.record.body + b"\n"
     return b"%s\n+%s\n" % (entry.record.body, entry.attachment)
+
+
+async def _refused_alone(
+    items: Sequence[_Item], insert: Callable[[Sequence[_Item]], Awaitable[None]]
+) -> list[tuple[_Item, Exception]]:
+    """``_refused_of``, but a store that refuses every one of several items is taken to be
+    unable to write (a schema out of step with the code, say), not to be refusing what they
+    hold: its error is raised and the batch waits, rather than everything being set aside."""
+    refused = await _refused_of(items, insert)
+    if len(items) > 1 and len(refused) == len(items):
+        raise refused[0][1]
+    return refused
 
 
 async def _refused_of(
