@@ -256,10 +256,11 @@ class Pipeline:
             if upstream.status >= 400:
                 body = await upstream.read()
                 err = upstream_error(
-                    target.account, upstream.status, target.adapter.error_message(body)
+                    target.account,
+                    upstream.status,
+                    target.adapter.error_message(body),
+                    upstream.headers.get("retry-after"),
                 )
-                if upstream.status in (429, 503, 529) and "retry-after" in upstream.headers:
-                    err.headers["retry-after"] = upstream.headers["retry-after"]
                 return None, self._failed(attempt, err, started)
             if ctx.stream:
                 attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000

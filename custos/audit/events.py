@@ -126,17 +126,15 @@ def outcome_of(code: str | None, status: int, disconnected: bool) -> str:
 
 
 def llm_call(
-    ctx: RequestContext, gateway: GatewayInfo, ended_ns: int | None = None
+    ctx: RequestContext, gateway: GatewayInfo, ended_ns: int
 ) -> tuple[dict[str, Any], int]:
     """The ``llm.call`` record of a settled request, and its ``time_start`` in Unix ms.
-    ``ended_ns``: when the request was settled (``time.monotonic_ns``; default now)."""
+    ``ended_ns``: when the request was settled (``time.monotonic_ns``)."""
     runtime = ctx.runtime
     principal = ctx.principal
     served = ctx.served
     usage = ctx.usage or _NO_USAGE
     start_ms = ctx.started_unix_ms
-    if ended_ns is None:
-        ended_ns = time.monotonic_ns()
     latency_ms = (ended_ns - ctx.started_ns) // 1_000_000
     status = ctx.status
     code = ctx.error_code

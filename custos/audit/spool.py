@@ -121,10 +121,7 @@ class Spool:
             raise SpoolFull(f"the audit spool {self.path} is full ({self.max_bytes} bytes)")
         segment = self._current
         assert segment is not None and self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        _write_all(self._fd, data)
         segment.size += len(data)
         segment.written += count
         if segment.size >= self.segment_bytes:
@@ -137,11 +134,7 @@ class Spool:
             os.fsync(self._fd)
         if self._dir_dirty:
             self._dir_dirty = False
-            dir_fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(self.path)
 
     def rotate(self) -> int:
         """Seal the current segment and start a new one; returns the sealed segment's id."""
@@ -182,18 +175,12 @@ class Spool:
         path = directory / f"{segment_id:012d}{_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        for synced in (directory, self.path):
-            dir_fd = os.open(synced, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        _fsync_dir(directory)
+        _fsync_dir(self.path)  # the directory's own entry, when it was just made
         return path
 
     # -- reading -------------------------------------------------------------------------------
@@ -264,6 +251,21 @@ class Spool:
                 return
             self._segments.pop(segment.id, None)
             segment.path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the directory's entries (files created or removed in it) durable."""
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _segment_id(path: Path) -> int:

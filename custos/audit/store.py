@@ -5,17 +5,18 @@ Contracts:
 - ``insert`` writes a batch of sealed records and their projections in one transaction, with
   ``ON CONFLICT DO NOTHING`` everywhere: inserting a record twice (a spool replayed after a
   crash, a batch retried after a timeout whose commit did land) changes nothing.
-- The projections (``audit_llm_calls``, ``audit_llm_call_data_classes``) are derived by the
-  database from the stored bytes of the ``llm.call`` records the batch added, so they say
-  exactly what the records say, with one exception: a NUL character, which PostgreSQL text
-  cannot hold, is projected as U+FFFD on both dialects. On PostgreSQL this reads the bytes as
-  UTF-8 text in the database's encoding, so the database must be able to hold every character
-  a record may carry (``UTF8``, the usual encoding).
+- The projections (``audit_llm_calls``, ``audit_llm_call_data_classes``) say exactly what the
+  records say. On PostgreSQL the database derives them from the stored bytes of the
+  ``llm.call`` records the batch added, with one exception: a NUL character, which PostgreSQL
+  text cannot hold, is projected as U+FFFD; this reads the bytes as UTF-8 text in the
+  database's encoding, so the database must be able to hold every character a record may carry
+  (``UTF8``, the usual encoding). On SQLite they are bound from the records' parsed fields.
 - On SQLite that transaction also appends the records to the Merkle log (``insert_in``).
 - Reads never re-serialise a record: ``record`` comes back as the stored bytes.
 - Times are stored as the dialect's time type (SQLite: fixed-width ISO text; PostgreSQL:
-  ``timestamptz``), converted exactly from Unix milliseconds (``time_start``) or from the
-  record's millisecond RFC 3339 text (``time_end``).
+  ``timestamptz``), converted exactly: ``time_start`` from Unix milliseconds, ``time_end``
+  from the record's millisecond RFC 3339 text (PostgreSQL) or as ``time_start`` plus
+  ``latency_ms``, which is what that text says (SQLite).
 """
 
 from __future__ import annotations

@@ -375,13 +375,11 @@ class AuditWriter:
 
     async def _ship_batch(self) -> None:
         batch = self._pending[:SHIP_BATCH]
-        refused = await _refused_alone(batch, self._insert_entries)
-        if refused:
-            await self._keep_refused(
-                [(f"record {e.record.event_id}", _spool_lines(e), exc) for e, exc in refused]
-            )
+        refused = await self._store(
+            batch, self._insert_entries, lambda e: (f"record {e.record.event_id}", _spool_lines(e))
+        )
         del self._pending[: len(batch)]
-        failed = {id(e) for e, _ in refused}
+        failed = {id(e) for e in refused}
         counts: dict[int, int] = {}
         for entry in batch:
             counts[entry.segment] = counts.get(entry.segment, 0) + 1
@@ -393,29 +391,37 @@ class AuditWriter:
         for segment, count in counts.items():
             self.spool.mark_shipped(segment, count)
 
+    async def _insert(
+        self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
+    ) -> None:
+        async with asyncio.timeout(SHIP_TIMEOUT_S):
+            await self.store.insert(records, attachments)
+
     async def _insert_entries(self, entries: Sequence[_Entry]) -> None:
-        async with asyncio.timeout(SHIP_TIMEOUT_S):
-            attachments = [e.attachment for e in entries if e.attachment is not None]
-            await self.store.insert([e.record for e in entries], attachments)
+        attachments = [e.attachment for e in entries if e.attachment is not None]
+        await self._insert([e.record for e in entries], attachments)
 
-    async def _insert_records(self, records: Sequence[SealedRecord]) -> None:
-        async with asyncio.timeout(SHIP_TIMEOUT_S):
-            await self.store.insert(records)
-
-    async def _insert_attachments(self, attachments: Sequence[bytes]) -> None:
-        async with asyncio.timeout(SHIP_TIMEOUT_S):
-            await self.store.insert([], attachments)
-
-    async def _keep_refused(self, refused: list[tuple[str, bytes, Exception]]) -> None:
-        """Keep what the store refused (what it was, its spool lines, the store's error) in
-        the spool's ``refused/``, durably, and say so."""
-        data = b"".join(lines for _, lines, _ in refused)
+    async def _store(
+        self,
+        items: Sequence[_Item],
+        insert: Callable[[Sequence[_Item]], Awaitable[None]],
+        described: Callable[[_Item], tuple[str, bytes]],
+    ) -> list[_Item]:
+        """Insert ``items`` (``_refused_alone``); those the store refused on their own are
+        kept in the spool's ``refused/`` (durably, as ``described`` gives their spool lines),
+        logged (as ``described`` names them) and counted. Returns them."""
+        refused = await _refused_alone(items, insert)
+        if not refused:
+            return []
+        kept = [(described(item), exc) for item, exc in refused]
+        data = b"".join(lines for (_, lines), _ in kept)
         path = await asyncio.get_running_loop().run_in_executor(None, self.spool.keep_refused, data)
-        metrics.AUDIT_REFUSED.inc(len(refused))
-        for what, _, exc in refused:
+        metrics.AUDIT_REFUSED.inc(len(kept))
+        for (what, _), exc in kept:
             reason = str(exc).splitlines()[0] if str(exc) else ""
             name = type(exc).__name__
             log.error("audit store refused %s (%s: %s); kept in %s", what, name, reason, path)
+        return [item for item, _ in refused]
 
     async def _recover(self) -> None:
         """After an overflow: once the store answers, seal the current segment (from then on
@@ -439,18 +445,18 @@ class AuditWriter:
         if skipped:
             log.error("audit spool %s: %d torn or corrupt line(s) skipped", path.name, skipped)
         for start in range(0, len(records), SHIP_BATCH):
-            chunk = records[start : start + SHIP_BATCH]
-            refused = await _refused_alone(chunk, self._insert_records)
-            if refused:
-                await self._keep_refused(
-                    [(f"record {r.event_id}", r.body + b"\n", exc) for r, exc in refused]
-                )
+            await self._store(
+                records[start : start + SHIP_BATCH],
+                self._insert,
+                lambda r: (f"record {r.event_id}", r.body + b"\n"),
+            )
         # Attachments after their records (a batch of them at most: content is rare).
         for start in range(0, len(attachments), SHIP_BATCH):
-            chunk = attachments[start : start + SHIP_BATCH]
-            kept = await _refused_alone(chunk, self._insert_attachments)
-            if kept:
-                await self._keep_refused([("an attachment", b"+%s\n" % a, exc) for a, exc in kept])
+            await self._store(
+                attachments[start : start + SHIP_BATCH],
+                lambda chunk: self._insert((), chunk),
+                lambda a: ("an attachment", b"+%s\n" % a),
+            )
         self.spool.delete(path)
         return len(records)
 

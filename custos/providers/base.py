@@ -219,15 +219,25 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def upstream_error(account: str, status: int, message: str | None) -> GatewayError:
+def upstream_error(
+    account: str, status: int, message: str | None, retry_after: str | None = None
+) -> GatewayError:
     """Map a provider's error status to what the caller sees.
 
     The caller's own mistakes (400, 413, 422) keep their status and the provider's explanation;
     the provider limiting us keeps 429; problems with the gateway's credentials or configuration
     (401, 403, 404) are the operator's, not the caller's, and become 502 without the provider's
     text, which can echo part of a key. A provider asking for a pause (503, and Anthropic's 529
-    "overloaded") is 503: the caller should back off, not take it for a failure.
+    "overloaded") is 503: the caller should back off, not take it for a failure. With 429 and
+    those, the provider's ``retry_after`` goes to the caller.
     """
+    err = _upstream_error(account, status, message)
+    if retry_after is not None and status in (429, 503, 529):
+        err.headers["retry-after"] = retry_after
+    return err
+
+
+def _upstream_error(account: str, status: int, message: str | None) -> GatewayError:
     detail = f": {message[:500]}" if message else ""
     if status in (400, 413, 422):
         return GatewayError(

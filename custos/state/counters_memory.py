@@ -184,7 +184,6 @@ class MemoryCounters(Counters):
     ) -> Admission:
         """Reserve on every budget and add to every window (all were checked to have room);
         the states after the change, and the ticket to settle it."""
-        budget_states = []
         for charge, counter in zip(budgets, found, strict=True):
             holds = counter.holds
             if rid not in holds:
@@ -195,17 +194,14 @@ class MemoryCounters(Counters):
                 counter.expires_at_ms = charge.expires_at_ms
                 self._index(charge)
                 counter.indexed = True
-            budget_states.append(BudgetState(counter.spent, counter.reserved))
         placed = []
-        window_states = []
-        for charge, (window, current, width) in zip(windows, spans, strict=True):
+        for charge, (window, current, _) in zip(windows, spans, strict=True):
             buckets = window.buckets
             buckets[current] = buckets.get(current, 0) + charge.amount
             window.total += charge.amount
             placed.append((charge, current))
-            window_states.append(WindowState(window.total, (current + BUCKETS + 1) * width - now))
-        ticket = Ticket(rid, tuple(budgets), tuple(placed))
-        return Admission(True, None, None, tuple(budget_states), tuple(window_states), ticket)
+        states = _budget_states(found), _window_states(spans, now)
+        return Admission(True, None, None, *states, Ticket(rid, tuple(budgets), tuple(placed)))
 
     def settle(self, ticket: Ticket, cost_micros: int, tokens: int) -> None:
         sink = self.sink
@@ -218,8 +214,7 @@ class MemoryCounters(Counters):
             hold = counter.holds.pop(ticket.rid, None) if ticket.rid else None
             if hold is not None:
                 counter.reserved -= hold[0]
-                if len(counter.heap) > 2 * len(counter.holds) + 32:  # (inline: rarely true)
-                    counter.compact()
+                counter.compact()
             counter.spent += cost_micros
             if sink is not None:
                 sink.budget_settled(charge, cost_micros, None, counter.spent)
