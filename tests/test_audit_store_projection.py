@@ -91,6 +91,10 @@ def call(n: int, at_ms: int, latency_ms: int, **fields: Any) -> SealedRecord:
     return seal(record, at_ms=at_ms)
 
 
+#: record 6's time_end, written with an offset instead of ``Z``.
+LATER_END = "2026-07-01T00:00:40.012+00:00"
+
+
 def varied() -> list[SealedRecord]:
     denied = {
         "outcome": "denied", "stopped_at": "rate_limit", "error.type": "rate_limit_exceeded",
@@ -115,6 +119,9 @@ def varied() -> list[SealedRecord]:
         # A NUL in a projected field (PostgreSQL text cannot hold it), and the escape's text.
         call(4, JULY + 20_000, 5, **{"gen_ai.request.model": "m\u0000x\\u0000y"}),
         call(5, JULY + 30_000, 0, data_classes=[{"class": "x", "count": 0, "source": "s"}]),
+        # Times in other RFC 3339 shapes than the gateway writes (a record from elsewhere,
+        # replayed): the same instants are stored.
+        call(6, JULY + 40_000, 12, time_start="2026-07-01T00:00:40Z", time_end=LATER_END),
     ]
 
 

@@ -35,6 +35,7 @@ Never in a record: the bearer token (only its id), provider keys, request or res
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -244,10 +245,16 @@ _RULE_SECTIONS = (
     ("guardrails", "guardrails"),
 )
 _RULE_STAGES: WeakKeyDictionary[Runtime, dict[str, str]] = WeakKeyDictionary()
+#: The last revision looked up and its stages (a ``WeakKeyDictionary`` lookup makes a weak
+#: reference each time: a tenth of building a record).
+_LAST_RULE_STAGES: list[Any] = []
 
 
 def _rule_stages(runtime: Runtime) -> dict[str, str]:
     """Rule id → the stage whose rule it is, for one revision (built once per revision)."""
+    last = _LAST_RULE_STAGES
+    if last and last[0]() is runtime:  # the revision being served: no weak-dict lookup
+        return last[1]
     stages = _RULE_STAGES.get(runtime)
     if stages is None:
         stages = {}
@@ -260,6 +267,7 @@ def _rule_stages(runtime: Runtime) -> dict[str, str]:
         for index, rule in enumerate(config.access):
             stages[rule.id or f"access[{index}]"] = "authorize"
         _RULE_STAGES[runtime] = stages
+    _LAST_RULE_STAGES[:] = [weakref.ref(runtime), stages]
     return stages
 
 

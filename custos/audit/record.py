@@ -134,10 +134,12 @@ def new_salt() -> str:
     return _random.take(16).hex()
 
 
-def uuid7(at_ms: int | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, version, 74 random bits."""
+def uuid7(at_ms: int | None = None, rand: bytes | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, version, 74 random bits (from
+    ``rand``, 10 random bytes, when the caller drew them)."""
     ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
-    rand = _random.take(10)
+    if rand is None:
+        rand = _random.take(10)
     # Bytes 6 and 8 carry the version (7) and the RFC variant (0b10) in their high bits; the
     # remaining 4 + 8 + 6 + 56 = 74 bits are random.
     text = (
@@ -173,11 +175,13 @@ def unix_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SealedRecord:
     """A record in its final form: the canonical bytes, their leaf hash, and the parsed fields.
 
-    ``fields`` is what ``body`` says (it is parsed from or serialised to it); never change it.
+    Never change one: ``fields`` is what ``body`` says (it is parsed from or serialised to it)
+    and ``leaf_hash`` is the hash of ``body``. (Not a frozen dataclass only because one is
+    made per request, and a frozen one costs four times as much to make.)
     """
 
     event_id: str
@@ -198,8 +202,13 @@ def seal(record: dict[str, Any], *, at_ms: int, check: bool = True) -> SealedRec
     if event_type not in EVENT_TYPES:
         raise NotCanonical(f"unknown event_type {event_type!r}")
     record.setdefault("schema_version", SCHEMA_VERSION)
-    record.setdefault("event_id", uuid7(at_ms))
-    record.setdefault("salt", new_salt())
+    if "event_id" not in record and "salt" not in record:  # one draw for both
+        rand = _random.take(26)
+        record["event_id"] = uuid7(at_ms, rand[:10])
+        record["salt"] = rand[10:].hex()
+    else:
+        record.setdefault("event_id", uuid7(at_ms))
+        record.setdefault("salt", new_salt())
     body = canonical_bytes(record, check=check)
     return SealedRecord(record["event_id"], event_type, at_ms, body, leaf_hash(body), record)
 

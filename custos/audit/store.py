@@ -54,6 +54,14 @@ def _sqlite_time(ms: int) -> str:
     return f"{_second(seconds)}.{rest:03d}000+00:00"
 
 
+def _sqlite_text(rfc3339: object, ms: int) -> str:
+    """``_sqlite_time(ms)`` from the record's own text for that instant when it has the fixed
+    shape ``rfc3339_ms`` writes (``2026-07-01T12:00:00.123Z``): a slice instead of a format."""
+    if type(rfc3339) is str and len(rfc3339) == 24 and rfc3339[-1] == "Z":
+        return rfc3339[:-1] + "000+00:00"
+    return _sqlite_time(ms)
+
+
 @functools.lru_cache(maxsize=64)
 def _second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
@@ -329,32 +337,38 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
 async def _insert_sqlite(tx: Tx, records: Sequence[SealedRecord]) -> None:
     before = await tx.fetchrow("SELECT COALESCE(MAX(ingest_id), 0) AS n FROM audit_events")
     assert before is not None
-    at = _sqlite_time
-    now = at(time.time_ns() // 1_000_000)
-    await tx.executemany(
+    now = _sqlite_time(time.time_ns() // 1_000_000)
+    starts = [_sqlite_text(r.fields["time_start"], r.at_ms) for r in records]
+    inserted = await tx.executemany(
         _SQLITE_INSERT_EVENT,
-        [(r.event_id, r.event_type, at(r.at_ms), r.body, r.leaf_hash, now) for r in records],
-    )
-    calls = [r for r in records if r.event_type == LLM_CALL]
+        [(r.event_id, r.event_type, start, r.body, r.leaf_hash, now)
+         for r, start in zip(records, starts, strict=True)],
+    )  # fmt: skip
+    calls = [(r, start) for r, start in zip(records, starts, strict=True)
+             if r.event_type == LLM_CALL]  # fmt: skip
     if calls:
         # time_end is time_start + latency_ms, as the record's own time_end says.
         await tx.executemany(
             _SQLITE_INSERT_CALL,
             [
-                (r.event_id, at(r.at_ms), at(r.at_ms + r.fields["latency_ms"]),
+                (r.event_id, start,
+                 _sqlite_text(r.fields["time_end"], r.at_ms + r.fields["latency_ms"]),
                  *_call_values(r.fields))
-                for r in calls
+                for r, start in calls
             ],
         )  # fmt: skip
         classes = [
-            (r.event_id, c["class"], c["source"], c["count"], at(r.at_ms))
-            for r in calls
+            (r.event_id, c["class"], c["source"], c["count"], start)
+            for r, start in calls
             for c in r.fields["data_classes"]
         ]
         if classes:
             await tx.executemany(_SQLITE_INSERT_CLASS, classes)
-    # The rows this transaction added (a replayed record was skipped by ON CONFLICT): rowids
-    # only grow, so they are exactly those past the largest before it.
+    if inserted == len(records):  # every record is new: they were added in this order
+        await append_leaves(tx, [(r.event_id, r.leaf_hash) for r in records])
+        return
+    # Some were stored already (a replay: ON CONFLICT skipped them). Rowids only grow, so the
+    # rows this transaction added are exactly those past the largest before it.
     added = await tx.fetch(
         "SELECT event_id FROM audit_events WHERE ingest_id > $1 ORDER BY ingest_id", before["n"]
     )

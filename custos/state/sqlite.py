@@ -171,9 +171,9 @@ class _SQLiteTx:
         except sqlite3.IntegrityError as exc:
             raise _translate(exc) from exc
 
-    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
         try:
-            self._conn.executemany(_sql(sql), rows)
+            return self._conn.executemany(_sql(sql), rows).rowcount
         except sqlite3.IntegrityError as exc:
             raise _translate(exc) from exc
 
@@ -187,9 +187,9 @@ class _SQLiteTx:
     async def execute(self, sql: str, *args: Any) -> int:
         return await self._store._run(self._execute, sql, args)
 
-    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> int:
         rows = args if isinstance(args, list) else list(args)
-        await self._store._run(self._executemany, sql, rows)
+        return await self._store._run(self._executemany, sql, rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return await self._store._run(self._fetch, sql, args)

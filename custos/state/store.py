@@ -75,7 +75,9 @@ class Tx(Protocol):
 
     async def execute(self, sql: str, *args: Any) -> int: ...
 
-    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None: ...
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> int | None:
+        """Run ``sql`` once per row of ``args``; the rows it changed in all, where the driver
+        counts them (SQLite), else ``None``."""
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
 
