@@ -154,11 +154,12 @@ def rfc3339_ms(at_ms: int) -> str:
     """``2026-07-01T12:00:00.123Z``: UTC, millisecond precision, fixed width (text order is
     time order)."""
     seconds, ms = divmod(at_ms, 1000)
-    return f"{_second(seconds)}.{ms:03d}Z"
+    return f"{utc_second(seconds)}.{ms:03d}Z"
 
 
 @functools.lru_cache(maxsize=64)
-def _second(seconds: int) -> str:
+def utc_second(seconds: int) -> str:
+    """``2026-07-01T12:00:00``: a Unix second in UTC (cached: records come many a second)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 

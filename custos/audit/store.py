@@ -21,7 +21,6 @@ Contracts:
 
 from __future__ import annotations
 
-import functools
 import operator
 import sqlite3
 import time
@@ -33,7 +32,7 @@ from typing import Any, Final
 import orjson
 
 from custos.audit.content_store import insert_attachments
-from custos.audit.record import LLM_CALL, SealedRecord
+from custos.audit.record import LLM_CALL, SealedRecord, utc_second
 from custos.audit.sequencer import append_leaves
 from custos.state.errors import Conflict, Invalid
 from custos.state.models import utcnow
@@ -51,7 +50,7 @@ def _sqlite_time(ms: int) -> str:
     """The text the SQLite store keeps times as (``custos.state.sqlite``'s format), made from
     Unix ms directly: converting a datetime per column costs more than the insert itself."""
     seconds, rest = divmod(ms, 1000)
-    return f"{_second(seconds)}.{rest:03d}000+00:00"
+    return f"{utc_second(seconds)}.{rest:03d}000+00:00"
 
 
 def _sqlite_text(rfc3339: object, ms: int) -> str:
@@ -60,11 +59,6 @@ def _sqlite_text(rfc3339: object, ms: int) -> str:
     if type(rfc3339) is str and len(rfc3339) == 24 and rfc3339[-1] == "Z":
         return rfc3339[:-1] + "000+00:00"
     return _sqlite_time(ms)
-
-
-@functools.lru_cache(maxsize=64)
-def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 _EVENT_COLUMNS = "event_id, event_type, at, record, leaf_hash, received_at"
