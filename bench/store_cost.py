@@ -121,15 +121,14 @@ def sqlite_alone(path: str, records: list[SealedRecord], batch: int) -> str:
         conn.executescript(script)
     events = "INSERT INTO audit_events (event_id, event_type, at, record, leaf_hash, received_at)"
     values = ", ".join("?" * 23)
-    text = audit_store._sqlite_text
+    text = audit_store._sqlite_time
     now = audit_store._sqlite_time(time.time_ns() // 1_000_000)
     rows = [
-        (r.event_id, r.event_type, text(r.fields["time_start"], r.at_ms), r.body, r.leaf_hash,
-         now)
+        (r.event_id, r.event_type, text(r.at_ms), r.body, r.leaf_hash, now)
         for r in records
     ]  # fmt: skip
     calls = [
-        (r.event_id, text(r.fields["time_start"], r.at_ms), text(r.fields["time_end"], 0),
+        (r.event_id, text(r.at_ms), text(r.at_ms + r.fields["latency_ms"]),
          *audit_store._call_values(r.fields))
         for r in records
     ]  # fmt: skip

@@ -225,3 +225,32 @@ async def test_large_batches_project_every_record_once(store: Store) -> None:  #
         async with store.transaction(readonly=True) as tx:
             leaves = await tx.fetch("SELECT event_id FROM audit_leaves ORDER BY seq")
         assert [x["event_id"] for x in leaves] == [r.event_id for r in records]
+
+
+async def test_events_are_stored_exactly_as_sealed(store: Store) -> None:  # noqa: F811
+    """Every record's bytes, leaf hash, id, type and time arrive exactly, in batch order,
+    whichever way the batch travels: PostgreSQL takes a batch as one value per column (ids and
+    times one per line, records cut apart by their lengths) unless an id could not be told
+    apart so (a newline in it, say, from a replayed spool), or the batch is one record."""
+    records = [*varied(), other(7, "auth.failure")]
+    odd = call(8, JULY + 50_000, 3, event_id="id with a\nnewline")
+    # The store goes by at_ms, also where the record's own time_start says otherwise.
+    drifted = call(9, JULY + 60_000, 4, time_start=rfc3339_ms(JULY))
+    batches = [[*records[:3], drifted], [records[3]], [records[4], odd, *records[5:]]]
+    audit = AuditStore(store)
+    for batch in batches:
+        await audit.insert(batch)
+    sent = [r for batch in batches for r in batch]
+    async with store.transaction(readonly=True) as tx:
+        rows = await tx.fetch(
+            "SELECT event_id, event_type, at, record, leaf_hash FROM audit_events"
+            " ORDER BY ingest_id"
+        )
+    assert [r["event_id"] for r in rows] == [r.event_id for r in sent]
+    for row, r in zip(rows, sent, strict=True):
+        assert bytes(row["record"]) == r.body and bytes(row["leaf_hash"]) == r.leaf_hash
+        assert row["event_type"] == r.event_type
+        assert row["at"] == expected_time(store.dialect, r.at_ms)
+    calls, _ = await projections(store)
+    for r in (odd, drifted):
+        same_typed(calls[r.event_id], expected_call(store.dialect, r))
