@@ -342,9 +342,9 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
     On PostgreSQL one statement inserts the batch (one value per column, or arrays: see
     ``_PG_FROM_JOINED``) and derives the projection rows of the ``llm.call`` records it
     actually added from their bytes, so the work of projecting is the database server's, not
-    the gateway's. On SQLite (in the gateway's process either
-    way) the projection rows are bound from the records' fields, which costs less than having
-    SQLite parse each record again.
+    the gateway's. On SQLite (in the gateway's process either way) the projection rows are
+    bound from the records' fields, which costs less than having SQLite parse each record
+    again.
 
     On SQLite the same transaction also appends the records it stored to the Merkle log
     (``append_leaves``): SQLite runs one writing transaction at a time, so whoever inserts can
