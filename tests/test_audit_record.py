@@ -78,6 +78,10 @@ def test_seal_completes_and_unseal_checks() -> None:
     sealed = seal({"event_type": "llm.call", "time_start": rfc3339_ms(at)}, at_ms=at)
     assert sealed.fields["schema_version"] == 1
     assert len(bytes.fromhex(sealed.fields["salt"])) == 16
+    event_id = uuid.UUID(sealed.event_id)  # a UUIDv7 of the record's time, and a salt of its own
+    assert event_id.version == 7 and int.from_bytes(event_id.bytes[:6], "big") == at
+    assert event_id.bytes[9:].hex() not in sealed.fields["salt"]  # (the id's last 56 bits)
+    assert sealed.fields["salt"][:14] not in event_id.hex
     assert sealed.leaf_hash == leaf_hash(sealed.body)
     back = unseal(sealed.body)
     assert (back.event_id, back.at_ms, back.leaf_hash) == (sealed.event_id, at, sealed.leaf_hash)
