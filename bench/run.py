@@ -822,7 +822,22 @@ def compare_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str
     return figures
 
 
-def compare_verdicts(figures: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def paired_changes(runs: dict[str, list[dict[str, Any]]], variant: str, base: str) -> list[float]:
+    """The throughput change of ``variant`` against ``base`` in each round, both measured in
+    that round (minutes apart at most): a machine whose speed drifts during the run moves both
+    figures of a round together, so the spread of these changes says how far the verdict on
+    the medians can be trusted."""
+    base_of = {r["round"]: r["requests_per_s"] for r in runs.get(base, [])}
+    return [
+        round(100 * (r["requests_per_s"] / base_of[r["round"]] - 1), 1)
+        for r in runs.get(variant, [])
+        if base_of.get(r["round"])
+    ]
+
+
+def compare_verdicts(
+    figures: dict[str, dict[str, float]], runs: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
     verdicts = []
     for variant, base, allowed, what in COMPARISONS:
         if variant not in figures or base not in figures:
@@ -837,6 +852,7 @@ def compare_verdicts(figures: dict[str, dict[str, float]]) -> list[dict[str, Any
                 "what": what,
                 "throughput_change_pct": round(rps_change, 1),
                 "cpu_per_request_change_pct": round(cpu_change, 1),
+                "per_round_change_pct": paired_changes(runs, variant, base),
                 "allowed_drop_pct": allowed,
                 "ok": None if allowed is None else rps_change >= -allowed,
             }
@@ -880,6 +896,13 @@ def compare_summary(b: Bench, report: dict[str, Any]) -> str:
             f"{v['variant']} vs {v['against']}: throughput {v['throughput_change_pct']:+.1f} %, "
             f"CPU/request {v['cpu_per_request_change_pct']:+.1f} %  {verdict}  ({v['what']})"
         )
+        per_round = v["per_round_change_pct"]
+        if len(per_round) > 1:
+            lines.append(
+                f"    per round: {min(per_round):+.1f} to {max(per_round):+.1f} %, median "
+                f"{_median(per_round):+.1f} % (each round's {v['variant']} against its "
+                f"{v['against']})"
+            )
     lines.append("-" * 96)
     lines.extend(f"WARNING: {w}" for w in b.warnings)
     lines.extend(f"PROBLEM: {p}" for p in b.problems)
@@ -1169,7 +1192,7 @@ def main_compare(bench: Bench, variants: list[str], rounds: int) -> int:
         "rounds": rounds,
         "runs": runs,
         "figures": figures,
-        "verdicts": compare_verdicts(figures),
+        "verdicts": compare_verdicts(figures, runs),
         "problems": bench.problems,
         "warnings": bench.warnings,
     }
