@@ -13,6 +13,7 @@ from custos.audit.record import SealedRecord, rfc3339_ms, seal
 from custos.audit.spool import Spool, SpoolError
 from custos.audit.writer import AuditWriter
 from custos.state.store import Store, open_store
+from custos.telemetry import metrics
 from tests.audit_helpers import FlakyStore
 
 
@@ -112,6 +113,10 @@ async def test_a_full_spool_refuses_rather_than_drops(store: Store, tmp_path: Pa
     await settle(lambda: writer.admit() is not None)
     assert writer.admit() == "the audit spool is full"
     assert writer.dropped == 0
+    # What the shipped alert rules compare (deploy/prometheus/custos-rules.yml).
+    sample = metrics.REGISTRY.get_sample_value
+    assert sample("custos_audit_spool_max_bytes") == 1 << 20
+    assert 0.9 < sample("custos_audit_spool_bytes") / sample("custos_audit_spool_max_bytes") <= 1
     flaky.down = False  # the store returns: the spool drains, the queue is spooled, all shipped
     await settle(
         lambda: writer.admit() is None and not writer._queue and not writer._pending, timeout=30

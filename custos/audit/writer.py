@@ -136,6 +136,7 @@ class AuditWriter:
         )
         metrics.AUDIT_UNSHIPPED.set_function(lambda: len(self._pending))
         metrics.AUDIT_SPOOL_BYTES.set_function(lambda: self.spool.total_bytes)
+        metrics.AUDIT_SPOOL_MAX_BYTES.set_function(lambda: self.spool.max_bytes)
         metrics.AUDIT_STORE_UP.set_function(lambda: 1 if self.store_ok else 0)
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -92,6 +92,11 @@ AUDIT_UNSHIPPED = Gauge(
 AUDIT_SPOOL_BYTES = Gauge(
     "custos_audit_spool_bytes", "Size of the local audit spool.", registry=REGISTRY
 )
+AUDIT_SPOOL_MAX_BYTES = Gauge(
+    "custos_audit_spool_max_bytes",
+    "The spool's bound (audit.spool.max_bytes): at it, new requests are refused.",
+    registry=REGISTRY,
+)
 AUDIT_STORE_UP = Gauge(
     "custos_audit_store_up", "1 while the store accepts audit records, else 0.", registry=REGISTRY
 )
