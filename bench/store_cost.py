@@ -30,7 +30,7 @@ from typing import Any
 from custos.audit import store as audit_store
 from custos.audit.merkle import Frontier
 from custos.audit.record import SealedRecord, rfc3339_ms, seal
-from custos.state.migrations import m0003_audit, m0006_audit_lean
+from custos.state.migrations import m0003_audit, m0006_audit_lean, m0008_audit_type_index
 from custos.state.store import open_store
 
 #: 2026-07-01T00:00:00Z
@@ -117,7 +117,7 @@ def sqlite_alone(path: str, records: list[SealedRecord], batch: int) -> str:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
-    for script in (m0003_audit.SQLITE, m0006_audit_lean._DROPPED):
+    for script in (m0003_audit.SQLITE, m0006_audit_lean._DROPPED, m0008_audit_type_index.SQLITE):
         conn.executescript(script)
     events = "INSERT INTO audit_events (event_id, event_type, at, record, leaf_hash, received_at)"
     values = ", ".join("?" * 23)
