@@ -10,14 +10,15 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from custos.state import store as store_module
-from custos.state.errors import Conflict, Invalid, MigrationError, NotFound
+from custos.state.errors import Conflict, Invalid, MigrationError, NotFound, StoreError
 from custos.state.migrations import Migration, all_migrations
 from custos.state.models import Actor, TokenRecord
 from custos.state.store import Store, migrate, open_store
-from tests.store_fixtures import pg_url, store, store_url  # noqa: F401  (fixtures)
+from tests.store_fixtures import PG_URL, pg_url, require_pg, store, store_url  # noqa: F401  (fixtures)
 
 ADMIN = Actor("user:usr_admin", "admin")
 TABLES = {"users", "teams", "team_members", "virtual_accounts", "tokens", "admin_events"}
@@ -124,6 +125,25 @@ async def test_open_store_rejects_unknown_urls() -> None:
         await open_store("mysql://localhost/custos")
     with pytest.raises(Invalid):
         await open_store("custos.db")
+
+
+async def test_a_postgresql_database_not_in_utf8_is_refused_at_open() -> None:
+    """Audit records are UTF-8 text the database parses: in a LATIN1 database any record with
+    a character LATIN1 lacks would be refused by the store and set aside, one by one."""
+    await require_pg()
+    name = f"custos_latin1_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(
+            f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+        with pytest.raises(StoreError, match="LATIN1 encoding; custos needs UTF8"):
+            opened = await open_store(PG_URL.rsplit("/", 1)[0] + f"/{name}")
+            await opened.close()  # reached only when the database was wrongly accepted
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
 
 
 async def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:

@@ -55,6 +55,14 @@ class PostgresStore(Store):
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=self._min_size, max_size=self._max_size
         )
+        encoding = await self._pool.fetchval("SELECT current_setting('server_encoding')")
+        if encoding != "UTF8":
+            await self.close()
+            raise StoreError(
+                f"the PostgreSQL database uses the {encoding} encoding; custos needs UTF8 (audit"
+                " records are UTF-8 text the database parses, and names may hold any character)."
+                " Create the database with ENCODING 'UTF8'."
+            )
 
     async def close(self) -> None:
         if self._pool is not None:
