@@ -196,6 +196,11 @@ async def test_projection_equals_the_record_fields(store: Store) -> None:  # noq
     for c in classes:
         assert c["match_count"] is None or type(c["match_count"]) is int
     assert await audit.count() == len(records) + len(others)
+    if store.dialect == "sqlite":  # the log: each record once, in insertion order
+        async with store.transaction(readonly=True) as tx:
+            events = await tx.fetch("SELECT event_id FROM audit_events ORDER BY ingest_id")
+            leaves = await tx.fetch("SELECT event_id FROM audit_leaves ORDER BY seq")
+        assert [x["event_id"] for x in leaves] == [e["event_id"] for e in events]
 
 
 async def test_large_batches_project_every_record_once(store: Store) -> None:  # noqa: F811

@@ -10,7 +10,8 @@ Contracts:
   ``llm.call`` records the batch added, with one exception: a NUL character, which PostgreSQL
   text cannot hold, is projected as U+FFFD; this reads the bytes as UTF-8 text in the
   database's encoding, so the database must be able to hold every character a record may carry
-  (``UTF8``, the usual encoding). On SQLite they are bound from the records' parsed fields.
+  (``UTF8``: ``PostgresStore.open`` refuses any other). On SQLite they are bound from the
+  records' parsed fields.
 - On SQLite that transaction also appends the records to the Merkle log (``insert_in``).
 - Reads never re-serialise a record: ``record`` comes back as the stored bytes.
 - Times are stored as the dialect's time type (SQLite: fixed-width ISO text; PostgreSQL:
@@ -359,8 +360,6 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
 
 
 async def _insert_sqlite(tx: Tx, records: Sequence[SealedRecord]) -> None:
-    before = await tx.fetchrow("SELECT COALESCE(MAX(ingest_id), 0) AS n FROM audit_events")
-    assert before is not None
     now = _sqlite_time(time.time_ns() // 1_000_000)
     starts = [_sqlite_time(r.at_ms) for r in records]  # at_ms is what the store goes by
     inserted = await tx.executemany(
@@ -391,14 +390,14 @@ async def _insert_sqlite(tx: Tx, records: Sequence[SealedRecord]) -> None:
     if inserted == len(records):  # every record is new: they were added in this order
         await append_leaves(tx, [(r.event_id, r.leaf_hash) for r in records])
         return
-    # Some were stored already (a replay: ON CONFLICT skipped them). Rowids only grow, so the
-    # rows this transaction added are exactly those past the largest before it.
+    # Some were stored already (a replay: ON CONFLICT skipped them). Each row added took the
+    # largest row id plus one, so the rows this transaction added are the ``inserted`` largest.
     added = await tx.fetch(
-        "SELECT event_id FROM audit_events WHERE ingest_id > $1 ORDER BY ingest_id", before["n"]
+        "SELECT event_id FROM audit_events ORDER BY ingest_id DESC LIMIT $1", inserted
     )
     if added:
         leaf_of = {r.event_id: r.leaf_hash for r in records}
-        await append_leaves(tx, [(a["event_id"], leaf_of[a["event_id"]]) for a in added])
+        await append_leaves(tx, [(a["event_id"], leaf_of[a["event_id"]]) for a in reversed(added)])
 
 
 async def _insert_postgresql(tx: Tx, records: Sequence[SealedRecord]) -> None:

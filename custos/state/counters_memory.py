@@ -148,16 +148,14 @@ class MemoryCounters(Counters):
                 denied = charge
         spans = []
         for charge in windows:
-            # ``bucket_ms`` inline: max(window_ms // BUCKETS, 1) for a positive window.
-            width = charge.window_ms // BUCKETS or 1
+            width = charge.bucket_ms
             window = self._windows.get(charge.key)
             if window is None:
                 window = self._windows[charge.key] = _Window(width)
             else:
                 window.width = width
             current = now // width
-            if window.oldest < current - BUCKETS:  # (inline: most requests move no bucket)
-                window.advance(current)
+            window.advance(current)
             spans.append((window, current, width))
             if denied is None and window.total + charge.amount > charge.limit:
                 denied = charge
