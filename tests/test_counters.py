@@ -11,17 +11,20 @@ import random
 import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from custos.state.counters import (
-    BudgetCharge,
+    Admission,
+    BudgetCounter,
     BudgetState,
     Counters,
     CountersUnavailable,
-    WindowCharge,
+    Ticket,
+    WindowCounter,
 )
 from custos.state.counters_memory import MemoryCounters
 from custos.state.counters_redis import RedisCounters
@@ -34,9 +37,9 @@ class Sink:
         self.settled: list[tuple[str, int, int | None, int | None]] = []
 
     def budget_settled(
-        self, charge: BudgetCharge, cost: int, epoch: int | None, spent: int | None
+        self, counter: BudgetCounter, cost: int, epoch: int | None, spent: int | None
     ) -> None:
-        self.settled.append((charge.key, cost, epoch, spent))
+        self.settled.append((counter.key, cost, epoch, spent))
 
 
 async def _drop_prefix(url: str, prefix: str) -> None:
@@ -62,7 +65,7 @@ async def require_redis() -> None:
 async def redis_counters(url: str, prefix: str, epoch: int = 1) -> RedisCounters:
     counters = RedisCounters(url, prefix=prefix)
 
-    async def seed() -> tuple[int, list[tuple[BudgetCharge, int]]]:
+    async def seed() -> tuple[int, list[tuple[BudgetCounter, int]]]:
         return epoch, []
 
     counters.seed_source = seed
@@ -88,13 +91,37 @@ async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Counters]:
         await _drop_prefix(REDIS_URL, prefix)
 
 
+class Charge(NamedTuple):
+    """A counter and what one request charges it (the contract takes one amount for all the
+    budgets and one for all the windows)."""
+
+    counter: BudgetCounter | WindowCounter
+    amount: int
+
+
 def budget(key: str = "b|x|total|", limit: int = 100, amount: int = 60, enforce: bool = True):
-    return BudgetCharge(key, limit, amount, enforce, 0, "", "bi|x|total")
+    return Charge(BudgetCounter(key, limit, enforce, 0, "", "bi|x|total"), amount)
 
 
 def window(key: str = "w|r|requests:60|", limit: int = 3, amount: int = 1, window_ms: int = 60_000,
-           per_token: bool = False) -> WindowCharge:  # fmt: skip
-    return WindowCharge(key, limit, amount, window_ms, per_token)
+           per_token: bool = False) -> Charge:  # fmt: skip
+    return Charge(WindowCounter(key, limit, window_ms, per_token), amount)
+
+
+async def admit(
+    counters: Counters, budgets: list[Charge], windows: list[Charge], rid: str, ttl_ms: int
+) -> Admission:
+    """``counters.admit`` for charges of one amount per kind."""
+    [amount] = {c.amount for c in budgets} or {0}
+    [units] = {c.amount for c in windows} or {1}
+    return await counters.admit(
+        [c.counter for c in budgets],  # type: ignore[misc]
+        amount,
+        [c.counter for c in windows],  # type: ignore[misc]
+        units,
+        rid,
+        ttl_ms,
+    )
 
 
 def rid() -> str:
@@ -102,18 +129,18 @@ def rid() -> str:
 
 
 async def test_admission_is_all_or_nothing(counters: Counters):
-    first = await counters.admit([budget()], [window(limit=1)], rid(), 60_000)
+    first = await admit(counters, [budget()], [window(limit=1)], rid(), 60_000)
     assert first.admitted and first.budgets == (BudgetState(0, 60),)
     assert first.windows[0].used == 1
     # The budget refuses (60 + 60 > 100): the window is not charged either.
-    refused = await counters.admit([budget()], [window(limit=2)], rid(), 60_000)
-    assert not refused.admitted and refused.denied == budget()
+    refused = await admit(counters, [budget()], [window(limit=2)], rid(), 60_000)
+    assert not refused.admitted and refused.denied == budget().counter
     assert refused.retry_after_ms is None
     assert refused.windows[0].used == 1
     # The window refuses: the (other) budget is not charged.
     other = budget("b|y|total|", amount=10)
-    refused = await counters.admit([other], [window(limit=1)], rid(), 60_000)
-    assert not refused.admitted and refused.denied == window(limit=1)
+    refused = await admit(counters, [other], [window(limit=1)], rid(), 60_000)
+    assert not refused.admitted and refused.denied == window(limit=1).counter
     assert 0 < refused.retry_after_ms <= 61_000
     assert await counters.read(["b|x|total|", "b|y|total|"]) == [
         BudgetState(0, 60),
@@ -122,20 +149,18 @@ async def test_admission_is_all_or_nothing(counters: Counters):
 
 
 async def test_settle_releases_the_reservation_and_charges_the_cost(counters: Counters):
-    admission = await counters.admit([budget()], [], "r1", 60_000)
+    admission = await admit(counters, [budget()], [], "r1", 60_000)
     assert admission.ticket is not None
     counters.settle(admission.ticket, 25, 0)
     await counters.drain()
     assert await counters.read(["b|x|total|"]) == [BudgetState(25, 0)]
     assert counters.sink.settled[-1][1::2] == (25, 25)  # type: ignore[attr-defined]
-    assert (await counters.admit([budget(amount=75)], [], "r2", 60_000)).admitted
-    assert not (await counters.admit([budget(amount=1)], [], "r3", 60_000)).admitted
+    assert (await admit(counters, [budget(amount=75)], [], "r2", 60_000)).admitted
+    assert not (await admit(counters, [budget(amount=1)], [], "r3", 60_000)).admitted
 
 
 async def test_a_ticket_without_reservation_only_charges(counters: Counters):
-    from custos.state.counters import Ticket
-
-    counters.settle(Ticket("", (budget(),), ()), 40, 0)
+    counters.settle(Ticket("", (budget().counter,), 0, (), 0), 40, 0)
     await counters.drain()
     assert await counters.read(["b|x|total|"]) == [BudgetState(40, 0)]
 
@@ -143,13 +168,13 @@ async def test_a_ticket_without_reservation_only_charges(counters: Counters):
 async def test_an_audit_budget_never_refuses(counters: Counters):
     audit = budget(limit=10, amount=60, enforce=False)
     for _ in range(3):
-        assert (await counters.admit([audit], [], rid(), 60_000)).admitted
-    assert await counters.read([audit.key]) == [BudgetState(0, 180)]
+        assert (await admit(counters, [audit], [], rid(), 60_000)).admitted
+    assert await counters.read([audit.counter.key]) == [BudgetState(0, 180)]
 
 
 async def test_a_reservation_expires_unless_renewed(counters: Counters):
-    kept = await counters.admit([budget(amount=30)], [], "kept", 400)
-    await counters.admit([budget(amount=30)], [], "lost", 400)
+    kept = await admit(counters, [budget(amount=30)], [], "kept", 400)
+    await admit(counters, [budget(amount=30)], [], "lost", 400)
     assert kept.ticket is not None
     await asyncio.sleep(0.25)
     await counters.renew([kept.ticket], 400)
@@ -166,31 +191,31 @@ async def test_a_reservation_expires_unless_renewed(counters: Counters):
 async def test_a_sliding_window_admits_its_limit_and_says_when_to_retry(counters: Counters):
     w = window(limit=3, window_ms=1200)  # 60 buckets of 20 ms
     for _ in range(3):
-        assert (await counters.admit([], [w], rid(), 1000)).admitted
-    refused = await counters.admit([], [w], rid(), 1000)
+        assert (await admit(counters, [], [w], rid(), 1000)).admitted
+    refused = await admit(counters, [], [w], rid(), 1000)
     assert not refused.admitted
     assert refused.retry_after_ms is not None and 1000 <= refused.retry_after_ms <= 1240
     assert refused.windows[0].used == 3
     await asyncio.sleep(0.5)
-    assert not (await counters.admit([], [w], rid(), 1000)).admitted
+    assert not (await admit(counters, [], [w], rid(), 1000)).admitted
     await asyncio.sleep(refused.retry_after_ms / 1000 - 0.5 + 0.05)
-    again = await counters.admit([], [w], rid(), 1000)
+    again = await admit(counters, [], [w], rid(), 1000)
     assert again.admitted and again.windows[0].used == 1
 
 
 async def test_a_request_larger_than_the_window_is_never_admitted(counters: Counters):
-    refused = await counters.admit([], [window(limit=10, amount=11)], rid(), 1000)
+    refused = await admit(counters, [], [window(limit=10, amount=11)], rid(), 1000)
     assert not refused.admitted and refused.retry_after_ms is None
 
 
 async def test_token_windows_are_corrected_to_the_actual_usage(counters: Counters):
     w = window(key="w|t|tokens:60|", limit=100, amount=80, per_token=True)
-    first = await counters.admit([], [w], rid(), 1000)
+    first = await admit(counters, [], [w], rid(), 1000)
     assert first.ticket is not None
-    assert not (await counters.admit([], [w], rid(), 1000)).admitted
+    assert not (await admit(counters, [], [w], rid(), 1000)).admitted
     counters.settle(first.ticket, 0, 15)
     await counters.drain()
-    second = await counters.admit([], [w], rid(), 1000)
+    second = await admit(counters, [], [w], rid(), 1000)
     assert second.admitted and second.windows[0].used == 95
 
 
@@ -201,7 +226,7 @@ async def test_concurrent_admissions_are_exact(counters: Counters):
     limit = 10_000
     amounts = [rng.randint(1, 700) for _ in range(200)]
     results = await asyncio.gather(
-        *(counters.admit([budget(limit=limit, amount=a)], [], f"c{i}", 60_000)
+        *(admit(counters, [budget(limit=limit, amount=a)], [], f"c{i}", 60_000)
           for i, a in enumerate(amounts))
     )  # fmt: skip
     admitted = sum(a for a, r in zip(amounts, results, strict=True) if r.admitted)
@@ -217,7 +242,7 @@ async def test_two_replicas_on_one_redis_share_the_counters(redis_url):  # noqa:
     try:
         w = window(limit=50)
         results = await asyncio.gather(
-            *(c.admit([budget(limit=1000, amount=10)], [w], rid(), 60_000)
+            *(admit(c, [budget(limit=1000, amount=10)], [w], rid(), 60_000)
               for c in [a, b] * 60)
         )  # fmt: skip
         assert sum(r.admitted for r in results) == 50
@@ -234,9 +259,9 @@ async def test_two_replicas_on_one_redis_share_the_counters(redis_url):  # noqa:
 async def test_redis_seeds_itself_from_the_ledger_when_empty(redis_server: RedisServer):  # noqa: F811
     calls = []
 
-    async def seed() -> tuple[int, list[tuple[BudgetCharge, int]]]:
+    async def seed() -> tuple[int, list[tuple[BudgetCounter, int]]]:
         calls.append(1)
-        return 5, [(budget(), 70)]
+        return 5, [(budget().counter, 70)]
 
     counters = RedisCounters(redis_server.url, prefix="s:")
     counters.seed_source = seed
@@ -245,13 +270,13 @@ async def test_redis_seeds_itself_from_the_ledger_when_empty(redis_server: Redis
         assert calls == [1]
         assert await counters.read(["b|x|total|"]) == [BudgetState(70, 0)]
         assert await counters.splits("bi|x|total") == [""]
-        assert not (await counters.admit([budget(amount=31)], [], rid(), 1000)).admitted
+        assert not (await admit(counters, [budget(amount=31)], [], rid(), 1000)).admitted
         redis_server.restart()  # every key gone, the seed marker too
         await asyncio.sleep(0.3)
         deadline = time.monotonic() + 5
         while True:
             try:
-                admission = await counters.admit([budget(amount=30)], [], rid(), 1000)
+                admission = await admit(counters, [budget(amount=30)], [], rid(), 1000)
                 break
             except CountersUnavailable:
                 assert time.monotonic() < deadline
@@ -265,7 +290,7 @@ async def test_redis_seeds_itself_from_the_ledger_when_empty(redis_server: Redis
 async def test_spend_is_reapplied_only_under_the_epoch_that_lacks_it(redis_server: RedisServer):  # noqa: F811
     counters = await redis_counters(redis_server.url, "e:", epoch=3)
     try:
-        key = budget()
+        key = budget().counter
         assert await counters._reapply_one(2, [(key, 5)]) == 2  # a newer seed counted it
         assert await counters._reapply_one(3, [(key, 5)]) == 1  # applied once
         assert await counters._reapply_one(4, [(key, 5)]) == 0  # that seed is not in Redis yet
@@ -278,14 +303,14 @@ async def test_redis_down_fails_fast_and_recovers_without_a_restart(redis_server
     counters = await redis_counters(redis_server.url, "d:")
     counters.sink = sink = Sink()
     try:
-        admitted = await counters.admit([budget()], [], "live", 60_000)
+        admitted = await admit(counters, [budget()], [], "live", 60_000)
         assert admitted.ticket is not None
         redis_server.stop()
         with pytest.raises(CountersUnavailable, match="not answering"):
-            await counters.admit([budget()], [], rid(), 60_000)
+            await admit(counters, [budget()], [], rid(), 60_000)
         started = time.monotonic()
         with pytest.raises(CountersUnavailable):
-            await counters.admit([budget()], [], rid(), 60_000)
+            await admit(counters, [budget()], [], rid(), 60_000)
         assert time.monotonic() - started < 0.05  # no network wait while it is known down
         counters.settle(admitted.ticket, 9, 0)
         await counters.drain()
@@ -294,7 +319,7 @@ async def test_redis_down_fails_fast_and_recovers_without_a_restart(redis_server
         deadline = time.monotonic() + 5
         while True:
             try:
-                await counters.admit([budget(amount=1)], [], rid(), 60_000)
+                await admit(counters, [budget(amount=1)], [], rid(), 60_000)
                 break
             except CountersUnavailable:
                 assert time.monotonic() < deadline
@@ -306,11 +331,11 @@ async def test_redis_down_fails_fast_and_recovers_without_a_restart(redis_server
 async def test_memory_counters_hold_memory_for_what_is_in_flight_only():
     counters = MemoryCounters()
     live = [
-        await counters.admit([budget(limit=10**9, amount=1)], [], f"live{i}", 60_000)
+        await admit(counters, [budget(limit=10**9, amount=1)], [], f"live{i}", 60_000)
         for i in range(10)
     ]
     for i in range(5000):
-        admission = await counters.admit([budget(limit=10**9, amount=1)], [], f"r{i}", 60_000)
+        admission = await admit(counters, [budget(limit=10**9, amount=1)], [], f"r{i}", 60_000)
         assert admission.ticket is not None
         counters.settle(admission.ticket, 1, 0)
     counter = counters._budgets["b|x|total|"]
@@ -323,12 +348,12 @@ async def test_pipelined_admissions_survive_a_script_flush(redis_server: RedisSe
     counters = await redis_counters(redis_server.url, "p:")
     try:
         w = window(limit=30)
-        first = await asyncio.gather(*(counters.admit([], [w], rid(), 1000) for _ in range(20)))
+        first = await asyncio.gather(*(admit(counters, [], [w], rid(), 1000) for _ in range(20)))
         assert all(a.admitted for a in first)
         client = aioredis.Redis.from_url(redis_server.url)
         await client.script_flush()  # as after a restart: the server no longer knows the scripts
         await client.aclose()
-        again = await asyncio.gather(*(counters.admit([], [w], rid(), 1000) for _ in range(20)))
+        again = await asyncio.gather(*(admit(counters, [], [w], rid(), 1000) for _ in range(20)))
         assert sum(a.admitted for a in again) == 10  # ran exactly once each: 30 in all
     finally:
         await counters.close()

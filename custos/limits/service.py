@@ -35,8 +35,8 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from custos.context import RequestContext
@@ -55,11 +55,11 @@ from custos.policy.periods import Period, PeriodClock, period_from_key
 from custos.policy.when import Facts
 from custos.state.counters import (
     Admission,
-    BudgetCharge,
+    BudgetCounter,
     Counters,
     CountersUnavailable,
     Ticket,
-    WindowCharge,
+    WindowCounter,
 )
 from custos.state.counters_memory import MemoryCounters
 from custos.state.counters_redis import RedisCounters
@@ -84,18 +84,20 @@ class Metering:
     """What stages 4 and 5 decided for one request (``ctx.limits``)."""
 
     #: Every budget counter charged (kept to charge spend even when nothing could be reserved).
-    budgets: tuple[BudgetCharge, ...] = ()
-    windows: tuple[WindowCharge, ...] = ()
+    budgets: tuple[BudgetCounter, ...]
+    estimated_input_tokens: int
+    estimated_output_tokens: int
+    #: The estimated cost reserved on every budget counter.
+    reserved_micros: int
+    #: What every window was charged: one request, or the estimated tokens.
+    units: int
+    #: Rule id → decision: ``reserved``, ``over_limit_audit`` (an audit-mode budget over its
+    #: limit), ``admitted`` (rate limit), ``denied``, ``fail_open``, ``counters_down``.
+    decisions: dict[str, str]
     #: The reservation to settle; ``None`` when the counters were down and the call let through.
     ticket: Ticket | None = None
     #: ``x-ratelimit-*`` headers for the response.
-    headers: list[Header] = field(default_factory=list)
-    #: Rule id → decision: ``reserved``, ``over_limit_audit`` (an audit-mode budget over its
-    #: limit), ``admitted`` (rate limit), ``denied``, ``fail_open``.
-    decisions: dict[str, str] = field(default_factory=dict)
-    estimated_input_tokens: int = 0
-    estimated_output_tokens: int = 0
-    reserved_micros: int = 0
+    headers: Sequence[Header] = ()
     settled: bool = False
 
 
@@ -115,14 +117,10 @@ class BudgetReport:
 
 @dataclass(slots=True)
 class _BudgetSpec:
-    """One budget counter a plan charges: a ``BudgetCharge`` but for the amount."""
+    """Which budget and period one of a plan's budget counters belongs to."""
 
     budget: BudgetPolicy
     period: Period
-    key: str
-    expires_at_ms: int
-    split: str
-    index_key: str
 
 
 @dataclass(slots=True)
@@ -134,13 +132,20 @@ class _Plan:
 
     principal: Principal
     cost: RouteCost
-    #: The matching budgets, in file order, and their counters (one per split).
+    #: The matching budgets, in file order.
     policies: tuple[BudgetPolicy, ...]
-    budgets: tuple[_BudgetSpec, ...]
+    #: Their counters (one per split), and which budget and period each one counts.
+    budgets: tuple[BudgetCounter, ...]
+    specs: tuple[_BudgetSpec, ...]
     rule: RateRule | None
-    window_keys: tuple[str, ...]
+    windows: tuple[WindowCounter, ...]
     #: Rule ids for ``ctx.applied``: the budgets in file order, then the rate limit.
     applied: tuple[str, ...]
+    #: The decisions of an admitted request whose budgets all had room.
+    admitted: dict[str, str]
+    #: Whether an audit-mode budget is among them (its decision depends on the counters).
+    audit_mode: bool
+    ttl_ms: int
     #: Unix seconds at which a budget period of the plan ends (``inf`` for none).
     valid_until_s: float
 
@@ -153,14 +158,13 @@ def _budget_key(key: str) -> LedgerKey:
     return budget_id, period, split
 
 
-def counter_of(key: LedgerKey) -> BudgetCharge:
-    """The counter a ledger row names (limits and amounts unused)."""
+def counter_of(key: LedgerKey) -> BudgetCounter:
+    """The counter a ledger row names (its limit unused)."""
     budget_id, period_key, split = key
     period = period_from_key(period_key)
-    return BudgetCharge(
+    return BudgetCounter(
         key=f"b|{budget_id}|{period_key}|{split}",
         limit=0,
-        amount=0,
         enforce=False,
         expires_at_ms=counter_expiry_ms(period),
         split=split,
@@ -222,7 +226,7 @@ class Limiter:
         await self.flush()
         await self.counters.close()
 
-    async def _seed_source(self) -> tuple[int, list[tuple[BudgetCharge, int]]]:
+    async def _seed_source(self) -> tuple[int, list[tuple[BudgetCounter, int]]]:
         assert self.ledger is not None
         seed = await self.ledger.seed(self.clock.current_keys(time.time()))
         return seed.epoch, [(counter_of(key), value) for key, value in seed.spent]
@@ -234,42 +238,31 @@ class Limiter:
         policy = ctx.runtime.limits
         if not policy.active or ctx.principal is None:
             return
-        now = time.time()
-        plan = self._plan(ctx, ctx.principal, policy, now)
+        plan = self._plan(ctx, ctx.principal, policy, time.time())
         if plan is None:
             return  # nothing applies, or an unknown model (the route stage answers 404)
-        metering = Metering()
-        ctx.limits = metering
         in_tokens, out_tokens = estimate_tokens(
             ctx.body, ctx.operation, plan.cost, policy.settings.default_output_tokens
         )
-        metering.estimated_input_tokens, metering.estimated_output_tokens = in_tokens, out_tokens
         # Stage 4, budget: every matching budget, one counter per split, each reserving the
-        # estimated cost. Stage 5, rate limit: the first matching rule, one window per split.
+        # estimated cost. Stage 5, rate limit: the first matching rule, one window per split,
+        # charged one request or the estimated tokens.
         amount = plan.cost.micros(in_tokens, out_tokens) if plan.budgets else 0
-        metering.reserved_micros = amount
-        charges = tuple([
-            BudgetCharge(
-                b.key, b.budget.limit_micros, amount, b.budget.enforce, b.expires_at_ms, b.split,
-                b.index_key,
-            )
-            for b in plan.budgets
-        ])  # fmt: skip
         rule = plan.rule
-        windows: tuple[WindowCharge, ...] = ()
-        if rule is not None:
-            units = in_tokens + out_tokens if rule.per_token else 1
-            window_ms = rule.window_s * 1000
-            windows = tuple([WindowCharge(key, rule.limit, units, window_ms, rule.per_token)
-                             for key in plan.window_keys])  # fmt: skip
+        units = in_tokens + out_tokens if rule is not None and rule.per_token else 1
+        metering = Metering(plan.budgets, in_tokens, out_tokens, amount, units, {})
+        ctx.limits = metering
         ctx.applied.extend(plan.applied)
-        metering.budgets, metering.windows = charges, windows
-        ttl_ms = policy.settings.reservation_ttl_s * 1000
+        rid = ctx.request_id
         try:
             if self._memory is not None:  # one synchronous step: no coroutine to create
-                admission = self._memory.admit_now(charges, windows, ctx.request_id, ttl_ms)
+                admission = self._memory.admit_now(
+                    plan.budgets, amount, plan.windows, units, rid, plan.ttl_ms
+                )
             else:
-                admission = await self.counters.admit(charges, windows, ctx.request_id, ttl_ms)
+                admission = await self.counters.admit(
+                    plan.budgets, amount, plan.windows, units, rid, plan.ttl_ms
+                )
         except CountersUnavailable:
             self._counters_down(ctx, metering, plan)
             return
@@ -277,27 +270,28 @@ class Limiter:
             # The client left while Redis was answering: the script may have reserved. Release
             # whatever it holds under this request id (a no-op where it took nothing).
             metering.settled = True
-            if charges:
-                self.counters.settle(Ticket(ctx.request_id, charges, ()), 0, 0)
+            if plan.budgets:
+                self.counters.settle(Ticket(rid, plan.budgets, amount, (), units), 0, 0)
             raise
         if not admission.admitted:
-            self._refuse(ctx, metering, admission, charges, plan)
+            self._refuse(ctx, metering, admission, plan, amount, units)
         ticket = metering.ticket = admission.ticket
-        if ticket is not None and charges:
-            self._live[ctx.request_id] = weakref.ref(metering)
-        decisions = metering.decisions
-        for spec, charge, state in zip(plan.budgets, charges, admission.budgets, strict=True):
-            budget = spec.budget
-            if budget.enforce:
-                decisions[budget.id] = "reserved"  # (an enforced budget over its limit refused)
-            elif state.spent + state.reserved > charge.limit:
-                decisions[budget.id] = "over_limit_audit"
-                self._over_audit(budget, charge)
-            elif decisions.get(budget.id) != "over_limit_audit":
-                decisions[budget.id] = "reserved"
+        if ticket is not None and plan.budgets:
+            self._live[rid] = weakref.ref(metering)
+        metering.decisions = plan.admitted.copy()
+        if plan.audit_mode:
+            self._audit_mode_decisions(metering, plan, admission)
         if rule is not None:
-            decisions[rule.id] = "admitted"
             metering.headers = h.rate_headers(rule, admission.windows)
+
+    def _audit_mode_decisions(self, metering: Metering, plan: _Plan, admission: Admission) -> None:
+        """An audit-mode budget lets every call through: its decision says whether the call
+        went over its limit (on any of its counters)."""
+        decisions = metering.decisions
+        for counter, spec, state in zip(plan.budgets, plan.specs, admission.budgets, strict=True):
+            if not counter.enforce and state.spent + state.reserved > counter.limit:
+                decisions[spec.budget.id] = "over_limit_audit"
+                self._over_audit(spec.budget, counter)
 
     def _plan(
         self, ctx: RequestContext, principal: Principal, policy: LimitsPolicy, now: float
@@ -314,50 +308,72 @@ class Limiter:
         # a plan serve only the object it was made for.
         if plan is not None and plan.principal is principal and now < plan.valid_until_s:
             return plan
+        plan = self._new_plan(ctx, principal, policy, now)
+        if plan is not None:
+            if len(self._plans) >= _PLANS_CACHE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _new_plan(
+        self, ctx: RequestContext, principal: Principal, policy: LimitsPolicy, now: float
+    ) -> _Plan | None:
         cost = policy.costs.get(ctx.model)
         if cost is None:
             return None
-        facts = Facts(principal.subjects, ctx.model, metadata)
+        facts = Facts(principal.subjects, ctx.model, ctx.metadata)
         budgets = policy.matching_budgets(facts)
         rule = policy.rate_rule(facts)
         if not budgets and rule is None:
             return None
+        counters: list[BudgetCounter] = []
         specs: list[_BudgetSpec] = []
         valid_until = float("inf")
         for budget in budgets:
             period = self.clock.current(budget.period, now)
             if period.end is not None:
                 valid_until = min(valid_until, period.end.timestamp())
-            specs += [self._budget_spec(budget, period, split)
-                      for split in budget.splitter.splits(principal, facts)]  # fmt: skip
-        window_keys = (
-            tuple(rule.key(split) for split in rule.splitter.splits(principal, facts))
-            if rule is not None
-            else ()
+            for split in budget.splitter.splits(principal, facts):
+                counters.append(self._budget_counter(budget, period, split))
+                specs.append(_BudgetSpec(budget, period))
+        windows: tuple[WindowCounter, ...] = ()
+        if rule is not None:
+            window_ms = rule.window_s * 1000
+            windows = tuple([WindowCounter(rule.key(split), rule.limit, window_ms, rule.per_token)
+                             for split in rule.splitter.splits(principal, facts)])  # fmt: skip
+        admitted = dict.fromkeys([b.id for b in budgets], "reserved")
+        if rule is not None:
+            admitted[rule.id] = "admitted"
+        return _Plan(
+            principal=principal,
+            cost=cost,
+            policies=tuple(budgets),
+            budgets=tuple(counters),
+            specs=tuple(specs),
+            rule=rule,
+            windows=windows,
+            applied=tuple(b.id for b in budgets) + ((rule.id,) if rule is not None else ()),
+            admitted=admitted,
+            audit_mode=any(not b.enforce for b in budgets),
+            ttl_ms=policy.settings.reservation_ttl_s * 1000,
+            valid_until_s=valid_until,
         )
-        applied = tuple(b.id for b in budgets) + ((rule.id,) if rule is not None else ())
-        plan = _Plan(
-            principal, cost, tuple(budgets), tuple(specs), rule, window_keys, applied, valid_until
-        )
-        if len(self._plans) >= _PLANS_CACHE:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
 
     def _refuse(
         self,
         ctx: RequestContext,
         metering: Metering,
         admission: Admission,
-        charges: tuple[BudgetCharge, ...],
         plan: _Plan,
+        amount: int,
+        units: int,
     ) -> None:
         denied = admission.denied
         rule = plan.rule
         metering.settled = True  # nothing was taken: nothing to settle
-        if isinstance(denied, BudgetCharge):
-            index = charges.index(denied)
-            spec = plan.budgets[index]
+        if isinstance(denied, BudgetCounter):
+            index = plan.budgets.index(denied)
+            spec = plan.specs[index]
             budget, period = spec.budget, spec.period
             state = admission.budgets[index]
             metering.decisions[budget.id] = "denied"
@@ -366,17 +382,15 @@ class Limiter:
                 denied.split,
                 period,
                 state.spent + state.reserved,
-                denied.amount,
+                amount,
                 ctx.runtime.limits.settings.budget_exceeded_status,
                 period.seconds_left(time.time()),
             )
-        assert isinstance(denied, WindowCharge) and rule is not None
-        index = metering.windows.index(denied)
+        assert isinstance(denied, WindowCounter) and rule is not None
+        index = plan.windows.index(denied)
         metering.decisions[rule.id] = "denied"
         split = denied.key.split("|", 3)[3]
-        raise h.rate_limited(
-            rule, split, admission.windows[index], denied.amount, admission.retry_after_ms
-        )
+        raise h.rate_limited(rule, split, admission.windows[index], units, admission.retry_after_ms)
 
     def _counters_down(self, ctx: RequestContext, metering: Metering, plan: _Plan) -> None:
         mode = ctx.runtime.limits.settings.on_counters_down
@@ -403,15 +417,15 @@ class Limiter:
         if rule is not None:
             metering.decisions[rule.id] = "fail_open"
 
-    def _over_audit(self, budget: BudgetPolicy, charge: BudgetCharge) -> None:
+    def _over_audit(self, budget: BudgetPolicy, counter: BudgetCounter) -> None:
         metrics.BUDGET_OVERRUNS.labels(budget.id).inc()
-        if charge.key not in self._over_logged:
+        if counter.key not in self._over_logged:
             if len(self._over_logged) > 10_000:
                 self._over_logged.clear()
-            self._over_logged.add(charge.key)
+            self._over_logged.add(counter.key)
             log.warning(
                 "audit-mode budget %s is over its limit (%s): calls continue",
-                budget.id, charge.key,
+                budget.id, counter.key,
             )  # fmt: skip
 
     # -- stage 10, settle --------------------------------------------------------------------
@@ -431,33 +445,39 @@ class Limiter:
         if ticket is None:
             if not metering.budgets or ctx.cost_micros <= 0:
                 return
-            ticket = Ticket("", metering.budgets, ())
+            ticket = Ticket("", metering.budgets, 0, (), 0)
         tokens = ctx.usage.total_tokens if ctx.usage is not None else 0
         try:
             self.counters.settle(ticket, ctx.cost_micros, tokens)
         except Exception:  # settle must never fail a request
             log.exception("settling request %s failed", ctx.request_id)
 
-    def _budget_spec(self, budget: BudgetPolicy, period: Period, split: str) -> _BudgetSpec:
+    def _budget_counter(self, budget: BudgetPolicy, period: Period, split: str) -> BudgetCounter:
         """A plan's budget counter; its ledger key is remembered for the settlements."""
         key = budget.key(period, split)
         if key not in self._ledger_keys:
             if len(self._ledger_keys) >= _LEDGER_KEYS_CACHE:
                 self._ledger_keys.clear()
             self._ledger_keys[key] = (budget.id, period.key, split)
-        return _BudgetSpec(
-            budget, period, key, counter_expiry_ms(period), split, budget.index_key(period)
+        return BudgetCounter(
+            key,
+            budget.limit_micros,
+            budget.enforce,
+            counter_expiry_ms(period),
+            split,
+            budget.index_key(period),
         )
 
     def budget_settled(
-        self, charge: BudgetCharge, cost: int, epoch: int | None, spent: int | None
+        self, counter: BudgetCounter, cost: int, epoch: int | None, spent: int | None
     ) -> None:
         """``SettleSink``: settled spend goes to the ledger and is checked against alerts."""
-        key = self._ledger_keys.get(charge.key) or _budget_key(charge.key)
+        key = self._ledger_keys.get(counter.key) or _budget_key(counter.key)
         if self.ledger is not None:
             self.ledger.record(key, cost, epoch)
         if spent is not None and self.alerts is not None:
-            budget = self._runtime().limits.budget(key[0])
+            policy = self._runtime().limits
+            budget = policy.budget(key[0]) if policy.alerting else None
             if budget is not None:
                 self.alerts.check(budget, key, spent)
 

@@ -14,23 +14,27 @@ Two kinds of counter:
 
 Contract
 --------
-``admit(budgets, windows, rid, ttl_ms)`` decides and applies *atomically across every counter
-given*, in one step (one Lua script, one round trip, on Redis; one synchronous call, which no
-other coroutine can interleave with, in memory):
+``admit(budgets, amount, windows, units, rid, ttl_ms)`` decides and applies *atomically across
+every counter given*, in one step (one Lua script, one round trip, on Redis; one synchronous
+call, which no other coroutine can interleave with, in memory). One request reserves the same
+``amount`` (its estimated cost) on every budget counter and adds the same ``units`` (one
+request, or its estimated tokens) to every window, so the counters are plain descriptions that
+a caller builds once and reuses, and only the two numbers change per request:
 
 - it is refused when an enforcing budget has ``spent + reserved + amount > limit``, or a window
-  has ``used + amount > limit``; the first such charge (budgets first, in the order given) is
+  has ``used + units > limit``; the first such counter (budgets first, in the order given) is
   named in ``Admission.denied``, and *nothing* is changed;
-- otherwise every budget gets a reservation of its ``amount`` under ``rid`` (expiring ``ttl_ms``
-  from now unless renewed or settled), every window gets ``amount`` added to its current
-  bucket, and the ``Ticket`` returned says what to settle.
+- otherwise every budget gets a reservation of ``amount`` under ``rid`` (expiring ``ttl_ms``
+  from now unless renewed or settled), every window gets ``units`` added to its current bucket,
+  and the ``Ticket`` returned says what to settle.
 
 ``settle(ticket, cost_micros, tokens)`` never blocks and never raises: it releases the ticket's
 reservations and adds ``cost_micros`` to each budget's ``spent``; token windows have their
-bucket corrected from the estimate to ``tokens``. A ticket with ``rid == ""`` reserved nothing
-(a call let through while the counters were down) and only adds spend. Each budget's outcome is
-reported to the ``SettleSink`` (the ledger and alerts): the spend, the seed epoch it was applied
-under (``None`` when it could not be applied) and ``spent`` after it.
+bucket corrected from the estimate (``ticket.units``) to ``tokens``. A ticket with
+``rid == ""`` reserved nothing (a call let through while the counters were down) and only adds
+spend. Each budget's outcome is reported to the ``SettleSink`` (the ledger and alerts): the
+spend, the seed epoch it was applied under (``None`` when it could not be applied) and
+``spent`` after it.
 
 ``renew(tickets)`` pushes the expiry of live reservations ``ttl_ms`` further: the gateway renews
 the reservations of requests still running, so only a dead process's reservations expire.
@@ -62,12 +66,11 @@ class CountersUnavailable(Exception):
 
 
 @dataclass(slots=True)
-class BudgetCharge:
-    """A reservation to take on one budget counter."""
+class BudgetCounter:
+    """One budget counter (a budget, a period, a split), as ``admit`` and ``settle`` take it."""
 
     key: str
     limit: int
-    amount: int
     enforce: bool
     #: Unix milliseconds at which the counter may be forgotten (its period is over), or 0.
     expires_at_ms: int
@@ -78,19 +81,19 @@ class BudgetCharge:
 
 
 @dataclass(slots=True)
-class WindowCharge:
-    """An amount to add to one sliding window."""
+class WindowCounter:
+    """One sliding window (a rate-limit rule, a split)."""
 
     key: str
     limit: int
-    amount: int
     window_ms: int
     #: Token windows are corrected to the actual usage at settlement; request windows are not.
     per_token: bool
+    #: The width of one of its ``BUCKETS`` buckets (derived from ``window_ms``).
+    bucket_ms: int = 0
 
-    @property
-    def bucket_ms(self) -> int:
-        return max(self.window_ms // BUCKETS, 1)
+    def __post_init__(self) -> None:
+        self.bucket_ms = max(self.window_ms // BUCKETS, 1)
 
 
 @dataclass(slots=True)
@@ -112,16 +115,20 @@ class Ticket:
     """What ``settle`` needs to undo and correct an admission."""
 
     rid: str
-    budgets: tuple[BudgetCharge, ...]
-    #: Each window charged, with the bucket index its amount went into.
-    windows: tuple[tuple[WindowCharge, int], ...]
+    budgets: tuple[BudgetCounter, ...]
+    #: The reservation each budget holds under ``rid``.
+    amount: int
+    #: Each window charged, with the bucket index its units went into.
+    windows: tuple[tuple[WindowCounter, int], ...]
+    #: What each window was charged (the estimate a token window is corrected from).
+    units: int
 
 
 @dataclass(slots=True)
 class Admission:
     admitted: bool
-    #: The charge that refused the request (``None`` when admitted).
-    denied: BudgetCharge | WindowCharge | None
+    #: The counter that refused the request (``None`` when admitted).
+    denied: BudgetCounter | WindowCounter | None
     #: Milliseconds until the refused charge would fit (``None``: it never fits).
     retry_after_ms: int | None
     #: State of each budget and window, in the order given (after the admission when admitted).
@@ -134,7 +141,7 @@ class SettleSink(Protocol):
     """Told the outcome of every budget settlement (the ledger and the alerts listen)."""
 
     def budget_settled(
-        self, charge: BudgetCharge, cost: int, epoch: int | None, spent: int | None
+        self, counter: BudgetCounter, cost: int, epoch: int | None, spent: int | None
     ) -> None: ...
 
 
@@ -156,8 +163,10 @@ class Counters(ABC):
     @abstractmethod
     async def admit(
         self,
-        budgets: Sequence[BudgetCharge],
-        windows: Sequence[WindowCharge],
+        budgets: Sequence[BudgetCounter],
+        amount: int,
+        windows: Sequence[WindowCounter],
+        units: int,
         rid: str,
         ttl_ms: int,
     ) -> Admission: ...
@@ -174,10 +183,10 @@ class Counters(ABC):
     @abstractmethod
     async def splits(self, index_key: str) -> list[str]: ...
 
-    async def seed(self, spent: Sequence[tuple[BudgetCharge, int]]) -> None:  # noqa: B027
+    async def seed(self, spent: Sequence[tuple[BudgetCounter, int]]) -> None:  # noqa: B027
         """In-process counters start from the ledger's spend (shared ones seed themselves from
-        the ledger whenever they find the shared state empty). ``BudgetCharge`` names the
-        counter; its limit and amount are not used."""
+        the ledger whenever they find the shared state empty). The limit of each
+        ``BudgetCounter`` is not used."""
 
     async def drain(self) -> None:  # noqa: B027 (optional hook)
         """Wait until every settlement queued so far has been applied (tests, shutdown)."""

@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 from custos.state.counters import (
     BUCKETS,
     Admission,
-    BudgetCharge,
+    BudgetCounter,
     BudgetState,
     Counters,
     Ticket,
-    WindowCharge,
+    WindowCounter,
     WindowState,
 )
 
@@ -88,14 +88,6 @@ class _Window:
         return (current + BUCKETS + 1) * width - now_ms
 
 
-def _budget_states(counters: list[_Budget]) -> tuple[BudgetState, ...]:
-    return tuple([BudgetState(c.spent, c.reserved) for c in counters])
-
-
-def _window_states(spans: list[tuple[_Window, int, int]], now: int) -> tuple[WindowState, ...]:
-    return tuple([WindowState(w.total, (cur + BUCKETS + 1) * wd - now) for w, cur, wd in spans])
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -114,122 +106,148 @@ class MemoryCounters(Counters):
 
     async def admit(
         self,
-        budgets: Sequence[BudgetCharge],
-        windows: Sequence[WindowCharge],
+        budgets: Sequence[BudgetCounter],
+        amount: int,
+        windows: Sequence[WindowCounter],
+        units: int,
         rid: str,
         ttl_ms: int,
     ) -> Admission:
-        return self.admit_now(budgets, windows, rid, ttl_ms)
+        return self.admit_now(budgets, amount, windows, units, rid, ttl_ms)
 
     def admit_now(
         self,
-        budgets: Sequence[BudgetCharge],
-        windows: Sequence[WindowCharge],
+        budgets: Sequence[BudgetCounter],
+        amount: int,
+        windows: Sequence[WindowCounter],
+        units: int,
         rid: str,
         ttl_ms: int,
     ) -> Admission:
-        """``admit`` without the coroutine: one synchronous step, so atomic on the loop."""
+        """``admit`` without the coroutine: one synchronous step, so atomic on the loop.
+
+        Every request runs this, so it is written for few Python operations: one pass finds
+        and checks the counters, a second (only when all have room) changes them."""
         now = self._clock()
-        denied: BudgetCharge | WindowCharge | None = None
+        denied: BudgetCounter | WindowCounter | None = None
         retry: int | None = None
         found = []
-        for charge in budgets:
-            counter = self._budgets.get(charge.key)
+        for spec in budgets:
+            counter = self._budgets.get(spec.key)
             if counter is None:
-                counter = self._budgets[charge.key] = _Budget()
-            if counter.heap and counter.heap[0][0] <= now:  # (inline: a call per request saved)
+                counter = self._budgets[spec.key] = _Budget()
+            elif counter.heap and counter.heap[0][0] <= now:
                 counter.release_expired(now)
             found.append(counter)
             if (
-                denied is None
-                and charge.enforce
-                and counter.spent + counter.reserved + charge.amount > charge.limit
+                spec.enforce
+                and counter.spent + counter.reserved + amount > spec.limit
+                and denied is None
             ):
-                denied = charge
+                denied = spec
         spans = []
-        for charge in windows:
-            width = charge.bucket_ms
-            window = self._windows.get(charge.key)
+        for spec in windows:
+            width = spec.bucket_ms
+            window = self._windows.get(spec.key)
             if window is None:
-                window = self._windows[charge.key] = _Window(width)
-            else:
+                window = self._windows[spec.key] = _Window(width)
+            elif window.width != width:
                 window.width = width
             current = now // width
-            window.advance(current)
-            spans.append((window, current, width))
-            if denied is None and window.total + charge.amount > charge.limit:
-                denied = charge
-                need = window.total + charge.amount - charge.limit
-                retry = (
-                    None
-                    if charge.amount > charge.limit
-                    else window.retry_after_ms(need, current, width, now)
-                )
+            if window.oldest < current - BUCKETS:
+                window.advance(current)
+            spans.append((window, current))
+            if window.total + units > spec.limit and denied is None:
+                denied = spec
+                if units <= spec.limit:  # else it never fits: no retry time
+                    need = window.total + units - spec.limit
+                    retry = window.retry_after_ms(need, current, width, now)
         if denied is not None:
-            states = _budget_states(found), _window_states(spans, now)
-            return Admission(False, denied, retry, *states, None)
-        return self._take(budgets, windows, found, spans, rid, now, now + ttl_ms)
-
-    def _take(
-        self,
-        budgets: Sequence[BudgetCharge],
-        windows: Sequence[WindowCharge],
-        found: list[_Budget],
-        spans: list[tuple[_Window, int, int]],
-        rid: str,
-        now: int,
-        expiry: int,
-    ) -> Admission:
-        """Reserve on every budget and add to every window (all were checked to have room);
-        the states after the change, and the ticket to settle it."""
-        for charge, counter in zip(budgets, found, strict=True):
+            return self._refused(denied, retry, found, spans, now)
+        expiry = now + ttl_ms
+        budget_states = []
+        for spec, counter in zip(budgets, found):  # noqa: B905 (same length: built above)
             holds = counter.holds
             if rid not in holds:
-                holds[rid] = (charge.amount, expiry)
-                counter.reserved += charge.amount
+                holds[rid] = (amount, expiry)
+                counter.reserved += amount
                 heapq.heappush(counter.heap, (expiry, rid))
             if not counter.indexed:
-                counter.expires_at_ms = charge.expires_at_ms
-                self._index(charge)
+                counter.expires_at_ms = spec.expires_at_ms
+                self._index(spec)
                 counter.indexed = True
+            budget_states.append(BudgetState(counter.spent, counter.reserved))
         placed = []
-        for charge, (window, current, _) in zip(windows, spans, strict=True):
+        window_states = []
+        for spec, (window, current) in zip(windows, spans):  # noqa: B905 (as above)
             buckets = window.buckets
-            buckets[current] = buckets.get(current, 0) + charge.amount
-            window.total += charge.amount
-            placed.append((charge, current))
-        states = _budget_states(found), _window_states(spans, now)
-        return Admission(True, None, None, *states, Ticket(rid, tuple(budgets), tuple(placed)))
+            buckets[current] = buckets.get(current, 0) + units
+            window.total += units
+            placed.append((spec, current))
+            window_states.append(
+                WindowState(window.total, (current + BUCKETS + 1) * window.width - now)
+            )
+        return Admission(
+            True,
+            None,
+            None,
+            tuple(budget_states),
+            tuple(window_states),
+            Ticket(rid, tuple(budgets), amount, tuple(placed), units),
+        )
+
+    @staticmethod
+    def _refused(
+        denied: BudgetCounter | WindowCounter,
+        retry: int | None,
+        found: list[_Budget],
+        spans: list[tuple[_Window, int]],
+        now: int,
+    ) -> Admission:
+        """A refusal: nothing was taken; the states as they are."""
+        return Admission(
+            False,
+            denied,
+            retry,
+            tuple([BudgetState(c.spent, c.reserved) for c in found]),
+            tuple([WindowState(w.total, (cur + BUCKETS + 1) * w.width - now) for w, cur in spans]),
+            None,
+        )
 
     def settle(self, ticket: Ticket, cost_micros: int, tokens: int) -> None:
         sink = self.sink
-        for charge in ticket.budgets:
-            counter = self._budgets.get(charge.key)
+        rid = ticket.rid
+        for spec in ticket.budgets:
+            counter = self._budgets.get(spec.key)
             if counter is None:
-                counter = self._budgets[charge.key] = _Budget()
-                counter.expires_at_ms = charge.expires_at_ms
-                self._index(charge)
-            hold = counter.holds.pop(ticket.rid, None) if ticket.rid else None
+                counter = self._budgets[spec.key] = _Budget()
+                counter.expires_at_ms = spec.expires_at_ms
+                self._index(spec)
+            hold = counter.holds.pop(rid, None) if rid else None
             if hold is not None:
                 counter.reserved -= hold[0]
-                counter.compact()
+                if len(counter.heap) > 2 * len(counter.holds) + 32:
+                    counter.compact()
             counter.spent += cost_micros
             if sink is not None:
-                sink.budget_settled(charge, cost_micros, None, counter.spent)
-        for charge, bucket in ticket.windows:
-            if not charge.per_token or tokens == charge.amount:
+                sink.budget_settled(spec, cost_micros, None, counter.spent)
+        if not ticket.windows or tokens == ticket.units:
+            return
+        correction = tokens - ticket.units
+        for spec, bucket in ticket.windows:
+            if not spec.per_token:
                 continue
-            window = self._windows.get(charge.key)
+            window = self._windows.get(spec.key)
             if window is None or bucket not in window.buckets:
                 continue  # the bucket already left the window: nothing to correct
-            window.buckets[bucket] += tokens - charge.amount
-            window.total += tokens - charge.amount
+            window.buckets[bucket] += correction
+            window.total += correction
 
     async def renew(self, tickets: Sequence[Ticket], ttl_ms: int) -> None:
         expiry = self._clock() + ttl_ms
         for ticket in tickets:
-            for charge in ticket.budgets:
-                counter = self._budgets.get(charge.key)
+            for spec in ticket.budgets:
+                counter = self._budgets.get(spec.key)
                 hold = counter.holds.get(ticket.rid) if counter is not None else None
                 if counter is not None and hold is not None:
                     counter.holds[ticket.rid] = (hold[0], expiry)
@@ -250,19 +268,19 @@ class MemoryCounters(Counters):
     async def splits(self, index_key: str) -> list[str]:
         return sorted(self._splits.get(index_key, ()))
 
-    async def seed(self, spent: Sequence[tuple[BudgetCharge, int]]) -> None:
+    async def seed(self, spent: Sequence[tuple[BudgetCounter, int]]) -> None:
         """Start counters from the ledger (before serving: nothing is reserved yet)."""
-        for charge, value in spent:
-            counter = self._budgets.get(charge.key)
+        for spec, value in spent:
+            counter = self._budgets.get(spec.key)
             if counter is None:
-                counter = self._budgets[charge.key] = _Budget()
+                counter = self._budgets[spec.key] = _Budget()
             counter.spent = value
-            counter.expires_at_ms = charge.expires_at_ms
-            self._index(charge)
+            counter.expires_at_ms = spec.expires_at_ms
+            self._index(spec)
 
-    def _index(self, charge: BudgetCharge) -> None:
-        self._splits.setdefault(charge.index_key, set()).add(charge.split)
-        self._split_expiry[charge.index_key] = charge.expires_at_ms
+    def _index(self, spec: BudgetCounter) -> None:
+        self._splits.setdefault(spec.index_key, set()).add(spec.split)
+        self._split_expiry[spec.index_key] = spec.expires_at_ms
 
     # -- housekeeping ------------------------------------------------------------------------
 

@@ -50,12 +50,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from custos.state.counters import (
     Admission,
-    BudgetCharge,
+    BudgetCounter,
     BudgetState,
     Counters,
     CountersUnavailable,
     Ticket,
-    WindowCharge,
+    WindowCounter,
     WindowState,
 )
 from custos.telemetry import metrics
@@ -63,7 +63,7 @@ from custos.telemetry import metrics
 log = logging.getLogger("custos.counters")
 
 #: What a seed source returns: the ledger epoch and each budget counter's spend.
-SeedSource = Callable[[], Awaitable[tuple[int, Sequence[tuple[BudgetCharge, int]]]]]
+SeedSource = Callable[[], Awaitable[tuple[int, Sequence[tuple[BudgetCounter, int]]]]]
 
 _BATCH = 256
 _PROBE_S = 0.1
@@ -362,7 +362,7 @@ class RedisCounters(Counters):
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._reapply: list[tuple[int, list[tuple[BudgetCharge, int]]]] = []
+        self._reapply: list[tuple[int, list[tuple[BudgetCounter, int]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         #: Admissions waiting for the next pipeline (see ``_batched_admit``).
         self._admits: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
@@ -399,8 +399,10 @@ class RedisCounters(Counters):
 
     async def admit(
         self,
-        budgets: Sequence[BudgetCharge],
-        windows: Sequence[WindowCharge],
+        budgets: Sequence[BudgetCounter],
+        amount: int,
+        windows: Sequence[WindowCounter],
+        units: int,
         rid: str,
         ttl_ms: int,
     ) -> Admission:
@@ -408,10 +410,10 @@ class RedisCounters(Counters):
         args: list[Any] = [rid, ttl_ms, len(budgets), len(windows)]
         for b in budgets:
             keys += [self.prefix + b.key, self.prefix + b.key + "|z", self.prefix + b.index_key]
-            args += [b.limit, b.amount, 1 if b.enforce else 0, b.expires_at_ms, b.split]
+            args += [b.limit, amount, 1 if b.enforce else 0, b.expires_at_ms, b.split]
         for w in windows:
             keys.append(self.prefix + w.key)
-            args += [w.limit, w.amount, w.bucket_ms]
+            args += [w.limit, units, w.bucket_ms]
         reply = await self._batched_admit(keys, args)
         if reply[0] == -1:
             await self._ensure_seeded()
@@ -435,7 +437,9 @@ class RedisCounters(Counters):
         ticket = Ticket(
             rid,
             tuple(budgets),
+            amount,
             tuple((w, int(bucket)) for w, bucket in zip(windows, buckets, strict=True)),
+            units,
         )
         return Admission(True, None, None, *_states(states, nb, len(windows)), ticket)
 
@@ -469,7 +473,7 @@ class RedisCounters(Counters):
         members = await self._command(self._redis.smembers(self.prefix + index_key))
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
-    def reapply(self, epoch: int, spent: list[tuple[BudgetCharge, int]]) -> None:
+    def reapply(self, epoch: int, spent: list[tuple[BudgetCounter, int]]) -> None:
         """Spend the ledger wrote that these counters do not hold yet (``Flushed.stale``): it
         is added under ``epoch``, when Redis holds that epoch (see ``custos.state.ledger``)."""
         if spent:
@@ -556,16 +560,16 @@ class RedisCounters(Counters):
     async def _settle_batch(self, batch: list[tuple[Ticket, int, int]]) -> None:
         keys = [self._epoch_key]
         args: list[Any] = [0]
-        budget_ops: list[tuple[BudgetCharge, int]] = []
+        budget_ops: list[tuple[BudgetCounter, int]] = []
         for ticket, cost, tokens in batch:
             for b in ticket.budgets:
                 keys += [self.prefix + b.key, self.prefix + b.key + "|z"]
                 args += ["b", ticket.rid, cost, b.expires_at_ms]
                 budget_ops.append((b, cost))
             for w, bucket in ticket.windows:
-                if w.per_token and tokens != w.amount:
+                if w.per_token and tokens != ticket.units:
                     keys.append(self.prefix + w.key)
-                    args += ["w", bucket, tokens - w.amount, ""]
+                    args += ["w", bucket, tokens - ticket.units, ""]
         args[0] = (len(args) - 1) // 4
         if args[0] == 0:
             return
@@ -592,7 +596,7 @@ class RedisCounters(Counters):
             await asyncio.sleep(0.2)
             if not self._reapply:
                 continue
-            waiting: list[tuple[int, list[tuple[BudgetCharge, int]]]] = []
+            waiting: list[tuple[int, list[tuple[BudgetCounter, int]]]] = []
             pending, self._reapply = self._reapply, []
             for epoch, spent in pending:
                 try:
@@ -602,7 +606,7 @@ class RedisCounters(Counters):
                     waiting.append((epoch, spent))
             self._reapply = waiting + self._reapply
 
-    async def _reapply_one(self, epoch: int, spent: list[tuple[BudgetCharge, int]]) -> int:
+    async def _reapply_one(self, epoch: int, spent: list[tuple[BudgetCounter, int]]) -> int:
         keys = [self._epoch_key]
         args: list[Any] = [epoch]
         for charge, amount in spent:
