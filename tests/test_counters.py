@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 
 from custos.state.counters import (
     Admission,
@@ -344,7 +344,7 @@ async def test_memory_counters_hold_memory_for_what_is_in_flight_only():
     assert all(a.admitted for a in live)
 
 
-async def test_pipelined_admissions_survive_a_script_flush(redis_server: RedisServer):  # noqa: F811
+async def test_batched_admissions_survive_a_script_flush(redis_server: RedisServer):  # noqa: F811
     counters = await redis_counters(redis_server.url, "p:")
     try:
         w = window(limit=30)
@@ -357,3 +357,37 @@ async def test_pipelined_admissions_survive_a_script_flush(redis_server: RedisSe
         assert sum(a.admitted for a in again) == 10  # ran exactly once each: 30 in all
     finally:
         await counters.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "0f" * 20, 2, "custos:b|x|month:2026-11-01|team=é", b"raw", 12, -5, 2**70),
+        ("SCRIPT LOAD", "return 1"),  # a command name of two words, as redis-py sends it
+        (b"CONFIG GET", b"maxmemory"),
+        ("SET", "k", bytearray(b"v")),
+        ("SET", "k", memoryview(b"w")),
+    ],
+)
+def test_commands_are_packed_in_c_to_the_same_bytes(command: tuple[object, ...]):
+    from redis.asyncio.connection import Connection
+
+    from custos.state.counters_redis import _PackedInC
+
+    counters = RedisCounters("redis://127.0.0.1:6379/0")
+    ours = counters._redis.connection_pool.connection_class()
+    assert isinstance(ours, _PackedInC)
+    theirs = Connection()
+    assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command))
+    assert b"".join(ours.pack_commands([command] * 3)) == b"".join(
+        theirs.pack_commands([command] * 3)
+    )
+
+
+def test_a_value_redis_cannot_take_is_refused_as_redis_py_refuses_it():
+    counters = RedisCounters("rediss://127.0.0.1:6379/0")
+    connection = counters._redis.connection_pool.connection_class()
+    assert isinstance(connection, aioredis.SSLConnection)
+    for value in (None, True, object()):
+        with pytest.raises(DataError):
+            connection.pack_command("SET", "k", value)

@@ -23,10 +23,10 @@ without waiting on the network), drops the pooled connections, and starts a prob
 every 100 ms; the first answer brings the counters back, with no restart. Commands are never
 retried by the client: a script that may have run must not run twice.
 
-Admissions that arrive in the same turn of the event loop share one pipeline (one write, one read
-of all replies; each script still runs alone and atomically), which under load is most of what a
-Redis call costs the gateway. Settlements are queued and sent in batches (one script call for up
-to 256) by a background task,
+Admissions that arrive in the same turn of the event loop go to Redis as one script call that
+admits them in turn (each as atomic as alone; one command to pack, one reply to parse), which
+under load is most of what a Redis call costs the gateway (commands are packed by hiredis, in C).
+Settlements are queued and sent in batches (one script call for up to 256) by a background task,
 so finishing a request never waits on Redis; a settlement that cannot be sent is reported to the
 sink with ``epoch=None`` and the ledger re-applies it once Redis is back.
 """
@@ -38,14 +38,15 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from custos.state.counters import (
@@ -69,6 +70,43 @@ _BATCH = 256
 _PROBE_S = 0.1
 _SEED_LOCK_MS = 30_000
 
+class _PackedInC:
+    """Commands packed by hiredis in one C call.
+
+    redis-py's asyncio connections pack every command in Python, an encode and three joins per
+    argument, even with hiredis installed (it parses the replies): an admission's dozen keys and
+    arguments and a settlement batch's thousand cost more CPU there than the rest of the call.
+    The bytes are the same: the first argument split on spaces as redis-py does (``SCRIPT
+    LOAD``), bytes-like values as bytes, text as UTF-8, and a value that is none of text, bytes
+    or a number refused with redis-py's ``DataError``."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            if not any(isinstance(a, bytearray) for a in args):
+                raise DataError(str(exc)) from None
+        return [hiredis.pack_command(tuple(bytes(a) if isinstance(a, bytearray) else a
+                                           for a in args))]  # fmt: skip
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+        """A pipeline's commands as one write."""
+        return [b"".join([self.pack_command(*command)[0] for command in commands])]
+
+
+class _Connection(_PackedInC, aioredis.Connection):
+    pass
+
+
+class _SSLConnection(_PackedInC, aioredis.SSLConnection):
+    pass
+
+
 _LIB = """
 local function num(v, d) if v then return tonumber(v) end return d end
 local function now_ms()
@@ -89,111 +127,127 @@ local function purge(h, z, now)
 end
 """
 
-# KEYS: epoch, then (hash, zset, index) per budget, then one hash per window.
-# ARGV: rid, ttl_ms, nb, nw, then (limit, amount, enforce, expire_at_ms, split) per budget,
-#       then (limit, amount, bucket_ms) per window.
+# One admission. K: epoch, then (hash, zset, index) per budget, then one hash per window.
+# A: rid, ttl_ms, nb, nw, then (limit, amount, enforce, expire_at_ms, split) per budget,
+#    then (limit, amount, bucket_ms) per window.
 # Returns {-1} when the counters are not seeded; {0, denied, retry_ms, states…} when refused;
 # {1, epoch, states…, bucket per window} when admitted. States: spent, reserved per budget,
 # then used, reset_ms per window.
-_ADMIT = (
-    _LIB
-    + """
-local rid, ttl = ARGV[1], tonumber(ARGV[2])
-local nb, nw = tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local epoch = 0
-if nb > 0 then
-  epoch = num(redis.call('GET', KEYS[1]), -1)
-  if epoch < 0 then return {-1} end
-end
-local B = 60
-local denied, retry = 0, -1
-local states, cur = {}, {}
-for j = 0, nb - 1 do
-  local h, z = KEYS[2 + 3 * j], KEYS[3 + 3 * j]
-  local a = 5 + 5 * j
-  purge(h, z, now)
-  local spent = num(redis.call('HGET', h, 'spent'), 0)
-  local res = num(redis.call('HGET', h, 'res'), 0)
-  states[#states + 1] = spent
-  states[#states + 1] = res
-  if denied == 0 and ARGV[a + 2] == '1'
-      and spent + res + tonumber(ARGV[a + 1]) > tonumber(ARGV[a]) then
-    denied = j + 1
+_ADMIT_ONE = """
+local function admit_one(K, A)
+  local rid, ttl = A[1], tonumber(A[2])
+  local nb, nw = tonumber(A[3]), tonumber(A[4])
+  local now = now_ms()
+  local epoch = 0
+  if nb > 0 then
+    epoch = num(redis.call('GET', K[1]), -1)
+    if epoch < 0 then return {-1} end
   end
-end
-local wb, aw = 2 + 3 * nb, 5 + 5 * nb
-for k = 0, nw - 1 do
-  local h, a = KEYS[wb + k], aw + 3 * k
-  local limit, amount, width = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local c = math.floor(now / width)
-  local cutoff = c - B
-  local total = num(redis.call('HGET', h, 't'), 0)
-  local oldest = num(redis.call('HGET', h, 'o'), cutoff)
-  if oldest < cutoff then
-    if cutoff - oldest > B + 1 then
-      redis.call('DEL', h)
-      total = 0
-    else
-      for i = oldest, cutoff - 1 do
-        local v = redis.call('HGET', h, int(i))
-        if v then
-          total = total - tonumber(v)
-          redis.call('HDEL', h, int(i))
-        end
-      end
-      redis.call('HSET', h, 't', int(total))
-    end
-    redis.call('HSET', h, 'o', int(cutoff))
-  end
-  cur[k + 1] = c
-  states[#states + 1] = total
-  states[#states + 1] = (c + B + 1) * width - now
-  if denied == 0 and total + amount > limit then
-    denied = nb + k + 1
-    if amount <= limit then
-      local need, freed = total + amount - limit, 0
-      for i = cutoff, c do
-        freed = freed + num(redis.call('HGET', h, int(i)), 0)
-        if freed >= need then
-          retry = (i + B + 1) * width - now
-          break
-        end
-      end
+  local B = 60
+  local denied, retry = 0, -1
+  local states, cur = {}, {}
+  for j = 0, nb - 1 do
+    local h, z = K[2 + 3 * j], K[3 + 3 * j]
+    local a = 5 + 5 * j
+    purge(h, z, now)
+    local spent = num(redis.call('HGET', h, 'spent'), 0)
+    local res = num(redis.call('HGET', h, 'res'), 0)
+    states[#states + 1] = spent
+    states[#states + 1] = res
+    if denied == 0 and A[a + 2] == '1'
+        and spent + res + tonumber(A[a + 1]) > tonumber(A[a]) then
+      denied = j + 1
     end
   end
-end
-if denied > 0 then
-  local out = {0, denied, retry}
+  local wb, aw = 2 + 3 * nb, 5 + 5 * nb
+  for k = 0, nw - 1 do
+    local h, a = K[wb + k], aw + 3 * k
+    local limit, amount, width = tonumber(A[a]), tonumber(A[a + 1]), tonumber(A[a + 2])
+    local c = math.floor(now / width)
+    local cutoff = c - B
+    local total = num(redis.call('HGET', h, 't'), 0)
+    local oldest = num(redis.call('HGET', h, 'o'), cutoff)
+    if oldest < cutoff then
+      if cutoff - oldest > B + 1 then
+        redis.call('DEL', h)
+        total = 0
+      else
+        for i = oldest, cutoff - 1 do
+          local v = redis.call('HGET', h, int(i))
+          if v then
+            total = total - tonumber(v)
+            redis.call('HDEL', h, int(i))
+          end
+        end
+        redis.call('HSET', h, 't', int(total))
+      end
+      redis.call('HSET', h, 'o', int(cutoff))
+    end
+    cur[k + 1] = c
+    states[#states + 1] = total
+    states[#states + 1] = (c + B + 1) * width - now
+    if denied == 0 and total + amount > limit then
+      denied = nb + k + 1
+      if amount <= limit then
+        local need, freed = total + amount - limit, 0
+        for i = cutoff, c do
+          freed = freed + num(redis.call('HGET', h, int(i)), 0)
+          if freed >= need then
+            retry = (i + B + 1) * width - now
+            break
+          end
+        end
+      end
+    end
+  end
+  if denied > 0 then
+    local out = {0, denied, retry}
+    for _, v in ipairs(states) do out[#out + 1] = v end
+    return out
+  end
+  for j = 0, nb - 1 do
+    local h, z, idx = K[2 + 3 * j], K[3 + 3 * j], K[4 + 3 * j]
+    local a = 5 + 5 * j
+    if redis.call('HSETNX', h, 'r:' .. rid, A[a + 1]) == 1 then
+      redis.call('HINCRBY', h, 'res', A[a + 1])
+      states[2 * j + 2] = states[2 * j + 2] + tonumber(A[a + 1])
+    end
+    redis.call('ZADD', z, now + ttl, rid)
+    redis.call('SADD', idx, A[a + 4])
+    local exp = tonumber(A[a + 3])
+    if exp > 0 then
+      redis.call('PEXPIREAT', h, exp)
+      redis.call('PEXPIREAT', z, exp)
+      redis.call('PEXPIREAT', idx, exp)
+    end
+  end
+  for k = 0, nw - 1 do
+    local h, a = K[wb + k], aw + 3 * k
+    redis.call('HINCRBY', h, int(cur[k + 1]), A[a + 1])
+    states[2 * nb + 2 * k + 1] = redis.call('HINCRBY', h, 't', A[a + 1])
+    redis.call('HSETNX', h, 'o', int(cur[k + 1] - B))
+    redis.call('PEXPIRE', h, tonumber(A[a + 2]) * (B + 2))
+  end
+  local out = {1, epoch}
   for _, v in ipairs(states) do out[#out + 1] = v end
+  for _, c in ipairs(cur) do out[#out + 1] = c end
   return out
 end
-for j = 0, nb - 1 do
-  local h, z, idx = KEYS[2 + 3 * j], KEYS[3 + 3 * j], KEYS[4 + 3 * j]
-  local a = 5 + 5 * j
-  if redis.call('HSETNX', h, 'r:' .. rid, ARGV[a + 1]) == 1 then
-    redis.call('HINCRBY', h, 'res', ARGV[a + 1])
-    states[2 * j + 2] = states[2 * j + 2] + tonumber(ARGV[a + 1])
-  end
-  redis.call('ZADD', z, now + ttl, rid)
-  redis.call('SADD', idx, ARGV[a + 4])
-  local exp = tonumber(ARGV[a + 3])
-  if exp > 0 then
-    redis.call('PEXPIREAT', h, exp)
-    redis.call('PEXPIREAT', z, exp)
-    redis.call('PEXPIREAT', idx, exp)
-  end
+"""
+
+# Admissions in turn, each exactly as it would run alone (see ``_batched_admit``).
+# ARGV: n, then per admission: its number of keys, its number of arguments, its arguments;
+# KEYS: every admission's keys, in the same order. Returns one reply per admission.
+_ADMIT = (
+    _LIB
+    + _ADMIT_ONE
+    + """
+local out, ko, ao = {}, 1, 2
+for i = 1, tonumber(ARGV[1]) do
+  local nk, na = tonumber(ARGV[ao]), tonumber(ARGV[ao + 1])
+  out[i] = admit_one({unpack(KEYS, ko, ko + nk - 1)}, {unpack(ARGV, ao + 2, ao + 1 + na)})
+  ko, ao = ko + nk, ao + 2 + na
 end
-for k = 0, nw - 1 do
-  local h, a = KEYS[wb + k], aw + 3 * k
-  redis.call('HINCRBY', h, int(cur[k + 1]), ARGV[a + 1])
-  states[2 * nb + 2 * k + 1] = redis.call('HINCRBY', h, 't', ARGV[a + 1])
-  redis.call('HSETNX', h, 'o', int(cur[k + 1] - B))
-  redis.call('PEXPIRE', h, tonumber(ARGV[a + 2]) * (B + 2))
-end
-local out = {1, epoch}
-for _, v in ipairs(states) do out[#out + 1] = v end
-for _, c in ipairs(cur) do out[#out + 1] = c end
 return out
 """
 )
@@ -343,6 +397,9 @@ class RedisCounters(Counters):
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        # The URL chose the class (plain or TLS); the same, packing in C.
+        ssl = issubclass(pool.connection_class, aioredis.SSLConnection)
+        pool.connection_class = _SSLConnection if ssl else _Connection
         self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
@@ -364,7 +421,7 @@ class RedisCounters(Counters):
         self._idle.set()
         self._reapply: list[tuple[int, list[tuple[BudgetCounter, int]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        #: Admissions waiting for the next pipeline (see ``_batched_admit``).
+        #: Admissions waiting for the next batch (see ``_batched_admit``).
         self._admits: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._admit_scheduled = False
         self._admit_batches: set[asyncio.Task[None]] = set()
@@ -618,15 +675,17 @@ class RedisCounters(Counters):
             result = int(await self._call(self._reapply_script, keys, args))
         return result
 
-    # -- admissions, pipelined ---------------------------------------------------------------
+    # -- admissions, batched ------------------------------------------------------------------
 
     async def _batched_admit(self, keys: list[str], args: list[Any]) -> Any:
-        """Run the admission script for this request in the next pipeline.
+        """Run this request's admission in the next batch.
 
-        Admissions that arrive in the same turn of the event loop go to Redis together: one
-        pooled connection, one write, one read of all replies. Each script still runs alone
-        and atomically; only the round trip and the client's per-command work are shared,
-        which under load is most of a Redis call's cost. A lone request waits for nothing.
+        Admissions that arrive in the same turn of the event loop go to Redis as one script
+        call, which admits them in turn, each exactly as it would alone (a script runs to
+        completion before any other command, so each admission is as atomic as before, and so
+        is the batch). One command to pack and send, one reply to read: the client's work per
+        command, not Redis's, is most of what a Redis call costs the gateway under load. A lone
+        request waits for nothing.
         """
         if time.monotonic() < self._down_until:
             raise CountersUnavailable(self._down_reason)
@@ -640,57 +699,35 @@ class RedisCounters(Counters):
 
     def _send_admits(self) -> None:
         self._admit_scheduled = False
-        batch, self._admits = self._admits, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run_admits(batch))
+        waiting, self._admits = self._admits, []
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(waiting), _BATCH):
+            task = loop.create_task(self._run_admits(waiting[start : start + _BATCH]))
             self._admit_batches.add(task)
             task.add_done_callback(self._admit_batches.discard)
 
     async def _run_admits(
         self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
+        keys: list[str] = []
+        args: list[Any] = [len(batch)]
+        for k, a, _ in batch:
+            keys += k
+            args.append(len(k))
+            args.append(len(a))
+            args += a
         try:
-            if len(batch) == 1:  # nothing to share: a plain call is cheaper than a pipeline
-                keys, args, _ = batch[0]
-                replies = [await self._command(self._admit(keys=keys, args=args))]
-            else:
-                calls = [(k, a) for k, a, _ in batch]
-                replies = await self._command(self._pipeline(self._admit, calls))
+            # (a script Redis no longer knows did not run: redis-py loads it and sends it again)
+            replies = await self._command(self._admit(keys=keys, args=args))
         except CountersUnavailable as exc:
             replies = [CountersUnavailable(str(exc))] * len(batch)
         for (_, _, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
-            if isinstance(reply, RedisError):
-                log.error("Redis refused an admission script: %s", reply)
-                reply = CountersUnavailable(f"Redis refused the command: {reply}")
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
-
-    async def _pipeline(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """``EVALSHA`` each call in one pipeline; calls the server did not know the script for
-        (``NOSCRIPT``: they did not run) are sent again once it is loaded."""
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args = calls[i]
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, result in zip(todo, results, strict=True):
-                if isinstance(result, NoScriptError) and attempt == 0:
-                    missing.append(i)
-                else:
-                    replies[i] = result
-            if not missing:
-                break
-            await self._redis.script_load(script.script)
-            todo = missing
-        return replies
 
     # -- talking to Redis --------------------------------------------------------------------
 
