@@ -766,6 +766,8 @@ COMPARISONS = (
     ("auth", "passthrough", 5.0, "token authentication + one access rule"),
     ("limits", "passthrough", 10.0, "+ a rate limit and a budget, in-process counters"),
     ("limits-redis", "passthrough", None, "the same with the counters in Redis"),
+    ("limits", "auth", None, "the rate limit and the budget alone"),
+    ("limits-redis", "limits", None, "Redis counters against in-process ones"),
     ("audit", "limits", 10.0, "+ the audit trail (record, spool, store)"),
     ("full", "audit", 10.0, "+ the Merkle log and signed checkpoints"),
     ("full", "passthrough", None, "everything (what `custos serve` runs)"),
