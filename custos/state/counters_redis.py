@@ -70,6 +70,7 @@ _BATCH = 256
 _PROBE_S = 0.1
 _SEED_LOCK_MS = 30_000
 
+
 class _PackedInC:
     """Commands packed by hiredis in one C call.
 
