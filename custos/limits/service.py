@@ -89,8 +89,6 @@ class Metering:
     estimated_output_tokens: int
     #: The estimated cost reserved on every budget counter.
     reserved_micros: int
-    #: What every window was charged: one request, or the estimated tokens.
-    units: int
     #: Rule id → decision: ``reserved``, ``over_limit_audit`` (an audit-mode budget over its
     #: limit), ``admitted`` (rate limit), ``denied``, ``fail_open``, ``counters_down``.
     decisions: dict[str, str]
@@ -250,7 +248,7 @@ class Limiter:
         amount = plan.cost.micros(in_tokens, out_tokens) if plan.budgets else 0
         rule = plan.rule
         units = in_tokens + out_tokens if rule is not None and rule.per_token else 1
-        metering = Metering(plan.budgets, in_tokens, out_tokens, amount, units, {})
+        metering = Metering(plan.budgets, in_tokens, out_tokens, amount, {})
         ctx.limits = metering
         ctx.applied.extend(plan.applied)
         rid = ctx.request_id
@@ -476,8 +474,7 @@ class Limiter:
         if self.ledger is not None:
             self.ledger.record(key, cost, epoch)
         if spent is not None and self.alerts is not None:
-            policy = self._runtime().limits
-            budget = policy.budget(key[0]) if policy.alerting else None
+            budget = self._runtime().limits.budget(key[0])
             if budget is not None:
                 self.alerts.check(budget, key, spent)
 

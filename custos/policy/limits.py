@@ -291,8 +291,6 @@ class LimitsPolicy:
         self.rate_limits = tuple(_rate_rule(r) for r in config.rate_limits)
         self.budgets = tuple(_budget(b) for b in config.budgets)
         self.active = bool(self.rate_limits or self.budgets)
-        #: Some budget sends alerts (settlements need not look budgets up otherwise).
-        self.alerting = any(b.alerts is not None for b in self.budgets)
         self.costs = {name: route_cost(route, config) for name, route in routes.items()}
         self._budgets_by_id = {b.id: b for b in self.budgets}
 

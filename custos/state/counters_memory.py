@@ -88,6 +88,16 @@ class _Window:
         return (current + BUCKETS + 1) * width - now_ms
 
 
+def _states(
+    found: list[_Budget], spans: list[tuple[_Window, int]], now: int
+) -> tuple[tuple[BudgetState, ...], tuple[WindowState, ...]]:
+    """The budgets' and windows' states as they are now (``Admission.budgets``, ``.windows``)."""
+    return (
+        tuple([BudgetState(c.spent, c.reserved) for c in found]),
+        tuple([WindowState(w.total, (cur + BUCKETS + 1) * w.width - now) for w, cur in spans]),
+    )
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -136,7 +146,7 @@ class MemoryCounters(Counters):
             counter = self._budgets.get(spec.key)
             if counter is None:
                 counter = self._budgets[spec.key] = _Budget()
-            elif counter.heap and counter.heap[0][0] <= now:
+            elif counter.heap and counter.heap[0][0] <= now:  # (inline: a call per request saved)
                 counter.release_expired(now)
             found.append(counter)
             if (
@@ -151,11 +161,10 @@ class MemoryCounters(Counters):
             window = self._windows.get(spec.key)
             if window is None:
                 window = self._windows[spec.key] = _Window(width)
-            elif window.width != width:
+            else:
                 window.width = width
             current = now // width
-            if window.oldest < current - BUCKETS:
-                window.advance(current)
+            window.advance(current)
             spans.append((window, current))
             if window.total + units > spec.limit and denied is None:
                 denied = spec
@@ -163,10 +172,9 @@ class MemoryCounters(Counters):
                     need = window.total + units - spec.limit
                     retry = window.retry_after_ms(need, current, width, now)
         if denied is not None:
-            return self._refused(denied, retry, found, spans, now)
+            return Admission(False, denied, retry, *_states(found, spans, now), None)
         expiry = now + ttl_ms
-        budget_states = []
-        for spec, counter in zip(budgets, found):  # noqa: B905 (same length: built above)
+        for spec, counter in zip(budgets, found, strict=True):
             holds = counter.holds
             if rid not in holds:
                 holds[rid] = (amount, expiry)
@@ -176,43 +184,14 @@ class MemoryCounters(Counters):
                 counter.expires_at_ms = spec.expires_at_ms
                 self._index(spec)
                 counter.indexed = True
-            budget_states.append(BudgetState(counter.spent, counter.reserved))
         placed = []
-        window_states = []
-        for spec, (window, current) in zip(windows, spans):  # noqa: B905 (as above)
+        for spec, (window, current) in zip(windows, spans, strict=True):
             buckets = window.buckets
             buckets[current] = buckets.get(current, 0) + units
             window.total += units
             placed.append((spec, current))
-            window_states.append(
-                WindowState(window.total, (current + BUCKETS + 1) * window.width - now)
-            )
-        return Admission(
-            True,
-            None,
-            None,
-            tuple(budget_states),
-            tuple(window_states),
-            Ticket(rid, tuple(budgets), amount, tuple(placed), units),
-        )
-
-    @staticmethod
-    def _refused(
-        denied: BudgetCounter | WindowCounter,
-        retry: int | None,
-        found: list[_Budget],
-        spans: list[tuple[_Window, int]],
-        now: int,
-    ) -> Admission:
-        """A refusal: nothing was taken; the states as they are."""
-        return Admission(
-            False,
-            denied,
-            retry,
-            tuple([BudgetState(c.spent, c.reserved) for c in found]),
-            tuple([WindowState(w.total, (cur + BUCKETS + 1) * w.width - now) for w, cur in spans]),
-            None,
-        )
+        ticket = Ticket(rid, tuple(budgets), amount, tuple(placed), units)
+        return Admission(True, None, None, *_states(found, spans, now), ticket)
 
     def settle(self, ticket: Ticket, cost_micros: int, tokens: int) -> None:
         sink = self.sink
@@ -226,8 +205,7 @@ class MemoryCounters(Counters):
             hold = counter.holds.pop(rid, None) if rid else None
             if hold is not None:
                 counter.reserved -= hold[0]
-                if len(counter.heap) > 2 * len(counter.holds) + 32:
-                    counter.compact()
+                counter.compact()
             counter.spent += cost_micros
             if sink is not None:
                 sink.budget_settled(spec, cost_micros, None, counter.spent)

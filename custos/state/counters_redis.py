@@ -38,7 +38,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -94,10 +94,6 @@ class _PackedInC:
                 raise DataError(str(exc)) from None
         return [hiredis.pack_command(tuple(bytes(a) if isinstance(a, bytearray) else a
                                            for a in args))]  # fmt: skip
-
-    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
-        """A pipeline's commands as one write."""
-        return [b"".join([self.pack_command(*command)[0] for command in commands])]
 
 
 class _Connection(_PackedInC, aioredis.Connection):
