@@ -28,9 +28,11 @@ run: $(STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check custos tests bench
+	$(BIN)/ruff format --check custos tests bench
 
 test: $(TEST_STAMP)
-	$(BIN)/ruff check custos tests
+	$(BIN)/ruff check custos tests bench
+	$(BIN)/ruff format --check custos tests bench
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

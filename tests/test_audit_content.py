@@ -406,7 +406,7 @@ def test_postgresql_replicas_share_keys_and_hear_of_erasures(
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     config = (
         standard_config(mock_provider.url).replace("sqlite:///./custos.db", url)
-        + "audit: {content: full, content_key: \"${env:CUSTOS_TEST_CONTENT_KEY}\"}\n"
+        + 'audit: {content: full, content_key: "${env:CUSTOS_TEST_CONTENT_KEY}"}\n'
     )
     env = {"CUSTOS_TEST_CONTENT_KEY": key}
     a = b = None

@@ -116,11 +116,14 @@ async def test_normal_operation_still_works(store: Store) -> None:  # noqa: F811
                   "audit_signing_keys", "UPDATE")  # fmt: skip
     # A hold is released once; its reason never changes.
     async with store.transaction() as tx:
-        assert await tx.execute(
-            "UPDATE audit_holds SET released_at = $1, released_by = 'user:y',"
-            " release_reason = 'settled' WHERE id = 'hold_1'",
-            utcnow(),
-        ) == 1
+        assert (
+            await tx.execute(
+                "UPDATE audit_holds SET released_at = $1, released_by = 'user:y',"
+                " release_reason = 'settled' WHERE id = 'hold_1'",
+                utcnow(),
+            )
+            == 1
+        )
     await refused(store, "UPDATE audit_holds SET released_at = set_at", "audit_holds", "UPDATE")
     # The tree head and the cursor are bookkeeping, not guarded.
     async with store.transaction() as tx:
@@ -175,7 +178,7 @@ async def test_the_purge_window_allows_exactly_the_purge(store: Store) -> None: 
 def documented_grants(schema: str, app: str, retention: str) -> str:
     """The grant SQL of docs/audit.md ("PostgreSQL roles"), for ``schema`` and these roles."""
     text = (ROOT / "docs" / "audit.md").read_text()
-    section = text[text.index("### PostgreSQL roles"):]
+    section = text[text.index("### PostgreSQL roles") :]
     start = section.index("```sql\n") + 7
     sql = section[start : section.index("\n```", start)]
     sql = sql.replace("custos_app", app).replace("custos_retention", retention)

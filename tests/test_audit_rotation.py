@@ -210,8 +210,12 @@ def test_config_rules() -> None:
     assert _audit_problems(f"  retiring_signing_key_name: {OLD}\n") == [
         "retiring_signing_key_name is set without retiring_signing_key"
     ]
-    fine = AuditSettings(signing_key="./new.pem", signing_key_name=NEW,
-                         retiring_signing_key="./old.pem", retiring_signing_key_name=OLD)
+    fine = AuditSettings(
+        signing_key="./new.pem",
+        signing_key_name=NEW,
+        retiring_signing_key="./old.pem",
+        retiring_signing_key_name=OLD,
+    )
     assert "old.pem" not in repr(fine)  # fmt: skip
 
 

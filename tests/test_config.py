@@ -268,7 +268,7 @@ def test_an_unknown_reference_kind_is_reported_not_taken_as_the_value(monkeypatc
     # Text that only looks like a reference in part is a value like any other.
     literal = VALID.replace(
         "api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    api_version",
-        "api_key: \"pa$${word}-${1:x}\"\n    api_version",
+        'api_key: "pa$${word}-${1:x}"\n    api_version',
     )
     azure = parse_config(literal).config.providers["azure-eu"]
     assert azure.api_key == "pa$${word}-${1:x}"
@@ -315,9 +315,7 @@ def test_a_misplaced_secret_is_never_printed(tmp_path, old, new):
 
 def test_the_sections_still_to_come_are_refused():
     # (sections leave this list as they are implemented; these are not yet)
-    assert {"guardrails", "mcp_servers"} <= set(
-        UNSUPPORTED_SECTIONS
-    )
+    assert {"guardrails", "mcp_servers"} <= set(UNSUPPORTED_SECTIONS)
 
 
 @pytest.mark.parametrize("section", UNSUPPORTED_SECTIONS)

@@ -283,6 +283,8 @@ async def create_hold(svc: AdminService, principal: Any, body: HoldCreate) -> Ho
 async def end_hold(svc: AdminService, principal: Any, hold_id: str, body: HoldRelease) -> HoldOut:
     actor = _admin(principal)
     return HoldOut.of(await release_hold(svc.store, actor, hold_id, reason=body.reason))
+
+
 # -- content: read back, erase -----------------------------------------------------------------
 
 

@@ -292,4 +292,3 @@ class Exports:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
-

@@ -111,9 +111,7 @@ def parse_group_by(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in DIMENSIONS]
     if unknown:
-        raise ReportError(
-            f"cannot group by {unknown[0]!r}: choose from {', '.join(DIMENSIONS)}"
-        )
+        raise ReportError(f"cannot group by {unknown[0]!r}: choose from {', '.join(DIMENSIONS)}")
     if len(set(names)) != len(names):
         raise ReportError("a dimension appears twice in group_by")
     return names
@@ -186,9 +184,7 @@ _HEADINGS = {"input_tokens": "input tok", "output_tokens": "output tok", "cost_m
 
 
 def _cells(entry: dict[str, Any]) -> list[str]:
-    return [
-        usd(entry["cost_micros"]) if m == "cost_micros" else str(entry[m]) for m in MEASURES
-    ]
+    return [usd(entry["cost_micros"]) if m == "cost_micros" else str(entry[m]) for m in MEASURES]
 
 
 def render_table(data: dict[str, Any]) -> str:

@@ -78,9 +78,7 @@ async def purge_window(tx: Tx) -> AsyncIterator[None]:
         yield
         await tx.fetch("SELECT set_config('custos.audit_purge', 'off', true) AS purging")
     else:
-        await tx.execute(
-            "INSERT INTO audit_purge_window (id, opened_at) VALUES (1, $1)", utcnow()
-        )
+        await tx.execute("INSERT INTO audit_purge_window (id, opened_at) VALUES (1, $1)", utcnow())
         yield
         await tx.execute("DELETE FROM audit_purge_window")
 

@@ -244,9 +244,7 @@ class Sequencer:
             raise Fenced("not the leader")
         epoch, known = self.epoch, self.frontier.size
         async with self.store.transaction() as tx:
-            frontier = (
-                await load_frontier(tx) if self.store.dialect == "sqlite" else self.frontier
-            )
+            frontier = await load_frontier(tx) if self.store.dialect == "sqlite" else self.frontier
             rows = await tx.fetch(
                 "SELECT p.pending_id, p.event_id, e.leaf_hash, l.seq FROM audit_pending p"
                 " JOIN audit_events e ON e.event_id = p.event_id"

@@ -166,7 +166,7 @@ def with_model(call: ProviderCall, model: str | None) -> bytes:
                 found = match
             at = raw.find(_MODEL_KEY, at + len(_MODEL_KEY))
     if found is not None and found.group(1) == orjson.dumps(call.requested_model)[1:-1]:
-        return b"%s\"model\":%s%s" % (raw[: found.start()], orjson.dumps(model), raw[found.end() :])
+        return b'%s"model":%s%s' % (raw[: found.start()], orjson.dumps(model), raw[found.end() :])
     body = dict(call.body)
     if model is None:
         body.pop("model", None)

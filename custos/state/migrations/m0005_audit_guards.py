@@ -120,8 +120,7 @@ _PG_ROW_FUNCTIONS = {
     "audit_holds": "audit_holds_guard",
 }
 
-POSTGRESQL = (
-    """
+POSTGRESQL = """
 CREATE TABLE audit_holds (
     id             TEXT PRIMARY KEY,
     team           TEXT,
@@ -196,12 +195,10 @@ BEGIN
         USING ERRCODE = 'integrity_constraint_violation';
 END
 $$;
-"""
-    + "".join(
-        f"CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON {t}\n"
-        f"    FOR EACH ROW EXECUTE FUNCTION {_PG_ROW_FUNCTIONS.get(t, 'audit_refuse_change')}();\n"
-        f"CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON {t}\n"
-        "    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();\n"
-        for t in _PG_GUARDED
-    )
+""" + "".join(
+    f"CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON {t}\n"
+    f"    FOR EACH ROW EXECUTE FUNCTION {_PG_ROW_FUNCTIONS.get(t, 'audit_refuse_change')}();\n"
+    f"CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON {t}\n"
+    "    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();\n"
+    for t in _PG_GUARDED
 )
