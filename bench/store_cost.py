@@ -59,6 +59,8 @@ def record(n: int) -> SealedRecord:
             {"stage": "budget", "rule": "bench-per-team", "decision": "allow"},
             {"stage": "rate_limit", "rule": "bench-per-user", "decision": "allow"},
         ],
+        "limits.estimated_input_tokens": 4, "limits.estimated_output_tokens": 256,
+        "limits.reserved_micros": 2565,
         "http.response.status_code": 200, "outcome": "served", "stopped_at": None,
         "error.type": None, "gen_ai.usage.input_tokens": 16, "gen_ai.usage.output_tokens": 20,
         "gen_ai.usage.cache_read.input_tokens": 0, "gen_ai.usage.cache_creation.input_tokens": 0,

@@ -31,6 +31,7 @@ from tests.store_fixtures import (
 )
 
 CHAT = {"messages": [{"role": "user", "content": "hello there"}]}
+_LIMITS_INPUT = ("estimated_input_tokens", "estimated_output_tokens", "reserved_micros")
 
 
 @dataclass
@@ -144,6 +145,8 @@ def test_served_call(audited: Audited) -> None:
     assert record["decisions"] == [
         {"stage": "authorize", "rule": "everyone-everything", "decision": "allow"}
     ]
+    # No budget or rate limit applies: nothing was estimated or reserved.
+    assert [record[f"limits.{k}"] for k in _LIMITS_INPUT] == [None, None, None]
     assert record["config.revision"] == audited.gateway.revision()
     assert record["time_start"] <= record["time_end"] and record["time_start"].endswith("Z")
     assert len(record["salt"]) == 32 and record["event_id"][14] == "7"
@@ -346,6 +349,9 @@ def test_rate_limited_call(mock_provider: MockProvider, tmp_path: Path) -> None:
         assert {"stage": "rate_limit", "rule": "one-a-minute", "decision": "deny"} in record[
             "decisions"
         ]
+        # A requests-per-minute rule and no budget: tokens estimated, nothing reserved.
+        estimated_in, estimated_out, reserved = (record[f"limits.{k}"] for k in _LIMITS_INPUT)
+        assert estimated_in > 0 and estimated_out > 0 and reserved == 0
     finally:
         audited.gateway.stop()
 
@@ -362,7 +368,7 @@ def test_over_budget_call(mock_provider: MockProvider, tmp_path: Path) -> None:
     )
     audited, _ = start_audited(config, tmp_path, "sqlite")
     try:
-        statuses = [audited.chat("openai-main/gpt-5.5") for _ in range(3)]
+        statuses = [audited.chat("openai-main/gpt-5.5", max_tokens=40) for _ in range(3)]
         denied = [r for r in statuses if r.status_code in (402, 429)]
         assert denied, [r.status_code for r in statuses]
         record = one_call(audited.store_url, _request_id(denied[-1]))
@@ -373,6 +379,12 @@ def test_over_budget_call(mock_provider: MockProvider, tmp_path: Path) -> None:
             {"stage": "budget", "rule": "roomy", "decision": "allow"},
             {"stage": "budget", "rule": "tiny", "decision": "deny"},
         ]
+        # The refused reservation is in the record: the estimate at gpt-5.5's prices ($1.25 in,
+        # $10 out per million tokens), rounded up to whole micro-dollars, and max_tokens as
+        # the output estimate.
+        estimated_in, estimated_out, reserved = (record[f"limits.{k}"] for k in _LIMITS_INPUT)
+        assert estimated_in > 0 and estimated_out == 40
+        assert reserved == -(-(estimated_in * 125 + estimated_out * 1000) // 100)
     finally:
         audited.gateway.stop()
 

@@ -16,6 +16,7 @@ an event type is always present (``null`` when unknown), so readers see one stab
     gen_ai.provider.name, provider.account, provider.model, provider.upstream_model, cloud.region,
     attempts [{target, region, status, error, offset_ms, latency_ms}],
     decisions [{stage, rule, decision}],
+    limits.estimated_input_tokens, limits.estimated_output_tokens, limits.reserved_micros,
     http.response.status_code, outcome, stopped_at, error.type,
     gen_ai.usage.input_tokens, gen_ai.usage.output_tokens, gen_ai.usage.cache_read.input_tokens,
     gen_ai.usage.cache_creation.input_tokens, gen_ai.usage.reasoning.output_tokens,
@@ -148,6 +149,13 @@ def llm_call(
         upstream_model, region = served.upstream_model, served.region
     kind = principal_id = token_id = None
     teams: list[str] = []
+    # What the budget and rate-limit stages charged at admission (their decisions' input).
+    estimated_in = estimated_out = reserved = None
+    metering = ctx.limits
+    if metering is not None:
+        estimated_in = metering.estimated_input_tokens
+        estimated_out = metering.estimated_output_tokens
+        reserved = metering.reserved_micros
     if principal is not None:
         kind, principal_id, token_id = principal.kind, principal.id, principal.token_id
         teams = list(principal.teams)
@@ -192,6 +200,9 @@ def llm_call(
             for a in ctx.attempts
         ],
         "decisions": _decisions(ctx, stopped_at),
+        "limits.estimated_input_tokens": estimated_in,
+        "limits.estimated_output_tokens": estimated_out,
+        "limits.reserved_micros": reserved,
         "http.response.status_code": status,
         "outcome": outcome_of(code, status, ctx.client_disconnected),
         "stopped_at": stopped_at,
