@@ -634,7 +634,7 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     ),
     (
         _r("GET", "/accounts", "listAccounts", "List virtual accounts", s.AccountList,
-           query=s.AccountsQuery),
+           query=s.AccountsQuery, query_names_objects=True),
         _list_accounts,
     ),
     (
@@ -658,7 +658,7 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     ),
     (
         _r("GET", "/tokens", "listTokens", "List tokens (never their secrets)", s.TokenList,
-           query=s.TokensQuery),
+           query=s.TokensQuery, query_names_objects=True),
         _list_tokens,
     ),
     (
