@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from custos.admin import bootstrap
+from custos.audit.record import EVENT_TYPES
 from custos.http.admin import PREFIX, ROUTES, AdminAPI
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal
@@ -584,3 +585,38 @@ async def test_list_filters_naming_unknown_objects_answer_a_documented_404(env: 
         assert "404" in document["paths"]["/admin/v1" + path]["get"]["responses"]
     # A list without such a parameter never looks anything up.
     assert "404" not in document["paths"]["/admin/v1/users"]["get"]["responses"]
+
+
+async def test_query_parameters_say_which_values_are_valid(env: Env) -> None:
+    # What a client (or a generated test) needs to send a value the server accepts.
+    document = (await env.call("GET", "/openapi.json", None)).json()
+
+    def parameter(path: str, name: str) -> dict[str, Any]:
+        params = document["paths"]["/admin/v1" + path]["get"]["parameters"]
+        return next(p["schema"] for p in params if p["name"] == name)
+
+    assert parameter("/audit/events", "event_type")["enum"] == sorted(EVENT_TYPES)
+    for path in ("/audit/report", "/audit/events", "/audit/verify"):
+        for name in ("from", "to"):
+            schema = parameter(path, name)
+            assert {o["format"] for o in schema["anyOf"]} == {"date", "date-time"}
+            assert "default" not in schema
+
+
+async def test_a_body_is_required_exactly_where_the_router_requires_one(env: Env) -> None:
+    document = (await env.call("GET", "/openapi.json", None)).json()
+    paths = document["paths"]
+    assert paths["/admin/v1/users"]["post"]["requestBody"]["required"] is True
+    assert paths["/admin/v1/users/{user}"]["patch"]["requestBody"]["required"] is False
+    # Nothing in a user update is required: no body is an update that changes nothing (and so
+    # records no admin event).
+    me = await env.ok("GET", "/me", env.admin)
+    before = await env.event_count()
+    auth = {"authorization": f"Bearer {env.admin}"}
+    response = await env.client.patch(PREFIX + f"/users/{me['id']}", headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["roles"] == me["roles"]
+    # A user creation needs its email: no body is refused and creates nothing.
+    response = await env.client.post(PREFIX + "/users", headers=auth)
+    assert response.status_code == 415, response.text
+    assert await env.event_count() == before

@@ -339,6 +339,13 @@ def test_cli_report_export_and_show(mock_provider: MockProvider, tmp_path: Path)
             "2026-07-01T12:00:00+00:00",
             "2026-07-02T00:00:00+00:00",
         ),
+        # RFC 3339 §5.6 lets "T" and "Z" be lower case.
+        (
+            "2026-07-01t12:00:00z",
+            "2026-07-02t02:00:00+02:00",
+            "2026-07-01T12:00:00+00:00",
+            "2026-07-02T00:00:00+00:00",
+        ),
     ],
 )
 def test_report_ranges(since: str, until: str, first: str, last: str) -> None:

@@ -106,9 +106,14 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
         rest = [o for o in options if o != {"type": "null"}]
         if len(rest) == 1:
             schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **rest[0]}
-            if schema.get("default", 0) is None:
-                del schema["default"]
+    if schema.get("default", 0) is None:
+        schema = {k: v for k, v in schema.items() if k != "default"}
     return schema
+
+
+def body_required(model: type[BaseModel]) -> bool:
+    """Whether a request must send a body: some field of ``model`` is required."""
+    return any(f.is_required() for f in model.model_fields.values())
 
 
 def _error_statuses(spec: RouteSpec) -> Iterable[int]:
@@ -165,7 +170,8 @@ def _operation(spec: RouteSpec, refs: dict[tuple[type[BaseModel], str], Any]) ->
         operation["parameters"] = parameters
     if spec.body is not None:
         operation["requestBody"] = {
-            "required": True,
+            # The router reads an empty body as {} when nothing in it is required.
+            "required": body_required(spec.body),
             "content": {"application/json": {"schema": refs[(spec.body, "validation")]}},
         }
     if not spec.auth:

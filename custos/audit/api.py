@@ -47,13 +47,27 @@ class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: The schema of a ``from``/``to`` parameter: a day or an RFC 3339 time (what ``parse_range``
+#: reads), so that clients and generated tests know what a valid value looks like.
+_DAY_OR_TIME: dict[str, Any] = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+}
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ReportQuery(_Query):
-    from_: str = Field(alias="from", description="First day (2026-07-01) or RFC 3339 time.")
-    to: str = Field(description="Last day, inclusive (2026-09-30), or an RFC 3339 time, exclusive.")
+    from_: str = Field(
+        alias="from",
+        description="First day (2026-07-01) or RFC 3339 time.",
+        json_schema_extra=_DAY_OR_TIME,
+    )
+    to: str = Field(
+        description="Last day, inclusive (2026-09-30), or an RFC 3339 time, exclusive.",
+        json_schema_extra=_DAY_OR_TIME,
+    )
     group_by: str = Field("team,provider", description="Comma-separated dimensions.")
     data_class: str | None = Field(None, description="Only calls that carry this data class.")
 
@@ -91,9 +105,22 @@ class ReportOut(_Out):
 
 
 class EventsQuery(_Query):
-    from_: str | None = Field(None, alias="from", description="First day or RFC 3339 time.")
-    to: str | None = Field(None, description="Last day (inclusive) or RFC 3339 time (exclusive).")
-    event_type: str | None = Field(None, description="llm.call, admin.change, config.revision, …")
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="First day or RFC 3339 time.",
+        json_schema_extra=_DAY_OR_TIME,
+    )
+    to: str | None = Field(
+        None,
+        description="Last day (inclusive) or RFC 3339 time (exclusive).",
+        json_schema_extra=_DAY_OR_TIME,
+    )
+    event_type: str | None = Field(
+        None,
+        description="Only records of this type.",
+        json_schema_extra={"enum": sorted(EVENT_TYPES)},
+    )
     after: int = Field(0, ge=0, description="Return records inserted after this one (a cursor).")
     limit: int = Field(MAX_EVENTS_PAGE, ge=1, le=MAX_EVENTS_PAGE)
 
@@ -171,9 +198,11 @@ _VERIFYING = asyncio.Lock()
 
 class VerifyQuery(_Query):
     from_: str | None = Field(None, alias="from", description="Check the bodies of records from "
-                              "this day (2026-07-01) or RFC 3339 time on.")  # fmt: skip
+                              "this day (2026-07-01) or RFC 3339 time on.",
+                              json_schema_extra=_DAY_OR_TIME)  # fmt: skip
     to: str | None = Field(None, description="... up to this day (inclusive) or RFC 3339 time "
-                           "(exclusive). Every other check covers the whole log.")  # fmt: skip
+                           "(exclusive). Every other check covers the whole log.",
+                           json_schema_extra=_DAY_OR_TIME)  # fmt: skip
 
 
 class VerifyCheckpoints(_Out):
@@ -309,10 +338,12 @@ class ContentOut(_Out):
 
 
 class EraseIn(_Query):
-    team: str | None = Field(None, description="Erase the content of this team (its name).")
+    team: str | None = Field(
+        None, min_length=1, description="Erase the content of this team (its name)."
+    )
     principal: str | None = Field(
-        None, description="Erase the content of this principal: a user id or email, or a "
-        "virtual account id or name.",
+        None, min_length=1, description="Erase the content of this principal: a user id or "
+        "email, or a virtual account id or name.",
     )  # fmt: skip
 
 

@@ -99,7 +99,8 @@ def _moment(text: str, name: str, *, end: bool) -> datetime:
             day = date.fromisoformat(text)
             moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return moment + timedelta(days=1) if end else moment
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        # RFC 3339 allows a lower-case "t" and "z"; fromisoformat does not.
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError:
         raise ReportError(f"'{name}' must be a date (2026-07-01) or an RFC 3339 time") from None
     if moment.tzinfo is None:

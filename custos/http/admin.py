@@ -28,7 +28,7 @@ from custos import __version__
 from custos.admin import schemas as s
 from custos.admin.budgets import BudgetList, BudgetSource, BudgetsQuery
 from custos.admin.errors import BadInput, Forbidden
-from custos.admin.openapi import RouteSpec, build_document
+from custos.admin.openapi import RouteSpec, body_required, build_document
 from custos.admin.service import AdminService
 from custos.audit import api as audit_api
 from custos.errors import GatewayError, openai_error_body
@@ -282,7 +282,7 @@ class AdminAPI:
         if length is not None and length > self._max_body:
             raise _too_large(self._max_body)
         raw = await self._read(receive)
-        if not raw.strip() and not _has_required(spec.body):
+        if not raw.strip() and not body_required(spec.body):
             raw = b"{}"
         elif content_type != b"application/json":
             shown = "none" if content_type is None else repr(content_type.decode("latin-1"))
@@ -310,10 +310,6 @@ class AdminAPI:
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
-
-
-def _has_required(model: type[BaseModel]) -> bool:
-    return any(f.is_required() for f in model.model_fields.values())
 
 
 def _too_large(limit: int) -> GatewayError:
