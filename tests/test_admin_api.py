@@ -17,6 +17,8 @@ import orjson
 import pytest
 
 from custos.admin import bootstrap
+from custos.admin.errors import BadInput
+from custos.admin.narrowing import check_patterns
 from custos.audit.record import EVENT_TYPES
 from custos.http.admin import PREFIX, ROUTES, AdminAPI
 from custos.identity.directory import Directory
@@ -620,3 +622,19 @@ async def test_a_body_is_required_exactly_where_the_router_requires_one(env: Env
     response = await env.client.post(PREFIX + "/users", headers=auth)
     assert response.status_code == 415, response.text
     assert await env.event_count() == before
+
+
+def test_narrowings_can_name_every_kind_of_model_name() -> None:
+    # Underscores are common in model names (Ollama tags, virtual models, the mock's options).
+    served = [
+        "local/llama3.1:8b-instruct-q4_K_M",
+        "chat_default",
+        "openai-main/gpt-5.5+latency_ms=5000",
+        "vertex/claude-sonnet-4.5@20250929",
+        "bedrock/anthropic.claude-v2:1",
+    ]
+    assert check_patterns(served, "models", known=lambda: served) == tuple(served)
+    assert check_patterns(["local/*_K_M"], "models", known=lambda: served) == ("local/*_K_M",)
+    for refused in ("a?b", "gpt-[45]", "has space", "é-model", "/leading-slash", ""):
+        with pytest.raises(BadInput):
+            check_patterns([refused], "models")
