@@ -46,6 +46,11 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+#: The largest cursor (``?after=``) a list accepts: ids are 64-bit integers in the store, and a
+#: larger number would fail there instead of being refused here.
+MAX_CURSOR = 2**63 - 1
+
+
 class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -135,7 +140,9 @@ class TokensQuery(_Query):
 
 
 class EventsQuery(_Query):
-    after: int = Field(0, ge=0, description="Return events with a larger id (a cursor).")
+    after: int = Field(
+        0, ge=0, le=MAX_CURSOR, description="Return events with a larger id (a cursor)."
+    )
     limit: int = Field(100, ge=1, le=1000)
     target_type: str | None = Field(
         None, description="user, team, team_member, virtual_account or token."

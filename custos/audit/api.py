@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from custos.admin import rights
 from custos.admin.errors import BadInput
+from custos.admin.schemas import MAX_CURSOR
 from custos.admin.service import AdminService
 from custos.audit import content, content_store
 from custos.audit.record import EVENT_TYPES
@@ -121,7 +122,9 @@ class EventsQuery(_Query):
         description="Only records of this type.",
         json_schema_extra={"enum": sorted(EVENT_TYPES)},
     )
-    after: int = Field(0, ge=0, description="Return records inserted after this one (a cursor).")
+    after: int = Field(
+        0, ge=0, le=MAX_CURSOR, description="Return records inserted after this one (a cursor)."
+    )
     limit: int = Field(MAX_EVENTS_PAGE, ge=1, le=MAX_EVENTS_PAGE)
 
 
