@@ -128,17 +128,20 @@ def _store_url(args: argparse.Namespace) -> tuple[str, bytes]:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from custos.admin.bootstrap import bootstrap
+    from custos.admin.bootstrap import bootstrap, recover_admin
     from custos.identity.tokens import TokenService
-    from custos.state.errors import Conflict, StoreError
+    from custos.state.errors import Conflict, NotFound, StoreError
     from custos.state.store import open_store
 
+    if args.recover and args.if_needed:
+        return fail("--recover and --if-needed do not go together", 2)
     url, key = _store_url(args)
+    make = recover_admin if args.recover else bootstrap
 
     async def run() -> Any:
         store = await open_store(url)
         try:
-            return await bootstrap(store, TokenService(store, key), args.email)
+            return await make(store, TokenService(store, key), args.email)
         finally:
             await store.close()
 
@@ -149,12 +152,19 @@ def _init(args: argparse.Namespace) -> int:
             print("custos: an admin exists already; nothing to do", file=sys.stderr)
             return 0
         return fail(f"refusing: {exc.message}")
+    except NotFound as exc:
+        return fail(f"refusing: {exc.message}")
     except (StoreError, OSError) as exc:
         return fail(f"init failed: {exc}")
     if args.json:
         dump_json({"user": done.user.to_dict(), "token_id": done.token_id, "token": done.secret})
         return 0
-    print(f"Created the first admin: {done.user.email} ({done.user.id}).", file=sys.stderr)
+    if args.recover:
+        print(
+            f"Issued a new token for the admin {done.user.email} ({done.user.id}).", file=sys.stderr
+        )
+    else:
+        print(f"Created the first admin: {done.user.email} ({done.user.id}).", file=sys.stderr)
     print(f"Its personal access token follows. {SHOWN_ONCE}", file=sys.stderr)
     print(done.secret)
     print(f"Use it with the CLI as ${TOKEN_ENV}, or as 'Authorization: Bearer …'.", file=sys.stderr)
@@ -441,12 +451,19 @@ def register(subparsers: Any) -> None:
         help="create the first admin and print its token once",
         description="Create the first admin user in the store and print its personal access "
         "token, once. Refuses when an admin exists already (with --if-needed that is not an "
-        f"error). The token hash key comes from the config or ${HASH_KEY_ENV}.",
+        "error). With --recover, issues a new token for an existing admin instead. The token "
+        f"hash key comes from the config or ${HASH_KEY_ENV}.",
     )
     _store_args(init)
     init.add_argument("--email", default="admin@localhost", help="the admin's email")
     init.add_argument(
         "--if-needed", action="store_true", help="exit 0 without change when an admin exists"
+    )
+    init.add_argument(
+        "--recover",
+        action="store_true",
+        help="instead: issue a new token for the existing enabled admin --email (when every "
+        "admin token is revoked, expired or lost; needs the store and its token hash key)",
     )
     init.add_argument("--json", action="store_true", help="print the user and token as JSON")
     init.set_defaults(run=_init)

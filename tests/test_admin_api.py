@@ -641,3 +641,20 @@ def test_narrowings_can_name_every_kind_of_model_name() -> None:
     for refused in ("a?b", "gpt-[45]", "has space", "é-model", "/leading-slash", ""):
         with pytest.raises(BadInput):
             check_patterns([refused], "models")
+
+
+async def test_the_last_enabled_admin_cannot_be_demoted_disabled_or_deleted(env: Env) -> None:
+    before = await env.event_count()
+    for method, body in (
+        ("PATCH", {"roles": ["member"]}),
+        ("PATCH", {"disabled": True}),
+        ("DELETE", None),
+    ):
+        response = await env.call(method, "/users/root@example.com", env.admin, body)
+        assert response.status_code == 409, (method, body, response.text)
+        assert "only enabled admin" in response.json()["error"]["message"]
+    assert await env.event_count() == before
+    # With a second enabled admin, the first may step down.
+    await env.ok("POST", "/users", env.admin, {"email": "ops@example.com", "roles": ["admin"]})
+    demoted = await env.ok("PATCH", "/users/root@example.com", env.admin, {"roles": ["member"]})
+    assert demoted["roles"] == ["member"]

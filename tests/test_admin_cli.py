@@ -4,6 +4,7 @@ API commands against the admin API served by uvicorn in a thread (a real HTTP ro
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import threading
@@ -18,6 +19,7 @@ import uvicorn
 from custos.admin_cli import build_parser, main
 from custos.http.admin import AdminAPI
 from custos.identity.directory import Directory
+from custos.identity.principal import Principal
 from custos.identity.tokens import TokenService
 from custos.state.invalidation import MemoryInvalidation
 from custos.state.store import Store, open_store
@@ -237,3 +239,51 @@ def test_cli_without_a_token_or_a_gateway(
         capsys, "users", "list", "--url", f"http://127.0.0.1:{free_port()}", "--token", "cst_pat_x"
     )
     assert status == 1 and "cannot reach" in err
+
+
+def test_init_recover_issues_a_new_token_to_a_locked_out_admin(
+    served: tuple[str, str], store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, admin = served
+    api = ["--url", url, "--token", admin]
+    assert _run(capsys, "users", "create", "bob@example.com", "--role", "member", *api)[0] == 0
+    me = json.loads(_run(capsys, "tokens", "list", "--user", "root@example.com", "--json", *api)[1])
+    (own,) = me["data"]
+    # The only admin revokes their only token: nobody can use the admin API any more, and init
+    # refuses because an admin exists.
+    assert _run(capsys, "tokens", "revoke", own["id"], *api)[0] == 0
+    assert "HTTP 401" in _run(capsys, "users", "list", *api)[2]
+    assert _run(capsys, "init", "--store", store_url)[0] == 1
+
+    # Recovery is for enabled admins only, and does not go with --if-needed.
+    status, out, err = _run(capsys, "init", "--store", store_url, "--recover", "--email",
+                            "bob@example.com")  # fmt: skip
+    assert status == 1 and "not an enabled admin" in err and not TOKEN.search(out + err)
+    status, _, err = _run(capsys, "init", "--store", store_url, "--recover", "--email",
+                          "nobody@example.com")  # fmt: skip
+    assert status == 1 and "nobody@example.com" in err
+    assert _run(capsys, "init", "--store", store_url, "--recover", "--if-needed")[0] == 2
+
+    status, out, err = _run(capsys, "init", "--store", store_url, "--recover", "--email",
+                            "root@example.com")  # fmt: skip
+    assert status == 0 and "root@example.com" in err
+    recovered = out.strip()
+    assert TOKEN.fullmatch(recovered) and recovered != admin
+    # A gateway takes the token on its next directory refresh (a minute at most) or restart;
+    # a directory loaded from the store now takes it at once, as the admin, and the store has
+    # it recorded like any other token, by the actor system:recover.
+    principal, actors = asyncio.run(_recovered(store_url, recovered))
+    assert isinstance(principal, Principal) and "admin" in principal.roles
+    assert actors[-1] == "system:recover"
+
+
+async def _recovered(store_url: str, secret: str) -> tuple[Any, list[str]]:
+    store = await open_store(store_url)
+    directory = Directory(store, KEY)
+    try:
+        await directory.start()
+        events = await store.list_admin_events(limit=1000)
+        return directory.lookup(secret), [e.actor for e in events if e.action == "token.create"]
+    finally:
+        await directory.close()
+        await store.close()

@@ -1,4 +1,5 @@
-"""``custos init``: create the first admin user and return its token, once.
+"""``custos init``: create the first admin user and return its token, once; ``custos init
+--recover``: a new token for an existing admin, when every admin token is lost.
 
 Works on the store directly (no gateway, no HTTP), so it runs before anything can authenticate.
 The change is recorded like any other, by the actor ``system:init``.
@@ -14,6 +15,7 @@ from custos.state.models import Actor, User
 from custos.state.store import Store
 
 INIT_ACTOR = Actor.system("init")
+RECOVER_ACTOR = Actor.system("recover")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,4 +55,27 @@ async def bootstrap(
     except BaseException:
         await store.delete_user(INIT_ACTOR, user.id)
         raise
+    return Bootstrapped(user=user, secret=issued.secret, token_id=issued.record.id)
+
+
+async def recover_admin(
+    store: Store, tokens: TokenService, email: str, *, token_name: str = "recover"
+) -> Bootstrapped:
+    """Issue a new personal access token for the enabled admin ``email``.
+
+    The way back when every admin token is revoked, expired or lost (the admin API refuses to
+    demote, disable or delete the last enabled admin, but a token can always be revoked or run
+    out). It works on the store directly, so only whoever can open the store and read the token
+    hash key can use it: they could write a token into the store anyway. Nothing else changes;
+    the token is recorded like any other, by the actor ``system:recover``. Raises ``NotFound``
+    for an unknown email and ``Conflict`` for a user who is not an enabled admin.
+    """
+    user = await store.get_user_by_email(email)
+    if "admin" not in user.roles or user.disabled:
+        raise Conflict(
+            f"{user.email} is not an enabled admin: recovery issues tokens to admins only"
+        )
+    issued = await tokens.issue_token(
+        RECOVER_ACTOR, kind="pat", principal_id=user.id, name=token_name
+    )
     return Bootstrapped(user=user, secret=issued.secret, token_id=issued.record.id)
