@@ -97,19 +97,22 @@ def _store_only(args: argparse.Namespace) -> str:
         raise SystemExit(fail(str(exc))) from None
 
 
-def _store_url(args: argparse.Namespace) -> tuple[str, bytes]:
-    """The store URL and the token hash key, found as the gateway finds them: the config's
-    ``identity.token_hash_key``, else ``$CUSTOS_TOKEN_HASH_KEY``, else (SQLite) the key file
-    beside the database.
+def _store_url(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
+    """The store URL, the token hash key and where changes are announced to running gateways,
+    found as the gateway finds them: the key from the config's ``identity.token_hash_key``, else
+    ``$CUSTOS_TOKEN_HASH_KEY``, else (SQLite) the key file beside the database; the
+    announcements from the config's ``identity.invalidation``, or with ``--store`` a PostgreSQL
+    store's own LISTEN/NOTIFY (``None``: running gateways see the change on their next refresh).
 
     Raises ``SystemExit`` with a message when neither ``--config`` nor ``--store`` is given or
     the config cannot be loaded.
     """
-    from custos.identity.setup import token_hash_key_for
+    from custos.identity.setup import invalidation_url, token_hash_key_for
 
     configured = os.environ.get(HASH_KEY_ENV) or None
     if args.store:
         url = args.store
+        announce = url if url.startswith(("postgresql://", "postgres://")) else None
     elif not args.config:
         raise SystemExit(fail("give --config FILE or --store URL", 2))
     else:
@@ -121,8 +124,9 @@ def _store_url(args: argparse.Namespace) -> tuple[str, bytes]:
             raise SystemExit(fail(str(exc))) from None
         url = config.state.store
         configured = config.identity.token_hash_key or configured
+        announce = invalidation_url(config)
     try:
-        return url, token_hash_key_for(url, configured)
+        return url, token_hash_key_for(url, configured), announce
     except ValueError as exc:
         raise SystemExit(fail(f"no token hash key: {exc} (or set ${HASH_KEY_ENV})")) from None
 
@@ -131,19 +135,30 @@ def _init(args: argparse.Namespace) -> int:
     from custos.admin.bootstrap import bootstrap, recover_admin
     from custos.identity.tokens import TokenService
     from custos.state.errors import Conflict, NotFound, StoreError
+    from custos.state.invalidation import open_invalidation
     from custos.state.store import open_store
 
     if args.recover and args.if_needed:
         return fail("--recover and --if-needed do not go together", 2)
-    url, key = _store_url(args)
+    url, key, announce = _store_url(args)
     make = recover_admin if args.recover else bootstrap
 
     async def run() -> Any:
-        store = await open_store(url)
+        # Announced like the admin API's changes, so running gateways take a recovered token
+        # at once rather than on their next directory refresh.
+        invalidation = open_invalidation(announce)
+        try:
+            await invalidation.start()
+        except OSError as exc:
+            print(f"custos: not announcing the change ({exc}): running gateways see it on "
+                  "their next directory refresh, within a minute", file=sys.stderr)  # fmt: skip
+            invalidation = open_invalidation(None)
+        store = await open_store(url, publisher=invalidation)
         try:
             return await make(store, TokenService(store, key), args.email)
         finally:
             await store.close()
+            await invalidation.close()
 
     try:
         done = asyncio.run(run())

@@ -21,9 +21,10 @@ from custos.http.admin import AdminAPI
 from custos.identity.directory import Directory
 from custos.identity.principal import Principal
 from custos.identity.tokens import TokenService
-from custos.state.invalidation import MemoryInvalidation
+from custos.state.invalidation import MemoryInvalidation, PostgresInvalidation
 from custos.state.store import Store, open_store
 from tests.conftest import free_port
+from tests.store_fixtures import pg_url  # noqa: F401  (a fixture)
 
 KEY = "test-token-hash-key-" + "x" * 40
 TOKEN = re.compile(r"cst_(?:pat|vat)_[0-9A-Za-z]{38}")
@@ -287,3 +288,32 @@ async def _recovered(store_url: str, secret: str) -> tuple[Any, list[str]]:
     finally:
         await directory.close()
         await store.close()
+
+
+async def test_a_recovered_token_reaches_running_gateways_at_once(
+    pg_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # With a PostgreSQL store the CLI announces the token over LISTEN/NOTIFY, as the admin API
+    # would: a gateway whose refresh timer is an hour away takes it at once.
+    monkeypatch.setenv("CUSTOS_TOKEN_HASH_KEY", KEY)
+    init = ["init", "--store", pg_url, "--email", "root@example.com"]
+    assert await asyncio.to_thread(main, init) == 0
+    capsys.readouterr()
+    store = await open_store(pg_url)
+    invalidation = PostgresInvalidation(pg_url)
+    await invalidation.start()
+    gateway = Directory(store, KEY, invalidation=invalidation, refresh_interval=3600)
+    await gateway.start()
+    try:
+        assert await asyncio.to_thread(main, [*init, "--recover"]) == 0
+        secret = capsys.readouterr().out.strip()
+        deadline = time.monotonic() + 2
+        while not isinstance(gateway.lookup(secret), Principal):
+            assert time.monotonic() < deadline, gateway.lookup(secret)
+            await asyncio.sleep(0.02)
+    finally:
+        await gateway.close()
+        await store.close()
+        await invalidation.close()
