@@ -164,8 +164,9 @@ async def test_a_member_cannot_create_tokens_for_others(env: Env) -> None:
     await env.ok("POST", f"/tokens/{token_id}/rotate", alice, {"grace_seconds": 0})
     # ... but not anyone else's.
     root_token = (await env.ok("GET", "/me", env.admin))["token_id"]
-    assert (await env.call("GET", f"/tokens/{root_token}", alice)).status_code == 403
-    assert (await env.call("POST", f"/tokens/{root_token}/revoke", alice)).status_code == 403
+    # (another user's token is one she may not see: it answers as if there were none)
+    assert (await env.call("GET", f"/tokens/{root_token}", alice)).status_code == 404
+    assert (await env.call("POST", f"/tokens/{root_token}/revoke", alice)).status_code == 404
     assert (await env.call("GET", "/tokens?user=root@example.com", alice)).status_code == 403
     assert (await env.call("GET", "/events", alice)).status_code == 403
     assert (await env.call("POST", "/teams", alice, {"name": "t"})).status_code == 403
@@ -246,14 +247,15 @@ async def test_a_team_manager_cannot_touch_another_team(env: Env) -> None:
     ]
     for method, path, body in refused:
         response = await env.call(method, path, mgr, body)
-        assert response.status_code == 403, f"{method} {path}: {response.text}"
-        assert response.json()["error"]["type"] == "permission_error"
+        # 404 for what the manager may not see (as if it did not exist), 403 for the rest.
+        assert response.status_code in (403, 404), f"{method} {path}: {response.text}"
     assert await env.event_count() == before
     # Their own team they manage: accounts, VATs, members.
     await env.ok("POST", "/accounts", mgr, {"name": "red-two", "team": "red"})
     vat = await env.ok("POST", "/tokens", mgr, {"name": "deploy", "account": "red-svc"})
     assert vat["token"].startswith("cst_vat_")
-    await env.ok("POST", "/teams/red/members", mgr, {"user": "bob@example.com"})
+    await env.ok("POST", "/users", env.admin, {"email": "dave@example.com"})
+    await env.ok("POST", "/teams/red/members", mgr, {"user": "dave@example.com"})
     await env.ok("POST", f"/tokens/{vat['record']['id']}/revoke", mgr)
     listed = await env.ok("GET", "/accounts", mgr)
     assert {a["name"] for a in listed["data"]} == {"red-svc", "red-two"}
@@ -262,6 +264,167 @@ async def test_a_team_manager_cannot_touch_another_team(env: Env) -> None:
     events = await env.store.list_admin_events(after_id=0, limit=100_000)
     assert events[-1].actor_role == "team_manager"
     assert events[-1].actor.startswith("user:usr_")
+
+
+async def test_a_team_manager_adds_only_users_of_no_other_team_and_no_admin(env: Env) -> None:
+    ids = await manager_setup(env)
+    mgr = ids["mgr"]
+    await env.ok("POST", "/users", env.admin, {"email": "dave@example.com"})
+    before = await env.event_count()
+    # bob is in blue, root is an admin: neither can a manager of red add, and to the manager
+    # they look exactly like a user who does not exist.
+    ghost = await env.call("POST", "/teams/red/members", mgr, {"user": "ghost@example.com"})
+    assert ghost.status_code == 404
+    for user in ("bob@example.com", "root@example.com"):
+        response = await env.call("POST", "/teams/red/members", mgr, {"user": user})
+        assert _answer(response, user) == _answer(ghost, "ghost@example.com"), response.text
+        listed = await env.call("GET", f"/users/{user}", mgr)
+        assert listed.status_code == 404, listed.text
+    assert await env.event_count() == before
+    members = await env.ok("GET", "/teams/red/members", env.admin)
+    assert {m["email"] for m in members["data"]} == {"mgr@example.com"}
+    # A user in no team, without the admin role, they may add.
+    await env.ok("POST", "/teams/red/members", mgr, {"user": "dave@example.com"})
+    # Users the manager sees (members of red) but who are in another team, or admins, need an
+    # admin to join another of the manager's teams.
+    await env.ok("POST", "/teams", env.admin, {"name": "green"})
+    await env.ok("POST", "/teams/green/members", env.admin, {"user": "mgr@example.com",
+                                                             "role": "manager"})  # fmt: skip
+    await env.ok("POST", "/teams/red/members", env.admin, {"user": "bob@example.com"})
+    await env.ok("POST", "/teams/red/members", env.admin, {"user": "root@example.com"})
+    await env.directory.reload()
+    before = await env.event_count()
+    for user in ("bob@example.com", "root@example.com"):
+        response = await env.call("POST", "/teams/green/members", mgr, {"user": user})
+        assert response.status_code == 403, response.text
+        assert "admin role" in response.json()["error"]["message"]
+    assert await env.event_count() == before
+    # dave is in red only, which the manager manages: green is theirs to give him.
+    await env.ok("POST", "/teams/green/members", mgr, {"user": "dave@example.com"})
+
+
+def _answer(response: httpx.Response, *refs: str) -> tuple[int, str, str]:
+    """A response's status, error code and message, with the object names it was asked about
+    masked (so the answers for two different names compare)."""
+    error = response.json()["error"]
+    message = error["message"]
+    for ref in sorted(refs, key=len, reverse=True):  # blue-svc before blue
+        message = message.replace(ref, "<ref>")
+    return response.status_code, error["code"], message
+
+
+_MISSING = {
+    "{user}": "ghost@example.com",
+    "{team}": "ghosts",
+    "{account}": "ghost-svc",
+    "{token}": "tok_00000000000000000000",
+}
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    for placeholder, value in values.items():
+        template = template.replace(placeholder, value)
+    return template
+
+
+async def test_objects_outside_the_callers_rights_answer_as_if_missing(env: Env) -> None:
+    ids = await manager_setup(env)
+    alice = await env.user("alice@example.com", ["member"])
+    hidden = {
+        "{user}": "bob@example.com",
+        "{team}": "blue",
+        "{account}": "blue-svc",
+        "{token}": ids["blue_vat"],
+    }
+    pairs = [(hidden, _MISSING), ({**hidden, "{team}": "red"}, {**_MISSING, "{team}": "red"})]
+    # Every route naming an object in its path ...
+    requests: list[tuple[str, str, Any]] = []
+    for spec, _ in ROUTES:
+        template = spec.path[len(PREFIX) :]
+        if spec.path_params:
+            requests.append((spec.method, template, _sample_body(f"{spec.method} {template}")))
+    # ... or in its query or body.
+    requests += [
+        ("POST", "/accounts", {"name": "n", "team": "{team}"}),
+        ("PATCH", "/accounts/red-svc", {"team": "{team}"}),
+        ("POST", "/tokens", {"name": "t", "account": "{account}"}),
+        ("POST", "/tokens", {"name": "t", "user": "{user}"}),
+        ("POST", "/teams/red/members", {"user": "{user}"}),
+        ("GET", "/accounts?team={team}", None),
+        ("GET", "/tokens?account={account}", None),
+        ("GET", "/tokens?user={user}", None),
+    ]
+    before = await env.event_count()
+    for caller in (ids["mgr"], alice):
+        for method, template, body in requests:
+            for existing, missing in pairs:
+                calls = [
+                    (_fill(template, values), _fill(orjson.dumps(body).decode(), values), values)
+                    for values in (existing, missing)
+                ]
+                if calls[0][:2] == calls[1][:2]:
+                    continue  # the route names nothing that differs between the two
+                answers = []
+                for path, filled, values in calls:
+                    response = await env.call(method, path, caller, orjson.loads(filled))
+                    assert response.status_code in (403, 404), response.text
+                    answers.append(_answer(response, *values.values()))
+                assert answers[0] == answers[1], (method, template, answers)
+    assert await env.event_count() == before
+
+
+async def test_a_narrowed_token_grants_nothing_beyond_its_narrowing(env: Env) -> None:
+    await manager_setup(env)
+    await env.ok("POST", "/accounts", env.admin, {"name": "red-wide", "team": "red",
+                                                  "allowed_models": ["*"]})  # fmt: skip
+    await env.ok("PATCH", "/accounts/red-wide", env.admin, {"disabled": True})
+    wide_vat = await env.ok("POST", "/tokens", env.admin, {"name": "w", "account": "red-svc"})
+    narrow = ["azure-eu/gpt-5.5"]
+    manager = await env.ok(
+        "POST", "/tokens", env.admin, {"name": "n", "user": "mgr@example.com", "models": narrow}
+    )
+    admin = await env.ok("POST", "/tokens", env.admin, {"name": "n", "models": narrow})
+    await env.directory.reload()
+    mgr, narrow_admin = manager["token"], admin["token"]
+    refused: list[tuple[str, str, Any]] = [
+        ("PATCH", "/accounts/red-svc", {"allowed_models": ["*"]}),
+        ("PATCH", "/accounts/red-svc", {"allowed_models": ["openai-main/gpt-5.5"]}),
+        ("POST", "/accounts", {"name": "red-3", "team": "red", "allowed_models": ["*"]}),
+        ("PATCH", "/accounts/red-wide", {"disabled": False}),  # enabling grants "*" again
+        ("POST", "/tokens", {"name": "v", "account": "red-svc"}),  # the account's azure-eu/*
+        ("POST", "/tokens", {"name": "v", "account": "red-svc", "models": ["azure-eu/*"]}),
+        ("POST", f"/tokens/{wide_vat['record']['id']}/rotate", {}),
+        ("POST", "/tokens", {"name": "p"}),
+    ]
+    admin_refused: list[tuple[str, str, Any]] = [
+        ("POST", "/tokens", {"name": "p", "user": "bob@example.com"}),
+        ("POST", f"/tokens/{manager['record']['id']}/rotate", {}),  # within: allowed below
+        ("POST", f"/tokens/{wide_vat['record']['id']}/rotate", {}),
+    ]
+    before = await env.event_count()
+    for token, calls in ((mgr, refused), (narrow_admin, refused + admin_refused[:1])):
+        for method, path, body in calls:
+            response = await env.call(method, path, token, body)
+            assert response.status_code == 403, f"{method} {path}: {response.text}"
+            assert "narrowed" in response.json()["error"]["message"] or (
+                "outside the models of the token" in response.json()["error"]["message"]
+            )
+    response = await env.call(*admin_refused[2][:2], narrow_admin, admin_refused[2][2])
+    assert response.status_code == 403, response.text
+    assert await env.event_count() == before
+    # Within the narrowing, the same calls work.
+    await env.ok("PATCH", "/accounts/red-svc", mgr, {"allowed_models": narrow})
+    await env.ok("POST", "/accounts", mgr, {"name": "red-3", "team": "red",
+                                            "allowed_models": narrow})  # fmt: skip
+    vat = await env.ok("POST", "/tokens", mgr, {"name": "v", "account": "red-svc"})
+    assert vat["record"]["allowed_models"] is None  # the account's models are the narrowing
+    await env.ok("POST", f"/tokens/{vat['record']['id']}/rotate", mgr, {})
+    await env.ok("PATCH", "/accounts/red-wide", mgr, {"disabled": True})
+    created = await env.ok(
+        "POST", "/tokens", narrow_admin, {"name": "p", "user": "bob@example.com", "models": narrow}
+    )
+    assert created["record"]["allowed_models"] == narrow
+    await env.ok("POST", f"/tokens/{manager['record']['id']}/rotate", narrow_admin, {})
 
 
 async def test_the_team_manager_role_alone_manages_no_team(env: Env) -> None:

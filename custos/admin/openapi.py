@@ -32,8 +32,10 @@ _ERRORS: dict[int, str] = {
     400: "The request is invalid; `error.param` names the field.",
     401: "No valid bearer token (codes missing_token, malformed_token, unknown_token, "
     "expired_token, revoked_token).",
-    403: "The caller's roles do not allow this; the message names the role that would.",
-    404: "The route, or an object the request names, does not exist.",
+    403: "The caller's roles (or the narrowing of its token) do not allow this; the message "
+    "names what would.",
+    404: "The route, or an object the request names, does not exist, or is outside what the "
+    "caller may see (the two answer alike).",
     405: "The route exists but not with this method.",
     409: "The change conflicts with what is stored (a duplicate name, a revoked token, …).",
     413: "The body is larger than 1 MiB.",

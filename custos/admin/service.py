@@ -8,7 +8,12 @@ Contracts:
   so an auditor gets 403 from every change, even one naming a missing object.
 - Objects are named by id or by their natural name: a user by id (``usr_…``) or email, a team
   by id (``team_…``) or name, a virtual account by id (``va_…``) or name, a token by id only.
-  An unknown name raises ``NotFound``.
+  An unknown name raises ``NotFound``, and so does an object the caller may not see, with the
+  same message: a caller learns nothing about objects outside their rights, not even that they
+  exist. An object the caller sees but may not change raises ``Forbidden``.
+- Whatever an operation grants (an account's models, a new or rotated token) stays within the
+  narrowing of the token the call is made with, whatever the caller's role: a narrowed token
+  never mints broader access than its own.
 - Each change is exactly one store write, which commits the change and its admin event in one
   transaction. Everything the write depends on (names resolved, rights, input checks) happens
   before it, so a refused or failed call leaves nothing behind, not even an event.
@@ -87,7 +92,14 @@ async def _by_id_or_name(
     try:
         return await by_name(ref)
     except NotFound:
-        raise NotFound(f"no {what} with id or name {ref!r}") from None
+        raise _no(what, ref) from None
+
+
+def _no(what: str, ref: str) -> NotFound:
+    """The answer for an object that does not exist, or that the caller may not see: the same
+    words for both, so the answer says nothing about objects outside the caller's rights."""
+    key = "id" if what == "token" else ("id or email" if what == "user" else "id or name")
+    return NotFound(f"no {what} with {key} {ref!r}")
 
 
 def _actor(p: Principal, role: str) -> Actor:
@@ -112,6 +124,24 @@ def _expiry(
         if expires_at <= now:
             raise BadInput("expires_at is in the past", "expires_at")
     return expires_at
+
+
+def _within_caller(p: Principal, models: Sequence[str] | None, what: str) -> None:
+    """Refuse to grant ``models`` (``None``: every model) beyond the narrowing of the token ``p``
+    calls with. No role lifts this: a narrowed token never mints broader access than its own."""
+    if p.token_models is None:
+        return
+    allowed = ", ".join(p.token_models)
+    if models is None:
+        raise Forbidden(
+            f"{what}: the token you called with is narrowed to {allowed}, and this would grant "
+            "every model; narrow it within that, or call with an unnarrowed token"
+        )
+    outside = uncovered(models, p.token_models)
+    if outside:
+        raise Forbidden(
+            f"{what}: {outside[0]!r} is outside the models of the token you called with ({allowed})"
+        )
 
 
 class AdminService:
@@ -194,10 +224,7 @@ class AdminService:
         return [u for u in users if u.id in visible]
 
     async def get_user(self, p: Principal, ref: str) -> UserView:
-        user = await self.find_user(ref)
-        if not rights.reads_all(p) and user.id not in await self._visible_user_ids(p):
-            raise Forbidden("reading another user needs the admin or auditor role")
-        return await self._user_view(user)
+        return await self._user_view(await self._visible_user(p, ref))
 
     async def create_user(
         self,
@@ -253,12 +280,20 @@ class AdminService:
 
     async def find_user(self, ref: str) -> User:
         """A user by id or email (no rights check: callers check what they do with it)."""
-        if "@" in ref:
-            return await self.store.get_user_by_email(ref)
         try:
+            if "@" in ref:
+                return await self.store.get_user_by_email(ref)
             return await self.store.get_user(ref)
         except NotFound:
-            raise NotFound(f"no user with id or email {ref!r}") from None
+            raise _no("user", ref) from None
+
+    async def _visible_user(self, p: Principal, ref: str) -> User:
+        """A user ``p`` may see (admins and auditors: everyone; others: themselves and their
+        managed teams' members), else ``NotFound`` as if there were none."""
+        user = await self.find_user(ref)
+        if not rights.reads_all(p) and user.id not in await self._visible_user_ids(p):
+            raise _no("user", ref)
+        return user
 
     async def _keep_an_admin(self, user: User) -> None:
         admins = [
@@ -293,13 +328,11 @@ class AdminService:
 
     async def get_team(self, p: Principal, ref: str) -> TeamView:
         """A team and its members: for admins, auditors and the team's own members."""
-        team = await self.find_team(ref)
-        self._may_read_team(p, team)
+        team = await self._visible_team(p, ref)
         return TeamView(team, tuple(await self._members(team)))
 
     async def list_members(self, p: Principal, ref: str) -> list[MemberView]:
-        team = await self.find_team(ref)
-        self._may_read_team(p, team)
+        team = await self._visible_team(p, ref)
         return await self._members(team)
 
     async def create_team(self, p: Principal, *, name: str) -> Team:
@@ -321,11 +354,16 @@ class AdminService:
     async def add_member(
         self, p: Principal, team_ref: str, user_ref: str, *, role: str = "member"
     ) -> MemberView:
-        """Add a user to a team as ``member`` or ``manager`` (admins, the team's managers)."""
+        """Add a user to a team as ``member`` or ``manager`` (admins, the team's managers).
+
+        A team manager may add only users in no team but theirs and without the admin role: a
+        membership subjects the user to the team's limits and shows the manager their
+        memberships, which for anyone else is an admin's decision.
+        """
         rights.require_writer(p)
-        team = await self.find_team(team_ref)
+        team = await self._visible_team(p, team_ref)
         acting = rights.require_team(p, team.name, "adding team members")
-        user = await self.find_user(user_ref)
+        user = await self._addable_user(p, user_ref)
         m = await self.store.add_member(_actor(p, acting), team.id, user.id, role=role)
         return MemberView(m, team.name, user.email)
 
@@ -333,17 +371,17 @@ class AdminService:
         self, p: Principal, team_ref: str, user_ref: str, *, role: str
     ) -> MemberView:
         rights.require_writer(p)
-        team = await self.find_team(team_ref)
+        team = await self._visible_team(p, team_ref)
         acting = rights.require_team(p, team.name, "changing team members")
-        user = await self.find_user(user_ref)
+        user = await self._visible_user(p, user_ref)
         m = await self.store.set_member_role(_actor(p, acting), team.id, user.id, role=role)
         return MemberView(m, team.name, user.email)
 
     async def remove_member(self, p: Principal, team_ref: str, user_ref: str) -> MemberView:
         rights.require_writer(p)
-        team = await self.find_team(team_ref)
+        team = await self._visible_team(p, team_ref)
         acting = rights.require_team(p, team.name, "removing team members")
-        user = await self.find_user(user_ref)
+        user = await self._visible_user(p, user_ref)
         m = await self.store.remove_member(_actor(p, acting), team.id, user.id)
         return MemberView(m, team.name, user.email)
 
@@ -352,12 +390,48 @@ class AdminService:
             ref, _TEAM_ID, self.store.get_team, self.store.get_team_by_name, "team"
         )
 
-    def _may_read_team(self, p: Principal, team: Team) -> None:
+    async def _visible_team(self, p: Principal, ref: str) -> Team:
+        """A team ``p`` may see (admins and auditors: every team; others: the teams they belong
+        to), else ``NotFound`` as if there were none."""
+        team = await self.find_team(ref)
         if not (rights.reads_all(p) or team.name in p.teams):
+            raise _no("team", ref)
+        return team
+
+    async def _self_unless(
+        self, p: Principal, ref: str, may_name_others: bool, what: str, role: str
+    ) -> User:
+        """The user ``ref`` names, for an operation a caller may do on itself, and on others
+        only with ``role``. Without it, naming anyone else is refused the same way whether
+        they exist or not."""
+        try:
+            user = await self.find_user(ref)
+        except NotFound:
+            if may_name_others:
+                raise
+        else:
+            if may_name_others or user.id == p.id:
+                return user
+        raise Forbidden(f"{what} needs {role}")
+
+    async def _addable_user(self, p: Principal, ref: str) -> User:
+        """The user ``p`` may add to a team it manages: anyone for admins; for a team manager a
+        user without the admin role whose teams (if any) it manages all. A user the manager
+        cannot see is ``NotFound`` unless addable, as if there were none."""
+        user = await self.find_user(ref)
+        if rights.is_admin(p):
+            return user
+        names = {t.id: t.name for t in await self.store.list_teams()}
+        teams = {names.get(m.team_id, m.team_id) for m in await self.store.memberships_of(user.id)}
+        if not teams and "admin" not in user.roles:
+            return user
+        if user.id not in await self._visible_user_ids(p):
+            raise _no("user", ref)
+        if "admin" in user.roles or not teams <= rights.managed_teams(p):
             raise Forbidden(
-                f"reading team {team.name!r} needs the admin or auditor role, or membership "
-                "of the team"
+                "adding an admin, or a member of a team you do not manage, needs the admin role"
             )
+        return user
 
     async def _members(self, team: Team) -> list[MemberView]:
         emails = {u.id: u.email for u in await self.store.list_users()}
@@ -372,7 +446,7 @@ class AdminService:
         """Admins and auditors: every account; team managers: their teams' accounts."""
         names = {t.id: t.name for t in await self.store.list_teams()}
         if team_ref is not None:
-            team = await self.find_team(team_ref)
+            team = await self._visible_team(p, team_ref)
             rights.require_team_read(p, team.name, "listing a team's virtual accounts")
             accounts = await self.store.list_accounts(team_id=team.id)
         else:
@@ -384,9 +458,7 @@ class AdminService:
         return [v for v in views if v.team_name in managed]
 
     async def get_account(self, p: Principal, ref: str) -> AccountView:
-        view = await self._account_view(ref)
-        rights.require_team_read(p, view.team_name, "reading a virtual account")
-        return view
+        return await self._visible_account(p, ref)
 
     async def create_account(
         self, p: Principal, *, name: str, team_ref: str, allowed_models: Sequence[str] = ()
@@ -396,9 +468,10 @@ class AdminService:
         Account names are unique; ``allowed_models`` lists the models (or globs) it may call.
         """
         rights.require_writer(p)
-        team = await self.find_team(team_ref)
+        team = await self._visible_team(p, team_ref)
         acting = rights.require_team(p, team.name, "creating a virtual account")
         models = check_patterns(allowed_models, "allowed_models", known=self.model_names)
+        _within_caller(p, models, "allowed_models")
         account = await self.store.create_account(
             _actor(p, acting), name=name, team_id=team.id, allowed_models=models
         )
@@ -416,16 +489,21 @@ class AdminService:
         """Change an account's models, disabled flag or owner team; a move needs rights over
         both teams."""
         rights.require_writer(p)
-        view = await self._account_view(ref)
+        view = await self._visible_account(p, ref)
         acting = rights.require_team(p, view.team_name, "changing a virtual account")
         team_id, team_name = view.account.team_id, view.team_name
         if team_ref is not None:
-            team = await self.find_team(team_ref)
+            team = await self._visible_team(p, team_ref)
             rights.require_team(p, team.name, "moving a virtual account to another team")
             team_id, team_name = team.id, team.name
         models = None
         if allowed_models is not None:
             models = check_patterns(allowed_models, "allowed_models", known=self.model_names)
+            _within_caller(p, models, "allowed_models")
+        if disabled is False and view.account.disabled:
+            # Enabling grants the account's models again.
+            granted = models if models is not None else view.account.allowed_models
+            _within_caller(p, granted, "disabled")
         account = await self.store.update_account(
             _actor(p, acting),
             view.account.id,
@@ -438,7 +516,7 @@ class AdminService:
     async def delete_account(self, p: Principal, ref: str) -> AccountView:
         """Delete a virtual account and revoke its tokens (admins, the team's managers)."""
         rights.require_writer(p)
-        view = await self._account_view(ref)
+        view = await self._visible_account(p, ref)
         acting = rights.require_team(p, view.team_name, "deleting a virtual account")
         account = await self.store.delete_account(_actor(p, acting), view.account.id)
         return AccountView(account, view.team_name)
@@ -452,9 +530,13 @@ class AdminService:
             "virtual account",
         )
 
-    async def _account_view(self, ref: str) -> AccountView:
+    async def _visible_account(self, p: Principal, ref: str) -> AccountView:
+        """An account ``p`` may see (admins and auditors: every account; team managers: their
+        teams'), else ``NotFound`` as if there were none."""
         account = await self.find_account(ref)
         team = await self.store.get_team(account.team_id)
+        if not (rights.reads_all(p) or rights.manages(p, team.name)):
+            raise _no("virtual account", ref)
         return AccountView(account, team.name)
 
     # -- tokens ------------------------------------------------------------------------------
@@ -471,14 +553,15 @@ class AdminService:
         if user_ref is not None and account_ref is not None:
             raise BadInput("filter by user or by account, not both", "account")
         if user_ref is not None:
-            user = await self.find_user(user_ref)
-            if user.id != p.id:
-                rights.require_reader(p, "listing another user's tokens")
-            elif not (rights.reads_all(p) or rights.owns_tokens(p)):
+            user = await self._self_unless(
+                p, user_ref, rights.reads_all(p), "listing another user's tokens",
+                "the admin or auditor role",
+            )  # fmt: skip
+            if user.id == p.id and not (rights.reads_all(p) or rights.owns_tokens(p)):
                 rights.require_own_tokens(p)
             records = await self.store.list_tokens(principal_id=user.id)
         elif account_ref is not None:
-            view = await self._account_view(account_ref)
+            view = await self._visible_account(p, account_ref)
             rights.require_team_read(p, view.team_name, "listing a virtual account's tokens")
             records = await self.store.list_tokens(principal_id=view.account.id)
         else:
@@ -492,7 +575,7 @@ class AdminService:
         return await self._token_views(records)
 
     async def get_token(self, p: Principal, token_id: str) -> TokenView:
-        record = await self.store.get_token(token_id)
+        record = await self._visible_token(p, token_id)
         await self._may_touch_token(p, record, write=False)
         return (await self._token_views([record]))[0]
 
@@ -514,6 +597,9 @@ class AdminService:
         - ``user_ref`` naming someone else: a PAT for them (admins only);
         - ``account_ref``: a VAT for that virtual account (admins, the team's managers);
           ``models`` must then lie within the account's allowed models.
+
+        Whoever it is for, a caller whose own token is narrowed issues only tokens whose models
+        lie within that narrowing.
         """
         rights.require_writer(p)
         if user_ref is not None and account_ref is not None:
@@ -526,19 +612,25 @@ class AdminService:
                 raise BadInput("models narrows the token: give at least one, or omit it", "models")
         kind: Literal["pat", "vat"]
         if account_ref is not None:
-            view = await self._account_view(account_ref)
+            view = await self._visible_account(p, account_ref)
             acting = rights.require_team(p, view.team_name, "creating a virtual account token")
             if narrowed is not None:
                 self._within(narrowed, view.account.allowed_models, view.account.name)
+            _within_caller(p, narrowed or view.account.allowed_models, "models")
             kind, principal_id, owner = "vat", view.account.id, view.account.name
         else:
-            user = await self.find_user(user_ref) if user_ref is not None else None
+            user = None
+            if user_ref is not None:
+                user = await self._self_unless(
+                    p, user_ref, rights.is_admin(p), "creating a token for another user",
+                    "the admin role",
+                )  # fmt: skip
             if user is not None and user.id != p.id:
-                acting = rights.require_admin(p, "creating a token for another user")
+                acting = "admin"
             else:
                 acting = rights.require_own_tokens(p)
-                self._no_escalation(p, narrowed)
                 user = user or await self.store.get_user(p.id)
+            _within_caller(p, narrowed, "models")
             kind, principal_id, owner = "pat", user.id, user.email
         issued = await self.tokens.issue_token(
             _actor(p, acting),
@@ -553,7 +645,7 @@ class AdminService:
     async def revoke_token(self, p: Principal, token_id: str) -> TokenView:
         """Revoke a token now (its owner, admins, or the managers of a VAT's team)."""
         rights.require_writer(p)
-        record = await self.store.get_token(token_id)
+        record = await self._visible_token(p, token_id)
         acting = await self._may_touch_token(p, record, write=True)
         revoked = await self.tokens.revoke(token_id, _actor(p, acting))
         return (await self._token_views([revoked]))[0]
@@ -569,7 +661,9 @@ class AdminService:
     ) -> IssuedView:
         """Replace a token; the old one works ``grace_seconds`` more. Returns the new secret.
 
-        The new token keeps the old one's name and narrowing, and by default its lifetime.
+        The new token keeps the old one's name and narrowing, and by default its lifetime; a
+        caller whose own token is narrowed rotates only tokens within that narrowing (the
+        new secret would otherwise be broader access than the caller has).
         """
         rights.require_writer(p)
         if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
@@ -577,14 +671,41 @@ class AdminService:
                 f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS}", "grace_seconds"
             )
         expiry = _expiry(expires_at, expires_in_days, self._now())
-        record = await self.store.get_token(token_id)
+        record = await self._visible_token(p, token_id)
         acting = await self._may_touch_token(p, record, write=True)
+        await self._rotation_within_caller(p, record)
         issued = await self.tokens.rotate(
             token_id, grace_seconds, _actor(p, acting), expires_at=expiry or "keep"
         )
         old = await self.store.get_token(token_id)
         new_view, old_view = await self._token_views([issued.record, old])
         return IssuedView(issued.secret, new_view, old_view)
+
+    async def _visible_token(self, p: Principal, token_id: str) -> TokenRecord:
+        """A token ``p`` may see (its own; admins and auditors: every token; team managers:
+        their teams' VATs), else ``NotFound`` as if there were none."""
+        try:
+            record = await self.store.get_token(token_id)
+        except NotFound:
+            raise _no("token", token_id) from None
+        if rights.reads_all(p) or record.principal_id == p.id:
+            return record
+        if record.kind == "vat" and record.principal_id in await self._managed_account_ids(p):
+            return record
+        raise _no("token", token_id)
+
+    async def _rotation_within_caller(self, p: Principal, record: TokenRecord) -> None:
+        """Refuse a rotation whose new token would reach beyond the caller's own narrowing: the
+        rotated token's narrowing, or a VAT's account's models, must lie within it."""
+        if p.token_models is None:
+            return
+        grants = [record.allowed_models]
+        if record.kind == "vat":
+            account = await self.store.get_account(record.principal_id)
+            grants.append(account.allowed_models)
+        if any(g is not None and not uncovered(g, p.token_models) for g in grants):
+            return
+        _within_caller(p, None, "rotating this token")
 
     async def _may_touch_token(self, p: Principal, record: TokenRecord, *, write: bool) -> str:
         """The role under which ``p`` may read (``write=False``) or change this token."""
@@ -612,22 +733,6 @@ class AdminService:
                 f"models: {outside[0]!r} is outside virtual account {account!r}'s allowed "
                 f"models ({listed})",
                 "models",
-            )
-
-    def _no_escalation(self, p: Principal, models: tuple[str, ...] | None) -> None:
-        """A narrowed token cannot mint a broader one for its owner."""
-        if p.token_models is None or rights.is_admin(p):
-            return
-        allowed = ", ".join(p.token_models)
-        if models is None:
-            raise Forbidden(
-                f"the token you called with is narrowed to {allowed}; a token it creates must "
-                "be narrowed within that (set models)"
-            )
-        outside = uncovered(models, p.token_models)
-        if outside:
-            raise Forbidden(
-                f"{outside[0]!r} is outside the models of the token you called with ({allowed})"
             )
 
     async def _managed_account_ids(self, p: Principal) -> set[str]:
