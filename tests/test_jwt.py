@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -28,16 +29,26 @@ AUDIENCE = "custos-gateway"
 
 
 class JWKSServer:
-    """Serves whatever ``keys`` holds at /jwks.json and counts the fetches."""
+    """Serves whatever ``keys`` holds at /jwks.json and counts the fetches.
+
+    ``delay_s`` makes every answer that slow; ``down`` makes the server take requests and never
+    answer them (an IdP that hangs).
+    """
 
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
+        self.delay_s = 0.0
+        self.down = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.fetches += 1
+                if server.down.is_set():
+                    time.sleep(30)
+                    return
+                time.sleep(server.delay_s)
                 body = json.dumps({"keys": server.keys}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -89,6 +100,21 @@ def idp() -> Iterator[tuple[JWKSServer, Any]]:
     server.httpd.shutdown()
 
 
+def _with_idps(config: str, *entries: str) -> str:
+    """``config`` with ``entries`` (each an IdP's YAML mapping lines, indented by 6) as its
+    ``identity.idp`` list."""
+    key_line = "  token_hash_key: ${env:CUSTOS_TEST_TOKEN_KEY}\n"
+    assert key_line in config
+    listed = "".join("    - " + entry.strip() + "\n" for entry in entries)
+    return config.replace(key_line, key_line + "  idp:\n" + listed)
+
+
+def _idp_entry(url: str, *extra: str, name: str = "northwind", issuer: str = ISSUER) -> str:
+    lines = [f"name: {name}", f"issuer: {issuer}", f"audience: {AUDIENCE}", f"jwks_url: {url}",
+             "leeway_s: 0", *extra]  # fmt: skip
+    return "\n      ".join(lines)
+
+
 @pytest.fixture(scope="module")
 def jwt_gateway(
     mock_provider: MockProvider, idp, tmp_path_factory: pytest.TempPathFactory
@@ -106,21 +132,13 @@ access:
     subjects: [team:finance]
     models: [azure-eu/gpt-5.5]
 """
-    key_line = "  token_hash_key: ${env:CUSTOS_TEST_TOKEN_KEY}\n"
-    assert key_line in config
-    config = config.replace(
-        key_line,
-        key_line + "  idp:\n"
-        "    - name: northwind\n"
-        f"      issuer: {ISSUER}\n"
-        f"      audience: {AUDIENCE}\n"
-        f"      jwks_url: {server.url}\n"
-        "      jwks_min_refresh_s: 0\n"
-        "      leeway_s: 0\n",
-    )
+    config = _with_idps(config, _idp_entry(server.url, "jwks_min_refresh_s: 0"))
     process = GatewayProcess(config, tmp_path_factory.mktemp("jwt"))
     yield process
     process.stop()
+
+
+HELLO = [{"role": "user", "content": "hi"}]
 
 
 def _chat(gw: GatewayProcess, token: str, model: str = "openai-main/gpt-5.5") -> httpx.Response:
@@ -188,3 +206,83 @@ def test_unknown_kid_refreshes_the_key_set(jwt_gateway, idp) -> None:
     server.publish("ec-2", new_key)
     assert _chat(jwt_gateway, token).status_code == 200
     assert server.fetches == before + 1
+
+
+# -- refreshing the key set: one fetch at a time ---------------------------------------------------
+
+
+@pytest.fixture
+def slow_idp(
+    mock_provider: MockProvider, tmp_path: Any
+) -> Iterator[tuple[JWKSServer, Any, GatewayProcess]]:
+    """A JWKS server that takes 0.5 s per answer, behind a gateway that thinks its keys stale
+    after 2 s and refetches on an unknown kid at any time (``jwks_min_refresh_s: 0``)."""
+    server = JWKSServer()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server.publish("rsa-1", key)
+    server.delay_s = 0.5
+    config = _with_idps(
+        standard_config(mock_provider.url),
+        _idp_entry(server.url, "jwks_min_refresh_s: 0", "jwks_max_age_s: 2", "jwks_timeout_s: 1"),
+    )
+    gateway = GatewayProcess(config, tmp_path)
+    try:
+        yield server, key, gateway
+    finally:
+        gateway.stop()
+        server.down.clear()
+        server.httpd.shutdown()
+
+
+def _concurrently(gw: GatewayProcess, tokens: list[str]) -> list[int]:
+    """Send one chat request per token, all at once; their statuses."""
+
+    async def send() -> list[int]:
+        async with httpx.AsyncClient(base_url=gw.base_url, timeout=20) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.post(
+                        "/chat/completions",
+                        headers={"authorization": f"Bearer {token}"},
+                        json={"model": "openai-main/gpt-5.5", "messages": HELLO},
+                    )
+                    for token in tokens
+                )
+            )
+        return [r.status_code for r in replies]
+
+    return asyncio.run(send())
+
+
+def test_stale_keys_are_fetched_once_for_all_waiting_requests(slow_idp) -> None:
+    server, key, gateway = slow_idp
+    assert _chat(gateway, sign(key, "rsa-1")).status_code == 200
+    assert server.fetches == 1
+    time.sleep(2.2)  # past jwks_max_age_s
+    assert _concurrently(gateway, [sign(key, "rsa-1", jti=str(i)) for i in range(8)]) == [200] * 8
+    assert server.fetches == 2
+
+
+def test_an_unknown_kid_is_fetched_once_for_all_waiting_requests(slow_idp) -> None:
+    server, key, gateway = slow_idp
+    assert _chat(gateway, sign(key, "rsa-1")).status_code == 200
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    server.publish("ec-2", new_key)
+    tokens = [sign(new_key, "ec-2", jti=str(i)) for i in range(8)]
+    assert _concurrently(gateway, tokens) == [200] * 8
+    assert server.fetches == 2
+
+
+def test_a_hanging_jwks_neither_holds_requests_nor_is_asked_again_at_once(slow_idp) -> None:
+    server, key, gateway = slow_idp
+    assert _chat(gateway, sign(key, "rsa-1")).status_code == 200
+    server.down.set()
+    time.sleep(2.2)  # stale: the next requests want a refresh, which never answers
+    tokens = [sign(key, "rsa-1", jti=str(i)) for i in range(8)]
+    # Each waits for the one fetch at most jwks_timeout_s, then goes on with the keys it has.
+    assert _concurrently(gateway, tokens) == [200] * 8
+    assert server.fetches == 2
+    # Right after a failure nobody asks again: not the next requests, not an unknown kid.
+    unknown = sign(ec.generate_private_key(ec.SECP256R1()), "ec-9")
+    assert _concurrently(gateway, [*tokens, unknown]) == [200] * 8 + [401]
+    assert server.fetches == 2

@@ -262,6 +262,8 @@ class IdPSettings(_Strict):
     jwks_min_refresh_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
     #: The key set is refetched when older than this, whatever the tokens say.
     jwks_max_age_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    #: How long a request waits for a key-set fetch (one at a time) before it goes on without.
+    jwks_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
 
     @field_validator("jwks_url")
     @classmethod

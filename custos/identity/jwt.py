@@ -5,8 +5,15 @@ routed to its IdP by its (unverified) ``iss`` claim, then verified with PyJWT: s
 key named by ``kid``, ``exp``/``nbf``/``iat`` with a small leeway, issuer and audience. Keys are
 cached; an unknown ``kid`` refreshes the set once (at most every ``jwks_min_refresh_s`` seconds,
 so a flood of forged kids cannot turn into a flood of fetches), and the set is refreshed anyway
-when older than ``jwks_max_age_s``. The JWKS fetch runs in a worker thread: it is rare, and
-must not block the event loop.
+when older than ``jwks_max_age_s``.
+
+One fetch at a time per IdP: every request that needs a refresh while one is under way awaits
+that one (single flight), so a staleness event or a new ``kid`` costs one fetch however many
+requests are waiting. A request waits for it at most ``jwks_timeout_s``, then goes on with the
+keys it has. A failed fetch keeps the keys it had and is not retried for a backoff that doubles
+with each failure (from ``jwks_min_refresh_s`` or 1 s, up to a minute), so an IdP that is down is
+not hammered and its last keys keep working. The fetch runs in a worker thread: it must not
+block the event loop.
 
 Claims map to a principal by the IdP's ``claims`` mapping: the subject claim names the user (by
 email) or the virtual account, the teams claim lists teams. A user's teams also include the teams
@@ -31,7 +38,8 @@ from custos.state.store import email_key
 
 log = logging.getLogger("custos.identity.jwt")
 
-_FETCH_TIMEOUT_S = 5.0
+#: The longest wait before retrying a JWKS that failed.
+_MAX_BACKOFF_S = 60.0
 _MAX_JWKS_BYTES = 1024 * 1024
 
 EXPIRED = AuthFailure("expired_token", "The JWT has expired.")
@@ -46,46 +54,83 @@ def looks_like_jwt(token: str) -> bool:
 
 
 class KeySet:
-    """One IdP's signing keys by ``kid``, fetched from its JWKS URL."""
+    """One IdP's signing keys by ``kid``, fetched from its JWKS URL (one fetch at a time)."""
 
-    def __init__(self, url: str, *, min_refresh_s: float, max_age_s: float) -> None:
+    def __init__(
+        self, url: str, *, min_refresh_s: float, max_age_s: float, timeout_s: float = 5.0
+    ) -> None:
         self.url = url
         self.min_refresh_s = min_refresh_s
         self.max_age_s = max_age_s
+        self.timeout_s = timeout_s
         self.keys: dict[str, jwt.PyJWK] = {}
+        #: When the keys were last fetched successfully.
         self.fetched_at = float("-inf")
-        self._lock = asyncio.Lock()
+        #: No fetch before this (set after a failure), and how many failed in a row.
+        self._retry_at = float("-inf")
+        self._failures = 0
+        self._flight: asyncio.Task[None] | None = None
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
-        stale = time.monotonic() - self.fetched_at > self.max_age_s
-        if kid not in self.keys or stale:
-            await self.refresh(force=stale)
+        now = time.monotonic()
+        stale = now - self.fetched_at > self.max_age_s
+        wanted = stale or kid not in self.keys
+        if wanted and (self._flight is not None or self._due(stale, now)):
+            await self._refresh()
         return self.keys.get(kid)
 
-    async def refresh(self, *, force: bool = False) -> None:
-        async with self._lock:
-            if not force and time.monotonic() - self.fetched_at < self.min_refresh_s:
-                return
-            try:
-                document = await asyncio.to_thread(_fetch_json, self.url)
-            except (OSError, ValueError) as exc:
-                log.warning("cannot fetch JWKS %s: %s", self.url, exc)
-                self.fetched_at = time.monotonic()  # don't retry on every request
-                return
-            keys: dict[str, jwt.PyJWK] = {}
-            for entry in document.get("keys", []) if isinstance(document, dict) else []:
-                try:
-                    key = jwt.PyJWK(entry)
-                except (jwt.PyJWKError, jwt.InvalidKeyError, KeyError, TypeError):
-                    continue
-                if key.key_id:
-                    keys[key.key_id] = key
-            self.keys = keys
-            self.fetched_at = time.monotonic()
+    def _due(self, stale: bool, now: float) -> bool:
+        """Whether a new fetch may start: not while backing off after a failure; for an
+        unknown kid, not within ``min_refresh_s`` of the last fetch."""
+        if now < self._retry_at:
+            return False
+        return stale or now - self.fetched_at >= self.min_refresh_s
+
+    async def _refresh(self) -> None:
+        """Join the fetch under way, or start one; wait for it at most ``timeout_s``."""
+        if self._flight is None:
+            self._flight = asyncio.create_task(self._fetch())
+            self._flight.add_done_callback(self._landed)
+        try:
+            # shield: a caller that times out or goes away leaves the fetch to the others.
+            await asyncio.wait_for(asyncio.shield(self._flight), self.timeout_s)
+        except TimeoutError:
+            log.warning("JWKS %s did not answer within %.1f s", self.url, self.timeout_s)
+
+    def _landed(self, flight: asyncio.Task[None]) -> None:
+        if self._flight is flight:
+            self._flight = None
+        if not flight.cancelled() and flight.exception() is not None:
+            log.error("JWKS refresh of %s failed", self.url, exc_info=flight.exception())
+
+    async def _fetch(self) -> None:
+        try:
+            document = await asyncio.to_thread(_fetch_json, self.url, self.timeout_s)
+        except (OSError, ValueError) as exc:
+            self._failures += 1
+            backoff = max(self.min_refresh_s, 1.0) * 2 ** (self._failures - 1)
+            self._retry_at = time.monotonic() + min(backoff, _MAX_BACKOFF_S)
+            log.warning("cannot fetch JWKS %s (keeping the keys it had): %s", self.url, exc)
+            return
+        self.keys = _parse_keys(document)
+        self.fetched_at = time.monotonic()
+        self._failures, self._retry_at = 0, float("-inf")
 
 
-def _fetch_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT_S) as response:
+def _parse_keys(document: Any) -> dict[str, jwt.PyJWK]:
+    keys: dict[str, jwt.PyJWK] = {}
+    for entry in document.get("keys", []) if isinstance(document, dict) else []:
+        try:
+            key = jwt.PyJWK(entry)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, KeyError, TypeError):
+            continue
+        if key.key_id:
+            keys[key.key_id] = key
+    return keys
+
+
+def _fetch_json(url: str, timeout_s: float) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
         return json.loads(response.read(_MAX_JWKS_BYTES))
 
 
@@ -96,7 +141,10 @@ class JWTVerifier:
         self.idps = {idp.issuer: idp for idp in idps}
         self.key_sets = {
             idp.issuer: KeySet(
-                idp.jwks_url, min_refresh_s=idp.jwks_min_refresh_s, max_age_s=idp.jwks_max_age_s
+                idp.jwks_url,
+                min_refresh_s=idp.jwks_min_refresh_s,
+                max_age_s=idp.jwks_max_age_s,
+                timeout_s=idp.jwks_timeout_s,
             )
             for idp in idps
         }
