@@ -753,3 +753,66 @@ def test_config_check_resolves_references_from_its_own_environment(tmp_path):
     assert result.returncode == 1
     assert "environment variable CUSTOS_T_OPENAI_KEY is not set" in result.stderr
     assert result.stderr.count("CUSTOS_T_OPENAI_KEY is not set") == 3
+
+
+# -- identity providers ---------------------------------------------------------------------------
+
+
+def _idps(*entries: str) -> str:
+    """VALID with an ``identity.idp`` list; each entry is ``name`` plus extra YAML lines."""
+    text = VALID + "identity:\n  idp:\n"
+    for entry in entries:
+        name, *extra = entry.split("\n")
+        text += (
+            f"    - name: {name}\n      issuer: https://{name}.example\n"
+            f"      audience: custos\n      jwks_url: https://{name}.example/jwks\n"
+        )
+        text += "".join(f"      {line}\n" for line in extra)
+    return text
+
+
+def test_one_idp_may_assert_anything_but_several_must_each_say_what():
+    parse_config(_idps("corp"))  # one IdP: the operator trusts it for every email and team
+    robots = "robots\nprincipal: virtualaccount\nclaims: {subject: sub, teams: null}"
+    text = _idps("corp", "partner\nemail_domains: [partner.example]", robots)
+    assert problems(text) == [
+        (
+            line_of(text, "idp:"),
+            "identity.idp",
+            "with more than one IdP each must list what it may assert: idp 'corp' needs "
+            "email_domains (the email domains of the users it vouches for); idp 'partner' needs "
+            "teams (the teams its 'groups' claim may name), or set claims.teams to null; idp "
+            "'robots' needs accounts (the virtual accounts it vouches for)",
+        )
+    ]
+    parse_config(
+        _idps(
+            "corp\nemail_domains: [corp.example, Corp-EU.example]\nteams: [research]",
+            "partner\nemail_domains: [partner.example]\nclaims: {teams: null}",
+            "robots\nprincipal: virtualaccount\naccounts: [ci-*]\nclaims: {teams: null}",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("email_domains: ['@corp.example']", "'@corp.example' is not an email domain"),
+        ("email_domains: []", "an empty list allows nothing"),
+        ("accounts: [ci-*]", "accounts is for an IdP with principal: virtualaccount"),
+        ("principal: virtualaccount\nemail_domains: [corp.example]",
+         "email_domains is for an IdP with principal: user"),
+        ("principal: virtualaccount\naccounts: ['ci-[ab]']", "'ci-[ab]' is not an account name"),
+    ],
+)  # fmt: skip
+def test_what_an_idp_may_assert_is_checked(extra: str, message: str):
+    found = problems(_idps("corp\n" + extra))
+    assert len(found) == 1 and message in found[0][2], found
+
+
+def test_two_idps_may_not_share_a_name_or_an_issuer():
+    text = _idps("corp\nemail_domains: [a.example]", "corp\nemail_domains: [b.example]")
+    assert any("idp names must be unique" in message for _, _, message in problems(text))
+    text = _idps("corp\nemail_domains: [a.example]", "other\nemail_domains: [b.example]")
+    text = text.replace("https://other.example\n", "https://corp.example\n", 1)
+    assert any("issuer" in message and "once" in message for _, _, message in problems(text))

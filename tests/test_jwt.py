@@ -16,6 +16,7 @@ import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.audit_helpers import eventually
 from tests.conftest import (
     GatewayProcess,
     MockProvider,
@@ -115,13 +116,7 @@ def _idp_entry(url: str, *extra: str, name: str = "northwind", issuer: str = ISS
     return "\n      ".join(lines)
 
 
-@pytest.fixture(scope="module")
-def jwt_gateway(
-    mock_provider: MockProvider, idp, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    server, _ = idp
-    config = without_open_access(standard_config(mock_provider.url))
-    config += """
+NORTHWIND_ACCESS = """
 teams:
   finance: {members: [carol@northwind.example]}
 access:
@@ -132,6 +127,14 @@ access:
     subjects: [team:finance]
     models: [azure-eu/gpt-5.5]
 """
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(
+    mock_provider: MockProvider, idp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    server, _ = idp
+    config = without_open_access(standard_config(mock_provider.url)) + NORTHWIND_ACCESS
     config = _with_idps(config, _idp_entry(server.url, "jwks_min_refresh_s: 0"))
     process = GatewayProcess(config, tmp_path_factory.mktemp("jwt"))
     yield process
@@ -286,3 +289,92 @@ def test_a_hanging_jwks_neither_holds_requests_nor_is_asked_again_at_once(slow_i
     unknown = sign(ec.generate_private_key(ec.SECP256R1()), "ec-9")
     assert _concurrently(gateway, [*tokens, unknown]) == [200] * 8 + [401]
     assert server.fetches == 2
+
+
+# -- several IdPs: each vouches only for its own --------------------------------------------------
+
+PARTNER = "https://idp.partner.example"
+ROBOTS = "https://machines.partner.example"
+
+
+@pytest.fixture(scope="module")
+def two_idps(
+    mock_provider: MockProvider, idp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, Any]]:
+    """northwind (users of northwind.example, group research), a partner IdP (users of
+    partner.example, group partners) and the partner's machine IdP (virtual accounts ci-*)."""
+    northwind, _ = idp
+    partner = JWKSServer()
+    partner_key = ec.generate_private_key(ec.SECP256R1())
+    partner.publish("p-1", partner_key)
+    config = without_open_access(standard_config(mock_provider.url)) + NORTHWIND_ACCESS
+    config += """\
+  - id: partners-claude
+    subjects: [team:partners]
+    models: [claude-main/claude-sonnet-4.5]
+  - id: robots
+    subjects: [virtualaccount:ci-runner, virtualaccount:prod-billing]
+    models: [openai-main/gpt-5.5]
+"""
+    config = _with_idps(
+        config,
+        _idp_entry(northwind.url, "email_domains: [northwind.example]", "teams: [research]"),
+        _idp_entry(partner.url, "email_domains: [partner.example]", "teams: [partners]",
+                   name="partner", issuer=PARTNER),
+        _idp_entry(partner.url, "principal: virtualaccount", "accounts: [ci-*]",
+                   "claims: {subject: sub, teams: null}", name="robots", issuer=ROBOTS),
+    )  # fmt: skip
+    process = GatewayProcess(config, tmp_path_factory.mktemp("idps"))
+    yield process, partner_key
+    process.stop()
+    partner.httpd.shutdown()
+
+
+def test_an_idp_cannot_assert_another_idps_users_or_their_config_teams(two_idps, idp) -> None:
+    gateway, partner_key = two_idps
+    _, northwind_key = idp
+    carol = sign(northwind_key, "rsa-1")  # Carol@Northwind.example, research, config finance
+    assert _chat(gateway, carol, "azure-eu/gpt-5.5").status_code == 200
+    # The partner's IdP says it is carol: refused, and none of her config teams come with it.
+    forged = sign(partner_key, "p-1", iss=PARTNER)
+    response = _chat(gateway, forged, "azure-eu/gpt-5.5")
+    assert response.status_code == 401, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_jwt"
+    assert "'partner' may not assert users of northwind.example" in error["message"]
+
+
+def test_an_idps_teams_claim_names_only_the_teams_it_may_assert(two_idps) -> None:
+    gateway, partner_key = two_idps
+    dan = sign(partner_key, "p-1", iss=PARTNER, email="dan@partner.example",
+               groups=["research", "partners"])  # fmt: skip
+    assert _chat(gateway, dan, "claude-main/claude-sonnet-4.5").status_code == 200
+    # research is northwind's group: from the partner's IdP it is dropped.
+    assert _chat(gateway, dan, "openai-main/gpt-5.5").status_code == 403
+
+
+def test_a_machine_idp_asserts_only_its_own_accounts(two_idps) -> None:
+    gateway, partner_key = two_idps
+    ci = sign(partner_key, "p-1", iss=ROBOTS, sub="ci-runner")
+    assert _chat(gateway, ci).status_code == 200
+    response = _chat(gateway, sign(partner_key, "p-1", iss=ROBOTS, sub="prod-billing"))
+    assert response.status_code == 401, response.text
+    assert "'robots' may not assert virtual account 'prod-billing'" in response.text
+
+
+def test_the_audit_record_names_the_idp_that_vouched(two_idps) -> None:
+    gateway, partner_key = two_idps
+    dan = sign(partner_key, "p-1", iss=PARTNER, email="Dan@partner.example",
+               groups=["partners"])  # fmt: skip
+    reply = _chat(gateway, dan, "claude-main/claude-sonnet-4.5")
+    assert reply.status_code == 200, reply.text
+    url = f"{gateway.url}/admin/v1/audit/requests/{reply.headers['x-custos-request-id']}"
+
+    def records() -> list[dict[str, Any]]:
+        found = httpx.get(url, headers=gateway.headers, timeout=10)
+        return found.json()["data"] if found.status_code == 200 else []
+
+    found = eventually(records, bool)
+    (record,) = [json.loads(r["record"]) for r in found if r["event_type"] == "llm.call"]
+    assert record["principal.id"] == "jwt:partner:dan@partner.example"
+    assert record["auth.token_id"].startswith("jwt:partner:")

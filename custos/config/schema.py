@@ -34,6 +34,9 @@ UNSUPPORTED_SECTIONS = (
 
 PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                           r"[A-Za-z]{2,63}$")  # fmt: skip
+_ACCOUNT_GLOB = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._*-]{0,63}$")
 _LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
 #: Prices are kept exact: USD per million tokens with at most six decimals, i.e. whole
 #: pico-dollars per token, so cost arithmetic never touches a float.
@@ -264,6 +267,15 @@ class IdPSettings(_Strict):
     jwks_max_age_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
     #: How long a request waits for a key-set fetch (one at a time) before it goes on without.
     jwks_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    #: What this IdP may assert (``None``: anything; required when more than one IdP is
+    #: configured). ``email_domains``: the domains of the users it vouches for (principal
+    #: ``user``); its tokens for other emails are refused, so it can never claim another
+    #: IdP's users or the config's teams and grants for them.
+    email_domains: list[str] | None = None
+    #: The teams its teams claim may name; other names in the claim are dropped.
+    teams: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    #: The virtual accounts it vouches for (principal ``virtualaccount``): names or ``*`` globs.
+    accounts: list[str] | None = None
 
     @field_validator("jwks_url")
     @classmethod
@@ -271,6 +283,49 @@ class IdPSettings(_Strict):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @field_validator("email_domains")
+    @classmethod
+    def _domains(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("an empty list allows nothing: list the domains, or leave it out")
+        for domain in value:
+            if not _EMAIL_DOMAIN.match(domain):
+                raise ValueError(f"{domain!r} is not an email domain (write corp.example)")
+        return [d.casefold() for d in value]
+
+    @field_validator("accounts")
+    @classmethod
+    def _account_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list allows nothing: list the accounts, or leave it out")
+        for name in value or ():
+            if not _ACCOUNT_GLOB.match(name):
+                raise ValueError(f"{name!r} is not an account name or '*' glob (e.g. ci-*)")
+        return value
+
+    @model_validator(mode="after")
+    def _scope_fits_principal(self) -> IdPSettings:
+        if self.principal == "user" and self.accounts is not None:
+            raise ValueError("accounts is for an IdP with principal: virtualaccount")
+        if self.principal == "virtualaccount" and self.email_domains is not None:
+            raise ValueError("email_domains is for an IdP with principal: user")
+        return self
+
+    def unscoped(self) -> str | None:
+        """What this IdP must still list to be one of several, or ``None``."""
+        if self.principal == "user" and self.email_domains is None:
+            return "email_domains (the email domains of the users it vouches for)"
+        if self.principal == "virtualaccount" and self.accounts is None:
+            return "accounts (the virtual accounts it vouches for)"
+        if self.claims.teams is not None and self.teams is None:
+            return (
+                f"teams (the teams its {self.claims.teams!r} claim may name), or set "
+                "claims.teams to null"
+            )
+        return None
 
 
 class IdentitySettings(_Strict):
@@ -283,6 +338,27 @@ class IdentitySettings(_Strict):
     #: PostgreSQL store, else in process.
     invalidation: str = "auto"
     idp: list[IdPSettings] = Field(default_factory=list)
+
+    @field_validator("idp")
+    @classmethod
+    def _idps_kept_apart(cls, value: list[IdPSettings]) -> list[IdPSettings]:
+        """Tokens go to an IdP by issuer, so each issuer is configured once; with several IdPs,
+        each lists what it may assert, so none can speak for another's users."""
+        for what, key in (("name", "name"), ("issuer", "issuer")):
+            seen = [getattr(idp, key) for idp in value]
+            twice = next((v for v in seen if seen.count(v) > 1), None)
+            if twice is not None:
+                raise ValueError(f"idp {what}s must be unique: {twice!r} is configured more "
+                                 "than once")  # fmt: skip
+        if len(value) > 1:
+            missing = [f"idp {idp.name!r} needs {need}" for idp in value
+                       if (need := idp.unscoped()) is not None]  # fmt: skip
+            if missing:
+                raise ValueError(
+                    "with more than one IdP each must list what it may assert: "
+                    + "; ".join(missing)
+                )
+        return value
 
     @field_validator("token_hash_key")
     @classmethod

@@ -18,6 +18,13 @@ block the event loop.
 Claims map to a principal by the IdP's ``claims`` mapping: the subject claim names the user (by
 email) or the virtual account, the teams claim lists teams. A user's teams also include the teams
 the config file declares with that email as member or manager.
+
+IdPs are kept apart: each asserts only what its entry allows (``email_domains``, ``accounts``,
+``teams``; required when several IdPs are configured). A token naming a user outside the IdP's
+domains or an account outside its list is refused; teams outside its list are dropped from the
+claim. So no IdP can speak for another's users, nor bring the config's teams and grants for an
+email it does not own. The principal's id and the token id name the IdP that vouched
+(``jwt:<idp>:<subject>``), and the audit record carries them.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import time
 import urllib.request
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from typing import Any
 
 import jwt
@@ -191,8 +199,13 @@ class JWTVerifier:
         if not isinstance(subject, str) or not subject:
             return invalid(f"claim '{idp.claims.subject}' is missing")
         teams = _string_list(claims.get(idp.claims.teams)) if idp.claims.teams else ()
+        if idp.teams is not None:
+            teams = tuple(t for t in teams if t in idp.teams)
         roles = _string_list(claims.get(idp.claims.roles)) if idp.claims.roles else ()
         token_id = f"jwt:{idp.name}:{claims.get('jti') or claims.get('sub') or subject}"
+        refused = _outside_scope(idp, subject)
+        if refused is not None:
+            return invalid(refused)
         if idp.principal == "virtualaccount":
             subjects = frozenset([f"virtualaccount:{subject}", *(f"team:{t}" for t in teams)])
             return Principal(
@@ -209,6 +222,20 @@ class JWTVerifier:
 
 
 _ROLES = frozenset({"admin", "team_manager", "member", "auditor"})
+
+
+def _outside_scope(idp: IdPSettings, subject: str) -> str | None:
+    """Why ``idp`` may not assert ``subject`` (an email or an account name), or ``None``."""
+    if idp.principal == "virtualaccount":
+        if idp.accounts is None or any(fnmatchcase(subject, a) for a in idp.accounts):
+            return None
+        return f"identity provider {idp.name!r} may not assert virtual account {subject!r}"
+    if idp.email_domains is None:
+        return None
+    domain = email_key(subject).rpartition("@")[2] if "@" in subject else ""
+    if domain in idp.email_domains:
+        return None
+    return f"identity provider {idp.name!r} may not assert users of {domain or 'no email domain'}"
 
 
 def _string_list(value: Any) -> tuple[str, ...]:
