@@ -417,7 +417,9 @@ async def test_a_narrowed_token_grants_nothing_beyond_its_narrowing(env: Env) ->
     await env.ok("POST", "/accounts", mgr, {"name": "red-3", "team": "red",
                                             "allowed_models": narrow})  # fmt: skip
     vat = await env.ok("POST", "/tokens", mgr, {"name": "v", "account": "red-svc"})
-    assert vat["record"]["allowed_models"] is None  # the account's models are the narrowing
+    # Narrowed to the account's models as they are now: widening the account later does not
+    # widen a token a narrowed caller minted.
+    assert vat["record"]["allowed_models"] == narrow
     await env.ok("POST", f"/tokens/{vat['record']['id']}/rotate", mgr, {})
     await env.ok("PATCH", "/accounts/red-wide", mgr, {"disabled": True})
     created = await env.ok(

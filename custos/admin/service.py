@@ -599,7 +599,8 @@ class AdminService:
           ``models`` must then lie within the account's allowed models.
 
         Whoever it is for, a caller whose own token is narrowed issues only tokens whose models
-        lie within that narrowing.
+        lie within that narrowing; a VAT it issues without ``models`` is narrowed to the
+        account's models as they are now.
         """
         rights.require_writer(p)
         if user_ref is not None and account_ref is not None:
@@ -616,7 +617,11 @@ class AdminService:
             acting = rights.require_team(p, view.team_name, "creating a virtual account token")
             if narrowed is not None:
                 self._within(narrowed, view.account.allowed_models, view.account.name)
-            _within_caller(p, narrowed or view.account.allowed_models, "models")
+            elif p.token_models is not None:
+                # Narrowed to what the account allows now, so widening the account later
+                # does not widen a token a narrowed caller minted.
+                narrowed = tuple(view.account.allowed_models)
+            _within_caller(p, narrowed, "models")
             kind, principal_id, owner = "vat", view.account.id, view.account.name
         else:
             user = None
@@ -673,7 +678,8 @@ class AdminService:
         expiry = _expiry(expires_at, expires_in_days, self._now())
         record = await self._visible_token(p, token_id)
         acting = await self._may_touch_token(p, record, write=True)
-        await self._rotation_within_caller(p, record)
+        # The new token keeps the old one's narrowing: it must lie within the caller's.
+        _within_caller(p, record.allowed_models, "rotating this token")
         issued = await self.tokens.rotate(
             token_id, grace_seconds, _actor(p, acting), expires_at=expiry or "keep"
         )
@@ -693,19 +699,6 @@ class AdminService:
         if record.kind == "vat" and record.principal_id in await self._managed_account_ids(p):
             return record
         raise _no("token", token_id)
-
-    async def _rotation_within_caller(self, p: Principal, record: TokenRecord) -> None:
-        """Refuse a rotation whose new token would reach beyond the caller's own narrowing: the
-        rotated token's narrowing, or a VAT's account's models, must lie within it."""
-        if p.token_models is None:
-            return
-        grants = [record.allowed_models]
-        if record.kind == "vat":
-            account = await self.store.get_account(record.principal_id)
-            grants.append(account.allowed_models)
-        if any(g is not None and not uncovered(g, p.token_models) for g in grants):
-            return
-        _within_caller(p, None, "rotating this token")
 
     async def _may_touch_token(self, p: Principal, record: TokenRecord, *, write: bool) -> str:
         """The role under which ``p`` may read (``write=False``) or change this token."""
