@@ -293,6 +293,9 @@ async def test_a_team_manager_adds_only_users_of_no_other_team_and_no_admin(env:
     await env.ok("POST", "/teams/red/members", env.admin, {"user": "bob@example.com"})
     await env.ok("POST", "/teams/red/members", env.admin, {"user": "root@example.com"})
     await env.directory.reload()
+    # bob is theirs to read now, but only his memberships of teams the manager is in.
+    shown = await env.ok("GET", "/users/bob@example.com", mgr)
+    assert {m["team"] for m in shown["memberships"]} == {"red"}
     before = await env.event_count()
     for user in ("bob@example.com", "root@example.com"):
         response = await env.call("POST", "/teams/green/members", mgr, {"user": user})

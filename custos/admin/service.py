@@ -211,7 +211,7 @@ class AdminService:
 
     async def me(self, p: Principal) -> UserView:
         """The caller's own user record and memberships."""
-        return await self._user_view(await self.store.get_user(p.id))
+        return await self._user_view(p, await self.store.get_user(p.id))
 
     # -- users -------------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class AdminService:
         return [u for u in users if u.id in visible]
 
     async def get_user(self, p: Principal, ref: str) -> UserView:
-        return await self._user_view(await self._visible_user(p, ref))
+        return await self._user_view(p, await self._visible_user(p, ref))
 
     async def create_user(
         self,
@@ -309,13 +309,17 @@ class AdminService:
                 visible.update(m.user_id for m in await self.store.list_members(team.id))
         return visible
 
-    async def _user_view(self, user: User) -> UserView:
+    async def _user_view(self, p: Principal, user: User) -> UserView:
+        """``user`` with the memberships ``p`` may see: those of teams ``p`` sees (a manager
+        reading a member learns nothing of teams it is not in)."""
         names = {t.id: t.name for t in await self.store.list_teams()}
-        members = await self.store.memberships_of(user.id)
-        return UserView(
-            user,
-            tuple(MemberView(m, names.get(m.team_id, m.team_id), user.email) for m in members),
-        )
+        members = [
+            MemberView(m, names.get(m.team_id, m.team_id), user.email)
+            for m in await self.store.memberships_of(user.id)
+        ]
+        if not rights.reads_all(p):
+            members = [m for m in members if m.team_name in p.teams]
+        return UserView(user, tuple(members))
 
     # -- teams -------------------------------------------------------------------------------
 
