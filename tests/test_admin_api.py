@@ -172,6 +172,16 @@ async def test_a_member_cannot_create_tokens_for_others(env: Env) -> None:
     assert (await env.call("POST", "/teams", alice, {"name": "t"})).status_code == 403
 
 
+def _blue(ids: dict[str, Any]) -> dict[str, str]:
+    """A path placeholder's value naming team blue's objects from ``manager_setup``."""
+    return {
+        "{user}": "bob@example.com",
+        "{team}": "blue",
+        "{account}": "blue-svc",
+        "{token}": ids["blue_vat"],
+    }
+
+
 def _sample_body(path: str) -> dict[str, Any] | None:
     """A valid body for each mutating route (so only the role can be what refuses it)."""
     bodies: dict[str, dict[str, Any]] = {
@@ -191,20 +201,12 @@ def _sample_body(path: str) -> dict[str, Any] | None:
 async def test_an_auditor_cannot_change_anything(env: Env) -> None:
     ids = await manager_setup(env)
     auditor = await env.user("audit@example.com", ["auditor"])
-    values = {
-        "{user}": "bob@example.com",
-        "{team}": "blue",
-        "{account}": "blue-svc",
-        "{token}": ids["blue_vat"],
-    }
     before = await env.event_count()
     mutating = [spec for spec, _ in ROUTES if spec.mutating]
     assert len(mutating) >= 14
     for spec in mutating:
         template = spec.path[len(PREFIX) :]
-        path = template
-        for placeholder, value in values.items():
-            path = path.replace(placeholder, value)
+        path = _fill(template, _blue(ids))
         body = _sample_body(f"{spec.method} {template}")
         response = await env.call(spec.method, path, auditor, body)
         assert response.status_code == 403, f"{spec.method} {path}: {response.text}"
@@ -333,12 +335,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
 async def test_objects_outside_the_callers_rights_answer_as_if_missing(env: Env) -> None:
     ids = await manager_setup(env)
     alice = await env.user("alice@example.com", ["member"])
-    hidden = {
-        "{user}": "bob@example.com",
-        "{team}": "blue",
-        "{account}": "blue-svc",
-        "{token}": ids["blue_vat"],
-    }
+    hidden = _blue(ids)
     pairs = [(hidden, _MISSING), ({**hidden, "{team}": "red"}, {**_MISSING, "{team}": "red"})]
     # Every route naming an object in its path ...
     requests: list[tuple[str, str, Any]] = []
@@ -760,8 +757,16 @@ async def test_list_filters_naming_unknown_objects_answer_a_documented_404(env: 
         assert response.status_code == 404, (path, query, response.text)
         assert response.json()["error"]["code"] == "not_found"
         assert "404" in document["paths"]["/admin/v1" + path]["get"]["responses"]
-    # A list without such a parameter never looks anything up.
-    assert "404" not in document["paths"]["/admin/v1/users"]["get"]["responses"]
+    # A list without such a parameter never looks anything up, nor does a creation whose body
+    # names nothing; one whose body names an object lists the 404 it answers when it is missing.
+    paths = document["paths"]
+    assert "404" not in paths["/admin/v1/users"]["get"]["responses"]
+    for path in ("/users", "/teams", "/audit/holds", "/audit/erase"):
+        assert "404" not in paths["/admin/v1" + path]["post"]["responses"], path
+    for path, body in (("/accounts", {"name": "a", "team": "nope"}),
+                       ("/tokens", {"name": "t", "account": "nope"})):  # fmt: skip
+        assert "404" in paths["/admin/v1" + path]["post"]["responses"], path
+        assert (await env.call("POST", path, env.admin, body)).status_code == 404
 
 
 async def test_query_parameters_say_which_values_are_valid(env: Env) -> None:

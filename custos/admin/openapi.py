@@ -60,8 +60,9 @@ class RouteSpec:
     mutating: bool = False
     #: Needs a bearer token (only the OpenAPI document itself does not).
     auth: bool = True
-    #: A query parameter names a user, team or account, which may not exist (404).
-    query_names_objects: bool = False
+    #: A query parameter or a body field names a user, team or account, which may not exist,
+    #: or may be outside what the caller sees (404).
+    names_objects: bool = False
     description: str = ""
 
     @property
@@ -126,7 +127,7 @@ def _error_statuses(spec: RouteSpec) -> Iterable[int]:
         statuses.add(400)
     if spec.body is not None:
         statuses |= {413, 415}
-    if spec.path_params or spec.body is not None or spec.query_names_objects:
+    if spec.path_params or spec.names_objects:
         statuses.add(404)
     if spec.mutating:
         statuses.add(409)

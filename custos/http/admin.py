@@ -630,12 +630,12 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     ),
     (
         _r("GET", "/accounts", "listAccounts", "List virtual accounts", s.AccountList,
-           query=s.AccountsQuery, query_names_objects=True),
+           query=s.AccountsQuery, names_objects=True),
         _list_accounts,
     ),
     (
         _r("POST", "/accounts", "createAccount", "Create a virtual account (admin, team manager)",
-           s.AccountOut, body=s.AccountCreate, status=201),
+           s.AccountOut, body=s.AccountCreate, status=201, names_objects=True),
         _create_account,
     ),
     (
@@ -654,12 +654,12 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     ),
     (
         _r("GET", "/tokens", "listTokens", "List tokens (never their secrets)", s.TokenList,
-           query=s.TokensQuery, query_names_objects=True),
+           query=s.TokensQuery, names_objects=True),
         _list_tokens,
     ),
     (
         _r("POST", "/tokens", "createToken", "Create a token; the secret is in this reply only",
-           s.TokenCreated, body=s.TokenCreate, status=201),
+           s.TokenCreated, body=s.TokenCreate, status=201, names_objects=True),
         _create_token,
     ),
     (_r("GET", "/tokens/{token}", "getToken", "Show a token", s.TokenOut), _get_token),
