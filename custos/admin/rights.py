@@ -5,13 +5,16 @@ The rules (DESIGN/issue 3, item 8):
 - ``admin``: everything.
 - ``team_manager``: the virtual accounts of the teams they manage, those accounts' tokens, and
   those teams' members. "Manage" needs both the ``team_manager`` role (granted by an admin) and
-  a ``manager`` membership of the team: the role is the right, the membership its scope.
+  a ``manager`` membership of the team: the role is the right, the membership its scope. A
+  manager adds only users in no team they do not manage and without the admin role; anyone
+  else joins a team through an admin.
 - ``member``: their own personal access tokens (create, list, show, revoke, rotate).
 - ``auditor``: reads everything, admin events included; changes nothing.
 
 Roles add up: ``auditor`` + ``member`` reads everything and manages its own tokens. A user with
 no role may read only ``/me``. Virtual accounts hold no admin roles and never reach this module
-(the HTTP layer refuses them). Every denial names the role that would have allowed the call.
+(the HTTP layer refuses them). Every denial names the role that would have allowed the call;
+an object the caller may not even see is answered as missing (``AdminService`` does that).
 """
 
 from __future__ import annotations
