@@ -429,7 +429,7 @@ class AdminService:
         teams = {names.get(m.team_id, m.team_id) for m in await self.store.memberships_of(user.id)}
         if not teams and "admin" not in user.roles:
             return user
-        if user.id not in await self._visible_user_ids(p):
+        if not rights.reads_all(p) and user.id not in await self._visible_user_ids(p):
             raise _no("user", ref)
         if "admin" in user.roles or not teams <= rights.managed_teams(p):
             raise Forbidden(
