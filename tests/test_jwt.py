@@ -378,3 +378,16 @@ def test_the_audit_record_names_the_idp_that_vouched(two_idps) -> None:
     (record,) = [json.loads(r["record"]) for r in found if r["event_type"] == "llm.call"]
     assert record["principal.id"] == "jwt:partner:dan@partner.example"
     assert record["auth.token_id"].startswith("jwt:partner:")
+
+
+def test_a_reload_that_keeps_the_idp_keeps_its_keys(slow_idp) -> None:
+    server, key, gateway = slow_idp
+    assert _chat(gateway, sign(key, "rsa-1")).status_code == 200
+    before = gateway.revision()
+    text = gateway.config_path.read_text()
+    gateway.config_path.write_text(text.replace("max_body_bytes: 65536", "max_body_bytes: 65537"))
+    gateway.sighup()
+    assert eventually(gateway.revision, lambda revision: revision != before) != before
+    # A new revision, the same IdP: its keys (and any fetch under way) carry over.
+    assert _chat(gateway, sign(key, "rsa-1")).status_code == 200
+    assert server.fetches == 1

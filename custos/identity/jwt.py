@@ -34,6 +34,7 @@ import json
 import logging
 import time
 import urllib.request
+import weakref
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any
@@ -125,6 +126,24 @@ class KeySet:
         self._failures, self._retry_at = 0, float("-inf")
 
 
+#: The key sets in use, by what they fetch and how: a config reload that keeps an IdP's JWKS
+#: settings keeps its keys and any fetch under way, instead of fetching again. Weak: a key set
+#: goes when no verifier uses it any more.
+_KEY_SETS: weakref.WeakValueDictionary[tuple[str, float, float, float], KeySet] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _key_set(idp: IdPSettings) -> KeySet:
+    settings = (idp.jwks_url, idp.jwks_min_refresh_s, idp.jwks_max_age_s, idp.jwks_timeout_s)
+    found = _KEY_SETS.get(settings)
+    if found is None:
+        url, min_refresh_s, max_age_s, timeout_s = settings
+        found = KeySet(url, min_refresh_s=min_refresh_s, max_age_s=max_age_s, timeout_s=timeout_s)
+        _KEY_SETS[settings] = found
+    return found
+
+
 def _parse_keys(document: Any) -> dict[str, jwt.PyJWK]:
     keys: dict[str, jwt.PyJWK] = {}
     for entry in document.get("keys", []) if isinstance(document, dict) else []:
@@ -147,15 +166,7 @@ class JWTVerifier:
         self, idps: list[IdPSettings], config_teams: Mapping[str, tuple[str, ...]]
     ) -> None:
         self.idps = {idp.issuer: idp for idp in idps}
-        self.key_sets = {
-            idp.issuer: KeySet(
-                idp.jwks_url,
-                min_refresh_s=idp.jwks_min_refresh_s,
-                max_age_s=idp.jwks_max_age_s,
-                timeout_s=idp.jwks_timeout_s,
-            )
-            for idp in idps
-        }
+        self.key_sets = {idp.issuer: _key_set(idp) for idp in idps}
         #: Teams the config file declares for each (case-folded) email.
         self.config_teams = config_teams
 
