@@ -49,6 +49,9 @@ _JSON = (b"content-type", b"application/json")
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    #: The route's path as the gateway names it: the ``route`` label of its metrics (never the
+    #: path a client sent, which can differ in trailing slashes and would make a series each).
+    route: str
     methods: frozenset[str]
     handler: Handler
     protocol: Protocol
@@ -63,15 +66,16 @@ class GatewayApp:
             on_auth_failure=self.auth_failed,
             budgets=gateway.limiter,
         )
-        self.routes: dict[str, Endpoint] = {
-            "/v1/chat/completions": self._llm("openai", "chat"),
-            "/v1/embeddings": self._llm("openai", "embeddings"),
-            "/v1/messages": self._llm("anthropic", "messages"),
-            "/v1/models": Endpoint(frozenset({"GET"}), self.models, "openai"),
-            "/healthz": Endpoint(frozenset({"GET"}), self.healthz, "openai"),
-            "/readyz": Endpoint(frozenset({"GET"}), self.readyz, "openai"),
-            "/metrics": Endpoint(frozenset({"GET"}), self.metrics, "openai"),
-        }
+        endpoints = [
+            self._llm("/v1/chat/completions", "openai", "chat"),
+            self._llm("/v1/embeddings", "openai", "embeddings"),
+            self._llm("/v1/messages", "anthropic", "messages"),
+            Endpoint("/v1/models", frozenset({"GET"}), self.models, "openai"),
+            Endpoint("/healthz", frozenset({"GET"}), self.healthz, "openai"),
+            Endpoint("/readyz", frozenset({"GET"}), self.readyz, "openai"),
+            Endpoint("/metrics", frozenset({"GET"}), self.metrics, "openai"),
+        ]
+        self.routes: dict[str, Endpoint] = {e.route: e for e in endpoints}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -102,17 +106,22 @@ class GatewayApp:
 
     # -- the LLM routes ------------------------------------------------------------------------
 
-    def _llm(self, protocol: Protocol, operation: Operation) -> Endpoint:
+    def _llm(self, route: str, protocol: Protocol, operation: Operation) -> Endpoint:
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-            await self.llm(scope, receive, send, protocol, operation)
+            await self.llm(scope, receive, send, route, protocol, operation)
 
-        return Endpoint(frozenset({"POST"}), handler, protocol)
+        return Endpoint(route, frozenset({"POST"}), handler, protocol)
 
     async def llm(
-        self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, operation: Operation
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: str,
+        protocol: Protocol,
+        operation: Operation,
     ) -> None:
         request_id = new_request_id()
-        route = scope["path"]
         head = RequestHead.of(scope)
         ctx = RequestContext(
             request_id=request_id,
@@ -134,12 +143,12 @@ class GatewayApp:
         except ClientGone:
             return
         except GatewayError as err:
-            metrics.REQUESTS.labels(route, str(err.status)).inc()
+            metrics.child(metrics.REQUESTS, route, str(err.status)).inc()
             await send_error(send, protocol, err, request_id)
             return
         except Exception:
             log.exception("request %s failed inside the gateway", request_id)
-            metrics.REQUESTS.labels(route, "500").inc()
+            metrics.child(metrics.REQUESTS, route, "500").inc()
             err = GatewayError(
                 500, "internal_error", f"The gateway failed on request {request_id}."
             )
