@@ -65,6 +65,7 @@ class GatewayApp:
             model_names=lambda: gateway.runtime.routes.keys(),
             on_auth_failure=self.auth_failed,
             budgets=gateway.limiter,
+            body_timeout_s=gateway.runtime.config.gateway.body_timeout_s,
         )
         endpoints = [
             self._llm("/v1/chat/completions", "openai", "chat"),
@@ -134,8 +135,10 @@ class GatewayApp:
 
         async def read_request(ctx: RequestContext) -> None:
             check_content_type(head.content_type)
-            limit = ctx.runtime.config.gateway.max_body_bytes
-            raw = await read_request_body(receive, head.content_length, limit)
+            settings = ctx.runtime.config.gateway
+            raw = await read_request_body(
+                receive, head.content_length, settings.max_body_bytes, settings.body_timeout_s
+            )
             fill_request(ctx, raw)
 
         try:

@@ -6,6 +6,7 @@ what to send instead; nothing here has side effects, so a bad request changes no
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -14,9 +15,26 @@ from custos.context import Operation
 from custos.errors import ClientDisconnected, GatewayError, bad_request
 
 
-async def read_body(receive: Any, content_length: int | None, limit: int) -> bytes:
+async def read_body(
+    receive: Any, content_length: int | None, limit: int, timeout_s: float
+) -> bytes:
+    """The whole body, refused (413) past ``limit`` bytes and (408) past ``timeout_s``."""
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_all(receive, limit)
+    except TimeoutError:
+        raise GatewayError(
+            408,
+            "request_timeout",
+            f"The request body did not arrive within {timeout_s:g} s.",
+            # The rest of the body may still come: the connection cannot carry another request.
+            headers={"connection": "close"},
+        ) from None
+
+
+async def _read_all(receive: Any, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

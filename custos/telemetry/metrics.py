@@ -52,6 +52,13 @@ COST = Counter(
     ["model"],
     registry=REGISTRY,
 )
+HTTP_REFUSED = Counter(
+    "custos_http_refused",
+    "Requests the HTTP layer cut off, by reason (header_too_large: 431, header_timeout: 408, "
+    "body_timeout: the body did not arrive in time).",
+    ["reason"],
+    registry=REGISTRY,
+)
 ACTIVE_STREAMS = Gauge(
     "custos_active_streams", "Streams being relayed to clients now.", registry=REGISTRY
 )
