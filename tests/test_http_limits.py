@@ -9,13 +9,16 @@ costs a bounded amount of memory for a bounded time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -234,3 +237,160 @@ def test_a_body_in_slow_pieces_within_the_deadline_is_served(bounded) -> None:
     status, _, reply = parse_response(raw)
     assert status == 200, raw
     assert json.loads(reply)["choices"][0]["message"]["content"]
+
+
+# -- the memory test ------------------------------------------------------------------------------
+
+FLOOD_REQUESTS = 10_000
+#: What the flood may add, measured from after a warm-up of the same kinds of request. Before the
+#: bounds, 4,000 odd paths added 17 MB to /metrics and three endless heads 190 MB of RSS.
+RSS_GROWTH_BOUND = 40 * 1024 * 1024
+METRICS_GROWTH_BOUND = 4 * 1024
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def flood_request(n: int, token: str) -> bytes:
+    """Request ``n`` of the flood: odd paths on every route, unauthenticated, and unknown model
+    names and metadata values with a valid token; every one distinct."""
+    kind = n % 5
+    body = json.dumps(
+        {
+            "model": f"unknown-model-{n}",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 1,
+            "input": "x",
+        }
+    ).encode()
+    method = "POST"
+    if kind == 0:
+        path, auth = "/v1/chat/completions" + "/" * (1 + n // 5 % 400), ""
+    elif kind == 1:
+        path, auth = f"/v1/messages/{n}", ""
+    elif kind == 2:
+        method, path, auth = "GET", f"/admin/v1/users/u{n}", ""
+    elif kind == 3:
+        path, auth = f"/{uuid.uuid4().hex}?q={n}", ""
+    else:
+        route = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings")[n % 3]
+        path = route + "/" * (n % 7)
+        auth = f'authorization: Bearer {token}\r\nx-custos-metadata: {{"m": "v{n}"}}\r\n'
+    return (
+        f"{method} {path} HTTP/1.1\r\nhost: gateway\r\n{auth}content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def send_flood(port: int, requests: list[bytes], connections: int = 8) -> list[int]:
+    """Send every request over a few keep-alive connections; the statuses, in any order."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for request in requests:
+        queue.put_nowait(request)
+    statuses: list[int] = []
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not queue.empty():
+                writer.write(queue.get_nowait())
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                length = next(
+                    int(line.split(":", 1)[1])
+                    for line in lines
+                    if line.lower().startswith("content-length:")
+                )
+                await reader.readexactly(length)
+                statuses.append(int(lines[0].split(" ")[1]))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return statuses
+
+
+class Misbehaving(threading.Thread):
+    """A client that, until stopped, opens connections that each do one bad thing: a head sent a
+    byte at a time, a head that never ends, or a declared body that never arrives."""
+
+    def __init__(self, gateway: GatewayProcess, kind: str) -> None:
+        super().__init__(daemon=True)
+        self.gateway, self.kind = gateway, kind
+        self.stopping = threading.Event()
+        self.connections = 0
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(OSError), connect(self.gateway) as sock:
+                self.connections += 1
+                self.misbehave(sock)
+
+    def misbehave(self, sock: socket.socket) -> None:
+        if self.kind == "endless_head":
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nx-pad: ")
+            for _ in range(64 * 1024 * 1024 // 65536):
+                sock.sendall(b"p" * 65536)
+        elif self.kind == "slow_head":
+            for byte in b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\nx-slow: 1":
+                sock.sendall(bytes([byte]))
+                if self.stopping.wait(0.1):
+                    return
+        else:
+            sock.sendall(request_head("/v1/chat/completions", length=1 << 20) + b"{")
+        read_until_closed(sock, 10)
+
+
+class HealthWatch(threading.Thread):
+    """Asks /healthz every 50 ms and keeps every answer's status (0: none within 2 s)."""
+
+    def __init__(self, gateway: GatewayProcess) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{gateway.url}/healthz"
+        self.stopping = threading.Event()
+        self.statuses: list[int] = []
+
+    def run(self) -> None:
+        with httpx.Client(timeout=2) as http:
+            while not self.stopping.wait(0.05):
+                try:
+                    self.statuses.append(http.get(self.url).status_code)
+                except httpx.HTTPError:
+                    self.statuses.append(0)
+
+
+def test_floods_and_misbehaving_connections_leave_memory_and_metrics_bounded(bounded) -> None:
+    pid = bounded.process.pid
+    warm_up = [flood_request(n, bounded.token) for n in range(-1000, 0)]
+    assert set(asyncio.run(send_flood(bounded.port, warm_up))) == {401, 404}
+    rss_before, metrics_before = rss_bytes(pid), len(metrics_text(bounded))
+
+    health = HealthWatch(bounded)
+    clients = [
+        Misbehaving(bounded, kind)
+        for kind in ("endless_head", "slow_head", "endless_body")
+        for _ in range(3)
+    ]
+    for thread in (health, *clients):
+        thread.start()
+    flood = [flood_request(n, bounded.token) for n in range(FLOOD_REQUESTS)]
+    statuses = asyncio.run(send_flood(bounded.port, flood))
+    rss_peak = rss_bytes(pid)
+    time.sleep(HEADER_TIMEOUT_S + BODY_TIMEOUT_S)  # the misbehaving connections keep coming
+    for thread in (health, *clients):
+        thread.stopping.set()
+    for thread in (health, *clients):
+        thread.join(15)
+
+    assert len(statuses) == FLOOD_REQUESTS and set(statuses) == {401, 404}
+    assert all(client.connections >= 2 for client in clients), "each was cut off and came back"
+    assert health.statuses and set(health.statuses) == {200}, health.statuses
+    rss_after = max(rss_peak, rss_bytes(pid))
+    assert rss_after - rss_before < RSS_GROWTH_BOUND, (rss_before, rss_after)
+    metrics_after = metrics_text(bounded)
+    assert len(metrics_after) - metrics_before < METRICS_GROWTH_BOUND
+    assert "unknown-model" not in metrics_after and "v9999" not in metrics_after
