@@ -68,7 +68,8 @@ class RequestContext:
     runtime: Runtime
     #: The bearer credential as presented (never logged, never recorded).
     token: str | None = field(default=None, repr=False)
-    metadata_header: bytes | None = None
+    #: The metadata headers as sent, (name, value) pairs (``custos.policy.metadata``).
+    metadata_headers: tuple[tuple[bytes, bytes], ...] = ()
     # Filled by reading the request (after authentication):
     raw_body: bytes = field(default=b"", repr=False)
     body: dict[str, Any] = field(default_factory=dict, repr=False)

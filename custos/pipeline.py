@@ -147,7 +147,7 @@ class Pipeline:
     # -- stage 2: identify ---------------------------------------------------------------------
 
     def identify(self, ctx: RequestContext) -> None:
-        ctx.metadata = ctx.runtime.metadata.parse(ctx.metadata_header)
+        ctx.metadata = ctx.runtime.metadata.parse(ctx.metadata_headers)
         ctx.data_classes = declared_data_classes(ctx.metadata)
 
     # -- stage 3: authorize --------------------------------------------------------------------

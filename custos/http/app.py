@@ -130,7 +130,7 @@ class GatewayApp:
             operation=operation,
             runtime=self.gateway.runtime,
             token=head.token,
-            metadata_header=head.metadata,
+            metadata_headers=head.metadata,
         )
 
         async def read_request(ctx: RequestContext) -> None:
@@ -229,14 +229,16 @@ class RequestHead:
     """What the gateway reads from a request's headers, in one pass over them."""
 
     token: str | None
-    metadata: bytes | None
+    #: Every metadata header as sent (name, value): the policy decides what several mean.
+    metadata: tuple[tuple[bytes, bytes], ...]
     content_type: bytes | None
     content_length: int | None
 
     @classmethod
     def of(cls, scope: Scope) -> RequestHead:
-        token = metadata = content_type = None
+        token = content_type = None
         content_length = None
+        metadata: tuple[tuple[bytes, bytes], ...] = ()
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credential = value.partition(b" ")
@@ -244,8 +246,8 @@ class RequestHead:
                     token = credential.strip().decode("latin-1")
             elif name == b"x-api-key" and token is None:
                 token = value.strip().decode("latin-1")
-            elif name in HEADER_NAMES and metadata is None:
-                metadata = value
+            elif name in HEADER_NAMES:
+                metadata += ((name, value),)
             elif name == b"content-type":
                 content_type = value
             elif name == b"content-length" and value.isdigit():

@@ -13,6 +13,7 @@ import orjson
 
 from custos.context import Operation
 from custos.errors import ClientDisconnected, GatewayError, bad_request
+from custos.policy.metadata import CONTROL_CHARACTERS
 
 
 async def read_body(
@@ -100,6 +101,11 @@ def require_model(body: dict[str, Any]) -> str:
         )
     if not isinstance(model, str) or not model or len(model) > 256:
         raise bad_request("'model' must be a non-empty string.", code="invalid_type", param="model")
+    if CONTROL_CHARACTERS.search(model):
+        # The name is echoed in errors and kept in the audit record.
+        raise bad_request(
+            "'model' may not contain control characters.", code="invalid_type", param="model"
+        )
     return model
 
 
