@@ -37,6 +37,7 @@ from custos.providers.transport import (
     Transport,
     UpstreamResponse,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnreachable,
 )
 from custos.routing import backoff_s, candidates
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 Header = tuple[bytes, bytes]
 _JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+#: A provider's error body is read for its message only (500 characters of it are shown).
+ERROR_BODY_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -254,7 +257,7 @@ class Pipeline:
             )
             attempt.status = upstream.status
             if upstream.status >= 400:
-                body = await upstream.read()
+                body = await upstream.read_prefix(ERROR_BODY_BYTES)
                 err = upstream_error(
                     target.account,
                     upstream.status,
@@ -265,7 +268,7 @@ class Pipeline:
             if ctx.stream:
                 attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
                 return self._streaming(ctx, target, call, upstream), None
-            body = await upstream.read()
+            body = await upstream.read(target.max_response_bytes)
             parsed = target.adapter.parse_response(call, body)
         except UpstreamTimeout:
             err = GatewayError(
@@ -280,6 +283,14 @@ class Pipeline:
         except UpstreamMalformed as exc:
             err = GatewayError(
                 502, "upstream_malformed_response", f"provider {target.account}: {exc}"
+            )
+            return None, self._failed(attempt, err, started)
+        except UpstreamTooLarge:
+            err = GatewayError(
+                502,
+                "upstream_response_too_large",
+                f"provider {target.account} answered with more than "
+                f"{target.max_response_bytes} bytes (its max_response_bytes)",
             )
             return None, self._failed(attempt, err, started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000

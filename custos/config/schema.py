@@ -169,6 +169,8 @@ class ProviderSettings(_Strict):
     api_version: str | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: A response body larger than this is not read: the caller gets a 502.
+    max_response_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
     headers: dict[str, str] = Field(default_factory=dict)
     models: dict[str, ModelSettings]
 
