@@ -60,12 +60,14 @@ class Endpoint:
 class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        #: Read at start, as the HTTP protocol's bounds are (``custos.http.protocol``).
+        self.body_timeout_s = gateway.runtime.config.gateway.body_timeout_s
         self.admin = AdminAPI(
             gateway.admin_deps,
             model_names=lambda: gateway.runtime.routes.keys(),
             on_auth_failure=self.auth_failed,
             budgets=gateway.limiter,
-            body_timeout_s=gateway.runtime.config.gateway.body_timeout_s,
+            body_timeout_s=self.body_timeout_s,
         )
         endpoints = [
             self._llm("/v1/chat/completions", "openai", "chat"),
@@ -135,10 +137,8 @@ class GatewayApp:
 
         async def read_request(ctx: RequestContext) -> None:
             check_content_type(head.content_type)
-            settings = ctx.runtime.config.gateway
-            raw = await read_request_body(
-                receive, head.content_length, settings.max_body_bytes, settings.body_timeout_s
-            )
+            limit = ctx.runtime.config.gateway.max_body_bytes
+            raw = await read_request_body(receive, head.content_length, limit, self.body_timeout_s)
             fill_request(ctx, raw)
 
         try:
