@@ -46,6 +46,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._in_body = False
         self._head_bytes = 0
+        #: The size of the read being parsed.
+        self._reading = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_expired = False
@@ -68,6 +70,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._reading = len(data)
         super().data_received(data)
         if self.transport.is_closing():
             return
@@ -95,8 +98,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
-        if _head_size(self.url, self.headers) > self.limits.max_header_bytes:
-            # A head that arrived whole in one read: the request never reaches the app.
+        limit = self.limits.max_header_bytes
+        # What was read for this head bounds its size: only a head that may be over is measured.
+        if self._head_bytes + self._reading > limit and _head_size(self.url, self.headers) > limit:
+            # Its last read took it over the limit: the request never reaches the app.
             self._refused = True
             self._refuse("header_too_large")
             return
