@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import GatewayProcess, MockProvider
+from tests.conftest import GatewayProcess, MockProvider, serve_gateway
 from tests.sdk_helpers import config_with
 
 ROUTE_TEMPLATES = {"/v1/chat/completions", "/v1/embeddings", "/v1/messages"}
@@ -74,9 +74,7 @@ def bounded_config(mock_url: str) -> str:
 def bounded(
     mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(bounded_config(mock_provider.url), tmp_path_factory.mktemp("bounded"))
-    yield process
-    process.stop()
+    yield from serve_gateway(bounded_config(mock_provider.url), tmp_path_factory.mktemp("bounded"))
 
 
 def connect(gateway: GatewayProcess) -> socket.socket:
@@ -162,17 +160,28 @@ def test_a_head_within_the_limit_is_served(bounded) -> None:
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
-def test_a_head_that_stalls_is_408_and_closed(bounded, path) -> None:
-    with connect(bounded) as sock:
+def answer_then_close(gateway: GatewayProcess, sent: bytes, deadline_s: float) -> bytes:
+    """Send a request that stops short; what the gateway answers once ``deadline_s`` has
+    passed, and closes the connection with (within a margin)."""
+    with connect(gateway) as sock:
         started = time.monotonic()
-        sock.sendall(f"POST {path} HTTP/1.1\r\nhost: gate".encode())
-        raw, closed = read_until_closed(sock, HEADER_TIMEOUT_S + 5)
+        sock.sendall(sent)
+        raw, closed = read_until_closed(sock, deadline_s + 5)
         took = time.monotonic() - started
-    assert closed and took < HEADER_TIMEOUT_S + 3
+    assert closed and took < deadline_s + 3
+    return raw
+
+
+def assert_timed_out(raw: bytes, path: str) -> None:
     status, headers, body = parse_response(raw)
     assert status == 408 and headers["connection"] == "close"
     assert_error_in_protocol(path, body, "request_timeout")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_head_that_stalls_is_408_and_closed(bounded, path) -> None:
+    stalled = f"POST {path} HTTP/1.1\r\nhost: gate".encode()
+    assert_timed_out(answer_then_close(bounded, stalled, HEADER_TIMEOUT_S), path)
 
 
 def test_a_head_sent_a_byte_at_a_time_still_times_out(bounded) -> None:
@@ -192,15 +201,8 @@ def test_a_head_sent_a_byte_at_a_time_still_times_out(bounded) -> None:
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/admin/v1/users"])
 def test_a_body_that_never_arrives_is_408_in_the_callers_protocol(bounded, path) -> None:
     auth = f"authorization: Bearer {bounded.token}"
-    with connect(bounded) as sock:
-        started = time.monotonic()
-        sock.sendall(request_head(path, auth, length=1000) + b'{"model": ')
-        raw, closed = read_until_closed(sock, BODY_TIMEOUT_S + 5)
-        took = time.monotonic() - started
-    assert closed and took < BODY_TIMEOUT_S + 3
-    status, headers, body = parse_response(raw)
-    assert status == 408 and headers["connection"] == "close"
-    assert_error_in_protocol(path, body, "request_timeout")
+    stalled = request_head(path, auth, length=1000) + b'{"model": '
+    assert_timed_out(answer_then_close(bounded, stalled, BODY_TIMEOUT_S), path)
 
 
 def test_a_body_trickling_after_the_answer_does_not_keep_the_connection(bounded) -> None:
