@@ -129,9 +129,11 @@ class Pipeline:
         ctx.principal = await self.principal_for(ctx.token, ctx.runtime)
         return ctx.principal
 
-    async def principal_for(self, token: str | None, runtime: Runtime) -> Principal:
+    async def principal_for(self, token: str | AuthFailure | None, runtime: Runtime) -> Principal:
         if self.directory is None:
             raise GatewayError(503, "not_ready", "The gateway is starting; try again shortly.")
+        if isinstance(token, AuthFailure):  # refused while reading the headers
+            raise token.to_error()
         if not token:
             raise GatewayError(
                 401,

@@ -354,6 +354,56 @@ def test_metadata_headers_that_disagree_are_400(governed, headers) -> None:
         assert name in error["message"], error
 
 
+@pytest.mark.parametrize(
+    ("path", "second"),
+    [
+        ("/v1/chat/completions", "authorization"),
+        ("/v1/messages", "x-api-key"),
+        ("/v1/messages", "authorization"),
+        ("/admin/v1/users", "authorization"),
+    ],
+)
+def test_two_different_credentials_are_401_not_the_first_or_last(governed, path, second) -> None:
+    """Which of two keys a proxy or library kept must not decide who the caller is."""
+    gw, secrets = governed
+    bob = f"Bearer {secrets['bob']}" if second == "authorization" else secrets["bob"]
+    body = {
+        "model": "azure-eu/gpt-5.5",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    for pair in ([("authorization", f"Bearer {secrets['alice']}"), (second, bob)],
+                 [(second, bob), ("authorization", f"Bearer {secrets['alice']}")]):  # fmt: skip
+        response = httpx.request(
+            "GET" if path.startswith("/admin") else "POST",
+            f"{gw.url}{path}",
+            headers=[*pair, ("anthropic-version", "2023-06-01"), *META.items()],
+            json=None if path.startswith("/admin") else body,
+        )
+        assert response.status_code == 401, response.text
+        assert "two different API keys" in response.text
+        if path != "/v1/messages":  # Anthropic's error shape has no code
+            assert response.json()["error"]["code"] == "ambiguous_credentials"
+
+
+def test_the_same_credential_twice_is_one(governed) -> None:
+    gw, secrets = governed
+    response = httpx.post(
+        f"{gw.url}/v1/messages",
+        headers=[
+            ("authorization", f"Bearer {secrets['alice']}"),
+            ("x-api-key", secrets["alice"]),
+            *META.items(),
+        ],
+        json={
+            "model": "azure-eu/gpt-5.5",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
 def test_metadata_headers_that_agree_are_one(governed) -> None:
     gw, secrets = governed
     response = _chat_with_headers(

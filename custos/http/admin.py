@@ -32,7 +32,7 @@ from custos.admin.openapi import RouteSpec, body_required, build_document
 from custos.admin.service import AdminService
 from custos.audit import api as audit_api
 from custos.errors import GatewayError, openai_error_body
-from custos.http.requests import ClientGone, read_body
+from custos.http.requests import ClientGone, bearer, read_body, with_credential
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal
 from custos.identity.tokens import TokenService
@@ -230,13 +230,12 @@ class AdminAPI:
     async def _authenticate(
         self, scope: Scope, service: AdminService, directory: Directory
     ) -> Principal:
-        token = None
+        token: str | AuthFailure | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and credentials.strip():
-                    token = credentials.strip()
-                break
+                credential = bearer(value)
+                if credential is not None:
+                    token = with_credential(token, credential)
         if token is None:
             raise GatewayError(
                 401,
@@ -244,7 +243,7 @@ class AdminAPI:
                 "Send your personal access token as 'Authorization: Bearer cst_pat_…'.",
                 headers={"www-authenticate": "Bearer"},
             )
-        found = directory.lookup(token)
+        found = token if isinstance(token, AuthFailure) else directory.lookup(token)
         if not isinstance(found, AuthFailure):
             try:
                 found = await service.recheck(found)

@@ -25,13 +25,15 @@ from custos.gateway import Gateway
 from custos.http.admin import AdminAPI
 from custos.http.requests import (
     ClientGone,
+    bearer,
     check_content_type,
     parse_json_object,
     require_model,
     validate,
+    with_credential,
 )
 from custos.http.requests import read_body as read_request_body
-from custos.identity.principal import Principal
+from custos.identity.principal import AuthFailure, Principal
 from custos.pipeline import GatewayResponse
 from custos.policy.metadata import HEADER_NAMES
 from custos.runtime import Runtime
@@ -228,7 +230,8 @@ class GatewayApp:
 class RequestHead:
     """What the gateway reads from a request's headers, in one pass over them."""
 
-    token: str | None
+    #: The API key presented, or why the keys presented cannot be taken (two that differ).
+    token: str | AuthFailure | None
     #: Every metadata header as sent (name, value): the policy decides what several mean.
     metadata: tuple[tuple[bytes, bytes], ...]
     content_type: bytes | None
@@ -236,16 +239,19 @@ class RequestHead:
 
     @classmethod
     def of(cls, scope: Scope) -> RequestHead:
-        token = content_type = None
+        token: str | AuthFailure | None = None
+        content_type = None
         content_length = None
         metadata: tuple[tuple[bytes, bytes], ...] = ()
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credential = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    token = credential.strip().decode("latin-1")
-            elif name == b"x-api-key" and token is None:
-                token = value.strip().decode("latin-1")
+                credential = bearer(value)
+                if credential is not None:
+                    token = with_credential(token, credential)
+            elif name == b"x-api-key":
+                credential = value.strip().decode("latin-1")
+                if credential:
+                    token = with_credential(token, credential)
             elif name in HEADER_NAMES:
                 metadata += ((name, value),)
             elif name == b"content-type":

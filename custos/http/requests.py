@@ -13,6 +13,7 @@ import orjson
 
 from custos.context import Operation
 from custos.errors import ClientDisconnected, GatewayError, bad_request
+from custos.identity.principal import AMBIGUOUS, AuthFailure
 from custos.policy.metadata import CONTROL_CHARACTERS
 
 
@@ -49,6 +50,20 @@ async def _read_all(receive: Any, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def bearer(value: bytes) -> str | None:
+    """The credential of an ``Authorization: Bearer …`` header value."""
+    scheme, _, credential = value.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return credential.strip().decode("latin-1") or None
+
+
+def with_credential(held: str | AuthFailure | None, found: str) -> str | AuthFailure:
+    """A request's credential once ``found`` is seen too: a second, different one makes it
+    ambiguous (refused), whichever header it came in."""
+    return found if held is None or held == found else AMBIGUOUS
 
 
 class ClientGone(ClientDisconnected):
