@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from custos.audit.content import ContentCapture
-    from custos.identity.principal import Principal
+    from custos.identity.principal import AuthFailure, Principal
     from custos.limits import Metering
     from custos.runtime import ModelTarget, Runtime
 
@@ -67,8 +67,9 @@ class RequestContext:
     operation: Operation
     runtime: Runtime
     #: The bearer credential as presented (never logged, never recorded).
-    token: str | None = field(default=None, repr=False)
-    metadata_header: bytes | None = None
+    token: str | AuthFailure | None = field(default=None, repr=False)
+    #: The metadata headers as sent, (name, value) pairs (``custos.policy.metadata``).
+    metadata_headers: tuple[tuple[bytes, bytes], ...] = ()
     # Filled by reading the request (after authentication):
     raw_body: bytes = field(default=b"", repr=False)
     body: dict[str, Any] = field(default_factory=dict, repr=False)

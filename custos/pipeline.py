@@ -37,6 +37,7 @@ from custos.providers.transport import (
     Transport,
     UpstreamResponse,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnreachable,
 )
 from custos.routing import backoff_s, candidates
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 Header = tuple[bytes, bytes]
 _JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+#: A provider's error body is read for its message only (500 characters of it are shown).
+ERROR_BODY_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -126,9 +129,11 @@ class Pipeline:
         ctx.principal = await self.principal_for(ctx.token, ctx.runtime)
         return ctx.principal
 
-    async def principal_for(self, token: str | None, runtime: Runtime) -> Principal:
+    async def principal_for(self, token: str | AuthFailure | None, runtime: Runtime) -> Principal:
         if self.directory is None:
             raise GatewayError(503, "not_ready", "The gateway is starting; try again shortly.")
+        if isinstance(token, AuthFailure):  # refused while reading the headers
+            raise token.to_error()
         if not token:
             raise GatewayError(
                 401,
@@ -147,7 +152,7 @@ class Pipeline:
     # -- stage 2: identify ---------------------------------------------------------------------
 
     def identify(self, ctx: RequestContext) -> None:
-        ctx.metadata = ctx.runtime.metadata.parse(ctx.metadata_header)
+        ctx.metadata = ctx.runtime.metadata.parse(ctx.metadata_headers)
         ctx.data_classes = declared_data_classes(ctx.metadata)
 
     # -- stage 3: authorize --------------------------------------------------------------------
@@ -254,7 +259,7 @@ class Pipeline:
             )
             attempt.status = upstream.status
             if upstream.status >= 400:
-                body = await upstream.read()
+                body = await upstream.read_prefix(ERROR_BODY_BYTES)
                 err = upstream_error(
                     target.account,
                     upstream.status,
@@ -265,7 +270,7 @@ class Pipeline:
             if ctx.stream:
                 attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
                 return self._streaming(ctx, target, call, upstream), None
-            body = await upstream.read()
+            body = await upstream.read(target.max_response_bytes)
             parsed = target.adapter.parse_response(call, body)
         except UpstreamTimeout:
             err = GatewayError(
@@ -280,6 +285,14 @@ class Pipeline:
         except UpstreamMalformed as exc:
             err = GatewayError(
                 502, "upstream_malformed_response", f"provider {target.account}: {exc}"
+            )
+            return None, self._failed(attempt, err, started)
+        except UpstreamTooLarge:
+            err = GatewayError(
+                502,
+                "upstream_response_too_large",
+                f"provider {target.account} answered with more than "
+                f"{target.max_response_bytes} bytes (its max_response_bytes)",
             )
             return None, self._failed(attempt, err, started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000

@@ -37,6 +37,8 @@ class ModelTarget:
     region: str | None
     connect_timeout_s: float
     timeout_s: float
+    #: The largest body read from the provider (its ``max_response_bytes``).
+    max_response_bytes: int
     #: Pre-encoded ``x-custos-served-by`` value.
     served_by: bytes
 
@@ -130,5 +132,6 @@ def _target(
         region=settings.region,
         connect_timeout_s=settings.connect_timeout_s,
         timeout_s=settings.timeout_s,
+        max_response_bytes=settings.max_response_bytes,
         served_by=name.encode(),
     )

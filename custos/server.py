@@ -1,4 +1,5 @@
-"""Serving the gateway with uvicorn (uvloop event loop, httptools parser).
+"""Serving the gateway with uvicorn (uvloop event loop, httptools parser, bounded by
+``custos.http.protocol``).
 
 uvicorn was chosen by measurement (bench/README.md) and because it runs in this process, so the
 gateway owns its signals (SIGHUP reloads the config) and its shutdown: in-flight requests are
@@ -13,6 +14,7 @@ import uvicorn
 
 from custos.gateway import Gateway
 from custos.http.app import GatewayApp
+from custos.http.protocol import HttpLimits, bounded_protocol
 
 GRACEFUL_SHUTDOWN_S = 30
 
@@ -30,12 +32,15 @@ def serve(
     gateway = gateway_class.from_file(config_path, watch=watch)
     settings = gateway.runtime.config.gateway
     app = GatewayApp(gateway)
+    limits = HttpLimits(
+        settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s
+    )
     config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=port or settings.port,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(limits),  # httptools, with bounds on heads and bodies
         lifespan="on",
         access_log=False,
         log_level="warning",

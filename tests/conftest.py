@@ -264,6 +264,11 @@ def mock_provider() -> Iterator[MockProvider]:
 def gateway(
     mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(standard_config(mock_provider.url), tmp_path_factory.mktemp("gateway"))
+    yield from serve_gateway(standard_config(mock_provider.url), tmp_path_factory.mktemp("gateway"))
+
+
+def serve_gateway(config_text: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway fixture's body: the process for the fixture's scope, stopped after it."""
+    process = GatewayProcess(config_text, tmp_path)
     yield process
     process.stop()

@@ -289,3 +289,128 @@ def test_bad_metadata_is_400_naming_the_key(governed, header: str | None, param:
     error = response.json()["error"]
     assert error["code"] == "invalid_metadata"
     assert error["param"] == param
+
+
+def _chat_with_headers(gw: GatewayProcess, token: str, *headers: tuple[str, str]) -> httpx.Response:
+    """A chat request with these header pairs, repeated names kept (httpx sends each pair)."""
+    return httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers=[("authorization", f"Bearer {token}"), *headers],
+        json={"model": "azure-eu/gpt-5.5", "messages": [{"role": "user", "content": "x"}]},
+    )
+
+
+@pytest.mark.parametrize("name", ["X-Custos-Metadata", "X-TFY-METADATA"])
+@pytest.mark.parametrize(
+    ("metadata", "param"),
+    [
+        ({"project": "a\u0000b"}, "metadata.project"),
+        ({"project": "a\u001b[31mred"}, "metadata.project"),
+        ({"project": "a\r\nx-injected: 1"}, "metadata.project"),
+        ({"project": "ok", "env\u0007": "x"}, "metadata"),
+        ({"project": "a\u202etxt.exe"}, "metadata.project"),
+        ({"project": "a\u2028b"}, "metadata.project"),
+        ({"project": "a\x85b"}, "metadata.project"),
+    ],
+)
+def test_metadata_with_control_characters_is_400_naming_the_header_sent(
+    governed, name: str, metadata: dict[str, str], param: str
+) -> None:
+    gw, secrets = governed
+    # json.dumps writes each of these characters as a \\u escape, as a client's JSON would.
+    response = _chat_with_headers(gw, secrets["alice"], (name, json.dumps(metadata)))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_metadata", param)
+    assert name in error["message"], error
+    other = "X-TFY-METADATA" if name == "X-Custos-Metadata" else "X-Custos-Metadata"
+    assert other not in error["message"], error
+
+
+def test_bad_alias_header_is_reported_by_its_own_name(governed) -> None:
+    gw, secrets = governed
+    response = _chat_with_headers(gw, secrets["alice"], ("X-TFY-METADATA", "not json"))
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "X-TFY-METADATA" in message and "X-Custos-Metadata" not in message
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-Custos-Metadata", '{"project": "a"}'), ("X-TFY-METADATA", '{"project": "b"}')],
+        [("X-TFY-METADATA", '{"project": "a"}'), ("X-Custos-Metadata", '{"project": "b"}')],
+        [("X-Custos-Metadata", '{"project": "a"}'), ("X-Custos-Metadata", '{"project": "b"}')],
+        [("X-TFY-METADATA", '{"project": "a"}'), ("X-TFY-METADATA", '{"project": "b"}')],
+    ],
+)
+def test_metadata_headers_that_disagree_are_400(governed, headers) -> None:
+    gw, secrets = governed
+    response = _chat_with_headers(gw, secrets["alice"], *headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_metadata", "metadata")
+    for name, _ in headers:
+        assert name in error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("path", "second"),
+    [
+        ("/v1/chat/completions", "authorization"),
+        ("/v1/messages", "x-api-key"),
+        ("/v1/messages", "authorization"),
+        ("/admin/v1/users", "authorization"),
+    ],
+)
+def test_two_different_credentials_are_401_not_the_first_or_last(governed, path, second) -> None:
+    """Which of two keys a proxy or library kept must not decide who the caller is."""
+    gw, secrets = governed
+    bob = f"Bearer {secrets['bob']}" if second == "authorization" else secrets["bob"]
+    body = {
+        "model": "azure-eu/gpt-5.5",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    for pair in ([("authorization", f"Bearer {secrets['alice']}"), (second, bob)],
+                 [(second, bob), ("authorization", f"Bearer {secrets['alice']}")]):  # fmt: skip
+        response = httpx.request(
+            "GET" if path.startswith("/admin") else "POST",
+            f"{gw.url}{path}",
+            headers=[*pair, ("anthropic-version", "2023-06-01"), *META.items()],
+            json=None if path.startswith("/admin") else body,
+        )
+        assert response.status_code == 401, response.text
+        assert "two different API keys" in response.text
+        if path != "/v1/messages":  # Anthropic's error shape has no code
+            assert response.json()["error"]["code"] == "ambiguous_credentials"
+
+
+def test_the_same_credential_twice_is_one(governed) -> None:
+    gw, secrets = governed
+    response = httpx.post(
+        f"{gw.url}/v1/messages",
+        headers=[
+            ("authorization", f"Bearer {secrets['alice']}"),
+            ("x-api-key", secrets["alice"]),
+            *META.items(),
+        ],
+        json={
+            "model": "azure-eu/gpt-5.5",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_metadata_headers_that_agree_are_one(governed) -> None:
+    gw, secrets = governed
+    response = _chat_with_headers(
+        gw,
+        secrets["alice"],
+        ("X-Custos-Metadata", '{"project": "same", "environment": "staging"}'),
+        ("X-TFY-METADATA", '{"environment":"staging","project":"same"}'),
+        ("x-custos-metadata", '{"project": "same", "environment": "staging"}'),
+    )
+    assert response.status_code == 200, response.text

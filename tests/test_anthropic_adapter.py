@@ -192,10 +192,10 @@ RESPONSE_USAGE = Usage(
 )
 
 
-def test_anthropic_client_response_is_returned_unchanged_with_usage() -> None:
+def test_anthropic_client_response_is_returned_unchanged_but_its_name_with_usage() -> None:
     Message.model_validate_json(RESPONSE)
     parsed = adapter().parse_response(call("anthropic", ANTHROPIC_RAW), RESPONSE)
-    assert parsed.body is RESPONSE
+    assert parsed.body == RESPONSE.replace(b'"claude-x"', b'"claude-main/claude-x"', 1)
     assert parsed.usage == RESPONSE_USAGE
 
 
@@ -296,7 +296,7 @@ def test_the_stream_fixture_is_real_anthropic() -> None:
             _EVENT.validate_python(event)
 
 
-def test_passthrough_forwards_every_event_unchanged_and_tracks_usage() -> None:
+def test_passthrough_forwards_every_event_unchanged_but_the_name_and_tracks_usage() -> None:
     translator = adapter().stream_translator(call("anthropic", ANTHROPIC_RAW, stream=True))
     assert isinstance(translator, AnthropicPassthroughStream)
     out = b""
@@ -305,13 +305,13 @@ def test_passthrough_forwards_every_event_unchanged_and_tracks_usage() -> None:
         out += translator.feed(event)
     assert translator.complete
     out += translator.finish()
-    assert out == STREAM
+    assert out == STREAM.replace(b'"claude-x"', b'"claude-main/claude-x"', 1)
     assert translator.usage == Usage(input_tokens=120, output_tokens=17, cached_input_tokens=100)
     assert translator.output_chars == len("Hi there") + len('{"tz":"UTC"}')
 
 
 def test_passthrough_names_events_a_server_left_unnamed() -> None:
-    translator = AnthropicPassthroughStream()
+    translator = AnthropicPassthroughStream("claude-x")
     assert (
         translator.feed(SSEEvent(None, b'{"type":"ping"}'))
         == b'event: ping\ndata: {"type":"ping"}\n\n'
@@ -319,7 +319,7 @@ def test_passthrough_names_events_a_server_left_unnamed() -> None:
 
 
 def test_passthrough_without_message_stop_is_not_complete() -> None:
-    translator = AnthropicPassthroughStream()
+    translator = AnthropicPassthroughStream("claude-x")
     for event in decoded(STREAM)[:-1]:
         translator.feed(event)
     assert not translator.complete
@@ -328,7 +328,7 @@ def test_passthrough_without_message_stop_is_not_complete() -> None:
 
 def test_passthrough_refuses_malformed_events() -> None:
     with pytest.raises(UpstreamMalformed):
-        AnthropicPassthroughStream().feed(SSEEvent("message_start", b"{oops"))
+        AnthropicPassthroughStream("claude-x").feed(SSEEvent("message_start", b"{oops"))
 
 
 @pytest.mark.parametrize("wants_usage", [True, False])

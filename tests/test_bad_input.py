@@ -211,6 +211,17 @@ def test_unknown_model_is_404_model_not_found(client, no_upstream, path, model):
     assert model in error["message"]
 
 
+@pytest.mark.parametrize("path", LLM_ROUTES)
+@pytest.mark.parametrize(
+    "model", ["gpt\x00x", "gpt\x1b[2J", "gpt\r\nx-a: b", "gpt\u202e", "gpt\x85"]
+)
+def test_model_with_control_characters_is_400(client, no_upstream, path, model):
+    """The name goes into error messages and the audit record: no terminal escapes, no CRLF."""
+    response = post_json_bytes(client, path, with_(path, model=model))
+    error = assert_error(response, path, 400, "invalid_type", param="model")
+    assert model not in error["message"]
+
+
 @pytest.mark.parametrize(
     "model", ["claude-main/claude-sonnet-4.5", "claude-main/claude-sonnet-4.5+no_usage"]
 )

@@ -68,7 +68,7 @@ OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
 
 _AUTH_CODES = frozenset(
     {"missing_api_key", "malformed_token", "unknown_token", "expired_token", "revoked_token",
-     "invalid_jwt", "invalid_api_key", "missing_token"}
+     "invalid_jwt", "invalid_api_key", "missing_token", "ambiguous_credentials"}
 )  # fmt: skip
 #: The stage that answers with each error code (codes not listed: see ``stage_of``).
 STAGES = {

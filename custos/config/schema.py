@@ -51,6 +51,12 @@ class GatewaySettings(_Strict):
     listen: str = "127.0.0.1:8787"
     region: str | None = None
     max_body_bytes: Annotated[int, Field(gt=0, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
+    #: A request head (request line and headers) larger than this is answered 431.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
+    #: Seconds from a head's first bytes to its end, and from its end to the body's, before
+    #: the request is answered 408 and its connection closed.
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     instance: str | None = None
 
     @field_validator("listen")
@@ -166,6 +172,8 @@ class ProviderSettings(_Strict):
     api_version: str | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: A response body larger than this is not read: the caller gets a 502.
+    max_response_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
     headers: dict[str, str] = Field(default_factory=dict)
     models: dict[str, ModelSettings]
 

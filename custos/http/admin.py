@@ -32,6 +32,7 @@ from custos.admin.openapi import RouteSpec, body_required, build_document
 from custos.admin.service import AdminService
 from custos.audit import api as audit_api
 from custos.errors import GatewayError, openai_error_body
+from custos.http.requests import ClientGone, bearer, read_body, with_credential
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal
 from custos.identity.tokens import TokenService
@@ -48,6 +49,8 @@ Deps = Callable[[], tuple[Store, TokenService, Directory]]
 
 PREFIX = "/admin/v1"
 MAX_BODY_BYTES = 1 << 20
+#: The config's default ``gateway.body_timeout_s``.
+BODY_TIMEOUT_S = 60.0
 
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
@@ -114,6 +117,7 @@ class AdminAPI:
         *,
         model_names: Callable[[], Iterable[str]] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        body_timeout_s: float = BODY_TIMEOUT_S,
         on_auth_failure: Callable[[Scope, GatewayError], None] | None = None,
         budgets: BudgetSource | None = None,
     ) -> None:
@@ -124,6 +128,7 @@ class AdminAPI:
         self._on_auth_failure = on_auth_failure
         self._model_names = model_names
         self._max_body = max_body_bytes
+        self._body_timeout_s = body_timeout_s
         self._service: tuple[Store, TokenService, AdminService] | None = None
         self.routes = [Route(spec, handler, tuple(_split(spec.path))) for spec, handler in ROUTES]
         self._openapi: bytes | None = None
@@ -225,13 +230,12 @@ class AdminAPI:
     async def _authenticate(
         self, scope: Scope, service: AdminService, directory: Directory
     ) -> Principal:
-        token = None
+        token: str | AuthFailure | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and credentials.strip():
-                    token = credentials.strip()
-                break
+                credential = bearer(value)
+                if credential is not None:
+                    token = with_credential(token, credential)
         if token is None:
             raise GatewayError(
                 401,
@@ -239,7 +243,7 @@ class AdminAPI:
                 "Send your personal access token as 'Authorization: Bearer cst_pat_…'.",
                 headers={"www-authenticate": "Bearer"},
             )
-        found = directory.lookup(token)
+        found = token if isinstance(token, AuthFailure) else directory.lookup(token)
         if not isinstance(found, AuthFailure):
             try:
                 found = await service.recheck(found)
@@ -279,9 +283,10 @@ class AdminAPI:
                 content_type = value.split(b";", 1)[0].strip().lower()
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
-        if length is not None and length > self._max_body:
-            raise _too_large(self._max_body)
-        raw = await self._read(receive)
+        try:
+            raw = await read_body(receive, length, self._max_body, self._body_timeout_s)
+        except ClientGone:
+            raise GatewayError(400, "client_gone", "The client went away.") from None
         if not raw.strip() and not body_required(spec.body):
             raw = b"{}"
         elif content_type != b"application/json":
@@ -295,25 +300,6 @@ class AdminAPI:
             return spec.body.model_validate_json(raw)
         except ValidationError as exc:
             raise _invalid(exc, spec.body) from None
-
-    async def _read(self, receive: Receive) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise GatewayError(400, "client_gone", "The client went away.")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                raise _too_large(self._max_body)
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(413, "request_too_large", f"The request body is larger than {limit} bytes.")
 
 
 def _invalid(exc: ValidationError, model: type[BaseModel]) -> GatewayError:

@@ -25,13 +25,15 @@ from custos.gateway import Gateway
 from custos.http.admin import AdminAPI
 from custos.http.requests import (
     ClientGone,
+    bearer,
     check_content_type,
     parse_json_object,
     require_model,
     validate,
+    with_credential,
 )
 from custos.http.requests import read_body as read_request_body
-from custos.identity.principal import Principal
+from custos.identity.principal import AuthFailure, Principal
 from custos.pipeline import GatewayResponse
 from custos.policy.metadata import HEADER_NAMES
 from custos.runtime import Runtime
@@ -49,6 +51,9 @@ _JSON = (b"content-type", b"application/json")
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    #: The route's path as the gateway names it: the ``route`` label of its metrics (never the
+    #: path a client sent, which can differ in trailing slashes and would make a series each).
+    route: str
     methods: frozenset[str]
     handler: Handler
     protocol: Protocol
@@ -57,21 +62,25 @@ class Endpoint:
 class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        #: Read at start, as the HTTP protocol's bounds are (``custos.http.protocol``).
+        self.body_timeout_s = gateway.runtime.config.gateway.body_timeout_s
         self.admin = AdminAPI(
             gateway.admin_deps,
             model_names=lambda: gateway.runtime.routes.keys(),
             on_auth_failure=self.auth_failed,
             budgets=gateway.limiter,
+            body_timeout_s=self.body_timeout_s,
         )
-        self.routes: dict[str, Endpoint] = {
-            "/v1/chat/completions": self._llm("openai", "chat"),
-            "/v1/embeddings": self._llm("openai", "embeddings"),
-            "/v1/messages": self._llm("anthropic", "messages"),
-            "/v1/models": Endpoint(frozenset({"GET"}), self.models, "openai"),
-            "/healthz": Endpoint(frozenset({"GET"}), self.healthz, "openai"),
-            "/readyz": Endpoint(frozenset({"GET"}), self.readyz, "openai"),
-            "/metrics": Endpoint(frozenset({"GET"}), self.metrics, "openai"),
-        }
+        endpoints = [
+            self._llm("/v1/chat/completions", "openai", "chat"),
+            self._llm("/v1/embeddings", "openai", "embeddings"),
+            self._llm("/v1/messages", "anthropic", "messages"),
+            Endpoint("/v1/models", frozenset({"GET"}), self.models, "openai"),
+            Endpoint("/healthz", frozenset({"GET"}), self.healthz, "openai"),
+            Endpoint("/readyz", frozenset({"GET"}), self.readyz, "openai"),
+            Endpoint("/metrics", frozenset({"GET"}), self.metrics, "openai"),
+        ]
+        self.routes: dict[str, Endpoint] = {e.route: e for e in endpoints}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -102,17 +111,22 @@ class GatewayApp:
 
     # -- the LLM routes ------------------------------------------------------------------------
 
-    def _llm(self, protocol: Protocol, operation: Operation) -> Endpoint:
+    def _llm(self, route: str, protocol: Protocol, operation: Operation) -> Endpoint:
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
-            await self.llm(scope, receive, send, protocol, operation)
+            await self.llm(scope, receive, send, route, protocol, operation)
 
-        return Endpoint(frozenset({"POST"}), handler, protocol)
+        return Endpoint(route, frozenset({"POST"}), handler, protocol)
 
     async def llm(
-        self, scope: Scope, receive: Receive, send: Send, protocol: Protocol, operation: Operation
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: str,
+        protocol: Protocol,
+        operation: Operation,
     ) -> None:
         request_id = new_request_id()
-        route = scope["path"]
         head = RequestHead.of(scope)
         ctx = RequestContext(
             request_id=request_id,
@@ -120,13 +134,13 @@ class GatewayApp:
             operation=operation,
             runtime=self.gateway.runtime,
             token=head.token,
-            metadata_header=head.metadata,
+            metadata_headers=head.metadata,
         )
 
         async def read_request(ctx: RequestContext) -> None:
             check_content_type(head.content_type)
             limit = ctx.runtime.config.gateway.max_body_bytes
-            raw = await read_request_body(receive, head.content_length, limit)
+            raw = await read_request_body(receive, head.content_length, limit, self.body_timeout_s)
             fill_request(ctx, raw)
 
         try:
@@ -134,12 +148,12 @@ class GatewayApp:
         except ClientGone:
             return
         except GatewayError as err:
-            metrics.REQUESTS.labels(route, str(err.status)).inc()
+            metrics.child(metrics.REQUESTS, route, str(err.status)).inc()
             await send_error(send, protocol, err, request_id)
             return
         except Exception:
             log.exception("request %s failed inside the gateway", request_id)
-            metrics.REQUESTS.labels(route, "500").inc()
+            metrics.child(metrics.REQUESTS, route, "500").inc()
             err = GatewayError(
                 500, "internal_error", f"The gateway failed on request {request_id}."
             )
@@ -216,24 +230,30 @@ class GatewayApp:
 class RequestHead:
     """What the gateway reads from a request's headers, in one pass over them."""
 
-    token: str | None
-    metadata: bytes | None
+    #: The API key presented, or why the keys presented cannot be taken (two that differ).
+    token: str | AuthFailure | None
+    #: Every metadata header as sent (name, value): the policy decides what several mean.
+    metadata: tuple[tuple[bytes, bytes], ...]
     content_type: bytes | None
     content_length: int | None
 
     @classmethod
     def of(cls, scope: Scope) -> RequestHead:
-        token = metadata = content_type = None
+        token: str | AuthFailure | None = None
+        content_type = None
         content_length = None
+        metadata: tuple[tuple[bytes, bytes], ...] = ()
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credential = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    token = credential.strip().decode("latin-1")
-            elif name == b"x-api-key" and token is None:
-                token = value.strip().decode("latin-1")
-            elif name in HEADER_NAMES and metadata is None:
-                metadata = value
+                credential = bearer(value)
+                if credential is not None:
+                    token = with_credential(token, credential)
+            elif name == b"x-api-key":
+                credential = value.strip().decode("latin-1")
+                if credential:
+                    token = with_credential(token, credential)
+            elif name in HEADER_NAMES:
+                metadata += ((name, value),)
             elif name == b"content-type":
                 content_type = value
             elif name == b"content-length" and value.isdigit():

@@ -6,17 +6,37 @@ what to send instead; nothing here has side effects, so a bad request changes no
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 
 from custos.context import Operation
 from custos.errors import ClientDisconnected, GatewayError, bad_request
+from custos.identity.principal import AMBIGUOUS, AuthFailure
+from custos.policy.metadata import CONTROL_CHARACTERS
 
 
-async def read_body(receive: Any, content_length: int | None, limit: int) -> bytes:
+async def read_body(
+    receive: Any, content_length: int | None, limit: int, timeout_s: float
+) -> bytes:
+    """The whole body, refused (413) past ``limit`` bytes and (408) past ``timeout_s``."""
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_all(receive, limit)
+    except TimeoutError:
+        raise GatewayError(
+            408,
+            "request_timeout",
+            f"The request body did not arrive within {timeout_s:g} s.",
+            # The rest of the body may still come: the connection cannot carry another request.
+            headers={"connection": "close"},
+        ) from None
+
+
+async def _read_all(receive: Any, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -30,6 +50,20 @@ async def read_body(receive: Any, content_length: int | None, limit: int) -> byt
         chunks.append(chunk)
         if not message.get("more_body"):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def bearer(value: bytes) -> str | None:
+    """The credential of an ``Authorization: Bearer …`` header value."""
+    scheme, _, credential = value.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return credential.strip().decode("latin-1") or None
+
+
+def with_credential(held: str | AuthFailure | None, found: str) -> str | AuthFailure:
+    """A request's credential once ``found`` is seen too: a second, different one makes it
+    ambiguous (refused), whichever header it came in."""
+    return found if held is None or held == found else AMBIGUOUS
 
 
 class ClientGone(ClientDisconnected):
@@ -82,6 +116,11 @@ def require_model(body: dict[str, Any]) -> str:
         )
     if not isinstance(model, str) or not model or len(model) > 256:
         raise bad_request("'model' must be a non-empty string.", code="invalid_type", param="model")
+    if CONTROL_CHARACTERS.search(model):
+        # The name is echoed in errors and kept in the audit record.
+        raise bad_request(
+            "'model' may not contain control characters.", code="invalid_type", param="model"
+        )
     return model
 
 

@@ -15,7 +15,12 @@ from custos.errors import GatewayError
 
 PrincipalKind = Literal["user", "virtual_account"]
 FailureCode = Literal[
-    "malformed_token", "unknown_token", "expired_token", "revoked_token", "invalid_jwt"
+    "malformed_token",
+    "unknown_token",
+    "expired_token",
+    "revoked_token",
+    "invalid_jwt",
+    "ambiguous_credentials",
 ]
 
 
@@ -74,6 +79,13 @@ MALFORMED = AuthFailure(
     "The API key is malformed (wrong length, characters or checksum): check it was copied whole.",
 )
 UNKNOWN = AuthFailure("unknown_token", "The API key is not valid.")
+#: Two different keys in one request: which one a proxy or library kept must not decide who
+#: the caller is.
+AMBIGUOUS = AuthFailure(
+    "ambiguous_credentials",
+    "The request carries two different API keys (in Authorization and x-api-key, or one of "
+    "them twice): send one.",
+)
 EXPIRED = AuthFailure("expired_token", "The API key has expired.")
 REVOKED = AuthFailure("revoked_token", "The API key has been revoked.")
 ROTATED = AuthFailure(

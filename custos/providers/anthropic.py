@@ -17,6 +17,7 @@ from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
     UpstreamRequest,
+    renamed_model,
     usage_from_anthropic,
     with_model,
 )
@@ -57,13 +58,13 @@ class AnthropicAdapter(ProviderAdapter):
         data = translate.load_object(body)
         usage = usage_from_anthropic(data.get("usage"))
         if call.protocol == "anthropic":
-            return ParsedResponse(body, usage)
+            return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
         translated = translate.anthropic_response_to_openai(data, call.requested_model)
         return ParsedResponse(orjson.dumps(translated), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
-            return AnthropicPassthroughStream()
+            return AnthropicPassthroughStream(call.requested_model)
         return translate.AnthropicToOpenAIStream(call.requested_model, call.client_wants_usage)
 
     def error_message(self, body: bytes) -> str | None:
@@ -81,9 +82,11 @@ class AnthropicAdapter(ProviderAdapter):
 
 
 class AnthropicPassthroughStream(StreamTranslator):
-    """Forwards Anthropic events as they come, noting usage and generated characters."""
+    """Forwards Anthropic events as they come, noting usage and generated characters; the
+    message is named for the model the client asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
+        self.model = model
         self.usage: Usage | None = None
         self.output_chars = 0
         self._totals: dict[str, int] = {}
@@ -96,10 +99,13 @@ class AnthropicPassthroughStream(StreamTranslator):
     def feed(self, event: SSEEvent) -> bytes:
         data = translate.load_object(event.data)
         kind = data.get("type")
+        raw = event.data
         if kind == "message_start":
             message = data.get("message")
             reported = message.get("usage") if isinstance(message, dict) else None
             self.usage = translate.merge_anthropic_usage(self._totals, reported)
+            if isinstance(message, dict):
+                raw = renamed_model(raw, message, self.model, data)
         elif kind == "message_delta":
             self.usage = translate.merge_anthropic_usage(self._totals, data.get("usage"))
         elif kind == "content_block_delta":
@@ -110,7 +116,7 @@ class AnthropicPassthroughStream(StreamTranslator):
             self.upstream_error = True
         # Anthropic names every event; keep its name, or take the type when a server omits it.
         name = event.event or (kind if isinstance(kind, str) else None)
-        return encode_event(event.data, name)
+        return encode_event(raw, name)
 
     def finish(self) -> bytes:
         return b""

@@ -150,29 +150,54 @@ def with_model(call: ProviderCall, model: str | None) -> bytes:
     the client sent it. If the pair cannot be found exactly once (it is escaped, or a nested object
     has a ``model`` key too), the body is re-serialised instead, which is always correct.
     """
-    raw = call.raw_body
-    found = None
     if model is not None:
-        # The pair can only start where the bytes "model" (quotes included) are: find those
-        # with a substring search and try the pattern there, instead of running the pattern
-        # over every byte of what may be a long prompt.
-        at = raw.find(_MODEL_KEY)
-        while at >= 0:
-            match = _MODEL_FIELD.match(raw, at)
-            if match is not None:
-                if found is not None:
-                    found = None
-                    break
-                found = match
-            at = raw.find(_MODEL_KEY, at + len(_MODEL_KEY))
-    if found is not None and found.group(1) == orjson.dumps(call.requested_model)[1:-1]:
-        return b'%s"model":%s%s' % (raw[: found.start()], orjson.dumps(model), raw[found.end() :])
+        spliced = _splice_model(call.raw_body, call.requested_model, model)
+        if spliced is not None:
+            return spliced
     body = dict(call.body)
     if model is None:
         body.pop("model", None)
     else:
         body["model"] = model
     return orjson.dumps(body)
+
+
+def renamed_model(
+    raw: bytes, holder: dict[str, Any], model: str, whole: dict[str, Any] | None = None
+) -> bytes:
+    """A provider's JSON (``raw``, parsed as ``whole``, whose ``model`` is in ``holder``: the
+    object itself unless nested) answering with ``model``: callers see the name they asked for,
+    never a deployment or the provider's own. Rewritten in place as ``with_model`` does, and
+    re-serialised when the pair is not found exactly once."""
+    current = holder.get("model")
+    if current == model:
+        return raw
+    if isinstance(current, str):
+        spliced = _splice_model(raw, current, model)
+        if spliced is not None:
+            return spliced
+    holder["model"] = model
+    return orjson.dumps(whole if whole is not None else holder)
+
+
+def _splice_model(raw: bytes, current: str, model: str) -> bytes | None:
+    """``raw`` with its one ``"model": "<current>"`` pair set to ``model``; None when there is
+    not exactly one ``"model"`` pair, or it holds another value (escaped differently)."""
+    found = None
+    # The pair can only start where the bytes "model" (quotes included) are: find those with a
+    # substring search and try the pattern there, instead of running the pattern over every
+    # byte of what may be a long prompt.
+    at = raw.find(_MODEL_KEY)
+    while at >= 0:
+        match = _MODEL_FIELD.match(raw, at)
+        if match is not None:
+            if found is not None:
+                return None
+            found = match
+        at = raw.find(_MODEL_KEY, at + len(_MODEL_KEY))
+    if found is None or found.group(1) != orjson.dumps(current)[1:-1]:
+        return None
+    return b'%s"model":%s%s' % (raw[: found.start()], orjson.dumps(model), raw[found.end() :])
 
 
 def usage_from_openai(data: Any) -> Usage | None:

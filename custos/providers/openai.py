@@ -19,6 +19,7 @@ from custos.providers.base import (
     StreamTranslator,
     UpstreamMalformed,
     UpstreamRequest,
+    renamed_model,
     usage_from_openai,
     with_model,
 )
@@ -67,19 +68,24 @@ class OpenAIAdapter(ProviderAdapter):
         if call.protocol == "anthropic":
             translated = translate.openai_response_to_anthropic(data, call.requested_model)
             return ParsedResponse(orjson.dumps(translated), usage)
-        return ParsedResponse(body, usage)
+        return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
             return translate.OpenAIToAnthropicStream(call.requested_model)
-        return OpenAIPassthroughStream(strip_usage=not call.client_wants_usage)
+        return OpenAIPassthroughStream(
+            call.requested_model, strip_usage=not call.client_wants_usage
+        )
 
 
 class OpenAIPassthroughStream(StreamTranslator):
-    """Forwards OpenAI chunks as they come, noting usage and dropping the usage chunk the
-    gateway asked for on the client's behalf."""
+    """Forwards OpenAI chunks as they come, named for the model the client asked for, noting
+    usage. Chunks without a choice are dropped (the usage chunk the gateway asked for on the
+    client's behalf, and a provider's own, such as Azure's prompt filter results): OpenAI
+    clients read ``choices[0]`` of every chunk but the usage chunk they asked for."""
 
-    def __init__(self, *, strip_usage: bool) -> None:
+    def __init__(self, model: str, *, strip_usage: bool) -> None:
+        self.model = model
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         self.output_chars = 0
@@ -105,9 +111,9 @@ class OpenAIPassthroughStream(StreamTranslator):
         usage = usage_from_openai(chunk.get("usage"))
         if usage is not None:
             self.usage = usage
-            if self.strip_usage and not choices:
-                return b""
-        return encode_event(event.data)
+        if not choices and (usage is None or self.strip_usage):
+            return b""
+        return encode_event(renamed_model(event.data, chunk, self.model))
 
     def finish(self) -> bytes:
         return b""

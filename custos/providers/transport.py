@@ -23,6 +23,10 @@ class UpstreamUnreachable(Exception):
     """The connection to the provider failed or broke."""
 
 
+class UpstreamTooLarge(Exception):
+    """The provider's body is larger than the gateway reads (``max_response_bytes``)."""
+
+
 class UpstreamResponse:
     __slots__ = ("_response", "headers", "status")
 
@@ -31,15 +35,43 @@ class UpstreamResponse:
         self.status = response.status
         self.headers = response.headers
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
+        """The whole body; ``UpstreamTooLarge`` past ``limit`` bytes (as decompressed)."""
+        body, complete = await self._read(limit)
+        if not complete:
+            raise UpstreamTooLarge(f"the body is larger than {limit} bytes")
+        return body
+
+    async def read_prefix(self, limit: int) -> bytes:
+        """At most ``limit`` bytes of the body (an error's, read for its message); the rest is
+        left unread and the connection closed."""
+        return (await self._read(limit))[0]
+
+    async def _read(self, limit: int) -> tuple[bytes, bool]:
+        """Up to ``limit`` bytes, and whether that was the whole body. A longer body is cut off
+        by closing the connection, so the rest never reaches memory."""
+        response = self._response
+        chunks: list[bytes] = []
+        size = 0
         try:
-            return await self._response.read()
+            declared = response.content_length
+            if declared is None or declared <= limit:
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    chunks.append(chunk)
+                    if size > limit:
+                        break
+                else:
+                    response.release()
+                    return b"".join(chunks), True
         except TimeoutError:
+            response.close()
             raise UpstreamTimeout("reading the response timed out") from None
         except aiohttp.ClientError as exc:
+            response.close()
             raise UpstreamUnreachable(type(exc).__name__) from None
-        finally:
-            self._response.release()
+        response.close()
+        return b"".join(chunks)[:limit], False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:

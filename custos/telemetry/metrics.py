@@ -1,7 +1,8 @@
 """Prometheus metrics, served at ``GET /metrics``.
 
-Label values come from the config (account, model names) and fixed code sets (route, status,
-error code), never from request bodies, so the number of series stays bounded.
+Label values come from the config (account, model names, budget ids) and fixed code sets (the
+matched route's template, status, error code), never from what a client sends (its path, body or
+headers), so the number of series stays bounded however many odd requests arrive.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ COST = Counter(
     "custos_cost_micros",
     "Cost in micro-dollars by provider model.",
     ["model"],
+    registry=REGISTRY,
+)
+HTTP_REFUSED = Counter(
+    "custos_http_refused",
+    "Requests the HTTP layer cut off, by reason (header_too_large: 431, header_timeout: 408, "
+    "body_timeout: the body did not arrive in time).",
+    ["reason"],
     registry=REGISTRY,
 )
 ACTIVE_STREAMS = Gauge(
