@@ -22,11 +22,10 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
+from custos.config.refs import REFERENCE, UnreadableFile, read_bounded, read_secret_file
 from custos.config.schema import UNSUPPORTED_SECTIONS, Config
+from custos.config.secrets import literal_secrets
 
-#: ``${kind:name}``. Only ``env`` and ``file`` exist; any other kind (``${ENV:X}``, ``${evn:X}``)
-#: is reported rather than left in place, where it would be taken as the value itself.
-_REF = re.compile(r"\$\{([A-Za-z_]+):([^}]*)\}")
 _MAX_FILE_BYTES = 4 * 1024 * 1024
 
 Path_ = tuple[str | int, ...]
@@ -64,13 +63,9 @@ class LoadedConfig:
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            source, [Problem("", None, f"cannot read file: {exc.strerror}")]
-        ) from None
-    if len(raw) > _MAX_FILE_BYTES:
-        raise ConfigError(source, [Problem("", None, "file is larger than 4 MiB")])
+        raw = read_bounded(Path(path), _MAX_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise ConfigError(source, [Problem("", None, f"cannot read file: {exc}")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -83,6 +78,10 @@ def parse_config(
 ) -> LoadedConfig:
     document, lines = _parse_yaml(text, source)
     problems = _unsupported_sections(document, lines)
+    problems.extend(
+        Problem(dotted(path), _line_of(path, lines), message)
+        for path, message in literal_secrets(document)
+    )
     supported = {k: v for k, v in document.items() if k not in UNSUPPORTED_SECTIONS}
     resolved = _resolve_refs(supported, (), lines, base_dir or Path.cwd(), problems)
     config: Config | None = None
@@ -317,16 +316,19 @@ def _resolve_refs(
                 )
                 return ""
             return found
-        file = Path(name) if Path(name).is_absolute() else base_dir / name
         try:
-            return file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
+            return read_secret_file(name, base_dir)
+        except UnreadableFile as exc:
             problems.append(
-                Problem(dotted(path), _line_of(path, lines), f"cannot read referenced file {name}")
+                Problem(
+                    dotted(path),
+                    _line_of(path, lines),
+                    f"cannot read referenced file {name}: {exc}",
+                )
             )
             return ""
 
-    return _REF.sub(substitute, value)
+    return REFERENCE.sub(substitute, value)
 
 
 def _pydantic_problems(exc: ValidationError, lines: dict[Path_, int]) -> list[Problem]:
