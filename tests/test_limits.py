@@ -322,7 +322,10 @@ def test_alerts_fire_once_per_threshold_and_are_retried(
             limit_usd: 0.002
             period: day
             mode: audit
-            alerts: {{at_percent: [50, 100], webhook: "{hook.url}", headers: {{x-hook-key: "${{env:CUSTOS_TEST_MOCK_KEY}}"}}}}
+            alerts:
+              at_percent: [50, 100]
+              webhook: "{hook.url}"
+              headers: {{x-hook-key: "${{env:CUSTOS_TEST_MOCK_KEY}}"}}
         """
         gw = start(started, with_rules(provider_config(mock_provider.url), rules), tmp_path)
         for _ in range(12):  # about 207 micro-dollars each: past 100% of 2000 by the 10th
