@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the gateway",
         description="Serve the OpenAI- and Anthropic-compatible gateway with a config file. "
-        "The file is reloaded when it changes and on SIGHUP; a file that fails validation is "
-        "refused and the running revision keeps serving.",
+        "The file is reloaded when it (or a file it references with ${file:…}) changes and on "
+        "SIGHUP; a file that fails validation is refused and the running revision keeps serving.",
     )
     serve.add_argument(
         "--config", "-c", required=True, metavar="FILE", help="the config file (YAML)"

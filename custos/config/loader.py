@@ -22,11 +22,17 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from custos.config.refs import REFERENCE, UnreadableFile, read_bounded, read_secret_file
+from custos.config.refs import (
+    REFERENCE,
+    UnreadableFile,
+    read_bounded,
+    read_secret_file,
+    referenced_file,
+)
 from custos.config.schema import UNSUPPORTED_SECTIONS, Config
 from custos.config.secrets import literal_secrets
 
-_MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 Path_ = tuple[str | int, ...]
 
@@ -58,12 +64,14 @@ class LoadedConfig:
     revision: str
     text: str
     source: str
+    #: The files its ``${file:…}`` references name (what a change to must reload it).
+    files: tuple[Path, ...] = ()
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     source = str(path)
     try:
-        raw = read_bounded(Path(path), _MAX_FILE_BYTES)
+        raw = read_bounded(Path(path), MAX_CONFIG_BYTES)
     except UnreadableFile as exc:
         raise ConfigError(source, [Problem("", None, f"cannot read file: {exc}")]) from None
     try:
@@ -83,7 +91,8 @@ def parse_config(
         for path, message in literal_secrets(document)
     )
     supported = {k: v for k, v in document.items() if k not in UNSUPPORTED_SECTIONS}
-    resolved = _resolve_refs(supported, (), lines, base_dir or Path.cwd(), problems)
+    files: list[Path] = []
+    resolved = _resolve_refs(supported, (), lines, base_dir or Path.cwd(), (problems, files))
     config: Config | None = None
     references = _cross_references(supported, resolved, lines)
     problems.extend(references)
@@ -96,7 +105,13 @@ def parse_config(
         )
     if problems or config is None:
         raise ConfigError(source, sorted(problems, key=lambda p: (p.line or 0, p.path)))
-    return LoadedConfig(config=config, revision=revision_of(document), text=text, source=source)
+    return LoadedConfig(
+        config=config,
+        revision=revision_of(document),
+        text=text,
+        source=source,
+        files=tuple(dict.fromkeys(files)),
+    )
 
 
 def revision_of(document: Any) -> str:
@@ -278,17 +293,19 @@ def _is_target_check(problem: Problem) -> bool:
 
 
 def _resolve_refs(
-    value: Any, path: Path_, lines: dict[Path_, int], base_dir: Path, problems: list[Problem]
+    value: Any,
+    path: Path_,
+    lines: dict[Path_, int],
+    base_dir: Path,
+    found: tuple[list[Problem], list[Path]],
 ) -> Any:
-    """Replace ``${env:NAME}`` and ``${file:path}`` in string values; collect what is missing."""
+    """Replace ``${env:NAME}`` and ``${file:path}`` in string values; collect what is missing
+    (``found[0]``) and the files read (``found[1]``)."""
     if isinstance(value, dict):
-        return {
-            k: _resolve_refs(v, (*path, k), lines, base_dir, problems) for k, v in value.items()
-        }
+        return {k: _resolve_refs(v, (*path, k), lines, base_dir, found) for k, v in value.items()}
     if isinstance(value, list):
-        return [
-            _resolve_refs(v, (*path, i), lines, base_dir, problems) for i, v in enumerate(value)
-        ]
+        return [_resolve_refs(v, (*path, i), lines, base_dir, found) for i, v in enumerate(value)]
+    problems, files = found
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -317,7 +334,9 @@ def _resolve_refs(
                 return ""
             return found
         try:
-            return read_secret_file(name, base_dir)
+            file = referenced_file(name, base_dir)
+            files.append(file)
+            return read_secret_file(file)
         except UnreadableFile as exc:
             problems.append(
                 Problem(

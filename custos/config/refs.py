@@ -57,8 +57,8 @@ def referenced_file(name: str, base_dir: Path) -> Path:
     return Path(joined)
 
 
-def read_secret_file(name: str, base_dir: Path) -> str:
-    data = read_bounded(referenced_file(name, base_dir), MAX_SECRET_FILE_BYTES)
+def read_secret_file(path: Path) -> str:
+    data = read_bounded(path, MAX_SECRET_FILE_BYTES)
     try:
         return data.decode("utf-8").strip()
     except UnicodeDecodeError:
