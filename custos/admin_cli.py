@@ -78,7 +78,12 @@ def fail(message: str, status: int = 1) -> int:
 
 def _store_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", "-c", metavar="FILE", help="read state.store from this config")
+    where.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="read the store from this config (its state and identity sections only)",
+    )
     where.add_argument(
         "--store", metavar="URL", help="the store URL (sqlite:///PATH or postgresql://…)"
     )
@@ -89,10 +94,10 @@ def _store_only(args: argparse.Namespace) -> str:
         return str(args.store)
     if not args.config:
         raise SystemExit(fail("give --config FILE or --store URL", 2))
-    from custos.config.loader import ConfigError, load_config
+    from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
 
     try:
-        return load_config(args.config).config.state.store
+        return load_config(args.config, only=STORE_SECTIONS).config.state.store
     except ConfigError as exc:
         raise SystemExit(fail(str(exc))) from None
 
@@ -116,10 +121,10 @@ def _store_url(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
     elif not args.config:
         raise SystemExit(fail("give --config FILE or --store URL", 2))
     else:
-        from custos.config.loader import ConfigError, load_config
+        from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
 
-        try:
-            config = load_config(args.config).config
+        try:  # the store's sections only: no provider secret is needed to work on the store
+            config = load_config(args.config, only=STORE_SECTIONS).config
         except ConfigError as exc:
             raise SystemExit(fail(str(exc))) from None
         url = config.state.store
@@ -151,7 +156,7 @@ def _init(args: argparse.Namespace) -> int:
             await invalidation.start()
         except OSError as exc:
             print(f"custos: not announcing the change ({exc}): running gateways see it on "
-                  "their next directory refresh, within a minute", file=sys.stderr)  # fmt: skip
+                  "their next directory refresh", file=sys.stderr)  # fmt: skip
             invalidation = open_invalidation(None)
         store = await open_store(url, publisher=invalidation)
         try:

@@ -7,6 +7,10 @@ problem found, each with the dotted path and the line it sits on, so one run of
 The revision is the SHA-256 of the file's canonical form: the parsed document *before* secret
 references are resolved, serialised as JSON with sorted keys. Reformatting or reordering the file
 keeps the revision; changing a rule changes it; rotating a secret behind ``${env:…}`` does not.
+
+``load_config(path, only=STORE_SECTIONS)`` reads, resolves and validates only the named sections
+(the rest take their defaults, with no provider accounts): what commands that work on the store
+alone (``custos init``, ``db migrate``, ``audit verify``) use, so they need no provider secret.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,8 @@ from custos.config.schema import UNSUPPORTED_SECTIONS, Config
 from custos.config.secrets import literal_secrets
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: What a command that works on the store alone needs: where it is, and its token hash key.
+STORE_SECTIONS = frozenset({"state", "identity"})
 
 Path_ = tuple[str | int, ...]
 
@@ -68,7 +75,9 @@ class LoadedConfig:
     files: tuple[Path, ...] = ()
 
 
-def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+def load_config(
+    path: str | os.PathLike[str], *, only: Collection[str] | None = None
+) -> LoadedConfig:
     source = str(path)
     try:
         raw = read_bounded(Path(path), MAX_CONFIG_BYTES)
@@ -78,13 +87,21 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(source, [Problem("", None, "file is not UTF-8")]) from None
-    return parse_config(text, source=source, base_dir=Path(path).resolve().parent)
+    return parse_config(text, source=source, base_dir=Path(path).resolve().parent, only=only)
 
 
 def parse_config(
-    text: str, *, source: str = "<config>", base_dir: Path | None = None
+    text: str,
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    only: Collection[str] | None = None,
 ) -> LoadedConfig:
     document, lines = _parse_yaml(text, source)
+    if only is not None:  # the rest is neither resolved nor checked
+        document = {"providers": {}} | {
+            k: v for k, v in document.items() if k in only or k == "version"
+        }
     problems = _unsupported_sections(document, lines)
     problems.extend(
         Problem(dotted(path), _line_of(path, lines), message)
