@@ -48,6 +48,7 @@ ACCOUNT_COLUMNS = [
     ("allowed_models", "MODELS"),
     ("disabled", "DISABLED"),
 ]
+#: A token stops working at its expiry, or (rotated) at the end of its grace period.
 TOKEN_COLUMNS = [
     ("id", "ID"),
     ("kind", "KIND"),
@@ -55,7 +56,7 @@ TOKEN_COLUMNS = [
     ("name", "NAME"),
     ("prefix", "PREFIX"),
     ("state", "STATE"),
-    ("expires_at", "EXPIRES"),
+    ("works_until", "WORKS UNTIL"),
     ("last_used_at", "LAST USED"),
 ]
 EVENT_COLUMNS = [
@@ -234,6 +235,9 @@ def _api(action: Action) -> Run:
         try:
             return action(AdminClient(args.url, token), args)
         except ApiError as exc:
+            if exc.status == 0:  # say where the URL came from and how to give another
+                return fail(f"{exc} (the gateway's URL comes from --url or ${URL_ENV}, "
+                            f"default {DEFAULT_URL})")  # fmt: skip
             return fail(str(exc))
 
     return run
@@ -386,6 +390,10 @@ def _accounts_delete(c: AdminClient, a: argparse.Namespace) -> int:
 
 def _tokens_list(c: AdminClient, a: argparse.Namespace) -> int:
     reply = c.call("GET", path("tokens"), query={"user": a.user, "account": a.account})
+    if not a.json:
+        for token in reply["data"]:
+            ends = [t for t in (token["expires_at"], token["grace_until"]) if t]
+            token["works_until"] = min(ends) if ends else "never"  # RFC 3339 UTC sorts as text
     return _show_list(reply, a, TOKEN_COLUMNS)
 
 

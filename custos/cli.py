@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "request through model-name directives (e.g. gpt-4o+status=429) or x-mock-* headers.",
     )
     mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=9999)
+    mock.add_argument(
+        "--port",
+        type=int,
+        default=9999,
+        help="default 9999, the port examples/quickstart.yaml uses",
+    )
     mock.add_argument("--api-key", default="mock-key", help="the key clients must present")
     mock.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]

@@ -252,6 +252,7 @@ def test_cli_without_a_token_or_a_gateway(
         capsys, "users", "list", "--url", f"http://127.0.0.1:{free_port()}", "--token", "cst_pat_x"
     )
     assert status == 1 and "cannot reach" in err
+    assert "--url" in err and "$CUSTOS_URL" in err  # says how to point it elsewhere
 
 
 def test_init_recover_issues_a_new_token_to_a_locked_out_admin(
@@ -363,3 +364,39 @@ def test_init_recover_on_a_serving_sqlite_gateway(
 def _users_status(gateway: GatewayProcess, secret: str) -> int:
     headers = {"authorization": f"Bearer {secret}"}
     return httpx.get(f"{gateway.url}/admin/v1/users", headers=headers, timeout=5).status_code
+
+
+def test_tokens_list_shows_a_rotated_token_until_it_stops_working(
+    served: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, admin = served
+    api = ["--url", url, "--token", admin]
+    made = json.loads(_run(capsys, "tokens", "create", "--user", "root@example.com", "--name",
+                           "ci", "--json", *api)[1])  # fmt: skip
+    old_id = made["record"]["id"]
+    rotated = json.loads(
+        _run(capsys, "tokens", "rotate", old_id, "--grace-seconds", "600", "--json", *api)[1]
+    )
+    grace_until = rotated["replaced"]["grace_until"]
+    assert grace_until and rotated["replaced"]["state"] == "rotating"
+    status, out, _ = _run(capsys, "tokens", "list", *api)
+    assert status == 0
+    header, *rows = out.splitlines()
+    assert "STATE" in header and "WORKS UNTIL" in header
+    (old,) = [row for row in rows if row.startswith(old_id)]
+    assert " rotating " in old and grace_until[:19].replace("T", " ") in old, old
+    (new,) = [row for row in rows if row.startswith(rotated["record"]["id"])]
+    assert " active " in new and " never " in new, new
+    # Rotating, the old token still works, on the admin API too, until its grace period ends.
+    assert _run(capsys, "users", "list", "--url", url, "--token", made["token"])[0] == 0
+
+
+def test_local_state_is_ignored_by_git(tmp_path: Path) -> None:
+    """What ``make run`` leaves in the checkout (the store, its keys, the audit spool, the
+    token file) never shows up as something to commit."""
+    root = Path(__file__).resolve().parent.parent
+    paths = ["custos.db", "custos.db.key", "custos-audit-spool/00000001.spool",
+             ".run/quickstart.token", "audit.jsonl"]  # fmt: skip
+    found = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=root,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert found.stdout.split() == paths
