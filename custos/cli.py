@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=int,
         default=9999,
-        help="default 9999, the port examples/quickstart.yaml uses",
+        help="default 9999 (what examples/quickstart.yaml names)",
     )
     mock.add_argument("--api-key", default="mock-key", help="the key clients must present")
     mock.add_argument(
