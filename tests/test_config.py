@@ -980,3 +980,17 @@ def test_control_characters_in_request_bound_values_are_refused(monkeypatch, dot
     assert dotted in found, found
     assert "control character" in found[dotted]
     assert all(value not in str(found) for value in env.values())
+
+
+def test_a_signing_key_path_that_is_not_a_regular_file_stops_the_start(tmp_path):
+    """``audit.signing_key`` names a file the gateway reads at start: a FIFO there must not
+    freeze it (nor /dev/zero fill its memory); it refuses to start, saying why."""
+    os.mkfifo(tmp_path / "signing.pem")
+    text = VALID.replace("version: 1\n", "version: 1\naudit: {signing_key: ./signing.pem}\n")
+    text = text.replace("version: 1\n", "version: 1\nstate: {store: 'sqlite:///./custos.db'}\n")
+    (tmp_path / "custos.yaml").write_text(text)
+    serve = [*CUSTOS, "serve", "--config", "custos.yaml", "--port", "0"]
+    result = subprocess.run(serve, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CUSTOS_T_OPENAI_KEY": SECRET})  # fmt: skip
+    assert result.returncode != 0
+    assert "signing.pem: not a regular file" in result.stdout + result.stderr

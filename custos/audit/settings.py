@@ -46,7 +46,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from custos.config.secrets import RequestValue
+from custos.request_values import RequestValue
 
 
 class _Strict(BaseModel):

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from custos.config.secrets import RequestValue
+from custos.request_values import RequestValue
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _SUBJECT = re.compile(r"^(\*|(user|team|virtualaccount):\S+)$")

@@ -22,7 +22,7 @@ from pydantic import (
 
 from custos.audit.settings import AuditSettings
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
-from custos.config.secrets import RequestValue
+from custos.request_values import RequestValue
 
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.

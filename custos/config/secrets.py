@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
-
-from pydantic import AfterValidator
 
 from custos.config.refs import REFERENCE
 
@@ -105,21 +103,3 @@ def _matches(path: Path_, pattern: tuple[str, ...]) -> bool:
     return len(path) == len(pattern) and all(
         p in ("*", part) for part, p in zip(path, pattern, strict=True)
     )
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _no_control_characters(value: str) -> str:
-    # Checked on the resolved value: a key file or variable ending in a newline is the usual
-    # cause, and the request it would go into could not be sent (or would carry a second line).
-    if _CONTROL.search(value):
-        raise ValueError(
-            "contains a control character (a newline, tab, NUL or the like): it goes into "
-            "requests, where it cannot be sent"
-        )
-    return value
-
-
-#: A value that goes into an outgoing request's URL or headers (and so also every secret).
-RequestValue = Annotated[str, AfterValidator(_no_control_characters)]
