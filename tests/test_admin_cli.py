@@ -353,6 +353,10 @@ def test_init_recover_on_a_serving_sqlite_gateway(
         migrated = subprocess.run(migrate, cwd=tmp_path, env=env, capture_output=True, text=True,
                                   timeout=60)  # fmt: skip
         assert migrated.returncode == 0, migrated.stderr
+        purge = [*CUSTOS, "audit", "purge", "--config", str(gateway.config_path), "--dry-run"]
+        purged = subprocess.run(purge, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
+        assert purged.returncode == 0, purged.stderr
         started = time.monotonic()
         while (status := _users_status(gateway, secret)) != 200:
             assert status == 401 and time.monotonic() - started < 3, status
