@@ -236,8 +236,9 @@ def _api(action: Action) -> Run:
             return action(AdminClient(args.url, token), args)
         except ApiError as exc:
             if exc.status == 0:  # say where the URL came from and how to give another
-                return fail(f"{exc} (the gateway's URL comes from --url or ${URL_ENV}, "
-                            f"default {DEFAULT_URL})")  # fmt: skip
+                hint = (f"the gateway's URL comes from --url or ${URL_ENV}, default {DEFAULT_URL}"
+                        "; make run serves on $CUSTOS_PORT, default 8787")  # fmt: skip
+                return fail(f"{exc} ({hint})")
             return fail(str(exc))
 
     return run

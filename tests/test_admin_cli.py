@@ -252,7 +252,7 @@ def test_cli_without_a_token_or_a_gateway(
         capsys, "users", "list", "--url", f"http://127.0.0.1:{free_port()}", "--token", "cst_pat_x"
     )
     assert status == 1 and "cannot reach" in err
-    assert "--url" in err and "$CUSTOS_URL" in err  # says how to point it elsewhere
+    assert "--url" in err and "$CUSTOS_URL" in err and "$CUSTOS_PORT" in err  # how to aim it
 
 
 def test_init_recover_issues_a_new_token_to_a_locked_out_admin(

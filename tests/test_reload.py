@@ -410,6 +410,7 @@ def test_invalid_files_are_refused_and_a_fix_is_applied(mock_provider, own_gatew
         assert gateway.revision() == serving, name
         log = gateway.log()[logged:]
         assert "config reload refused" in log and says in log, log
+        assert " WARNING custos.config: config reload refused" in log, log  # not an ERROR
         assert f"line {broken_line(good, broken)}: " in log, (name, log)
         assert str(gateway.config_path) in log, log
         assert "Traceback" not in log, log
