@@ -48,6 +48,7 @@ ACCOUNT_COLUMNS = [
     ("allowed_models", "MODELS"),
     ("disabled", "DISABLED"),
 ]
+#: A token stops working at its expiry, or (rotated) at the end of its grace period.
 TOKEN_COLUMNS = [
     ("id", "ID"),
     ("kind", "KIND"),
@@ -55,7 +56,7 @@ TOKEN_COLUMNS = [
     ("name", "NAME"),
     ("prefix", "PREFIX"),
     ("state", "STATE"),
-    ("expires_at", "EXPIRES"),
+    ("works_until", "WORKS UNTIL"),
     ("last_used_at", "LAST USED"),
 ]
 EVENT_COLUMNS = [
@@ -78,7 +79,12 @@ def fail(message: str, status: int = 1) -> int:
 
 def _store_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", "-c", metavar="FILE", help="read state.store from this config")
+    where.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="read the store from this config (its state and identity sections only)",
+    )
     where.add_argument(
         "--store", metavar="URL", help="the store URL (sqlite:///PATH or postgresql://…)"
     )
@@ -89,10 +95,10 @@ def _store_only(args: argparse.Namespace) -> str:
         return str(args.store)
     if not args.config:
         raise SystemExit(fail("give --config FILE or --store URL", 2))
-    from custos.config.loader import ConfigError, load_config
+    from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
 
     try:
-        return load_config(args.config).config.state.store
+        return load_config(args.config, only=STORE_SECTIONS).config.state.store
     except ConfigError as exc:
         raise SystemExit(fail(str(exc))) from None
 
@@ -116,10 +122,10 @@ def _store_url(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
     elif not args.config:
         raise SystemExit(fail("give --config FILE or --store URL", 2))
     else:
-        from custos.config.loader import ConfigError, load_config
+        from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
 
-        try:
-            config = load_config(args.config).config
+        try:  # the store's sections only: no provider secret is needed to work on the store
+            config = load_config(args.config, only=STORE_SECTIONS).config
         except ConfigError as exc:
             raise SystemExit(fail(str(exc))) from None
         url = config.state.store
@@ -151,7 +157,7 @@ def _init(args: argparse.Namespace) -> int:
             await invalidation.start()
         except OSError as exc:
             print(f"custos: not announcing the change ({exc}): running gateways see it on "
-                  "their next directory refresh, within a minute", file=sys.stderr)  # fmt: skip
+                  "their next directory refresh", file=sys.stderr)  # fmt: skip
             invalidation = open_invalidation(None)
         store = await open_store(url, publisher=invalidation)
         try:
@@ -229,6 +235,10 @@ def _api(action: Action) -> Run:
         try:
             return action(AdminClient(args.url, token), args)
         except ApiError as exc:
+            if exc.status == 0:  # say where the URL came from and how to give another
+                hint = (f"the gateway's URL comes from --url or ${URL_ENV}, default {DEFAULT_URL}"
+                        "; make run serves on $CUSTOS_PORT, default 8787")  # fmt: skip
+                return fail(f"{exc} ({hint})")
             return fail(str(exc))
 
     return run
@@ -381,6 +391,10 @@ def _accounts_delete(c: AdminClient, a: argparse.Namespace) -> int:
 
 def _tokens_list(c: AdminClient, a: argparse.Namespace) -> int:
     reply = c.call("GET", path("tokens"), query={"user": a.user, "account": a.account})
+    if not a.json:
+        for token in reply["data"]:
+            ends = [t for t in (token["expires_at"], token["grace_until"]) if t]
+            token["works_until"] = min(ends) if ends else "never"  # RFC 3339 UTC sorts as text
     return _show_list(reply, a, TOKEN_COLUMNS)
 
 

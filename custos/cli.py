@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the gateway",
         description="Serve the OpenAI- and Anthropic-compatible gateway with a config file. "
-        "The file is reloaded when it changes and on SIGHUP; a file that fails validation is "
-        "refused and the running revision keeps serving.",
+        "The file is reloaded when it (or a file it references with ${file:…}) changes and on "
+        "SIGHUP; a file that fails validation is refused and the running revision keeps serving.",
     )
     serve.add_argument(
         "--config", "-c", required=True, metavar="FILE", help="the config file (YAML)"
@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "request through model-name directives (e.g. gpt-4o+status=429) or x-mock-* headers.",
     )
     mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=9999)
+    mock.add_argument(
+        "--port",
+        type=int,
+        default=9999,
+        help="default 9999 (what examples/quickstart.yaml names)",
+    )
     mock.add_argument("--api-key", default="mock-key", help="the key clients must present")
     mock.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]

@@ -70,6 +70,7 @@ class Gateway:
         self.ready = False
         self._watcher: ConfigWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sighups: set[asyncio.Task[ReloadResult | None]] = set()
         metrics.set_revision(self.runtime.revision)
 
     @classmethod
@@ -83,21 +84,30 @@ class Gateway:
         return self.identity.store, self.identity.tokens, self.identity.directory
 
     def apply(self, loaded: LoadedConfig) -> None:
-        previous = self.runtime.config.teams
+        previous = self.runtime
         self.runtime = Runtime(loaded)
         metrics.set_revision(loaded.revision)
-        if self.identity is not None and loaded.config.teams != previous:
+        if self.identity is not None and loaded.config.teams != previous.config.teams:
             sync = sync_config_teams(self.identity.store, loaded.config.teams, loaded.revision)
             self._tasks.append(asyncio.create_task(sync, name="custos-team-sync"))
-        if self.audit is not None:
+        # The same revision with a rotated ${file:} secret: its text is recorded already.
+        if self.audit is not None and loaded.revision != previous.revision:
             self.audit.config_applied(loaded)
 
-    def reload(self) -> ReloadResult:
+    async def reload(self, *, force: bool = True) -> ReloadResult | None:
+        """Re-read the config file (off the event loop); without ``force``, only if a watched
+        file's bytes changed (``None`` when not)."""
         if self._watcher is None:
             raise RuntimeError("this gateway was not started from a file")
-        result = self._watcher.reload()
-        metrics.CONFIG_RELOADS.labels(result.outcome).inc()
+        result = await self._watcher.reload(force=force)
+        if result is not None:
+            metrics.CONFIG_RELOADS.labels(result.outcome).inc()
         return result
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="custos-config-sighup")
+        self._sighups.add(task)
+        task.add_done_callback(self._sighups.discard)
 
     async def start(self) -> None:
         await self.transport.start()
@@ -122,16 +132,14 @@ class Gateway:
         await self.limiter.start(self.identity.store)
         self.pipeline.limiter = self.limiter
         if self.config_path is not None:
-            self._watcher = ConfigWatcher(
-                self.config_path, self.apply, lambda: self.runtime.revision
-            )
+            self._watcher = ConfigWatcher(self.config_path, self.apply, lambda: self.runtime.loaded)
             loop = asyncio.get_running_loop()
             try:
-                loop.add_signal_handler(signal.SIGHUP, self.reload)
+                loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             except (NotImplementedError, RuntimeError):  # not the main thread, or no signals
                 log.debug("SIGHUP reload unavailable here")
             if self.watch:
-                watching = self._watcher.watch(self.reload)
+                watching = self._watcher.watch(lambda: self.reload(force=False))
                 self._tasks.append(asyncio.create_task(watching, name="custos-config-watch"))
         tune_collector()
         self.ready = True

@@ -14,6 +14,7 @@ one (including a client that went away mid-stream).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
     UpstreamMalformed,
+    UpstreamRequest,
     upstream_error,
 )
 from custos.providers.estimate import estimate_prompt_tokens
 from custos.providers.sse import SSEDecoder
 from custos.providers.transport import (
     Transport,
+    UpstreamRequestFailed,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamTooLarge,
@@ -43,6 +46,8 @@ from custos.providers.transport import (
 from custos.routing import backoff_s, candidates
 from custos.runtime import ModelTarget, Route, Runtime
 from custos.telemetry import metrics
+
+log = logging.getLogger("custos.pipeline")
 
 if TYPE_CHECKING:
     from custos.limits import Limiter
@@ -250,7 +255,7 @@ class Pipeline:
         ctx.attempts.append(attempt)
         started = time.monotonic_ns()
         try:
-            request = target.adapter.build_request(call)
+            request = _build_request(target, call)
             upstream = await self.transport.open(
                 request,
                 connect_s=target.connect_timeout_s,
@@ -293,6 +298,14 @@ class Pipeline:
                 "upstream_response_too_large",
                 f"provider {target.account} answered with more than "
                 f"{target.max_response_bytes} bytes (its max_response_bytes)",
+            )
+            return None, self._failed(attempt, err, started)
+        except UpstreamRequestFailed as exc:
+            log.warning("request to provider %s not sent: %s", target.account, exc)
+            err = GatewayError(
+                502,
+                "upstream_request_failed",
+                f"the request to provider {target.account} could not be sent",
             )
             return None, self._failed(attempt, err, started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
@@ -430,6 +443,15 @@ class Pipeline:
             metrics.DENIALS.labels(ctx.error_code).inc()
         if self.on_settled is not None:
             self.on_settled(ctx)
+
+
+def _build_request(target: ModelTarget, call: ProviderCall) -> UpstreamRequest:
+    """The adapter's request; one it cannot build (a value its HTTP parts refuse) is the
+    account's failure, so a virtual model falls back past it."""
+    try:
+        return target.adapter.build_request(call)
+    except (ValueError, TypeError) as exc:
+        raise UpstreamRequestFailed(type(exc).__name__) from None
 
 
 def _stream_failure(target: ModelTarget, exc: Exception) -> GatewayError:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # `make run`: the mock provider and the gateway on the quickstart config, in the foreground.
+# The gateway listens on $CUSTOS_PORT (default 8787); the mock on 9999, as the config says.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -30,7 +31,8 @@ GATEWAY_PID=$!
 trap 'kill $GATEWAY_PID $MOCK_PID 2>/dev/null || true' EXIT
 
 for _ in $(seq 1 100); do
-  if curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null 2>&1; then break; fi
+  if "$BIN/python" -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=1)" \
+      "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null 2>&1; then break; fi
   if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then echo "the gateway did not start" >&2; exit 1; fi
   sleep 0.1
 done

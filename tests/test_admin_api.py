@@ -638,7 +638,7 @@ async def test_rotation_and_revocation_reach_the_directory(env: Env) -> None:
     assert isinstance(env.directory.lookup(sharp["token"]), Principal)
     listed = {t["id"]: t["state"] for t in (await env.ok("GET", "/tokens", alice))["data"]}
     assert listed[graceful["record"]["id"]] == "rotated"
-    assert listed[first["record"]["id"]] == "active"
+    assert listed[first["record"]["id"]] == "rotating"  # replaced, in its grace period
 
     revoked = await env.ok("POST", f"/tokens/{sharp['record']['id']}/revoke", env.admin)
     assert revoked["state"] == "revoked" and revoked["revoked_at"]

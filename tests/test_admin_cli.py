@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -23,7 +26,16 @@ from custos.identity.principal import Principal
 from custos.identity.tokens import TokenService
 from custos.state.invalidation import MemoryInvalidation, PostgresInvalidation
 from custos.state.store import Store, open_store
-from tests.conftest import free_port
+from tests.conftest import (
+    ADMIN_EMAIL,
+    CUSTOS,
+    MOCK_KEY,
+    TOKEN_KEY,
+    GatewayProcess,
+    MockProvider,
+    free_port,
+    standard_config,
+)
 from tests.store_fixtures import pg_url  # noqa: F401  (a fixture)
 
 KEY = "test-token-hash-key-" + "x" * 40
@@ -240,6 +252,7 @@ def test_cli_without_a_token_or_a_gateway(
         capsys, "users", "list", "--url", f"http://127.0.0.1:{free_port()}", "--token", "cst_pat_x"
     )
     assert status == 1 and "cannot reach" in err
+    assert "--url" in err and "$CUSTOS_URL" in err and "$CUSTOS_PORT" in err  # how to aim it
 
 
 def test_init_recover_issues_a_new_token_to_a_locked_out_admin(
@@ -270,7 +283,7 @@ def test_init_recover_issues_a_new_token_to_a_locked_out_admin(
     assert status == 0 and "root@example.com" in err
     recovered = out.strip()
     assert TOKEN.fullmatch(recovered) and recovered != admin
-    # A gateway takes the token on its next directory refresh (a minute at most) or restart;
+    # A SQLite gateway takes the token within a second (test_init_recover_on_a_serving_sqlite…);
     # a directory loaded from the store now takes it at once, as the admin, and the store has
     # it recorded like any other token, by the actor system:recover.
     principal, actors = asyncio.run(_recovered(store_url, recovered))
@@ -317,3 +330,77 @@ async def test_a_recovered_token_reaches_running_gateways_at_once(
         await gateway.close()
         await store.close()
         await invalidation.close()
+
+
+def test_init_recover_on_a_serving_sqlite_gateway(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    """``custos init --recover --config FILE`` needs the store and its key, not the providers'
+    secrets; a SQLite gateway (no invalidation messages between processes) uses the recovered
+    token within a couple of seconds, not on its next minute-long refresh."""
+    gateway = GatewayProcess(standard_config(mock_provider.url), tmp_path)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOS_")}
+        env["CUSTOS_TEST_TOKEN_KEY"] = TOKEN_KEY  # identity.token_hash_key; no provider key
+        recover = [*CUSTOS, "init", "--recover", "--config", str(gateway.config_path),
+                   "--email", ADMIN_EMAIL]  # fmt: skip
+        done = subprocess.run(recover, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        secret = done.stdout.strip()
+        assert TOKEN.fullmatch(secret) and MOCK_KEY not in done.stdout + done.stderr
+        migrate = [*CUSTOS, "db", "migrate", "--config", str(gateway.config_path)]
+        migrated = subprocess.run(migrate, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=60)  # fmt: skip
+        assert migrated.returncode == 0, migrated.stderr
+        purge = [*CUSTOS, "audit", "purge", "--config", str(gateway.config_path), "--dry-run"]
+        purged = subprocess.run(purge, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
+        assert purged.returncode == 0, purged.stderr
+        started = time.monotonic()
+        while (status := _users_status(gateway, secret)) != 200:
+            assert status == 401 and time.monotonic() - started < 3, status
+            time.sleep(0.05)
+    finally:
+        gateway.stop()
+
+
+def _users_status(gateway: GatewayProcess, secret: str) -> int:
+    headers = {"authorization": f"Bearer {secret}"}
+    return httpx.get(f"{gateway.url}/admin/v1/users", headers=headers, timeout=5).status_code
+
+
+def test_tokens_list_shows_a_rotated_token_until_it_stops_working(
+    served: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, admin = served
+    api = ["--url", url, "--token", admin]
+    made = json.loads(_run(capsys, "tokens", "create", "--user", "root@example.com", "--name",
+                           "ci", "--json", *api)[1])  # fmt: skip
+    old_id = made["record"]["id"]
+    rotated = json.loads(
+        _run(capsys, "tokens", "rotate", old_id, "--grace-seconds", "600", "--json", *api)[1]
+    )
+    grace_until = rotated["replaced"]["grace_until"]
+    assert grace_until and rotated["replaced"]["state"] == "rotating"
+    status, out, _ = _run(capsys, "tokens", "list", *api)
+    assert status == 0
+    header, *rows = out.splitlines()
+    assert "STATE" in header and "WORKS UNTIL" in header
+    (old,) = [row for row in rows if row.startswith(old_id)]
+    assert " rotating " in old and grace_until[:19].replace("T", " ") in old, old
+    (new,) = [row for row in rows if row.startswith(rotated["record"]["id"])]
+    assert " active " in new and " never " in new, new
+    # Rotating, the old token still works, on the admin API too, until its grace period ends.
+    assert _run(capsys, "users", "list", "--url", url, "--token", made["token"])[0] == 0
+
+
+def test_local_state_is_ignored_by_git(tmp_path: Path) -> None:
+    """What ``make run`` leaves in the checkout (the store, its keys, the audit spool, the
+    token file) never shows up as something to commit."""
+    root = Path(__file__).resolve().parent.parent
+    paths = ["custos.db", "custos.db.key", "custos-audit-spool/00000001.spool",
+             ".run/quickstart.token", "audit.jsonl"]  # fmt: skip
+    found = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=root,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert found.stdout.split() == paths

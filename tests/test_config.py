@@ -240,7 +240,7 @@ def test_missing_references_are_reported_with_path_and_line_and_no_value(tmp_pat
     assert (
         line_of(text, "missing.pem"),
         "providers.claude.api_key",
-        "cannot read referenced file ./keys/missing.pem",
+        "cannot read referenced file ./keys/missing.pem: No such file or directory",
     ) in found
     # (each unresolved key also leaves its account without a key, which is said too)
     assert {path for _, path, _ in found} == {
@@ -268,10 +268,11 @@ def test_an_unknown_reference_kind_is_reported_not_taken_as_the_value(monkeypatc
     # Text that only looks like a reference in part is a value like any other.
     literal = VALID.replace(
         "api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    api_version",
-        'api_key: "pa$${word}-${1:x}"\n    api_version',
+        'api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    headers: {x-note: "pa$${word}-${1:x}"}\n'
+        "    api_version",
     )
     azure = parse_config(literal).config.providers["azure-eu"]
-    assert azure.api_key == "pa$${word}-${1:x}"
+    assert azure.headers["x-note"] == "pa$${word}-${1:x}"
 
 
 def test_rotating_a_secret_keeps_the_revision(monkeypatch):
@@ -816,3 +817,243 @@ def test_two_idps_may_not_share_a_name_or_an_issuer():
     text = _idps("corp\nemail_domains: [a.example]", "other\nemail_domains: [b.example]")
     text = text.replace("https://other.example\n", "https://corp.example\n", 1)
     assert any("issuer" in message and "once" in message for _, _, message in problems(text))
+
+
+# -- secrets are references, never literals (the text is kept in the config history) -------------
+
+LITERAL = "sk-literal-0011223344556677889900"
+
+# (the edit to VALID, the dotted path the refusal names)
+LITERAL_SECRETS = [
+    (
+        ("api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    models", f"api_key: {LITERAL}\n    models"),
+        "providers.openai-main.api_key",
+    ),
+    (
+        (
+            "api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    models",
+            f"api_key: 'x${{env:CUSTOS_T_OPENAI_KEY}}{LITERAL}'\n    models",
+        ),
+        "providers.openai-main.api_key",
+    ),
+    (
+        (
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    models",
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n"
+            f"    headers: {{Authorization: 'Bearer {LITERAL}'}}\n    models",
+        ),
+        "providers.openai-main.headers.Authorization",
+    ),
+    (
+        (
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    models",
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n"
+            f"    headers: {{X-Api-Key: '{LITERAL}'}}\n    models",
+        ),
+        "providers.openai-main.headers.X-Api-Key",
+    ),
+    (
+        ("version: 1\n", f"version: 1\nidentity: {{token_hash_key: {LITERAL}}}\n"),
+        "identity.token_hash_key",
+    ),
+    (
+        ("version: 1\n", f"version: 1\naudit: {{content_key: {LITERAL}}}\n"),
+        "audit.content_key",
+    ),
+    (
+        (
+            "version: 1\n",
+            f"version: 1\nstate: {{store: 'postgresql://custos:{LITERAL}@db/custos'}}\n",
+        ),
+        "state.store",
+    ),
+    (
+        (
+            "version: 1\n",
+            f"version: 1\nstate: {{counters: 'redis://:{LITERAL}@127.0.0.1:6379/0'}}\n",
+        ),
+        "state.counters",
+    ),
+    (
+        ("version: 1\n", f"version: 1\nidentity: {{invalidation: 'redis://u:{LITERAL}@r:6379'}}\n"),
+        "identity.invalidation",
+    ),
+    (
+        (
+            "version: 1\n",
+            f"version: 1\naudit: {{export: [{{otlp: {{endpoint: 'http://c:4318', "
+            f"headers: {{authorization: 'Basic {LITERAL}'}}}}}}]}}\n",
+        ),
+        "audit.export[0].otlp.headers.authorization",
+    ),
+    (
+        (
+            "version: 1\n",
+            "version: 1\nbudgets:\n  - id: b\n    limit_usd: 10\n    period: day\n"
+            f"    alerts: {{at_percent: [50], webhook: 'https://hooks.test/x?token={LITERAL}'}}\n",
+        ),
+        "budgets[0].alerts.webhook",
+    ),
+    (
+        (
+            "version: 1\n",
+            f"version: 1\naudit: {{signing_key: '-----BEGIN PRIVATE KEY-----{LITERAL}'}}\n",
+        ),
+        "audit.signing_key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "dotted"), LITERAL_SECRETS, ids=[d for _, d in LITERAL_SECRETS])
+def test_a_secret_written_into_the_file_is_refused_with_its_path(tmp_path, edit, dotted):
+    text = VALID.replace(*edit, 1)
+    assert text != VALID
+    said = "PEM file" if dotted == "audit.signing_key" else "${env:NAME} or ${file:path}"
+    found = [(line, path) for line, path, message in problems(text) if said in message and path]
+    assert found == [(line_of(text, LITERAL), dotted)], problems(text)
+    path = tmp_path / "custos.yaml"
+    path.write_text(text)
+    result = check(path)
+    assert result.returncode == 1
+    assert f"{dotted}: " in result.stderr
+    assert LITERAL not in result.stdout + result.stderr
+
+
+def test_secrets_by_reference_are_accepted_inside_urls_and_headers(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSTOS_T_PG_PASSWORD", "pg/pass:word")
+    (tmp_path / "token").write_text("tok")
+    text = VALID.replace(
+        "version: 1\n",
+        "version: 1\n"
+        "state: {store: 'postgresql://custos:${env:CUSTOS_T_PG_PASSWORD}@db/custos',\n"
+        "        counters: 'redis://:${file:token}@127.0.0.1:6379/0'}\n"
+        "identity: {token_hash_key: '${env:CUSTOS_T_OPENAI_KEY}'}\n",
+    ).replace(
+        "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    models",
+        "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n"
+        "    headers: {Authorization: 'Bearer ${file:token}', x-team: finance}\n    models",
+        1,
+    )
+    (tmp_path / "custos.yaml").write_text(text)
+    config = load_config(tmp_path / "custos.yaml").config
+    assert config.state.store == "postgresql://custos:pg/pass:word@db/custos"
+    assert config.providers["openai-main"].headers["Authorization"] == "Bearer tok"
+
+
+# -- ${file:…} is bounded --------------------------------------------------------------------------
+
+
+def _with_file_key(name: str) -> str:
+    return VALID.replace("${env:CUSTOS_T_OPENAI_KEY}", "${file:" + name + "}", 1)
+
+
+def test_a_file_reference_must_be_a_small_regular_file(tmp_path):
+    (tmp_path / "big.key").write_bytes(b"k" * (1024 * 1024 + 1))
+    (tmp_path / "dir.key").mkdir()
+    os.mkfifo(tmp_path / "fifo.key")
+    expected = {
+        "/dev/zero": "not a regular file",
+        "big.key": "larger than 1 MiB",
+        "dir.key": "not a regular file",
+        "fifo.key": "not a regular file",
+    }
+    for name, reason in expected.items():
+        text = _with_file_key(name)
+        found = problems(text, base_dir=tmp_path)
+        assert (
+            line_of(text, name),
+            "providers.openai-main.api_key",
+            f"cannot read referenced file {name}: {reason}",
+        ) in found, found
+    # The gateway's own reading (load_config) is bounded the same way, the FIFO included.
+    (tmp_path / "custos.yaml").write_text(_with_file_key("fifo.key"))
+    with pytest.raises(ConfigError, match=r"fifo\.key: not a regular file"):
+        load_config(tmp_path / "custos.yaml")
+
+
+def test_a_relative_file_reference_stays_in_the_config_directory(tmp_path):
+    (tmp_path / "conf" / "keys").mkdir(parents=True)
+    (tmp_path / "conf" / "keys" / "k").write_text("inside")
+    (tmp_path / "outside.key").write_text("outside")
+    conf = tmp_path / "conf"
+    assert (
+        parse_config(_with_file_key("keys/../keys/k"), base_dir=conf)
+        .config.providers["openai-main"]
+        .api_key
+        == "inside"
+    )
+    text = _with_file_key("../outside.key")
+    assert (
+        line_of(text, "outside.key"),
+        "providers.openai-main.api_key",
+        "cannot read referenced file ../outside.key: a relative path must stay inside the config "
+        "file's directory (name a file elsewhere by its absolute path)",
+    ) in problems(text, base_dir=conf)
+    absolute = str(tmp_path / "outside.key")  # an absolute path (/run/secrets/…) is explicit
+    assert (
+        parse_config(_with_file_key(absolute), base_dir=conf)
+        .config.providers["openai-main"]
+        .api_key
+        == "outside"
+    )
+
+
+def test_the_config_file_itself_must_be_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "custos.yaml")
+    with pytest.raises(ConfigError, match="cannot read file: not a regular file"):
+        load_config(tmp_path / "custos.yaml")
+    result = check(Path("/dev/zero"))
+    assert result.returncode == 1 and "not a regular file" in result.stderr
+
+
+# -- control characters where a value goes into a request -----------------------------------------
+
+CONTROL_CHARACTERS = [
+    ("providers.openai-main.api_key", {"CUSTOS_T_OPENAI_KEY": "sk-line\nTwo"}, VALID),
+    (
+        "providers.openai-main.headers.x-team",
+        {"CUSTOS_T_HDR": "fin\r\nX-Injected: 1"},
+        VALID.replace(
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    models",
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n"
+            "    headers: {x-team: '${env:CUSTOS_T_HDR}'}\n    models",
+            1,
+        ),
+    ),
+    (
+        "providers.openai-main.base_url",
+        {"CUSTOS_T_HDR": "http://127.0.0.1:9999/v1\n"},
+        VALID.replace("base_url: http://127.0.0.1:9999/v1", "base_url: '${env:CUSTOS_T_HDR}'"),
+    ),
+    (
+        "providers.azure-eu.models.gpt-5.5.deployment",
+        {"CUSTOS_T_HDR": "gpt55\x1beu"},
+        VALID.replace("deployment: gpt55-eu", "deployment: '${env:CUSTOS_T_HDR}'"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("dotted", "env", "text"), CONTROL_CHARACTERS, ids=[d for d, _, _ in CONTROL_CHARACTERS]
+)
+def test_control_characters_in_request_bound_values_are_refused(monkeypatch, dotted, env, text):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    found = {path: message for _, path, message in problems(text)}
+    assert dotted in found, found
+    assert "control character" in found[dotted]
+    assert all(value not in str(found) for value in env.values())
+
+
+def test_a_signing_key_path_that_is_not_a_regular_file_stops_the_start(tmp_path):
+    """``audit.signing_key`` names a file the gateway reads at start: a FIFO there must not
+    freeze it (nor /dev/zero fill its memory); it refuses to start, saying why."""
+    os.mkfifo(tmp_path / "signing.pem")
+    text = VALID.replace("version: 1\n", "version: 1\naudit: {signing_key: ./signing.pem}\n")
+    text = text.replace("version: 1\n", "version: 1\nstate: {store: 'sqlite:///./custos.db'}\n")
+    (tmp_path / "custos.yaml").write_text(text)
+    serve = [*CUSTOS, "serve", "--config", "custos.yaml", "--port", "0"]
+    result = subprocess.run(serve, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CUSTOS_T_OPENAI_KEY": SECRET})  # fmt: skip
+    assert result.returncode != 0
+    assert "signing.pem: not a regular file" in result.stdout + result.stderr

@@ -22,7 +22,7 @@ from custos.context import Usage
 from custos.pricing import ModelPrice
 from custos.providers.estimate import estimate_prompt_tokens, tokens_for_chars
 from custos.providers.mock import prompt_tokens_openai
-from tests.conftest import GatewayProcess, MockProvider
+from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
 from tests.limits_helpers import (
     budget,
     budgets,
@@ -322,7 +322,10 @@ def test_alerts_fire_once_per_threshold_and_are_retried(
             limit_usd: 0.002
             period: day
             mode: audit
-            alerts: {{at_percent: [50, 100], webhook: "{hook.url}", headers: {{x-hook-key: k1}}}}
+            alerts:
+              at_percent: [50, 100]
+              webhook: "{hook.url}"
+              headers: {{x-hook-key: "${{env:CUSTOS_TEST_MOCK_KEY}}"}}
         """
         gw = start(started, with_rules(provider_config(mock_provider.url), rules), tmp_path)
         for _ in range(12):  # about 207 micro-dollars each: past 100% of 2000 by the 10th
@@ -334,7 +337,7 @@ def test_alerts_fire_once_per_threshold_and_are_retried(
         alert = next(p for p in hook.received if p["percent"] == 50)
         assert alert["budget"] == "alerted" and alert["type"] == "custos.budget.threshold"
         assert alert["spent_micros"] * 100 >= 50 * alert["limit_micros"] == 50 * 2000
-        assert alert["_auth"] == "k1" and alert["split"] == {}
+        assert alert["_auth"] == MOCK_KEY and alert["split"] == {}
         assert gw.metric("custos_budget_alerts_total", budget="alerted", outcome="delivered") == 2
     finally:
         hook.close()

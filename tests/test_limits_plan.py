@@ -20,7 +20,6 @@ from custos.state.counters_memory import MemoryCounters
 CONFIG = """\
 version: 1
 state: {store: "sqlite:///./custos.db"}
-identity: {token_hash_key: "k-0123456789abcdef0123456789abcdef"}
 access:
   - {id: all, subjects: ["*"], models: ["*"]}
 rate_limits:
@@ -42,9 +41,8 @@ budgets:
     applies_per: [team]
 providers:
   p:
-    type: openai
+    type: openai_compatible
     base_url: http://127.0.0.1:9/v1
-    api_key: x
     models:
       m: {input_per_mtok: 1, output_per_mtok: 10}
 """

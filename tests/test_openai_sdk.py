@@ -717,3 +717,59 @@ def test_dropped_stream_raises_and_the_gateway_keeps_serving(client, gateway, mo
     completion = client.chat.completions.create(model=GPT, messages=user("still there?"))
     assert completion.choices[0].finish_reason == "stop"
     assert gateway.metric("custos_active_streams") == 0
+
+
+# -- a request that cannot even be sent ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unsendable(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory):
+    """An account whose requests cannot be built (its host name cannot be encoded), first in a
+    virtual model that falls back to Azure."""
+
+    def add_unsendable(config: dict[str, Any]) -> None:
+        config["providers"]["unsendable"] = {
+            "type": "openai_compatible",
+            "base_url": "http://bad..host/v1",
+            "models": {"gpt-5.5": {"input_per_mtok": 1, "output_per_mtok": 1}},
+        }
+        config["virtual_models"]["chat-unsendable-first"] = {
+            "targets": [{"model": "unsendable/gpt-5.5"}, {"model": AZURE}]
+        }
+
+    process = GatewayProcess(
+        config_with(mock_provider.url, add_unsendable), tmp_path_factory.mktemp("unsendable")
+    )
+    yield process
+    process.stop()
+
+
+def test_a_request_that_cannot_be_sent_is_an_upstream_error_and_falls_back(unsendable):
+    with openai.OpenAI(
+        base_url=unsendable.base_url, api_key=unsendable.token, max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.InternalServerError) as info:
+            sdk.chat.completions.create(model="unsendable/gpt-5.5", messages=user("hi"))
+        assert info.value.status_code == 502
+        assert info.value.body["code"] == "upstream_request_failed"
+        assert "unsendable" in info.value.body["message"]
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="chat-unsendable-first", messages=user("hi")
+        )
+        assert raw.status_code == 200
+        assert raw.headers["x-custos-served-by"] == AZURE
+        streamed = list(
+            sdk.chat.completions.create(
+                model="chat-unsendable-first", messages=user("hi"), stream=True
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert (
+        unsendable.metric(
+            "custos_upstream_attempts_total",
+            account="unsendable",
+            outcome="upstream_request_failed",
+        )
+        == 3
+    )
+    assert "Traceback" not in unsendable.log()

@@ -24,6 +24,7 @@ import yaml
 
 import tests.conftest as conftest
 from custos.config.loader import revision_of
+from tests.audit_helpers import query
 from tests.conftest import GatewayProcess
 
 SLOW = "gpt-5.5+latency_ms=300"
@@ -409,6 +410,7 @@ def test_invalid_files_are_refused_and_a_fix_is_applied(mock_provider, own_gatew
         assert gateway.revision() == serving, name
         log = gateway.log()[logged:]
         assert "config reload refused" in log and says in log, log
+        assert " WARNING custos.config: config reload refused" in log, log  # not an ERROR
         assert f"line {broken_line(good, broken)}: " in log, (name, log)
         assert str(gateway.config_path) in log, log
         assert "Traceback" not in log, log
@@ -475,3 +477,79 @@ def test_whitespace_and_comment_edits_keep_the_revision(own_gateway):
     assert reloads(gateway)["applied"] == 0
     assert reloads(gateway)["refused"] == 0
     assert "applied" not in gateway.log()
+
+
+# -- (d) only the config file and the files it references count --------------------------------
+
+
+def keyed_from_file(text: str) -> str:
+    """``text`` with the Anthropic account's key read from ``secrets/claude.key``."""
+    needle = "    api_key: ${env:CUSTOS_TEST_MOCK_KEY}\n    models:\n      " + CLAUDE_STREAM
+    assert needle in text
+    return text.replace(
+        needle, needle.replace("env:CUSTOS_TEST_MOCK_KEY", "file:secrets/claude.key")
+    )
+
+
+@pytest.fixture
+def file_keyed_gateway(mock_provider, tmp_path) -> Iterator[GatewayProcess]:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "claude.key").write_text(conftest.MOCK_KEY + "\n")
+    process = GatewayProcess(keyed_from_file(config_text(mock_provider.url)), tmp_path)
+    yield process
+    process.stop()
+
+
+def claude_status(gateway: GatewayProcess) -> int:
+    body = {"model": f"claude-main/{CLAUDE_STREAM}", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    return httpx.post(f"{gateway.url}/v1/messages", headers=gateway.headers, json=body).status_code
+
+
+def test_database_writes_beside_the_config_cause_no_reload(mock_provider, file_keyed_gateway):
+    """The documented layout keeps ./custos.db (and its -wal, -shm, .key) beside the config:
+    writing to the store, or to other files beside a referenced one, is no reason to reload."""
+    gateway = file_keyed_gateway
+    before, logged = reloads(gateway), len(gateway.log())
+    for number in range(40):  # admin API writes, each a SQLite (WAL) commit
+        created = httpx.post(
+            f"{gateway.url}/admin/v1/users",
+            headers=gateway.headers,
+            json={"email": f"user{number}@custos.test"},
+        )
+        assert created.status_code in (200, 201), created.text
+    (gateway.config_path.parent / "secrets" / "unrelated.txt").write_text("not referenced")
+    gateway.config_path.touch()  # a touch changes no byte
+    time.sleep(1.5)  # a negative: the watcher debounces for 0.2 s
+    assert reloads(gateway) == before
+    assert "config" not in gateway.log()[logged:]
+    # An actual edit still reloads ...
+    text = keyed_from_file(config_text(mock_provider.url, ("gpt-5.5+words=3",)))
+    replace_atomically(gateway.config_path, text)
+    wait_until(lambda: gateway.revision() == revision_of_text(text), what="the edit to apply")
+    assert reloads(gateway)["applied"] == before["applied"] + 1
+    # ... and so does a referenced file: a rotated key is used at once (same revision).
+    assert claude_status(gateway) == 200
+    revision = gateway.revision()
+    key_file = gateway.config_path.parent / "secrets" / "claude.key"
+    replace_atomically(key_file, "a-rotated-key-the-mock-refuses\n")
+    wait_until(lambda: claude_status(gateway) == 502, what="the rotated key to be used")
+    assert gateway.revision() == revision
+    replace_atomically(key_file, conftest.MOCK_KEY)
+    wait_until(lambda: claude_status(gateway) == 200, what="the key to be rotated back")
+    reloaded = [line for line in gateway.log()[logged:].splitlines() if "config" in line]
+    assert reloaded and all(" INFO " in line for line in reloaded), reloaded
+    assert conftest.MOCK_KEY not in gateway.log()
+
+
+def test_the_config_history_holds_references_never_their_values(mock_provider, own_gateway):
+    gateway = own_gateway
+    text = config_text(mock_provider.url, ("gpt-5.5+words=4",))
+    replace_atomically(gateway.config_path, text)
+    wait_until(lambda: gateway.revision() == revision_of_text(text), what="the edit to apply")
+    store = f"sqlite:///{gateway.config_path.parent / 'custos.db'}"
+    stored = [row["text"] for row in query(store, "SELECT text FROM audit_config_texts")]
+    assert len(stored) == 2 and stored[1] == text
+    for kept in stored:
+        assert "${env:CUSTOS_TEST_MOCK_KEY}" in kept and "${env:CUSTOS_TEST_TOKEN_KEY}" in kept
+        assert conftest.MOCK_KEY not in kept and conftest.TOKEN_KEY not in kept

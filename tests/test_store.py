@@ -422,7 +422,7 @@ async def test_rotation_sets_grace_on_the_old_token(store: Store) -> None:  # no
     assert updated.grace_until == grace_until and updated.revoked_at is None
     assert new.rotated_from == old.id and new.principal_id == user.id
     assert new.allowed_models == ("m",) and new.name == old.name
-    assert updated.state(grace_until - timedelta(seconds=1)) == "active"
+    assert updated.state(grace_until - timedelta(seconds=1)) == "rotating"
     assert updated.state(grace_until) == "rotated"
     assert await store.get_token(old.id) == updated
 

@@ -276,7 +276,9 @@ class TokenOut(_Response):
     prefix: str
     principal_id: str
     owner: str = Field(description="The user's email or the virtual account's name.")
-    state: Literal["active", "revoked", "rotated", "expired"]
+    state: Literal["active", "rotating", "revoked", "rotated", "expired"] = Field(
+        description="rotating: replaced by a rotation, working until grace_until."
+    )
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None

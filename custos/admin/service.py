@@ -183,7 +183,7 @@ class AdminService:
         except NotFound:
             return OWNER_DELETED
         state = token.state(self._now())
-        if state != "active":
+        if state not in ("active", "rotating"):  # rotating: replaced, still in its grace period
             return {"revoked": REVOKED, "rotated": ROTATED}.get(state, EXPIRED)
         if user.disabled:
             return OWNER_DISABLED

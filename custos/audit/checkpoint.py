@@ -178,7 +178,7 @@ def load_signer(
     environment variable ``env``. Both variables are removed from the environment once read."""
     passphrase = os.environ.pop(passphrase_env, None)
     if path is not None:
-        data = Path(path).read_bytes()
+        data = _read_key_file(path)
     else:
         text = os.environ.pop(env, None)
         if not text:
@@ -190,6 +190,19 @@ def load_signer(
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("the audit signing key must be an Ed25519 key")
     return Signer(name, key)
+
+
+def _read_key_file(path: str) -> bytes:
+    """A PEM file, bounded: a FIFO or a device named by mistake must not hang or fill memory."""
+    from custos.config.refs import UnreadableFile, read_bounded
+
+    try:
+        return read_bounded(Path(path), _MAX_KEY_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise ValueError(f"audit signing key {path}: {exc}") from None
+
+
+_MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def now_ms() -> datetime:

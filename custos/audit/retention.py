@@ -382,9 +382,14 @@ async def _purge_main(args: argparse.Namespace) -> int:
 
     days = args.retention_days
     if days is None and args.config:
-        from custos.config.loader import load_config
+        from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
 
-        days = load_config(args.config).config.audit.retention_days
+        try:  # no provider secret is needed to purge
+            loaded = load_config(args.config, only={*STORE_SECTIONS, "audit"})
+        except ConfigError as exc:
+            print(f"custos: {exc}", file=sys.stderr)
+            return 1
+        days = loaded.config.audit.retention_days
     if days is None:
         days = AuditSettings().retention_days
     store = await open_store(_store_only(args), migrate=False)

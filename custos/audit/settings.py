@@ -46,6 +46,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from custos.request_values import RequestValue
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,8 +63,8 @@ class SpoolSettings(_Strict):
 
 class OTLPSettings(_Strict):
     #: The collector's OTLP/HTTP base URL; spans go to ``/v1/traces``, logs to ``/v1/logs``.
-    endpoint: str
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    endpoint: RequestValue
+    headers: dict[RequestValue, RequestValue] = Field(default_factory=dict, repr=False)
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     traces: bool = True
     logs: bool = True

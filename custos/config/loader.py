@@ -7,6 +7,10 @@ problem found, each with the dotted path and the line it sits on, so one run of
 The revision is the SHA-256 of the file's canonical form: the parsed document *before* secret
 references are resolved, serialised as JSON with sorted keys. Reformatting or reordering the file
 keeps the revision; changing a rule changes it; rotating a secret behind ``${env:…}`` does not.
+
+``load_config(path, only=STORE_SECTIONS)`` reads, resolves and validates only the named sections
+(the rest take their defaults, with no provider accounts): what commands that work on the store
+alone (``custos init``, ``db migrate``, ``audit verify``) use, so they need no provider secret.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,19 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
+from custos.config.refs import (
+    REFERENCE,
+    UnreadableFile,
+    read_bounded,
+    read_secret_file,
+    referenced_file,
+)
 from custos.config.schema import UNSUPPORTED_SECTIONS, Config
+from custos.config.secrets import literal_secrets
 
-#: ``${kind:name}``. Only ``env`` and ``file`` exist; any other kind (``${ENV:X}``, ``${evn:X}``)
-#: is reported rather than left in place, where it would be taken as the value itself.
-_REF = re.compile(r"\$\{([A-Za-z_]+):([^}]*)\}")
-_MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: What a command that works on the store alone needs: where it is, and its token hash key.
+STORE_SECTIONS = frozenset({"state", "identity"})
 
 Path_ = tuple[str | int, ...]
 
@@ -59,32 +71,45 @@ class LoadedConfig:
     revision: str
     text: str
     source: str
+    #: The files its ``${file:…}`` references name (what a change to must reload it).
+    files: tuple[Path, ...] = ()
 
 
-def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+def load_config(
+    path: str | os.PathLike[str], *, only: Collection[str] | None = None
+) -> LoadedConfig:
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            source, [Problem("", None, f"cannot read file: {exc.strerror}")]
-        ) from None
-    if len(raw) > _MAX_FILE_BYTES:
-        raise ConfigError(source, [Problem("", None, "file is larger than 4 MiB")])
+        raw = read_bounded(Path(path), MAX_CONFIG_BYTES)
+    except UnreadableFile as exc:
+        raise ConfigError(source, [Problem("", None, f"cannot read file: {exc}")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(source, [Problem("", None, "file is not UTF-8")]) from None
-    return parse_config(text, source=source, base_dir=Path(path).resolve().parent)
+    return parse_config(text, source=source, base_dir=Path(path).resolve().parent, only=only)
 
 
 def parse_config(
-    text: str, *, source: str = "<config>", base_dir: Path | None = None
+    text: str,
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    only: Collection[str] | None = None,
 ) -> LoadedConfig:
     document, lines = _parse_yaml(text, source)
+    if only is not None:  # the rest is neither resolved nor checked
+        document = {"providers": {}} | {
+            k: v for k, v in document.items() if k in only or k == "version"
+        }
     problems = _unsupported_sections(document, lines)
+    problems.extend(
+        Problem(dotted(path), _line_of(path, lines), message)
+        for path, message in literal_secrets(document)
+    )
     supported = {k: v for k, v in document.items() if k not in UNSUPPORTED_SECTIONS}
-    resolved = _resolve_refs(supported, (), lines, base_dir or Path.cwd(), problems)
+    files: list[Path] = []
+    resolved = _resolve_refs(supported, (), lines, base_dir or Path.cwd(), (problems, files))
     config: Config | None = None
     references = _cross_references(supported, resolved, lines)
     problems.extend(references)
@@ -97,7 +122,13 @@ def parse_config(
         )
     if problems or config is None:
         raise ConfigError(source, sorted(problems, key=lambda p: (p.line or 0, p.path)))
-    return LoadedConfig(config=config, revision=revision_of(document), text=text, source=source)
+    return LoadedConfig(
+        config=config,
+        revision=revision_of(document),
+        text=text,
+        source=source,
+        files=tuple(dict.fromkeys(files)),
+    )
 
 
 def revision_of(document: Any) -> str:
@@ -279,17 +310,19 @@ def _is_target_check(problem: Problem) -> bool:
 
 
 def _resolve_refs(
-    value: Any, path: Path_, lines: dict[Path_, int], base_dir: Path, problems: list[Problem]
+    value: Any,
+    path: Path_,
+    lines: dict[Path_, int],
+    base_dir: Path,
+    found: tuple[list[Problem], list[Path]],
 ) -> Any:
-    """Replace ``${env:NAME}`` and ``${file:path}`` in string values; collect what is missing."""
+    """Replace ``${env:NAME}`` and ``${file:path}`` in string values; collect what is missing
+    (``found[0]``) and the files read (``found[1]``)."""
     if isinstance(value, dict):
-        return {
-            k: _resolve_refs(v, (*path, k), lines, base_dir, problems) for k, v in value.items()
-        }
+        return {k: _resolve_refs(v, (*path, k), lines, base_dir, found) for k, v in value.items()}
     if isinstance(value, list):
-        return [
-            _resolve_refs(v, (*path, i), lines, base_dir, problems) for i, v in enumerate(value)
-        ]
+        return [_resolve_refs(v, (*path, i), lines, base_dir, found) for i, v in enumerate(value)]
+    problems, files = found
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -317,16 +350,21 @@ def _resolve_refs(
                 )
                 return ""
             return found
-        file = Path(name) if Path(name).is_absolute() else base_dir / name
         try:
-            return file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
+            file = referenced_file(name, base_dir)
+            files.append(file)
+            return read_secret_file(file)
+        except UnreadableFile as exc:
             problems.append(
-                Problem(dotted(path), _line_of(path, lines), f"cannot read referenced file {name}")
+                Problem(
+                    dotted(path),
+                    _line_of(path, lines),
+                    f"cannot read referenced file {name}: {exc}",
+                )
             )
             return ""
 
-    return _REF.sub(substitute, value)
+    return REFERENCE.sub(substitute, value)
 
 
 def _pydantic_problems(exc: ValidationError, lines: dict[Path_, int]) -> list[Problem]:

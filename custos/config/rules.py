@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from custos.request_values import RequestValue
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _SUBJECT = re.compile(r"^(\*|(user|team|virtualaccount):\S+)$")
 _DIMENSION = re.compile(r"^(user|team|virtualaccount|model|metadata\.[^\s,=|]{1,128})$")
@@ -181,9 +183,9 @@ class BudgetAlerts(_Strict):
     at_percent: Annotated[
         list[Annotated[int, Field(ge=1, le=1000)]], Field(min_length=1, max_length=20)
     ]
-    webhook: str
+    webhook: RequestValue
     #: Extra request headers (an authorization for the receiver); use ``${env:NAME}`` for secrets.
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    headers: dict[RequestValue, RequestValue] = Field(default_factory=dict, repr=False)
 
     @field_validator("webhook")
     @classmethod

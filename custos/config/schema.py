@@ -22,6 +22,7 @@ from pydantic import (
 
 from custos.audit.settings import AuditSettings
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
+from custos.request_values import RequestValue
 
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
@@ -126,8 +127,8 @@ class ModelSettings(_Strict):
     cache_write_per_mtok: Price | None = None
     per_request_usd: Price = Decimal(0)
     #: The name the provider knows the model by, when it differs from the key (Azure deployments).
-    deployment: str | None = None
-    upstream_model: str | None = None
+    deployment: RequestValue | None = None
+    upstream_model: RequestValue | None = None
     #: The most output tokens the model can produce: what a budget reserves for a request
     #: that sets no max_tokens (``limits.default_output_tokens`` when not given).
     max_output_tokens: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
@@ -166,16 +167,16 @@ class ModelSettings(_Strict):
 
 class ProviderSettings(_Strict):
     type: Literal["openai", "openai_compatible", "azure_openai", "anthropic"]
-    base_url: str
-    api_key: str | None = Field(default=None, repr=False)
+    base_url: RequestValue
+    api_key: RequestValue | None = Field(default=None, repr=False)
     region: str | None = None
-    api_version: str | None = None
+    api_version: RequestValue | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
     connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     #: A response body larger than this is not read: the caller gets a 502.
     max_response_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
-    headers: dict[str, str] = Field(default_factory=dict)
-    models: dict[str, ModelSettings]
+    headers: dict[RequestValue, RequestValue] = Field(default_factory=dict, repr=False)
+    models: dict[RequestValue, ModelSettings]
 
     @field_validator("base_url")
     @classmethod
@@ -262,7 +263,7 @@ class IdPSettings(_Strict):
     name: Annotated[str, Field(pattern=_NAME)]
     issuer: str
     audience: str | list[str]
-    jwks_url: str
+    jwks_url: RequestValue
     algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]] = (
         Field(default_factory=lambda: ["RS256", "ES256"])
     )

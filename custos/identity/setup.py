@@ -34,12 +34,19 @@ class Identity:
         await self.invalidation.close()
 
 
+#: Without invalidation messages between processes, how often the directory looks for changes
+#: other processes made to the store (``Directory``'s ``poll_store``).
+STORE_POLL_S = 1.0
+
+
 async def open_identity(config: Config, *, base_dir: Path | None = None) -> Identity:
     key = token_hash_key(config, base_dir=base_dir)
-    invalidation = open_invalidation(invalidation_url(config))
+    announced = invalidation_url(config)
+    invalidation = open_invalidation(announced)
     await invalidation.start()
     store = await open_store(config.state.store, publisher=invalidation)
-    directory = Directory(store, key, invalidation=invalidation)
+    poll = STORE_POLL_S if announced is None else None
+    directory = Directory(store, key, invalidation=invalidation, poll_store=poll)
     await directory.start()
     return Identity(store, invalidation, directory, TokenService(store, key))
 

@@ -2,7 +2,7 @@
 
 aiohttp's client was chosen over httpx by measurement (bench/README.md): under load on one core its
 pooled connections cost far less per request. Everything aiohttp-specific stays in this module; the
-pipeline sees ``UpstreamResponse`` and the two exceptions below.
+pipeline sees ``UpstreamResponse`` and the three exceptions below.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ class UpstreamUnreachable(Exception):
 
 class UpstreamTooLarge(Exception):
     """The provider's body is larger than the gateway reads (``max_response_bytes``)."""
+
+
+class UpstreamRequestFailed(Exception):
+    """The request could not be built or sent at all (an address or a header value the HTTP
+    client refuses): the provider's failure as far as the caller is concerned, never the
+    gateway's."""
 
 
 class UpstreamResponse:
@@ -143,4 +149,6 @@ class Transport:
             raise UpstreamTimeout("no response in time") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(type(exc).__name__) from None
+        except (ValueError, TypeError) as exc:  # UnicodeError (a host IDNA refuses) included
+            raise UpstreamRequestFailed(type(exc).__name__) from None
         return UpstreamResponse(response)

@@ -151,8 +151,11 @@ class TokenRecord:
     last_used_at: datetime | None
     allowed_models: tuple[str, ...] | None
 
-    def state(self, now: datetime) -> Literal["active", "revoked", "rotated", "expired"]:
-        """The token's state at ``now`` (revocation wins over rotation, rotation over expiry).
+    def state(
+        self, now: datetime
+    ) -> Literal["active", "rotating", "revoked", "rotated", "expired"]:
+        """The token's state at ``now`` (revocation wins over rotation, rotation over expiry);
+        ``rotating``: replaced, and working until ``grace_until`` (or its expiry, if sooner).
 
         Revocation takes effect whatever the clocks say: ``revoked_at`` is informative only, so a
         replica whose clock runs behind the one that revoked still refuses the token.
@@ -163,7 +166,7 @@ class TokenRecord:
             return "rotated"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
-        return "active"
+        return "active" if self.grace_until is None else "rotating"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1090,6 +1090,13 @@ class Store(ABC):
             complete=token_ids is None,
         )
 
+    async def admin_event_position(self) -> int:
+        """The latest admin event's id: it moves with every change to users, teams, accounts
+        and tokens, whichever process made it."""
+        async with self._read() as tx:
+            row = await tx.fetchrow("SELECT COALESCE(MAX(id), 0) AS position FROM admin_events")
+        return int(row["position"]) if row is not None else 0
+
     async def list_admin_events(
         self,
         *,
