@@ -141,6 +141,7 @@ def _init(args: argparse.Namespace) -> int:
     if args.recover and args.if_needed:
         return fail("--recover and --if-needed do not go together", 2)
     url, key, announce = _store_url(args)
+    _signing_key_beside(url)
     make = recover_admin if args.recover else bootstrap
 
     async def run() -> Any:
@@ -451,6 +452,17 @@ class _Tree:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
+
+
+def _signing_key_beside(store_url: str) -> None:
+    """A SQLite store gets its audit signing key beside it, as it gets its token hash key."""
+    from custos.audit.checkpoint import create_key_beside_store
+    from custos.audit.settings import AuditSettings
+
+    made = create_key_beside_store(store_url, AuditSettings().signing_key_name)
+    if made is not None:
+        print(f"custos: created the audit signing key {made[0]} (back it up apart from the "
+              f"store); its public key: {made[1].verifier.vkey}", file=sys.stderr)  # fmt: skip
 
 
 def _expiry_args(parser: argparse.ArgumentParser) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from custos.audit.record import MAX_INT
 from custos.context import MAX_TOKENS
+from tests.audit_helpers import integers_in, recorded
 from tests.conftest import GatewayProcess, MockProvider
 from tests.limits_helpers import bearer, provider_config, with_rules
 
@@ -32,38 +32,6 @@ budgets:
     period: day
     mode: audit
 """
-
-
-def records_of(gw: GatewayProcess, request_id: str) -> list[dict[str, Any]]:
-    """The ``llm.call`` records of one request, read through the admin API (``[]``: none)."""
-    response = httpx.get(
-        f"{gw.url}/admin/v1/audit/requests/{request_id}", headers=gw.headers, timeout=10
-    )
-    if response.status_code == 404:
-        return []
-    assert response.status_code == 200, response.text
-    found = [orjson.loads(r["record"]) for r in response.json()["data"]]
-    return [r for r in found if r["event_type"] == "llm.call"]
-
-
-def recorded(gw: GatewayProcess, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The one ``llm.call`` record of ``request_id`` once stored (fails unless exactly one)."""
-    from tests.audit_helpers import eventually
-
-    found = eventually(lambda: records_of(gw, request_id), bool, timeout)
-    assert len(found) == 1, f"{len(found)} records for request {request_id}"
-    return found[0]
-
-
-def integers_in(value: Any) -> Iterator[int]:
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from integers_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from integers_in(item)
-    elif type(value) is int:
-        yield value
 
 
 @pytest.fixture(scope="module")
