@@ -19,7 +19,10 @@ Checks, in order (``verify_log``):
 7. a log that should be signed is: records with no signing key ever registered fail (unless
    ``allow_unsigned``: an operator's choice to run unsigned), and with a key registered, records
    past the latest checkpoint fail once the first of them is older than ``unsigned_delay_s``
-   (the gateways stopped signing).
+   (the gateways stopped signing);
+8. the tables derived from records, which reports and the config history read:
+   ``custos.audit.derived`` checks the query projections and the stored config texts against
+   the records they came from.
 
 With a time range (``--from``/``--to``: ``since``/``until``) only the bodies of records whose
 ``time_start`` falls in ``[since, until)`` are re-hashed and counted; every other check runs in
@@ -70,6 +73,7 @@ from custos.audit.checkpoint import (
     parse_checkpoint,
     read_export,
 )
+from custos.audit.derived import check_config_texts, check_projections
 from custos.audit.merkle import (
     Frontier,
     consistency_proof,
@@ -108,6 +112,9 @@ class Report:
     unsigned: int = 0
     pending_late: int = 0
     exported_checked: int = 0
+    #: llm.call records whose projection rows were compared; config texts checked.
+    projections_checked: int = 0
+    config_texts_checked: int = 0
     keys_from_database: bool = False
     failures: list[str] = field(default_factory=list)
 
@@ -125,6 +132,8 @@ class Report:
             text += f"; {self.unsigned} not yet checkpointed"
         if self.exported_checked:
             text += f"; {self.exported_checked} exported checkpoint(s) checked"
+        text += (f"; {self.projections_checked} projection(s) and {self.config_texts_checked} "
+                 "config text(s) checked")  # fmt: skip
         if self.pending_late:
             text += f"; {self.pending_late} pending past the delay"
         return text
@@ -446,6 +455,12 @@ async def verify_log(
     if late:
         fail(f"{len(late)} record(s) not sequenced after {pending_delay_s:g}s "
              f"(first: {late[0]['event_id']})")  # fmt: skip
+
+    # 8. the tables derived from the records: query projections and config texts
+    page = min(page_size, API_PAGE)
+    report.projections_checked = await check_projections(store, fail, window=window,
+                                                         page_size=page)  # fmt: skip
+    report.config_texts_checked = await check_config_texts(store, fail, cutoff=cutoff)
     return report
 
 
