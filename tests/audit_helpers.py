@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import httpx
@@ -119,6 +120,14 @@ def one_call(store_url: str, request_id: str, timeout: float = 10.0) -> dict[str
     again = call_records(store_url, request_id)
     assert len(again) == 1, f"{len(again)} records for request {request_id}"
     return found[0]
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """``handler`` serving on a loopback port in a daemon thread: the server and its URL
+    (``server.shutdown()`` stops it)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def records_of(

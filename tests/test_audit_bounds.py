@@ -9,9 +9,8 @@ its counts clamped and the record says the usage is not the provider's (``usage.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from custos.audit.record import MAX_INT
 from custos.context import MAX_TOKENS
-from tests.audit_helpers import integers_in, recorded
+from tests.audit_helpers import integers_in, recorded, serve_http
 from tests.conftest import GatewayProcess, MockProvider
 from tests.limits_helpers import bearer, provider_config, with_rules
 
@@ -142,9 +141,7 @@ class AbsurdProvider:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_http(Handler)
 
     def close(self) -> None:
         self.server.shutdown()

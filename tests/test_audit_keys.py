@@ -25,6 +25,7 @@ import pytest
 from custos.audit.checkpoint import load_signer
 from tests.audit_helpers import eventually, query
 from tests.conftest import CUSTOS, MOCK_KEY, ROOT, TOKEN_KEY, GatewayProcess, MockProvider
+from tests.limits_helpers import provider_config
 
 AUDIT = """
 audit:
@@ -37,25 +38,7 @@ audit:
 
 
 def config(mock_url: str) -> str:
-    return textwrap.dedent(
-        f"""\
-        version: 1
-        state: {{store: "sqlite:///./custos.db"}}
-        identity:
-          token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
-        access:
-          - id: everyone
-            subjects: ["*"]
-            models: ["*"]
-        providers:
-          mock:
-            type: openai
-            base_url: {mock_url}/v1
-            api_key: ${{env:CUSTOS_TEST_MOCK_KEY}}
-            models:
-              m: {{input_per_mtok: 1, output_per_mtok: 10}}
-        """
-    ) + textwrap.dedent(AUDIT)
+    return provider_config(mock_url) + textwrap.dedent(AUDIT)
 
 
 @pytest.fixture

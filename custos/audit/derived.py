@@ -20,7 +20,7 @@ Each function reports failures through ``fail`` and returns how many items it ch
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -120,34 +120,42 @@ def _projection_problem(row: Any, classes: list[tuple[Any, ...]], nul: str) -> s
     return None
 
 
+async def each_event(store: Store, event_type: str, columns: str) -> AsyncIterator[Any]:
+    """``columns`` of every stored record of ``event_type`` in insertion order, read 1,000
+    rows at a time."""
+    after = 0
+    while True:
+        async with store.transaction(readonly=True) as tx:
+            rows = await tx.fetch(
+                f"SELECT ingest_id, {columns} FROM audit_events WHERE event_type = $1"
+                " AND ingest_id > $2 ORDER BY ingest_id LIMIT 1000",
+                event_type,
+                after,
+            )
+        for row in rows:
+            yield row
+        if len(rows) < 1000:
+            return
+        after = int(rows[-1]["ingest_id"])
+
+
 async def check_config_texts(store: Store, fail: Fail, *, cutoff: datetime) -> int:
     """Every stored config text against the ``config.revision`` records of its revision;
     every such record received before ``cutoff`` has its text."""
     hashes: dict[str, set[str]] = {}
     received: dict[str, datetime] = {}
-    purged, after = 0, 0
-    while True:
-        async with store.transaction(readonly=True) as tx:
-            rows = await tx.fetch(
-                "SELECT ingest_id, record, received_at FROM audit_events WHERE event_type = $1"
-                " AND ingest_id > $2 ORDER BY ingest_id LIMIT 1000",
-                CONFIG_REVISION,
-                after,
-            )
-        for row in rows:
-            body = bytes(row["record"])
-            if not body:
-                purged += 1
-                continue
-            record = orjson.loads(body)
-            revision = str(record["config.revision"])
-            hashes.setdefault(revision, set()).add(str(record["config.text_sha256"]))
-            at = _dt(row["received_at"])
-            if at is not None:
-                received[revision] = min(at, received.get(revision, at))
-        if len(rows) < 1000:
-            break
-        after = int(rows[-1]["ingest_id"])
+    purged = 0
+    async for row in each_event(store, CONFIG_REVISION, "record, received_at"):
+        body = bytes(row["record"])
+        if not body:
+            purged += 1
+            continue
+        record = orjson.loads(body)
+        revision = str(record["config.revision"])
+        hashes.setdefault(revision, set()).add(str(record["config.text_sha256"]))
+        at = _dt(row["received_at"])
+        if at is not None:
+            received[revision] = min(at, received.get(revision, at))
     checked, seen, last = 0, set(), ""
     while True:
         async with store.transaction(readonly=True) as tx:

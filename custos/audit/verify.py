@@ -73,7 +73,7 @@ from custos.audit.checkpoint import (
     parse_checkpoint,
     read_export,
 )
-from custos.audit.derived import check_config_texts, check_projections
+from custos.audit.derived import check_config_texts, check_projections, each_event
 from custos.audit.merkle import (
     Frontier,
     consistency_proof,
@@ -493,27 +493,15 @@ async def _purge_cover(store: Store, fail: Any) -> list[tuple[int, int]]:
     """The ``seq`` ranges the ``audit.purge`` records say they emptied, merged and sorted. A
     purge record whose bytes do not match its leaf hash accounts for nothing."""
     ranges: list[tuple[int, int]] = []
-    after = 0
-    while True:
-        async with store.transaction(readonly=True) as tx:
-            rows = await tx.fetch(
-                "SELECT ingest_id, event_id, record, leaf_hash FROM audit_events"
-                " WHERE event_type = $1 AND ingest_id > $2 ORDER BY ingest_id LIMIT 1000",
-                AUDIT_PURGE,
-                after,
-            )
-        for row in rows:
-            body = bytes(row["record"])
-            try:
-                if leaf_hash(body) != bytes(row["leaf_hash"]):
-                    raise ValueError("its bytes do not match its leaf hash (modified)")
-                for first, last in orjson.loads(body)["purge.seq_ranges"]:
-                    ranges.append((int(first), int(last)))
-            except (ValueError, KeyError, TypeError) as exc:
-                fail(f"purge record {row['event_id']}: {exc}")
-        if len(rows) < 1000:
-            break
-        after = int(rows[-1]["ingest_id"])
+    async for row in each_event(store, AUDIT_PURGE, "event_id, record, leaf_hash"):
+        body = bytes(row["record"])
+        try:
+            if leaf_hash(body) != bytes(row["leaf_hash"]):
+                raise ValueError("its bytes do not match its leaf hash (modified)")
+            for first, last in orjson.loads(body)["purge.seq_ranges"]:
+                ranges.append((int(first), int(last)))
+        except (ValueError, KeyError, TypeError) as exc:
+            fail(f"purge record {row['event_id']}: {exc}")
     merged: list[tuple[int, int]] = []
     for first, last in sorted(ranges):
         if merged and first <= merged[-1][1] + 1:
