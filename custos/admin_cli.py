@@ -479,7 +479,8 @@ def register(subparsers: Any) -> None:
         description="Create the first admin user in the store and print its personal access "
         "token, once. Refuses when an admin exists already (with --if-needed that is not an "
         "error). With --recover, issues a new token for an existing admin instead. The token "
-        f"hash key comes from the config or ${HASH_KEY_ENV}.",
+        f"hash key comes from the config or ${HASH_KEY_ENV}. A SQLite store gets its audit "
+        "signing key beside it (<db>.signing-key.pem) unless it has one.",
     )
     _store_args(init)
     init.add_argument("--email", default="admin@localhost", help="the admin's email")

@@ -667,7 +667,9 @@ def register(commands: Any) -> None:
         "counts as purged when an audit.purge record names it; any other missing body fails. "
         "With --from/--to only the bodies of records whose time falls in the range are "
         "re-hashed and counted; every other check still covers the whole log (the roots need "
-        "every leaf hash). Exit 1 naming the first failure.",
+        "every leaf hash). The query projections (what reports read) and the stored config "
+        "texts are checked against the records they came from. A log no key ever signed "
+        "fails unless --allow-unsigned. Exit 1 naming the first failure.",
     )  # fmt: skip
     _store_args(verify)
     verify.add_argument("--from", dest="from_", metavar="DATE|TIME",
