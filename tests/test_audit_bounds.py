@@ -211,3 +211,18 @@ def test_a_record_holding_an_unrecordable_value_is_repaired_not_lost():
         "$.cost_micros",
     ]  # fmt: skip
     assert back["fine"] == 12
+
+
+def test_sealing_refuses_integers_past_the_schema_even_unchecked():
+    """The request path seals without the checking walk: an integer between 2**53 and 2**64
+    (which orjson would otherwise write) must still be refused, and so repaired, not stored
+    as a record no reader can hold exactly."""
+    from custos.audit.record import NotCanonical, seal
+
+    for value in (2**53, -(2**53), 2**63):
+        with pytest.raises(NotCanonical):
+            seal({"event_type": "llm.call", "time_start": "2026-07-01T00:00:00.000Z",
+                  "gen_ai.request.max_tokens": value}, at_ms=0, check=False)  # fmt: skip
+    sealed = seal({"event_type": "llm.call", "time_start": "2026-07-01T00:00:00.000Z",
+                   "cost_micros": MAX_INT}, at_ms=0, check=False)  # fmt: skip
+    assert b'"cost_micros":9007199254740991' in sealed.body
