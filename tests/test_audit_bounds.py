@@ -226,3 +226,42 @@ def test_sealing_refuses_integers_past_the_schema_even_unchecked():
     sealed = seal({"event_type": "llm.call", "time_start": "2026-07-01T00:00:00.000Z",
                    "cost_micros": MAX_INT}, at_ms=0, check=False)  # fmt: skip
     assert b'"cost_micros":9007199254740991' in sealed.body
+
+
+ABSURD_PRICE = "other: {input_per_mtok: 1000000000000, output_per_mtok: 1000000000000}"
+ENFORCED_ON_OTHER = """
+budgets:
+  - id: cap-other
+    when: {models: [mock/other]}
+    limit_usd: 5
+    period: day
+    mode: enforce
+"""
+
+
+def test_reservations_and_costs_of_an_absurd_price_stay_in_range(
+    mock_provider: MockProvider, tmp_path: Path
+):
+    """Prices have no upper bound: a reservation or cost past 2**53 - 1 micro-dollars is held
+    at that bound (more than any budget), so the request, served or denied, keeps its record."""
+    config = provider_config(mock_provider.url).replace(
+        "other: {input_per_mtok: 1, output_per_mtok: 10}", ABSURD_PRICE
+    )
+    gw = GatewayProcess(with_rules(config, AUDIT_BUDGET), tmp_path)
+    try:
+        served = send(gw, CHAT, {**chat_body(max_tokens=MAX_TOKENS), "model": "mock/other"})
+        assert served.status_code == 200, served.text
+        record = recorded(gw, served.headers["x-custos-request-id"])
+        assert record["limits.reserved_micros"] == MAX_INT
+        assert 0 < record["cost_micros"] <= MAX_INT
+    finally:
+        gw.stop()
+    (tmp_path / "enforcing").mkdir()
+    enforcing = GatewayProcess(with_rules(config, ENFORCED_ON_OTHER), tmp_path / "enforcing")
+    try:
+        denied = send(enforcing, CHAT, {**chat_body(max_tokens=MAX_TOKENS), "model": "mock/other"})
+        assert denied.status_code == 429, denied.text
+        record = recorded(enforcing, denied.headers["x-custos-request-id"])
+        assert (record["stopped_at"], record["limits.reserved_micros"]) == ("budget", MAX_INT)
+    finally:
+        enforcing.stop()
