@@ -193,51 +193,6 @@ def load_signer(
     return Signer(name, key)
 
 
-#: The signing key ``custos init`` creates beside a SQLite store (``custos.db`` →
-#: ``custos.db.signing-key.pem``), which a gateway uses when ``audit.signing_key`` is unset.
-KEY_BESIDE_STORE: Final = ".signing-key.pem"
-
-
-def key_beside_store(db_path: str) -> Path | None:
-    """Where the signing key of the SQLite database ``db_path`` lives (``None``: in memory)."""
-    return None if db_path == ":memory:" else Path(db_path + KEY_BESIDE_STORE)
-
-
-def generate_signing_key(path: Path, name: str, *, force: bool = False) -> Signer:
-    """Write a new Ed25519 key to ``path`` (PKCS#8 PEM, unencrypted, mode 0600) and return it
-    as the signer ``name``. Raises ``FileExistsError`` when ``path`` exists, unless ``force``:
-    a key replaced by mistake can no longer sign, and nothing it signed gets a new key."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    if force:
-        fresh = path.with_name(path.name + ".new")
-        fresh.unlink(missing_ok=True)
-        private.create(fresh, pem)
-        os.replace(fresh, path)
-    elif not private.create(path, pem):
-        raise FileExistsError(f"{path} exists")
-    return Signer(name, key)
-
-
-def create_key_beside_store(store_url: str, name: str) -> tuple[Path, Signer] | None:
-    """For a SQLite store, create its signing key beside it unless it exists (what ``custos
-    init`` does, as it creates the token hash key): the file and the key, or ``None``."""
-    from custos.identity.setup import sqlite_path
-
-    db_path = sqlite_path(store_url)
-    path = key_beside_store(db_path) if db_path is not None else None
-    if path is None:
-        return None
-    try:
-        return path, generate_signing_key(path, name)
-    except FileExistsError:
-        return None
-
-
 def now_ms() -> datetime:
     """Now, at the millisecond precision of checkpoint times. Key validity bounds are written at
     that precision so that a checkpoint signed after a key was registered (or retired) is
@@ -525,3 +480,51 @@ def append_export(path: str, note: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- a new key -------------------------------------------------------------------------------------
+
+
+#: The signing key ``custos init`` creates beside a SQLite store (``custos.db`` →
+#: ``custos.db.signing-key.pem``), which a gateway uses when ``audit.signing_key`` is unset.
+KEY_BESIDE_STORE: Final = ".signing-key.pem"
+
+
+def key_beside_store(db_path: str) -> Path | None:
+    """Where the signing key of the SQLite database ``db_path`` lives (``None``: in memory)."""
+    return None if db_path == ":memory:" else Path(db_path + KEY_BESIDE_STORE)
+
+
+def generate_signing_key(path: Path, name: str, *, force: bool = False) -> Signer:
+    """Write a new Ed25519 key to ``path`` (PKCS#8 PEM, unencrypted, mode 0600) and return it
+    as the signer ``name``. Raises ``FileExistsError`` when ``path`` exists, unless ``force``:
+    a key replaced by mistake can no longer sign, and nothing it signed gets a new key."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    if force:
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        private.create(fresh, pem)
+        os.replace(fresh, path)
+    elif not private.create(path, pem):
+        raise FileExistsError(f"{path} exists")
+    return Signer(name, key)
+
+
+def create_key_beside_store(store_url: str, name: str) -> tuple[Path, Signer] | None:
+    """For a SQLite store, create its signing key beside it unless it exists (what ``custos
+    init`` does, as it creates the token hash key): the file and the key, or ``None``."""
+    from custos.identity.setup import sqlite_path
+
+    db_path = sqlite_path(store_url)
+    path = key_beside_store(db_path) if db_path is not None else None
+    if path is None:
+        return None
+    try:
+        return path, generate_signing_key(path, name)
+    except FileExistsError:
+        return None
