@@ -147,6 +147,7 @@ def _init(args: argparse.Namespace) -> int:
     if args.recover and args.if_needed:
         return fail("--recover and --if-needed do not go together", 2)
     url, key, announce = _store_url(args)
+    _signing_key_beside(url)
     make = recover_admin if args.recover else bootstrap
 
     async def run() -> Any:
@@ -467,6 +468,17 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _signing_key_beside(store_url: str) -> None:
+    """A SQLite store gets its audit signing key beside it, as it gets its token hash key."""
+    from custos.audit.checkpoint import create_key_beside_store
+    from custos.audit.settings import AuditSettings
+
+    made = create_key_beside_store(store_url, AuditSettings().signing_key_name)
+    if made is not None:
+        print(f"custos: created the audit signing key {made[0]} (back it up apart from the "
+              f"store); its public key: {made[1].verifier.vkey}", file=sys.stderr)  # fmt: skip
+
+
 def _expiry_args(parser: argparse.ArgumentParser) -> None:
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--expires-in-days", type=int, metavar="N", help="expire N days from now")
@@ -481,7 +493,8 @@ def register(subparsers: Any) -> None:
         description="Create the first admin user in the store and print its personal access "
         "token, once. Refuses when an admin exists already (with --if-needed that is not an "
         "error). With --recover, issues a new token for an existing admin instead. The token "
-        f"hash key comes from the config or ${HASH_KEY_ENV}.",
+        f"hash key comes from the config or ${HASH_KEY_ENV}. A SQLite store gets its audit "
+        "signing key beside it (<db>.signing-key.pem) unless it has one.",
     )
     _store_args(init)
     init.add_argument("--email", default="admin@localhost", help="the admin's email")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from custos.audit.content import ContentCapture
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 Protocol = Literal["openai", "anthropic"]
 Operation = Literal["chat", "embeddings", "messages"]
+
+#: The largest count a request may ask for (``max_tokens``, ``n``, …) and the most tokens of a
+#: kind a call is charged for: far past any model's window, and small enough that every count
+#: and cost derived from it stays within the integers an audit record holds (±(2**53 - 1)).
+MAX_TOKENS: Final = 2**31 - 1
 
 
 @dataclass(slots=True)
@@ -36,6 +41,21 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    def bounded(self) -> Usage:
+        """Keep every count within ``0..MAX_TOKENS``: a provider that reports more (or less) is
+        not believed, the count becomes the bound and the usage counts as estimated, so what is
+        charged and recorded stays in range."""
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_TOKENS:
+                setattr(self, name, min(max(value, 0), MAX_TOKENS))
+                self.estimated = True
+        return self
+
+
+_COUNTS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+           "reasoning_tokens")  # fmt: skip
 
 
 @dataclass(slots=True)

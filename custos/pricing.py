@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from custos.audit.record import MAX_INT
 from custos.config.schema import ModelSettings
 from custos.context import Usage
 
@@ -55,4 +56,5 @@ class ModelPrice:
             + usage.output_tokens * self.output
             + self.per_request
         )
-        return (pico + _PICO_PER_MICRO // 2) // _PICO_PER_MICRO
+        # At most MAX_INT: a cost is recorded, and prices have no upper bound.
+        return min((pico + _PICO_PER_MICRO // 2) // _PICO_PER_MICRO, MAX_INT)

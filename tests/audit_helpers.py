@@ -7,16 +7,19 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 
 from custos.audit.record import SealedRecord, leaf_hash, unseal
 from custos.audit.store import AuditStore
 from custos.state.store import Store, Tx, open_store
+from tests.conftest import GatewayProcess
 
 T = TypeVar("T")
 
@@ -117,6 +120,49 @@ def one_call(store_url: str, request_id: str, timeout: float = 10.0) -> dict[str
     again = call_records(store_url, request_id)
     assert len(again) == 1, f"{len(again)} records for request {request_id}"
     return found[0]
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """``handler`` serving on a loopback port in a daemon thread: the server and its URL
+    (``server.shutdown()`` stops it)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def records_of(
+    gw: GatewayProcess, request_id: str, client: httpx.Client | None = None
+) -> list[dict[str, Any]]:
+    """The ``llm.call`` records of one request, read through the admin API (``[]``: none)."""
+    response = (client or httpx).get(
+        f"{gw.url}/admin/v1/audit/requests/{request_id}", headers=gw.headers, timeout=10
+    )
+    if response.status_code == 404:
+        return []
+    assert response.status_code == 200, response.text
+    found = [orjson.loads(r["record"]) for r in response.json()["data"]]
+    return [r for r in found if r["event_type"] == "llm.call"]
+
+
+def recorded(
+    gw: GatewayProcess, request_id: str, client: httpx.Client | None = None, timeout: float = 10
+) -> dict[str, Any]:
+    """The one ``llm.call`` record of ``request_id`` once stored (fails unless exactly one)."""
+    found = eventually(lambda: records_of(gw, request_id, client), bool, timeout)
+    assert len(found) == 1, f"{len(found)} records for request {request_id}"
+    return found[0]
+
+
+def integers_in(value: Any) -> Iterator[int]:
+    """Every integer in a parsed record, however deep."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from integers_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from integers_in(item)
+    elif type(value) is int:
+        yield value
 
 
 @dataclass

@@ -7,10 +7,9 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from custos.audit.record import leaf_hash
-from tests.audit_helpers import eventually, one_call, query
+from tests.audit_helpers import eventually, one_call, query, serve_http
 from tests.conftest import CUSTOS, ROOT, GatewayProcess, free_port, standard_config, wait_http
 
 
@@ -58,9 +57,7 @@ class OTLPReceiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_http(Handler)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -183,3 +183,21 @@ async def test_records_waiting_to_be_built_count_in_the_queue_depth(
     finally:
         await writer.close()
     assert await stored_ns(store) == [0, 1, 2]
+
+
+async def test_a_strict_record_dropped_is_not_released(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_QUEUE records are dropped (the spool cannot keep up); a strict request whose
+    record is dropped gets a waiter that fails, so its response is a 503, never released."""
+    monkeypatch.setattr(writer_module, "MAX_QUEUE", 3)
+    writer = make_writer(FlakyStore(store), tmp_path / "spool")  # not started: nothing flushes
+    for n in range(3):
+        writer.submit(record(n))
+    dropped = metrics.AUDIT_DROPPED._value.get()
+    assert writer.submit(record(3)) is None  # batched: counted, nothing to wait for
+    waiter = writer.submit(record(4), "spool")
+    assert waiter is not None
+    with pytest.raises(writer_module.AuditUnavailable, match="spool cannot be written"):
+        await writer.wait(waiter)
+    assert metrics.AUDIT_DROPPED._value.get() == dropped + 2

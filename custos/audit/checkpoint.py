@@ -52,6 +52,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from custos import private
 from custos.audit.record import parse_rfc3339, rfc3339_ms
 from custos.state.models import utcnow
 from custos.state.store import Store
@@ -485,9 +486,58 @@ class Checkpointer:
 
 def append_export(path: str, note: str) -> None:
     """Append ``note`` and a blank line to the export file and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    private.make_dir(Path(path).parent)
+    fd = private.open_fd(path, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, (note + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- a new key -------------------------------------------------------------------------------------
+
+
+#: The signing key ``custos init`` creates beside a SQLite store (``custos.db`` →
+#: ``custos.db.signing-key.pem``), which a gateway uses when ``audit.signing_key`` is unset.
+KEY_BESIDE_STORE: Final = ".signing-key.pem"
+
+
+def key_beside_store(db_path: str) -> Path | None:
+    """Where the signing key of the SQLite database ``db_path`` lives (``None``: in memory)."""
+    return None if db_path == ":memory:" else Path(db_path + KEY_BESIDE_STORE)
+
+
+def generate_signing_key(path: Path, name: str, *, force: bool = False) -> Signer:
+    """Write a new Ed25519 key to ``path`` (PKCS#8 PEM, unencrypted, mode 0600) and return it
+    as the signer ``name``. Raises ``FileExistsError`` when ``path`` exists, unless ``force``:
+    a key replaced by mistake can no longer sign, and nothing it signed gets a new key."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    if force:
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        private.create(fresh, pem)
+        os.replace(fresh, path)
+    elif not private.create(path, pem):
+        raise FileExistsError(f"{path} exists")
+    return Signer(name, key)
+
+
+def create_key_beside_store(store_url: str, name: str) -> tuple[Path, Signer] | None:
+    """For a SQLite store, create its signing key beside it unless it exists (what ``custos
+    init`` does, as it creates the token hash key): the file and the key, or ``None``."""
+    from custos.identity.setup import sqlite_path
+
+    db_path = sqlite_path(store_url)
+    path = key_beside_store(db_path) if db_path is not None else None
+    if path is None:
+        return None
+    try:
+        return path, generate_signing_key(path, name)
+    except FileExistsError:
+        return None

@@ -41,12 +41,15 @@ def declared_data_classes(metadata: Mapping[str, str]) -> list[DataClassHit]:
         count: int | None = None
         if colon:
             count_text = count_text.strip()
-            if not count_text.isdigit() or int(count_text) > _MAX_COUNT:
+            # isdigit alone admits "²", which int() refuses.
+            if not (count_text.isascii() and count_text.isdigit()) or int(count_text) > _MAX_COUNT:
                 raise _invalid(f"the count of '{name}' must be a whole number")
             count = int(count_text)
         if name in counts:  # named twice: the counts add up; one unknown makes it unknown
             previous = counts[name]
             counts[name] = None if previous is None or count is None else previous + count
+            if (counts[name] or 0) > _MAX_COUNT:
+                raise _invalid(f"the counts of '{name}' add up to more than {_MAX_COUNT}")
         else:
             counts[name] = count
     return [DataClassHit(name, counts[name], DECLARED) for name in sorted(counts)]

@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from custos import private
 from custos.admin.client import DEFAULT_URL, AdminClient, ApiError, path
 from custos.audit.report import render_csv, render_table
 
@@ -72,7 +73,7 @@ def _report(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _export(client: AdminClient, args: argparse.Namespace) -> int:
-    out: BinaryIO = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    out: BinaryIO = private.open_binary(args.output, "wb") if args.output else sys.stdout.buffer
     count = 0
     try:
         after = 0

@@ -44,7 +44,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import weakref
 from collections import Counter, OrderedDict
@@ -58,6 +57,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from custos import private
 from custos.audit import content_store
 from custos.audit.content_store import CHANGE_KIND, Attachment, KeyRow
 from custos.audit.record import new_salt, uuid7
@@ -109,14 +109,8 @@ def master_key(configured: str | None, sqlite_path: str | None, *, create: bool 
     if not key_file.exists():
         if not create:
             raise ContentKeyUnavailable(f"no content key file {key_file}")
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it meanwhile
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        key = base64.b64encode(secrets.token_bytes(32)) + b"\n"
+        if private.create(key_file, key):  # False: another process made it meanwhile
             log.warning(
                 "created the audit content master key %s; without it the stored content "
                 "cannot be read: back it up apart from the database",

@@ -47,10 +47,11 @@ from custos.audit.record import (
     AUTH_FAILURE,
     CONFIG_REVISION,
     LLM_CALL,
+    MAX_INT,
     rfc3339_ms,
     unix_ms,
 )
-from custos.context import Usage
+from custos.context import MAX_TOKENS, Usage
 
 if TYPE_CHECKING:
     from custos.context import RequestContext
@@ -182,7 +183,10 @@ def llm_call(
         "gen_ai.operation.name": OPERATIONS.get(ctx.operation, ctx.operation),
         "gen_ai.request.model": ctx.model or None,
         "gen_ai.request.stream": ctx.stream,
-        "gen_ai.request.max_tokens": max_tokens if type(max_tokens) is int else None,
+        # Out of range only in a request refused for it at intake (read_request).
+        "gen_ai.request.max_tokens": max_tokens
+        if type(max_tokens) is int and 0 < max_tokens <= MAX_TOKENS
+        else None,
         "gen_ai.provider.name": PROVIDER_NAMES.get(provider_type or "", provider_type),
         "provider.account": account,
         "provider.model": model,
@@ -222,6 +226,69 @@ def llm_call(
 
 
 _NO_USAGE = Usage()
+
+
+def unbuilt_llm_call(
+    ctx: RequestContext, gateway: GatewayInfo, ended_ns: int
+) -> tuple[dict[str, Any], int]:
+    """The ``llm.call`` record of a request whose full record could not be built (a defect,
+    logged where it happened): what the request was and how it ended, from fields that cannot
+    fail, and ``audit.repaired: ["$"]`` saying that everything else is missing."""
+    start_ms = ctx.started_unix_ms
+    code = ctx.error_code
+    record: dict[str, Any] = {
+        "event_type": LLM_CALL,
+        "request_id": ctx.request_id,
+        "time_start": rfc3339_ms(start_ms),
+        "time_end": rfc3339_ms(start_ms + (ended_ns - ctx.started_ns) // 1_000_000),
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "config.revision": ctx.runtime.revision,
+        "api.protocol": ctx.protocol,
+        "http.response.status_code": ctx.status,
+        "outcome": outcome_of(code, ctx.status, ctx.client_disconnected),
+        "stopped_at": stage_of(code, ctx.status),
+        "error.type": code,
+        "audit.repaired": ["$"],
+    }
+    return record, start_ms
+
+
+def repaired(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` made recordable, for a record whose sealing failed: an integer past
+    ±(2**53 - 1) becomes that bound, a float its integer part, text that is not UTF-8 has the
+    offending characters replaced, anything else becomes null; ``audit.repaired`` lists the
+    paths changed (``$.limits.reserved_micros``). Every value the gateway records is bounded
+    where it enters (a 400 at intake, a provider's usage clamped), so this is a safety net that
+    keeps a request from going unrecorded, never a path a request is expected to take."""
+    changed: list[str] = []
+    fixed = _repair(record, "$", changed)
+    fixed["audit.repaired"] = changed
+    return fixed
+
+
+def _repair(value: Any, path: str, changed: list[str]) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {str(k): _repair(v, f"{path}.{k}", changed) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_repair(v, f"{path}[{i}]", changed) for i, v in enumerate(value)]
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        if -MAX_INT <= value <= MAX_INT:
+            return value
+        changed.append(path)
+        return MAX_INT if value > 0 else -MAX_INT
+    if kind is str:
+        clean = value.encode("utf-8", "replace").decode("utf-8")
+        if clean != value:
+            changed.append(path)
+        return clean
+    changed.append(path)
+    if kind is float and value == value and abs(value) < float("inf"):
+        return _repair(int(value), path, [])
+    return None
 
 
 def _count(value: object) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from custos import private
 from custos.audit.checkpoint import Checkpoint
 from custos.audit.events import GatewayInfo
 from custos.audit.record import LLM_CALL, SealedRecord
@@ -49,8 +50,8 @@ class JSONLExport:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("ab")
+        private.make_dir(self.path.parent)
+        self._file = private.open_binary(self.path, "ab")
 
     def export(self, records: Sequence[SealedRecord]) -> None:
         self._file.write(b"".join([r.body + b"\n" for r in records]))

@@ -51,6 +51,10 @@ _LEAF_PREFIX: Final = b"\x00"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+#: Sorted keys, and integers within ±(2**53 - 1) (beyond, orjson raises): the schema's range.
+_CANONICAL: Final = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
+
 class NotCanonical(ValueError):
     """A record holds something canonical JSON cannot (a float, a non-string key, …)."""
 
@@ -88,16 +92,16 @@ def _check(value: Any, path: str) -> None:
 def canonical_bytes(record: Mapping[str, Any], *, check: bool = True) -> bytes:
     """The canonical bytes of ``record`` (see the module docstring); raises ``NotCanonical``.
 
-    ``check=False`` skips the walk that refuses floats and out-of-range integers (orjson would
-    write them): only for records the gateway builds itself from typed values on the request
-    path, where the walk is a third of the sealing time; the tests read every record back with
-    ``unseal``, which checks."""
+    ``check=False`` skips the walk that refuses floats (orjson would write them): only for
+    records the gateway builds itself from typed values on the request path, where the walk is
+    a third of the sealing time; the tests read every record back with ``unseal``, which
+    checks. Integers outside ±(2**53 - 1) are refused either way (orjson's strict integers)."""
     if type(record) is not dict:
         record = dict(record)
     if check:
         _check(record, "$")
     try:
-        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(record, option=_CANONICAL)
     except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate, which is not UTF-8
         raise NotCanonical(str(exc)) from None
 

@@ -338,6 +338,7 @@ class AuditLog:
         self.store = store
         self.checkpointer: Checkpointer | None = None
         self.otlp: Any = None
+        settings = _with_key_beside_store(settings, store)
         if settings.signing_key is not None or os.environ.get("CUSTOS_AUDIT_SIGNING_KEY"):
             signers = load_signers(settings)
             otlp = settings.otlp
@@ -357,7 +358,9 @@ class AuditLog:
                 on_checkpoint=self.otlp,
             )
         else:
-            log.warning("audit.signing_key is not set: the log is sequenced but not signed")
+            log.warning("audit.signing_key is not set: the log is sequenced but not signed, "
+                        "and custos audit verify fails (custos audit keys generate makes "
+                        "a key)")  # fmt: skip
         hook = None if self.checkpointer is None else self.checkpointer.on_sequenced
         self.sequencer = Sequencer(store, on_committed=hook)
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -401,6 +404,20 @@ class AuditLog:
         await self.sequencer.close()
         if self.otlp is not None:
             await asyncio.to_thread(self.otlp.close)  # sends what is queued
+
+
+def _with_key_beside_store(settings: Any, store: Store) -> Any:
+    """``settings`` with the key ``custos init`` made beside a SQLite store as ``signing_key``,
+    when none is configured (a file, or the PEM in the environment) and that file exists."""
+    from custos.audit.checkpoint import KEY_ENV, key_beside_store
+
+    if settings.signing_key is not None or os.environ.get(KEY_ENV) or store.dialect != "sqlite":
+        return settings
+    beside = key_beside_store(store.path)  # type: ignore[attr-defined]
+    if beside is None or not beside.is_file():
+        return settings
+    log.info("audit checkpoints are signed with %s (beside the store)", beside)
+    return settings.model_copy(update={"signing_key": str(beside)})
 
 
 def load_signers(settings: Any) -> list[Signer]:

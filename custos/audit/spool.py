@@ -34,6 +34,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from custos import private
 from custos.audit.record import NotCanonical, SealedRecord, unseal
 
 log = logging.getLogger("custos.audit")
@@ -82,8 +83,8 @@ class Spool:
     def open(self) -> list[Path]:
         """Lock the directory and start a new current segment; returns the segment files left
         by an earlier process (to replay), oldest first."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        private.make_dir(self.path)
+        lock_fd = private.open_fd(self.path / "LOCK", os.O_RDWR)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -169,11 +170,11 @@ class Spool:
         durably (blocking: call from a worker thread); returns its path. Its name is a free
         segment id, so the file can be moved back into the spool directory as it is."""
         directory = self.path / REFUSED_DIR
-        directory.mkdir(exist_ok=True)
+        private.make_dir(directory)
         taken = {_segment_id(p) for p in directory.glob(f"*{_SUFFIX}")}
         segment_id = max(taken | set(self._segments), default=0) + 1
         path = directory / f"{segment_id:012d}{_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = private.open_fd(path, os.O_WRONLY | os.O_EXCL)
         try:
             _write_all(fd, data)
             os.fsync(fd)
@@ -233,7 +234,7 @@ class Spool:
 
     def _start_segment(self, segment_id: int) -> None:
         path = self.path / f"{segment_id:012d}{_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = private.open_fd(path, os.O_WRONLY | os.O_APPEND)
         self._current = _Segment(segment_id, path)
         self._segments[segment_id] = self._current
         self._dir_dirty = True

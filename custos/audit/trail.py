@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from custos.audit import content, events
 from custos.audit.export import Exports
-from custos.audit.record import SealedRecord, seal
+from custos.audit.record import NotCanonical, SealedRecord, seal
 from custos.audit.settings import AuditSettings
 from custos.audit.spool import Spool
 from custos.audit.store import AuditStore
-from custos.audit.writer import AuditUnavailable, AuditWriter, WaitFor
+from custos.audit.writer import STRICT_WAIT_S, AuditUnavailable, AuditWriter, WaitFor, failed
 from custos.errors import GatewayError
 from custos.state.invalidation import Invalidation
 from custos.telemetry import metrics
@@ -167,12 +167,21 @@ class AuditTrail:
         attachment = None
         try:
             record, at_ms = events.llm_call(ctx, self.gateway, ended_ns)
-            if ctx.capture is not None:
-                attachment = self._capture_content(record, at_ms, ctx)
-            sealed = seal(record, at_ms=at_ms, check=False)  # built from typed fields
         except Exception:
             log.exception("audit: could not build the record of request %s", ctx.request_id)
+            record, at_ms = events.unbuilt_llm_call(ctx, self.gateway, ended_ns)
+        if ctx.capture is not None:
+            attachment = self._capture_content(record, at_ms, ctx)
+        try:
+            sealed = self._seal_llm_call(record, at_ms, ctx.request_id)
+        except Exception:  # not even the repaired record: the request goes without one
+            log.exception("audit: request %s has no record", ctx.request_id)
             metrics.AUDIT_DROPPED.inc()
+            if wait_for is not None:  # strict: the response is not released (503)
+                self._waiters[ctx.request_id] = failed("its record could not be built")
+                asyncio.get_running_loop().call_later(
+                    STRICT_WAIT_S, self._waiters.pop, ctx.request_id, None
+                )
             return
         stage = record["stopped_at"]
         if record["outcome"] == "denied" and stage is not None:
@@ -181,6 +190,19 @@ class AuditTrail:
         if waiter is not None:
             self._waiters[ctx.request_id] = waiter
             waiter.add_done_callback(lambda _f: self._waiters.pop(ctx.request_id, None))
+
+    def _seal_llm_call(self, record: dict[str, Any], at_ms: int, request_id: str) -> SealedRecord:
+        """Seal ``record``; one holding a value no record can is repaired (``events.repaired``),
+        logged and counted in ``custos_audit_repaired_total``, and sealed with the repairs
+        listed: the request keeps its one record."""
+        try:
+            return seal(record, at_ms=at_ms, check=False)  # built from typed fields
+        except NotCanonical as exc:
+            fixed = events.repaired(record)
+            log.error("audit: the record of request %s was repaired (%s): %s", request_id,
+                      ", ".join(fixed["audit.repaired"]), exc)  # fmt: skip
+            metrics.AUDIT_REPAIRED.inc()
+            return seal(fixed, at_ms=at_ms)
 
     async def release(self, ctx: RequestContext) -> None:
         """With ``durability: strict``, wait until the request's record is durable (503 when it

@@ -15,7 +15,14 @@ Checks, in order (``verify_log``):
 5. every exported checkpoint (``--checkpoints FILE``): validly signed, equal to the stored one
    of its size if any, its root equal to the recomputed one, and a consistency proof to the
    latest stored checkpoint. This is what catches a rewrite re-signed with the real key;
-6. no record waits to be sequenced for longer than ``pending_delay_s``.
+6. no record waits to be sequenced for longer than ``pending_delay_s``;
+7. a log that should be signed is: records with no signing key ever registered fail (unless
+   ``allow_unsigned``: an operator's choice to run unsigned), and with a key registered, records
+   past the latest checkpoint fail once the first of them is older than ``unsigned_delay_s``
+   (the gateways stopped signing);
+8. the tables derived from records, which reports and the config history read:
+   ``custos.audit.derived`` checks the query projections and the stored config texts against
+   the records they came from.
 
 With a time range (``--from``/``--to``: ``since``/``until``) only the bodies of records whose
 ``time_start`` falls in ``[since, until)`` are re-hashed and counted; every other check runs in
@@ -50,19 +57,23 @@ import json
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from custos import private
 from custos.audit.checkpoint import (
     Checkpoint,
     NoteError,
     Verifier,
+    generate_signing_key,
     load_verifiers,
     now_ms,
     parse_checkpoint,
     read_export,
 )
+from custos.audit.derived import check_config_texts, check_projections, each_event
 from custos.audit.merkle import (
     Frontier,
     consistency_proof,
@@ -72,9 +83,14 @@ from custos.audit.merkle import (
 )
 from custos.audit.record import AUDIT_PURGE
 from custos.audit.sequencer import read_nodes
+from custos.audit.settings import AuditSettings
 from custos.state.models import utcnow
 from custos.state.store import Store, _dt
 
+#: How long records may wait past the latest checkpoint, when a signing key is registered,
+#: before verify takes it that the gateways stopped signing (checkpoints come every
+#: ``checkpoint_interval_s``, 10 s by default, at most an hour).
+UNSIGNED_DELAY_S = 3900.0
 #: Leaves read per query. Each page is then hashed on the event loop (~5 µs a record), so the
 #: admin API passes a smaller one (``API_PAGE``) to keep each stretch short.
 PAGE = 5000
@@ -96,6 +112,9 @@ class Report:
     unsigned: int = 0
     pending_late: int = 0
     exported_checked: int = 0
+    #: llm.call records whose projection rows were compared; config texts checked.
+    projections_checked: int = 0
+    config_texts_checked: int = 0
     keys_from_database: bool = False
     failures: list[str] = field(default_factory=list)
 
@@ -113,6 +132,8 @@ class Report:
             text += f"; {self.unsigned} not yet checkpointed"
         if self.exported_checked:
             text += f"; {self.exported_checked} exported checkpoint(s) checked"
+        text += (f"; {self.projections_checked} projection(s) and {self.config_texts_checked} "
+                 "config text(s) checked")  # fmt: skip
         if self.pending_late:
             text += f"; {self.pending_late} pending past the delay"
         return text
@@ -250,16 +271,19 @@ async def verify_log(
     since: datetime | None = None,
     until: datetime | None = None,
     page_size: int = PAGE,
+    allow_unsigned: bool = False,
+    unsigned_delay_s: float = UNSIGNED_DELAY_S,
 ) -> Report:
     """Run every check of the module docstring; never raises for a bad log. ``since``/``until``
     narrow the bodies checked to records whose time is in ``[since, until)``."""
     report = Report(since=since, until=until)
     fail = report.failures.append
+    registered = await _db_verifiers(store)
     if verifiers is None:
-        verifiers = await _db_verifiers(store)
+        verifiers = registered
         report.keys_from_database = True
     else:
-        verifiers = with_recorded_validity(verifiers, await _db_verifiers(store))
+        verifiers = with_recorded_validity(verifiers, registered)
 
     # 1. checkpoints
     async with store.transaction(readonly=True) as tx:
@@ -377,6 +401,12 @@ async def verify_log(
             fail(f"checkpoint of size {cp.size}: its root does not match the records")
     latest = checkpoints[-1] if checkpoints else None
     report.unsigned = max(frontier.size - (latest.size if latest else 0), 0)
+    if report.unsigned:
+        signed = latest.size if latest else 0
+        problem = await _unsigned_problem(store, signed, report.unsigned, bool(registered),
+                                          allow_unsigned, unsigned_delay_s)  # fmt: skip
+        if problem is not None:
+            fail(problem)
 
     # 4. consistency between successive checkpoints, from the stored nodes
     async def consistent(old: Checkpoint, new: Checkpoint) -> bool:
@@ -425,34 +455,53 @@ async def verify_log(
     if late:
         fail(f"{len(late)} record(s) not sequenced after {pending_delay_s:g}s "
              f"(first: {late[0]['event_id']})")  # fmt: skip
+
+    # 8. the tables derived from the records: query projections and config texts
+    page = min(page_size, API_PAGE)
+    report.projections_checked = await check_projections(store, fail, window=window,
+                                                         page_size=page)  # fmt: skip
+    report.config_texts_checked = await check_config_texts(store, fail, cutoff=cutoff)
     return report
+
+
+async def _unsigned_problem(
+    store: Store, signed: int, unsigned: int, keyed: bool, allowed: bool, delay_s: float
+) -> str | None:
+    """Why records past the latest checkpoint (seq ``signed`` on) are a failure, if they are:
+    no signing key was ever registered (unless ``allowed``), or the first of them was stored
+    more than ``delay_s`` ago although a key was (the gateway stopped signing)."""
+    if not keyed:
+        if allowed:
+            return None
+        return (f"the log is not signed: {unsigned} record(s) and no signing key was ever "
+                "registered (set audit.signing_key, e.g. from custos audit keys generate; "
+                "--allow-unsigned accepts an unsigned log)")  # fmt: skip
+    async with store.transaction(readonly=True) as tx:
+        row = await tx.fetchrow(
+            "SELECT e.received_at FROM audit_leaves l JOIN audit_events e"
+            " ON e.event_id = l.event_id WHERE l.seq = $1",
+            signed,
+        )
+    if row is None or _dt(row["received_at"]) > utcnow() - timedelta(seconds=delay_s):
+        return None
+    return (f"{unsigned} record(s) from seq {signed} on are not covered by a signed checkpoint "
+            f"after {delay_s:g}s: the gateways no longer sign (is audit.signing_key still "
+            "configured?)")  # fmt: skip
 
 
 async def _purge_cover(store: Store, fail: Any) -> list[tuple[int, int]]:
     """The ``seq`` ranges the ``audit.purge`` records say they emptied, merged and sorted. A
     purge record whose bytes do not match its leaf hash accounts for nothing."""
     ranges: list[tuple[int, int]] = []
-    after = 0
-    while True:
-        async with store.transaction(readonly=True) as tx:
-            rows = await tx.fetch(
-                "SELECT ingest_id, event_id, record, leaf_hash FROM audit_events"
-                " WHERE event_type = $1 AND ingest_id > $2 ORDER BY ingest_id LIMIT 1000",
-                AUDIT_PURGE,
-                after,
-            )
-        for row in rows:
-            body = bytes(row["record"])
-            try:
-                if leaf_hash(body) != bytes(row["leaf_hash"]):
-                    raise ValueError("its bytes do not match its leaf hash (modified)")
-                for first, last in orjson.loads(body)["purge.seq_ranges"]:
-                    ranges.append((int(first), int(last)))
-            except (ValueError, KeyError, TypeError) as exc:
-                fail(f"purge record {row['event_id']}: {exc}")
-        if len(rows) < 1000:
-            break
-        after = int(rows[-1]["ingest_id"])
+    async for row in each_event(store, AUDIT_PURGE, "event_id, record, leaf_hash"):
+        body = bytes(row["record"])
+        try:
+            if leaf_hash(body) != bytes(row["leaf_hash"]):
+                raise ValueError("its bytes do not match its leaf hash (modified)")
+            for first, last in orjson.loads(body)["purge.seq_ranges"]:
+                ranges.append((int(first), int(last)))
+        except (ValueError, KeyError, TypeError) as exc:
+            fail(f"purge record {row['event_id']}: {exc}")
     merged: list[tuple[int, int]] = []
     for first, last in sorted(ranges):
         if merged and first <= merged[-1][1] + 1:
@@ -505,7 +554,8 @@ async def _verify_main(args: argparse.Namespace) -> int:
     try:
         report = await verify_log(store, verifiers=verifiers, exported=exported,
                                   pending_delay_s=args.pending_delay, since=since,
-                                  until=until)  # fmt: skip
+                                  until=until, allow_unsigned=args.allow_unsigned,
+                                  unsigned_delay_s=args.unsigned_delay)  # fmt: skip
     finally:
         await store.close()
     if args.json:
@@ -539,6 +589,22 @@ async def _retire_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_main(args: argparse.Namespace) -> int:
+    try:
+        signer = generate_signing_key(Path(args.file), args.name, force=args.force)
+    except FileExistsError:
+        print(f"custos: refusing: {args.file} exists (--force replaces it; checkpoints it "
+              "signed then verify only with its old public key)", file=sys.stderr)  # fmt: skip
+        return 1
+    except OSError as exc:
+        print(f"custos: {exc}", file=sys.stderr)
+        return 1
+    print(signer.verifier.vkey)
+    print(f"wrote {args.file}; set audit.signing_key: {args.file} and signing_key_name: "
+          f"{args.name}, and give auditors the public key above", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 async def _keys_main(args: argparse.Namespace) -> int:
     store = await _open(args)
     try:
@@ -565,8 +631,8 @@ async def _prove_main(args: argparse.Namespace) -> int:
         await store.close()
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text)
+        with private.open_binary(args.output, "wb") as out:
+            out.write(text.encode())
     else:
         sys.stdout.write(text)
     return 0
@@ -601,7 +667,9 @@ def register(commands: Any) -> None:
         "counts as purged when an audit.purge record names it; any other missing body fails. "
         "With --from/--to only the bodies of records whose time falls in the range are "
         "re-hashed and counted; every other check still covers the whole log (the roots need "
-        "every leaf hash). Exit 1 naming the first failure.",
+        "every leaf hash). The query projections (what reports read) and the stored config "
+        "texts are checked against the records they came from. A log no key ever signed "
+        "fails unless --allow-unsigned. Exit 1 naming the first failure.",
     )  # fmt: skip
     _store_args(verify)
     verify.add_argument("--from", dest="from_", metavar="DATE|TIME",
@@ -612,6 +680,11 @@ def register(commands: Any) -> None:
                         help="a trusted verifier key (vkey text or a file of them)")  # fmt: skip
     verify.add_argument("--checkpoints", metavar="FILE", help="exported checkpoints to check")
     verify.add_argument("--pending-delay", type=float, default=60.0, metavar="SECONDS")
+    verify.add_argument("--unsigned-delay", type=float, default=UNSIGNED_DELAY_S,
+                        metavar="SECONDS", help="how long records may wait for a checkpoint "
+                        f"once a key is registered (default {UNSIGNED_DELAY_S:g})")  # fmt: skip
+    verify.add_argument("--allow-unsigned", action="store_true",
+                        help="accept a log that no key ever signed")  # fmt: skip
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=lambda a: asyncio.run(_verify_main(a)))
 
@@ -639,6 +712,19 @@ def register(commands: Any) -> None:
     retire.add_argument("--name", required=True, help="the key name (signing_key_name)")
     retire.add_argument("--key-id", metavar="HEX", help="its key ID, when several share the name")
     retire.set_defaults(run=lambda a: asyncio.run(_retire_main(a)))
+    generate = key_commands.add_parser(
+        "generate", help="write a new Ed25519 signing key (PEM file, mode 0600)",
+        description="Write a new Ed25519 checkpoint signing key to FILE (PKCS#8 PEM, mode "
+        "0600) and print its public key (vkey) for auditors. Refuses an existing FILE unless "
+        "--force. Configure it as audit.signing_key (with --name as audit.signing_key_name); "
+        "custos init already makes one beside a SQLite store (<db>.signing-key.pem), which the "
+        "gateway uses when audit.signing_key is unset.",
+    )  # fmt: skip
+    generate.add_argument("file", metavar="FILE")
+    generate.add_argument("--name", default=AuditSettings().signing_key_name,
+                          help="the name the vkey carries (audit.signing_key_name)")  # fmt: skip
+    generate.add_argument("--force", action="store_true", help="replace an existing FILE")
+    generate.set_defaults(run=_generate_main)
 
     prove = commands.add_parser("prove", help="one record with its inclusion proof, for auditors")
     _store_args(prove)

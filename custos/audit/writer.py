@@ -80,6 +80,14 @@ class AuditUnavailable(Exception):
     """A record could not be made durable in time."""
 
 
+def failed(reason: str) -> asyncio.Future[None]:
+    """A waiter that has already failed: ``wait`` raises ``AuditUnavailable(reason)``."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiter.set_exception(AuditUnavailable(reason))
+    waiter.exception()  # retrieved: a caller that went away leaves no warning behind
+    return waiter
+
+
 @dataclass(slots=True)
 class _Entry:
     record: SealedRecord
@@ -185,7 +193,8 @@ class AuditWriter:
             self.dropped += 1
             metrics.AUDIT_DROPPED.inc()
             log.error("audit record %s dropped: the spool cannot be written", record.event_id)
-            return None
+            # A strict request whose record is dropped is not released either (503).
+            return failed("the audit spool cannot be written") if wait_for else None
         waiter = asyncio.get_running_loop().create_future() if wait_for else None
         self._queue.append(_Entry(record, waiter, wait_for, 0, attachment))
         if wait_for or len(self._queue) >= SHIP_BATCH:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from custos.context import Operation
+from custos.context import MAX_TOKENS, Operation
 from custos.errors import ClientDisconnected, GatewayError, bad_request
 from custos.identity.principal import AMBIGUOUS, AuthFailure
 from custos.policy.metadata import CONTROL_CHARACTERS
@@ -149,7 +149,7 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
             )
     _optional(body, "stream", bool, "a boolean")
     _optional(body, "stream_options", dict, "an object")
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field in _COUNTS[operation]:
         _optional_count(body, field)
     _optional(body, "tools", list, "an array")
     if operation == "messages":
@@ -160,6 +160,14 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
                 param="max_tokens",
             )
         _optional(body, "system", str | list, "a string or an array of text blocks")
+
+
+#: The integers of each operation's body the gateway reads (reservations, translation) or
+#: records (``gen_ai.request.max_tokens``).
+_COUNTS: dict[str, tuple[str, ...]] = {
+    "chat": ("max_tokens", "max_completion_tokens", "n"),
+    "messages": ("max_tokens",),
+}
 
 
 def _embeddings_input(body: dict[str, Any]) -> None:
@@ -190,7 +198,10 @@ def _optional_count(body: dict[str, Any], field: str) -> None:
     value = body.get(field)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+        # The bound keeps every count, reservation and cost derived from it recordable.
         raise bad_request(
-            f"'{field}' must be a positive integer.", code="invalid_type", param=field
+            f"'{field}' must be a positive integer no larger than {MAX_TOKENS}.",
+            code="invalid_type",
+            param=field,
         )

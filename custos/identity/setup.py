@@ -5,11 +5,11 @@ and the teams the config file declares.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from custos import private
 from custos.config.schema import Config, TeamSettings
 from custos.identity.directory import Directory
 from custos.identity.tokens import TokenService
@@ -93,10 +93,7 @@ def token_hash_key_for(
     if base_dir is not None and not key_file.is_absolute():
         key_file = base_dir / key_file
     if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+        private.create(key_file, secrets.token_hex(32).encode())
         log.warning("created the token hash key %s; keep it with the database", key_file)
     return key_file.read_text().strip().encode()
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from custos.audit.record import MAX_INT
 from custos.config.rules import BudgetAlerts, BudgetRule, LimitsSettings, RateLimitRule
 from custos.identity.principal import Principal
 from custos.policy.periods import Period, PeriodKind
@@ -235,7 +236,8 @@ class RouteCost:
     def micros(self, input_tokens: int, output_tokens: int) -> int:
         """Cost in micro-dollars, rounded up (never below what the call can be charged)."""
         pico = input_tokens * self.input + output_tokens * self.output + self.per_request
-        return -(-pico // _PICO_PER_MICRO)
+        # At most MAX_INT, as a recorded cost is: past it no budget could be met anyway.
+        return min(-(-pico // _PICO_PER_MICRO), MAX_INT)
 
 
 def route_cost(route: Route, config: Config) -> RouteCost:

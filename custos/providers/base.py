@@ -208,15 +208,15 @@ def usage_from_openai(data: Any) -> Usage | None:
     if not isinstance(prompt, int):
         return None
     completion = data.get("completion_tokens") or 0
-    prompt_details = data.get("prompt_tokens_details") or {}
-    completion_details = data.get("completion_tokens_details") or {}
+    prompt_details = _object(data.get("prompt_tokens_details"))
+    completion_details = _object(data.get("completion_tokens_details"))
     return Usage(
         input_tokens=prompt,
         output_tokens=completion if isinstance(completion, int) else 0,
         cached_input_tokens=_int(prompt_details.get("cached_tokens")),
         cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
-    )
+    ).bounded()
 
 
 def usage_from_anthropic(data: Any, previous: Usage | None = None) -> Usage | None:
@@ -232,12 +232,16 @@ def usage_from_anthropic(data: Any, previous: Usage | None = None) -> Usage | No
     usage.cached_input_tokens = cached
     usage.cache_write_tokens = written
     usage.output_tokens = _count(data, "output_tokens", usage.output_tokens)
-    return usage
+    return usage.bounded()
 
 
 def _count(data: dict[str, Any], key: str, default: int) -> int:
     value = data.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: Any) -> int:

@@ -16,7 +16,9 @@ write lock is taken up front rather than on the first write, which could fail ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -26,6 +28,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from custos import private
 from custos.state.errors import Conflict, Invalid, StoreError
 from custos.state.migrations import split_sqlite_script
 from custos.state.store import Row, Store, Tx
@@ -65,6 +68,13 @@ def _translate(exc: sqlite3.IntegrityError) -> StoreError:
     return Invalid(f"the change breaks a rule of the schema ({message})")
 
 
+def _create_private(path: str) -> None:
+    """Create the database file 0600 before SQLite does (it would use the umask, 0644 as a
+    rule); its -wal and -shm files take the database file's mode."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # missing dir: SQLite says so
+        os.close(private.open_fd(path, os.O_WRONLY | os.O_EXCL))
+
+
 class SQLiteStore(Store):
     dialect = "sqlite"
     _migrations_table_sql = (
@@ -88,6 +98,8 @@ class SQLiteStore(Store):
         # isolation_level=None: the module never opens transactions behind our back; we issue
         # BEGIN/COMMIT ourselves. check_same_thread=False only because close() may run after
         # the worker thread is gone; every statement still runs on the one worker thread.
+        if self.path != ":memory:":
+            _create_private(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")

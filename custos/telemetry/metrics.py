@@ -119,7 +119,14 @@ AUDIT_REFUSED = Counter(
 )
 AUDIT_DROPPED = Counter(
     "custos_audit_dropped",
-    "Audit records lost because the spool could not be written and memory was full.",
+    "Audit records lost: the spool could not be written with 200,000 records waiting in "
+    "memory, or a record could not be built at all (logged with its request id).",
+    registry=REGISTRY,
+)
+AUDIT_REPAIRED = Counter(
+    "custos_audit_repaired",
+    "Audit records that held a value no record can (an integer past 2**53 - 1, text that is "
+    "not UTF-8), written with it clamped or replaced and the paths listed in audit.repaired.",
     registry=REGISTRY,
 )
 
