@@ -28,6 +28,7 @@ from custos.identity.principal import AuthFailure, Principal
 from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
+    UpstreamCredentialsFailed,
     UpstreamMalformed,
     upstream_error,
 )
@@ -245,6 +246,8 @@ class Pipeline:
         ctx.attempts.append(attempt)
         started = time.monotonic_ns()
         try:
+            if target.adapter.needs_prepare:
+                await target.adapter.prepare(self.transport)
             request = target.adapter.build_request(call)
             upstream = await self.transport.open(
                 request,
@@ -281,6 +284,9 @@ class Pipeline:
             err = GatewayError(
                 502, "upstream_malformed_response", f"provider {target.account}: {exc}"
             )
+            return None, self._failed(attempt, err, started)
+        except UpstreamCredentialsFailed as exc:
+            err = GatewayError(502, "upstream_auth_failed", str(exc))
             return None, self._failed(attempt, err, started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
         ctx.usage = parsed.usage or Usage(
