@@ -32,7 +32,7 @@ UNSUPPORTED_SECTIONS = (
     "mcp_servers",
 )
 
-PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic")
+PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vertex")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                            r"[A-Za-z]{2,63}$")  # fmt: skip

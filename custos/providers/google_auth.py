@@ -7,9 +7,10 @@ jwt-bearer`` grant through the gateway's own HTTP transport, so the exchange is 
 shares the connection pool and never blocks the event loop. (``google-auth`` does the same over the
 synchronous ``requests`` library, which would need a thread and a second HTTP stack per refresh.)
 
-The token is cached until shortly before it expires. Within ``REFRESH_AHEAD_S`` of expiry a
-request still uses the current token and starts one refresh in the background; only a request
-that finds no valid token waits, and every such request waits for the same single exchange.
+The token is cached until shortly before it expires. Within ``REFRESH_AHEAD_S`` of expiry (half
+its lifetime for a short-lived token) a request still uses the current token and starts one
+refresh in the background; only a request that finds no usable token waits, and every such
+request waits for the same single exchange.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 ASSERTION_LIFETIME_S = 3600
 #: Refresh in the background when the token has less than this left.
 REFRESH_AHEAD_S = 300
-#: A token with less than this left is not used at all: a request must not outlive it.
+#: A token with less than this left (a tenth of its lifetime for a short-lived token) is not
+#: used at all: a request must not outlive it.
 MIN_VALIDITY_S = 30
 #: Time allowed for one exchange at the token endpoint.
 EXCHANGE_TIMEOUT_S = 10.0
+#: After a failed exchange, requests fail at once for this long instead of each trying again.
+FAILURE_BACKOFF_S = 2.0
 _GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
@@ -104,7 +108,16 @@ def _optional_str(value: Any) -> str | None:
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     value: str
-    expires_at: float  # time.monotonic() seconds
+    stale_at: float  # time.monotonic(): refresh in the background from then on
+    usable_until: float  # time.monotonic(): wait for a new token from then on
+
+    @classmethod
+    def issued(cls, value: str, obtained: float, lifetime: float) -> AccessToken:
+        return cls(
+            value,
+            stale_at=obtained + lifetime - min(REFRESH_AHEAD_S, lifetime / 2),
+            usable_until=obtained + lifetime - min(MIN_VALIDITY_S, lifetime / 10),
+        )
 
 
 class AccessTokens:
@@ -115,24 +128,25 @@ class AccessTokens:
         self.key = key
         self._token: AccessToken | None = None
         self._refreshing: asyncio.Task[AccessToken] | None = None
+        self._failure: CredentialsFailed | None = None
+        self._failed_until = 0.0
         #: Exchanges made (for tests and metrics: concurrent requests must share one).
         self.exchanges = 0
 
-    def current(self) -> str | None:
-        """The cached token when it is valid for long enough to serve a request."""
-        token = self._token
-        if token is None or token.expires_at - time.monotonic() < MIN_VALIDITY_S:
-            return None
-        return token.value
+    def latest(self) -> str | None:
+        """The last token obtained (``get`` has made sure it is the one to use)."""
+        return self._token.value if self._token is not None else None
 
     async def get(self, transport: Transport) -> str:
         """A valid token: the cached one (refreshed ahead in the background), else a fresh one."""
         token = self._token
         now = time.monotonic()
-        if token is not None and token.expires_at - now >= MIN_VALIDITY_S:
-            if token.expires_at - now < REFRESH_AHEAD_S:
+        if token is not None and now < token.usable_until:
+            if now >= token.stale_at:
                 self._refresh(transport)  # off the hot path: this request goes on with the old
             return token.value
+        if self._failure is not None and now < self._failed_until:
+            raise CredentialsFailed(str(self._failure))
         # shield: a request that goes away must not cancel the exchange the others wait for.
         return (await asyncio.shield(self._refresh(transport))).value
 
@@ -144,6 +158,15 @@ class AccessTokens:
         return self._refreshing
 
     async def _exchange(self, transport: Transport) -> AccessToken:
+        try:
+            token = await self._request_token(transport)
+        except CredentialsFailed as exc:
+            self._failure, self._failed_until = exc, time.monotonic() + FAILURE_BACKOFF_S
+            raise
+        self._token, self._failure = token, None
+        return token
+
+    async def _request_token(self, transport: Transport) -> AccessToken:
         self.exchanges += 1
         started = time.monotonic()
         form = {"grant_type": _GRANT_TYPE, "assertion": self.key.assertion(time.time())}
@@ -171,8 +194,7 @@ class AccessTokens:
                 f"provider {self.account}: the token endpoint refused the service account "
                 f"({response.status})"
             )
-        self._token = _parse_token(self.account, body, started)
-        return self._token
+        return _parse_token(self.account, body, started)
 
 
 def _parse_token(account: str, body: bytes, started: float) -> AccessToken:
@@ -185,7 +207,7 @@ def _parse_token(account: str, body: bytes, started: float) -> AccessToken:
     if not isinstance(value, str) or not value or not isinstance(lifetime, int | float):
         raise CredentialsFailed(f"provider {account}: the token endpoint sent no access token")
     # Counted from when the exchange started: the token cannot be older than that.
-    return AccessToken(value, started + float(lifetime))
+    return AccessToken.issued(value, started, float(lifetime))
 
 
 def _retrieve_exception(task: asyncio.Task[AccessToken]) -> None:

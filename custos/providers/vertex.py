@@ -45,4 +45,4 @@ class VertexAdapter(GeminiAdapter):
         )
 
     def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.tokens.current() or ''}"}
+        return {"authorization": f"Bearer {self.tokens.latest() or ''}"}
