@@ -260,7 +260,7 @@ class Pipeline:
                 body = await upstream.read()
                 err = upstream_error(
                     target.account,
-                    upstream.status,
+                    target.adapter.error_status(upstream.status, body),
                     target.adapter.error_message(body),
                     upstream.headers.get("retry-after"),
                 )

@@ -707,3 +707,23 @@ def test_gemini_needs_a_key_and_a_key_never_shows_in_repr() -> None:
         ProviderSettings.model_validate({"type": "gemini", "models": PRICES})
     assert KEY not in repr(settings())
     assert "PRIVATE KEY" not in repr(vertex().settings)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "treated_as"),
+    [
+        (
+            400,
+            b'{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT",'
+            b'"details":[{"reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}',
+            401,
+        ),
+        (400, b'{"error":{"code":400,"message":"Bad","status":"INVALID_ARGUMENT"}}', 400),
+        (429, b'{"error":{"code":429,"message":"Quota","status":"RESOURCE_EXHAUSTED"}}', 429),
+        (500, b"<html>", 500),
+    ],
+)
+def test_a_bad_key_is_the_gateways_credential_not_the_callers_mistake(
+    status: int, body: bytes, treated_as: int
+) -> None:
+    assert adapter().error_status(status, body) == treated_as

@@ -52,6 +52,8 @@ DIRECTIVES = [
     "status=429", "status=500", "status=503", "blocked", "drop_after=2",
     "cached_tokens=5+thoughts_tokens=7",
 ]  # fmt: skip
+#: The short account's token endpoint: tokens live 10 s, each exchange takes 1 s.
+SHORT_TOKENS = "expires_in=10&latency_ms=1000"
 PROMPT = "Hello there, Gemini!"
 #: One content: 4 + "Hello there , Gemini !"
 PROMPT_TOKENS = PER_MESSAGE_TOKENS + count_tokens(PROMPT)
@@ -96,7 +98,7 @@ class Google:
 def google(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("google")
     public_key = key_file(tmp / "sa.json", f"{mock_provider.url}/token")
-    key_file(tmp / "sa-short.json", f"{mock_provider.url}/token?expires_in=6")
+    key_file(tmp / "sa-short.json", f"{mock_provider.url}/token?{SHORT_TOKENS}")
     key_file(tmp / "sa-broken.json", f"{mock_provider.url}/token?status=500")
 
     def add_google_accounts(config: dict[str, Any]) -> None:
@@ -111,6 +113,12 @@ def google(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
             "api_key": "${env:CUSTOS_TEST_MOCK_KEY}",
             "region": "us",
             "models": models,
+        }
+        providers["gemini-badkey"] = {
+            "type": "gemini",
+            "base_url": mock_provider.url,
+            "api_key": "not-the-key",
+            "models": {"gemini-2.5-flash": flash},
         }
         for account, file in (
             ("vertex-eu", "sa.json"),
@@ -315,6 +323,16 @@ def test_openai_errors_from_gemini(google: Google, directive, error_class, statu
         assert "SAFETY" in info.value.body["message"]  # type: ignore[index]
 
 
+def test_a_wrong_gemini_key_is_a_502_not_the_callers_400(google: Google) -> None:
+    with pytest.raises(openai.InternalServerError) as info:
+        google.openai.chat.completions.create(
+            model="gemini-badkey/gemini-2.5-flash", messages=user("hi")
+        )
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "upstream_auth_failed"  # type: ignore[index]
+    assert "not-the-key" not in str(info.value.body)
+
+
 def test_openai_stream_dropped_by_gemini_ends_in_an_error(google: Google) -> None:
     with pytest.raises(openai.APIError):
         for _ in google.openai.chat.completions.create(
@@ -500,12 +518,13 @@ def _tokens_used(mock: MockProvider, tag: str) -> set[str]:
 def test_vertex_token_is_refreshed_once_for_concurrent_requests_and_ahead_of_expiry(
     google: Google, mock_provider: MockProvider
 ) -> None:
-    """The short account's tokens live 6 s: usable for 5.4 s, refreshed in the background from
-    3 s on. Each burst of concurrent requests that finds no usable token waits for one exchange;
-    a request that finds a stale one goes on with it while one exchange runs behind it."""
+    """The short account's tokens live 10 s from the start of their 1 s exchange: usable until
+    9 s, refreshed in the background from 5 s on. Each burst of concurrent requests that finds
+    no usable token waits for one exchange; requests that find a stale one go on with it while
+    one exchange runs behind them."""
 
     def exchanges() -> int:
-        return len(token_requests(mock_provider, "expires_in=6"))
+        return len(token_requests(mock_provider, SHORT_TOKENS))
 
     before = exchanges()
     responses = asyncio.run(_concurrent(google, 8, "first burst"))
@@ -513,19 +532,21 @@ def test_vertex_token_is_refreshed_once_for_concurrent_requests_and_ahead_of_exp
     assert exchanges() == before + 1
     assert len(_tokens_used(mock_provider, "first burst")) == 1
 
-    time.sleep(6)  # expired
+    time.sleep(10)  # expired
     responses = asyncio.run(_concurrent(google, 8, "second burst"))
     assert [r.status_code for r in responses] == [200] * 8
     assert exchanges() == before + 2
     (second,) = _tokens_used(mock_provider, "second burst")
 
-    time.sleep(3.5)  # stale, still usable
+    time.sleep(5)  # about 6 s into the token's life: stale, still usable
     responses = asyncio.run(_concurrent(google, 4, "stale"))
     assert [r.status_code for r in responses] == [200] * 4
-    assert _tokens_used(mock_provider, "stale") == {second}  # nobody waited for the new one
+    # Nobody waited the second the new exchange takes: all four went on with the old token.
+    assert _tokens_used(mock_provider, "stale") == {second}
     deadline = time.monotonic() + 5
     while exchanges() < before + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(1.2)  # the exchange's answer arrives a second after its request
     assert exchanges() == before + 3  # one background exchange for the four
     responses = asyncio.run(_concurrent(google, 1, "after refresh"))
     assert responses[0].status_code == 200

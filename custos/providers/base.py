@@ -145,6 +145,10 @@ class ProviderAdapter(ABC):
             return error
         return None
 
+    def error_status(self, status: int, body: bytes) -> int:
+        """The status to treat a non-2xx answer as (a provider may say 400 for its own key)."""
+        return status
+
     def common_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
         headers.update(self.settings.headers)

@@ -802,20 +802,37 @@ class GeminiAdapter(ProviderAdapter):
             self.account, call.requested_model, call.client_wants_usage, ids_for("openai")
         )
 
+    def error_status(self, status: int, body: bytes) -> int:
+        """Google answers 400 to a bad API key: that is the gateway's credential, not the
+        caller's mistake, so it counts as the 401 it means."""
+        error = _google_error(body)
+        details = error.get("details") if error is not None else None
+        reasons = {d.get("reason") for d in details if isinstance(d, dict)} if details else set()
+        return 401 if status == 400 and reasons & _KEY_REASONS else status
+
     def error_message(self, body: bytes) -> str | None:
         """Google errors are ``{"error": {"code", "message", "status"}}`` (Vertex may wrap
         them in a one-element array); the status (``RESOURCE_EXHAUSTED``...) goes first."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        if isinstance(data, list) and data:
-            data = data[0]
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error = _google_error(body)
+        if error is not None and isinstance(error.get("message"), str):
             status = error.get("status")
             return f"{status}: {error['message']}" if isinstance(status, str) else error["message"]
         return None
+
+
+#: ``ErrorInfo`` reasons Google gives for a key that is wrong, expired or not allowed.
+_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
+
+
+def _google_error(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, list) and data:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else None
 
 
 def _body(call: ProviderCall) -> bytes:

@@ -417,8 +417,12 @@ class MockProvider:
             authorized = self.tokens.valid(req.headers.get(b"authorization"))
         else:
             authorized = req.headers.get(b"x-goog-api-key") == self._key
+        if vertex is None and not authorized:  # Google answers a bad key with a 400
+            body = gem.google_error(400, _google_auth_message(True), reason="API_KEY_INVALID")
+            await _respond(req.send, 400, body, self._id_header(req))
+            return True
         if not authorized:
-            await self._error(req, 401 if vertex else 400, _google_auth_message(vertex is None))
+            await self._error(req, 401, _google_auth_message(False))
             return True
         await self._generate(req, found.group(1), stream=found.group(2) != "generateContent")
         return True

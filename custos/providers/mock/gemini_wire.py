@@ -39,10 +39,14 @@ _ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-def google_error(status: int, message: str | None = None) -> bytes:
-    """``{"error": {"code", "message", "status"}}`` for ``status``."""
+def google_error(status: int, message: str | None = None, *, reason: str | None = None) -> bytes:
+    """``{"error": {"code", "message", "status"}}`` for ``status``, with an ``ErrorInfo``
+    detail when ``reason`` is given (as Google says ``API_KEY_INVALID``)."""
     kind, default_message = _ERRORS.get(status, ("UNKNOWN", "Error (mock)."))
-    error = {"code": status, "message": message or default_message, "status": kind}
+    error: dict[str, Any] = {"code": status, "message": message or default_message, "status": kind}
+    if reason is not None:
+        info = "type.googleapis.com/google.rpc.ErrorInfo"
+        error["details"] = [{"@type": info, "reason": reason, "domain": "googleapis.com"}]
     return orjson.dumps({"error": error})
 
 
