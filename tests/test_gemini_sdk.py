@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
+from tests.audit_helpers import one_call
 from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
 from tests.sdk_helpers import (
     ANTHROPIC_WEATHER_TOOL,
@@ -455,6 +456,18 @@ def test_anthropic_field_without_gemini_equivalent_is_a_400(google: Google) -> N
 
 def token_requests(mock: MockProvider, query: str = "") -> list[dict[str, Any]]:
     return [r for r in mock.requests() if r["path"] == "/token" and r["query"] == query]
+
+
+def test_the_record_names_google_and_the_accounts_region(google: Google) -> None:
+    raw = google.openai.chat.completions.with_raw_response.create(
+        model=VERTEX, messages=user("record me")
+    )
+    store_url = f"sqlite:///{google.gateway.config_path.parent / 'custos.db'}"
+    record = one_call(store_url, raw.headers["x-custos-request-id"])
+    assert record["gen_ai.provider.name"] == "gcp.vertex_ai"
+    assert record["cloud.region"] == "europe-west4"
+    assert record["provider.upstream_model"] == "gemini-2.5-pro"
+    assert record["gen_ai.usage.input_tokens"] == PER_MESSAGE_TOKENS + count_tokens("record me")
 
 
 def test_vertex_with_both_sdks_and_a_signed_token(google: Google, mock_provider: MockProvider):
