@@ -8,8 +8,6 @@ from typing import Any
 import orjson
 import pytest
 from anthropic.types import Message, RawMessageStreamEvent
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter, ValidationError
 
@@ -21,6 +19,7 @@ from custos.providers.gemini import GeminiAdapter, GeminiToOpenAIStream, usage_f
 from custos.providers.registry import adapter_for
 from custos.providers.sse import SSEDecoder, SSEEvent
 from custos.providers.vertex import VertexAdapter
+from tests.google_helpers import service_account
 
 KEY = "AIza-test-key"
 PRICES = {"gemini-x": {"input_per_mtok": 1.25, "output_per_mtok": 10}}
@@ -36,29 +35,11 @@ def adapter(**fields: Any) -> GeminiAdapter:
     return GeminiAdapter("gem", settings(**fields))
 
 
-def service_account_key(token_uri: str = "https://oauth2.googleapis.com/token") -> str:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return orjson.dumps(
-        {
-            "type": "service_account",
-            "project_id": "acme-prod",
-            "private_key_id": "kid-1",
-            "private_key": pem,
-            "client_email": "custos@acme-prod.iam.gserviceaccount.com",
-            "token_uri": token_uri,
-        }
-    ).decode()
+SA_KEY = service_account().json
 
 
-SA_KEY = service_account_key()
-
-
-def vertex(**fields: Any) -> VertexAdapter:
+def vertex_settings(**fields: Any) -> ProviderSettings:
+    """A vertex account; a field given as None is left out."""
     values: dict[str, Any] = {
         "type": "vertex",
         "region": "europe-west4",
@@ -66,7 +47,11 @@ def vertex(**fields: Any) -> VertexAdapter:
         "models": PRICES,
     }
     values.update(fields)
-    return VertexAdapter("vtx", ProviderSettings.model_validate(values))
+    return ProviderSettings.model_validate({k: v for k, v in values.items() if v is not None})
+
+
+def vertex(**fields: Any) -> VertexAdapter:
+    return VertexAdapter("vtx", vertex_settings(**fields))
 
 
 def call(
@@ -689,15 +674,8 @@ def test_vertex_url_is_regional_and_per_project() -> None:
 def test_vertex_settings_are_checked_without_echoing_the_key(
     fields: dict[str, Any], message: str
 ) -> None:
-    values: dict[str, Any] = {
-        "type": "vertex",
-        "region": "europe-west4",
-        "credentials": SA_KEY,
-        "models": PRICES,
-    }
-    values.update(fields)
     with pytest.raises(ValidationError) as caught:
-        ProviderSettings.model_validate({k: v for k, v in values.items() if v is not None})
+        vertex_settings(**fields)
     assert message in str(caught.value)
     assert "PRIVATE KEY" not in str(caught.value)
 

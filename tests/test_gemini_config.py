@@ -6,35 +6,20 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from custos.config import load_config
+from tests.google_helpers import service_account
 from tests.test_config import check
 
 API_KEY = "AIza-live-0123456789abcdef"
 
 
 def write_key(path: Path, **changes: object) -> str:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    key = {
-        "type": "service_account",
-        "project_id": "acme-prod",
-        "private_key_id": "kid-1",
-        "private_key": pem,
-        "client_email": "custos@acme-prod.iam.gserviceaccount.com",
-        "token_uri": "https://oauth2.googleapis.com/token",
-        **changes,
-    }
-    path.write_bytes(orjson.dumps({k: v for k, v in key.items() if v is not None}))
-    return pem
+    """A key file at ``path``; returns its private key (which must never be printed)."""
+    key = service_account(**changes)
+    path.write_text(key.json)
+    return key.pem
 
 
 def config(vertex_extra: str = "") -> str:

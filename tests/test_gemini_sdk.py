@@ -21,12 +21,12 @@ import jwt
 import openai
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
 from tests.audit_helpers import one_call
 from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
+from tests.google_helpers import service_account
 from tests.sdk_helpers import (
     ANTHROPIC_WEATHER_TOOL,
     OPENAI_WEATHER_TOOL,
@@ -67,22 +67,9 @@ def expected_cost(model: str, input_tokens: int, output_tokens: int, cached: int
 
 
 def key_file(path: Path, token_uri: str) -> rsa.RSAPublicKey:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    key = {
-        "type": "service_account",
-        "project_id": "acme-prod",
-        "private_key_id": "kid-1",
-        "private_key": pem,
-        "client_email": "custos@acme-prod.iam.gserviceaccount.com",
-        "token_uri": token_uri,
-    }
-    path.write_bytes(orjson.dumps(key))
-    return private.public_key()
+    key = service_account(token_uri)
+    path.write_text(key.json)
+    return key.public_key
 
 
 class Google:

@@ -362,21 +362,11 @@ def _model_parts(
         if not isinstance(call.get("id"), str) or not isinstance(name, str):
             raise bad_request(f"{at} needs an id and a function name", param=at)
         names[call["id"]] = name
-        arguments = _arguments(function.get("arguments"), f"{at}.function.arguments")
+        arguments = translate._request_arguments(
+            function.get("arguments"), f"{at}.function.arguments"
+        )
         parts.append({"functionCall": {"name": name, "args": arguments}})
     return parts
-
-
-def _arguments(raw: Any, where: str) -> dict[str, Any]:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    try:
-        value = orjson.loads(raw) if isinstance(raw, str) else None
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise bad_request(f"{where} must be a JSON object encoded as a string", param=where)
-    return value
 
 
 def _function_response(
