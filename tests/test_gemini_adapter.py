@@ -3,6 +3,7 @@ both client protocols, usage, refusals, and the service-account credentials."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -705,3 +706,62 @@ def test_a_bad_key_is_the_gateways_credential_not_the_callers_mistake(
     status: int, body: bytes, treated_as: int
 ) -> None:
     assert adapter().error_status(status, body) == treated_as
+
+
+def test_a_thought_signature_travels_in_the_call_id_and_goes_back_upstream() -> None:
+    """Thinking models sign their calls and want the signature back: the gateway keeps no
+    state, so the signature rides in the id the client returns."""
+    signature = "+/+/YWI="
+    signed = {
+        "candidates": [
+            {
+                "content": {
+                    "role": "model",
+                    "parts": [
+                        {
+                            "functionCall": {"name": "get_weather", "args": {"city": "Oslo"}},
+                            "thoughtSignature": signature,
+                        }
+                    ],
+                },
+                "finishReason": "STOP",
+            }
+        ],
+        "responseId": "r_ts_9",  # a mark in the response id cannot confuse the parse
+    }
+    for protocol, request in (("openai", OPENAI_BODY), ("anthropic", ANTHROPIC_BODY)):
+        parsed = orjson.loads(
+            adapter().parse_response(call(protocol, request), orjson.dumps(signed)).body
+        )
+        if protocol == "openai":
+            call_id = parsed["choices"][0]["message"]["tool_calls"][0]["id"]
+        else:
+            call_id = parsed["content"][0]["id"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", call_id)  # fit for Anthropic's ids too
+        history = {
+            "model": "gem/gemini-x",
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": call_id, "content": "4 degrees"},
+            ],
+        }
+        sent = orjson.loads(adapter().build_request(call("openai", history)).body)
+        assert sent["contents"][1]["parts"] == [
+            {
+                "functionCall": {"name": "get_weather", "args": {"city": "Oslo"}},
+                "thoughtSignature": signature,
+            }
+        ]
+    streamed = adapter().stream_translator(call("openai", OPENAI_BODY, stream=True))
+    out = streamed.feed(SSEEvent(None, orjson.dumps(signed)))
+    assert b"_ts_-_-_YWI" in out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from decimal import ROUND_HALF_UP, Decimal
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -279,6 +280,57 @@ def test_openai_tool_round_trip_to_gemini(google: Google, mock_provider: MockPro
         REPLY_WORDS,
         expected_cost(GEMINI, expected_input, REPLY_WORDS),
     )
+
+
+def test_a_thinking_models_signed_call_goes_back_signed(
+    google: Google, mock_provider: MockProvider
+) -> None:
+    model = f"{GEMINI}+cached_tokens=5+thoughts_tokens=7"
+    question = user("What is the weather in Paris?")
+    first = google.openai.chat.completions.create(
+        model=model, messages=question, tools=[OPENAI_WEATHER_TOOL]
+    )
+    signature = upstream_response_signature(mock_provider)
+    message = first.choices[0].message
+    assert message.tool_calls is not None
+    call_id = message.tool_calls[0].id
+    with google.anthropic.messages.stream(
+        model=model,
+        max_tokens=100,
+        tools=[ANTHROPIC_WEATHER_TOOL],
+        messages=[
+            *question,
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": call_id,
+                        "name": "get_weather",
+                        "input": WEATHER_ARGS,
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "Sunny"}],
+            },
+        ],
+    ) as stream:
+        assert stream.get_final_message().stop_reason == "end_turn"
+    contents = upstream(mock_provider, "GenerateContent")["body"]["contents"]
+    assert contents[1]["parts"][0]["thoughtSignature"] == signature
+
+
+def upstream_response_signature(mock: MockProvider) -> str:
+    """The signature the mock gave its last function call (a function of the response id)."""
+    from custos.providers.mock.gemini_wire import thought_signature
+
+    sent = upstream(mock, ":generateContent")
+    digest = blake2b(
+        sent["path"].encode() + b"\0" + orjson.dumps(sent["body"]), digest_size=12
+    ).hexdigest()
+    return thought_signature(digest)
 
 
 def test_openai_field_without_gemini_equivalent_is_a_400(google: Google, mock_provider) -> None:

@@ -12,6 +12,9 @@ of either protocol is either mapped or refused with a 400 naming it; the table i
 docs/architecture.md. Responses and streams come back the same way round: Gemini to OpenAI
 chat, and on to Anthropic Messages for Anthropic clients, with ids in the client's own shape.
 
+Thinking models sign their function calls (``thoughtSignature``) and want the signature back with
+the call in the history; it travels inside the tool call's id (``with_signature``).
+
 Usage: Gemini's ``promptTokenCount`` includes ``cachedContentTokenCount``; its
 ``candidatesTokenCount`` excludes ``thoughtsTokenCount``, which is billed as output. So input is
 prompt (plus tool-use prompt) tokens, cached input the cached count, output candidates plus
@@ -365,7 +368,11 @@ def _model_parts(
         arguments = translate._request_arguments(
             function.get("arguments"), f"{at}.function.arguments"
         )
-        parts.append({"functionCall": {"name": name, "args": arguments}})
+        part: dict[str, Any] = {"functionCall": {"name": name, "args": arguments}}
+        signature = signature_of(call["id"])
+        if signature is not None:
+            part["thoughtSignature"] = signature
+        parts.append(part)
     return parts
 
 
@@ -492,12 +499,41 @@ class Ids:
             self._base = raw or secrets.token_hex(12)
         return self.message_prefix + self._base
 
-    def call(self, function_call: dict[str, Any]) -> str:
+    def call(self, function_call: dict[str, Any], signature: Any = None) -> str:
         given = function_call.get("id")
         if isinstance(given, str) and given:
-            return self.call_prefix + given
-        self._calls += 1
-        return f"{self.call_prefix}{self._base}_{self._calls}"
+            call_id = self.call_prefix + given
+        else:
+            self._calls += 1
+            call_id = f"{self.call_prefix}{self._base}_{self._calls}"
+        return with_signature(call_id, signature)
+
+
+#: Separates a tool call's id from the thought signature it carries (see ``with_signature``).
+_SIGNATURE_MARK = "_ts_"
+
+
+def with_signature(call_id: str, signature: Any) -> str:
+    """The call id carrying Gemini's ``thoughtSignature``, which a thinking model wants back
+    with the call in the next turn's history: clients return tool call ids as they got them,
+    so the gateway keeps no state and any replica can send it back. Base64url, so the id stays
+    within ``[A-Za-z0-9_-]``, as Anthropic requires of ids should the history reach Claude."""
+    if not isinstance(signature, str) or not signature:
+        return call_id
+    encoded = signature.rstrip("=").replace("+", "-").replace("/", "_")
+    # The first mark found is the separator: the id before it must not contain one.
+    return f"{call_id.replace(_SIGNATURE_MARK, '-ts-')}{_SIGNATURE_MARK}{encoded}"
+
+
+def signature_of(call_id: str) -> str | None:
+    """The thought signature a call id carries, in Gemini's base64, or None."""
+    at = call_id.find(_SIGNATURE_MARK)
+    if at < 0:
+        return None
+    encoded = call_id[at + len(_SIGNATURE_MARK) :]
+    if not encoded:
+        return None
+    return encoded.replace("-", "+").replace("_", "/") + "=" * (-len(encoded) % 4)
 
 
 def ids_for(protocol: str) -> Ids:
@@ -548,7 +584,7 @@ def _tool_call(part: dict[str, Any], ids: Ids, index: int | None = None) -> dict
     args = call.get("args")
     out: dict[str, Any] = {} if index is None else {"index": index}
     out.update(
-        id=ids.call(call),
+        id=ids.call(call, part.get("thoughtSignature")),
         type="function",
         function={"name": call["name"], "arguments": translate._dumps(args or {})},
     )

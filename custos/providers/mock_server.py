@@ -125,7 +125,8 @@ a 400. The ``model`` field of responses echoes the model string as given, direct
 
 ``cached_tokens=N`` / ``thoughts_tokens=N`` / ``blocked``
     Gemini only: report N ``cachedContentTokenCount`` (at most the prompt's tokens) / N
-    ``thoughtsTokenCount`` / answer 200 with no candidates and ``promptFeedback.blockReason``
+    ``thoughtsTokenCount`` (and then, like a thinking model, a ``thoughtSignature`` on a
+    function call) / answer 200 with no candidates and ``promptFeedback.blockReason``
     ``SAFETY``.
 
 Stream shapes: OpenAI sends a role chunk (``delta: {"role": "assistant", "content": ""}``), the

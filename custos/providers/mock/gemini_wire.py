@@ -175,9 +175,20 @@ def _response(
 
 
 def _call_part(plan: GeminiPlan) -> dict[str, Any]:
+    """The reply's function call; a thinking reply (``thoughts_tokens``) signs it, as Gemini's
+    thinking models do, with a signature whose base64 has ``+``, ``/`` and padding."""
     call = plan.reply.tool_call
     assert call is not None
-    return {"functionCall": {"name": call.name, "args": orjson.loads(call.arguments)}}
+    part: dict[str, Any] = {
+        "functionCall": {"name": call.name, "args": orjson.loads(call.arguments)}
+    }
+    if plan.thoughts_tokens:
+        part["thoughtSignature"] = thought_signature(plan.response_id)
+    return part
+
+
+def thought_signature(response_id: str) -> str:
+    return base64.b64encode(b"\xfb\xff\xbf" + response_id.encode()[:10]).decode()
 
 
 def generate_json(plan: GeminiPlan) -> bytes:
