@@ -282,6 +282,11 @@ def test_openai_fields_without_a_gemini_equivalent_are_refused_by_name(
         ),
         ({"role": "user", "content": [{"type": "file", "file": {}}]}, "messages[1].content[0]"),
         ({"role": "narrator", "content": "x"}, "messages[1].role"),
+        ({"role": "user", "content": "x", "name": "alice"}, "messages[1].name"),
+        (
+            {"role": "assistant", "content": None, "function_call": {"name": "f"}},
+            "messages[1].function_call",
+        ),
     ],
 )
 def test_openai_messages_gemini_cannot_take_are_refused(
@@ -765,3 +770,18 @@ def test_a_thought_signature_travels_in_the_call_id_and_goes_back_upstream() -> 
     streamed = adapter().stream_translator(call("openai", OPENAI_BODY, stream=True))
     out = streamed.feed(SSEEvent(None, orjson.dumps(signed)))
     assert b"_ts_-_-_YWI" in out
+
+
+def test_an_sdk_message_echoed_back_with_its_empty_fields_is_accepted() -> None:
+    echoed = {
+        "role": "assistant",
+        "content": "Hi",
+        "refusal": None,
+        "audio": None,
+        "function_call": None,
+        "tool_calls": None,
+        "annotations": [],
+    }
+    body = {"model": "gem/gemini-x", "messages": [{"role": "user", "content": "Hi"}, echoed]}
+    sent = orjson.loads(adapter().build_request(call("openai", body)).body)
+    assert sent["contents"][1] == {"role": "model", "parts": [{"text": "Hi"}]}

@@ -22,6 +22,7 @@ import jwt
 import openai
 import orjson
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
@@ -620,3 +621,25 @@ def test_vertex_token_endpoint_failure_is_a_502_without_secrets(
     assert "token endpoint refused the service account (500)" in body["message"]  # type: ignore[index]
     log = google.gateway.log()
     assert "PRIVATE KEY" not in log and "assertion" not in log
+
+
+def test_a_config_reload_keeps_the_vertex_token(google: Google, mock_provider: MockProvider):
+    google.openai.chat.completions.create(model=VERTEX, messages=user("before reload"))
+    before = len(token_requests(mock_provider))
+    revision = google.gateway.revision()
+    config = yaml.safe_load(google.gateway.config_path.read_text())
+    config["providers"]["vertex-eu"]["models"]["gemini-2.5-flash"] = {
+        "input_per_mtok": 0.3,
+        "output_per_mtok": 2.5,
+    }
+    google.gateway.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    google.gateway.sighup()
+    deadline = time.monotonic() + 10
+    while google.gateway.revision() == revision and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert google.gateway.revision() != revision
+    completion = google.openai.chat.completions.create(
+        model="vertex-eu/gemini-2.5-flash", messages=user("after reload")
+    )
+    assert completion.choices[0].message.content
+    assert len(token_requests(mock_provider)) == before  # the key is the same: so is the token

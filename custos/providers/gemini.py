@@ -100,6 +100,8 @@ _ANTHROPIC_FIELDS = frozenset(
         "service_tier",
     }
 )
+#: Keys of an OpenAI chat message that map (``name``, ``audio`` and ``function_call`` do not).
+_MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id", "refusal"})
 #: reasoning_effort -> thinkingConfig (Gemini 3 takes a level; "none" turns thinking off).
 _THINKING_LEVELS = {"minimal": "minimal", "low": "low", "medium": "medium", "high": "high"}
 
@@ -281,6 +283,12 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
+        for key, value in message.items() if isinstance(message, dict) else ():
+            # An SDK's message object echoed back carries its empty fields (audio: null...).
+            if key not in _MESSAGE_FIELDS and value not in (None, [], ""):
+                raise bad_request(
+                    f"{where}.{key} cannot be sent to a Gemini model", param=f"{where}.{key}"
+                )
         if role in ("system", "developer"):
             system.extend(_parts(message.get("content"), where, media=False))
             continue
@@ -350,8 +358,6 @@ def _audio_part(audio: Any, where: str) -> dict[str, Any]:
 def _model_parts(
     message: dict[str, Any], where: str, names: dict[str, str]
 ) -> list[dict[str, Any]]:
-    if message.get("function_call") is not None:
-        raise bad_request(f"{where}.function_call is not supported; use tool_calls", param=where)
     parts = _parts(message.get("content"), where, media=False)
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):

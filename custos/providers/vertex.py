@@ -22,13 +22,27 @@ if TYPE_CHECKING:
     from custos.providers.transport import Transport
 
 
+#: One token cache per account and key, kept across config reloads: a reload that keeps the
+#: account's key keeps its token (and an exchange under way) instead of exchanging again.
+_TOKENS: dict[tuple[str, str], AccessTokens] = {}
+
+
+def tokens_for(account: str, credentials: str) -> AccessTokens:
+    held = _TOKENS.get((account, credentials))
+    if held is None:
+        held = _TOKENS[(account, credentials)] = AccessTokens(
+            account, ServiceAccountKey.parse(credentials)
+        )
+    return held
+
+
 class VertexAdapter(GeminiAdapter):
     needs_prepare = True
 
     def __init__(self, account: str, settings: ProviderSettings) -> None:
         super().__init__(account, settings)
-        key = ServiceAccountKey.parse(settings.credentials or "")
-        self.tokens = AccessTokens(account, key)
+        self.tokens = tokens_for(account, settings.credentials or "")
+        key = self.tokens.key
         self.project = settings.project or key.project_id or ""
         self.region = settings.region or ""
 
