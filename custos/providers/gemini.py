@@ -76,7 +76,11 @@ _OPENAI_FIELDS = frozenset(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
-        "user",  # an end-user id for OpenAI's abuse monitoring; Gemini has none, the record has it
+        # End-user ids for OpenAI's abuse monitoring: Gemini has none, the record names the
+        # caller. Not sent.
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",  # a caching hint; Gemini caches repeated prefixes by itself
         "store",
         "service_tier",
     }
@@ -97,6 +101,8 @@ _ANTHROPIC_FIELDS = frozenset(
         "tool_choice",
         "top_k",
         "thinking",
+        "output_config",
+        "cache_control",  # a caching hint; Gemini caches repeated prefixes by itself
         "service_tier",
     }
 )
@@ -135,6 +141,11 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
         )
     if body.get("service_tier") not in (None, "auto", "standard_only"):
         raise bad_request("service_tier has no Gemini equivalent", param="service_tier")
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    if choice is not None and not body.get("tools") and kind not in ("auto", "none"):
+        # The OpenAI translation leaves a choice without tools out; here it must be refused.
+        raise bad_request("tool_choice needs tools", param="tool_choice")
     openai = translate.anthropic_request_to_openai(body, model)
     openai.pop("stream_options", None)
     out = openai_request_to_gemini(openai)
@@ -147,6 +158,7 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
     thinking = _anthropic_thinking(body.get("thinking"))
     if thinking is not None:
         config["thinkingConfig"] = thinking
+    config.update(_output_config(body.get("output_config"), config))
     if not config:
         del out["generationConfig"]
     return out
@@ -271,6 +283,43 @@ def _anthropic_thinking(value: Any) -> dict[str, Any] | None:
     raise bad_request(
         "thinking must be disabled, adaptive, or enabled with budget_tokens", param="thinking"
     )
+
+
+#: Anthropic's effort -> Gemini's thinking level (Gemini's highest is "high").
+_EFFORT_LEVELS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+
+def _output_config(value: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's ``output_config``: ``format`` (a JSON schema) and ``effort``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("output_config must be an object", param="output_config")
+    out: dict[str, Any] = {}
+    for key, setting in value.items():
+        if setting is None:
+            continue
+        if key == "format":
+            schema = setting.get("schema") if isinstance(setting, dict) else None
+            if not isinstance(schema, dict) or setting.get("type") != "json_schema":
+                raise bad_request(
+                    "output_config.format must be a json_schema with a schema",
+                    param="output_config.format",
+                )
+            out.update(responseMimeType="application/json", responseJsonSchema=schema)
+        elif key == "effort" and setting in _EFFORT_LEVELS:
+            if "thinkingConfig" in config:
+                raise bad_request(
+                    "output_config.effort and thinking both set Gemini's thinking: send one",
+                    param="output_config.effort",
+                )
+            out["thinkingConfig"] = {"thinkingLevel": _EFFORT_LEVELS[setting]}
+        else:
+            raise bad_request(
+                f"output_config.{key} cannot be sent to a Gemini model",
+                param=f"output_config.{key}",
+            )
+    return out
 
 
 def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
