@@ -308,6 +308,16 @@ def test_openai_messages_gemini_cannot_take_are_refused(
         ("thinking", {"type": "enabled"}, "thinking"),
         ("top_k", 0, "top_k"),
         ("service_tier", "priority", "service_tier"),
+        (
+            "tool_choice",
+            {"type": "auto", "disable_parallel_tool_use": True},
+            "tool_choice.disable_parallel_tool_use",
+        ),
+        (
+            "messages",
+            [{"role": "user", "content": [{"type": "document", "source": {}}]}],
+            "messages[0].content[0]",
+        ),
     ],
 )
 def test_anthropic_fields_without_a_gemini_equivalent_are_refused_by_name(
@@ -319,9 +329,12 @@ def test_anthropic_fields_without_a_gemini_equivalent_are_refused_by_name(
         "messages": [{"role": "user", "content": "Hi"}],
         field: value,
     }
+    if field == "tool_choice":
+        body["tools"] = [{"name": "f", "input_schema": {"type": "object"}}]
     with pytest.raises(GatewayError) as caught:
         adapter().build_request(call("anthropic", body))
     assert (caught.value.status, caught.value.param) == (400, param)
+    assert "OpenAI" not in caught.value.message
 
 
 @pytest.mark.parametrize(

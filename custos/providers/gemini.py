@@ -146,7 +146,18 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
     if choice is not None and not body.get("tools") and kind not in ("auto", "none"):
         # The OpenAI translation leaves a choice without tools out; here it must be refused.
         raise bad_request("tool_choice needs tools", param="tool_choice")
-    openai = translate.anthropic_request_to_openai(body, model)
+    if isinstance(choice, dict) and choice.get("disable_parallel_tool_use"):
+        raise bad_request(
+            "disable_parallel_tool_use cannot be enforced by Gemini models",
+            param="tool_choice.disable_parallel_tool_use",
+        )
+    try:
+        openai = translate.anthropic_request_to_openai(body, model)
+    except GatewayError as err:
+        # The translation's refusals name the provider it was written for; name this one.
+        err.message = err.message.replace("OpenAI", "Gemini")
+        err.args = (err.message,)
+        raise
     openai.pop("stream_options", None)
     out = openai_request_to_gemini(openai)
     config = out.setdefault("generationConfig", {})
