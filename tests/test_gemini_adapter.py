@@ -614,6 +614,8 @@ def test_anthropic_client_stream_is_translated() -> None:
         "message_stop",
     ]
     assert parsed[0].message.id == "msg_r1"  # type: ignore[union-attr]
+    # Gemini's first chunk says how long the prompt is: message_start says so too.
+    assert parsed[0].message.usage.input_tokens == 120  # type: ignore[union-attr]
     assert parsed[5].content_block.id == "toolu_r1_1"  # type: ignore[union-attr]
     delta = parsed[8]
     assert delta.delta.stop_reason == "tool_use"  # type: ignore[union-attr]

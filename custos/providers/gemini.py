@@ -820,6 +820,7 @@ class GeminiToAnthropicStream(StreamTranslator):
         self._gemini = GeminiToOpenAIStream(account, requested_model, True, ids_for("anthropic"))
         self._anthropic = translate.OpenAIToAnthropicStream(requested_model)
         self._decoder = SSEDecoder()
+        self._started = False
 
     @property
     def usage(self) -> Usage | None:  # type: ignore[override]
@@ -846,7 +847,23 @@ class GeminiToAnthropicStream(StreamTranslator):
     def _relay(self, chunks: bytes) -> bytes:
         if not chunks:
             return b""
-        return b"".join(self._anthropic.feed(e) for e in self._decoder.feed(chunks))
+        out = [self._anthropic.feed(e) for e in self._decoder.feed(chunks)]
+        if not self._started and out and out[0]:
+            self._started = True
+            out[0] = self._input_usage(out[0])
+        return b"".join(out)
+
+    def _input_usage(self, first: bytes) -> bytes:
+        """``message_start`` with the input Gemini reported in its first chunk (the OpenAI
+        chunks it was made from carry usage only at the end)."""
+        usage = self._gemini.usage
+        events = SSEDecoder().feed(first)
+        if usage is None or not events or events[0].event != "message_start":
+            return first
+        start = translate.load_object(events[0].data)
+        start["message"]["usage"] = {**translate.anthropic_usage(usage), "output_tokens": 0}
+        rest = first[first.index(b"\n\n") + 2 :]
+        return encode_event(orjson.dumps(start), "message_start") + rest
 
 
 # -- the adapter ---------------------------------------------------------------------------------
