@@ -29,6 +29,7 @@ from custos.identity.principal import AuthFailure, Principal
 from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
+    UpstreamCredentialsFailed,
     UpstreamMalformed,
     UpstreamRequest,
     upstream_error,
@@ -255,6 +256,8 @@ class Pipeline:
         ctx.attempts.append(attempt)
         started = time.monotonic_ns()
         try:
+            if target.adapter.needs_prepare:
+                await target.adapter.prepare(self.transport)
             request = _build_request(target, call)
             upstream = await self.transport.open(
                 request,
@@ -267,7 +270,7 @@ class Pipeline:
                 body = await upstream.read_prefix(ERROR_BODY_BYTES)
                 err = upstream_error(
                     target.account,
-                    upstream.status,
+                    target.adapter.error_status(upstream.status, body),
                     target.adapter.error_message(body),
                     upstream.headers.get("retry-after"),
                 )
@@ -307,6 +310,9 @@ class Pipeline:
                 "upstream_request_failed",
                 f"the request to provider {target.account} could not be sent",
             )
+            return None, self._failed(attempt, err, started)
+        except UpstreamCredentialsFailed as exc:
+            err = GatewayError(502, "upstream_auth_failed", str(exc))
             return None, self._failed(attempt, err, started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
         ctx.usage = parsed.usage or Usage(

@@ -853,6 +853,14 @@ LITERAL_SECRETS = [
         "providers.openai-main.headers.X-Api-Key",
     ),
     (
+        (
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n    models",
+            "    api_key: ${env:CUSTOS_T_OPENAI_KEY}\n"
+            f'    credentials: \'{{"private_key": "{LITERAL}"}}\'\n    models',
+        ),
+        "providers.openai-main.credentials",
+    ),
+    (
         ("version: 1\n", f"version: 1\nidentity: {{token_hash_key: {LITERAL}}}\n"),
         "identity.token_hash_key",
     ),

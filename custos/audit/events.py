@@ -64,6 +64,8 @@ PROVIDER_NAMES = {
     "azure_openai": "azure.ai.openai",
     "anthropic": "anthropic",
     "openai_compatible": "openai_compatible",
+    "gemini": "gcp.gemini",
+    "vertex": "gcp.vertex_ai",
 }
 OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
 

@@ -33,7 +33,7 @@ UNSUPPORTED_SECTIONS = (
     "mcp_servers",
 )
 
-PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic")
+PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vertex")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                            r"[A-Za-z]{2,63}$")  # fmt: skip
@@ -166,9 +166,14 @@ class ModelSettings(_Strict):
 
 
 class ProviderSettings(_Strict):
-    type: Literal["openai", "openai_compatible", "azure_openai", "anthropic"]
-    base_url: RequestValue
+    type: Literal["openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vertex"]
+    #: Optional for gemini and vertex, whose public endpoints are known (see ``_type_needs``).
+    base_url: RequestValue = ""
     api_key: RequestValue | None = Field(default=None, repr=False)
+    #: vertex: the service account's JSON key, normally ``${file:path}``.
+    credentials: str | None = Field(default=None, repr=False)
+    #: vertex: the Google Cloud project; the key file's ``project_id`` when left out.
+    project: str | None = None
     region: str | None = None
     api_version: RequestValue | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
@@ -197,13 +202,47 @@ class ProviderSettings(_Strict):
                 )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_base_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("base_url"):
+            default = _DEFAULT_BASE_URLS.get(data.get("type"))  # type: ignore[arg-type]
+            region = data.get("region")
+            if default is not None and (isinstance(region, str) or "{region}" not in default):
+                return {**data, "base_url": default.format(region=region)}
+        return data
+
     @model_validator(mode="after")
     def _type_needs(self) -> ProviderSettings:
+        if self.type == "vertex":
+            _vertex_needs(self)
+        if not self.base_url:
+            raise ValueError(f"{self.type} needs base_url")
         if self.type == "azure_openai" and not self.api_version:
             raise ValueError("azure_openai needs api_version (e.g. 2024-10-21)")
-        if self.type in ("openai", "azure_openai", "anthropic") and not self.api_key:
+        if self.type in ("openai", "azure_openai", "anthropic", "gemini") and not self.api_key:
             raise ValueError(f"{self.type} needs api_key (use ${{env:NAME}} or ${{file:path}})")
         return self
+
+
+#: Public endpoints of the provider types that have one per region or one in all.
+_DEFAULT_BASE_URLS = {
+    "gemini": "https://generativelanguage.googleapis.com",
+    "vertex": "https://{region}-aiplatform.googleapis.com",
+}
+
+
+def _vertex_needs(settings: ProviderSettings) -> None:
+    """A vertex account needs a region, a service-account key and a project (or the key's)."""
+    from custos.providers.google_auth import ServiceAccountKey  # the schema stays import-light
+
+    if not settings.region or not re.fullmatch(r"[a-z0-9-]+", settings.region):
+        raise ValueError("vertex needs region (e.g. europe-west4)")
+    if not settings.credentials:
+        raise ValueError("vertex needs credentials (a service-account key: ${file:path})")
+    key = ServiceAccountKey.parse(settings.credentials)  # raises ValueError naming what is wrong
+    if not (settings.project or key.project_id):
+        raise ValueError("vertex needs project (the key file has no project_id)")
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")

@@ -4,8 +4,8 @@ The file's text is kept for ever in the audit's config history (``audit_config_t
 secret must never be part of it: wherever one is expected the file names it with
 ``${env:NAME}`` or ``${file:path}`` and only the reference is stored. The places:
 
-- ``providers.*.api_key``, ``identity.token_hash_key``, ``audit.content_key``: the whole value
-  is references;
+- ``providers.*.api_key``, ``providers.*.credentials``, ``identity.token_hash_key``,
+  ``audit.content_key``: the whole value is references;
 - a header whose name says it carries a credential (``Authorization``, ``api-key``,
   ``x-api-key``, anything with *key*, *token*, *secret*, *auth*, *password*, *cookie* or
   *signature*) in any ``headers`` map (providers, OTLP export, budget alerts): references,
@@ -29,6 +29,7 @@ from custos.config.refs import REFERENCE
 #: Fields whose whole value is a secret.
 _SECRET_FIELDS = (
     ("providers", "*", "api_key"),
+    ("providers", "*", "credentials"),
     ("identity", "token_hash_key"),
     ("audit", "content_key"),
 )

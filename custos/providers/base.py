@@ -34,6 +34,7 @@ from custos.providers.estimate import tokens_for_chars
 if TYPE_CHECKING:
     from custos.config.schema import ProviderSettings
     from custos.providers.sse import SSEEvent
+    from custos.providers.transport import Transport
 
 
 @dataclass(slots=True)
@@ -98,10 +99,16 @@ class UpstreamMalformed(Exception):
     """The provider answered 2xx with something that is not its wire format."""
 
 
+class UpstreamCredentialsFailed(Exception):
+    """The gateway could not obtain credentials for the provider (e.g. a token exchange)."""
+
+
 class ProviderAdapter(ABC):
     """One provider wire format. Subclasses set ``wire`` and implement the four methods."""
 
     wire: Protocol
+    #: True when ``prepare`` must be awaited before ``build_request`` (the others skip the await).
+    needs_prepare: bool = False
 
     def __init__(self, account: str, settings: ProviderSettings) -> None:
         self.account = account
@@ -116,6 +123,11 @@ class ProviderAdapter(ABC):
 
     @abstractmethod
     def stream_translator(self, call: ProviderCall) -> StreamTranslator: ...
+
+    async def prepare(self, transport: Transport) -> None:
+        """Obtain what ``build_request`` needs and cannot get without I/O (an access token);
+        raises ``UpstreamCredentialsFailed``. Awaited only when ``needs_prepare`` is set."""
+        return None
 
     def supports(self, operation: Operation) -> bool:
         return True
@@ -132,6 +144,10 @@ class ProviderAdapter(ABC):
         if isinstance(error, str):
             return error
         return None
+
+    def error_status(self, status: int, body: bytes) -> int:
+        """The status to treat a non-2xx answer as (a provider may say 400 for its own key)."""
+        return status
 
     def common_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}

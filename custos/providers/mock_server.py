@@ -1,5 +1,6 @@
-"""Mock LLM provider: a real HTTP server speaking the OpenAI, Azure OpenAI and Anthropic wire
-formats well enough for the official ``openai`` and ``anthropic`` SDKs to work against it.
+"""Mock LLM provider: a real HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Gemini
+(AI Studio, Vertex AI) wire formats well enough for the official ``openai`` and ``anthropic``
+SDKs (and the gateway's translations) to work against it.
 
 Used by the demo, the test suites and the benchmark. The implementation lives in the package
 ``custos.providers.mock``; this module is its public face and its ``python -m`` entry point.
@@ -28,6 +29,18 @@ Routes
   (or ``Authorization: Bearer``, which anthropic SDK 2.x sends) and ``anthropic-version``
   (missing: 400). ``GET /v1/models`` answers in Anthropic's shape when
   the request carries ``anthropic-version``.
+- ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``:
+  Gemini (AI Studio), key in ``x-goog-api-key`` (wrong or missing: 400, as Google answers).
+  ``POST /v1/projects/{p}/locations/{r}/publishers/google/models/{model}:…``: Vertex AI, an
+  ``Authorization: Bearer`` token the mock issued and that has not expired (else 401).
+  ``POST /token``: the service-account token endpoint (a JWT-bearer grant with an RS256
+  assertion for this URL, ``iss``, ``scope``, ``iat`` and ``exp`` at most an hour apart; the
+  signature is left to the tests, which hold the public key); ``?expires_in=S`` sets the tokens'
+  lifetime (default 3600) and other query parameters are knobs (``?status=500``).
+  Gemini's ``promptTokenCount``: the formula below over ``contents`` (parts' ``text``, a
+  ``functionCall``'s name and compact JSON ``args``, a ``functionResponse``'s name and compact
+  JSON ``response``), a ``systemInstruction`` counting as one more content. Streams end after the
+  chunk with ``finishReason`` (no terminating event), events separated by CRLF pairs.
 - ``GET|DELETE /_mock/requests``: the last 200 requests (time, method, path, query, all headers
   unmasked, body parsed as JSON when possible) / clear them.
 - ``GET|DELETE /_mock/stats``: counters ``requests_total``, ``errors_injected``,
@@ -109,6 +122,12 @@ a 400. The ``model`` field of responses echoes the model string as given, direct
     still carry ``"usage": null``). Anthropic's format requires ``usage`` objects in
     ``message_start`` and ``message_delta``, so ``input_tokens`` stays and ``output_tokens`` is
     0 in both (real Anthropic never reports 0 for a reply). Non-streaming replies keep usage.
+
+``cached_tokens=N`` / ``thoughts_tokens=N`` / ``blocked``
+    Gemini only: report N ``cachedContentTokenCount`` (at most the prompt's tokens) / N
+    ``thoughtsTokenCount`` (and then, like a thinking model, a ``thoughtSignature`` on a
+    function call) / answer 200 with no candidates and ``promptFeedback.blockReason``
+    ``SAFETY``.
 
 Stream shapes: OpenAI sends a role chunk (``delta: {"role": "assistant", "content": ""}``), the
 content (or ``tool_calls``: id and name first, then ``arguments`` fragments) chunks, a chunk

@@ -16,6 +16,8 @@ ADAPTERS: dict[str, str] = {
     "openai_compatible": "custos.providers.openai:OpenAICompatibleAdapter",
     "azure_openai": "custos.providers.azure_openai:AzureOpenAIAdapter",
     "anthropic": "custos.providers.anthropic:AnthropicAdapter",
+    "gemini": "custos.providers.gemini:GeminiAdapter",
+    "vertex": "custos.providers.vertex:VertexAdapter",
 }
 
 

@@ -1,5 +1,5 @@
-"""Mock LLM provider (OpenAI, Azure OpenAI, Anthropic). The contract is documented in
-``custos.providers.mock_server``, which re-exports this package's public API."""
+"""Mock LLM provider (OpenAI, Azure OpenAI, Anthropic, Gemini and Vertex AI). The contract is
+documented in ``custos.providers.mock_server``, which re-exports this package's public API."""
 
 from .app import MockProvider, create_app
 from .content import (

@@ -11,16 +11,19 @@ import asyncio
 import contextvars
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
 from . import anthropic_wire as anth
+from . import gemini_wire as gem
 from . import openai_wire as oai
 from .knobs import BadRequest, Knobs, knobs_for
 
@@ -36,6 +39,16 @@ RECORDED_REQUESTS = 200
 
 _JSON = (b"content-type", b"application/json")
 _AZURE_PREFIX = "/openai/deployments/"
+#: AI Studio: /v1beta/models/{model}:{method}; Vertex AI: /v1/projects/{project}/locations/
+#: {region}/publishers/google/models/{model}:{method}.
+_GEMINI_PATH = re.compile(
+    r"^/(?:v1|v1beta)/models/([^/]+):(generateContent|streamGenerateContent)$"
+)
+_VERTEX_PATH = re.compile(
+    r"^/(?:v1|v1beta1)/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/]+)"
+    r":(generateContent|streamGenerateContent)$"
+)
+_TOKEN_PATH = "/token"
 _SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -146,6 +159,7 @@ class MockProvider:
         )
         self.stats: dict[str, int] = dict.fromkeys(_STAT_NAMES, 0)
         self._failures: dict[tuple[str, Knobs], int] = {}
+        self.tokens = gem.TokenIssuer({})
         # path -> (method, handler); Azure and /v1/models/{id} are matched by prefix.
         self._routes: dict[str, tuple[str, Callable[[_Request], Awaitable[None]]]] = {
             "/v1/chat/completions": ("POST", self._route_chat_completions),
@@ -192,6 +206,8 @@ class MockProvider:
                 if await self._guard(method, "POST", req):
                     await self._azure(req, deployment, operation)
                 return
+        if await self._route_google(method, req):
+            return
         route = self._routes.get(path)
         if route is None and path.startswith("/v1/models/"):
             route = ("GET", self._route_model)
@@ -209,6 +225,8 @@ class MockProvider:
     # ---- errors in the caller's format
 
     def _family(self, req: _Request) -> str:
+        if req.path == _TOKEN_PATH or req.path.endswith(("generateContent", "GenerateContent")):
+            return "google"
         if req.path.startswith("/openai/"):
             return "azure"
         if req.path.startswith("/v1/messages") or b"anthropic-version" in req.headers:
@@ -228,6 +246,8 @@ class MockProvider:
         family = self._family(req)
         if family == "anthropic":
             body = anth.anthropic_error(status, message, request_id="req_" + req.digest())
+        elif family == "google":
+            body = gem.google_error(status, message)
         elif family == "azure":
             body = oai.azure_error(status, message, code=code)
         else:
@@ -379,6 +399,64 @@ class MockProvider:
             body = anth.count_tokens_json(_parse_json(req.body))
             await _respond(req.send, 200, body, self._id_header(req))
 
+    # ---- Gemini (AI Studio and Vertex AI)
+
+    async def _route_google(self, method: str, req: _Request) -> bool:
+        """Serve the Google routes; False when the path is not one of them."""
+        if req.path == _TOKEN_PATH:
+            if await self._guard(method, "POST", req):
+                await self._token(req)
+            return True
+        vertex = _VERTEX_PATH.match(req.path)
+        found = vertex or _GEMINI_PATH.match(req.path)
+        if found is None:
+            return False
+        if not await self._guard(method, "POST", req):
+            return True
+        if vertex is not None:
+            authorized = self.tokens.valid(req.headers.get(b"authorization"))
+        else:
+            authorized = req.headers.get(b"x-goog-api-key") == self._key
+        if vertex is None and not authorized:  # Google answers a bad key with a 400
+            body = gem.google_error(400, _google_auth_message(True), reason="API_KEY_INVALID")
+            await _respond(req.send, 400, body, self._id_header(req))
+            return True
+        if not authorized:
+            await self._error(req, 401, _google_auth_message(False))
+            return True
+        await self._generate(req, found.group(1), stream=found.group(2) != "generateContent")
+        return True
+
+    async def _generate(self, req: _Request, model: str, *, stream: bool) -> None:
+        if stream and b"alt=sse" not in req.query:
+            raise BadRequest("the mock streams Gemini responses only with ?alt=sse")
+        body = _parse_json(req.body)
+        knobs = await self._apply_knobs(req, model)
+        if knobs is None:
+            return
+        plan = gem.plan_generate(body, model, knobs, req.digest())
+        if knobs.blocked:
+            await _respond(req.send, 200, gem.blocked_json(plan), self._id_header(req))
+        elif stream:
+            await self._stream(req, gem.generate_events(plan, knobs), knobs)
+        else:
+            await self._send_json(req, gem.generate_json(plan), knobs, gem.MALFORMED_JSON)
+
+    async def _token(self, req: _Request) -> None:
+        """The service-account token endpoint; ``?expires_in=S`` sets the tokens' lifetime and
+        other query parameters are knobs (``?status=500``)."""
+        query = dict(parse_qsl(req.query.decode("latin-1")))
+        # Knobs come from the token_uri's query (the gateway sends no x-mock headers here).
+        knobs_name = "token" + "".join(f"+{k}={v}" for k, v in query.items() if k != "expires_in")
+        if await self._apply_knobs(req, knobs_name) is None:
+            return
+        form = dict(parse_qsl(req.body.decode("latin-1")))
+        host = req.headers.get(b"host", b"").decode("latin-1")
+        url = f"http://{host}{req.path}" + (f"?{req.query.decode('latin-1')}" if req.query else "")
+        lifetime = int(query.get("expires_in", "3600"))
+        body = self.tokens.exchange(form, url, lifetime)
+        await _respond(req.send, 200, body, self._id_header(req))
+
     # ---- streaming
 
     async def _stream(self, req: _Request, events: list[bytes], knobs: Knobs) -> None:
@@ -457,6 +535,15 @@ _STAT_NAMES = (
     "streams_dropped",
     "active_streams",
 )
+
+
+def _google_auth_message(api_key: bool) -> str:
+    if api_key:
+        return "API key not valid. Please pass a valid API key."
+    return (
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
+        "cookie or other valid authentication credential."
+    )
 
 
 def _recorded(entry: tuple[float, str, str, bytes, Headers, bytes]) -> dict[str, Any]:
