@@ -107,7 +107,7 @@ def google(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
         providers["gemini-badkey"] = {
             "type": "gemini",
             "base_url": mock_provider.url,
-            "api_key": "not-the-key",
+            "api_key": "${file:wrong.key}",  # a key the mock does not know
             "models": {"gemini-2.5-flash": flash},
         }
         for account, file in (
@@ -123,6 +123,7 @@ def google(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
                 "models": {"gemini-2.5-pro": pro},
             }
 
+    (tmp / "wrong.key").write_text("not-the-key")
     process = GatewayProcess(config_with(mock_provider.url, add_google_accounts), tmp)
     yield Google(process, public_key)
     process.stop()

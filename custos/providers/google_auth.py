@@ -42,6 +42,8 @@ REFRESH_AHEAD_S = 300
 MIN_VALIDITY_S = 30
 #: Time allowed for one exchange at the token endpoint.
 EXCHANGE_TIMEOUT_S = 10.0
+#: A token endpoint's answer is a small JSON object; a larger one is not read.
+_MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 #: After a failed exchange, requests fail at once for this long instead of each trying again.
 FAILURE_BACKOFF_S = 2.0
 _GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -183,7 +185,7 @@ class AccessTokens:
                 read_s=EXCHANGE_TIMEOUT_S,
                 total_s=EXCHANGE_TIMEOUT_S,
             )
-            body = await response.read()
+            body = await response.read(_MAX_TOKEN_RESPONSE_BYTES)
         except Exception as exc:  # the transport's timeouts and connection failures
             raise CredentialsFailed(
                 f"provider {self.account}: the token endpoint could not be reached "
