@@ -1,0 +1,238 @@
+"""Routing that survives a bad provider: timeouts, cooldowns, strategies, sticky routing.
+
+Each virtual model below puts a misbehaving target (the mock's knobs: a hang before the first
+byte, a stream that does not start, one that drops, one that answers 503 for a while) in front
+of a healthy one. Callers use the official SDKs and must see the healthy target's answer within
+the configured (sub-second) timeouts; every attempt and every skip is in the audit record, and
+a cooldown shows in ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.audit_helpers import one_call
+from tests.conftest import GatewayProcess, MockProvider, serve_gateway
+
+HEALTHY = "openai-main/gpt-5.5"
+HANG = "openai-main/gpt-5.5+latency_ms=5000"
+SLOW_START = "openai-main/gpt-5.5+ttft_ms=5000"
+DROP_AT_START = "openai-main/gpt-5.5+drop_after=0"
+DROP_MID = "openai-main/gpt-5.5+drop_after=3"
+FLAKY_503 = "openai-main/gpt-5.5+status=503+fail_for_ms=1500"
+ALWAYS_503 = "openai-main/gpt-5.5+status=503"
+BACKUP = "azure-eu/gpt-5.5"
+#: The timeouts of the test configs; a fallback must arrive well within a second.
+TIMEOUT_S = 0.3
+
+
+def routing_config(mock_url: str, extra_models: str = "", virtual_models: str = "") -> str:
+    models = "\n".join(
+        f"      {m.split('/', 1)[1]}: {{input_per_mtok: 1, output_per_mtok: 1}}"
+        for m in (HANG, SLOW_START, DROP_AT_START, DROP_MID, FLAKY_503, ALWAYS_503)
+    )
+    return (
+        textwrap.dedent(
+            f"""\
+        version: 1
+        state: {{store: "sqlite:///./custos.db"}}
+        identity:
+          token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
+        access:
+          - {{subjects: ["*"], models: ["*"]}}
+        providers:
+          openai-main:
+            type: openai
+            base_url: {mock_url}/v1
+            api_key: ${{env:CUSTOS_TEST_MOCK_KEY}}
+            timeout_s: 10
+            models:
+              gpt-5.5: {{input_per_mtok: 1.25, output_per_mtok: 10.0}}
+        """
+        )
+        + models
+        + "\n"
+        + extra_models
+        + textwrap.dedent(
+            f"""\
+          azure-eu:
+            type: azure_openai
+            base_url: {mock_url}
+            api_key: ${{env:CUSTOS_TEST_MOCK_KEY}}
+            api_version: "2024-10-21"
+            models:
+              gpt-5.5: {{deployment: gpt55-eu, input_per_mtok: 2.5, output_per_mtok: 20.0}}
+        virtual_models:
+          hang-first:
+            targets: [{{model: {HANG}}}, {{model: {BACKUP}}}]
+            timeouts: {{attempt_s: {TIMEOUT_S}}}
+          slow-start-first:
+            targets: [{{model: {SLOW_START}}}, {{model: {BACKUP}}}]
+            timeouts: {{first_token_s: {TIMEOUT_S}}}
+          drop-at-start-first:
+            targets: [{{model: {DROP_AT_START}}}, {{model: {BACKUP}}}]
+          drop-mid-first:
+            targets: [{{model: {DROP_MID}}}, {{model: {BACKUP}}}]
+            cooldown: {{failures: 2, window_s: 30, cooldown_s: 30}}
+          flaky-first:
+            targets: [{{model: {FLAKY_503}}}, {{model: {BACKUP}}}]
+            cooldown: {{failures: 2, window_s: 30, cooldown_s: 1}}
+          down-only:
+            targets: [{{model: {ALWAYS_503}}}]
+            cooldown: {{failures: 1, cooldown_s: 30}}
+        """
+        )
+        + virtual_models
+    )
+
+
+@pytest.fixture(scope="module")
+def gw(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    yield from serve_gateway(routing_config(mock_provider.url), tmp_path_factory.mktemp("routing"))
+
+
+def _client(gw: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0, timeout=10)
+
+
+def _store(gw: GatewayProcess) -> str:
+    return f"sqlite:///{gw.config_path.parent / 'custos.db'}"
+
+
+def _record(gw: GatewayProcess, request_id: str) -> dict:
+    return one_call(_store(gw), request_id)
+
+
+def _chat(gw: GatewayProcess, model: str) -> tuple[openai.types.chat.ChatCompletion, str, str]:
+    raw = _client(gw).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hello"}]
+    )
+    headers = raw.headers
+    return raw.parse(), headers["x-custos-served-by"], headers["x-custos-request-id"]
+
+
+def _stream(gw: GatewayProcess, model: str) -> tuple[str, str, str]:
+    """The streamed text, the target that served it and the request id."""
+    client = _client(gw)
+    with client.chat.completions.with_streaming_response.create(
+        model=model, messages=[{"role": "user", "content": "hello"}], stream=True
+    ) as response:
+        text = "".join(
+            chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices
+        )
+        return text, response.headers["x-custos-served-by"], response.headers["x-custos-request-id"]
+
+
+def test_a_provider_that_hangs_before_answering_falls_back_within_the_attempt_timeout(gw) -> None:
+    started = time.monotonic()
+    completion, served_by, request_id = _chat(gw, "hang-first")
+    elapsed = time.monotonic() - started
+    assert served_by == BACKUP and completion.choices[0].message.content
+    assert elapsed < TIMEOUT_S + 1.0, f"the fallback took {elapsed:.2f}s"
+    record = _record(gw, request_id)
+    assert [(a["target"], a["error"]) for a in record["attempts"]] == [
+        (HANG, "upstream_timeout"),
+        (BACKUP, None),
+    ]
+    assert TIMEOUT_S * 1000 - 50 <= record["attempts"][0]["latency_ms"] < TIMEOUT_S * 1000 + 500
+
+
+def test_a_stream_that_does_not_start_in_time_falls_back(gw) -> None:
+    started = time.monotonic()
+    text, served_by, request_id = _stream(gw, "slow-start-first")
+    elapsed = time.monotonic() - started
+    assert served_by == BACKUP and text
+    assert elapsed < TIMEOUT_S + 1.0, f"the fallback took {elapsed:.2f}s"
+    record = _record(gw, request_id)
+    assert [(a["target"], a["status"], a["error"]) for a in record["attempts"]] == [
+        (SLOW_START, 200, "upstream_timeout"),
+        (BACKUP, 200, None),
+    ]
+    assert record["outcome"] == "served" and record["provider.account"] == "azure-eu"
+
+
+def test_a_stream_dropped_before_its_first_event_falls_back(gw) -> None:
+    text, served_by, request_id = _stream(gw, "drop-at-start-first")
+    assert served_by == BACKUP and text
+    record = _record(gw, request_id)
+    assert [(a["target"], a["error"]) for a in record["attempts"]] == [
+        (DROP_AT_START, "upstream_stream_broken"),
+        (BACKUP, None),
+    ]
+
+
+def test_a_target_that_keeps_dropping_streams_is_cooled_down_and_skipped(gw) -> None:
+    for _ in range(2):  # the client saw content: the drop reaches it as an error
+        with pytest.raises(openai.APIError):
+            _stream(gw, "drop-mid-first")
+    assert gw.metric("custos_target_cooldown", virtual_model="drop-mid-first",
+                     target=DROP_MID) == 1  # fmt: skip
+    text, served_by, request_id = _stream(gw, "drop-mid-first")
+    assert served_by == BACKUP and text
+    record = _record(gw, request_id)
+    assert [a["target"] for a in record["attempts"]] == [BACKUP]
+    assert record["skips"] == [{"target": DROP_MID, "reason": "cooldown"}]
+    skips = gw.metric("custos_target_skips_total", virtual_model="drop-mid-first", target=DROP_MID,
+                      reason="cooldown")  # fmt: skip
+    assert skips == 1
+
+
+def test_a_target_answering_503_for_a_while_is_skipped_then_probed_back(
+    gw, mock_provider: MockProvider
+) -> None:
+    labels = {"virtual_model": "flaky-first", "target": FLAKY_503}
+    failed = [_chat(gw, "flaky-first") for _ in range(2)]
+    before = _upstream_calls(mock_provider, FLAKY_503)
+    _, served_by, skipped_id = _chat(gw, "flaky-first")
+    assert _upstream_calls(mock_provider, FLAKY_503) == before  # skipped, not tried
+    assert gw.metric("custos_target_cooldown", **labels) == 1
+    assert [served for _, served, _ in failed] == [BACKUP, BACKUP] and served_by == BACKUP
+    attempts = _record(gw, failed[-1][2])["attempts"]
+    assert [a["error"] for a in attempts] == ["upstream_unavailable", None]
+    assert _record(gw, skipped_id)["skips"] == [{"target": FLAKY_503, "reason": "cooldown"}]
+    # The 503s stop 1.5 s after the first: the probe after 1 s fails and opens the cooldown
+    # again; the one after 2 s is answered and closes it.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        _, served_by, _ = _chat(gw, "flaky-first")
+        if served_by == FLAKY_503:
+            break
+        time.sleep(0.1)
+    assert served_by == FLAKY_503
+    assert gw.metric("custos_target_cooldown", **labels) == 0
+
+
+def test_every_target_cooling_down_is_a_503_without_an_upstream_call(
+    gw, mock_provider: MockProvider
+) -> None:
+    client = _client(gw)
+    with pytest.raises(openai.InternalServerError):  # the one failure that opens it
+        client.chat.completions.create(
+            model="down-only", messages=[{"role": "user", "content": "x"}]
+        )
+    before = _upstream_calls(mock_provider, ALWAYS_503)
+    response = httpx.post(
+        f"{gw.base_url}/chat/completions",
+        headers=gw.headers,
+        json={"model": "down-only", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "upstream_cooldown"
+    assert 0 < int(response.headers["retry-after"]) <= 30
+    assert _upstream_calls(mock_provider, ALWAYS_503) == before
+    record = _record(gw, response.headers["x-custos-request-id"])
+    assert record["attempts"] == [] and record["outcome"] == "upstream_error"
+    assert record["skips"] == [{"target": ALWAYS_503, "reason": "cooldown"}]
+
+
+def _upstream_calls(mock: MockProvider, target: str) -> int:
+    model = target.split("/", 1)[1]
+    return sum(1 for r in mock.requests() if (r["body"] or {}).get("model") == model)
