@@ -9,8 +9,10 @@ a cooldown shows in ``/metrics``.
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -18,7 +20,9 @@ import openai
 import pytest
 
 from tests.audit_helpers import one_call
-from tests.conftest import GatewayProcess, MockProvider, serve_gateway
+from tests.conftest import GatewayProcess, MockProvider, issue_admin_token, serve_gateway
+from tests.store_fixtures import PG_URL, create_pg_schema, drop_pg_schema, with_search_path
+from tests.test_cluster import REDIS_URL
 
 HEALTHY = "openai-main/gpt-5.5"
 HANG = "openai-main/gpt-5.5+latency_ms=5000"
@@ -32,7 +36,12 @@ BACKUP = "azure-eu/gpt-5.5"
 TIMEOUT_S = 0.3
 
 
-def routing_config(mock_url: str, extra_models: str = "", virtual_models: str = "") -> str:
+def routing_config(
+    mock_url: str,
+    extra_models: str = "",
+    virtual_models: str = "",
+    state: str = 'state: {store: "sqlite:///./custos.db"}',
+) -> str:
     models = "\n".join(
         f"      {m.split('/', 1)[1]}: {{input_per_mtok: 1, output_per_mtok: 1}}"
         for m in (HANG, SLOW_START, DROP_AT_START, DROP_MID, FLAKY_503, ALWAYS_503)
@@ -41,7 +50,7 @@ def routing_config(mock_url: str, extra_models: str = "", virtual_models: str = 
         textwrap.dedent(
             f"""\
         version: 1
-        state: {{store: "sqlite:///./custos.db"}}
+        {state}
         identity:
           token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
         access:
@@ -236,3 +245,51 @@ def test_every_target_cooling_down_is_a_503_without_an_upstream_call(
 def _upstream_calls(mock: MockProvider, target: str) -> int:
     model = target.split("/", 1)[1]
     return sum(1 for r in mock.requests() if (r["body"] or {}).get("model") == model)
+
+
+SHARED_DOWN = "openai-main/gpt-5.5+status=502"
+PRICE = "{input_per_mtok: 1, output_per_mtok: 1}"
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two gateways sharing PostgreSQL and Redis (counters, so cooldowns too)."""
+    schema = asyncio.run(create_pg_schema())
+    store_url = with_search_path(PG_URL, schema)
+    token = issue_admin_token(store_url)
+    prefix = f"custos-test-{uuid.uuid4().hex[:8]}:"
+    config = routing_config(
+        mock_provider.url,
+        extra_models=f"      {SHARED_DOWN.split('/', 1)[1]}: {PRICE}\n",
+        virtual_models=(
+            f"  shared-down:\n    targets: [{{model: {SHARED_DOWN}}}, {{model: {BACKUP}}}]\n"
+            "    cooldown: {failures: 2, cooldown_s: 30}\n"
+        ),
+        state=f'state: {{store: "{store_url}", counters: "{REDIS_URL}", '
+        f'counters_prefix: "{prefix}"}}',
+    )
+    first = GatewayProcess(config, tmp_path_factory.mktemp("replica-a"))
+    second = GatewayProcess(config, tmp_path_factory.mktemp("replica-b"))
+    first.token = second.token = token
+    yield first, second
+    first.stop()
+    second.stop()
+    asyncio.run(drop_pg_schema(schema))
+
+
+def test_two_replicas_sharing_redis_agree_on_a_cooldown(replicas, mock_provider) -> None:
+    first, second = replicas
+    labels = {"virtual_model": "shared-down", "target": SHARED_DOWN}
+    for _ in range(2):
+        assert _chat(first, "shared-down")[1] == BACKUP
+    deadline = time.monotonic() + 2
+    while second.metric("custos_target_cooldown", **labels) != 1:
+        assert time.monotonic() < deadline, "the other replica never saw the cooldown"
+        time.sleep(0.05)
+    assert first.metric("custos_target_cooldown", **labels) == 1
+    before = _upstream_calls(mock_provider, SHARED_DOWN)
+    assert _chat(second, "shared-down")[1] == BACKUP
+    assert _upstream_calls(mock_provider, SHARED_DOWN) == before  # skipped there as well
+    assert second.metric("custos_target_skips_total", reason="cooldown", **labels) == 1
