@@ -10,6 +10,8 @@ a cooldown shows in ``/metrics``.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import textwrap
 import time
 import uuid
@@ -20,7 +22,14 @@ import openai
 import pytest
 
 from tests.audit_helpers import one_call
-from tests.conftest import GatewayProcess, MockProvider, issue_admin_token, serve_gateway
+from tests.conftest import (
+    MOCK_KEY,
+    TOKEN_KEY,
+    GatewayProcess,
+    MockProvider,
+    issue_admin_token,
+    serve_gateway,
+)
 from tests.store_fixtures import PG_URL, create_pg_schema, drop_pg_schema, with_search_path
 from tests.test_cluster import REDIS_URL
 
@@ -31,6 +40,7 @@ DROP_AT_START = "openai-main/gpt-5.5+drop_after=0"
 DROP_MID = "openai-main/gpt-5.5+drop_after=3"
 FLAKY_503 = "openai-main/gpt-5.5+status=503+fail_for_ms=1500"
 ALWAYS_503 = "openai-main/gpt-5.5+status=503"
+SLOW = "openai-main/gpt-5.5+latency_ms=150"
 BACKUP = "azure-eu/gpt-5.5"
 #: The timeouts of the test configs; a fallback must arrive well within a second.
 TIMEOUT_S = 0.3
@@ -44,7 +54,7 @@ def routing_config(
 ) -> str:
     models = "\n".join(
         f"      {m.split('/', 1)[1]}: {{input_per_mtok: 1, output_per_mtok: 1}}"
-        for m in (HANG, SLOW_START, DROP_AT_START, DROP_MID, FLAKY_503, ALWAYS_503)
+        for m in (HANG, SLOW_START, DROP_AT_START, DROP_MID, FLAKY_503, ALWAYS_503, SLOW)
     )
     return (
         textwrap.dedent(
@@ -95,6 +105,12 @@ def routing_config(
           down-only:
             targets: [{{model: {ALWAYS_503}}}]
             cooldown: {{failures: 1, cooldown_s: 30}}
+          fastest:
+            strategy: latency
+            targets: [{{model: {SLOW}}}, {{model: {BACKUP}}}]
+          pinned:
+            sticky: {{metadata: session}}
+            targets: [{{model: {HEALTHY}}}, {{model: {BACKUP}}}]
         """
         )
         + virtual_models
@@ -120,9 +136,12 @@ def _record(gw: GatewayProcess, request_id: str) -> dict:
     return one_call(_store(gw), request_id)
 
 
-def _chat(gw: GatewayProcess, model: str) -> tuple[openai.types.chat.ChatCompletion, str, str]:
+def _chat(
+    gw: GatewayProcess, model: str, metadata: dict[str, str] | None = None
+) -> tuple[openai.types.chat.ChatCompletion, str, str]:
+    headers = {"x-custos-metadata": json.dumps(metadata)} if metadata else None
     raw = _client(gw).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "hello"}]
+        model=model, messages=[{"role": "user", "content": "hello"}], extra_headers=headers
     )
     headers = raw.headers
     return raw.parse(), headers["x-custos-served-by"], headers["x-custos-request-id"]
@@ -242,6 +261,41 @@ def test_every_target_cooling_down_is_a_503_without_an_upstream_call(
     assert record["skips"] == [{"target": ALWAYS_503, "reason": "cooldown"}]
 
 
+def test_the_latency_strategy_prefers_the_target_that_answers_first(gw) -> None:
+    served = [_chat(gw, "fastest")[1] for _ in range(20)]
+    # Both unmeasured: the first is tried first; once each was measured, the faster leads
+    # (but for the odd exploring request).
+    assert served[0] == SLOW and served[1] == BACKUP
+    assert served.count(BACKUP) >= 16, served
+    assert gw.metric("custos_target_first_event_seconds", target=SLOW, kind="plain") >= 0.15
+
+
+def test_sticky_routing_keeps_a_metadata_value_on_one_target(gw) -> None:
+    sessions = [f"session-{n}" for n in range(12)]
+    first = {s: _chat(gw, "pinned", {"session": s})[1] for s in sessions}
+    for session in sessions:
+        assert _chat(gw, "pinned", {"session": session})[1] == first[session]
+    assert set(first.values()) == {HEALTHY, BACKUP}  # spread over both targets
+    # Without the key the route's own strategy applies (priority: the first target).
+    assert {_chat(gw, "pinned")[1] for _ in range(3)} == {HEALTHY}
+
+
+def test_retries_wait_a_full_jitter_below_the_exponential_backoff() -> None:
+    from custos.config.schema import RetrySettings
+    from custos.routing import backoff_s
+    from custos.runtime import Route
+
+    def route(jitter: str) -> Route:
+        retry = RetrySettings(attempts=4, backoff_ms=100, jitter=jitter)
+        return Route("r", (), "priority", (), retry, frozenset(), True)
+
+    rng = random.Random(7)
+    waits = [backoff_s(route("full"), 3, rng) for _ in range(200)]
+    assert all(0 <= w <= 0.4 for w in waits) and len(set(waits)) == 200
+    assert min(waits) < 0.1 and max(waits) > 0.3  # spread over the whole range
+    assert backoff_s(route("none"), 3, rng) == 0.4
+
+
 def _upstream_calls(mock: MockProvider, target: str) -> int:
     model = target.split("/", 1)[1]
     return sum(1 for r in mock.requests() if (r["body"] or {}).get("model") == model)
@@ -293,3 +347,30 @@ def test_two_replicas_sharing_redis_agree_on_a_cooldown(replicas, mock_provider)
     assert _chat(second, "shared-down")[1] == BACKUP
     assert _upstream_calls(mock_provider, SHARED_DOWN) == before  # skipped there as well
     assert second.metric("custos_target_skips_total", reason="cooldown", **labels) == 1
+
+
+def test_cooldown_and_timeout_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from custos.config import ConfigError, parse_config
+
+    monkeypatch.setenv("CUSTOS_TEST_MOCK_KEY", MOCK_KEY)
+    monkeypatch.setenv("CUSTOS_TEST_TOKEN_KEY", TOKEN_KEY)
+    text = routing_config("http://127.0.0.1:9")
+    text = text.replace("cooldown: {failures: 1, cooldown_s: 30}",
+                        "cooldown: {failures: 3, of_last: 2, cooldown_s: 0}")  # fmt: skip
+    text = text.replace("timeouts: {attempt_s: 0.3}", "timeouts: {attempt_s: -1}")
+    text = text.replace("sticky: {metadata: session}", "sticky: {header: session}")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    found = sorted(p.path for p in caught.value.problems)
+    assert found == [
+        "virtual_models.down-only.cooldown.cooldown_s",
+        "virtual_models.hang-first.timeouts.attempt_s",
+        "virtual_models.pinned.sticky.header",
+        "virtual_models.pinned.sticky.metadata",
+    ], found
+    text = text.replace("cooldown_s: 0}", "cooldown_s: 1}").replace("attempt_s: -1", "attempt_s: 1")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.replace("sticky: {header: session}", "sticky: {metadata: session}"))
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("virtual_models.down-only.cooldown", "of_last must be at least failures")
+    ]
