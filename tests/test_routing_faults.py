@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -374,3 +375,16 @@ def test_cooldown_and_timeout_settings_are_checked(monkeypatch: pytest.MonkeyPat
     assert [(p.path, p.message) for p in caught.value.problems] == [
         ("virtual_models.down-only.cooldown", "of_last must be at least failures")
     ]
+
+
+def test_anthropic_clients_get_the_fallback_of_a_stream_that_does_not_start(gw) -> None:
+    client = anthropic.Anthropic(base_url=gw.url, api_key=gw.token, max_retries=0, timeout=10)
+    for model in ("slow-start-first", "hang-first"):
+        started = time.monotonic()
+        with client.messages.stream(
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "hello"}]
+        ) as stream:
+            text = "".join(stream.text_stream)
+            message = stream.get_final_message()
+        assert text and message.usage.output_tokens > 0
+        assert time.monotonic() - started < TIMEOUT_S + 1.0

@@ -123,7 +123,8 @@ async def call_route(
             if attempt_number > 1:
                 await asyncio.sleep(backoff_s(route, attempt_number - 1))
             response, last = await attempt(target)
-            _observe_latency(ctx, health, target, last)
+            if route.strategy == "latency":
+                _observe_latency(ctx, health, target, last)
             if response is not None:
                 _succeeded(ctx, route, health, target, probe)
                 return response

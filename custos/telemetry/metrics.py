@@ -203,7 +203,7 @@ TARGET_SKIPS = Counter(
 TARGET_LATENCY = Gauge(
     "custos_target_first_event_seconds",
     "Moving average of a target's time to its first event (a plain call's whole answer), as "
-    "the latency strategy sees it.",
+    "the latency strategy sees it (targets of latency-strategy virtual models).",
     ["target", "kind"],
     registry=REGISTRY,
 )
