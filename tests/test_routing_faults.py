@@ -30,6 +30,7 @@ from tests.conftest import (
     MockProvider,
     issue_admin_token,
     serve_gateway,
+    standard_config,
 )
 from tests.store_fixtures import PG_URL, create_pg_schema, drop_pg_schema, with_search_path
 from tests.test_cluster import REDIS_URL
@@ -43,78 +44,61 @@ FLAKY_503 = "openai-main/gpt-5.5+status=503+fail_for_ms=1500"
 ALWAYS_503 = "openai-main/gpt-5.5+status=503"
 SLOW = "openai-main/gpt-5.5+latency_ms=150"
 BACKUP = "azure-eu/gpt-5.5"
+PRICE = "{input_per_mtok: 1, output_per_mtok: 1}"
 #: The timeouts of the test configs; a fallback must arrive well within a second.
 TIMEOUT_S = 0.3
 
 
+_LAST_OPENAI_MODEL = (
+    "      gpt-5.5+chunks=200+chunk_delay_ms=50: {input_per_mtok: 1, output_per_mtok: 1}\n"
+)
+_STANDARD_STATE = 'state: {store: "sqlite:///./custos.db"}'
+
+
 def routing_config(
-    mock_url: str,
-    extra_models: str = "",
-    virtual_models: str = "",
-    state: str = 'state: {store: "sqlite:///./custos.db"}',
+    mock_url: str, extra_models: str = "", virtual_models: str = "", state: str = ""
 ) -> str:
-    models = "\n".join(
-        f"      {m.split('/', 1)[1]}: {{input_per_mtok: 1, output_per_mtok: 1}}"
-        for m in (HANG, SLOW_START, DROP_AT_START, DROP_MID, FLAKY_503, ALWAYS_503, SLOW)
+    """``standard_config`` with the misbehaving models and the virtual models put in front of
+    them (and another ``state:`` line when given)."""
+    models = "".join(
+        f"      {m.split('/', 1)[1]}: {PRICE}\n"
+        for m in (SLOW_START, DROP_AT_START, FLAKY_503, SLOW)  # the others are there
     )
-    return (
+    text = standard_config(mock_url)
+    assert _LAST_OPENAI_MODEL in text and _STANDARD_STATE in text
+    text = text.replace(_LAST_OPENAI_MODEL, _LAST_OPENAI_MODEL + models + extra_models)
+    if state:
+        text = text.replace(_STANDARD_STATE, state)
+    return text + textwrap.indent(
         textwrap.dedent(
             f"""\
-        version: 1
-        {state}
-        identity:
-          token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
-        access:
-          - {{subjects: ["*"], models: ["*"]}}
-        providers:
-          openai-main:
-            type: openai
-            base_url: {mock_url}/v1
-            api_key: ${{env:CUSTOS_TEST_MOCK_KEY}}
-            timeout_s: 10
-            models:
-              gpt-5.5: {{input_per_mtok: 1.25, output_per_mtok: 10.0}}
-        """
+            hang-first:
+              targets: [{{model: {HANG}}}, {{model: {BACKUP}}}]
+              timeouts: {{attempt_s: {TIMEOUT_S}}}
+            slow-start-first:
+              targets: [{{model: {SLOW_START}}}, {{model: {BACKUP}}}]
+              timeouts: {{first_token_s: {TIMEOUT_S}}}
+            drop-at-start-first:
+              targets: [{{model: {DROP_AT_START}}}, {{model: {BACKUP}}}]
+            drop-mid-first:
+              targets: [{{model: {DROP_MID}}}, {{model: {BACKUP}}}]
+              cooldown: {{failures: 2, window_s: 30, cooldown_s: 30}}
+            flaky-first:
+              targets: [{{model: {FLAKY_503}}}, {{model: {BACKUP}}}]
+              cooldown: {{failures: 2, window_s: 30, cooldown_s: 1}}
+            down-only:
+              targets: [{{model: {ALWAYS_503}}}]
+              cooldown: {{failures: 1, cooldown_s: 30}}
+            fastest:
+              strategy: latency
+              targets: [{{model: {SLOW}}}, {{model: {BACKUP}}}]
+            pinned:
+              sticky: {{metadata: session}}
+              targets: [{{model: {HEALTHY}}}, {{model: {BACKUP}}}]
+            """
         )
-        + models
-        + "\n"
-        + extra_models
-        + textwrap.dedent(
-            f"""\
-          azure-eu:
-            type: azure_openai
-            base_url: {mock_url}
-            api_key: ${{env:CUSTOS_TEST_MOCK_KEY}}
-            api_version: "2024-10-21"
-            models:
-              gpt-5.5: {{deployment: gpt55-eu, input_per_mtok: 2.5, output_per_mtok: 20.0}}
-        virtual_models:
-          hang-first:
-            targets: [{{model: {HANG}}}, {{model: {BACKUP}}}]
-            timeouts: {{attempt_s: {TIMEOUT_S}}}
-          slow-start-first:
-            targets: [{{model: {SLOW_START}}}, {{model: {BACKUP}}}]
-            timeouts: {{first_token_s: {TIMEOUT_S}}}
-          drop-at-start-first:
-            targets: [{{model: {DROP_AT_START}}}, {{model: {BACKUP}}}]
-          drop-mid-first:
-            targets: [{{model: {DROP_MID}}}, {{model: {BACKUP}}}]
-            cooldown: {{failures: 2, window_s: 30, cooldown_s: 30}}
-          flaky-first:
-            targets: [{{model: {FLAKY_503}}}, {{model: {BACKUP}}}]
-            cooldown: {{failures: 2, window_s: 30, cooldown_s: 1}}
-          down-only:
-            targets: [{{model: {ALWAYS_503}}}]
-            cooldown: {{failures: 1, cooldown_s: 30}}
-          fastest:
-            strategy: latency
-            targets: [{{model: {SLOW}}}, {{model: {BACKUP}}}]
-          pinned:
-            sticky: {{metadata: session}}
-            targets: [{{model: {HEALTHY}}}, {{model: {BACKUP}}}]
-        """
-        )
-        + virtual_models
+        + virtual_models,
+        "  ",
     )
 
 
@@ -303,7 +287,6 @@ def _upstream_calls(mock: MockProvider, target: str) -> int:
 
 
 SHARED_DOWN = "openai-main/gpt-5.5+status=502"
-PRICE = "{input_per_mtok: 1, output_per_mtok: 1}"
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +302,8 @@ def replicas(
         mock_provider.url,
         extra_models=f"      {SHARED_DOWN.split('/', 1)[1]}: {PRICE}\n",
         virtual_models=(
-            f"  shared-down:\n    targets: [{{model: {SHARED_DOWN}}}, {{model: {BACKUP}}}]\n"
-            "    cooldown: {failures: 2, cooldown_s: 30}\n"
+            f"shared-down:\n  targets: [{{model: {SHARED_DOWN}}}, {{model: {BACKUP}}}]\n"
+            "  cooldown: {failures: 2, cooldown_s: 30}\n"
         ),
         state=f'state: {{store: "{store_url}", counters: "{REDIS_URL}", '
         f'counters_prefix: "{prefix}"}}',
