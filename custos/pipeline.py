@@ -279,6 +279,10 @@ class Pipeline:
         except _StreamNotStarted as exc:
             upstream.close()  # type: ignore[union-attr]
             return None, self._failed(attempt, exc.error, started)
+        except asyncio.CancelledError:  # the gateway stopping: no half-read response is kept
+            if upstream is not None:
+                upstream.close()
+            raise
         except UpstreamUnreachable:
             err = GatewayError(
                 502, "upstream_unreachable", f"could not reach provider {target.account}"
