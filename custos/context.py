@@ -7,6 +7,7 @@ request. After the path has run, the context is what the audit record is made fr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -70,6 +71,14 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class Skip:
+    """A target routing passed over without trying it, and why (``cooldown``)."""
+
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class DataClassHit:
     """A class of data the request carries: a class name and count, never a value."""
 
@@ -104,6 +113,9 @@ class RequestContext:
     client_wants_usage: bool = False
     served: ModelTarget | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+    #: Set by routing for a relayed stream: told at the stream's end whether the target failed.
+    report_outcome: Callable[[bool], None] | None = field(default=None, repr=False)
     usage: Usage | None = None
     cost_micros: int = 0
     status: int = 0

@@ -25,6 +25,7 @@ from custos.identity.tokens import TokenService
 from custos.limits import Limiter
 from custos.pipeline import Pipeline
 from custos.providers.transport import Transport
+from custos.routing.shared import SharedHealth
 from custos.runtime import Runtime
 from custos.state.counters import open_counters
 from custos.state.store import Store
@@ -67,6 +68,12 @@ class Gateway:
         state = self.runtime.config.state  # counters are per process: a change needs a restart
         counters = open_counters(state.counters, prefix=state.counters_prefix)
         self.limiter = Limiter(counters, lambda: self.runtime)
+        self.shared_health: SharedHealth | None = None
+        if counters.shared:  # cooldowns are shared where the counters are
+            self.shared_health = SharedHealth(
+                state.counters, state.counters_prefix, lambda: self.runtime.routes
+            )
+            self.pipeline.health = self.shared_health
         self.ready = False
         self._watcher: ConfigWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,6 +138,8 @@ class Gateway:
         self.pipeline.directory = self.identity.directory
         await self.limiter.start(self.identity.store)
         self.pipeline.limiter = self.limiter
+        if self.shared_health is not None:
+            await self.shared_health.start()
         if self.config_path is not None:
             self._watcher = ConfigWatcher(self.config_path, self.apply, lambda: self.runtime.loaded)
             loop = asyncio.get_running_loop()
@@ -152,6 +161,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
+        if self.shared_health is not None:
+            await self.shared_health.close()
         if self.retention is not None:
             await self.retention.close()
             self.retention = None

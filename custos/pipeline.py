@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from custos.audit.classes import declared_data_classes
@@ -44,7 +45,7 @@ from custos.providers.transport import (
     UpstreamTooLarge,
     UpstreamUnreachable,
 )
-from custos.routing import backoff_s, candidates
+from custos.routing import TargetHealth, call_route
 from custos.runtime import ModelTarget, Route, Runtime
 from custos.telemetry import metrics
 
@@ -88,6 +89,8 @@ class Pipeline:
         self.directory: Directory | None = None
         #: Budgets and rate limits (stages 4 and 5), set by ``Gateway.start``.
         self.limiter: Limiter | None = None
+        #: Cooldowns and latencies of the targets (stage 7), kept across config revisions.
+        self.health: TargetHealth = TargetHealth()
 
     async def handle(self, ctx: RequestContext, read_request: ReadRequest) -> GatewayResponse:
         """Run the path. Raises ``GatewayError`` for a stopped request, after settling it.
@@ -219,27 +222,11 @@ class Pipeline:
     # -- stage 8: call provider ----------------------------------------------------------------
 
     async def call_provider(self, ctx: RequestContext, route: Route) -> GatewayResponse:
-        """Try the route's targets in order, retrying each as its policy says."""
-        last: GatewayError | None = None
-        for target in candidates(route):
-            if not target.adapter.supports(ctx.operation):
-                continue
-            for attempt_number in range(1, route.retry.attempts + 1):
-                if attempt_number > 1:
-                    await asyncio.sleep(backoff_s(route, attempt_number - 1))
-                response, last = await self._attempt(ctx, target)
-                if response is not None:
-                    return response
-                assert last is not None
-                if last.status not in route.retry.on_status:
-                    break
-            if not route.virtual or last is None or last.status not in route.fallback_on:
-                break
-        assert last is not None
-        raise last
+        """Try the route's targets as ``custos.routing`` orders, retries and skips them."""
+        return await call_route(ctx, route, self.health, partial(self._attempt, ctx, route))
 
     async def _attempt(
-        self, ctx: RequestContext, target: ModelTarget
+        self, ctx: RequestContext, route: Route, target: ModelTarget
     ) -> tuple[GatewayResponse | None, GatewayError | None]:
         ctx.served = target
         call = ProviderCall(
@@ -255,36 +242,50 @@ class Pipeline:
         attempt = Attempt(target.name)
         ctx.attempts.append(attempt)
         started = time.monotonic_ns()
+        upstream: UpstreamResponse | None = None
         try:
-            if target.adapter.needs_prepare:
-                await target.adapter.prepare(self.transport)
-            request = _build_request(target, call)
-            upstream = await self.transport.open(
-                request,
-                connect_s=target.connect_timeout_s,
-                read_s=target.timeout_s,
-                total_s=None if ctx.stream else target.timeout_s,
-            )
-            attempt.status = upstream.status
-            if upstream.status >= 400:
-                body = await upstream.read_prefix(ERROR_BODY_BYTES)
-                err = upstream_error(
-                    target.account,
-                    target.adapter.error_status(upstream.status, body),
-                    target.adapter.error_message(body),
-                    upstream.headers.get("retry-after"),
+            # The route's attempt timeout: a plain call's answer, a stream's first event.
+            async with asyncio.timeout(route.first_event_s(ctx.stream)):
+                if target.adapter.needs_prepare:
+                    await target.adapter.prepare(self.transport)
+                request = _build_request(target, call)
+                upstream = await self.transport.open(
+                    request,
+                    connect_s=target.connect_timeout_s,
+                    read_s=target.timeout_s,
+                    total_s=None if ctx.stream else target.timeout_s,
                 )
-                return None, self._failed(attempt, err, started)
-            if ctx.stream:
-                attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
-                return self._streaming(ctx, target, call, upstream), None
-            body = await upstream.read(target.max_response_bytes)
-            parsed = target.adapter.parse_response(call, body)
-        except UpstreamTimeout:
+                attempt.status = upstream.status
+                if upstream.status >= 400:
+                    body = await upstream.read_prefix(ERROR_BODY_BYTES)
+                    err = upstream_error(
+                        target.account,
+                        target.adapter.error_status(upstream.status, body),
+                        target.adapter.error_message(body),
+                        upstream.headers.get("retry-after"),
+                    )
+                    return None, self._failed(attempt, err, started)
+                if ctx.stream:
+                    opened = await _open_stream(target, call, upstream)
+                    attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
+                    ctx.first_byte_ns = time.monotonic_ns()
+                    return self._streaming(ctx, target, opened), None
+                body = await upstream.read(target.max_response_bytes)
+                parsed = target.adapter.parse_response(call, body)
+        except (UpstreamTimeout, TimeoutError):
+            if upstream is not None:
+                upstream.close()
             err = GatewayError(
                 504, "upstream_timeout", f"provider {target.account} did not answer in time"
             )
             return None, self._failed(attempt, err, started)
+        except _StreamNotStarted as exc:
+            upstream.close()  # type: ignore[union-attr]
+            return None, self._failed(attempt, exc.error, started)
+        except asyncio.CancelledError:  # the gateway stopping: no half-read response is kept
+            if upstream is not None:
+                upstream.close()
+            raise
         except UpstreamUnreachable:
             err = GatewayError(
                 502, "upstream_unreachable", f"could not reach provider {target.account}"
@@ -331,39 +332,33 @@ class Pipeline:
         return err
 
     def _streaming(
-        self,
-        ctx: RequestContext,
-        target: ModelTarget,
-        call: ProviderCall,
-        upstream: UpstreamResponse,
+        self, ctx: RequestContext, target: ModelTarget, opened: _OpenedStream
     ) -> GatewayResponse:
         headers = [*_SSE, (b"x-custos-served-by", target.served_by)]
-        return GatewayResponse(200, headers, stream=self._relay(ctx, target, call, upstream))
+        return GatewayResponse(200, headers, stream=self._relay(ctx, target, opened))
 
     async def _relay(
-        self,
-        ctx: RequestContext,
-        target: ModelTarget,
-        call: ProviderCall,
-        upstream: UpstreamResponse,
+        self, ctx: RequestContext, target: ModelTarget, opened: _OpenedStream
     ) -> AsyncIterator[bytes]:
         """Relay one upstream stream to the client, then settle, whatever happened."""
-        translator = target.adapter.stream_translator(call)
-        decoder = SSEDecoder()
+        translator, decoder, upstream = opened.translator, opened.decoder, opened.upstream
         capture = ctx.capture
         metrics.ACTIVE_STREAMS.inc()
+        target_failed: bool | None = None
         try:
-            async for chunk in upstream.chunks():
+            if capture is not None:
+                capture.feed(opened.first)
+            yield opened.first
+            async for chunk in opened.chunks:
                 out = b"".join(translator.feed(event) for event in decoder.feed(chunk))
                 if out:
-                    if ctx.first_byte_ns is None:
-                        ctx.first_byte_ns = time.monotonic_ns()
                     if capture is not None:
                         capture.feed(out)
                     yield out
             tail = b"".join(translator.feed(event) for event in decoder.close())
             if translator.upstream_error and not translator.complete:
                 # The provider's own error event already reached the client; don't add a second.
+                target_failed = True
                 if tail:
                     yield tail
                 ctx.status, ctx.error_code = 502, "upstream_stream_error"
@@ -371,6 +366,7 @@ class Pipeline:
                 return
             if not translator.complete:
                 raise UpstreamUnreachable("the provider ended the stream early")
+            target_failed = False
             last = tail + translator.finish()
             if capture is not None:
                 capture.feed(last)
@@ -387,6 +383,7 @@ class Pipeline:
                     return
             yield last
         except (UpstreamTimeout, UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
+            target_failed = True
             err = _stream_failure(target, exc)
             ctx.status, ctx.error_code = err.status, err.code
             ctx.attempts[-1].error = err.code
@@ -401,6 +398,9 @@ class Pipeline:
             else:
                 upstream.close()
             metrics.ACTIVE_STREAMS.dec()
+            if ctx.report_outcome is not None:
+                # A client that left says nothing about the target: it was streaming.
+                ctx.report_outcome(bool(target_failed))
             if not ctx.settled:
                 self._stream_usage(ctx, translator)
                 self.settle(ctx)
@@ -458,6 +458,57 @@ def _build_request(target: ModelTarget, call: ProviderCall) -> UpstreamRequest:
         return target.adapter.build_request(call)
     except (ValueError, TypeError) as exc:
         raise UpstreamRequestFailed(type(exc).__name__) from None
+
+
+@dataclass(slots=True)
+class _OpenedStream:
+    """A provider's stream read up to its first bytes for the client."""
+
+    upstream: UpstreamResponse
+    chunks: AsyncIterator[bytes]
+    translator: StreamTranslator
+    decoder: SSEDecoder
+    first: bytes
+
+
+class _StreamNotStarted(Exception):
+    """The provider's stream failed before anything reached the client: a failed attempt."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _open_stream(
+    target: ModelTarget, call: ProviderCall, upstream: UpstreamResponse
+) -> _OpenedStream:
+    """Read the stream until it has bytes for the client (what ``first_token_s`` bounds). Until
+    then nothing was sent, so a stream that breaks, ends or reports an error first is a failed
+    attempt the route may retry or fall back from; after, failures go in the stream."""
+    translator = target.adapter.stream_translator(call)
+    decoder = SSEDecoder()
+    chunks = upstream.chunks()
+    first = b""
+    try:
+        while not first:
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                first = b"".join(translator.feed(event) for event in decoder.close())
+                if not translator.complete:
+                    raise UpstreamUnreachable("the provider ended the stream before its start")
+                break
+            first = b"".join(translator.feed(event) for event in decoder.feed(chunk))
+    except (UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
+        raise _StreamNotStarted(_stream_failure(target, exc)) from None
+    if translator.upstream_error and not translator.complete:
+        raise _StreamNotStarted(
+            GatewayError(
+                502,
+                "upstream_stream_error",
+                f"provider {target.account} answered the stream with an error",
+            )
+        )
+    return _OpenedStream(upstream, chunks, translator, decoder, first)
 
 
 def _stream_failure(target: ModelTarget, exc: Exception) -> GatewayError:

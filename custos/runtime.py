@@ -6,8 +6,6 @@ swaps the reference, so a request keeps the revision it started with to its end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from custos.config.loader import LoadedConfig
 from custos.config.schema import Config, ProviderSettings, RetrySettings, VirtualModelSettings
 from custos.identity.jwt import JWTVerifier
@@ -18,42 +16,11 @@ from custos.policy.patterns import ModelPattern
 from custos.pricing import ModelPrice
 from custos.providers.base import ProviderAdapter
 from custos.providers.registry import adapter_for
+from custos.routing.targets import ModelTarget, Route
 from custos.state.store import email_key
 
 #: A model named directly (``account/model``) gets one attempt and no fallback.
 _DIRECT_RETRY = RetrySettings(attempts=1, on_status=[])
-
-
-@dataclass(frozen=True, slots=True)
-class ModelTarget:
-    """One model on one provider account: what an attempt is made against."""
-
-    name: str
-    account: str
-    model: str
-    upstream_model: str
-    adapter: ProviderAdapter
-    price: ModelPrice
-    region: str | None
-    connect_timeout_s: float
-    timeout_s: float
-    #: The largest body read from the provider (its ``max_response_bytes``).
-    max_response_bytes: int
-    #: Pre-encoded ``x-custos-served-by`` value.
-    served_by: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """What a model name a client may ask for resolves to."""
-
-    name: str
-    targets: tuple[ModelTarget, ...]
-    strategy: str
-    weights: tuple[int, ...]
-    retry: RetrySettings
-    fallback_on: frozenset[int]
-    virtual: bool
 
 
 class Runtime:
@@ -99,6 +66,9 @@ class Runtime:
             retry=vm.retry,
             fallback_on=frozenset(vm.fallback_on),
             virtual=True,
+            timeouts=vm.timeouts,
+            cooldown=vm.cooldown,
+            sticky=vm.sticky.metadata if vm.sticky is not None else None,
         )
 
 

@@ -119,7 +119,8 @@ def test_served_call(audited: Audited) -> None:
     response = audited.chat("openai-main/gpt-5.5", headers=headers, max_tokens=50)
     assert response.status_code == 200
     record = one_call(audited.store_url, _request_id(response))
-    assert record["schema_version"] == 1
+    assert record["schema_version"] == 2
+    assert record["skips"] == []
     assert record["outcome"] == "served"
     assert record["http.response.status_code"] == 200
     assert record["error.type"] is None and record["stopped_at"] is None

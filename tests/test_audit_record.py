@@ -76,7 +76,7 @@ def test_leaf_hash_is_rfc9162() -> None:
 def test_seal_completes_and_unseal_checks() -> None:
     at = 1_782_907_200_123
     sealed = seal({"event_type": "llm.call", "time_start": rfc3339_ms(at)}, at_ms=at)
-    assert sealed.fields["schema_version"] == 1
+    assert sealed.fields["schema_version"] == 2
     assert len(bytes.fromhex(sealed.fields["salt"])) == 16
     event_id = uuid.UUID(sealed.event_id)  # a UUIDv7 of the record's time, and a salt of its own
     assert event_id.version == 7 and int.from_bytes(event_id.bytes[:6], "big") == at

@@ -1,4 +1,4 @@
-"""Building the records of schema version 1, one function per event type.
+"""Building the records of schema version 2, one function per event type.
 
 Keys are flat. Where OpenTelemetry's GenAI (or general) semantic conventions name a field, the
 key is that name (``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ``error.type``,
@@ -14,7 +14,7 @@ an event type is always present (``null`` when unknown), so readers see one stab
     api.protocol (openai | anthropic), gen_ai.operation.name (chat | embeddings),
     gen_ai.request.model, gen_ai.request.stream, gen_ai.request.max_tokens,
     gen_ai.provider.name, provider.account, provider.model, provider.upstream_model, cloud.region,
-    attempts [{target, region, status, error, offset_ms, latency_ms}],
+    attempts [{target, region, status, error, offset_ms, latency_ms}], skips [{target, reason}],
     decisions [{stage, rule, decision}],
     limits.estimated_input_tokens, limits.estimated_output_tokens, limits.reserved_micros,
     http.response.status_code, outcome, stopped_at, error.type,
@@ -205,6 +205,7 @@ def llm_call(
             }
             for a in ctx.attempts
         ],
+        "skips": [{"target": s.target, "reason": s.reason} for s in ctx.skips],
         "decisions": _decisions(ctx, stopped_at),
         "limits.estimated_input_tokens": estimated_in,
         "limits.estimated_output_tokens": estimated_out,

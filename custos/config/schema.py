@@ -430,17 +430,64 @@ class TargetSettings(_Strict):
 
 class RetrySettings(_Strict):
     attempts: Annotated[int, Field(ge=1, le=10)] = 1
+    #: The wait before retry n is drawn between 0 and backoff_ms * 2^(n-1) ("full" jitter, so
+    #: callers that failed together do not retry together); "none" waits exactly that long.
     backoff_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
+    jitter: Literal["full", "none"] = "full"
     on_status: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
+
+
+class TimeoutSettings(_Strict):
+    """How long one attempt on a target may take before the next is tried (besides the
+    account's own ``timeout_s`` and ``connect_timeout_s``)."""
+
+    #: A plain call's whole answer; a stream's first event when ``first_token_s`` is not set.
+    attempt_s: Annotated[float | None, Field(gt=0, le=3600)] = None
+    #: A stream's first event: a stream that has not started by then falls back.
+    first_token_s: Annotated[float | None, Field(gt=0, le=3600)] = None
+
+
+class CooldownSettings(_Strict):
+    """A target that keeps failing is skipped for ``cooldown_s``, then tried by one probe.
+
+    It trips when ``failures`` of its last ``of_last`` attempts (default: ``failures``, i.e. in
+    a row) within ``window_s`` failed with a status in ``fallback_on`` (timeouts and broken
+    streams included)."""
+
+    failures: Annotated[int, Field(ge=1, le=100)] = 3
+    of_last: Annotated[int | None, Field(ge=1, le=1000)] = None
+    window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    cooldown_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+
+    @model_validator(mode="after")
+    def _window_holds_the_failures(self) -> CooldownSettings:
+        if self.of_last is not None and self.of_last < self.failures:
+            raise ValueError("of_last must be at least failures")
+        return self
+
+    @property
+    def last(self) -> int:
+        return self.of_last or self.failures
+
+
+class StickySettings(_Strict):
+    """Requests with the same value of this metadata key go to the same target while it is
+    healthy (rendezvous hashing over the targets, by weight)."""
+
+    metadata: Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class VirtualModelSettings(_Strict):
     """A name clients call that the gateway resolves to ordered provider targets."""
 
-    strategy: Literal["priority", "weighted"] = "priority"
+    strategy: Literal["priority", "weighted", "latency"] = "priority"
     targets: Annotated[list[TargetSettings], Field(min_length=1)]
     retry: RetrySettings = Field(default_factory=RetrySettings)
     fallback_on: list[int] = Field(default_factory=lambda: [401, 403, 404, 429, 500, 502, 503, 504])
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    #: Off unless set: a target's failures then make the route skip it for a while.
+    cooldown: CooldownSettings | None = None
+    sticky: StickySettings | None = None
 
 
 class Config(_Strict):

@@ -103,6 +103,9 @@ a 400. The ``model`` field of responses echoes the model string as given, direct
 ``fail_first=K``
     With ``status``: only the first K requests with this model string and knobs fail, later
     ones succeed (for retry tests). ``DELETE /_mock/stats`` forgets the history.
+``fail_for_ms=T``
+    With ``status``: requests with this model string and knobs fail for T ms from the first
+    one, later ones succeed (a provider down for a while, for cooldown tests).
 ``latency_ms``
     Wait before responding at all (errors included).
 ``ttft_ms`` / ``chunk_delay_ms``

@@ -191,3 +191,26 @@ BUDGET_ALERTS = Counter(
     ["budget", "outcome"],
     registry=REGISTRY,
 )
+
+# -- routing (custos.routing) ------------------------------------------------------------------
+
+TARGET_COOLDOWN = Gauge(
+    "custos_target_cooldown",
+    "1 while a virtual model skips a target that kept failing (its cooldown, until a probe "
+    "answers), else 0.",
+    ["virtual_model", "target"],
+    registry=REGISTRY,
+)
+TARGET_SKIPS = Counter(
+    "custos_target_skips",
+    "Targets a virtual model passed over without trying them, by reason (cooldown).",
+    ["virtual_model", "target", "reason"],
+    registry=REGISTRY,
+)
+TARGET_LATENCY = Gauge(
+    "custos_target_first_event_seconds",
+    "Moving average of a target's time to its first event (a plain call's whole answer), as "
+    "the latency strategy sees it (targets of latency-strategy virtual models).",
+    ["target", "kind"],
+    registry=REGISTRY,
+)

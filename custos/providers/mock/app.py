@@ -160,6 +160,7 @@ class MockProvider:
         self.stats: dict[str, int] = dict.fromkeys(_STAT_NAMES, 0)
         self._failures: dict[tuple[str, Knobs], int] = {}
         self.tokens = gem.TokenIssuer({})
+        self._failing_since: dict[tuple[str, Knobs], float] = {}
         # path -> (method, handler); Azure and /v1/models/{id} are matched by prefix.
         self._routes: dict[str, tuple[str, Callable[[_Request], Awaitable[None]]]] = {
             "/v1/chat/completions": ("POST", self._route_chat_completions),
@@ -312,6 +313,9 @@ class MockProvider:
         return None
 
     def _should_fail(self, model: str, knobs: Knobs) -> bool:
+        if knobs.fail_for_ms is not None:
+            first = self._failing_since.setdefault((model, knobs), time.monotonic())
+            return time.monotonic() - first < knobs.fail_for_ms / 1000
         if knobs.fail_first is None:
             return True
         seen = self._failures.get((model, knobs), 0)
@@ -520,10 +524,12 @@ class MockProvider:
             await _respond(send, 404, oai.openai_error(404, message))
 
     def reset_stats(self) -> None:
-        """Zero the counters (except ``active_streams``) and forget ``fail_first`` history."""
+        """Zero the counters (except ``active_streams``) and forget the history of
+        ``fail_first`` and ``fail_for_ms``."""
         active = self.stats["active_streams"]
         self.stats.update(dict.fromkeys(_STAT_NAMES, 0), active_streams=active)
         self._failures.clear()
+        self._failing_since.clear()
 
 
 _STAT_NAMES = (

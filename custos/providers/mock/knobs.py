@@ -32,6 +32,7 @@ class Knobs:
 
     status: int | None = None  # answer with this HTTP error status
     fail_first: int | None = None  # only the first N requests with this model string get status
+    fail_for_ms: float | None = None  # only requests within this long of the first get status
     retry_after: float = 1.0  # seconds, for the retry-after headers of a 429 / 503
     latency_ms: float = 0.0  # wait before responding at all
     ttft_ms: float = 0.0  # wait before the first stream event
@@ -54,7 +55,7 @@ _FLAGS = frozenset({"malformed", "no_usage", "blocked"})
 _INTS = frozenset(
     {"status", "fail_first", "chunks", "words", "drop_after", "cached_tokens", "thoughts_tokens"}
 )
-_FLOATS = frozenset({"retry_after", "latency_ms", "ttft_ms", "chunk_delay_ms"})
+_FLOATS = frozenset({"retry_after", "latency_ms", "ttft_ms", "chunk_delay_ms", "fail_for_ms"})
 _HEADER_PREFIX = b"x-mock-"
 
 
