@@ -34,7 +34,6 @@ from custos.providers.base import (
     upstream_error,
 )
 from custos.providers.estimate import estimate_prompt_tokens
-from custos.providers.sse import SSEDecoder
 from custos.providers.transport import (
     Transport,
     UpstreamRequestFailed,
@@ -267,7 +266,7 @@ class Pipeline:
                 body = await upstream.read_prefix(ERROR_BODY_BYTES)
                 err = upstream_error(
                     target.account,
-                    upstream.status,
+                    target.adapter.error_status(upstream.status, body),
                     target.adapter.error_message(body),
                     upstream.headers.get("retry-after"),
                 )
@@ -343,7 +342,7 @@ class Pipeline:
     ) -> AsyncIterator[bytes]:
         """Relay one upstream stream to the client, then settle, whatever happened."""
         translator = target.adapter.stream_translator(call)
-        decoder = SSEDecoder()
+        decoder = target.adapter.stream_decoder()
         capture = ctx.capture
         metrics.ACTIVE_STREAMS.inc()
         try:

@@ -63,6 +63,7 @@ PROVIDER_NAMES = {
     "azure_openai": "azure.ai.openai",
     "anthropic": "anthropic",
     "openai_compatible": "openai_compatible",
+    "bedrock": "aws.bedrock",
 }
 OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
 

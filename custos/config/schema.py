@@ -33,7 +33,7 @@ UNSUPPORTED_SECTIONS = (
     "mcp_servers",
 )
 
-PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic")
+PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic", "bedrock")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                            r"[A-Za-z]{2,63}$")  # fmt: skip
@@ -166,9 +166,14 @@ class ModelSettings(_Strict):
 
 
 class ProviderSettings(_Strict):
-    type: Literal["openai", "openai_compatible", "azure_openai", "anthropic"]
-    base_url: RequestValue
+    type: Literal["openai", "openai_compatible", "azure_openai", "anthropic", "bedrock"]
+    #: Optional for bedrock, whose regional endpoint is known (see ``_default_base_url``).
+    base_url: RequestValue = ""
     api_key: RequestValue | None = Field(default=None, repr=False)
+    #: bedrock: the AWS credentials (references), a session token for temporary ones.
+    access_key_id: RequestValue | None = Field(default=None, repr=False)
+    secret_access_key: RequestValue | None = Field(default=None, repr=False)
+    session_token: RequestValue | None = Field(default=None, repr=False)
     region: str | None = None
     api_version: RequestValue | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
@@ -197,13 +202,42 @@ class ProviderSettings(_Strict):
                 )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_base_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("base_url"):
+            default = _DEFAULT_BASE_URLS.get(data.get("type"))  # type: ignore[arg-type]
+            region = data.get("region")
+            if default is not None and isinstance(region, str) and _REGION.fullmatch(region):
+                return {**data, "base_url": default.format(region=region)}
+        return data
+
     @model_validator(mode="after")
     def _type_needs(self) -> ProviderSettings:
+        if self.type == "bedrock":
+            _bedrock_needs(self)
+        if not self.base_url:
+            raise ValueError(f"{self.type} needs base_url")
         if self.type == "azure_openai" and not self.api_version:
             raise ValueError("azure_openai needs api_version (e.g. 2024-10-21)")
         if self.type in ("openai", "azure_openai", "anthropic") and not self.api_key:
             raise ValueError(f"{self.type} needs api_key (use ${{env:NAME}} or ${{file:path}})")
         return self
+
+
+#: Public endpoints of the provider types that have one per region.
+_DEFAULT_BASE_URLS = {"bedrock": "https://bedrock-runtime.{region}.amazonaws.com"}
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+
+
+def _bedrock_needs(settings: ProviderSettings) -> None:
+    """A bedrock account signs for one region, with an access key pair."""
+    if not settings.region or not _REGION.fullmatch(settings.region):
+        raise ValueError("bedrock needs region (e.g. eu-central-1): it is part of the signature")
+    if not (settings.access_key_id and settings.secret_access_key):
+        raise ValueError(
+            "bedrock needs access_key_id and secret_access_key (use ${env:NAME} or ${file:path})"
+        )
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")

@@ -4,7 +4,8 @@ The file's text is kept for ever in the audit's config history (``audit_config_t
 secret must never be part of it: wherever one is expected the file names it with
 ``${env:NAME}`` or ``${file:path}`` and only the reference is stored. The places:
 
-- ``providers.*.api_key``, ``identity.token_hash_key``, ``audit.content_key``: the whole value
+- ``providers.*.api_key`` (and bedrock's ``access_key_id``, ``secret_access_key``,
+  ``session_token``), ``identity.token_hash_key``, ``audit.content_key``: the whole value
   is references;
 - a header whose name says it carries a credential (``Authorization``, ``api-key``,
   ``x-api-key``, anything with *key*, *token*, *secret*, *auth*, *password*, *cookie* or
@@ -29,6 +30,9 @@ from custos.config.refs import REFERENCE
 #: Fields whose whole value is a secret.
 _SECRET_FIELDS = (
     ("providers", "*", "api_key"),
+    ("providers", "*", "access_key_id"),
+    ("providers", "*", "secret_access_key"),
+    ("providers", "*", "session_token"),
     ("identity", "token_hash_key"),
     ("audit", "content_key"),
 )

@@ -16,6 +16,7 @@ ADAPTERS: dict[str, str] = {
     "openai_compatible": "custos.providers.openai:OpenAICompatibleAdapter",
     "azure_openai": "custos.providers.azure_openai:AzureOpenAIAdapter",
     "anthropic": "custos.providers.anthropic:AnthropicAdapter",
+    "bedrock": "custos.providers.bedrock:BedrockAdapter",
 }
 
 
