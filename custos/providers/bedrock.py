@@ -647,6 +647,10 @@ _ERROR_STATUS = {
 }
 
 
+#: Characters allowed bare in a URL path segment (RFC 3986 pchar), which aiohttp does not quote.
+_PATH_SAFE = ":@!$&'()*+,;="
+
+
 class BedrockAdapter(ProviderAdapter):
     wire = "anthropic"
 
@@ -665,7 +669,10 @@ class BedrockAdapter(ProviderAdapter):
 
     def url(self, call: ProviderCall) -> str:
         action = "converse-stream" if call.stream else "converse"
-        return f"{self.base_url}/model/{quote(call.upstream_model, safe='')}/{action}"
+        # Quoted as the HTTP client will send it (it leaves ':' and the sub-delimiters bare), so
+        # that the signature covers the bytes on the wire; '/' in an ARN stays %2F.
+        model = quote(call.upstream_model, safe=_PATH_SAFE)
+        return f"{self.base_url}/model/{model}/{action}"
 
     def build_request(self, call: ProviderCall, *, now: datetime | None = None) -> UpstreamRequest:
         if not self.supports(call.operation):
