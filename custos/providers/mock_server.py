@@ -1,5 +1,6 @@
-"""Mock LLM provider: a real HTTP server speaking the OpenAI, Azure OpenAI and Anthropic wire
-formats well enough for the official ``openai`` and ``anthropic`` SDKs to work against it.
+"""Mock LLM provider: a real HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Bedrock
+(Converse) wire formats well enough for the official ``openai`` and ``anthropic`` SDKs (and the
+gateway's translations) to work against it.
 
 Used by the demo, the test suites and the benchmark. The implementation lives in the package
 ``custos.providers.mock``; this module is its public face and its ``python -m`` entry point.
@@ -28,6 +29,15 @@ Routes
   (or ``Authorization: Bearer``, which anthropic SDK 2.x sends) and ``anthropic-version``
   (missing: 400). ``GET /v1/models`` answers in Anthropic's shape when
   the request carries ``anthropic-version``.
+- ``POST /model/{modelId}/converse`` and ``/converse-stream``: Bedrock Runtime, signed with
+  SigV4 for the service ``bedrock`` (any access key id and region; the secret access key is
+  ``api_key``; a bad or missing signature is a 403). Errors are ``{"message"}`` with an
+  ``x-amzn-errortype`` header; ConverseStream answers in AWS's binary event-stream framing
+  (``application/vnd.amazon.eventstream``, real CRCs): ``messageStart``, ``contentBlockStart``
+  (tool calls only), ``contentBlockDelta``, ``contentBlockStop``, ``messageStop``, ``metadata``
+  (usage). Bedrock's ``inputTokens``: the formula below over ``messages`` (``text`` blocks, a
+  ``toolUse``'s name and compact JSON ``input``, a ``toolResult``'s texts), a ``system`` counting
+  as one more message, less the cache knobs' tokens.
 - ``GET|DELETE /_mock/requests``: the last 200 requests (time, method, path, query, all headers
   unmasked, body parsed as JSON when possible) / clear them.
 - ``GET|DELETE /_mock/stats``: counters ``requests_total``, ``errors_injected``,
@@ -109,6 +119,13 @@ a 400. The ``model`` field of responses echoes the model string as given, direct
     still carry ``"usage": null``). Anthropic's format requires ``usage`` objects in
     ``message_start`` and ``message_delta``, so ``input_tokens`` stays and ``output_tokens`` is
     0 in both (real Anthropic never reports 0 for a reply). Non-streaming replies keep usage.
+
+``cached_tokens=N`` / ``cache_write_tokens=N`` / ``stream_exception``
+    Bedrock only: report N ``cacheReadInputTokens`` (at most the prompt's tokens) / N
+    ``cacheWriteInputTokens`` (of the rest), taken out of ``inputTokens`` / end a
+    ConverseStream after its first delta with a ``throttlingException`` exception message.
+    With ``malformed`` a ConverseStream's second message has a wrong CRC; ``no_usage`` leaves
+    ``usage`` out of its ``metadata`` event.
 
 Stream shapes: OpenAI sends a role chunk (``delta: {"role": "assistant", "content": ""}``), the
 content (or ``tool_calls``: id and name first, then ``arguments`` fragments) chunks, a chunk
