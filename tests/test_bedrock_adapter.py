@@ -690,3 +690,33 @@ def test_aws_credentials_by_reference_load(monkeypatch):
     assert (account.access_key_id, account.secret_access_key) == ("AKID", SECRET)
     assert account.region == "us-east-1"
     assert SECRET not in repr(account)
+
+
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        (f"https://bedrock-runtime.{REGION}.amazonaws.com/model/{UPSTREAM}/converse", None),
+        ("http://127.0.0.1:8080/model/a:b/converse-stream", "TOKEN/with+chars="),
+        ("https://h.example:443/model/arn:aws:x:1:p%2Fq/converse?b=2&a=1", None),
+    ],
+)
+def test_the_signature_is_the_one_botocore_computes(url, token):
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from custos.providers.sigv4 import SigV4Signer
+
+    headers = {"content-type": "application/json", "X-Custom": "  a   b "}
+    body = b'{"messages":[]}'
+    ours = SigV4Signer(ACCESS_KEY, SECRET, token, REGION, "bedrock").sign(url, headers, body, CLOCK)
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    request.context["timestamp"] = CLOCK.strftime("%Y%m%dT%H%M%SZ")
+    signer = SigV4Auth(Credentials(ACCESS_KEY, SECRET, token), "bedrock", REGION)
+    signer._modify_request_before_signing(request)
+    signature = signer.signature(
+        signer.string_to_sign(request, signer.canonical_request(request)), request
+    )
+    assert ours["Authorization"].endswith(f"Signature={signature}")
+    assert ours["X-Amz-Date"] == request.headers["X-Amz-Date"]
+    assert ours.get("X-Amz-Security-Token") == token

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
+from tests.audit_helpers import one_call
 from tests.conftest import (
     CUSTOS,
     MOCK_KEY,
@@ -547,3 +548,25 @@ def test_config_check_accepts_a_bedrock_account(mock_provider, tmp_path: Path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert MOCK_KEY not in result.stdout + result.stderr
+
+
+def test_the_record_names_bedrock_its_region_and_the_cache_counts(gateway):
+    model = MODEL + "+cached_tokens=3+cache_write_tokens=2"
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        headers=gateway.headers,
+        json={"model": model, "messages": user("audit me"), "stream": True},
+    ) as response:
+        assert response.status_code == 200
+        assert response.read().endswith(b"data: [DONE]\n\n")
+    store_url = f"sqlite:///{gateway.config_path.parent / 'custos.db'}"
+    record = one_call(store_url, response.headers["x-custos-request-id"])
+    assert record["gen_ai.provider.name"] == "aws.bedrock"
+    assert record["cloud.region"] == "eu-central-1"
+    assert record["provider.upstream_model"] == UPSTREAM + "+cached_tokens=3+cache_write_tokens=2"
+    expected_in = PER_MESSAGE_TOKENS + count_tokens("audit me")
+    assert record["gen_ai.usage.input_tokens"] == expected_in
+    assert record["gen_ai.usage.cache_read.input_tokens"] == 3
+    assert record["gen_ai.usage.cache_creation.input_tokens"] == 2
+    assert record["gen_ai.usage.output_tokens"] == REPLY_WORDS

@@ -9,7 +9,7 @@ OpenAI -> Anthropic translation first, so that its messages, tools and tool choi
 Converse -> an Anthropic message (and Anthropic events for streams) -> OpenAI when the client
 speaks OpenAI. Every request field either maps or is refused with a 400 that names it.
 
-Signing uses botocore's SigV4 signer with static credentials from the config (by reference);
+Signing (``custos.providers.sigv4``) uses static credentials from the config (by reference);
 it costs tens of microseconds, so it runs inline.
 """
 
@@ -23,9 +23,6 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from custos.context import Operation, Usage
 from custos.errors import bad_request
@@ -40,11 +37,11 @@ from custos.providers.base import (
     UpstreamRequest,
 )
 from custos.providers.eventstream import EXCEPTION_PREFIX, EventStreamDecoder
+from custos.providers.sigv4 import SigV4Signer
 from custos.providers.sse import SSEEvent, encode_event
 
 #: The signing name of the Bedrock Runtime service.
 SERVICE = "bedrock"
-_AMZ_DATE = "%Y%m%dT%H%M%SZ"
 
 # -- requests: Anthropic Messages -> Converse -----------------------------------------------------
 
@@ -656,13 +653,13 @@ class BedrockAdapter(ProviderAdapter):
 
     def __init__(self, account: str, settings: Any) -> None:
         super().__init__(account, settings)
-        self.region = settings.region or ""
-        self._credentials = Credentials(
+        self._signer = SigV4Signer(
             settings.access_key_id or "",
             settings.secret_access_key or "",
             settings.session_token or None,
+            settings.region or "",
+            SERVICE,
         )
-        self._signer = _Signer(self._credentials, SERVICE, self.region)
 
     def supports(self, operation: Operation) -> bool:
         return operation != "embeddings"
@@ -736,16 +733,3 @@ def _message_id(call: ProviderCall) -> str:
     """Converse answers carry no id; make one in the shape the client's protocol uses."""
     token = secrets.token_hex(12)
     return f"msg_bdrk_{token}" if call.protocol == "anthropic" else f"chatcmpl-bdrk{token}"
-
-
-class _Signer(SigV4Auth):
-    """botocore's SigV4 signer at a given time (the tests fix the clock)."""
-
-    def sign(self, url: str, headers: dict[str, str], body: bytes, now: datetime) -> dict[str, str]:
-        request = AWSRequest(method="POST", url=url, data=body, headers=headers)
-        request.context["timestamp"] = now.strftime(_AMZ_DATE)
-        self._modify_request_before_signing(request)
-        canonical = self.canonical_request(request)
-        signature = self.signature(self.string_to_sign(request, canonical), request)
-        self._inject_signature_to_request(request, signature)
-        return dict(request.headers.items())
