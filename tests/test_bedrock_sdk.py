@@ -188,10 +188,14 @@ def test_wrong_secret_is_the_operators_problem(mock_provider, tmp_path):
 # -- the openai SDK -------------------------------------------------------------------------------
 
 
-def test_openai_plain_usage_and_cost(oai, gateway):
+def test_openai_plain_usage_and_cost(oai, gateway, mock_provider):
     meter = Meter(gateway, MODEL)
     prompt = "Count my tokens exactly"
     reply = oai.chat.completions.create(model=MODEL, messages=user(prompt))
+    # No max_tokens asked for, none sent: the model's own limit applies.
+    assert converse_request(mock_provider)["body"] == {
+        "messages": [{"role": "user", "content": [{"text": prompt}]}]
+    }
     expected_in = PER_MESSAGE_TOKENS + count_tokens(prompt)
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage.prompt_tokens == expected_in
@@ -459,24 +463,30 @@ def test_anthropic_fields_without_a_converse_form_are_refused(gateway, mock_prov
 # -- errors ----------------------------------------------------------------------------------------
 
 
+ERRORS = [
+    ("+status=429", 429, "upstream_rate_limited"),
+    ("+status=400", 400, "upstream_invalid_request"),
+    ("+status=403", 502, "upstream_auth_failed"),
+    ("+status=404", 502, "upstream_not_found"),
+    ("+status=408", 504, "upstream_timeout"),
+    ("+status=503", 503, "upstream_unavailable"),
+]
+
+
 @pytest.mark.parametrize(
-    ("directive", "status", "code"),
+    ("directive", "status", "code", "stream"),
     [
-        ("+status=429", 429, "upstream_rate_limited"),
-        ("+status=400", 400, "upstream_invalid_request"),
-        ("+status=403", 502, "upstream_auth_failed"),
-        ("+status=404", 502, "upstream_not_found"),
-        ("+status=408", 504, "upstream_timeout"),
-        ("+status=503", 503, "upstream_unavailable"),
-        ("+malformed", 502, "upstream_malformed_response"),
+        *((*case, stream) for case in ERRORS for stream in (False, True)),
+        # A malformed stream starts with 200: see the stream tests below.
+        ("+malformed", 502, "upstream_malformed_response", False),
     ],
 )
-def test_errors_are_mapped(gateway, directive, status, code):
+def test_errors_are_mapped(gateway, directive, status, code, stream):
     meter = Meter(gateway, MODEL + directive)
     response = httpx.post(
         f"{gateway.base_url}/chat/completions",
         headers=gateway.headers,
-        json={"model": MODEL + directive, "messages": user("hi")},
+        json={"model": MODEL + directive, "messages": user("hi"), "stream": stream},
     )
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
@@ -570,3 +580,26 @@ def test_the_record_names_bedrock_its_region_and_the_cache_counts(gateway):
     assert record["gen_ai.usage.cache_read.input_tokens"] == 3
     assert record["gen_ai.usage.cache_creation.input_tokens"] == 2
     assert record["gen_ai.usage.output_tokens"] == REPLY_WORDS
+
+
+def test_config_check_names_what_a_bedrock_account_lacks(mock_provider, tmp_path: Path):
+    config = yaml.safe_load(bedrock_config(mock_provider.url))
+    del config["providers"][ACCOUNT]["region"]
+    path = tmp_path / "custos.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {
+        **os.environ,
+        **ENV,
+        "CUSTOS_TEST_MOCK_KEY": MOCK_KEY,
+        "CUSTOS_TEST_TOKEN_KEY": TOKEN_KEY,
+    }
+    result = subprocess.run(
+        [*CUSTOS, "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"providers.{ACCOUNT}" in result.stderr and "bedrock needs region" in result.stderr
+    assert MOCK_KEY not in result.stdout + result.stderr

@@ -116,6 +116,10 @@ def openai_request_to_converse(body: dict[str, Any]) -> dict[str, Any]:
     anthropic = translate.openai_request_to_anthropic(body, "")
     anthropic.pop("model")
     anthropic.pop("stream", None)
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        # Anthropic needs a number and the translation puts a default in; Converse does not,
+        # and the model's own limit serves the caller better than an arbitrary one.
+        anthropic.pop("max_tokens")
     # Dropped by the Anthropic translation (Anthropic deprecated them); Converse takes them.
     for field in ("temperature", "top_p"):
         if body.get(field) is not None:
