@@ -10,7 +10,6 @@ with ``Decimal``; what the gateway charged is read from its counters.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
@@ -25,7 +24,6 @@ import yaml
 from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
 from tests.audit_helpers import one_call
 from tests.conftest import (
-    CUSTOS,
     MOCK_KEY,
     TOKEN_KEY,
     GatewayProcess,
@@ -42,8 +40,10 @@ from tests.sdk_helpers import (
     Meter,
     assert_text_reply,
     last_request,
+    openai_weather_call,
     user,
 )
+from tests.test_config import check
 
 ACCOUNT = "aws-us"
 MODEL = f"{ACCOUNT}/claude"
@@ -231,20 +231,8 @@ def test_openai_stream_with_usage(oai, gateway):
 
 def test_openai_tool_round_trip(oai, gateway, mock_provider):
     meter = Meter(gateway, MODEL)
-    question = user("What is the weather in Paris?")
-    first = oai.chat.completions.create(model=MODEL, messages=question, tools=[OPENAI_WEATHER_TOOL])
-    assert first.choices[0].finish_reason == "tool_calls"
-    (call,) = first.choices[0].message.tool_calls
-    assert call.function.name == "get_weather"
-    assert json.loads(call.function.arguments) == WEATHER_ARGS
-    assert first.usage.completion_tokens == WEATHER_CALL_TOKENS
-
+    first, call, follow_up = openai_weather_call(oai, MODEL)
     mock_provider.clear()
-    follow_up = [
-        *question,
-        first.choices[0].message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
-    ]
     stream = oai.chat.completions.create(
         model=MODEL,
         messages=follow_up,
@@ -540,22 +528,14 @@ def test_dropped_event_stream_is_broken(oai):
         list(stream)
 
 
+def config_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return check(path, **ENV, CUSTOS_TEST_MOCK_KEY=MOCK_KEY, CUSTOS_TEST_TOKEN_KEY=TOKEN_KEY)
+
+
 def test_config_check_accepts_a_bedrock_account(mock_provider, tmp_path: Path):
     path = tmp_path / "custos.yaml"
     path.write_text(bedrock_config(mock_provider.url))
-    result = subprocess.run(
-        [*CUSTOS, "config", "check", str(path)],
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            **ENV,
-            "CUSTOS_TEST_MOCK_KEY": MOCK_KEY,
-            "CUSTOS_TEST_TOKEN_KEY": TOKEN_KEY,
-        },
-        cwd=tmp_path,
-        check=False,
-    )
+    result = config_check(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert MOCK_KEY not in result.stdout + result.stderr
 
@@ -587,19 +567,7 @@ def test_config_check_names_what_a_bedrock_account_lacks(mock_provider, tmp_path
     del config["providers"][ACCOUNT]["region"]
     path = tmp_path / "custos.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {
-        **os.environ,
-        **ENV,
-        "CUSTOS_TEST_MOCK_KEY": MOCK_KEY,
-        "CUSTOS_TEST_TOKEN_KEY": TOKEN_KEY,
-    }
-    result = subprocess.run(
-        [*CUSTOS, "config", "check", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    result = config_check(path)
     assert result.returncode == 1
     assert f"providers.{ACCOUNT}" in result.stderr and "bedrock needs region" in result.stderr
     assert MOCK_KEY not in result.stdout + result.stderr

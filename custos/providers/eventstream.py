@@ -38,23 +38,14 @@ def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
     return head + struct.pack("!I", crc32(head))
 
 
-def event_message(event_type: str, payload: bytes) -> bytes:
+def json_message(message_type: str, name: str, payload: bytes) -> bytes:
+    """An ``event`` (``name`` is its event type) or ``exception`` (its exception type) message
+    with a JSON payload, as ConverseStream sends them."""
     return encode_message(
         {
-            ":event-type": event_type,
+            f":{message_type}-type": name,
             ":content-type": "application/json",
-            ":message-type": "event",
-        },
-        payload,
-    )
-
-
-def exception_message(exception_type: str, payload: bytes) -> bytes:
-    return encode_message(
-        {
-            ":exception-type": exception_type,
-            ":content-type": "application/json",
-            ":message-type": "exception",
+            ":message-type": message_type,
         },
         payload,
     )

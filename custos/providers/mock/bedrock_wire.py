@@ -13,7 +13,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from custos.providers.eventstream import event_message, exception_message
+from custos.providers.eventstream import json_message
 
 from .content import (
     PER_MESSAGE_TOKENS,
@@ -235,7 +235,7 @@ MALFORMED_JSON = b'{"output": {"message": {"role": "assistant", "content": [<gar
 
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
-    return event_message(kind, orjson.dumps(payload))
+    return json_message("event", kind, orjson.dumps(payload))
 
 
 def converse_events(plan: ConversePlan, knobs: Knobs) -> list[bytes]:
@@ -262,5 +262,5 @@ def converse_events(plan: ConversePlan, knobs: Knobs) -> list[bytes]:
         events[1] = bytes(corrupt)
     if knobs.stream_exception:
         message = orjson.dumps({"message": "Too many tokens, please wait (mock)."})
-        events[2:] = [exception_message("throttlingException", message)]
+        events[2:] = [json_message("exception", "throttlingException", message)]
     return events
