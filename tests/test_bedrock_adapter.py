@@ -341,6 +341,8 @@ def test_every_other_field_is_refused_by_name(protocol, field, value):
     [
         ({"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}, "content[0]"),
         ({"type": "document", "source": {"type": "text", "data": "d"}}, "content[0]"),
+        ({"type": "tool_use", "name": "f", "input": {}}, "content[0]"),
+        ({"type": "tool_result", "content": "x"}, "content[0].tool_use_id"),
         (
             {"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": PNG}},
             "content[0]",

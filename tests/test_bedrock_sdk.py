@@ -560,6 +560,7 @@ def test_the_record_names_bedrock_its_region_and_the_cache_counts(gateway):
     assert record["gen_ai.usage.cache_read.input_tokens"] == 3
     assert record["gen_ai.usage.cache_creation.input_tokens"] == 2
     assert record["gen_ai.usage.output_tokens"] == REPLY_WORDS
+    assert MOCK_KEY not in json.dumps(record) and MOCK_KEY not in gateway.log()
 
 
 def test_config_check_names_what_a_bedrock_account_lacks(mock_provider, tmp_path: Path):

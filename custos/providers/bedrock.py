@@ -251,10 +251,12 @@ def _converse_block(block: Any, where: str) -> list[dict[str, Any]]:
     elif kind == "image":
         converted = {"image": _converse_image(block.get("source"), where)}
     elif kind == "tool_use":
+        if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+            raise bad_request(f"{where} needs an id and a name", param=where)
         converted = {
             "toolUse": {
-                "toolUseId": block.get("id"),
-                "name": block.get("name"),
+                "toolUseId": block["id"],
+                "name": block["name"],
                 "input": block.get("input") if isinstance(block.get("input"), dict) else {},
             }
         }
@@ -304,7 +306,9 @@ def _converse_tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
                 raise _refuse(at, f"tool results of type {kind!r} cannot be sent")
     else:
         raise bad_request(f"{where}.content must be a string or an array", param=f"{where}.content")
-    result: dict[str, Any] = {"toolUseId": block.get("tool_use_id"), "content": parts}
+    if not isinstance(block.get("tool_use_id"), str):
+        raise bad_request(f"{where}.tool_use_id must be a string", param=f"{where}.tool_use_id")
+    result: dict[str, Any] = {"toolUseId": block["tool_use_id"], "content": parts}
     if block.get("is_error"):
         result["status"] = "error"
     return result
