@@ -336,11 +336,31 @@ def test_every_other_field_is_refused_by_name(protocol, field, value):
     assert field in refused.value.message and refused.value.param == field
 
 
+def test_documents_map_with_a_name():
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": PNG}
+    content = [
+        {"type": "document", "source": pdf, "title": "Q3 report: final!!"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Hi"}},
+        {"type": "text", "text": "Summarise"},
+    ]
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
+    request = adapter().build_request(call("anthropic", body), now=CLOCK)
+    assert orjson.loads(request.body)["messages"][0]["content"] == [
+        {"document": {"format": "pdf", "source": {"bytes": PNG}, "name": "Q3 report final"}},
+        {"document": {"format": "txt", "source": {"bytes": "SGk="}, "name": "document-0-1"}},
+        {"text": "Summarise"},
+    ]
+
+
 @pytest.mark.parametrize(
     ("block", "named"),
     [
         ({"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}, "content[0]"),
-        ({"type": "document", "source": {"type": "text", "data": "d"}}, "content[0]"),
+        ({"type": "document", "source": {"type": "url", "url": "https://x/d.pdf"}}, "content[0]"),
+        (
+            {"type": "document", "source": {"type": "text", "data": "d"}, "context": "c"},
+            "content[0].context",
+        ),
         ({"type": "tool_use", "name": "f", "input": {}}, "content[0]"),
         ({"type": "tool_result", "content": "x"}, "content[0].tool_use_id"),
         (

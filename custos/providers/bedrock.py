@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -262,6 +263,8 @@ def _converse_block(block: Any, where: str) -> list[dict[str, Any]]:
         }
     elif kind == "tool_result":
         converted = {"toolResult": _converse_tool_result(block, where)}
+    elif kind == "document":
+        converted = {"document": _converse_document(block, where)}
     elif kind == "thinking":
         text = {"text": block.get("thinking", ""), "signature": block.get("signature", "")}
         converted = {"reasoningContent": {"reasoningText": text}}
@@ -278,13 +281,42 @@ def _converse_image(source: Any, where: str) -> dict[str, Any]:
     media_type = str(source.get("media_type", "")).lower()
     if media_type not in _IMAGE_FORMATS:
         raise bad_request(f"{where}: images must be JPEG, PNG, GIF or WebP", param=where)
-    data = source.get("data")
+    # The JSON form of Converse's blob type is base64 text, as the client sent it.
+    data = _base64(source.get("data"), where)
+    return {"format": _IMAGE_FORMATS[media_type], "source": {"bytes": data}}
+
+
+#: What a Converse document name may not hold (it allows letters, digits, single spaces,
+#: hyphens, parentheses and square brackets).
+_DOCUMENT_NAME_JUNK = re.compile(r"[^A-Za-z0-9\-()\[\] ]+")
+
+
+def _converse_document(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """A PDF (base64) or plain-text document; Converse names each document, from the title."""
+    for field in ("context", "citations"):
+        if block.get(field) not in (None, {"enabled": False}):
+            raise _refuse(f"{where}.{field}", "Converse documents have no such field")
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64" and source.get("media_type") == "application/pdf":
+        converted = {"format": "pdf", "source": {"bytes": _base64(source.get("data"), where)}}
+    elif kind == "text" and isinstance(source.get("data"), str):
+        text = base64.b64encode(source["data"].encode()).decode()
+        converted = {"format": "txt", "source": {"bytes": text}}
+    else:
+        raise _refuse(where, "documents must be base64 PDF or plain text")
+    title = block.get("title")
+    name = " ".join(_DOCUMENT_NAME_JUNK.sub(" ", title).split()) if isinstance(title, str) else ""
+    position = "-".join(re.findall(r"\d+", where))
+    return {**converted, "name": name[:200] or f"document-{position}"}
+
+
+def _base64(data: Any, where: str) -> str:
     try:
         base64.b64decode(data if isinstance(data, str) else "", validate=True)
     except binascii.Error:
-        raise bad_request(f"{where}: the image data is not base64", param=where) from None
-    # The JSON form of Converse's blob type is base64 text, as the client sent it.
-    return {"format": _IMAGE_FORMATS[media_type], "source": {"bytes": data}}
+        raise bad_request(f"{where}: the data is not base64", param=where) from None
+    return str(data)
 
 
 def _converse_tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
