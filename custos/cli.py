@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     mock = commands.add_parser(
         "mock-provider",
         help="run the mock LLM provider",
-        description="Run a local mock of the OpenAI, Azure OpenAI, Anthropic and Gemini (AI "
-        "Studio, Vertex AI with its token endpoint) APIs for demos, "
+        description="Run a local mock of the OpenAI, Azure OpenAI, Anthropic, Gemini (AI "
+        "Studio, Vertex AI with its token endpoint) and Bedrock (Converse, SigV4-signed with the "
+        "API key as the secret) APIs for demos, "
         "tests and benchmarks. Deterministic output; errors, latency and dropped streams on "
         "request through model-name directives (e.g. gpt-4o+status=429) or x-mock-* headers.",
     )

@@ -29,6 +29,7 @@ from custos.identity.jwt import looks_like_jwt
 from custos.identity.principal import AuthFailure, Principal
 from custos.providers.base import (
     ProviderCall,
+    StreamDecoder,
     StreamTranslator,
     UpstreamCredentialsFailed,
     UpstreamMalformed,
@@ -36,7 +37,6 @@ from custos.providers.base import (
     upstream_error,
 )
 from custos.providers.estimate import estimate_prompt_tokens
-from custos.providers.sse import SSEDecoder
 from custos.providers.transport import (
     Transport,
     UpstreamRequestFailed,
@@ -467,7 +467,7 @@ class _OpenedStream:
     upstream: UpstreamResponse
     chunks: AsyncIterator[bytes]
     translator: StreamTranslator
-    decoder: SSEDecoder
+    decoder: StreamDecoder
     first: bytes
 
 
@@ -486,7 +486,7 @@ async def _open_stream(
     then nothing was sent, so a stream that breaks, ends or reports an error first is a failed
     attempt the route may retry or fall back from; after, failures go in the stream."""
     translator = target.adapter.stream_translator(call)
-    decoder = SSEDecoder()
+    decoder = target.adapter.stream_decoder()
     chunks = upstream.chunks()
     first = b""
     try:

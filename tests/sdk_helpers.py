@@ -194,3 +194,27 @@ def config_with(mock_url: str, edit: Any) -> str:
     config = yaml.safe_load(standard_config(mock_url))
     edit(config)
     return yaml.safe_dump(config, sort_keys=False)
+
+
+# -- the weather tool's first turn, for the OpenAI tool-call round trips ------------------------
+
+
+def openai_weather_call(client: Any, model: str) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Ask ``model`` the weather question with the weather tool: its reply must be one call to
+    the tool with the mock's arguments. Returns the reply, the call and the conversation
+    continued with the assistant's turn and the tool's answer ("Sunny, 21 C")."""
+    question = user("What is the weather in Paris?")
+    first = client.chat.completions.create(
+        model=model, messages=question, tools=[OPENAI_WEATHER_TOOL]
+    )
+    assert first.choices[0].finish_reason == "tool_calls"
+    (call,) = first.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == WEATHER_ARGS
+    assert first.usage.completion_tokens == WEATHER_CALL_TOKENS
+    follow_up = [
+        *question,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
+    ]
+    return first, call, follow_up

@@ -39,6 +39,7 @@ from tests.sdk_helpers import (
     config_with,
     expected_cost,
     last_request,
+    openai_weather_call,
     user,
 )
 
@@ -498,25 +499,10 @@ def test_claude_stream(client, gateway, mock_provider, include_usage):
 
 
 def test_claude_tool_call_round_trip(client, gateway, mock_provider):
-    question = user("What is the weather in Paris?")
     meter = Meter(gateway, CLAUDE)
-
-    first = client.chat.completions.create(
-        model=CLAUDE, messages=question, tools=[OPENAI_WEATHER_TOOL]
-    )
-
-    assert first.choices[0].finish_reason == "tool_calls"
-    (call,) = first.choices[0].message.tool_calls
-    assert call.function.name == "get_weather"
-    assert json.loads(call.function.arguments) == WEATHER_ARGS
-    assert first.usage.completion_tokens == WEATHER_CALL_TOKENS
+    _, call, follow_up = openai_weather_call(client, CLAUDE)
 
     mock_provider.clear()
-    follow_up = [
-        *question,
-        first.choices[0].message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
-    ]
     second = client.chat.completions.create(
         model=CLAUDE, messages=follow_up, tools=[OPENAI_WEATHER_TOOL]
     )

@@ -66,6 +66,7 @@ PROVIDER_NAMES = {
     "openai_compatible": "openai_compatible",
     "gemini": "gcp.gemini",
     "vertex": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
 }
 OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
 

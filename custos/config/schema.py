@@ -33,7 +33,15 @@ UNSUPPORTED_SECTIONS = (
     "mcp_servers",
 )
 
-PROVIDER_TYPES = ("openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vertex")
+PROVIDER_TYPES = (
+    "openai",
+    "openai_compatible",
+    "azure_openai",
+    "anthropic",
+    "gemini",
+    "vertex",
+    "bedrock",
+)
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _EMAIL_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                            r"[A-Za-z]{2,63}$")  # fmt: skip
@@ -166,14 +174,21 @@ class ModelSettings(_Strict):
 
 
 class ProviderSettings(_Strict):
-    type: Literal["openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vertex"]
-    #: Optional for gemini and vertex, whose public endpoints are known (see ``_type_needs``).
+    type: Literal[
+        "openai", "openai_compatible", "azure_openai", "anthropic", "gemini", "vertex", "bedrock"
+    ]
+    #: Optional for gemini, vertex and bedrock, whose public endpoints are known (see
+    #: ``_default_base_url``).
     base_url: RequestValue = ""
     api_key: RequestValue | None = Field(default=None, repr=False)
     #: vertex: the service account's JSON key, normally ``${file:path}``.
     credentials: str | None = Field(default=None, repr=False)
     #: vertex: the Google Cloud project; the key file's ``project_id`` when left out.
     project: str | None = None
+    #: bedrock: the AWS credentials (references), a session token for temporary ones.
+    access_key_id: RequestValue | None = Field(default=None, repr=False)
+    secret_access_key: RequestValue | None = Field(default=None, repr=False)
+    session_token: RequestValue | None = Field(default=None, repr=False)
     region: str | None = None
     api_version: RequestValue | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
@@ -208,7 +223,7 @@ class ProviderSettings(_Strict):
         if isinstance(data, dict) and not data.get("base_url"):
             default = _DEFAULT_BASE_URLS.get(data.get("type"))  # type: ignore[arg-type]
             region = data.get("region")
-            if default is not None and (isinstance(region, str) or "{region}" not in default):
+            if default is not None and ("{region}" not in default or _valid_region(data, region)):
                 return {**data, "base_url": default.format(region=region)}
         return data
 
@@ -216,6 +231,8 @@ class ProviderSettings(_Strict):
     def _type_needs(self) -> ProviderSettings:
         if self.type == "vertex":
             _vertex_needs(self)
+        if self.type == "bedrock":
+            _bedrock_needs(self)
         if not self.base_url:
             raise ValueError(f"{self.type} needs base_url")
         if self.type == "azure_openai" and not self.api_version:
@@ -229,20 +246,40 @@ class ProviderSettings(_Strict):
 _DEFAULT_BASE_URLS = {
     "gemini": "https://generativelanguage.googleapis.com",
     "vertex": "https://{region}-aiplatform.googleapis.com",
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
 }
+#: Region names as each cloud writes them (europe-west4; eu-central-1).
+_GCP_REGION = re.compile(r"[a-z0-9-]+")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+
+
+def _valid_region(data: dict[str, Any], region: Any) -> bool:
+    """Whether ``region`` may be put into the type's default endpoint."""
+    pattern = _REGION if data.get("type") == "bedrock" else _GCP_REGION
+    return isinstance(region, str) and pattern.fullmatch(region) is not None
 
 
 def _vertex_needs(settings: ProviderSettings) -> None:
     """A vertex account needs a region, a service-account key and a project (or the key's)."""
     from custos.providers.google_auth import ServiceAccountKey  # the schema stays import-light
 
-    if not settings.region or not re.fullmatch(r"[a-z0-9-]+", settings.region):
+    if not settings.region or not _GCP_REGION.fullmatch(settings.region):
         raise ValueError("vertex needs region (e.g. europe-west4)")
     if not settings.credentials:
         raise ValueError("vertex needs credentials (a service-account key: ${file:path})")
     key = ServiceAccountKey.parse(settings.credentials)  # raises ValueError naming what is wrong
     if not (settings.project or key.project_id):
         raise ValueError("vertex needs project (the key file has no project_id)")
+
+
+def _bedrock_needs(settings: ProviderSettings) -> None:
+    """A bedrock account signs for one region, with an access key pair."""
+    if not settings.region or not _REGION.fullmatch(settings.region):
+        raise ValueError("bedrock needs region (e.g. eu-central-1): it is part of the signature")
+    if not (settings.access_key_id and settings.secret_access_key):
+        raise ValueError(
+            "bedrock needs access_key_id and secret_access_key (use ${env:NAME} or ${file:path})"
+        )
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")

@@ -4,7 +4,8 @@ The file's text is kept for ever in the audit's config history (``audit_config_t
 secret must never be part of it: wherever one is expected the file names it with
 ``${env:NAME}`` or ``${file:path}`` and only the reference is stored. The places:
 
-- ``providers.*.api_key``, ``providers.*.credentials``, ``identity.token_hash_key``,
+- ``providers.*.api_key``, ``providers.*.credentials`` (vertex), bedrock's ``access_key_id``,
+  ``secret_access_key`` and ``session_token``, ``identity.token_hash_key``,
   ``audit.content_key``: the whole value is references;
 - a header whose name says it carries a credential (``Authorization``, ``api-key``,
   ``x-api-key``, anything with *key*, *token*, *secret*, *auth*, *password*, *cookie* or
@@ -30,6 +31,9 @@ from custos.config.refs import REFERENCE
 _SECRET_FIELDS = (
     ("providers", "*", "api_key"),
     ("providers", "*", "credentials"),
+    ("providers", "*", "access_key_id"),
+    ("providers", "*", "secret_access_key"),
+    ("providers", "*", "session_token"),
     ("identity", "token_hash_key"),
     ("audit", "content_key"),
 )

@@ -21,6 +21,7 @@ with only the model name changed in place: it is not re-serialised.
 from __future__ import annotations
 
 import re
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ import orjson
 from custos.context import Operation, Protocol, Usage
 from custos.errors import GatewayError
 from custos.providers.estimate import tokens_for_chars
+from custos.providers.sse import SSEDecoder
 
 if TYPE_CHECKING:
     from custos.config.schema import ProviderSettings
@@ -95,6 +97,14 @@ class StreamTranslator(ABC):
         return tokens_for_chars(self.output_chars)
 
 
+class StreamDecoder(typing.Protocol):
+    """Upstream stream bytes in arbitrary pieces in, complete events out."""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]: ...
+
+    def close(self) -> list[SSEEvent]: ...
+
+
 class UpstreamMalformed(Exception):
     """The provider answered 2xx with something that is not its wire format."""
 
@@ -148,6 +158,11 @@ class ProviderAdapter(ABC):
     def error_status(self, status: int, body: bytes) -> int:
         """The status to treat a non-2xx answer as (a provider may say 400 for its own key)."""
         return status
+
+    def stream_decoder(self) -> StreamDecoder:
+        """What splits the upstream's streamed bytes into events: server-sent events unless the
+        provider frames its streams otherwise (Bedrock's binary event stream)."""
+        return SSEDecoder()
 
     def common_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}

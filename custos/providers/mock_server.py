@@ -1,6 +1,6 @@
-"""Mock LLM provider: a real HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Gemini
-(AI Studio, Vertex AI) wire formats well enough for the official ``openai`` and ``anthropic``
-SDKs (and the gateway's translations) to work against it.
+"""Mock LLM provider: a real HTTP server speaking the OpenAI, Azure OpenAI, Anthropic, Gemini
+(AI Studio, Vertex AI) and Bedrock (Converse) wire formats well enough for the official
+``openai`` and ``anthropic`` SDKs (and the gateway's translations) to work against it.
 
 Used by the demo, the test suites and the benchmark. The implementation lives in the package
 ``custos.providers.mock``; this module is its public face and its ``python -m`` entry point.
@@ -41,6 +41,15 @@ Routes
   ``functionCall``'s name and compact JSON ``args``, a ``functionResponse``'s name and compact
   JSON ``response``), a ``systemInstruction`` counting as one more content. Streams end after the
   chunk with ``finishReason`` (no terminating event), events separated by CRLF pairs.
+- ``POST /model/{modelId}/converse`` and ``/converse-stream``: Bedrock Runtime, signed with
+  SigV4 for the service ``bedrock`` (any access key id and region; the secret access key is
+  ``api_key``; a bad or missing signature is a 403). Errors are ``{"message"}`` with an
+  ``x-amzn-errortype`` header; ConverseStream answers in AWS's binary event-stream framing
+  (``application/vnd.amazon.eventstream``, real CRCs): ``messageStart``, ``contentBlockStart``
+  (tool calls only), ``contentBlockDelta``, ``contentBlockStop``, ``messageStop``, ``metadata``
+  (usage). Bedrock's ``inputTokens``: the formula below over ``messages`` (``text`` blocks, a
+  ``toolUse``'s name and compact JSON ``input``, a ``toolResult``'s texts), a ``system`` counting
+  as one more message, less the cache knobs' tokens.
 - ``GET|DELETE /_mock/requests``: the last 200 requests (time, method, path, query, all headers
   unmasked, body parsed as JSON when possible) / clear them.
 - ``GET|DELETE /_mock/stats``: counters ``requests_total``, ``errors_injected``,
@@ -126,11 +135,18 @@ a 400. The ``model`` field of responses echoes the model string as given, direct
     ``message_start`` and ``message_delta``, so ``input_tokens`` stays and ``output_tokens`` is
     0 in both (real Anthropic never reports 0 for a reply). Non-streaming replies keep usage.
 
-``cached_tokens=N`` / ``thoughts_tokens=N`` / ``blocked``
-    Gemini only: report N ``cachedContentTokenCount`` (at most the prompt's tokens) / N
-    ``thoughtsTokenCount`` (and then, like a thinking model, a ``thoughtSignature`` on a
-    function call) / answer 200 with no candidates and ``promptFeedback.blockReason``
-    ``SAFETY``.
+``cached_tokens=N``
+    Gemini: report N ``cachedContentTokenCount`` (at most the prompt's tokens); Bedrock: N
+    ``cacheReadInputTokens`` (at most the prompt's tokens), taken out of ``inputTokens``.
+``thoughts_tokens=N`` / ``blocked``
+    Gemini only: report N ``thoughtsTokenCount`` (and then, like a thinking model, a
+    ``thoughtSignature`` on a function call) / answer 200 with no candidates and
+    ``promptFeedback.blockReason`` ``SAFETY``.
+``cache_write_tokens=N`` / ``stream_exception``
+    Bedrock only: report N ``cacheWriteInputTokens`` (of the rest of the prompt), taken out of
+    ``inputTokens`` / end a ConverseStream after its first delta with a ``throttlingException``
+    exception message. With ``malformed`` a ConverseStream's second message has a wrong CRC;
+    ``no_usage`` leaves ``usage`` out of its ``metadata`` event.
 
 Stream shapes: OpenAI sends a role chunk (``delta: {"role": "assistant", "content": ""}``), the
 content (or ``tool_calls``: id and name first, then ``arguments`` fragments) chunks, a chunk

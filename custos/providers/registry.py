@@ -18,6 +18,7 @@ ADAPTERS: dict[str, str] = {
     "anthropic": "custos.providers.anthropic:AnthropicAdapter",
     "gemini": "custos.providers.gemini:GeminiAdapter",
     "vertex": "custos.providers.vertex:VertexAdapter",
+    "bedrock": "custos.providers.bedrock:BedrockAdapter",
 }
 
 

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from . import anthropic_wire as anth
+from . import bedrock_wire as bedrock
 from . import gemini_wire as gem
 from . import openai_wire as oai
 from .knobs import BadRequest, Knobs, knobs_for
@@ -49,6 +50,8 @@ _VERTEX_PATH = re.compile(
     r":(generateContent|streamGenerateContent)$"
 )
 _TOKEN_PATH = "/token"
+_BEDROCK_PREFIX = "/model/"
+_EVENTSTREAM_HEADERS: Headers = [(b"content-type", b"application/vnd.amazon.eventstream")]
 _SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -87,6 +90,7 @@ class _Request:
     body: bytes
     receive: Receive
     send: Send
+    raw_path: bytes = b""
     _digest: str = ""
 
     def digest(self) -> str:
@@ -148,7 +152,8 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 class MockProvider:
-    """ASGI 3 app speaking OpenAI, Azure OpenAI and Anthropic; see ``mock_server``'s contract."""
+    """ASGI 3 app speaking OpenAI, Azure OpenAI, Anthropic and Bedrock; see ``mock_server``'s
+    contract."""
 
     def __init__(self, api_key: str = "mock-key") -> None:
         self.api_key = api_key
@@ -190,7 +195,9 @@ class MockProvider:
         query: bytes = scope["query_string"]
         self.requests.append((time.time(), method, path, query, scope["headers"], body))
         self.stats["requests_total"] += 1
-        req = _Request(path, query, dict(scope["headers"]), body, receive, send)
+        req = _Request(
+            path, query, dict(scope["headers"]), body, receive, send, scope.get("raw_path") or b""
+        )
         try:
             await self._route(method, req)
         except BadRequest as exc:  # raised before any byte was sent
@@ -209,6 +216,12 @@ class MockProvider:
                 return
         if await self._route_google(method, req):
             return
+        if path.startswith(_BEDROCK_PREFIX):
+            model, _, action = path[len(_BEDROCK_PREFIX) :].rpartition("/")
+            if model and action in ("converse", "converse-stream"):
+                if await self._guard(method, "POST", req):
+                    await self._converse(req, model, stream=action == "converse-stream")
+                return
         route = self._routes.get(path)
         if route is None and path.startswith("/v1/models/"):
             route = ("GET", self._route_model)
@@ -228,6 +241,8 @@ class MockProvider:
     def _family(self, req: _Request) -> str:
         if req.path == _TOKEN_PATH or req.path.endswith(("generateContent", "GenerateContent")):
             return "google"
+        if req.path.startswith(_BEDROCK_PREFIX):
+            return "bedrock"
         if req.path.startswith("/openai/"):
             return "azure"
         if req.path.startswith("/v1/messages") or b"anthropic-version" in req.headers:
@@ -249,6 +264,9 @@ class MockProvider:
             body = anth.anthropic_error(status, message, request_id="req_" + req.digest())
         elif family == "google":
             body = gem.google_error(status, message)
+        elif family == "bedrock":
+            body, kind = bedrock.bedrock_error(status, message)
+            extra = [*extra, (b"x-amzn-errortype", kind.encode())]
         elif family == "azure":
             body = oai.azure_error(status, message, code=code)
         else:
@@ -260,7 +278,10 @@ class MockProvider:
         await self._error(req, 400, exc.message, param=exc.param, code=code)
 
     def _id_header(self, req: _Request) -> Headers:
-        name = b"request-id" if self._family(req) == "anthropic" else b"x-request-id"
+        family = self._family(req)
+        if family == "bedrock":
+            return [(b"x-amzn-requestid", req.digest().encode())]
+        name = b"request-id" if family == "anthropic" else b"x-request-id"
         return [(name, b"req_" + req.digest().encode())]
 
     # ---- authentication
@@ -461,9 +482,29 @@ class MockProvider:
         body = self.tokens.exchange(form, url, lifetime)
         await _respond(req.send, 200, body, self._id_header(req))
 
+    # ---- Bedrock
+
+    async def _converse(self, req: _Request, model: str, *, stream: bool) -> None:
+        """Converse / ConverseStream, signed with SigV4 and the mock's key as the secret."""
+        refused = bedrock.verify_sigv4(req.raw_path, req.query, req.headers, req.body, self.api_key)
+        if refused is not None:
+            await self._error(req, 403, refused)
+            return
+        body = _parse_json(req.body)
+        knobs = await self._apply_knobs(req, model)
+        if knobs is None:
+            return
+        plan = bedrock.plan_converse(body, knobs, req.digest())
+        if stream:
+            await self._stream(req, bedrock.converse_events(plan, knobs), knobs, framing="aws")
+        else:
+            await self._send_json(req, bedrock.converse_json(plan), knobs, bedrock.MALFORMED_JSON)
+
     # ---- streaming
 
-    async def _stream(self, req: _Request, events: list[bytes], knobs: Knobs) -> None:
+    async def _stream(
+        self, req: _Request, events: list[bytes], knobs: Knobs, *, framing: str = "sse"
+    ) -> None:
         """Send SSE events one ASGI message each, honouring delays, drops and disconnects."""
         stats = self.stats
         stats["streams_started"] += 1
@@ -473,7 +514,8 @@ class MockProvider:
         outcome = "cancelled"  # if we are cancelled ourselves (server shutdown)
         try:
             start = {"type": "http.response.start", "status": 200}
-            await req.send({**start, "headers": _SSE_HEADERS + self._id_header(req)})
+            framed = _EVENTSTREAM_HEADERS if framing == "aws" else _SSE_HEADERS
+            await req.send({**start, "headers": framed + self._id_header(req)})
             outcome = await self._pump(req.send, events, knobs, watcher)
         except OSError:  # servers other than uvicorn may raise on a closed socket
             outcome = "cancelled"

@@ -42,18 +42,29 @@ class Knobs:
     drop_after: int | None = None  # close the connection after N stream events
     malformed: bool = False  # invalid JSON body / a garbage stream event
     no_usage: bool = False  # streams carry no usage (see the module contract)
-    cached_tokens: int = 0  # Gemini: cachedContentTokenCount (at most the prompt's tokens)
+    cached_tokens: int = 0  # Gemini: cachedContentTokenCount; Bedrock: cacheReadInputTokens
     thoughts_tokens: int = 0  # Gemini: thoughtsTokenCount
     blocked: bool = False  # Gemini: the prompt is blocked (promptFeedback.blockReason SAFETY)
+    cache_write_tokens: int = 0  # Bedrock: cacheWriteInputTokens (of the rest of the prompt)
+    stream_exception: bool = False  # Bedrock: a throttlingException after the first delta
 
 
 DEFAULT_KNOBS = Knobs()
 #: Longest reply the ``words`` knob may ask for (keeps a typo from eating the mock's memory).
 MAX_WORDS = 100_000
 
-_FLAGS = frozenset({"malformed", "no_usage", "blocked"})
+_FLAGS = frozenset({"malformed", "no_usage", "blocked", "stream_exception"})
 _INTS = frozenset(
-    {"status", "fail_first", "chunks", "words", "drop_after", "cached_tokens", "thoughts_tokens"}
+    {
+        "status",
+        "fail_first",
+        "chunks",
+        "words",
+        "drop_after",
+        "cached_tokens",
+        "thoughts_tokens",
+        "cache_write_tokens",
+    }
 )
 _FLOATS = frozenset({"retry_after", "latency_ms", "ttft_ms", "chunk_delay_ms", "fail_for_ms"})
 _HEADER_PREFIX = b"x-mock-"
