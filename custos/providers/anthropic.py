@@ -59,13 +59,19 @@ class AnthropicAdapter(ProviderAdapter):
         usage = usage_from_anthropic(data.get("usage"))
         if call.protocol == "anthropic":
             return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
-        translated = translate.anthropic_response_to_openai(data, call.requested_model)
+        translated = translate.anthropic_response_to_openai(
+            data, call.requested_model, structured=translate.structured_output_name(call.body)
+        )
         return ParsedResponse(orjson.dumps(translated), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
             return AnthropicPassthroughStream(call.requested_model)
-        return translate.AnthropicToOpenAIStream(call.requested_model, call.client_wants_usage)
+        return translate.AnthropicToOpenAIStream(
+            call.requested_model,
+            call.client_wants_usage,
+            structured=translate.structured_output_name(call.body),
+        )
 
     def error_message(self, body: bytes) -> str | None:
         """Anthropic errors are ``{"type": "error", "error": {"type": ..., "message": ...}}``;
