@@ -64,7 +64,12 @@ PROVIDER_NAMES = {
     "anthropic": "anthropic",
     "openai_compatible": "openai_compatible",
 }
-OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
+OPERATIONS = {
+    "chat": "chat",
+    "messages": "chat",
+    "embeddings": "embeddings",
+    "count_tokens": "count_tokens",
+}
 
 _AUTH_CODES = frozenset(
     {"missing_api_key", "malformed_token", "unknown_token", "expired_token", "revoked_token",

@@ -48,6 +48,8 @@ class ProviderCall:
     upstream_model: str
     stream: bool
     client_wants_usage: bool
+    #: The allow-listed provider headers the client sent (``custos.providers.client_headers``).
+    client_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -102,6 +104,8 @@ class ProviderAdapter(ABC):
     """One provider wire format. Subclasses set ``wire`` and implement the four methods."""
 
     wire: Protocol
+    #: The account counts a request's tokens itself (``POST /v1/messages/count_tokens``).
+    counts_tokens: bool = False
 
     def __init__(self, account: str, settings: ProviderSettings) -> None:
         self.account = account

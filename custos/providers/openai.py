@@ -23,6 +23,7 @@ from custos.providers.base import (
     usage_from_openai,
     with_model,
 )
+from custos.providers.client_headers import provider_headers
 from custos.providers.estimate import estimate_prompt_tokens
 from custos.providers.sse import SSEEvent, encode_event
 
@@ -52,6 +53,7 @@ class OpenAIAdapter(ProviderAdapter):
 
     def build_request(self, call: ProviderCall) -> UpstreamRequest:
         headers = self.common_headers()
+        provider_headers(headers, call.client_headers, "openai", call.protocol)
         headers.update(self.auth_headers())
         if call.stream:
             headers["accept"] = "text/event-stream"

@@ -149,6 +149,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_count(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
 # -- OpenAI request -> Anthropic request ---------------------------------------------------------
 
 
