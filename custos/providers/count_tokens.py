@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from custos.providers.estimate import counted_prompt_tokens, text_chars, tokens_for_chars
+from custos.providers.estimate import counted_prompt_tokens, tokens_for_chars
 
 #: The header that marks an estimated count.
 ESTIMATED_HEADER = (b"x-custos-estimated", b"true")
@@ -22,5 +22,4 @@ def estimated_count(body: dict[str, Any]) -> bytes:
     """``{"input_tokens": N}`` for a Messages request body: its text, its tool definitions."""
     tools = body.get("tools")
     tool_tokens = tokens_for_chars(len(orjson.dumps(tools))) if isinstance(tools, list) else 0
-    tokens = counted_prompt_tokens(body) + tool_tokens
-    return orjson.dumps({"input_tokens": tokens if tokens or not text_chars(body) else 1})
+    return orjson.dumps({"input_tokens": counted_prompt_tokens(body) + tool_tokens})
