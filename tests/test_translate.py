@@ -478,6 +478,20 @@ def test_max_tokens_must_be_a_positive_integer(value: Any) -> None:
     assert (caught.value.status, caught.value.param) == (400, "max_tokens")
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": "hi", "name": "alice"},
+        {"role": "assistant", "content": "hi", "audio": {"id": "audio_1"}},
+    ],
+)
+def test_message_fields_anthropic_has_no_place_for_are_refused(message: dict[str, Any]) -> None:
+    field = "name" if "name" in message else "audio"
+    with pytest.raises(GatewayError) as caught:
+        to_anthropic(messages=[message, {"role": "user", "content": "and?"}])
+    assert caught.value.param == f"messages[0].{field}"
+
+
 @pytest.mark.parametrize("n", [2, 5])
 def test_more_than_one_choice_is_a_clear_400(n: int) -> None:
     with pytest.raises(GatewayError) as caught:

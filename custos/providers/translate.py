@@ -253,6 +253,7 @@ def _anthropic_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
+        _refuse_message_fields(message, where)
         if role in ("system", "developer"):
             # Anthropic has one top-level system prompt; OpenAI system turns anywhere join it.
             system.extend(_content_blocks(message.get("content"), where, images=False))
@@ -274,6 +275,24 @@ def _anthropic_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[
     if not turns:
         raise bad_request("messages must contain a user or assistant message", param="messages")
     return system, turns
+
+
+#: Message fields an Anthropic turn has no place for: a participant's name, audio replayed.
+_UNCARRIED_MESSAGE_FIELDS = {
+    "name": "Anthropic turns have no participant names",
+    "audio": "Anthropic has no audio output to refer to",
+}
+
+
+def _refuse_message_fields(message: Any, where: str) -> None:
+    if not isinstance(message, dict):
+        return
+    for field, reason in _UNCARRIED_MESSAGE_FIELDS.items():
+        if message.get(field) not in (None, ""):
+            at = f"{where}.{field}"
+            raise bad_request(
+                f"{at} cannot be sent to a model served by Anthropic: {reason}", param=at
+            )
 
 
 def _content_blocks(content: Any, where: str, *, images: bool) -> list[dict[str, Any]]:
