@@ -275,3 +275,33 @@ def test_a_stream_via_a_virtual_model_has_a_message_id(claude_sdk):
         events = list(stream)
     start = next(e for e in events if e.type == "message_start")
     assert start.message.id.startswith("msg_") and len(start.message.id) > len("msg_")
+
+
+def test_a_models_max_tokens_field_decides_what_a_translated_request_sets() -> None:
+    from custos.config.schema import ProviderSettings
+    from custos.providers.base import ProviderCall
+    from custos.providers.openai import OpenAICompatibleAdapter
+
+    settings = ProviderSettings.model_validate(
+        {
+            "type": "openai_compatible",
+            "base_url": "http://127.0.0.1:9/v1",
+            "models": {
+                "old-server": {"unpriced": "allow", "max_tokens_field": "max_tokens"},
+                "new-server": {"unpriced": "allow"},
+            },
+        }
+    )
+    adapter = OpenAICompatibleAdapter("local", settings)
+    body = {"model": "local/x", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    sent = {}
+    for model in ("old-server", "new-server"):
+        call = ProviderCall("anthropic", "messages", body, json.dumps(body).encode(),
+                            "local/" + model, model, False, False)  # fmt: skip
+        sent[model] = json.loads(adapter.build_request(call).body)
+    assert (
+        sent["old-server"]["max_tokens"] == 64 and "max_completion_tokens" not in sent["old-server"]
+    )
+    assert (
+        sent["new-server"]["max_completion_tokens"] == 64 and "max_tokens" not in sent["new-server"]
+    )
