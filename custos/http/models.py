@@ -30,6 +30,8 @@ _MAX_LIMIT = 1000
 
 _NAMES_CACHE: dict[tuple[object, ...], tuple[str, ...]] = {}
 _NAMES_CACHE_SIZE = 1024
+#: OpenAI's list, the common answer, kept serialised per revision and set of names.
+_OPENAI_LISTS: dict[tuple[str, tuple[str, ...]], bytes] = {}
 
 
 def client_protocol(headers: list[tuple[bytes, bytes]]) -> Protocol:
@@ -52,7 +54,15 @@ def allowed_names(runtime: Runtime, principal: Principal) -> tuple[str, ...]:
 def models_list(runtime: Runtime, principal: Principal, protocol: Protocol, query: bytes) -> bytes:
     names = allowed_names(runtime, principal)
     if protocol == "openai":
-        return orjson.dumps({"object": "list", "data": [_openai_model(runtime, n) for n in names]})
+        key = (runtime.revision, names)
+        cached = _OPENAI_LISTS.get(key)
+        if cached is None:
+            data = [_openai_model(runtime, n) for n in names]
+            cached = orjson.dumps({"object": "list", "data": data})
+            if len(_OPENAI_LISTS) >= _NAMES_CACHE_SIZE:
+                _OPENAI_LISTS.clear()
+            _OPENAI_LISTS[key] = cached
+        return cached
     page, has_more = _page(names, parse_qs(query.decode("latin-1")))
     return orjson.dumps(
         {
