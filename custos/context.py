@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from custos.runtime import ModelTarget, Runtime
 
 Protocol = Literal["openai", "anthropic"]
-Operation = Literal["chat", "embeddings", "messages"]
+Operation = Literal["chat", "embeddings", "messages", "count_tokens"]
 
 #: The largest count a request may ask for (``max_tokens``, ``n``, …) and the most tokens of a
 #: kind a call is charged for: far past any model's window, and small enough that every count
@@ -99,6 +99,9 @@ class RequestContext:
     token: str | AuthFailure | None = field(default=None, repr=False)
     #: The metadata headers as sent, (name, value) pairs (``custos.policy.metadata``).
     metadata_headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: The provider headers the client sent that may be passed on, checked
+    #: (``custos.providers.client_headers``).
+    client_headers: tuple[tuple[str, str], ...] = ()
     # Filled by reading the request (after authentication):
     raw_body: bytes = field(default=b"", repr=False)
     body: dict[str, Any] = field(default_factory=dict, repr=False)

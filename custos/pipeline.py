@@ -36,6 +36,7 @@ from custos.providers.base import (
     UpstreamRequest,
     upstream_error,
 )
+from custos.providers.count_tokens import ESTIMATED_HEADER, estimated_count
 from custos.providers.estimate import estimate_prompt_tokens
 from custos.providers.transport import (
     Transport,
@@ -106,7 +107,8 @@ class Pipeline:
             await read_request(ctx)
             self.identify(ctx)
             self.authorize(ctx)
-            await self.budget_and_rate_limit(ctx)
+            if ctx.operation != "count_tokens":  # counting costs no tokens: no budget, no limit
+                await self.budget_and_rate_limit(ctx)
             route = self.route(ctx)
             response = await self.call_provider(ctx, route)
             if ctx.limits is not None:
@@ -238,9 +240,12 @@ class Pipeline:
             upstream_model=target.upstream_model,
             stream=ctx.stream,
             client_wants_usage=ctx.client_wants_usage,
+            client_headers=ctx.client_headers,
         )
         attempt = Attempt(target.name)
         ctx.attempts.append(attempt)
+        if ctx.operation == "count_tokens" and not target.adapter.counts_tokens:
+            return _estimated_count(ctx, target, attempt), None
         started = time.monotonic_ns()
         upstream: UpstreamResponse | None = None
         try:
@@ -316,9 +321,10 @@ class Pipeline:
             err = GatewayError(502, "upstream_auth_failed", str(exc))
             return None, self._failed(attempt, err, started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
-        ctx.usage = parsed.usage or Usage(
-            input_tokens=estimate_prompt_tokens(ctx.body), estimated=True
-        )
+        if ctx.operation != "count_tokens":  # a count is not a use of the model
+            ctx.usage = parsed.usage or Usage(
+                input_tokens=estimate_prompt_tokens(ctx.body), estimated=True
+            )
         if ctx.capture is not None:
             ctx.capture.response = parsed.body
         ctx.status = 200
@@ -449,6 +455,13 @@ class Pipeline:
             metrics.DENIALS.labels(ctx.error_code).inc()
         if self.on_settled is not None:
             self.on_settled(ctx)
+
+
+def _estimated_count(ctx: RequestContext, target: ModelTarget, attempt: Attempt) -> GatewayResponse:
+    """count_tokens for an account that cannot count: the gateway's estimate, marked so."""
+    attempt.status = ctx.status = 200
+    headers = [_JSON, (b"x-custos-served-by", target.served_by), ESTIMATED_HEADER]
+    return GatewayResponse(200, headers, estimated_count(ctx.body))
 
 
 def _build_request(target: ModelTarget, call: ProviderCall) -> UpstreamRequest:

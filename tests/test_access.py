@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -414,3 +415,39 @@ def test_metadata_headers_that_agree_are_one(governed) -> None:
         ("x-custos-metadata", '{"project": "same", "environment": "staging"}'),
     )
     assert response.status_code == 200, response.text
+
+
+def test_models_retrieve_and_count_tokens_see_only_what_the_caller_may_call(governed) -> None:
+    gw, secrets = governed
+    with _client(gw, secrets["alice"]) as client:
+        assert client.models.retrieve("azure-eu/gpt-5.5").id == "azure-eu/gpt-5.5"
+        # A model outside the caller's grants does not exist for it, as the list leaves it out.
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.models.retrieve("openai-main/gpt-5.5")
+        assert caught.value.body["code"] == "model_not_found"
+    with anthropic.Anthropic(
+        base_url=gw.url, api_key=secrets["alice"], max_retries=0, default_headers=META
+    ) as claude:
+        with pytest.raises(anthropic.NotFoundError):
+            claude.models.retrieve("openai-main/gpt-5.5")
+        assert [m.id for m in claude.models.list()] == [
+            "azure-eu/gpt-5.5",
+            "azure-eu/text-embedding-3-small",
+            "chat-default",
+        ]
+        with pytest.raises(anthropic.PermissionDeniedError) as denied:
+            claude.messages.count_tokens(
+                model="openai-main/gpt-5.5", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert denied.value.body["error"]["type"] == "permission_error"
+        counted = claude.messages.count_tokens(
+            model="azure-eu/gpt-5.5", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert counted.input_tokens > 0
+    # Metadata is checked as on the other routes.
+    with anthropic.Anthropic(base_url=gw.url, api_key=secrets["alice"], max_retries=0) as claude:
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            claude.messages.count_tokens(
+                model="azure-eu/gpt-5.5", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert "project" in bad.value.body["error"]["message"]

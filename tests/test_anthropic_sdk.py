@@ -41,7 +41,6 @@ from tests.sdk_helpers import (
 
 CLAUDE = "claude-main/claude-sonnet-4.5"
 GPT = "openai-main/gpt-5.5"
-ANTHROPIC_VERSION = "2023-06-01"
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 #: 4 per message + "What is the weather in Paris ?"
 WEATHER_QUESTION_TOKENS = 11
@@ -105,7 +104,8 @@ def test_passthrough_body_is_what_the_client_sent(client, gateway, mock_provider
     assert renamed != sent
     assert int(seen["headers"]["content-length"]) == len(renamed)
     assert seen["headers"]["x-api-key"] == MOCK_KEY
-    assert seen["headers"]["anthropic-version"] == ANTHROPIC_VERSION
+    # The version the client speaks goes on: the body is written in it.
+    assert seen["headers"]["anthropic-version"] == raw.http_request.headers["anthropic-version"]
     assert "authorization" not in seen["headers"]
     assert raw.headers["x-custos-served-by"] == CLAUDE
 
@@ -271,7 +271,7 @@ def test_openai_account_plain(client, gateway, mock_provider):
     assert "x-api-key" not in seen["headers"]
     body = seen["body"]
     assert body["model"] == "gpt-5.5"
-    assert body["max_tokens"] == 300
+    assert body["max_completion_tokens"] == 300 and "max_tokens" not in body
     assert [(m["role"], m["content"]) for m in body["messages"]] in (
         [("system", system), ("user", prompt)],
         [("system", system), ("user", [{"type": "text", "text": prompt}])],
@@ -338,7 +338,7 @@ def test_openai_account_stop_reasons(client, gateway, mock_provider, case, strea
 
     assert message.stop_reason == case
     upstream = last_request(mock_provider, "/v1/chat/completions")["body"]
-    assert upstream["max_tokens"] == kwargs["max_tokens"]
+    assert upstream["max_completion_tokens"] == kwargs["max_tokens"]
     if case == "tool_use":
         assert upstream["tools"] == [
             {
@@ -398,10 +398,13 @@ def test_openai_account_tool_round_trip(client, gateway, mock_provider):
     body = last_request(mock_provider, "/v1/chat/completions")["body"]
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "tool"]
     (call,) = body["messages"][1]["tool_calls"]
-    assert call["id"] == tool_use.id and call["type"] == "function"
+    # The id goes back in OpenAI's shape; it still pairs the call with its result.
+    assert tool_use.id.startswith("toolu_")
+    upstream_id = "call_" + tool_use.id.removeprefix("toolu_")
+    assert call["id"] == upstream_id and call["type"] == "function"
     assert call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == WEATHER_ARGS
-    assert body["messages"][2]["tool_call_id"] == tool_use.id
+    assert body["messages"][2]["tool_call_id"] == upstream_id
     assert body["messages"][2]["content"] in (
         "Sunny, 21 C",
         [{"type": "text", "text": "Sunny, 21 C"}],

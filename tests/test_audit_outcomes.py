@@ -489,3 +489,34 @@ def test_reload_records_a_config_revision(mock_provider: MockProvider, tmp_path:
         assert {r["revision"] for r in rows} == {first, second}
     finally:
         audited.gateway.stop()
+
+
+def test_count_tokens_is_recorded_and_charged_to_no_limit(
+    mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    config = standard_config(mock_provider.url) + (
+        "rate_limits:\n  - id: one-a-minute\n    when: {}\n    limit_to: 1\n"
+        "    unit: requests_per_minute\n    applies_per: [user]\n"
+    )
+    audited, _ = start_audited(config, tmp_path, "sqlite")
+    try:
+        counts = [
+            httpx.post(
+                f"{audited.gateway.url}/v1/messages/count_tokens",
+                headers={**audited.gateway.headers, "anthropic-version": "2023-06-01"},
+                json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                timeout=15,
+            )
+            for model in ("claude-main/claude-sonnet-4.5", "openai-main/gpt-5.5")
+        ]
+        assert [r.status_code for r in counts] == [200, 200]
+        # Counting used none of the one request a minute.
+        assert audited.chat("openai-main/gpt-5.5").status_code == 200
+        exact, estimated = (one_call(audited.store_url, _request_id(r)) for r in counts)
+        for record in (exact, estimated):
+            assert record["gen_ai.operation.name"] == "count_tokens"
+            assert record["outcome"] == "served"
+            assert record["cost_micros"] == 0
+        assert exact["provider.account"] == "claude-main"
+    finally:
+        audited.gateway.stop()

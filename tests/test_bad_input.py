@@ -327,7 +327,6 @@ def test_post_on_a_get_route_is_405_with_allow(client, path):
         "/chat/completions",
         "/v1/embedding",
         "/v1/messages/batches",
-        "/v1/messages/count_tokens",
         "/",
         "/v1/chat/completions/x",
     ],

@@ -414,7 +414,7 @@ def test_a_converse_response_for_an_anthropic_client():
         "content": [
             {"type": "thinking", "thinking": "think", "signature": "s1"},
             {"type": "text", "text": "Calling."},
-            {"type": "tool_use", "id": "tooluse_A", "name": "lookup", "input": {"q": "x"}},
+            {"type": "tool_use", "id": "toolu_tooluse_A", "name": "lookup", "input": {"q": "x"}},
         ],
         "stop_reason": "tool_use",
         "stop_sequence": None,
@@ -439,7 +439,7 @@ def test_a_converse_response_for_an_openai_client():
     assert choice["message"]["content"] == "Calling."
     assert choice["message"]["tool_calls"] == [
         {
-            "id": "tooluse_A",
+            "id": "call_tooluse_A",
             "type": "function",
             "function": {"name": "lookup", "arguments": '{"q":"x"}'},
         }
@@ -581,7 +581,7 @@ def test_a_converse_stream_decoded_and_translated_for_an_anthropic_client():
         (
             "content_block_start",
             2,
-            {"type": "tool_use", "id": "tooluse_B", "name": "f", "input": {}},
+            {"type": "tool_use", "id": "toolu_tooluse_B", "name": "f", "input": {}},
         ),
         ("content_block_delta", 2, {"type": "input_json_delta", "partial_json": '{"a":'}),
         ("content_block_delta", 2, {"type": "input_json_delta", "partial_json": "1}"}),
@@ -612,7 +612,7 @@ def test_a_converse_stream_translated_for_an_openai_client():
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert "".join(d.get("content") or "" for d in deltas) == "Hello there"
     calls = [call for d in deltas for call in d.get("tool_calls", ())]
-    assert calls[0]["id"] == "tooluse_B" and calls[0]["function"]["name"] == "f"
+    assert calls[0]["id"] == "call_tooluse_B" and calls[0]["function"]["name"] == "f"
     assert "".join(c["function"]["arguments"] for c in calls) == '{"a":1}'
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert chunks[-1]["usage"] == {

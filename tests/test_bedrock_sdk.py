@@ -59,6 +59,7 @@ DIRECTIVES = (
     "+status=408",
     "+status=503",
     "+malformed",
+    "+malformed+chunk_delay_ms=50",
     "+stream_exception+chunk_delay_ms=50",
     "+drop_after=3",
 )
@@ -232,6 +233,8 @@ def test_openai_stream_with_usage(oai, gateway):
 def test_openai_tool_round_trip(oai, gateway, mock_provider):
     meter = Meter(gateway, MODEL)
     first, call, follow_up = openai_weather_call(oai, MODEL)
+    assert call.id.startswith("call_tooluse_")  # the caller's shape around Bedrock's id
+    issued = call.id.removeprefix("call_")
     mock_provider.clear()
     stream = oai.chat.completions.create(
         model=MODEL,
@@ -249,13 +252,13 @@ def test_openai_tool_round_trip(oai, gateway, mock_provider):
         {
             "role": "assistant",
             "content": [
-                {"toolUse": {"toolUseId": call.id, "name": "get_weather", "input": WEATHER_ARGS}}
+                {"toolUse": {"toolUseId": issued, "name": "get_weather", "input": WEATHER_ARGS}}
             ],
         },
         {
             "role": "user",
             "content": [
-                {"toolResult": {"toolUseId": call.id, "content": [{"text": "Sunny, 21 C"}]}}
+                {"toolResult": {"toolUseId": issued, "content": [{"text": "Sunny, 21 C"}]}}
             ],
         },
     ]
@@ -285,7 +288,7 @@ def test_openai_streamed_tool_call(oai):
     )
     chunks = [c for c in stream if c.choices]
     calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or ())]
-    assert calls[0].function.name == "get_weather" and calls[0].id.startswith("tooluse_")
+    assert calls[0].function.name == "get_weather" and calls[0].id.startswith("call_tooluse_")
     assert "".join(tc.function.arguments or "" for tc in calls) == WEATHER_ARGS_JSON
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
@@ -407,7 +410,7 @@ def test_anthropic_streamed_tool_use_round_trip(claude, gateway, mock_provider):
     assert sent["messages"][2]["content"] == [
         {
             "toolResult": {
-                "toolUseId": tool_use.id,
+                "toolUseId": tool_use.id.removeprefix("toolu_"),  # the id Bedrock issued
                 "content": [{"text": "Rain"}],
                 "status": "error",
             }
@@ -515,7 +518,7 @@ def test_stream_exception_event_reaches_the_client(gateway):
 
 
 def test_corrupt_event_stream_crc_is_a_malformed_stream(gateway):
-    events = _anthropic_stream_events(gateway, MODEL + "+malformed")
+    events = _anthropic_stream_events(gateway, MODEL + "+malformed+chunk_delay_ms=50")
     name, error = events[-1]
     assert name == "error"
     assert "malformed stream" in error["error"]["message"]

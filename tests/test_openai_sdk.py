@@ -510,14 +510,15 @@ def test_claude_tool_call_round_trip(client, gateway, mock_provider):
     body = last_request(mock_provider, "/v1/messages")["body"]
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
     (tool_use,) = body["messages"][1]["content"]
+    upstream_id = "toolu_" + call.id.removeprefix("call_")  # Anthropic's shape again
     assert tool_use == {
         "type": "tool_use",
-        "id": call.id,
+        "id": upstream_id,
         "name": "get_weather",
         "input": WEATHER_ARGS,
     }
     (tool_result,) = body["messages"][2]["content"]
-    assert tool_result["type"] == "tool_result" and tool_result["tool_use_id"] == call.id
+    assert tool_result["type"] == "tool_result" and tool_result["tool_use_id"] == upstream_id
     assert tool_result["content"] in ("Sunny, 21 C", [{"type": "text", "text": "Sunny, 21 C"}])
     assert body["tools"][0]["name"] == "get_weather"
     assert body["tools"][0]["input_schema"] == OPENAI_WEATHER_TOOL["function"]["parameters"]

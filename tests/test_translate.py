@@ -268,17 +268,23 @@ def test_tool_calls_and_results_become_tool_use_and_grouped_tool_results() -> No
         {
             "role": "assistant",
             "content": [
-                {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris"}},
-                {"type": "tool_use", "id": "call_2", "name": "weather", "input": {"city": "Rome"}},
+                # Ids take Anthropic's shape; the rest of the id is kept, so pairs still match.
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "weather",
+                    "input": {"city": "Paris"},
+                },
+                {"type": "tool_use", "id": "toolu_2", "name": "weather", "input": {"city": "Rome"}},
             ],
         },
         {
             "role": "user",
             "content": [
-                {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
                 {
                     "type": "tool_result",
-                    "tool_use_id": "call_2",
+                    "tool_use_id": "toolu_2",
                     "content": [{"type": "text", "text": "24C"}],
                 },
                 {"type": "text", "text": "Thanks"},
@@ -309,7 +315,7 @@ def test_assistant_text_comes_before_its_tool_use() -> None:
     )
     assert out["messages"][1]["content"] == [
         {"type": "text", "text": "Let me look."},
-        {"type": "tool_use", "id": "c", "name": "weather", "input": {}},  # "" means no arguments
+        {"type": "tool_use", "id": "toolu_c", "name": "weather", "input": {}},  # "": no arguments
     ]
 
 
@@ -367,12 +373,16 @@ def test_parallel_tool_calls_false_disables_parallel_tool_use(
     assert to_anthropic(**body)["tool_choice"] == expected
 
 
-def test_parallel_tool_calls_true_changes_nothing_and_tool_choice_without_tools_is_dropped() -> (
+def test_parallel_tool_calls_true_changes_nothing_and_tool_choice_without_tools_is_refused() -> (
     None
 ):
     assert "tool_choice" not in to_anthropic(tools=[OPENAI_TOOL], parallel_tool_calls=True)
-    out = to_anthropic(tool_choice="auto", parallel_tool_calls=False)
-    assert "tool_choice" not in out and "tools" not in out
+    # OpenAI refuses these without tools itself; so does the translation, naming the field.
+    for field, value in (("tool_choice", "auto"), ("parallel_tool_calls", False)):
+        with pytest.raises(GatewayError) as caught:
+            to_anthropic(**{field: value})
+        assert (caught.value.status, caught.value.param) == (400, field)
+    assert "tool_choice" not in to_anthropic(tool_choice="none")
 
 
 def test_tool_without_parameters_gets_an_empty_object_schema() -> None:
@@ -401,25 +411,21 @@ def test_unknown_tool_choice_is_refused() -> None:
         )
 
 
-def test_stop_stream_and_user_are_carried_and_the_rest_dropped() -> None:
-    # temperature and top_p are deprecated by the Messages API (the anthropic SDK has no such
-    # fields, and current models answer 400), so they are dropped like the OpenAI-only knobs.
+def test_sampling_stop_stream_user_and_tier_are_carried_and_neutral_values_accepted() -> None:
     out = to_anthropic(
         max_tokens=300,
-        temperature=0.2,
-        top_p=0.9,
+        temperature=1,
+        top_p=1.0,
         stop="END",
         stream=True,
         stream_options={"include_usage": True},
         user="user-42",
         n=1,
-        seed=7,
-        logprobs=True,
-        top_logprobs=2,
-        presence_penalty=0.1,
-        frequency_penalty=0.1,
-        logit_bias={"50256": -100},
-        service_tier="auto",
+        logprobs=False,
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        logit_bias={},
+        service_tier="default",
     )
     assert out == {
         "model": "claude-x",
@@ -428,7 +434,31 @@ def test_stop_stream_and_user_are_carried_and_the_rest_dropped() -> None:
         "stop_sequences": ["END"],
         "stream": True,
         "metadata": {"user_id": "user-42"},
+        "service_tier": "standard_only",
     }
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("seed", 7),
+        ("logprobs", True),
+        ("top_logprobs", 2),
+        ("presence_penalty", 0.1),
+        ("frequency_penalty", 0.1),
+        ("logit_bias", {"50256": -100}),
+        ("temperature", 0.2),  # deprecated by the Messages API
+        ("top_p", 0.9),
+        ("service_tier", "flex"),
+        ("reasoning_effort", "extreme"),
+        ("a_field_no_api_has", 1),
+    ],
+)
+def test_what_anthropic_cannot_take_is_refused_by_name(field: str, value: Any) -> None:
+    with pytest.raises(GatewayError) as caught:
+        to_anthropic(**{field: value})
+    assert (caught.value.status, caught.value.param) == (400, field)
+    assert field in caught.value.message
 
 
 def test_stop_list_becomes_stop_sequences() -> None:
@@ -448,6 +478,20 @@ def test_max_tokens_must_be_a_positive_integer(value: Any) -> None:
     assert (caught.value.status, caught.value.param) == (400, "max_tokens")
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": "hi", "name": "alice"},
+        {"role": "assistant", "content": "hi", "audio": {"id": "audio_1"}},
+    ],
+)
+def test_message_fields_anthropic_has_no_place_for_are_refused(message: dict[str, Any]) -> None:
+    field = "name" if "name" in message else "audio"
+    with pytest.raises(GatewayError) as caught:
+        to_anthropic(messages=[message, {"role": "user", "content": "and?"}])
+    assert caught.value.param == f"messages[0].{field}"
+
+
 @pytest.mark.parametrize("n", [2, 5])
 def test_more_than_one_choice_is_a_clear_400(n: int) -> None:
     with pytest.raises(GatewayError) as caught:
@@ -457,7 +501,7 @@ def test_more_than_one_choice_is_a_clear_400(n: int) -> None:
         "invalid_request",
         "n",
     )
-    assert "n > 1" in caught.value.message
+    assert "one choice" in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -515,7 +559,7 @@ def to_openai_response(data: dict[str, Any]) -> dict[str, Any]:
 
 def test_text_response_becomes_a_chat_completion() -> None:
     assert to_openai_response(anthropic_message()) == {
-        "id": "msg_01",
+        "id": "chatcmpl-01",  # the id in OpenAI's shape
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": "claude-main/claude-x",
@@ -558,8 +602,8 @@ def test_tool_use_response_becomes_tool_calls_with_json_arguments() -> None:
     assert choice["message"]["content"] == "Checking both."
     calls = choice["message"]["tool_calls"]
     assert [(c["id"], c["type"], c["function"]["name"]) for c in calls] == [
-        ("toolu_1", "function", "weather"),
-        ("toolu_2", "function", "weather"),
+        ("call_1", "function", "weather"),
+        ("call_2", "function", "weather"),
     ]
     assert [orjson.loads(c["function"]["arguments"]) for c in calls] == [
         {"city": "Paris"},
@@ -634,8 +678,13 @@ def test_minimal_anthropic_request() -> None:
     assert to_openai() == {
         "model": "gpt-x",
         "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 256,
+        "max_completion_tokens": 256,  # current OpenAI models refuse max_tokens
     }
+
+
+def test_max_tokens_goes_by_the_models_max_tokens_field() -> None:
+    body = {"model": "m", "max_tokens": 256, "messages": [{"role": "user", "content": "hi"}]}
+    assert anthropic_request_to_openai(body, "llama", "max_tokens")["max_tokens"] == 256
 
 
 @pytest.mark.parametrize(
@@ -737,19 +786,19 @@ def test_tool_use_and_tool_results_become_tool_calls_and_tool_messages() -> None
             "content": "Checking.",
             "tool_calls": [
                 {
-                    "id": "toolu_1",
+                    "id": "call_1",
                     "type": "function",
                     "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
                 },
                 {
-                    "id": "toolu_2",
+                    "id": "call_2",
                     "type": "function",
                     "function": {"name": "weather", "arguments": '{"city":"Rome"}'},
                 },
             ],
         },
-        {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
-        {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: service\ndown"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "Error: service\ndown"},
         {"role": "user", "content": "And tomorrow?"},
     ]
     assert out["tools"] == [OPENAI_TOOL]
@@ -771,10 +820,10 @@ def test_tool_only_assistant_turn_has_null_content() -> None:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "t", "type": "function", "function": {"name": "now", "arguments": "{}"}}
+                {"id": "call_t", "type": "function", "function": {"name": "now", "arguments": "{}"}}
             ],
         },
-        {"role": "tool", "tool_call_id": "t", "content": ""},
+        {"role": "tool", "tool_call_id": "call_t", "content": ""},
     ]
 
 
@@ -813,12 +862,99 @@ def test_stop_user_and_stream_with_usage_are_carried() -> None:
     assert out == {
         "model": "gpt-x",
         "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 256,
+        "max_completion_tokens": 256,
         "stop": ["END", "STOP"],
         "user": "user-42",
         "stream": True,
         "stream_options": {"include_usage": True},
+        "reasoning_effort": "low",
     }
+
+
+@pytest.mark.parametrize(
+    ("budget", "effort"),
+    [(1024, "low"), (4095, "low"), (4096, "medium"), (16383, "medium"), (16384, "high")],
+)
+def test_thinking_budget_becomes_reasoning_effort_by_threshold(budget: int, effort: str) -> None:
+    out = to_openai(max_tokens=32000, thinking={"type": "enabled", "budget_tokens": budget})
+    assert out["reasoning_effort"] == effort
+    assert "reasoning_effort" not in to_openai(thinking={"type": "disabled"})
+
+
+@pytest.mark.parametrize(
+    ("effort", "max_tokens", "expected"),
+    [
+        ("low", None, {"type": "enabled", "budget_tokens": 2048}),
+        ("medium", 5000, {"type": "enabled", "budget_tokens": 4999}),
+        ("high", None, {"type": "enabled", "budget_tokens": 24576}),
+        ("none", None, {"type": "disabled"}),
+    ],
+)
+def test_reasoning_effort_becomes_a_thinking_budget_under_the_limit(
+    effort: str, max_tokens: int | None, expected: dict[str, Any]
+) -> None:
+    out = to_anthropic(reasoning_effort=effort, max_completion_tokens=max_tokens)
+    assert out["thinking"] == expected
+    if expected["type"] == "enabled":
+        assert out["max_tokens"] > expected["budget_tokens"]
+    with pytest.raises(GatewayError) as caught:
+        to_anthropic(reasoning_effort="low", max_completion_tokens=1024)
+    assert caught.value.param == "reasoning_effort"
+
+
+def test_response_format_becomes_a_forced_tool() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+    out = to_anthropic(response_format=fmt)
+    assert out["tools"] == [
+        {"name": "place", "description": "Answer with JSON that follows this schema.",
+         "input_schema": schema}
+    ]  # fmt: skip
+    assert out["tool_choice"] == {"type": "tool", "name": "place"}
+    assert to_anthropic(response_format={"type": "json_object"})["tools"][0]["input_schema"] == {
+        "type": "object"
+    }
+    assert "tools" not in to_anthropic(response_format={"type": "text"})
+    for bad in ({"type": "json_schema", "json_schema": {"schema": {"type": "array"}}}, {}):
+        with pytest.raises(GatewayError) as caught:
+            to_anthropic(response_format=bad)
+        assert caught.value.param == "response_format"
+    with pytest.raises(GatewayError) as caught:
+        to_anthropic(response_format=fmt, tools=[OPENAI_TOOL])
+    assert caught.value.param == "response_format"
+
+
+def test_forced_tool_answer_comes_back_as_content() -> None:
+    data = anthropic_message(
+        content=[{"type": "tool_use", "id": "toolu_9", "name": "place", "input": {"city": "Oslo"}}],
+        stop_reason="tool_use",
+    )
+    out = anthropic_response_to_openai(data, "m", structured="place")
+    message = out["choices"][0]["message"]
+    assert orjson.loads(message["content"]) == {"city": "Oslo"}
+    assert "tool_calls" not in message
+    assert out["choices"][0]["finish_reason"] == "stop"
+
+
+def test_output_format_and_config_become_response_format_and_effort() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    out = anthropic_request_to_openai(
+        {"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}],
+         "output_format": {"type": "json_schema", "schema": schema}},
+        "gpt-x",
+    )  # fmt: skip
+    assert (
+        out["response_format"]
+        == to_openai(output_config={"format": {"type": "json_schema", "schema": schema}})[
+            "response_format"
+        ]
+    )
+    assert out["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": True},
+    }
+    out = to_openai(output_config={"effort": "high"})
+    assert out["reasoning_effort"] == "high"
 
 
 def test_sampling_parameters_from_older_anthropic_clients_reach_openai() -> None:
@@ -830,17 +966,19 @@ def test_sampling_parameters_from_older_anthropic_clients_reach_openai() -> None
         "messages": [{"role": "user", "content": "hi"}],
         "temperature": 0.3,
         "top_p": 0.8,
-        "top_k": 40,
     }
     out = anthropic_request_to_openai(body, "gpt-x")
     openai_request_ok(out)
     assert out == {
         "model": "gpt-x",
         "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 256,
+        "max_completion_tokens": 256,
         "temperature": 0.3,
         "top_p": 0.8,
     }
+    with pytest.raises(GatewayError) as caught:  # OpenAI has no top_k: refused, not dropped
+        anthropic_request_to_openai({**body, "top_k": 40}, "gpt-x")
+    assert caught.value.param == "top_k"
 
 
 @pytest.mark.parametrize(
@@ -932,7 +1070,7 @@ def to_anthropic_response(data: dict[str, Any]) -> dict[str, Any]:
 
 def test_text_completion_becomes_a_message() -> None:
     assert to_anthropic_response(chat_completion({"content": "Hello"})) == {
-        "id": "chatcmpl-1",
+        "id": "msg_1",
         "type": "message",
         "role": "assistant",
         "model": "gpt-main/gpt-x",
@@ -964,8 +1102,8 @@ def test_tool_calls_become_tool_use_blocks_with_decoded_input() -> None:
     assert out["stop_reason"] == "tool_use"
     assert out["content"] == [
         {"type": "text", "text": "Checking."},
-        {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris"}},
-        {"type": "tool_use", "id": "call_2", "name": "now", "input": {}},
+        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "toolu_2", "name": "now", "input": {}},
     ]
 
 
@@ -1052,7 +1190,7 @@ def test_openai_request_survives_a_round_trip_through_anthropic() -> None:
                 ],
             },
         ],
-        "max_tokens": 100,
+        "max_completion_tokens": 100,
         "stop": ["END"],
         "user": "u1",
         "stream": True,
@@ -1236,7 +1374,7 @@ ANTHROPIC_TEXT_STREAM = anthropic_sse(
 
 def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
     return {
-        "id": "msg_01",
+        "id": "chatcmpl-01",
         "object": "chat.completion.chunk",
         "created": 1_700_000_000,
         "model": "claude-main/claude-x",
@@ -1267,7 +1405,7 @@ def test_anthropic_text_stream_becomes_openai_chunks_with_a_usage_chunk() -> Non
         chunk({"content": ", world"}),
         chunk({}, "stop"),
         {
-            "id": "msg_01",
+            "id": "chatcmpl-01",
             "object": "chat.completion.chunk",
             "created": 1_700_000_000,
             "model": "claude-main/claude-x",
@@ -1351,7 +1489,7 @@ def test_anthropic_tool_use_stream_becomes_tool_call_deltas() -> None:
                 "tool_calls": [
                     {
                         "index": 0,
-                        "id": "toolu_1",
+                        "id": "call_1",
                         "type": "function",
                         "function": {"name": "weather", "arguments": ""},
                     }
@@ -1365,7 +1503,7 @@ def test_anthropic_tool_use_stream_becomes_tool_call_deltas() -> None:
                 "tool_calls": [
                     {
                         "index": 1,
-                        "id": "toolu_2",
+                        "id": "call_2",
                         "type": "function",
                         "function": {"name": "weather", "arguments": ""},
                     }
@@ -1379,8 +1517,8 @@ def test_anthropic_tool_use_stream_becomes_tool_call_deltas() -> None:
     final = replay_openai(payloads)
     calls = final.choices[0].message.tool_calls or []
     assert [(c.id, c.function.name, orjson.loads(c.function.arguments)) for c in calls] == [  # type: ignore[union-attr]
-        ("toolu_1", "weather", {"city": "Paris"}),
-        ("toolu_2", "weather", {"city": "Rome"}),
+        ("call_1", "weather", {"city": "Paris"}),
+        ("call_2", "weather", {"city": "Rome"}),
     ]
     assert final.choices[0].finish_reason == "tool_calls"
     assert translator.usage == Usage(input_tokens=40, output_tokens=60)
@@ -1520,7 +1658,7 @@ START = (
     {
         "type": "message_start",
         "message": {
-            "id": "chatcmpl-9",
+            "id": "msg_9",
             "type": "message",
             "role": "assistant",
             "model": "gpt-main/gpt-x",
@@ -1633,11 +1771,11 @@ def test_openai_tool_call_stream_becomes_tool_use_blocks() -> None:
         block_start(0, {"type": "text", "text": ""}),
         delta_event(0, {"type": "text_delta", "text": "Checking."}),
         stop_event(0),
-        block_start(1, {"type": "tool_use", "id": "call_1", "name": "weather", "input": {}}),
+        block_start(1, {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}),
         delta_event(1, {"type": "input_json_delta", "partial_json": '{"city":'}),
         delta_event(1, {"type": "input_json_delta", "partial_json": '"Paris"}'}),
         stop_event(1),
-        block_start(2, {"type": "tool_use", "id": "call_2", "name": "weather", "input": {}}),
+        block_start(2, {"type": "tool_use", "id": "toolu_2", "name": "weather", "input": {}}),
         delta_event(2, {"type": "input_json_delta", "partial_json": '{"city":"Rome"}'}),
         stop_event(2),
         *end_events("tool_use", usage),
@@ -1714,7 +1852,7 @@ def test_tool_calls_reusing_index_zero_with_new_ids_are_separate_blocks() -> Non
     starts = [
         p["content_block"] for name, p in anthropic_events(out) if name == "content_block_start"
     ]
-    assert [(b["id"], b["name"]) for b in starts] == [("a", "f"), ("b", "g")]
+    assert [(b["id"], b["name"]) for b in starts] == [("toolu_a", "f"), ("toolu_b", "g")]
 
 
 def test_openai_error_chunk_becomes_an_anthropic_error_event() -> None:

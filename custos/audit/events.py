@@ -68,7 +68,12 @@ PROVIDER_NAMES = {
     "vertex": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",
 }
-OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
+OPERATIONS = {
+    "chat": "chat",
+    "messages": "chat",
+    "embeddings": "embeddings",
+    "count_tokens": "count_tokens",
+}
 
 _AUTH_CODES = frozenset(
     {"missing_api_key", "malformed_token", "unknown_token", "expired_token", "revoked_token",

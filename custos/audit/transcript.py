@@ -37,7 +37,7 @@ def request_content(body: dict[str, Any]) -> dict[str, Any]:
 def response_content(protocol: str, operation: str, body: bytes) -> dict[str, Any] | None:
     """The output of a plain (non-streamed) response in the shape above; ``None`` when there is
     none (embeddings, an error body, bytes that are not JSON)."""
-    if operation == "embeddings":
+    if operation in ("embeddings", "count_tokens"):
         return None
     try:
         data = orjson.loads(body)

@@ -140,6 +140,10 @@ class ModelSettings(_Strict):
     #: The most output tokens the model can produce: what a budget reserves for a request
     #: that sets no max_tokens (``limits.default_output_tokens`` when not given).
     max_output_tokens: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
+    #: The field a request translated from Anthropic's protocol sets the output limit by:
+    #: current OpenAI models take only ``max_completion_tokens``; some OpenAI-compatible
+    #: servers know only ``max_tokens``.
+    max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
 
     @field_validator(
         "input_per_mtok",

@@ -23,6 +23,7 @@ from custos.context import Operation, Protocol, RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
 from custos.http.admin import AdminAPI
+from custos.http.models import ONE_MODEL_PREFIX, client_protocol, models_list, one_model
 from custos.http.requests import (
     ClientGone,
     bearer,
@@ -33,10 +34,10 @@ from custos.http.requests import (
     with_credential,
 )
 from custos.http.requests import read_body as read_request_body
-from custos.identity.principal import AuthFailure, Principal
+from custos.identity.principal import AuthFailure
 from custos.pipeline import GatewayResponse
 from custos.policy.metadata import HEADER_NAMES
-from custos.runtime import Runtime
+from custos.providers.client_headers import PASSED_HEADERS, checked_client_headers
 from custos.telemetry import metrics
 
 log = logging.getLogger("custos.http")
@@ -75,7 +76,9 @@ class GatewayApp:
             self._llm("/v1/chat/completions", "openai", "chat"),
             self._llm("/v1/embeddings", "openai", "embeddings"),
             self._llm("/v1/messages", "anthropic", "messages"),
+            self._llm("/v1/messages/count_tokens", "anthropic", "count_tokens"),
             Endpoint("/v1/models", frozenset({"GET"}), self.models, "openai"),
+            Endpoint(ONE_MODEL_PREFIX + "{id}", frozenset({"GET"}), self.model, "openai"),
             Endpoint("/healthz", frozenset({"GET"}), self.healthz, "openai"),
             Endpoint("/readyz", frozenset({"GET"}), self.readyz, "openai"),
             Endpoint("/metrics", frozenset({"GET"}), self.metrics, "openai"),
@@ -94,6 +97,12 @@ class GatewayApp:
             await self.admin(scope, receive, send)
             return
         endpoint = self.routes.get(path) or self.routes.get(path.rstrip("/"))
+        if (
+            endpoint is None
+            and path.startswith(ONE_MODEL_PREFIX)
+            and len(path) > len(ONE_MODEL_PREFIX)
+        ):
+            endpoint = self.routes[ONE_MODEL_PREFIX + "{id}"]
         if endpoint is None:
             protocol: Protocol = "anthropic" if path.startswith("/v1/messages") else "openai"
             err = GatewayError(
@@ -142,6 +151,7 @@ class GatewayApp:
             limit = ctx.runtime.config.gateway.max_body_bytes
             raw = await read_request_body(receive, head.content_length, limit, self.body_timeout_s)
             fill_request(ctx, raw)
+            ctx.client_headers = checked_client_headers(head.provider)
 
         try:
             response = await self.gateway.pipeline.handle(ctx, read_request)
@@ -172,16 +182,29 @@ class GatewayApp:
     # -- the other routes ----------------------------------------------------------------------
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._models(scope, None, send)
+
+    async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._models(scope, scope["path"][len(ONE_MODEL_PREFIX) :], send)
+
+    async def _models(self, scope: Scope, name: str | None, send: Send) -> None:
+        """The model list, or one model (``name``), in the caller's protocol."""
+        protocol = client_protocol(scope["headers"])
+        runtime = self.gateway.runtime
         try:
             token = RequestHead.of(scope).token
-            principal = await self.gateway.pipeline.principal_for(token, self.gateway.runtime)
+            principal = await self.gateway.pipeline.principal_for(token, runtime)
+            if name is None:
+                body = models_list(runtime, principal, protocol, scope["query_string"])
+            else:
+                body = one_model(runtime, principal, protocol, name)
         except GatewayError as err:
             request_id = new_request_id()
             if err.status == 401:
                 self.auth_failed(scope, err, request_id)
-            await send_error(send, "openai", err, request_id)
+            await send_error(send, protocol, err, request_id)
             return
-        await send_body(send, 200, [_JSON], models_body(self.gateway.runtime, principal))
+        await send_body(send, 200, [_JSON], body)
 
     def auth_failed(self, scope: Scope, err: GatewayError, request_id: str | None = None) -> None:
         """Record a refused credential outside the LLM routes (an ``auth.failure`` event)."""
@@ -236,6 +259,8 @@ class RequestHead:
     metadata: tuple[tuple[bytes, bytes], ...]
     content_type: bytes | None
     content_length: int | None
+    #: The provider headers a client may pass on (``custos.providers.client_headers``).
+    provider: tuple[tuple[bytes, bytes], ...] = ()
 
     @classmethod
     def of(cls, scope: Scope) -> RequestHead:
@@ -243,6 +268,7 @@ class RequestHead:
         content_type = None
         content_length = None
         metadata: tuple[tuple[bytes, bytes], ...] = ()
+        provider: tuple[tuple[bytes, bytes], ...] = ()
         for name, value in scope["headers"]:
             if name == b"authorization":
                 credential = bearer(value)
@@ -258,7 +284,9 @@ class RequestHead:
                 content_type = value
             elif name == b"content-length" and value.isdigit():
                 content_length = int(value)
-        return cls(token, metadata, content_type, content_length)
+            elif name in PASSED_HEADERS:
+                provider += ((name, value),)
+        return cls(token, metadata, content_type, content_length, provider)
 
 
 def fill_request(ctx: RequestContext, raw: bytes) -> None:
@@ -267,7 +295,7 @@ def fill_request(ctx: RequestContext, raw: bytes) -> None:
     ctx.model = require_model(body)
     validate(ctx.operation, body)
     ctx.raw_body, ctx.body = raw, body
-    ctx.stream = body.get("stream") is True
+    ctx.stream = body.get("stream") is True and ctx.operation != "count_tokens"
     options = body.get("stream_options")
     asked = isinstance(options, dict) and options.get("include_usage") is True
     ctx.client_wants_usage = ctx.stream and (ctx.protocol == "anthropic" or asked)
@@ -284,32 +312,6 @@ def new_request_id() -> str:
 
 _ID_PREFIX = secrets.token_hex(6)
 _ID_COUNTER = itertools.count(1)
-
-
-_MODELS_CACHE: dict[tuple[object, ...], bytes] = {}
-_MODELS_CACHE_SIZE = 1024
-
-
-def models_body(runtime: Runtime, principal: Principal) -> bytes:
-    """The OpenAI model list of what this principal may call, cached per revision and grant."""
-    key = (runtime.revision, principal.subjects, principal.account_models, principal.token_models)
-    cached = _MODELS_CACHE.get(key)
-    if cached is None:
-        names = [n for n in sorted(runtime.routes) if principal.may_use_model(n)]
-        data = [
-            {
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "custos" if runtime.routes[name].virtual else name.split("/", 1)[0],
-            }
-            for name in runtime.access.allowed_models(principal.subjects, names)
-        ]
-        cached = orjson.dumps({"object": "list", "data": data})
-        if len(_MODELS_CACHE) >= _MODELS_CACHE_SIZE:
-            _MODELS_CACHE.clear()
-        _MODELS_CACHE[key] = cached
-    return cached
 
 
 async def send_body(

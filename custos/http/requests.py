@@ -167,6 +167,7 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
 _COUNTS: dict[str, tuple[str, ...]] = {
     "chat": ("max_tokens", "max_completion_tokens", "n"),
     "messages": ("max_tokens",),
+    "count_tokens": (),  # a count has no output: Anthropic's endpoint takes no max_tokens
 }
 
 

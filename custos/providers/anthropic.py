@@ -16,11 +16,13 @@ from custos.providers.base import (
     ProviderAdapter,
     ProviderCall,
     StreamTranslator,
+    UpstreamMalformed,
     UpstreamRequest,
     renamed_model,
     usage_from_anthropic,
     with_model,
 )
+from custos.providers.client_headers import provider_headers
 from custos.providers.sse import SSEEvent, encode_event
 
 #: The Messages API version the translations are written against.
@@ -29,11 +31,13 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 class AnthropicAdapter(ProviderAdapter):
     wire = "anthropic"
+    counts_tokens = True
 
-    def url(self) -> str:
+    def url(self, operation: Operation = "messages") -> str:
         # Operators write either https://api.anthropic.com or .../v1; accept both.
         base = self.base_url.rstrip("/")
-        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        path = "/messages/count_tokens" if operation == "count_tokens" else "/messages"
+        return base + (path if base.endswith("/v1") else "/v1" + path)
 
     def supports(self, operation: Operation) -> bool:
         return operation != "embeddings"
@@ -42,12 +46,13 @@ class AnthropicAdapter(ProviderAdapter):
         if not self.supports(call.operation):
             raise bad_request(f"provider {self.account} (Anthropic) has no {call.operation} API")
         headers = self.common_headers()
+        provider_headers(headers, call.client_headers, "anthropic", call.protocol)
         if not any(name.lower() == "anthropic-version" for name in headers):
             headers["anthropic-version"] = ANTHROPIC_VERSION
         headers["x-api-key"] = self.settings.api_key or ""
         if call.stream:
             headers["accept"] = "text/event-stream"
-        return UpstreamRequest("POST", self.url(), headers, self.request_body(call))
+        return UpstreamRequest("POST", self.url(call.operation), headers, self.request_body(call))
 
     def request_body(self, call: ProviderCall) -> bytes:
         if call.protocol == "anthropic":
@@ -56,16 +61,26 @@ class AnthropicAdapter(ProviderAdapter):
 
     def parse_response(self, call: ProviderCall, body: bytes) -> ParsedResponse:
         data = translate.load_object(body)
+        if call.operation == "count_tokens":
+            if not translate.is_count(data.get("input_tokens")):
+                raise UpstreamMalformed("the provider's count has no input_tokens")
+            return ParsedResponse(body, None)
         usage = usage_from_anthropic(data.get("usage"))
         if call.protocol == "anthropic":
             return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
-        translated = translate.anthropic_response_to_openai(data, call.requested_model)
+        translated = translate.anthropic_response_to_openai(
+            data, call.requested_model, structured=translate.structured_output_name(call.body)
+        )
         return ParsedResponse(orjson.dumps(translated), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
             return AnthropicPassthroughStream(call.requested_model)
-        return translate.AnthropicToOpenAIStream(call.requested_model, call.client_wants_usage)
+        return translate.AnthropicToOpenAIStream(
+            call.requested_model,
+            call.client_wants_usage,
+            structured=translate.structured_output_name(call.body),
+        )
 
     def error_message(self, body: bytes) -> str | None:
         """Anthropic errors are ``{"type": "error", "error": {"type": ..., "message": ...}}``;

@@ -51,6 +51,8 @@ class ProviderCall:
     upstream_model: str
     stream: bool
     client_wants_usage: bool
+    #: The allow-listed provider headers the client sent (``custos.providers.client_headers``).
+    client_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -119,6 +121,8 @@ class ProviderAdapter(ABC):
     wire: Protocol
     #: True when ``prepare`` must be awaited before ``build_request`` (the others skip the await).
     needs_prepare: bool = False
+    #: The account counts a request's tokens itself (``POST /v1/messages/count_tokens``).
+    counts_tokens: bool = False
 
     def __init__(self, account: str, settings: ProviderSettings) -> None:
         self.account = account

@@ -108,23 +108,38 @@ def _refuse(field: str, why: str = "") -> Exception:
     )
 
 
+def anthropic_tool_use_id(value: Any) -> Any:
+    """Bedrock's tool use id (``tooluse_…``) in Anthropic's shape, ``toolu_tooluse_…``: the
+    translations reshape ids by their prefix (``toolu_`` ↔ ``call_``), so an id that has one
+    comes back to ``bedrock_tool_use_id`` intact whichever protocol the caller speaks."""
+    return "toolu_" + value if isinstance(value, str) and value else value
+
+
+def bedrock_tool_use_id(value: str) -> str:
+    """The id Bedrock issued, from the one the caller sends back (see ``anthropic_tool_use_id``);
+    an id the gateway did not reshape is sent as it is."""
+    return value.removeprefix("toolu_") if value.startswith("toolu_tooluse_") else value
+
+
 def openai_request_to_converse(body: dict[str, Any]) -> dict[str, Any]:
     for field, value in body.items():
         if field in _OPENAI_DEFAULTS and value in _OPENAI_DEFAULTS[field]:
             continue
         if field not in _OPENAI_FIELDS or field in _OPENAI_DEFAULTS:
             raise _refuse(field)
-    anthropic = translate.openai_request_to_anthropic(body, "")
+    # Converse takes temperature and top_p, which the Anthropic translation refuses (Anthropic
+    # deprecated them): they skip it and are put back after.
+    sampling = {k: body[k] for k in ("temperature", "top_p") if body.get(k) is not None}
+    anthropic = translate.openai_request_to_anthropic(
+        {k: v for k, v in body.items() if k not in sampling}, ""
+    )
     anthropic.pop("model")
     anthropic.pop("stream", None)
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         # Anthropic needs a number and the translation puts a default in; Converse does not,
         # and the model's own limit serves the caller better than an arbitrary one.
         anthropic.pop("max_tokens")
-    # Dropped by the Anthropic translation (Anthropic deprecated them); Converse takes them.
-    for field in ("temperature", "top_p"):
-        if body.get(field) is not None:
-            anthropic[field] = body[field]
+    anthropic.update(sampling)
     return anthropic_request_to_converse(anthropic)
 
 
@@ -256,7 +271,7 @@ def _converse_block(block: Any, where: str) -> list[dict[str, Any]]:
             raise bad_request(f"{where} needs an id and a name", param=where)
         converted = {
             "toolUse": {
-                "toolUseId": block["id"],
+                "toolUseId": bedrock_tool_use_id(block["id"]),
                 "name": block["name"],
                 "input": block.get("input") if isinstance(block.get("input"), dict) else {},
             }
@@ -340,7 +355,10 @@ def _converse_tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
         raise bad_request(f"{where}.content must be a string or an array", param=f"{where}.content")
     if not isinstance(block.get("tool_use_id"), str):
         raise bad_request(f"{where}.tool_use_id must be a string", param=f"{where}.tool_use_id")
-    result: dict[str, Any] = {"toolUseId": block["tool_use_id"], "content": parts}
+    result: dict[str, Any] = {
+        "toolUseId": bedrock_tool_use_id(block["tool_use_id"]),
+        "content": parts,
+    }
     if block.get("is_error"):
         result["status"] = "error"
     return result
@@ -452,7 +470,7 @@ def _anthropic_block(block: Any) -> dict[str, Any] | None:
         arguments = tool.get("input")
         return {
             "type": "tool_use",
-            "id": tool.get("toolUseId"),
+            "id": anthropic_tool_use_id(tool.get("toolUseId")),
             "name": tool.get("name"),
             "input": arguments if isinstance(arguments, dict) else {},
         }
@@ -552,7 +570,11 @@ class ConverseToAnthropicStream(StreamTranslator):
         tool = start.get("toolUse") if isinstance(start, dict) else None
         if not isinstance(tool, dict):
             return []  # text and reasoning blocks open with their first delta
-        block = {"type": "tool_use", "id": tool.get("toolUseId"), "name": tool.get("name")}
+        block = {
+            "type": "tool_use",
+            "id": anthropic_tool_use_id(tool.get("toolUseId")),
+            "name": tool.get("name"),
+        }
         return [*self._start(), *self._open_block(index, {**block, "input": {}})]
 
     def _open_block(self, index: int, block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

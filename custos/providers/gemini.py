@@ -130,6 +130,12 @@ def openai_request_to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Anthropic fields mapped to Gemini directly rather than through the OpenAI translation (which
+#: has no place for top_k, and would turn thinking and output_config into OpenAI's coarser
+#: reasoning_effort and response_format).
+_MAPPED_HERE = frozenset({"top_k", "thinking", "output_config"})
+
+
 def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
     """An Anthropic Messages request as a Gemini request, through the OpenAI translation."""
     _refuse_unknown(body, _ANTHROPIC_FIELDS, "an Anthropic Messages request")
@@ -152,7 +158,9 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
             param="tool_choice.disable_parallel_tool_use",
         )
     try:
-        openai = translate.anthropic_request_to_openai(body, model)
+        openai = translate.anthropic_request_to_openai(
+            {k: v for k, v in body.items() if k not in _MAPPED_HERE}, model
+        )
     except GatewayError as err:
         # The translation's refusals name the provider it was written for; name this one.
         err.message = err.message.replace("OpenAI", "Gemini")

@@ -6,7 +6,7 @@ Azure OpenAI speaks the same bodies at other URLs with another auth header; see
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -23,13 +23,26 @@ from custos.providers.base import (
     usage_from_openai,
     with_model,
 )
+from custos.providers.client_headers import provider_headers
+from custos.providers.estimate import estimate_prompt_tokens
 from custos.providers.sse import SSEEvent, encode_event
+
+if TYPE_CHECKING:
+    from custos.config.schema import ProviderSettings
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "messages": "/chat/completions"}
 
 
 class OpenAIAdapter(ProviderAdapter):
     wire = "openai"
+
+    def __init__(self, account: str, settings: ProviderSettings) -> None:
+        super().__init__(account, settings)
+        #: Upstream model name -> the field a translated request sets its output limit by.
+        self.max_tokens_fields = {
+            model.deployment or model.upstream_model or name: model.max_tokens_field
+            for name, model in settings.models.items()
+        }
 
     def url(self, call: ProviderCall) -> str:
         return self.base_url + _PATHS[call.operation]
@@ -40,6 +53,7 @@ class OpenAIAdapter(ProviderAdapter):
 
     def build_request(self, call: ProviderCall) -> UpstreamRequest:
         headers = self.common_headers()
+        provider_headers(headers, call.client_headers, "openai", call.protocol)
         headers.update(self.auth_headers())
         if call.stream:
             headers["accept"] = "text/event-stream"
@@ -47,8 +61,9 @@ class OpenAIAdapter(ProviderAdapter):
 
     def request_body(self, call: ProviderCall) -> bytes:
         if call.protocol == "anthropic":
+            field = self.max_tokens_fields.get(call.upstream_model, "max_completion_tokens")
             return orjson.dumps(
-                translate.anthropic_request_to_openai(call.body, call.upstream_model)
+                translate.anthropic_request_to_openai(call.body, call.upstream_model, field)
             )
         if call.stream and not call.client_wants_usage:
             # Usage is only sent on streams that ask for it; ask, and strip it on the way back.
@@ -72,7 +87,9 @@ class OpenAIAdapter(ProviderAdapter):
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
-            return translate.OpenAIToAnthropicStream(call.requested_model)
+            return translate.OpenAIToAnthropicStream(
+                call.requested_model, estimate_prompt_tokens(call.body)
+            )
         return OpenAIPassthroughStream(
             call.requested_model, strip_usage=not call.client_wants_usage
         )

@@ -3,11 +3,12 @@
 Everything here is pure: functions from one protocol's JSON to the other's, and two small state
 machines that turn one protocol's server-sent events into the other's. No I/O.
 
-Where one protocol has a feature the other lacks, the rule is: refuse with a 400 that names it
-when dropping it would change what the caller gets back (``n > 1``, audio or file parts, server
-tools, legacy ``functions``), and drop it silently when it only tunes the transport or sampling
-(``stream_options``, ``logprobs``, ``seed``, penalties, ``cache_control``, ``top_k``, thinking;
-also ``temperature`` and ``top_p`` towards Anthropic, which has deprecated them).
+Nothing is dropped silently: every top-level field either maps to the other protocol in some
+form (``response_format`` as a forced tool, ``reasoning_effort`` and ``thinking`` as each other,
+``max_tokens`` as ``max_completion_tokens``) or, when the other protocol has no counterpart, is
+refused with a 400 that names it unless its value asks for nothing (``custos.providers.fields``
+holds the table, ``docs/fields.md`` explains it). Ids take the caller's protocol's shape
+(``msg_``/``toolu_`` for Anthropic callers, ``chatcmpl-``/``call_`` for OpenAI callers).
 
 Usage is normalised through ``custos.context.Usage`` both ways, so the two conventions meet in one
 place: OpenAI's ``prompt_tokens`` includes cached tokens, Anthropic's ``input_tokens`` excludes both
@@ -16,6 +17,7 @@ cache reads and cache writes.
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -28,6 +30,11 @@ from custos.providers.base import (
     UpstreamMalformed,
     usage_from_anthropic,
     usage_from_openai,
+)
+from custos.providers.fields import (
+    ANTHROPIC_TO_OPENAI,
+    OPENAI_TO_ANTHROPIC,
+    refuse_untranslatable,
 )
 from custos.providers.sse import SSEEvent, encode_event
 
@@ -142,26 +149,20 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_count(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
 # -- OpenAI request -> Anthropic request ---------------------------------------------------------
 
 
 def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
-    if body.get("n") not in (None, 1):
-        raise bad_request(
-            "n > 1 is not supported when the model is served by Anthropic: ask for one choice",
-            param="n",
-        )
-    if body.get("functions") is not None or body.get("function_call") is not None:
-        raise bad_request(
-            "the legacy functions/function_call parameters are not supported; use tools"
-        )
+    refuse_untranslatable(body, OPENAI_TO_ANTHROPIC, "Anthropic")
     system, messages = _anthropic_messages(body.get("messages"))
-    out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": _max_tokens(body)}
+    max_tokens = _max_tokens(body)
+    out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if system:
         out["system"] = system[0]["text"] if len(system) == 1 else system
-    # temperature and top_p are not sent: the Messages API has deprecated them (current models
-    # answer 400 "temperature is deprecated for this model", and the anthropic SDK no longer has
-    # the fields), while OpenAI clients send them by habit.
     stop = body.get("stop")
     if isinstance(stop, str):
         out["stop_sequences"] = [stop]
@@ -169,10 +170,67 @@ def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, A
         out["stop_sequences"] = stop
     if body.get("stream"):
         out["stream"] = True
-    if isinstance(body.get("user"), str):
-        out["metadata"] = {"user_id": body["user"]}
+    user = body.get("safety_identifier") or body.get("user")
+    if isinstance(user, str):
+        out["metadata"] = {"user_id": user}
+    tier = body.get("service_tier")
+    if tier is not None:
+        out["service_tier"] = _anthropic_service_tier(tier)
     out.update(_anthropic_tools(body))
+    out.update(_anthropic_thinking(body.get("reasoning_effort"), body, max_tokens))
     return out
+
+
+def _anthropic_service_tier(tier: Any) -> str:
+    tiers = {"auto": "auto", "default": "standard_only"}
+    if tier not in tiers:
+        raise bad_request(
+            "service_tier must be auto or default when the model is served by Anthropic",
+            param="service_tier",
+        )
+    return tiers[tier]
+
+
+#: reasoning_effort -> Anthropic thinking budget; each maps back to the same effort through
+#: ``EFFORT_THRESHOLDS``.
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+#: Anthropic thinking budget_tokens below each bound -> OpenAI reasoning_effort (else "high").
+EFFORT_THRESHOLDS = ((4096, "low"), (16384, "medium"))
+#: Anthropic's smallest thinking budget.
+MIN_THINKING_BUDGET = 1024
+
+
+def _anthropic_thinking(effort: Any, body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """``reasoning_effort`` as Anthropic's ``thinking`` (and the max_tokens that leaves room).
+
+    Anthropic counts thinking inside max_tokens, as OpenAI counts reasoning inside
+    max_completion_tokens; a caller who set a limit keeps it and the budget fits under it.
+    """
+    if effort is None:
+        return {}
+    if effort == "none":
+        return {"thinking": {"type": "disabled"}}
+    if effort not in THINKING_BUDGETS:
+        raise bad_request(
+            "reasoning_effort must be none, minimal, low, medium or high when the model is "
+            "served by Anthropic",
+            param="reasoning_effort",
+        )
+    budget = THINKING_BUDGETS[effort]
+    limited = body.get("max_completion_tokens") is not None or body.get("max_tokens") is not None
+    if not limited:
+        return {
+            "thinking": {"type": "enabled", "budget_tokens": budget},
+            "max_tokens": budget + DEFAULT_MAX_TOKENS,
+        }
+    budget = min(budget, max_tokens - 1)
+    if budget < MIN_THINKING_BUDGET:
+        raise bad_request(
+            f"reasoning_effort needs max_completion_tokens above {MIN_THINKING_BUDGET} when the "
+            "model is served by Anthropic (its smallest thinking budget)",
+            param="reasoning_effort",
+        )
+    return {"thinking": {"type": "enabled", "budget_tokens": budget}}
 
 
 def _max_tokens(body: dict[str, Any]) -> int:
@@ -195,6 +253,7 @@ def _anthropic_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
+        _refuse_message_fields(message, where)
         if role in ("system", "developer"):
             # Anthropic has one top-level system prompt; OpenAI system turns anywhere join it.
             system.extend(_content_blocks(message.get("content"), where, images=False))
@@ -216,6 +275,24 @@ def _anthropic_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[
     if not turns:
         raise bad_request("messages must contain a user or assistant message", param="messages")
     return system, turns
+
+
+#: Message fields an Anthropic turn has no place for: a participant's name, audio replayed.
+_UNCARRIED_MESSAGE_FIELDS = {
+    "name": "Anthropic turns have no participant names",
+    "audio": "Anthropic has no audio output to refer to",
+}
+
+
+def _refuse_message_fields(message: Any, where: str) -> None:
+    if not isinstance(message, dict):
+        return
+    for field, reason in _UNCARRIED_MESSAGE_FIELDS.items():
+        if message.get(field) not in (None, ""):
+            at = f"{where}.{field}"
+            raise bad_request(
+                f"{at} cannot be sent to a model served by Anthropic: {reason}", param=at
+            )
 
 
 def _content_blocks(content: Any, where: str, *, images: bool) -> list[dict[str, Any]]:
@@ -273,8 +350,9 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
         if not isinstance(call.get("id"), str) or not isinstance(function.get("name"), str):
             raise bad_request(f"{at} needs an id and a function name", param=at)
         arguments = _request_arguments(function.get("arguments"), f"{at}.function.arguments")
+        call_id = anthropic_tool_use_id(call["id"])
         blocks.append(
-            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": arguments}
+            {"type": "tool_use", "id": call_id, "name": function["name"], "input": arguments}
         )
     return blocks
 
@@ -295,7 +373,10 @@ def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     tool_call_id = message.get("tool_call_id")
     if not isinstance(tool_call_id, str):
         raise bad_request(f"{where}.tool_call_id must be a string", param=f"{where}.tool_call_id")
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_call_id}
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": anthropic_tool_use_id(tool_call_id),
+    }
     content = message.get("content")
     if isinstance(content, str):
         if content:
@@ -309,8 +390,17 @@ def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _anthropic_tools(body: dict[str, Any]) -> dict[str, Any]:
     tools = body.get("tools")
+    structured = structured_output_tool(body)
+    if structured is not None:
+        if tools or body.get("tool_choice") is not None:
+            raise bad_request(
+                "response_format cannot be combined with tools when the model is served by "
+                "Anthropic: the format is carried as a forced tool",
+                param="response_format",
+            )
+        return {"tools": [structured], "tool_choice": {"type": "tool", "name": structured["name"]}}
     if not tools:
-        # Anthropic refuses tool_choice without tools; OpenAI's own refusal adds nothing.
+        _refuse_without_tools(body, ("tool_choice", "parallel_tool_calls"), ("none",))
         return {}
     if not isinstance(tools, list):
         raise bad_request("tools must be an array", param="tools")
@@ -323,6 +413,64 @@ def _anthropic_tools(body: dict[str, Any]) -> dict[str, Any]:
     if choice:
         out["tool_choice"] = choice
     return out
+
+
+def _refuse_without_tools(
+    body: dict[str, Any], names: tuple[str, ...], idle: tuple[Any, ...]
+) -> None:
+    """Tool settings with no tools to apply to are refused, as both providers do themselves."""
+    for name in names:
+        value = body.get(name)
+        kind = value.get("type") if isinstance(value, dict) else value
+        if value is not None and kind not in idle:
+            raise bad_request(f"{name} is only allowed when tools are given", param=name)
+
+
+#: The forced tool that carries ``response_format: {"type": "json_object"}`` to Anthropic.
+JSON_OBJECT_TOOL = "json_object"
+
+
+def structured_output_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as an Anthropic tool to force (None for plain text).
+
+    The model must call the tool, so its input is JSON that follows the schema; the response
+    translation returns that input as the message content, as OpenAI would have.
+    """
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {
+            "name": JSON_OBJECT_TOOL,
+            "description": "Answer with a JSON object.",
+            "input_schema": {"type": "object"},
+        }
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(schema, dict) or schema.get("type") != "object":
+        raise bad_request(
+            "response_format must be text, json_object, or json_schema with an object schema "
+            "when the model is served by Anthropic (the schema becomes a tool's input)",
+            param="response_format",
+        )
+    name = spec.get("name")
+    description = spec.get("description")
+    return {
+        "name": name if isinstance(name, str) and name else "json_response",
+        "description": description
+        if isinstance(description, str) and description
+        else "Answer with JSON that follows this schema.",
+        "input_schema": schema,
+    }
+
+
+def structured_output_name(body: dict[str, Any]) -> str | None:
+    """The forced tool's name when ``body`` asked for structured output, else None."""
+    if body.get("response_format") is None:
+        return None
+    tool = structured_output_tool(body)
+    return None if tool is None else str(tool["name"])
 
 
 def _anthropic_tool(tool: Any, where: str) -> dict[str, Any]:
@@ -357,8 +505,14 @@ def _anthropic_tool_choice(choice: Any) -> dict[str, Any]:
 
 
 def anthropic_response_to_openai(
-    data: dict[str, Any], requested_model: str, *, created: int | None = None
+    data: dict[str, Any],
+    requested_model: str,
+    *,
+    created: int | None = None,
+    structured: str | None = None,
 ) -> dict[str, Any]:
+    """``structured``: the forced tool that carried ``response_format``; its input is the
+    answer's content."""
     content = data.get("content")
     if data.get("type") != "message" or not isinstance(content, list):
         raise UpstreamMalformed("the provider's body is not an Anthropic message")
@@ -366,15 +520,18 @@ def anthropic_response_to_openai(
     text = "".join(
         b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)
     )
-    tool_calls = [
-        {
-            "id": b.get("id"),
-            "type": "function",
-            "function": {"name": b.get("name"), "arguments": _dumps(b.get("input") or {})},
-        }
-        for b in blocks
-        if b.get("type") == "tool_use"
-    ]
+    tool_calls = []
+    for b in blocks:
+        if b.get("type") != "tool_use":
+            continue
+        arguments = _dumps(b.get("input") or {})
+        if structured is not None and b.get("name") == structured:
+            text += arguments
+            continue
+        function = {"name": b.get("name"), "arguments": arguments}
+        tool_calls.append(
+            {"id": openai_call_id(b.get("id")), "type": "function", "function": function}
+        )
     # OpenAI sends content null on a turn that only calls tools.
     message: dict[str, Any] = {
         "role": "assistant",
@@ -384,9 +541,9 @@ def anthropic_response_to_openai(
     if tool_calls:
         message["tool_calls"] = tool_calls
     usage = usage_from_anthropic(data.get("usage")) or Usage()
-    finish_reason = _FINISH_REASONS.get(data.get("stop_reason") or "", "stop")
+    finish_reason = _finish_reason(data.get("stop_reason"), structured)
     return {
-        "id": data.get("id") or "",
+        "id": openai_completion_id(data.get("id")),
         "object": "chat.completion",
         "created": _now(created),
         "model": requested_model,
@@ -397,10 +554,51 @@ def anthropic_response_to_openai(
     }
 
 
+def _finish_reason(stop_reason: Any, structured: str | None) -> str:
+    # The forced tool is the answer itself: the model stopped, it did not ask for a tool.
+    if structured is not None and stop_reason == "tool_use":
+        return "stop"
+    return _FINISH_REASONS.get(stop_reason or "", "stop")
+
+
+# -- ids in the caller's protocol's shape ---------------------------------------------------------
+
+
+def _reshaped_id(value: Any, theirs: str, ours: str) -> str:
+    """An upstream id with the caller's protocol's prefix (``theirs`` swapped for ``ours``); the
+    rest is kept, so one upstream id always gives the same id. A missing id gets a new one."""
+    if not isinstance(value, str) or not value:
+        return ours + secrets.token_hex(12)
+    if value.startswith(ours):
+        return value
+    return ours + value.removeprefix(theirs)
+
+
+def openai_completion_id(value: Any) -> str:
+    return _reshaped_id(value, "msg_", "chatcmpl-")
+
+
+def openai_call_id(value: Any) -> str:
+    return _reshaped_id(value, "toolu_", "call_")
+
+
+def anthropic_message_id(value: Any) -> str:
+    return _reshaped_id(value, "chatcmpl-", "msg_")
+
+
+def anthropic_tool_use_id(value: Any) -> str:
+    return _reshaped_id(value, "call_", "toolu_")
+
+
 # -- Anthropic request -> OpenAI request ---------------------------------------------------------
 
 
-def anthropic_request_to_openai(body: dict[str, Any], model: str) -> dict[str, Any]:
+def anthropic_request_to_openai(
+    body: dict[str, Any], model: str, max_tokens_field: str = "max_completion_tokens"
+) -> dict[str, Any]:
+    """``max_tokens_field``: the name the upstream model takes the output limit by (current
+    OpenAI models refuse ``max_tokens``; some OpenAI-compatible servers know only it)."""
+    refuse_untranslatable(body, ANTHROPIC_TO_OPENAI, "an OpenAI-format provider")
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("messages must be a non-empty array", param="messages")
@@ -408,7 +606,9 @@ def anthropic_request_to_openai(body: dict[str, Any], model: str) -> dict[str, A
     for i, message in enumerate(raw):
         messages.extend(_openai_messages(message, f"messages[{i}]"))
     out: dict[str, Any] = {"model": model, "messages": messages}
-    for key in ("max_tokens", "temperature", "top_p"):
+    if body.get("max_tokens") is not None:
+        out[max_tokens_field] = body["max_tokens"]
+    for key in ("temperature", "top_p"):
         if body.get(key) is not None:
             out[key] = body[key]
     stop = body.get("stop_sequences")
@@ -421,8 +621,81 @@ def anthropic_request_to_openai(body: dict[str, Any], model: str) -> dict[str, A
         # Usage is only reported on OpenAI streams that ask for it.
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
+    tier = body.get("service_tier")
+    if tier is not None:
+        out["service_tier"] = _openai_service_tier(tier)
     out.update(_openai_tools(body))
+    out.update(_openai_output(body))
     return out
+
+
+def _openai_service_tier(tier: Any) -> str:
+    tiers = {"auto": "auto", "standard_only": "default"}
+    if tier not in tiers:
+        raise bad_request("service_tier must be auto or standard_only", param="service_tier")
+    return tiers[tier]
+
+
+def _openai_output(body: dict[str, Any]) -> dict[str, Any]:
+    """``thinking``, ``output_format`` and ``output_config`` as OpenAI's reasoning effort and
+    response format."""
+    out: dict[str, Any] = {}
+    effort = _reasoning_effort(body.get("thinking"))
+    config = body.get("output_config")
+    if config is not None:
+        if not isinstance(config, dict) or set(config) - {"format", "effort"}:
+            raise bad_request(
+                "output_config may hold only format and effort when the model is served by an "
+                "OpenAI-format provider",
+                param="output_config",
+            )
+        if config.get("effort") is not None:
+            if config["effort"] not in ("low", "medium", "high"):
+                raise bad_request(
+                    "output_config.effort must be low, medium or high", param="output_config.effort"
+                )
+            effort = config["effort"]
+        if config.get("format") is not None:
+            out["response_format"] = _response_format(config["format"], "output_config.format")
+    if body.get("output_format") is not None:
+        out["response_format"] = _response_format(body["output_format"], "output_format")
+    if effort is not None:
+        out["reasoning_effort"] = effort
+    return out
+
+
+def _reasoning_effort(thinking: Any) -> str | None:
+    """Anthropic's thinking budget as OpenAI's effort, by ``EFFORT_THRESHOLDS``."""
+    if thinking is None:
+        return None
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "disabled":
+        return None
+    budget = thinking.get("budget_tokens") if kind == "enabled" else None
+    if not _is_int(budget):
+        raise bad_request(
+            "thinking must be disabled, or enabled with an integer budget_tokens, when the "
+            "model is served by an OpenAI-format provider",
+            param="thinking",
+        )
+    for bound, effort in EFFORT_THRESHOLDS:
+        if budget < bound:
+            return effort
+    return "high"
+
+
+def _response_format(fmt: Any, where: str) -> dict[str, Any]:
+    schema = fmt.get("schema") if isinstance(fmt, dict) else None
+    if (
+        not isinstance(fmt, dict)
+        or fmt.get("type") != "json_schema"
+        or not isinstance(schema, dict)
+    ):
+        raise bad_request(f"{where} must be a json_schema format with a schema", param=where)
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": True},
+    }
 
 
 def _system_message(system: Any, where: str) -> list[dict[str, Any]]:
@@ -514,7 +787,10 @@ def _openai_tool_message(block: dict[str, Any], where: str) -> dict[str, Any]:
     if block.get("is_error"):
         # OpenAI tool messages have no error flag; say it in the text the model reads.
         text = f"Error: {text}" if text else "Error"
-    return {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
+    tool_use_id = block.get("tool_use_id")
+    if isinstance(tool_use_id, str):
+        tool_use_id = openai_call_id(tool_use_id)
+    return {"role": "tool", "tool_call_id": tool_use_id, "content": text}
 
 
 def _openai_assistant_message(content: list[Any], where: str) -> dict[str, Any]:
@@ -527,7 +803,10 @@ def _openai_assistant_message(content: list[Any], where: str) -> dict[str, Any]:
         elif kind == "tool_use":
             arguments = _dumps(block.get("input") or {})
             function = {"name": block.get("name"), "arguments": arguments}
-            calls.append({"id": block.get("id"), "type": "function", "function": function})
+            call_id = block.get("id")
+            if isinstance(call_id, str):
+                call_id = openai_call_id(call_id)
+            calls.append({"id": call_id, "type": "function", "function": function})
         elif kind not in ("thinking", "redacted_thinking"):  # Anthropic-only, signed for Claude
             at = f"{where}.content[{j}]"
             raise bad_request(
@@ -544,6 +823,7 @@ def _openai_assistant_message(content: list[Any], where: str) -> dict[str, Any]:
 def _openai_tools(body: dict[str, Any]) -> dict[str, Any]:
     tools = body.get("tools")
     if not tools:
+        _refuse_without_tools(body, ("tool_choice",), ("none",))
         return {}
     if not isinstance(tools, list):
         raise bad_request("tools must be an array", param="tools")
@@ -598,7 +878,7 @@ def openai_response_to_anthropic(data: dict[str, Any], requested_model: str) -> 
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id") or "",
+                "id": anthropic_tool_use_id(call.get("id")),
                 "name": function.get("name") or "",
                 "input": _response_arguments(function.get("arguments")),
             }
@@ -607,7 +887,7 @@ def openai_response_to_anthropic(data: dict[str, Any], requested_model: str) -> 
     if message.get("refusal"):
         stop_reason = "refusal"
     return {
-        "id": data.get("id") or "",
+        "id": anthropic_message_id(data.get("id")),
         "type": "message",
         "role": "assistant",
         "model": requested_model,
@@ -638,16 +918,24 @@ class AnthropicToOpenAIStream(StreamTranslator):
     """Anthropic Messages events in, OpenAI ``chat.completion.chunk`` events out."""
 
     def __init__(
-        self, requested_model: str, include_usage: bool, *, created: int | None = None
+        self,
+        requested_model: str,
+        include_usage: bool,
+        *,
+        created: int | None = None,
+        structured: str | None = None,
     ) -> None:
         self.requested_model = requested_model
         self.include_usage = include_usage
         self.created = _now(created)
+        #: The forced tool that carries ``response_format``: its input streams as content.
+        self.structured = structured
         self.usage: Usage | None = None
         self.output_chars = 0
         self._id = ""
         self._totals: dict[str, int] = {}
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
+        self._answer_blocks: set[int] = set()  # indexes of the forced tool's blocks
         self._finished = False
         self._done = False
 
@@ -660,7 +948,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
         kind = data.get("type", event.event)
         if kind == "message_start":
             message = data.get("message") if isinstance(data.get("message"), dict) else {}
-            self._id = str(message.get("id") or "")
+            self._id = openai_completion_id(message.get("id"))
             self.usage = merge_anthropic_usage(self._totals, message.get("usage"))
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_start":
@@ -673,7 +961,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
             stop_reason = delta.get("stop_reason")
             if not isinstance(stop_reason, str):
                 return b""  # a usage-only update; the stop reason comes in a later delta
-            return self._finish(_FINISH_REASONS.get(stop_reason, "stop"))
+            return self._finish(_finish_reason(stop_reason, self.structured))
         if kind == "message_stop":
             return self._stop()
         if kind == "error":
@@ -702,10 +990,13 @@ class AnthropicToOpenAIStream(StreamTranslator):
         if kind == "tool_use":
             if not isinstance(index, int):
                 raise UpstreamMalformed("the provider sent a content block without an index")
+            if self.structured is not None and block.get("name") == self.structured:
+                self._answer_blocks.add(index)
+                return b""
             position = self._tools[index] = len(self._tools)
             call = {
                 "index": position,
-                "id": block.get("id"),
+                "id": openai_call_id(block.get("id")),
                 "type": "function",
                 "function": {"name": block.get("name"), "arguments": ""},
             }
@@ -721,6 +1012,8 @@ class AnthropicToOpenAIStream(StreamTranslator):
         if kind == "text_delta" and isinstance(delta.get("text"), str) and delta["text"]:
             return self._chunk({"content": delta["text"]})
         fragment = delta.get("partial_json") if kind == "input_json_delta" else None
+        if isinstance(fragment, str) and fragment and index in self._answer_blocks:
+            return self._chunk({"content": fragment})
         if (
             isinstance(fragment, str)
             and fragment
@@ -769,8 +1062,11 @@ class OpenAIToAnthropicStream(StreamTranslator):
     message then.
     """
 
-    def __init__(self, requested_model: str) -> None:
+    def __init__(self, requested_model: str, estimated_input_tokens: int = 0) -> None:
         self.requested_model = requested_model
+        #: What message_start reports: OpenAI gives the count only at the end, where
+        #: message_delta corrects it.
+        self.estimated_input_tokens = estimated_input_tokens
         self.usage: Usage | None = None
         self.output_chars = 0
         self._started = False
@@ -794,7 +1090,10 @@ class OpenAIToAnthropicStream(StreamTranslator):
         usage = usage_from_openai(chunk.get("usage"))
         if usage is not None:
             self.usage = usage
-        out = b"" if self._started else self._start(chunk)
+        # A chunk with neither an id nor a choice (Azure's prompt filter results) does not start
+        # the message: the next one has the id to name it by.
+        starts = not self._started and (chunk.get("id") or chunk.get("choices"))
+        out = self._start(chunk) if starts else b""
         for choice in chunk.get("choices") or ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 out += self._choice(choice)
@@ -806,15 +1105,14 @@ class OpenAIToAnthropicStream(StreamTranslator):
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self._started = True
         message = {
-            "id": chunk.get("id") or "",
+            "id": anthropic_message_id(chunk.get("id")),
             "type": "message",
             "role": "assistant",
             "model": self.requested_model,
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            # Input is only known from the usage chunk at the end; message_delta reports it.
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": self.estimated_input_tokens, "output_tokens": 0},
         }
         return _event("message_start", {"type": "message_start", "message": message})
 
@@ -848,11 +1146,12 @@ class OpenAIToAnthropicStream(StreamTranslator):
         # A new index starts a new call; so does a new id, for servers that reuse index 0.
         current = self._tool if self._open == "tool_use" else None
         if current is None or index != current[0] or (call_id and call_id != current[1]):
-            call_id = call_id or f"call_{index}"
+            # A server that sends no id still gets a unique one: ids pair calls with results.
+            call_id = call_id or "call_" + secrets.token_hex(12)
             self._tool = (index, call_id)
             block = {
                 "type": "tool_use",
-                "id": call_id,
+                "id": anthropic_tool_use_id(call_id),
                 "name": function.get("name") or "",
                 "input": {},
             }
