@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from custos.runtime import ModelTarget, Runtime
 
 Protocol = Literal["openai", "anthropic"]
-Operation = Literal["chat", "embeddings", "messages"]
+Operation = Literal["chat", "embeddings", "messages", "responses"]
 
 
 @dataclass(slots=True)

@@ -34,6 +34,7 @@ from custos.providers.base import (
     upstream_error,
 )
 from custos.providers.estimate import estimate_prompt_tokens
+from custos.providers.responses import check_route as check_responses_route
 from custos.providers.sse import SSEDecoder
 from custos.providers.transport import (
     Transport,
@@ -213,6 +214,8 @@ class Pipeline:
                 f"The model '{ctx.model}' does not support {ctx.operation}.",
                 param="model",
             )
+        if ctx.operation == "responses":
+            check_responses_route(ctx.body, route)
         return route
 
     # -- stage 8: call provider ----------------------------------------------------------------

@@ -75,6 +75,7 @@ class GatewayApp:
             self._llm("/v1/chat/completions", "openai", "chat"),
             self._llm("/v1/embeddings", "openai", "embeddings"),
             self._llm("/v1/messages", "anthropic", "messages"),
+            self._llm("/v1/responses", "openai", "responses"),
             Endpoint("/v1/models", frozenset({"GET"}), self.models, "openai"),
             Endpoint("/healthz", frozenset({"GET"}), self.healthz, "openai"),
             Endpoint("/readyz", frozenset({"GET"}), self.readyz, "openai"),
@@ -270,7 +271,9 @@ def fill_request(ctx: RequestContext, raw: bytes) -> None:
     ctx.stream = body.get("stream") is True
     options = body.get("stream_options")
     asked = isinstance(options, dict) and options.get("include_usage") is True
-    ctx.client_wants_usage = ctx.stream and (ctx.protocol == "anthropic" or asked)
+    # Anthropic streams and Responses streams always carry usage; chat streams when asked.
+    always = ctx.protocol == "anthropic" or ctx.operation == "responses"
+    ctx.client_wants_usage = ctx.stream and (always or asked)
 
 
 def new_request_id() -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from custos.context import Usage
-from custos.providers import translate
+from custos.providers import responses, translate
 from custos.providers.base import (
     ParsedResponse,
     ProviderAdapter,
@@ -25,7 +25,12 @@ from custos.providers.base import (
 )
 from custos.providers.sse import SSEEvent, encode_event
 
-_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "messages": "/chat/completions"}
+_PATHS = {
+    "chat": "/chat/completions",
+    "embeddings": "/embeddings",
+    "messages": "/chat/completions",
+    "responses": "/responses",
+}
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -50,7 +55,7 @@ class OpenAIAdapter(ProviderAdapter):
             return orjson.dumps(
                 translate.anthropic_request_to_openai(call.body, call.upstream_model)
             )
-        if call.stream and not call.client_wants_usage:
+        if call.stream and not call.client_wants_usage and call.operation != "responses":
             # Usage is only sent on streams that ask for it; ask, and strip it on the way back.
             body = dict(call.body)
             body["model"] = call.upstream_model
@@ -64,6 +69,9 @@ class OpenAIAdapter(ProviderAdapter):
 
     def parse_response(self, call: ProviderCall, body: bytes) -> ParsedResponse:
         data = _json_object(body)
+        if call.operation == "responses":
+            usage = responses.usage_from_responses(data.get("usage"))
+            return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
         usage = usage_from_openai(data.get("usage"))
         if call.protocol == "anthropic":
             translated = translate.openai_response_to_anthropic(data, call.requested_model)
@@ -71,6 +79,8 @@ class OpenAIAdapter(ProviderAdapter):
         return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
+        if call.operation == "responses":
+            return responses.ResponsesPassthroughStream(call.requested_model)
         if call.protocol == "anthropic":
             return translate.OpenAIToAnthropicStream(call.requested_model)
         return OpenAIPassthroughStream(
