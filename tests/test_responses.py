@@ -21,6 +21,7 @@ import pytest
 from custos.providers.mock_server import input_tokens_responses, prompt_tokens_anthropic
 from tests.audit_helpers import one_call
 from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
+from tests.limits_helpers import settled_budget
 from tests.sdk_helpers import (
     REPLY_WORDS,
     WEATHER_ARGS,
@@ -330,6 +331,7 @@ def test_provider_errors_reach_the_caller(client):
 @pytest.fixture
 def limited(mock_provider: MockProvider, tmp_path: Path) -> Iterator[GatewayProcess]:
     def edit(config: dict[str, Any]) -> None:
+        config["budgets"] = [{"id": "resp-budget", "when": {}, "limit_usd": 10, "period": "day"}]
         config["rate_limits"] = [{"id": "resp-tokens", "limit_to": 1000, "unit": "tokens_per_day"}]
 
     process = GatewayProcess(config_with(mock_provider.url, edit), tmp_path)
@@ -338,6 +340,7 @@ def limited(mock_provider: MockProvider, tmp_path: Path) -> Iterator[GatewayProc
 
 
 def test_the_rate_limit_counts_input_instructions_and_max_output_tokens(limited, mock_provider):
+    """The estimate decides admission; the budget is then charged the actual cost."""
     with openai.OpenAI(base_url=limited.base_url, api_key=limited.token, max_retries=0) as sdk:
         mock_provider.clear()
         with pytest.raises(openai.RateLimitError) as caught:
@@ -350,3 +353,27 @@ def test_the_rate_limit_counts_input_instructions_and_max_output_tokens(limited,
         )
         remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
         assert 1000 - 100 - 510 <= remaining <= 1000 - 100 - 500
+        assert raw.headers["x-custos-applied"].split(",")[1:] == ["resp-budget", "resp-tokens"]
+        usage = raw.parse().usage
+        cost = expected_cost(GPT, usage.input_tokens, usage.output_tokens)
+        assert settled_budget(limited, "resp-budget")["spent_micros"] == cost
+
+
+def test_a_stream_without_usage_is_estimated_and_recorded(client, gateway):
+    raw = client.responses.with_raw_response.create(
+        model=GPT + "+no_usage", input="Count these words please", stream=True
+    )
+    events = list(raw.parse())
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.usage is None
+    record = one_call(store_url(gateway), raw.headers["x-custos-request-id"])
+    assert record["usage.estimated"] is True
+    assert record["gen_ai.usage.output_tokens"] > 0
+    assert record["gen_ai.usage.input_tokens"] > 0
+
+
+def test_a_malformed_provider_answer_is_a_502(client):
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.responses.create(model=GPT + "+malformed", input="hi")
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_malformed_response"

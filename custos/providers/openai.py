@@ -55,7 +55,7 @@ class OpenAIAdapter(ProviderAdapter):
             return orjson.dumps(
                 translate.anthropic_request_to_openai(call.body, call.upstream_model)
             )
-        if call.stream and not call.client_wants_usage and call.operation != "responses":
+        if call.stream and not call.client_wants_usage:
             # Usage is only sent on streams that ask for it; ask, and strip it on the way back.
             body = dict(call.body)
             body["model"] = call.upstream_model

@@ -1,0 +1,119 @@
+"""Responses -> Anthropic Messages translation: every field the ``openai`` SDK can send is
+mapped or refused naming it, and Anthropic's stream becomes the Responses typed events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from openai.types.responses import response_create_params
+
+from custos.errors import GatewayError
+from custos.providers.responses import AnthropicToResponsesStream, request_to_anthropic
+from custos.providers.sse import SSEDecoder
+
+TOOL = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+BASE: dict[str, Any] = {"model": "m", "input": "hi", "tools": [TOOL]}
+#: A value that asks for something, for each field the gateway maps; any other field gets "x".
+SAMPLES: dict[str, Any] = {
+    "input": "other",
+    "instructions": "be brief",
+    "max_output_tokens": 100,
+    "temperature": 0.3,
+    "top_p": 0.5,
+    "tools": [TOOL, {**TOOL, "name": "g"}],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "reasoning": {"effort": "low"},
+    "safety_identifier": "u1",
+    "user": "u1",
+    "stream": True,
+    "store": True,
+    "background": True,
+    "include": ["reasoning.encrypted_content"],
+    "metadata": {"k": "v"},
+    "truncation": "auto",
+    "text": {"format": {"type": "json_object"}},
+}
+FIELDS = sorted(
+    {*response_create_params.ResponseCreateParamsBase.__annotations__, "stream"} - {"model"}
+)
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_every_sdk_field_is_mapped_or_refused_by_name(field):
+    base = request_to_anthropic(BASE, "claude")
+    body = {**BASE, field: SAMPLES.get(field, "x")}
+    try:
+        translated = request_to_anthropic(body, "claude")
+    except GatewayError as err:
+        assert err.status == 400
+        assert err.param is not None and err.param.split(".")[0].split("[")[0] == field
+        assert field in err.message
+        return
+    assert translated != base, f"{field} was neither mapped nor refused"
+
+
+def _anthropic_stream(*events: dict[str, Any]) -> bytes:
+    return b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events
+    )
+
+
+def test_a_stream_with_thinking_text_and_a_tool_call():
+    upstream = _anthropic_stream(
+        {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 7}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "thinking_delta", "thinking": "hmm"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text"}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "content_block_start", "index": 2,
+         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f"}},
+        {"type": "content_block_delta", "index": 2,
+         "delta": {"type": "input_json_delta", "partial_json": '{"a":1}'}},
+        {"type": "content_block_stop", "index": 2},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+         "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    )  # fmt: skip
+    translator = AnthropicToResponsesStream({"input": "hi"}, "claude-main/c")
+    out = b"".join(translator.feed(e) for e in SSEDecoder().feed(upstream))
+    events = [orjson.loads(e.data) for e in SSEDecoder().feed(out)]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    final = events[-1]
+    assert final["type"] == "response.completed" and translator.complete
+    response = final["response"]
+    assert response["model"] == "claude-main/c" and response["id"] == "resp_1"
+    assert [item["type"] for item in response["output"]] == [
+        "reasoning",
+        "message",
+        "function_call",
+    ]
+    assert response["output"][1]["content"][0]["text"] == "Hi"
+    call = response["output"][2]
+    assert (call["call_id"], call["name"], call["arguments"]) == ("toolu_1", "f", '{"a":1}')
+    assert response["usage"]["input_tokens"] == 7 and response["usage"]["output_tokens"] == 9
+    assert translator.output_chars == len("hmm") + len("Hi") + len('{"a":1}')
+
+
+def test_an_error_in_the_stream_is_a_responses_error_event():
+    upstream = _anthropic_stream(
+        {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 7}}},
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    )
+    translator = AnthropicToResponsesStream({"input": "hi"}, "c")
+    out = b"".join(translator.feed(e) for e in SSEDecoder().feed(upstream))
+    last = SSEDecoder().feed(out)[-1]
+    assert last.event == "error"
+    assert orjson.loads(last.data) == {
+        "type": "error",
+        "sequence_number": 2,
+        "code": "overloaded_error",
+        "message": "Overloaded",
+        "param": None,
+    }
+    assert translator.upstream_error and not translator.complete
