@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from custos.audit.classes import declared_data_classes
 from custos.context import Attempt, RequestContext, Usage
-from custos.errors import ClientDisconnected, GatewayError, stream_error_event
+from custos.errors import ClientDisconnected, GatewayError
 from custos.identity.directory import Directory
 from custos.identity.jwt import looks_like_jwt
 from custos.identity.principal import AuthFailure, Principal
@@ -380,14 +380,14 @@ class Pipeline:
                 try:
                     await self.release(ctx)
                 except GatewayError as err:  # the 200 is sent: the refusal goes in the stream
-                    yield stream_error_event(ctx.protocol, err)
+                    yield translator.error_event(ctx.protocol, err)
                     return
             yield last
         except (UpstreamTimeout, UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
             err = _stream_failure(target, exc)
             ctx.status, ctx.error_code = err.status, err.code
             ctx.attempts[-1].error = err.code
-            yield stream_error_event(ctx.protocol, err)
+            yield translator.error_event(ctx.protocol, err)
         except (asyncio.CancelledError, GeneratorExit):
             ctx.client_disconnected = True
             ctx.status, ctx.error_code = 499, "client_disconnected"

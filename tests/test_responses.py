@@ -321,8 +321,24 @@ def test_bad_input_is_a_400_in_openai_shape(gateway):
 def test_provider_errors_reach_the_caller(client):
     with pytest.raises(openai.RateLimitError):
         client.responses.create(model=GPT + "+status=429", input="hi")
-    with pytest.raises(openai.APIError):
-        list(client.responses.create(model=GPT + "+drop_after=3", input="hi", stream=True))
+
+
+def test_a_broken_stream_ends_with_a_typed_error_event(client, gateway):
+    """The Responses protocol's own error event, numbered after the events relayed."""
+    raw = client.responses.with_raw_response.create(
+        model=GPT + "+drop_after=3", input="hi", stream=True
+    )
+    events = list(raw.parse())
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "error",
+    ]
+    assert events[-1].sequence_number == 3
+    assert events[-1].code == "upstream_stream_broken"
+    record = one_call(store_url(gateway), raw.headers["x-custos-request-id"])
+    assert record["error.type"] == "upstream_stream_broken"
 
 
 # -- limits --------------------------------------------------------------------------------------

@@ -117,3 +117,18 @@ def test_an_error_in_the_stream_is_a_responses_error_event():
         "param": None,
     }
     assert translator.upstream_error and not translator.complete
+
+
+def test_content_parts_map_or_are_refused_by_name():
+    image = "data:image/png;base64,iVBORw0KGgo="
+    parts = [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": image}]
+    translated = request_to_anthropic({"input": [{"role": "user", "content": parts}]}, "c")
+    assert translated["messages"][0]["content"] == [
+        {"type": "text", "text": "look"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "iVBORw0KGgo="}},
+    ]  # fmt: skip
+    with pytest.raises(GatewayError) as caught:
+        part = {"type": "input_file", "file_id": "file_1"}
+        request_to_anthropic({"input": [{"role": "user", "content": [part]}]}, "c")
+    assert caught.value.param == "input[0].content[0]"

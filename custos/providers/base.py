@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from custos.context import Operation, Protocol, Usage
-from custos.errors import GatewayError
+from custos.errors import GatewayError, stream_error_event
 from custos.providers.estimate import tokens_for_chars
 
 if TYPE_CHECKING:
@@ -84,14 +84,21 @@ class StreamTranslator(ABC):
     def finish(self) -> bytes:
         """Bytes that close the client's stream once the upstream stream has ended cleanly."""
 
+    #: Set by a subclass when the upstream's terminating event arrives.
+    _done: bool = False
+
     @property
     def complete(self) -> bool:
         """True once the upstream has sent its terminating event."""
-        return False
+        return self._done
 
     @property
     def estimated_output_tokens(self) -> int:
         return tokens_for_chars(self.output_chars)
+
+    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+        """The event that ends the client's stream when the gateway must break it off."""
+        return stream_error_event(protocol, err)
 
 
 class UpstreamMalformed(Exception):

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from custos.context import Usage
-from custos.errors import bad_request
+from custos.context import Protocol, Usage
+from custos.errors import GatewayError, bad_request
 from custos.providers.base import StreamTranslator, renamed_model
 from custos.providers.sse import SSEEvent, encode_event
 from custos.providers.translate import (
     DEFAULT_MAX_TOKENS,
-    _image_block,
+    _content_blocks,
     _request_arguments,
     load_object,
     merge_anthropic_usage,
@@ -111,6 +111,18 @@ def _int(value: Any) -> int:
     return value if _is_int(value) else 0
 
 
+def error_event(sequence: int, code: str | None, message: str, param: str | None = None) -> bytes:
+    """The Responses stream's ``error`` event."""
+    payload = {
+        "type": "error",
+        "sequence_number": sequence,
+        "code": code,
+        "message": message,
+        "param": param,
+    }
+    return encode_event(orjson.dumps(payload), "error")
+
+
 # -- OpenAI-format accounts: the stream relayed ---------------------------------------------------
 
 
@@ -122,11 +134,8 @@ class ResponsesPassthroughStream(StreamTranslator):
         self.model = model
         self.usage: Usage | None = None
         self.output_chars = 0
-        self._done = False
-
-    @property
-    def complete(self) -> bool:
-        return self._done
+        #: The number the next event would carry (the gateway's own error event takes it).
+        self._next_sequence = 0
 
     def feed(self, event: SSEEvent) -> bytes:
         data = load_object(event.data)
@@ -144,7 +153,13 @@ class ResponsesPassthroughStream(StreamTranslator):
             self.output_chars += len(delta) if isinstance(delta, str) else 0
         elif kind == "error":
             self.upstream_error = True
+        sequence = data.get("sequence_number")
+        if _is_int(sequence):
+            self._next_sequence = sequence + 1
         return encode_event(raw, event.event or (kind if isinstance(kind, str) else None))
+
+    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+        return error_event(self._next_sequence, err.code, err.message, err.param)
 
     def finish(self) -> bytes:
         return b""
@@ -276,25 +291,31 @@ def _item_blocks(item: dict[str, Any], where: str) -> tuple[str, list[dict[str, 
     raise _refuse(f"{where}.type", f"input items of type {kind!r} have no Anthropic counterpart")
 
 
+#: Responses content part types -> (chat part type, the key holding its value).
+_PARTS = {
+    "input_text": ("text", "text"),
+    "output_text": ("text", "text"),
+    "refusal": ("refusal", "refusal"),
+    "input_image": ("image_url", "image_url"),
+}
+
+
 def _content(content: Any, where: str, *, images: bool) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request(f"{where}.content must be a string or an array", param=f"{where}.content")
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        at = f"{where}.content[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
-            if part["text"]:  # Anthropic rejects empty text blocks
-                blocks.append({"type": "text", "text": part["text"]})
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            blocks.append({"type": "text", "text": part["refusal"]})
-        elif kind == "input_image" and images and part.get("image_url"):
-            blocks.append(_image_block(part["image_url"], at))
-        else:
-            raise _refuse(at, f"content parts of type {kind!r} have no Anthropic counterpart")
-    return blocks
+    """Anthropic blocks of a Responses ``content``, by way of the chat translation's rules
+    (its parts renamed to chat's); a part type neither has is refused naming it."""
+    if isinstance(content, list):
+        renamed = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in _PARTS:
+                raise _refuse(
+                    f"{where}.content[{j}]",
+                    f"content parts of type {kind!r} have no Anthropic counterpart",
+                )
+            chat_kind, key = _PARTS[kind]
+            renamed.append({"type": chat_kind, chat_kind: part.get(key)})
+        content = renamed
+    return _content_blocks(content, where, images=images)
 
 
 def _tools(body: dict[str, Any]) -> dict[str, Any]:
@@ -513,11 +534,6 @@ class AnthropicToResponsesStream(StreamTranslator):
         #: Anthropic block index -> (output index, the item being built, its text so far).
         self._open: dict[int, tuple[int, dict[str, Any], list[str]]] = {}
         self._stop_reason: Any = None
-        self._done = False
-
-    @property
-    def complete(self) -> bool:
-        return self._done
 
     def feed(self, event: SSEEvent) -> bytes:
         data = load_object(event.data)
@@ -540,13 +556,18 @@ class AnthropicToResponsesStream(StreamTranslator):
             self.upstream_error = True
             error = data.get("error") if isinstance(data.get("error"), dict) else {}
             message = error.get("message") or "the provider reported an error"
-            return self._emit(
-                "error", {"code": error.get("type"), "message": message, "param": None}
-            )
+            return self._error(error.get("type"), message)
         return b""  # ping, and event types added later
 
     def finish(self) -> bytes:
         return b""
+
+    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+        return self._error(err.code, err.message, err.param)
+
+    def _error(self, code: Any, message: str, param: str | None = None) -> bytes:
+        self._sequence += 1
+        return error_event(self._sequence - 1, code, message, param)
 
     def _emit(self, kind: str, payload: dict[str, Any]) -> bytes:
         event = {"type": kind, "sequence_number": self._sequence, **payload}
