@@ -290,7 +290,7 @@ def test_previous_response_id_passes_to_one_openai_account(client, mock_provider
             {"text": {"format": {"type": "json_schema", "name": "x", "schema": WEATHER_SCHEMA}}},
             "text.format",
         ),
-        (CLAUDE, {"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary"),
+        (CLAUDE, {"reasoning": {"generate_summary": "auto"}}, "reasoning.generate_summary"),
         (CLAUDE, {"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
     ],
 )
@@ -316,6 +316,10 @@ def test_bad_input_is_a_400_in_openai_shape(gateway):
         answer = httpx.post(f"{gateway.url}/v1/responses", json=body, headers=headers)
         assert answer.status_code == 400
         assert answer.json()["error"]["param"] == param
+    # The gateway keeps no responses: reading one back is not a route here.
+    stored = httpx.get(f"{gateway.url}/v1/responses/resp_1", headers=headers)
+    assert stored.status_code == 404
+    assert stored.json()["error"]["code"] == "unknown_route"
 
 
 def test_provider_errors_reach_the_caller(client):

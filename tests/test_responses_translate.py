@@ -10,7 +10,11 @@ import pytest
 from openai.types.responses import response_create_params
 
 from custos.errors import GatewayError
-from custos.providers.responses import AnthropicToResponsesStream, request_to_anthropic
+from custos.providers.responses import (
+    AnthropicToResponsesStream,
+    request_to_anthropic,
+    response_from_anthropic,
+)
 from custos.providers.sse import SSEDecoder
 
 TOOL = {"type": "function", "name": "f", "parameters": {"type": "object"}}
@@ -98,6 +102,40 @@ def test_a_stream_with_thinking_text_and_a_tool_call():
     assert (call["call_id"], call["name"], call["arguments"]) == ("toolu_1", "f", '{"a":1}')
     assert response["usage"]["input_tokens"] == 7 and response["usage"]["output_tokens"] == 9
     assert translator.output_chars == len("hmm") + len("Hi") + len('{"a":1}')
+
+
+def test_thinking_is_the_summary_when_one_is_asked_for():
+    upstream = _anthropic_stream(
+        {"type": "message_start", "message": {"id": "msg_2", "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "thinking_delta", "thinking": "so"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+         "usage": {"output_tokens": 1}},
+        {"type": "message_stop"},
+    )  # fmt: skip
+    request = {"input": "hi", "reasoning": {"effort": "low", "summary": "auto"}}
+    translator = AnthropicToResponsesStream(request, "c")
+    out = b"".join(translator.feed(e) for e in SSEDecoder().feed(upstream))
+    events = [orjson.loads(e.data) for e in SSEDecoder().feed(out)]
+    assert [e["type"] for e in events][2:] == [
+        "response.output_item.added",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    item = events[-1]["response"]["output"][0]
+    assert item["summary"] == [{"type": "summary_text", "text": "so"}]
+    assert item["content"] == []
+    plain = response_from_anthropic(
+        {"id": "msg_2", "content": [{"type": "thinking", "thinking": "so"}]}, request, "c"
+    )
+    assert plain["output"][0] == item
+    assert plain["reasoning"] == {"effort": "low", "summary": "auto"}
 
 
 def test_an_error_in_the_stream_is_a_responses_error_event():

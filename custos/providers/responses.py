@@ -196,6 +196,9 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "service_tier": (None, "auto", "default"),
     "stream_options": (None, {}),
 }
+#: Asking for a reasoning summary: Anthropic's thinking text, which its current models already
+#: summarise, is returned as the summary instead of as reasoning content.
+_SUMMARIES = (None, "auto", "concise", "detailed")
 #: Anthropic's thinking budget for each reasoning effort (``none``/``minimal``: no thinking).
 _THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 _WHY = "an Anthropic model"
@@ -387,9 +390,13 @@ def _thinking(reasoning: Any, max_tokens: int) -> dict[str, Any] | None:
         return None
     if not isinstance(reasoning, dict):
         raise bad_request("'reasoning' must be an object", param="reasoning")
-    for key, value in reasoning.items():
-        if key not in ("effort", "summary") or (key == "summary" and value is not None):
-            raise _refuse(f"reasoning.{key}", "only the effort maps (to a thinking budget)")
+    for key in reasoning:
+        if key not in ("effort", "summary"):
+            raise _refuse(f"reasoning.{key}", "only the effort and the summary map")
+    if reasoning.get("summary") not in _SUMMARIES:
+        raise bad_request(
+            "'reasoning.summary' must be auto, concise or detailed", param="reasoning.summary"
+        )
     effort = reasoning.get("effort")
     if effort in (None, "none", "minimal"):
         return None
@@ -432,7 +439,10 @@ def _shell(request: dict[str, Any], response_id: str, model: str, created: int) 
         "output": [],
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
         "previous_response_id": None,
-        "reasoning": {"effort": (request.get("reasoning") or {}).get("effort"), "summary": None},
+        "reasoning": {
+            "effort": (request.get("reasoning") or {}).get("effort"),
+            "summary": (request.get("reasoning") or {}).get("summary"),
+        },
         "store": False,
         "temperature": request.get("temperature"),
         "text": {"format": {"type": "text"}},
@@ -482,9 +492,22 @@ def _call_item(
     }
 
 
-def _reasoning_item(item_id: str, text: str) -> dict[str, Any]:
-    content = [{"type": "reasoning_text", "text": text}] if text else []
-    return {"type": "reasoning", "id": item_id, "summary": [], "content": content}
+def _summarized(request: dict[str, Any]) -> bool:
+    reasoning = request.get("reasoning")
+    return isinstance(reasoning, dict) and reasoning.get("summary") is not None
+
+
+def _reasoning_item(item_id: str, text: str, *, summarized: bool) -> dict[str, Any]:
+    """A thinking block as a reasoning item: its text as the summary when one was asked for,
+    else as reasoning content."""
+    kind = "summary_text" if summarized else "reasoning_text"
+    parts = [{"type": kind, "text": text}] if text else []
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": parts if summarized else [],
+        "content": [] if summarized else parts,
+    }
 
 
 def _item_id(prefix: str, base: str, index: int) -> str:
@@ -508,7 +531,8 @@ def response_from_anthropic(
             item_id = _item_id("fc", base, index)
             output.append(_call_item(item_id, block["id"], block["name"], arguments, "completed"))
         elif kind == "thinking":
-            output.append(_reasoning_item(_item_id("rs", base, index), block.get("thinking", "")))
+            item_id, thought = _item_id("rs", base, index), block.get("thinking", "")
+            output.append(_reasoning_item(item_id, thought, summarized=_summarized(request)))
     response["output"] = output
     _finished(response, data.get("stop_reason"), usage_from_anthropic(data.get("usage")))
     return response
@@ -525,6 +549,7 @@ class AnthropicToResponsesStream(StreamTranslator):
     def __init__(self, request: dict[str, Any], model: str) -> None:
         self.request = request
         self.model = model
+        self._summarized = _summarized(request)
         self.usage: Usage | None = None
         self.output_chars = 0
         self._totals: dict[str, int] = {}
@@ -597,14 +622,26 @@ class AnthropicToResponsesStream(StreamTranslator):
                 item_id, block.get("id", ""), block.get("name", ""), "", "in_progress"
             )
         elif kind == "thinking":
-            item = _reasoning_item(_item_id("rs", self._base, index), "")
+            item = _reasoning_item(_item_id("rs", self._base, index), "", summarized=False)
         else:
             return b""
         self._open[index] = (output_index, item, [])
         out = self._emit("response.output_item.added", {"output_index": output_index, "item": item})
         if kind == "text":
             out += self._emit("response.content_part.added", self._part(output_index, item, ""))
+        elif kind == "thinking" and self._summarized:
+            part = self._summary_part(output_index, item, "")
+            out += self._emit("response.reasoning_summary_part.added", part)
         return out
+
+    @staticmethod
+    def _summary_part(output_index: int, item: dict[str, Any], text: str) -> dict[str, Any]:
+        return {
+            "item_id": item["id"],
+            "output_index": output_index,
+            "summary_index": 0,
+            "part": {"type": "summary_text", "text": text},
+        }
 
     @staticmethod
     def _part(output_index: int, item: dict[str, Any], text: str) -> dict[str, Any]:
@@ -638,6 +675,9 @@ class AnthropicToResponsesStream(StreamTranslator):
             return self._emit("response.output_text.delta", payload)
         if kind == "input_json_delta":
             return self._emit("response.function_call_arguments.delta", {**where, "delta": piece})
+        if self._summarized:
+            payload = {**where, "summary_index": 0, "delta": piece}
+            return self._emit("response.reasoning_summary_text.delta", payload)
         return self._emit(
             "response.reasoning_text.delta", {**where, "content_index": 0, "delta": piece}
         )
@@ -660,8 +700,14 @@ class AnthropicToResponsesStream(StreamTranslator):
             item = {**item, "arguments": text, "status": "completed"}
             done = {**where, "name": item["name"], "arguments": text}
             out += self._emit("response.function_call_arguments.done", done)
+        elif self._summarized:
+            item = _reasoning_item(item["id"], text, summarized=True)
+            done = {**where, "summary_index": 0, "text": text}
+            out += self._emit("response.reasoning_summary_text.done", done)
+            part = self._summary_part(output_index, item, text)
+            out += self._emit("response.reasoning_summary_part.done", part)
         else:
-            item = _reasoning_item(item["id"], text)
+            item = _reasoning_item(item["id"], text, summarized=False)
             done = {**where, "content_index": 0, "text": text}
             out += self._emit("response.reasoning_text.done", done)
         self._response["output"].append(item)
