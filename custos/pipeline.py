@@ -14,6 +14,7 @@ one (including a client that went away mid-stream).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,7 +35,7 @@ from custos.providers.base import (
     upstream_error,
 )
 from custos.providers.estimate import estimate_prompt_tokens
-from custos.providers.responses import check_route as check_responses_route
+from custos.providers.responses import check_state as check_responses_state
 from custos.providers.sse import SSEDecoder
 from custos.providers.transport import (
     Transport,
@@ -103,6 +104,7 @@ class Pipeline:
             await read_request(ctx)
             self.identify(ctx)
             self.authorize(ctx)
+            self.check_targets(ctx)
             await self.budget_and_rate_limit(ctx)
             route = self.route(ctx)
             response = await self.call_provider(ctx, route)
@@ -185,6 +187,21 @@ class Pipeline:
         assert decision.rule_id is not None
         ctx.applied.append(decision.rule_id)
 
+    def check_targets(self, ctx: RequestContext) -> None:
+        """Refuse a request the model's targets cannot serve as asked (a field that does not
+        translate, state another account keeps) before it is charged to any limit: every
+        target that translates builds its request once here, and a 400 stops the request."""
+        route = ctx.runtime.routes.get(ctx.model)
+        if route is None:
+            return  # the route stage answers 404
+        if ctx.operation == "responses":
+            check_responses_state(ctx.body, route)
+        for target in route.targets:
+            adapter = target.adapter
+            if adapter.wire != ctx.protocol and adapter.supports(ctx.operation):
+                with contextlib.suppress(ValueError, TypeError):  # the attempt reports those
+                    adapter.build_request(_provider_call(ctx, target))
+
     # -- stages 4 and 5: budget and rate limit -------------------------------------------------
 
     async def budget_and_rate_limit(self, ctx: RequestContext) -> None:
@@ -214,8 +231,6 @@ class Pipeline:
                 f"The model '{ctx.model}' does not support {ctx.operation}.",
                 param="model",
             )
-        if ctx.operation == "responses":
-            check_responses_route(ctx.body, route)
         return route
 
     # -- stage 8: call provider ----------------------------------------------------------------
@@ -244,16 +259,7 @@ class Pipeline:
         self, ctx: RequestContext, target: ModelTarget
     ) -> tuple[GatewayResponse | None, GatewayError | None]:
         ctx.served = target
-        call = ProviderCall(
-            protocol=ctx.protocol,
-            operation=ctx.operation,
-            body=ctx.body,
-            raw_body=ctx.raw_body,
-            requested_model=ctx.model,
-            upstream_model=target.upstream_model,
-            stream=ctx.stream,
-            client_wants_usage=ctx.client_wants_usage,
-        )
+        call = _provider_call(ctx, target)
         attempt = Attempt(target.name)
         ctx.attempts.append(attempt)
         started = time.monotonic_ns()
@@ -446,6 +452,19 @@ class Pipeline:
             metrics.DENIALS.labels(ctx.error_code).inc()
         if self.on_settled is not None:
             self.on_settled(ctx)
+
+
+def _provider_call(ctx: RequestContext, target: ModelTarget) -> ProviderCall:
+    return ProviderCall(
+        protocol=ctx.protocol,
+        operation=ctx.operation,
+        body=ctx.body,
+        raw_body=ctx.raw_body,
+        requested_model=ctx.model,
+        upstream_model=target.upstream_model,
+        stream=ctx.stream,
+        client_wants_usage=ctx.client_wants_usage,
+    )
 
 
 def _build_request(target: ModelTarget, call: ProviderCall) -> UpstreamRequest:

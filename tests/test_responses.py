@@ -352,7 +352,15 @@ def test_a_broken_stream_ends_with_a_typed_error_event(client, gateway):
 def limited(mock_provider: MockProvider, tmp_path: Path) -> Iterator[GatewayProcess]:
     def edit(config: dict[str, Any]) -> None:
         config["budgets"] = [{"id": "resp-budget", "when": {}, "limit_usd": 10, "period": "day"}]
-        config["rate_limits"] = [{"id": "resp-tokens", "limit_to": 1000, "unit": "tokens_per_day"}]
+        config["rate_limits"] = [
+            {
+                "id": "virtual-requests",
+                "when": {"models": ["chat-default", CLAUDE]},
+                "limit_to": 1,
+                "unit": "requests_per_minute",
+            },
+            {"id": "resp-tokens", "limit_to": 1000, "unit": "tokens_per_day"},
+        ]
 
     process = GatewayProcess(config_with(mock_provider.url, edit), tmp_path)
     yield process
@@ -397,3 +405,25 @@ def test_a_malformed_provider_answer_is_a_502(client):
         client.responses.create(model=GPT + "+malformed", input="hi")
     assert caught.value.status_code == 502
     assert caught.value.body["code"] == "upstream_malformed_response"
+
+
+def test_a_refused_request_takes_nothing_from_the_limits(limited):
+    with openai.OpenAI(base_url=limited.base_url, api_key=limited.token, max_retries=0) as sdk:
+        for _ in range(2):
+            refused = _refused(sdk, model="chat-default", input="hi", previous_response_id="r")
+            assert refused.body["param"] == "previous_response_id"
+        # The one request a minute is still there.
+        raw = sdk.responses.with_raw_response.create(model="chat-default", input="hi")
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_chat_request_a_translation_refuses_takes_nothing_either(limited):
+    """The same holds on the chat route: n > 1 has no Anthropic counterpart."""
+    with openai.OpenAI(base_url=limited.base_url, api_key=limited.token, max_retries=0) as sdk:
+        messages = [{"role": "user", "content": "hi"}]
+        for _ in range(2):
+            with pytest.raises(openai.BadRequestError) as caught:
+                sdk.chat.completions.create(model=CLAUDE, messages=messages, n=2)
+            assert "n > 1" in caught.value.body["message"]
+        raw = sdk.chat.completions.with_raw_response.create(model=CLAUDE, messages=messages)
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"

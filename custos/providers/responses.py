@@ -9,7 +9,7 @@ Towards Anthropic, every request field is either mapped or refused with a 400 th
 nothing is dropped. The fields that need state kept by the provider (``previous_response_id``,
 ``conversation``, ``background``, ``store: true``, ``prompt``) have no Anthropic counterpart; an
 OpenAI-format account keeps that state itself, so those fields pass only when the request goes
-to exactly one OpenAI-format account (``check_route``).
+to exactly one OpenAI-format account (``check_state``).
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def _stateful(body: dict[str, Any]) -> str | None:
     return None
 
 
-def check_route(body: dict[str, Any], route: Route) -> None:
-    """Refuse, before any provider is called, what the route's targets cannot serve."""
+def check_state(body: dict[str, Any], route: Route) -> None:
+    """Refuse the fields that need state one account keeps on a model that may route to
+    another (the translated targets refuse them in ``request_to_anthropic``)."""
     field = _stateful(body)
     if field is not None and route.virtual:
         raise bad_request(
@@ -70,9 +71,6 @@ def check_route(body: dict[str, Any], route: Route) -> None:
             "(account/model).",
             param=field,
         )
-    for target in route.targets:
-        if target.adapter.wire != "openai":
-            request_to_anthropic(body, target.upstream_model)
 
 
 # -- usage ---------------------------------------------------------------------------------------
