@@ -196,7 +196,7 @@ def test_streamed_events_usage_and_cost(client, gateway, model):
     assert record["gen_ai.usage.output_tokens"] == REPLY_WORDS
 
 
-@pytest.mark.parametrize("model", [GPT, CLAUDE])
+@pytest.mark.parametrize("model", [GPT, AZURE, CLAUDE])
 def test_the_stream_helper(client, model):
     prompt = "Helper streaming please"
     with client.responses.stream(model=model, input=prompt) as stream:
@@ -235,7 +235,7 @@ def _tool_turns(model: str, client: openai.OpenAI, *, stream: bool) -> tuple[Any
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("model", [GPT, CLAUDE])
+@pytest.mark.parametrize("model", [GPT, AZURE, CLAUDE])
 def test_function_tool_round_trip(client, mock_provider, model, stream):
     mock_provider.clear()
     call, second = _tool_turns(model, client, stream=stream)
@@ -255,7 +255,7 @@ def test_function_tool_round_trip(client, mock_provider, model, stream):
         ]
         assert second.usage.input_tokens == prompt_tokens_anthropic(sent)
     else:
-        sent = last_request(mock_provider, "/v1/responses")["body"]
+        sent = last_request(mock_provider, "/responses")["body"]
         assert sent["input"][1]["arguments"] == WEATHER_ARGS_JSON
         assert second.usage.input_tokens == input_tokens_responses(sent)
 
