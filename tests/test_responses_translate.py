@@ -12,6 +12,7 @@ from openai.types.responses import response_create_params
 from custos.errors import GatewayError
 from custos.providers.responses import (
     AnthropicToResponsesStream,
+    ResponsesPassthroughStream,
     request_to_anthropic,
     response_from_anthropic,
 )
@@ -170,3 +171,21 @@ def test_content_parts_map_or_are_refused_by_name():
         part = {"type": "input_file", "file_id": "file_1"}
         request_to_anthropic({"input": [{"role": "user", "content": [part]}]}, "c")
     assert caught.value.param == "input[0].content[0]"
+
+
+def test_a_failed_response_relayed_from_openai_is_the_providers_error():
+    """``response.failed`` ends the stream with the provider's own error: relayed as is, the
+    request recorded as an upstream failure (not served), with the usage it reports."""
+    usage = {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+    failed = {
+        "type": "response.failed",
+        "sequence_number": 4,
+        "response": {"model": "gpt-5.5", "status": "failed", "usage": usage,
+                     "error": {"code": "server_error", "message": "boom"}},
+    }  # fmt: skip
+    translator = ResponsesPassthroughStream("openai-main/gpt-5.5")
+    (event,) = SSEDecoder().feed(_anthropic_stream(failed))
+    relayed = orjson.loads(SSEDecoder().feed(translator.feed(event))[0].data)
+    assert relayed["response"]["model"] == "openai-main/gpt-5.5"
+    assert translator.upstream_error and not translator.complete
+    assert translator.usage is not None and translator.usage.total_tokens == 7

@@ -145,7 +145,10 @@ class ResponsesPassthroughStream(StreamTranslator):
                 raw = renamed_model(raw, response, self.model, data)
                 if kind in _TERMINAL:
                     self.usage = usage_from_responses(response.get("usage"))
-                    self._done = True
+                    # A failed response is the provider's error, relayed as its own event:
+                    # the stream ends there, and the request is not recorded as served.
+                    self.upstream_error = kind == "response.failed"
+                    self._done = not self.upstream_error
         elif kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
             delta = data.get("delta")
             self.output_chars += len(delta) if isinstance(delta, str) else 0
