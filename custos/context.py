@@ -97,6 +97,9 @@ class RequestContext:
     data_classes: list[DataClassHit] = field(default_factory=list)
     #: Set by ``Pipeline.settle``, which runs once per request.
     settled: bool = False
+    #: Upstream requests already built by ``Pipeline.check_targets`` (translated targets only),
+    #: by target name, so an attempt does not translate the body a second time.
+    prebuilt: dict[str, Any] | None = field(default=None, repr=False)
     #: Content capture (``audit.content`` other than ``none``): the response goes here.
     capture: ContentCapture | None = field(default=None, repr=False)
 

@@ -200,7 +200,8 @@ class Pipeline:
             adapter = target.adapter
             if adapter.wire != ctx.protocol and adapter.supports(ctx.operation):
                 with contextlib.suppress(ValueError, TypeError):  # the attempt reports those
-                    adapter.build_request(_provider_call(ctx, target))
+                    built = adapter.build_request(_provider_call(ctx, target))
+                    ctx.prebuilt = {**(ctx.prebuilt or {}), target.name: built}
 
     # -- stages 4 and 5: budget and rate limit -------------------------------------------------
 
@@ -264,7 +265,8 @@ class Pipeline:
         ctx.attempts.append(attempt)
         started = time.monotonic_ns()
         try:
-            request = _build_request(target, call)
+            prebuilt = ctx.prebuilt.get(target.name) if ctx.prebuilt else None
+            request = prebuilt or _build_request(target, call)
             upstream = await self.transport.open(
                 request,
                 connect_s=target.connect_timeout_s,
