@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from custos.runtime import ModelTarget, Runtime
 
 Protocol = Literal["openai", "anthropic"]
-Operation = Literal["chat", "embeddings", "messages", "count_tokens"]
+Operation = Literal["chat", "embeddings", "messages", "responses", "count_tokens"]
 
 #: The largest count a request may ask for (``max_tokens``, ``n``, …) and the most tokens of a
 #: kind a call is charged for: far past any model's window, and small enough that every count
@@ -132,6 +132,9 @@ class RequestContext:
     data_classes: list[DataClassHit] = field(default_factory=list)
     #: Set by ``Pipeline.settle``, which runs once per request.
     settled: bool = False
+    #: Upstream requests already built by ``Pipeline.check_targets`` (translated targets only),
+    #: by target name, so an attempt does not translate the body a second time.
+    prebuilt: dict[str, Any] | None = field(default=None, repr=False)
     #: Content capture (``audit.content`` other than ``none``): the response goes here.
     capture: ContentCapture | None = field(default=None, repr=False)
 

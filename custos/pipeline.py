@@ -14,6 +14,7 @@ one (including a client that went away mid-stream).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from custos.audit.classes import declared_data_classes
 from custos.context import Attempt, RequestContext, Usage
-from custos.errors import ClientDisconnected, GatewayError, stream_error_event
+from custos.errors import ClientDisconnected, GatewayError
 from custos.identity.directory import Directory
 from custos.identity.jwt import looks_like_jwt
 from custos.identity.principal import AuthFailure, Principal
@@ -38,6 +39,7 @@ from custos.providers.base import (
 )
 from custos.providers.count_tokens import ESTIMATED_HEADER, estimated_count
 from custos.providers.estimate import estimate_prompt_tokens
+from custos.providers.responses import check_state as check_responses_state
 from custos.providers.transport import (
     Transport,
     UpstreamRequestFailed,
@@ -108,6 +110,7 @@ class Pipeline:
             self.identify(ctx)
             self.authorize(ctx)
             if ctx.operation != "count_tokens":  # counting costs no tokens: no budget, no limit
+                self.check_targets(ctx)
                 await self.budget_and_rate_limit(ctx)
             route = self.route(ctx)
             response = await self.call_provider(ctx, route)
@@ -190,6 +193,23 @@ class Pipeline:
         assert decision.rule_id is not None
         ctx.applied.append(decision.rule_id)
 
+    def check_targets(self, ctx: RequestContext) -> None:
+        """Refuse a request the model's targets cannot serve as asked (a field that does not
+        translate, state another account keeps) before it is charged to any limit: every
+        target that translates builds its request once here, and a 400 stops the request."""
+        route = ctx.runtime.routes.get(ctx.model)
+        if route is None:
+            return  # the route stage answers 404
+        if ctx.operation == "responses":
+            check_responses_state(ctx.body, route)
+        for target in route.targets:
+            adapter = target.adapter
+            if adapter.wire != ctx.protocol and adapter.supports(ctx.operation):
+                with contextlib.suppress(ValueError, TypeError):  # the attempt reports those
+                    built = adapter.build_request(_provider_call(ctx, target))
+                    if not adapter.needs_prepare:  # else built again after prepare (its token)
+                        ctx.prebuilt = {**(ctx.prebuilt or {}), target.name: built}
+
     # -- stages 4 and 5: budget and rate limit -------------------------------------------------
 
     async def budget_and_rate_limit(self, ctx: RequestContext) -> None:
@@ -231,17 +251,7 @@ class Pipeline:
         self, ctx: RequestContext, route: Route, target: ModelTarget
     ) -> tuple[GatewayResponse | None, GatewayError | None]:
         ctx.served = target
-        call = ProviderCall(
-            protocol=ctx.protocol,
-            operation=ctx.operation,
-            body=ctx.body,
-            raw_body=ctx.raw_body,
-            requested_model=ctx.model,
-            upstream_model=target.upstream_model,
-            stream=ctx.stream,
-            client_wants_usage=ctx.client_wants_usage,
-            client_headers=ctx.client_headers,
-        )
+        call = _provider_call(ctx, target)
         attempt = Attempt(target.name)
         ctx.attempts.append(attempt)
         if ctx.operation == "count_tokens" and not target.adapter.counts_tokens:
@@ -253,7 +263,8 @@ class Pipeline:
             async with asyncio.timeout(route.first_event_s(ctx.stream)):
                 if target.adapter.needs_prepare:
                     await target.adapter.prepare(self.transport)
-                request = _build_request(target, call)
+                prebuilt = ctx.prebuilt.get(target.name) if ctx.prebuilt else None
+                request = prebuilt or _build_request(target, call)
                 upstream = await self.transport.open(
                     request,
                     connect_s=target.connect_timeout_s,
@@ -385,7 +396,7 @@ class Pipeline:
                 try:
                     await self.release(ctx)
                 except GatewayError as err:  # the 200 is sent: the refusal goes in the stream
-                    yield stream_error_event(ctx.protocol, err)
+                    yield translator.error_event(ctx.protocol, err)
                     return
             yield last
         except (UpstreamTimeout, UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
@@ -393,7 +404,7 @@ class Pipeline:
             err = _stream_failure(target, exc)
             ctx.status, ctx.error_code = err.status, err.code
             ctx.attempts[-1].error = err.code
-            yield stream_error_event(ctx.protocol, err)
+            yield translator.error_event(ctx.protocol, err)
         except (asyncio.CancelledError, GeneratorExit):
             ctx.client_disconnected = True
             ctx.status, ctx.error_code = 499, "client_disconnected"
@@ -462,6 +473,20 @@ def _estimated_count(ctx: RequestContext, target: ModelTarget, attempt: Attempt)
     attempt.status = ctx.status = 200
     headers = [_JSON, (b"x-custos-served-by", target.served_by), ESTIMATED_HEADER]
     return GatewayResponse(200, headers, estimated_count(ctx.body))
+
+
+def _provider_call(ctx: RequestContext, target: ModelTarget) -> ProviderCall:
+    return ProviderCall(
+        protocol=ctx.protocol,
+        operation=ctx.operation,
+        body=ctx.body,
+        raw_body=ctx.raw_body,
+        requested_model=ctx.model,
+        upstream_model=target.upstream_model,
+        stream=ctx.stream,
+        client_wants_usage=ctx.client_wants_usage,
+        client_headers=ctx.client_headers,
+    )
 
 
 def _build_request(target: ModelTarget, call: ProviderCall) -> UpstreamRequest:

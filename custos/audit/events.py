@@ -11,7 +11,8 @@ an event type is always present (``null`` when unknown), so readers see one stab
     gateway.instance, gateway.version, config.revision,
     principal.kind (user | virtual_account), principal.id, principal.teams, team, auth.token_id,
     metadata, data_classes [{class, count, source}],
-    api.protocol (openai | anthropic), gen_ai.operation.name (chat | embeddings),
+    api.protocol (openai | anthropic), api.operation (chat | messages | responses | embeddings),
+    gen_ai.operation.name (chat | embeddings),
     gen_ai.request.model, gen_ai.request.stream, gen_ai.request.max_tokens,
     gen_ai.provider.name, provider.account, provider.model, provider.upstream_model, cloud.region,
     attempts [{target, region, status, error, offset_ms, latency_ms}], skips [{target, reason}],
@@ -68,9 +69,12 @@ PROVIDER_NAMES = {
     "vertex": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",
 }
+#: OpenTelemetry's well-known values: a Responses API call is a chat (the route is in the
+#: ``api.operation`` field beside it).
 OPERATIONS = {
     "chat": "chat",
     "messages": "chat",
+    "responses": "chat",
     "embeddings": "embeddings",
     "count_tokens": "count_tokens",
 }
@@ -170,6 +174,8 @@ def llm_call(
         teams = list(principal.teams)
     body = ctx.body
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is None:
+        max_tokens = body.get("max_output_tokens")
     record: dict[str, Any] = {
         "event_type": LLM_CALL,
         "request_id": ctx.request_id,
@@ -188,6 +194,7 @@ def llm_call(
             {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
         ],
         "api.protocol": ctx.protocol,
+        "api.operation": ctx.operation,
         "gen_ai.operation.name": OPERATIONS.get(ctx.operation, ctx.operation),
         "gen_ai.request.model": ctx.model or None,
         "gen_ai.request.stream": ctx.stream,

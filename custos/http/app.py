@@ -77,6 +77,7 @@ class GatewayApp:
             self._llm("/v1/embeddings", "openai", "embeddings"),
             self._llm("/v1/messages", "anthropic", "messages"),
             self._llm("/v1/messages/count_tokens", "anthropic", "count_tokens"),
+            self._llm("/v1/responses", "openai", "responses"),
             Endpoint("/v1/models", frozenset({"GET"}), self.models, "openai"),
             Endpoint(ONE_MODEL_PREFIX + "{id}", frozenset({"GET"}), self.model, "openai"),
             Endpoint("/healthz", frozenset({"GET"}), self.healthz, "openai"),
@@ -298,7 +299,9 @@ def fill_request(ctx: RequestContext, raw: bytes) -> None:
     ctx.stream = body.get("stream") is True and ctx.operation != "count_tokens"
     options = body.get("stream_options")
     asked = isinstance(options, dict) and options.get("include_usage") is True
-    ctx.client_wants_usage = ctx.stream and (ctx.protocol == "anthropic" or asked)
+    # Anthropic streams and Responses streams always carry usage; chat streams when asked.
+    always = ctx.protocol == "anthropic" or ctx.operation == "responses"
+    ctx.client_wants_usage = ctx.stream and (always or asked)
 
 
 def new_request_id() -> str:

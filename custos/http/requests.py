@@ -129,6 +129,9 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
     if operation == "embeddings":
         _embeddings_input(body)
         return
+    if operation == "responses":
+        _responses_fields(body)
+        return
     messages = body.get("messages")
     if messages is None:
         raise bad_request(
@@ -167,8 +170,34 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
 _COUNTS: dict[str, tuple[str, ...]] = {
     "chat": ("max_tokens", "max_completion_tokens", "n"),
     "messages": ("max_tokens",),
+    "responses": ("max_output_tokens",),
     "count_tokens": (),  # a count has no output: Anthropic's endpoint takes no max_tokens
 }
+
+
+def _responses_fields(body: dict[str, Any]) -> None:
+    """``input`` is what budgets estimate and translations read, so the gateway requires it
+    (OpenAI allows leaving it out when a stored conversation supplies it)."""
+    value = body.get("input")
+    if value is None:
+        raise bad_request(
+            "Missing required parameter: 'input'.", code="missing_required_parameter", param="input"
+        )
+    if not isinstance(value, str | list) or (isinstance(value, list) and not value):
+        raise bad_request(
+            "'input' must be a string or a non-empty array of input items.",
+            code="invalid_type",
+            param="input",
+        )
+    for index, item in enumerate(value if isinstance(value, list) else ()):
+        if not isinstance(item, dict):
+            raise bad_request(
+                f"'input[{index}]' must be an object.", code="invalid_type", param=f"input[{index}]"
+            )
+    _optional(body, "stream", bool, "a boolean")
+    _optional(body, "instructions", str, "a string")
+    _optional(body, "tools", list, "an array")
+    _optional_count(body, "max_output_tokens")
 
 
 def _embeddings_input(body: dict[str, Any]) -> None:

@@ -269,7 +269,7 @@ def estimate_tokens(
     if operation == "embeddings":
         return input_tokens, 0
     asked = None
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             asked = value

@@ -10,7 +10,7 @@ import orjson
 
 from custos.context import Operation, Usage
 from custos.errors import bad_request
-from custos.providers import translate
+from custos.providers import responses, translate
 from custos.providers.base import (
     ParsedResponse,
     ProviderAdapter,
@@ -57,6 +57,8 @@ class AnthropicAdapter(ProviderAdapter):
     def request_body(self, call: ProviderCall) -> bytes:
         if call.protocol == "anthropic":
             return with_model(call, call.upstream_model)
+        if call.operation == "responses":
+            return orjson.dumps(responses.request_to_anthropic(call.body, call.upstream_model))
         return orjson.dumps(translate.openai_request_to_anthropic(call.body, call.upstream_model))
 
     def parse_response(self, call: ProviderCall, body: bytes) -> ParsedResponse:
@@ -68,6 +70,9 @@ class AnthropicAdapter(ProviderAdapter):
         usage = usage_from_anthropic(data.get("usage"))
         if call.protocol == "anthropic":
             return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
+        if call.operation == "responses":
+            answer = responses.response_from_anthropic(data, call.body, call.requested_model)
+            return ParsedResponse(orjson.dumps(answer), usage)
         translated = translate.anthropic_response_to_openai(
             data, call.requested_model, structured=translate.structured_output_name(call.body)
         )
@@ -76,6 +81,8 @@ class AnthropicAdapter(ProviderAdapter):
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
             return AnthropicPassthroughStream(call.requested_model)
+        if call.operation == "responses":
+            return responses.AnthropicToResponsesStream(call.body, call.requested_model)
         return translate.AnthropicToOpenAIStream(
             call.requested_model,
             call.client_wants_usage,

@@ -1,4 +1,8 @@
-"""Azure OpenAI: OpenAI's bodies, addressed by deployment, authenticated by ``api-key``."""
+"""Azure OpenAI: OpenAI's bodies, addressed by deployment, authenticated by ``api-key``.
+
+The Responses API is the exception: ``{base_url}/openai/v1/responses``, with the deployment as
+the body's ``model`` (the account's ``upstream_model``, renamed in the body as for OpenAI).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,10 @@ _PATHS = {"chat": "chat/completions", "embeddings": "embeddings", "messages": "c
 
 class AzureOpenAIAdapter(OpenAIAdapter):
     def url(self, call: ProviderCall) -> str:
+        if call.operation == "responses":
+            # Azure serves the Responses API only on its OpenAI-style v1 surface: no deployment
+            # in the path (the body's model names it) and no api-version.
+            return f"{self.base_url}/openai/v1/responses"
         deployment = quote(call.upstream_model, safe="")
         return (
             f"{self.base_url}/openai/deployments/{deployment}/{_PATHS[call.operation]}"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from custos.context import Operation, Protocol, Usage
-from custos.errors import GatewayError
+from custos.errors import GatewayError, stream_error_event
 from custos.providers.estimate import tokens_for_chars
 from custos.providers.sse import SSEDecoder
 
@@ -89,14 +89,21 @@ class StreamTranslator(ABC):
     def finish(self) -> bytes:
         """Bytes that close the client's stream once the upstream stream has ended cleanly."""
 
+    #: Set by a subclass when the upstream's terminating event arrives.
+    _done: bool = False
+
     @property
     def complete(self) -> bool:
         """True once the upstream has sent its terminating event."""
-        return False
+        return self._done
 
     @property
     def estimated_output_tokens(self) -> int:
         return tokens_for_chars(self.output_chars)
+
+    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+        """The event that ends the client's stream when the gateway must break it off."""
+        return stream_error_event(protocol, err)
 
 
 class StreamDecoder(typing.Protocol):
@@ -116,9 +123,12 @@ class UpstreamCredentialsFailed(Exception):
 
 
 class ProviderAdapter(ABC):
-    """One provider wire format. Subclasses set ``wire`` and implement the four methods."""
+    """One provider wire format. Subclasses implement the four methods, and set ``wire`` when
+    their format is a client protocol (its bodies then pass through)."""
 
-    wire: Protocol
+    #: The client protocol this format is; None for formats no client speaks (Gemini), whose
+    #: requests are always translated.
+    wire: Protocol | None = None
     #: True when ``prepare`` must be awaited before ``build_request`` (the others skip the await).
     needs_prepare: bool = False
     #: The account counts a request's tokens itself (``POST /v1/messages/count_tokens``).

@@ -30,6 +30,7 @@ def text_chars(value: Any) -> int:
 
 _TEXT_KEYS = frozenset(
     {"content", "text", "system", "messages", "arguments", "input", "tool_calls", "function"}
+    | {"instructions", "output"}  # the Responses API's system prompt and tool results
 )
 
 
@@ -56,6 +57,9 @@ def counted_prompt_tokens(body: Mapping[str, Any]) -> int:
     """The general walk ``estimate_prompt_tokens`` falls back to, for any body shape."""
     messages = body.get("messages")
     overhead = 3 * len(messages) if isinstance(messages, list) else 0
+    items = body.get("input")  # the Responses API's messages (embeddings' texts count no more)
+    if isinstance(items, list) and items and isinstance(items[0], dict):
+        overhead += 3 * len(items)
     chars = text_chars(body.get("messages")) + text_chars(body.get("system"))
-    chars += text_chars(body.get("input"))
+    chars += text_chars(items) + text_chars(body.get("instructions"))
     return tokens_for_chars(chars) + overhead

@@ -25,6 +25,10 @@ Routes
   Azure, ``api-key: <api_key>``; a missing ``api-version`` is a 400. The deployment plays the
   role of the model (directives included). Azure extras are sent: ``prompt_filter_results``,
   per-choice ``content_filter_results``, and a first stream chunk with ``choices: []``.
+- ``POST /v1/responses``: the OpenAI Responses API (plain, and streamed as its typed events),
+  ``Authorization: Bearer <api_key>``; ``POST /openai/v1/responses`` is Azure's (``api-key``,
+  no ``api-version``, the deployment in the body's ``model``). A function tool is called when
+  the last input item is a user message; a ``function_call_output`` last gets a text reply.
 - ``POST /v1/messages``, ``POST /v1/messages/count_tokens``: Anthropic, key in ``x-api-key``
   (or ``Authorization: Bearer``, which anthropic SDK 2.x sends) and ``anthropic-version``
   (missing: 400). ``GET /v1/models`` answers in Anthropic's shape when
@@ -73,6 +77,10 @@ one token, each other non-space character is one token. ``"Hello, world!"`` -> 4
   counts as one more message; texts are ``text`` blocks, a ``tool_use`` block's name and its
   ``input`` as compact JSON, a ``tool_result`` block's content (string or text blocks).
   ``cache_read_input_tokens`` and ``cache_creation_input_tokens`` are always 0.
+- Responses ``input_tokens`` (``input_tokens_responses``): the same per item of ``input`` (a
+  string input is one item; texts are a message's string content or its parts' ``text``, a
+  ``function_call``'s name and arguments, a ``function_call_output``'s output), with non-empty
+  ``instructions`` as one more item. ``cached_tokens`` and ``reasoning_tokens`` are 0.
 - Output tokens: a text reply is a sequence of ``\\w+`` words joined by single spaces, so its
   token count is its word count. A tool call counts ``count_tokens(name) +
   count_tokens(arguments_json)``.
@@ -169,6 +177,7 @@ from custos.providers.mock import (
     MockProvider,
     count_tokens,
     create_app,
+    input_tokens_responses,
     prompt_tokens_anthropic,
     prompt_tokens_openai,
     run,
@@ -183,6 +192,7 @@ __all__ = [
     "MockProvider",
     "count_tokens",
     "create_app",
+    "input_tokens_responses",
     "main",
     "prompt_tokens_anthropic",
     "prompt_tokens_openai",

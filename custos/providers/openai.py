@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from custos.context import Usage
-from custos.providers import translate
+from custos.providers import responses, translate
 from custos.providers.base import (
     ParsedResponse,
     ProviderAdapter,
@@ -30,7 +30,12 @@ from custos.providers.sse import SSEEvent, encode_event
 if TYPE_CHECKING:
     from custos.config.schema import ProviderSettings
 
-_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "messages": "/chat/completions"}
+_PATHS = {
+    "chat": "/chat/completions",
+    "embeddings": "/embeddings",
+    "messages": "/chat/completions",
+    "responses": "/responses",
+}
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -79,6 +84,9 @@ class OpenAIAdapter(ProviderAdapter):
 
     def parse_response(self, call: ProviderCall, body: bytes) -> ParsedResponse:
         data = _json_object(body)
+        if call.operation == "responses":
+            usage = responses.usage_from_responses(data.get("usage"))
+            return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
         usage = usage_from_openai(data.get("usage"))
         if call.protocol == "anthropic":
             translated = translate.openai_response_to_anthropic(data, call.requested_model)
@@ -86,6 +94,8 @@ class OpenAIAdapter(ProviderAdapter):
         return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
+        if call.operation == "responses":
+            return responses.ResponsesPassthroughStream(call.requested_model)
         if call.protocol == "anthropic":
             return translate.OpenAIToAnthropicStream(
                 call.requested_model, estimate_prompt_tokens(call.body)

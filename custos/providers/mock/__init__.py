@@ -10,6 +10,7 @@ from .content import (
     prompt_tokens_anthropic,
     prompt_tokens_openai,
 )
+from .responses_wire import input_tokens_responses
 from .server import BackgroundMock, run, serve_in_background
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MockProvider",
     "count_tokens",
     "create_app",
+    "input_tokens_responses",
     "prompt_tokens_anthropic",
     "prompt_tokens_openai",
     "run",

@@ -26,6 +26,7 @@ from . import anthropic_wire as anth
 from . import bedrock_wire as bedrock
 from . import gemini_wire as gem
 from . import openai_wire as oai
+from . import responses_wire as resp
 from .knobs import BadRequest, Knobs, knobs_for
 
 Scope = MutableMapping[str, Any]
@@ -173,6 +174,8 @@ class MockProvider:
             "/v1/models": ("GET", self._route_models),
             "/v1/messages": ("POST", self._route_messages),
             "/v1/messages/count_tokens": ("POST", self._route_count_tokens),
+            "/v1/responses": ("POST", self._route_responses),
+            "/openai/v1/responses": ("POST", self._route_azure_responses),
         }
         _install_drop_filter()
 
@@ -352,6 +355,29 @@ class MockProvider:
         if await self._auth_openai(req):
             body = _parse_json(req.body)
             await self._chat(req, body, self._model(body), azure=False)
+
+    async def _route_responses(self, req: _Request) -> None:
+        if await self._auth_openai(req):
+            body = _parse_json(req.body)
+            await self._responses(req, body, self._model(body))
+
+    async def _route_azure_responses(self, req: _Request) -> None:
+        # Azure's v1 surface: the deployment is the body's model, and no api-version is needed.
+        if req.headers.get(b"api-key") != self._key:
+            await self._error(req, 401, code="401")
+            return
+        body = _parse_json(req.body)
+        await self._responses(req, body, self._model(body))
+
+    async def _responses(self, req: _Request, body: dict[str, Any], model: str) -> None:
+        knobs = await self._apply_knobs(req, model)
+        if knobs is None:
+            return
+        plan = resp.plan_response(body, model, knobs, req.digest())
+        if plan.stream:
+            await self._stream(req, resp.response_events(plan, knobs), knobs)
+        else:
+            await self._send_json(req, resp.response_json(plan), knobs, resp.MALFORMED_JSON)
 
     async def _route_embeddings(self, req: _Request) -> None:
         if await self._auth_openai(req):
