@@ -106,6 +106,26 @@ class StreamTranslator(ABC):
         return stream_error_event(protocol, err)
 
 
+class ChainedStreamTranslator(StreamTranslator):
+    """A translation in two steps: ``source`` reads the provider's events and a second
+    translator turns what it hands on into the client's protocol. What the provider reported
+    (usage, generated text, an error in the stream) is the source's."""
+
+    source: StreamTranslator
+
+    @property
+    def usage(self) -> Usage | None:  # type: ignore[override]
+        return self.source.usage
+
+    @property
+    def output_chars(self) -> int:  # type: ignore[override]
+        return self.source.output_chars
+
+    @property
+    def upstream_error(self) -> bool:  # type: ignore[override]
+        return self.source.upstream_error
+
+
 class StreamDecoder(typing.Protocol):
     """Upstream stream bytes in arbitrary pieces in, complete events out."""
 

@@ -29,6 +29,7 @@ from custos.context import Operation, Usage
 from custos.errors import bad_request
 from custos.providers import translate
 from custos.providers.base import (
+    ChainedStreamTranslator,
     ParsedResponse,
     ProviderAdapter,
     ProviderCall,
@@ -631,29 +632,17 @@ class ConverseToAnthropicStream(StreamTranslator):
         return [("message_delta", delta), ("message_stop", {"type": "message_stop"})]
 
 
-class ConverseToOpenAIStream(StreamTranslator):
+class ConverseToOpenAIStream(ChainedStreamTranslator):
     """ConverseStream events in, OpenAI chunks out: through the Anthropic events, so that one
     state machine decides block order and the usage of both."""
 
     def __init__(self, message_id: str, model: str, include_usage: bool) -> None:
-        self._converse = ConverseToAnthropicStream(message_id, model)
+        self.source = self._converse = ConverseToAnthropicStream(message_id, model)
         self._openai = translate.AnthropicToOpenAIStream(model, include_usage)
 
     @property
     def complete(self) -> bool:
         return self._openai.complete
-
-    @property
-    def usage(self) -> Usage | None:  # type: ignore[override]
-        return self._converse.usage
-
-    @property
-    def output_chars(self) -> int:  # type: ignore[override]
-        return self._converse.output_chars
-
-    @property
-    def upstream_error(self) -> bool:  # type: ignore[override]
-        return self._converse.upstream_error
 
     def feed(self, event: SSEEvent) -> bytes:
         return b"".join(

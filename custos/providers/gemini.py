@@ -33,6 +33,7 @@ from custos.context import Operation, Usage
 from custos.errors import GatewayError, bad_request
 from custos.providers import translate
 from custos.providers.base import (
+    ChainedStreamTranslator,
     ParsedResponse,
     ProviderAdapter,
     ProviderCall,
@@ -820,27 +821,17 @@ def _openai_error(error: Any, code: str | None = None) -> bytes:
     return encode_event(orjson.dumps({"error": payload}))
 
 
-class GeminiToAnthropicStream(StreamTranslator):
+class GeminiToAnthropicStream(ChainedStreamTranslator):
     """Gemini events to Anthropic Messages events, through OpenAI chunks (one translation of
     each kind instead of a third)."""
 
     def __init__(self, account: str, requested_model: str) -> None:
-        self._gemini = GeminiToOpenAIStream(account, requested_model, True, ids_for("anthropic"))
+        self.source = self._gemini = GeminiToOpenAIStream(
+            account, requested_model, True, ids_for("anthropic")
+        )
         self._anthropic = translate.OpenAIToAnthropicStream(requested_model)
         self._decoder = SSEDecoder()
         self._started = False
-
-    @property
-    def usage(self) -> Usage | None:  # type: ignore[override]
-        return self._gemini.usage
-
-    @property
-    def output_chars(self) -> int:  # type: ignore[override]
-        return self._gemini.output_chars
-
-    @property
-    def upstream_error(self) -> bool:  # type: ignore[override]
-        return self._gemini.upstream_error
 
     @property
     def complete(self) -> bool:
