@@ -27,7 +27,14 @@ import pytest
 from tests.conftest import GatewayProcess, MockProvider, serve_gateway
 from tests.sdk_helpers import config_with
 
-ROUTE_TEMPLATES = {"/v1/chat/completions", "/v1/embeddings", "/v1/messages"}
+#: The routes whose requests are counted by route (the LLM routes).
+ROUTE_TEMPLATES = {
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+}
 _ROUTE_LABEL = re.compile(r'route="([^"]*)"')
 
 
