@@ -146,7 +146,7 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
             f"metadata.{extra} cannot be sent to a Gemini model", param=f"metadata.{extra}"
         )
     if body.get("service_tier") not in (None, "auto", "standard_only"):
-        raise bad_request("service_tier has no Gemini equivalent", param="service_tier")
+        raise bad_request(_SERVICE_TIER_REFUSAL, param="service_tier")
     choice = body.get("tool_choice")
     kind = choice.get("type") if isinstance(choice, dict) else choice
     if choice is not None and not body.get("tools") and kind not in ("auto", "none"):
@@ -183,6 +183,14 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
     return out
 
 
+#: Gemini serves a request that names no tier at its standard tier: the values that ask for that
+#: pass unsent, others are refused (the gateway does not choose Gemini's other tiers).
+_SERVICE_TIER_REFUSAL = (
+    "service_tier can only ask for the standard tier (auto, default, standard_only) when the "
+    "model is served by Gemini"
+)
+
+
 def _refuse_unknown(body: dict[str, Any], known: frozenset[str], what: str) -> None:
     for key in body:
         if key not in known:
@@ -205,7 +213,7 @@ def _refuse_values(body: dict[str, Any]) -> None:
     if body.get("store"):
         raise bad_request("store: true is not supported for Gemini models", param="store")
     if body.get("service_tier") not in (None, "auto", "default"):
-        raise bad_request("service_tier has no Gemini equivalent", param="service_tier")
+        raise bad_request(_SERVICE_TIER_REFUSAL, param="service_tier")
     if body.get("user") is not None and not isinstance(body.get("user"), str):
         raise bad_request("user must be a string", param="user")
 
