@@ -21,11 +21,11 @@ from anthropic.types.beta.message_create_params import MessageCreateParamsBase
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 
 from tests.conftest import GatewayProcess, MockProvider, serve_gateway
-from tests.google_helpers import service_account
 from tests.sdk_helpers import (
     ANTHROPIC_WEATHER_TOOL,
     OPENAI_WEATHER_TOOL,
     WEATHER_SCHEMA,
+    add_translated_accounts,
     config_with,
 )
 
@@ -146,35 +146,10 @@ def fields_gateway(
     """The standard gateway, with a key for the OpenAI-compatible account (the mock wants one),
     and a Gemini, a Vertex AI and a Bedrock account, so that every provider type answers."""
     tmp = tmp_path_factory.mktemp("fields")
-    (tmp / "sa.json").write_text(service_account(f"{mock_provider.url}/token").json)
-    (tmp / "aws-key-id").write_text("AKIDFIELDSTEST")
 
     def with_every_provider_type(config: dict[str, Any]) -> None:
-        providers = config["providers"]
-        providers["local-vllm"]["api_key"] = "${env:CUSTOS_TEST_MOCK_KEY}"
-        account = {"base_url": mock_provider.url}
-        price = {"input_per_mtok": 1, "output_per_mtok": 2}
-        providers["gemini-main"] = {
-            **account,
-            "type": "gemini",
-            "api_key": "${env:CUSTOS_TEST_MOCK_KEY}",
-            "models": {"gemini-2.5-flash": price},
-        }
-        providers["vertex-eu"] = {
-            **account,
-            "type": "vertex",
-            "credentials": "${file:sa.json}",
-            "region": "europe-west4",
-            "models": {"gemini-2.5-pro": price},
-        }
-        providers["aws-us"] = {
-            **account,
-            "type": "bedrock",
-            "region": "us-east-1",
-            "access_key_id": "${file:aws-key-id}",
-            "secret_access_key": "${env:CUSTOS_TEST_MOCK_KEY}",
-            "models": {"claude": {**price, "upstream_model": "anthropic.claude-sonnet-4-5-v1:0"}},
-        }
+        config["providers"]["local-vllm"]["api_key"] = "${env:CUSTOS_TEST_MOCK_KEY}"
+        add_translated_accounts(config, mock_provider.url, tmp)
 
     yield from serve_gateway(config_with(mock_provider.url, with_every_provider_type), tmp)
 

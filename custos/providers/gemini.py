@@ -31,7 +31,7 @@ import orjson
 
 from custos.context import Operation, Usage
 from custos.errors import GatewayError, bad_request
-from custos.providers import translate
+from custos.providers import responses, translate
 from custos.providers.base import (
     ParsedResponse,
     ProviderAdapter,
@@ -189,6 +189,20 @@ _SERVICE_TIER_REFUSAL = (
     "service_tier can only ask for the standard tier (auto, default, standard_only) when the "
     "model is served by Gemini"
 )
+
+
+def responses_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """A Responses request, through its Anthropic translation (``custos.providers.responses``,
+    whose refusals it inherits, naming this provider), then as an Anthropic request."""
+    anthropic = responses.request_through_anthropic(body, model, "Gemini")
+    out = anthropic_request_to_gemini(anthropic, model)
+    if body.get("max_output_tokens") is None:
+        # The Anthropic translation needs a number and puts a default in; Gemini does not,
+        # and the model's own limit serves the caller better than an arbitrary one.
+        out.get("generationConfig", {}).pop("maxOutputTokens", None)
+        if out.get("generationConfig") == {}:
+            del out["generationConfig"]
+    return out
 
 
 def _refuse_unknown(body: dict[str, Any], known: frozenset[str], what: str) -> None:
@@ -915,14 +929,20 @@ class GeminiAdapter(ProviderAdapter):
         if blocked is not None:
             raise blocked
         usage = usage_from_gemini(data.get("usageMetadata"))
-        translated = gemini_response_to_openai(data, call.requested_model, ids_for(call.protocol))
+        translated = gemini_response_to_openai(data, call.requested_model, ids_for(_ids(call)))
         if call.protocol == "anthropic":
             translated = translate.openai_response_to_anthropic(translated, call.requested_model)
+        elif call.operation == "responses":
+            message = translate.openai_response_to_anthropic(translated, call.requested_model)
+            translated = responses.response_from_anthropic(message, call.body, call.requested_model)
         return ParsedResponse(orjson.dumps(translated), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
             return GeminiToAnthropicStream(self.account, call.requested_model)
+        if call.operation == "responses":
+            events = GeminiToAnthropicStream(self.account, call.requested_model)
+            return responses.ResponsesFromAnthropicEvents(events, call.body, call.requested_model)
         return GeminiToOpenAIStream(
             self.account, call.requested_model, call.client_wants_usage, ids_for("openai")
         )
@@ -960,7 +980,15 @@ def _google_error(body: bytes) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else None
 
 
+def _ids(call: ProviderCall) -> str:
+    """The protocol whose ids an answer carries (a Responses answer is made from an Anthropic
+    message)."""
+    return "anthropic" if call.operation == "responses" else call.protocol
+
+
 def _body(call: ProviderCall) -> bytes:
     if call.protocol == "anthropic":
         return orjson.dumps(anthropic_request_to_gemini(call.body, call.upstream_model))
+    if call.operation == "responses":
+        return orjson.dumps(responses_request_to_gemini(call.body, call.upstream_model))
     return orjson.dumps(openai_request_to_gemini(call.body))

@@ -1,0 +1,163 @@
+"""The Responses API through the official ``openai`` SDK to the provider types that speak
+neither client protocol (``gemini``, ``vertex``, ``bedrock``): the request goes through its
+Anthropic translation and then the adapter's Anthropic path, and the answer (plain, or the
+typed event stream) comes back the same way. Usage and cost to the token and micro-dollar, by
+the mock's published formula (per content 4 + the tokens of its texts; the instructions are one
+more content) and ``TRANSLATED_PRICES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import ROUND_HALF_UP
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
+from tests.audit_helpers import one_call
+from tests.conftest import GatewayProcess, MockProvider, serve_gateway
+from tests.sdk_helpers import (
+    REPLY_WORDS,
+    TRANSLATED_MODELS,
+    TRANSLATED_PRICES,
+    WEATHER_SCHEMA,
+    Meter,
+    add_translated_accounts,
+    assert_text_reply,
+    config_with,
+    last_request,
+)
+
+INSTRUCTIONS = "Answer briefly"
+#: Where each provider type's request arrives (plain and streamed share it).
+UPSTREAM_PATHS = {
+    "gemini": "/v1beta/models/gemini-2.5-flash:",
+    "vertex": "/publishers/google/models/gemini-2.5-pro:",
+    "bedrock": "/model/anthropic.claude-sonnet-4-5-v1:0/converse",
+}
+MODELS = list(TRANSLATED_MODELS.items())
+IDS = list(TRANSLATED_MODELS)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("responses-translated")
+    config = config_with(
+        mock_provider.url, lambda c: add_translated_accounts(c, mock_provider.url, tmp)
+    )
+    yield from serve_gateway(config, tmp)
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as sdk:
+        yield sdk
+
+
+def input_tokens(prompt: str) -> int:
+    """The prompt as one content and the instructions as another."""
+    return 2 * PER_MESSAGE_TOKENS + count_tokens(prompt) + count_tokens(INSTRUCTIONS)
+
+
+def cost(input_count: int, output_count: int) -> int:
+    exact = input_count * TRANSLATED_PRICES[0] + output_count * TRANSLATED_PRICES[1]
+    return int(exact.quantize(1, rounding=ROUND_HALF_UP))
+
+
+def store_url(gateway: GatewayProcess) -> str:
+    return f"sqlite:///{Path(gateway.config_path).parent / 'custos.db'}"
+
+
+def sent_text(provider: str, body: dict[str, Any]) -> tuple[str, str]:
+    """(instructions, prompt) as the provider received them."""
+    if provider == "bedrock":
+        return body["system"][0]["text"], body["messages"][0]["content"][0]["text"]
+    return body["systemInstruction"]["parts"][0]["text"], body["contents"][0]["parts"][0]["text"]
+
+
+@pytest.mark.parametrize(("provider", "model"), MODELS, ids=IDS)
+def test_plain_response_usage_cost_and_record(client, gateway, mock_provider, provider, model):
+    prompt = f"Say hello to {provider} through the gateway"
+    meter = Meter(gateway, model)
+    mock_provider.clear()
+    raw = client.responses.with_raw_response.create(
+        model=model, input=prompt, instructions=INSTRUCTIONS, max_output_tokens=200
+    )
+    response = raw.parse()
+
+    assert raw.headers["x-custos-served-by"] == model
+    assert response.id.startswith("resp_") and response.model == model
+    assert response.status == "completed"
+    assert_text_reply(response.output_text, prompt)
+    expected_in = input_tokens(prompt)
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (expected_in, REPLY_WORDS)
+    assert response.usage.total_tokens == expected_in + REPLY_WORDS
+    charge = meter.delta()
+    assert (charge.input, charge.output) == (expected_in, REPLY_WORDS)
+    assert charge.cost == cost(expected_in, REPLY_WORDS)
+
+    sent = last_request(mock_provider, UPSTREAM_PATHS[provider])
+    assert not sent["path"].endswith(("-stream", "streamGenerateContent"))
+    assert sent_text(provider, sent["body"]) == (INSTRUCTIONS, prompt)
+    limit = sent["body"].get("inferenceConfig", sent["body"].get("generationConfig"))
+    assert limit.get("maxTokens", limit.get("maxOutputTokens")) == 200
+    record = one_call(store_url(gateway), raw.headers["x-custos-request-id"])
+    assert record["api.operation"] == "responses"
+    assert record["gen_ai.usage.input_tokens"] == expected_in
+    assert record["cost_micros"] == charge.cost
+    assert record["outcome"] == "served"
+
+
+@pytest.mark.parametrize(("provider", "model"), MODELS, ids=IDS)
+def test_streamed_events_usage_and_cost(client, gateway, mock_provider, provider, model):
+    prompt = f"Stream a hello from {provider}"
+    meter = Meter(gateway, model)
+    mock_provider.clear()
+    events = list(
+        client.responses.create(model=model, input=prompt, instructions=INSTRUCTIONS, stream=True)
+    )
+
+    kinds = [event.type for event in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-2:] == ["response.output_item.done", "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert_text_reply(text, prompt)
+    final = events[-1].response
+    assert final.model == model and final.output_text == text
+    expected_in = input_tokens(prompt)
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (expected_in, REPLY_WORDS)
+    charge = meter.delta()
+    assert (charge.input, charge.output) == (expected_in, REPLY_WORDS)
+    assert charge.cost == cost(expected_in, REPLY_WORDS)
+    sent = last_request(mock_provider, UPSTREAM_PATHS[provider])
+    assert sent["path"].endswith(("/converse-stream", ":streamGenerateContent"))
+    # No output limit was asked for: the model's own applies, not a default of the gateway's.
+    config = sent["body"].get("inferenceConfig", sent["body"].get("generationConfig")) or {}
+    assert "maxTokens" not in config and "maxOutputTokens" not in config
+
+
+@pytest.mark.parametrize(("provider", "model"), MODELS, ids=IDS)
+def test_a_function_tool_call_comes_back_as_a_function_call_item(client, provider, model):
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA}
+    response = client.responses.create(
+        model=model, input="What is the weather in Paris?", tools=[tool], tool_choice="required"
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [call.name for call in calls] == ["get_weather"]
+    assert calls[0].call_id.startswith("toolu_")
+
+
+@pytest.mark.parametrize(("provider", "model"), MODELS, ids=IDS)
+def test_state_kept_at_openai_is_refused_naming_the_field(client, provider, model):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=model, input="hi", previous_response_id="resp_1")
+    assert caught.value.body["param"] == "previous_response_id"
+    target = "Bedrock" if provider == "bedrock" else "Gemini"
+    assert f"cannot be sent to a {target} model" in caught.value.body["message"]
+    assert "Anthropic" not in caught.value.body["message"]
