@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -23,13 +22,15 @@ from tests.sdk_helpers import (
     REPLY_WORDS,
     TRANSLATED_MODELS,
     TRANSLATED_PRICES,
-    WEATHER_SCHEMA,
+    WEATHER_ARGS,
     Meter,
     add_translated_accounts,
     assert_text_reply,
     config_with,
     last_request,
 )
+from tests.test_responses import _tool_turns as tool_turns
+from tests.test_responses import store_url
 
 INSTRUCTIONS = "Answer briefly"
 #: Where each provider type's request arrives (plain and streamed share it).
@@ -67,10 +68,6 @@ def input_tokens(prompt: str) -> int:
 def cost(input_count: int, output_count: int) -> int:
     exact = input_count * TRANSLATED_PRICES[0] + output_count * TRANSLATED_PRICES[1]
     return int(exact.quantize(1, rounding=ROUND_HALF_UP))
-
-
-def store_url(gateway: GatewayProcess) -> str:
-    return f"sqlite:///{Path(gateway.config_path).parent / 'custos.db'}"
 
 
 def sent_text(provider: str, body: dict[str, Any]) -> tuple[str, str]:
@@ -142,15 +139,27 @@ def test_streamed_events_usage_and_cost(client, gateway, mock_provider, provider
     assert "maxTokens" not in config and "maxOutputTokens" not in config
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("provider", "model"), MODELS, ids=IDS)
-def test_a_function_tool_call_comes_back_as_a_function_call_item(client, provider, model):
-    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA}
-    response = client.responses.create(
-        model=model, input="What is the weather in Paris?", tools=[tool], tool_choice="required"
-    )
-    calls = [item for item in response.output if item.type == "function_call"]
-    assert [call.name for call in calls] == ["get_weather"]
-    assert calls[0].call_id.startswith("toolu_")
+def test_function_tool_round_trip(client, mock_provider, provider, model, stream):
+    """A call the provider made, returned with its output on the next turn, reaches the provider
+    as its own call and result (the ids it issued, Gemini's signature included)."""
+    mock_provider.clear()
+    call, second = tool_turns(model, client, stream=stream)
+    assert call.call_id.startswith("toolu_")
+    assert second.output_text.startswith("Mock reply to tool result")
+    sent = last_request(mock_provider, UPSTREAM_PATHS[provider])["body"]
+    if provider == "bedrock":
+        tool_use = sent["messages"][1]["content"][0]["toolUse"]
+        result = sent["messages"][2]["content"][0]["toolResult"]
+        assert tool_use["toolUseId"].startswith("tooluse_")
+        assert result["toolUseId"] == tool_use["toolUseId"]
+        assert tool_use["input"] == WEATHER_ARGS
+    else:
+        function_call = sent["contents"][1]["parts"][0]["functionCall"]
+        response = sent["contents"][2]["parts"][0]["functionResponse"]
+        assert (function_call["name"], function_call["args"]) == ("get_weather", WEATHER_ARGS)
+        assert response["name"] == "get_weather"
 
 
 @pytest.mark.parametrize(("provider", "model"), MODELS, ids=IDS)
