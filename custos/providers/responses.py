@@ -251,7 +251,15 @@ def request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 def request_through_anthropic(body: dict[str, Any], model: str, target: str) -> dict[str, Any]:
     """``request_to_anthropic`` for a provider reached through the Anthropic translation (Gemini,
-    Bedrock): its refusals name that provider, whose request the caller asked for."""
+    Bedrock): its refusals name that provider, whose request the caller asked for. Neither can
+    be held to one tool call at a time, which Anthropic's ``disable_parallel_tool_use`` asks:
+    ``parallel_tool_calls: false`` is refused here, by the name the caller sent."""
+    if body.get("parallel_tool_calls") is False:
+        raise bad_request(
+            f"'parallel_tool_calls' cannot be false for a {target} model: it cannot be held to "
+            "one tool call at a time.",
+            param="parallel_tool_calls",
+        )
     try:
         return request_to_anthropic(body, model)
     except GatewayError as err:
