@@ -70,11 +70,21 @@ def cost(input_count: int, output_count: int) -> int:
     return int(exact.quantize(1, rounding=ROUND_HALF_UP))
 
 
-def sent_text(provider: str, body: dict[str, Any]) -> tuple[str, str]:
-    """(instructions, prompt) as the provider received them."""
+def upstream_body(provider: str, prompt: str, max_tokens: int | None) -> dict[str, Any]:
+    """The body the provider documents for the prompt, the instructions and the output limit."""
     if provider == "bedrock":
-        return body["system"][0]["text"], body["messages"][0]["content"][0]["text"]
-    return body["systemInstruction"]["parts"][0]["text"], body["contents"][0]["parts"][0]["text"]
+        body: dict[str, Any] = {
+            "messages": [{"role": "user", "content": [{"text": prompt}]}],
+            "system": [{"text": INSTRUCTIONS}],
+        }
+        limit = {"inferenceConfig": {"maxTokens": max_tokens}}
+    else:
+        body = {
+            "contents": [{"role": "user", "parts": [{"text": prompt}]}],
+            "systemInstruction": {"parts": [{"text": INSTRUCTIONS}]},
+        }
+        limit = {"generationConfig": {"maxOutputTokens": max_tokens}}
+    return body if max_tokens is None else {**body, **limit}
 
 
 @pytest.mark.parametrize(("provider", "model"), MODELS, ids=IDS)
@@ -100,9 +110,7 @@ def test_plain_response_usage_cost_and_record(client, gateway, mock_provider, pr
 
     sent = last_request(mock_provider, UPSTREAM_PATHS[provider])
     assert not sent["path"].endswith(("-stream", "streamGenerateContent"))
-    assert sent_text(provider, sent["body"]) == (INSTRUCTIONS, prompt)
-    limit = sent["body"].get("inferenceConfig", sent["body"].get("generationConfig"))
-    assert limit.get("maxTokens", limit.get("maxOutputTokens")) == 200
+    assert sent["body"] == upstream_body(provider, prompt, 200)
     record = one_call(store_url(gateway), raw.headers["x-custos-request-id"])
     assert record["api.operation"] == "responses"
     assert record["gen_ai.usage.input_tokens"] == expected_in
@@ -135,8 +143,7 @@ def test_streamed_events_usage_and_cost(client, gateway, mock_provider, provider
     sent = last_request(mock_provider, UPSTREAM_PATHS[provider])
     assert sent["path"].endswith(("/converse-stream", ":streamGenerateContent"))
     # No output limit was asked for: the model's own applies, not a default of the gateway's.
-    config = sent["body"].get("inferenceConfig", sent["body"].get("generationConfig")) or {}
-    assert "maxTokens" not in config and "maxOutputTokens" not in config
+    assert sent["body"] == upstream_body(provider, prompt, None)
 
 
 @pytest.mark.parametrize("stream", [False, True])
