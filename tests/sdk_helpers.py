@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
@@ -21,6 +22,7 @@ import yaml
 
 from custos.providers.mock_server import count_tokens
 from tests.conftest import GatewayProcess, free_port, standard_config
+from tests.google_helpers import service_account
 
 #: A tool with every kind of required property, and the arguments the mock builds for it.
 WEATHER_SCHEMA = {
@@ -194,6 +196,49 @@ def config_with(mock_url: str, edit: Any) -> str:
     config = yaml.safe_load(standard_config(mock_url))
     edit(config)
     return yaml.safe_dump(config, sort_keys=False)
+
+
+#: USD per million tokens (input, output) of the accounts ``add_translated_accounts`` adds.
+TRANSLATED_PRICES = (Decimal("1.25"), Decimal("10"))
+#: One model per provider type that speaks neither client protocol, as that function adds them.
+TRANSLATED_MODELS = {
+    "gemini": "gemini-main/gemini-2.5-flash",
+    "vertex": "vertex-eu/gemini-2.5-pro",
+    "bedrock": "aws-us/claude",
+}
+
+
+def add_translated_accounts(config: dict[str, Any], mock_url: str, tmp: Path) -> None:
+    """A Gemini, a Vertex AI (its key file written in ``tmp``, the gateway's directory) and a
+    Bedrock account on the mock, priced at ``TRANSLATED_PRICES``."""
+    (tmp / "sa.json").write_text(service_account(f"{mock_url}/token").json)
+    (tmp / "aws-key-id").write_text("AKIDTRANSLATEDTEST")
+    price = {
+        "input_per_mtok": str(TRANSLATED_PRICES[0]),
+        "output_per_mtok": str(TRANSLATED_PRICES[1]),
+    }
+    providers = config["providers"]
+    providers["gemini-main"] = {
+        "type": "gemini",
+        "base_url": mock_url,
+        "api_key": "${env:CUSTOS_TEST_MOCK_KEY}",
+        "models": {"gemini-2.5-flash": price},
+    }
+    providers["vertex-eu"] = {
+        "type": "vertex",
+        "base_url": mock_url,
+        "credentials": "${file:sa.json}",
+        "region": "europe-west4",
+        "models": {"gemini-2.5-pro": price},
+    }
+    providers["aws-us"] = {
+        "type": "bedrock",
+        "base_url": mock_url,
+        "region": "us-east-1",
+        "access_key_id": "${file:aws-key-id}",
+        "secret_access_key": "${env:CUSTOS_TEST_MOCK_KEY}",
+        "models": {"claude": {**price, "upstream_model": "anthropic.claude-sonnet-4-5-v1:0"}},
+    }
 
 
 # -- the weather tool's first turn, for the OpenAI tool-call round trips ------------------------

@@ -27,7 +27,7 @@ import orjson
 
 from custos.context import Operation, Usage
 from custos.errors import bad_request
-from custos.providers import translate
+from custos.providers import responses, translate
 from custos.providers.base import (
     ChainedStreamTranslator,
     ParsedResponse,
@@ -141,6 +141,17 @@ def openai_request_to_converse(body: dict[str, Any]) -> dict[str, Any]:
         # and the model's own limit serves the caller better than an arbitrary one.
         anthropic.pop("max_tokens")
     anthropic.update(sampling)
+    return anthropic_request_to_converse(anthropic)
+
+
+def responses_request_to_converse(body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request, through its Anthropic translation (``custos.providers.responses``,
+    whose refusals it inherits, naming this provider)."""
+    anthropic = responses.request_through_anthropic(body, "", "Bedrock")
+    anthropic.pop("model")
+    anthropic.pop("stream", None)
+    if body.get("max_output_tokens") is None:
+        anthropic.pop("max_tokens")  # as for OpenAI chat: the model's own limit, not a default
     return anthropic_request_to_converse(anthropic)
 
 
@@ -737,6 +748,8 @@ class BedrockAdapter(ProviderAdapter):
         if call.protocol == "anthropic":
             body = {k: v for k, v in call.body.items() if k not in ("model", "stream")}
             return anthropic_request_to_converse(body)
+        if call.operation == "responses":
+            return responses_request_to_converse(call.body)
         return openai_request_to_converse(call.body)
 
     def parse_response(self, call: ProviderCall, body: bytes) -> ParsedResponse:
@@ -745,12 +758,18 @@ class BedrockAdapter(ProviderAdapter):
         message = converse_response_to_anthropic(data, _message_id(call), call.requested_model)
         if call.protocol == "anthropic":
             return ParsedResponse(orjson.dumps(message), usage)
+        if call.operation == "responses":
+            answer = responses.response_from_anthropic(message, call.body, call.requested_model)
+            return ParsedResponse(orjson.dumps(answer), usage)
         translated = translate.anthropic_response_to_openai(message, call.requested_model)
         return ParsedResponse(orjson.dumps(translated), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
             return ConverseToAnthropicStream(_message_id(call), call.requested_model)
+        if call.operation == "responses":
+            converse = ConverseToAnthropicStream(_message_id(call), call.requested_model)
+            return responses.ResponsesFromAnthropicEvents(converse, call.body, call.requested_model)
         return ConverseToOpenAIStream(
             _message_id(call), call.requested_model, call.client_wants_usage
         )
@@ -781,6 +800,9 @@ def _error_type(body: bytes) -> str:
 
 
 def _message_id(call: ProviderCall) -> str:
-    """Converse answers carry no id; make one in the shape the client's protocol uses."""
+    """Converse answers carry no id; make one in the shape the client's protocol uses (a
+    Responses answer is made from an Anthropic message, whose id it takes)."""
     token = secrets.token_hex(12)
-    return f"msg_bdrk_{token}" if call.protocol == "anthropic" else f"chatcmpl-bdrk{token}"
+    if call.protocol == "anthropic" or call.operation == "responses":
+        return f"msg_bdrk_{token}"
+    return f"chatcmpl-bdrk{token}"

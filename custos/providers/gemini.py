@@ -31,7 +31,7 @@ import orjson
 
 from custos.context import Operation, Usage
 from custos.errors import GatewayError, bad_request
-from custos.providers import translate
+from custos.providers import responses, translate
 from custos.providers.base import (
     ChainedStreamTranslator,
     ParsedResponse,
@@ -147,7 +147,7 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
             f"metadata.{extra} cannot be sent to a Gemini model", param=f"metadata.{extra}"
         )
     if body.get("service_tier") not in (None, "auto", "standard_only"):
-        raise bad_request("service_tier has no Gemini equivalent", param="service_tier")
+        raise bad_request(_SERVICE_TIER_REFUSAL, param="service_tier")
     choice = body.get("tool_choice")
     kind = choice.get("type") if isinstance(choice, dict) else choice
     if choice is not None and not body.get("tools") and kind not in ("auto", "none"):
@@ -184,6 +184,28 @@ def anthropic_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, A
     return out
 
 
+#: Gemini serves a request that names no tier at its standard tier: the values that ask for that
+#: pass unsent, others are refused (the gateway does not choose Gemini's other tiers).
+_SERVICE_TIER_REFUSAL = (
+    "service_tier can only ask for the standard tier (auto, default, standard_only) when the "
+    "model is served by Gemini"
+)
+
+
+def responses_request_to_gemini(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """A Responses request, through its Anthropic translation (``custos.providers.responses``,
+    whose refusals it inherits, naming this provider), then as an Anthropic request."""
+    anthropic = responses.request_through_anthropic(body, model, "Gemini")
+    out = anthropic_request_to_gemini(anthropic, model)
+    if body.get("max_output_tokens") is None:
+        # The Anthropic translation needs a number and puts a default in; Gemini does not,
+        # and the model's own limit serves the caller better than an arbitrary one.
+        out.get("generationConfig", {}).pop("maxOutputTokens", None)
+        if out.get("generationConfig") == {}:
+            del out["generationConfig"]
+    return out
+
+
 def _refuse_unknown(body: dict[str, Any], known: frozenset[str], what: str) -> None:
     for key in body:
         if key not in known:
@@ -206,7 +228,7 @@ def _refuse_values(body: dict[str, Any]) -> None:
     if body.get("store"):
         raise bad_request("store: true is not supported for Gemini models", param="store")
     if body.get("service_tier") not in (None, "auto", "default"):
-        raise bad_request("service_tier has no Gemini equivalent", param="service_tier")
+        raise bad_request(_SERVICE_TIER_REFUSAL, param="service_tier")
     if body.get("user") is not None and not isinstance(body.get("user"), str):
         raise bad_request("user must be a string", param="user")
 
@@ -898,14 +920,20 @@ class GeminiAdapter(ProviderAdapter):
         if blocked is not None:
             raise blocked
         usage = usage_from_gemini(data.get("usageMetadata"))
-        translated = gemini_response_to_openai(data, call.requested_model, ids_for(call.protocol))
+        translated = gemini_response_to_openai(data, call.requested_model, ids_for(_ids(call)))
         if call.protocol == "anthropic":
             translated = translate.openai_response_to_anthropic(translated, call.requested_model)
+        elif call.operation == "responses":
+            message = translate.openai_response_to_anthropic(translated, call.requested_model)
+            translated = responses.response_from_anthropic(message, call.body, call.requested_model)
         return ParsedResponse(orjson.dumps(translated), usage)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.protocol == "anthropic":
             return GeminiToAnthropicStream(self.account, call.requested_model)
+        if call.operation == "responses":
+            events = GeminiToAnthropicStream(self.account, call.requested_model)
+            return responses.ResponsesFromAnthropicEvents(events, call.body, call.requested_model)
         return GeminiToOpenAIStream(
             self.account, call.requested_model, call.client_wants_usage, ids_for("openai")
         )
@@ -943,7 +971,15 @@ def _google_error(body: bytes) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else None
 
 
+def _ids(call: ProviderCall) -> str:
+    """The protocol whose ids an answer carries (a Responses answer is made from an Anthropic
+    message)."""
+    return "anthropic" if call.operation == "responses" else call.protocol
+
+
 def _body(call: ProviderCall) -> bytes:
     if call.protocol == "anthropic":
         return orjson.dumps(anthropic_request_to_gemini(call.body, call.upstream_model))
+    if call.operation == "responses":
+        return orjson.dumps(responses_request_to_gemini(call.body, call.upstream_model))
     return orjson.dumps(openai_request_to_gemini(call.body))

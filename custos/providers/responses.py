@@ -22,7 +22,7 @@ import orjson
 from custos.context import Protocol, Usage
 from custos.errors import GatewayError, bad_request
 from custos.providers.base import StreamTranslator, renamed_model
-from custos.providers.sse import SSEEvent, encode_event
+from custos.providers.sse import SSEDecoder, SSEEvent, encode_event
 from custos.providers.translate import (
     DEFAULT_MAX_TOKENS,
     _content_blocks,
@@ -247,6 +247,25 @@ def request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     if thinking is not None:
         out["thinking"] = thinking
     return out
+
+
+def request_through_anthropic(body: dict[str, Any], model: str, target: str) -> dict[str, Any]:
+    """``request_to_anthropic`` for a provider reached through the Anthropic translation (Gemini,
+    Bedrock): its refusals name that provider, whose request the caller asked for. Neither can
+    be held to one tool call at a time, which Anthropic's ``disable_parallel_tool_use`` asks:
+    ``parallel_tool_calls: false`` is refused here, by the name the caller sent."""
+    if body.get("parallel_tool_calls") is False:
+        raise bad_request(
+            f"'parallel_tool_calls' cannot be false for a {target} model: it cannot be held to "
+            "one tool call at a time.",
+            param="parallel_tool_calls",
+        )
+    try:
+        return request_to_anthropic(body, model)
+    except GatewayError as err:
+        err.message = err.message.replace(_WHY, f"a {target} model").replace("Anthropic", target)
+        err.args = (err.message,)
+        raise
 
 
 def _messages(value: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -725,3 +744,43 @@ class AnthropicToResponsesStream(StreamTranslator):
         if self._response["status"] == "incomplete":
             kind = "response.incomplete"
         return self._emit(kind, {"response": self._response})
+
+
+class ResponsesFromAnthropicEvents(StreamTranslator):
+    """A translator that writes Anthropic events (a provider's own stream made Anthropic-shaped,
+    as Gemini's and Bedrock's adapters do) chained into ``AnthropicToResponsesStream``: the
+    Responses API reaches those providers through the Anthropic translation both ways. Usage
+    and completion are the inner translator's, which reads the provider's own counts."""
+
+    def __init__(self, inner: StreamTranslator, request: dict[str, Any], model: str) -> None:
+        self._inner = inner
+        self._outer = AnthropicToResponsesStream(request, model)
+        self._decoder = SSEDecoder()
+
+    @property
+    def usage(self) -> Usage | None:  # type: ignore[override]
+        return self._inner.usage
+
+    @property
+    def output_chars(self) -> int:  # type: ignore[override]
+        return self._inner.output_chars
+
+    @property
+    def upstream_error(self) -> bool:  # type: ignore[override]
+        return self._inner.upstream_error or self._outer.upstream_error
+
+    @property
+    def complete(self) -> bool:
+        return self._inner.complete
+
+    def feed(self, event: SSEEvent) -> bytes:
+        return self._relay(self._inner.feed(event))
+
+    def finish(self) -> bytes:
+        return self._relay(self._inner.finish()) + self._outer.finish()
+
+    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+        return self._outer.error_event(protocol, err)
+
+    def _relay(self, events: bytes) -> bytes:
+        return b"".join(self._outer.feed(e) for e in self._decoder.feed(events)) if events else b""
