@@ -21,7 +21,7 @@ import orjson
 
 from custos.context import Protocol, Usage
 from custos.errors import GatewayError, bad_request
-from custos.providers.base import StreamTranslator, renamed_model
+from custos.providers.base import ChainedStreamTranslator, StreamTranslator, renamed_model
 from custos.providers.sse import SSEDecoder, SSEEvent, encode_event
 from custos.providers.translate import (
     DEFAULT_MAX_TOKENS,
@@ -746,24 +746,16 @@ class AnthropicToResponsesStream(StreamTranslator):
         return self._emit(kind, {"response": self._response})
 
 
-class ResponsesFromAnthropicEvents(StreamTranslator):
+class ResponsesFromAnthropicEvents(ChainedStreamTranslator):
     """A translator that writes Anthropic events (a provider's own stream made Anthropic-shaped,
     as Gemini's and Bedrock's adapters do) chained into ``AnthropicToResponsesStream``: the
     Responses API reaches those providers through the Anthropic translation both ways. Usage
     and completion are the inner translator's, which reads the provider's own counts."""
 
     def __init__(self, inner: StreamTranslator, request: dict[str, Any], model: str) -> None:
-        self._inner = inner
+        self.source = self._inner = inner
         self._outer = AnthropicToResponsesStream(request, model)
         self._decoder = SSEDecoder()
-
-    @property
-    def usage(self) -> Usage | None:  # type: ignore[override]
-        return self._inner.usage
-
-    @property
-    def output_chars(self) -> int:  # type: ignore[override]
-        return self._inner.output_chars
 
     @property
     def upstream_error(self) -> bool:  # type: ignore[override]
