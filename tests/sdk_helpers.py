@@ -241,6 +241,13 @@ def add_translated_accounts(config: dict[str, Any], mock_url: str, tmp: Path) ->
     }
 
 
+def add_every_provider_type(config: dict[str, Any], mock_url: str, tmp: Path) -> None:
+    """The standard config with every provider type answering: a key for the OpenAI-compatible
+    account (the mock wants one) and the accounts of ``add_translated_accounts``."""
+    config["providers"]["local-vllm"]["api_key"] = "${env:CUSTOS_TEST_MOCK_KEY}"
+    add_translated_accounts(config, mock_url, tmp)
+
+
 # -- the weather tool's first turn, for the OpenAI tool-call round trips ------------------------
 
 

@@ -25,7 +25,7 @@ from tests.sdk_helpers import (
     ANTHROPIC_WEATHER_TOOL,
     OPENAI_WEATHER_TOOL,
     WEATHER_SCHEMA,
-    add_translated_accounts,
+    add_every_provider_type,
     config_with,
 )
 
@@ -147,11 +147,10 @@ def fields_gateway(
     and a Gemini, a Vertex AI and a Bedrock account, so that every provider type answers."""
     tmp = tmp_path_factory.mktemp("fields")
 
-    def with_every_provider_type(config: dict[str, Any]) -> None:
-        config["providers"]["local-vllm"]["api_key"] = "${env:CUSTOS_TEST_MOCK_KEY}"
-        add_translated_accounts(config, mock_provider.url, tmp)
-
-    yield from serve_gateway(config_with(mock_provider.url, with_every_provider_type), tmp)
+    config = config_with(
+        mock_provider.url, lambda c: add_every_provider_type(c, mock_provider.url, tmp)
+    )
+    yield from serve_gateway(config, tmp)
 
 
 #: (protocol, provider type, stream) -> the response and upstream body of the base request.
