@@ -661,6 +661,27 @@ def test_a_stream_cut_inside_a_message_is_malformed():
         decoder.close()
 
 
+def _prelude(total_length: int, headers_length: int) -> bytes:
+    """A message prelude with a valid CRC, declaring the given lengths."""
+    lengths = struct.pack("!II", total_length, headers_length)
+    return lengths + struct.pack("!I", zlib.crc32(lengths))
+
+
+@pytest.mark.parametrize(
+    ("total_length", "headers_length"),
+    [(0, 0), (4, 0), (15, 0), (20, 8), (2**32 - 1, 0), (9 * 1024 * 1024, 0)],
+)
+def test_a_message_declaring_an_impossible_or_huge_length_is_malformed_at_its_prelude(
+    total_length, headers_length
+):
+    """Shorter than its own framing, or longer than one event may be (what SSE allows): refused
+    as soon as the prelude arrives, never buffered while the rest is awaited."""
+    decoder = EventStreamDecoder()
+    assert decoder.feed(STREAM[0])
+    with pytest.raises(UpstreamMalformed, match="corrupt|longer"):
+        decoder.feed(_prelude(total_length, headers_length) + b"x" * 64)
+
+
 # -- the account's config -------------------------------------------------------------------------
 
 
