@@ -678,7 +678,7 @@ def test_a_message_declaring_an_impossible_or_huge_length_is_malformed_at_its_pr
     as soon as the prelude arrives, never buffered while the rest is awaited."""
     decoder = EventStreamDecoder()
     assert decoder.feed(STREAM[0])
-    with pytest.raises(UpstreamMalformed, match="corrupt|longer"):
+    with pytest.raises(UpstreamMalformed, match="corrupt"):
         decoder.feed(_prelude(total_length, headers_length) + b"x" * 64)
 
 

@@ -179,6 +179,45 @@ def test_a_malformed_beta_header_is_a_400_naming_it(claude_sdk, mock_provider):
     assert mock_provider.requests() == []
 
 
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("anthropic-beta", [b"output-128k\x85,interleaved"]),  # C1 NEL, which \s matches
+        ("anthropic-beta", [b"output-128k,\xa0interleaved"]),  # no-break space
+        ("OpenAI-Beta", [b"assistants=v2\x85"]),
+        ("anthropic-version", [b"2023-06-01\xa0"]),
+        ("anthropic-beta", [b"x" * 2000]),
+        ("anthropic-beta", [b"beta-%d" % i for i in range(300)]),  # each short, 2.4 KB joined
+    ],
+)
+def test_provider_headers_with_odd_characters_or_too_long_are_a_400_naming_them(
+    gateway, mock_provider, name, values
+):
+    """Only the names the allow-list's form allows are forwarded: no whitespace but a space
+    around commas, and no value (repeats joined) longer than a provider would take."""
+    mock_provider.clear()
+    protocol_anthropic = name != "OpenAI-Beta"
+    path = "/v1/messages" if protocol_anthropic else "/v1/chat/completions"
+    model = CLAUDE if protocol_anthropic else GPT
+    body: dict[str, Any] = {"model": model, "max_tokens": 5, "messages": QUESTION}
+    headers = [(k.encode(), v.encode()) for k, v in gateway.headers.items()]
+    headers += [(name.encode(), value) for value in values]
+    response = httpx.post(f"{gateway.url}{path}", headers=headers, json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    assert name.lower() in response.json()["error"]["message"]
+    assert mock_provider.requests() == []
+
+
+def test_spaces_and_tabs_around_commas_are_not_forwarded(gateway, mock_provider):
+    mock_provider.clear()
+    body = {"model": CLAUDE, "max_tokens": 5, "messages": QUESTION}
+    headers = {**gateway.headers, "anthropic-beta": "output-128k-2025-02-19 ,\tinterleaved"}
+    response = httpx.post(f"{gateway.url}/v1/messages", headers=headers, json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    sent = last_request(mock_provider, "/v1/messages")["headers"]["anthropic-beta"]
+    assert sent == "output-128k-2025-02-19,interleaved"
+
+
 # -- translation: structured output, ids, usage -----------------------------------------------
 
 

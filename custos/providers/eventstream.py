@@ -78,8 +78,8 @@ class EventStreamDecoder:
     """Bytes in arbitrary pieces in, one ``SSEEvent`` per complete message out.
 
     A message whose CRC does not match, or whose lengths are impossible or longer than
-    ``MAX_MESSAGE_BYTES``, is ``UpstreamMalformed``: the bytes are not the provider's framing and nothing after them can
-    be trusted.
+    ``MAX_MESSAGE_BYTES``, is ``UpstreamMalformed``: the bytes are not the provider's framing
+    and nothing after them can be trusted.
     """
 
     __slots__ = ("_buffer", "_pending")
