@@ -122,6 +122,23 @@ def test_models_retrieve_of_an_unknown_model_is_a_404_in_the_callers_protocol(
     assert caught_anthropic.value.body["error"]["type"] == "not_found_error"
 
 
+def test_distinct_model_ids_add_no_metric_series(gateway):
+    """``/v1/models/{id}`` is a template: distinct ids (and after_id values), with and without
+    a credential, add no metric series (the lists' caches are keyed by grant, not by id)."""
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        before = len(client.get("/metrics").content)
+        anthropic_headers = {**gateway.headers, "anthropic-version": "2023-06-01"}
+        for i in range(400):
+            headers = gateway.headers if i % 3 else {"authorization": f"Bearer nope-{i}"}
+            response = client.get(f"/v1/models/probe-{i}-%01%7F", headers=headers)
+            assert response.status_code in (401, 404)
+            page = client.get(f"/v1/models?after_id=probe-{i}", headers=anthropic_headers)
+            assert page.status_code == 200
+        after = client.get("/metrics").text
+    assert "probe-" not in after
+    assert len(after.encode()) < before + 2048, "a metric series per model id"
+
+
 def test_models_limit_out_of_range_is_a_400(gateway):
     headers = {**gateway.headers, "anthropic-version": "2023-06-01"}
     response = httpx.get(f"{gateway.url}/v1/models?limit=0", headers=headers)
