@@ -176,6 +176,7 @@ _more_requests = st.sampled_from(list(OPERATION)).flatmap(
         ),
         _input,
         _text,
+        st.just({}) | _metadata,
         st.booleans(),
     )
 )
@@ -242,11 +243,12 @@ def test_responses_count_tokens_and_embeddings_requests_have_one_record_each(
     fuzzed: Fuzzed, request: tuple[Any, ...]
 ) -> None:
     gw, client = fuzzed.gw, fuzzed.client
-    route, path, model, counts, value, text, stream = request
+    route, path, model, counts, value, text, metadata, stream = request
     body = _more_body(route, model, counts, value, text)
     if stream:
         body["stream"] = True
-    headers = {**gw.headers, "content-type": "application/json"}
+    headers = {**gw.headers, "content-type": "application/json",
+               "x-custos-metadata": json.dumps(metadata)}  # fmt: skip
     if route == COUNT_TOKENS:
         headers["anthropic-version"] = "2023-06-01"
     response = client.post(f"{gw.url}{path}", headers=headers, content=json.dumps(body))
