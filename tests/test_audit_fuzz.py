@@ -85,6 +85,27 @@ class Fuzzed:
         self.client = httpx.Client(timeout=30)
         self.baseline = len(self.client.get(f"{gw.url}/metrics").content)
 
+    def send(
+        self,
+        path: str,
+        body: dict[str, Any],
+        metadata: dict[str, str],
+        stream: bool,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """POST ``body`` (streamed if asked) with ``metadata``; never a 5xx, a 413 or a 415."""
+        if stream:
+            body["stream"] = True
+        sent = {**self.gw.headers, "content-type": "application/json",
+                "x-custos-metadata": json.dumps(metadata), **(headers or {})}  # fmt: skip
+        # json.dumps writes integers past 64 bits and floats as they are (no range check).
+        response = self.client.post(f"{self.gw.url}{path}", headers=sent, content=json.dumps(body))
+        assert response.status_code not in (413, 415) and response.status_code < 500, (
+            body,
+            response.text,
+        )
+        return response
+
 
 @pytest.fixture(scope="module")
 def fuzzed(
@@ -182,22 +203,23 @@ _more_requests = st.sampled_from(list(OPERATION)).flatmap(
 )
 
 
-@settings(max_examples=50, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+def _fuzzing(examples: int) -> settings:
+    """The same examples on every run, as many as asked, each as slow as a gateway is."""
+    slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    return settings(
+        max_examples=examples, derandomize=True, deadline=None, database=None,
+        suppress_health_check=slow,
+    )  # fmt: skip
+
+
+@_fuzzing(50)
 @given(request=_requests)
 def test_every_request_has_one_record_and_metrics_stay_small(
     fuzzed: Fuzzed, request: tuple[Any, ...]
 ) -> None:
     gw, client = fuzzed.gw, fuzzed.client
     route, path, model, counts, prompt, metadata, stream = request
-    body = _body(route, model, counts, prompt)
-    if stream:
-        body["stream"] = True
-    headers = {**gw.headers, "content-type": "application/json",
-               "x-custos-metadata": json.dumps(metadata)}  # fmt: skip
-    # json.dumps writes integers past 64 bits and floats as they are (no range check).
-    response = client.post(f"{gw.url}{path}", headers=headers, content=json.dumps(body))
-    assert response.status_code not in (413, 415) and response.status_code < 500, response.text
+    response = fuzzed.send(path, _body(route, model, counts, prompt), metadata, stream)
     request_id = response.headers["x-custos-request-id"]
     if _unknown_route(response):  # the client may have normalised an odd path into a route
         assert path in UNROUTED, response.text
@@ -236,8 +258,7 @@ def _more_body(route: str, model: str, counts: dict[str, Any], value: Any, text:
     return body
 
 
-@settings(max_examples=40, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@_fuzzing(40)
 @given(request=_more_requests)
 def test_responses_count_tokens_and_embeddings_requests_have_one_record_each(
     fuzzed: Fuzzed, request: tuple[Any, ...]
@@ -245,17 +266,8 @@ def test_responses_count_tokens_and_embeddings_requests_have_one_record_each(
     gw, client = fuzzed.gw, fuzzed.client
     route, path, model, counts, value, text, metadata, stream = request
     body = _more_body(route, model, counts, value, text)
-    if stream:
-        body["stream"] = True
-    headers = {**gw.headers, "content-type": "application/json",
-               "x-custos-metadata": json.dumps(metadata)}  # fmt: skip
-    if route == COUNT_TOKENS:
-        headers["anthropic-version"] = "2023-06-01"
-    response = client.post(f"{gw.url}{path}", headers=headers, content=json.dumps(body))
-    assert response.status_code not in (413, 415) and response.status_code < 500, (
-        body,
-        response.text,
-    )
+    anthropic = {"anthropic-version": "2023-06-01"} if route == COUNT_TOKENS else {}
+    response = fuzzed.send(path, body, metadata, stream, anthropic)
     record = recorded(gw, response.headers["x-custos-request-id"], client, timeout=3)
     assert record["http.response.status_code"] == response.status_code
     assert record["gen_ai.operation.name"] == OPERATION[route]
