@@ -139,6 +139,24 @@ def test_distinct_model_ids_add_no_metric_series(gateway):
     assert len(after.encode()) < before + 2048, "a metric series per model id"
 
 
+@pytest.mark.parametrize("raw_id", ["gpt%1B%5B2J", "gpt%0D%0Ax-a:%20b", "gpt%C2%85", "m" * 5000])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_model_id_with_control_characters_or_too_long_is_a_400_not_echoed(
+    gateway, raw_id, protocol
+):
+    """As for ``model`` in a body: the id would be echoed in the error."""
+    headers = dict(gateway.headers)
+    if protocol == "anthropic":
+        headers["anthropic-version"] = "2023-06-01"
+    response = httpx.get(f"{gateway.url}/v1/models/{raw_id}", headers=headers, timeout=10)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    error = body["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("'model'") and "gpt" not in error["message"]
+    assert "mmmm" not in response.text
+
+
 def test_models_limit_out_of_range_is_a_400(gateway):
     headers = {**gateway.headers, "anthropic-version": "2023-06-01"}
     response = httpx.get(f"{gateway.url}/v1/models?limit=0", headers=headers)
