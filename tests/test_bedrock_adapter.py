@@ -641,6 +641,18 @@ def test_a_stream_exception_becomes_the_clients_error_event():
     assert translator.upstream_error and not translator.complete
 
 
+def test_a_stream_exceptions_text_is_cut_as_an_error_bodys_is():
+    """The provider's words reach the client at most 500 characters long, whatever the
+    exception (its type is a header of up to 32 KiB, its message up to a whole message)."""
+    exception = frame("x" * 5000, {"message": "y" * 100_000}, "exception")
+    events = EventStreamDecoder().feed(STREAM[0] + exception)
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    translator = adapter().stream_translator(call("anthropic", body, stream=True))
+    out = anthropic_events(b"".join(translator.feed(e) for e in events))
+    message = out[-1][1]["error"]["message"]
+    assert len(message) <= 700 and translator.upstream_error
+
+
 def test_a_corrupt_crc_is_malformed():
     corrupt = bytearray(STREAM[1])
     corrupt[-6] ^= 0x01  # a payload byte: the message CRC no longer matches
