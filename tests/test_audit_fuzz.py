@@ -1,13 +1,18 @@
-"""Fuzzing both LLM routes for what the audit trail must survive: every request that reaches an
-LLM route has exactly one ``llm.call`` record, found by the ``x-custos-request-id`` it was
-answered with, whose integers a record can hold; a path that matches no route has none; and
-``/metrics`` stays small.
+"""Fuzzing the LLM routes for what the audit trail must survive: every request that reaches an
+LLM route (chat, messages, responses, count_tokens, embeddings) has exactly one ``llm.call``
+record, found by the ``x-custos-request-id`` it was answered with, whose integers a record can
+hold; a path that matches no route has none; and ``/metrics`` stays small.
 
 The requests carry huge and boundary integers (2^31, 2^53, 2^63, 2^64, negative, floats,
 booleans) in every count the gateway reads, control characters in the prompt and in metadata,
 and odd paths (trailing slashes, doubled slashes, dot segments, a query). One gateway (with an
 audit-mode budget, so every request is reserved for) serves every example; the examples are the
 same on every run (``derandomize``) and bounded in number.
+
+The other three routes get odd bodies of their own: ``input`` in every shape (strings, items,
+token arrays of huge integers, objects, numbers), boundary ``max_output_tokens`` and
+``dimensions``, and control characters in the text. count_tokens is its own operation and
+charged to no limit, but recorded all the same.
 
 The odd paths are a fixed list, so that the ``route`` label of the request metrics, which is
 still the raw path on this branch, stays bounded here too; a path per slash count is the
@@ -80,6 +85,27 @@ class Fuzzed:
         self.client = httpx.Client(timeout=30)
         self.baseline = len(self.client.get(f"{gw.url}/metrics").content)
 
+    def send(
+        self,
+        path: str,
+        body: dict[str, Any],
+        metadata: dict[str, str],
+        stream: bool,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """POST ``body`` (streamed if asked) with ``metadata``; never a 5xx, a 413 or a 415."""
+        if stream:
+            body["stream"] = True
+        sent = {**self.gw.headers, "content-type": "application/json",
+                "x-custos-metadata": json.dumps(metadata), **(headers or {})}  # fmt: skip
+        # json.dumps writes integers past 64 bits and floats as they are (no range check).
+        response = self.client.post(f"{self.gw.url}{path}", headers=sent, content=json.dumps(body))
+        assert response.status_code not in (413, 415) and response.status_code < 500, (
+            body,
+            response.text,
+        )
+        return response
+
 
 @pytest.fixture(scope="module")
 def fuzzed(
@@ -127,23 +153,73 @@ _requests = st.sampled_from([CHAT, MESSAGES]).flatmap(
     )
 )
 
+RESPONSES, COUNT_TOKENS, EMBEDDINGS = "/v1/responses", "/v1/messages/count_tokens", "/v1/embeddings"
+OPERATION = {RESPONSES: "chat", COUNT_TOKENS: "count_tokens", EMBEDDINGS: "embeddings"}
+#: Each route's paths: as named, with a trailing slash and with a query.
+MORE_ROUTED = {route: [route, route + "/", route + "?x=1"] for route in OPERATION}
+MORE_MODELS = {
+    RESPONSES: ["openai-main/gpt-5.5", "claude-main/claude-sonnet-4.5"],
+    COUNT_TOKENS: ["claude-main/claude-sonnet-4.5", "openai-main/gpt-5.5"],
+    EMBEDDINGS: ["openai-main/text-embedding-3-small", "azure-eu/text-embedding-3-small"],
+}
+_huge = st.sampled_from(_BOUNDARY)
+#: ``input`` as a Responses or embeddings client may send it, and as it may not.
+_input = st.one_of(
+    _text,
+    st.lists(_text, max_size=3),
+    st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": _text}), max_size=2),
+    st.builds(
+        lambda text: [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        ],
+        _text,
+    ),
+    st.lists(_huge, min_size=1, max_size=3),
+    st.lists(st.lists(_huge, max_size=3), min_size=1, max_size=2),
+    st.lists(st.lists(st.just({"a": 1}), max_size=1), min_size=1, max_size=1),
+    st.just({"a": 1}) | _huge | st.none(),
+)
+_more_requests = st.sampled_from(list(OPERATION)).flatmap(
+    lambda route: st.tuples(
+        st.just(route),
+        st.sampled_from(MORE_ROUTED[route]),
+        st.sampled_from(MORE_MODELS[route]),
+        st.dictionaries(
+            st.sampled_from(
+                {
+                    RESPONSES: ["max_output_tokens"],
+                    COUNT_TOKENS: ["max_tokens"],
+                    EMBEDDINGS: ["dimensions"],
+                }[route]
+            ),
+            _count,
+            max_size=1,
+        ),
+        _input,
+        _text,
+        st.just({}) | _metadata,
+        st.booleans(),
+    )
+)
 
-@settings(max_examples=50, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+
+def _fuzzing(examples: int) -> settings:
+    """The same examples on every run, as many as asked, each as slow as a gateway is."""
+    slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    return settings(
+        max_examples=examples, derandomize=True, deadline=None, database=None,
+        suppress_health_check=slow,
+    )  # fmt: skip
+
+
+@_fuzzing(50)
 @given(request=_requests)
 def test_every_request_has_one_record_and_metrics_stay_small(
     fuzzed: Fuzzed, request: tuple[Any, ...]
 ) -> None:
     gw, client = fuzzed.gw, fuzzed.client
     route, path, model, counts, prompt, metadata, stream = request
-    body = _body(route, model, counts, prompt)
-    if stream:
-        body["stream"] = True
-    headers = {**gw.headers, "content-type": "application/json",
-               "x-custos-metadata": json.dumps(metadata)}  # fmt: skip
-    # json.dumps writes integers past 64 bits and floats as they are (no range check).
-    response = client.post(f"{gw.url}{path}", headers=headers, content=json.dumps(body))
-    assert response.status_code not in (413, 415) and response.status_code < 500, response.text
+    response = fuzzed.send(path, _body(route, model, counts, prompt), metadata, stream)
     request_id = response.headers["x-custos-request-id"]
     if _unknown_route(response):  # the client may have normalised an odd path into a route
         assert path in UNROUTED, response.text
@@ -158,8 +234,45 @@ def test_every_request_has_one_record_and_metrics_stay_small(
         asked = record["gen_ai.request.max_tokens"]
         assert asked is None or 1 <= asked <= MAX_TOKENS
     metrics = client.get(f"{gw.url}/metrics").text
+    _assert_metrics_small(fuzzed, metrics)
+
+
+def _assert_metrics_small(fuzzed: Fuzzed, metrics: str) -> None:
     assert len(metrics.encode()) < fuzzed.baseline + METRICS_GROWTH
     labels = set(re.findall(r'route="([^"]*)"', metrics))
-    assert len(labels) <= 3 + sum(len(paths) for paths in ROUTED.values()), labels
+    assert len(labels) <= 3 + sum(len(paths) for paths in ROUTED.values()) + len(OPERATION), labels
     lost = dict(re.findall(r"^custos_audit_(dropped|repaired)_total (\S+)$", metrics, re.M))
     assert lost == {"dropped": "0.0", "repaired": "0.0"}
+
+
+def _more_body(route: str, model: str, counts: dict[str, Any], value: Any, text: str) -> Any:
+    if route == COUNT_TOKENS:
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}]}
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            body["messages"] = value  # items where messages go
+    else:
+        body = {"model": model, "input": value}
+        if route == RESPONSES:
+            body["instructions"] = text
+    body.update(counts)
+    return body
+
+
+@_fuzzing(40)
+@given(request=_more_requests)
+def test_responses_count_tokens_and_embeddings_requests_have_one_record_each(
+    fuzzed: Fuzzed, request: tuple[Any, ...]
+) -> None:
+    gw, client = fuzzed.gw, fuzzed.client
+    route, path, model, counts, value, text, metadata, stream = request
+    body = _more_body(route, model, counts, value, text)
+    anthropic = {"anthropic-version": "2023-06-01"} if route == COUNT_TOKENS else {}
+    response = fuzzed.send(path, body, metadata, stream, anthropic)
+    record = recorded(gw, response.headers["x-custos-request-id"], client, timeout=3)
+    assert record["http.response.status_code"] == response.status_code
+    assert record["gen_ai.operation.name"] == OPERATION[route]
+    outside = [i for i in integers_in(record) if abs(i) > MAX_INT]
+    assert outside == [], record
+    asked = record["gen_ai.request.max_tokens"]
+    assert asked is None or 1 <= asked <= MAX_TOKENS
+    _assert_metrics_small(fuzzed, client.get(f"{gw.url}/metrics").text)

@@ -230,6 +230,14 @@ def test_embeddings_on_an_anthropic_model_is_400(client, no_upstream, model):
     assert_error(response, EMBEDDINGS, 400, "operation_not_supported", param="model")
 
 
+@pytest.mark.parametrize("stream", [True, "yes", 1])
+def test_embeddings_are_not_streamed_a_stream_field_is_400(client, no_upstream, stream):
+    """Embeddings have no stream: asking for one is refused by name, not taken for a stream
+    the provider then does not send (a 502 after the limits were charged)."""
+    response = post_json_bytes(client, EMBEDDINGS, with_(EMBEDDINGS, stream=stream))
+    assert_error(response, EMBEDDINGS, 400, "invalid_request", param="stream")
+
+
 # -- body size ------------------------------------------------------------------------------------
 
 

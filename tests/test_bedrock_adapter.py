@@ -641,6 +641,18 @@ def test_a_stream_exception_becomes_the_clients_error_event():
     assert translator.upstream_error and not translator.complete
 
 
+def test_a_stream_exceptions_text_is_cut_as_an_error_bodys_is():
+    """The provider's words reach the client at most 500 characters long, whatever the
+    exception (its type is a header of up to 32 KiB, its message up to a whole message)."""
+    exception = frame("x" * 5000, {"message": "y" * 100_000}, "exception")
+    events = EventStreamDecoder().feed(STREAM[0] + exception)
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    translator = adapter().stream_translator(call("anthropic", body, stream=True))
+    out = anthropic_events(b"".join(translator.feed(e) for e in events))
+    message = out[-1][1]["error"]["message"]
+    assert len(message) <= 700 and translator.upstream_error
+
+
 def test_a_corrupt_crc_is_malformed():
     corrupt = bytearray(STREAM[1])
     corrupt[-6] ^= 0x01  # a payload byte: the message CRC no longer matches
@@ -659,6 +671,27 @@ def test_a_stream_cut_inside_a_message_is_malformed():
     assert decoder.feed(STREAM[0] + STREAM[1][:10]) != []
     with pytest.raises(UpstreamMalformed, match="inside a message"):
         decoder.close()
+
+
+def _prelude(total_length: int, headers_length: int) -> bytes:
+    """A message prelude with a valid CRC, declaring the given lengths."""
+    lengths = struct.pack("!II", total_length, headers_length)
+    return lengths + struct.pack("!I", zlib.crc32(lengths))
+
+
+@pytest.mark.parametrize(
+    ("total_length", "headers_length"),
+    [(0, 0), (4, 0), (15, 0), (20, 8), (2**32 - 1, 0), (9 * 1024 * 1024, 0)],
+)
+def test_a_message_declaring_an_impossible_or_huge_length_is_malformed_at_its_prelude(
+    total_length, headers_length
+):
+    """Shorter than its own framing, or longer than one event may be (what SSE allows): refused
+    as soon as the prelude arrives, never buffered while the rest is awaited."""
+    decoder = EventStreamDecoder()
+    assert decoder.feed(STREAM[0])
+    with pytest.raises(UpstreamMalformed, match="corrupt"):
+        decoder.feed(_prelude(total_length, headers_length) + b"x" * 64)
 
 
 # -- the account's config -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
-from tests.audit_helpers import one_call
+from tests.audit_helpers import one_call, recorded
 from tests.conftest import (
     MOCK_KEY,
     TOKEN_KEY,
@@ -182,6 +182,9 @@ def test_wrong_secret_is_the_operators_problem(mock_provider, tmp_path):
         assert error["code"] == "upstream_auth_failed"
         assert "not-the-secret" not in response.text
         assert "not-the-secret" not in process.log()
+        record = recorded(process, response.headers["x-custos-request-id"])
+        assert "not-the-secret" not in json.dumps(record)
+        assert "not-the-secret" not in httpx.get(f"{process.url}/metrics").text
     finally:
         process.stop()
 

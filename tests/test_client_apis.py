@@ -122,6 +122,41 @@ def test_models_retrieve_of_an_unknown_model_is_a_404_in_the_callers_protocol(
     assert caught_anthropic.value.body["error"]["type"] == "not_found_error"
 
 
+def test_distinct_model_ids_add_no_metric_series(gateway):
+    """``/v1/models/{id}`` is a template: distinct ids (and after_id values), with and without
+    a credential, add no metric series (the lists' caches are keyed by grant, not by id)."""
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        before = len(client.get("/metrics").content)
+        anthropic_headers = {**gateway.headers, "anthropic-version": "2023-06-01"}
+        for i in range(400):
+            headers = gateway.headers if i % 3 else {"authorization": f"Bearer nope-{i}"}
+            response = client.get(f"/v1/models/probe-{i}", headers=headers)
+            assert response.status_code in (401, 404)
+            page = client.get(f"/v1/models?after_id=probe-{i}", headers=anthropic_headers)
+            assert page.status_code == 200
+        after = client.get("/metrics").text
+    assert "probe-" not in after
+    assert len(after.encode()) < before + 2048, "a metric series per model id"
+
+
+@pytest.mark.parametrize("raw_id", ["gpt%1B%5B2J", "gpt%0D%0Ax-a:%20b", "gpt%C2%85", "m" * 5000])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_model_id_with_control_characters_or_too_long_is_a_400_not_echoed(
+    gateway, raw_id, protocol
+):
+    """As for ``model`` in a body: the id would be echoed in the error."""
+    headers = dict(gateway.headers)
+    if protocol == "anthropic":
+        headers["anthropic-version"] = "2023-06-01"
+    response = httpx.get(f"{gateway.url}/v1/models/{raw_id}", headers=headers, timeout=10)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    error = body["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("'model'") and "gpt" not in error["message"]
+    assert "mmmm" not in response.text
+
+
 def test_models_limit_out_of_range_is_a_400(gateway):
     headers = {**gateway.headers, "anthropic-version": "2023-06-01"}
     response = httpx.get(f"{gateway.url}/v1/models?limit=0", headers=headers)
@@ -177,6 +212,45 @@ def test_a_malformed_beta_header_is_a_400_naming_it(claude_sdk, mock_provider):
         )
     assert "anthropic-beta" in caught.value.body["error"]["message"]
     assert mock_provider.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("anthropic-beta", [b"output-128k\x85,interleaved"]),  # C1 NEL, which \s matches
+        ("anthropic-beta", [b"output-128k,\xa0interleaved"]),  # no-break space
+        ("OpenAI-Beta", [b"assistants=v2\x85"]),
+        ("anthropic-version", [b"2023-06-01\xa0"]),
+        ("anthropic-beta", [b"x" * 2000]),
+        ("anthropic-beta", [b"beta-%d" % i for i in range(300)]),  # each short, 2.4 KB joined
+    ],
+)
+def test_provider_headers_with_odd_characters_or_too_long_are_a_400_naming_them(
+    gateway, mock_provider, name, values
+):
+    """Only the names the allow-list's form allows are forwarded: no whitespace but a space
+    around commas, and no value (repeats joined) longer than a provider would take."""
+    mock_provider.clear()
+    protocol_anthropic = name != "OpenAI-Beta"
+    path = "/v1/messages" if protocol_anthropic else "/v1/chat/completions"
+    model = CLAUDE if protocol_anthropic else GPT
+    body: dict[str, Any] = {"model": model, "max_tokens": 5, "messages": QUESTION}
+    headers = [(k.encode(), v.encode()) for k, v in gateway.headers.items()]
+    headers += [(name.encode(), value) for value in values]
+    response = httpx.post(f"{gateway.url}{path}", headers=headers, json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    assert name.lower() in response.json()["error"]["message"]
+    assert mock_provider.requests() == []
+
+
+def test_spaces_and_tabs_around_commas_are_not_forwarded(gateway, mock_provider):
+    mock_provider.clear()
+    body = {"model": CLAUDE, "max_tokens": 5, "messages": QUESTION}
+    headers = {**gateway.headers, "anthropic-beta": "output-128k-2025-02-19 ,\tinterleaved"}
+    response = httpx.post(f"{gateway.url}/v1/messages", headers=headers, json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    sent = last_request(mock_provider, "/v1/messages")["headers"]["anthropic-beta"]
+    assert sent == "output-128k-2025-02-19,interleaved"
 
 
 # -- translation: structured output, ids, usage -----------------------------------------------

@@ -644,6 +644,15 @@ def test_errors_and_blocked_prompts_in_a_stream_are_relayed(protocol: str) -> No
         assert b"error" in out
 
 
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_stream_errors_text_is_cut_as_an_error_bodys_is(protocol: str) -> None:
+    body = OPENAI_BODY if protocol == "openai" else ANTHROPIC_BODY
+    event = {"error": {"code": 500, "message": "y" * 100_000, "status": "x" * 5000}}
+    translator = adapter().stream_translator(call(protocol, body, stream=True))
+    out = translator.feed(SSEEvent(None, orjson.dumps(event)))
+    assert translator.upstream_error and len(out) < 1000
+
+
 def test_malformed_stream_events_are_refused() -> None:
     translator = adapter().stream_translator(call("openai", OPENAI_BODY, stream=True))
     with pytest.raises(UpstreamMalformed):

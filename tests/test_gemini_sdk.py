@@ -26,7 +26,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
-from tests.audit_helpers import one_call
+from tests.audit_helpers import one_call, recorded
 from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
 from tests.google_helpers import service_account
 from tests.sdk_helpers import (
@@ -373,6 +373,11 @@ def test_a_wrong_gemini_key_is_a_502_not_the_callers_400(google: Google) -> None
     assert info.value.status_code == 502
     assert info.value.body["code"] == "upstream_auth_failed"  # type: ignore[index]
     assert "not-the-key" not in str(info.value.body)
+    gateway = google.gateway
+    record = recorded(gateway, info.value.response.headers["x-custos-request-id"])
+    assert "not-the-key" not in orjson.dumps(record).decode()
+    assert "not-the-key" not in gateway.log()
+    assert "not-the-key" not in httpx.get(f"{gateway.url}/metrics").text
 
 
 def test_openai_stream_dropped_by_gemini_ends_in_an_error(google: Google) -> None:

@@ -17,6 +17,7 @@ import orjson
 
 from custos.context import Protocol
 from custos.errors import GatewayError, bad_request
+from custos.http.requests import require_model
 from custos.identity.principal import Principal
 from custos.runtime import Runtime
 
@@ -75,6 +76,7 @@ def models_list(runtime: Runtime, principal: Principal, protocol: Protocol, quer
 
 
 def one_model(runtime: Runtime, principal: Principal, protocol: Protocol, name: str) -> bytes:
+    require_model({"model": name})  # an id is checked as a body's model is: it is echoed
     if name not in allowed_names(runtime, principal):
         raise GatewayError(
             404,

@@ -128,6 +128,9 @@ def validate(operation: Operation, body: dict[str, Any]) -> None:
     """The fields the gateway itself relies on; the provider checks the rest."""
     if operation == "embeddings":
         _embeddings_input(body)
+        if body.get("stream") not in (None, False):
+            # Not a stream the provider would send: refused before any limit is charged.
+            raise bad_request("Embeddings are not streamed: leave out 'stream'.", param="stream")
         return
     if operation == "responses":
         _responses_fields(body)

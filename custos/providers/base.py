@@ -331,8 +331,12 @@ def upstream_error(
     return err
 
 
+#: The most of a provider's own error text passed on to the caller.
+MAX_DETAIL_CHARS = 500
+
+
 def _upstream_error(account: str, status: int, message: str | None) -> GatewayError:
-    detail = f": {message[:500]}" if message else ""
+    detail = f": {message[:MAX_DETAIL_CHARS]}" if message else ""
     if status in (400, 413, 422):
         return GatewayError(
             status,

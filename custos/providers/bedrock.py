@@ -29,6 +29,7 @@ from custos.context import Operation, Usage
 from custos.errors import bad_request
 from custos.providers import responses, translate
 from custos.providers.base import (
+    MAX_DETAIL_CHARS,
     ChainedStreamTranslator,
     ParsedResponse,
     ProviderAdapter,
@@ -682,7 +683,9 @@ _STREAM_ERRORS = {
 def _stream_error(exception_type: str, payload: bytes) -> dict[str, Any]:
     message = _message_of(payload) or "the provider reported an error"
     kind = _STREAM_ERRORS.get(exception_type, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": f"{exception_type}: {message}"}}
+    # Cut as an error body's text is: both come from the provider, of any length.
+    text = f"{exception_type[:100]}: {message[:MAX_DETAIL_CHARS]}"
+    return {"type": "error", "error": {"type": kind, "message": text}}
 
 
 def _message_of(body: bytes) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from custos.errors import bad_request
+from custos.errors import GatewayError, bad_request
 
 #: Header name -> the protocol whose accounts receive it.
 PASSED_HEADERS: dict[bytes, str] = {
@@ -22,40 +22,52 @@ PASSED_HEADERS: dict[bytes, str] = {
     b"openai-beta": "openai",
 }
 #: Beta names are lowercase words, digits and dashes (``output-128k-2025-02-19``); OpenAI's take
-#: ``name=version``. A list is comma-separated.
-_VALUE = re.compile(r"[A-Za-z0-9._=\-]+(?:\s*,\s*[A-Za-z0-9._=\-]+)*")
+#: ``name=version``. A list is comma-separated, with optional spaces or tabs (HTTP's OWS) around
+#: the commas; it is forwarded rebuilt from its names, so nothing else is passed on raw.
+_NAME = re.compile(r"[A-Za-z0-9._=\-]+")
 _VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
+_OWS = " \t"
+#: The longest value forwarded, repeated headers joined.
 _MAX_VALUE = 1024
 
 ClientHeaders = tuple[tuple[str, str], ...]
 
 
 def checked_client_headers(pairs: tuple[tuple[bytes, bytes], ...]) -> ClientHeaders:
-    """The allow-listed headers as sent, each checked; repeated ones joined with commas as HTTP
-    allows. A value outside the form is a 400 naming the header: a provider would refuse it
-    anyway, and it must not reach a log or another system unchecked."""
+    """The allow-listed headers, each checked; repeated ones joined with commas as HTTP allows.
+    A value outside the form, or longer than ``_MAX_VALUE`` joined, is a 400 naming the header:
+    a provider would refuse it anyway, and it must not reach a log or another system
+    unchecked."""
     joined: dict[str, list[str]] = {}
     for name, raw in pairs:
         key = name.decode("latin-1")
-        value = raw.decode("latin-1").strip()
-        pattern = _VERSION if name == b"anthropic-version" else _VALUE
-        if len(value) > _MAX_VALUE or not pattern.fullmatch(value):
-            raise bad_request(
-                f"The {key} header must be "
-                + (
-                    "a date such as 2023-06-01"
-                    if name == b"anthropic-version"
-                    else "a comma-separated list of names"
-                ),
-                code="invalid_header",
-                param=key,
-            )
-        joined.setdefault(key, []).append(value)
+        names = joined.setdefault(key, [])
+        names.extend(_names(key, raw.decode("latin-1")))
+        if len(",".join(names)) > _MAX_VALUE:
+            raise _invalid(key, f"at most {_MAX_VALUE} characters, repeated headers joined")
     if len(joined.get("anthropic-version", ())) > 1:
         raise bad_request(
             "Send one anthropic-version header.", code="invalid_header", param="anthropic-version"
         )
-    return tuple((key, ",".join(values)) for key, values in joined.items())
+    return tuple((key, ",".join(names)) for key, names in joined.items())
+
+
+def _names(key: str, value: str) -> list[str]:
+    """The comma-separated names of one header value; only ASCII spaces and tabs (not what
+    ``str.strip`` or ``\\s`` also take: NEL, no-break space, other controls) surround them."""
+    if key == "anthropic-version":
+        version = value.strip(_OWS)
+        if not _VERSION.fullmatch(version):
+            raise _invalid(key, "a date such as 2023-06-01")
+        return [version]
+    names = [part.strip(_OWS) for part in value.split(",")]
+    if len(value) > _MAX_VALUE or not all(_NAME.fullmatch(n) for n in names):
+        raise _invalid(key, "a comma-separated list of names")
+    return names
+
+
+def _invalid(key: str, form: str) -> GatewayError:
+    return bad_request(f"The {key} header must be {form}", code="invalid_header", param=key)
 
 
 def provider_headers(

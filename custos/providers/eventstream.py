@@ -14,15 +14,19 @@ from __future__ import annotations
 import struct
 from binascii import crc32
 
-from botocore.eventstream import EventStreamBuffer, ParserError
+from botocore.eventstream import EventStreamBuffer, MessagePrelude, ParserError
 
 from custos.providers.base import UpstreamMalformed
-from custos.providers.sse import SSEEvent
+from custos.providers.sse import SSEDecoder, SSEEvent
 
 #: Event names given to ``message-type: exception`` (and ``error``) messages: the prefix, then
 #: the exception's type, e.g. ``exception:throttlingException``.
 EXCEPTION_PREFIX = "exception:"
 _STRING = 7  # header value type: a UTF-8 string with a 2-byte length
+#: A message's framing around its headers and payload: the prelude and the message CRC.
+_FRAMING = 16
+#: One message may be as large as one server-sent event (botocore alone would wait for 24 MiB).
+MAX_MESSAGE_BYTES = SSEDecoder.MAX_EVENT_BYTES
 
 
 def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
@@ -51,18 +55,37 @@ def json_message(message_type: str, name: str, payload: bytes) -> bytes:
     )
 
 
+class _ImpossibleLength(ParserError):
+    """A prelude whose total length cannot hold its own framing, or is longer than a message
+    may be."""
+
+
+class _BoundedBuffer(EventStreamBuffer):
+    """botocore's buffer, checking the declared total length as soon as the prelude (and its
+    CRC) arrives: a length shorter than the framing would otherwise fail inside botocore with a
+    ``struct.error``, and a long one would be buffered while the rest is awaited."""
+
+    def _validate_prelude(self, prelude: MessagePrelude) -> None:
+        super()._validate_prelude(prelude)
+        total = prelude.total_length
+        if total < _FRAMING + prelude.headers_length:
+            raise _ImpossibleLength(f"total length {total} is shorter than the message's framing")
+        if total > MAX_MESSAGE_BYTES:
+            raise _ImpossibleLength(f"a message is longer than {MAX_MESSAGE_BYTES} bytes")
+
+
 class EventStreamDecoder:
     """Bytes in arbitrary pieces in, one ``SSEEvent`` per complete message out.
 
-    A message whose CRC does not match, or whose lengths are impossible, is
-    ``UpstreamMalformed``: the bytes are not the provider's framing and nothing after them can
-    be trusted.
+    A message whose CRC does not match, or whose lengths are impossible or longer than
+    ``MAX_MESSAGE_BYTES``, is ``UpstreamMalformed``: the bytes are not the provider's framing
+    and nothing after them can be trusted.
     """
 
     __slots__ = ("_buffer", "_pending")
 
     def __init__(self) -> None:
-        self._buffer = EventStreamBuffer()
+        self._buffer = _BoundedBuffer()
         self._pending = 0
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -73,6 +96,8 @@ class EventStreamDecoder:
             for message in self._buffer:
                 self._pending -= message.prelude.total_length
                 events.append(_event(message.headers, message.payload))
+        except _ImpossibleLength as exc:
+            raise UpstreamMalformed(f"the event stream is corrupt: {exc}") from None
         except ParserError as exc:
             raise UpstreamMalformed(f"the event stream is corrupt ({type(exc).__name__})") from None
         return events

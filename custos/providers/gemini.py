@@ -33,6 +33,7 @@ from custos.context import Operation, Usage
 from custos.errors import GatewayError, bad_request
 from custos.providers import responses, translate
 from custos.providers.base import (
+    MAX_DETAIL_CHARS,
     ChainedStreamTranslator,
     ParsedResponse,
     ProviderAdapter,
@@ -834,9 +835,13 @@ class GeminiToOpenAIStream(StreamTranslator):
 def _openai_error(error: Any, code: str | None = None) -> bytes:
     error = error if isinstance(error, dict) else {}
     kind = error.get("type") or error.get("status")
+    message = error.get("message")
+    # Cut as an error body's text is: both come from the provider, of any length.
     payload = {
-        "message": error.get("message") or "the provider reported an error",
-        "type": kind if isinstance(kind, str) else "api_error",
+        "message": message[:MAX_DETAIL_CHARS]
+        if isinstance(message, str) and message
+        else "the provider reported an error",
+        "type": kind[:100] if isinstance(kind, str) else "api_error",
         "param": None,
         "code": code,
     }
