@@ -734,7 +734,7 @@ def gemini_response_to_openai(
 # -- streams -------------------------------------------------------------------------------------
 
 
-class GeminiToOpenAIStream(StreamTranslator):
+class GeminiToOpenAIStream(translate.OpenAIChunkWriter, StreamTranslator):
     """Gemini ``GenerateContentResponse`` events in, OpenAI ``chat.completion.chunk`` events out.
 
     Gemini's stream has no terminating event: it is complete once a candidate has said why it
@@ -817,19 +817,6 @@ class GeminiToOpenAIStream(StreamTranslator):
             self._finish = _finish_reason(reason, self._calls > 0)
             out += self._chunk({}, self._finish)
         return out
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return encode_event(orjson.dumps(self._envelope([choice])))
-
-    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.requested_model,
-            "choices": choices,
-        }
 
 
 def _openai_error(error: Any, code: str | None = None) -> bytes:

@@ -914,7 +914,29 @@ def _response_arguments(raw: Any) -> dict[str, Any]:
 # -- Anthropic stream -> OpenAI stream -----------------------------------------------------------
 
 
-class AnthropicToOpenAIStream(StreamTranslator):
+class OpenAIChunkWriter:
+    """Writes ``chat.completion.chunk`` events for a stream translated into OpenAI's protocol:
+    one completion id, creation time and model name (the caller's) on every chunk."""
+
+    _id: str
+    created: int
+    requested_model: str
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return encode_event(orjson.dumps(self._envelope([choice])))
+
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.requested_model,
+            "choices": choices,
+        }
+
+
+class AnthropicToOpenAIStream(OpenAIChunkWriter, StreamTranslator):
     """Anthropic Messages events in, OpenAI ``chat.completion.chunk`` events out."""
 
     def __init__(
@@ -971,19 +993,6 @@ class AnthropicToOpenAIStream(StreamTranslator):
 
     def finish(self) -> bytes:
         return b""  # [DONE] went out with message_stop
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return encode_event(orjson.dumps(self._envelope([choice])))
-
-    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.requested_model,
-            "choices": choices,
-        }
 
     def _block_start(self, index: Any, block: Any) -> bytes:
         kind = block.get("type") if isinstance(block, dict) else None
