@@ -65,7 +65,7 @@ def record(n: int) -> SealedRecord:
         "error.type": None, "gen_ai.usage.input_tokens": 16, "gen_ai.usage.output_tokens": 20,
         "gen_ai.usage.cache_read.input_tokens": 0, "gen_ai.usage.cache_creation.input_tokens": 0,
         "gen_ai.usage.reasoning.output_tokens": 0, "usage.estimated": False,
-        "cost_micros": 220, "currency": "USD", "latency_ms": 17, "ttfc_ms": None,
+        "cost_micros": 220, "currency": "USD", "latency_ms": 17, "time_to_first_chunk_ms": None,
     }  # fmt: skip
     return seal(fields, at_ms=at_ms, check=False)
 

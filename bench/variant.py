@@ -30,7 +30,9 @@ from typing import Any
 from custos.audit.merkle import Frontier
 from custos.context import RequestContext
 from custos.gateway import Gateway
-from custos.identity.principal import Principal
+from custos.identity.stage import Authenticate
+from custos.policy.stages import Authorize
+from custos.runtime import Runtime
 from custos.server import serve
 
 KEEPS: dict[str, frozenset[str]] = {
@@ -44,19 +46,25 @@ KEEPS: dict[str, frozenset[str]] = {
 
 def gateway_keeping(stages: frozenset[str]) -> type[Gateway]:
     class VariantGateway(Gateway):
+        def build_chain(self, runtime: Runtime) -> list[object]:
+            chain = super().build_chain(runtime)
+            dropped = set()
+            if "limits" not in stages:
+                dropped.add(id(self.limiter))
+            if "audit" not in stages:
+                dropped.add(id(self.audit))
+            kept = [stage for stage in chain if id(stage) not in dropped]
+            if "auth" not in stages:
+                kept = [_RememberedPrincipal(self.authenticate) if s is self.authenticate else s
+                        for s in kept if not isinstance(s, Authorize)]  # fmt: skip
+            return kept
+
         async def start(self) -> None:
             await super().start()
-            pipeline = self.pipeline
-            if "limits" not in stages:
-                pipeline.limiter = None
             if "log" not in stages and self.audit_log is not None:
                 await self.audit_log.close()
                 self.audit_log = None
                 await _skip_log(self)
-            if "audit" not in stages:
-                pipeline.on_settled = pipeline.admit = pipeline.release = None
-            if "auth" not in stages:
-                _skip_authentication(pipeline)
 
     return VariantGateway
 
@@ -77,20 +85,21 @@ async def _skip_log(gateway: Gateway) -> None:
             await tx.execute("DROP TRIGGER IF EXISTS audit_events_pending ON audit_events")
 
 
-def _skip_authentication(pipeline: Any) -> None:
-    """Authenticate the first request normally and hand its principal to every later one;
-    grant every model."""
-    known: list[Principal] = []
-    authenticate = pipeline.authenticate
+class _RememberedPrincipal:
+    """Authenticate the first request normally and hand its principal to every later one (the
+    variant also drops the authorize stage: every model is granted)."""
 
-    async def remembered(ctx: RequestContext) -> Principal:
-        if not known:
-            known.append(await authenticate(ctx))
-        ctx.principal = known[0]
-        return known[0]
+    name = "authenticate"
 
-    pipeline.authenticate = remembered
-    pipeline.authorize = lambda ctx: None
+    def __init__(self, authenticate: Authenticate) -> None:
+        self._authenticate = authenticate
+        self._known: list[object] = []
+
+    async def enter(self, ctx: RequestContext) -> None:
+        if not self._known:
+            await self._authenticate.enter(ctx)
+            self._known.append(ctx.principal)
+        ctx.principal = self._known[0]  # type: ignore[assignment]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,34 @@ class DataClassHit:
     source: str
 
 
+#: The stages of the path, as decisions and refusals name them (``custos.stage``).
+StageName = Literal[
+    "audit", "authenticate", "read_request", "identify", "authorize", "route", "budget",
+    "rate_limit", "guardrails", "provider", "client", "gateway",
+]  # fmt: skip
+#: What a stage decided: let the request through, refuse it, change it, or (a rule in audit
+#: mode) let it through though the rule would have refused it.
+Outcome = Literal["allow", "deny", "mutate", "audit_only"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One stage's decision about one request, appended where it is made (OPA's decision log
+    model: the decision, the rule that made it and the input it was made on). The audit record's
+    ``decisions`` is exactly the request's list of these, in the order they were made."""
+
+    stage: StageName
+    #: The id of the config rule that decided; ``None`` for a default (access is default deny).
+    rule: str | None
+    outcome: Outcome
+    #: Why, when the outcome alone does not say: ``over_limit`` (audit mode), ``fail_open`` /
+    #: ``counters_down`` (the counters were unreachable), ``no_grant``, ``token_scope``, ...
+    reason: str | None = None
+    #: What the decision was made on, beyond the request itself (a reservation's amount, the
+    #: units a window was charged); JSON-ready values only.
+    input: dict[str, int | str] | None = None
+
+
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
@@ -125,12 +153,15 @@ class RequestContext:
     error_code: str | None = None
     first_byte_ns: int | None = None
     client_disconnected: bool = False
-    applied: list[str] = field(default_factory=list)
+    #: Every stage's decision, in the order made (``Decision``).
+    decisions: list[Decision] = field(default_factory=list)
+    #: The stage that stopped the request (``None`` while it goes on, and for a served one).
+    stopped_at: StageName | None = None
     #: Stages 4 and 5 (budget, rate limit): decisions per rule id, the reservation to settle,
     #: the ``x-ratelimit-*`` headers. ``None`` when no budget or rate limit applied.
     limits: Metering | None = None
     data_classes: list[DataClassHit] = field(default_factory=list)
-    #: Set by ``Pipeline.settle``, which runs once per request.
+    #: Set by ``GovernanceChain.settle``, which runs once per request.
     settled: bool = False
     #: Upstream requests already built by ``Pipeline.check_targets`` (translated targets only),
     #: by target name, so an attempt does not translate the body a second time.
@@ -143,7 +174,12 @@ class RequestContext:
         return (time.monotonic_ns() - self.started_ns) // 1_000_000
 
     @property
-    def ttft_ms(self) -> int | None:
+    def applied(self) -> list[str]:
+        """The ids of the rules that let the request through, in order (``x-custos-applied``)."""
+        return [d.rule for d in self.decisions if d.rule is not None and d.outcome != "deny"]
+
+    @property
+    def time_to_first_chunk_ms(self) -> int | None:
         if self.first_byte_ns is None:
             return None
         return (self.first_byte_ns - self.started_ns) // 1_000_000

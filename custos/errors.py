@@ -1,8 +1,9 @@
 """The one exception every stage raises to stop a request.
 
-A ``GatewayError`` carries what the caller needs (HTTP status, a stable machine code, a message a
-person can act on, extra headers) and nothing it must not see: messages are written by the
-gateway, never copied from a stack trace, and never contain a provider credential.
+A ``GatewayError`` carries the stage that refused and what the caller needs (HTTP status, a
+stable machine code, a message a person can act on, extra headers) and nothing it must not
+see: messages are written by the gateway, never copied from a stack trace, and never contain a
+provider credential.
 ``custos.http.errors`` renders it in the caller's protocol.
 """
 
@@ -20,6 +21,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        stage: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -27,6 +29,9 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        #: The stage that refused (``custos.context.StageName``); the governance chain fills it
+        #: in from the stage that raised when the raiser did not.
+        self.stage = stage
 
     def __repr__(self) -> str:
         return f"GatewayError({self.status}, {self.code!r}, {self.message!r})"

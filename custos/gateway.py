@@ -1,9 +1,11 @@
-"""The running gateway process: the revision being served, the pipeline, reloads, start and stop.
+"""The running gateway process: the revision being served, its chain, reloads, start and stop.
 
 ``Gateway`` owns what lives as long as the process (the upstream connection pool, the config
-watcher) and the one mutable reference that changes while serving, ``runtime``. A reload builds a
-new ``Runtime`` beside the old one and swaps the reference; requests already running keep the
-revision they started with.
+watcher, the stages that keep state: audit trail, limits, the LLM terminal's target health) and
+the one mutable reference that changes while serving, ``runtime``. A reload builds a new
+``Runtime`` beside the old one and swaps the reference; requests already running keep the
+revision (and the governance chain) they started with. ``build_chain`` is where the chain's
+stages are put in order, from what the revision switches on.
 """
 
 from __future__ import annotations
@@ -17,19 +19,23 @@ from pathlib import Path
 from custos.audit.retention import RetentionJob
 from custos.audit.sequencer import AuditLog
 from custos.audit.trail import AuditTrail
+from custos.chain import READ_REQUEST, GovernanceChain
+from custos.chain.chain import PREPARE_TERMINAL
 from custos.config.loader import LoadedConfig, load_config
 from custos.config.watch import ConfigWatcher, ReloadResult
 from custos.identity.directory import Directory
 from custos.identity.setup import Identity, open_identity, sync_config_teams
+from custos.identity.stage import Authenticate
 from custos.identity.tokens import TokenService
 from custos.limits import Limiter
-from custos.pipeline import Pipeline
+from custos.policy.stages import Authorize, Identify
 from custos.providers.transport import Transport
 from custos.routing.shared import SharedHealth
 from custos.runtime import Runtime
 from custos.state.counters import open_counters
 from custos.state.store import Store
 from custos.telemetry import metrics
+from custos.terminals.llm import LLMTerminal
 
 log = logging.getLogger("custos")
 
@@ -60,7 +66,8 @@ class Gateway:
         self.runtime = Runtime(loaded)
         self.config_path = Path(config_path) if config_path else None
         self.transport = Transport()
-        self.pipeline = Pipeline(self.transport)
+        self.terminal = LLMTerminal(self.transport)
+        self.authenticate = Authenticate(None)
         self.identity: Identity | None = None
         self.audit: AuditTrail | None = None
         self.audit_log: AuditLog | None = None
@@ -73,12 +80,34 @@ class Gateway:
             self.shared_health = SharedHealth(
                 state.counters, state.counters_prefix, lambda: self.runtime.routes
             )
-            self.pipeline.health = self.shared_health
+            self.terminal.health = self.shared_health
+        self._chain: GovernanceChain | None = None
+        self._chain_of: Runtime | None = None
         self.ready = False
         self._watcher: ConfigWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sighups: set[asyncio.Task[ReloadResult | None]] = set()
         metrics.set_revision(self.runtime.revision)
+
+    @property
+    def chain(self) -> GovernanceChain:
+        """The chain of the revision being served (built when the revision or the stages
+        change: at start and on reload)."""
+        runtime = self.runtime
+        if self._chain is None or self._chain_of is not runtime:
+            self._chain, self._chain_of = GovernanceChain(self.build_chain(runtime),
+                                                          self.terminal), runtime  # fmt: skip
+        return self._chain
+
+    def build_chain(self, runtime: Runtime) -> list[object]:
+        """The stages ``runtime`` switches on, in order (``custos.chain``)."""
+        stages: list[object] = []
+        if self.audit is not None:
+            stages.append(self.audit)
+        stages += [self.authenticate, READ_REQUEST, Identify(), Authorize(), PREPARE_TERMINAL]
+        if runtime.limits.active:
+            stages.append(self.limiter)
+        return stages
 
     @classmethod
     def from_file(cls, path: str | Path, *, watch: bool = True) -> Gateway:
@@ -133,11 +162,9 @@ class Gateway:
         self.retention = RetentionJob(self.identity.store, lambda: self.runtime.config.audit,
                                       self.audit.gateway, export=exports)  # fmt: skip
         self.retention.start()
-        self.pipeline.on_settled = self.audit.on_settled
-        self.pipeline.admit, self.pipeline.release = self.audit.admit, self.audit.release
-        self.pipeline.directory = self.identity.directory
+        self.authenticate.directory = self.identity.directory
         await self.limiter.start(self.identity.store)
-        self.pipeline.limiter = self.limiter
+        self._chain = None  # its stages are ready: rebuilt on the next request
         if self.shared_health is not None:
             await self.shared_health.start()
         if self.config_path is not None:

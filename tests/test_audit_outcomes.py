@@ -119,7 +119,7 @@ def test_served_call(audited: Audited) -> None:
     response = audited.chat("openai-main/gpt-5.5", headers=headers, max_tokens=50)
     assert response.status_code == 200
     record = one_call(audited.store_url, _request_id(response))
-    assert record["schema_version"] == 2
+    assert record["schema_version"] == 3
     assert record["skips"] == []
     assert record["outcome"] == "served"
     assert record["http.response.status_code"] == 200
@@ -144,8 +144,9 @@ def test_served_call(audited: Audited) -> None:
     assert [a["target"] for a in record["attempts"]] == ["openai-main/gpt-5.5"]
     assert record["attempts"][0]["status"] == 200
     assert record["decisions"] == [
-        {"stage": "authorize", "rule": "everyone-everything", "decision": "allow"}
-    ]
+        {"stage": "authorize", "rule": "everyone-everything", "decision": "allow",
+         "reason": None, "input": None}
+    ]  # fmt: skip
     # No budget or rate limit applies: nothing was estimated or reserved.
     assert [record[f"limits.{k}"] for k in _LIMITS_INPUT] == [None, None, None]
     assert record["config.revision"] == audited.gateway.revision()
@@ -207,7 +208,7 @@ def test_streamed_call(audited: Audited) -> None:
     record = one_call(audited.store_url, _request_id(response))
     assert record["outcome"] == "served" and record["gen_ai.request.stream"] is True
     assert record["gen_ai.provider.name"] == "anthropic"
-    assert isinstance(record["ttfc_ms"], int) and record["ttfc_ms"] <= record["latency_ms"]
+    assert isinstance(record["time_to_first_chunk_ms"], int) and record["time_to_first_chunk_ms"] <= record["latency_ms"]
     assert record["gen_ai.usage.output_tokens"] > 0
 
 
@@ -242,7 +243,9 @@ def test_forbidden_call(audited: Audited) -> None:
     assert record["outcome"] == "denied" and record["stopped_at"] == "authorize"
     assert record["error.type"] == "model_not_allowed"
     assert record["auth.token_id"] == narrowed.json()["record"]["id"]
-    assert record["decisions"] == [{"stage": "authorize", "rule": None, "decision": "deny"}]
+    assert record["decisions"] == [
+        {"stage": "authorize", "rule": None, "decision": "deny", "reason": "scope", "input": None}
+    ]
     assert record["attempts"] == [] and record["cost_micros"] == 0
 
 
@@ -347,9 +350,8 @@ def test_rate_limited_call(mock_provider: MockProvider, tmp_path: Path) -> None:
         record = one_call(audited.store_url, _request_id(response))
         assert record["outcome"] == "denied" and record["stopped_at"] == "rate_limit"
         assert record["error.type"] == "rate_limit_exceeded"
-        assert {"stage": "rate_limit", "rule": "one-a-minute", "decision": "deny"} in record[
-            "decisions"
-        ]
+        assert {"stage": "rate_limit", "rule": "one-a-minute", "decision": "deny",
+                "reason": None, "input": {"units": 1}} in record["decisions"]  # fmt: skip
         # A requests-per-minute rule and no budget: tokens estimated, nothing reserved.
         estimated_in, estimated_out, reserved = (record[f"limits.{k}"] for k in _LIMITS_INPUT)
         assert estimated_in > 0 and estimated_out > 0 and reserved == 0
@@ -375,17 +377,20 @@ def test_over_budget_call(mock_provider: MockProvider, tmp_path: Path) -> None:
         record = one_call(audited.store_url, _request_id(denied[-1]))
         assert record["outcome"] == "denied" and record["stopped_at"] == "budget"
         assert record["error.type"] == "budget_exceeded"
-        budget_decisions = [d for d in record["decisions"] if d["stage"] == "budget"]
-        assert budget_decisions == [
-            {"stage": "budget", "rule": "roomy", "decision": "allow"},
-            {"stage": "budget", "rule": "tiny", "decision": "deny"},
-        ]
         # The refused reservation is in the record: the estimate at gpt-5.5's prices ($1.25 in,
         # $10 out per million tokens), rounded up to whole micro-dollars, and max_tokens as
-        # the output estimate.
+        # the output estimate; each budget's decision names it as its input.
         estimated_in, estimated_out, reserved = (record[f"limits.{k}"] for k in _LIMITS_INPUT)
         assert estimated_in > 0 and estimated_out == 40
         assert reserved == -(-(estimated_in * 125 + estimated_out * 1000) // 100)
+        budget_decisions = [d for d in record["decisions"] if d["stage"] == "budget"]
+        asked = {"reserve_micros": reserved}
+        assert budget_decisions == [
+            {"stage": "budget", "rule": "roomy", "decision": "allow", "reason": None,
+             "input": asked},
+            {"stage": "budget", "rule": "tiny", "decision": "deny", "reason": None,
+             "input": asked},
+        ]  # fmt: skip
     finally:
         audited.gateway.stop()
 

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from custos.audit.classes import declared_data_classes
-from custos.audit.events import stage_of, truncate_address
+from custos.audit.events import truncate_address
 from custos.audit.record import (
     MAX_INT,
     NotCanonical,
@@ -24,6 +23,7 @@ from custos.audit.record import (
     uuid7,
 )
 from custos.errors import GatewayError
+from custos.policy.data_classes import declared_data_classes
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-MAX_INT, MAX_INT) | st.text(),
@@ -76,7 +76,7 @@ def test_leaf_hash_is_rfc9162() -> None:
 def test_seal_completes_and_unseal_checks() -> None:
     at = 1_782_907_200_123
     sealed = seal({"event_type": "llm.call", "time_start": rfc3339_ms(at)}, at_ms=at)
-    assert sealed.fields["schema_version"] == 2
+    assert sealed.fields["schema_version"] == 3
     assert len(bytes.fromhex(sealed.fields["salt"])) == 16
     event_id = uuid.UUID(sealed.event_id)  # a UUIDv7 of the record's time, and a salt of its own
     assert event_id.version == 7 and int.from_bytes(event_id.bytes[:6], "big") == at
@@ -122,13 +122,7 @@ def test_declared_data_classes() -> None:
         assert caught.value.status == 400 and caught.value.code == "invalid_metadata"
 
 
-def test_stages_and_addresses() -> None:
-    assert stage_of(None, 200) is None
-    assert stage_of("unknown_token", 401) == "authenticate"
-    assert stage_of("rate_limit_exceeded", 429) == "rate_limit"
-    assert stage_of("budget_exceeded", 402) == "budget"
-    assert stage_of("upstream_timeout", 504) == "provider"
-    assert stage_of("invalid_json", 400) == "read_request"
+def test_addresses() -> None:
     assert truncate_address("203.0.113.77") == "203.0.113.0/24"
     assert truncate_address("2001:db8:1:2::1") == "2001:db8:1::/48"
     assert truncate_address(None) is None

@@ -109,7 +109,7 @@ def seeded_calls(count: int, seed: int = 7) -> list[dict[str, Any]]:
                 "cost_micros": tokens_in * 3 + tokens_out * 15,
                 "currency": "USD",
                 "latency_ms": 40,
-                "ttfc_ms": None,
+                "time_to_first_chunk_ms": None,
             }
         )
     return records

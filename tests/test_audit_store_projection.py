@@ -85,7 +85,7 @@ def call(n: int, at_ms: int, latency_ms: int, **fields: Any) -> SealedRecord:
         "cost_micros": 4_503_599_627_370_495 - n,  # near the largest integer a record holds
         "currency": "USD",
         "latency_ms": latency_ms,
-        "ttfc_ms": None,
+        "time_to_first_chunk_ms": None,
     }
     record.update(fields)
     return seal(record, at_ms=at_ms)

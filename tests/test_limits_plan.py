@@ -98,7 +98,7 @@ def call(
         principal=who,
         metadata=dict(metadata),
     )
-    coro = limiter.admit(ctx)
+    coro = limiter.enter(ctx)
     with pytest.raises(StopIteration):  # in-process counters: admission never suspends
         coro.send(None)
     ctx.usage, ctx.cost_micros = Usage(3, 5), 53
@@ -167,7 +167,7 @@ def test_a_reservation_of_a_vanished_request_is_no_longer_renewed(
         "gone", "openai", "chat", runtime, body={"model": "p/m"}, model="p/m",
         principal=principal(("red",)),
     )  # fmt: skip
-    coro = limiter.admit(ctx)
+    coro = limiter.enter(ctx)
     with pytest.raises(StopIteration):
         coro.send(None)
     assert "gone" in limiter._live

@@ -1,4 +1,4 @@
-"""Building the records of schema version 2, one function per event type.
+"""Building the records of schema version 3, one function per event type.
 
 Keys are flat. Where OpenTelemetry's GenAI (or general) semantic conventions name a field, the
 key is that name (``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ``error.type``,
@@ -16,17 +16,26 @@ an event type is always present (``null`` when unknown), so readers see one stab
     gen_ai.request.model, gen_ai.request.stream, gen_ai.request.max_tokens,
     gen_ai.provider.name, provider.account, provider.model, provider.upstream_model, cloud.region,
     attempts [{target, region, status, error, offset_ms, latency_ms}], skips [{target, reason}],
-    decisions [{stage, rule, decision}],
+    decisions [{stage, rule, decision, reason, input}],
     limits.estimated_input_tokens, limits.estimated_output_tokens, limits.reserved_micros,
     http.response.status_code, outcome, stopped_at, error.type,
     gen_ai.usage.input_tokens, gen_ai.usage.output_tokens, gen_ai.usage.cache_read.input_tokens,
     gen_ai.usage.cache_creation.input_tokens, gen_ai.usage.reasoning.output_tokens,
-    usage.estimated, cost_micros, currency, latency_ms, ttfc_ms
+    usage.estimated, cost_micros, currency, latency_ms, time_to_first_chunk_ms
 
 ``team`` is the one team the call is attributed to (reports group by it): a virtual account's
 team; for a user, the metadata ``team`` if the user is a member of it, else their only team,
 else ``null``. ``outcome`` is one of ``served``, ``denied`` (a stage of the gateway stopped it;
 ``stopped_at`` names which), ``upstream_error``, ``client_disconnected`` and ``error``.
+``decisions`` and ``stopped_at`` are exactly what the stages wrote into the request context
+when they decided (``custos.context.Decision``): nothing here infers them.
+
+Version 3 (from 2): ``decisions`` entries gained ``reason`` and ``input`` and their ``decision``
+is one of ``allow``, ``deny``, ``mutate``, ``audit_only`` (2's ``allow_over_limit`` is
+``audit_only`` with reason ``over_limit``; ``allow_fail_open`` is ``allow`` with reason
+``fail_open``); ``ttfc_ms`` is named ``time_to_first_chunk_ms``; a translation refusal stops
+at ``route`` (was ``read_request``), counters that are down stop at ``budget`` or
+``rate_limit`` with outcome ``denied`` (was ``gateway``, ``error``).
 
 With ``audit.content`` other than ``none``, ``llm.call`` also has ``content.*`` fields (digests,
 or the ciphertext's hash, key id and size: ``custos.audit.content``); with ``none`` it has none.
@@ -37,9 +46,7 @@ Never in a record: the bearer token (only its id), provider keys, request or res
 from __future__ import annotations
 
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from custos import __version__
 from custos.audit.record import (
@@ -55,7 +62,7 @@ from custos.audit.record import (
 from custos.context import MAX_TOKENS, Usage
 
 if TYPE_CHECKING:
-    from custos.context import RequestContext
+    from custos.context import Decision, RequestContext
     from custos.runtime import Runtime
 
 #: ``gen_ai.provider.name`` for each provider account type (the conventions' well-known values;
@@ -79,26 +86,6 @@ OPERATIONS = {
     "count_tokens": "count_tokens",
 }
 
-_AUTH_CODES = frozenset(
-    {"missing_api_key", "malformed_token", "unknown_token", "expired_token", "revoked_token",
-     "invalid_jwt", "invalid_api_key", "missing_token", "ambiguous_credentials"}
-)  # fmt: skip
-#: The stage that answers with each error code (codes not listed: see ``stage_of``).
-STAGES = {
-    **dict.fromkeys(_AUTH_CODES, "authenticate"),
-    "invalid_metadata": "identify",
-    "model_not_allowed": "authorize",
-    "budget_exceeded": "budget",
-    "rate_limit_exceeded": "rate_limit",
-    "guardrail_blocked": "guardrails",
-    "model_not_found": "route",
-    "operation_not_supported": "route",
-    "residency_denied": "route",
-    "audit_unavailable": "audit",
-    "not_ready": "gateway",
-    "internal_error": "gateway",
-    "client_disconnected": "client",
-}
 #: Secrets never belong in an admin event; these keys are dropped from before/after regardless.
 _SECRET_KEYS = frozenset({"secret", "token", "token_hash", "api_key", "password", "key"})
 
@@ -111,28 +98,16 @@ class GatewayInfo:
         self.version = __version__
 
 
-def stage_of(code: str | None, status: int) -> str | None:
-    """The stage that stopped a request with ``code`` (``None`` for a served request)."""
-    if code is None:
-        return None if 0 < status < 400 else "gateway"
-    if code.startswith("upstream_"):
-        return "provider"
-    stage = STAGES.get(code)
-    if stage is not None:
-        return stage
-    # Every other 4xx the gateway answers itself is about the request as sent (body, JSON,
-    # parameters, size, content type), checked while reading it.
-    return "read_request" if 400 <= status < 500 else "gateway"
-
-
-def outcome_of(code: str | None, status: int, disconnected: bool) -> str:
-    if disconnected or code == "client_disconnected":
+def outcome_of(ctx: RequestContext) -> str:
+    """How the request ended, from what the chain wrote into its context."""
+    if ctx.client_disconnected or ctx.stopped_at == "client":
         return "client_disconnected"
-    if code is None and 0 < status < 400:
+    stage = ctx.stopped_at
+    if stage is None and ctx.error_code is None and 0 < ctx.status < 400:
         return "served"
-    if code is not None and code.startswith("upstream_"):
+    if stage == "provider":
         return "upstream_error"
-    if code == "internal_error" or (status >= 500 and code not in STAGES):
+    if ctx.error_code == "internal_error":
         return "error"
     return "denied"
 
@@ -153,7 +128,6 @@ def llm_call(
     latency_ms = (ended_ns - ctx.started_ns) // 1_000_000
     status = ctx.status
     code = ctx.error_code
-    stopped_at = stage_of(code, status)
     provider_type = account = model = upstream_model = region = None
     if served is not None:
         settings = runtime.config.providers.get(served.account)
@@ -219,13 +193,13 @@ def llm_call(
             for a in ctx.attempts
         ],
         "skips": [{"target": s.target, "reason": s.reason} for s in ctx.skips],
-        "decisions": _decisions(ctx, stopped_at),
+        "decisions": [_decision(d) for d in ctx.decisions],
         "limits.estimated_input_tokens": estimated_in,
         "limits.estimated_output_tokens": estimated_out,
         "limits.reserved_micros": reserved,
         "http.response.status_code": status,
-        "outcome": outcome_of(code, status, ctx.client_disconnected),
-        "stopped_at": stopped_at,
+        "outcome": outcome_of(ctx),
+        "stopped_at": ctx.stopped_at,
         "error.type": code,
         "gen_ai.usage.input_tokens": _count(usage.input_tokens),
         "gen_ai.usage.output_tokens": _count(usage.output_tokens),
@@ -236,7 +210,7 @@ def llm_call(
         "cost_micros": _count(ctx.cost_micros),
         "currency": "USD",
         "latency_ms": latency_ms,
-        "ttfc_ms": ctx.ttft_ms,
+        "time_to_first_chunk_ms": ctx.time_to_first_chunk_ms,
     }
     return record, start_ms
 
@@ -262,8 +236,8 @@ def unbuilt_llm_call(
         "config.revision": ctx.runtime.revision,
         "api.protocol": ctx.protocol,
         "http.response.status_code": ctx.status,
-        "outcome": outcome_of(code, ctx.status, ctx.client_disconnected),
-        "stopped_at": stage_of(code, ctx.status),
+        "outcome": outcome_of(ctx),
+        "stopped_at": ctx.stopped_at,
         "error.type": code,
         "audit.repaired": ["$"],
     }
@@ -330,82 +304,14 @@ def _region(runtime: Runtime, target: str) -> str | None:
     return found.region if found is not None else None
 
 
-#: Config sections whose rules carry an id, and the stage each belongs to. Sections this
-#: revision of the code does not have yet are skipped (``getattr`` below).
-_RULE_SECTIONS = (
-    ("residency", "route"),
-    ("budgets", "budget"),
-    ("rate_limits", "rate_limit"),
-    ("guardrails", "guardrails"),
-)
-_RULE_STAGES: WeakKeyDictionary[Runtime, dict[str, str]] = WeakKeyDictionary()
-#: The last revision looked up and its stages (a ``WeakKeyDictionary`` lookup makes a weak
-#: reference each time: a tenth of building a record).
-_LAST_RULE_STAGES: list[Any] = []
-
-
-def _rule_stages(runtime: Runtime) -> dict[str, str]:
-    """Rule id → the stage whose rule it is, for one revision (built once per revision)."""
-    last = _LAST_RULE_STAGES
-    if last and last[0]() is runtime:  # the revision being served: no weak-dict lookup
-        return last[1]
-    stages = _RULE_STAGES.get(runtime)
-    if stages is None:
-        stages = {}
-        config = runtime.config
-        for section, stage in _RULE_SECTIONS:
-            for rule in getattr(config, section, None) or ():
-                rule_id = getattr(rule, "id", None)
-                if isinstance(rule_id, str):
-                    stages[rule_id] = stage
-        for index, rule in enumerate(config.access):
-            stages[rule.id or f"access[{index}]"] = "authorize"
-        _RULE_STAGES[runtime] = stages
-    _LAST_RULE_STAGES[:] = [weakref.ref(runtime), stages]
-    return stages
-
-
-def _decisions(ctx: RequestContext, stopped_at: str | None) -> list[dict[str, Any]]:
-    """Each applied rule with its stage and decision, and the denial that stopped the request.
-
-    Budgets and rate limits say exactly what they decided per rule (``ctx.limits``), so with
-    two budgets the one that refused is the one marked ``deny``, and an audit-mode budget over
-    its limit is ``allow_over_limit``. For other stages a rule of the stopping stage is the one
-    that denied; without one (access is default deny) the denial is recorded with
-    ``rule: null``."""
-    stages = _rule_stages(ctx.runtime)
-    metered = ctx.limits.decisions if ctx.limits is not None else {}
-    decisions: list[dict[str, Any]] = []
-    denied = False
-    denying_stage = stopped_at if stopped_at in _DENYING_STAGES else None
-    for rule_id in ctx.applied:
-        stage = stages.get(rule_id, "unknown")
-        outcome = metered.get(rule_id)
-        if outcome is not None:
-            decision = _METERED.get(outcome, outcome)
-            denied = denied or (decision == "deny" and stage == denying_stage)
-        elif stage == denying_stage and not denied and stage not in ("budget", "rate_limit"):
-            decision, denied = "deny", True
-        else:
-            decision = "allow"
-        decisions.append({"stage": stage, "rule": rule_id, "decision": decision})
-    if denying_stage is not None and not denied:
-        decisions.append({"stage": denying_stage, "rule": None, "decision": "deny"})
-    return decisions
-
-
-#: ``Metering.decisions`` (``custos.limits``) as record decisions.
-_METERED = {
-    "reserved": "allow",
-    "admitted": "allow",
-    "over_limit_audit": "allow_over_limit",
-    "fail_open": "allow_fail_open",
-    "denied": "deny",
-    "counters_down": "deny",
-}
-
-
-_DENYING_STAGES = frozenset({"authorize", "budget", "rate_limit", "guardrails", "route"})
+def _decision(decision: Decision) -> dict[str, Any]:
+    return {
+        "stage": decision.stage,
+        "rule": decision.rule,
+        "decision": decision.outcome,
+        "reason": decision.reason,
+        "input": decision.input,
+    }
 
 
 def _instant(

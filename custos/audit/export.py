@@ -270,8 +270,8 @@ def span_attributes(fields: dict[str, Any]) -> dict[str, Any]:
     attributes["custos.data_classes"] = [c["class"] for c in fields["data_classes"]]
     for key, value in fields["metadata"].items():
         attributes[f"custos.metadata.{key}"] = value
-    if fields["ttfc_ms"] is not None:
-        attributes["gen_ai.response.time_to_first_chunk"] = fields["ttfc_ms"] / 1000
+    if fields["time_to_first_chunk_ms"] is not None:
+        attributes["gen_ai.response.time_to_first_chunk"] = fields["time_to_first_chunk_ms"] / 1000
     return attributes
 
 

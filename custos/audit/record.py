@@ -34,7 +34,7 @@ from typing import Any, Final
 import orjson
 
 #: 2: ``llm.call`` gained ``skips`` (targets routing passed over without trying them).
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 LLM_CALL: Final = "llm.call"
 MCP_TOOL_CALL: Final = "mcp.tool_call"  # reserved for the MCP issue; nothing emits it yet

@@ -1,18 +1,19 @@
 """``AuditTrail``: the one object the gateway talks to about auditing.
 
-It turns what happened into sealed records and hands them to the writer:
+It turns what happened into sealed records and hands them to the writer. On the request path
+it is the governance chain's first stage (``custos.stage``), so it settles last:
 
-- ``on_settled(ctx)`` — the pipeline's settle hook, run exactly once per LLM request whatever
-  its outcome: builds that request's one ``llm.call`` record;
-- ``admit(ctx)`` — first thing on the request path: 503 ``audit_unavailable`` while records
+- ``enter(ctx)`` — first thing on the request path: 503 ``audit_unavailable`` while records
   cannot be made durable (see ``custos.audit.writer`` for when);
+- ``settle(ctx)`` — run exactly once per LLM request whatever its outcome, after the other
+  stages settled: builds that request's one ``llm.call`` record;
 - ``release(ctx)`` — awaited before a response (a stream's last chunk) is released: with
   ``durability: strict`` it waits until the request's record is durable, else returns at once;
 - ``auth_failure(…)`` — a refused credential on ``/v1/models`` or the admin API;
 - ``config_applied(loaded)`` — a revision began to be served (start, reload): its text goes to
   the store and a ``config.revision`` record to the writer;
-- with ``audit.content`` other than ``none``, ``admit`` gives the request a capture object and
-  ``on_settled`` adds the ``content.*`` fields to its record and queues its encrypted content
+- with ``audit.content`` other than ``none``, ``enter`` gives the request a capture object and
+  ``settle`` adds the ``content.*`` fields to its record and queues its encrypted content
   with it (``custos.audit.content``); with ``none`` neither does anything more than today;
 - a background task turns new rows of the store's ``admin_events`` into ``admin.change``
   records (written straight to the store with the cursor, in one transaction: the admin event
@@ -53,12 +54,14 @@ log = logging.getLogger("custos.audit")
 
 #: How often the store's admin events are turned into records.
 ADMIN_POLL_S = 0.5
-#: Settled requests waiting for their record to be built (``on_settled``) beyond which they
+#: Settled requests waiting for their record to be built (``settle``) beyond which they
 #: are built at once: a flush that is late (a slow disk) must not hold requests in memory.
 MAX_SETTLED = 2000
 
 
 class AuditTrail:
+    name = "audit"
+
     def __init__(
         self,
         store: Store,
@@ -85,7 +88,7 @@ class AuditTrail:
             waiting=lambda: len(self._settled),
         )
         self._waiters: dict[str, asyncio.Future[None]] = {}
-        #: Settled requests whose record is built at the writer's next flush (see on_settled),
+        #: Settled requests whose record is built at the writer's next flush (see settle),
         #: with the time each was settled.
         self._settled: list[tuple[RequestContext, int]] = []
         self._revision: str | None = None
@@ -127,7 +130,7 @@ class AuditTrail:
 
     # -- the request path ----------------------------------------------------------------------
 
-    def admit(self, ctx: RequestContext) -> None:
+    def enter(self, ctx: RequestContext) -> None:
         if self._capture is not None:
             ctx.capture = content.ContentCapture(self._capture, ctx.protocol)
         reason = self.writer.admit()
@@ -137,9 +140,10 @@ class AuditTrail:
                 "audit_unavailable",
                 f"The gateway cannot record requests right now ({reason}); try again shortly.",
                 headers={"retry-after": "1"},
+                stage="audit",
             )
 
-    def on_settled(self, ctx: RequestContext) -> None:
+    def settle(self, ctx: RequestContext) -> None:
         """Queue the request's ``llm.call`` record (never raises: a failure to build it is
         logged and counted, and the response goes out).
 
@@ -218,6 +222,7 @@ class AuditTrail:
                 "audit_unavailable",
                 f"The gateway could not make this request's audit record durable ({exc}).",
                 headers={"retry-after": "1"},
+                stage="audit",
             ) from None
 
     def _capture_content(

@@ -2,8 +2,10 @@
 
 Plain ASGI, no framework: a dict of routes, each an async function of (scope, receive, send).
 The LLM routes read and check the request (``custos.http.requests``), hand a ``RequestContext``
-to the pipeline, and write what it returns — a body, or a stream relayed chunk by chunk while
-watching for the client to go away. Every error leaves in the caller's protocol.
+to the governance chain of the revision being served (``custos.chain``), and write what it
+returns — a body, or a stream relayed chunk by chunk while watching for the client to go away,
+and closed in every case (closing it settles the request). Every error leaves in the caller's
+protocol.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from custos.http.requests import (
 )
 from custos.http.requests import read_body as read_request_body
 from custos.identity.principal import AuthFailure
-from custos.pipeline import GatewayResponse
 from custos.policy.metadata import HEADER_NAMES
 from custos.providers.client_headers import PASSED_HEADERS, checked_client_headers
+from custos.stage import GatewayResponse
 from custos.telemetry import metrics
 
 log = logging.getLogger("custos.http")
@@ -155,7 +157,7 @@ class GatewayApp:
             ctx.client_headers = checked_client_headers(head.provider)
 
         try:
-            response = await self.gateway.pipeline.handle(ctx, read_request)
+            response = await self.gateway.chain.handle(ctx, read_request)
         except ClientGone:
             return
         except GatewayError as err:
@@ -175,8 +177,6 @@ class GatewayApp:
             await send_body(send, response.status, response.headers, response.body)
         else:
             await relay_stream(send, receive, response)
-            if not ctx.settled:  # the client left before the stream's first chunk was asked for
-                self.gateway.pipeline.settle_unrelayed(ctx)
         metrics.child(metrics.REQUESTS, route, str(ctx.status)).inc()
         metrics.child(metrics.LATENCY, route).observe(ctx.latency_ms / 1000)
 
@@ -194,7 +194,7 @@ class GatewayApp:
         runtime = self.gateway.runtime
         try:
             token = RequestHead.of(scope).token
-            principal = await self.gateway.pipeline.principal_for(token, runtime)
+            principal = await self.gateway.authenticate.principal_for(token, runtime.jwt)
             if name is None:
                 body = models_list(runtime, principal, protocol, scope["query_string"])
             else:
@@ -334,25 +334,19 @@ async def send_error(send: Send, protocol: Protocol, err: GatewayError, request_
 
 
 async def relay_stream(send: Send, receive: Receive, response: GatewayResponse) -> None:
-    """Send a stream while watching for the client to leave; if it does, stop the stream,
-    which closes the upstream request and settles the call."""
+    """Send a stream while watching for the client to leave; if it does, stop the stream.
+    The stream is closed however this ends (sent, client gone, the pump never started), which
+    closes the upstream request and settles the call."""
     stream = response.stream
     assert stream is not None
 
     async def pump() -> None:
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": response.headers,
-                }
-            )
-            async for chunk in stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": response.headers}
+        )
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     async def client_gone() -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -363,9 +357,12 @@ async def relay_stream(send: Send, receive: Receive, response: GatewayResponse) 
     try:
         await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (pumping, watching):
-            if not task.done():
-                task.cancel()
-        for task in (pumping, watching):
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
+        try:
+            for task in (pumping, watching):
+                if not task.done():
+                    task.cancel()
+            for task in (pumping, watching):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await task
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]

@@ -89,7 +89,7 @@ def rate_limited(
         f"x-ratelimit-reset-{unit}": duration(state.reset_ms),
     }
     _retry(headers, retry_after_ms)
-    return GatewayError(429, "rate_limit_exceeded", message, headers=headers)
+    return GatewayError(429, "rate_limit_exceeded", message, headers=headers, stage="rate_limit")
 
 
 def usd(micros: int) -> str:
@@ -114,7 +114,7 @@ def budget_exceeded(
     headers: dict[str, str] = {}
     if seconds_left is not None:
         _retry(headers, int(seconds_left * 1000))
-    return GatewayError(status, "budget_exceeded", message, headers=headers)
+    return GatewayError(status, "budget_exceeded", message, headers=headers, stage="budget")
 
 
 def counters_down(kind: str) -> GatewayError:
@@ -125,4 +125,5 @@ def counters_down(kind: str) -> GatewayError:
         f"The gateway cannot check {what} right now (its counters are unreachable), and calls "
         f"under {what} are refused until they answer again; retry shortly.",
         headers={"retry-after": "1"},
+        stage="budget" if kind == "budgets" else "rate_limit",
     )

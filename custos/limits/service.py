@@ -14,11 +14,13 @@ Which counters a request charges depends only on its principal, model and metada
 current periods), so the answer is kept per kind of request (``_Plan``) and the hot path only
 prices the request and takes the counters.
 
-The decisions go into the context: each rule's id is appended to ``ctx.applied`` (the audit
-record reads it) and ``ctx.limits`` (a ``Metering``) keeps the exact decision per rule id, the
-reservation and the ``x-ratelimit-*`` headers.
+The decisions go into the context as they are made: one ``Decision`` per rule (each budget,
+then the rate limit), with what it was charged as its input; ``ctx.limits`` (a ``Metering``)
+keeps the reservation to settle and the ``x-ratelimit-*`` headers. ``Limiter`` is a stage of the
+governance chain (``custos.stage``): ``enter`` admits, ``on_response`` adds the headers,
+``settle`` charges.
 
-``Limiter.settle(ctx)``, called once per request from ``Pipeline.settle`` after the cost is known,
+``Limiter.settle(ctx)``, called once per request when the chain settles, after the cost is known,
 releases the reservation and charges the actual cost (never waits: in memory it is immediate,
 on Redis it is queued and sent in batches). Settled spend flows to the ledger, which a
 background task writes to the store about once a second, and to the alerts.
@@ -37,9 +39,9 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from custos.context import RequestContext
+from custos.context import Decision, Outcome, RequestContext
 from custos.identity.principal import Principal
 from custos.limits import headers as h
 from custos.limits.alerts import Alerts
@@ -53,6 +55,7 @@ from custos.policy.limits import (
 )
 from custos.policy.periods import Period, PeriodClock, period_from_key
 from custos.policy.when import Facts
+from custos.stage import GatewayResponse
 from custos.state.counters import (
     Admission,
     BudgetCounter,
@@ -89,9 +92,6 @@ class Metering:
     estimated_output_tokens: int
     #: The estimated cost reserved on every budget counter.
     reserved_micros: int
-    #: Rule id → decision: ``reserved``, ``over_limit_audit`` (an audit-mode budget over its
-    #: limit), ``admitted`` (rate limit), ``denied``, ``fail_open``, ``counters_down``.
-    decisions: dict[str, str]
     #: The reservation to settle; ``None`` when the counters were down and the call let through.
     ticket: Ticket | None = None
     #: ``x-ratelimit-*`` headers for the response.
@@ -137,10 +137,6 @@ class _Plan:
     specs: tuple[_BudgetSpec, ...]
     rule: RateRule | None
     windows: tuple[WindowCounter, ...]
-    #: Rule ids for ``ctx.applied``: the budgets in file order, then the rate limit.
-    applied: tuple[str, ...]
-    #: The decisions of an admitted request whose budgets all had room.
-    admitted: dict[str, str]
     #: Whether an audit-mode budget is among them (its decision depends on the counters).
     audit_mode: bool
     ttl_ms: int
@@ -171,7 +167,10 @@ def counter_of(key: LedgerKey) -> BudgetCounter:
 
 
 class Limiter:
-    """Budgets and rate limits for a gateway process (see the module docstring)."""
+    """Budgets and rate limits for a gateway process (see the module docstring); the chain's
+    stage for both (its refusals name ``budget`` or ``rate_limit``)."""
+
+    name = "budget"
 
     def __init__(self, counters: Counters, runtime: Callable[[], Runtime]) -> None:
         self.counters = counters
@@ -231,11 +230,11 @@ class Limiter:
 
     # -- stages 4 and 5 ----------------------------------------------------------------------
 
-    async def admit(self, ctx: RequestContext) -> None:
+    async def enter(self, ctx: RequestContext) -> None:
         """Charge every matching budget and the first matching rate limit, or raise."""
         policy = ctx.runtime.limits
-        if not policy.active or ctx.principal is None:
-            return
+        if not policy.active or ctx.principal is None or ctx.operation == "count_tokens":
+            return  # counting costs no tokens: no budget, no limit
         plan = self._plan(ctx, ctx.principal, policy, time.time())
         if plan is None:
             return  # nothing applies, or an unknown model (the route stage answers 404)
@@ -248,9 +247,8 @@ class Limiter:
         amount = plan.cost.micros(in_tokens, out_tokens) if plan.budgets else 0
         rule = plan.rule
         units = in_tokens + out_tokens if rule is not None and rule.per_token else 1
-        metering = Metering(plan.budgets, in_tokens, out_tokens, amount, {})
+        metering = Metering(plan.budgets, in_tokens, out_tokens, amount)
         ctx.limits = metering
-        ctx.applied.extend(plan.applied)
         rid = ctx.request_id
         try:
             if self._memory is not None:  # one synchronous step: no coroutine to create
@@ -262,7 +260,7 @@ class Limiter:
                     plan.budgets, amount, plan.windows, units, rid, plan.ttl_ms
                 )
         except CountersUnavailable:
-            self._counters_down(ctx, metering, plan)
+            self._counters_down(ctx, metering, plan, amount, units)
             return
         except asyncio.CancelledError:
             # The client left while Redis was answering: the script may have reserved. Release
@@ -276,20 +274,25 @@ class Limiter:
         ticket = metering.ticket = admission.ticket
         if ticket is not None and plan.budgets:
             self._live[rid] = weakref.ref(metering)
-        metering.decisions = plan.admitted.copy()
-        if plan.audit_mode:
-            self._audit_mode_decisions(metering, plan, admission)
+        over = self._over_limit_in_audit_mode(plan, admission) if plan.audit_mode else ()
+        _decide(ctx.decisions, plan, amount, units, over=over)
         if rule is not None:
             metering.headers = h.rate_headers(rule, admission.windows)
 
-    def _audit_mode_decisions(self, metering: Metering, plan: _Plan, admission: Admission) -> None:
-        """An audit-mode budget lets every call through: its decision says whether the call
-        went over its limit (on any of its counters)."""
-        decisions = metering.decisions
+    def on_response(self, ctx: RequestContext, response: GatewayResponse) -> None:
+        metering = ctx.limits
+        if metering is not None and metering.headers:
+            response.headers.extend(metering.headers)
+
+    def _over_limit_in_audit_mode(self, plan: _Plan, admission: Admission) -> frozenset[str]:
+        """An audit-mode budget lets every call through: the ids of those the call took over
+        their limit (on any of their counters)."""
+        over: set[str] = set()
         for counter, spec, state in zip(plan.budgets, plan.specs, admission.budgets, strict=True):
             if not counter.enforce and state.spent + state.reserved > counter.limit:
-                decisions[spec.budget.id] = "over_limit_audit"
+                over.add(spec.budget.id)
                 self._over_audit(spec.budget, counter)
+        return frozenset(over)
 
     def _plan(
         self, ctx: RequestContext, principal: Principal, policy: LimitsPolicy, now: float
@@ -339,9 +342,6 @@ class Limiter:
             window_ms = rule.window_s * 1000
             windows = tuple([WindowCounter(rule.key(split), rule.limit, window_ms, rule.per_token)
                              for split in rule.splitter.splits(principal, facts)])  # fmt: skip
-        admitted = dict.fromkeys([b.id for b in budgets], "reserved")
-        if rule is not None:
-            admitted[rule.id] = "admitted"
         return _Plan(
             principal=principal,
             cost=cost,
@@ -350,8 +350,6 @@ class Limiter:
             specs=tuple(specs),
             rule=rule,
             windows=windows,
-            applied=tuple(b.id for b in budgets) + ((rule.id,) if rule is not None else ()),
-            admitted=admitted,
             audit_mode=any(not b.enforce for b in budgets),
             ttl_ms=policy.settings.reservation_ttl_s * 1000,
             valid_until_s=valid_until,
@@ -374,7 +372,7 @@ class Limiter:
             spec = plan.specs[index]
             budget, period = spec.budget, spec.period
             state = admission.budgets[index]
-            metering.decisions[budget.id] = "denied"
+            _decide(ctx.decisions, plan, amount, units, denied=budget.id)
             raise h.budget_exceeded(
                 budget,
                 denied.split,
@@ -386,11 +384,13 @@ class Limiter:
             )
         assert isinstance(denied, WindowCounter) and rule is not None
         index = plan.windows.index(denied)
-        metering.decisions[rule.id] = "denied"
+        _decide(ctx.decisions, plan, amount, units, denied=rule.id)
         split = denied.key.split("|", 3)[3]
         raise h.rate_limited(rule, split, admission.windows[index], units, admission.retry_after_ms)
 
-    def _counters_down(self, ctx: RequestContext, metering: Metering, plan: _Plan) -> None:
+    def _counters_down(
+        self, ctx: RequestContext, metering: Metering, plan: _Plan, amount: int, units: int
+    ) -> None:
         mode = ctx.runtime.limits.settings.on_counters_down
         budgets, rule = plan.policies, plan.rule
         closed: str | None = None
@@ -405,15 +405,9 @@ class Limiter:
                 closed = kind
         if closed is not None:
             metering.settled = True
-            for budget in budgets:
-                metering.decisions[budget.id] = "counters_down"
-            if rule is not None:
-                metering.decisions[rule.id] = "counters_down"
+            _decide(ctx.decisions, plan, amount, units, down="deny")
             raise h.counters_down(closed)
-        for budget in budgets:
-            metering.decisions[budget.id] = "fail_open"
-        if rule is not None:
-            metering.decisions[rule.id] = "fail_open"
+        _decide(ctx.decisions, plan, amount, units, down="allow")
 
     def _over_audit(self, budget: BudgetPolicy, counter: BudgetCounter) -> None:
         metrics.BUDGET_OVERRUNS.labels(budget.id).inc()
@@ -431,9 +425,6 @@ class Limiter:
     def settle(self, ctx: RequestContext) -> None:
         """Release the reservation and charge the actual cost (``ctx.cost_micros``). Never
         blocks, never raises; a second call for the same request does nothing."""
-        served = ctx.served
-        if served is not None and served.price.unpriced and ctx.usage is not None:
-            metrics.UNPRICED_CALLS.labels(served.name).inc()
         metering = ctx.limits
         if metering is None or metering.settled:
             return
@@ -547,3 +538,33 @@ class Limiter:
                 )
             )
         return reports
+
+
+def _decide(
+    decisions: list[Decision],
+    plan: _Plan,
+    amount: int,
+    units: int,
+    *,
+    denied: str | None = None,
+    over: frozenset[str] | tuple[()] = (),
+    down: Literal["allow", "deny"] | None = None,
+) -> None:
+    """Append one decision per rule of ``plan``: each budget (its input: the reservation it was
+    asked for), then the rate limit (the units it was charged). ``denied``: the rule that
+    refused; ``over``: audit-mode budgets the call took over their limit; ``down``: the
+    counters could not be reached and the call was let through (``allow``) or not."""
+    reason = None if down is None else ("fail_open" if down == "allow" else "counters_down")
+    reserve = {"reserve_micros": amount}
+    for budget in plan.policies:
+        outcome: Outcome = down or "allow"
+        why = reason
+        if budget.id == denied:
+            outcome = "deny"
+        elif budget.id in over:
+            outcome, why = "audit_only", "over_limit"
+        decisions.append(Decision("budget", budget.id, outcome, why, reserve))
+    rule = plan.rule
+    if rule is not None:
+        outcome = "deny" if rule.id == denied else (down or "allow")
+        decisions.append(Decision("rate_limit", rule.id, outcome, reason, {"units": units}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from custos.context import Decision
 from custos.policy.patterns import ModelPattern
 
 
@@ -30,6 +31,8 @@ class AccessDecision:
     allowed: bool
     rule_id: str | None
     reason: str
+    #: The same as the request path records it (made once, as the decision is remembered).
+    decision: Decision
 
 
 #: Decisions remembered per policy (one per config revision): callers come in few shapes.
@@ -58,9 +61,16 @@ class AccessPolicy:
     def _decide(self, subjects: frozenset[str], model: str) -> AccessDecision:
         for grant in self.grants:
             if grant.applies_to(subjects) and grant.models.matches(model):
-                return AccessDecision(True, grant.id, f"allowed by {grant.id}")
-        return AccessDecision(False, None, "no access rule grants it")
+                return AccessDecision(True, grant.id, f"allowed by {grant.id}", _allow(grant.id))
+        return AccessDecision(False, None, "no access rule grants it", _NO_GRANT)
 
     def allowed_models(self, subjects: frozenset[str], names: Iterable[str]) -> list[str]:
         grants = [g for g in self.grants if g.applies_to(subjects)]
         return [n for n in names if any(g.models.matches(n) for g in grants)]
+
+
+def _allow(rule_id: str) -> Decision:
+    return Decision("authorize", rule_id, "allow")
+
+
+_NO_GRANT = Decision("authorize", None, "deny", "no_grant")

@@ -1,14 +1,13 @@
-"""The request path of DESIGN §1, stage by stage, over one ``RequestContext``.
+"""The LLM terminal: a governed model call routed to a provider (stages 7 and 8 of DESIGN §1).
 
-    authenticate → identify → authorize → budget → rate limit → input guardrails
-      → route → call provider → output guardrails → settle and record
-
-Stages 6 and 9 (guardrails) arrive with their own issue and take their places in
-``Pipeline.handle``; today the path is authenticate → read the request → identify → authorize →
-budget and rate limit → route → call provider → settle. Every stage either adds facts to the
-context or raises ``GatewayError``. Settle runs exactly once per request, whatever the outcome:
-at the end of ``handle`` for a plain response, at the end of the relayed stream for a streaming
-one (including a client that went away mid-stream).
+``prepare`` runs before the stages that charge the request: it finds the route of the model
+asked for (404 ``model_not_found``), refuses an operation none of its targets supports, and
+builds once the request of every target that translates, refusing a field that does not
+translate or state another account keeps (400), so that such a request is never charged.
+``call`` tries the route's targets as ``custos.routing`` orders, retries and skips them; a
+stream is read to its first bytes for the client before it is answered (a failure before that
+is a failed attempt the route may retry), then relayed by a generator the chain wraps in a
+``GovernedStream``.
 """
 
 from __future__ import annotations
@@ -17,17 +16,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
-from custos.audit.classes import declared_data_classes
 from custos.context import Attempt, RequestContext, Usage
-from custos.errors import ClientDisconnected, GatewayError
-from custos.identity.directory import Directory
-from custos.identity.jwt import looks_like_jwt
-from custos.identity.principal import AuthFailure, Principal
+from custos.errors import GatewayError
 from custos.providers.base import (
     ProviderCall,
     StreamDecoder,
@@ -49,179 +43,36 @@ from custos.providers.transport import (
     UpstreamUnreachable,
 )
 from custos.routing import TargetHealth, call_route
-from custos.runtime import ModelTarget, Route, Runtime
+from custos.routing.targets import ModelTarget, Route
+from custos.stage import GatewayResponse, StreamCloser
 from custos.telemetry import metrics
 
-log = logging.getLogger("custos.pipeline")
+log = logging.getLogger("custos.terminals.llm")
 
-if TYPE_CHECKING:
-    from custos.limits import Limiter
-
-Header = tuple[bytes, bytes]
 _JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 #: A provider's error body is read for its message only (500 characters of it are shown).
 ERROR_BODY_BYTES = 64 * 1024
 
 
-@dataclass(slots=True)
-class GatewayResponse:
-    status: int
-    headers: list[Header]
-    body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+class LLMTerminal:
+    """Routes model calls; lives as long as the process (its target health outlives a
+    revision), and serves every revision's chain."""
 
-
-ReadRequest = Callable[[RequestContext], Awaitable[None]]
-
-
-class Pipeline:
-    def __init__(
-        self, transport: Transport, on_settled: Callable[[RequestContext], None] | None = None
-    ) -> None:
+    def __init__(self, transport: Transport, health: TargetHealth | None = None) -> None:
         self.transport = transport
-        self.on_settled = on_settled
-        #: Runs first; raises ``GatewayError`` to refuse the request (the audit trail, while it
-        #: cannot make records durable).
-        self.admit: Callable[[RequestContext], None] | None = None
-        #: Awaited after settling and before the response (a stream's last chunk) is released
-        #: (the audit trail's strict durability).
-        self.release: Callable[[RequestContext], Awaitable[None]] | None = None
-        #: Set when the gateway has opened its store (``Gateway.start``).
-        self.directory: Directory | None = None
-        #: Budgets and rate limits (stages 4 and 5), set by ``Gateway.start``.
-        self.limiter: Limiter | None = None
-        #: Cooldowns and latencies of the targets (stage 7), kept across config revisions.
-        self.health: TargetHealth = TargetHealth()
+        #: Cooldowns and latencies of the targets, kept across config revisions.
+        self.health: TargetHealth = health if health is not None else TargetHealth()
 
-    async def handle(self, ctx: RequestContext, read_request: ReadRequest) -> GatewayResponse:
-        """Run the path. Raises ``GatewayError`` for a stopped request, after settling it.
+    # -- before the request is charged ---------------------------------------------------------
 
-        ``read_request`` reads and checks the body into the context; it runs after
-        authentication, so an unauthenticated caller costs no body parsing.
-        """
-        relayed = False
-        try:
-            if self.admit is not None:
-                self.admit(ctx)
-            await self.authenticate(ctx)
-            await read_request(ctx)
-            self.identify(ctx)
-            self.authorize(ctx)
-            if ctx.operation != "count_tokens":  # counting costs no tokens: no budget, no limit
-                self.check_targets(ctx)
-                await self.budget_and_rate_limit(ctx)
-            route = self.route(ctx)
-            response = await self.call_provider(ctx, route)
-            if ctx.limits is not None:
-                response.headers.extend(ctx.limits.headers)
-            if ctx.applied:  # the ids of the rules that let it through (DESIGN §1)
-                response.headers.append((b"x-custos-applied", ",".join(ctx.applied).encode()))
-            relayed = response.stream is not None
-            return response
-        except GatewayError as err:
-            ctx.status, ctx.error_code = err.status, err.code
-            raise
-        except (asyncio.CancelledError, ClientDisconnected):
-            ctx.client_disconnected = True
-            ctx.status, ctx.error_code = 499, "client_disconnected"
-            raise
-        except Exception:
-            ctx.status, ctx.error_code = 500, "internal_error"
-            raise
-        finally:
-            if not relayed:
-                self.settle(ctx)
-                if self.release is not None:
-                    await self.release(ctx)
-
-    # -- stage 1: authenticate ------------------------------------------------------------------
-
-    async def authenticate(self, ctx: RequestContext) -> Principal:
-        """Bearer token → principal: a gateway token from memory, or an IdP's JWT."""
-        ctx.principal = await self.principal_for(ctx.token, ctx.runtime)
-        return ctx.principal
-
-    async def principal_for(self, token: str | AuthFailure | None, runtime: Runtime) -> Principal:
-        if self.directory is None:
-            raise GatewayError(503, "not_ready", "The gateway is starting; try again shortly.")
-        if isinstance(token, AuthFailure):  # refused while reading the headers
-            raise token.to_error()
-        if not token:
-            raise GatewayError(
-                401,
-                "missing_api_key",
-                "No API key: send 'Authorization: Bearer <token>' "
-                "(or 'x-api-key' on /v1/messages).",
-            )
-        if runtime.jwt.idps and looks_like_jwt(token):
-            found = await runtime.jwt.principal(token)
-        else:
-            found = self.directory.lookup(token)
-        if isinstance(found, AuthFailure):
-            raise found.to_error()
-        return found
-
-    # -- stage 2: identify ---------------------------------------------------------------------
-
-    def identify(self, ctx: RequestContext) -> None:
-        ctx.metadata = ctx.runtime.metadata.parse(ctx.metadata_headers)
-        ctx.data_classes = declared_data_classes(ctx.metadata)
-
-    # -- stage 3: authorize --------------------------------------------------------------------
-
-    def authorize(self, ctx: RequestContext) -> None:
-        principal = ctx.principal
-        assert principal is not None
-        if not principal.may_use_model(ctx.model):
-            narrowed = "token" if principal.token_models is not None else "virtual account"
-            raise GatewayError(
-                403,
-                "model_not_allowed",
-                f"The model '{ctx.model}' is outside what this {narrowed} may call.",
-                param="model",
-            )
-        decision = ctx.runtime.access.decide(principal.subjects, ctx.model)
-        if not decision.allowed:
-            raise GatewayError(
-                403,
-                "model_not_allowed",
-                f"The model '{ctx.model}' is not allowed for {principal.name}: {decision.reason}.",
-                param="model",
-            )
-        assert decision.rule_id is not None
-        ctx.applied.append(decision.rule_id)
-
-    def check_targets(self, ctx: RequestContext) -> None:
-        """Refuse a request the model's targets cannot serve as asked (a field that does not
-        translate, state another account keeps) before it is charged to any limit: every
-        target that translates builds its request once here, and a 400 stops the request."""
-        route = ctx.runtime.routes.get(ctx.model)
-        if route is None:
-            return  # the route stage answers 404
-        if ctx.operation == "responses":
-            check_responses_state(ctx.body, route)
-        for target in route.targets:
-            adapter = target.adapter
-            if adapter.wire != ctx.protocol and adapter.supports(ctx.operation):
-                with contextlib.suppress(ValueError, TypeError):  # the attempt reports those
-                    built = adapter.build_request(_provider_call(ctx, target))
-                    if not adapter.needs_prepare:  # else built again after prepare (its token)
-                        ctx.prebuilt = {**(ctx.prebuilt or {}), target.name: built}
-
-    # -- stages 4 and 5: budget and rate limit -------------------------------------------------
-
-    async def budget_and_rate_limit(self, ctx: RequestContext) -> None:
-        """Stage 4 (every matching budget has room; a reservation of the estimated cost is
-        taken) and stage 5 (the first matching rate limit has room), decided separately and
-        taken together in one atomic step on the counters (``custos.limits``)."""
-        if self.limiter is not None:
-            await self.limiter.admit(ctx)
-
-    # -- stage 7: route ------------------------------------------------------------------------
+    def prepare(self, ctx: RequestContext) -> None:
+        route = self.route(ctx)
+        if ctx.operation != "count_tokens":  # nothing to translate: a count is not charged
+            self.check_targets(ctx, route)
 
     def route(self, ctx: RequestContext) -> Route:
+        """The model's route, or a refusal: an unknown model, an operation it does not do."""
         route = ctx.runtime.routes.get(ctx.model)
         if route is None:
             raise GatewayError(
@@ -241,14 +92,30 @@ class Pipeline:
             )
         return route
 
-    # -- stage 8: call provider ----------------------------------------------------------------
+    def check_targets(self, ctx: RequestContext, route: Route) -> None:
+        """Refuse a request the model's targets cannot serve as asked (a field that does not
+        translate, state another account keeps) before it is charged to any limit: every
+        target that translates builds its request once here, and a 400 stops the request."""
+        if ctx.operation == "responses":
+            check_responses_state(ctx.body, route)
+        for target in route.targets:
+            adapter = target.adapter
+            if adapter.wire != ctx.protocol and adapter.supports(ctx.operation):
+                with contextlib.suppress(ValueError, TypeError):  # the attempt reports those
+                    built = adapter.build_request(_provider_call(ctx, target))
+                    if not adapter.needs_prepare:  # else built again after prepare (its token)
+                        ctx.prebuilt = {**(ctx.prebuilt or {}), target.name: built}
 
-    async def call_provider(self, ctx: RequestContext, route: Route) -> GatewayResponse:
+    # -- the call --------------------------------------------------------------------------
+
+    async def call(self, ctx: RequestContext, chain: StreamCloser) -> GatewayResponse:
         """Try the route's targets as ``custos.routing`` orders, retries and skips them."""
-        return await call_route(ctx, route, self.health, partial(self._attempt, ctx, route))
+        route = ctx.runtime.routes[ctx.model]  # prepare found it
+        attempt = partial(self._attempt, ctx, route, chain)
+        return await call_route(ctx, route, self.health, attempt)
 
     async def _attempt(
-        self, ctx: RequestContext, route: Route, target: ModelTarget
+        self, ctx: RequestContext, route: Route, chain: StreamCloser, target: ModelTarget
     ) -> tuple[GatewayResponse | None, GatewayError | None]:
         ctx.served = target
         call = _provider_call(ctx, target)
@@ -285,7 +152,7 @@ class Pipeline:
                     opened = await _open_stream(target, call, upstream)
                     attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
                     ctx.first_byte_ns = time.monotonic_ns()
-                    return self._streaming(ctx, target, opened), None
+                    return self._streaming(ctx, target, opened, chain), None
                 body = await upstream.read(target.max_response_bytes)
                 parsed = target.adapter.parse_response(call, body)
         except (UpstreamTimeout, TimeoutError):
@@ -349,25 +216,34 @@ class Pipeline:
         return err
 
     def _streaming(
-        self, ctx: RequestContext, target: ModelTarget, opened: _OpenedStream
+        self, ctx: RequestContext, target: ModelTarget, opened: _OpenedStream, chain: StreamCloser
     ) -> GatewayResponse:
         headers = [*_SSE, (b"x-custos-served-by", target.served_by)]
-        return GatewayResponse(200, headers, stream=self._relay(ctx, target, opened))
+        relay = self._relay(ctx, target, opened, chain)
+        response = GatewayResponse(200, headers, stream=relay)
+        response.on_close = partial(_never_relayed, ctx, opened)
+        return response
 
     async def _relay(
-        self, ctx: RequestContext, target: ModelTarget, opened: _OpenedStream
+        self, ctx: RequestContext, target: ModelTarget, opened: _OpenedStream, chain: StreamCloser
     ) -> AsyncIterator[bytes]:
-        """Relay one upstream stream to the client, then settle, whatever happened."""
+        """Relay one upstream stream to the client, then settle, whatever happened once it
+        started (``_never_relayed`` covers a stream that never did)."""
         translator, decoder, upstream = opened.translator, opened.decoder, opened.upstream
         capture = ctx.capture
+        hooks = chain.on_chunk if chain.chunk_hooks else None
+        opened.started = True
         metrics.ACTIVE_STREAMS.inc()
         target_failed: bool | None = None
         try:
+            first = opened.first if hooks is None else hooks(ctx, opened.first)
             if capture is not None:
-                capture.feed(opened.first)
-            yield opened.first
+                capture.feed(first)
+            yield first
             async for chunk in opened.chunks:
                 out = b"".join(translator.feed(event) for event in decoder.feed(chunk))
+                if hooks is not None and out:
+                    out = hooks(ctx, out)
                 if out:
                     if capture is not None:
                         capture.feed(out)
@@ -379,35 +255,36 @@ class Pipeline:
                 if tail:
                     yield tail
                 ctx.status, ctx.error_code = 502, "upstream_stream_error"
+                ctx.stopped_at = "provider"
                 ctx.attempts[-1].error = ctx.error_code
                 return
             if not translator.complete:
                 raise UpstreamUnreachable("the provider ended the stream early")
             target_failed = False
             last = tail + translator.finish()
+            if hooks is not None:
+                last = hooks(ctx, last)
             if capture is not None:
                 capture.feed(last)
             ctx.status = 200
             # Settled before the last chunk goes out, so that a strict audit trail can hold
             # the chunk until the record is durable.
-            self._stream_usage(ctx, translator)
-            self.settle(ctx)
-            if self.release is not None:
-                try:
-                    await self.release(ctx)
-                except GatewayError as err:  # the 200 is sent: the refusal goes in the stream
-                    yield translator.error_event(ctx.protocol, err)
-                    return
+            _stream_usage(ctx, translator)
+            chain.settle(ctx)
+            try:
+                await chain.release(ctx)
+            except GatewayError as err:  # the 200 is sent: the refusal goes in the stream
+                yield translator.error_event(ctx.protocol, err)
+                return
             yield last
         except (UpstreamTimeout, UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
             target_failed = True
             err = _stream_failure(target, exc)
-            ctx.status, ctx.error_code = err.status, err.code
+            ctx.status, ctx.error_code, ctx.stopped_at = err.status, err.code, "provider"
             ctx.attempts[-1].error = err.code
             yield translator.error_event(ctx.protocol, err)
         except (asyncio.CancelledError, GeneratorExit):
-            ctx.client_disconnected = True
-            ctx.status, ctx.error_code = 499, "client_disconnected"
+            client_left(ctx)
             raise
         finally:
             if translator.complete:
@@ -419,53 +296,60 @@ class Pipeline:
                 # A client that left says nothing about the target: it was streaming.
                 ctx.report_outcome(bool(target_failed))
             if not ctx.settled:
-                self._stream_usage(ctx, translator)
-                self.settle(ctx)
+                _stream_usage(ctx, translator)
+                chain.settle(ctx)
 
-    def _stream_usage(self, ctx: RequestContext, translator: StreamTranslator) -> None:
-        """The usage of a relayed stream: the provider's final count, else what was counted."""
-        ctx.usage = translator.usage or Usage(
-            input_tokens=estimate_prompt_tokens(ctx.body),
-            output_tokens=translator.estimated_output_tokens,
-            estimated=True,
-        )
-        counted = translator.estimated_output_tokens
-        if counted > ctx.usage.output_tokens and (
-            ctx.usage.output_tokens == 0 or not translator.complete
-        ):
-            # Text went out but the provider reported no output (Anthropic's format cannot
-            # omit the count, so a missing one arrives as 0), or the stream broke before the
-            # final count: charge what was counted instead.
-            ctx.usage.output_tokens = counted
-            ctx.usage.estimated = True
-
-    # -- stage 10: settle and record -----------------------------------------------------------
-
-    def settle_unrelayed(self, ctx: RequestContext) -> None:
-        """Settle a streaming request whose stream never started: its client left first."""
-        if not ctx.settled:
-            ctx.client_disconnected = True
-            ctx.status, ctx.error_code = 499, "client_disconnected"
-            self.settle(ctx)
+    # -- settle ----------------------------------------------------------------------------
 
     def settle(self, ctx: RequestContext) -> None:
-        """Charge the actual usage and emit the request's one terminal record (once: a second
-        call does nothing)."""
-        if ctx.settled:
+        """Price the call (the chain's first step of settling, before the stages')."""
+        served, usage = ctx.served, ctx.usage
+        if usage is None or served is None:
             return
-        ctx.settled = True
-        if ctx.usage is not None and ctx.served is not None:
-            ctx.cost_micros = ctx.served.price.cost_micros(ctx.usage)
-            model = ctx.served.name
-            metrics.child(metrics.TOKENS, model, "input").inc(ctx.usage.input_tokens)
-            metrics.child(metrics.TOKENS, model, "output").inc(ctx.usage.output_tokens)
-            metrics.child(metrics.COST, model).inc(ctx.cost_micros)
-        if self.limiter is not None:
-            self.limiter.settle(ctx)  # the reservation becomes the actual cost
-        if ctx.error_code is not None:
-            metrics.DENIALS.labels(ctx.error_code).inc()
-        if self.on_settled is not None:
-            self.on_settled(ctx)
+        ctx.cost_micros = served.price.cost_micros(usage)
+        model = served.name
+        metrics.child(metrics.TOKENS, model, "input").inc(usage.input_tokens)
+        metrics.child(metrics.TOKENS, model, "output").inc(usage.output_tokens)
+        metrics.child(metrics.COST, model).inc(ctx.cost_micros)
+        if served.price.unpriced:
+            metrics.UNPRICED_CALLS.labels(model).inc()
+
+
+def client_left(ctx: RequestContext) -> None:
+    """The client went away before the answer was complete (recorded as 499)."""
+    ctx.client_disconnected = True
+    ctx.status, ctx.error_code, ctx.stopped_at = 499, "client_disconnected", "client"
+
+
+def _never_relayed(ctx: RequestContext, opened: _OpenedStream) -> None:
+    """A stream closed before its relay started (its client left first): nothing else will
+    close the provider's stream or report the target, so this does, and counts what was read."""
+    if opened.started:
+        return
+    opened.upstream.close()
+    if ctx.report_outcome is not None:
+        ctx.report_outcome(False)  # a client that left says nothing about the target
+    if not ctx.settled:
+        client_left(ctx)
+        _stream_usage(ctx, opened.translator)
+
+
+def _stream_usage(ctx: RequestContext, translator: StreamTranslator) -> None:
+    """The usage of a relayed stream: the provider's final count, else what was counted."""
+    ctx.usage = translator.usage or Usage(
+        input_tokens=estimate_prompt_tokens(ctx.body),
+        output_tokens=translator.estimated_output_tokens,
+        estimated=True,
+    )
+    counted = translator.estimated_output_tokens
+    if counted > ctx.usage.output_tokens and (
+        ctx.usage.output_tokens == 0 or not translator.complete
+    ):
+        # Text went out but the provider reported no output (Anthropic's format cannot
+        # omit the count, so a missing one arrives as 0), or the stream broke before the
+        # final count: charge what was counted instead.
+        ctx.usage.output_tokens = counted
+        ctx.usage.estimated = True
 
 
 def _estimated_count(ctx: RequestContext, target: ModelTarget, attempt: Attempt) -> GatewayResponse:
@@ -507,6 +391,8 @@ class _OpenedStream:
     translator: StreamTranslator
     decoder: StreamDecoder
     first: bytes
+    #: Set when the relay starts; from then on it owns closing the upstream and settling.
+    started: bool = False
 
 
 class _StreamNotStarted(Exception):
