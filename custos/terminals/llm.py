@@ -155,49 +155,14 @@ class LLMTerminal:
                     return self._streaming(ctx, target, opened, chain), None
                 body = await upstream.read(target.max_response_bytes)
                 parsed = target.adapter.parse_response(call, body)
-        except (UpstreamTimeout, TimeoutError):
-            if upstream is not None:
-                upstream.close()
-            err = GatewayError(
-                504, "upstream_timeout", f"provider {target.account} did not answer in time"
-            )
-            return None, self._failed(attempt, err, started)
-        except _StreamNotStarted as exc:
-            upstream.close()  # type: ignore[union-attr]
-            return None, self._failed(attempt, exc.error, started)
         except asyncio.CancelledError:  # the gateway stopping: no half-read response is kept
             if upstream is not None:
                 upstream.close()
             raise
-        except UpstreamUnreachable:
-            err = GatewayError(
-                502, "upstream_unreachable", f"could not reach provider {target.account}"
-            )
-            return None, self._failed(attempt, err, started)
-        except UpstreamMalformed as exc:
-            err = GatewayError(
-                502, "upstream_malformed_response", f"provider {target.account}: {exc}"
-            )
-            return None, self._failed(attempt, err, started)
-        except UpstreamTooLarge:
-            err = GatewayError(
-                502,
-                "upstream_response_too_large",
-                f"provider {target.account} answered with more than "
-                f"{target.max_response_bytes} bytes (its max_response_bytes)",
-            )
-            return None, self._failed(attempt, err, started)
-        except UpstreamRequestFailed as exc:
-            log.warning("request to provider %s not sent: %s", target.account, exc)
-            err = GatewayError(
-                502,
-                "upstream_request_failed",
-                f"the request to provider {target.account} could not be sent",
-            )
-            return None, self._failed(attempt, err, started)
-        except UpstreamCredentialsFailed as exc:
-            err = GatewayError(502, "upstream_auth_failed", str(exc))
-            return None, self._failed(attempt, err, started)
+        except _ATTEMPT_FAILURES as exc:
+            if upstream is not None:
+                upstream.close()
+            return None, self._failed(attempt, _attempt_failure(target, exc), started)
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
         if ctx.operation != "count_tokens":  # a count is not a use of the model
             ctx.usage = parsed.usage or Usage(
@@ -433,6 +398,39 @@ async def _open_stream(
             )
         )
     return _OpenedStream(upstream, chunks, translator, decoder, first)
+
+
+#: What ends one attempt on a target (``_attempt_failure`` says how the caller sees each).
+_ATTEMPT_FAILURES = (
+    UpstreamTimeout, TimeoutError, _StreamNotStarted, UpstreamUnreachable, UpstreamMalformed,
+    UpstreamTooLarge, UpstreamRequestFailed, UpstreamCredentialsFailed,
+)  # fmt: skip
+
+
+def _attempt_failure(target: ModelTarget, exc: Exception) -> GatewayError:
+    """The error a failed attempt ends with (never the provider's credentials or raw text)."""
+    account = target.account
+    if isinstance(exc, UpstreamTimeout | TimeoutError):
+        return GatewayError(504, "upstream_timeout", f"provider {account} did not answer in time")
+    if isinstance(exc, _StreamNotStarted):
+        return exc.error
+    if isinstance(exc, UpstreamUnreachable):
+        return GatewayError(502, "upstream_unreachable", f"could not reach provider {account}")
+    if isinstance(exc, UpstreamMalformed):
+        return GatewayError(502, "upstream_malformed_response", f"provider {account}: {exc}")
+    if isinstance(exc, UpstreamTooLarge):
+        return GatewayError(
+            502,
+            "upstream_response_too_large",
+            f"provider {account} answered with more than {target.max_response_bytes} bytes "
+            "(its max_response_bytes)",
+        )
+    if isinstance(exc, UpstreamRequestFailed):
+        log.warning("request to provider %s not sent: %s", account, exc)
+        return GatewayError(
+            502, "upstream_request_failed", f"the request to provider {account} could not be sent"
+        )
+    return GatewayError(502, "upstream_auth_failed", str(exc))  # UpstreamCredentialsFailed
 
 
 def _stream_failure(target: ModelTarget, exc: Exception) -> GatewayError:
