@@ -11,12 +11,12 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from custos.audit.checkpoint import Checkpointer
-from custos.audit.events import GatewayInfo
-from custos.audit.record import seal, unix_ms
-from custos.audit.retention import purge, purge_window, release_hold, set_hold
-from custos.audit.sequencer import Sequencer
-from custos.audit.store import AuditStore, _sqlite_time, ms_to_datetime
+from custos.audit.compliance.retention import purge, purge_window, release_hold, set_hold
+from custos.audit.log.checkpoint import Checkpointer
+from custos.audit.log.sequencer import Sequencer
+from custos.audit.records.events import GatewayInfo
+from custos.audit.records.record import seal, unix_ms
+from custos.audit.storage.store import AuditStore, _sqlite_time, ms_to_datetime
 from custos.state.errors import Invalid
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, open_store

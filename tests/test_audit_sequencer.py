@@ -12,9 +12,9 @@ import time
 import asyncpg
 import pytest
 
-from custos.audit.merkle import Frontier, root_of
-from custos.audit.sequencer import Fenced, Sequencer, append_leaves, load_frontier
-from custos.audit.store import AuditStore
+from custos.audit.log.merkle import Frontier, root_of
+from custos.audit.log.sequencer import Fenced, Sequencer, append_leaves, load_frontier
+from custos.audit.storage.store import AuditStore
 from custos.state.store import Store, open_store
 from tests.audit_log_worker import record
 from tests.conftest import ROOT

@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from custos.audit.record import CONFIG_REVISION, LLM_CALL, parse_rfc3339
-from custos.audit.store import _LLM_FIELDS
+from custos.audit.records.record import CONFIG_REVISION, LLM_CALL, parse_rfc3339
+from custos.audit.storage.store import _LLM_FIELDS
 from custos.state.store import Store, _dt
 
 Fail = Callable[[str], None]

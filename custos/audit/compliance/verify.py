@@ -21,8 +21,8 @@ Checks, in order (``verify_log``):
    past the latest checkpoint fail once the first of them is older than ``unsigned_delay_s``
    (the gateways stopped signing);
 8. the tables derived from records, which reports and the config history read:
-   ``custos.audit.derived`` checks the query projections and the stored config texts against
-   the records they came from.
+   ``custos.audit.compliance.derived`` checks the query projections and the stored config texts
+   against the records they came from.
 
 With a time range (``--from``/``--to``: ``since``/``until``) only the bodies of records whose
 ``time_start`` falls in ``[since, until)`` are re-hashed and counted; every other check runs in
@@ -63,7 +63,8 @@ from typing import Any
 import orjson
 
 from custos import private
-from custos.audit.checkpoint import (
+from custos.audit.compliance.derived import check_config_texts, check_projections, each_event
+from custos.audit.log.checkpoint import (
     Checkpoint,
     NoteError,
     Verifier,
@@ -73,16 +74,15 @@ from custos.audit.checkpoint import (
     parse_checkpoint,
     read_export,
 )
-from custos.audit.derived import check_config_texts, check_projections, each_event
-from custos.audit.merkle import (
+from custos.audit.log.merkle import (
     Frontier,
     consistency_proof,
     leaf_hash,
     needed_for_consistency,
     verify_consistency,
 )
-from custos.audit.record import AUDIT_PURGE
-from custos.audit.sequencer import read_nodes
+from custos.audit.log.sequencer import read_nodes
+from custos.audit.records.record import AUDIT_PURGE
 from custos.audit.settings import AuditSettings
 from custos.state.models import utcnow
 from custos.state.store import Store, _dt
@@ -519,7 +519,7 @@ def _covers(ranges: list[tuple[int, int]], seq: int) -> bool:
 def verify_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
     """``--from``/``--to`` (either may be left out) as ``[since, until)``: dates are whole UTC
     days, ``to`` inclusive; RFC 3339 times are exact, ``to`` exclusive. Raises ``ValueError``."""
-    from custos.audit.report import ReportError, parse_range
+    from custos.audit.compliance.report import ReportError, parse_range
 
     if since is None and until is None:
         return None, None
@@ -619,7 +619,7 @@ async def _keys_main(args: argparse.Namespace) -> int:
 
 
 async def _prove_main(args: argparse.Namespace) -> int:
-    from custos.audit.proof import ProofError, prove_event
+    from custos.audit.log.proof import ProofError, prove_event
 
     store = await _open(args)
     try:
@@ -639,7 +639,7 @@ async def _prove_main(args: argparse.Namespace) -> int:
 
 
 def _check_proof_main(args: argparse.Namespace) -> int:
-    from custos.audit.proof import ProofError, check_proof
+    from custos.audit.log.proof import ProofError, check_proof
 
     try:
         with open(args.file, encoding="utf-8") as source:

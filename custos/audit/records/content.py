@@ -1,6 +1,6 @@
 """Content capture: what ``audit.content`` keeps of prompts and completions, and how it is read.
 
-Modes (``custos.audit.transcript`` says what "the content" of a call is):
+Modes (``custos.audit.records.transcript`` says what "the content" of a call is):
 
 - ``none`` (the default): nothing. The request path does no extra work: no capture object is
   made, and the record has no ``content.*`` fields.
@@ -58,14 +58,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from custos import private
-from custos.audit import content_store
-from custos.audit.content_store import CHANGE_KIND, Attachment, KeyRow
-from custos.audit.record import new_salt, uuid7
-from custos.audit.transcript import StreamTranscript, request_content, response_content
+from custos.audit.records.record import new_salt, uuid7
+from custos.audit.records.transcript import StreamTranscript, request_content, response_content
+from custos.audit.storage import content_store
+from custos.audit.storage.content_store import CHANGE_KIND, Attachment, KeyRow
 from custos.guardrails import pii
 
 if TYPE_CHECKING:
-    from custos.audit.store import AuditStore, StoredEvent
+    from custos.audit.storage.store import AuditStore, StoredEvent
     from custos.context import RequestContext
     from custos.state.models import Change
     from custos.state.store import Store
@@ -347,7 +347,7 @@ async def read_content(
     """The content of the ``llm.call`` records among ``events``, each ciphertext checked
     against the SHA-256 its record names before it is decrypted. Raises ``ContentUnreadable``
     for altered content, ``ContentKeyUnavailable`` without the master key."""
-    from custos.audit.record import leaf_hash
+    from custos.audit.records.record import leaf_hash
 
     out: list[EventContent] = []
     for event in events:

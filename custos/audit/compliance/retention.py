@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from custos.audit import events
-from custos.audit.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
+from custos.audit.records import events
+from custos.audit.records.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
 from custos.audit.settings import AuditSettings
-from custos.audit.store import insert_in
+from custos.audit.storage.store import insert_in
 from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, Tx, _dt

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from custos import __version__
-from custos.audit.record import (
+from custos.audit.records.record import (
     ADMIN_CHANGE,
     AUDIT_PURGE,
     AUTH_FAILURE,

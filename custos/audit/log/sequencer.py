@@ -34,12 +34,12 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from custos.audit.merkle import Frontier
+from custos.audit.log.merkle import Frontier
 from custos.state.models import utcnow
 from custos.state.store import Store, Tx
 
 if TYPE_CHECKING:
-    from custos.audit.checkpoint import Signer
+    from custos.audit.log.checkpoint import Signer
 
 log = logging.getLogger("custos.audit.sequencer")
 
@@ -333,7 +333,7 @@ class AuditLog:
     as an OTLP log record; ``instance`` names this process there."""
 
     def __init__(self, store: Store, settings: Any, *, instance: str | None = None) -> None:
-        from custos.audit.checkpoint import Checkpointer
+        from custos.audit.log.checkpoint import Checkpointer
 
         self.store = store
         self.checkpointer: Checkpointer | None = None
@@ -343,8 +343,8 @@ class AuditLog:
             signers = load_signers(settings)
             otlp = settings.otlp
             if otlp is not None and otlp.logs:
-                from custos.audit.events import GatewayInfo
-                from custos.audit.export import OTLPCheckpointExport
+                from custos.audit.compliance.export import OTLPCheckpointExport
+                from custos.audit.records.events import GatewayInfo
 
                 gateway = GatewayInfo(instance or socket.gethostname())
                 self.otlp = OTLPCheckpointExport(otlp, gateway)
@@ -409,7 +409,7 @@ class AuditLog:
 def _with_key_beside_store(settings: Any, store: Store) -> Any:
     """``settings`` with the key ``custos init`` made beside a SQLite store as ``signing_key``,
     when none is configured (a file, or the PEM in the environment) and that file exists."""
-    from custos.audit.checkpoint import KEY_ENV, key_beside_store
+    from custos.audit.log.checkpoint import KEY_ENV, key_beside_store
 
     if settings.signing_key is not None or os.environ.get(KEY_ENV) or store.dialect != "sqlite":
         return settings
@@ -423,7 +423,7 @@ def _with_key_beside_store(settings: Any, store: Store) -> Any:
 def load_signers(settings: Any) -> list[Signer]:
     """The current signing key and, during a rotation, the retiring one after it (both sign
     every checkpoint). Each passphrase variable is removed from the environment, used or not."""
-    from custos.audit.checkpoint import RETIRING_PASSPHRASE_ENV, load_signer
+    from custos.audit.log.checkpoint import RETIRING_PASSPHRASE_ENV, load_signer
 
     signers = [load_signer(settings.signing_key_name, settings.signing_key)]
     retiring = getattr(settings, "retiring_signing_key", None)

@@ -33,13 +33,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from custos.audit import content, events
-from custos.audit.export import Exports
-from custos.audit.record import NotCanonical, SealedRecord, seal
+from custos.audit.compliance.export import Exports
+from custos.audit.records import content, events
+from custos.audit.records.record import NotCanonical, SealedRecord, seal
 from custos.audit.settings import AuditSettings
-from custos.audit.spool import Spool
-from custos.audit.store import AuditStore
-from custos.audit.writer import STRICT_WAIT_S, AuditUnavailable, AuditWriter, WaitFor, failed
+from custos.audit.storage.spool import Spool
+from custos.audit.storage.store import AuditStore
+from custos.audit.storage.writer import (
+    STRICT_WAIT_S,
+    AuditUnavailable,
+    AuditWriter,
+    WaitFor,
+    failed,
+)
 from custos.errors import GatewayError
 from custos.state.invalidation import Invalidation
 from custos.telemetry import metrics

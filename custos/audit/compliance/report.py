@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from custos.audit.store import AuditStore
+from custos.audit.storage.store import AuditStore
 
 #: Report dimension → its SQL expression over ``audit_llm_calls c`` (and ``d``, the classes).
 _COLUMNS = {
