@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from custos.audit.compliance.verify import RetireError, retire_key, verify_log
+from custos.audit.compliance.verify import verify_log
 from custos.audit.log.checkpoint import (
     EM_DASH,
     Checkpointer,
@@ -21,6 +21,7 @@ from custos.audit.log.checkpoint import (
     parse_checkpoint,
     read_export,
 )
+from custos.audit.log.keys import RetireError, retire_key
 from custos.audit.log.sequencer import AuditLog, Sequencer
 from custos.audit.settings import AuditSettings
 from custos.audit.storage.store import AuditStore
