@@ -40,7 +40,7 @@ async def check_projections(store: Store, fail: Fail, *, window: list[Any], page
     """The projection rows of every ``llm.call`` record (only those whose time is in
     ``window``, ``[since, until)``, when given), then rows left without a record."""
     in_range = " AND e.at >= $3 AND e.at < $4" if window else ""
-    nul = "\ufffd" if store.dialect == "postgresql" else "\x00"
+    nul = store.text_nul
     checked, after = 0, 0
     while True:
         async with store.transaction(readonly=True) as tx:

@@ -191,10 +191,6 @@ class AuditStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    @property
-    def dialect(self) -> str:
-        return self.store.dialect
-
     # -- writes --------------------------------------------------------------------------------
 
     async def insert(
@@ -353,7 +349,7 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
     records in ``audit_pending`` for the one sequencer)."""
     if not records:
         return
-    if tx.dialect == "sqlite":
+    if tx.serial_writes:
         await _insert_sqlite(tx, records)
     else:
         await _insert_postgresql(tx, records)
