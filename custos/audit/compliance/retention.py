@@ -268,22 +268,13 @@ async def purge(
             after = seqs[-1]
             if dry_run:
                 break
-            ids = [(r["event_id"],) for r in rows]
             fields, at_ms = events.audit_purge(
                 cutoff_ms=unix_ms(cutoff), retention_days=retention_days,
                 seq_ranges=seq_ranges(seqs), count=len(seqs), team_holds=teams,
                 trigger=trigger, gateway=gateway,
             )  # fmt: skip
             record = seal(fields, at_ms=at_ms)
-            async with tx.erasing(), tx.purge_window():
-                await tx.executemany(
-                    "UPDATE audit_events SET record = $2 WHERE event_id = $1",
-                    [(event_id, b"") for (event_id,) in ids],
-                )
-                await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
-                await tx.executemany(
-                    "DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids
-                )
+            await _empty(tx, [r["event_id"] for r in rows])
             await insert_in(tx, [record])
             result.records.append(record)
         if len(rows) < batch:
@@ -292,6 +283,19 @@ async def purge(
         await store.checkpoint_wal()
         log.info("audit retention: %s", result.summary)
     return result
+
+
+async def _empty(tx: Tx, event_ids: list[str]) -> None:
+    """Empty the bodies of ``event_ids`` and drop their projection rows, in the purge window,
+    overwriting the freed bytes where the engine can."""
+    ids = [(event_id,) for event_id in event_ids]
+    async with tx.erasing(), tx.purge_window():
+        await tx.executemany(
+            "UPDATE audit_events SET record = $2 WHERE event_id = $1",
+            [(event_id, b"") for (event_id,) in ids],
+        )
+        await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
+        await tx.executemany("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids)
 
 
 class RetentionJob:

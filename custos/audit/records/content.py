@@ -259,6 +259,32 @@ def _redacted(value: Any, counts: Counter[str]) -> Any:
     return value
 
 
+def _captured_parts(ctx: RequestContext, capture: ContentCapture) -> dict[str, Any]:
+    """The content of the call: its request, and its response as relayed (stream or body)."""
+    parts: dict[str, Any] = {}
+    if ctx.body:
+        parts["request"] = request_content(ctx.body)
+    if capture.stream is not None:
+        parts["response"] = capture.stream.result()
+    elif capture.response is not None:
+        found = response_content(ctx.protocol, ctx.operation, capture.response)
+        if found is not None:
+            parts["response"] = found
+    return parts
+
+
+def _keyed_digests(key: bytes, parts: dict[str, Any]) -> dict[str, str | None]:
+    """``hash`` mode's fields: each part's HMAC-SHA-256 under the record's salt ``key``."""
+    fields: dict[str, str | None] = {}
+    for part in PARTS:
+        digest = None
+        if part in parts:
+            message = f"custos.audit.content.{part}\x00".encode() + _canonical(parts[part])
+            digest = hmac.new(key, message, hashlib.sha256).hexdigest()
+        fields[f"content.{part}.hmac_sha256"] = digest
+    return fields
+
+
 def capture_into(
     record: dict[str, Any], at_ms: int, ctx: RequestContext, keys: ContentKeys | None
 ) -> Attachment | None:
@@ -269,30 +295,14 @@ def capture_into(
     The record is changed only once everything succeeded (a failure raises and leaves it
     without ``content.*`` fields).
     """
-    capture = ctx.capture
-    assert capture is not None
-    mode = capture.mode
-    parts: dict[str, Any] = {}
-    if ctx.body:
-        parts["request"] = request_content(ctx.body)
-    if capture.stream is not None:
-        parts["response"] = capture.stream.result()
-    elif capture.response is not None:
-        found = response_content(ctx.protocol, ctx.operation, capture.response)
-        if found is not None:
-            parts["response"] = found
+    assert ctx.capture is not None
+    mode = ctx.capture.mode
+    parts = _captured_parts(ctx, ctx.capture)
     event_id = record.setdefault("event_id", uuid7(at_ms))
     salt = record.setdefault("salt", new_salt())
     fields: dict[str, Any] = {"content.mode": mode}
     if mode == "hash":
-        key = bytes.fromhex(salt)
-        for part in PARTS:
-            digest = None
-            if part in parts:
-                message = f"custos.audit.content.{part}\x00".encode() + _canonical(parts[part])
-                digest = hmac.new(key, message, hashlib.sha256).hexdigest()
-            fields[f"content.{part}.hmac_sha256"] = digest
-        record.update(fields)
+        record.update(fields | _keyed_digests(bytes.fromhex(salt), parts))
         return None
     counts: Counter[str] = Counter()
     if mode == "redacted":
