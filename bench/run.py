@@ -565,7 +565,7 @@ class Bench:
         """Start a gateway on a fresh store in a directory of its own (with a new checkpoint
         signing key and, unless BENCH_TOKEN is set, a new token): ``custos serve``, or
         ``bench/variant.py VARIANT`` with some stages switched off."""
-        from custos.audit.checkpoint import generate_pem  # run.sh runs this with .venv's Python
+        from custos.audit.log.checkpoint import generate_pem  # run.sh runs this with .venv's Python
 
         custos = VENV_BIN / "custos"
         self.gateway_starts += 1

@@ -27,9 +27,9 @@ import tempfile
 import time
 from typing import Any
 
-from custos.audit import store as audit_store
-from custos.audit.merkle import Frontier
-from custos.audit.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.log.merkle import Frontier
+from custos.audit.records.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.storage import store as audit_store
 from custos.state.migrations import m0003_audit, m0006_audit_lean, m0008_audit_type_index
 from custos.state.store import open_store
 

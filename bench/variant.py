@@ -27,7 +27,7 @@ import argparse
 import sys
 from typing import Any
 
-from custos.audit.merkle import Frontier
+from custos.audit.log.merkle import Frontier
 from custos.context import RequestContext
 from custos.gateway import Gateway
 from custos.identity.stage import Authenticate
@@ -72,12 +72,12 @@ def gateway_keeping(stages: frozenset[str]) -> type[Gateway]:
 async def _skip_log(gateway: Gateway) -> None:
     """Records are stored but never appended to the Merkle log: PostgreSQL's trigger no longer
     queues them, and SQLite's inserts no longer extend the tree."""
-    import custos.audit.store
+    import custos.audit.storage.store
 
     async def unlogged(tx: Any, leaves: Any, **_: Any) -> Frontier:
         return Frontier()
 
-    custos.audit.store.append_leaves = unlogged  # type: ignore[assignment]
+    custos.audit.storage.store.append_leaves = unlogged  # type: ignore[assignment]
 
     assert gateway.identity is not None
     if gateway.identity.store.dialect == "postgresql":

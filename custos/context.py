@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
-    from custos.audit.content import ContentCapture
+    from custos.audit.records.content import ContentCapture
     from custos.identity.principal import AuthFailure, Principal
     from custos.limits import Metering
     from custos.runtime import ModelTarget, Runtime

@@ -16,9 +16,9 @@ import logging
 import signal
 from pathlib import Path
 
-from custos.audit.retention import RetentionJob
-from custos.audit.sequencer import AuditLog
-from custos.audit.trail import AuditTrail
+from custos.audit.compliance.retention import RetentionJob
+from custos.audit.log.sequencer import AuditLog
+from custos.audit.records.trail import AuditTrail
 from custos.chain import READ_REQUEST, GovernanceChain
 from custos.chain.chain import PREPARE_TERMINAL
 from custos.config.loader import LoadedConfig, load_config

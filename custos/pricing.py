@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from custos.audit.record import MAX_INT
+from custos.audit.records.record import MAX_INT
 from custos.config.schema import ModelSettings
 from custos.context import Usage
 

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from custos.audit.record import SealedRecord, leaf_hash, unseal
-from custos.audit.store import AuditStore
+from custos.audit.records.record import SealedRecord, leaf_hash, unseal
+from custos.audit.storage.store import AuditStore
 from custos.state.store import Store, Tx, open_store
 from tests.conftest import GatewayProcess
 

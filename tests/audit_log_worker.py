@@ -7,9 +7,9 @@ import asyncio
 import sys
 import time
 
-from custos.audit.record import rfc3339_ms, seal
-from custos.audit.sequencer import Sequencer
-from custos.audit.store import AuditStore
+from custos.audit.log.sequencer import Sequencer
+from custos.audit.records.record import rfc3339_ms, seal
+from custos.audit.storage.store import AuditStore
 from custos.state.store import open_store
 
 

@@ -19,7 +19,7 @@ import pytest
 from custos.admin import bootstrap
 from custos.admin.errors import BadInput
 from custos.admin.narrowing import check_patterns
-from custos.audit.record import EVENT_TYPES
+from custos.audit.records.record import EVENT_TYPES
 from custos.http.admin import PREFIX, ROUTES, AdminAPI
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal

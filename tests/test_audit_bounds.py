@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from custos.audit.record import MAX_INT
+from custos.audit.records.record import MAX_INT
 from custos.context import MAX_TOKENS
 from tests.audit_helpers import integers_in, recorded, serve_http
 from tests.conftest import GatewayProcess, MockProvider
@@ -189,8 +189,8 @@ def test_data_class_counts_past_the_bound_are_a_400_with_a_record(
 def test_a_record_holding_an_unrecordable_value_is_repaired_not_lost():
     """The safety net behind the bounds: sealing that fails is retried on a repaired record
     that names what it changed, so the request still has its one record."""
-    from custos.audit.events import repaired
-    from custos.audit.record import NotCanonical, seal, unseal
+    from custos.audit.records.events import repaired
+    from custos.audit.records.record import NotCanonical, seal, unseal
 
     record = {
         "event_type": "llm.call",
@@ -217,7 +217,7 @@ def test_sealing_refuses_integers_past_the_schema_even_unchecked():
     """The request path seals without the checking walk: an integer between 2**53 and 2**64
     (which orjson would otherwise write) must still be refused, and so repaired, not stored
     as a record no reader can hold exactly."""
-    from custos.audit.record import NotCanonical, seal
+    from custos.audit.records.record import NotCanonical, seal
 
     for value in (2**53, -(2**53), 2**63):
         with pytest.raises(NotCanonical):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from custos.audit.checkpoint import (
+from custos.audit.log.checkpoint import (
     EM_DASH,
     GENESIS_PREV,
     Checkpointer,
@@ -26,9 +26,9 @@ from custos.audit.checkpoint import (
     read_export,
     sign_note,
 )
-from custos.audit.merkle import root_of
-from custos.audit.sequencer import Sequencer
-from custos.audit.store import AuditStore
+from custos.audit.log.merkle import root_of
+from custos.audit.log.sequencer import Sequencer
+from custos.audit.storage.store import AuditStore
 from custos.state.store import Store
 from tests.audit_log_worker import record
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

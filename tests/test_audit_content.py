@@ -18,7 +18,7 @@ import openai
 import orjson
 import pytest
 
-from custos.audit.transcript import request_content, response_content
+from custos.audit.records.transcript import request_content, response_content
 from tests.audit_helpers import eventually, one_call, query, stored_records
 from tests.conftest import CUSTOS, ROOT, GatewayProcess, MockProvider, standard_config
 

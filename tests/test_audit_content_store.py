@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from custos.audit import content
-from custos.audit.content_store import Attachment, erase, stored_part
+from custos.audit.records import content
 from custos.audit.settings import AuditSettings
-from custos.audit.store import AuditStore
+from custos.audit.storage.content_store import Attachment, erase, stored_part
+from custos.audit.storage.store import AuditStore
 from custos.state.models import Actor, Change
 from custos.state.store import Store
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
@@ -154,9 +154,9 @@ def test_postgresql_needs_a_configured_key_for_encrypted_modes() -> None:
 async def test_attachments_left_in_a_spool_are_replayed_with_their_records(tmp_path: Path) -> None:
     """What a crash leaves in the spool (a record line, then its attachment line) reaches the
     store at the next start, content included."""
-    from custos.audit.record import rfc3339_ms, seal
-    from custos.audit.spool import Spool
-    from custos.audit.writer import AuditWriter
+    from custos.audit.records.record import rfc3339_ms, seal
+    from custos.audit.storage.spool import Spool
+    from custos.audit.storage.writer import AuditWriter
     from custos.state.store import open_store
 
     db = await open_store(f"sqlite:///{tmp_path / 'custos.db'}")
@@ -184,7 +184,7 @@ async def test_attachments_left_in_a_spool_are_replayed_with_their_records(tmp_p
 def test_a_stream_and_a_plain_response_capture_the_same_output() -> None:
     import orjson
 
-    from custos.audit.transcript import StreamTranscript, response_content
+    from custos.audit.records.transcript import StreamTranscript, response_content
 
     def sse(*events: dict) -> bytes:
         return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)

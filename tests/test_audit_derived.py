@@ -10,12 +10,12 @@ import hashlib
 
 import pytest
 
-from custos.audit.checkpoint import Checkpointer
-from custos.audit.events import GatewayInfo, config_revision
-from custos.audit.record import seal
-from custos.audit.sequencer import Sequencer
-from custos.audit.store import _LLM_COLUMNS, AuditStore
-from custos.audit.verify import verify_log
+from custos.audit.compliance.verify import verify_log
+from custos.audit.log.checkpoint import Checkpointer
+from custos.audit.log.sequencer import Sequencer
+from custos.audit.records.events import GatewayInfo, config_revision
+from custos.audit.records.record import seal
+from custos.audit.storage.store import _LLM_COLUMNS, AuditStore
 from custos.state.store import Store
 from tests.audit_helpers import unguarded
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from custos.audit.record import leaf_hash
+from custos.audit.records.record import leaf_hash
 from tests.audit_helpers import eventually, one_call, query, serve_http
 from tests.conftest import CUSTOS, ROOT, GatewayProcess, free_port, standard_config, wait_http
 

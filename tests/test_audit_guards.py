@@ -11,12 +11,12 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from custos.audit.checkpoint import Checkpointer
-from custos.audit.events import GatewayInfo
-from custos.audit.record import seal, unix_ms
-from custos.audit.retention import purge, purge_window, release_hold, set_hold
-from custos.audit.sequencer import Sequencer
-from custos.audit.store import AuditStore, _sqlite_time, ms_to_datetime
+from custos.audit.compliance.retention import purge, release_hold, set_hold
+from custos.audit.log.checkpoint import Checkpointer
+from custos.audit.log.sequencer import Sequencer
+from custos.audit.records.events import GatewayInfo
+from custos.audit.records.record import seal, unix_ms
+from custos.audit.storage.store import AuditStore, _sqlite_time, ms_to_datetime
 from custos.state.errors import Invalid
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, open_store
@@ -153,7 +153,7 @@ async def test_the_purge_window_allows_exactly_the_purge(store: Store) -> None: 
                   f"UPDATE audit_events SET record = ''::bytea WHERE event_id = '{event}'",
                   "audit_events", "UPDATE")  # fmt: skip
     # Inside: emptying a sequenced body and deleting its projection rows is allowed ...
-    async with store.transaction() as tx, purge_window(tx):
+    async with store.transaction() as tx, tx.purge_window():
         assert await tx.execute(empty, b"", event) == 1
         await tx.execute("DELETE FROM audit_llm_calls WHERE event_id = $1", event)
         await tx.execute("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", event)
@@ -168,7 +168,7 @@ async def test_the_purge_window_allows_exactly_the_purge(store: Store) -> None: 
         ("UPDATE audit_llm_calls SET team = 'x'", ()),
     ):  # fmt: skip
         with pytest.raises(Invalid, match="the audit tables are append-only"):
-            async with store.transaction() as tx, purge_window(tx):
+            async with store.transaction() as tx, tx.purge_window():
                 await tx.execute(sql, *args)
     # The window closes with its transaction.
     await refused(store, "DELETE FROM audit_llm_calls", "audit_llm_calls", "DELETE")
@@ -215,7 +215,7 @@ async def test_the_documented_grants(pg_url: str) -> None:  # noqa: F811
             for sql in ("UPDATE audit_events SET record = ''::bytea", "DELETE FROM audit_leaves",
                         "TRUNCATE audit_checkpoints", "DELETE FROM audit_llm_calls"):  # fmt: skip
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    async with as_app.transaction() as tx, purge_window(tx):
+                    async with as_app.transaction() as tx, tx.purge_window():
                         await tx.execute(sql)
             await sequencer.step_down()
         finally:

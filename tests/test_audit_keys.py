@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from custos.audit.checkpoint import load_signer
+from custos.audit.log.checkpoint import load_signer
 from tests.audit_helpers import eventually, query
 from tests.conftest import CUSTOS, MOCK_KEY, ROOT, TOKEN_KEY, GatewayProcess, MockProvider
 from tests.limits_helpers import provider_config

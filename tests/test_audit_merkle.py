@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from custos.audit import merkle
-from custos.audit.merkle import (
+from custos.audit.log import merkle
+from custos.audit.log.merkle import (
     EMPTY_ROOT,
     Frontier,
     MemoryTree,
@@ -114,7 +114,7 @@ def test_empty_root_and_leaf_hashes() -> None:
     assert EMPTY_ROOT.hex() == ROOT_HASHES[0]
     assert [h.hex() for h in REF_LEAVES] == NODE_HASHES[0]
     # The audit record module hashes leaves the same way.
-    from custos.audit.record import leaf_hash
+    from custos.audit.records.record import leaf_hash
 
     assert [leaf_hash(d) for d in LEAF_INPUTS] == REF_LEAVES
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from custos.audit.events import truncate_address
-from custos.audit.record import (
+from custos.audit.records.events import truncate_address
+from custos.audit.records.record import (
     MAX_INT,
     NotCanonical,
     canonical_bytes,
@@ -103,7 +103,7 @@ def test_uuid7_and_times() -> None:
     assert int.from_bytes(parsed.bytes[:6], "big") == at
     assert uuid7(at) != uuid7(at)
     assert rfc3339_ms(at) == "2026-07-01T12:00:00.123Z"
-    from custos.audit.record import parse_rfc3339
+    from custos.audit.records.record import parse_rfc3339
 
     assert unix_ms(parse_rfc3339(rfc3339_ms(at))) == at
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from custos.audit.record import SealedRecord
-from custos.audit.spool import REFUSED_DIR, Spool
-from custos.audit.writer import AuditUnavailable, AuditWriter
+from custos.audit.records.record import SealedRecord
+from custos.audit.storage.spool import REFUSED_DIR, Spool
+from custos.audit.storage.writer import AuditUnavailable, AuditWriter
 from custos.state.errors import Invalid
 from custos.state.store import Store
 from custos.telemetry.metrics import REGISTRY

@@ -16,9 +16,9 @@ import httpx
 import orjson
 import pytest
 
-from custos.audit.record import leaf_hash, rfc3339_ms, seal, unix_ms
-from custos.audit.report import build_report, parse_group_by, parse_range
-from custos.audit.store import AuditStore
+from custos.audit.compliance.report import build_report, parse_group_by, parse_range
+from custos.audit.records.record import leaf_hash, rfc3339_ms, seal, unix_ms
+from custos.audit.storage.store import AuditStore
 from custos.state.store import Store, open_store
 from tests.audit_helpers import one_call, query
 from tests.conftest import CUSTOS, ROOT, GatewayProcess, MockProvider, standard_config

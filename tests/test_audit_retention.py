@@ -14,20 +14,20 @@ from typing import Any
 import orjson
 import pytest
 
-from custos.audit import events
-from custos.audit.checkpoint import Checkpointer, read_export
-from custos.audit.record import SealedRecord, rfc3339_ms, seal, unix_ms
-from custos.audit.retention import (
+from custos.audit.compliance.retention import (
     RetentionJob,
     list_holds,
     purge,
     release_hold,
     set_hold,
 )
-from custos.audit.sequencer import Sequencer
+from custos.audit.compliance.verify import Report, verify_log, verify_range
+from custos.audit.log.checkpoint import Checkpointer, read_export
+from custos.audit.log.sequencer import Sequencer
+from custos.audit.records import events
+from custos.audit.records.record import SealedRecord, rfc3339_ms, seal, unix_ms
 from custos.audit.settings import AuditSettings
-from custos.audit.store import AuditStore
-from custos.audit.verify import Report, verify_log, verify_range
+from custos.audit.storage.store import AuditStore
 from custos.state.errors import Conflict
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, open_store

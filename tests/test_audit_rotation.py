@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from custos.audit.checkpoint import (
+from custos.audit.compliance.verify import verify_log
+from custos.audit.log.checkpoint import (
     EM_DASH,
     Checkpointer,
     Signer,
@@ -20,10 +21,10 @@ from custos.audit.checkpoint import (
     parse_checkpoint,
     read_export,
 )
-from custos.audit.sequencer import AuditLog, Sequencer
+from custos.audit.log.keys import RetireError, retire_key
+from custos.audit.log.sequencer import AuditLog, Sequencer
 from custos.audit.settings import AuditSettings
-from custos.audit.store import AuditStore
-from custos.audit.verify import RetireError, retire_key, verify_log
+from custos.audit.storage.store import AuditStore
 from custos.config import ConfigError, parse_config
 from custos.state.store import Store, open_store
 from tests.audit_log_worker import record
@@ -271,7 +272,7 @@ def test_without_a_retiring_key_only_the_current_one_signs(
     path = tmp_path / "key.pem"
     path.write_bytes(generate_pem())
     monkeypatch.setenv("CUSTOS_AUDIT_RETIRING_SIGNING_KEY_PASSPHRASE", "unused")
-    from custos.audit.sequencer import load_signers
+    from custos.audit.log.sequencer import load_signers
 
     signers = load_signers(AuditSettings(signing_key=str(path)))
     assert [s.name for s in signers] == ["custos/audit/key1"]

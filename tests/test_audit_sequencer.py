@@ -12,9 +12,9 @@ import time
 import asyncpg
 import pytest
 
-from custos.audit.merkle import Frontier, root_of
-from custos.audit.sequencer import Fenced, Sequencer, append_leaves, load_frontier
-from custos.audit.store import AuditStore
+from custos.audit.log.merkle import Frontier, root_of
+from custos.audit.log.sequencer import Fenced, Sequencer, append_leaves, load_frontier
+from custos.audit.storage.store import AuditStore
 from custos.state.store import Store, open_store
 from tests.audit_log_worker import record
 from tests.conftest import ROOT
@@ -88,10 +88,10 @@ async def test_a_superseded_leader_is_fenced(store: Store) -> None:  # noqa: F81
     old_epoch = old.epoch
     # ``new`` takes over (on PostgreSQL only after the old lock session died, simulated here
     # by stepping ``old``'s lock session down but keeping its stale in-memory state).
-    lock_conn = old._lock_conn
-    if lock_conn is not None:
-        old._lock_conn = None
-        await lock_conn.close()
+    lock = old._leader_lock
+    if lock is not None:
+        old._leader_lock = None
+        await lock.release()
     assert await new.lead()
     old.epoch, old.frontier = old_epoch, Frontier()  # the stalled leader still thinks it leads
     await drain(new)
@@ -186,7 +186,7 @@ async def test_four_writers_sequencer_killed_midway_and_stalled_leader_fenced(
         await paused.wait()
         admin = await asyncpg.connect(PG_URL)
         try:
-            pid = stalled._lock_conn.get_server_pid()
+            pid = stalled._leader_lock.conn.get_server_pid()  # type: ignore[union-attr]
             await admin.execute("SELECT pg_terminate_backend($1)", pid)
         finally:
             await admin.close()

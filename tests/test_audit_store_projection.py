@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from custos.audit.record import SealedRecord, rfc3339_ms, seal
-from custos.audit.store import AuditStore
+from custos.audit.records.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.storage.store import AuditStore
 from custos.state.store import Store
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
 
@@ -43,7 +43,7 @@ COLUMNS = {
 
 
 def call(n: int, at_ms: int, latency_ms: int, **fields: Any) -> SealedRecord:
-    """A served ``llm.call`` record shaped as ``custos.audit.events.llm_call`` builds it,
+    """A served ``llm.call`` record shaped as ``custos.audit.records.events.llm_call`` builds it,
     with ``fields`` replacing the defaults."""
     record: dict[str, Any] = {
         "event_type": "llm.call",

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from custos.audit.record import SealedRecord, rfc3339_ms, seal
-from custos.audit.store import AuditStore
+from custos.audit.records.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.storage.store import AuditStore
 from custos.state import sqlite as sqlite_store
 from custos.state.store import Store, open_store
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from custos.audit.checkpoint import Checkpointer, Signer, generate_pem, read_export
-from custos.audit.merkle import MemoryTree, leaf_hash
-from custos.audit.proof import ProofError, check_proof, prove_event
-from custos.audit.record import SealedRecord
-from custos.audit.sequencer import Sequencer
-from custos.audit.store import AuditStore, _sqlite_time, ms_to_datetime
-from custos.audit.verify import verify_log
+from custos.audit.compliance.verify import verify_log
+from custos.audit.log.checkpoint import Checkpointer, Signer, generate_pem, read_export
+from custos.audit.log.merkle import MemoryTree, leaf_hash
+from custos.audit.log.proof import ProofError, check_proof, prove_event
+from custos.audit.log.sequencer import Sequencer
+from custos.audit.records.record import SealedRecord
+from custos.audit.storage.store import AuditStore, _sqlite_time, ms_to_datetime
 from custos.state.store import Store
 from tests.audit_helpers import unguarded
 from tests.audit_log_worker import record

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from custos.audit import writer as writer_module
-from custos.audit.record import SealedRecord, rfc3339_ms, seal
-from custos.audit.spool import Spool, SpoolError
-from custos.audit.writer import AuditWriter
+from custos.audit.records.record import SealedRecord, rfc3339_ms, seal
+from custos.audit.storage import writer as writer_module
+from custos.audit.storage.spool import Spool, SpoolError
+from custos.audit.storage.writer import AuditWriter
 from custos.state.store import Store, open_store
 from custos.telemetry import metrics
 from tests.audit_helpers import FlakyStore

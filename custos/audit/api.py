@@ -1,7 +1,7 @@
 """The audit routes of the admin API (admin and auditor roles; erasure: admin): report, records,
 one request, its content, erasure.
 
-``GET /admin/v1/audit/report?from=&to=&group_by=&data_class=`` — ``custos.audit.report``.
+``GET /admin/v1/audit/report?from=&to=&group_by=&data_class=`` — ``custos.audit.compliance.report``.
 ``GET /admin/v1/audit/events?from=&to=&event_type=&after=&limit=`` — stored records in insertion
 order, each as its canonical JSON text exactly as stored (``record``: a string, so a client that
 writes it out as UTF-8 has the stored bytes), with its leaf hash; ``next_after`` continues.
@@ -12,10 +12,10 @@ keys stored in the database: the report as JSON. It reads the whole log in pages
 event loop (a page took ~30 ms in all on a busy machine), and one verification runs at a time
 per process. On a large log it takes as long as the CLI, so give the client a long timeout.
 ``GET|POST /admin/v1/audit/holds``, ``POST /admin/v1/audit/holds/{hold}/release`` — legal holds
-(``custos.audit.retention``): admins set and release them with a reason; admins and auditors
-list them.
+(``custos.audit.compliance.retention``): admins set and release them with a reason; admins and
+auditors list them.
 ``GET /admin/v1/audit/requests/{request}/content`` — its captured content, decrypted
-(``custos.audit.content``); ``state: erased`` once its data key was destroyed.
+(``custos.audit.records.content``); ``state: erased`` once its data key was destroyed.
 ``POST /admin/v1/audit/erase`` ``{"team": T}`` or ``{"principal": P}`` (admin only) — destroy
 the data keys of a team or principal and their ciphertexts (``content_store.erase``).
 """
@@ -32,12 +32,19 @@ from custos.admin import rights
 from custos.admin.errors import BadInput
 from custos.admin.schemas import MAX_CURSOR
 from custos.admin.service import AdminService
-from custos.audit import content, content_store
-from custos.audit.record import EVENT_TYPES
-from custos.audit.report import ReportError, build_report, parse_group_by, parse_range, to_json
-from custos.audit.retention import Hold, list_holds, release_hold, set_hold
-from custos.audit.store import AuditStore, StoredEvent
-from custos.audit.verify import API_PAGE, verify_log, verify_range
+from custos.audit.compliance.report import (
+    ReportError,
+    build_report,
+    parse_group_by,
+    parse_range,
+    to_json,
+)
+from custos.audit.compliance.retention import Hold, list_holds, release_hold, set_hold
+from custos.audit.compliance.verify import API_PAGE, verify_log, verify_range
+from custos.audit.records import content
+from custos.audit.records.record import EVENT_TYPES
+from custos.audit.storage import content_store
+from custos.audit.storage.store import AuditStore, StoredEvent
 from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.models import Actor
 

@@ -17,7 +17,7 @@ http://127.0.0.1:8787) with a personal access token of an admin or auditor (``--
   principal; their stored content can never be read again. The records stay, and verify.
 
 ``verify``, ``keys``, ``prove``, ``check-proof`` and ``purge`` work on the store (or a file)
-directly instead: see ``custos.audit.verify`` and ``custos.audit.retention``.
+directly instead: see ``custos.audit.compliance.verify`` and ``custos.audit.compliance.retention``.
 
 Exit status: 0 done, 1 refused or failed, 2 usage error.
 """
@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 from custos import private
 from custos.admin.client import DEFAULT_URL, AdminClient, ApiError, path
-from custos.audit.report import render_csv, render_table
+from custos.audit.compliance.report import render_csv, render_table
 
 TOKEN_ENV = "CUSTOS_TOKEN"
 URL_ENV = "CUSTOS_URL"
@@ -260,8 +260,8 @@ def register(subparsers: Any) -> None:
     who.add_argument("--principal", help="a user id or email, or a virtual account id or name")
     erase.set_defaults(run=_run(_erase))
 
-    from custos.audit.retention import register as register_retention_commands
-    from custos.audit.verify import register as register_log_commands
+    from custos.audit.compliance.retention import register as register_retention_commands
+    from custos.audit.compliance.verify import register as register_log_commands
 
     register_log_commands(commands)
     register_retention_commands(commands)

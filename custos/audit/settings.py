@@ -2,7 +2,7 @@
 
 ```yaml
 audit:
-  content: none             # none | hash | redacted | full (see custos.audit.content)
+  content: none             # none | hash | redacted | full (see custos.audit.records.content)
   content_key: ${file:./keys/audit-content.key}   # 32 bytes, base64: the master key (KEK)
   durability: batched       # batched: durable within flush_interval_ms | strict: before release
   on_failure: spool         # spool: keep serving, spool locally | block: 503 while not durable

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from custos.audit.record import MAX_INT
+from custos.audit.records.record import MAX_INT
 from custos.config.rules import BudgetAlerts, BudgetRule, LimitsSettings, RateLimitRule
 from custos.identity.principal import Principal
 from custos.policy.periods import Period, PeriodKind

@@ -12,6 +12,8 @@ Extra query parameters in the URL become server settings (an asyncpg feature), s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,10 +21,19 @@ from typing import Any
 import asyncpg
 
 from custos.state.errors import Conflict, Invalid, StoreError
-from custos.state.store import Row, Store, Tx
+from custos.state.store import Row, SessionLock, Store, Tx
 
 #: Advisory lock key for migrations: the bytes of "custos" as an integer.
 MIGRATION_LOCK_KEY = int.from_bytes(b"custos", "big")
+#: The second key of the two-key advisory locks ``Tx.lock`` and ``Store.session_lock`` take, so
+#: that two schemas in one database (tests, tenants) never contend.
+_SCHEMA_KEY = "hashtext(current_schema())"
+#: ``Store.time_bucket``.
+_TIME_BUCKETS = {
+    "day": "to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "month": "to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM')",
+    "quarter": "to_char({0} AT TIME ZONE 'UTC', 'YYYY-\"Q\"Q')",
+}
 
 
 def _translate(exc: asyncpg.PostgresError) -> StoreError:
@@ -36,8 +47,33 @@ def _translate(exc: asyncpg.PostgresError) -> StoreError:
 _CONSTRAINT_ERRORS = (asyncpg.IntegrityConstraintViolationError,)
 
 
+class _AdvisorySessionLock:
+    """A session-level advisory lock, held by a connection of its own (outside the pool) for as
+    long as that connection lives: if the process dies, PostgreSQL releases the lock."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def alive(self) -> bool:
+        if self.conn.is_closed():
+            return False
+        try:
+            await asyncio.wait_for(self.conn.fetchval("SELECT 1"), 5)
+        except Exception:
+            return False
+        return True
+
+    async def release(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.conn.close(), 5)
+        if not self.conn.is_closed():
+            self.conn.terminate()
+
+
 class PostgresStore(Store):
     dialect = "postgresql"
+    serial_writes = False
+    text_nul = "\ufffd"
     _migration_lock_sql = f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
     _migrations_table_sql = (
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
@@ -69,6 +105,22 @@ class PostgresStore(Store):
             pool, self._pool = self._pool, None
             await pool.close()
 
+    async def session_lock(self, key: int) -> SessionLock | None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            got = await conn.fetchval(f"SELECT pg_try_advisory_lock($1, {_SCHEMA_KEY})", key)
+        except BaseException:
+            await conn.close()
+            raise
+        if not got:
+            await conn.close()
+            return None
+        return _AdvisorySessionLock(conn)
+
+    @staticmethod
+    def time_bucket(column: str, unit: str) -> str:
+        return _TIME_BUCKETS[unit].format(column)
+
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
         if self._pool is None:
@@ -82,6 +134,8 @@ class PostgresStore(Store):
 class _PostgresTx:
     dialect = "postgresql"
     for_update = " FOR UPDATE"
+    serial_writes = False
+    text_nul = "\ufffd"
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -112,3 +166,18 @@ class _PostgresTx:
         # Without arguments asyncpg uses the simple query protocol, which runs several
         # statements in one call, inside the open transaction.
         await self._conn.execute(script)
+
+    async def lock(self, key: int, *, shared: bool = False) -> None:
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        await self._conn.execute(f"SELECT {function}($1, {_SCHEMA_KEY})", key)
+
+    @asynccontextmanager
+    async def erasing(self) -> AsyncIterator[None]:
+        yield  # dead rows leave the files with VACUUM, not per transaction
+
+    @asynccontextmanager
+    async def purge_window(self) -> AsyncIterator[None]:
+        # The guard triggers read this transaction-local setting (migration 0005).
+        await self.fetch("SELECT set_config('custos.audit_purge', 'on', true) AS purging")
+        yield
+        await self.fetch("SELECT set_config('custos.audit_purge', 'off', true) AS purging")

@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 from custos import private
 from custos.state.errors import Conflict, Invalid, StoreError
 from custos.state.migrations import split_sqlite_script
-from custos.state.store import Row, Store, Tx
+from custos.state.models import utcnow
+from custos.state.store import Row, SessionLock, Store, Tx
 
 T = TypeVar("T")
 
@@ -75,8 +76,28 @@ def _create_private(path: str) -> None:
         os.close(private.open_fd(path, os.O_WRONLY | os.O_EXCL))
 
 
+#: ``Store.time_bucket``: times are fixed-width ISO text in UTC, so each unit is a prefix.
+_TIME_BUCKETS = {
+    "day": "substr({0}, 1, 10)",
+    "month": "substr({0}, 1, 7)",
+    "quarter": "substr({0}, 1, 4) || '-Q' || ((CAST(substr({0}, 6, 2) AS INTEGER) + 2) / 3)",
+}
+
+
+class _AlwaysHeld:
+    """The session lock where writes are serial: no other process needs keeping out."""
+
+    async def alive(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        return None
+
+
 class SQLiteStore(Store):
     dialect = "sqlite"
+    serial_writes = True
+    text_nul = "\x00"
     _migrations_table_sql = (
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
         " name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL);"
@@ -140,6 +161,17 @@ class SQLiteStore(Store):
         return not busy
 
     @property
+    def database_file(self) -> str | None:
+        return self.path
+
+    async def session_lock(self, key: int) -> SessionLock | None:
+        return _AlwaysHeld()
+
+    @staticmethod
+    def time_bucket(column: str, unit: str) -> str:
+        return _TIME_BUCKETS[unit].format(column)
+
+    @property
     def connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError("the store is closed")
@@ -169,6 +201,8 @@ def _rollback(conn: sqlite3.Connection) -> None:
 class _SQLiteTx:
     dialect = "sqlite"
     for_update = ""
+    serial_writes = True
+    text_nul = "\x00"
 
     def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
         self._store = store
@@ -212,3 +246,21 @@ class _SQLiteTx:
 
     async def run_script(self, script: str) -> None:
         await self._store._run(self._script, script)
+
+    async def lock(self, key: int, *, shared: bool = False) -> None:
+        return None  # BEGIN IMMEDIATE already gave this transaction the database to itself
+
+    @asynccontextmanager
+    async def erasing(self) -> AsyncIterator[None]:
+        await self.execute("PRAGMA secure_delete = ON")
+        yield
+        await self.execute("PRAGMA secure_delete = OFF")
+
+    @asynccontextmanager
+    async def purge_window(self) -> AsyncIterator[None]:
+        # The guard triggers let a change through while this row exists (migration 0005).
+        await self.execute(
+            "INSERT INTO audit_purge_window (id, opened_at) VALUES (1, $1)", utcnow()
+        )
+        yield
+        await self.execute("DELETE FROM audit_purge_window")

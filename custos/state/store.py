@@ -72,6 +72,24 @@ class Tx(Protocol):
     #: `` FOR UPDATE`` where the dialect needs row locks for read-then-write (PostgreSQL at
     #: READ COMMITTED); empty for SQLite, whose ``BEGIN IMMEDIATE`` already serialises writers.
     for_update: str
+    #: Whether writing transactions run one at a time (SQLite), so a writer may read and extend
+    #: shared state (the audit's Merkle log) in its own transaction, with no lock or leader.
+    serial_writes: bool
+    #: What a NUL character in a stored text value becomes: PostgreSQL text cannot hold one.
+    text_nul: str
+
+    async def lock(self, key: int, *, shared: bool = False) -> None:
+        """Hold the lock ``key`` (of this database schema) until the transaction ends; a shared
+        one excludes only exclusive holders. A no-op where writes are serial already."""
+
+    def erasing(self) -> AbstractAsyncContextManager[None]:
+        """For the block, the bytes of rows deleted are overwritten in the database's files
+        where the engine does that per connection (SQLite's ``secure_delete``); PostgreSQL's
+        dead rows go with VACUUM (docs/audit.md says so)."""
+
+    def purge_window(self) -> AbstractAsyncContextManager[None]:
+        """Open the audit tables' guard triggers' one exception (migration 0005) for the block,
+        in this transaction only. An error inside rolls the transaction back, which closes it."""
 
     async def execute(self, sql: str, *args: Any) -> int: ...
 
@@ -84,6 +102,16 @@ class Tx(Protocol):
     async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
 
     async def run_script(self, script: str) -> None: ...
+
+
+class SessionLock(Protocol):
+    """A lock held for as long as a connection of its own lives (``Store.session_lock``)."""
+
+    async def alive(self) -> bool:
+        """Whether the lock is still held (its connection still answers)."""
+
+    async def release(self) -> None:
+        """Give the lock up; the lock is useless afterwards."""
 
 
 class ChangePublisher(Protocol):
@@ -315,6 +343,9 @@ class Store(ABC):
     """The identity store. Open with ``open_store``; close with ``await store.close()``."""
 
     dialect: ClassVar[str]
+    #: As ``Tx.serial_writes`` and ``Tx.text_nul``, for the store's every transaction.
+    serial_writes: ClassVar[bool]
+    text_nul: ClassVar[str]
     #: SQL run first in a migration transaction to keep two replicas from migrating at once.
     _migration_lock_sql: ClassVar[str | None] = None
     _migrations_table_sql: ClassVar[str]
@@ -344,6 +375,23 @@ class Store(ABC):
         images in a file of its own (SQLite's WAL). False when that could not complete. A no-op
         for PostgreSQL, whose dead rows go with VACUUM (docs/audit.md says so)."""
         return True
+
+    @property
+    def database_file(self) -> str | None:
+        """The file the database lives in, where it is one (SQLite); ``None`` for a server."""
+        return None
+
+    @abstractmethod
+    async def session_lock(self, key: int) -> SessionLock | None:
+        """Take the lock ``key`` (of this database schema) for as long as the returned lock is
+        kept, or ``None`` when another process holds it. Where writes are serial no process
+        needs to exclude another, and the lock is always had."""
+
+    @staticmethod
+    @abstractmethod
+    def time_bucket(column: str, unit: str) -> str:
+        """SQL giving the UTC ``day`` (``2026-07-01``), ``month`` (``2026-07``) or ``quarter``
+        (``2026-Q3``) of the time ``column``, as text."""
 
     async def __aenter__(self) -> Self:
         return self

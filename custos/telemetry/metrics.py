@@ -82,8 +82,8 @@ DENIALS_BY_STAGE = Counter(
     ["stage"],
     registry=REGISTRY,
 )
-# The audit trail (custos/audit/writer.py): alarms are custos_audit_store_up == 0 and a growing
-# custos_audit_spool_bytes (the store is down and records wait in the local spool).
+# The audit trail (custos/audit/storage/writer.py): alarms are custos_audit_store_up == 0 and a
+# growing custos_audit_spool_bytes (the store is down and records wait in the local spool).
 AUDIT_RECORDS = Counter(
     "custos_audit_records", "Audit records written, by event type.", ["event_type"],
     registry=REGISTRY,

@@ -21,8 +21,8 @@ them: ``audit_pending`` (the sequencer deletes what it sequenced), ``audit_tree_
 by the sequencer's compare-and-swap, epoch bumped on each new leader), ``audit_cursors``
 (advanced by the admin-event ingest) and, on SQLite, ``audit_purge_window``.
 
-**The purge window** is how the retention purge (``custos.audit.retention``) gets its narrow
-exception, explicitly and only for the transaction doing it:
+**The purge window** is how the retention purge (``custos.audit.compliance.retention``) gets its
+narrow exception, explicitly and only for the transaction doing it:
 
 - PostgreSQL: the purge transaction runs ``set_config('custos.audit_purge', 'on', true)``
   (transaction-local: it ends with the transaction); the trigger functions check it.

@@ -1,9 +1,10 @@
 """Audit: less work per record on the request rate.
 
 - SQLite: the ``audit_events_pending`` trigger goes. Every transaction that inserts records
-  now also appends them to the Merkle log itself (``custos.audit.store.insert_in``): SQLite runs
-  one writing transaction at a time, so the queue (a row inserted by the trigger and deleted by
-  the sequencer for every record, and a transaction of its own per batch) bought nothing there.
+  now also appends them to the Merkle log itself (``custos.audit.storage.store.insert_in``):
+  SQLite runs one writing transaction at a time, so the queue (a row inserted by the trigger and
+  deleted by the sequencer for every record, and a transaction of its own per batch) bought
+  nothing there.
   Records queued before this migration are still sequenced from ``audit_pending``. PostgreSQL
   keeps the trigger and its one sequencer: there, many replicas insert at once.
 - Both: the projection ``audit_llm_calls`` keeps the indexes its readers use (time, team and

@@ -32,9 +32,9 @@ from typing import Any, Final
 
 import orjson
 
-from custos.audit.content_store import insert_attachments
-from custos.audit.record import LLM_CALL, SealedRecord, rfc3339_ms, utc_second
-from custos.audit.sequencer import append_leaves
+from custos.audit.log.sequencer import append_leaves
+from custos.audit.records.record import LLM_CALL, SealedRecord, rfc3339_ms, utc_second
+from custos.audit.storage.content_store import insert_attachments
 from custos.state.errors import Conflict, Invalid
 from custos.state.models import utcnow
 from custos.state.store import Store, Tx
@@ -191,17 +191,13 @@ class AuditStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    @property
-    def dialect(self) -> str:
-        return self.store.dialect
-
     # -- writes --------------------------------------------------------------------------------
 
     async def insert(
         self, records: Sequence[SealedRecord], attachments: Sequence[bytes] = ()
     ) -> None:
         """Insert ``records`` and their projections (and the records' attachments: encrypted
-        content, ``custos.audit.content_store``) in one transaction; idempotent."""
+        content, ``custos.audit.storage.content_store``) in one transaction; idempotent."""
         if not records and not attachments:
             return
         async with self.store.transaction() as tx:
@@ -353,7 +349,7 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
     records in ``audit_pending`` for the one sequencer)."""
     if not records:
         return
-    if tx.dialect == "sqlite":
+    if tx.serial_writes:
         await _insert_sqlite(tx, records)
     else:
         await _insert_postgresql(tx, records)

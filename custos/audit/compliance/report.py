@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from custos.audit.store import AuditStore
+from custos.audit.storage.store import AuditStore
 
 #: Report dimension → its SQL expression over ``audit_llm_calls c`` (and ``d``, the classes).
 _COLUMNS = {
@@ -42,20 +42,8 @@ _COLUMNS = {
     "error": "c.error_type",
     "data_class": "d.data_class",
 }
-_TIME_COLUMNS = {
-    "sqlite": {
-        "day": "substr(c.time_start, 1, 10)",
-        "month": "substr(c.time_start, 1, 7)",
-        "quarter": "substr(c.time_start, 1, 4) || '-Q' ||"
-        " ((CAST(substr(c.time_start, 6, 2) AS INTEGER) + 2) / 3)",
-    },
-    "postgresql": {
-        "day": "to_char(c.time_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-        "month": "to_char(c.time_start AT TIME ZONE 'UTC', 'YYYY-MM')",
-        "quarter": "to_char(c.time_start AT TIME ZONE 'UTC', 'YYYY-\"Q\"Q')",
-    },
-}
-DIMENSIONS = (*_COLUMNS, "day", "month", "quarter")
+_TIME_UNITS = ("day", "month", "quarter")
+DIMENSIONS = (*_COLUMNS, *_TIME_UNITS)
 MEASURES = ("requests", "served", "denied", "failed", "input_tokens", "output_tokens",
             "cost_micros")  # fmt: skip
 
@@ -126,7 +114,8 @@ async def build_report(
     group_by: tuple[str, ...],
     data_class: str | None = None,
 ) -> Report:
-    columns = {**_COLUMNS, **_TIME_COLUMNS[store.dialect]}
+    bucket = store.store.time_bucket
+    columns = {**_COLUMNS, **{unit: bucket("c.time_start", unit) for unit in _TIME_UNITS}}
     args: list[Any] = [since, until]
     where = "c.time_start >= $1 AND c.time_start < $2"
     if data_class is not None:

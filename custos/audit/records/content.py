@@ -1,6 +1,6 @@
 """Content capture: what ``audit.content`` keeps of prompts and completions, and how it is read.
 
-Modes (``custos.audit.transcript`` says what "the content" of a call is):
+Modes (``custos.audit.records.transcript`` says what "the content" of a call is):
 
 - ``none`` (the default): nothing. The request path does no extra work: no capture object is
   made, and the record has no ``content.*`` fields.
@@ -58,14 +58,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from custos import private
-from custos.audit import content_store
-from custos.audit.content_store import CHANGE_KIND, Attachment, KeyRow
-from custos.audit.record import new_salt, uuid7
-from custos.audit.transcript import StreamTranscript, request_content, response_content
+from custos.audit.records.record import new_salt, uuid7
+from custos.audit.records.transcript import StreamTranscript, request_content, response_content
+from custos.audit.storage import content_store
+from custos.audit.storage.content_store import CHANGE_KIND, Attachment, KeyRow
 from custos.guardrails import pii
 
 if TYPE_CHECKING:
-    from custos.audit.store import AuditStore, StoredEvent
+    from custos.audit.storage.store import AuditStore, StoredEvent
     from custos.context import RequestContext
     from custos.state.models import Change
     from custos.state.store import Store
@@ -259,6 +259,32 @@ def _redacted(value: Any, counts: Counter[str]) -> Any:
     return value
 
 
+def _captured_parts(ctx: RequestContext, capture: ContentCapture) -> dict[str, Any]:
+    """The content of the call: its request, and its response as relayed (stream or body)."""
+    parts: dict[str, Any] = {}
+    if ctx.body:
+        parts["request"] = request_content(ctx.body)
+    if capture.stream is not None:
+        parts["response"] = capture.stream.result()
+    elif capture.response is not None:
+        found = response_content(ctx.protocol, ctx.operation, capture.response)
+        if found is not None:
+            parts["response"] = found
+    return parts
+
+
+def _keyed_digests(key: bytes, parts: dict[str, Any]) -> dict[str, str | None]:
+    """``hash`` mode's fields: each part's HMAC-SHA-256 under the record's salt ``key``."""
+    fields: dict[str, str | None] = {}
+    for part in PARTS:
+        digest = None
+        if part in parts:
+            message = f"custos.audit.content.{part}\x00".encode() + _canonical(parts[part])
+            digest = hmac.new(key, message, hashlib.sha256).hexdigest()
+        fields[f"content.{part}.hmac_sha256"] = digest
+    return fields
+
+
 def capture_into(
     record: dict[str, Any], at_ms: int, ctx: RequestContext, keys: ContentKeys | None
 ) -> Attachment | None:
@@ -269,30 +295,14 @@ def capture_into(
     The record is changed only once everything succeeded (a failure raises and leaves it
     without ``content.*`` fields).
     """
-    capture = ctx.capture
-    assert capture is not None
-    mode = capture.mode
-    parts: dict[str, Any] = {}
-    if ctx.body:
-        parts["request"] = request_content(ctx.body)
-    if capture.stream is not None:
-        parts["response"] = capture.stream.result()
-    elif capture.response is not None:
-        found = response_content(ctx.protocol, ctx.operation, capture.response)
-        if found is not None:
-            parts["response"] = found
+    assert ctx.capture is not None
+    mode = ctx.capture.mode
+    parts = _captured_parts(ctx, ctx.capture)
     event_id = record.setdefault("event_id", uuid7(at_ms))
     salt = record.setdefault("salt", new_salt())
     fields: dict[str, Any] = {"content.mode": mode}
     if mode == "hash":
-        key = bytes.fromhex(salt)
-        for part in PARTS:
-            digest = None
-            if part in parts:
-                message = f"custos.audit.content.{part}\x00".encode() + _canonical(parts[part])
-                digest = hmac.new(key, message, hashlib.sha256).hexdigest()
-            fields[f"content.{part}.hmac_sha256"] = digest
-        record.update(fields)
+        record.update(fields | _keyed_digests(bytes.fromhex(salt), parts))
         return None
     counts: Counter[str] = Counter()
     if mode == "redacted":
@@ -347,7 +357,7 @@ async def read_content(
     """The content of the ``llm.call`` records among ``events``, each ciphertext checked
     against the SHA-256 its record names before it is decrypted. Raises ``ContentUnreadable``
     for altered content, ``ContentKeyUnavailable`` without the master key."""
-    from custos.audit.record import leaf_hash
+    from custos.audit.records.record import leaf_hash
 
     out: list[EventContent] = []
     for event in events:

@@ -1,6 +1,6 @@
 """``custos audit verify``: prove the audit log intact, or name the first thing that is not.
 
-Checks, in order (``verify_log``):
+Checks, in order (``verify_log``; each is a function of ``custos.audit.log.checks``, except 8):
 
 1. every stored checkpoint: its note's signature by a known key valid at its time, the stored
    columns equal to the note, ``prev`` equal to the SHA-256 of the previous note, ids contiguous
@@ -21,8 +21,8 @@ Checks, in order (``verify_log``):
    past the latest checkpoint fail once the first of them is older than ``unsigned_delay_s``
    (the gateways stopped signing);
 8. the tables derived from records, which reports and the config history read:
-   ``custos.audit.derived`` checks the query projections and the stored config texts against
-   the records they came from.
+   ``custos.audit.compliance.derived`` checks the query projections and the stored config texts
+   against the records they came from.
 
 With a time range (``--from``/``--to``: ``since``/``until``) only the bodies of records whose
 ``time_start`` falls in ``[since, until)`` are re-hashed and counted; every other check runs in
@@ -50,42 +50,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import bisect
-import hashlib
-import itertools
 import json
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from custos import private
-from custos.audit.checkpoint import (
-    Checkpoint,
-    NoteError,
-    Verifier,
-    generate_signing_key,
-    load_verifiers,
-    now_ms,
-    parse_checkpoint,
-    read_export,
+from custos.audit.compliance.derived import check_config_texts, check_projections
+from custos.audit.log.checkpoint import Verifier, generate_signing_key, load_verifiers, read_export
+from custos.audit.log.checks import (
+    check_checkpoints,
+    check_consistency,
+    check_exported,
+    check_leaves,
+    check_roots,
+    check_sequenced,
+    check_signed,
+    parse_exported,
+    purge_cover,
+    time_window,
 )
-from custos.audit.derived import check_config_texts, check_projections, each_event
-from custos.audit.merkle import (
-    Frontier,
-    consistency_proof,
-    leaf_hash,
-    needed_for_consistency,
-    verify_consistency,
-)
-from custos.audit.record import AUDIT_PURGE
-from custos.audit.sequencer import read_nodes
+from custos.audit.log.keys import RetireError, retire_key, with_recorded_validity
+from custos.audit.log.keys import registered_verifiers as _db_verifiers
 from custos.audit.settings import AuditSettings
 from custos.state.models import utcnow
-from custos.state.store import Store, _dt
+from custos.state.store import Store
 
 #: How long records may wait past the latest checkpoint, when a signing key is registered,
 #: before verify takes it that the gateways stopped signing (checkpoints come every
@@ -161,107 +152,6 @@ class Report:
         }
 
 
-async def _db_verifiers(store: Store) -> list[Verifier]:
-    async with store.transaction(readonly=True) as tx:
-        rows = await tx.fetch("SELECT * FROM audit_signing_keys ORDER BY not_before")
-    return [
-        Verifier(r["key_name"], bytes(r["public_key"]), _dt(r["not_before"]), _dt(r["not_after"]))
-        for r in rows
-    ]
-
-
-def with_recorded_validity(given: list[Verifier], recorded: list[Verifier]) -> list[Verifier]:
-    """The out-of-band verifiers ``given``, each narrowed to the validity period ``recorded``
-    (the key table) holds for the same name and public key; unknown keys are left as given.
-    Matching is on the whole public key, not the 4-byte key ID, which can be made to collide."""
-    table = {(v.name, v.public_key): v for v in recorded}
-    narrowed: list[Verifier] = []
-    for key in given:
-        row = table.get((key.name, key.public_key))
-        if row is None:
-            narrowed.append(key)
-            continue
-        starts = [t for t in (key.not_before, row.not_before) if t is not None]
-        ends = [t for t in (key.not_after, row.not_after) if t is not None]
-        narrowed.append(Verifier(key.name, key.public_key, max(starts, default=None),
-                                 min(ends, default=None)))  # fmt: skip
-    return narrowed
-
-
-def _validity_problem(checkpoint: Checkpoint) -> str | None:
-    """Why no verified signature of ``checkpoint`` counts (``None`` when one does): each signing
-    key must be valid at the checkpoint's time, and one that is suffices."""
-    at = checkpoint.at
-    if any(v.valid_at(at) for v in checkpoint.keys):
-        return None
-    reasons = [
-        f"{v.name} ({v.id.hex()}) retired at {v.not_after.isoformat()}"
-        if v.not_after is not None and at >= v.not_after
-        else f"{v.name} ({v.id.hex()}) valid only from "
-        f"{v.not_before.isoformat() if v.not_before else '?'}"
-        for v in checkpoint.keys
-    ]
-    return f"signed at {checkpoint.time} only by keys outside their validity: {'; '.join(reasons)}"
-
-
-class RetireError(Exception):
-    """``retire_key`` refused: the message says why."""
-
-
-async def retire_key(store: Store, name: str, key_id: str | None = None) -> Verifier:
-    """Close the validity of the key ``name`` (and ``key_id``, hex, when several share the
-    name): ``not_after`` = now, the one change the table's guard allows. From then on verify
-    counts a checkpoint dated later only through another key's signature. Refuses (with
-    ``RetireError``) an unknown key, a key already retired, and the last key still valid: a
-    log with no valid key could not be signed at all. Returns the key as retired."""
-    lock = " FOR UPDATE" if store.dialect == "postgresql" else ""
-    async with store.transaction() as tx:
-        rows = await tx.fetch(f"SELECT * FROM audit_signing_keys ORDER BY not_before{lock}")
-        keys = [
-            (str(r["key_id"]), Verifier(r["key_name"], bytes(r["public_key"]),
-                                        _dt(r["not_before"]), _dt(r["not_after"])))
-            for r in rows
-        ]  # fmt: skip
-        key = _choose_key(keys, name, key_id)
-        if key.not_after is not None:
-            raise RetireError(f"key {name} ({key.id.hex()}) was already retired at "
-                              f"{key.not_after.isoformat()}")  # fmt: skip
-        if not any(v.not_after is None and v != key for _, v in keys):
-            raise RetireError(
-                f"key {name} ({key.id.hex()}) is the last key still valid: configure the new "
-                "signing key and start the gateway with it (which registers it) first"
-            )
-        now = now_ms()
-        updated = await tx.execute(
-            "UPDATE audit_signing_keys SET not_after = $1"
-            " WHERE key_name = $2 AND key_id = $3 AND not_after IS NULL",
-            now,
-            name,
-            key.id.hex(),
-        )
-        if updated != 1:
-            raise RetireError(f"key {name} ({key.id.hex()}) changed meanwhile; try again")
-    return Verifier(key.name, key.public_key, key.not_before, now)
-
-
-def _choose_key(keys: list[tuple[str, Verifier]], name: str, key_id: str | None) -> Verifier:
-    """The one key named ``name`` (with ``key_id`` when given); when several share the name
-    and no ID is given, the one still valid if exactly one is."""
-    named = [v for stored_id, v in keys
-             if v.name == name and (key_id is None or stored_id == key_id.lower())]  # fmt: skip
-    if not named:
-        known = ", ".join(f"{v.name} ({i})" for i, v in keys) or "none"
-        which = f"{name} ({key_id})" if key_id else name
-        raise RetireError(f"no audit signing key {which}; the keys are: {known}")
-    if len(named) > 1:
-        still_valid = [v for v in named if v.not_after is None]
-        if len(still_valid) != 1:
-            ids = ", ".join(v.id.hex() for v in named)
-            raise RetireError(f"several keys are named {name}: pass --key-id (one of {ids})")
-        return still_valid[0]
-    return named[0]
-
-
 async def verify_log(
     store: Store,
     *,
@@ -274,189 +164,34 @@ async def verify_log(
     allow_unsigned: bool = False,
     unsigned_delay_s: float = UNSIGNED_DELAY_S,
 ) -> Report:
-    """Run every check of the module docstring; never raises for a bad log. ``since``/``until``
-    narrow the bodies checked to records whose time is in ``[since, until)``."""
+    """Run every check of the module docstring, in its order; never raises for a bad log.
+    ``since``/``until`` narrow the bodies checked to records whose time is in ``[since, until)``."""
     report = Report(since=since, until=until)
     fail = report.failures.append
     registered = await _db_verifiers(store)
-    if verifiers is None:
-        verifiers = registered
-        report.keys_from_database = True
-    else:
-        verifiers = with_recorded_validity(verifiers, registered)
+    report.keys_from_database = verifiers is None
+    trusted = registered if verifiers is None else with_recorded_validity(verifiers, registered)
 
-    # 1. checkpoints
-    async with store.transaction(readonly=True) as tx:
-        rows = await tx.fetch("SELECT * FROM audit_checkpoints ORDER BY id")
-    report.checkpoints_total = len(rows)
-    checkpoints: list[Checkpoint] = []
-    prev_hash, prev_size = bytes(32), -1
-    for expected_id, row in enumerate(rows):
-        cid = int(row["id"])
-        try:
-            if cid != expected_id:
-                raise NoteError(f"checkpoint #{expected_id} is missing")
-            cp = parse_checkpoint(row["note"], verifiers)
-            problem = _validity_problem(cp)
-            if problem is not None:
-                raise NoteError(problem)
-            if (cp.size, cp.root) != (int(row["size"]), bytes(row["root"])):
-                raise NoteError("the stored size or root differs from the signed note")
-            if bytes(row["note_hash"]) != cp.note_hash:
-                raise NoteError("the stored note hash is wrong")
-            if cp.prev != prev_hash:
-                raise NoteError("prev does not match the previous checkpoint (chain broken)")
-            if cp.size <= prev_size:
-                raise NoteError("the tree size did not grow")
-        except NoteError as exc:
-            fail(f"checkpoint #{cid}: {exc}")
-            prev_hash = hashlib.sha256(str(row["note"]).encode()).digest()
-            continue
-        checkpoints.append(cp)
-        report.checkpoints_valid += 1
-        prev_hash, prev_size = cp.note_hash, cp.size
-
-    exported_cps: list[Checkpoint] = []
-    for index, note in enumerate(exported):
-        try:
-            cp = parse_checkpoint(note, verifiers)
-            problem = _validity_problem(cp)
-            if problem is not None:
-                raise NoteError(problem)
-            exported_cps.append(cp)
-        except NoteError as exc:
-            fail(f"exported checkpoint {index + 1}: {exc}")
-    wanted = {c.size for c in checkpoints} | {c.size for c in exported_cps}
-    roots: dict[int, bytes] = {0: Frontier().root()} if 0 in wanted else {}
-
-    # 2. records
-    purged_ranges = await _purge_cover(store, fail)
-    ranged = since is not None or until is not None
-    window: list[Any] = []
-    if ranged:
-        window = [since or datetime(1970, 1, 1, tzinfo=UTC),
-                  until or datetime(9999, 12, 31, tzinfo=UTC)]  # fmt: skip
-        in_range = "e.at >= $3 AND e.at < $4"
-        body = f"CASE WHEN {in_range} THEN e.record END AS record,"
-        body += f" CASE WHEN {in_range} THEN 1 ELSE 0 END AS in_range"
-    else:
-        body = "e.record, 1 AS in_range"
-    frontier = Frontier()
-    after = -1
-    while True:
-        async with store.transaction(readonly=True) as tx:
-            page = await tx.fetch(
-                "SELECT l.seq, l.event_id, l.leaf_hash, e.event_id AS stored_event,"
-                f" e.leaf_hash AS event_hash, n.hash AS node, {body} FROM audit_leaves l"
-                " LEFT JOIN audit_events e ON e.event_id = l.event_id"
-                " LEFT JOIN audit_merkle_nodes n ON n.level = 0 AND n.idx = l.seq"
-                " WHERE l.seq > $1 ORDER BY l.seq LIMIT $2",
-                after,
-                page_size,
-                *window,
-            )
-        for row in page:
-            seq, stored = int(row["seq"]), bytes(row["leaf_hash"])
-            if seq != frontier.size:
-                fail(f"record seq {frontier.size} is missing (the next is seq {seq})")
-            checked = bool(row["in_range"])
-            problem = None
-            purged = False
-            if row["stored_event"] is None:
-                problem = "its record is missing"
-            elif checked and not row["record"]:
-                if _covers(purged_ranges, seq):
-                    purged = True
-                else:
-                    problem = "its body is gone and no audit.purge record accounts for it"
-            elif checked and leaf_hash(bytes(row["record"])) != stored:
-                problem = "the record's bytes do not match its leaf hash (modified)"
-            if problem is None:
-                if bytes(row["event_hash"]) != stored:
-                    problem = "the record's stored leaf hash differs"
-                elif row["node"] is None or bytes(row["node"]) != stored:
-                    problem = "the leaf differs from the stored tree (moved or inserted)"
-            if purged and problem is None:
-                report.purged += 1
-            elif checked or problem:
-                report.records_total += 1
-                if problem:
-                    fail(f"record seq {seq} ({row['event_id']}): {problem}")
-                else:
-                    report.records_valid += 1
-            frontier.append(stored)
-            if frontier.size in wanted:
-                roots[frontier.size] = frontier.root()
-        if len(page) < page_size:
-            break
-        after = int(page[-1]["seq"])
-    report.log_size = frontier.size
-
-    # 2b/3. checkpoint roots against the recomputed tree; truncation
-    for cp in checkpoints:
-        if cp.size > frontier.size:
-            fail(f"checkpoint of size {cp.size}: the log holds only {frontier.size} records "
-                 "(truncated)")  # fmt: skip
-        elif roots.get(cp.size) != cp.root:
-            fail(f"checkpoint of size {cp.size}: its root does not match the records")
-    latest = checkpoints[-1] if checkpoints else None
-    report.unsigned = max(frontier.size - (latest.size if latest else 0), 0)
-    if report.unsigned:
-        signed = latest.size if latest else 0
-        problem = await _unsigned_problem(store, signed, report.unsigned, bool(registered),
-                                          allow_unsigned, unsigned_delay_s)  # fmt: skip
-        if problem is not None:
-            fail(problem)
-
-    # 4. consistency between successive checkpoints, from the stored nodes
-    async def consistent(old: Checkpoint, new: Checkpoint) -> bool:
-        if new.size > frontier.size:
-            return False
-        async with store.transaction(readonly=True) as tx:
-            nodes = await read_nodes(tx, needed_for_consistency(old.size, new.size))
-        try:
-            proof = consistency_proof(old.size, new.size, lambda lv, ix: nodes[(lv, ix)])
-        except KeyError:
-            return False
-        return verify_consistency(old.size, new.size, old.root, new.root, proof)
-
-    for old, new in itertools.pairwise(checkpoints):
-        if new.size <= frontier.size and not await consistent(old, new):
-            fail(f"checkpoints of sizes {old.size} and {new.size} are not consistent")
-
-    # 5. exported checkpoints
-    stored_by_size = {c.size: c for c in checkpoints}
-    for cp in exported_cps:
-        report.exported_checked += 1
-        twin = stored_by_size.get(cp.size)
-        if cp.size > frontier.size:
-            fail(f"exported checkpoint of size {cp.size}: the log holds only {frontier.size} "
-                 "records (truncated)")  # fmt: skip
-        elif twin is not None and twin.root != cp.root:
-            fail(f"exported checkpoint of size {cp.size} differs from the stored one "
-                 "(history rewritten)")  # fmt: skip
-        elif roots.get(cp.size) != cp.root:
-            fail(f"exported checkpoint of size {cp.size} is not consistent with the log "
-                 "(history rewritten)")  # fmt: skip
-        elif latest is not None and latest.size >= cp.size and not await consistent(cp, latest):
-            fail(f"exported checkpoint of size {cp.size} is not consistent with the latest "
-                 f"checkpoint (size {latest.size})")  # fmt: skip
-
-    # 6. records not sequenced in time
+    report.checkpoints_total, checkpoints = await check_checkpoints(store, trusted, fail)
+    report.checkpoints_valid = len(checkpoints)
+    exported_cps = parse_exported(exported, trusted, fail)
+    window = time_window(since, until)
+    leaves = await check_leaves(
+        store, fail, purged=await purge_cover(store, fail), window=window, page_size=page_size,
+        roots_at=[c.size for c in checkpoints] + [c.size for c in exported_cps],
+    )  # fmt: skip
+    report.log_size, report.purged = leaves.size, leaves.purged
+    report.records_total, report.records_valid = leaves.checked, leaves.valid
+    check_roots(checkpoints, leaves, fail)
+    report.unsigned = await check_signed(
+        store, checkpoints, leaves.size, keyed=bool(registered), allow_unsigned=allow_unsigned,
+        delay_s=unsigned_delay_s, fail=fail,
+    )  # fmt: skip
+    await check_consistency(store, checkpoints, leaves.size, fail)
+    report.exported_checked = await check_exported(store, exported_cps, checkpoints, leaves, fail)
     cutoff = utcnow() - timedelta(seconds=pending_delay_s)
-    async with store.transaction(readonly=True) as tx:
-        late = await tx.fetch(
-            "SELECT e.event_id FROM audit_events e WHERE e.received_at < $1 AND NOT EXISTS"
-            " (SELECT 1 FROM audit_leaves l WHERE l.event_id = e.event_id)"
-            " ORDER BY e.ingest_id",
-            cutoff,
-        )
-    report.pending_late = len(late)
-    if late:
-        fail(f"{len(late)} record(s) not sequenced after {pending_delay_s:g}s "
-             f"(first: {late[0]['event_id']})")  # fmt: skip
+    report.pending_late = await check_sequenced(store, cutoff, pending_delay_s, fail)
 
-    # 8. the tables derived from the records: query projections and config texts
     page = min(page_size, API_PAGE)
     report.projections_checked = await check_projections(store, fail, window=window,
                                                          page_size=page)  # fmt: skip
@@ -464,62 +199,10 @@ async def verify_log(
     return report
 
 
-async def _unsigned_problem(
-    store: Store, signed: int, unsigned: int, keyed: bool, allowed: bool, delay_s: float
-) -> str | None:
-    """Why records past the latest checkpoint (seq ``signed`` on) are a failure, if they are:
-    no signing key was ever registered (unless ``allowed``), or the first of them was stored
-    more than ``delay_s`` ago although a key was (the gateway stopped signing)."""
-    if not keyed:
-        if allowed:
-            return None
-        return (f"the log is not signed: {unsigned} record(s) and no signing key was ever "
-                "registered (set audit.signing_key, e.g. from custos audit keys generate; "
-                "--allow-unsigned accepts an unsigned log)")  # fmt: skip
-    async with store.transaction(readonly=True) as tx:
-        row = await tx.fetchrow(
-            "SELECT e.received_at FROM audit_leaves l JOIN audit_events e"
-            " ON e.event_id = l.event_id WHERE l.seq = $1",
-            signed,
-        )
-    if row is None or _dt(row["received_at"]) > utcnow() - timedelta(seconds=delay_s):
-        return None
-    return (f"{unsigned} record(s) from seq {signed} on are not covered by a signed checkpoint "
-            f"after {delay_s:g}s: the gateways no longer sign (is audit.signing_key still "
-            "configured?)")  # fmt: skip
-
-
-async def _purge_cover(store: Store, fail: Any) -> list[tuple[int, int]]:
-    """The ``seq`` ranges the ``audit.purge`` records say they emptied, merged and sorted. A
-    purge record whose bytes do not match its leaf hash accounts for nothing."""
-    ranges: list[tuple[int, int]] = []
-    async for row in each_event(store, AUDIT_PURGE, "event_id, record, leaf_hash"):
-        body = bytes(row["record"])
-        try:
-            if leaf_hash(body) != bytes(row["leaf_hash"]):
-                raise ValueError("its bytes do not match its leaf hash (modified)")
-            for first, last in orjson.loads(body)["purge.seq_ranges"]:
-                ranges.append((int(first), int(last)))
-        except (ValueError, KeyError, TypeError) as exc:
-            fail(f"purge record {row['event_id']}: {exc}")
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
-        else:
-            merged.append((first, last))
-    return merged
-
-
-def _covers(ranges: list[tuple[int, int]], seq: int) -> bool:
-    index = bisect.bisect_right(ranges, (seq, float("inf"))) - 1
-    return index >= 0 and ranges[index][0] <= seq <= ranges[index][1]
-
-
 def verify_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
     """``--from``/``--to`` (either may be left out) as ``[since, until)``: dates are whole UTC
     days, ``to`` inclusive; RFC 3339 times are exact, ``to`` exclusive. Raises ``ValueError``."""
-    from custos.audit.report import ReportError, parse_range
+    from custos.audit.compliance.report import ReportError, parse_range
 
     if since is None and until is None:
         return None, None
@@ -619,7 +302,7 @@ async def _keys_main(args: argparse.Namespace) -> int:
 
 
 async def _prove_main(args: argparse.Namespace) -> int:
-    from custos.audit.proof import ProofError, prove_event
+    from custos.audit.log.proof import ProofError, prove_event
 
     store = await _open(args)
     try:
@@ -639,7 +322,7 @@ async def _prove_main(args: argparse.Namespace) -> int:
 
 
 def _check_proof_main(args: argparse.Namespace) -> int:
-    from custos.audit.proof import ProofError, check_proof
+    from custos.audit.log.proof import ProofError, check_proof
 
     try:
         with open(args.file, encoding="utf-8") as source:

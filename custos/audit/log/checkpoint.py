@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from custos import private
-from custos.audit.record import parse_rfc3339, rfc3339_ms
+from custos.audit.records.record import parse_rfc3339, rfc3339_ms
 from custos.state.models import utcnow
 from custos.state.store import Store
 

@@ -15,7 +15,7 @@ Contracts:
 - ``read_segment`` returns the complete, canonical records of a segment; a torn last line
   (a crash in the middle of a write) or a corrupt line is skipped and counted, never guessed at.
 - A line that starts with ``+`` is not a record but an *attachment* of the record before it
-  (its encrypted content, ``custos.audit.content_store``); ``read_segment`` returns those
+  (its encrypted content, ``custos.audit.storage.content_store``); ``read_segment`` returns those
   lines' bytes (without the ``+``) beside the records.
 - ``append``, ``rotate``, ``mark_shipped`` and ``close`` run on the event loop; ``sync`` may run
   in a worker thread, but never at the same time as ``rotate`` or ``close`` (the writer's one
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from custos import private
-from custos.audit.record import NotCanonical, SealedRecord, unseal
+from custos.audit.records.record import NotCanonical, SealedRecord, unseal
 
 log = logging.getLogger("custos.audit")
 

@@ -4,7 +4,7 @@ It turns what happened into sealed records and hands them to the writer. On the 
 it is the governance chain's first stage (``custos.stage``), so it settles last:
 
 - ``enter(ctx)`` — first thing on the request path: 503 ``audit_unavailable`` while records
-  cannot be made durable (see ``custos.audit.writer`` for when);
+  cannot be made durable (see ``custos.audit.storage.writer`` for when);
 - ``settle(ctx)`` — run exactly once per LLM request whatever its outcome, after the other
   stages settled: builds that request's one ``llm.call`` record;
 - ``release(ctx)`` — awaited before a response (a stream's last chunk) is released: with
@@ -14,7 +14,7 @@ it is the governance chain's first stage (``custos.stage``), so it settles last:
   the store and a ``config.revision`` record to the writer;
 - with ``audit.content`` other than ``none``, ``enter`` gives the request a capture object and
   ``settle`` adds the ``content.*`` fields to its record and queues its encrypted content
-  with it (``custos.audit.content``); with ``none`` neither does anything more than today;
+  with it (``custos.audit.records.content``); with ``none`` neither does anything more than today;
 - a background task turns new rows of the store's ``admin_events`` into ``admin.change``
   records (written straight to the store with the cursor, in one transaction: the admin event
   itself is already durable, so no spool is needed).
@@ -34,13 +34,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from custos.audit import content, events
-from custos.audit.export import Exports
-from custos.audit.record import NotCanonical, SealedRecord, seal
+from custos.audit.compliance.export import Exports
+from custos.audit.records import content, events
+from custos.audit.records.record import NotCanonical, SealedRecord, seal
 from custos.audit.settings import AuditSettings
-from custos.audit.spool import Spool
-from custos.audit.store import AuditStore
-from custos.audit.writer import STRICT_WAIT_S, AuditUnavailable, AuditWriter, WaitFor, failed
+from custos.audit.storage.spool import Spool
+from custos.audit.storage.store import AuditStore
+from custos.audit.storage.writer import (
+    STRICT_WAIT_S,
+    AuditUnavailable,
+    AuditWriter,
+    WaitFor,
+    failed,
+)
 from custos.errors import GatewayError
 from custos.state.invalidation import Invalidation
 from custos.telemetry import metrics
@@ -95,7 +101,7 @@ class AuditTrail:
         self._tasks: list[asyncio.Task[None]] = []
         #: ``audit.content`` of the revision being served; ``None`` for ``none``.
         self._capture: str | None = None
-        sqlite_path = getattr(store, "path", None) if store.dialect == "sqlite" else None
+        sqlite_path = store.database_file
         self.content_keys = content.ContentKeys(
             lambda: content.master_key(self._settings().content_key, sqlite_path)
         )

@@ -15,14 +15,15 @@
   record covers its ``seq``; any other missing body is a failure.
 
 ``audit.purge`` records themselves are never purged (they are what makes the purge checkable).
-The change is made inside a *purge window* (``purge_window``): the one exception the guard
-triggers of migration 0005 allow. On PostgreSQL each batch takes a transaction-level advisory
-lock first, so replicas running the job at once take turns and never purge a record twice.
+The change is made inside a *purge window* (``Tx.purge_window``): the one exception the guard
+triggers of migration 0005 allow. Each batch takes the purge's lock first (``Tx.lock``: an
+advisory lock on PostgreSQL), so replicas running the job at once take turns and never purge a
+record twice.
 
-On SQLite the emptied bytes leave the database files: the purge runs with ``secure_delete`` (freed
-space is overwritten with zeros) and then checkpoints and truncates the WAL. On PostgreSQL the
-old row versions stay in the table's files until (auto)vacuum reclaims them, and in WAL archives
-and backups until those age out.
+On SQLite the emptied bytes leave the database files: the purge runs with ``secure_delete``
+(``Tx.erasing``: freed space is overwritten with zeros) and then checkpoints and truncates the
+WAL. On PostgreSQL the old row versions stay in the table's files until (auto)vacuum reclaims
+them, and in WAL archives and backups until those age out.
 
 **Legal holds** (``set_hold``/``release_hold``): a hold suspends the purge, for every record
 (global, ``team`` null) or for the LLM calls attributed to one team (the records' ``team``).
@@ -40,16 +41,15 @@ import logging
 import secrets
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from custos.audit import events
-from custos.audit.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
+from custos.audit.records import events
+from custos.audit.records.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
 from custos.audit.settings import AuditSettings
-from custos.audit.store import insert_in
+from custos.audit.storage.store import insert_in
 from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, Tx, _dt
@@ -61,26 +61,9 @@ PURGE_BATCH: Final = 1000
 #: How often the gateway runs the purge, and how long after start the first run is.
 PURGE_INTERVAL_S: Final = 3600.0
 FIRST_PURGE_DELAY_S: Final = 60.0
-#: First key of the purge's advisory lock (the second is the schema's ``hashtext``).
+#: The purge's lock (``Tx.lock``): one purge at a time.
 PURGE_LOCK_CLASS: Final = 0x61756432  # "aud2"
 MAX_REASON: Final = 1000
-
-
-# -- the purge window ------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def purge_window(tx: Tx) -> AsyncIterator[None]:
-    """Open the guard triggers' one exception for the rest of this block, in ``tx`` only (see
-    migration 0005). An error inside rolls the transaction back, which closes it too."""
-    if tx.dialect == "postgresql":
-        await tx.fetch("SELECT set_config('custos.audit_purge', 'on', true) AS purging")
-        yield
-        await tx.fetch("SELECT set_config('custos.audit_purge', 'off', true) AS purging")
-    else:
-        await tx.execute("INSERT INTO audit_purge_window (id, opened_at) VALUES (1, $1)", utcnow())
-        yield
-        await tx.execute("DELETE FROM audit_purge_window")
 
 
 # -- legal holds -----------------------------------------------------------------------------------
@@ -267,11 +250,8 @@ async def purge(
     after = -1
     while True:
         async with store.transaction(readonly=dry_run) as tx:
-            if tx.dialect == "postgresql" and not dry_run:
-                await tx.fetch(
-                    "SELECT pg_advisory_xact_lock($1, hashtext(current_schema())) AS locked",
-                    PURGE_LOCK_CLASS,
-                )
+            if not dry_run:
+                await tx.lock(PURGE_LOCK_CLASS)
             # Read under the lock, in the batch's transaction: a hold set meanwhile counts.
             global_hold, teams = await _holds_in(tx)
             if global_hold is not None:
@@ -288,26 +268,13 @@ async def purge(
             after = seqs[-1]
             if dry_run:
                 break
-            ids = [(r["event_id"],) for r in rows]
             fields, at_ms = events.audit_purge(
                 cutoff_ms=unix_ms(cutoff), retention_days=retention_days,
                 seq_ranges=seq_ranges(seqs), count=len(seqs), team_holds=teams,
                 trigger=trigger, gateway=gateway,
             )  # fmt: skip
             record = seal(fields, at_ms=at_ms)
-            if tx.dialect == "sqlite":
-                await tx.execute("PRAGMA secure_delete = ON")
-            async with purge_window(tx):
-                await tx.executemany(
-                    "UPDATE audit_events SET record = $2 WHERE event_id = $1",
-                    [(event_id, b"") for (event_id,) in ids],
-                )
-                await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
-                await tx.executemany(
-                    "DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids
-                )
-            if tx.dialect == "sqlite":
-                await tx.execute("PRAGMA secure_delete = OFF")
+            await _empty(tx, [r["event_id"] for r in rows])
             await insert_in(tx, [record])
             result.records.append(record)
         if len(rows) < batch:
@@ -316,6 +283,19 @@ async def purge(
         await store.checkpoint_wal()
         log.info("audit retention: %s", result.summary)
     return result
+
+
+async def _empty(tx: Tx, event_ids: list[str]) -> None:
+    """Empty the bodies of ``event_ids`` and drop their projection rows, in the purge window,
+    overwriting the freed bytes where the engine can."""
+    ids = [(event_id,) for event_id in event_ids]
+    async with tx.erasing(), tx.purge_window():
+        await tx.executemany(
+            "UPDATE audit_events SET record = $2 WHERE event_id = $1",
+            [(event_id, b"") for (event_id,) in ids],
+        )
+        await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
+        await tx.executemany("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids)
 
 
 class RetentionJob:

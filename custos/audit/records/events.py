@@ -37,8 +37,9 @@ is one of ``allow``, ``deny``, ``mutate``, ``audit_only`` (2's ``allow_over_limi
 at ``route`` (was ``read_request``), counters that are down stop at ``budget`` or
 ``rate_limit`` with outcome ``denied`` (was ``gateway``, ``error``).
 
-With ``audit.content`` other than ``none``, ``llm.call`` also has ``content.*`` fields (digests,
-or the ciphertext's hash, key id and size: ``custos.audit.content``); with ``none`` it has none.
+With ``audit.content`` other than ``none``, ``llm.call`` also has ``content.*`` fields
+(digests, or the ciphertext's hash, key id and size: ``custos.audit.records.content``); with
+``none`` it has none.
 
 Never in a record: the bearer token (only its id), provider keys, request or response content.
 """
@@ -49,7 +50,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from custos import __version__
-from custos.audit.record import (
+from custos.audit.records.record import (
     ADMIN_CHANGE,
     AUDIT_PURGE,
     AUTH_FAILURE,

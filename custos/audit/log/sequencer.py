@@ -34,12 +34,12 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from custos.audit.merkle import Frontier
+from custos.audit.log.merkle import Frontier
 from custos.state.models import utcnow
-from custos.state.store import Store, Tx
+from custos.state.store import SessionLock, Store, Tx
 
 if TYPE_CHECKING:
-    from custos.audit.checkpoint import Signer
+    from custos.audit.log.checkpoint import Signer
 
 log = logging.getLogger("custos.audit.sequencer")
 
@@ -101,7 +101,7 @@ class Sequencer:
         self.epoch: int | None = None
         self.frontier: Frontier | None = None
         self.fenced = 0
-        self._lock_conn: Any = None
+        self._leader_lock: SessionLock | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -165,11 +165,12 @@ class Sequencer:
     async def lead(self) -> bool:
         """Be the leader (take the lock if free); False when another process leads."""
         if self.is_leader:
-            if await self._lock_alive():
+            if self._leader_lock is not None and await self._leader_lock.alive():
                 return True
             log.warning("audit sequencer %s lost its lock session", self.name)
             await self.step_down()
-        if self.store.dialect == "postgresql" and not await self._take_lock():
+        self._leader_lock = await self.store.session_lock(LOCK_CLASS)
+        if self._leader_lock is None:
             return False
         try:
             async with self.store.transaction() as tx:
@@ -187,48 +188,13 @@ class Sequencer:
                  self.frontier.size)  # fmt: skip
         return True
 
-    async def _take_lock(self) -> bool:
-        import asyncpg
-
-        dsn = getattr(self.store, "dsn", None)
-        if dsn is None:
-            raise RuntimeError("a PostgreSQL store without a DSN")
-        conn = await asyncpg.connect(dsn)
-        try:
-            got = await conn.fetchval(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", LOCK_CLASS
-            )
-        except BaseException:
-            await conn.close()
-            raise
-        if not got:
-            await conn.close()
-            return False
-        self._lock_conn = conn
-        return True
-
-    async def _lock_alive(self) -> bool:
-        if self.store.dialect != "postgresql":
-            return True
-        conn = self._lock_conn
-        if conn is None or conn.is_closed():
-            return False
-        try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
-        except Exception:
-            return False
-        return True
-
     async def step_down(self) -> None:
         """Forget leadership and release the lock session."""
         self.epoch = None
         self.frontier = None
-        conn, self._lock_conn = self._lock_conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 5)
-            if not conn.is_closed():
-                conn.terminate()
+        lock, self._leader_lock = self._leader_lock, None
+        if lock is not None:
+            await lock.release()
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -244,7 +210,7 @@ class Sequencer:
             raise Fenced("not the leader")
         epoch, known = self.epoch, self.frontier.size
         async with self.store.transaction() as tx:
-            frontier = await load_frontier(tx) if self.store.dialect == "sqlite" else self.frontier
+            frontier = await load_frontier(tx) if tx.serial_writes else self.frontier
             rows = await tx.fetch(
                 "SELECT p.pending_id, p.event_id, e.leaf_hash, l.seq FROM audit_pending p"
                 " JOIN audit_events e ON e.event_id = p.event_id"
@@ -333,7 +299,7 @@ class AuditLog:
     as an OTLP log record; ``instance`` names this process there."""
 
     def __init__(self, store: Store, settings: Any, *, instance: str | None = None) -> None:
-        from custos.audit.checkpoint import Checkpointer
+        from custos.audit.log.checkpoint import Checkpointer
 
         self.store = store
         self.checkpointer: Checkpointer | None = None
@@ -343,8 +309,8 @@ class AuditLog:
             signers = load_signers(settings)
             otlp = settings.otlp
             if otlp is not None and otlp.logs:
-                from custos.audit.events import GatewayInfo
-                from custos.audit.export import OTLPCheckpointExport
+                from custos.audit.compliance.export import OTLPCheckpointExport
+                from custos.audit.records.events import GatewayInfo
 
                 gateway = GatewayInfo(instance or socket.gethostname())
                 self.otlp = OTLPCheckpointExport(otlp, gateway)
@@ -371,7 +337,7 @@ class AuditLog:
         frontier = self.sequencer.frontier
         if not self.sequencer.is_leader or frontier is None:
             return None
-        if self.store.dialect == "sqlite":
+        if self.store.serial_writes:
             async with self.store.transaction(readonly=True) as tx:
                 head = await read_head(tx)
             return head["size"], head["root"]
@@ -409,11 +375,12 @@ class AuditLog:
 def _with_key_beside_store(settings: Any, store: Store) -> Any:
     """``settings`` with the key ``custos init`` made beside a SQLite store as ``signing_key``,
     when none is configured (a file, or the PEM in the environment) and that file exists."""
-    from custos.audit.checkpoint import KEY_ENV, key_beside_store
+    from custos.audit.log.checkpoint import KEY_ENV, key_beside_store
 
-    if settings.signing_key is not None or os.environ.get(KEY_ENV) or store.dialect != "sqlite":
+    database = store.database_file
+    if settings.signing_key is not None or os.environ.get(KEY_ENV) or database is None:
         return settings
-    beside = key_beside_store(store.path)  # type: ignore[attr-defined]
+    beside = key_beside_store(database)
     if beside is None or not beside.is_file():
         return settings
     log.info("audit checkpoints are signed with %s (beside the store)", beside)
@@ -423,7 +390,7 @@ def _with_key_beside_store(settings: Any, store: Store) -> Any:
 def load_signers(settings: Any) -> list[Signer]:
     """The current signing key and, during a rotation, the retiring one after it (both sign
     every checkpoint). Each passphrase variable is removed from the environment, used or not."""
-    from custos.audit.checkpoint import RETIRING_PASSPHRASE_ENV, load_signer
+    from custos.audit.log.checkpoint import RETIRING_PASSPHRASE_ENV, load_signer
 
     signers = [load_signer(settings.signing_key_name, settings.signing_key)]
     retiring = getattr(settings, "retiring_signing_key", None)

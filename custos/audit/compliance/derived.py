@@ -20,14 +20,15 @@ Each function reports failures through ``fail`` and returns how many items it ch
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from custos.audit.record import CONFIG_REVISION, LLM_CALL, parse_rfc3339
-from custos.audit.store import _LLM_FIELDS
+from custos.audit.log.checks import each_event
+from custos.audit.records.record import CONFIG_REVISION, LLM_CALL, parse_rfc3339
+from custos.audit.storage.store import _LLM_FIELDS
 from custos.state.store import Store, _dt
 
 Fail = Callable[[str], None]
@@ -39,7 +40,7 @@ async def check_projections(store: Store, fail: Fail, *, window: list[Any], page
     """The projection rows of every ``llm.call`` record (only those whose time is in
     ``window``, ``[since, until)``, when given), then rows left without a record."""
     in_range = " AND e.at >= $3 AND e.at < $4" if window else ""
-    nul = "\ufffd" if store.dialect == "postgresql" else "\x00"
+    nul = store.text_nul
     checked, after = 0, 0
     while True:
         async with store.transaction(readonly=True) as tx:
@@ -118,25 +119,6 @@ def _projection_problem(row: Any, classes: list[tuple[Any, ...]], nul: str) -> s
     if sorted(classes) != declared:
         return f"audit_llm_call_data_classes holds {sorted(classes)}, the record says {declared}"
     return None
-
-
-async def each_event(store: Store, event_type: str, columns: str) -> AsyncIterator[Any]:
-    """``columns`` of every stored record of ``event_type`` in insertion order, read 1,000
-    rows at a time."""
-    after = 0
-    while True:
-        async with store.transaction(readonly=True) as tx:
-            rows = await tx.fetch(
-                f"SELECT ingest_id, {columns} FROM audit_events WHERE event_type = $1"
-                " AND ingest_id > $2 ORDER BY ingest_id LIMIT 1000",
-                event_type,
-                after,
-            )
-        for row in rows:
-            yield row
-        if len(rows) < 1000:
-            return
-        after = int(rows[-1]["ingest_id"])
 
 
 async def check_config_texts(store: Store, fail: Fail, *, cutoff: datetime) -> int:

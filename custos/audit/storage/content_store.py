@@ -36,10 +36,8 @@ from custos.state.store import Store, Tx
 
 #: Invalidation kind: ``id`` is ``team:<name>``, ``principal:<id>`` (or ``*``: everything).
 CHANGE_KIND: Final = "audit_content"
-#: PostgreSQL advisory lock (two keys: this and the schema's ``hashtext``) that orders
-#: erasures (exclusive) against attachment inserts (shared).
+#: The lock (``Tx.lock``) that orders erasures (exclusive) against attachment inserts (shared).
 LOCK_CLASS: Final = 0x61756432  # "aud2"
-_LOCK_KEY = "hashtext(current_schema())"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +107,7 @@ async def insert_attachments(tx: Tx, lines: Sequence[bytes]) -> None:
         raise Invalid(f"an attachment is not readable ({type(exc).__name__})") from None
     if not attachments:
         return
-    if tx.dialect == "postgresql":
-        await tx.execute(f"SELECT pg_advisory_xact_lock_shared($1, {_LOCK_KEY})", LOCK_CLASS)
+    await tx.lock(LOCK_CLASS, shared=True)
     keys = {a.key.dek_id: a.key for a in attachments}
     erased = await _erased_among(tx, list(keys))
     now = utcnow()
@@ -216,40 +213,44 @@ async def erase(store: Store, actor: Actor, *, scope: str, subject: str) -> Eras
     if scope not in ("team", "principal"):
         raise ValueError(f"scope must be team or principal, not {scope!r}")
     column = "team" if scope == "team" else "principal_id"
-    sqlite = store.dialect == "sqlite"
     # ``_write`` is the store's unit of change: one transaction, its admin event, and the
     # announcement to every replica after the commit.
     async with store._write(actor) as w:
         tx = w.tx
-        if sqlite:
-            await tx.execute("PRAGMA secure_delete = ON")
-        else:
-            await tx.execute(f"SELECT pg_advisory_xact_lock($1, {_LOCK_KEY})", LOCK_CLASS)
-        keys = await tx.fetch(
-            f"SELECT dek_id, team, principal_id FROM audit_content_keys WHERE {column} = $1",
-            subject,
-        )
-        counted = await tx.fetchrow(
-            "SELECT count(*) AS n FROM audit_content c JOIN audit_content_keys k"
-            f" ON k.dek_id = c.dek_id WHERE k.{column} = $1",
-            subject,
-        )
-        contents = int(counted["n"]) if counted else 0
-        await tx.executemany(
-            "INSERT INTO audit_content_erasures (dek_id, team, principal_id, erased_at)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (dek_id) DO NOTHING",
-            [(k["dek_id"], k["team"], k["principal_id"], w.now) for k in keys],
-        )
-        await tx.execute(
-            "DELETE FROM audit_content WHERE dek_id IN"
-            f" (SELECT dek_id FROM audit_content_keys WHERE {column} = $1)",
-            subject,
-        )
-        await tx.execute(f"DELETE FROM audit_content_keys WHERE {column} = $1", subject)
-        if sqlite:
-            await tx.execute("PRAGMA secure_delete = OFF")
+        async with tx.erasing():
+            await tx.lock(LOCK_CLASS)
+            keys, contents = await _erase_in(tx, column, subject, w.now)
         erasure = Erasure(scope, subject, len(keys), contents, w.now)
         await w.event("audit.content.erase", scope, subject, None, erasure.to_dict())
         w.changed(CHANGE_KIND, f"{scope}:{subject}")
     await store.checkpoint_wal()  # the page images that held the erased bytes leave the WAL
     return erasure
+
+
+async def _erase_in(
+    tx: Tx, column: str, subject: str, now: datetime
+) -> tuple[list[dict[str, Any]], int]:
+    """Record the erasure of every data key whose ``column`` is ``subject`` and delete the keys
+    and their ciphertexts, in ``tx``: the keys erased and how many ciphertexts went."""
+    keys = await tx.fetch(
+        f"SELECT dek_id, team, principal_id FROM audit_content_keys WHERE {column} = $1",
+        subject,
+    )
+    counted = await tx.fetchrow(
+        "SELECT count(*) AS n FROM audit_content c JOIN audit_content_keys k"
+        f" ON k.dek_id = c.dek_id WHERE k.{column} = $1",
+        subject,
+    )
+    contents = int(counted["n"]) if counted else 0
+    await tx.executemany(
+        "INSERT INTO audit_content_erasures (dek_id, team, principal_id, erased_at)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (dek_id) DO NOTHING",
+        [(k["dek_id"], k["team"], k["principal_id"], now) for k in keys],
+    )
+    await tx.execute(
+        "DELETE FROM audit_content WHERE dek_id IN"
+        f" (SELECT dek_id FROM audit_content_keys WHERE {column} = $1)",
+        subject,
+    )
+    await tx.execute(f"DELETE FROM audit_content_keys WHERE {column} = $1", subject)
+    return keys, contents

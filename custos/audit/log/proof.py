@@ -19,9 +19,14 @@ import base64
 import binascii
 from typing import Any, Final
 
-from custos.audit.checkpoint import Checkpoint, NoteError, Verifier, parse_checkpoint
-from custos.audit.merkle import inclusion_proof, leaf_hash, needed_for_inclusion, verify_inclusion
-from custos.audit.sequencer import read_nodes
+from custos.audit.log.checkpoint import Checkpoint, NoteError, Verifier, parse_checkpoint
+from custos.audit.log.merkle import (
+    inclusion_proof,
+    leaf_hash,
+    needed_for_inclusion,
+    verify_inclusion,
+)
+from custos.audit.log.sequencer import read_nodes
 from custos.state.store import Store
 
 FORMAT: Final = "custos-audit-proof/1"

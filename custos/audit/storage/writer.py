@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from custos.audit.record import SealedRecord
-from custos.audit.spool import Spool, SpoolError, SpoolFull
-from custos.audit.store import AuditStore, refuses_records
+from custos.audit.records.record import SealedRecord
+from custos.audit.storage.spool import Spool, SpoolError, SpoolFull
+from custos.audit.storage.store import AuditStore, refuses_records
 from custos.telemetry import metrics
 
 log = logging.getLogger("custos.audit")

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from custos import private
-from custos.audit.checkpoint import Checkpoint
-from custos.audit.events import GatewayInfo
-from custos.audit.record import LLM_CALL, SealedRecord
+from custos.audit.log.checkpoint import Checkpoint
+from custos.audit.records.events import GatewayInfo
+from custos.audit.records.record import LLM_CALL, SealedRecord
 from custos.audit.settings import AuditSettings, OTLPSettings
 
 log = logging.getLogger("custos.audit")
@@ -231,7 +231,7 @@ class OTLPCheckpointExport:
 
         from opentelemetry._logs import SeverityNumber
 
-        from custos.audit.record import unix_ms
+        from custos.audit.records.record import unix_ms
 
         self._logger.emit(
             timestamp=unix_ms(checkpoint.at) * 1_000_000,
