@@ -122,7 +122,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _mock_provider(args: argparse.Namespace) -> int:
-    from custos.providers.mock_server import run
+    from custos.mock import run
 
     run(host=args.host, port=args.port, api_key=args.api_key)
     return 0
