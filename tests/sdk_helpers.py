@@ -20,7 +20,7 @@ import httpx
 import uvicorn
 import yaml
 
-from custos.providers.mock_server import count_tokens
+from custos.mock import count_tokens
 from tests.conftest import GatewayProcess, free_port, standard_config
 from tests.google_helpers import service_account
 

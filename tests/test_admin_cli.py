@@ -19,7 +19,9 @@ import httpx
 import pytest
 import uvicorn
 
-from custos.admin_cli import build_parser, main
+from custos.cli import admin as admin_commands
+from custos.cli import main
+from custos.cli import store as store_commands
 from custos.http.admin import AdminAPI
 from custos.identity.directory import Directory
 from custos.identity.principal import Principal
@@ -106,8 +108,17 @@ def _leaves(parser: argparse.ArgumentParser, trail: tuple[str, ...] = ()) -> Ite
                 yield from _leaves(child, (*trail, name))
 
 
+def _admin_parser() -> argparse.ArgumentParser:
+    """The ``custos`` parser with the admin commands only: those on the store and over the API."""
+    parser = argparse.ArgumentParser(prog="custos")
+    commands = parser.add_subparsers()
+    store_commands.register(commands)
+    admin_commands.register(commands)
+    return parser
+
+
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    commands = list(_leaves(build_parser()))
+    commands = list(_leaves(_admin_parser()))
     assert len(commands) > 30
     for trail, parser in commands:
         assert parser.description, trail

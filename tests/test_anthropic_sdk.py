@@ -17,7 +17,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from custos.providers.mock_server import (
+from custos.mock import (
     PER_MESSAGE_TOKENS,
     count_tokens,
     prompt_tokens_anthropic,

@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
+from custos.mock import PER_MESSAGE_TOKENS, count_tokens
 from tests.audit_helpers import one_call, recorded
 from tests.conftest import (
     MOCK_KEY,

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from custos.providers.mock_server import prompt_tokens_anthropic
+from custos.mock import prompt_tokens_anthropic
 from tests.conftest import GatewayProcess, MockProvider
 from tests.sdk_helpers import (
     ANTHROPIC_WEATHER_TOOL,
@@ -337,7 +337,7 @@ def test_a_streamed_multi_turn_tool_conversation_through_translation(claude_sdk,
 
 def upstream_prompt_tokens(mock: MockProvider) -> int:
     """The prompt tokens the mock reported for its last chat call (its published formula)."""
-    from custos.providers.mock_server import prompt_tokens_openai
+    from custos.mock import prompt_tokens_openai
 
     return prompt_tokens_openai(last_request(mock, "/chat/completions")["body"])
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
+from custos.mock import PER_MESSAGE_TOKENS, count_tokens
 from tests.audit_helpers import one_call, recorded
 from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
 from tests.google_helpers import service_account
@@ -326,7 +326,7 @@ def test_a_thinking_models_signed_call_goes_back_signed(
 
 def upstream_response_signature(mock: MockProvider) -> str:
     """The signature the mock gave its last function call (a function of the response id)."""
-    from custos.providers.mock.gemini_wire import thought_signature
+    from custos.mock.gemini_wire import thought_signature
 
     sent = upstream(mock, ":generateContent")
     digest = blake2b(

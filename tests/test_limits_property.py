@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
+from custos.mock import prompt_tokens_openai
+from custos.mock.content import text_reply
 from custos.providers.estimate import estimate_prompt_tokens, tokens_for_chars
-from custos.providers.mock import prompt_tokens_openai
-from custos.providers.mock.content import text_reply
 from tests.conftest import GatewayProcess, MockProvider
 from tests.limits_helpers import IN_PRICE, OUT_PRICE, provider_config, settled_budget, with_rules
 from tests.store_fixtures import REDIS_URL

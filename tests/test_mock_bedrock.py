@@ -10,11 +10,11 @@ import orjson
 import pytest
 
 from custos.config.schema import ProviderSettings
+from custos.mock import serve_in_background
+from custos.mock.server import BackgroundMock
 from custos.providers.base import ProviderCall, UpstreamMalformed
 from custos.providers.bedrock import BedrockAdapter
 from custos.providers.eventstream import EventStreamDecoder
-from custos.providers.mock import serve_in_background
-from custos.providers.mock.server import BackgroundMock
 from custos.providers.registry import adapter_for
 
 SECRET = "mock-secret-for-bedrock"

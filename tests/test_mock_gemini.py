@@ -13,13 +13,13 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from custos.providers.mock.gemini_wire import prompt_tokens_gemini
-from custos.providers.mock_server import (
+from custos.mock import (
     PER_MESSAGE_TOKENS,
     BackgroundMock,
     count_tokens,
     serve_in_background,
 )
+from custos.mock.gemini_wire import prompt_tokens_gemini
 from custos.providers.sse import SSEDecoder
 
 KEY = "mock-key"

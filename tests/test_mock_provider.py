@@ -17,7 +17,7 @@ import httpx2
 import openai
 import pytest
 
-from custos.providers.mock_server import (
+from custos.mock import (
     PER_MESSAGE_TOKENS,
     BackgroundMock,
     count_tokens,
@@ -650,7 +650,8 @@ def test_python_dash_m_entry_point() -> None:
         [
             sys.executable,
             "-m",
-            "custos.providers.mock_server",
+            "custos.cli",
+            "mock-provider",
             "--port",
             str(port),
             "--api-key",

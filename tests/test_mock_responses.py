@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from custos.providers.mock_server import (
+from custos.mock import (
     BackgroundMock,
     count_tokens,
     input_tokens_responses,

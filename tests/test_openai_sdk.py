@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 
-from custos.providers.mock_server import (
+from custos.mock import (
     PER_MESSAGE_TOKENS,
     count_tokens,
     create_app,

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from custos.providers.mock_server import input_tokens_responses, prompt_tokens_anthropic
+from custos.mock import input_tokens_responses, prompt_tokens_anthropic
 from tests.audit_helpers import one_call
 from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
 from tests.limits_helpers import settled_budget

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
+from custos.mock import PER_MESSAGE_TOKENS, count_tokens
 from tests.audit_helpers import one_call
 from tests.conftest import GatewayProcess, MockProvider, serve_gateway
 from tests.sdk_helpers import (

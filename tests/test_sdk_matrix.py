@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import anthropic
 import pytest
 
-from custos.providers.mock_server import PER_MESSAGE_TOKENS, count_tokens
+from custos.mock import PER_MESSAGE_TOKENS, count_tokens
 from tests.conftest import GatewayProcess, MockProvider, serve_gateway
 from tests.sdk_helpers import (
     TRANSLATED_MODELS,

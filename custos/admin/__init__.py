@@ -5,9 +5,10 @@
 - ``bootstrap``: ``bootstrap``, what ``custos init`` runs to create the first admin.
 - ``schemas``: the JSON request and response models of the admin API (pydantic).
 - ``openapi``: the OpenAPI 3.1 document, generated from those models and the route table.
-- ``client``: a stdlib HTTP client for the admin API (what the CLI uses).
 
-The HTTP handler is ``custos.http.admin.AdminAPI``; the CLI is ``custos.admin_cli``.
+The HTTP handler is ``custos.http.admin.AdminAPI``; the CLI is ``custos.cli.admin`` (and
+``custos.cli.store`` for ``custos init``). The audit trail's admin operations are arranged the
+same way: ``custos.audit.service``, the same HTTP handler, ``custos.cli.audit``.
 """
 
 from custos.admin.bootstrap import bootstrap

@@ -30,7 +30,7 @@ from custos.admin.budgets import BudgetList, BudgetSource, BudgetsQuery
 from custos.admin.errors import BadInput, Forbidden
 from custos.admin.openapi import RouteSpec, body_required, build_document
 from custos.admin.service import AdminService
-from custos.audit import api as audit_api
+from custos.audit import service as audit_service
 from custos.errors import GatewayError, openai_error_body
 from custos.http.requests import ClientGone, bearer, read_body, with_credential
 from custos.identity.directory import Directory
@@ -69,7 +69,10 @@ Handler = Callable[[AdminService, Call], Awaitable[BaseModel]]
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class AdminRoute:
+    """One admin API route: its spec (method, path, models), its handler, and its path split
+    into segments for matching (``{name}`` segments capture)."""
+
     spec: RouteSpec
     handler: Handler
     segments: tuple[str, ...]
@@ -130,7 +133,9 @@ class AdminAPI:
         self._max_body = max_body_bytes
         self._body_timeout_s = body_timeout_s
         self._service: tuple[Store, TokenService, AdminService] | None = None
-        self.routes = [Route(spec, handler, tuple(_split(spec.path))) for spec, handler in ROUTES]
+        self.routes = [
+            AdminRoute(spec, handler, tuple(_split(spec.path))) for spec, handler in ROUTES
+        ]
         self._openapi: bytes | None = None
 
     # -- ASGI --------------------------------------------------------------------------------
@@ -191,7 +196,7 @@ class AdminAPI:
 
     # -- the steps ---------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+    def _route(self, method: str, path: str) -> tuple[AdminRoute, dict[str, str]]:
         parts = _split(path)
         allowed: list[str] = []
         for route in self.routes:
@@ -495,39 +500,39 @@ async def _list_events(svc: AdminService, c: Call) -> BaseModel:
 
 
 async def _audit_report(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.report(svc, c.principal, c.query)
+    return await audit_service.report(svc, c.principal, c.query)
 
 
 async def _audit_events(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.events(svc, c.principal, c.query)
+    return await audit_service.events(svc, c.principal, c.query)
 
 
 async def _audit_request(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.request_records(svc, c.principal, c.params["request"])
+    return await audit_service.request_records(svc, c.principal, c.params["request"])
 
 
 async def _audit_verify(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.verify(svc, c.principal, c.query)
+    return await audit_service.verify(svc, c.principal, c.query)
 
 
 async def _audit_holds(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.holds(svc, c.principal, c.query)
+    return await audit_service.holds(svc, c.principal, c.query)
 
 
 async def _audit_hold_set(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.create_hold(svc, c.principal, c.body)
+    return await audit_service.create_hold(svc, c.principal, c.body)
 
 
 async def _audit_hold_release(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.end_hold(svc, c.principal, c.params["hold"], c.body)
+    return await audit_service.end_hold(svc, c.principal, c.params["hold"], c.body)
 
 
 async def _audit_content(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.request_content(svc, c.principal, c.params["request"])
+    return await audit_service.request_content(svc, c.principal, c.params["request"])
 
 
 async def _audit_erase(svc: AdminService, c: Call) -> BaseModel:
-    return await audit_api.erase_content(svc, c.principal, c.body)
+    return await audit_service.erase_content(svc, c.principal, c.body)
 
 
 async def _list_budgets(svc: AdminService, c: Call) -> BaseModel:
@@ -666,52 +671,52 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     (
         _r("GET", "/audit/report", "getAuditReport", "LLM calls grouped by team, provider, "
            "data class, …: requests, tokens, cost, denials (admin, auditor)",
-           audit_api.ReportOut, query=audit_api.ReportQuery),
+           audit_service.ReportOut, query=audit_service.ReportQuery),
         _audit_report,
     ),
     (
         _r("GET", "/audit/events", "listAuditEvents", "Audit records exactly as stored, in "
-           "insertion order (admin, auditor)", audit_api.StoredRecordList,
-           query=audit_api.EventsQuery),
+           "insertion order (admin, auditor)", audit_service.StoredRecordList,
+           query=audit_service.EventsQuery),
         _audit_events,
     ),
     (
         _r("GET", "/audit/requests/{request}", "getAuditRequest", "The audit records of one "
-           "request id or event id (admin, auditor)", audit_api.StoredRecordList),
+           "request id or event id (admin, auditor)", audit_service.StoredRecordList),
         _audit_request,
     ),
     (
         _r("GET", "/audit/verify", "verifyAuditLog", "Verify the audit log with the keys in the "
            "database: checkpoints, leaves, roots, consistency, purges (admin, auditor)",
-           audit_api.VerifyOut, query=audit_api.VerifyQuery),
+           audit_service.VerifyOut, query=audit_service.VerifyQuery),
         _audit_verify,
     ),
     (
         _r("GET", "/audit/holds", "listAuditHolds", "Legal holds on the audit retention purge "
-           "(admin, auditor)", audit_api.HoldList, query=audit_api.HoldsQuery),
+           "(admin, auditor)", audit_service.HoldList, query=audit_service.HoldsQuery),
         _audit_holds,
     ),
     (
         _r("POST", "/audit/holds", "setAuditHold", "Set a legal hold: suspends the retention "
-           "purge for every record or one team's (admin)", audit_api.HoldOut,
-           body=audit_api.HoldCreate, status=201),
+           "purge for every record or one team's (admin)", audit_service.HoldOut,
+           body=audit_service.HoldCreate, status=201),
         _audit_hold_set,
     ),
     (
         _r("POST", "/audit/holds/{hold}/release", "releaseAuditHold", "Release a legal hold "
-           "(admin)", audit_api.HoldOut, body=audit_api.HoldRelease),
+           "(admin)", audit_service.HoldOut, body=audit_service.HoldRelease),
         _audit_hold_release,
     ),
     (
         _r("GET", "/audit/requests/{request}/content", "getAuditContent", "The captured "
            "content of one request, decrypted after checking it against its record (admin, "
-           "auditor)", audit_api.ContentOut),
+           "auditor)", audit_service.ContentOut),
         _audit_content,
     ),
     (
         _r("POST", "/audit/erase", "eraseAuditContent", "Destroy the content keys of a team or "
-           "a principal, and their encrypted content (admin)", audit_api.ErasureOut,
-           body=audit_api.EraseIn),
+           "a principal, and their encrypted content (admin)", audit_service.ErasureOut,
+           body=audit_service.EraseIn),
         _audit_erase,
     ),
     (

@@ -34,13 +34,10 @@ and why.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import secrets
-import socket
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -351,53 +348,3 @@ class RetentionJob:
             except Exception:
                 log.exception("audit retention purge failed; retrying at the next interval")
             await asyncio.sleep(self.interval_s)
-
-
-# -- the CLI ---------------------------------------------------------------------------------------
-
-
-async def _purge_main(args: argparse.Namespace) -> int:
-    from custos.admin_cli import _store_only
-    from custos.state.store import open_store
-
-    days = args.retention_days
-    if days is None and args.config:
-        from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
-
-        try:  # no provider secret is needed to purge
-            loaded = load_config(args.config, only={*STORE_SECTIONS, "audit"})
-        except ConfigError as exc:
-            print(f"custos: {exc}", file=sys.stderr)
-            return 1
-        days = loaded.config.audit.retention_days
-    if days is None:
-        days = AuditSettings().retention_days
-    store = await open_store(_store_only(args), migrate=False)
-    try:
-        result = await purge(store, retention_days=days, dry_run=args.dry_run, trigger="command",
-                             gateway=events.GatewayInfo(socket.gethostname()))  # fmt: skip
-    finally:
-        await store.close()
-    print(result.summary)
-    if result.records:
-        print("the audit.purge record(s) are sequenced by the next gateway that leads the log",
-              file=sys.stderr)  # fmt: skip
-    return 0
-
-
-def register(commands: Any) -> None:
-    """Add ``purge`` to the ``audit`` commands (it works on the store directly)."""
-    from custos.admin_cli import _store_args
-
-    command = commands.add_parser(
-        "purge", help="purge record bodies past the retention (reads the store directly)",
-        description="Empty the bodies and drop the query rows of sequenced records older than "
-        "audit.retention_days, keeping their leaf hashes so the log still verifies; write an "
-        "audit.purge record naming what was purged. Legal holds suspend it (a global hold "
-        "entirely, a team hold for that team's LLM calls).",
-    )  # fmt: skip
-    _store_args(command)
-    command.add_argument("--retention-days", type=int, metavar="DAYS",
-                         help="default: audit.retention_days of --config, else 400")  # fmt: skip
-    command.add_argument("--dry-run", action="store_true", help="count, change nothing")
-    command.set_defaults(run=lambda a: asyncio.run(_purge_main(a)))

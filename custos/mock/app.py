@@ -153,7 +153,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 class MockProvider:
-    """ASGI 3 app speaking OpenAI, Azure OpenAI, Anthropic and Bedrock; see ``mock_server``'s
+    """ASGI 3 app speaking OpenAI, Azure OpenAI, Anthropic and Bedrock; see ``custos.mock``'s
     contract."""
 
     def __init__(self, api_key: str = "mock-key") -> None:

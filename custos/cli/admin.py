@@ -1,36 +1,36 @@
-"""The admin commands of the ``custos`` CLI: ``init``, ``db migrate``, and
-``users|teams|accounts|tokens|events …``.
+"""``custos users|teams|accounts|tokens|events …``: identity administration over the admin API.
 
-``init`` and ``db migrate`` work on the store directly (``--config FILE`` to read
-``state.store`` from the config, or ``--store URL``): they run before a gateway can answer.
-Everything else calls the admin API over HTTP (``--url``, default ``$CUSTOS_URL`` or
+Each command calls the gateway over HTTP (``--url``, default ``$CUSTOS_URL`` or
 http://127.0.0.1:8787; ``--token`` or ``$CUSTOS_TOKEN``) and prints a table, or the API's JSON
 with ``--json``. Token secrets are printed once, alone on stdout (so ``$(…)`` captures just
-the secret), with the warning on stderr.
+the secret), with the warning on stderr. ``custos init`` and ``db migrate``, which work on the
+store before a gateway can answer, are in ``custos.cli.store``.
 
 Exit status: 0 done, 1 refused or failed (the API's message is printed), 2 usage error.
-``register(subparsers)`` adds the commands to the main parser; ``main(argv)`` runs them alone.
+``register(commands)`` adds the commands to the ``custos`` parser.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from custos.admin.client import DEFAULT_URL, AdminClient, ApiError, path
-from custos.admin.output import block, dump_json, table
+from custos.cli.client import DEFAULT_URL, AdminClient, ApiError, path
+from custos.cli.common import (
+    SHOWN_ONCE,
+    TOKEN_ENV,
+    URL_ENV,
+    Run,
+    api_options,
+    fail,
+    token_of,
+    usage,
+)
+from custos.cli.output import block, dump_json, table
 
-TOKEN_ENV = "CUSTOS_TOKEN"
-URL_ENV = "CUSTOS_URL"
-HASH_KEY_ENV = "CUSTOS_TOKEN_HASH_KEY"
 ROLES = ("admin", "team_manager", "member", "auditor")
-SHOWN_ONCE = "This token is shown once and cannot be recovered: store it now."
-
-Run = Callable[[argparse.Namespace], int]
 
 USER_COLUMNS = [
     ("id", "ID"),
@@ -69,168 +69,12 @@ EVENT_COLUMNS = [
 ]
 
 
-def fail(message: str, status: int = 1) -> int:
-    print(f"custos: {message}", file=sys.stderr)
-    return status
-
-
-# -- commands on the store ------------------------------------------------------------------------
-
-
-def _store_args(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--config",
-        "-c",
-        metavar="FILE",
-        help="read the store from this config (its state and identity sections only)",
-    )
-    where.add_argument(
-        "--store", metavar="URL", help="the store URL (sqlite:///PATH or postgresql://…)"
-    )
-
-
-def _store_only(args: argparse.Namespace) -> str:
-    if args.store:
-        return str(args.store)
-    if not args.config:
-        raise SystemExit(fail("give --config FILE or --store URL", 2))
-    from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
-
-    try:
-        return load_config(args.config, only=STORE_SECTIONS).config.state.store
-    except ConfigError as exc:
-        raise SystemExit(fail(str(exc))) from None
-
-
-def _store_url(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
-    """The store URL, the token hash key and where changes are announced to running gateways,
-    found as the gateway finds them: the key from the config's ``identity.token_hash_key``, else
-    ``$CUSTOS_TOKEN_HASH_KEY``, else (SQLite) the key file beside the database; the
-    announcements from the config's ``identity.invalidation``, or with ``--store`` a PostgreSQL
-    store's own LISTEN/NOTIFY (``None``: running gateways see the change on their next refresh).
-
-    Raises ``SystemExit`` with a message when neither ``--config`` nor ``--store`` is given or
-    the config cannot be loaded.
-    """
-    from custos.identity.setup import invalidation_url, token_hash_key_for
-
-    configured = os.environ.get(HASH_KEY_ENV) or None
-    if args.store:
-        url = args.store
-        announce = url if url.startswith(("postgresql://", "postgres://")) else None
-    elif not args.config:
-        raise SystemExit(fail("give --config FILE or --store URL", 2))
-    else:
-        from custos.config.loader import STORE_SECTIONS, ConfigError, load_config
-
-        try:  # the store's sections only: no provider secret is needed to work on the store
-            config = load_config(args.config, only=STORE_SECTIONS).config
-        except ConfigError as exc:
-            raise SystemExit(fail(str(exc))) from None
-        url = config.state.store
-        configured = config.identity.token_hash_key or configured
-        announce = invalidation_url(config)
-    try:
-        return url, token_hash_key_for(url, configured), announce
-    except ValueError as exc:
-        raise SystemExit(fail(f"no token hash key: {exc} (or set ${HASH_KEY_ENV})")) from None
-
-
-def _init(args: argparse.Namespace) -> int:
-    from custos.admin.bootstrap import bootstrap, recover_admin
-    from custos.identity.tokens import TokenService
-    from custos.state.errors import Conflict, NotFound, StoreError
-    from custos.state.invalidation import open_invalidation
-    from custos.state.store import open_store
-
-    if args.recover and args.if_needed:
-        return fail("--recover and --if-needed do not go together", 2)
-    url, key, announce = _store_url(args)
-    _signing_key_beside(url)
-    make = recover_admin if args.recover else bootstrap
-
-    async def run() -> Any:
-        # Announced like the admin API's changes, so running gateways take a recovered token
-        # at once rather than on their next directory refresh.
-        invalidation = open_invalidation(announce)
-        try:
-            await invalidation.start()
-        except OSError as exc:
-            print(f"custos: not announcing the change ({exc}): running gateways see it on "
-                  "their next directory refresh", file=sys.stderr)  # fmt: skip
-            invalidation = open_invalidation(None)
-        store = await open_store(url, publisher=invalidation)
-        try:
-            return await make(store, TokenService(store, key), args.email)
-        finally:
-            await store.close()
-            await invalidation.close()
-
-    try:
-        done = asyncio.run(run())
-    except Conflict as exc:
-        if args.if_needed:
-            print("custos: an admin exists already; nothing to do", file=sys.stderr)
-            return 0
-        return fail(f"refusing: {exc.message}")
-    except NotFound as exc:
-        return fail(f"refusing: {exc.message}")
-    except (StoreError, OSError) as exc:
-        return fail(f"init failed: {exc}")
-    if args.json:
-        dump_json({"user": done.user.to_dict(), "token_id": done.token_id, "token": done.secret})
-        return 0
-    if args.recover:
-        print(
-            f"Issued a new token for the admin {done.user.email} ({done.user.id}).", file=sys.stderr
-        )
-    else:
-        print(f"Created the first admin: {done.user.email} ({done.user.id}).", file=sys.stderr)
-    print(f"Its personal access token follows. {SHOWN_ONCE}", file=sys.stderr)
-    print(done.secret)
-    print(f"Use it with the CLI as ${TOKEN_ENV}, or as 'Authorization: Bearer …'.", file=sys.stderr)
-    return 0
-
-
-def _migrate(args: argparse.Namespace) -> int:
-    from custos.state.errors import StoreError
-    from custos.state.store import migrate
-
-    url = _store_only(args)
-    try:
-        applied = asyncio.run(migrate(url))
-    except (StoreError, OSError) as exc:
-        return fail(f"migration failed: {exc}")
-    if applied:
-        print("applied migration(s) " + ", ".join(f"{v:04d}" for v in applied))
-    else:
-        print("the schema is up to date")
-    return 0
-
-
-# -- commands over the admin API ------------------------------------------------------------------
-
-
-def _api_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("admin API")
-    group.add_argument(
-        "--url",
-        default=os.environ.get(URL_ENV, DEFAULT_URL),
-        help=f"the gateway (default ${URL_ENV} or {DEFAULT_URL})",
-    )
-    group.add_argument("--token", help=f"your personal access token (default ${TOKEN_ENV})")
-    group.add_argument("--json", action="store_true", help="print the API's JSON reply")
-    return parent
-
-
 Action = Callable[[AdminClient, argparse.Namespace], int]
 
 
 def _api(action: Action) -> Run:
     def run(args: argparse.Namespace) -> int:
-        token = args.token or os.environ.get(TOKEN_ENV)
+        token = token_of(args)
         if not token:
             return fail(f"no token: pass --token or set ${TOKEN_ENV}", 2)
         try:
@@ -450,7 +294,7 @@ class _Tree:
 
     def group(self, subparsers: Any, name: str, help: str, description: str) -> Any:
         parser = subparsers.add_parser(name, help=help, description=description)
-        parser.set_defaults(run=lambda _args: _usage(parser))
+        parser.set_defaults(run=lambda _args: usage(parser))
         return parser.add_subparsers(title=f"{name} commands", metavar="COMMAND")
 
     def leaf(
@@ -463,22 +307,6 @@ class _Tree:
         return parser
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
-
-
-def _signing_key_beside(store_url: str) -> None:
-    """A SQLite store gets its audit signing key beside it, as it gets its token hash key."""
-    from custos.audit.log.checkpoint import create_key_beside_store
-    from custos.audit.settings import AuditSettings
-
-    made = create_key_beside_store(store_url, AuditSettings().signing_key_name)
-    if made is not None:
-        print(f"custos: created the audit signing key {made[0]} (back it up apart from the "
-              f"store); its public key: {made[1].verifier.vkey}", file=sys.stderr)  # fmt: skip
-
-
 def _expiry_args(parser: argparse.ArgumentParser) -> None:
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--expires-in-days", type=int, metavar="N", help="expire N days from now")
@@ -486,43 +314,8 @@ def _expiry_args(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``init``, ``db``, ``users``, ``teams``, ``accounts``, ``tokens`` and ``events``."""
-    init = subparsers.add_parser(
-        "init",
-        help="create the first admin and print its token once",
-        description="Create the first admin user in the store and print its personal access "
-        "token, once. Refuses when an admin exists already (with --if-needed that is not an "
-        "error). With --recover, issues a new token for an existing admin instead. The token "
-        f"hash key comes from the config or ${HASH_KEY_ENV}. A SQLite store gets its audit "
-        "signing key beside it (<db>.signing-key.pem) unless it has one.",
-    )
-    _store_args(init)
-    init.add_argument("--email", default="admin@localhost", help="the admin's email")
-    init.add_argument(
-        "--if-needed", action="store_true", help="exit 0 without change when an admin exists"
-    )
-    init.add_argument(
-        "--recover",
-        action="store_true",
-        help="instead: issue a new token for the existing enabled admin --email (when every "
-        "admin token is revoked, expired or lost; needs the store and its token hash key)",
-    )
-    init.add_argument("--json", action="store_true", help="print the user and token as JSON")
-    init.set_defaults(run=_init)
-
-    db = subparsers.add_parser("db", help="manage the store", description="Manage the store.")
-    db.set_defaults(run=lambda _args: _usage(db))
-    db_commands = db.add_subparsers(title="db commands", metavar="COMMAND")
-    migrate = db_commands.add_parser(
-        "migrate",
-        help="bring the store's schema up to date",
-        description="Apply every pending schema migration. Idempotent; the gateway also "
-        "migrates on start.",
-    )
-    _store_args(migrate)
-    migrate.set_defaults(run=_migrate)
-
-    tree = _Tree(_api_parent())
+    """Add ``users``, ``teams``, ``accounts``, ``tokens`` and ``events``."""
+    tree = _Tree(api_options("your personal access token", json=True))
     _register_users(tree, subparsers)
     _register_teams(tree, subparsers)
     _register_accounts(tree, subparsers)
@@ -592,7 +385,7 @@ def _register_teams(tree: _Tree, subparsers: Any) -> None:
     members = teams.add_parser(
         "members", help="manage a team's members", description="A team's members and managers."
     )
-    members.set_defaults(run=lambda _args: _usage(members))
+    members.set_defaults(run=lambda _args: usage(members))
     member_commands = members.add_subparsers(title="members commands", metavar="COMMAND")
     p = tree.leaf(member_commands, "list", _members_list, "list a team's members")
     p.add_argument("team", help="id or name")
@@ -692,23 +485,3 @@ def _register_tokens(tree: _Tree, subparsers: Any) -> None:
     p.add_argument("token_id", metavar="TOKEN_ID")
     p.add_argument("--grace-seconds", type=int, help="how long the old token keeps working")
     _expiry_args(p)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="custos", description="Custos admin commands.")
-    register(parser.add_subparsers(title="commands", metavar="COMMAND"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one admin command (what ``custos …`` does once ``register`` is wired in)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help(sys.stderr)
-        return 2
-    return int(args.run(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,8 @@
-"""The audit routes of the admin API (admin and auditor roles; erasure: admin): report, records,
-one request, its content, erasure.
+"""The audit trail's admin operations (admin and auditor roles; erasure: admin): report,
+records, one request, verify, legal holds, content, erasure. Each takes the admin service and
+the calling principal, checks the caller's rights, and returns the admin API's reply model;
+the routes (``custos.http.admin``) and the CLI (``custos.cli.audit``) are thin layers over them,
+as for the identity operations (``custos.admin.service``).
 
 ``GET /admin/v1/audit/report?from=&to=&group_by=&data_class=`` — ``custos.audit.compliance.report``.
 ``GET /admin/v1/audit/events?from=&to=&event_type=&after=&limit=`` — stored records in insertion

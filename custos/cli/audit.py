@@ -17,7 +17,7 @@ http://127.0.0.1:8787) with a personal access token of an admin or auditor (``--
   principal; their stored content can never be read again. The records stay, and verify.
 
 ``verify``, ``keys``, ``prove``, ``check-proof`` and ``purge`` work on the store (or a file)
-directly instead: see ``custos.audit.compliance.verify`` and ``custos.audit.compliance.retention``.
+directly instead: see ``custos.cli.audit_store``. What the routes do is ``custos.audit.service``.
 
 Exit status: 0 done, 1 refused or failed, 2 usage error.
 """
@@ -26,35 +26,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from custos import private
-from custos.admin.client import DEFAULT_URL, AdminClient, ApiError, path
 from custos.audit.compliance.report import render_csv, render_table
-
-TOKEN_ENV = "CUSTOS_TOKEN"
-URL_ENV = "CUSTOS_URL"
+from custos.cli import audit_store
+from custos.cli.client import AdminClient, ApiError, path
+from custos.cli.common import TOKEN_ENV, Run, api_options, fail, token_of, usage
 
 Action = Callable[[AdminClient, argparse.Namespace], int]
 
 
-def _fail(message: str, status: int = 1) -> int:
-    print(f"custos: {message}", file=sys.stderr)
-    return status
-
-
-def _run(action: Action) -> Callable[[argparse.Namespace], int]:
+def _run(action: Action) -> Run:
     def run(args: argparse.Namespace) -> int:
-        token = args.token or os.environ.get(TOKEN_ENV)
+        token = token_of(args)
         if not token:
-            return _fail(f"no token: pass --token or set ${TOKEN_ENV}", 2)
+            return fail(f"no token: pass --token or set ${TOKEN_ENV}", 2)
         try:
             return action(AdminClient(args.url, token, timeout=120), args)
         except ApiError as exc:
-            return _fail(str(exc))
+            return fail(str(exc))
 
     return run
 
@@ -173,18 +166,20 @@ def _erase(client: AdminClient, args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``audit`` and its commands to the ``custos`` parser."""
-    parent = argparse.ArgumentParser(add_help=False)
-    api = parent.add_argument_group("admin API")
-    api.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
-                     help=f"the gateway (default ${URL_ENV} or {DEFAULT_URL})")  # fmt: skip
-    api.add_argument("--token", help=f"an admin's or auditor's token (default ${TOKEN_ENV})")
+    parent = api_options("an admin's or auditor's token")
 
     audit = subparsers.add_parser(
         "audit", help="read the audit trail", description="The audit trail (admins, auditors)."
     )
-    audit.set_defaults(run=lambda _args: (audit.print_help(sys.stderr), 2)[1])
+    audit.set_defaults(run=lambda _args: usage(audit))
     commands = audit.add_subparsers(title="audit commands", metavar="COMMAND")
+    _register_records(commands, parent)
+    _register_holds(commands, parent)
+    _register_content(commands, parent)
+    audit_store.register(commands)
 
+
+def _register_records(commands: Any, parent: argparse.ArgumentParser) -> None:
     report = commands.add_parser(
         "report", parents=[parent], help="LLM calls grouped: requests, tokens, cost, denials",
         description="Which teams sent which data to which providers: LLM calls between two "
@@ -218,13 +213,15 @@ def register(subparsers: Any) -> None:
     show.add_argument("--json", action="store_true", help="print the API's JSON reply")
     show.set_defaults(run=_run(_show))
 
+
+def _register_holds(commands: Any, parent: argparse.ArgumentParser) -> None:
     hold = commands.add_parser(
         "hold", help="legal holds: suspend the retention purge",
         description="Legal holds suspend the retention purge: for every record, or for the LLM "
         "calls of one team. Admins set and release them, with a reason; each change is an "
         "admin event.",
     )  # fmt: skip
-    hold.set_defaults(run=lambda _args: (hold.print_help(sys.stderr), 2)[1])
+    hold.set_defaults(run=lambda _args: usage(hold))
     holds = hold.add_subparsers(title="hold commands", metavar="COMMAND")
     hold_set = holds.add_parser("set", parents=[parent], help="set a hold (admin)")
     hold_set.add_argument("--team", help="hold this team's records only (default: every record)")
@@ -239,6 +236,8 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print the API's JSON reply")
     listing.set_defaults(run=_run(_hold_list))
 
+
+def _register_content(commands: Any, parent: argparse.ArgumentParser) -> None:
     content = commands.add_parser(
         "content", parents=[parent], help="the captured content of one request, decrypted",
         description="Show the prompt and completion captured for one request (audit.content: "
@@ -259,9 +258,3 @@ def register(subparsers: Any) -> None:
     who.add_argument("--team", help="a team name")
     who.add_argument("--principal", help="a user id or email, or a virtual account id or name")
     erase.set_defaults(run=_run(_erase))
-
-    from custos.audit.compliance.retention import register as register_retention_commands
-    from custos.audit.compliance.verify import register as register_log_commands
-
-    register_log_commands(commands)
-    register_retention_commands(commands)

@@ -1,6 +1,6 @@
 """Gemini wire format (AI Studio and Vertex AI): JSON and SSE replies, errors, the token endpoint.
 
-The token formula is the other formats' (see ``custos.providers.mock_server``): every content
+The token formula is the other formats' (see ``custos.mock``): every content
 counts ``PER_MESSAGE_TOKENS`` plus the tokens of its parts' texts (``text``; a
 ``functionCall``'s name and compact JSON ``args``; a ``functionResponse``'s name and compact
 JSON ``response``); a ``systemInstruction`` with text counts as one more content.

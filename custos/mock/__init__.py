@@ -2,8 +2,10 @@
 (AI Studio, Vertex AI) and Bedrock (Converse) wire formats well enough for the official
 ``openai`` and ``anthropic`` SDKs (and the gateway's translations) to work against it.
 
-Used by the demo, the test suites and the benchmark. The implementation lives in the package
-``custos.providers.mock``; this module is its public face and its ``python -m`` entry point.
+Used by the demo (``custos mock-provider``), the test suites and the benchmark; never by the
+gateway itself, which is why it is a package of its own rather than part of
+``custos.providers``. This module is its public face; the wire formats live in the modules
+beside it.
 
 Public API
 ----------
@@ -167,22 +169,17 @@ output_tokens), ``message_stop``.
 
 from __future__ import annotations
 
-import argparse
-
-from custos.providers.mock import (
+from .app import MockProvider, create_app
+from .content import (
     DEFAULT_DIMENSIONS,
     DEFAULT_WORDS,
     PER_MESSAGE_TOKENS,
-    BackgroundMock,
-    MockProvider,
     count_tokens,
-    create_app,
-    input_tokens_responses,
     prompt_tokens_anthropic,
     prompt_tokens_openai,
-    run,
-    serve_in_background,
 )
+from .responses_wire import input_tokens_responses
+from .server import BackgroundMock, run, serve_in_background
 
 __all__ = [
     "DEFAULT_DIMENSIONS",
@@ -193,23 +190,8 @@ __all__ = [
     "count_tokens",
     "create_app",
     "input_tokens_responses",
-    "main",
     "prompt_tokens_anthropic",
     "prompt_tokens_openai",
     "run",
     "serve_in_background",
 ]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m custos.providers.mock_server [--host H] [--port P] [--api-key K]``."""
-    parser = argparse.ArgumentParser(description="Mock OpenAI / Azure / Anthropic provider.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9999)
-    parser.add_argument("--api-key", default="mock-key")
-    args = parser.parse_args(argv)
-    run(host=args.host, port=args.port, api_key=args.api_key)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 
 Everything here is a pure function of the request, so the same request always yields the same
 bytes. The token formula is the contract other test suites rely on; it is restated in
-``custos.providers.mock_server``'s module docstring.
+``custos.mock``'s module docstring.
 """
 
 from __future__ import annotations
