@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from custos.audit.classes import declared_data_classes
-from custos.context import Attempt, RequestContext, Usage
+from custos.context import Attempt, RequestContext
 from custos.errors import ClientDisconnected, GatewayError
 from custos.identity.directory import Directory
 from custos.identity.jwt import looks_like_jwt
@@ -51,6 +51,7 @@ from custos.providers.transport import (
 from custos.routing import TargetHealth, call_route
 from custos.runtime import ModelTarget, Route, Runtime
 from custos.telemetry import metrics
+from custos.wire import Usage
 
 log = logging.getLogger("custos.pipeline")
 

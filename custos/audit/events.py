@@ -48,11 +48,10 @@ from custos.audit.record import (
     AUTH_FAILURE,
     CONFIG_REVISION,
     LLM_CALL,
-    MAX_INT,
     rfc3339_ms,
     unix_ms,
 )
-from custos.context import MAX_TOKENS, Usage
+from custos.wire import MAX_INT, MAX_TOKENS, Usage
 
 if TYPE_CHECKING:
     from custos.context import RequestContext

@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from custos.audit.record import MAX_INT
 from custos.config.rules import BudgetAlerts, BudgetRule, LimitsSettings, RateLimitRule
 from custos.identity.principal import Principal
 from custos.policy.periods import Period, PeriodKind
 from custos.policy.when import Facts, When
 from custos.providers.estimate import estimate_prompt_tokens, tokens_for_chars
 from custos.state.store import email_key
+from custos.wire import MAX_INT
 
 if TYPE_CHECKING:
     from custos.config.schema import Config

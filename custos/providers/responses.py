@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from custos.context import Protocol, Usage
 from custos.errors import GatewayError, bad_request
 from custos.providers.base import ChainedStreamTranslator, StreamTranslator, renamed_model
 from custos.providers.sse import SSEDecoder, SSEEvent, encode_event
@@ -31,6 +30,7 @@ from custos.providers.translate import (
     merge_anthropic_usage,
     usage_from_anthropic,
 )
+from custos.wire import ApiProtocol, Usage
 
 if TYPE_CHECKING:
     from custos.runtime import Route
@@ -159,7 +159,7 @@ class ResponsesPassthroughStream(StreamTranslator):
             self._next_sequence = sequence + 1
         return encode_event(raw, event.event or (kind if isinstance(kind, str) else None))
 
-    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+    def error_event(self, protocol: ApiProtocol, err: GatewayError) -> bytes:
         return error_event(self._next_sequence, err.code, err.message, err.param)
 
     def finish(self) -> bytes:
@@ -607,7 +607,7 @@ class AnthropicToResponsesStream(StreamTranslator):
     def finish(self) -> bytes:
         return b""
 
-    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+    def error_event(self, protocol: ApiProtocol, err: GatewayError) -> bytes:
         return self._error(err.code, err.message, err.param)
 
     def _error(self, code: Any, message: str, param: str | None = None) -> bytes:
@@ -771,7 +771,7 @@ class ResponsesFromAnthropicEvents(ChainedStreamTranslator):
     def finish(self) -> bytes:
         return self._relay(self._inner.finish()) + self._outer.finish()
 
-    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+    def error_event(self, protocol: ApiProtocol, err: GatewayError) -> bytes:
         return self._outer.error_event(protocol, err)
 
     def _relay(self, events: bytes) -> bytes:
