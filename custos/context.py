@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from custos.audit.content import ContentCapture
     from custos.identity.principal import AuthFailure, Principal
     from custos.limits import Metering
-    from custos.runtime import ModelTarget, Runtime
+    from custos.routing.targets import ModelTarget
+    from custos.runtime import Runtime
 
 
 @dataclass(slots=True)

@@ -49,7 +49,8 @@ from custos.providers.transport import (
     UpstreamUnreachable,
 )
 from custos.routing import TargetHealth, call_route
-from custos.runtime import ModelTarget, Route, Runtime
+from custos.routing.targets import ModelRoute, ModelTarget
+from custos.runtime import Runtime
 from custos.telemetry import metrics
 from custos.wire import Usage
 
@@ -222,7 +223,7 @@ class Pipeline:
 
     # -- stage 7: route ------------------------------------------------------------------------
 
-    def route(self, ctx: RequestContext) -> Route:
+    def route(self, ctx: RequestContext) -> ModelRoute:
         route = ctx.runtime.routes.get(ctx.model)
         if route is None:
             raise GatewayError(
@@ -244,12 +245,12 @@ class Pipeline:
 
     # -- stage 8: call provider ----------------------------------------------------------------
 
-    async def call_provider(self, ctx: RequestContext, route: Route) -> GatewayResponse:
+    async def call_provider(self, ctx: RequestContext, route: ModelRoute) -> GatewayResponse:
         """Try the route's targets as ``custos.routing`` orders, retries and skips them."""
         return await call_route(ctx, route, self.health, partial(self._attempt, ctx, route))
 
     async def _attempt(
-        self, ctx: RequestContext, route: Route, target: ModelTarget
+        self, ctx: RequestContext, route: ModelRoute, target: ModelTarget
     ) -> tuple[GatewayResponse | None, GatewayError | None]:
         ctx.served = target
         call = _provider_call(ctx, target)

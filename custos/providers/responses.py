@@ -15,7 +15,7 @@ to exactly one OpenAI-format account (``check_state``).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -32,8 +32,18 @@ from custos.providers.translate import (
 )
 from custos.wire import ApiProtocol, Usage
 
-if TYPE_CHECKING:
-    from custos.runtime import Route
+
+class NamedModel(Protocol):
+    """What ``check_state`` needs of the model a request names (routing's ``ModelRoute``): the
+    name, and whether it is a virtual model. Stated here so the provider layer does not depend on
+    routing."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def virtual(self) -> bool: ...
+
 
 #: Fields that only mean something to a provider that keeps responses server-side.
 STATEFUL_FIELDS = ("previous_response_id", "conversation", "background", "prompt")
@@ -60,7 +70,7 @@ def _stateful(body: dict[str, Any]) -> str | None:
     return None
 
 
-def check_state(body: dict[str, Any], route: Route) -> None:
+def check_state(body: dict[str, Any], route: NamedModel) -> None:
     """Refuse the fields that need state one account keeps on a model that may route to
     another (the translated targets refuse them in ``request_to_anthropic``)."""
     field = _stateful(body)
