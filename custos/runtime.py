@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from custos.config.loader import LoadedConfig
 from custos.config.schema import Config, ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.emails import email_key
 from custos.identity.jwt import JWTVerifier
 from custos.policy.access import AccessGrant, AccessPolicy
 from custos.policy.limits import LimitsPolicy
@@ -17,7 +18,6 @@ from custos.pricing import ModelPrice
 from custos.providers.base import ProviderAdapter
 from custos.providers.registry import adapter_for
 from custos.routing.targets import ModelRoute, ModelTarget
-from custos.state.store import email_key
 
 #: A model named directly (``account/model``) gets one attempt and no fallback.
 _DIRECT_RETRY = RetrySettings(attempts=1, on_status=[])

@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from custos.config.rules import BudgetAlerts, BudgetRule, LimitsSettings, RateLimitRule
+from custos.emails import email_key
 from custos.identity.principal import Principal
 from custos.policy.periods import Period, PeriodKind
 from custos.policy.when import Facts, When
 from custos.providers.estimate import estimate_prompt_tokens, tokens_for_chars
-from custos.state.store import email_key
 from custos.wire import MAX_INT
 
 if TYPE_CHECKING:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 
+from custos.emails import email_key
 from custos.state.errors import Conflict, Invalid, MigrationError, NotFound
 from custos.state.migrations import all_migrations
 from custos.state.models import (
@@ -227,11 +228,6 @@ def _event(row: Row) -> AdminEvent:
 
 
 # -- input validation: Invalid before any SQL runs -------------------------------------------------
-
-
-def email_key(email: str) -> str:
-    """The form emails are compared in: case-folded, so ``A@x`` and ``a@X`` are one user."""
-    return email.strip().casefold()
 
 
 def _name(value: str, what: str) -> str:
