@@ -11,7 +11,8 @@ import hashlib
 import pytest
 
 from custos.audit.checkpoint import Checkpointer
-from custos.audit.events import GatewayInfo, config_revision
+from custos.audit.events import config_revision
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import seal
 from custos.audit.sequencer import Sequencer
 from custos.audit.store import _LLM_COLUMNS, AuditStore

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from custos.audit.checkpoint import Checkpointer
-from custos.audit.events import GatewayInfo
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import seal, unix_ms
 from custos.audit.retention import purge, purge_window, release_hold, set_hold
 from custos.audit.sequencer import Sequencer

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from custos.audit import events
 from custos.audit.checkpoint import Checkpointer, read_export
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import SealedRecord, rfc3339_ms, seal, unix_ms
 from custos.audit.retention import (
     RetentionJob,
@@ -37,7 +37,7 @@ from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
 from tests.test_audit_report import seeded_calls
 from tests.test_audit_verify import make_signer
 
-GATEWAY = events.GatewayInfo("tests")
+GATEWAY = GatewayInfo("tests")
 ADMIN = Actor(id="user:usr_admin", role="admin")
 
 

@@ -41,7 +41,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from custos import __version__
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import (
     ADMIN_CHANGE,
     AUDIT_PURGE,
@@ -100,14 +100,6 @@ STAGES = {
 }
 #: Secrets never belong in an admin event; these keys are dropped from before/after regardless.
 _SECRET_KEYS = frozenset({"secret", "token", "token_hash", "api_key", "password", "key"})
-
-
-class GatewayInfo:
-    """The facts about this process every record names."""
-
-    def __init__(self, instance: str) -> None:
-        self.instance = instance
-        self.version = __version__
 
 
 def stage_of(code: str | None, status: int) -> str | None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from custos import private
 from custos.audit.checkpoint import Checkpoint
-from custos.audit.events import GatewayInfo
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import LLM_CALL, SealedRecord
 from custos.audit.settings import AuditSettings, OTLPSettings
 

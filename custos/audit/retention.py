@@ -47,6 +47,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from custos.audit import events
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
 from custos.audit.settings import AuditSettings
 from custos.audit.store import insert_in
@@ -253,7 +254,7 @@ async def purge(
     store: Store,
     *,
     retention_days: int,
-    gateway: events.GatewayInfo,
+    gateway: GatewayInfo,
     now: datetime | None = None,
     dry_run: bool = False,
     trigger: str = "schedule",
@@ -327,7 +328,7 @@ class RetentionJob:
         self,
         store: Store,
         settings: Callable[[], AuditSettings],
-        gateway: events.GatewayInfo,
+        gateway: GatewayInfo,
         *,
         interval_s: float = PURGE_INTERVAL_S,
         first_delay_s: float = FIRST_PURGE_DELAY_S,
@@ -395,7 +396,7 @@ async def _purge_main(args: argparse.Namespace) -> int:
     store = await open_store(_store_only(args), migrate=False)
     try:
         result = await purge(store, retention_days=days, dry_run=args.dry_run, trigger="command",
-                             gateway=events.GatewayInfo(socket.gethostname()))  # fmt: skip
+                             gateway=GatewayInfo(socket.gethostname()))  # fmt: skip
     finally:
         await store.close()
     print(result.summary)

@@ -34,6 +34,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.merkle import Frontier
 from custos.state.models import utcnow
 from custos.state.store import Store, Tx
@@ -343,7 +344,6 @@ class AuditLog:
             signers = load_signers(settings)
             otlp = settings.otlp
             if otlp is not None and otlp.logs:
-                from custos.audit.events import GatewayInfo
                 from custos.audit.export import OTLPCheckpointExport
 
                 gateway = GatewayInfo(instance or socket.gethostname())

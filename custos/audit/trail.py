@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from custos.audit import content, events
 from custos.audit.export import Exports
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import NotCanonical, SealedRecord, seal
 from custos.audit.settings import AuditSettings
 from custos.audit.spool import Spool
@@ -69,7 +70,7 @@ class AuditTrail:
     ) -> None:
         self._settings = settings
         first = settings()
-        self.gateway = events.GatewayInfo(instance or socket.gethostname())
+        self.gateway = GatewayInfo(instance or socket.gethostname())
         self.store = AuditStore(store)
         spool_path = Path(first.spool.path)
         if base_dir is not None and not spool_path.is_absolute():
