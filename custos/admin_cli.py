@@ -140,9 +140,9 @@ def _store_url(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
 def _init(args: argparse.Namespace) -> int:
     from custos.admin.bootstrap import bootstrap, recover_admin
     from custos.identity.tokens import TokenService
+    from custos.state.backends import open_store
     from custos.state.errors import Conflict, NotFound, StoreError
     from custos.state.invalidation import open_invalidation
-    from custos.state.store import open_store
 
     if args.recover and args.if_needed:
         return fail("--recover and --if-needed do not go together", 2)
@@ -194,8 +194,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from custos.state.backends import migrate
     from custos.state.errors import StoreError
-    from custos.state.store import migrate
 
     url = _store_only(args)
     try:

@@ -27,7 +27,7 @@ from custos.pipeline import Pipeline
 from custos.providers.transport import Transport
 from custos.routing.shared import SharedHealth
 from custos.runtime import Runtime
-from custos.state.counters import open_counters
+from custos.state.backends import open_counters
 from custos.state.store import Store
 from custos.telemetry import metrics
 

@@ -10,7 +10,7 @@ import time
 from custos.audit.record import rfc3339_ms, seal
 from custos.audit.sequencer import Sequencer
 from custos.audit.store import AuditStore
-from custos.state.store import open_store
+from custos.state.backends import open_store
 
 
 def record(tag: str, n: int) -> object:

@@ -157,7 +157,7 @@ async def test_attachments_left_in_a_spool_are_replayed_with_their_records(tmp_p
     from custos.audit.record import rfc3339_ms, seal
     from custos.audit.spool import Spool
     from custos.audit.writer import AuditWriter
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     db = await open_store(f"sqlite:///{tmp_path / 'custos.db'}")
     try:

@@ -17,9 +17,10 @@ from custos.audit.record import seal, unix_ms
 from custos.audit.retention import purge, purge_window, release_hold, set_hold
 from custos.audit.sequencer import Sequencer
 from custos.audit.store import AuditStore, _sqlite_time, ms_to_datetime
+from custos.state.backends import open_store
 from custos.state.errors import Invalid
 from custos.state.models import Actor, utcnow
-from custos.state.store import Store, open_store
+from custos.state.store import Store
 from tests.audit_log_worker import record
 from tests.conftest import ROOT
 from tests.store_fixtures import PG_URL, pg_url, store, store_url  # noqa: F401  (fixtures)

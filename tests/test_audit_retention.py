@@ -28,9 +28,10 @@ from custos.audit.sequencer import Sequencer
 from custos.audit.settings import AuditSettings
 from custos.audit.store import AuditStore
 from custos.audit.verify import Report, verify_log, verify_range
+from custos.state.backends import open_store
 from custos.state.errors import Conflict
 from custos.state.models import Actor, utcnow
-from custos.state.store import Store, open_store
+from custos.state.store import Store
 from tests.audit_helpers import unguarded
 from tests.conftest import ROOT
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

@@ -25,7 +25,8 @@ from custos.audit.settings import AuditSettings
 from custos.audit.store import AuditStore
 from custos.audit.verify import RetireError, retire_key, verify_log
 from custos.config import ConfigError, parse_config
-from custos.state.store import Store, open_store
+from custos.state.backends import open_store
+from custos.state.store import Store
 from tests.audit_log_worker import record
 from tests.conftest import ROOT
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

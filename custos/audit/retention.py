@@ -379,7 +379,7 @@ class RetentionJob:
 
 async def _purge_main(args: argparse.Namespace) -> int:
     from custos.admin_cli import _store_only
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     days = args.retention_days
     if days is None and args.config:

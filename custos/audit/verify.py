@@ -535,7 +535,7 @@ def verify_range(since: str | None, until: str | None) -> tuple[datetime | None,
 
 def _open(args: argparse.Namespace) -> Any:
     from custos.admin_cli import _store_only
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     return open_store(_store_only(args), migrate=False)
 

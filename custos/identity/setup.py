@@ -14,10 +14,11 @@ from custos.config.schema import Config, TeamSettings
 from custos.emails import email_key
 from custos.identity.directory import Directory
 from custos.identity.tokens import TokenService
+from custos.state.backends import open_store
 from custos.state.errors import Conflict, NotFound, StoreError
 from custos.state.invalidation import Invalidation, open_invalidation
 from custos.state.models import Actor
-from custos.state.store import Store, open_store
+from custos.state.store import Store
 
 log = logging.getLogger("custos.identity")
 
