@@ -34,7 +34,6 @@ from custos.providers.base import (
     StreamTranslator,
     UpstreamCredentialsFailed,
     UpstreamMalformed,
-    UpstreamRequest,
     upstream_error,
 )
 from custos.providers.count_tokens import ESTIMATED_HEADER, estimated_count
@@ -48,6 +47,7 @@ from custos.providers.transport import (
     UpstreamTooLarge,
     UpstreamUnreachable,
 )
+from custos.providers.upstream import UpstreamRequest
 from custos.routing import TargetHealth, call_route
 from custos.routing.targets import ModelRoute, ModelTarget
 from custos.runtime import Runtime

@@ -16,13 +16,13 @@ from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
     UpstreamMalformed,
-    UpstreamRequest,
     renamed_model,
     usage_from_anthropic,
     with_model,
 )
 from custos.providers.client_headers import provider_headers
 from custos.providers.sse import SSEEvent, encode_event
+from custos.providers.upstream import UpstreamRequest
 from custos.wire import Operation, Usage
 
 #: The Messages API version the translations are written against.

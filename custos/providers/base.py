@@ -31,6 +31,7 @@ import orjson
 from custos.errors import GatewayError, stream_error_event
 from custos.providers.estimate import tokens_for_chars
 from custos.providers.sse import SSEDecoder
+from custos.providers.upstream import UpstreamRequest
 from custos.wire import ApiProtocol, Operation, Usage
 
 if TYPE_CHECKING:
@@ -53,14 +54,6 @@ class ProviderCall:
     client_wants_usage: bool
     #: The allow-listed provider headers the client sent (``custos.providers.client_headers``).
     client_headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(slots=True)
-class UpstreamRequest:
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
 
 
 @dataclass(slots=True)

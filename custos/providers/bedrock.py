@@ -36,11 +36,11 @@ from custos.providers.base import (
     StreamDecoder,
     StreamTranslator,
     UpstreamMalformed,
-    UpstreamRequest,
 )
 from custos.providers.eventstream import EXCEPTION_PREFIX, EventStreamDecoder
 from custos.providers.sigv4 import SigV4Signer
 from custos.providers.sse import SSEEvent, encode_event
+from custos.providers.upstream import UpstreamRequest
 from custos.wire import Operation, Usage
 
 #: The signing name of the Bedrock Runtime service.

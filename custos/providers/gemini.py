@@ -39,9 +39,9 @@ from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
     UpstreamMalformed,
-    UpstreamRequest,
 )
 from custos.providers.sse import SSEDecoder, SSEEvent, encode_event
+from custos.providers.upstream import UpstreamRequest
 from custos.wire import Operation, Usage
 
 #: Gemini finishReason -> OpenAI finish_reason (a reply with function calls is "tool_calls").

@@ -25,7 +25,8 @@ import jwt
 import orjson
 
 from custos.config.service_account import ServiceAccountKey
-from custos.providers.base import UpstreamCredentialsFailed, UpstreamRequest
+from custos.providers.base import UpstreamCredentialsFailed
+from custos.providers.upstream import UpstreamRequest
 
 if TYPE_CHECKING:
     from custos.providers.transport import Transport
