@@ -471,7 +471,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _signing_key_beside(store_url: str) -> None:
     """A SQLite store gets its audit signing key beside it, as it gets its token hash key."""
     from custos.audit.checkpoint import create_key_beside_store
-    from custos.audit.settings import AuditSettings
+    from custos.config.audit import AuditSettings
 
     made = create_key_beside_store(store_url, AuditSettings().signing_key_name)
     if made is not None:

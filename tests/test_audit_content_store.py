@@ -12,8 +12,8 @@ import pytest
 
 from custos.audit import content
 from custos.audit.content_store import Attachment, erase, stored_part
-from custos.audit.settings import AuditSettings
 from custos.audit.store import AuditStore
+from custos.config.audit import AuditSettings
 from custos.state.models import Actor, Change
 from custos.state.store import Store
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

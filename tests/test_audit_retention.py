@@ -25,9 +25,9 @@ from custos.audit.retention import (
     set_hold,
 )
 from custos.audit.sequencer import Sequencer
-from custos.audit.settings import AuditSettings
 from custos.audit.store import AuditStore
 from custos.audit.verify import Report, verify_log, verify_range
+from custos.config.audit import AuditSettings
 from custos.state.backends import open_store
 from custos.state.errors import Conflict
 from custos.state.models import Actor, utcnow

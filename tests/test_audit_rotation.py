@@ -21,10 +21,10 @@ from custos.audit.checkpoint import (
     read_export,
 )
 from custos.audit.sequencer import AuditLog, Sequencer
-from custos.audit.settings import AuditSettings
 from custos.audit.store import AuditStore
 from custos.audit.verify import RetireError, retire_key, verify_log
 from custos.config import ConfigError, parse_config
+from custos.config.audit import AuditSettings
 from custos.state.backends import open_store
 from custos.state.store import Store
 from tests.audit_log_worker import record

@@ -32,7 +32,7 @@ from custos import private
 from custos.audit.checkpoint import Checkpoint
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import LLM_CALL, SealedRecord
-from custos.audit.settings import AuditSettings, OTLPSettings
+from custos.config.audit import AuditSettings, OTLPSettings
 
 log = logging.getLogger("custos.audit")
 

@@ -49,8 +49,8 @@ from typing import Any, Final
 from custos.audit import events
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
-from custos.audit.settings import AuditSettings
 from custos.audit.store import insert_in
+from custos.config.audit import AuditSettings
 from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, Tx, _dt

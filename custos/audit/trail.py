@@ -37,10 +37,10 @@ from custos.audit import content, events
 from custos.audit.export import Exports
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.record import NotCanonical, SealedRecord, seal
-from custos.audit.settings import AuditSettings
 from custos.audit.spool import Spool
 from custos.audit.store import AuditStore
 from custos.audit.writer import STRICT_WAIT_S, AuditUnavailable, AuditWriter, WaitFor, failed
+from custos.config.audit import AuditSettings
 from custos.errors import GatewayError
 from custos.state.invalidation import Invalidation
 from custos.telemetry import metrics

@@ -83,7 +83,7 @@ from custos.audit.merkle import (
 )
 from custos.audit.record import AUDIT_PURGE
 from custos.audit.sequencer import read_nodes
-from custos.audit.settings import AuditSettings
+from custos.config.audit import AuditSettings
 from custos.state.models import utcnow
 from custos.state.store import Store, _dt
 

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from custos.audit.settings import AuditSettings
+from custos.config.audit import AuditSettings
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 from custos.request_values import RequestValue
 
