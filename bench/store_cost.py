@@ -30,8 +30,8 @@ from typing import Any
 from custos.audit.log.merkle import Frontier
 from custos.audit.records.record import SealedRecord, rfc3339_ms, seal
 from custos.audit.storage import store as audit_store
+from custos.state.backends import open_store
 from custos.state.migrations import m0003_audit, m0006_audit_lean, m0008_audit_type_index
-from custos.state.store import open_store
 
 #: 2026-07-01T00:00:00Z
 START_MS = 1_782_864_000_000

@@ -9,54 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from custos.wire import ApiProtocol, Operation, Usage
 
 if TYPE_CHECKING:
     from custos.audit.records.content import ContentCapture
     from custos.identity.principal import AuthFailure, Principal
     from custos.limits import Metering
-    from custos.runtime import ModelTarget, Runtime
-
-Protocol = Literal["openai", "anthropic"]
-Operation = Literal["chat", "embeddings", "messages", "responses", "count_tokens"]
-
-#: The largest count a request may ask for (``max_tokens``, ``n``, …) and the most tokens of a
-#: kind a call is charged for: far past any model's window, and small enough that every count
-#: and cost derived from it stays within the integers an audit record holds (±(2**53 - 1)).
-MAX_TOKENS: Final = 2**31 - 1
-
-
-@dataclass(slots=True)
-class Usage:
-    """Normalised token usage. ``input_tokens`` includes cached and cache-write tokens;
-    ``output_tokens`` includes reasoning tokens, as OpenAI counts them."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    #: True when the provider did not report usage and the gateway estimated it.
-    estimated: bool = False
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def bounded(self) -> Usage:
-        """Keep every count within ``0..MAX_TOKENS``: a provider that reports more (or less) is
-        not believed, the count becomes the bound and the usage counts as estimated, so what is
-        charged and recorded stays in range."""
-        for name in _COUNTS:
-            value = getattr(self, name)
-            if not 0 <= value <= MAX_TOKENS:
-                setattr(self, name, min(max(value, 0), MAX_TOKENS))
-                self.estimated = True
-        return self
-
-
-_COUNTS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-           "reasoning_tokens")  # fmt: skip
+    from custos.routing.targets import ModelTarget
+    from custos.runtime import Runtime
 
 
 @dataclass(slots=True)
@@ -120,7 +82,7 @@ class Decision:
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    protocol: Protocol
+    protocol: ApiProtocol
     operation: Operation
     runtime: Runtime
     #: The bearer credential as presented (never logged, never recorded).

@@ -32,7 +32,7 @@ from custos.policy.stages import Authorize, Identify
 from custos.providers.transport import Transport
 from custos.routing.shared import SharedHealth
 from custos.runtime import Runtime
-from custos.state.counters import open_counters
+from custos.state.backends import open_counters
 from custos.state.store import Store
 from custos.telemetry import metrics
 from custos.terminals.llm import LLMTerminal

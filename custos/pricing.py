@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from custos.audit.records.record import MAX_INT
 from custos.config.schema import ModelSettings
-from custos.context import Usage
+from custos.wire import MAX_INT, Usage
 
 _PICO_PER_MICRO = 1_000_000
 

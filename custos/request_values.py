@@ -2,8 +2,8 @@
 
 Checked on the resolved value (after ``${env:}``/``${file:}``): a key file or variable ending
 in a newline is the usual cause of a control character, and the request such a value goes into
-could not be sent (or would carry a second header line). Outside ``custos.config`` so that the
-audit settings can use it without importing the loader.
+could not be sent (or would carry a second header line). A bottom module: it imports nothing
+from ``custos``, so every section of the config schema can use it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from custos.config.loader import LoadedConfig
 from custos.config.schema import Config, ProviderSettings, RetrySettings, VirtualModelSettings
+from custos.emails import email_key
 from custos.identity.jwt import JWTVerifier
 from custos.policy.access import AccessGrant, AccessPolicy
 from custos.policy.limits import LimitsPolicy
@@ -16,8 +17,7 @@ from custos.policy.patterns import ModelPattern
 from custos.pricing import ModelPrice
 from custos.providers.base import ProviderAdapter
 from custos.providers.registry import adapter_for
-from custos.routing.targets import ModelTarget, Route
-from custos.state.store import email_key
+from custos.routing.targets import ModelRoute, ModelTarget
 
 #: A model named directly (``account/model``) gets one attempt and no fallback.
 _DIRECT_RETRY = RetrySettings(attempts=1, on_status=[])
@@ -34,8 +34,8 @@ class Runtime:
             for model in settings.models:
                 target = _target(account, model, settings, adapter)
                 self.targets[target.name] = target
-        self.routes: dict[str, Route] = {
-            name: Route(name, (t,), "priority", (1,), _DIRECT_RETRY, frozenset(), False)
+        self.routes: dict[str, ModelRoute] = {
+            name: ModelRoute(name, (t,), "priority", (1,), _DIRECT_RETRY, frozenset(), False)
             for name, t in self.targets.items()
         }
         for name, vm in self.config.virtual_models.items():
@@ -57,8 +57,8 @@ class Runtime:
             self.config.metadata.required, self.config.metadata.allowed
         )
 
-    def _virtual_route(self, name: str, vm: VirtualModelSettings) -> Route:
-        return Route(
+    def _virtual_route(self, name: str, vm: VirtualModelSettings) -> ModelRoute:
+        return ModelRoute(
             name=name,
             targets=tuple(self.targets[t.model] for t in vm.targets),
             strategy=vm.strategy,

@@ -18,7 +18,8 @@ import orjson
 
 from custos.audit.records.record import SealedRecord, leaf_hash, unseal
 from custos.audit.storage.store import AuditStore
-from custos.state.store import Store, Tx, open_store
+from custos.state.backends import open_store
+from custos.state.store import Store, Tx
 from tests.conftest import GatewayProcess
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import time
 from custos.audit.log.sequencer import Sequencer
 from custos.audit.records.record import rfc3339_ms, seal
 from custos.audit.storage.store import AuditStore
-from custos.state.store import open_store
+from custos.state.backends import open_store
 
 
 def record(tag: str, n: int) -> object:

@@ -143,8 +143,8 @@ def standard_config(mock_url: str) -> str:
 def issue_admin_token(store_url: str) -> str:
     """Create the first admin in the store and return a PAT for it, as ``custos init`` does."""
     from custos.identity.tokens import TokenService
+    from custos.state.backends import open_store
     from custos.state.models import Actor
-    from custos.state.store import open_store
 
     async def bootstrap() -> str:
         store = await open_store(store_url)

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 
 from custos.identity.tokens import TokenService
+from custos.state.backends import open_store
 from custos.state.models import Actor
-from custos.state.store import open_store
 from tests.conftest import TOKEN_KEY, GatewayProcess
 
 #: Prices of the test models: 1 micro-dollar per input token, 10 per output token.

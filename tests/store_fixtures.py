@@ -20,7 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from custos.state.store import Store, open_store
+from custos.state.backends import open_store
+from custos.state.store import Store
 
 PG_URL = os.environ.get("CUSTOS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CUSTOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

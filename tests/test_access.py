@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from custos.identity.tokens import TokenService
+from custos.state.backends import open_store
 from custos.state.models import Actor
-from custos.state.store import open_store
 from tests.conftest import (
     TOKEN_KEY,
     GatewayProcess,

@@ -26,8 +26,9 @@ from custos.http.admin import AdminAPI
 from custos.identity.directory import Directory
 from custos.identity.principal import Principal
 from custos.identity.tokens import TokenService
+from custos.state.backends import open_store
 from custos.state.invalidation import MemoryInvalidation, PostgresInvalidation
-from custos.state.store import Store, open_store
+from custos.state.store import Store
 from tests.conftest import (
     ADMIN_EMAIL,
     CUSTOS,

@@ -12,13 +12,13 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
 from custos.config.schema import ProviderSettings
-from custos.context import Usage
 from custos.errors import GatewayError
 from custos.providers.anthropic import AnthropicAdapter, AnthropicPassthroughStream
 from custos.providers.base import ProviderCall, UpstreamMalformed
 from custos.providers.registry import adapter_for
 from custos.providers.sse import SSEDecoder, SSEEvent
 from custos.providers.translate import AnthropicToOpenAIStream
+from custos.wire import Usage
 
 KEY = "sk-ant-test-key"
 

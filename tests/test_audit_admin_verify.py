@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from custos.audit.log.checkpoint import generate_pem, parse_checkpoint
-from custos.state.store import open_store
+from custos.state.backends import open_store
 from tests.audit_helpers import eventually, one_call, query, stored_records, unguarded
 from tests.conftest import CUSTOS, ROOT, GatewayProcess, standard_config
 from tests.test_audit_export import OTLPReceiver, _attributes, receiver  # noqa: F401  (fixture)

@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from custos.audit.records.record import MAX_INT
-from custos.context import MAX_TOKENS
+from custos.wire import MAX_INT, MAX_TOKENS
 from tests.audit_helpers import integers_in, recorded, serve_http
 from tests.conftest import GatewayProcess, MockProvider
 from tests.limits_helpers import bearer, provider_config, with_rules

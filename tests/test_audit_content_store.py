@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from custos.audit.records import content
-from custos.audit.settings import AuditSettings
 from custos.audit.storage.content_store import Attachment, erase, stored_part
 from custos.audit.storage.store import AuditStore
+from custos.config.audit import AuditSettings
 from custos.state.models import Actor, Change
 from custos.state.store import Store
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
@@ -157,7 +157,7 @@ async def test_attachments_left_in_a_spool_are_replayed_with_their_records(tmp_p
     from custos.audit.records.record import rfc3339_ms, seal
     from custos.audit.storage.spool import Spool
     from custos.audit.storage.writer import AuditWriter
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     db = await open_store(f"sqlite:///{tmp_path / 'custos.db'}")
     try:

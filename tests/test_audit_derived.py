@@ -11,9 +11,10 @@ import hashlib
 import pytest
 
 from custos.audit.compliance.verify import verify_log
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.log.checkpoint import Checkpointer
 from custos.audit.log.sequencer import Sequencer
-from custos.audit.records.events import GatewayInfo, config_revision
+from custos.audit.records.events import config_revision
 from custos.audit.records.record import seal
 from custos.audit.storage.store import _LLM_COLUMNS, AuditStore
 from custos.state.store import Store

@@ -58,8 +58,8 @@ def proxied_pg() -> Iterator[tuple[TCPProxy, str]]:
 
 def _admin_token(store_url: str) -> str:
     from custos.identity.tokens import TokenService
+    from custos.state.backends import open_store
     from custos.state.models import Actor
-    from custos.state.store import open_store
     from tests.conftest import ADMIN_EMAIL, TOKEN_KEY
 
     async def issue() -> str:

@@ -31,8 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from custos.audit.records.record import MAX_INT
-from custos.context import MAX_TOKENS
+from custos.wire import MAX_INT, MAX_TOKENS
 from tests.audit_helpers import integers_in, recorded, records_of
 from tests.conftest import GatewayProcess, MockProvider, standard_config
 from tests.limits_helpers import with_rules

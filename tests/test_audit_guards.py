@@ -12,14 +12,15 @@ import asyncpg
 import pytest
 
 from custos.audit.compliance.retention import purge, release_hold, set_hold
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.log.checkpoint import Checkpointer
 from custos.audit.log.sequencer import Sequencer
-from custos.audit.records.events import GatewayInfo
 from custos.audit.records.record import seal, unix_ms
 from custos.audit.storage.store import AuditStore, _sqlite_time, ms_to_datetime
+from custos.state.backends import open_store
 from custos.state.errors import Invalid
 from custos.state.models import Actor, utcnow
-from custos.state.store import Store, open_store
+from custos.state.store import Store
 from tests.audit_log_worker import record
 from tests.conftest import ROOT
 from tests.store_fixtures import PG_URL, pg_url, store, store_url  # noqa: F401  (fixtures)

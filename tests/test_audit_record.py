@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from custos.audit.records.events import truncate_address
 from custos.audit.records.record import (
-    MAX_INT,
     NotCanonical,
     canonical_bytes,
     leaf_hash,
@@ -24,6 +23,7 @@ from custos.audit.records.record import (
 )
 from custos.errors import GatewayError
 from custos.policy.data_classes import declared_data_classes
+from custos.wire import MAX_INT
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-MAX_INT, MAX_INT) | st.text(),

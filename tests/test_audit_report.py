@@ -19,7 +19,8 @@ import pytest
 from custos.audit.compliance.report import build_report, parse_group_by, parse_range
 from custos.audit.records.record import leaf_hash, rfc3339_ms, seal, unix_ms
 from custos.audit.storage.store import AuditStore
-from custos.state.store import Store, open_store
+from custos.state.backends import open_store
+from custos.state.store import Store
 from tests.audit_helpers import one_call, query
 from tests.conftest import CUSTOS, ROOT, GatewayProcess, MockProvider, standard_config
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

@@ -22,22 +22,23 @@ from custos.audit.compliance.retention import (
     set_hold,
 )
 from custos.audit.compliance.verify import Report, verify_log, verify_range
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.log.checkpoint import Checkpointer, read_export
 from custos.audit.log.sequencer import Sequencer
-from custos.audit.records import events
 from custos.audit.records.record import SealedRecord, rfc3339_ms, seal, unix_ms
-from custos.audit.settings import AuditSettings
 from custos.audit.storage.store import AuditStore
+from custos.config.audit import AuditSettings
+from custos.state.backends import open_store
 from custos.state.errors import Conflict
 from custos.state.models import Actor, utcnow
-from custos.state.store import Store, open_store
+from custos.state.store import Store
 from tests.audit_helpers import unguarded
 from tests.conftest import ROOT
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
 from tests.test_audit_report import seeded_calls
 from tests.test_audit_verify import make_signer
 
-GATEWAY = events.GatewayInfo("tests")
+GATEWAY = GatewayInfo("tests")
 ADMIN = Actor(id="user:usr_admin", role="admin")
 
 

@@ -23,10 +23,11 @@ from custos.audit.log.checkpoint import (
 )
 from custos.audit.log.keys import RetireError, retire_key
 from custos.audit.log.sequencer import AuditLog, Sequencer
-from custos.audit.settings import AuditSettings
 from custos.audit.storage.store import AuditStore
 from custos.config import ConfigError, parse_config
-from custos.state.store import Store, open_store
+from custos.config.audit import AuditSettings
+from custos.state.backends import open_store
+from custos.state.store import Store
 from tests.audit_log_worker import record
 from tests.conftest import ROOT
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)

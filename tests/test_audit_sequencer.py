@@ -15,7 +15,8 @@ import pytest
 from custos.audit.log.merkle import Frontier, root_of
 from custos.audit.log.sequencer import Fenced, Sequencer, append_leaves, load_frontier
 from custos.audit.storage.store import AuditStore
-from custos.state.store import Store, open_store
+from custos.state.backends import open_store
+from custos.state.store import Store
 from tests.audit_log_worker import record
 from tests.conftest import ROOT
 from tests.store_fixtures import PG_URL, pg_url, store, store_url  # noqa: F401  (fixtures)

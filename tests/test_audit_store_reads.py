@@ -11,7 +11,8 @@ import pytest
 from custos.audit.records.record import SealedRecord, rfc3339_ms, seal
 from custos.audit.storage.store import AuditStore
 from custos.state import sqlite as sqlite_store
-from custos.state.store import Store, open_store
+from custos.state.backends import open_store
+from custos.state.store import Store
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
 
 #: 2026-07-01T00:00:00Z

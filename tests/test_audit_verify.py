@@ -232,7 +232,7 @@ async def test_prove_and_check_proof(log: Log, tmp_path: Path) -> None:
 def test_verify_cli_exit_status(tmp_path: Path) -> None:
     import asyncio
 
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     url = f"sqlite:///{tmp_path / 'custos.db'}"
 

@@ -12,7 +12,8 @@ from custos.audit.records.record import SealedRecord, rfc3339_ms, seal
 from custos.audit.storage import writer as writer_module
 from custos.audit.storage.spool import Spool, SpoolError
 from custos.audit.storage.writer import AuditWriter
-from custos.state.store import Store, open_store
+from custos.state.backends import open_store
+from custos.state.store import Store
 from custos.telemetry import metrics
 from tests.audit_helpers import FlakyStore
 

@@ -17,13 +17,13 @@ import pytest
 
 from custos.config.loader import ConfigError, parse_config
 from custos.config.schema import ProviderSettings
-from custos.context import Usage
 from custos.errors import GatewayError
 from custos.providers.base import ProviderCall, UpstreamMalformed
 from custos.providers.bedrock import BedrockAdapter
 from custos.providers.eventstream import EventStreamDecoder, encode_message
 from custos.providers.registry import adapter_for
 from custos.providers.sse import SSEEvent
+from custos.wire import Usage
 
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

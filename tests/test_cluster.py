@@ -40,7 +40,7 @@ def cluster_config(mock_url: str, store_url: str) -> str:
 async def _bootstrap(store_url: str) -> str:
     from custos.admin.bootstrap import bootstrap
     from custos.identity.tokens import TokenService
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     store = await open_store(store_url)
     try:

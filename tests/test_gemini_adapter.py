@@ -13,13 +13,13 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter, ValidationError
 
 from custos.config.schema import ProviderSettings
-from custos.context import Usage
 from custos.errors import GatewayError
 from custos.providers.base import ProviderCall, UpstreamMalformed
 from custos.providers.gemini import GeminiAdapter, GeminiToOpenAIStream, usage_from_gemini
 from custos.providers.registry import adapter_for
 from custos.providers.sse import SSEDecoder, SSEEvent
 from custos.providers.vertex import VertexAdapter
+from custos.wire import Usage
 from tests.google_helpers import service_account
 
 KEY = "AIza-test-key"

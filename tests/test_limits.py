@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from custos.context import Usage
 from custos.mock import prompt_tokens_openai
 from custos.pricing import ModelPrice
 from custos.providers.estimate import estimate_prompt_tokens, tokens_for_chars
+from custos.wire import Usage
 from tests.conftest import MOCK_KEY, GatewayProcess, MockProvider
 from tests.limits_helpers import (
     budget,

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from custos.config.loader import parse_config
-from custos.context import RequestContext, Usage
+from custos.context import RequestContext
 from custos.identity.principal import Principal
 from custos.limits.service import Limiter
 from custos.runtime import Runtime
 from custos.state.counters_memory import MemoryCounters
+from custos.wire import Usage
 
 CONFIG = """\
 version: 1

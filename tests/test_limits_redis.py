@@ -37,7 +37,7 @@ from tests.store_fixtures import (
 async def _admin_token(store_url: str) -> str:
     from custos.admin.bootstrap import bootstrap
     from custos.identity.tokens import TokenService
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     store = await open_store(store_url)
     try:

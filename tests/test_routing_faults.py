@@ -269,11 +269,11 @@ def test_sticky_routing_keeps_a_metadata_value_on_one_target(gw) -> None:
 def test_retries_wait_a_full_jitter_below_the_exponential_backoff() -> None:
     from custos.config.schema import RetrySettings
     from custos.routing import backoff_s
-    from custos.runtime import Route
+    from custos.routing.targets import ModelRoute
 
-    def route(jitter: str) -> Route:
+    def route(jitter: str) -> ModelRoute:
         retry = RetrySettings(attempts=4, backoff_ms=100, jitter=jitter)
-        return Route("r", (), "priority", (), retry, frozenset(), True)
+        return ModelRoute("r", (), "priority", (), retry, frozenset(), True)
 
     rng = random.Random(7)
     waits = [backoff_s(route("full"), 3, rng) for _ in range(200)]

@@ -14,10 +14,11 @@ import asyncpg
 import pytest
 
 from custos.state import store as store_module
+from custos.state.backends import migrate, open_store
 from custos.state.errors import Conflict, Invalid, MigrationError, NotFound, StoreError
 from custos.state.migrations import Migration, all_migrations
 from custos.state.models import Actor, TokenRecord
-from custos.state.store import Store, migrate, open_store
+from custos.state.store import Store
 from tests.store_fixtures import PG_URL, pg_url, require_pg, store, store_url  # noqa: F401  (fixtures)
 
 ADMIN = Actor("user:usr_admin", "admin")

@@ -42,6 +42,7 @@ from custos.identity.tokens import (
     generate,
     hash_token,
 )
+from custos.state.backends import open_store
 from custos.state.errors import Invalid
 from custos.state.invalidation import (
     Invalidation,
@@ -51,7 +52,7 @@ from custos.state.invalidation import (
     open_invalidation,
 )
 from custos.state.models import Actor, Change
-from custos.state.store import Store, open_store
+from custos.state.store import Store
 from tests.store_fixtures import pg_url, redis_url, store, store_url  # noqa: F401  (fixtures)
 
 KEY = b"k" * 16 + secrets.token_bytes(32)

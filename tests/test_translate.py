@@ -27,7 +27,6 @@ from openai.types.chat.completion_create_params import (
 )
 from pydantic import TypeAdapter
 
-from custos.context import Usage
 from custos.errors import GatewayError
 from custos.providers.base import UpstreamMalformed
 from custos.providers.sse import SSEDecoder, SSEEvent
@@ -39,6 +38,7 @@ from custos.providers.translate import (
     openai_request_to_anthropic,
     openai_response_to_anthropic,
 )
+from custos.wire import Usage
 
 # -- SDK validation helpers -----------------------------------------------------------------------
 

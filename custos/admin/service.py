@@ -45,6 +45,7 @@ from custos.admin.views import (
     TokenView,
     UserView,
 )
+from custos.emails import email_key
 from custos.identity.principal import (
     EXPIRED,
     OWNER_DELETED,
@@ -64,7 +65,7 @@ from custos.state.models import (
     VirtualAccount,
     utcnow,
 )
-from custos.state.store import Store, email_key
+from custos.state.store import Store
 
 _TEAM_ID = re.compile(r"^team_[0-9a-f]{20}$")
 _ACCOUNT_ID = re.compile(r"^va_[0-9a-f]{20}$")

@@ -26,15 +26,15 @@ from typing import Any
 from custos import private
 from custos.audit.compliance.retention import purge
 from custos.audit.compliance.verify import UNSIGNED_DELAY_S, verify_log, verify_range
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.log.checkpoint import generate_signing_key, load_verifiers, read_export
 from custos.audit.log.keys import RetireError, registered_verifiers, retire_key
-from custos.audit.records import events
-from custos.audit.settings import AuditSettings
 from custos.cli.common import store_args, store_only
+from custos.config.audit import AuditSettings
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     return open_store(store_only(args), migrate=False)
 
@@ -155,7 +155,7 @@ def _check_proof_main(args: argparse.Namespace) -> int:
 
 
 async def _purge_main(args: argparse.Namespace) -> int:
-    from custos.state.store import open_store
+    from custos.state.backends import open_store
 
     days = args.retention_days
     if days is None and args.config:
@@ -172,7 +172,7 @@ async def _purge_main(args: argparse.Namespace) -> int:
     store = await open_store(store_only(args), migrate=False)
     try:
         result = await purge(store, retention_days=days, dry_run=args.dry_run, trigger="command",
-                             gateway=events.GatewayInfo(socket.gethostname()))  # fmt: skip
+                             gateway=GatewayInfo(socket.gethostname()))  # fmt: skip
     finally:
         await store.close()
     print(result.summary)

@@ -96,9 +96,9 @@ def _store_url(args: argparse.Namespace) -> tuple[str, bytes, str | None]:
 def _init(args: argparse.Namespace) -> int:
     from custos.admin.bootstrap import bootstrap, recover_admin
     from custos.identity.tokens import TokenService
+    from custos.state.backends import open_store
     from custos.state.errors import Conflict, NotFound, StoreError
     from custos.state.invalidation import open_invalidation
-    from custos.state.store import open_store
 
     if args.recover and args.if_needed:
         return fail("--recover and --if-needed do not go together", 2)
@@ -152,7 +152,7 @@ def _init(args: argparse.Namespace) -> int:
 def _signing_key_beside(store_url: str) -> None:
     """A SQLite store gets its audit signing key beside it, as it gets its token hash key."""
     from custos.audit.log.checkpoint import create_key_beside_store
-    from custos.audit.settings import AuditSettings
+    from custos.config.audit import AuditSettings
 
     made = create_key_beside_store(store_url, AuditSettings().signing_key_name)
     if made is not None:
@@ -161,8 +161,8 @@ def _signing_key_beside(store_url: str) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from custos.state.backends import migrate
     from custos.state.errors import StoreError
-    from custos.state.store import migrate
 
     url = store_only(args)
     try:

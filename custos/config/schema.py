@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from custos.audit.settings import AuditSettings
+from custos.config.audit import AuditSettings
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 from custos.request_values import RequestValue
 
@@ -265,7 +265,7 @@ def _valid_region(data: dict[str, Any], region: Any) -> bool:
 
 def _vertex_needs(settings: ProviderSettings) -> None:
     """A vertex account needs a region, a service-account key and a project (or the key's)."""
-    from custos.providers.google_auth import ServiceAccountKey  # the schema stays import-light
+    from custos.config.service_account import ServiceAccountKey  # the schema stays import-light
 
     if not settings.region or not _GCP_REGION.fullmatch(settings.region):
         raise ValueError("vertex needs region (e.g. europe-west4)")

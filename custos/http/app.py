@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from custos.context import Operation, Protocol, RequestContext
+from custos.context import RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
 from custos.http.admin import AdminAPI
@@ -41,6 +41,7 @@ from custos.policy.metadata import HEADER_NAMES
 from custos.providers.client_headers import PASSED_HEADERS, checked_client_headers
 from custos.stage import GatewayResponse
 from custos.telemetry import metrics
+from custos.wire import ApiProtocol, Operation
 
 log = logging.getLogger("custos.http")
 
@@ -59,7 +60,7 @@ class Endpoint:
     route: str
     methods: frozenset[str]
     handler: Handler
-    protocol: Protocol
+    protocol: ApiProtocol
 
 
 class GatewayApp:
@@ -107,7 +108,7 @@ class GatewayApp:
         ):
             endpoint = self.routes[ONE_MODEL_PREFIX + "{id}"]
         if endpoint is None:
-            protocol: Protocol = "anthropic" if path.startswith("/v1/messages") else "openai"
+            protocol: ApiProtocol = "anthropic" if path.startswith("/v1/messages") else "openai"
             err = GatewayError(
                 404, "unknown_route", f"No route {scope['method']} {path} on this gateway."
             )
@@ -123,7 +124,7 @@ class GatewayApp:
 
     # -- the LLM routes ------------------------------------------------------------------------
 
-    def _llm(self, route: str, protocol: Protocol, operation: Operation) -> Endpoint:
+    def _llm(self, route: str, protocol: ApiProtocol, operation: Operation) -> Endpoint:
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             await self.llm(scope, receive, send, route, protocol, operation)
 
@@ -135,7 +136,7 @@ class GatewayApp:
         receive: Receive,
         send: Send,
         route: str,
-        protocol: Protocol,
+        protocol: ApiProtocol,
         operation: Operation,
     ) -> None:
         request_id = new_request_id()
@@ -325,7 +326,7 @@ async def send_body(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, protocol: Protocol, err: GatewayError, request_id: str) -> None:
+async def send_error(send: Send, protocol: ApiProtocol, err: GatewayError, request_id: str) -> None:
     headers = [_JSON, (b"x-custos-request-id", request_id.encode())]
     headers.extend((k.encode(), v.encode()) for k, v in err.headers.items())
     if protocol == "anthropic":

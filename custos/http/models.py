@@ -15,11 +15,11 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from custos.context import Protocol
 from custos.errors import GatewayError, bad_request
 from custos.http.requests import require_model
 from custos.identity.principal import Principal
 from custos.runtime import Runtime
+from custos.wire import ApiProtocol
 
 #: The route's path as metrics and dispatch name it; the id follows the prefix.
 ONE_MODEL_PREFIX = "/v1/models/"
@@ -35,7 +35,7 @@ _NAMES_CACHE_SIZE = 1024
 _OPENAI_LISTS: dict[tuple[str, tuple[str, ...]], bytes] = {}
 
 
-def client_protocol(headers: list[tuple[bytes, bytes]]) -> Protocol:
+def client_protocol(headers: list[tuple[bytes, bytes]]) -> ApiProtocol:
     return "anthropic" if any(name == b"anthropic-version" for name, _ in headers) else "openai"
 
 
@@ -52,7 +52,9 @@ def allowed_names(runtime: Runtime, principal: Principal) -> tuple[str, ...]:
     return cached
 
 
-def models_list(runtime: Runtime, principal: Principal, protocol: Protocol, query: bytes) -> bytes:
+def models_list(
+    runtime: Runtime, principal: Principal, protocol: ApiProtocol, query: bytes
+) -> bytes:
     names = allowed_names(runtime, principal)
     if protocol == "openai":
         key = (runtime.revision, names)
@@ -75,7 +77,7 @@ def models_list(runtime: Runtime, principal: Principal, protocol: Protocol, quer
     )
 
 
-def one_model(runtime: Runtime, principal: Principal, protocol: Protocol, name: str) -> bytes:
+def one_model(runtime: Runtime, principal: Principal, protocol: ApiProtocol, name: str) -> bytes:
     require_model({"model": name})  # an id is checked as a body's model is: it is echoed
     if name not in allowed_names(runtime, principal):
         raise GatewayError(

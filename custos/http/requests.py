@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 
-from custos.context import MAX_TOKENS, Operation
 from custos.errors import ClientDisconnected, GatewayError, bad_request
 from custos.identity.principal import AMBIGUOUS, AuthFailure
 from custos.policy.metadata import CONTROL_CHARACTERS
+from custos.wire import MAX_TOKENS, Operation
 
 
 async def read_body(

@@ -44,6 +44,7 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
+from custos.emails import email_key
 from custos.identity.principal import (
     EXPIRED,
     MALFORMED,
@@ -57,7 +58,7 @@ from custos.identity.principal import (
 )
 from custos.identity.tokens import TokenHasher, check_format, coerce_key
 from custos.state.models import AuthSnapshot, Change, User, VirtualAccount
-from custos.state.store import DEFAULT_KEEP_DEAD_TOKENS, Store, email_key
+from custos.state.store import DEFAULT_KEEP_DEAD_TOKENS, Store
 
 if TYPE_CHECKING:  # the transports import redis and asyncpg; a single node needs neither
     from custos.state.invalidation import Invalidation

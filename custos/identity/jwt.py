@@ -42,8 +42,8 @@ from typing import Any
 import jwt
 
 from custos.config.schema import IdPSettings
+from custos.emails import email_key
 from custos.identity.principal import AuthFailure, Principal
-from custos.state.store import email_key
 
 log = logging.getLogger("custos.identity.jwt")
 

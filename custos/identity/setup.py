@@ -11,12 +11,14 @@ from pathlib import Path
 
 from custos import private
 from custos.config.schema import Config, TeamSettings
+from custos.emails import email_key
 from custos.identity.directory import Directory
 from custos.identity.tokens import TokenService
+from custos.state.backends import open_store
 from custos.state.errors import Conflict, NotFound, StoreError
 from custos.state.invalidation import Invalidation, open_invalidation
 from custos.state.models import Actor
-from custos.state.store import Store, email_key, open_store
+from custos.state.store import Store
 
 log = logging.getLogger("custos.identity")
 

@@ -64,8 +64,6 @@ from custos.state.counters import (
     Ticket,
     WindowCounter,
 )
-from custos.state.counters_memory import MemoryCounters
-from custos.state.counters_redis import RedisCounters
 from custos.state.ledger import LedgerKey, SpendLedger
 from custos.state.store import Store
 from custos.telemetry import metrics
@@ -188,7 +186,6 @@ class Limiter:
         self._plans_of: LimitsPolicy | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._over_logged: set[str] = set()
-        self._memory = counters if isinstance(counters, MemoryCounters) else None
         #: Budget counter key → ledger key, for the counters the plans charge (settlement
         #: would otherwise parse the key per request).
         self._ledger_keys: dict[str, LedgerKey] = {}
@@ -200,7 +197,7 @@ class Limiter:
         self.ledger = SpendLedger(store)
         self.alerts = Alerts(self.ledger)
         periods = self.clock.current_keys(time.time())
-        if isinstance(self.counters, RedisCounters):
+        if self.counters.shared:
             self.counters.seed_source = self._seed_source
         else:
             spent = await self.ledger.totals(periods)
@@ -251,11 +248,11 @@ class Limiter:
         ctx.limits = metering
         rid = ctx.request_id
         try:
-            if self._memory is not None:  # one synchronous step: no coroutine to create
-                admission = self._memory.admit_now(
-                    plan.budgets, amount, plan.windows, units, rid, plan.ttl_ms
-                )
-            else:
+            # In-process counters decide in one synchronous step: no coroutine to create.
+            admission = self.counters.admit_now(
+                plan.budgets, amount, plan.windows, units, rid, plan.ttl_ms
+            )
+            if admission is None:
                 admission = await self.counters.admit(
                     plan.budgets, amount, plan.windows, units, rid, plan.ttl_ms
                 )
@@ -481,7 +478,7 @@ class Limiter:
             metrics.LEDGER_FLUSH_FAILURES.inc()
             log.warning("spend ledger not written (%s); kept for the next attempt", exc)
             return
-        if flushed is not None and flushed.stale and isinstance(self.counters, RedisCounters):
+        if flushed is not None and flushed.stale:
             self.counters.reapply(
                 flushed.epoch, [(counter_of(key), amount) for key, amount in flushed.stale]
             )
@@ -490,8 +487,7 @@ class Limiter:
         while True:
             await asyncio.sleep(self._runtime().limits.settings.ledger_flush_s)
             await self.flush()
-            if isinstance(self.counters, MemoryCounters):
-                self.counters.sweep()
+            self.counters.sweep()
 
     async def _renew_loop(self) -> None:
         while True:

@@ -40,17 +40,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from custos.audit.records.record import MAX_INT
 from custos.config.rules import BudgetAlerts, BudgetRule, LimitsSettings, RateLimitRule
+from custos.emails import email_key
 from custos.identity.principal import Principal
 from custos.policy.periods import Period, PeriodKind
 from custos.policy.when import Facts, When
 from custos.providers.estimate import estimate_prompt_tokens, tokens_for_chars
-from custos.state.store import email_key
+from custos.wire import MAX_INT
 
 if TYPE_CHECKING:
     from custos.config.schema import Config
-    from custos.runtime import Route
+    from custos.routing.targets import ModelRoute
 
 NONE = "(none)"
 _PICO_PER_MICRO = 1_000_000
@@ -240,7 +240,7 @@ class RouteCost:
         return min(-(-pico // _PICO_PER_MICRO), MAX_INT)
 
 
-def route_cost(route: Route, config: Config) -> RouteCost:
+def route_cost(route: ModelRoute, config: Config) -> RouteCost:
     ins, outs, fees, caps = [], [], [], []
     for target in route.targets:
         price = target.price
@@ -288,7 +288,7 @@ def estimate_tokens(
 class LimitsPolicy:
     """Rate limits and budgets of one revision (see the module docstring)."""
 
-    def __init__(self, config: Config, routes: Mapping[str, Route]) -> None:
+    def __init__(self, config: Config, routes: Mapping[str, ModelRoute]) -> None:
         self.settings: LimitsSettings = config.limits
         self.rate_limits = tuple(_rate_rule(r) for r in config.rate_limits)
         self.budgets = tuple(_budget(b) for b in config.budgets)

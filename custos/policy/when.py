@@ -42,8 +42,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from custos.config.rules import Selection, WhenSettings
+from custos.emails import email_key
 from custos.policy.patterns import ModelPattern
-from custos.state.store import email_key
 
 
 @dataclass(slots=True)

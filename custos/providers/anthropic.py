@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import orjson
 
-from custos.context import Operation, Usage
 from custos.errors import bad_request
 from custos.providers import responses, translate
 from custos.providers.base import (
@@ -17,13 +16,14 @@ from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
     UpstreamMalformed,
-    UpstreamRequest,
     renamed_model,
     usage_from_anthropic,
     with_model,
 )
 from custos.providers.client_headers import provider_headers
 from custos.providers.sse import SSEEvent, encode_event
+from custos.providers.upstream import UpstreamRequest
+from custos.wire import Operation, Usage
 
 #: The Messages API version the translations are written against.
 ANTHROPIC_VERSION = "2023-06-01"

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from custos.context import Operation, Protocol, Usage
 from custos.errors import GatewayError, stream_error_event
 from custos.providers.estimate import tokens_for_chars
 from custos.providers.sse import SSEDecoder
+from custos.providers.upstream import UpstreamRequest
+from custos.wire import ApiProtocol, Operation, Usage
 
 if TYPE_CHECKING:
     from custos.config.schema import ProviderSettings
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 class ProviderCall:
     """What an adapter needs to know to build one upstream request."""
 
-    protocol: Protocol
+    protocol: ApiProtocol
     operation: Operation
     body: dict[str, Any]
     raw_body: bytes
@@ -53,14 +54,6 @@ class ProviderCall:
     client_wants_usage: bool
     #: The allow-listed provider headers the client sent (``custos.providers.client_headers``).
     client_headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(slots=True)
-class UpstreamRequest:
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
 
 
 @dataclass(slots=True)
@@ -101,7 +94,7 @@ class StreamTranslator(ABC):
     def estimated_output_tokens(self) -> int:
         return tokens_for_chars(self.output_chars)
 
-    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+    def error_event(self, protocol: ApiProtocol, err: GatewayError) -> bytes:
         """The event that ends the client's stream when the gateway must break it off."""
         return stream_error_event(protocol, err)
 
@@ -148,7 +141,7 @@ class ProviderAdapter(ABC):
 
     #: The client protocol this format is; None for formats no client speaks (Gemini), whose
     #: requests are always translated.
-    wire: Protocol | None = None
+    wire: ApiProtocol | None = None
     #: True when ``prepare`` must be awaited before ``build_request`` (the others skip the await).
     needs_prepare: bool = False
     #: The account counts a request's tokens itself (``POST /v1/messages/count_tokens``).

@@ -25,7 +25,6 @@ from urllib.parse import quote
 
 import orjson
 
-from custos.context import Operation, Usage
 from custos.errors import bad_request
 from custos.providers import responses, translate
 from custos.providers.base import (
@@ -37,11 +36,12 @@ from custos.providers.base import (
     StreamDecoder,
     StreamTranslator,
     UpstreamMalformed,
-    UpstreamRequest,
 )
 from custos.providers.eventstream import EXCEPTION_PREFIX, EventStreamDecoder
 from custos.providers.sigv4 import SigV4Signer
 from custos.providers.sse import SSEEvent, encode_event
+from custos.providers.upstream import UpstreamRequest
+from custos.wire import Operation, Usage
 
 #: The signing name of the Bedrock Runtime service.
 SERVICE = "bedrock"

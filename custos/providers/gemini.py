@@ -29,7 +29,6 @@ from urllib.parse import quote
 
 import orjson
 
-from custos.context import Operation, Usage
 from custos.errors import GatewayError, bad_request
 from custos.providers import responses, translate
 from custos.providers.base import (
@@ -40,9 +39,10 @@ from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
     UpstreamMalformed,
-    UpstreamRequest,
 )
 from custos.providers.sse import SSEDecoder, SSEEvent, encode_event
+from custos.providers.upstream import UpstreamRequest
+from custos.wire import Operation, Usage
 
 #: Gemini finishReason -> OpenAI finish_reason (a reply with function calls is "tool_calls").
 _FINISH_REASONS = {

@@ -18,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import jwt
 import orjson
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from custos.providers.base import UpstreamCredentialsFailed, UpstreamRequest
+from custos.config.service_account import ServiceAccountKey
+from custos.providers.base import UpstreamCredentialsFailed
+from custos.providers.upstream import UpstreamRequest
 
 if TYPE_CHECKING:
     from custos.providers.transport import Transport
@@ -53,58 +53,19 @@ class CredentialsFailed(UpstreamCredentialsFailed):
     """No access token could be obtained (the message never contains key material)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceAccountKey:
-    client_email: str
-    private_key: RSAPrivateKey
-    private_key_id: str | None
-    token_uri: str
-    project_id: str | None
-
-    @classmethod
-    def parse(cls, text: str) -> ServiceAccountKey:
-        """The key file's fields; a ValueError that names what is wrong (never its content)."""
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise ValueError("credentials is not a JSON service-account key file") from None
-        if not isinstance(data, dict) or data.get("type") != "service_account":
-            raise ValueError('credentials must be a key file of "type": "service_account"')
-        for field in ("client_email", "private_key", "token_uri"):
-            if not isinstance(data.get(field), str) or not data[field]:
-                raise ValueError(f"the service-account key file has no {field}")
-        if not data["token_uri"].startswith(("https://", "http://")):
-            raise ValueError("the service-account key file's token_uri is not an http(s) URL")
-        try:
-            key = load_pem_private_key(data["private_key"].encode(), password=None)
-        except (ValueError, TypeError):
-            raise ValueError("the key file's private_key is not a PEM private key") from None
-        if not isinstance(key, RSAPrivateKey):
-            raise ValueError("the service-account key file's private_key is not an RSA key")
-        return cls(
-            client_email=data["client_email"],
-            private_key=key,
-            private_key_id=_optional_str(data.get("private_key_id")),
-            token_uri=data["token_uri"],
-            project_id=_optional_str(data.get("project_id")),
-        )
-
-    def assertion(self, now: float) -> str:
-        """A signed JWT asking ``token_uri`` for a token with ``SCOPE``."""
-        issued = int(now)
-        claims = {
-            "iss": self.client_email,
-            "scope": SCOPE,
-            "aud": self.token_uri,
-            "iat": issued,
-            "exp": issued + ASSERTION_LIFETIME_S,
-        }
-        headers = {"kid": self.private_key_id} if self.private_key_id else None
-        return jwt.encode(claims, self.private_key, algorithm="RS256", headers=headers)
-
-
-def _optional_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def assertion(key: ServiceAccountKey, now: float) -> str:
+    """A JWT signed with the service account's key asking ``token_uri`` for a token with
+    ``SCOPE``."""
+    issued = int(now)
+    claims = {
+        "iss": key.client_email,
+        "scope": SCOPE,
+        "aud": key.token_uri,
+        "iat": issued,
+        "exp": issued + ASSERTION_LIFETIME_S,
+    }
+    headers = {"kid": key.private_key_id} if key.private_key_id else None
+    return jwt.encode(claims, key.private_key, algorithm="RS256", headers=headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +132,7 @@ class AccessTokens:
     async def _request_token(self, transport: Transport) -> AccessToken:
         self.exchanges += 1
         started = time.monotonic()
-        form = {"grant_type": _GRANT_TYPE, "assertion": self.key.assertion(time.time())}
+        form = {"grant_type": _GRANT_TYPE, "assertion": assertion(self.key, time.time())}
         request = UpstreamRequest(
             "POST",
             self.key.token_uri,

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from custos.context import Usage
 from custos.providers import responses, translate
 from custos.providers.base import (
     ParsedResponse,
@@ -18,7 +17,6 @@ from custos.providers.base import (
     ProviderCall,
     StreamTranslator,
     UpstreamMalformed,
-    UpstreamRequest,
     renamed_model,
     usage_from_openai,
     with_model,
@@ -26,6 +24,8 @@ from custos.providers.base import (
 from custos.providers.client_headers import provider_headers
 from custos.providers.estimate import estimate_prompt_tokens
 from custos.providers.sse import SSEEvent, encode_event
+from custos.providers.upstream import UpstreamRequest
+from custos.wire import Usage
 
 if TYPE_CHECKING:
     from custos.config.schema import ProviderSettings

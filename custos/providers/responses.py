@@ -15,11 +15,10 @@ to exactly one OpenAI-format account (``check_state``).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
-from custos.context import Protocol, Usage
 from custos.errors import GatewayError, bad_request
 from custos.providers.base import ChainedStreamTranslator, StreamTranslator, renamed_model
 from custos.providers.sse import SSEDecoder, SSEEvent, encode_event
@@ -31,9 +30,20 @@ from custos.providers.translate import (
     merge_anthropic_usage,
     usage_from_anthropic,
 )
+from custos.wire import ApiProtocol, Usage
 
-if TYPE_CHECKING:
-    from custos.runtime import Route
+
+class NamedModel(Protocol):
+    """What ``check_state`` needs of the model a request names (routing's ``ModelRoute``): the
+    name, and whether it is a virtual model. Stated here so the provider layer does not depend on
+    routing."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def virtual(self) -> bool: ...
+
 
 #: Fields that only mean something to a provider that keeps responses server-side.
 STATEFUL_FIELDS = ("previous_response_id", "conversation", "background", "prompt")
@@ -60,7 +70,7 @@ def _stateful(body: dict[str, Any]) -> str | None:
     return None
 
 
-def check_state(body: dict[str, Any], route: Route) -> None:
+def check_state(body: dict[str, Any], route: NamedModel) -> None:
     """Refuse the fields that need state one account keeps on a model that may route to
     another (the translated targets refuse them in ``request_to_anthropic``)."""
     field = _stateful(body)
@@ -159,7 +169,7 @@ class ResponsesPassthroughStream(StreamTranslator):
             self._next_sequence = sequence + 1
         return encode_event(raw, event.event or (kind if isinstance(kind, str) else None))
 
-    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+    def error_event(self, protocol: ApiProtocol, err: GatewayError) -> bytes:
         return error_event(self._next_sequence, err.code, err.message, err.param)
 
     def finish(self) -> bytes:
@@ -607,7 +617,7 @@ class AnthropicToResponsesStream(StreamTranslator):
     def finish(self) -> bytes:
         return b""
 
-    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+    def error_event(self, protocol: ApiProtocol, err: GatewayError) -> bytes:
         return self._error(err.code, err.message, err.param)
 
     def _error(self, code: Any, message: str, param: str | None = None) -> bytes:
@@ -771,7 +781,7 @@ class ResponsesFromAnthropicEvents(ChainedStreamTranslator):
     def finish(self) -> bytes:
         return self._relay(self._inner.finish()) + self._outer.finish()
 
-    def error_event(self, protocol: Protocol, err: GatewayError) -> bytes:
+    def error_event(self, protocol: ApiProtocol, err: GatewayError) -> bytes:
         return self._outer.error_event(protocol, err)
 
     def _relay(self, events: bytes) -> bytes:

@@ -10,7 +10,7 @@ refused with a 400 that names it unless its value asks for nothing (``custos.pro
 holds the table, ``docs/fields.md`` explains it). Ids take the caller's protocol's shape
 (``msg_``/``toolu_`` for Anthropic callers, ``chatcmpl-``/``call_`` for OpenAI callers).
 
-Usage is normalised through ``custos.context.Usage`` both ways, so the two conventions meet in one
+Usage is normalised through ``custos.wire.Usage`` both ways, so the two conventions meet in one
 place: OpenAI's ``prompt_tokens`` includes cached tokens, Anthropic's ``input_tokens`` excludes both
 cache reads and cache writes.
 """
@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 
-from custos.context import Usage
 from custos.errors import bad_request
 from custos.providers.base import (
     StreamTranslator,
@@ -37,6 +36,7 @@ from custos.providers.fields import (
     refuse_untranslatable,
 )
 from custos.providers.sse import SSEEvent, encode_event
+from custos.wire import Usage
 
 #: Anthropic requires ``max_tokens``; OpenAI callers often leave it out.
 DEFAULT_MAX_TOKENS = 4096

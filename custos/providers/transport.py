@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import aiohttp
 
-from custos.providers.base import UpstreamRequest
+from custos.providers.upstream import UpstreamRequest
 
 
 class UpstreamTimeout(Exception):

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from custos.config.service_account import ServiceAccountKey
 from custos.providers.gemini import GeminiAdapter
-from custos.providers.google_auth import AccessTokens, ServiceAccountKey
+from custos.providers.google_auth import AccessTokens
 
 if TYPE_CHECKING:
     from custos.config.schema import ProviderSettings

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, TypeVar
 from custos.context import Skip
 from custos.errors import GatewayError
 from custos.routing.health import TargetHealth
-from custos.routing.targets import ModelTarget, Route
+from custos.routing.targets import ModelRoute, ModelTarget
 
 if TYPE_CHECKING:
     from custos.context import RequestContext
 
-__all__ = ["ModelTarget", "Route", "TargetHealth", "backoff_s", "call_route", "candidates"]
+__all__ = ["ModelRoute", "ModelTarget", "TargetHealth", "backoff_s", "call_route", "candidates"]
 
 R = TypeVar("R")
 #: One attempt on a target: a response, or the error that ended it.
@@ -42,7 +42,7 @@ EXPLORE = 0.05
 
 
 def candidates(
-    route: Route,
+    route: ModelRoute,
     rng: random.Random | None = None,
     *,
     health: TargetHealth | None = None,
@@ -90,7 +90,7 @@ def _rendezvous(
     return [targets[i] for i in order]
 
 
-def backoff_s(route: Route, retry_number: int, rng: random.Random | None = None) -> float:
+def backoff_s(route: ModelRoute, retry_number: int, rng: random.Random | None = None) -> float:
     """The wait before retry ``retry_number`` (1-based) of the same target: exponential, and
     with ``jitter: full`` drawn uniformly below that."""
     ceiling = route.retry.backoff_ms * (2 ** (retry_number - 1)) / 1000
@@ -100,7 +100,7 @@ def backoff_s(route: Route, retry_number: int, rng: random.Random | None = None)
 
 
 async def call_route(
-    ctx: RequestContext, route: Route, health: TargetHealth, attempt: AttemptFn[R]
+    ctx: RequestContext, route: ModelRoute, health: TargetHealth, attempt: AttemptFn[R]
 ) -> R:
     """Try the route's targets in order, retrying each as its policy says."""
     last: GatewayError | None = None
@@ -144,7 +144,7 @@ async def call_route(
 
 
 def _succeeded(
-    ctx: RequestContext, route: Route, health: TargetHealth, target: ModelTarget, probe: bool
+    ctx: RequestContext, route: ModelRoute, health: TargetHealth, target: ModelTarget, probe: bool
 ) -> None:
     if route.cooldown is None:
         return
@@ -172,7 +172,7 @@ def _observe_latency(
 
 
 def _all_cooling_down(
-    route: Route, health: TargetHealth, skipped: list[ModelTarget]
+    route: ModelRoute, health: TargetHealth, skipped: list[ModelTarget]
 ) -> GatewayError:
     wait = health.retry_after_s(route, skipped)
     return GatewayError(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from custos.config.schema import CooldownSettings
-from custos.routing.targets import ModelTarget, Route
+from custos.routing.targets import ModelRoute, ModelTarget
 from custos.telemetry import metrics
 
 Admission = Literal["closed", "probe", "cooldown"]
@@ -40,7 +40,7 @@ class Breaker:
     probe_until: float = 0.0
 
 
-def breaker_key(route: Route, target: ModelTarget) -> str:
+def breaker_key(route: ModelRoute, target: ModelTarget) -> str:
     return f"{route.name}|{target.name}"
 
 
@@ -54,7 +54,7 @@ class TargetHealth:
 
     # -- the request path ----------------------------------------------------------------
 
-    def admit(self, route: Route, target: ModelTarget) -> Admission:
+    def admit(self, route: ModelRoute, target: ModelTarget) -> Admission:
         """May ``target`` be tried now? Takes the probe's turn when the cooldown is over."""
         breaker = self.breakers.get(breaker_key(route, target))
         if breaker is None or breaker.open_until is None:
@@ -66,11 +66,11 @@ class TargetHealth:
         breaker.probe_until = now + route.cooldown.cooldown_s
         return "probe"
 
-    def is_open(self, route: Route, target: ModelTarget) -> bool:
+    def is_open(self, route: ModelRoute, target: ModelTarget) -> bool:
         breaker = self.breakers.get(breaker_key(route, target))
         return breaker is not None and breaker.open_until is not None
 
-    def retry_after_s(self, route: Route, targets: list[ModelTarget]) -> float:
+    def retry_after_s(self, route: ModelRoute, targets: list[ModelTarget]) -> float:
         """Seconds until the first of ``targets`` may be tried again."""
         now = time.monotonic()
         ends = [
@@ -81,10 +81,10 @@ class TargetHealth:
         ]
         return max(0.0, min(ends, default=0.0))
 
-    def skipped(self, route: Route, target: ModelTarget, reason: str) -> None:
+    def skipped(self, route: ModelRoute, target: ModelTarget, reason: str) -> None:
         metrics.child(metrics.TARGET_SKIPS, route.name, target.name, reason).inc()
 
-    def record(self, route: Route, target: ModelTarget, failed: bool, probe: bool) -> None:
+    def record(self, route: ModelRoute, target: ModelTarget, failed: bool, probe: bool) -> None:
         """The outcome of an attempt on a route with a cooldown."""
         settings = route.cooldown
         if settings is not None:

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from custos.config.schema import CooldownSettings
 from custos.routing.health import Breaker, TargetHealth, breaker_key
-from custos.routing.targets import ModelTarget, Route
+from custos.routing.targets import ModelRoute, ModelTarget
 from custos.state.counters_redis import _safe_url
 
 log = logging.getLogger("custos.routing")
@@ -74,7 +74,9 @@ Outcome = tuple[str, CooldownSettings, bool, bool]
 
 
 class SharedHealth(TargetHealth):
-    def __init__(self, url: str, prefix: str, routes: Callable[[], Mapping[str, Route]]) -> None:
+    def __init__(
+        self, url: str, prefix: str, routes: Callable[[], Mapping[str, ModelRoute]]
+    ) -> None:
         super().__init__()
         self.url = url
         self._routes = routes
@@ -100,7 +102,7 @@ class SharedHealth(TargetHealth):
             self._task = None
         await self._redis.aclose()
 
-    def record(self, route: Route, target: ModelTarget, failed: bool, probe: bool) -> None:
+    def record(self, route: ModelRoute, target: ModelTarget, failed: bool, probe: bool) -> None:
         settings = route.cooldown
         if settings is None:
             return

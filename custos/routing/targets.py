@@ -1,5 +1,5 @@
 """The types routing works on: a model on an account (``ModelTarget``) and what a model name
-resolves to (``Route``)."""
+resolves to (``ModelRoute``)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class ModelTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class ModelRoute:
     """What a model name a client may ask for resolves to."""
 
     name: str

@@ -1,9 +1,10 @@
 """Durable state: the identity store (SQLite or PostgreSQL) and cross-replica invalidation.
 
-Start at ``open_store`` (``custos.state.store``) and ``open_invalidation``
+Start at ``open_store`` (``custos.state.backends``) and ``open_invalidation``
 (``custos.state.invalidation``).
 """
 
+from custos.state.backends import migrate, open_store
 from custos.state.errors import Conflict, Invalid, MigrationError, NotFound, StoreError
 from custos.state.models import (
     Actor,
@@ -16,7 +17,7 @@ from custos.state.models import (
     User,
     VirtualAccount,
 )
-from custos.state.store import Store, migrate, open_store
+from custos.state.store import Store
 
 __all__ = [
     "Actor",

@@ -2,7 +2,8 @@
 
 ``MemoryCounters`` (``custos.state.counters_memory``) keeps them in the process: the single-node
 default. ``RedisCounters`` (``custos.state.counters_redis``) keeps them in Redis, shared by every
-replica, with Lua scripts. ``open_counters(url)`` picks one by ``state.counters``.
+replica, with Lua scripts. ``open_counters(url)`` (``custos.state.backends``) picks one by
+``state.counters``.
 
 Two kinds of counter:
 
@@ -49,7 +50,7 @@ backing service cannot be reached; the caller applies its fail-open/fail-closed 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -145,14 +146,27 @@ class SettleSink(Protocol):
     ) -> None: ...
 
 
-class Counters(ABC):
-    """See the module docstring for the contract every implementation keeps."""
+#: What a seed source returns: the ledger epoch and each budget counter's spend.
+SeedSource = Callable[[], Awaitable[tuple[int, Sequence[tuple[BudgetCounter, int]]]]]
 
-    #: Shared between processes (Redis): spend must be reseeded from the ledger after a loss.
+
+class Counters(ABC):
+    """See the module docstring for the contract every implementation keeps.
+
+    What differs between backends is stated here, so a caller never asks which backend it has:
+    ``shared`` counters seed themselves from ``seed_source`` and may need spend ``reapply``-ed;
+    in-process ones are seeded once (``seed``), decide in one synchronous step (``admit_now``)
+    and drop dead counters on ``sweep``.
+    """
+
+    #: Shared between processes (Redis): spend must be reseeded from the ledger after a loss,
+    #: which the counters do themselves from ``seed_source``.
     shared: bool = False
 
     def __init__(self) -> None:
         self.sink: SettleSink | None = None
+        #: Shared counters: where a seed's spend comes from (the ledger); set by the owner.
+        self.seed_source: SeedSource | None = None
 
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Connect (best effort: counters that cannot be reached yet are retried per call)."""
@@ -170,6 +184,20 @@ class Counters(ABC):
         rid: str,
         ttl_ms: int,
     ) -> Admission: ...
+
+    def admit_now(
+        self,
+        budgets: Sequence[BudgetCounter],
+        amount: int,
+        windows: Sequence[WindowCounter],
+        units: int,
+        rid: str,
+        ttl_ms: int,
+    ) -> Admission | None:
+        """``admit`` as one synchronous step, for counters that can decide without waiting
+        (in-process ones): no coroutine to create on the request path. ``None`` when the
+        backend must be asked over the network: call ``admit``."""
+        return None
 
     @abstractmethod
     def settle(self, ticket: Ticket, cost_micros: int, tokens: int) -> None: ...
@@ -191,15 +219,11 @@ class Counters(ABC):
     async def drain(self) -> None:  # noqa: B027 (optional hook)
         """Wait until every settlement queued so far has been applied (tests, shutdown)."""
 
+    def reapply(self, epoch: int, spent: list[tuple[BudgetCounter, int]]) -> None:  # noqa: B027
+        """Spend the ledger wrote that shared counters do not hold yet (``Flushed.stale``, see
+        ``custos.state.ledger``). In-process counters hold every spend they settled: nothing to
+        do."""
 
-def open_counters(url: str, *, prefix: str = "custos:") -> Counters:
-    """``memory`` or a ``redis://…`` URL (``rediss://`` for TLS)."""
-    if url == "memory":
-        from custos.state.counters_memory import MemoryCounters
-
-        return MemoryCounters()
-    if url.startswith(("redis://", "rediss://")):
-        from custos.state.counters_redis import RedisCounters
-
-        return RedisCounters(url, prefix=prefix)
-    raise ValueError(f"state.counters must be 'memory' or a redis:// URL, not {url!r}")
+    def sweep(self) -> None:  # noqa: B027 (optional hook)
+        """Drop counters nothing can touch again (finished periods, windows gone empty). Shared
+        counters expire in their backend: nothing to do."""

@@ -38,7 +38,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import hiredis
@@ -62,9 +62,6 @@ from custos.state.counters import (
 from custos.telemetry import metrics
 
 log = logging.getLogger("custos.counters")
-
-#: What a seed source returns: the ledger epoch and each budget counter's spend.
-SeedSource = Callable[[], Awaitable[tuple[int, Sequence[tuple[BudgetCounter, int]]]]]
 
 _BATCH = 256
 _PROBE_S = 0.1
@@ -406,8 +403,6 @@ class RedisCounters(Counters):
         self._reapply_script = self._redis.register_script(_REAPPLY)
         self._epoch_key = prefix + "epoch"
         self._lock_key = prefix + "seedlock"
-        #: Set by the owner: where a seed's spend comes from (the ledger).
-        self.seed_source: SeedSource | None = None
         self._down_until = 0.0
         self._down_reason = ""
         self._probe: asyncio.Task[None] | None = None

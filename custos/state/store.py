@@ -1,7 +1,8 @@
 """The store: users, teams, virtual accounts, tokens and admin events, behind one async interface.
 
-``open_store(url)`` picks the implementation by URL scheme (``sqlite:///./custos.db``,
-``sqlite:///:memory:``, ``postgresql://…``) and brings the schema up to date. The repository
+``open_store(url)`` (``custos.state.backends``) picks the implementation by URL scheme
+(``sqlite:///./custos.db``, ``sqlite:///:memory:``, ``postgresql://…``) and brings the schema up
+to date. The repository
 logic lives here, once, written against a tiny transaction interface (``Tx``); the dialect modules
 (``sqlite.py``, ``postgres.py``) only run statements. SQL is written with ``$1``-style parameters,
 which SQLite accepts as ``?1`` after a mechanical rewrite.
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 import orjson
 
+from custos.emails import email_key
 from custos.state.errors import Conflict, Invalid, MigrationError, NotFound
 from custos.state.migrations import all_migrations
 from custos.state.models import (
@@ -255,11 +257,6 @@ def _event(row: Row) -> AdminEvent:
 
 
 # -- input validation: Invalid before any SQL runs -------------------------------------------------
-
-
-def email_key(email: str) -> str:
-    """The form emails are compared in: case-folded, so ``A@x`` and ``a@X`` are one user."""
-    return email.strip().casefold()
 
 
 def _name(value: str, what: str) -> str:
@@ -1167,53 +1164,3 @@ class Store(ABC):
         async with self._read() as tx:
             rows = await tx.fetch(sql, *args)
         return [_event(r) for r in rows]
-
-
-async def open_store(
-    url: str, *, migrate: bool = True, publisher: ChangePublisher | None = None
-) -> Store:
-    """Open the store named by ``url`` and (unless ``migrate=False``) migrate it.
-
-    ``sqlite:///./custos.db`` (relative path), ``sqlite:////var/lib/custos.db`` (absolute),
-    ``sqlite:///:memory:`` (tests), ``postgresql://user@host:5432/db`` (any asyncpg DSN; extra
-    query parameters such as ``?search_path=custos`` become server settings).
-    """
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    store: Store
-    if not sep:
-        raise Invalid(f"store URL {url!r} has no scheme: use sqlite:///PATH or postgresql://…")
-    if scheme == "sqlite":
-        from custos.state.sqlite import SQLiteStore
-
-        path = rest[1:] if rest.startswith("/") else rest
-        if not path:
-            raise Invalid("sqlite URL needs a path: sqlite:///./custos.db or sqlite:///:memory:")
-        store = SQLiteStore(path)
-    elif scheme in ("postgresql", "postgres"):
-        from custos.state.postgres import PostgresStore
-
-        store = PostgresStore(url)
-    else:
-        raise Invalid(f"unsupported store URL scheme {scheme!r}: use sqlite:// or postgresql://")
-    await store.open()
-    try:
-        if migrate:
-            await store.migrate()
-    except BaseException:
-        await store.close()
-        raise
-    store.publisher = publisher
-    return store
-
-
-async def migrate(url: str) -> list[int]:
-    """Bring the database at ``url`` to the latest schema; what ``custos db migrate`` runs.
-
-    Returns the versions applied (empty when it was up to date).
-    """
-    store = await open_store(url, migrate=False)
-    try:
-        return await store.migrate()
-    finally:
-        await store.close()

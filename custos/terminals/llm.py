@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 
-from custos.context import Attempt, RequestContext, Usage
+from custos.context import Attempt, RequestContext
 from custos.errors import GatewayError
 from custos.providers.base import (
     ProviderCall,
@@ -28,7 +28,6 @@ from custos.providers.base import (
     StreamTranslator,
     UpstreamCredentialsFailed,
     UpstreamMalformed,
-    UpstreamRequest,
     upstream_error,
 )
 from custos.providers.count_tokens import ESTIMATED_HEADER, estimated_count
@@ -42,10 +41,12 @@ from custos.providers.transport import (
     UpstreamTooLarge,
     UpstreamUnreachable,
 )
+from custos.providers.upstream import UpstreamRequest
 from custos.routing import TargetHealth, call_route
-from custos.routing.targets import ModelTarget, Route
+from custos.routing.targets import ModelRoute, ModelTarget
 from custos.stage import GatewayResponse, StreamCloser
 from custos.telemetry import metrics
+from custos.wire import Usage
 
 log = logging.getLogger("custos.terminals.llm")
 
@@ -71,7 +72,7 @@ class LLMTerminal:
         if ctx.operation != "count_tokens":  # nothing to translate: a count is not charged
             self.check_targets(ctx, route)
 
-    def route(self, ctx: RequestContext) -> Route:
+    def route(self, ctx: RequestContext) -> ModelRoute:
         """The model's route, or a refusal: an unknown model, an operation it does not do."""
         route = ctx.runtime.routes.get(ctx.model)
         if route is None:
@@ -92,7 +93,7 @@ class LLMTerminal:
             )
         return route
 
-    def check_targets(self, ctx: RequestContext, route: Route) -> None:
+    def check_targets(self, ctx: RequestContext, route: ModelRoute) -> None:
         """Refuse a request the model's targets cannot serve as asked (a field that does not
         translate, state another account keeps) before it is charged to any limit: every
         target that translates builds its request once here, and a 400 stops the request."""
@@ -115,7 +116,7 @@ class LLMTerminal:
         return await call_route(ctx, route, self.health, attempt)
 
     async def _attempt(
-        self, ctx: RequestContext, route: Route, chain: StreamCloser, target: ModelTarget
+        self, ctx: RequestContext, route: ModelRoute, chain: StreamCloser, target: ModelTarget
     ) -> tuple[GatewayResponse | None, GatewayError | None]:
         ctx.served = target
         call = _provider_call(ctx, target)

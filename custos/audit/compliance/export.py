@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from custos import private
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.log.checkpoint import Checkpoint
-from custos.audit.records.events import GatewayInfo
 from custos.audit.records.record import LLM_CALL, SealedRecord
-from custos.audit.settings import AuditSettings, OTLPSettings
+from custos.config.audit import AuditSettings, OTLPSettings
 
 log = logging.getLogger("custos.audit")
 

@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.records import events
 from custos.audit.records.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
-from custos.audit.settings import AuditSettings
 from custos.audit.storage.store import insert_in
+from custos.config.audit import AuditSettings
 from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.models import Actor, utcnow
 from custos.state.store import Store, Tx, _dt
@@ -233,7 +234,7 @@ async def purge(
     store: Store,
     *,
     retention_days: int,
-    gateway: events.GatewayInfo,
+    gateway: GatewayInfo,
     now: datetime | None = None,
     dry_run: bool = False,
     trigger: str = "schedule",
@@ -304,7 +305,7 @@ class RetentionJob:
         self,
         store: Store,
         settings: Callable[[], AuditSettings],
-        gateway: events.GatewayInfo,
+        gateway: GatewayInfo,
         *,
         interval_s: float = PURGE_INTERVAL_S,
         first_delay_s: float = FIRST_PURGE_DELAY_S,

@@ -310,7 +310,7 @@ class AuditLog:
             otlp = settings.otlp
             if otlp is not None and otlp.logs:
                 from custos.audit.compliance.export import OTLPCheckpointExport
-                from custos.audit.records.events import GatewayInfo
+                from custos.audit.gateway_info import GatewayInfo
 
                 gateway = GatewayInfo(instance or socket.gethostname())
                 self.otlp = OTLPCheckpointExport(otlp, gateway)

@@ -49,18 +49,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from custos import __version__
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.records.record import (
     ADMIN_CHANGE,
     AUDIT_PURGE,
     AUTH_FAILURE,
     CONFIG_REVISION,
     LLM_CALL,
-    MAX_INT,
     rfc3339_ms,
     unix_ms,
 )
-from custos.context import MAX_TOKENS, Usage
+from custos.wire import MAX_INT, MAX_TOKENS, Usage
 
 if TYPE_CHECKING:
     from custos.context import Decision, RequestContext
@@ -89,14 +88,6 @@ OPERATIONS = {
 
 #: Secrets never belong in an admin event; these keys are dropped from before/after regardless.
 _SECRET_KEYS = frozenset({"secret", "token", "token_hash", "api_key", "password", "key"})
-
-
-class GatewayInfo:
-    """The facts about this process every record names."""
-
-    def __init__(self, instance: str) -> None:
-        self.instance = instance
-        self.version = __version__
 
 
 def outcome_of(ctx: RequestContext) -> str:

@@ -33,6 +33,8 @@ from typing import Any, Final
 
 import orjson
 
+from custos.wire import MAX_INT
+
 #: 2: ``llm.call`` gained ``skips`` (targets routing passed over without trying them).
 SCHEMA_VERSION: Final = 3
 
@@ -46,8 +48,6 @@ EVENT_TYPES: Final = frozenset(
     {LLM_CALL, MCP_TOOL_CALL, ADMIN_CHANGE, CONFIG_REVISION, AUTH_FAILURE, AUDIT_PURGE}
 )
 
-#: The largest integer a record may hold: the range every JSON reader represents exactly.
-MAX_INT: Final = 2**53 - 1
 _LEAF_PREFIX: Final = b"\x00"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 

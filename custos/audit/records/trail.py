@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from custos.audit.compliance.export import Exports
+from custos.audit.gateway_info import GatewayInfo
 from custos.audit.records import content, events
 from custos.audit.records.record import NotCanonical, SealedRecord, seal
-from custos.audit.settings import AuditSettings
 from custos.audit.storage.spool import Spool
 from custos.audit.storage.store import AuditStore
 from custos.audit.storage.writer import (
@@ -47,6 +47,7 @@ from custos.audit.storage.writer import (
     WaitFor,
     failed,
 )
+from custos.config.audit import AuditSettings
 from custos.errors import GatewayError
 from custos.state.invalidation import Invalidation
 from custos.telemetry import metrics
@@ -78,7 +79,7 @@ class AuditTrail:
     ) -> None:
         self._settings = settings
         first = settings()
-        self.gateway = events.GatewayInfo(instance or socket.gethostname())
+        self.gateway = GatewayInfo(instance or socket.gethostname())
         self.store = AuditStore(store)
         spool_path = Path(first.spool.path)
         if base_dir is not None and not spool_path.is_absolute():
