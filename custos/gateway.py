@@ -14,8 +14,10 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
+from custos.audit.compliance.export import OTLPCheckpointExport
 from custos.audit.compliance.retention import RetentionJob
 from custos.audit.log.sequencer import AuditLog
 from custos.audit.records.trail import AuditTrail
@@ -155,7 +157,7 @@ class Gateway:
         )
         await self.audit.start(self.runtime.loaded)
         self.audit_log = AuditLog(self.identity.store, config.audit,
-                                  instance=config.gateway.instance)  # fmt: skip
+                                  checkpoint_export=self._checkpoint_export())  # fmt: skip
         await self.audit_log.start()
         # The retention purge, hourly; replicas take turns through a database lock.
         exports = self.audit.exports if self.audit.exports.sinks else None
@@ -179,6 +181,13 @@ class Gateway:
                 self._tasks.append(asyncio.create_task(watching, name="custos-config-watch"))
         tune_collector()
         self.ready = True
+
+    def _checkpoint_export(self) -> Callable[[], OTLPCheckpointExport] | None:
+        """The OTLP export of signed checkpoints, when the audit's OTLP export sends logs."""
+        otlp, audit = self.runtime.config.audit.otlp, self.audit
+        if otlp is None or not otlp.logs or audit is None:
+            return None
+        return lambda: OTLPCheckpointExport(otlp, audit.gateway)
 
     async def stop(self) -> None:
         self.ready = False

@@ -32,14 +32,23 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from custos.audit.log.merkle import Frontier
 from custos.state.models import utcnow
 from custos.state.store import SessionLock, Store, Tx
 
 if TYPE_CHECKING:
-    from custos.audit.log.checkpoint import Signer
+    from custos.audit.log.checkpoint import Checkpoint, Signer
+
+
+class CheckpointExport(Protocol):
+    """Where each new signed checkpoint is also sent (called from the checkpointer)."""
+
+    def __call__(self, checkpoint: Checkpoint) -> None: ...
+
+    def close(self) -> None: ...
+
 
 log = logging.getLogger("custos.audit.sequencer")
 
@@ -295,25 +304,27 @@ class AuditLog:
 
     ``start``/``close`` are what the gateway calls. The signing keys (the current one and,
     during a rotation, the retiring one) are loaded here, once, and live only inside the
-    checkpointer's signers. With an OTLP export (``logs`` on), each new checkpoint is also sent
-    as an OTLP log record; ``instance`` names this process there."""
+    checkpointer's signers. ``checkpoint_export`` makes, when the log is signed, what each new
+    checkpoint is also handed to (the gateway's OTLP export); it is closed with the log. The
+    log knows records only as bytes and leaf hashes, whatever their event type."""
 
-    def __init__(self, store: Store, settings: Any, *, instance: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Any,
+        *,
+        checkpoint_export: Callable[[], CheckpointExport] | None = None,
+    ) -> None:
         from custos.audit.log.checkpoint import Checkpointer
 
         self.store = store
         self.checkpointer: Checkpointer | None = None
-        self.otlp: Any = None
+        self.otlp: CheckpointExport | None = None
         settings = _with_key_beside_store(settings, store)
         if settings.signing_key is not None or os.environ.get("CUSTOS_AUDIT_SIGNING_KEY"):
             signers = load_signers(settings)
-            otlp = settings.otlp
-            if otlp is not None and otlp.logs:
-                from custos.audit.compliance.export import OTLPCheckpointExport
-                from custos.audit.gateway_info import GatewayInfo
-
-                gateway = GatewayInfo(instance or socket.gethostname())
-                self.otlp = OTLPCheckpointExport(otlp, gateway)
+            if checkpoint_export is not None:
+                self.otlp = checkpoint_export()
             self.checkpointer = Checkpointer(
                 store,
                 signers,
