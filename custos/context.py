@@ -53,8 +53,8 @@ class DataClassHit:
 
 #: The stages of the path, as decisions and refusals name them (``custos.stage``).
 StageName = Literal[
-    "audit", "authenticate", "read_request", "identify", "authorize", "route", "budget",
-    "rate_limit", "guardrails", "provider", "client", "gateway",
+    "audit", "authenticate", "read_request", "identify", "classify", "authorize", "route",
+    "budget", "rate_limit", "guardrails", "provider", "client", "gateway",
 ]  # fmt: skip
 #: What a stage decided: let the request through, refuse it, change it, or (a rule in audit
 #: mode) let it through though the rule would have refused it.
@@ -75,8 +75,9 @@ class Decision:
     #: ``counters_down`` (the counters were unreachable), ``no_grant``, ``token_scope``, ...
     reason: str | None = None
     #: What the decision was made on, beyond the request itself (a reservation's amount, the
-    #: units a window was charged); JSON-ready values only.
-    input: dict[str, int | str] | None = None
+    #: units a window was charged, what a guardrail found as counts per kind); JSON-ready
+    #: values only, never a value taken from the request's content.
+    input: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -123,11 +124,19 @@ class RequestContext:
     #: the ``x-ratelimit-*`` headers. ``None`` when no budget or rate limit applied.
     limits: Metering | None = None
     data_classes: list[DataClassHit] = field(default_factory=list)
+    #: The version of the detectors that found ``detected`` data classes (``None``: none ran).
+    data_class_detectors: str | None = None
     #: Set by ``GovernanceChain.settle``, which runs once per request.
     settled: bool = False
     #: Upstream requests already built by ``Pipeline.check_targets`` (translated targets only),
     #: by target name, so an attempt does not translate the body a second time.
     prebuilt: dict[str, Any] | None = field(default=None, repr=False)
+    #: Checks a stage started that must pass before the answer is released (a webhook
+    #: guardrail validating the request while the provider works): awaited by the chain.
+    pending_checks: list[Any] = field(default_factory=list, repr=False)
+    #: The guardrail stages' state for this request (``custos.guardrails``): the placeholder
+    #: numbering, the output guard of a stream.
+    guards: Any = field(default=None, repr=False)
     #: Content capture (``audit.content`` other than ``none``): the response goes here.
     capture: ContentCapture | None = field(default=None, repr=False)
 

@@ -25,6 +25,10 @@ from custos.chain import READ_REQUEST, GovernanceChain
 from custos.chain.chain import PREPARE_TERMINAL
 from custos.config.loader import LoadedConfig, load_config
 from custos.config.watch import ConfigWatcher, ReloadResult
+from custos.guardrails.detectors import data_class_detector
+from custos.guardrails.rules import compile_guardrails
+from custos.guardrails.stages import ClassifyContent, InputGuardrails, OutputGuardrails
+from custos.guardrails.webhook import WebhookCheck
 from custos.identity.directory import Directory
 from custos.identity.setup import Identity, open_identity, sync_config_teams
 from custos.identity.stage import Authenticate
@@ -103,12 +107,24 @@ class Gateway:
 
     def build_chain(self, runtime: Runtime) -> list[object]:
         """The stages ``runtime`` switches on, in order (``custos.chain``)."""
+        config = runtime.config
         stages: list[object] = []
         if self.audit is not None:
             stages.append(self.audit)
-        stages += [self.authenticate, READ_REQUEST, Identify(), Authorize(), PREPARE_TERMINAL]
+        stages += [self.authenticate, READ_REQUEST, Identify()]
+        if config.data_classes:
+            detectors = {n: data_class_detector(c) for n, c in config.data_classes.items()}
+            stages.append(ClassifyContent(detectors))
+        stages += [Authorize(), PREPARE_TERMINAL]
         if runtime.limits.active:
             stages.append(self.limiter)
+        guardrails = compile_guardrails(
+            config.guardrails, webhooks=lambda rule: WebhookCheck(rule, self.transport)
+        )
+        if any(g.hook == "llm_input" for g in guardrails):
+            stages.append(InputGuardrails(guardrails))
+        if any(g.hook == "llm_output" for g in guardrails):
+            stages.append(OutputGuardrails(guardrails))
         return stages
 
     @classmethod

@@ -14,11 +14,17 @@ What a stage may do, hook by hook:
     rule it applied, at the moment it decides; refuse by raising ``GatewayError`` — the chain
     records the stage that raised as ``ctx.stopped_at``, so the refusal needs no stage of its
     own. A refusing stage appends its ``deny`` decision before raising.
-``on_response(ctx, response)``, in reverse chain order, on the terminal's answer
+``on_response(ctx, response)`` (plain or ``async``), in reverse chain order, on the answer
     Observe or change a plain response, or a stream's status and headers (the limits stage adds
-    ``x-ratelimit-*``). It runs for served requests only.
-``on_chunk(ctx, chunk) -> bytes``, in reverse chain order, on each chunk of a stream
-    Return the chunk to send (the same bytes, changed bytes, or ``b""`` to hold them back).
+    ``x-ratelimit-*``); refuse it by raising ``GatewayError``. It runs for served requests only.
+``async on_chunk(ctx, chunk, last) -> bytes``, in reverse chain order, on each chunk of a stream
+    Return the bytes to send now (the same, changed, or ``b""`` to hold them back; held bytes
+    must be sent by the call with ``last`` true, the stream's end). Raising ``GatewayError``
+    ends the stream with an error event in the caller's protocol (its 200 is already sent).
+``ctx.pending_checks``
+    A stage's ``enter`` may leave futures there instead of deciding at once (a check that calls
+    out): the chain runs the terminal beside them, holds the answer until every one passed, and
+    cancels the call when one refuses (raises ``GatewayError``).
 ``settle(ctx)``, exactly once per request, in reverse chain order, whatever the outcome
     Turn the outcome into effects: the limits stage charges the actual cost, then the audit
     stage (entered first, so settled last) records the request. By now ``ctx.status``,
@@ -98,7 +104,7 @@ class StreamCloser(Protocol):
 
     def release(self, ctx: RequestContext) -> Awaitable[None]: ...
 
-    def on_chunk(self, ctx: RequestContext, chunk: bytes) -> bytes: ...
+    def on_chunk(self, ctx: RequestContext, chunk: bytes, last: bool) -> Awaitable[bytes]: ...
 
     #: Whether any stage looks at stream chunks (else ``on_chunk`` need not be called).
     chunk_hooks: tuple[object, ...]

@@ -65,7 +65,11 @@ class GovernanceChain:
                 enter.append((name, hook, inspect.iscoroutinefunction(hook)))
         self._enter = tuple(enter)
         backwards = self.stages[::-1]
-        self._on_response = _hooks(backwards, "on_response")
+        self._on_response = tuple(
+            (stage.name, hook, inspect.iscoroutinefunction(hook))  # type: ignore[attr-defined]
+            for stage in backwards
+            if (hook := getattr(stage, "on_response", None)) is not None
+        )
         self.chunk_hooks = _hooks(backwards, "on_chunk")
         # Pricing first (the terminal's), then the stages, the first entered settling last.
         self._settle = (*_hooks((terminal,), "settle"), *_hooks(backwards, "settle"))
@@ -85,7 +89,10 @@ class GovernanceChain:
                 else:
                     enter(ctx)
             stage = "provider"
-            response = await self.terminal.call(ctx, self)
+            if ctx.pending_checks:
+                response = await self._call_checked(ctx)
+            else:
+                response = await self.terminal.call(ctx, self)
             if response.stream is not None:
                 response.stream = GovernedStream(
                     response.stream,  # type: ignore[arg-type]
@@ -93,8 +100,11 @@ class GovernanceChain:
                     lambda: self.settle(ctx),
                 )
                 relayed = True
-            for on_response in self._on_response:
-                on_response(ctx, response)
+            for stage, on_response, is_async in self._on_response:  # noqa: B007
+                if is_async:
+                    await on_response(ctx, response)
+                else:
+                    on_response(ctx, response)
             applied = ctx.applied
             if applied:  # the ids of the rules that let it through (DESIGN §1)
                 response.headers.append((b"x-custos-applied", ",".join(applied).encode()))
@@ -135,10 +145,41 @@ class GovernanceChain:
         for release in self._release:
             await release(ctx)
 
-    def on_chunk(self, ctx: RequestContext, chunk: bytes) -> bytes:
+    async def on_chunk(self, ctx: RequestContext, chunk: bytes, last: bool) -> bytes:
+        """Every stage's ``on_chunk`` over one chunk of a stream (``last``: the stream's end)."""
         for hook in self.chunk_hooks:
-            chunk = hook(ctx, chunk)
+            chunk = await hook(ctx, chunk, last)
         return chunk
+
+    async def _call_checked(self, ctx: RequestContext) -> GatewayResponse:
+        """The terminal's call, run beside the checks a stage left pending (a webhook guardrail
+        that validates the request while the provider works on it): the answer is held until
+        every check passed, and the first check that refuses cancels the call."""
+        call = asyncio.ensure_future(self.terminal.call(ctx, self))
+        pending: set[asyncio.Future[Any]] = {call, *ctx.pending_checks}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if finished is not call:
+                        finished.result()  # a refusal raises here
+            return call.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            if call.done() and not call.cancelled() and call.exception() is None:
+                await _discard(call.result())
+            raise
+
+
+async def _discard(response: GatewayResponse) -> None:
+    """An answer a check refused after it arrived: a stream is closed unread (its provider
+    connection with it)."""
+    stream = response.stream
+    if stream is not None:
+        await stream.aclose()  # type: ignore[attr-defined]
+        if response.on_close is not None:
+            response.on_close()
 
 
 def _hooks(stages: Sequence[object], name: str) -> tuple[Callable[..., Any], ...]:

@@ -21,14 +21,13 @@ from pydantic import (
 )
 
 from custos.config.audit import AuditSettings
+from custos.config.guardrails import DataClasses, GuardrailSettings
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 from custos.request_values import RequestValue
 
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
 UNSUPPORTED_SECTIONS = (
-    "guardrails",
-    "data_classes",
     "residency",
     "mcp_servers",
 )
@@ -547,8 +546,10 @@ class Config(_Strict):
     rate_limits: list[RateLimitRule] = Field(default_factory=list)
     budgets: list[BudgetRule] = Field(default_factory=list)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    guardrails: list[GuardrailSettings] = Field(default_factory=list)
+    data_classes: DataClasses = Field(default_factory=dict)
 
-    @field_validator("rate_limits", "budgets")
+    @field_validator("rate_limits", "budgets", "guardrails")
     @classmethod
     def _unique_rule_ids(cls, value: list[RateLimitRule], info: ValidationInfo) -> list[Any]:
         return unique_ids(value, str(info.field_name))

@@ -142,7 +142,8 @@ class _Plan:
     valid_until_s: float
 
 
-PlanKey = tuple[int, str, tuple[tuple[str, str], ...]]
+PlanKey = tuple[int, str, tuple[tuple[str, str], ...], frozenset[str]]
+_NONE: frozenset[str] = frozenset()
 
 
 def _budget_key(key: str) -> LedgerKey:
@@ -300,7 +301,9 @@ class Limiter:
             self._plans.clear()
             self._plans_of = policy
         metadata = ctx.metadata
-        key: PlanKey = (id(principal), ctx.model, tuple(metadata.items()) if metadata else ())
+        classes = frozenset(d.name for d in ctx.data_classes) if ctx.data_classes else _NONE
+        key: PlanKey = (id(principal), ctx.model, tuple(metadata.items()) if metadata else (),
+                        classes)  # fmt: skip
         plan = self._plans.get(key)
         # The id of a principal object can be reused once it is gone: the identity check makes
         # a plan serve only the object it was made for.
@@ -319,7 +322,8 @@ class Limiter:
         cost = policy.costs.get(ctx.model)
         if cost is None:
             return None
-        facts = Facts(principal.subjects, ctx.model, ctx.metadata)
+        classes = frozenset(d.name for d in ctx.data_classes)
+        facts = Facts(principal.subjects, ctx.model, ctx.metadata, classes)
         budgets = policy.matching_budgets(facts)
         rule = policy.rate_rule(facts)
         if not budgets and rule is None:

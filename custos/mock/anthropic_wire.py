@@ -95,7 +95,11 @@ def plan_message(body: dict[str, Any], model: str, knobs: Knobs, digest: str) ->
     else:
         prompt = " ".join(anthropic_content_texts(content))
         reply = text_reply(
-            prompt, tool_result=tool_result, words=knobs.words, max_tokens=max_tokens
+            prompt,
+            tool_result=tool_result,
+            words=knobs.words,
+            max_tokens=max_tokens,
+            echo=knobs.echo,
         )
     return MessagePlan(
         id="msg_" + digest,

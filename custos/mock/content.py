@@ -29,6 +29,8 @@ PER_MESSAGE_TOKENS = 4
 ECHO_WORDS = 8
 #: Default reply length in tokens (the ``words`` knob overrides it).
 DEFAULT_WORDS = 20
+#: The longest reply the ``echo`` knob gives back, in words.
+MAX_ECHO_WORDS = 10_000
 
 _REPLY_PREFIX = ("Mock", "reply", "to")
 _TOOL_REPLY_PREFIX = ("Mock", "reply", "to", "tool", "result")
@@ -171,8 +173,13 @@ class Reply:
         return len(self.words)
 
 
-def reply_words(prompt: str, *, tool_result: bool, words: int) -> tuple[str, ...]:
-    """``<prefix> <first ECHO_WORDS words of prompt> <filler>`` cut to ``words`` tokens."""
+def reply_words(
+    prompt: str, *, tool_result: bool, words: int, echo: bool = False
+) -> tuple[str, ...]:
+    """``<prefix> <first ECHO_WORDS words of prompt> <filler>`` cut to ``words`` tokens; with
+    ``echo``, the prompt's own white-space separated words (for checks of what comes back)."""
+    if echo:
+        return tuple(prompt.split())[:MAX_ECHO_WORDS]
     prefix = _TOOL_REPLY_PREFIX if tool_result else _REPLY_PREFIX
     head = [*prefix, *_WORD_RE.findall(prompt)[:ECHO_WORDS]]
     if words <= len(head):
@@ -185,9 +192,11 @@ def reply_words(prompt: str, *, tool_result: bool, words: int) -> tuple[str, ...
     return tuple(head + filler)
 
 
-def text_reply(prompt: str, *, tool_result: bool, words: int, max_tokens: int | None) -> Reply:
+def text_reply(
+    prompt: str, *, tool_result: bool, words: int, max_tokens: int | None, echo: bool = False
+) -> Reply:
     """A text reply, truncated (``truncated=True``) when ``max_tokens`` is smaller."""
-    out = reply_words(prompt, tool_result=tool_result, words=words)
+    out = reply_words(prompt, tool_result=tool_result, words=words, echo=echo)
     if max_tokens is not None and len(out) > max_tokens:
         return Reply(out[:max_tokens], None, True)
     return Reply(out, None, False)

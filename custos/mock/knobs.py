@@ -47,13 +47,14 @@ class Knobs:
     blocked: bool = False  # Gemini: the prompt is blocked (promptFeedback.blockReason SAFETY)
     cache_write_tokens: int = 0  # Bedrock: cacheWriteInputTokens (of the rest of the prompt)
     stream_exception: bool = False  # Bedrock: a throttlingException after the first delta
+    echo: bool = False  # the reply is the prompt's last message itself, word for word
 
 
 DEFAULT_KNOBS = Knobs()
 #: Longest reply the ``words`` knob may ask for (keeps a typo from eating the mock's memory).
 MAX_WORDS = 100_000
 
-_FLAGS = frozenset({"malformed", "no_usage", "blocked", "stream_exception"})
+_FLAGS = frozenset({"malformed", "no_usage", "blocked", "stream_exception", "echo"})
 _INTS = frozenset(
     {
         "status",

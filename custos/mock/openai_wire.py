@@ -141,7 +141,11 @@ def plan_chat(
     else:
         prompt = " ".join(openai_message_texts(last))
         reply = text_reply(
-            prompt, tool_result=role == "tool", words=knobs.words, max_tokens=max_tokens
+            prompt,
+            tool_result=role == "tool",
+            words=knobs.words,
+            max_tokens=max_tokens,
+            echo=knobs.echo,
         )
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True

@@ -101,6 +101,7 @@ def plan_response(body: dict[str, Any], model: str, knobs: Knobs, digest: str) -
             tool_result=kind == "function_call_output",
             words=knobs.words,
             max_tokens=max_tokens,
+            echo=knobs.echo,
         )
     return ResponsePlan(
         id="resp_" + digest,

@@ -173,6 +173,31 @@ LEDGER_FLUSH_FAILURES = Counter(
     "Spend-ledger batches that could not be written (kept for the next attempt).",
     registry=REGISTRY,
 )
+GUARDRAIL_VERDICTS = Counter(
+    "custos_guardrail_verdicts_total",
+    "Guardrail decisions, by guardrail, hook and outcome (allow, deny, mutate, audit_only)",
+    ["guardrail", "hook", "outcome"],
+    registry=REGISTRY,
+)
+GUARDRAIL_ERRORS = Counter(
+    "custos_guardrail_errors_total",
+    "Guardrails that could not decide (timeout, error, a webhook's bad answer), by guardrail",
+    ["guardrail", "reason"],
+    registry=REGISTRY,
+)
+GUARDRAIL_SECONDS = Histogram(
+    "custos_guardrail_seconds",
+    "Time a guardrail took on one call (a stream's output guardrails: over the whole stream)",
+    ["guardrail", "hook"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+    registry=REGISTRY,
+)
+DATA_CLASSES_DETECTED = Counter(
+    "custos_data_classes_detected_total",
+    "Requests in which a configured data class was detected in the content, by class",
+    ["data_class"],
+    registry=REGISTRY,
+)
 UNPRICED_CALLS = Counter(
     "custos_unpriced_calls",
     "Calls served by a model the config marks 'unpriced: allow' (charged 0 to budgets).",

@@ -202,14 +202,14 @@ class LLMTerminal:
         metrics.ACTIVE_STREAMS.inc()
         target_failed: bool | None = None
         try:
-            first = opened.first if hooks is None else hooks(ctx, opened.first)
+            first = opened.first if hooks is None else await hooks(ctx, opened.first, False)
             if capture is not None:
                 capture.feed(first)
             yield first
             async for chunk in opened.chunks:
                 out = b"".join(translator.feed(event) for event in decoder.feed(chunk))
                 if hooks is not None and out:
-                    out = hooks(ctx, out)
+                    out = await hooks(ctx, out, False)
                 if out:
                     if capture is not None:
                         capture.feed(out)
@@ -229,7 +229,7 @@ class LLMTerminal:
             target_failed = False
             last = tail + translator.finish()
             if hooks is not None:
-                last = hooks(ctx, last)
+                last = await hooks(ctx, last, True)
             if capture is not None:
                 capture.feed(last)
             ctx.status = 200
@@ -243,6 +243,10 @@ class LLMTerminal:
                 yield translator.error_event(ctx.protocol, err)
                 return
             yield last
+        except GatewayError as err:  # a stage refused a chunk (an output guardrail)
+            target_failed = False
+            ctx.status, ctx.error_code, ctx.stopped_at = err.status, err.code, err.stage  # type: ignore[assignment]
+            yield translator.error_event(ctx.protocol, err)
         except (UpstreamTimeout, UpstreamUnreachable, UpstreamMalformed, ValueError) as exc:
             target_failed = True
             err = _stream_failure(target, exc)

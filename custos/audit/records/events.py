@@ -10,7 +10,7 @@ an event type is always present (``null`` when unknown), so readers see one stab
     schema_version, event_type, event_id, salt, request_id, time_start, time_end,
     gateway.instance, gateway.version, config.revision,
     principal.kind (user | virtual_account), principal.id, principal.teams, team, auth.token_id,
-    metadata, data_classes [{class, count, source}],
+    metadata, data_classes [{class, count, source}], data_classes.detectors,
     api.protocol (openai | anthropic), api.operation (chat | messages | responses | embeddings),
     gen_ai.operation.name (chat | embeddings),
     gen_ai.request.model, gen_ai.request.stream, gen_ai.request.max_tokens,
@@ -159,6 +159,7 @@ def llm_call(
         "data_classes": [
             {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
         ],
+        "data_classes.detectors": ctx.data_class_detectors,
         "api.protocol": ctx.protocol,
         "api.operation": ctx.operation,
         "gen_ai.operation.name": OPERATIONS.get(ctx.operation, ctx.operation),

@@ -1,0 +1,189 @@
+"""Config schema of ``guardrails:`` and ``data_classes:`` (DESIGN §2).
+
+A guardrail is a rule the gateway enforces on what goes to a model (``hook: llm_input``) or
+comes back (``llm_output``)::
+
+    guardrails:
+      - id: pii-redact
+        hook: llm_input            # llm_input | llm_output
+        type: pii                  # pii | secrets | regex | keywords | prompt_injection
+                                   # | metadata | webhook
+        operation: mutate          # validate: never changes data | mutate: may rewrite it
+        enforcing: enforce         # enforce | enforce_but_ignore_on_error | audit
+        when: {metadata: {environment: production}}
+        kinds: [pii.email, pii.phone, fin.pan]      # pii, secrets: which kinds (default all)
+
+``validate`` guardrails refuse (400 ``guardrail_blocked``) when they find something; ``mutate``
+ones replace what they find with typed placeholders (``<EMAIL_1>``) and let the call through.
+``enforce_but_ignore_on_error`` lets a call through when the guardrail itself fails or times
+out; ``audit`` decides and records, never blocks nor rewrites. Guardrails of one hook run in
+list order (mutations apply in that order); the first ``validate`` that refuses stops the
+request. The ``mcp_tool_*`` hooks and the ``cedar``/``opa`` types belong to the MCP gateway and
+are refused here until it exists.
+
+``data_classes:`` names the classes of data the organisation cares about and what detects
+them in a request's content; any rule's ``when: {data_classes: [...]}`` then matches requests
+that carry one, whether the caller declared it or the gateway found it::
+
+    data_classes:
+      customer_data:
+        detectors: [pii.email, pii.phone, pattern.customer_id, keyword.customers]
+        patterns: {customer_id: "CUST-[0-9]{6}"}
+        keywords: {customers: [Northwind, Contoso]}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from custos.config.rules import WhenSettings
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_CLASS = r"^[a-z][a-z0-9_.-]{0,63}$"
+_DETECTOR = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+
+Hook = Literal["llm_input", "llm_output"]
+GuardrailType = Literal[
+    "pii", "secrets", "regex", "keywords", "prompt_injection", "metadata", "webhook"
+]
+#: Hooks and types of the DESIGN that come with the MCP gateway.
+LATER_HOOKS = ("mcp_tool_pre_invoke", "mcp_tool_post_invoke")
+LATER_TYPES = ("cedar", "opa")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class WebhookSettings(_Strict):
+    """A guardrail service of your own (docs/guardrails.md has the JSON contract)."""
+
+    url: str
+    #: Header name → value; values may be secret references (``${env:NAME}``).
+    headers: dict[str, str] = Field(default_factory=dict)
+    retries: Annotated[int, Field(ge=0, le=5)] = 0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class GuardrailSettings(_Strict):
+    id: Annotated[str, Field(pattern=_ID)]
+    hook: Hook
+    type: GuardrailType
+    operation: Literal["validate", "mutate"] = "validate"
+    enforcing: Literal["enforce", "enforce_but_ignore_on_error", "audit"] = "enforce"
+    when: WhenSettings = Field(default_factory=WhenSettings)
+    #: How long the guardrail may take before it counts as failed (its ``enforcing`` decides).
+    timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 1000
+    #: ``llm_output`` on a stream: how much of the text is held back before it is sent, so that
+    #: a value split across chunks is found (and redacted) before any of it goes out.
+    stream_window_chars: Annotated[int, Field(ge=16, le=65_536)] = 256
+    # -- per type ------------------------------------------------------------------------------
+    #: ``pii``, ``secrets``: the kinds to find (``pii.email``, ``secret.aws_access_key``, …).
+    kinds: list[str] | None = None
+    #: ``regex``: name → pattern.
+    patterns: dict[Annotated[str, Field(pattern=_ID)], str] = Field(default_factory=dict)
+    #: ``keywords``: list name → words (case-insensitive, whole words).
+    keywords: dict[Annotated[str, Field(pattern=_ID)], list[str]] = Field(default_factory=dict)
+    #: ``prompt_injection``: the score from which a prompt counts as an injection.
+    threshold: Annotated[float, Field(gt=0, le=100)] | None = None
+    #: ``metadata``: keys every request must carry, and the values a key may take.
+    required: list[str] = Field(default_factory=list)
+    allowed: dict[str, list[str]] = Field(default_factory=dict)
+    #: ``webhook``: where and how to call it.
+    webhook: WebhookSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_yet(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("hook") in LATER_HOOKS:
+                raise ValueError(f"hook {data['hook']} comes with the MCP gateway: not supported "
+                                 "yet")  # fmt: skip
+            if data.get("type") in LATER_TYPES:
+                raise ValueError(f"type {data['type']} comes with the MCP gateway: not supported "
+                                 "yet")  # fmt: skip
+        return data
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> GuardrailSettings:
+        kind = self.type
+        given = {
+            "kinds": self.kinds is not None,
+            "patterns": bool(self.patterns),
+            "keywords": bool(self.keywords),
+            "threshold": self.threshold is not None,
+            "required": bool(self.required or self.allowed),
+            "webhook": self.webhook is not None,
+        }
+        uses = {
+            "pii": {"kinds"},
+            "secrets": {"kinds"},
+            "regex": {"patterns"},
+            "keywords": {"keywords"},
+            "prompt_injection": {"threshold"},
+            "metadata": {"required"},
+            "webhook": {"webhook"},
+        }[kind]
+        stray = sorted(k for k, v in given.items() if v and k not in uses)
+        if stray:
+            raise ValueError(f"a {kind} guardrail takes no {', '.join(stray)}")
+        if kind == "regex" and not self.patterns:
+            raise ValueError("a regex guardrail needs patterns")
+        if kind == "keywords" and not any(self.keywords.values()):
+            raise ValueError("a keywords guardrail needs at least one keyword")
+        if kind == "metadata" and not (self.required or self.allowed):
+            raise ValueError("a metadata guardrail needs required keys or allowed values")
+        if kind == "webhook" and self.webhook is None:
+            raise ValueError("a webhook guardrail needs webhook: {url: ...}")
+        if kind == "metadata" and (self.operation == "mutate" or self.hook != "llm_input"):
+            raise ValueError("a metadata guardrail validates the request: hook llm_input, "
+                             "operation validate")  # fmt: skip
+        if kind == "prompt_injection" and self.operation == "mutate":
+            raise ValueError("a prompt_injection guardrail validates: operation validate")
+        for name, pattern in self.patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"patterns.{name}: not a regular expression ({exc})") from None
+        return self
+
+
+class DataClassSettings(_Strict):
+    """What detects one data class in a request's content (any one of its detectors)."""
+
+    #: ``pii.email``, ``fin.pan``, ``secret.aws_access_key``, ``pattern.NAME`` (from
+    #: ``patterns``), ``keyword.NAME`` (from ``keywords``).
+    detectors: list[str]
+    patterns: dict[Annotated[str, Field(pattern=_ID)], str] = Field(default_factory=dict)
+    keywords: dict[Annotated[str, Field(pattern=_ID)], list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _detectors_known(self) -> DataClassSettings:
+        if not self.detectors:
+            raise ValueError("give at least one detector")
+        for name in self.detectors:
+            if not _DETECTOR.match(name):
+                raise ValueError(f"detector {name!r}: write it as pii.email, pattern.NAME, …")
+            family, _, rest = name.partition(".")
+            if family == "pattern" and rest not in self.patterns:
+                raise ValueError(f"detector {name}: no pattern {rest!r} in patterns")
+            if family == "keyword" and rest not in self.keywords:
+                raise ValueError(f"detector {name}: no list {rest!r} in keywords")
+        for name, pattern in self.patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"patterns.{name}: not a regular expression ({exc})") from None
+        return self
+
+
+DataClasses = dict[Annotated[str, Field(pattern=_CLASS)], DataClassSettings]

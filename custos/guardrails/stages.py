@@ -1,0 +1,284 @@
+"""The guardrail stages of the governance chain (``custos.stage``), and data-class detection.
+
+- ``ClassifyContent`` (stage ``classify``, after identify): finds the configured data classes in
+  the request's text, once, so every later rule's ``when: {data_classes: …}`` sees them
+  (authorize, budgets, rate limits, guardrails, residency). Never refuses.
+- ``InputGuardrails`` (stage ``guardrails``, the chain's last stage before the terminal): the
+  ``llm_input`` guardrails whose ``when`` matches, in file order. In-process checks run inline
+  (microseconds); a ``validate`` webhook runs beside the provider call (``ctx.pending_checks``),
+  a ``mutate`` webhook before it.
+- ``OutputGuardrails`` (stage ``guardrails``): the ``llm_output`` guardrails, on a plain
+  response before it is released, and on a stream through a ``StreamGuard``.
+
+Every guardrail that applied appends its ``Decision``; ``x-custos-applied`` lists those that let
+the call through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from custos.context import DataClassHit, RequestContext
+from custos.guardrails.detectors import Detector, Numbering
+from custos.guardrails.rules import Guardrail, GuardrailFailed, Verdict
+from custos.guardrails.stream import StreamGuard
+from custos.guardrails.text import TextSlot, request_slots, response_slots
+from custos.policy.when import Facts
+from custos.stage import GatewayResponse
+from custos.telemetry import metrics
+
+log = logging.getLogger("custos.guardrails")
+
+
+@dataclass(slots=True)
+class GuardState:
+    """The guardrails' state of one request (``ctx.guards``)."""
+
+    numbering: Numbering = field(default_factory=Numbering)
+    slots: list[TextSlot] | None = None
+    stream: StreamGuard | None = None
+
+
+def _state(ctx: RequestContext) -> GuardState:
+    if ctx.guards is None:
+        ctx.guards = GuardState()
+    return ctx.guards  # type: ignore[no-any-return]
+
+
+def _slots(ctx: RequestContext) -> list[TextSlot]:
+    state = _state(ctx)
+    if state.slots is None:
+        state.slots = request_slots(ctx.operation, ctx.body)
+    return state.slots
+
+
+def facts(ctx: RequestContext) -> Facts:
+    assert ctx.principal is not None
+    return Facts(
+        ctx.principal.subjects,
+        ctx.model,
+        ctx.metadata,
+        frozenset(d.name for d in ctx.data_classes),
+    )
+
+
+def _record(ctx: RequestContext, guardrail: Guardrail, verdict: Verdict, hook: str) -> None:
+    """Append the decision (raising its refusal) and count it."""
+    decision, refusal = guardrail.decide(verdict, hook)
+    ctx.decisions.append(decision)
+    metrics.GUARDRAIL_VERDICTS.labels(guardrail.id, hook, decision.outcome).inc()
+    metrics.GUARDRAIL_SECONDS.labels(guardrail.id, hook).observe(
+        (time.monotonic_ns() - verdict.started_ns) / 1e9
+    )
+    if verdict.failure is not None:
+        metrics.GUARDRAIL_ERRORS.labels(guardrail.id, verdict.failure).inc()
+    if refusal is not None:
+        raise refusal
+
+
+# -- data classes ---------------------------------------------------------------------------------
+
+
+class ClassifyContent:
+    name = "classify"
+
+    def __init__(self, classes: dict[str, Detector]) -> None:
+        self.classes = classes
+        self.version = "+".join(sorted({d.version for d in classes.values()}))
+
+    def enter(self, ctx: RequestContext) -> None:
+        slots = _slots(ctx)
+        if not slots:
+            return
+        hits: list[DataClassHit] = []
+        for name, detector in self.classes.items():
+            count = 0
+            for slot in slots:
+                count += len(detector.find(slot.text))
+            if count:
+                hits.append(DataClassHit(name, count, "detected"))
+                metrics.DATA_CLASSES_DETECTED.labels(name).inc()
+        if hits:
+            ctx.data_classes = sorted([*ctx.data_classes, *hits], key=lambda d: (d.name, d.source))
+            ctx.data_class_detectors = self.version
+
+
+# -- input ----------------------------------------------------------------------------------------
+
+
+class InputGuardrails:
+    name = "guardrails"
+
+    def __init__(self, guardrails: Sequence[Guardrail]) -> None:
+        self.guardrails = tuple(g for g in guardrails if g.hook == "llm_input")
+
+    async def enter(self, ctx: RequestContext) -> None:
+        known = facts(ctx)
+        applicable = [g for g in self.guardrails if g.when.matches(known)]
+        if not applicable:
+            return
+        state = _state(ctx)
+        slots = _slots(ctx)
+        changed = False
+        for guardrail in applicable:
+            if guardrail.remote and guardrail.operation == "validate":
+                check = _remote(ctx, guardrail, slots, "llm_input")
+                ctx.pending_checks.append(asyncio.ensure_future(check))
+                continue
+            if guardrail.remote:
+                verdict = await _remote_verdict(ctx, guardrail, slots, "llm_input")
+            elif guardrail.type == "metadata":
+                verdict = guardrail.check_metadata(ctx.metadata)
+            else:
+                verdict = _inspect(guardrail, slots, state.numbering)
+            changed = changed or verdict.changed
+            _record(ctx, guardrail, verdict, "llm_input")
+        if changed:  # the provider gets the rewritten request, built again from the body
+            ctx.raw_body = orjson.dumps(ctx.body)
+            ctx.prebuilt = None
+
+
+def _inspect(guardrail: Guardrail, slots: Sequence[TextSlot], numbering: Numbering) -> Verdict:
+    try:
+        return guardrail.inspect(slots, numbering)
+    except Exception:
+        log.exception("guardrail %s failed", guardrail.id)
+        return Verdict(failure="error")
+
+
+async def _remote(ctx: RequestContext, guardrail: Guardrail, slots: list[TextSlot],
+                  hook: str) -> None:  # fmt: skip
+    """A validate webhook beside the provider call: records its decision, raises a refusal."""
+    verdict = await _remote_verdict(ctx, guardrail, slots, hook)
+    _record(ctx, guardrail, verdict, hook)
+
+
+async def _remote_verdict(
+    ctx: RequestContext, guardrail: Guardrail, slots: Sequence[TextSlot], hook: str
+) -> Verdict:
+    verdict = Verdict()
+    assert guardrail.webhook is not None
+    try:
+        is_blocked, texts = await guardrail.webhook(_payload(ctx, guardrail, slots, hook),
+                                                    len(slots))  # fmt: skip
+    except GuardrailFailed as exc:
+        verdict.failure = exc.reason
+        return verdict
+    except Exception:
+        log.exception("webhook guardrail %s failed", guardrail.id)
+        verdict.failure = "error"
+        return verdict
+    if is_blocked:
+        verdict.found["webhook.block"] += 1
+    elif texts is not None and guardrail.enforcing != "audit":
+        for slot, text in zip(slots, texts, strict=True):
+            if slot.text != text:
+                slot.replace(text)
+                verdict.found["webhook.rewrite"] += 1
+                verdict.changed = True
+    return verdict
+
+
+def _payload(ctx: RequestContext, guardrail: Guardrail, slots: Sequence[TextSlot],
+             hook: str) -> dict[str, Any]:  # fmt: skip
+    principal = ctx.principal
+    return {
+        "guardrail": guardrail.id,
+        "hook": hook,
+        "operation": guardrail.operation,
+        "request_id": ctx.request_id,
+        "model": ctx.model,
+        "api": {"protocol": ctx.protocol, "operation": ctx.operation},
+        "principal": None if principal is None else {
+            "kind": principal.kind, "id": principal.id, "teams": list(principal.teams)
+        },
+        "metadata": ctx.metadata,
+        "texts": [slot.text for slot in slots],
+    }  # fmt: skip
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+class OutputGuardrails:
+    name = "guardrails"
+
+    def __init__(self, guardrails: Sequence[Guardrail]) -> None:
+        self.guardrails = tuple(g for g in guardrails if g.hook == "llm_output")
+
+    async def on_response(self, ctx: RequestContext, response: GatewayResponse) -> None:
+        if ctx.operation in ("embeddings", "count_tokens"):
+            return  # no model text comes back
+        known = facts(ctx)
+        applicable = [g for g in self.guardrails if g.when.matches(known)]
+        if not applicable:
+            return
+        state = _state(ctx)
+        if response.stream is not None:
+            state.stream = StreamGuard(ctx, applicable, state.numbering)
+            return
+        body = orjson.loads(response.body)
+        slots = response_slots(ctx.operation, body)
+        changed = False
+        for guardrail in applicable:
+            if guardrail.remote:
+                verdict = await _remote_verdict(ctx, guardrail, slots, "llm_output")
+            else:
+                verdict = _inspect(guardrail, slots, state.numbering)
+            changed = changed or verdict.changed
+            _record(ctx, guardrail, verdict, "llm_output")
+        if changed:
+            response.body = orjson.dumps(body)
+
+    async def on_chunk(self, ctx: RequestContext, chunk: bytes, last: bool) -> bytes:
+        guard = ctx.guards.stream if ctx.guards is not None else None
+        if guard is None:
+            return chunk
+        out = guard.feed(chunk, last)
+        if last:
+            if guard.whole:
+                out = await _whole_stream(ctx, guard)
+            guard.decisions()
+            _count(guard)
+        return out
+
+    def settle(self, ctx: RequestContext) -> None:
+        """A stream that ended early (the client left, the provider broke): its guardrails'
+        decisions so far."""
+        guard = ctx.guards.stream if ctx.guards is not None else None
+        if guard is not None and not guard.finished:
+            guard.decisions(reason="incomplete")
+            _count(guard)
+
+
+async def _whole_stream(ctx: RequestContext, guard: StreamGuard) -> bytes:
+    """A webhook on a stream's output: it reads the whole text, held until it answers. It
+    validates only: a rewrite it sends back is not applied to a stream (its text went out in
+    deltas whose boundaries the webhook does not know); plain responses take rewrites."""
+    texts = {key: state.text for key, state in guard.texts.items()}
+    slots = [TextSlot(texts, key) for key in texts]
+    for guardrail in guard.guardrails:
+        if not guardrail.remote:
+            continue
+        verdict = await _remote_verdict(ctx, guardrail, slots, "llm_output")
+        verdict.changed = False
+        verdict.found.pop("webhook.rewrite", None)
+        guard.verdicts[guardrail.id] = verdict
+        if guardrail.decide(verdict, "llm_output")[1] is not None:
+            guard.held.clear()
+            guard.decisions(reason="blocked")
+            raise guardrail.decide(verdict, "llm_output")[1]  # type: ignore[misc]
+    return guard.release_all()
+
+
+def _count(guard: StreamGuard) -> None:
+    for decision in guard.ctx.decisions[-len(guard.guardrails) :]:
+        if decision.stage == "guardrails" and decision.rule is not None:
+            metrics.GUARDRAIL_VERDICTS.labels(decision.rule, "llm_output", decision.outcome).inc()
