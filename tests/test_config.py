@@ -134,7 +134,7 @@ MANY_PROBLEMS = textwrap.dedent(
           - model: other/no-such-model
     rate_limits:
       - {id: r, when: {}, limit_to: 60, unit: requests_per_fortnight}
-    guardrails: []
+    mcp_servers: {}
     colour: blue
     """
 )
@@ -155,7 +155,7 @@ def test_every_problem_is_reported_at_once_with_path_and_line():
         (line_of(text, "input_per_mtok: -1"), "providers.other.models.m.input_per_mtok"),
         (line_of(text, "other/no-such-model"), "virtual_models.chat-default.targets[1].model"),
         (line_of(text, "requests_per_fortnight"), "rate_limits[0].unit"),
-        (line_of(text, "guardrails:"), "guardrails"),
+        (line_of(text, "mcp_servers:"), "mcp_servers"),
         (line_of(text, "colour: blue"), "colour"),
     ]
     messages = {path: message for _, path, message in found}
@@ -169,7 +169,7 @@ def test_every_problem_is_reported_at_once_with_path_and_line():
     assert "negative" in messages["providers.other.models.m.input_per_mtok"]
     assert "other/no-such-model" in messages["virtual_models.chat-default.targets[1].model"]
     assert messages["rate_limits[0].unit"].startswith("must be 'requests_per_minute'")
-    assert "not supported yet" in messages["guardrails"]
+    assert "not supported yet" in messages["mcp_servers"]
     assert messages["colour"] == "unknown key"
 
 
@@ -316,7 +316,7 @@ def test_a_misplaced_secret_is_never_printed(tmp_path, old, new):
 
 def test_the_sections_still_to_come_are_refused():
     # (sections leave this list as they are implemented; these are not yet)
-    assert {"guardrails", "mcp_servers"} <= set(UNSUPPORTED_SECTIONS)
+    assert {"mcp_servers"} <= set(UNSUPPORTED_SECTIONS)
 
 
 @pytest.mark.parametrize("section", UNSUPPORTED_SECTIONS)
