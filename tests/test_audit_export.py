@@ -122,6 +122,10 @@ def test_otlp_spans_logs_and_jsonl(
         assert attributes["custos.cost_micros"] == record["cost_micros"]
         assert attributes["custos.metadata.project"] == "alpha"
         assert attributes["custos.data_classes"] == ["customer_data"]
+        assert attributes["custos.decisions"] == [
+            f"{d['stage']}:{d['rule'] or '-'}:{d['decision']}" for d in record["decisions"]
+        ]
+        assert attributes["custos.decisions"][0].startswith("authorize:")
         # One child span per upstream attempt, in the same trace, under the request's span.
         children = eventually(
             lambda: [s for s in receiver.spans if s.parent_span_id == span.span_id],

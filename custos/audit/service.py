@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +81,11 @@ class ReportQuery(_Query):
     )
     group_by: str = Field("team,provider", description="Comma-separated dimensions.")
     data_class: str | None = Field(None, description="Only calls that carry this data class.")
+    source: Literal["declared", "detected"] | None = Field(
+        None,
+        description="Only calls carrying the class (or any class) from this source: declared "
+        "by the caller, or detected in the content.",
+    )
 
 
 class ReportRow(_Out):
@@ -109,6 +114,7 @@ class ReportOut(_Out):
     to: str
     group_by: list[str]
     data_class: str | None
+    source: str | None
     rows: list[ReportRow]
     totals: ReportTotals
 
@@ -173,7 +179,12 @@ async def report(svc: AdminService, principal: Any, q: ReportQuery) -> ReportOut
     except ReportError as exc:
         raise BadInput(str(exc), "group_by" if "group" in str(exc) else "from") from None
     built = await build_report(
-        _store(svc), since=since, until=until, group_by=group_by, data_class=q.data_class
+        _store(svc),
+        since=since,
+        until=until,
+        group_by=group_by,
+        data_class=q.data_class,
+        source=q.source,
     )
     return ReportOut.model_validate(to_json(built))
 

@@ -54,7 +54,7 @@ def _run(action: Action) -> Run:
 
 def _report(client: AdminClient, args: argparse.Namespace) -> int:
     query = {"from": args.from_, "to": args.to, "group_by": args.group_by,
-             "data_class": args.data_class}  # fmt: skip
+             "data_class": args.data_class, "source": args.source}  # fmt: skip
     reply = client.call("GET", path("audit", "report"), query=query)
     if args.format == "json":
         print(json.dumps(reply, indent=2, sort_keys=True))
@@ -192,6 +192,9 @@ def _register_records(commands: Any, parent: argparse.ArgumentParser) -> None:
                         help="comma-separated: team, principal, provider, model, region, "
                         "data_class, outcome, stage, status, day, month, quarter, …")  # fmt: skip
     report.add_argument("--data-class", help="only calls that carry this data class")
+    report.add_argument("--source", choices=["declared", "detected"],
+                        help="only classes from this source: declared by the caller, or "
+                        "detected in the content")  # fmt: skip
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
     report.set_defaults(run=_run(_report))
 

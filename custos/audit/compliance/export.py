@@ -259,7 +259,8 @@ class OTLPCheckpointExport:
 def span_attributes(fields: dict[str, Any]) -> dict[str, Any]:
     """The request span's attributes: the record's scalar fields, under their semantic-convention
     names where they have one and ``custos.NAME`` otherwise; metadata as
-    ``custos.metadata.KEY``; the time to first chunk in seconds, as the conventions define it."""
+    ``custos.metadata.KEY``; decisions and skips as string arrays; the time to first chunk in
+    seconds, as the conventions define it."""
     attributes: dict[str, Any] = {}
     for key, value in fields.items():
         if key in _SPAN_FIELDS_SKIPPED or value is None:
@@ -268,6 +269,12 @@ def span_attributes(fields: dict[str, Any]) -> dict[str, Any]:
             attributes[key if key.startswith(_SEMCONV) else f"custos.{key}"] = value
     attributes["custos.principal.teams"] = list(fields["principal.teams"])
     attributes["custos.data_classes"] = [c["class"] for c in fields["data_classes"]]
+    # Each stage's decision as ``stage:rule:decision`` (guardrails' among them), and the
+    # targets routing passed over as ``target:reason``.
+    attributes["custos.decisions"] = [
+        f"{d['stage']}:{d['rule'] or '-'}:{d['decision']}" for d in fields["decisions"]
+    ]
+    attributes["custos.skips"] = [f"{s['target']}:{s['reason']}" for s in fields["skips"]]
     for key, value in fields["metadata"].items():
         attributes[f"custos.metadata.{key}"] = value
     if fields["time_to_first_chunk_ms"] is not None:

@@ -9,7 +9,10 @@ Contracts:
 - ``--from``/``--to`` given as dates (``2026-07-01``) are whole UTC days, both inclusive;
   given as RFC 3339 times they are exact, ``from`` inclusive and ``to`` exclusive.
 - A call is in the range when its ``time_start`` is.
-- With ``data_class``, only calls that carry that class (from any source) count.
+- With ``data_class``, only calls that carry that class count; with ``source`` as well
+  (``declared``: the caller said so in its metadata; ``detected``: the gateway found it in the
+  content), only calls that carry it from that source. ``source`` alone: calls carrying any
+  class from that source.
 - Grouping by ``data_class`` puts a call in the row of each class it carries (and calls with no
   class in the row whose ``data_class`` is null), so those rows can add up to more than the
   totals. ``totals`` is always computed from the calls themselves, never by adding rows.
@@ -41,6 +44,7 @@ _COLUMNS = {
     "stage": "c.stopped_at",
     "error": "c.error_type",
     "data_class": "d.data_class",
+    "data_class_source": "d.source",
 }
 _TIME_UNITS = ("day", "month", "quarter")
 DIMENSIONS = (*_COLUMNS, *_TIME_UNITS)
@@ -68,6 +72,7 @@ class Report:
     group_by: tuple[str, ...]
     data_class: str | None
     rows: list[dict[str, Any]]
+    source: str | None = None
     totals: dict[str, int] = field(default_factory=dict)
 
 
@@ -113,21 +118,27 @@ async def build_report(
     until: datetime,
     group_by: tuple[str, ...],
     data_class: str | None = None,
+    source: str | None = None,
 ) -> Report:
     bucket = store.store.time_bucket
     columns = {**_COLUMNS, **{unit: bucket("c.time_start", unit) for unit in _TIME_UNITS}}
     args: list[Any] = [since, until]
     where = "c.time_start >= $1 AND c.time_start < $2"
-    if data_class is not None:
-        args.append(data_class)
+    if data_class is not None or source is not None:
+        carried = []
+        for column, value in (("data_class", data_class), ("source", source)):
+            if value is not None:
+                args.append(value)
+                carried.append(f" AND x.{column} = ${len(args)}")
         where += (
             " AND EXISTS (SELECT 1 FROM audit_llm_call_data_classes x"
-            f" WHERE x.event_id = c.event_id AND x.data_class = ${len(args)})"
+            f" WHERE x.event_id = c.event_id{''.join(carried)})"
         )
     join = ""
-    if "data_class" in group_by:
+    if "data_class" in group_by or "data_class_source" in group_by:
         join = (
-            " LEFT JOIN (SELECT DISTINCT event_id, data_class FROM audit_llm_call_data_classes"
+            " LEFT JOIN (SELECT DISTINCT event_id, data_class, source"
+            " FROM audit_llm_call_data_classes"
             " WHERE time_start >= $1 AND time_start < $2) d ON d.event_id = c.event_id"
         )
     select = ", ".join(f"{columns[name]} AS g{i}" for i, name in enumerate(group_by))
@@ -149,7 +160,7 @@ async def build_report(
     ]
     out.sort(key=lambda r: [(v is None, str(v)) for v in r["group"].values()])
     totals = {m: int(totals_rows[0][m]) for m in MEASURES}
-    return Report(since, until, group_by, data_class, out, totals)
+    return Report(since, until, group_by, data_class, out, totals=totals, source=source)
 
 
 def usd(micros: int) -> str:
@@ -165,6 +176,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "to": report.until.isoformat().replace("+00:00", "Z"),
         "group_by": list(report.group_by),
         "data_class": report.data_class,
+        "source": report.source,
         "rows": report.rows,
         "totals": report.totals,
     }
