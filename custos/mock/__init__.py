@@ -157,6 +157,9 @@ a 400. The ``model`` field of responses echoes the model string as given, direct
     ``inputTokens`` / end a ConverseStream after its first delta with a ``throttlingException``
     exception message. With ``malformed`` a ConverseStream's second message has a wrong CRC;
     ``no_usage`` leaves ``usage`` out of its ``metadata`` event.
+``echo``
+    OpenAI chat, Anthropic messages and Responses: the reply is the last message's text itself,
+    its white-space separated words (so a test chooses what comes back, addresses included).
 
 Stream shapes: OpenAI sends a role chunk (``delta: {"role": "assistant", "content": ""}``), the
 content (or ``tool_calls``: id and name first, then ``arguments`` fragments) chunks, a chunk
