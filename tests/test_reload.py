@@ -378,7 +378,7 @@ BROKEN = [
         "providers.openai-main.api_key: environment variable CUSTOS_T_UNSET_VAR is not set",
     ),
     ("tag", lambda t: t.replace("timeout_s: 10", "timeout_s: !!float ten"), "not valid YAML"),
-    ("unsupported", lambda t: t + "residency: {}\n", "residency: not supported yet"),
+    ("unknown section", lambda t: t + "rate_limit: []\n", "rate_limit: unknown key"),
 ]
 
 
