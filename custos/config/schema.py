@@ -22,15 +22,13 @@ from pydantic import (
 
 from custos.config.audit import AuditSettings
 from custos.config.guardrails import DataClasses, GuardrailSettings
+from custos.config.residency import ResidencyRule
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 from custos.request_values import RequestValue
 
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
-UNSUPPORTED_SECTIONS = (
-    "residency",
-    "mcp_servers",
-)
+UNSUPPORTED_SECTIONS = ("mcp_servers",)
 
 PROVIDER_TYPES = (
     "openai",
@@ -548,8 +546,9 @@ class Config(_Strict):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     guardrails: list[GuardrailSettings] = Field(default_factory=list)
     data_classes: DataClasses = Field(default_factory=dict)
+    residency: list[ResidencyRule] = Field(default_factory=list)
 
-    @field_validator("rate_limits", "budgets", "guardrails")
+    @field_validator("rate_limits", "budgets", "guardrails", "residency")
     @classmethod
     def _unique_rule_ids(cls, value: list[RateLimitRule], info: ValidationInfo) -> list[Any]:
         return unique_ids(value, str(info.field_name))
@@ -572,6 +571,20 @@ class Config(_Strict):
                 f"audit.content_key is required for audit.content: {audit.content} with a "
                 "PostgreSQL store (every replica must share it); use ${env:NAME} or ${file:path}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _residency_knows_regions(self) -> Config:
+        """With residency rules, every account says where it is: one without a region would
+        be allowed by no rule, silently (docs/residency.md)."""
+        if self.residency:
+            missing = [name for name, p in self.providers.items() if not p.region]
+            if missing:
+                raise ValueError(
+                    "residency rules need every provider account's region; "
+                    f"{', '.join(repr(m) for m in missing)} ha{'s' if len(missing) == 1 else 've'}"
+                    " none (write where it serves from: eu-west-1, eu, on-prem, ...)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -219,6 +219,14 @@ BUDGET_ALERTS = Counter(
 
 # -- routing (custos.routing) ------------------------------------------------------------------
 
+RESIDENCY_DECISIONS = Counter(
+    "custos_residency_decisions_total",
+    "Residency rules that applied to a request, by rule and outcome (allow: targets in an "
+    "allowed region were left; deny: none was, the request was refused residency_denied)",
+    ["rule", "outcome"],
+    registry=REGISTRY,
+)
+
 TARGET_COOLDOWN = Gauge(
     "custos_target_cooldown",
     "1 while a virtual model skips a target that kept failing (its cooldown, until a probe "
