@@ -9,21 +9,37 @@ mock tells which account received what: every account sends its name in a header
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import json
+import os
 import textwrap
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+import custos.gateway
 from custos.config.loader import ConfigError, parse_config
 from custos.config.residency import ResidencyRule
+from custos.gateway import Gateway
+from custos.http.app import GatewayApp
 from custos.policy.regions import GROUPS, RegionSelector
 from tests.audit_helpers import one_call
-from tests.conftest import GatewayProcess, MockProvider, serve_gateway
+from tests.conftest import (
+    MOCK_KEY,
+    TOKEN_KEY,
+    GatewayProcess,
+    MockProvider,
+    issue_admin_token,
+    serve_gateway,
+)
 
 ACCOUNT_HEADER = "x-test-account"
 PRICE = "{input_per_mtok: 1, output_per_mtok: 2}"
@@ -438,3 +454,316 @@ def test_several_matching_rules_intersect_and_the_one_that_empties_the_set_is_na
         )
     message = caught.value.body["error"]["message"]  # type: ignore[index]
     assert "'health-in-eu-west'" in message and "earlier residency rules" in message
+
+
+# -- the property: random configs, requests and failures -------------------------------------------
+#
+# One gateway runs in this process; each example applies a random revision to it (accounts in
+# random regions, virtual models with random targets, retries and fallbacks, random residency
+# rules), sends it random requests (classes declared, or found in the content) through the ASGI
+# app, and reads from the mock which account received each. An independent model of the rules
+# (region groups written out below for the regions drawn, globs by fnmatch) says which accounts
+# were allowed, and, for the priority strategy, which attempts the route must make.
+
+#: The regions accounts are drawn from, and which of them the test counts as in the EU / US.
+EU_REGIONS = ("eu", "eu-west-1", "eu-central-1", "europe-west4", "westeurope")
+US_REGIONS = ("us", "us-east-1", "eastus", "us-central1")
+OTHER_REGIONS = ("eu-west-2", "europe-west2", "uksouth", "on-prem")
+ALLOW_ENTRIES = ("eu", "us", "eu-*", "europe-*", "westeurope", "eu-west-2", "us-*", "on-prem")
+#: The variants every account serves: its model name, the mock directive, the status the
+#: gateway sees (a provider's 500 reaches the caller as 502).
+VARIANTS = {"ok": ("", 200), "e503": ("+status=503", 503), "e500": ("+status=500", 502),
+            "e429": ("+status=429", 429)}  # fmt: skip
+STATUSES = (429, 502, 503)
+CLASSES = ("customer_data", "health")
+EMAIL = "dana.lee@northwind.example"
+DIAGNOSIS = "diagnosis"
+
+
+def _allows(entry: str, region: str) -> bool:
+    if entry == "eu":
+        return region in EU_REGIONS
+    if entry == "us":
+        return region in US_REGIONS
+    if "*" in entry:
+        return fnmatch.fnmatchcase(region, entry)
+    return region == entry
+
+
+@st.composite
+def revisions(draw: st.DrawFn) -> dict[str, Any]:
+    regions = st.sampled_from(EU_REGIONS + US_REGIONS + OTHER_REGIONS)
+    accounts = {
+        f"a{i}": {"type": draw(st.sampled_from(["openai", "anthropic", "azure_openai"])),
+                  "region": draw(regions)}
+        for i in range(draw(st.integers(1, 5)))
+    }  # fmt: skip
+    variants = st.sampled_from(["ok", "ok", "e503", "e500", "e429"])
+    statuses = st.one_of(st.just(list(STATUSES)), st.lists(st.sampled_from(STATUSES), unique=True))
+    targets = st.tuples(st.sampled_from(sorted(accounts)), variants)
+    virtual = {
+        f"vm{i}": {
+            "strategy": draw(st.sampled_from(["priority", "priority", "weighted"])),
+            "targets": draw(st.lists(targets, min_size=1, max_size=4)),
+            "weights": draw(st.lists(st.integers(1, 5), min_size=4, max_size=4)),
+            "attempts": draw(st.integers(1, 3)),
+            "on_status": draw(statuses),
+            "fallback_on": draw(statuses),
+        }
+        for i in range(draw(st.integers(1, 3)))
+    }
+    whens = st.one_of(
+        st.builds(lambda c: {"data_classes": c}, st.lists(st.sampled_from(CLASSES), min_size=1,
+                                                          max_size=2, unique=True)),
+        st.just({}),
+        st.builds(lambda m: {"models": [m]}, st.sampled_from(sorted(virtual))),
+    )  # fmt: skip
+    rules = [
+        {"id": f"r{i}", "when": draw(whens),
+         "allow_regions": draw(st.lists(st.sampled_from(ALLOW_ENTRIES), min_size=1, max_size=3,
+                                        unique=True))}
+        for i in range(draw(st.integers(0, 3)))
+    ]  # fmt: skip
+    if draw(st.booleans()):  # the design's rule, somewhere in the list
+        eu_rule = {"id": "eu-customer-data", "when": {"data_classes": ["customer_data"]},
+                   "allow_regions": ["eu"]}  # fmt: skip
+        rules.insert(draw(st.integers(0, len(rules))), eu_rule)
+    return {"accounts": accounts, "virtual": virtual, "rules": rules}
+
+
+@st.composite
+def requests(draw: st.DrawFn, revision: dict[str, Any]) -> list[dict[str, Any]]:
+    direct = [f"{a}/{v}" for a in revision["accounts"] for v in ("ok", "ok", "e503")]
+    models = st.one_of(st.sampled_from(sorted(revision["virtual"])), st.sampled_from(direct))
+    return [
+        {
+            "model": draw(models),
+            "protocol": draw(st.sampled_from(["openai", "anthropic"])),
+            "declared": draw(st.lists(st.sampled_from(CLASSES), unique=True)),
+            "email": draw(st.booleans()),
+            "diagnosis": draw(st.booleans()),
+        }
+        for _ in range(draw(st.integers(1, 4)))
+    ]
+
+
+def revision_text(base: str, mock_url: str, revision: dict[str, Any]) -> str:
+    providers: dict[str, Any] = {}
+    for name, account in revision["accounts"].items():
+        kind = account["type"]
+        models = {}
+        for variant, (directive, _) in VARIANTS.items():
+            upstream = "deployment" if kind == "azure_openai" else "upstream_model"
+            models[variant] = {upstream: f"m{directive}", "input_per_mtok": 1}
+        providers[name] = {
+            "type": kind,
+            "base_url": f"{mock_url}/v1" if kind == "openai" else mock_url,
+            "api_key": "${env:CUSTOS_TEST_MOCK_KEY}",
+            "region": account["region"],
+            "headers": {ACCOUNT_HEADER: name},
+            "models": models,
+            **({"api_version": "2024-10-21"} if kind == "azure_openai" else {}),
+        }
+    virtual_models = {
+        name: {
+            "strategy": vm["strategy"],
+            "targets": [
+                {"model": f"{a}/{v}", "weight": w}
+                for (a, v), w in zip(vm["targets"], vm["weights"], strict=False)
+            ],
+            "retry": {"attempts": vm["attempts"], "backoff_ms": 0, "on_status": vm["on_status"]},
+            "fallback_on": vm["fallback_on"],
+        }
+        for name, vm in revision["virtual"].items()
+    }
+    sections = {
+        "providers": providers,
+        "virtual_models": virtual_models,
+        "data_classes": {
+            "customer_data": {"detectors": ["pii.email"]},
+            "health": {"detectors": ["keyword.terms"], "keywords": {"terms": [DIAGNOSIS]}},
+        },
+        "residency": revision["rules"],
+    }
+    return base + "".join(f"{key}: {json.dumps(value)}\n" for key, value in sections.items())
+
+
+class Expected:
+    """What the model of the rules says about one request."""
+
+    def __init__(self, revision: dict[str, Any], request: dict[str, Any]) -> None:
+        classes = set(request["declared"])
+        if request["email"]:
+            classes.add("customer_data")
+        if request["diagnosis"]:
+            classes.add("health")
+        model = request["model"]
+        vm = revision["virtual"].get(model)
+        targets = [tuple(model.split("/"))] if vm is None else vm["targets"]
+        region = {name: a["region"] for name, a in revision["accounts"].items()}
+        self.matching: list[str] = []
+        self.denied_by: str | None = None
+        kept = list(targets)
+        for rule in revision["rules"]:
+            if not _when_matches(rule["when"], classes, model):
+                continue
+            self.matching.append(rule["id"])
+            kept = [t for t in kept if any(_allows(e, region[t[0]]) for e in rule["allow_regions"])]
+            if not kept:
+                self.denied_by = rule["id"]
+                break
+        self.kept = kept
+        self.allowed_accounts = {account for account, _ in kept}
+        self.eu_only = any(
+            rule["allow_regions"] == ["eu"] for rule in revision["rules"]
+            if rule["id"] in self.matching
+        )  # fmt: skip
+        self.attempts = _priority_attempts(vm, kept) if vm is None or _ordered(vm) else None
+
+
+def _when_matches(when: dict[str, Any], classes: set[str], model: str) -> bool:
+    if "data_classes" in when:
+        return bool(classes & set(when["data_classes"]))
+    if "models" in when:
+        return model in when["models"]
+    return True
+
+
+def _ordered(vm: dict[str, Any]) -> bool:
+    """Whether the route tries its targets in the order written."""
+    return vm["strategy"] == "priority" or len(vm["targets"]) < 2
+
+
+def _priority_attempts(
+    vm: dict[str, Any] | None, kept: list[tuple[str, str]]
+) -> list[tuple[str, int]]:
+    """The (account, status) of every attempt the route makes, in order (custos.routing)."""
+    attempts_per_target = vm["attempts"] if vm else 1
+    on_status = set(vm["on_status"]) if vm else set()
+    fallback_on = set(vm["fallback_on"]) if vm else set()
+    made: list[tuple[str, int]] = []
+    for account, variant in kept:
+        status = VARIANTS[variant][1]
+        for _ in range(attempts_per_target):
+            made.append((account, status))
+            if status == 200 or status not in on_status:
+                break
+        if status == 200 or vm is None or status not in fallback_on:
+            break
+    return made
+
+
+@pytest.fixture(scope="module")
+def in_process(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Gateway, httpx.AsyncClient, str, str]]:
+    """A gateway in this process on its own event loop, its ASGI app behind an httpx client,
+    and the fixed part of every revision's text."""
+    tmp = tmp_path_factory.mktemp("residency-property")
+    os.environ.setdefault("CUSTOS_TEST_MOCK_KEY", MOCK_KEY)
+    os.environ.setdefault("CUSTOS_TEST_TOKEN_KEY", TOKEN_KEY)
+    store = f"sqlite:///{tmp / 'custos.db'}"
+    token = issue_admin_token(store)
+    base = textwrap.dedent(
+        f"""\
+        version: 1
+        state: {{store: "{store}"}}
+        identity: {{token_hash_key: "${{env:CUSTOS_TEST_TOKEN_KEY}}"}}
+        audit: {{spool: {{path: "{tmp / "spool"}"}}}}
+        access: [{{id: everyone, subjects: ["*"], models: ["*"]}}]
+        """
+    )
+    first = revision_text(base, mock_provider.url,
+                          {"accounts": {"a0": {"type": "openai", "region": "eu"}}, "virtual": {},
+                           "rules": []})  # fmt: skip
+    path = tmp / "custos.yaml"
+    path.write_text(first)
+    loop = asyncio.new_event_loop()
+    tune = custos.gateway.tune_collector
+    custos.gateway.tune_collector = lambda: None  # the test process's collector stays as is
+    gateway = Gateway.from_file(path, watch=False)
+    try:
+        loop.run_until_complete(gateway.start())
+        transport = httpx.ASGITransport(app=GatewayApp(gateway))
+        client = httpx.AsyncClient(transport=transport, base_url="http://custos.test", timeout=10)
+        yield loop, gateway, client, base, token
+        loop.run_until_complete(client.aclose())
+        loop.run_until_complete(gateway.stop())
+    finally:
+        custos.gateway.tune_collector = tune
+        loop.close()
+
+
+async def _send(
+    client: httpx.AsyncClient, token: str, request: dict[str, Any], marker: str
+) -> httpx.Response:
+    parts = [marker]
+    if request["email"]:
+        parts.append(f"reply to {EMAIL}")
+    if request["diagnosis"]:
+        parts.append(f"the {DIAGNOSIS} is attached")
+    messages = [{"role": "user", "content": " ".join(parts)}]
+    headers = {"authorization": f"Bearer {token}"}
+    if request["declared"]:
+        classes = ",".join(request["declared"])
+        headers["x-custos-metadata"] = json.dumps({"data_classification": classes})
+    body: dict[str, Any] = {"model": request["model"], "messages": messages}
+    if request["protocol"] == "anthropic":
+        body["max_tokens"] = 20
+        return await client.post("/v1/messages", json=body, headers=headers)
+    return await client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=100, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_no_request_leaves_its_allowed_regions_and_only_an_empty_set_is_refused(
+    in_process: tuple[asyncio.AbstractEventLoop, Gateway, httpx.AsyncClient, str, str],
+    mock_provider: MockProvider,
+    data: st.DataObject,
+) -> None:
+    loop, gateway, client, base, token = in_process
+    revision = data.draw(revisions(), label="revision")
+    sent = data.draw(requests(revision), label="requests")
+    loaded = parse_config(revision_text(base, mock_provider.url, revision))
+    mock_provider.clear()
+    markers = [f"q{uuid.uuid4().hex}" for _ in sent]
+
+    async def send_all() -> list[httpx.Response]:
+        gateway.apply(loaded)  # in the loop: the audit trail records the revision in a task
+        return [await _send(client, token, r, m) for r, m in zip(sent, markers, strict=True)]
+
+    responses = loop.run_until_complete(send_all())
+    received = mock_provider.requests()
+    regions = {name: a["region"] for name, a in revision["accounts"].items()}
+    for request, marker, response in zip(sent, markers, responses, strict=True):
+        expected = Expected(revision, request)
+        reached = [
+            r["headers"][ACCOUNT_HEADER] for r in received if marker in json.dumps(r["body"])
+        ]
+        note = f"{request} -> {response.status_code} {response.text[:300]}; reached {reached}"
+        event("refused" if expected.denied_by else f"status {response.status_code}")
+        event("EU-restricted" if expected.eu_only else "not EU-restricted")
+        event(
+            f"{min(len(reached), 3)}+ attempts" if len(reached) >= 3 else f"{len(reached)} attempts"
+        )
+        if expected.eu_only:  # the must-show: an EU-restricted class never leaves the EU
+            assert all(regions[a] in EU_REGIONS for a in reached), note
+        assert set(reached) <= expected.allowed_accounts, note
+        error = response.json().get("error") if response.status_code != 200 else None
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message", "") if isinstance(error, dict) else ""
+        if expected.denied_by is not None:
+            assert response.status_code == 403, note
+            assert code in ("residency_denied", None), note  # None: Anthropic's shape
+            assert f"'{expected.denied_by}'" in message, note
+            assert reached == [], note
+            continue
+        assert response.status_code != 403, note
+        assert reached, note  # an allowed candidate exists: it was tried
+        if expected.attempts is not None:
+            assert reached == [a for a, _ in expected.attempts], note
+            assert response.status_code == expected.attempts[-1][1], note
+        if response.status_code == 200:
+            applied = response.headers.get("x-custos-applied", "").split(",")
+            assert set(expected.matching) <= set(applied), note
