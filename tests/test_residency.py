@@ -22,12 +22,15 @@ import anthropic
 import httpx
 import openai
 import pytest
+import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 import custos.gateway
 from custos.config.loader import ConfigError, parse_config
 from custos.config.residency import ResidencyRule
+from custos.config.schema import Config
 from custos.gateway import Gateway
 from custos.http.app import GatewayApp
 from custos.policy.regions import GROUPS, RegionSelector
@@ -117,8 +120,15 @@ def test_the_design_example_loads():
 
 def test_with_residency_rules_every_account_needs_a_region():
     text = (BASE + DESIGN_EXAMPLE).replace("    region: us\n", "")
-    ((_, message),) = problems(text)
-    assert "'us-main'" in message and "region" in message
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    ((path, line, message),) = [(p.path, p.line, p.message) for p in caught.value.problems]
+    assert path == "providers.us-main.region"
+    assert line == text.splitlines().index("  us-main:") + 1
+    assert "residency" in message
+    # The schema holds the rule too, for a config built without the loader.
+    with pytest.raises(ValidationError, match="'us-main' has none"):
+        Config.model_validate(yaml.safe_load(text))
     parse_config(BASE.replace("    region: us\n", ""))  # without rules a region is optional
 
 

@@ -113,12 +113,17 @@ def parse_config(
     config: Config | None = None
     references = _cross_references(supported, resolved, lines)
     problems.extend(references)
+    unplaced = _accounts_without_region(resolved, lines)
+    problems.extend(unplaced)
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
-        # The schema's own target check has no location; ``references`` says the same, placed.
+        # The schema's own target and region checks have no location; ``references`` and
+        # ``unplaced`` say the same, placed.
         problems.extend(
-            p for p in _pydantic_problems(exc, lines) if not (references and _is_target_check(p))
+            p
+            for p in _pydantic_problems(exc, lines)
+            if not (references and _is_target_check(p)) and not (unplaced and _is_region_check(p))
         )
     if problems or config is None:
         raise ConfigError(source, sorted(problems, key=lambda p: (p.line or 0, p.path)))
@@ -303,6 +308,27 @@ def _cross_references(
                 )
             )
     return problems
+
+
+def _accounts_without_region(resolved: dict[str, Any], lines: dict[Path_, int]) -> list[Problem]:
+    """With residency rules, each provider account without a region, at its own line."""
+    providers = resolved.get("providers")
+    if not resolved.get("residency") or not isinstance(providers, dict):
+        return []
+    return [
+        Problem(
+            dotted(("providers", name, "region")),
+            _line_of(("providers", name), lines),
+            "required when the file has residency rules: an account without a region is "
+            "allowed by none (write where it serves from: eu-west-1, eu, on-prem, ...)",
+        )
+        for name, account in providers.items()
+        if isinstance(account, dict) and not account.get("region")
+    ]
+
+
+def _is_region_check(problem: Problem) -> bool:
+    return not problem.path and problem.message.startswith("residency rules need")
 
 
 def _is_target_check(problem: Problem) -> bool:
