@@ -430,6 +430,19 @@ def test_no_allowed_target_is_403_residency_denied_in_anthropic_shape(
     assert _reached(mock_provider, marker) == []
 
 
+def test_a_token_count_is_held_to_the_rules_too(
+    gw: GatewayProcess, mock_provider: MockProvider
+) -> None:
+    # Counting sends the prompt to the account: an email keeps it from the US one.
+    marker = f"count {uuid.uuid4().hex}"
+    messages = [{"role": "user", "content": f"{marker} to cy@northwind.example"}]
+    with pytest.raises(anthropic.PermissionDeniedError):
+        _anthropic(gw).messages.count_tokens(model=US_CLAUDE, messages=messages)  # type: ignore[arg-type]
+    counted = _anthropic(gw).messages.count_tokens(model="claude", messages=messages)  # type: ignore[arg-type]
+    assert counted.input_tokens > 0
+    assert _reached(mock_provider, marker) == ["eu-claude"]
+
+
 def test_several_matching_rules_intersect_and_the_one_that_empties_the_set_is_named(
     gw: GatewayProcess, mock_provider: MockProvider
 ) -> None:
