@@ -61,7 +61,7 @@ def command_lines(doc: str) -> list[str]:
     """The ``custos …`` lines of the doc's shell and text code blocks (continuations joined,
     prompts and a ``.venv/bin/`` prefix removed)."""
     found = []
-    for block in _blocks(doc, "", "sh", "bash", "console", "shell"):
+    for block in _blocks(doc, "", "sh", "bash", "console", "shell", "text"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ").removeprefix(".venv/bin/")
             if line.startswith("custos "):
