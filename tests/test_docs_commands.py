@@ -9,6 +9,7 @@ what exists, so that they cannot drift from the code:
 - every metric (``custos_…``) is one the gateway exports;
 - every key of a ``yaml`` block, and every inline ``section.key`` of the config, is a field of the
   config schema (``custos.config.schema.Config``);
+- every admin API route (``GET /admin/v1/…``) is one the admin API serves;
 - every repository path in backquotes and every relative link points at a file that exists.
 """
 
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 
 from custos.cli import build_parser
 from custos.config.schema import Config
+from custos.http.admin import ROUTES
 from tests.test_alert_rules import exported
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,3 +244,11 @@ def test_paths_and_links_exist() -> None:
             assert (ROOT / name).exists(), (doc, name)
         for target in link.findall(text):
             assert (ROOT / "docs" / target).resolve().exists(), (doc, target)
+
+
+def test_admin_routes_exist() -> None:
+    served = {(spec.method, spec.path) for spec, _handler in ROUTES}
+    route = re.compile(r"\b(GET|POST|PATCH|DELETE) (/admin/v1/[\w/{}-]+)")
+    named = {found for doc in DOCS for found in route.findall(_text(doc))}
+    assert named, "the docs name no admin route"
+    assert named <= served, sorted(named - served)
