@@ -1,7 +1,8 @@
 """The operations docs (docs/runbook.md, docs/threat-model.md, docs/compliance.md) name only
 what exists, so that they cannot drift from the code:
 
-- every ``custos …`` line in a fenced code block is a command of the CLI's own parser
+- every ``custos …`` line in a fenced code block (of these docs, and of README.md and every other
+  docs/*.md too) is a command of the CLI's own parser
   (``custos.cli.build_parser``, walked in process): each subcommand exists, each flag is an
   option of the command it is given to, a flag's value is one of its choices when it has choices,
   no more positionals than the command takes, and the command's required options and
@@ -35,9 +36,13 @@ from tests.test_alert_rules import exported
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("docs/runbook.md", "docs/threat-model.md", "docs/compliance.md")
+#: Every doc whose shell blocks show ``custos`` commands: checked for those commands only.
+ALL_DOCS = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")))
 
 #: A fenced block, also indented inside a list item (the indent is removed from its lines).
 _FENCE = re.compile(r"^([ \t]*)```(\w*)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+#: Where a shell line goes on past the command (a pipe, a redirection, a second command).
+_SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1"}
 #: Written where a value goes, not a value itself: checked against no choices.
 _PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_|.…-]*$|^\$|^<.*>$")
 #: Dotted names that start like a config section but are record fields or event types.
@@ -72,7 +77,7 @@ def command_lines(doc: str) -> list[str]:
 
 
 def _cases() -> list[tuple[str, str]]:
-    return [(doc, line) for doc in DOCS for line in command_lines(doc)]
+    return [(doc, line) for doc in ALL_DOCS for line in command_lines(doc)]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -91,8 +96,10 @@ def _positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def check_command(line: str) -> None:
     """Walk ``line`` through the CLI's parser; raise AssertionError naming what does not exist."""
-    tokens = [t.strip("[]") for t in shlex.split(line, comments=True)]
-    tokens = [t for t in tokens if t and t not in ("|", "…", "...")]
+    words = shlex.split(line, comments=True)
+    ends = [i for i, word in enumerate(words) if word in _SHELL_OPERATORS]
+    tokens = [t.strip("[]") for t in words[: ends[0] if ends else None]]
+    tokens = [t for t in tokens if t and t not in ("…", "...")]
     assert tokens[0] == "custos"
     parser, seen, positionals, i = build_parser(), set(), 0, 1
     while i < len(tokens):
@@ -150,6 +157,11 @@ def test_command_exists(doc: str, line: str) -> None:
 def test_every_doc_shows_commands() -> None:
     for doc in DOCS:
         assert command_lines(doc), doc
+    assert set(DOCS) < set(ALL_DOCS)
+
+
+def test_a_pipe_ends_the_command() -> None:
+    check_command("custos audit export --event-type llm.call | wc -l")
 
 
 @pytest.mark.parametrize(
@@ -164,6 +176,7 @@ def test_every_doc_shows_commands() -> None:
         "custos audit show A B",  # one positional too many
         "custos audit hold",  # a group, not a command
         "custos audit keys retire --store URL",  # --name missing
+        "custos audit export --format json | jq .",  # a flag export does not have, before a pipe
     ],
 )
 def test_check_command_refuses(line: str) -> None:
