@@ -482,11 +482,12 @@ def test_several_matching_rules_intersect_and_the_one_that_empties_the_set_is_na
 # -- the property: random configs, requests and failures -------------------------------------------
 #
 # One gateway runs in this process; each example applies a random revision to it (accounts in
-# random regions, virtual models with random targets, retries and fallbacks, random residency
-# rules), sends it random requests (classes declared, or found in the content) through the ASGI
-# app, and reads from the mock which account received each. An independent model of the rules
-# (region groups written out below for the regions drawn, globs by fnmatch) says which accounts
-# were allowed, and, for the priority strategy, which attempts the route must make.
+# random regions, virtual models with random targets, retries, fallbacks and cooldowns, random
+# residency rules), sends it random requests (plain or streamed; classes declared, or found in
+# the content) through the ASGI app, and reads from the mock which account received each. An
+# independent model of the rules (region groups written out below for the regions drawn, globs
+# by fnmatch) says which accounts were allowed, and, for the priority strategy without a
+# cooldown, which attempts the route must make.
 
 #: The regions accounts are drawn from, and which of them the test counts as in the EU / US.
 EU_REGIONS = ("eu", "eu-west-1", "eu-central-1", "europe-west4", "westeurope")
@@ -566,6 +567,7 @@ def requests(draw: st.DrawFn, revision: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "model": draw(models),
             "protocol": draw(st.sampled_from(["openai", "anthropic"])),
+            "stream": draw(st.booleans()),
             "declared": draw(st.lists(st.sampled_from(CLASSES), unique=True)),
             "email": draw(st.booleans()),
             "diagnosis": draw(st.booleans()),
@@ -742,6 +744,8 @@ async def _send(
         classes = ",".join(request["declared"])
         headers["x-custos-metadata"] = json.dumps({"data_classification": classes})
     body: dict[str, Any] = {"model": request["model"], "messages": messages}
+    if request["stream"]:
+        body["stream"] = True
     if request["protocol"] == "anthropic":
         body["max_tokens"] = 20
         return await client.post("/v1/messages", json=body, headers=headers)
