@@ -1,9 +1,11 @@
 """The LLM terminal: a governed model call routed to a provider (stages 7 and 8 of DESIGN §1).
 
 ``prepare`` runs before the stages that charge the request: it finds the route of the model
-asked for (404 ``model_not_found``), refuses an operation none of its targets supports, and
-builds once the request of every target that translates, refusing a field that does not
-translate or state another account keeps (400), so that such a request is never charged.
+asked for (404 ``model_not_found``), refuses an operation none of its targets supports, keeps
+only the targets the residency rules allow (``custos.policy.residency``: 403
+``residency_denied`` when none is left; the narrowed route is ``ctx.route``), and builds once
+the request of every target that translates, refusing a field that does not translate or state
+another account keeps (400), so that such a request is never charged.
 ``call`` tries the route's targets as ``custos.routing`` orders, retries and skips them; a
 stream is read to its first bytes for the client before it is answered (a failure before that
 is a failed attempt the route may retry), then relayed by a generator the chain wraps in a
