@@ -40,9 +40,24 @@ class CompiledRule:
     allowed: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """What the matching rules decide for one set of candidates: the targets left, each rule's
+    decision, and the rule that left none (``None`` when some are left)."""
+
+    kept: tuple[ModelTarget, ...]
+    decisions: tuple[tuple[CompiledRule, Decision], ...]
+    denied_by: CompiledRule | None
+
+
+#: Placements remembered per policy (one per config revision): requests come in few shapes.
+_PLACEMENT_CACHE_SIZE = 10_000
+
+
 class ResidencyPolicy:
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(rules)
+        self._placed: dict[tuple[tuple[int, ...], tuple[str, ...]], _Placement] = {}
 
     @classmethod
     def build(
@@ -64,24 +79,42 @@ class ResidencyPolicy:
     ) -> tuple[ModelTarget, ...]:
         """The candidates every matching rule allows, in their order; each matching rule's
         decision is appended to ``decisions``. Raises 403 ``residency_denied`` when none is
-        left (after appending the denying rule's decision)."""
-        kept = tuple(candidates)
-        applied = 0
-        for rule in self.rules:
-            if not rule.when.matches(facts):
-                continue
-            allowed = tuple(t for t in kept if t.name in rule.allowed)
-            removed = [t for t in kept if t.name not in rule.allowed]
-            inputs = _inputs(rule, allowed, removed)
-            if not allowed:
-                decisions.append(Decision("route", rule.id, "deny", NO_ALLOWED_REGION, inputs))
-                metrics.RESIDENCY_DECISIONS.labels(rule.id, "deny").inc()
-                raise _denial(rule, model, after_others=applied > 0)
-            decisions.append(Decision("route", rule.id, "allow", None, inputs))
-            metrics.RESIDENCY_DECISIONS.labels(rule.id, "allow").inc()
-            kept = allowed
-            applied += 1
-        return kept
+        left (after appending the denying rule's decision).
+
+        What the rules decide depends only on which of them match and on the candidates, so
+        it is remembered by those (the decisions are immutable and shared)."""
+        matching = tuple(i for i, rule in enumerate(self.rules) if rule.when.matches(facts))
+        if not matching:
+            return tuple(candidates)
+        key = (matching, tuple(t.name for t in candidates))
+        placement = self._placed.get(key)
+        if placement is None:
+            placement = _place([self.rules[i] for i in matching], candidates)
+            if len(self._placed) >= _PLACEMENT_CACHE_SIZE:
+                self._placed.clear()
+            self._placed[key] = placement
+        for rule, decision in placement.decisions:
+            decisions.append(decision)
+            metrics.child(metrics.RESIDENCY_DECISIONS, rule.id, decision.outcome).inc()
+        if placement.denied_by is not None:
+            raise _denial(placement.denied_by, model, after_others=len(placement.decisions) > 1)
+        return placement.kept
+
+
+def _place(rules: Sequence[CompiledRule], candidates: Sequence[ModelTarget]) -> _Placement:
+    """Apply ``rules`` (all matching, in order) to ``candidates``."""
+    kept = tuple(candidates)
+    made: list[tuple[CompiledRule, Decision]] = []
+    for rule in rules:
+        allowed = tuple(t for t in kept if t.name in rule.allowed)
+        removed = [t for t in kept if t.name not in rule.allowed]
+        inputs = _inputs(rule, allowed, removed)
+        if not allowed:
+            made.append((rule, Decision("route", rule.id, "deny", NO_ALLOWED_REGION, inputs)))
+            return _Placement((), tuple(made), rule)
+        made.append((rule, Decision("route", rule.id, "allow", None, inputs)))
+        kept = allowed
+    return _Placement(kept, tuple(made), None)
 
 
 def _inputs(
