@@ -31,9 +31,14 @@ import custos.gateway
 from custos.config.loader import ConfigError, parse_config
 from custos.config.residency import ResidencyRule
 from custos.config.schema import Config
+from custos.context import Decision
+from custos.errors import GatewayError
 from custos.gateway import Gateway
 from custos.http.app import GatewayApp
 from custos.policy.regions import GROUPS, RegionSelector
+from custos.policy.when import Facts
+from custos.runtime import Runtime
+from custos.telemetry import metrics
 from tests.audit_helpers import one_call
 from tests.conftest import (
     MOCK_KEY,
@@ -163,6 +168,45 @@ def test_rule_ids_are_unique():
 def test_regions_are_kept_in_lower_case():
     rule = ResidencyRule.model_validate({"id": "r", "allow_regions": ["EU", "Europe-*"]})
     assert rule.allow_regions == ["eu", "europe-*"]
+
+
+# -- the policy ------------------------------------------------------------------------------------
+
+
+def test_rules_intersect_in_order_and_a_remembered_placement_decides_the_same_each_time():
+    customers = {"data_classes": ["customer_data"]}
+    rules = [
+        {"id": "customers-eu", "when": customers, "allow_regions": ["eu"]},
+        {"id": "everything-us", "allow_regions": ["us"]},
+    ]
+    text = BASE + "residency: " + json.dumps(rules) + "\n"
+    runtime = Runtime(parse_config(text))
+    candidates = [runtime.targets["us-main/m"], runtime.targets["eu-main/m"]]
+    plain = Facts(frozenset({"user:ann@x.example"}), "m", {}, frozenset())
+    customer = Facts(frozenset({"user:ann@x.example"}), "m", {}, frozenset({"customer_data"}))
+    denials = metrics.child(metrics.RESIDENCY_DECISIONS, "everything-us", "deny")
+    before = denials._value.get()
+    for _ in range(2):  # the second time from what the policy remembers
+        decisions: list[Decision] = []
+        kept = runtime.residency.place(plain, "m", candidates, decisions)
+        assert [t.name for t in kept] == ["us-main/m"]
+        assert [(d.rule, d.outcome) for d in decisions] == [("everything-us", "allow")]
+        decisions = []
+        with pytest.raises(GatewayError) as caught:
+            runtime.residency.place(customer, "m", candidates, decisions)
+        assert caught.value.code == "residency_denied" and caught.value.status == 403
+        assert "'everything-us'" in caught.value.message
+        assert "earlier residency rules" in caught.value.message
+        assert [(d.rule, d.outcome, d.reason) for d in decisions] == [
+            ("customers-eu", "allow", None),
+            ("everything-us", "deny", "no_allowed_region"),
+        ]
+        assert decisions[1].input == {
+            "allow_regions": ["us"],
+            "kept": [],
+            "removed": [{"target": "eu-main/m", "region": "eu-west-1"}],
+        }
+    assert denials._value.get() == before + 2
 
 
 # -- through the gateway ---------------------------------------------------------------------------
