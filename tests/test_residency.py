@@ -16,6 +16,7 @@ import os
 import textwrap
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anthropic
@@ -521,6 +522,18 @@ def test_several_matching_rules_intersect_and_the_one_that_empties_the_set_is_na
         )
     message = caught.value.body["error"]["message"]  # type: ignore[index]
     assert "'health-in-eu-west'" in message and "earlier residency rules" in message
+
+
+def test_the_report_by_region_shows_customer_data_only_in_the_eu(gw: GatewayProcess) -> None:
+    # Runs after the calls above: those with customer data were served in the EU or refused.
+    today = datetime.now(UTC).date()
+    query = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=1)),
+             "data_class": "customer_data", "group_by": "region"}  # fmt: skip
+    reply = httpx.get(f"{gw.url}/admin/v1/audit/report", params=query, headers=gw.headers)
+    assert reply.status_code == 200, reply.text
+    rows = {r["group"]["region"]: r["requests"] for r in reply.json()["rows"]}
+    assert rows.get("westeurope", 0) > 0 and rows.get("eu", 0) > 0, rows
+    assert set(rows) <= {"westeurope", "eu", None}, rows  # None: refused, sent nowhere
 
 
 # -- the property: random configs, requests and failures -------------------------------------------
