@@ -525,7 +525,18 @@ def test_several_matching_rules_intersect_and_the_one_that_empties_the_set_is_na
 
 
 def test_the_report_by_region_shows_customer_data_only_in_the_eu(gw: GatewayProcess) -> None:
-    # Runs after the calls above: those with customer data were served in the EU or refused.
+    # With whatever the tests above sent (customer data served in the EU, or refused), and:
+    served = [
+        _openai(gw).chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "for ann@northwind.example"}]
+        ),
+        _anthropic(gw).messages.with_raw_response.create(
+            model="claude", max_tokens=20,
+            messages=[{"role": "user", "content": "for bo@northwind.example"}],
+        ),
+    ]  # fmt: skip
+    for raw in served:
+        _record(gw, raw.headers["x-custos-request-id"])  # stored
     today = datetime.now(UTC).date()
     query = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=1)),
              "data_class": "customer_data", "group_by": "region"}  # fmt: skip
