@@ -32,7 +32,7 @@ import custos.gateway
 from custos.config.loader import ConfigError, parse_config
 from custos.config.residency import ResidencyRule
 from custos.config.schema import Config
-from custos.context import Decision
+from custos.context import Decision, RequestContext
 from custos.errors import GatewayError
 from custos.gateway import Gateway
 from custos.http.app import GatewayApp
@@ -555,7 +555,8 @@ def test_the_report_by_region_shows_customer_data_only_in_the_eu(gw: GatewayProc
 # the content) through the ASGI app, and reads from the mock which account received each. An
 # independent model of the rules (region groups written out below for the regions drawn, globs
 # by fnmatch) says which accounts were allowed, and, for the priority strategy without a
-# cooldown, which attempts the route must make.
+# cooldown, which attempts the route must make. A stage at the head of the chain keeps what
+# each record is made of, which must say the same (attempts and residency decisions).
 
 #: The regions accounts are drawn from, and which of them the test counts as in the EU / US.
 EU_REGIONS = ("eu", "eu-west-1", "eu-central-1", "europe-west4", "westeurope")
@@ -757,10 +758,31 @@ def _priority_attempts(
     return made
 
 
+class Settled:
+    """First in the chain, so it settles last: keeps what each request's record is made of
+    (its attempts' targets and its residency decisions), by request id."""
+
+    name = "gateway"
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[list[str], list[tuple[str | None, str]]]] = {}
+
+    def settle(self, ctx: RequestContext) -> None:
+        routed = [(d.rule, d.outcome) for d in ctx.decisions if d.stage == "route"]
+        self.seen[ctx.request_id] = ([a.target for a in ctx.attempts], routed)
+
+
+class RecordingGateway(Gateway):
+    settled = Settled()
+
+    def build_chain(self, runtime: Runtime) -> list[object]:
+        return [self.settled, *super().build_chain(runtime)]
+
+
 @pytest.fixture(scope="module")
 def in_process(
     mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[asyncio.AbstractEventLoop, Gateway, httpx.AsyncClient, str, str]]:
+) -> Iterator[tuple[asyncio.AbstractEventLoop, RecordingGateway, httpx.AsyncClient, str, str]]:
     """A gateway in this process on its own event loop, its ASGI app behind an httpx client,
     and the fixed part of every revision's text."""
     tmp = tmp_path_factory.mktemp("residency-property")
@@ -785,7 +807,7 @@ def in_process(
     loop = asyncio.new_event_loop()
     tune = custos.gateway.tune_collector
     custos.gateway.tune_collector = lambda: None  # the test process's collector stays as is
-    gateway = Gateway.from_file(path, watch=False)
+    gateway = RecordingGateway.from_file(path, watch=False)
     try:
         loop.run_until_complete(gateway.start())
         transport = httpx.ASGITransport(app=GatewayApp(gateway))
@@ -824,7 +846,7 @@ async def _send(
 @settings(max_examples=100, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_request_leaves_its_allowed_regions_and_only_an_empty_set_is_refused(
-    in_process: tuple[asyncio.AbstractEventLoop, Gateway, httpx.AsyncClient, str, str],
+    in_process: tuple[asyncio.AbstractEventLoop, RecordingGateway, httpx.AsyncClient, str, str],
     mock_provider: MockProvider,
     data: st.DataObject,
 ) -> None:
@@ -859,6 +881,13 @@ def test_no_request_leaves_its_allowed_regions_and_only_an_empty_set_is_refused(
         error = response.json().get("error") if response.status_code != 200 else None
         code = error.get("code") if isinstance(error, dict) else None
         message = error.get("message", "") if isinstance(error, dict) else ""
+        # What the record is made of says the same: the attempts the mock saw, and one
+        # decision per matching rule, up to the one that left nothing.
+        attempted, routed = gateway.settled.seen[response.headers["x-custos-request-id"]]
+        assert [t.split("/", 1)[0] for t in attempted] == reached, note
+        decided = expected.matching
+        assert routed == [(rule, "deny" if rule == expected.denied_by else "allow")
+                          for rule in decided], note  # fmt: skip
         if expected.denied_by is not None:
             assert response.status_code == 403, note
             assert code in ("residency_denied", None), note  # None: Anthropic's shape
