@@ -1,0 +1,45 @@
+"""``PolicyRequest``s built from what the gateway knows about a request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from custos.context import RequestContext
+from custos.guardrails.policy.decision import PolicyRequest
+from custos.identity.principal import Principal
+
+
+def principal_of(principal: Principal | None) -> dict[str, Any]:
+    """The ``principal`` of a ``PolicyRequest``: who calls, as policies name them (a user by
+    email, a virtual account by name), with its internal id, teams and roles."""
+    if principal is None:
+        return {"type": "User", "id": "", "uid": "", "teams": [], "roles": []}
+    return {
+        "type": "VirtualAccount" if principal.kind == "virtual_account" else "User",
+        "id": principal.name,
+        "uid": principal.id,
+        "teams": sorted(principal.teams),
+        "roles": sorted(principal.roles),
+    }
+
+
+def context_of(ctx: RequestContext) -> dict[str, Any]:
+    """The ``context`` of a ``PolicyRequest``: the request's metadata, the data classes it
+    carries (declared or detected) and when it was made."""
+    started = datetime.fromtimestamp(ctx.started_unix_ms / 1000, UTC)
+    return {
+        "metadata": dict(ctx.metadata),
+        "data_classes": sorted({d.name for d in ctx.data_classes}),
+        "time": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+def model_call(ctx: RequestContext) -> PolicyRequest:
+    """The ``call_model`` request of a model call: the model as the caller named it."""
+    return PolicyRequest(
+        principal=principal_of(ctx.principal),
+        action="call_model",
+        resource={"type": "Model", "name": ctx.model},
+        context=context_of(ctx),
+    )
