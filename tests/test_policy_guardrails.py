@@ -278,7 +278,7 @@ def test_the_policy_files_are_part_of_the_revision(tmp_path: Path) -> None:
 
 BROKEN = [
     ("cedar", "cedar-syntax", CEDAR.replace('like "delete_*" }', 'like "delete_*" && }'),
-     "policies/tools.cedar: not valid Cedar"),
+     "policies/tools.cedar line 11: not valid Cedar"),
     ("cedar", "cedar-schema", CEDAR.replace("arguments.to like", "arguments.cc like"),
      "do not validate against policies/custos.cedarschema"),
     ("cedar", "cedar-unknown-action", CEDAR.replace('"call_model"', '"call_modle"', 1),
@@ -306,6 +306,12 @@ def test_config_check_refuses_a_policy_file_with_an_error(
     path.write_text(f"version: 1\nproviders: {{}}\nguardrails: {json.dumps(rules)}\n")
     good = config_check(path)
     assert good.returncode == 0, good.stderr
+    language = (
+        "cedar file(s), validated against policies/custos.cedarschema"
+        if engine == "cedar"
+        else "rego file(s)"
+    )
+    assert f"guardrail policy-check: 1 {language}, policy revision " in good.stdout
     write_policies(tmp_path, **{engine: text})
     checked = config_check(path)
     assert checked.returncode == 1, checked.stdout

@@ -109,7 +109,9 @@ def load_cedar(names: Sequence[str], schema: str | None, base_dir: Path) -> Poli
         try:
             parsed = cedarpy.PolicySet.from_str(file.text)
         except ValueError as exc:
-            raise PolicyProblem(f"{file.name}: not valid Cedar: {exc}") from None
+            line = _cedar_error_line(file.text)
+            where = f"{file.name} line {line}" if line else file.name
+            raise PolicyProblem(f"{where}: not valid Cedar: {exc}") from None
         count = len(parsed.to_pst().static_policies)
         ids = _cedar_ids(file.text)
         labels += [ids.get(i) or f"{file.name}#{i}" for i in range(count)]
@@ -130,6 +132,27 @@ def load_cedar(names: Sequence[str], schema: str | None, base_dir: Path) -> Poli
         errors = "; ".join(_cedar_error(e, labels) for e in result.errors[:5])
         raise PolicyProblem(f"the policies do not validate against {schema_file.name}: {errors}")
     return PolicySources("cedar", files, schema_file, tuple(labels))
+
+
+def _cedar_error_line(text: str) -> int | None:
+    """The line where the first policy that does not parse starts (cedarpy's parse errors
+    carry no position): the policies are parsed one by one, each ending at a ``;``."""
+    import cedarpy
+
+    start = 0
+    attempts = 0
+    for end in (m.end() for m in re.finditer(";", text)):
+        attempts += 1
+        if attempts > 200:  # a ``;`` in strings, or a broken policy: stop looking ahead
+            break
+        try:
+            cedarpy.PolicySet.from_str(text[start:end])
+        except ValueError:
+            continue
+        start, attempts = end, 0
+    rest = re.sub(r"//[^\n]*", lambda m: " " * len(m.group()), text[start:])
+    offset = len(rest) - len(rest.lstrip())
+    return text[: start + offset].count("\n") + 1 if start + offset < len(text) else None
 
 
 def _cedar_schema(file: PolicyFile) -> Any:
@@ -225,8 +248,12 @@ def _quiet_stdout() -> Iterator[None]:
     """rego-cpp prints compile errors on the process's standard output; the error is reported
     as a config problem instead, so that output is sent to /dev/null while compiling."""
     with _REGO_LOCK:
-        sys.stdout.flush()
-        saved = os.dup(1)
+        try:
+            sys.stdout.flush()
+            saved = os.dup(1)
+        except (OSError, ValueError):  # no standard output to protect
+            yield
+            return
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(devnull, 1)

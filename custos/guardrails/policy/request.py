@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,15 +25,21 @@ def principal_of(principal: Principal | None) -> dict[str, Any]:
     }
 
 
-def context_of(ctx: RequestContext) -> dict[str, Any]:
+def policy_context(
+    metadata: Mapping[str, str], data_classes: Iterable[str], unix_ms: int
+) -> dict[str, Any]:
     """The ``context`` of a ``PolicyRequest``: the request's metadata, the data classes it
-    carries (declared or detected) and when it was made."""
-    started = datetime.fromtimestamp(ctx.started_unix_ms / 1000, UTC)
+    carries (declared or detected) and when it was made (ISO 8601, UTC, milliseconds)."""
+    at = datetime.fromtimestamp(unix_ms / 1000, UTC)
     return {
-        "metadata": dict(ctx.metadata),
-        "data_classes": sorted({d.name for d in ctx.data_classes}),
-        "time": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "metadata": dict(metadata),
+        "data_classes": sorted(set(data_classes)),
+        "time": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
+
+
+def context_of(ctx: RequestContext) -> dict[str, Any]:
+    return policy_context(ctx.metadata, (d.name for d in ctx.data_classes), ctx.started_unix_ms)
 
 
 def model_call(ctx: RequestContext) -> PolicyRequest:
@@ -42,4 +49,21 @@ def model_call(ctx: RequestContext) -> PolicyRequest:
         action="call_model",
         resource={"type": "Model", "name": ctx.model},
         context=context_of(ctx),
+    )
+
+
+def tool_call(
+    principal: Principal | None,
+    server: str,
+    tool: str,
+    arguments: Mapping[str, Any],
+    context: dict[str, Any],
+) -> PolicyRequest:
+    """The ``call_tool`` request of an MCP ``tools/call`` (``context`` from ``policy_context``
+    or ``context_of``)."""
+    return PolicyRequest(
+        principal=principal_of(principal),
+        action="call_tool",
+        resource={"type": "Tool", "server": server, "name": tool, "arguments": dict(arguments)},
+        context=context,
     )
