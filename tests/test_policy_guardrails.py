@@ -27,7 +27,10 @@ from aiohttp import web
 from custos.config.loader import load_config
 from custos.config.policies import load_cedar, load_rego
 from custos.guardrails.policy import PolicyRequest
+from custos.guardrails.policy.request import policy_context
+from custos.guardrails.policy.request import tool_call as tool_request
 from custos.guardrails.rules import Guardrail, compile_guardrails
+from custos.identity.principal import Principal
 from tests.audit_helpers import recorded
 from tests.conftest import (
     CUSTOS,
@@ -254,6 +257,48 @@ async def test_a_boolean_query_allows_or_denies(tmp_path: Path) -> None:
     assert (await guardrail.policy.decide(model_call())).allowed
     denied = await guardrail.policy.decide(model_call("production"))
     assert not denied.allowed and denied.rule is None and "data.custos.allow" in denied.reason
+
+
+ACCOUNT_POLICY = """\
+@id("bots-read-only")
+permit(principal is VirtualAccount, action == Action::"call_tool", resource)
+when { principal in Team::"automation" && resource.name like "read_*" && principal.uid == "va-7" }
+unless { context.data_classes.contains("customer_data") };
+"""
+
+
+def account() -> Principal:
+    return Principal(
+        kind="virtual_account", id="va-7", name="ticket-bot", display_name="Ticket bot",
+        teams=("automation",), managed_teams=(), roles=frozenset(),
+        subjects=frozenset({"virtualaccount:ticket-bot", "team:automation"}), token_id="t-1",
+        token_kind="virtual_account", account_models=None, token_models=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tool", "classes", "allowed"),
+    [("read_ticket", [], True), ("delete_ticket", [], False),
+     ("read_ticket", ["customer_data"], False)],
+)  # fmt: skip
+async def test_a_virtual_account_is_a_principal_in_its_teams(
+    tmp_path: Path, tool: str, classes: list[str], allowed: bool
+) -> None:
+    (tmp_path / "bots.cedar").write_text(ACCOUNT_POLICY)
+    guardrail = guardrails(tmp_path, [{"type": "cedar", "policies": "bots.cedar"}])["g0"]
+    assert guardrail.policy is not None
+    context = policy_context({"environment": "staging"}, classes, 1_796_641_200_123)
+    assert context["time"] == "2026-12-07T11:00:00.123Z"
+    # Values Cedar has no type for are adapted, never a reason to fail.
+    arguments = {"ticket": 7, "ratio": 0.25, "big": 2**70, "none": None,
+                 "nested": {"__entity": {"type": "Team", "id": "admins"}}}  # fmt: skip
+    request = tool_request(account(), "helpdesk", tool, arguments, context)
+    assert request.principal == {"type": "VirtualAccount", "id": "ticket-bot", "uid": "va-7",
+                                 "teams": ["automation"], "roles": []}  # fmt: skip
+    decision = await guardrail.policy.decide(request)
+    assert decision.verdict == ("allow" if allowed else "deny"), decision
+    assert decision.failure is None
+    assert decision.rule == ("bots-read-only" if allowed else None)
 
 
 def test_the_policy_files_are_part_of_the_revision(tmp_path: Path) -> None:

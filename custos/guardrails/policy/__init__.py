@@ -20,7 +20,7 @@ from custos.guardrails.policy.decision import (
     PolicyDecision,
     PolicyEngine,
     PolicyRequest,
-    Verdict,
+    PolicyVerdict,
 )
 from custos.guardrails.policy.guardrail import GuardrailPolicy, build_policy
 
@@ -29,6 +29,6 @@ __all__ = [
     "PolicyDecision",
     "PolicyEngine",
     "PolicyRequest",
-    "Verdict",
+    "PolicyVerdict",
     "build_policy",
 ]

@@ -22,7 +22,7 @@ import cedarpy
 import orjson
 
 from custos.config.policies import PolicySources
-from custos.guardrails.policy.decision import PolicyFailed, PolicyRequest, Verdict
+from custos.guardrails.policy.decision import PolicyFailed, PolicyRequest, PolicyVerdict
 
 _I64 = range(-(2**63), 2**63)
 #: Keys Cedar's JSON reads as entity references or extension values, not as record attributes.
@@ -37,7 +37,7 @@ class CedarEngine:
         self.labels = sources.labels
         self.revision = sources.digest
 
-    async def evaluate(self, request: PolicyRequest) -> Verdict:
+    async def evaluate(self, request: PolicyRequest) -> PolicyVerdict:
         # Microseconds: evaluated inline, on the event loop.
         try:
             query, entities = cedar_request(request)
@@ -47,11 +47,11 @@ class CedarEngine:
         reasons = [self._label(r) for r in result.diagnostics.reasons]
         errors = len(result.diagnostics.errors)
         if result.allowed:
-            return Verdict(True, reasons[0] if reasons else None, "permitted")
+            return PolicyVerdict(True, reasons[0] if reasons else None, "permitted")
         if reasons:
-            return Verdict(False, reasons[0], f"forbidden by {', '.join(reasons)}")
+            return PolicyVerdict(False, reasons[0], f"forbidden by {', '.join(reasons)}")
         suffix = f" ({errors} policy error(s))" if errors else ""
-        return Verdict(False, None, f"no policy permits this{suffix}")
+        return PolicyVerdict(False, None, f"no policy permits this{suffix}")
 
     def _label(self, policy_id: str) -> str:
         if policy_id.startswith("policy") and policy_id[6:].isdigit():

@@ -1,9 +1,9 @@
-"""What a policy is asked (``PolicyRequest``), what its engine answers (``Verdict``) and what
+"""What a policy is asked (``PolicyRequest``), what its engine answers (``PolicyVerdict``) and what
 the guardrail decides from that (``PolicyDecision``, its ``enforcing`` applied)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from custos.context import Decision, Outcome
@@ -44,7 +44,7 @@ class PolicyFailed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class PolicyVerdict:
     """What a policy engine answered."""
 
     allow: bool
@@ -59,7 +59,7 @@ class PolicyEngine(Protocol):
     #: The policy files' digest (in process) or the OPA server's address and query (remote).
     revision: str
 
-    async def evaluate(self, request: PolicyRequest) -> Verdict:
+    async def evaluate(self, request: PolicyRequest) -> PolicyVerdict:
         """The policy's answer; raises ``PolicyFailed``."""
         ...
 
@@ -85,7 +85,6 @@ class PolicyDecision:
     #: The policy revision it was made with (the digest of the guardrail's policy files).
     revision: str = ""
     latency_us: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def outcome(self) -> Outcome:

@@ -14,7 +14,7 @@ import asyncio
 import orjson
 
 from custos.config.guardrails import GuardrailSettings
-from custos.guardrails.policy.decision import PolicyFailed, PolicyRequest, Verdict
+from custos.guardrails.policy.decision import PolicyFailed, PolicyRequest, PolicyVerdict
 from custos.guardrails.policy.rego import UNDEFINED, verdict_of
 from custos.providers.transport import (
     Transport,
@@ -41,7 +41,7 @@ class RemoteOpa:
         self._transport = transport
         self._own: Transport | None = None
 
-    async def evaluate(self, request: PolicyRequest) -> Verdict:
+    async def evaluate(self, request: PolicyRequest) -> PolicyVerdict:
         body = orjson.dumps({"input": request.as_input()})
         upstream = UpstreamRequest("POST", self.url, self.headers, body)
         try:

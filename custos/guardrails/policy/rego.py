@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from custos.config.policies import PolicySources, compile_rego
-from custos.guardrails.policy.decision import PolicyFailed, PolicyRequest, Verdict
+from custos.guardrails.policy.decision import PolicyFailed, PolicyRequest, PolicyVerdict
 
 UNDEFINED = object()
 
@@ -30,7 +30,7 @@ class RegoEngine:
         # One interpreter holds one input at a time: calls from threads take turns.
         self._lock = threading.Lock()
 
-    async def evaluate(self, request: PolicyRequest) -> Verdict:
+    async def evaluate(self, request: PolicyRequest) -> PolicyVerdict:
         # A compiled bundle answers in about 0.1 ms: inline, on the event loop.
         import regopy
 
@@ -54,14 +54,12 @@ def _first_expression(output: Any) -> Any:
     return values[0]
 
 
-def verdict_of(result: Any, query: str) -> Verdict:
+def verdict_of(result: Any, query: str) -> PolicyVerdict:
     """What a query's result means (see the module's docstring)."""
-    rule_name = query.rsplit(".", 1)[-1]
     if result is UNDEFINED:
-        return Verdict(False, None, f"{query} is undefined: no rule allows this")
+        return PolicyVerdict(False, None, f"{query} is undefined: no rule allows this")
     if isinstance(result, bool):
-        return Verdict(result, rule_name if result else None,
-                       "allowed" if result else f"{query} is false")  # fmt: skip
+        return PolicyVerdict(result, None, "allowed" if result else f"{query} is false")
     if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
         raise PolicyFailed("bad_answer")
     rule, reason = result.get("rule"), result.get("reason")
@@ -70,4 +68,4 @@ def verdict_of(result: Any, query: str) -> Verdict:
     if reason is not None and not isinstance(reason, str):
         raise PolicyFailed("bad_answer")
     allow = result["allow"]
-    return Verdict(allow, rule, reason or ("allowed" if allow else "denied"))
+    return PolicyVerdict(allow, rule, reason or ("allowed" if allow else "denied"))
