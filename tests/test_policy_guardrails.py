@@ -24,7 +24,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from custos.config.loader import load_config
+from custos.config.loader import ConfigError, load_config
 from custos.config.policies import load_cedar, load_rego
 from custos.guardrails.policy import PolicyRequest
 from custos.guardrails.policy.request import policy_context
@@ -299,6 +299,39 @@ async def test_a_virtual_account_is_a_principal_in_its_teams(
     assert decision.verdict == ("allow" if allowed else "deny"), decision
     assert decision.failure is None
     assert decision.rule == ("bots-read-only" if allowed else None)
+
+
+def _record(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "Record", "attributes": attributes}
+
+
+#: The part of the schema the account policy needs, in Cedar's JSON schema format.
+JSON_SCHEMA = {"": {
+    "entityTypes": {
+        "Team": {},
+        "VirtualAccount": {"memberOfTypes": ["Team"], "shape": _record({
+            "uid": {"type": "String"}, "roles": {"type": "Set", "element": {"type": "String"}}})},
+        "Tool": {"shape": _record({"server": {"type": "String"}, "name": {"type": "String"},
+                                   "arguments": _record({})})},
+    },
+    "actions": {"call_tool": {"appliesTo": {
+        "principalTypes": ["VirtualAccount"], "resourceTypes": ["Tool"],
+        "context": _record({"metadata": _record({}),
+                            "data_classes": {"type": "Set", "element": {"type": "String"}},
+                            "time": {"type": "Extension", "name": "datetime"}})}}},
+}}  # fmt: skip
+
+
+def test_a_json_schema_validates_the_policies(tmp_path: Path) -> None:
+    (tmp_path / "bots.cedar").write_text(ACCOUNT_POLICY)
+    (tmp_path / "schema.json").write_text(json.dumps(JSON_SCHEMA))
+    rule = {"type": "cedar", "policies": "bots.cedar", "schema": "schema.json"}
+    assert guardrails(tmp_path, [rule])["g0"].policy is not None
+    (tmp_path / "bots.cedar").write_text(ACCOUNT_POLICY.replace("principal.uid", "principal.email"))
+    with pytest.raises(ConfigError) as caught:
+        guardrails(tmp_path, [rule])
+    assert "attribute `email` on entity type `VirtualAccount` not found" in str(caught.value)
+    assert "bots-read-only" in str(caught.value)  # the policy named by its @id
 
 
 def test_the_policy_files_are_part_of_the_revision(tmp_path: Path) -> None:
