@@ -352,6 +352,34 @@ def test_the_policy_files_are_part_of_the_revision(tmp_path: Path) -> None:
     assert load_config(path).revision == first.revision
 
 
+BAD_RULES = [
+    ({"type": "cedar"}, "a cedar guardrail needs policies"),
+    ({**CEDAR_RULE, "hook": "llm_output"}, "hook llm_input or mcp_tool_pre_invoke"),
+    ({**CEDAR_RULE, "operation": "mutate"}, "operation validate"),
+    ({**CEDAR_RULE, "query": "data.custos.allow"}, "a cedar guardrail takes no query"),
+    ({"type": "opa"}, "either policy: file.rego (in process) or url:"),
+    ({**REGO_RULE, "url": "http://127.0.0.1:8181"}, "not both"),
+    ({**REGO_RULE, "query": "custos.allow"}, "query: write it as data.<package>.<rule>"),
+    ({**REGO_RULE, "headers": {"x-tenant": "a"}}, "headers are for a remote OPA"),
+    ({**REGO_RULE, "policies": "policies/tools.cedar"}, "an opa guardrail takes no policies"),
+    ({"type": "opa", "url": "http://opa:8181/v1/data/custos"}, "without a path"),
+    ({"type": "opa", "url": "http://user:pw@opa:8181"}, "no credentials in the address"),
+    ({"type": "cedar", "policies": "policies/missing.cedar"},
+     "cannot read policy file policies/missing.cedar"),
+    ({"type": "cedar", "policies": "/etc"}, "cannot read policy file /etc: not a regular file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "says"), BAD_RULES)
+def test_a_policy_guardrail_that_cannot_work_is_refused(
+    tmp_path: Path, rule: dict[str, Any], says: str
+) -> None:
+    write_policies(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        guardrails(tmp_path, [rule])
+    assert says in str(caught.value) and "line 3: guardrails[0]" in str(caught.value)
+
+
 # -- refused at check -----------------------------------------------------------------------------
 
 BROKEN = [

@@ -63,8 +63,10 @@ GuardrailType = Literal[
 #: Hooks and types of the DESIGN that come with the MCP gateway.
 LATER_HOOKS = ("mcp_tool_pre_invoke", "mcp_tool_post_invoke")
 LATER_TYPES: tuple[str, ...] = ()
-#: Guardrail types that decide with a policy (``custos.guardrails.policy``).
+#: Guardrail types that decide with a policy (``custos.guardrails.policy``), and where: before
+#: a model call (``call_model``) and, with the MCP gateway, before a tool call (``call_tool``).
 POLICY_TYPES = ("cedar", "opa")
+POLICY_HOOKS = ("llm_input", "mcp_tool_pre_invoke")
 
 
 class _Strict(BaseModel):
@@ -158,11 +160,12 @@ class GuardrailSettings(_Strict):
             "threshold": self.threshold is not None,
             "required": bool(self.required or self.allowed),
             "webhook": self.webhook is not None,
-            "policies": self.policies is not None or self.cedar_schema is not None,
-            "policy": self.policy is not None
-            or self.url is not None
-            or self.query is not None
-            or bool(self.headers),
+            "policies": self.policies is not None,
+            "schema": self.cedar_schema is not None,
+            "policy": self.policy is not None,
+            "url": self.url is not None,
+            "query": self.query is not None,
+            "headers": bool(self.headers),
         }
         uses = {
             "pii": {"kinds"},
@@ -172,12 +175,13 @@ class GuardrailSettings(_Strict):
             "prompt_injection": {"threshold"},
             "metadata": {"required"},
             "webhook": {"webhook"},
-            "cedar": {"policies"},
-            "opa": {"policy"},
+            "cedar": {"policies", "schema"},
+            "opa": {"policy", "url", "query", "headers"},
         }[kind]
         stray = sorted(k for k, v in given.items() if v and k not in uses)
         if stray:
-            raise ValueError(f"a {kind} guardrail takes no {', '.join(stray)}")
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise ValueError(f"{article} {kind} guardrail takes no {', '.join(stray)}")
         if kind == "regex" and not self.patterns:
             raise ValueError("a regex guardrail needs patterns")
         if kind == "keywords" and not any(self.keywords.values()):
@@ -201,9 +205,9 @@ class GuardrailSettings(_Strict):
         return self
 
     def _check_policy_type(self) -> None:
-        if self.operation == "mutate" or self.hook != "llm_input":
+        if self.operation == "mutate" or self.hook not in POLICY_HOOKS:
             raise ValueError(f"a {self.type} guardrail decides whether a call may go on: hook "
-                             "llm_input, operation validate")  # fmt: skip
+                             f"{' or '.join(POLICY_HOOKS)}, operation validate")  # fmt: skip
         if self.type == "cedar" and not self.policies:
             raise ValueError("a cedar guardrail needs policies: [file, ...]")
         if self.type == "opa" and (self.policy is None) == (self.url is None):
