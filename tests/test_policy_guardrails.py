@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from aiohttp import web
@@ -380,6 +381,16 @@ def test_a_policy_guardrail_that_cannot_work_is_refused(
     assert says in str(caught.value) and "line 3: guardrails[0]" in str(caught.value)
 
 
+def test_a_broken_schema_is_refused(tmp_path: Path) -> None:
+    write_policies(tmp_path)
+    (tmp_path / "policies" / "custos.cedarschema").write_text(
+        SCHEMA.replace("};\naction", "\naction", 1)
+    )
+    with pytest.raises(ConfigError) as caught:
+        guardrails(tmp_path, [CEDAR_RULE])
+    assert "policies/custos.cedarschema: not a valid Cedar schema" in str(caught.value)
+
+
 # -- refused at check -----------------------------------------------------------------------------
 
 BROKEN = [
@@ -668,6 +679,28 @@ def test_a_model_call_denied_by_the_policy_is_a_400_naming_guardrail_and_rule(
     assert decided["decision"] == "deny" and decided["reason"] == "denied"
     assert decided["input"]["policy_rule"] == "no-models-in-production"
     assert decided["input"]["hook"] == "llm_input" and decided["input"]["policy_revision"]
+
+
+def test_a_denied_stream_and_a_denied_anthropic_call_never_reach_the_provider(
+    gw: GatewayProcess, mock_provider: MockProvider
+) -> None:
+    mock_provider.clear()
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai(gw, "cedar", "production").chat.completions.create(
+            model=MODEL, messages=user("hello"), stream=True
+        )
+    assert caught.value.code == "guardrail_blocked" and "models-cedar" in caught.value.message
+    metadata = json.dumps({"project": "rego", "environment": "production"})
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=gw.token, max_retries=0,
+                                 default_headers={"x-custos-metadata": metadata})  # fmt: skip
+    with pytest.raises(anthropic.BadRequestError) as refused_:
+        claude.messages.create(
+            model="claude-main/claude-sonnet-4.5",
+            max_tokens=20,
+            messages=user("hello"),  # type: ignore[arg-type]
+        )
+    assert "models-rego" in str(refused_.value) and "no-models-in-production" in str(refused_.value)
+    assert mock_provider.requests() == []
 
 
 def test_a_remote_opa_down_blocks_under_enforce(gw: GatewayProcess) -> None:
