@@ -26,6 +26,7 @@ from custos.config.guardrails import POLICY_TYPES, GuardrailSettings
 from custos.context import Decision, Outcome
 from custos.errors import GatewayError
 from custos.guardrails import detectors
+from custos.guardrails.policy import build_policy
 from custos.guardrails.text import TextSlot
 from custos.policy.when import When
 
@@ -160,8 +161,6 @@ def compile_guardrails(
     """Every guardrail of a revision, in file order. ``webhooks`` makes a webhook guardrail's
     check (the gateway's HTTP client): ``None`` leaves webhook guardrails failing closed.
     ``transport`` is the HTTP client of a remote OPA (``None``: it opens its own)."""
-    from custos.guardrails.policy import build_policy
-
     compiled = []
     for rule in settings:
         detector = None
