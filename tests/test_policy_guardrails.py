@@ -214,10 +214,15 @@ async def test_allowed(tmp_path: Path, engine: str, request_: PolicyRequest) -> 
         (tool_call("send_email", {"to": "mallory@evil.test"}), "send-email-company-only"),
         (tool_call("send_email", {"to": "x@example.com.evil.test"}), "send-email-company-only"),
         (tool_call("send_email", {"cc": "carol@example.com"}), "send-email-company-only"),
+        # An argument of an unexpected type: a forbid that cannot be evaluated still denies.
+        (tool_call("send_email", {"to": ["mallory@evil.test"]}), "send-email-company-only"),
+        (tool_call("send_email", {"to": 7}), "send-email-company-only"),
+        (tool_call("send_email", {"to": {"address": "x@example.com"}}), "send-email-company-only"),
         (tool_call("read_ticket", {}, principal=SALES), "tools-for-support"),
     ],
     ids=["model-production", "delete-production", "delete-no-env", "email-elsewhere",
-         "email-lookalike", "email-no-to", "not-support"],
+         "email-lookalike", "email-no-to", "email-to-list", "email-to-number", "email-to-record",
+         "not-support"],
 )  # fmt: skip
 async def test_denied_by_a_rule(
     tmp_path: Path, engine: str, request_: PolicyRequest, rule: str

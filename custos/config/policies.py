@@ -62,8 +62,9 @@ class PolicySources:
     files: tuple[PolicyFile, ...]
     schema: PolicyFile | None = None
     #: Cedar: a label per policy, in the order of the concatenated files (``@id`` or
-    #: ``<file>#<n>``).
+    #: ``<file>#<n>``), and its effect (``permit`` or ``forbid``).
     labels: tuple[str, ...] = ()
+    effects: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -105,6 +106,7 @@ def load_cedar(names: Sequence[str], schema: str | None, base_dir: Path) -> Poli
 
     files = tuple(read_policy_file(n, base_dir) for n in names)
     labels: list[str] = []
+    effects: list[str] = []
     for file in files:
         try:
             parsed = cedarpy.PolicySet.from_str(file.text)
@@ -112,14 +114,15 @@ def load_cedar(names: Sequence[str], schema: str | None, base_dir: Path) -> Poli
             line = _cedar_error_line(file.text)
             where = f"{file.name} line {line}" if line else file.name
             raise PolicyProblem(f"{where}: not valid Cedar: {exc}") from None
-        count = len(parsed.to_pst().static_policies)
+        policies = parsed.to_pst().static_policies
         ids = _cedar_ids(file.text)
-        labels += [ids.get(i) or f"{file.name}#{i}" for i in range(count)]
+        labels += [ids.get(i) or f"{file.name}#{i}" for i in range(len(policies))]
+        effects += [policies[f"policy{i}"].effect for i in range(len(policies))]
     if not labels:
         raise PolicyProblem("the policy files hold no Cedar policy")
     if any(cedarpy.PolicySet.from_str(f.text).to_pst().templates for f in files):
         raise PolicyProblem("Cedar templates are not supported: write static policies")
-    sources = PolicySources("cedar", files, None, tuple(labels))
+    sources = PolicySources("cedar", files, None, tuple(labels), tuple(effects))
     if schema is None:
         return sources
     schema_file = read_policy_file(schema, base_dir)
@@ -131,7 +134,7 @@ def load_cedar(names: Sequence[str], schema: str | None, base_dir: Path) -> Poli
     if not result.validation_passed:
         errors = "; ".join(_cedar_error(e, labels) for e in result.errors[:5])
         raise PolicyProblem(f"the policies do not validate against {schema_file.name}: {errors}")
-    return PolicySources("cedar", files, schema_file, tuple(labels))
+    return PolicySources("cedar", files, schema_file, tuple(labels), tuple(effects))
 
 
 def _cedar_error_line(text: str) -> int | None:

@@ -10,12 +10,19 @@ A ``PolicyRequest`` becomes a Cedar request and its entities (docs/policy.md has
   or ``Model::"<name>"`` with ``name``;
 - context ``{metadata: {...}, data_classes: [set of names], time: datetime(...)}``.
 
+A ``forbid`` policy whose condition cannot be evaluated (a tool argument of an unexpected
+type: ``to`` sent as a list where the policy compares a string) denies. Cedar itself skips a
+policy that errors, which for a ``forbid`` would let through exactly the call it was written
+to stop; a ``permit`` that errors does not apply (Cedar's default deny), which already fails
+closed.
+
 Values Cedar has no type for are adapted: a ``null`` argument is left out, a non-integral number
 becomes its decimal text, an integer beyond 64 bits its text.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import cedarpy
@@ -24,6 +31,8 @@ import orjson
 from custos.config.policies import PolicySources
 from custos.guardrails.policy.decision import PolicyFailed, PolicyRequest, PolicyVerdict
 
+#: How cedarpy names the policy an evaluation error came from.
+_ERRORED = re.compile(r"policy `(policy(\d+))`")
 _I64 = range(-(2**63), 2**63)
 #: Keys Cedar's JSON reads as entity references or extension values, not as record attributes.
 _ESCAPES = ("__entity", "__extn", "__expr")
@@ -35,6 +44,7 @@ class CedarEngine:
     def __init__(self, sources: PolicySources) -> None:
         self.policies = cedarpy.PolicySet.from_str(sources.text)
         self.labels = sources.labels
+        self.effects = sources.effects
         self.revision = sources.digest
 
     async def evaluate(self, request: PolicyRequest) -> PolicyVerdict:
@@ -45,13 +55,27 @@ class CedarEngine:
         except (ValueError, KeyError, TypeError) as exc:
             raise PolicyFailed("bad_request") from exc
         reasons = [self._label(r) for r in result.diagnostics.reasons]
-        errors = len(result.diagnostics.errors)
+        errors = result.diagnostics.errors
+        broken = [self._label(p) for p in self._errored_forbids(errors)]
+        if broken:
+            return PolicyVerdict(
+                False, broken[0], f"forbid policy {', '.join(broken)} could not be evaluated"
+            )
         if result.allowed:
             return PolicyVerdict(True, reasons[0] if reasons else None, "permitted")
         if reasons:
             return PolicyVerdict(False, reasons[0], f"forbidden by {', '.join(reasons)}")
-        suffix = f" ({errors} policy error(s))" if errors else ""
+        suffix = f" ({len(errors)} policy error(s))" if errors else ""
         return PolicyVerdict(False, None, f"no policy permits this{suffix}")
+
+    def _errored_forbids(self, errors: list[str]) -> list[str]:
+        found = []
+        for error in errors:
+            match = _ERRORED.search(error)
+            index = int(match.group(2)) if match else len(self.effects)
+            if index < len(self.effects) and self.effects[index] == "forbid":
+                found.append(match.group(1))  # type: ignore[union-attr]
+        return found
 
     def _label(self, policy_id: str) -> str:
         if policy_id.startswith("policy") and policy_id[6:].isdigit():
