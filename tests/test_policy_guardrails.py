@@ -24,6 +24,8 @@ import anthropic
 import openai
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from custos.config.loader import ConfigError, load_config
 from custos.config.policies import load_cedar, load_rego
@@ -108,6 +110,7 @@ deny contains "delete-only-in-staging" if {
 }
 
 deny contains "send-email-company-only" if {
+	input.action == "call_tool"
 	input.resource.name == "send_email"
 	not endswith(object.get(input.resource.arguments, "to", ""), "@example.com")
 }
@@ -117,9 +120,12 @@ allow if {
 	count(deny) == 0
 }
 
-decision := {"allow": false, "rule": rule, "reason": sprintf("denied by %s", [rule])} if {
-	some rule in deny
-} else := {"allow": allow, "rule": "allowed", "reason": "no rule denies"}
+# One decision however many rules deny (a complete rule has one value): the first by name.
+decision := {"allow": false, "rule": min(deny), "reason": sprintf("denied by %s", [min(deny)])} if {
+	count(deny) > 0
+} else := {"allow": true, "rule": "allowed", "reason": "no rule denies"} if {
+	allow
+} else := {"allow": false, "reason": "not an action these rules know"}
 """
 
 SUPPORT = {"type": "User", "id": "ann@example.com", "uid": "u-1", "teams": ["support"],
@@ -338,6 +344,52 @@ def test_a_json_schema_validates_the_policies(tmp_path: Path) -> None:
         guardrails(tmp_path, [rule])
     assert "attribute `email` on entity type `VirtualAccount` not found" in str(caught.value)
     assert "bots-read-only" in str(caught.value)  # the policy named by its @id
+
+
+EMAILS = ["carol@example.com", "m@evil.test", "x@example.com.evil.test", "@example.com", "",
+          "CAROL@EXAMPLE.COM"]  # fmt: skip
+#: ``to`` as agents may send it: addresses, and values of every other JSON type.
+ARGUMENT = st.one_of(
+    st.sampled_from(EMAILS), st.none(), st.integers(), st.floats(allow_nan=False), st.booleans(),
+    st.lists(st.sampled_from(EMAILS), max_size=2),
+)  # fmt: skip
+NAMES = ["send_email", "delete_ticket", "delete_", "read_ticket", "deletex", "Send_email"]
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[Guardrail, Guardrail]:
+    directory = tmp_path_factory.mktemp("both")
+    write_policies(directory)
+    cedar, rego = guardrails(directory, [CEDAR_RULE, REGO_RULE]).values()
+    return cedar, rego
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    action=st.sampled_from(["call_tool", "call_model"]),
+    name=st.sampled_from(NAMES),
+    environment=st.sampled_from([None, "staging", "production", "Staging", ""]),
+    teams=st.lists(st.sampled_from(["support", "sales", "Support"]), unique=True, max_size=2),
+    to=ARGUMENT,
+)
+def test_cedar_and_rego_agree_on_the_same_rules(
+    both: tuple[Guardrail, Guardrail],
+    action: str,
+    name: str,
+    environment: str | None,
+    teams: list[str],
+    to: Any,
+) -> None:
+    """The two policies say the same thing: on any request, they decide the same way."""
+    principal = {**SUPPORT, "teams": teams}
+    request = tool_call(name, {"to": to}, environment, principal)
+    if action == "call_model":
+        request = PolicyRequest(principal, "call_model", {"type": "Model", "name": name},
+                                request.context)  # fmt: skip
+    cedar, rego = (asyncio.run(g.policy.decide(request)) for g in both)  # type: ignore[union-attr]
+    assert cedar.verdict == rego.verdict, (cedar, rego)
+    if cedar.verdict == "deny" and cedar.rule is not None:
+        assert rego.rule in cedar.reason  # Cedar names every forbid that applied
 
 
 def test_the_policy_files_are_part_of_the_revision(tmp_path: Path) -> None:
