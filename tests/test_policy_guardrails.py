@@ -16,7 +16,9 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -758,6 +760,25 @@ def test_a_denied_stream_and_a_denied_anthropic_call_never_reach_the_provider(
         )
     assert "models-rego" in str(refused_.value) and "no-models-in-production" in str(refused_.value)
     assert mock_provider.requests() == []
+
+
+def test_the_opa_input_is_the_documented_request(gw: GatewayProcess, opa: FakeOpa) -> None:
+    metadata = {"project": "opa", "environment": "staging",
+                "data_classification": "customer_data:2"}  # fmt: skip
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.token, max_retries=0,
+                           default_headers={"x-custos-metadata": json.dumps(metadata)})  # fmt: skip
+    before = time.time()
+    client.chat.completions.create(model=MODEL, messages=user("hello"))
+    path, body = opa.seen[-1]
+    assert path == "/v1/data/custos/decision" and set(body) == {"input"}
+    sent = body["input"]
+    assert set(sent) == {"principal", "action", "resource", "context"}
+    assert sent["principal"]["type"] == "User" and sent["principal"]["id"] == "admin@custos.test"
+    assert sent["principal"]["uid"] and "admin" in sent["principal"]["roles"]
+    assert sent["context"]["metadata"] == metadata
+    assert sent["context"]["data_classes"] == ["customer_data"]
+    at = datetime.fromisoformat(sent["context"]["time"].replace("Z", "+00:00")).timestamp()
+    assert before - 1 < at < time.time() + 1
 
 
 def test_a_remote_opa_down_blocks_under_enforce(gw: GatewayProcess) -> None:
