@@ -315,6 +315,23 @@ async def test_a_virtual_account_is_a_principal_in_its_teams(
     assert decision.rule == ("bots-read-only" if allowed else None)
 
 
+async def test_policies_from_several_files_are_named_by_file_without_an_id(tmp_path: Path) -> None:
+    write_policies(tmp_path)
+    (tmp_path / "policies" / "extra.cedar").write_text(
+        "// no @id: named by its file and position\n"
+        'permit(principal, action, resource) when { resource.name == "x" };\n'
+        "forbid(principal, action, resource) when { resource.name == \"wipe\" };\n"
+    )
+    rule = {**CEDAR_RULE, "policies": ["policies/tools.cedar", "policies/extra.cedar"]}
+    guardrail = guardrails(tmp_path, [rule])["g0"]
+    assert guardrail.policy is not None
+    decision = await guardrail.policy.decide(tool_call("wipe", {}, "staging"))
+    assert not decision.allowed and decision.rule == "policies/extra.cedar#1"
+    assert (await guardrail.policy.decide(tool_call("send_email", {"to": "a@b.c"}))).rule == (
+        "send-email-company-only"
+    )
+
+
 def _record(attributes: dict[str, Any]) -> dict[str, Any]:
     return {"type": "Record", "attributes": attributes}
 
