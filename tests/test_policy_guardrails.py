@@ -320,7 +320,7 @@ async def test_policies_from_several_files_are_named_by_file_without_an_id(tmp_p
     (tmp_path / "policies" / "extra.cedar").write_text(
         "// no @id: named by its file and position\n"
         'permit(principal, action, resource) when { resource.name == "x" };\n'
-        "forbid(principal, action, resource) when { resource.name == \"wipe\" };\n"
+        'forbid(principal, action, resource) when { resource.name == "wipe" };\n'
     )
     rule = {**CEDAR_RULE, "policies": ["policies/tools.cedar", "policies/extra.cedar"]}
     guardrail = guardrails(tmp_path, [rule])["g0"]
