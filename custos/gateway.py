@@ -119,7 +119,9 @@ class Gateway:
         if runtime.limits.active:
             stages.append(self.limiter)
         guardrails = compile_guardrails(
-            config.guardrails, webhooks=lambda rule: WebhookCheck(rule, self.transport)
+            config.guardrails,
+            webhooks=lambda rule: WebhookCheck(rule, self.transport),
+            transport=self.transport,
         )
         if any(g.hook == "llm_input" for g in guardrails):
             stages.append(InputGuardrails(guardrails))

@@ -1,4 +1,6 @@
 """Hot reload: the config file is re-read when it or a file it references changes, and on SIGHUP.
+(The files it references: its ``${file:…}`` secrets and its ``cedar``/``opa`` guardrails' policy
+files, whose contents are part of the revision.)
 
 A file that fails validation is refused with every reason logged, and the running revision keeps
 serving. A file whose revision is unchanged (an editor's touch, a reformat) is a no-op, unless a
