@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +98,29 @@ def alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def configmap_mount(directory: Path, name: str, text: str) -> Path:
+    """``directory`` laid out as Kubernetes mounts a ConfigMap: ``name`` is a symlink to
+    ``..data/name``, ``..data`` a symlink to a timestamped directory. Returns the file's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _configmap_version(directory, name, text, "..2026_01_01_00_00_00.000000001")
+    os.symlink("..2026_01_01_00_00_00.000000001", directory / "..data")
+    os.symlink(f"..data/{name}", directory / name)
+    return directory / name
+
+
+def configmap_update(directory: Path, name: str, text: str) -> None:
+    """What the kubelet does on a ConfigMap update: a new timestamped directory, ``..data``
+    swapped to it by one rename, the old directory removed."""
+    old = os.readlink(directory / "..data")
+    new = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.time_ns()}"
+    _configmap_version(directory, name, text, new)
+    os.symlink(new, directory / "..data_tmp")
+    os.rename(directory / "..data_tmp", directory / "..data")
+    shutil.rmtree(directory / old)
+
+
+def _configmap_version(directory: Path, name: str, text: str, version: str) -> None:
+    (directory / version).mkdir()
+    (directory / version / name).write_text(text)
