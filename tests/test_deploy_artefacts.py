@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,31 @@ def test_the_deployment_probes_secures_and_mounts_as_documented() -> None:
              for n, t in _templates().items() if n.endswith(".yaml")}  # fmt: skip
     assert kinds == {"ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Job",
                      "PodDisruptionBudget", "Service", "ServiceAccount"}  # fmt: skip
+
+
+def test_the_migration_job_runs_before_the_release_and_is_never_taken_for_a_replica() -> None:
+    job = _templates()["migration-job.yaml"]
+    assert "helm.sh/hook: pre-install,pre-upgrade" in job
+    assert "custos.selectorLabels" not in job  # the Service and the PDB select on those
+    assert "serviceAccountName" not in job  # the chart's account does not exist before install
+    script = job.split("- |\n", 1)[1]
+    assert "custos db migrate --config /tmp/migrate.yaml" in script
+    assert "CUSTOS_MIGRATION_STORE_URL" in script and "--store" not in script  # not in argv
+
+
+def test_the_migration_jobs_script_migrates_a_store(tmp_path: Path) -> None:
+    """The container's command, run by sh as the Job runs it (its /tmp made the test's)."""
+    job = _templates()["migration-job.yaml"]
+    block = "args:" + re.split(r"\n\s+env:\n", job.split("args:", 1)[1], maxsplit=1)[0]
+    [script] = yaml.safe_load(block)["args"]
+    assert script.startswith("cat > /tmp/migrate.yaml <<'YAML'\n")
+    store = tmp_path / "migrated.db"
+    env = {**os.environ, "CUSTOS_MIGRATION_STORE_URL": f"sqlite:///{store}",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    done = subprocess.run(["sh", "-c", script.replace("/tmp/", f"{tmp_path}/")], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "applied migration(s) 0001" in done.stdout and store.is_file()
 
 
 def test_the_container_arguments_are_ones_custos_serve_accepts() -> None:
