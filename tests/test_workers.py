@@ -177,3 +177,31 @@ def test_a_worker_that_cannot_start_stops_the_whole(
     assert done.returncode == 1, done.stderr
     assert "before it could serve; stopping" in done.stderr
     assert time.monotonic() - started < 60
+
+
+def test_what_workers_require_of_the_config(
+    mock_provider: MockProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from custos.config.loader import parse_config
+    from custos.server.workers import SharedStateRequired, require_shared_state
+
+    cluster = ClusterStore("none", "postgresql://postgres@127.0.0.1:1/none", "", "test-x:")
+    monkeypatch.setenv("CUSTOS_TEST_TOKEN_KEY", "k" * 32)
+    monkeypatch.setenv("CUSTOS_TEST_MOCK_KEY", "m")
+    shared = workers_config(mock_provider.url, cluster)
+    config = parse_config(shared, source="t").config
+    require_shared_state(config, 1)
+    require_shared_state(config, 4)  # PostgreSQL, Redis counters, invalidation auto
+    memory = parse_config(shared.replace("identity:\n", "identity:\n  invalidation: memory\n"),
+                          source="t").config  # fmt: skip
+    require_shared_state(memory, 1)  # one process: anything goes
+    with pytest.raises(SharedStateRequired, match=r"identity\.invalidation must not be memory"):
+        require_shared_state(memory, 2)
+
+
+def test_a_crash_loop_stops_the_supervisor() -> None:
+    from custos.server.workers import MAX_RESTARTS, Supervisor
+
+    supervisor = Supervisor("custos.yaml", listener=None, workers=2)  # type: ignore[arg-type]
+    assert all(supervisor._may_restart() for _ in range(MAX_RESTARTS))
+    assert not supervisor._may_restart()
