@@ -84,6 +84,8 @@ def cluster_config(mock_url: str, cluster: ClusterStore, redis: str, key: Path, 
               load-limited: {PRICES}
               load-budgeted: {PRICES}
               "{STREAM_MODEL}": {PRICES}
+              "m+words=80": {PRICES}
+        limits: {{default_output_tokens: 10}}
         rate_limits:
           - {{id: other-rpm, when: {{models: [mock/other]}}, limit_to: {rpm},
               unit: requests_per_minute}}
@@ -95,6 +97,7 @@ def cluster_config(mock_url: str, cluster: ClusterStore, redis: str, key: Path, 
           - {{id: guarded, when: {{models: [mock/guarded]}}, limit_usd: 100, period: day}}
           - {{id: load-budget, when: {{models: [mock/load-budgeted]}}, limit_usd: 0.004,
               period: day}}
+          - {{id: loose, when: {{models: ["mock/m+words=80"]}}, limit_usd: 0.003, period: day}}
         """
     )
 
@@ -202,6 +205,31 @@ def test_a_budget_holds_its_bound_across_three_replicas(cluster: Cluster) -> Non
 
     spent = eventually(settled, lambda b: b["reserved_micros"] == 0)
     assert spent["spent_micros"] == cost <= CAPPED_MICROS
+
+
+def test_a_budget_overshoots_at_most_by_what_reservations_fell_short(cluster: Cluster) -> None:
+    """Calls without max_tokens reserve limits.default_output_tokens (10) and produce 80: each
+    is charged more than it reserved. The stated bound: spent ≤ L + Σ max(0, c_i - r_i) over
+    the calls in flight when the budget filled (here bounded by all admitted calls)."""
+    uncapped = {"model": "mock/m+words=80", "messages": [{"role": "user", "content": "over"}]}
+    responses = cluster.fire(45, uncapped)
+    assert {r.status_code for r in responses} <= {200, 429}
+    ids = {r.headers["x-custos-request-id"] for r in responses if r.status_code == 200}
+
+    def admitted() -> list[dict[str, Any]]:
+        return [r for r in stored_records(cluster.store.url, "llm.call") if r["request_id"] in ids]
+
+    records = eventually(admitted, lambda found: len(found) == len(ids))
+    shortfall = sum(max(0, r["cost_micros"] - r["limits.reserved_micros"]) for r in records)
+    charged = sum(r["cost_micros"] for r in records)
+
+    def settled() -> dict[str, Any]:
+        [found] = cluster.admin("GET", "/budgets", params={"budget": "loose"}).json()["data"]
+        return found
+
+    spent = eventually(settled, lambda b: b["reserved_micros"] == 0)["spent_micros"]
+    assert spent == charged
+    assert 3000 < spent <= 3000 + shortfall  # over the limit, and within the bound
 
 
 def test_revocation_is_seen_by_every_replica_within_a_second(cluster: Cluster) -> None:
