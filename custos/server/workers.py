@@ -19,12 +19,13 @@ records left in a dead worker's spool are sent by its replacement.
 
 Lifecycle. SIGTERM or SIGINT: every worker is asked to stop (SIGTERM: in-flight requests get
 ``GRACEFUL_SHUTDOWN_S``), then waited for. SIGHUP: passed on (each worker reloads its config).
-A worker that exits before it is ready (a store that cannot be reached, a port refused) stops
-the whole with exit status 1: the orchestrator sees a failed start. A worker that dies after it
-was ready is replaced; more than ``MAX_RESTARTS`` deaths within ``RESTART_WINDOW_S`` stop the
-whole with exit status 1 (a crash loop is not hidden). Workers are in a process group of their
-own (a terminal's Ctrl-C reaches only the supervisor, which stops them once, gracefully) and
-receive SIGTERM if the supervisor itself is killed (Linux ``PR_SET_PDEATHSIG``).
+A worker that exits before it is ready (a store that cannot be reached, a port refused), or is
+not ready within ``START_TIMEOUT_S``, stops the whole with exit status 1: the orchestrator sees
+a failed start. A worker that dies after it was ready is replaced; more than ``MAX_RESTARTS``
+deaths within ``RESTART_WINDOW_S`` stop the whole with exit status 1 (a crash loop is not
+hidden). Workers are in a process group of their own (a terminal's Ctrl-C reaches only the
+supervisor, which stops them once, gracefully) and receive SIGTERM if the supervisor itself is
+killed (Linux ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class _Slot:
     process: SpawnProcess
     ready: Event
     was_ready: bool = False
+    started_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -190,6 +192,10 @@ class Supervisor:
                     slot.was_ready = True
                     log.info("worker %d (pid %s) is serving", slot.index, slot.process.pid)
                 if slot.process.is_alive():
+                    if not slot.was_ready and time.monotonic() - slot.started_at > START_TIMEOUT_S:
+                        log.error("worker %d did not become ready within %ds; stopping",
+                                  slot.index, START_TIMEOUT_S)  # fmt: skip
+                        return 1
                     continue
                 if self._stopping:
                     break
