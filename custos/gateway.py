@@ -78,6 +78,8 @@ class Gateway:
         self.audit: AuditTrail | None = None
         self.audit_log: AuditLog | None = None
         self.retention: RetentionJob | None = None
+        #: Set by ``custos serve --workers``: this process's worker number (``AuditTrail``).
+        self.worker: int | None = None
         state = self.runtime.config.state  # counters are per process: a change needs a restart
         counters = open_counters(state.counters, prefix=state.counters_prefix)
         self.limiter = Limiter(counters, lambda: self.runtime)
@@ -171,7 +173,10 @@ class Gateway:
         self.identity = await open_identity(config)
         await sync_config_teams(self.identity.store, config.teams, self.runtime.revision)
         self.audit = AuditTrail(
-            self.identity.store, lambda: self.runtime.config.audit, instance=config.gateway.instance
+            self.identity.store,
+            lambda: self.runtime.config.audit,
+            instance=config.gateway.instance,
+            worker=self.worker,
         )
         await self.audit.start(self.runtime.loaded)
         self.audit_log = AuditLog(self.identity.store, config.audit,

@@ -76,14 +76,23 @@ class AuditTrail:
         *,
         instance: str | None = None,
         base_dir: Path | None = None,
+        worker: int | None = None,
     ) -> None:
+        """``worker``: this process is worker ``worker`` of ``custos serve --workers``; it
+        spools in ``<audit.spool.path>/worker-<worker>`` (a spool is one process's) and its
+        records name the instance ``<instance>/worker-<worker>``."""
         self._settings = settings
         first = settings()
-        self.gateway = GatewayInfo(instance or socket.gethostname())
+        instance = instance or socket.gethostname()
+        if worker is not None:
+            instance = f"{instance}/worker-{worker}"
+        self.gateway = GatewayInfo(instance)
         self.store = AuditStore(store)
         spool_path = Path(first.spool.path)
         if base_dir is not None and not spool_path.is_absolute():
             spool_path = base_dir / spool_path
+        if worker is not None:
+            spool_path = spool_path / f"worker-{worker}"
         self.exports = Exports(first, self.gateway)
         self.writer = AuditWriter(
             self.store,
