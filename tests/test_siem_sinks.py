@@ -7,9 +7,11 @@ attributes (OCSF 1.6.0)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,18 @@ import pytest
 from syslog_rfc5424_parser import SyslogMessage
 
 import tests.conftest as conftest
+from custos.audit.log.sequencer import Sequencer
 from custos.audit.records.record import leaf_hash
-from tests.audit_helpers import eventually, query
+from custos.audit.siem.follower import Follower, Leaf, read_cursor, read_leaves
+from custos.audit.storage.store import AuditStore
+from custos.config.siem import SyslogSettings
+from custos.state.backends import open_store
+from custos.state.store import Store
+from tests.audit_helpers import eventually, query, unguarded
+from tests.audit_log_worker import record
 from tests.conftest import GatewayProcess, MockProvider, standard_config
 from tests.siem_receivers import HECReceiver, SyslogReceiver, self_signed
+from tests.store_fixtures import pg_url, store, store_url  # noqa: F401  (fixtures)
 
 HEC_TOKEN = "hec-token-0123456789"
 SD_ID = "custos@32473"
@@ -302,23 +312,23 @@ def _calls(gateway: GatewayProcess, n: int) -> None:
         )
 
 
-def _stored(store_url: str) -> tuple[dict[str, bytes], list[str]]:
+def _stored(db_url: str) -> tuple[dict[str, bytes], list[str]]:
     """Every stored record's bytes by event id, and the event ids in sequence order."""
-    rows = query(store_url, "SELECT event_id, record FROM audit_events")
-    leaves = query(store_url, "SELECT seq, event_id FROM audit_leaves ORDER BY seq")
+    rows = query(db_url, "SELECT event_id, record FROM audit_events")
+    leaves = query(db_url, "SELECT seq, event_id FROM audit_leaves ORDER BY seq")
     assert [int(r["seq"]) for r in leaves] == list(range(len(leaves)))
     return {r["event_id"]: bytes(r["record"]) for r in rows}, [r["event_id"] for r in leaves]
 
 
-def _delivered_all(sinked: Sinked, store_url: str, timeout: float = 30) -> list[int]:
+def _delivered_all(sinked: Sinked, db_url: str, timeout: float = 30) -> list[int]:
     """Waits until the receiver holds every sequenced record, then checks each arrived once
     and in order; returns the sequence numbers received."""
 
     def state() -> tuple[int, int]:
-        return sinked.count(), len(_stored(store_url)[1])
+        return sinked.count(), len(_stored(db_url)[1])
 
     eventually(state, lambda s: s[0] >= s[1] > 0, timeout=timeout)
-    stored, order = _stored(store_url)
+    stored, order = _stored(db_url)
     got = sinked.received(stored)
     seqs = [seq for seq, _ in got]
     assert seqs == list(range(len(seqs))), f"not once each, in order: {seqs}"
@@ -332,11 +342,11 @@ def test_every_record_once_in_order_across_outage_and_restart(
 ) -> None:
     config = standard_config(mock_provider.url) + f"audit: {{export: [{sinked.entry}]}}\n"
     env = {"SIEM_HEC_TOKEN": HEC_TOKEN}
-    store_url = f"sqlite:///{tmp_path / 'custos.db'}"
+    db_url = f"sqlite:///{tmp_path / 'custos.db'}"
     gateway = GatewayProcess(config, tmp_path, env=env)
     try:
         _calls(gateway, 6)
-        first = _delivered_all(sinked, store_url)
+        first = _delivered_all(sinked, db_url)
 
         # The receiver goes away; the gateway keeps serving and the sink keeps retrying.
         sinked.stop()
@@ -345,7 +355,7 @@ def test_every_record_once_in_order_across_outage_and_restart(
         assert gateway.log().count("delivery failed") >= 3
         assert HEC_TOKEN not in gateway.log()
         sinked.start()
-        second = _delivered_all(sinked, store_url)
+        second = _delivered_all(sinked, db_url)
         assert len(second) > len(first)
     finally:
         gateway.stop()
@@ -356,13 +366,124 @@ def test_every_record_once_in_order_across_outage_and_restart(
     gateway = GatewayProcess(config, tmp_path, env=env)
     try:
         _calls(gateway, 5)
-        third = _delivered_all(sinked, store_url)
-        stored, order = _stored(store_url)
+        third = _delivered_all(sinked, db_url)
+        stored, order = _stored(db_url)
         assert len(third) > len(second)
         # Each received sequence number is the record the log holds at that position.
         kinds = {json.loads(stored[order[s]])["event_type"] for s in third}
         assert {"llm.call", "config.revision", "admin.change"} <= kinds
     finally:
         gateway.stop()
-    cursor = query(store_url, "SELECT position FROM audit_cursors WHERE name = 'siem:soc'")
+    cursor = query(db_url, "SELECT position FROM audit_cursors WHERE name = 'siem:soc'")
     assert int(cursor[0]["position"]) >= len(third)
+
+
+# -- the follower on each store, without a receiver ------------------------------------------
+
+
+class FlakySink:
+    """Refuses its first ``fail`` batches (a receiver that is down), then keeps what it gets."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.fail = fail
+        self.calls = 0
+        self.delivered: list[int] = []
+
+    async def deliver(self, leaves: Sequence[Leaf]) -> None:
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise OSError("receiver down")
+        self.delivered.extend(leaf.seq for leaf in leaves)
+
+    async def close(self) -> None:
+        return None
+
+
+def _settings(**extra: Any) -> SyslogSettings:
+    base = {"name": "unit", "host": "127.0.0.1", "port": 1, "batch_size": 5,
+            "poll_interval_s": 0.01, "retry": {"initial_s": 0.01, "max_s": 0.05}}  # fmt: skip
+    return SyslogSettings(**{**base, **extra})
+
+
+async def _sequenced(db: Store, tag: str, n: int) -> None:
+    await AuditStore(db).insert([record(tag, i) for i in range(n)])
+    sequencer = Sequencer(db)
+    assert await sequencer.lead()
+    while await sequencer.tick():
+        pass
+    await sequencer.step_down()
+
+
+async def _run_until(follower: Follower, sink: FlakySink, count: int) -> None:
+    task = asyncio.create_task(follower.run())
+    deadline = time.monotonic() + 20
+    while len(sink.delivered) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    follower.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_follower_retries_then_delivers_in_order_and_resumes(store: Store) -> None:  # noqa: F811
+    await _sequenced(store, "a", 23)
+    sink = FlakySink(fail=3)
+    follower = Follower(store, _settings(), sink)
+    await _run_until(follower, sink, 23)
+    await follower.close()
+    assert sink.delivered == list(range(23))
+    assert sink.calls == 3 + 5  # three refusals, then five batches of at most five
+    assert await read_cursor(store, "unit") == 23
+    # A new follower (a restart) resumes at the cursor: only the new records.
+    await _sequenced(store, "b", 4)
+    again = FlakySink()
+    restarted = Follower(store, _settings(), again)
+    while await restarted.step():
+        pass
+    assert again.delivered == [23, 24, 25, 26]
+
+
+async def test_follower_skips_purged_bodies_and_can_start_at_the_newest(store: Store) -> None:  # noqa: F811
+    await _sequenced(store, "a", 6)
+    leaves = await read_leaves(store, 0, 10)
+    async with unguarded(store) as tx:  # as the retention purge leaves them: empty bodies
+        await tx.execute(
+            "UPDATE audit_events SET record = $1 WHERE leaf_hash = $2",
+            b"",
+            bytes.fromhex(leaves[2].leaf_hash),
+        )
+    sink = FlakySink()
+    follower = Follower(store, _settings(), sink)
+    while await follower.step():
+        pass
+    assert sink.delivered == [0, 1, 3, 4, 5]
+    assert await read_cursor(store, "unit") == 6
+    late = FlakySink()
+    newest = Follower(store, _settings(name="late", start="newest"), late)
+    assert not await newest.step()
+    await _sequenced(store, "b", 2)
+    while await newest.step():
+        pass
+    assert late.delivered == [6, 7]
+
+
+async def test_one_replica_sends_for_a_sink(pg_url: str) -> None:  # noqa: F811
+    first, second = await open_store(pg_url), await open_store(pg_url)
+    try:
+        await _sequenced(first, "a", 40)
+        sinks = [FlakySink(), FlakySink()]
+        followers = [
+            Follower(db, _settings(), s) for db, s in zip((first, second), sinks, strict=True)
+        ]
+        tasks = [asyncio.create_task(f.run()) for f in followers]
+        deadline = time.monotonic() + 20
+        while sum(len(s.delivered) for s in sinks) < 40 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # a second sender, if there were one, would have sent by now
+        for follower, task in zip(followers, tasks, strict=True):
+            follower.stop()
+            await asyncio.wait_for(task, 5)
+            await follower.close()
+        assert sorted(len(s.delivered) for s in sinks) == [0, 40]
+        assert sinks[0].delivered + sinks[1].delivered == list(range(40))
+    finally:
+        await first.close()
+        await second.close()

@@ -19,6 +19,7 @@ table.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Final
 
 from custos.audit.siem.levels import level_of
@@ -71,7 +72,9 @@ def to_cef(seq: int, fields: dict[str, Any], leaf_hash: str) -> str:
         ("CustosAuditSeq", seq),
         ("CustosLeafHash", leaf_hash),
     ]
-    pairs += _BY_TYPE.get(kind, _nothing)(fields)
+    # A record the mapping cannot read is still sent, with the common keys.
+    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+        pairs += _BY_TYPE.get(kind, _nothing)(fields)
     return "|".join(header) + "|" + extension(pairs)
 
 

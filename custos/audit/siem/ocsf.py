@@ -63,8 +63,12 @@ _LLM_MAPPED: Final = _COMMON | {
 def to_ocsf(seq: int, fields: dict[str, Any], leaf_hash: str) -> dict[str, Any]:
     """The OCSF API Activity event of the record ``fields`` at sequence number ``seq``."""
     kind = fields["event_type"]
-    build = _BUILDERS.get(kind, _generic)
-    activity, mapped, event = build(fields)
+    try:
+        activity, mapped, event = _BUILDERS.get(kind, _generic)(fields)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        # A record the mapping cannot read is still sent (never skipped: the log has no gaps),
+        # with the common attributes and everything else under ``unmapped``.
+        activity, mapped, event = _generic(fields)
     severity = level_of(fields).ocsf
     event.update(
         {
@@ -80,7 +84,10 @@ def to_ocsf(seq: int, fields: dict[str, Any], leaf_hash: str) -> dict[str, Any]:
             "severity": _SEVERITIES[severity],
             "time": _epoch_ms(fields["time_start"]),
             "metadata": _metadata(seq, fields, leaf_hash),
-            "dst_endpoint": {"hostname": fields["gateway.instance"], "svc_name": "custos"},
+            "dst_endpoint": {
+                "hostname": fields.get("gateway.instance") or "custos",
+                "svc_name": "custos",
+            },
         }
     )
     if "cloud" in event:
@@ -100,7 +107,7 @@ def _metadata(seq: int, fields: dict[str, Any], leaf_hash: str) -> dict[str, Any
         "product": {
             "name": "Custos",
             "vendor_name": "Custos",
-            "version": fields["gateway.version"],
+            "version": fields.get("gateway.version") or "unknown",
         },
         "uid": fields["event_id"],
         "sequence": seq,
@@ -108,7 +115,7 @@ def _metadata(seq: int, fields: dict[str, Any], leaf_hash: str) -> dict[str, Any
         "original_time": fields["time_start"],
         "log_name": "custos.audit",
         "log_provider": "custos",
-        "log_version": str(fields["schema_version"]),
+        "log_version": str(fields.get("schema_version")),
         # The leaf hash lets a receiver check the record against the signed log.
         "labels": [f"leaf_hash:{leaf_hash}"],
     }
