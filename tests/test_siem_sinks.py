@@ -23,8 +23,9 @@ import tests.conftest as conftest
 from custos.audit.log.sequencer import Sequencer
 from custos.audit.records.record import leaf_hash
 from custos.audit.siem.follower import Follower, Leaf, read_cursor, read_leaves
+from custos.audit.siem.hec import HECRefused
 from custos.audit.storage.store import AuditStore
-from custos.config.siem import SyslogSettings
+from custos.config.siem import SplunkHECSettings, SyslogSettings
 from custos.state.backends import open_store
 from custos.state.store import Store
 from tests.audit_helpers import eventually, query, unguarded
@@ -487,3 +488,46 @@ async def test_one_replica_sends_for_a_sink(pg_url: str) -> None:  # noqa: F811
     finally:
         await first.close()
         await second.close()
+
+
+async def test_hec_busy_collector_and_wrong_token(
+    store: Store,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("the sink's HTTP side does not depend on the store")
+    await _sequenced(store, "a", 9)
+    receiver = HECReceiver(HEC_TOKEN)
+    receiver.start()
+    try:
+        wrong = SplunkHECSettings(
+            name="hec",
+            url=receiver.url,
+            token="not-the-token",
+            batch_size=4,
+            retry={"initial_s": 0.01, "max_s": 0.02},
+        )
+        refused = Follower(store, wrong)
+        with pytest.raises(HECRefused) as caught:
+            await refused.step()
+        assert "403" in str(caught.value) and "not-the-token" not in str(caught.value)
+        assert await read_cursor(store, "hec") == 0 and receiver.events == []
+        await refused.close()
+
+        receiver.busy = True
+        right = Follower(store, wrong.model_copy(update={"token": HEC_TOKEN}))
+        task = asyncio.create_task(right.run())
+        deadline = time.monotonic() + 10
+        while receiver.refused < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        receiver.busy = False
+        while len(receiver.events) < 9 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        right.stop()
+        await asyncio.wait_for(task, 5)
+        await right.close()
+        assert [int(e["fields"]["seq"]) for e in receiver.events] == list(range(9))
+        assert receiver.refused >= 3 and await read_cursor(store, "hec") == 9
+        assert HEC_TOKEN not in caplog.text
+    finally:
+        receiver.close()
