@@ -303,6 +303,8 @@ class _Converter:
         stem = prefix if kind == "openai_compatible" and prefix else kind.replace("_", "-")
         host = urlsplit(str(settings.get("base_url") or "")).hostname or ""
         label = host.split(".")[0] if host and not host.startswith("api.") else ""
+        if host == "localhost" or re.fullmatch(r"[0-9.]+|\[?[0-9a-fA-F:]+\]?", host):
+            label = "local"
         if kind == "bedrock":
             label = settings["region"]
         base = _slug(f"{stem}-{label}" if label and label not in stem else stem)
