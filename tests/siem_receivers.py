@@ -147,6 +147,8 @@ class HECReceiver:
         self.requests = 0
         self.refused = 0
         self.busy = False
+        #: (body bytes, events) of each request taken.
+        self.batches: list[tuple[int, int]] = []
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, daemon=True).start()
         self._runner: web.AppRunner | None = None
@@ -168,6 +170,7 @@ class HECReceiver:
             event, pos = decoder.raw_decode(text, pos)
             batch.append(event)
         self.events.extend(batch)
+        self.batches.append((len(text.encode()), len(batch)))
         return web.json_response({"text": "Success", "code": 0})
 
     async def _start(self) -> None:

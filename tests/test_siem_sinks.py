@@ -348,12 +348,15 @@ def test_every_record_once_in_order_across_outage_and_restart(
     try:
         _calls(gateway, 6)
         first = _delivered_all(sinked, db_url)
+        assert gateway.metric("custos_siem_records_total", sink="soc") == len(first)
 
         # The receiver goes away; the gateway keeps serving and the sink keeps retrying.
         sinked.stop()
         _calls(gateway, 6)
         eventually(lambda: gateway.log().count("delivery failed"), lambda n: n >= 3)
         assert gateway.log().count("delivery failed") >= 3
+        assert gateway.metric("custos_siem_failures_total", sink="soc") >= 3
+        assert gateway.metric("custos_siem_lag_records", sink="soc") > 0
         assert HEC_TOKEN not in gateway.log()
         sinked.start()
         second = _delivered_all(sinked, db_url)
@@ -390,11 +393,12 @@ class FlakySink:
         self.calls = 0
         self.delivered: list[int] = []
 
-    async def deliver(self, leaves: Sequence[Leaf]) -> None:
+    async def deliver(self, leaves: Sequence[Leaf]) -> int:
         self.calls += 1
         if self.calls <= self.fail:
             raise OSError("receiver down")
         self.delivered.extend(leaf.seq for leaf in leaves)
+        return len(leaves)
 
     async def close(self) -> None:
         return None
@@ -505,6 +509,7 @@ async def test_hec_busy_collector_and_wrong_token(
             url=receiver.url,
             token="not-the-token",
             batch_size=4,
+            max_batch_bytes=1024,
             retry={"initial_s": 0.01, "max_s": 0.02},
         )
         refused = Follower(store, wrong)
@@ -528,6 +533,11 @@ async def test_hec_busy_collector_and_wrong_token(
         await right.close()
         assert [int(e["fields"]["seq"]) for e in receiver.events] == list(range(9))
         assert receiver.refused >= 3 and await read_cursor(store, "hec") == 9
+        # A request holds at most 1 KiB (or a single event): batches of four were cut short.
+        assert all(size <= 1024 or events == 1 for size, events in receiver.batches), (
+            receiver.batches
+        )
+        assert len(receiver.batches) > 3 and sum(n for _, n in receiver.batches) == 9
         assert HEC_TOKEN not in caplog.text
     finally:
         receiver.close()

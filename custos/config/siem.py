@@ -114,6 +114,9 @@ class SplunkHECSettings(_Sink):
     sourcetype: str | None = None
     #: A CA file for a collector whose certificate the system does not trust.
     ca_file: str | None = None
+    #: The most bytes one request carries (a batch is cut short before it; collectors refuse
+    #: larger bodies: Splunk's max_content_length).
+    max_batch_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 1 << 20
 
     @field_validator("url")
     @classmethod

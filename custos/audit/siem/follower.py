@@ -40,6 +40,7 @@ from custos.audit.siem.hec import HECSender, batch_body, hec_event
 from custos.audit.siem.syslog import SyslogSender, frame, message
 from custos.config.siem import SplunkHECSettings, SyslogSettings
 from custos.state.store import SessionLock, Store
+from custos.telemetry import metrics
 
 log = logging.getLogger("custos.audit.siem")
 
@@ -58,8 +59,9 @@ class Leaf:
 class Sink(Protocol):
     """What a follower hands batches to."""
 
-    async def deliver(self, leaves: Sequence[Leaf]) -> None:
-        """Return once the receiver acknowledged every leaf; raise otherwise."""
+    async def deliver(self, leaves: Sequence[Leaf]) -> int:
+        """Send a prefix of ``leaves`` (at least one) and return how many once the receiver
+        acknowledged them; raise when it did not."""
 
     async def close(self) -> None: ...
 
@@ -112,6 +114,12 @@ async def _advance(store: Store, name: str, old: int, new: int) -> bool:
     return row is not None
 
 
+async def _log_size(store: Store) -> int:
+    async with store.transaction(readonly=True) as tx:
+        row = await tx.fetchrow("SELECT size FROM audit_tree_head WHERE id = 1")
+    return int(row["size"]) if row else 0
+
+
 async def read_leaves(store: Store, after: int, limit: int) -> list[Leaf]:
     """Sequenced records from ``seq = after`` on, in order (at most ``limit``)."""
     async with store.transaction(readonly=True) as tx:
@@ -130,7 +138,7 @@ class SyslogSink:
         self.settings = settings
         self._sender = SyslogSender(settings)
 
-    async def deliver(self, leaves: Sequence[Leaf]) -> None:
+    async def deliver(self, leaves: Sequence[Leaf]) -> int:
         data = b"".join(
             frame(
                 message(self.settings, leaf.seq, leaf.body, orjson.loads(leaf.body), leaf.leaf_hash)
@@ -138,6 +146,7 @@ class SyslogSink:
             for leaf in leaves
         )
         await asyncio.to_thread(self._sender.send, data)
+        return len(leaves)
 
     async def close(self) -> None:
         return None
@@ -148,15 +157,23 @@ class HECSink:
         self.settings = settings
         self._sender = HECSender(settings)
 
-    async def deliver(self, leaves: Sequence[Leaf]) -> None:
+    async def deliver(self, leaves: Sequence[Leaf]) -> int:
         from custos.audit.records.record import parse_rfc3339, unix_ms
 
-        events = []
+        # One request holds at most max_batch_bytes (collectors refuse larger bodies with
+        # 413), and at least one event.
+        parts: list[bytes] = []
+        size = 0
         for leaf in leaves:
             fields = orjson.loads(leaf.body)
             at_ms = unix_ms(parse_rfc3339(fields["time_start"]))
-            events.append(hec_event(self.settings, leaf.seq, fields, at_ms, leaf.leaf_hash))
-        await self._sender.send(batch_body(events))
+            part = batch_body([hec_event(self.settings, leaf.seq, fields, at_ms, leaf.leaf_hash)])
+            if parts and size + len(part) > self.settings.max_batch_bytes:
+                break
+            parts.append(part)
+            size += len(part)
+        await self._sender.send(b"".join(parts))
+        return len(parts)
 
     async def close(self) -> None:
         await self._sender.close()
@@ -215,16 +232,26 @@ class Follower:
         if position is None:
             position = await _create_cursor(self.store, self.name, self.settings.start)
         leaves = await read_leaves(self.store, position, self.settings.batch_size)
+        leaves_head = await _log_size(self.store)
+        metrics.child(metrics.SIEM_LAG, self.name).set(max(0, leaves_head - position))
         if not leaves:
             return False
         # A gap would be a leaf not yet visible; send only the contiguous run.
         run = [leaf for i, leaf in enumerate(leaves) if leaf.seq == position + i]
+        if not run:
+            return False
         present = [leaf for leaf in run if leaf.body]  # purged bodies are skipped
+        after = position + len(run)
+        delivered = 0
         if present:
-            await self.sink.deliver(present)
-        if not await _advance(self.store, self.name, position, position + len(run)):
+            delivered = await self.sink.deliver(present)
+            if delivered < len(present):  # the sink took a prefix: resume after it
+                after = present[delivered - 1].seq + 1
+        if not await _advance(self.store, self.name, position, after):
             raise RuntimeError(f"the cursor of SIEM sink {self.name!r} moved under it")
-        self.sent += len(present)
+        self.sent += delivered
+        metrics.child(metrics.SIEM_RECORDS, self.name).inc(delivered)
+        metrics.child(metrics.SIEM_LAG, self.name).set(max(0, leaves_head - after))
         if self.failures:
             log.info(
                 "SIEM sink %s delivers again (after %d failed attempts)", self.name, self.failures
@@ -234,6 +261,7 @@ class Follower:
 
     async def _back_off(self, exc: Exception) -> None:
         self.failures += 1
+        metrics.child(metrics.SIEM_FAILURES, self.name).inc()
         retry = self.settings.retry
         delay = min(retry.max_s, retry.initial_s * 2 ** min(self.failures - 1, 30))
         log.warning(
