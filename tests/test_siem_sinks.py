@@ -3,7 +3,7 @@ TCP or TLS, Splunk HEC) and every record arrives exactly once, in sequence order
 receiver outage and a gateway restart (the cursor is in the store). What arrives is read back
 with independent parsers: RFC 5424 with ``syslog-rfc5424-parser``, CEF with the parser below
 (written from the CEF rules), OCSF checked against the API Activity class's required
-attributes (OCSF 1.6.0)."""
+attributes and constraints (OCSF 1.6.0) and validated by ``pydantic-ocsf``'s model of it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ocsf.v1_6_0.events import APIActivity
 from syslog_rfc5424_parser import SyslogMessage
 
 import tests.conftest as conftest
@@ -165,6 +166,21 @@ def check_ocsf(event: dict[str, Any]) -> None:
     for resource in event.get("resources", []):
         assert resource.get("name") or resource.get("uid")
     assert event["metadata"]["version"] == "1.6.0"
+    # Types, the captions of every *_id (status, severity, activity, class, category) and the
+    # type_uid arithmetic, by pydantic-ocsf's model of the class. It does not know profile
+    # attributes (cloud, declared in metadata.profiles), and it types http_request.http_method
+    # as an integer where the schema has a string enum of method names: that attribute is
+    # checked against the schema's enum here instead.
+    profiles = {"cloud": {"cloud"}}
+    allowed = set(APIActivity.model_fields).union(
+        *(profiles[p] for p in event["metadata"].get("profiles", []))
+    )
+    assert set(event) <= allowed, f"not API Activity attributes: {set(event) - allowed}"
+    checked = json.loads(json.dumps(event))
+    method = checked.get("http_request", {}).pop("http_method", None)
+    assert method in (None, "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT",
+                      "TRACE")  # fmt: skip
+    APIActivity.model_validate(checked)
 
 
 # -- what a receiver got, as (sequence number, event id) ---------------------------------------

@@ -130,14 +130,16 @@ def _epoch_ms(text: str) -> int:
     return unix_ms(parse_rfc3339(text))
 
 
-def _status(event: dict[str, Any], ok: bool, code: Any, detail: Any, status: str) -> None:
+def _status(event: dict[str, Any], ok: bool, code: Any, error: Any, what: str) -> None:
+    """``status_id`` and its caption (OCSF requires ``status`` to be the caption of a mapped
+    ``status_id``); what happened in our terms (``served``, ``denied: budget_exceeded``) is the
+    ``status_detail``."""
     event["status_id"] = 1 if ok else 2
-    event["status"] = status
+    event["status"] = "Success" if ok else "Failure"
+    event["status_detail"] = what if error is None else f"{what}: {error}"
     if code is not None:
         event["status_code"] = str(code)
         event["http_response"] = {"code": code}
-    if detail is not None:
-        event["status_detail"] = detail
 
 
 def _llm_call(f: dict[str, Any]) -> tuple[int, frozenset[str], dict[str, Any]]:
