@@ -28,12 +28,14 @@ EXPECTED = {
                    "model_group_alias gpt-4 → virtual model gpt-4",
                    "default_team_settings[0]: team research", "num_retries: 3"],
         "Approximated": ["model_list[4].api_key: a key written into the LiteLLM file is not "
-                         "copied", "usage-based-routing-v2 → weighted"],
-        "No equivalent": ["model_list[5] (sagemaker-model): provider 'sagemaker'",
-                          "model_list[7] (*): wildcard routing", "context_window_fallbacks",
+                         "copied", "usage-based-routing-v2 → weighted",
+                         "model_list[5]: no api_key; LiteLLM reads OPENAI_API_KEY",
+                         "chat-large: stream_timeout 60.0s → timeouts.first_token_s"],
+        "No equivalent": ["model_list[7] (sagemaker-model): provider 'sagemaker'",
+                          "model_list[6] (broken-azure): no model name after azure/",
+                          "model_list[9] (*): wildcard routing", "context_window_fallbacks",
                           "general_settings.master_key", "general_settings.pass_through_endpoints",
                           "router_settings.redis_host", "files_settings (top-level section)",
-                          "model_list[2].litellm_params: stream_timeout",
                           "litellm_settings.drop_params"],
     },
     "load_balanced.yaml": {
@@ -122,6 +124,13 @@ def test_what_each_shape_becomes(tmp_path: Path) -> None:
         "azure-openai-northwind-eu/chat-eu-deploy", "openai/gpt-4o-mini"]  # fmt: skip
     assert mixed["virtual_models"]["gpt-4"] == mixed["virtual_models"]["chat-large"]
     assert chat_eu["retry"] == {"attempts": 4}
+    # The deployment without a key reads OPENAI_API_KEY, as LiteLLM would, from the account
+    # chat-eu's OpenAI deployment uses; chat-large's own timeout makes an account of its own.
+    assert mixed["virtual_models"]["images"]["targets"] == [{"model": "openai/dall-e-3"}]
+    assert mixed["providers"]["openai"]["api_key"] == "${env:OPENAI_API_KEY}"
+    assert mixed["providers"]["openai-2"]["timeout_s"] == 300.0
+    assert mixed["providers"]["openai"]["timeout_s"] == 600.0
+    assert mixed["virtual_models"]["chat-large"]["timeouts"] == {"first_token_s": 60.0}
     assert set(mixed["teams"]) == {"research", "support"}
     assert mixed["providers"]["openai-vllm"]["models"]["meta-llama--Llama-3.1-8B-Instruct"] == {
         "upstream_model": "meta-llama/Llama-3.1-8B-Instruct", "unpriced": "allow"}  # fmt: skip

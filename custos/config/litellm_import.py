@@ -55,6 +55,21 @@ COMPATIBLE = {
     "openai_like": "",
     "custom_openai": "",
 }
+#: The variable LiteLLM reads a provider's key from when the deployment names none.
+DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "azure": "AZURE_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY",
+    "perplexity": "PERPLEXITYAI_API_KEY",
+    "xai": "XAI_API_KEY",
+}
 _NATIVE = {"azure": "azure_openai", "anthropic": "anthropic", "bedrock": "bedrock",
            "vertex_ai": "vertex", "gemini": "gemini", "openai": "openai"}  # fmt: skip
 _PERIODS = {"1d": "day", "24h": "day", "7d": "week", "1w": "week", "30d": "month", "1mo": "month",
@@ -64,7 +79,7 @@ _DEPLOYMENT_KEYS_MAPPED = {"model", "api_base", "api_key", "api_version", "rpm",
                            "aws_secret_access_key", "aws_session_token", "vertex_project",
                            "vertex_location", "vertex_credentials", "input_cost_per_token",
                            "output_cost_per_token", "extra_headers", "organization",
-                           "base_model"}  # fmt: skip
+                           "base_model", "stream_timeout"}  # fmt: skip
 
 
 @dataclass
@@ -112,6 +127,7 @@ class _Target:
     ref: str  # account/model
     rpm: int | None
     tpm: int | None
+    stream_timeout: float | None = None
 
 
 class _Converter:
@@ -186,7 +202,10 @@ class _Converter:
         kind = _NATIVE.get(prefix) or ("openai_compatible" if prefix in COMPATIBLE else None)
         if prefix == "" and model:
             kind, name = "openai", model
-        if kind is None or not name:
+        if kind is not None and not name:
+            self.report.unmapped.append(f"{path} ({public}): no model name after {prefix}/")
+            return
+        if kind is None:
             self.report.unmapped.append(
                 f"{path} ({public}): provider {prefix or model!r} has no Custos account type"
             )
@@ -201,8 +220,10 @@ class _Converter:
             _int(params.get("rpm", entry.get("rpm"))),
             _int(params.get("tpm", entry.get("tpm"))),
         )
+        stream = params.get("stream_timeout")
+        stream_s = float(stream) if _number(stream) and float(stream) > 0 else None
         self.groups.setdefault(public or f"{account.name}-{key}", []).append(
-            _Target(f"{account.name}/{key}", rpm, tpm)
+            _Target(f"{account.name}/{key}", rpm, tpm, stream_s)
         )
         rest = sorted(set(params) - _DEPLOYMENT_KEYS_MAPPED)
         if rest:
@@ -250,15 +271,22 @@ class _Converter:
             headers["OpenAI-Organization"] = params["organization"]
         if headers:
             settings["headers"] = {str(k): str(v) for k, v in headers.items()}
-        identity = (kind, settings.get("base_url"), str(params.get("api_key")),
-                    settings.get("api_version"), settings.get("region"),
-                    str(sorted(settings.get("headers", {}).items())))  # fmt: skip
+        key = params.get("api_key")
+        default_env = DEFAULT_KEY_ENV.get(prefix or "openai")
+        if key is None and default_env is not None and kind not in ("bedrock", "vertex"):
+            key = f"os.environ/{default_env}"  # where LiteLLM itself looks
+        # Deployments share an account when everything the account says is the same.
+        identity = (str(key), str(sorted((k, str(v)) for k, v in settings.items())))
+        if params.get("api_key") is None and key is not None and kind not in ("bedrock", "vertex"):
+            self.report.approximated.append(
+                f"{path}: no api_key; LiteLLM reads {default_env} from the environment, and so "
+                "does the account"
+            )
         if identity not in self.accounts:
             name = self.account_name(kind, prefix, settings)
-            if kind not in ("bedrock", "vertex") and (params.get("api_key") or kind in (
-                    "openai", "azure_openai", "anthropic", "gemini")):  # fmt: skip
+            if key is not None and kind not in ("bedrock", "vertex"):
                 env = f"{name.upper().replace('-', '_').replace('.', '_')}_API_KEY"
-                settings["api_key"] = self.secret(params.get("api_key"), f"{path}.api_key", env)
+                settings["api_key"] = self.secret(key, f"{path}.api_key", env)
             self.accounts[identity] = _Account(name, settings)
         return self.accounts[identity]
 
@@ -362,6 +390,13 @@ class _Converter:
                 )
             self.group_names[public] = name
             out[name] = self.one_virtual_model(targets, strategy)
+            streams = [t.stream_timeout for t in targets if t.stream_timeout is not None]
+            if streams:
+                out[name]["timeouts"] = {"first_token_s": min(min(streams), 3600.0)}
+                self.report.approximated.append(
+                    f"{public}: stream_timeout {min(streams)}s → timeouts.first_token_s (the "
+                    "wait for a stream's first chunk)"
+                )
         self.fallbacks(settings, out)
         self.retries(settings, out)
         self.aliases(settings, out)
