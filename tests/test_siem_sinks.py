@@ -25,6 +25,7 @@ from custos.audit.log.sequencer import Sequencer
 from custos.audit.records.record import leaf_hash
 from custos.audit.siem.follower import Follower, Leaf, read_cursor, read_leaves
 from custos.audit.siem.hec import HECRefused
+from custos.audit.siem.syslog import SyslogSender, frame
 from custos.audit.storage.store import AuditStore
 from custos.config.siem import SplunkHECSettings, SyslogSettings
 from custos.state.backends import open_store
@@ -557,3 +558,30 @@ async def test_hec_busy_collector_and_wrong_token(
         assert HEC_TOKEN not in caplog.text
     finally:
         receiver.close()
+
+
+def test_syslog_batch_is_not_acknowledged_by_a_receiver_that_drops_it() -> None:
+    """A receiver that reads a little and closes (its unread data makes the close a reset), or
+    that never closes, does not acknowledge: the sender raises and the batch stays unsent."""
+    import socket
+    import threading
+
+    def serve(listener: socket.socket, read: int | None) -> None:
+        conn, _ = listener.accept()
+        if read is None:
+            time.sleep(3)  # holds the connection open: no acknowledgement within timeout_s
+        else:
+            conn.recv(read)
+        conn.close()
+
+    for read in (10, None):
+        listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=serve, args=(listener, read), daemon=True).start()
+        port = listener.getsockname()[1]
+        sender = SyslogSender(_settings(port=port, timeout_s=1))
+        # A reset needs data left unread; a receiver that holds the connection gets a small
+        # batch it could read at once: what is missing is only its close.
+        data = frame(b"x" * 4_000_000) if read else frame(b"<14>1 - - - - - - hi")
+        with pytest.raises(OSError):
+            sender.send(data)
+        listener.close()

@@ -20,7 +20,11 @@ HEADER = (
 
 def register(commands: Any) -> None:
     """Add ``import`` and its commands to the ``custos`` commands."""
-    parser = commands.add_parser("import", help="convert another gateway's config")
+    parser = commands.add_parser(
+        "import",
+        help="convert another gateway's config",
+        description="Convert another gateway's config into a Custos config, with a report.",
+    )
     kinds = parser.add_subparsers(title="import commands", metavar="COMMAND")
     litellm = kinds.add_parser(
         "litellm",
