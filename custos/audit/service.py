@@ -44,6 +44,7 @@ from custos.audit.compliance.report import (
 )
 from custos.audit.compliance.retention import Hold, list_holds, release_hold, set_hold
 from custos.audit.compliance.verify import API_PAGE, verify_log, verify_range
+from custos.audit.log.proof import ProofError, prove_event
 from custos.audit.records import content
 from custos.audit.records.record import EVENT_TYPES
 from custos.audit.storage import content_store
@@ -427,3 +428,48 @@ async def _principal_id(svc: AdminService, ref: str) -> str:
         except (NotFound, Invalid):
             continue
     return ref
+
+
+# -- the log's state (the console's audit page) ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogStatus:
+    """The latest checkpoint (``None`` before the first) and how many leaves the log holds."""
+
+    log_size: int
+    checkpoint_size: int | None
+    checkpoint_at: str | None
+    checkpoint_root: str | None
+    checkpoints: int
+
+
+async def log_status(svc: AdminService, principal: Any) -> LogStatus:
+    rights.require_reader(principal, "reading the audit log's state")
+    async with svc.store.transaction(readonly=True) as tx:
+        head = await tx.fetchrow("SELECT size FROM audit_tree_head WHERE id = 1")
+        latest = await tx.fetchrow(
+            "SELECT size, at, root FROM audit_checkpoints ORDER BY id DESC LIMIT 1"
+        )
+        count = await tx.fetchrow("SELECT count(*) AS n FROM audit_checkpoints")
+    return LogStatus(
+        log_size=int(head["size"]) if head else 0,
+        checkpoint_size=int(latest["size"]) if latest else None,
+        checkpoint_at=str(latest["at"]) if latest else None,
+        checkpoint_root=bytes(latest["root"]).hex() if latest else None,
+        checkpoints=int(count["n"]) if count else 0,
+    )
+
+
+async def record_proofs(svc: AdminService, principal: Any, ref: str) -> list[dict[str, Any]]:
+    """The records of one request or event id, each with its inclusion proof document
+    (``custos audit check-proof`` reads one), or why none can be made yet."""
+    found = (await request_records(svc, principal, ref)).data
+    out: list[dict[str, Any]] = []
+    for event in found:
+        try:
+            out.append(await prove_event(svc.store, event.event_id))
+        except ProofError as exc:
+            out.append({"event_id": event.event_id, "record": event.record,
+                        "proof_error": str(exc)})  # fmt: skip
+    return out

@@ -165,7 +165,7 @@ class AdminAPI:
         route, params = self._route(scope["method"], path)
         if route.spec.operation_id == "getOpenAPI":
             return 200, self.openapi_json()
-        service, directory = self._service_and_directory()
+        service, directory = self.service_and_directory()
         principal = await self._authenticate(scope, service, directory)
         try:
             if route.spec.mutating:
@@ -216,7 +216,9 @@ class AdminAPI:
             )
         raise GatewayError(404, "unknown_route", f"No admin route {method} {path}.")
 
-    def _service_and_directory(self) -> tuple[AdminService, Directory]:
+    def service_and_directory(self) -> tuple[AdminService, Directory]:
+        """The ``AdminService`` every admin route calls (the console calls the same one) and the
+        token directory; ``GatewayError`` 503 until the gateway has started."""
         try:
             store, tokens, directory = self._deps()
         except Exception:

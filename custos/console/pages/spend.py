@@ -1,0 +1,68 @@
+"""Spend and usage over time, per team, model or provider: the audit report, charted.
+
+Both charts and both tables come from ``custos.audit.service.report`` (the function behind
+``GET /admin/v1/audit/report`` and ``custos audit report``) with the signed-in principal, so
+the totals are the report's own and the role check is the API's (admin, auditor).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from custos.audit import service as audit_service
+from custos.console import charts
+from custos.console.web import Request, Response, usd
+
+DIMENSIONS = ("team", "model", "provider", "requested_model", "principal", "data_class")
+MEASURES = {
+    "cost_micros": "Cost (USD)",
+    "requests": "Requests",
+    "input_tokens": "Input tokens",
+    "output_tokens": "Output tokens",
+}
+
+
+def default_range(days: int = 30) -> tuple[str, str]:
+    today = datetime.now(UTC).date()
+    return (today - timedelta(days=days - 1)).isoformat(), today.isoformat()
+
+
+async def page(c: Any, r: Request) -> Response:
+    service, _ = c.service()
+    start, end = default_range()
+    since, until = r.query.get("from") or start, r.query.get("to") or end
+    by = r.query.get("by") if r.query.get("by") in DIMENSIONS else "team"
+    measure = r.query.get("measure") if r.query.get("measure") in MEASURES else "cost_micros"
+    daily = await audit_service.report(
+        service, r.principal,
+        audit_service.ReportQuery.model_validate({"from": since, "to": until, "group_by": "day"}),
+    )  # fmt: skip
+    grouped = await audit_service.report(
+        service, r.principal,
+        audit_service.ReportQuery.model_validate({"from": since, "to": until, "group_by": by}),
+    )  # fmt: skip
+    fmt = usd if measure == "cost_micros" else (lambda v: f"{v:,}")
+    day_points = [(str(row.group["day"])[:10], getattr(row, measure)) for row in daily.rows]
+    group_points = [
+        (str(row.group[by]) if row.group[by] is not None else "(none)", getattr(row, measure))
+        for row in sorted(grouped.rows, key=lambda row: -getattr(row, measure))
+    ]
+    return c.render(
+        r,
+        "spend.html",
+        since=since,
+        until=until,
+        by=by,
+        measure=measure,
+        measures=MEASURES,
+        dimensions=DIMENSIONS,
+        daily=daily,
+        grouped=grouped,
+        day_chart=charts.bars(day_points, label=f"{MEASURES[measure]} per day", fmt=fmt),
+        group_chart=charts.bars(group_points, label=f"{MEASURES[measure]} per {by}", fmt=fmt),
+        day_points=day_points,
+        group_points=group_points,
+        fmt=fmt,
+        total=getattr(daily.totals, measure),
+    )
