@@ -3,7 +3,8 @@
 Every response carries the same security headers: a Content-Security-Policy that allows only
 this gateway's own scripts and styles (no inline script, no inline style), refuses framing
 (``frame-ancestors 'none'``) and posting forms elsewhere; ``no-store`` (pages can hold a token
-secret, shown once); no referrer; no MIME sniffing.
+secret, shown once); referrers only to this origin (with ``no-referrer`` browsers send
+``Origin: null`` on form posts, which the CSRF check refuses); no MIME sniffing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SECURITY_HEADERS: Final = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
