@@ -25,7 +25,7 @@ def bars(
     n = max(len(points), 1)
     plot_h = HEIGHT - _PAD_BOTTOM - _PAD_TOP
     step = (WIDTH - _PAD_LEFT * 2) / n
-    width = max(step * 0.7, 1.0)
+    width = min(max(step * 0.7, 1.0), 64.0)
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-hidden="true"'
         f' data-total="{total}" preserveAspectRatio="xMidYMid meet">',

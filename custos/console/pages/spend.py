@@ -7,7 +7,7 @@ the totals are the report's own and the role check is the API's (admin, auditor)
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from custos.audit import service as audit_service
@@ -15,6 +15,8 @@ from custos.console import charts
 from custos.console.web import Request, Response, usd
 
 DIMENSIONS = ("team", "model", "provider", "requested_model", "principal", "data_class")
+#: Longer ranges chart only the days with calls.
+MAX_DAYS = 400
 MEASURES = {
     "cost_micros": "Cost (USD)",
     "requests": "Requests",
@@ -26,6 +28,23 @@ MEASURES = {
 def default_range(days: int = 30) -> tuple[str, str]:
     today = datetime.now(UTC).date()
     return (today - timedelta(days=days - 1)).isoformat(), today.isoformat()
+
+
+def _every_day(daily: audit_service.ReportOut, measure: str) -> list[tuple[str, int]]:
+    """One point per day of the range, days without calls at 0 (the report lists only days
+    with calls); ranges over ``MAX_DAYS`` list only those."""
+    found = {str(row.group["day"])[:10]: getattr(row, measure) for row in daily.rows}
+    try:
+        first = date.fromisoformat(daily.from_[:10])
+        # ``to`` is exclusive: the day before it, unless it is not at midnight.
+        end = datetime.fromisoformat(daily.to.replace("Z", "+00:00"))
+        last = (end - timedelta(microseconds=1)).date()
+    except ValueError:
+        return sorted(found.items())
+    if (last - first).days > MAX_DAYS:
+        return sorted(found.items())
+    days = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+    return [(day, found.get(day, 0)) for day in days]
 
 
 async def page(c: Any, r: Request) -> Response:
@@ -43,7 +62,7 @@ async def page(c: Any, r: Request) -> Response:
         audit_service.ReportQuery.model_validate({"from": since, "to": until, "group_by": by}),
     )  # fmt: skip
     fmt = usd if measure == "cost_micros" else (lambda v: f"{v:,}")
-    day_points = [(str(row.group["day"])[:10], getattr(row, measure)) for row in daily.rows]
+    day_points = _every_day(daily, measure)
     group_points = [
         (str(row.group[by]) if row.group[by] is not None else "(none)", getattr(row, measure))
         for row in sorted(grouped.rows, key=lambda row: -getattr(row, measure))
