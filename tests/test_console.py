@@ -252,6 +252,10 @@ def test_each_role_sees_the_traces_the_rule_allows(
         source = visit(browser, f"{gw.url}/ui/traces")
         for rid in seen:
             assert rid in source, (role, rid)
+        # Exactly what the admin API lists for the same principal.
+        listed = admin_api(gw, "GET", "/audit/traces", people[role]).json()["data"]
+        shown = browser.find_elements(By.CSS_SELECTOR, "#traces tbody td:nth-child(2) a")
+        assert [t["request_id"] for t in listed] == [a.text for a in shown], role
         for rid in hidden:
             assert rid not in source, (role, rid)
             # Changing the id in the URL reveals nothing: the same 404 as a made-up id.
@@ -266,6 +270,14 @@ def test_each_role_sees_the_traces_the_rule_allows(
     assert bob.get(f"/ui/traces/{alice_ids[0]}").status_code == 404
     assert bob.get(f"/ui/traces/{alice_ids[0]}/proof").status_code == 404
     assert bob.get("/ui/traces/000000000000000000000000").status_code == 404
+    refused = admin_api(gw, "GET", f"/audit/traces/{alice_ids[0]}", people["bob"])
+    assert refused.status_code == 404
+    assert (
+        admin_api(gw, "GET", f"/audit/traces/{alice_ids[0]}", people["alice"]).json()["records"][0][
+            "request_id"
+        ]
+        == alice_ids[0]
+    )
 
 
 def test_trace_filters_and_the_trace_page(

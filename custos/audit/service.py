@@ -35,6 +35,7 @@ from custos.admin import rights
 from custos.admin.errors import BadInput
 from custos.admin.schemas import MAX_CURSOR
 from custos.admin.service import AdminService
+from custos.audit import traces
 from custos.audit.compliance.report import (
     ReportError,
     build_report,
@@ -473,3 +474,83 @@ async def record_proofs(svc: AdminService, principal: Any, ref: str) -> list[dic
             out.append({"event_id": event.event_id, "record": event.record,
                         "proof_error": str(exc)})  # fmt: skip
     return out
+
+
+# -- request traces ------------------------------------------------------------------------------
+
+
+class TracesQuery(_Query):
+    from_: str | None = Field(None, alias="from", description="First day or RFC 3339 time.",
+                              json_schema_extra=_DAY_OR_TIME)  # fmt: skip
+    to: str | None = Field(None, description="Last day (inclusive) or RFC 3339 time "
+                           "(exclusive).", json_schema_extra=_DAY_OR_TIME)  # fmt: skip
+    team: str | None = Field(None, description="Only this team's calls.")
+    user: str | None = Field(None, description="Only this user's calls (id or email).")
+    account: str | None = Field(None, description="Only this virtual account's calls.")
+    model: str | None = Field(None, description="Provider or requested model.")
+    provider: str | None = Field(None, description="Provider account.")
+    status: int | None = Field(None, ge=100, le=599, description="HTTP status answered.")
+    outcome: Literal[traces.OUTCOMES] | None = None  # type: ignore[valid-type]
+    data_class: str | None = Field(None, description="Only calls carrying this data class.")
+    guardrail: Literal[traces.GUARDRAIL_OUTCOMES] | None = Field(  # type: ignore[valid-type]
+        None, description="Only calls with a guardrail verdict of this kind (any: at least one)."
+    )
+    request_id: str | None = None
+    before: str | None = Field(None, description="next_before of the previous page.")
+    limit: int = Field(traces.PAGE, ge=1, le=500)
+
+
+class TraceRowOut(_Out):
+    event_id: str
+    request_id: str
+    time_start: str
+    team: str | None
+    principal_kind: str | None
+    principal_id: str | None
+    requested_model: str | None
+    provider: str | None
+    model: str | None
+    status: int
+    outcome: str
+    stopped_at: str | None
+    error_type: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    latency_ms: int
+
+
+class TraceListOut(_Out):
+    data: list[TraceRowOut]
+    next_before: str | None = Field(description="Pass as ?before= for older traces; null: the "
+                                    "end.")  # fmt: skip
+    scan_capped: bool = Field(description="The guardrail filter stopped reading before the "
+                              "page was full; continue with next_before.")  # fmt: skip
+
+
+class TraceOut(_Out):
+    request_id: str
+    records: list[dict[str, Any]] = Field(description="The request's llm.call records, parsed.")
+    proofs: dict[str, str] = Field(description="Event id → its inclusion proof status.")
+
+
+async def trace_list(svc: AdminService, principal: Any, q: TracesQuery) -> TraceListOut:
+    """Traces the caller may read (``custos.audit.traces``: admins and auditors every one,
+    team managers their teams', everyone their own), newest first."""
+    values = q.model_dump(exclude={"from_", "to", "limit"}, exclude_none=True)
+    found = await traces.search(
+        svc,
+        principal,
+        traces.TraceFilter(since=q.from_, until=q.to, **{k: str(v) for k, v in values.items()}),
+        limit=q.limit,
+    )
+    rows = [
+        TraceRowOut.model_validate({**r, "time_start": r["time_start"].isoformat()})
+        for r in found.rows
+    ]
+    return TraceListOut(data=rows, next_before=found.next_before, scan_capped=found.scan_capped)
+
+
+async def trace(svc: AdminService, principal: Any, request_id: str) -> TraceOut:
+    found = await traces.get(svc, principal, request_id)
+    return TraceOut(request_id=found.request_id, records=found.records, proofs=found.proofs)

@@ -35,7 +35,7 @@ from custos.state.errors import NotFound
 PAGE: Final = 50
 GUARDRAIL_SCAN: Final = 2000
 GUARDRAIL_OUTCOMES: Final = ("allow", "deny", "mutate", "audit_only", "any")
-OUTCOMES: Final = ("served", "denied", "failed", "client_gone", "upstream_error")
+OUTCOMES: Final = ("served", "denied", "upstream_error", "client_disconnected", "error")
 
 _COLUMNS = (
     "c.event_id, c.request_id, c.time_start, c.team, c.principal_kind, c.principal_id,"

@@ -513,6 +513,14 @@ async def _audit_request(svc: AdminService, c: Call) -> BaseModel:
     return await audit_service.request_records(svc, c.principal, c.params["request"])
 
 
+async def _audit_traces(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_service.trace_list(svc, c.principal, c.query)
+
+
+async def _audit_trace(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_service.trace(svc, c.principal, c.params["request"])
+
+
 async def _audit_verify(svc: AdminService, c: Call) -> BaseModel:
     return await audit_service.verify(svc, c.principal, c.query)
 
@@ -686,6 +694,18 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("GET", "/audit/requests/{request}", "getAuditRequest", "The audit records of one "
            "request id or event id (admin, auditor)", audit_service.StoredRecordList),
         _audit_request,
+    ),
+    (
+        _r("GET", "/audit/traces", "listAuditTraces", "Request traces the caller may read, "
+           "newest first, filtered (admins and auditors: all; team managers: their teams'; "
+           "everyone: their own)", audit_service.TraceListOut, query=audit_service.TracesQuery),
+        _audit_traces,
+    ),
+    (
+        _r("GET", "/audit/traces/{request}", "getAuditTrace", "One request's trace: its "
+           "records and their inclusion proof status, if the caller may read it",
+           audit_service.TraceOut),
+        _audit_trace,
     ),
     (
         _r("GET", "/audit/verify", "verifyAuditLog", "Verify the audit log with the keys in the "
