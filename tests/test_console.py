@@ -190,6 +190,15 @@ def test_sign_in_session_cookie_headers_and_sign_out(
     error = WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "signin-error"))
     assert "not valid" in error[0].text or "malformed" in error[0].text
 
+    deadline = time.monotonic() + 10
+    while True:  # recorded as the admin API records a refused token
+        failures = admin_api(gw, "GET", "/audit/events", params={"event_type": "auth.failure"})
+        routes = [json.loads(e["record"]).get("http.route") for e in failures.json()["data"]]
+        if "/ui/signin" in routes or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "/ui/signin" in routes, routes
+
     sign_in(browser, gw, people["admin"])
     assert browser.current_url.endswith("/ui/traces")
     assert nav_labels(browser) == ["Traces", "Spend", "Identity", "Audit log", "Config",
@@ -558,3 +567,15 @@ def test_screenshots(gw: GatewayProcess, people: dict[str, Any], browser: webdri
                 browser.set_window_size(width, 900)
     finally:
         browser.set_window_size(1280, 900)
+
+
+def test_cookies_are_secure_over_tls_and_next_stays_inside_the_console() -> None:
+    from custos.console.pages.auth import _safe_next
+    from custos.console.web import cookie
+
+    assert cookie("c", "v", secure=True).endswith(b"; Secure")
+    assert b"Secure" not in cookie("c", "v", secure=False)
+    assert b"HttpOnly" in cookie("c", "v", secure=False)
+    for outside in ("https://evil.example/ui/x", "//evil.example/ui/", "/admin", None):
+        assert _safe_next(outside) == "/ui/traces", outside
+    assert _safe_next("/ui/spend?by=model") == "/ui/spend?by=model"
