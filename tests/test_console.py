@@ -46,6 +46,9 @@ def gw(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory) ->
         + "data_classes: "
         + json.dumps(CLASSES)
         + "\naudit: {checkpoint_interval_s: 0.3}\n"
+        + "budgets:\n"
+        + "  - {id: monthly, when: {}, limit_usd: 100, period: month}\n"
+        + "  - {id: per-team, when: {}, limit_usd: 5, period: day, applies_per: [team]}\n"
     )
     process = GatewayProcess(text, tmp_path_factory.mktemp("console"),
                              env={"CUSTOS_AUDIT_SIGNING_KEY": generate_pem().decode()})  # fmt: skip
@@ -201,8 +204,8 @@ def test_sign_in_session_cookie_headers_and_sign_out(
 
     sign_in(browser, gw, people["admin"])
     assert browser.current_url.endswith("/ui/traces")
-    assert nav_labels(browser) == ["Traces", "Spend", "Identity", "Audit log", "Config",
-                                   "Quarter question"]  # fmt: skip
+    assert nav_labels(browser) == ["Traces", "Spend", "Budgets", "Identity", "Audit log",
+                                   "Config", "Quarter question"]  # fmt: skip
     cookie = browser.get_cookie("custos_console")
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert cookie["value"] not in browser.page_source
@@ -333,7 +336,8 @@ def test_what_each_role_can_open(
     readers_only = ("spend", "audit", "config", "quarter")
     for role in ("alice", "manager"):
         sign_in(browser, gw, people[role])
-        assert nav_labels(browser) == ["Traces", "Identity"]
+        wanted = ["Traces", "Budgets", "Identity"] if role == "manager" else ["Traces", "Identity"]
+        assert nav_labels(browser) == wanted
         for page in readers_only:
             visit(browser, f"{gw.url}/ui/{page}")
             assert heading(browser) == "Not allowed", (role, page)
@@ -467,6 +471,42 @@ def test_the_spend_charts_totals_are_the_reports(
         assert sorted(int(b.get_attribute("data-value") or 0) for b in bars) == sorted(
             teams.values()
         )
+
+
+def test_budgets_are_the_apis_for_each_role(
+    gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    def shown() -> list[tuple[str, str, int]]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#budgets tbody tr")
+        out = []
+        for row in rows:
+            cells = row.find_elements(By.TAG_NAME, "td")
+            meter = row.find_element(By.CSS_SELECTOR, "svg.meter")
+            out.append((cells[0].text, cells[1].text, int(meter.get_attribute("data-spent") or -1)))
+        return sorted(out)
+
+    def listed(token: str) -> list[tuple[str, str, int]]:
+        data = admin_api(gw, "GET", "/budgets", token).json()["data"]
+        return sorted(
+            (b["id"], ", ".join(f"{k}={v}" for k, v in s["split"].items()) or "—",
+             s["spent_micros"])
+            for b in data for s in b["splits"]
+        )  # fmt: skip
+
+    seen = {}
+    for role in ("auditor", "manager"):
+        sign_in(browser, gw, people[role])
+        visit(browser, f"{gw.url}/ui/budgets")
+        seen[role] = shown()
+        assert seen[role] == listed(people[role]), role
+    assert {(b, split) for b, split, _ in seen["auditor"]} >= {
+        ("monthly", "—"), ("per-team", "team=blue"), ("per-team", "team=red")}  # fmt: skip
+    assert [(b, split) for b, split, _ in seen["manager"]] == [("per-team", "team=blue")]
+    assert all(spent > 0 for _, _, spent in seen["auditor"])
+    assert not browser.find_elements(By.ID, "refusals")  # the report is for readers
+    sign_in(browser, gw, people["alice"])
+    visit(browser, f"{gw.url}/ui/budgets")
+    assert heading(browser) == "Not allowed"
 
 
 def test_audit_page_verifies_and_downloads_a_proof(

@@ -55,3 +55,26 @@ def bars(
 
 def _short(name: str) -> str:
     return name if len(name) <= 12 else name[:11] + "…"
+
+
+def meter(spent: int, reserved: int, limit: int, elapsed: float | None) -> Markup:
+    """A horizontal bar: spent, then reserved, against the limit; a tick where spending would
+    be if it went evenly over the period (``elapsed``: the share of the period gone by)."""
+    width, height = 240, 16
+    scale = width / limit if limit > 0 else 0.0
+    spent_w = min(spent * scale, width)
+    reserved_w = min(reserved * scale, width - spent_w)
+    parts = [
+        f'<svg class="meter" viewBox="0 0 {width} {height}" aria-hidden="true"'
+        f' data-spent="{spent}" data-limit="{limit}">',
+        f'<rect class="track" x="0" y="0" width="{width}" height="{height}"/>',
+        f'<rect class="spent{" over" if spent + reserved > limit else ""}" x="0" y="0"'
+        f' width="{spent_w:.1f}" height="{height}"/>',
+        f'<rect class="reserved" x="{spent_w:.1f}" y="0" width="{reserved_w:.1f}"'
+        f' height="{height}"/>',
+    ]
+    if elapsed is not None:
+        x = width * elapsed
+        parts.append(f'<line class="pace" x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height}"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

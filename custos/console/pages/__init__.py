@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from custos.admin import rights
-from custos.console.pages import audit, auth, config, identity, quarter, spend, traces
+from custos.console.pages import audit, auth, budgets, config, identity, quarter, spend, traces
 from custos.console.web import PREFIX, Request
 from custos.identity.principal import Principal
 
@@ -24,6 +24,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/traces/{request}", traces.one),
     ("GET", "/traces/{request}/proof", traces.proof),
     ("GET", "/spend", spend.page),
+    ("GET", "/budgets", budgets.page),
     ("GET", "/identity", identity.page),
     ("POST", "/users", identity.create_user),
     ("POST", "/teams", identity.create_team),
@@ -48,6 +49,8 @@ def nav(p: Principal) -> list[tuple[str, str]]:
     items = [("Traces", f"{PREFIX}/traces")]
     if rights.reads_all(p):
         items.append(("Spend", f"{PREFIX}/spend"))
+    if rights.reads_all(p) or rights.managed_teams(p):
+        items.append(("Budgets", f"{PREFIX}/budgets"))
     items.append(("Identity", f"{PREFIX}/identity"))
     if rights.reads_all(p):
         items += [
