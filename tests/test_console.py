@@ -528,6 +528,31 @@ def test_audit_page_verifies_and_downloads_a_proof(
     alice = Signed(gw, people["alice"])
     assert alice.get(f"/ui/audit/proof?ref={rid}").status_code == 403
     assert alice.post("/ui/audit/verify", {"csrf": alice.csrf}).status_code == 403
+    assert alice.get("/ui/audit/export").status_code == 403
+
+    # The export is the stored records, as the API pages them.
+    exported = auditor.get("/ui/audit/export?event_type=llm.call").text.splitlines()
+    stored = admin_api(gw, "GET", "/audit/events", params={"event_type": "llm.call"}).json()
+    assert exported == [e["record"] for e in stored["data"]]
+
+    # Legal holds: the auditor reads them, only an admin sets and releases them.
+    assert not browser.find_elements(By.ID, "set-hold")
+    refused = auditor.post("/ui/audit/holds", {"reason": "case 7", "csrf": auditor.csrf})
+    assert refused.status_code == 403
+    sign_in(browser, gw, people["admin"])
+    visit(browser, f"{gw.url}/ui/audit")
+    browser.find_element(By.ID, "h-team").send_keys("blue")
+    browser.find_element(By.ID, "h-reason").send_keys("case 7")
+    browser.find_element(By.CSS_SELECTOR, "#set-hold button").click()
+    WebDriverWait(browser, 10).until(lambda d: "Legal hold" in d.page_source)
+    assert "blue: case 7" in browser.find_element(By.ID, "holds").text
+    holds = admin_api(gw, "GET", "/audit/holds", params={"active": "true"}).json()["data"]
+    assert [(h["team"], h["reason"]) for h in holds] == [("blue", "case 7")]
+    release = browser.find_element(By.CSS_SELECTOR, "#holds form")
+    release.find_element(By.NAME, "reason").send_keys("case closed")
+    release.find_element(By.TAG_NAME, "button").click()
+    WebDriverWait(browser, 10).until(lambda d: "released" in d.page_source)
+    assert admin_api(gw, "GET", "/audit/holds", params={"active": "true"}).json()["data"] == []
 
 
 def test_config_page_shows_the_served_revision_and_history(

@@ -29,6 +29,7 @@ from custos.console.web import (
     Response,
     Scope,
     Send,
+    StreamResponse,
     cookie,
     read_form,
     redirect,
@@ -43,7 +44,7 @@ from custos.state.errors import Conflict, Invalid, NotFound
 log = logging.getLogger("custos.console")
 
 Services = Callable[[], tuple[AdminService, Directory]]
-Page = Callable[["Console", Request], Awaitable[Response]]
+Page = Callable[["Console", Request], Awaitable[Response | StreamResponse]]
 
 _STATIC: Final = {
     "console.css": b"text/css; charset=utf-8",
@@ -99,6 +100,7 @@ class Console:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request.of(scope)
+        response: Response | StreamResponse
         try:
             response = await self._handle(request, scope, receive)
         except Exception:
@@ -106,7 +108,9 @@ class Console:
             response = self.error(request, 500, "The console failed; see the gateway log.")
         await response.send(send)
 
-    async def _handle(self, r: Request, scope: Scope, receive: Receive) -> Response:
+    async def _handle(
+        self, r: Request, scope: Scope, receive: Receive
+    ) -> Response | StreamResponse:
         rest = r.path[len(PREFIX) :].strip("/")
         if rest.startswith("static/"):
             return self.static(rest[len("static/") :])

@@ -10,7 +10,7 @@ secret, shown once); referrers only to this origin (with ``no-referrer`` browser
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final
@@ -134,6 +134,27 @@ class Response:
         ]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+@dataclass(slots=True)
+class StreamResponse:
+    """A download sent as it is produced (a whole audit export need not fit in memory).
+
+    ``first`` is produced before the response starts, so a refusal (a role, a bad range) is
+    still an error page and not a broken download."""
+
+    chunks: AsyncIterator[bytes]
+    first: bytes
+    content_type: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    async def send(self, send: Send) -> None:
+        headers = [(b"content-type", self.content_type), *SECURITY_HEADERS, *self.headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        async for chunk in self.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
 def redirect(location: str, *, status: int = 303) -> Response:

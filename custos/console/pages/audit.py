@@ -8,13 +8,16 @@ answers when it is done.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from custos.admin import rights
 from custos.audit import service as audit_service
-from custos.console.web import PREFIX, Request, Response, redirect
+from custos.audit.records.record import EVENT_TYPES
+from custos.console.web import PREFIX, Request, Response, StreamResponse, redirect
 
 
 async def page(c: Any, r: Request) -> Response:
@@ -23,7 +26,10 @@ async def page(c: Any, r: Request) -> Response:
     holds = await audit_service.holds(
         service, r.principal, audit_service.HoldsQuery.model_validate({"active": True})
     )
-    return c.render(r, "audit.html", log=status, holds=holds.data, last=c.last_verification)
+    return c.render(
+        r, "audit.html", log=status, holds=holds.data, last=c.last_verification,
+        can_hold=rights.is_admin(r.principal), event_types=sorted(EVENT_TYPES),
+    )  # fmt: skip
 
 
 async def verify(c: Any, r: Request) -> Response:
@@ -36,6 +42,54 @@ async def verify(c: Any, r: Request) -> Response:
     assert r.session is not None
     r.session.flash.append("Verification finished: " + ("OK" if report.ok else "FAILED"))
     return redirect(f"{PREFIX}/audit")
+
+
+async def set_hold(c: Any, r: Request) -> Response:
+    service, _ = c.service()
+    body = audit_service.HoldCreate(
+        team=r.form.get("team", "").strip() or None, reason=r.form.get("reason", "").strip()
+    )
+    hold = await audit_service.create_hold(service, r.principal, body)
+    return _flash(r, f"Legal hold {hold.id} set on {hold.team or 'every record'}.")
+
+
+async def release_hold(c: Any, r: Request) -> Response:
+    service, _ = c.service()
+    body = audit_service.HoldRelease(reason=r.form.get("reason", "").strip())
+    hold = await audit_service.end_hold(service, r.principal, r.params["hold"], body)
+    return _flash(r, f"Legal hold {hold.id} released.")
+
+
+def _flash(r: Request, message: str) -> Response:
+    assert r.session is not None
+    r.session.flash.append(message)
+    return redirect(f"{PREFIX}/audit")
+
+
+async def export(c: Any, r: Request) -> StreamResponse:
+    """The stored records (``custos audit export``, ``GET /admin/v1/audit/events``) as JSON
+    lines, each line the stored bytes, page after page."""
+    service, _ = c.service()
+    values = {k: r.query[k] for k in ("from", "to", "event_type") if r.query.get(k)}
+
+    async def page(after: int) -> audit_service.StoredRecordList:
+        query = audit_service.EventsQuery.model_validate({**values, "after": after})
+        return await audit_service.events(service, r.principal, query)
+
+    first = await page(0)  # checks the role and the range before the download starts
+
+    async def rest() -> AsyncIterator[bytes]:
+        found = first
+        while found.next_after is not None:
+            found = await page(found.next_after)
+            yield _lines(found)
+
+    disposition = (b"content-disposition", b'attachment; filename="custos-audit.jsonl"')
+    return StreamResponse(rest(), _lines(first), b"application/x-ndjson", [disposition])
+
+
+def _lines(found: audit_service.StoredRecordList) -> bytes:
+    return b"".join(e.record.encode() + b"\n" for e in found.data)
 
 
 async def proof(c: Any, r: Request) -> Response:
