@@ -42,6 +42,7 @@ async def listing(c: Any, r: Request) -> Response:
         r,
         "traces.html",
         page=page,
+        names=await _names(service, r.principal),
         filters=FILTERS,
         values=values,
         outcomes=traces.OUTCOMES,
@@ -70,6 +71,14 @@ async def proof(c: Any, r: Request) -> Response:
         b"application/json",
         [(b"content-disposition", _attachment(f"custos-trace-{request_id}.json"))],
     )
+
+
+async def _names(service: Any, p: Any) -> dict[str, str]:
+    """Principal id → email or account name, for the principals ``p`` may see (the API's
+    lists); others are shown by id."""
+    names = {u.id: u.email for u in await service.list_users(p)}
+    names.update((v.account.id, v.account.name) for v in await service.list_accounts(p))
+    return names
 
 
 def _attachment(name: str) -> bytes:
