@@ -471,6 +471,17 @@ def test_the_spend_charts_totals_are_the_reports(
         assert sorted(int(b.get_attribute("data-value") or 0) for b in bars) == sorted(
             teams.values()
         )
+    # Per model and per data class (a call can carry several classes), bar for row.
+    for by in ("model", "data_class"):
+        visit(browser, f"{gw.url}/ui/spend?from={today}&to={today}&by={by}&measure=requests")
+        params = {"from": today, "to": today, "group_by": by}
+        rows = admin_api(gw, "GET", "/audit/report", people["auditor"], params=params).json()
+        bars = browser.find_elements(By.CSS_SELECTOR, "#group-chart rect.bar")
+        assert sorted(int(b.get_attribute("data-value") or 0) for b in bars) == sorted(
+            r["requests"] for r in rows["rows"]
+        ), by
+        day = browser.find_element(By.CSS_SELECTOR, "#day-chart svg")
+        assert int(day.get_attribute("data-total") or -1) == rows["totals"]["requests"]
 
 
 def test_budgets_are_the_apis_for_each_role(

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from custos.audit import service as audit_service
+from custos.audit.compliance.report import MEASURES as MEASURE_NAMES
 from custos.console import charts
 from custos.console.web import Request, Response, usd
 
@@ -47,20 +48,46 @@ def _every_day(daily: audit_service.ReportOut, measure: str) -> list[tuple[str, 
     return [(day, found.get(day, 0)) for day in days]
 
 
+async def _reports(
+    service: Any, p: Any, since: str, until: str, by: str
+) -> tuple[audit_service.ReportOut, audit_service.ReportOut]:
+    """The report per day and per ``by``. A call is in one day and one value of ``by`` (but
+    for ``data_class``: a call carries several), so one report grouped by both is summed
+    each way; for ``data_class`` two reports are read."""
+
+    async def report(group_by: str) -> audit_service.ReportOut:
+        query = {"from": since, "to": until, "group_by": group_by}
+        return await audit_service.report(
+            service, p, audit_service.ReportQuery.model_validate(query)
+        )
+
+    if by == "data_class":
+        return await report("day"), await report(by)
+    both = await report(f"day,{by}")
+    return _rollup(both, "day"), _rollup(both, by)
+
+
+def _rollup(report: audit_service.ReportOut, dim: str) -> audit_service.ReportOut:
+    """``report`` with its rows summed per value of ``dim`` (totals unchanged)."""
+    sums: dict[Any, dict[str, int]] = {}
+    for row in report.rows:
+        acc = sums.setdefault(row.group[dim], dict.fromkeys(MEASURE_NAMES, 0))
+        for name in MEASURE_NAMES:
+            acc[name] += getattr(row, name)
+    rows = [
+        audit_service.ReportRow(group={dim: key}, **values)
+        for key, values in sorted(sums.items(), key=lambda kv: (kv[0] is None, str(kv[0])))
+    ]
+    return report.model_copy(update={"rows": rows, "group_by": [dim]})
+
+
 async def page(c: Any, r: Request) -> Response:
     service, _ = c.service()
     start, end = default_range()
     since, until = r.query.get("from") or start, r.query.get("to") or end
     by = r.query.get("by") if r.query.get("by") in DIMENSIONS else "team"
     measure = r.query.get("measure") if r.query.get("measure") in MEASURES else "cost_micros"
-    daily = await audit_service.report(
-        service, r.principal,
-        audit_service.ReportQuery.model_validate({"from": since, "to": until, "group_by": "day"}),
-    )  # fmt: skip
-    grouped = await audit_service.report(
-        service, r.principal,
-        audit_service.ReportQuery.model_validate({"from": since, "to": until, "group_by": by}),
-    )  # fmt: skip
+    daily, grouped = await _reports(service, r.principal, since, until, by)
     fmt = usd if measure == "cost_micros" else (lambda v: f"{v:,}")
     day_points = _every_day(daily, measure)
     group_points = [
