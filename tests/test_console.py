@@ -604,6 +604,38 @@ def test_the_quarter_question_and_the_records_behind_a_cell(
     assert len(records.text.splitlines()) == unlabelled
 
 
+def test_every_field_is_labelled_and_the_keyboard_reaches_the_content(
+    gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    sign_in(browser, gw, people["admin"])
+    rid = people["requests"]["alice"][0]
+    for path in ("traces", f"traces/{rid}", "spend", "budgets", "identity", "audit", "config",
+                 "quarter"):  # fmt: skip
+        visit(browser, f"{gw.url}/ui/{path}")
+        assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+        unlabelled = browser.execute_script(
+            """return [...document.querySelectorAll('input:not([type=hidden]), select')]
+                 .filter(e => !(e.id && document.querySelector(`label[for="${e.id}"]`))
+                              && !e.closest('label') && !e.getAttribute('aria-label'))
+                 .map(e => e.outerHTML);"""
+        )
+        assert unlabelled == [], (path, unlabelled)
+        for table in browser.find_elements(By.CSS_SELECTOR, "table"):
+            assert table.find_elements(By.CSS_SELECTOR, "thead th"), path
+    # The first Tab reaches the skip link, which moves the focus to the page's content.
+    visit(browser, f"{gw.url}/ui/traces")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Skip to content"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    assert browser.switch_to.active_element.get_attribute("id") == "main"
+    # The filters are reached and sent with the keyboard alone.
+    field = browser.find_element(By.ID, "f-team")
+    field.send_keys("red", Keys.ENTER)
+    WebDriverWait(browser, 10).until(lambda d: "team=red" in d.current_url)
+
+
 def test_no_secret_in_any_page_or_the_log(gw: GatewayProcess, people: dict[str, Any]) -> None:
     secrets = [people[r] for r in ("admin", "auditor", "manager", "alice", "bob")]
     secrets += people.get("made", [])
