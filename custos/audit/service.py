@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -266,15 +267,31 @@ class VerifyOut(_Out):
     failures: list[str] = Field(description="In the order found; the first is the one to fix.")
 
 
-async def verify(svc: AdminService, principal: Any, q: VerifyQuery) -> VerifyOut:
+async def verify(
+    svc: AdminService,
+    principal: Any,
+    q: VerifyQuery,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyOut:
+    """``progress``, if given, is told how many of the log's leaves have been checked, page
+    after page (the console shows it)."""
+    check_verify(principal, q)
+    since, until = verify_range(q.from_, q.to)
+    async with _VERIFYING:
+        report = await verify_log(
+            svc.store, since=since, until=until, page_size=API_PAGE, progress=progress
+        )
+    return VerifyOut.model_validate(report.as_json())
+
+
+def check_verify(principal: Any, q: VerifyQuery) -> None:
+    """What ``verify`` refuses before it starts: the caller's role, the range."""
     rights.require_reader(principal, "verifying the audit log")
     try:
-        since, until = verify_range(q.from_, q.to)
+        verify_range(q.from_, q.to)
     except ValueError as exc:
         raise BadInput(str(exc), "from") from None
-    async with _VERIFYING:
-        report = await verify_log(svc.store, since=since, until=until, page_size=API_PAGE)
-    return VerifyOut.model_validate(report.as_json())
 
 
 # -- legal holds -----------------------------------------------------------------------------------

@@ -95,8 +95,8 @@ class Console:
         self.sessions = Sessions()
         self.templates = templates()
         self.routes = [_route(m, p, page) for m, p, page in pages.ROUTES]
-        #: The last verification this process ran: (when, the report), for the audit page.
-        self.last_verification: tuple[str, Any] | None = None
+        #: The last verification started here (``pages.audit.Verification``), running or done.
+        self.last_verification: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request.of(scope)

@@ -8,7 +8,10 @@ answers when it is done.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +21,8 @@ from custos.admin import rights
 from custos.audit import service as audit_service
 from custos.audit.records.record import EVENT_TYPES
 from custos.console.web import PREFIX, Request, Response, StreamResponse, redirect
+
+log = logging.getLogger("custos.console")
 
 
 async def page(c: Any, r: Request) -> Response:
@@ -32,16 +37,55 @@ async def page(c: Any, r: Request) -> Response:
     )  # fmt: skip
 
 
+@dataclass(slots=True)
+class Verification:
+    """A verification run from the console: running (``report`` is ``None``) or done."""
+
+    started: str
+    by: str
+    total: int
+    done: int = 0
+    report: audit_service.VerifyOut | None = None
+    error: str | None = None
+    finished: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.report is None and self.error is None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 async def verify(c: Any, r: Request) -> Response:
+    """Start a verification (one at a time); the audit page follows its progress."""
     service, _ = c.service()
     query = audit_service.VerifyQuery.model_validate(
         {k: v for k, v in (("from", r.form.get("from")), ("to", r.form.get("to"))) if v}
     )
-    report = await audit_service.verify(service, r.principal, query)
-    c.last_verification = (datetime.now(UTC).isoformat(timespec="seconds"), report)
-    assert r.session is not None
-    r.session.flash.append("Verification finished: " + ("OK" if report.ok else "FAILED"))
-    return redirect(f"{PREFIX}/audit")
+    audit_service.check_verify(r.principal, query)  # refused now, not in the background
+    current = c.last_verification
+    if current is not None and current.running:
+        return _flash(r, "A verification is running already.")
+    status = await audit_service.log_status(service, r.principal)
+    run = Verification(started=_now(), by=r.principal.name, total=status.log_size)
+
+    def progress(done: int) -> None:
+        run.done = done
+
+    async def work() -> None:
+        try:
+            run.report = await audit_service.verify(service, r.principal, query, progress=progress)
+        except Exception as exc:  # shown on the page; the log has the details
+            log.exception("verification from the console failed")
+            run.error = type(exc).__name__
+        run.finished = _now()
+
+    run.task = asyncio.create_task(work())
+    c.last_verification = run
+    return _flash(r, "Verification started.")
 
 
 async def set_hold(c: Any, r: Request) -> Response:
