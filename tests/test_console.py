@@ -13,17 +13,24 @@ page at desktop (1280 px) and narrow (390 px) widths into DIR.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
+import secrets
 import time
+import urllib.parse
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import openai
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException
 from selenium.webdriver.chrome.service import Service
@@ -31,6 +38,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from custos.audit.log.checkpoint import generate_pem
+from tests.audit_helpers import serve_http
 from tests.conftest import GatewayProcess, MockProvider, standard_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,10 +47,86 @@ CLASSES = {"customer_data": {"detectors": ["pii.email"]}}
 MODEL = "openai-main/gpt-5.5"
 
 
+class IdP(BaseHTTPRequestHandler):
+    """A minimal OIDC provider: discovery, an authorize endpoint that signs in ``user`` at once
+    (no login page), a token endpoint that checks the PKCE verifier, and its key set."""
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    url = ""
+    user = "alice@custos.test"
+    codes: dict[str, dict[str, str]] = {}
+    exchanges: list[dict[str, str]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, body: Any, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if path == "/.well-known/openid-configuration":
+            base = IdP.url
+            self._json({"issuer": base, "authorization_endpoint": f"{base}/authorize",
+                        "token_endpoint": f"{base}/token", "jwks_uri": f"{base}/jwks"})  # fmt: skip
+        elif path == "/jwks":
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(IdP.key.public_key()))
+            self._json({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+        elif path == "/authorize":
+            params = dict(urllib.parse.parse_qsl(query))
+            code = secrets.token_urlsafe(16)
+            IdP.codes[code] = {**params, "email": IdP.user}
+            target = params["redirect_uri"] + "?" + urllib.parse.urlencode(
+                {"code": code, "state": params["state"]})  # fmt: skip
+            self.send_response(302)
+            self.send_header("location", target)
+            self.send_header("content-length", "0")
+            self.end_headers()
+        else:
+            self._json({"error": "not_found"}, 404)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length", "0"))
+        form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+        IdP.exchanges.append(form)
+        granted = IdP.codes.pop(form.get("code", ""), None)
+        verifier = form.get("code_verifier", "")
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        if granted is None or digest.rstrip(b"=").decode() != granted["code_challenge"]:
+            self._json({"error": "invalid_grant"}, 400)
+            return
+        now = int(time.time())
+        claims = {"iss": IdP.url, "aud": granted["client_id"], "sub": "s-1", "iat": now,
+                  "exp": now + 300, "nonce": granted["nonce"],
+                  "email": granted["email"]}  # fmt: skip
+        token = jwt.encode(claims, IdP.key, algorithm="RS256", headers={"kid": "k1"})
+        self._json({"id_token": token, "token_type": "Bearer", "access_token": "x"})
+
+
 @pytest.fixture(scope="module")
-def gw(mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def idp() -> Iterator[str]:
+    server, url = serve_http(IdP)
+    IdP.url = url
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    mock_provider: MockProvider, tmp_path_factory: pytest.TempPathFactory, idp: str
+) -> Iterator[Any]:
+    identity = "identity:\n  token_hash_key: ${env:CUSTOS_TEST_TOKEN_KEY}\n"
+    with_idp = identity + (
+        f"  idp:\n    - {{name: corp, issuer: '{idp}', audience: custos,"
+        f" jwks_url: '{idp}/jwks', console: {{client_id: custos-console}}}}\n"
+    )
     text = (
-        standard_config(mock_provider.url)
+        standard_config(mock_provider.url).replace(identity, with_idp)
         + "data_classes: "
         + json.dumps(CLASSES)
         + "\naudit: {checkpoint_interval_s: 0.3}\n"
@@ -225,6 +309,47 @@ def test_sign_in_session_cookie_headers_and_sign_out(
     assert refused.status_code == 403 and "custos_console=" not in refused.headers.get(
         "set-cookie", ""
     )
+
+
+def test_sign_in_through_the_identity_provider(
+    gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    assert "identity:\n  token_hash_key" in gw.config_path.read_text()
+    browser.delete_all_cookies()
+    IdP.user = "alice@custos.test"
+    visit(browser, f"{gw.url}/ui/signin?next=/ui/identity")
+    browser.find_element(By.LINK_TEXT, "corp").click()
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/ui/identity"))
+    assert browser.find_element(By.CSS_SELECTOR, ".who span").text == "alice@custos.test"
+    # The roles are the store's: alice is a member, as with her token.
+    assert nav_labels(browser) == ["Traces", "Identity"]
+    assert people["requests"]["alice"][0] in visit(browser, f"{gw.url}/ui/traces")
+    exchange = IdP.exchanges[-1]
+    assert exchange["client_id"] == "custos-console" and len(exchange["code_verifier"]) >= 43
+    assert browser.get_cookie("custos_console_oidc") is None  # the pending sign-in is spent
+
+    # An email the IdP vouches for but Custos does not know: refused, and no session.
+    browser.delete_all_cookies()
+    IdP.user = "carol@custos.test"
+    visit(browser, f"{gw.url}/ui/signin")
+    browser.find_element(By.LINK_TEXT, "corp").click()
+    error = WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "signin-error"))
+    assert "not a Custos user" in error[0].text
+    assert browser.get_cookie("custos_console") is None
+
+    # A callback this browser did not start (a sign-in CSRF) is refused.
+    client = httpx.Client(base_url=gw.url)
+    started = client.get("/ui/signin/oidc/corp")
+    assert started.status_code == 302
+    state = urllib.parse.parse_qs(urllib.parse.urlparse(started.headers["location"]).query)[
+        "state"
+    ][0]
+    fresh = httpx.Client(base_url=gw.url)
+    refused = fresh.get(f"/ui/signin/oidc/callback?code=x&state={state}")
+    assert refused.status_code == 401 and "custos_console=" not in refused.headers.get(
+        "set-cookie", ""
+    )
+    assert client.get("/ui/signin/oidc/nope").status_code == 404
 
 
 def test_csrf_is_required_on_every_change(gw: GatewayProcess, people: dict[str, Any]) -> None:

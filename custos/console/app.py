@@ -20,6 +20,7 @@ from typing import Any, Final
 from custos.admin.errors import BadInput, Forbidden
 from custos.admin.service import AdminService
 from custos.console import pages
+from custos.console.oidc import OIDCSignIn
 from custos.console.sessions import COOKIE, MAX_AGE_S, SIGNIN_COOKIE, Sessions, same_token
 from custos.console.web import (
     PREFIX,
@@ -93,6 +94,7 @@ class Console:
         self.services = services
         self.on_auth_failure = on_auth_failure
         self.sessions = Sessions()
+        self.oidc = OIDCSignIn()
         self.templates = templates()
         self.routes = [_route(m, p, page) for m, p, page in pages.ROUTES]
         #: The last verification started here (``pages.audit.Verification``), running or done.
@@ -214,9 +216,18 @@ class Console:
         response = Response(200, body, content_type)
         return response
 
-    def start_session(self, r: Request, principal: Principal, to: str) -> Response:
+    def start_session(
+        self, r: Request, principal: Principal, to: str, *, via_page: bool = False
+    ) -> Response:
+        """Sign ``principal`` in and send the browser on to ``to``: a redirect, or
+        (``via_page``) a page that moves on by itself, for a browser arriving from another
+        site, which would not send the new SameSite=Strict cookie along a redirect."""
         session_id, _ = self.sessions.create(principal)
-        response = redirect(to)
+        if via_page:
+            page = self.templates.get_template("continue.html").render(prefix=PREFIX, next=to)
+            response = Response(200, page.encode())
+        else:
+            response = redirect(to)
         response.headers.append(
             (b"set-cookie", cookie(COOKIE, session_id, secure=r.secure, max_age=MAX_AGE_S))
         )

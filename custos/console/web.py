@@ -161,9 +161,12 @@ def redirect(location: str, *, status: int = 303) -> Response:
     return Response(status, b"", headers=[(b"location", location.encode())])
 
 
-def cookie(name: str, value: str, *, secure: bool, max_age: int | None = None) -> bytes:
-    """A ``Set-Cookie`` value: HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS."""
-    parts = [f"{name}={value}", f"Path={PREFIX}", "HttpOnly", "SameSite=Strict"]
+def cookie(
+    name: str, value: str, *, secure: bool, max_age: int | None = None, same_site: str = "Strict"
+) -> bytes:
+    """A ``Set-Cookie`` value: HttpOnly, SameSite=Strict (``Lax`` only for what must come back
+    with an identity provider's redirect), Path=/ui, Secure over TLS."""
+    parts = [f"{name}={value}", f"Path={PREFIX}", "HttpOnly", f"SameSite={same_site}"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
     if secure:

@@ -20,6 +20,8 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/signin", auth.signin_form),
     ("POST", "/signin", auth.signin),
     ("POST", "/signout", auth.signout),
+    ("GET", "/signin/oidc/callback", auth.oidc_callback),
+    ("GET", "/signin/oidc/{idp}", auth.oidc_start),
     ("GET", "/traces", traces.listing),
     ("GET", "/traces/{request}", traces.one),
     ("GET", "/traces/{request}/proof", traces.proof),
@@ -44,7 +46,7 @@ ROUTES: list[tuple[str, str, Any]] = [
 ]
 
 #: Pages served without a session.
-PUBLIC = frozenset({auth.signin_form, auth.signin})
+PUBLIC = frozenset({auth.signin_form, auth.signin, auth.oidc_start, auth.oidc_callback})
 
 
 def nav(p: Principal) -> list[tuple[str, str]]:
