@@ -784,6 +784,7 @@ def test_screenshots(gw: GatewayProcess, people: dict[str, Any], browser: webdri
     out.mkdir(parents=True, exist_ok=True)
     rid = people["requests"]["alice"][0]
     pages = {"traces": "/ui/traces", "trace": f"/ui/traces/{rid}", "spend": "/ui/spend",
+             "budgets": "/ui/budgets",
              "identity": "/ui/identity", "audit": "/ui/audit", "config": "/ui/config",
              "quarter": "/ui/quarter"}  # fmt: skip
     try:
