@@ -162,3 +162,17 @@ async def test_cell_records_are_the_reports_cell(store: Store) -> None:  # noqa:
             svc, principal({"member"}), since="2026-07-01", until="2026-09-30",
             team="x", data_class="y", provider="z",
         )  # fmt: skip
+
+
+async def test_log_status_reads_the_head_and_is_for_readers(store: Store) -> None:  # noqa: F811
+    from custos.audit import service as audit_service
+
+    records = seeded_calls(20, seed=2)
+    await _seed(store, records)
+    svc = AdminService(store, TokenService(store, "k" * 32))
+    status = await audit_service.log_status(svc, principal({"auditor"}))
+    # SQLite sequences as it inserts; PostgreSQL's sequencer (not running here) has not yet.
+    assert status.log_size == (20 if store.serial_writes else 0)
+    assert (status.checkpoint_size, status.checkpoints) == (None, 0)
+    with pytest.raises(Forbidden):
+        await audit_service.log_status(svc, principal({"member"}))
