@@ -334,6 +334,27 @@ class ClaimMapping(_Strict):
     roles: str | None = None
 
 
+class ConsoleSignIn(_Strict):
+    """Signing in to the web console through this IdP: OIDC authorization code with PKCE, as a
+    public client (docs/console.md). The IdP's user must exist in Custos with that email."""
+
+    client_id: Annotated[str, Field(min_length=1, max_length=500)]
+    #: Where the IdP sends the browser back; by default this gateway's own
+    #: ``/ui/signin/oidc/callback`` at the host the browser used. Set it behind a proxy.
+    redirect_url: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email"])
+    #: By default read from the issuer's ``/.well-known/openid-configuration``.
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+
+    @field_validator("redirect_url", "authorization_endpoint", "token_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class IdPSettings(_Strict):
     """An OIDC identity provider whose bearer JWTs the gateway accepts."""
 
@@ -362,6 +383,8 @@ class IdPSettings(_Strict):
     teams: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
     #: The virtual accounts it vouches for (principal ``virtualaccount``): names or ``*`` globs.
     accounts: list[str] | None = None
+    #: Sign-in to the web console through this IdP (users only).
+    console: ConsoleSignIn | None = None
 
     @field_validator("jwks_url")
     @classmethod
@@ -394,6 +417,8 @@ class IdPSettings(_Strict):
 
     @model_validator(mode="after")
     def _scope_fits_principal(self) -> IdPSettings:
+        if self.principal != "user" and self.console is not None:
+            raise ValueError("console sign-in is for an IdP with principal: user")
         if self.principal == "user" and self.accounts is not None:
             raise ValueError("accounts is for an IdP with principal: virtualaccount")
         if self.principal == "virtualaccount" and self.email_domains is not None:

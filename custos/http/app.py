@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from custos.console.app import Console
+from custos.console.web import PREFIX as CONSOLE_PREFIX
 from custos.context import RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
@@ -75,6 +77,10 @@ class GatewayApp:
             budgets=gateway.limiter,
             body_timeout_s=self.body_timeout_s,
         )
+        #: The web console at /ui, over the admin API's own service (``custos.console``).
+        self.console = Console(
+            gateway, self.admin.service_and_directory, on_auth_failure=self.auth_failed
+        )
         endpoints = [
             self._llm("/v1/chat/completions", "openai", "chat"),
             self._llm("/v1/embeddings", "openai", "embeddings"),
@@ -99,6 +105,9 @@ class GatewayApp:
         path = scope["path"]
         if path.startswith("/admin/") or path == "/admin":
             await self.admin(scope, receive, send)
+            return
+        if path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
+            await self.console(scope, receive, send)
             return
         endpoint = self.routes.get(path) or self.routes.get(path.rstrip("/"))
         if (
