@@ -5,7 +5,8 @@ comes back (``llm_output``)::
 
     guardrails:
       - id: pii-redact
-        hook: llm_input            # llm_input | llm_output
+        hook: llm_input            # llm_input | llm_output | mcp_tool_pre_invoke
+                                   # | mcp_tool_post_invoke
         type: pii                  # pii | secrets | regex | keywords | prompt_injection
                                    # | metadata | webhook
         operation: mutate          # validate: never changes data | mutate: may rewrite it
@@ -18,8 +19,8 @@ ones replace what they find with typed placeholders (``<EMAIL_1>``) and let the 
 ``enforce_but_ignore_on_error`` lets a call through when the guardrail itself fails or times
 out; ``audit`` decides and records, never blocks nor rewrites. Guardrails of one hook run in
 list order (mutations apply in that order); the first ``validate`` that refuses stops the
-request. The ``mcp_tool_*`` hooks and the ``cedar``/``opa`` types belong to the MCP gateway and
-are refused here until it exists.
+request. ``mcp_tool_pre_invoke`` checks a tool call's arguments before the tool runs,
+``mcp_tool_post_invoke`` its result before the agent sees it (``mutate`` redacts it; docs/mcp.md).
 
 ``data_classes:`` names the classes of data the organisation cares about and what detects
 them in a request's content; any rule's ``when: {data_classes: [...]}`` then matches requests
@@ -45,12 +46,12 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _CLASS = r"^[a-z][a-z0-9_.-]{0,63}$"
 _DETECTOR = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 
-Hook = Literal["llm_input", "llm_output"]
+Hook = Literal["llm_input", "llm_output", "mcp_tool_pre_invoke", "mcp_tool_post_invoke"]
 GuardrailType = Literal[
     "pii", "secrets", "regex", "keywords", "prompt_injection", "metadata", "webhook"
 ]
-#: Hooks and types of the DESIGN that come with the MCP gateway.
-LATER_HOOKS = ("mcp_tool_pre_invoke", "mcp_tool_post_invoke")
+#: Hooks and types of the DESIGN still to come.
+LATER_HOOKS: tuple[str, ...] = ()
 LATER_TYPES = ("cedar", "opa")
 
 
