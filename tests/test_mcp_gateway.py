@@ -1,0 +1,417 @@
+"""The MCP gateway end to end: the official ``mcp`` SDK as the client (Streamable HTTP), through
+``custos serve``, to tool servers built with the same SDK's FastMCP, all on loopback ports.
+
+What is shown: the tool list is exactly what access grants; calls go through and come back;
+progress passes through; a cancelled call is cancelled at the tool server; a server that dies
+mid-call gives the client a clean JSON-RPC error; a denial (access, a guardrail) is an error the
+SDK raises, naming the rule; PII in a result is redacted before the client sees it; a session
+opened on one replica is served by another; every call is one ``mcp.tool_call`` record in the
+audit log, which ``custos audit verify`` proves intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from mcp import ClientSession, McpError, types
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.audit_helpers import eventually
+from tests.conftest import CUSTOS, ROOT, GatewayProcess, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+SERVER_SCRIPT = ROOT / "tests" / "mcp_tool_server.py"
+UPSTREAM_TOKEN = "upstream-secret-token-for-tests"
+
+
+class ToolServer:
+    """``tests/mcp_tool_server.py`` on a free port."""
+
+    def __init__(self, markers: Path, *, token: str | None = None) -> None:
+        markers.mkdir(parents=True, exist_ok=True)
+        self.markers = markers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        command = [sys.executable, str(SERVER_SCRIPT), "--port", str(self.port),
+                   "--markers", str(markers)]  # fmt: skip
+        if token:
+            command += ["--token", token]
+        self.process = subprocess.Popen(command, cwd=ROOT)
+        self._wait()
+
+    def _wait(self) -> None:
+        for _ in range(200):
+            if self.process.poll() is not None:
+                raise RuntimeError("the tool server exited")
+            try:
+                httpx.get(self.url, timeout=0.5)
+                return
+            except httpx.HTTPError:
+                asyncio.run(asyncio.sleep(0.05))
+        raise RuntimeError("the tool server did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def gateway_config(tools_url: str, fragile_url: str, store: str = "sqlite:///./custos.db") -> str:
+    return textwrap.dedent(
+        f"""\
+        version: 1
+        state: {{store: "{store}"}}
+        identity:
+          token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
+        providers: {{}}
+        access:
+          - id: admin-tools
+            subjects: [user:admin@custos.test]
+            mcp_tools: [tools/echo, tools/lookup_customer, tools/count, tools/wait_forever,
+                        tools/delete_record, fragile/*]
+        mcp_servers:
+          tools:
+            url: {tools_url}
+            region: eu
+            auth: {{type: bearer, token: "${{env:CUSTOS_TEST_UPSTREAM_TOKEN}}"}}
+            timeouts: {{call_s: 30}}
+          fragile:
+            url: {fragile_url}
+        virtual_mcp_servers:
+          desk:
+            tools: [tools/echo, tools/secret_tool, fragile/echo]
+        guardrails:
+          - id: redact-pii-in-results
+            hook: mcp_tool_post_invoke
+            type: pii
+            operation: mutate
+            when: {{mcp_tools: [tools/lookup_customer]}}
+          - id: no-drop-table
+            hook: mcp_tool_pre_invoke
+            type: keywords
+            keywords: {{sql: [DROP TABLE]}}
+        """
+    )
+
+
+@pytest.fixture(scope="module")
+def tool_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ToolServer, ToolServer]]:
+    root = tmp_path_factory.mktemp("tools")
+    tools = ToolServer(root / "tools", token=UPSTREAM_TOKEN)
+    fragile = ToolServer(root / "fragile")
+    yield tools, fragile
+    tools.stop()
+    fragile.stop()
+
+
+@pytest.fixture(scope="module")
+def mcp_gateway(
+    tool_servers: tuple[ToolServer, ToolServer], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    tools, fragile = tool_servers
+    gateway = GatewayProcess(
+        gateway_config(tools.url, fragile.url),
+        tmp_path_factory.mktemp("mcp-gateway"),
+        env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+    )
+    yield gateway
+    gateway.stop()
+
+
+async def run_session(
+    gateway: GatewayProcess, body: Any, endpoint: str = "tools", *, url: str | None = None,
+    session_id: str | None = None,
+) -> Any:  # fmt: skip
+    """``body(session)`` in an SDK session with ``endpoint`` (initialized, unless it resumes
+    ``session_id``, possibly on another replica's ``url``)."""
+    try:
+        return await _run_session(gateway, body, endpoint, url, session_id)
+    except BaseExceptionGroup as group:  # anyio's task groups wrap what the body raised
+        raise _leaf(group) from None
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def _run_session(
+    gateway: GatewayProcess, body: Any, endpoint: str, url: str | None, session_id: str | None
+) -> Any:
+    headers = dict(gateway.headers)
+    if session_id is not None:
+        headers["mcp-session-id"] = session_id
+    async with (
+        httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=60)) as http,
+        streamable_http_client(f"{url or gateway.url}/mcp/{endpoint}", http_client=http) as (
+            read, write, _),
+        ClientSession(read, write) as session,
+    ):  # fmt: skip
+        if session_id is None:
+            await session.initialize()
+        return await body(session)
+
+
+def tool_records(gateway: GatewayProcess) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{gateway.url}/admin/v1/audit/events",
+        params={"event_type": "mcp.tool_call", "limit": 1000},
+        headers=gateway.headers,
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return [orjson.loads(r["record"]) for r in response.json()["data"]]
+
+
+def record_where(gateway: GatewayProcess, **fields: Any) -> dict[str, Any]:
+    def matching() -> list[dict[str, Any]]:
+        return [r for r in tool_records(gateway)
+                if all(r.get(k) == v for k, v in fields.items())]  # fmt: skip
+
+    found = eventually(matching, bool)
+    assert found, f"no mcp.tool_call record with {fields}"
+    return found[-1]
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+# -- listing and calling ---------------------------------------------------------------------------
+
+
+def test_tools_list_shows_exactly_what_access_grants(mcp_gateway):
+    async def body(s: ClientSession) -> list[str]:
+        return sorted(t.name for t in (await s.list_tools()).tools)
+
+    names = asyncio.run(run_session(mcp_gateway, body))
+    assert names == ["count", "delete_record", "echo", "lookup_customer", "wait_forever"]
+    assert "secret_tool" not in names  # the server has it; no grant names it
+
+
+def test_a_call_goes_through_and_is_recorded(mcp_gateway):
+    async def body(s: ClientSession) -> types.CallToolResult:
+        return await s.call_tool("echo", {"text": "hello tools"})
+
+    result = asyncio.run(run_session(mcp_gateway, body))
+    assert not result.isError
+    assert text_of(result) == "hello tools"
+    record = record_where(mcp_gateway, **{"mcp.tool": "echo", "outcome": "served"})
+    assert record["mcp.server"] == "tools"
+    assert record["mcp.endpoint"] == "tools"
+    assert record["cloud.region"] == "eu"
+    assert record["principal.id"] is not None
+    assert record["mcp.result.is_error"] is False
+    assert len(record["mcp.arguments.hmac_sha256"]) == 64
+    assert len(record["mcp.result.hmac_sha256"]) == 64
+    assert "hello tools" not in orjson.dumps(record).decode()  # digests, never the content
+    assert [(d["stage"], d["rule"], d["decision"]) for d in record["decisions"]][:1] == [
+        ("authorize", "admin-tools", "allow")
+    ]
+    assert UPSTREAM_TOKEN not in mcp_gateway.log()
+
+
+def test_a_tool_access_does_not_grant_is_an_error_the_sdk_raises(mcp_gateway):
+    async def body(s: ClientSession) -> None:
+        await s.call_tool("secret_tool", {})
+
+    with pytest.raises(McpError) as caught:
+        asyncio.run(run_session(mcp_gateway, body))
+    assert "tools/secret_tool" in caught.value.error.message
+    assert caught.value.error.data["code"] == "tool_not_allowed"
+    request_id = caught.value.error.data["request_id"]
+    record = record_where(mcp_gateway, request_id=request_id)
+    assert record["outcome"] == "denied"
+    assert record["stopped_at"] == "authorize"
+
+
+def test_an_unknown_tool_is_refused_without_saying_whether_it_exists(mcp_gateway):
+    async def body(s: ClientSession) -> None:
+        await s.call_tool("no_such_tool", {})
+
+    # On a server's endpoint access decides first: an ungranted name is refused as such.
+    with pytest.raises(McpError) as caught:
+        asyncio.run(run_session(mcp_gateway, body))
+    assert caught.value.error.data["code"] == "tool_not_allowed"
+    # A virtual server knows its tools: a name it does not offer is invalid params.
+    with pytest.raises(McpError) as caught:
+        asyncio.run(run_session(mcp_gateway, body, endpoint="desk"))
+    assert caught.value.error.code == -32602
+    assert caught.value.error.data["code"] == "tool_not_found"
+
+
+def test_a_pre_invoke_guardrail_blocks_by_name(mcp_gateway):
+    async def body(s: ClientSession) -> None:
+        await s.call_tool("echo", {"text": "please DROP TABLE customers"})
+
+    with pytest.raises(McpError) as caught:
+        asyncio.run(run_session(mcp_gateway, body))
+    assert "no-drop-table" in caught.value.error.message
+    assert caught.value.error.data["code"] == "guardrail_blocked"
+    record = record_where(mcp_gateway, request_id=caught.value.error.data["request_id"])
+    assert record["stopped_at"] == "guardrails"
+    assert record["mcp.result.hmac_sha256"] is None
+
+
+def test_pii_in_a_result_is_redacted_before_the_client_sees_it(mcp_gateway):
+    async def body(s: ClientSession) -> types.CallToolResult:
+        return await s.call_tool("lookup_customer", {"customer_id": "CUST-000042"})
+
+    result = asyncio.run(run_session(mcp_gateway, body))
+    text = text_of(result)
+    assert "ada@example.com" not in text
+    assert "7946" not in text
+    assert "<EMAIL_1>" in text and "Ada Lovelace" in text
+    assert result.structuredContent == {"result": text}  # redacted there too, the same way
+    record = record_where(mcp_gateway, **{"mcp.tool": "lookup_customer"})
+    (decision,) = [d for d in record["decisions"] if d["rule"] == "redact-pii-in-results"]
+    assert decision["decision"] == "mutate"
+    assert decision["input"]["hook"] == "mcp_tool_post_invoke"
+    # found in the text block and again in the structured content (FastMCP sends both)
+    assert decision["input"]["found"] == {"pii.email": 2, "pii.phone": 2}
+
+
+def test_progress_passes_through(mcp_gateway):
+    seen: list[float] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        seen.append(value)
+
+    async def body(s: ClientSession) -> types.CallToolResult:
+        return await s.call_tool("count", {"steps": 4}, progress_callback=progress)
+
+    result = asyncio.run(run_session(mcp_gateway, body))
+    assert text_of(result) == "counted to 4"
+    assert seen == [1, 2, 3, 4]
+    record = record_where(mcp_gateway, **{"mcp.tool": "count"})
+    assert record["mcp.progress_notifications"] == 4
+
+
+def test_a_cancelled_call_is_cancelled_at_the_tool_server(mcp_gateway, tool_servers):
+    tools, _ = tool_servers
+
+    async def body(s: ClientSession) -> None:
+        request_id = s._request_id  # the id the SDK gives its next request
+        call = asyncio.ensure_future(s.call_tool("wait_forever", {}))
+        for _ in range(200):
+            if (tools.markers / "started").exists():
+                break
+            await asyncio.sleep(0.05)
+        cancel = types.CancelledNotification(
+            params=types.CancelledNotificationParams(requestId=request_id, reason="test")
+        )
+        await s.send_notification(types.ClientNotification(cancel))
+        for _ in range(200):
+            if (tools.markers / "cancelled").exists():
+                break
+            await asyncio.sleep(0.05)
+        call.cancel()
+
+    asyncio.run(run_session(mcp_gateway, body))
+    assert (tools.markers / "cancelled").exists()
+    record = record_where(mcp_gateway, **{"mcp.tool": "wait_forever"})
+    assert record["outcome"] == "cancelled"
+    assert record["stopped_at"] == "client"
+
+
+def test_a_virtual_server_bundles_chosen_tools_of_several_servers(mcp_gateway):
+    async def body(s: ClientSession) -> tuple[list[str], str]:
+        names = sorted(t.name for t in (await s.list_tools()).tools)
+        result = await s.call_tool("fragile__echo", {"text": "via the desk"})
+        return names, text_of(result)
+
+    names, text = asyncio.run(run_session(mcp_gateway, body, endpoint="desk"))
+    # both servers have echo (prefixed); secret_tool is chosen but never granted
+    assert names == ["fragile__echo", "tools__echo"]
+    assert text == "via the desk"
+    record = record_where(mcp_gateway, **{"mcp.endpoint": "desk"})
+    assert (record["mcp.server"], record["mcp.tool"]) == ("fragile", "echo")
+    assert record["mcp.tool.called_as"] == "fragile__echo"
+
+
+# -- sessions and errors ---------------------------------------------------------------------------
+
+
+def test_requests_without_a_valid_session_or_token_are_refused(mcp_gateway):
+    url = f"{mcp_gateway.url}/mcp/tools"
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"accept": "application/json, text/event-stream"}
+    no_token = httpx.post(url, json=call, headers=accept)
+    assert no_token.status_code == 401
+    assert no_token.json()["error"]["code"] == -32001
+    no_session = httpx.post(url, json=call, headers={**mcp_gateway.headers, **accept})
+    assert no_session.status_code == 400
+    forged = httpx.post(url, json=call, headers={**mcp_gateway.headers, **accept,
+                                                  "mcp-session-id": "mcs1.e30.AAAA"})  # fmt: skip
+    assert forged.status_code == 404
+    assert httpx.get(url, headers=mcp_gateway.headers).status_code == 405
+    batch = httpx.post(url, json=[call], headers={**mcp_gateway.headers, **accept})
+    assert batch.status_code == 400 and batch.json()["error"]["code"] == -32600
+    nowhere = httpx.post(f"{mcp_gateway.url}/mcp/nowhere", json=call, headers=mcp_gateway.headers)
+    assert nowhere.status_code == 404
+
+
+def test_a_session_of_one_endpoint_is_not_accepted_by_another(mcp_gateway):
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    headers = {**mcp_gateway.headers, "accept": "application/json, text/event-stream"}
+    opened = httpx.post(f"{mcp_gateway.url}/mcp/tools", json=init, headers=headers)
+    assert opened.status_code == 200
+    session = opened.headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    other = httpx.post(f"{mcp_gateway.url}/mcp/desk", json=listing,
+                       headers={**headers, "mcp-session-id": session})  # fmt: skip
+    assert other.status_code == 404
+    same = httpx.post(f"{mcp_gateway.url}/mcp/tools", json=listing,
+                      headers={**headers, "mcp-session-id": session})  # fmt: skip
+    assert same.status_code == 200
+    ended = httpx.delete(f"{mcp_gateway.url}/mcp/tools",
+                         headers={**headers, "mcp-session-id": session})  # fmt: skip
+    assert ended.status_code == 204
+
+
+def test_a_server_that_dies_mid_call_gives_a_clean_error_and_a_record(tmp_path):
+    dying = ToolServer(tmp_path / "dying")
+    (tmp_path / "gw").mkdir()
+    gateway = GatewayProcess(
+        gateway_config(dying.url, dying.url),
+        tmp_path / "gw",
+        env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+    )
+    try:
+
+        async def body(s: ClientSession) -> None:
+            await s.call_tool("die", {})
+
+        with pytest.raises(McpError) as caught:
+            asyncio.run(run_session(gateway, body, endpoint="fragile"))
+        assert caught.value.error.code == -32002
+        assert "fragile" in caught.value.error.message
+        assert caught.value.error.data["code"] == "upstream_stream_broken"
+        record = record_where(gateway, request_id=caught.value.error.data["request_id"])
+        assert record["outcome"] == "upstream_error"
+        assert record["stopped_at"] == "provider"
+        assert record["mcp.tool"] == "die"
+    finally:
+        gateway.stop()
+        dying.stop()
+    # The tool-call records are leaves of the same log: verify checks them with the rest.
+    verified = subprocess.run(
+        [*CUSTOS, "audit", "verify", "--store", f"sqlite:///{tmp_path / 'gw' / 'custos.db'}",
+         "--allow-unsigned"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
