@@ -415,3 +415,40 @@ def test_a_server_that_dies_mid_call_gives_a_clean_error_and_a_record(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_session_opened_on_one_replica_is_served_by_another(mcp_gateway, tool_servers, tmp_path):
+    tools, fragile = tool_servers
+    store = f"sqlite:///{mcp_gateway.config_path.parent / 'custos.db'}"
+    replica = GatewayProcess(gateway_config(tools.url, fragile.url, store=store), tmp_path,
+                             env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN})  # fmt: skip
+    replica.token = mcp_gateway.token  # one store: the same users and tokens
+    try:
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+        opened = httpx.post(f"{mcp_gateway.url}/mcp/tools", json=init, headers={
+            **mcp_gateway.headers, "accept": "application/json, text/event-stream"})  # fmt: skip
+        session = opened.headers["mcp-session-id"]
+
+        async def body(s: ClientSession) -> tuple[list[str], str]:
+            names = sorted(t.name for t in (await s.list_tools()).tools)
+            return names, text_of(await s.call_tool("echo", {"text": "on the other replica"}))
+
+        names, text = asyncio.run(
+            run_session(mcp_gateway, body, url=replica.url, session_id=session)
+        )
+        assert "echo" in names and "secret_tool" not in names
+        assert text == "on the other replica"
+        record = record_where(mcp_gateway, **{"mcp.tool.called_as": "echo",
+                                              "mcp.session": session_nonce(session)})  # fmt: skip
+        assert record["outcome"] == "served"
+    finally:
+        replica.stop()
+
+
+def session_nonce(session_id: str) -> str:
+    import base64
+
+    body = session_id.split(".")[1]
+    return orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["n"]

@@ -6,7 +6,7 @@ calls it as the client (``url``, ``transport``) with its own credential for it (
     mcp_servers:
       jira:
         url: http://127.0.0.1:9000/mcp
-        transport: streamable_http       # streamable_http (the current MCP transport) | sse
+        transport: streamable_http       # the current MCP transport (the legacy sse: not yet)
         region: eu                       # recorded in every tool call's audit record
         auth: {type: bearer, token: "${env:JIRA_MCP_TOKEN}"}
         timeouts: {connect_s: 5, call_s: 300}
@@ -89,6 +89,14 @@ class McpServerSettings(_Strict):
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("transport")
+    @classmethod
+    def _implemented(cls, value: str) -> str:
+        if value == "sse":
+            raise ValueError("the legacy HTTP+SSE transport is not supported yet: use a server "
+                             "that speaks streamable_http")  # fmt: skip
         return value
 
 

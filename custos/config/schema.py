@@ -587,10 +587,11 @@ class Config(_Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _mcp_names(self) -> Config:
-        check_mcp_names(self.mcp_servers, self.virtual_mcp_servers)
-        return self
+    @field_validator("virtual_mcp_servers")
+    @classmethod
+    def _mcp_names(cls, value: VirtualMcpServers, info: ValidationInfo) -> VirtualMcpServers:
+        check_mcp_names(info.data.get("mcp_servers") or {}, value)
+        return value
 
     @model_validator(mode="after")
     def _targets_exist(self) -> Config:
