@@ -229,8 +229,9 @@ def test_a_policy_is_asked_about_the_call_after_the_mutations_before_it():
     assert asked.action == "call_tool"
     assert asked.principal == {"type": "User", "id": "u1", "name": "ann@example.com",
                                "teams": ["support"]}  # fmt: skip
+    mutated = {"issue": "OPS-1", "note": "mail <EMAIL_1>", "n": 3}
     assert asked.resource == {"type": "Tool", "server": "jira", "name": "delete_issue",
-                              "arguments": {"issue": "OPS-1", "note": "mail <EMAIL_1>", "n": 3}}  # fmt: skip
+                              "arguments": mutated}  # fmt: skip
     assert asked.context["metadata"] == {"environment": "production"}
     assert asked.context["time"].endswith("Z")
     decision = ctx.decisions[-1]
