@@ -452,3 +452,18 @@ def session_nonce(session_id: str) -> str:
 
     body = session_id.split(".")[1]
     return orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["n"]
+
+
+def test_custos_mcp_tools_shows_what_a_caller_would_see(mcp_gateway):
+    import os
+
+    listed = subprocess.run(
+        [*CUSTOS, "mcp", "tools", "--config", str(mcp_gateway.config_path),
+         "--as", "user:admin@custos.test", "--endpoint", "tools"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CUSTOS_TEST_TOKEN_KEY": "test-token-hash-key-0123456789abcdef",
+             "CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN},
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    granted = ["echo", "lookup_customer", "count", "wait_forever", "delete_record"]
+    assert listed.stdout.split() == ["/mcp/tools", *(f"tools/{t}" for t in granted)]

@@ -5,8 +5,11 @@ fake policy here proves the wiring: the request it is asked, allow, deny, failur
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +28,7 @@ from custos.mcp.sessions import SESSION_TTL_S, SessionCodec
 from custos.mcp.stages import AuthorizeTool, ToolPreInvoke
 from custos.policy.when import When
 from custos.runtime import Runtime
+from tests.conftest import CUSTOS, ROOT
 
 BASE = textwrap.dedent(
     """\
@@ -267,3 +271,39 @@ def test_a_policy_that_fails_follows_its_enforcing_and_audit_never_blocks():
     ctx = tool_ctx(runtime, {})
     run_stages(runtime, ctx, policy_guardrail(denying, "audit"))
     assert ctx.decisions[-1].outcome == "audit_only"
+
+
+# -- custos mcp ------------------------------------------------------------------------------------
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "custos.yaml"
+    config.write_text(BASE + "teams:\n  support: {members: [ann@example.com]}\n")
+    return subprocess.run(
+        [*CUSTOS, "mcp", *args, "--config", str(config)], cwd=ROOT, capture_output=True,
+        text=True, timeout=60, env={**os.environ, "CUSTOS_T_JIRA": "jira-token"},
+    )  # fmt: skip
+
+
+def test_mcp_servers_lists_the_endpoints(tmp_path):
+    listed = cli(tmp_path, "servers")
+    assert listed.returncode == 0, listed.stderr
+    assert "/mcp/jira  http://127.0.0.1:9000/mcp  streamable_http  region eu  auth bearer" in (
+        listed.stdout
+    )
+    assert "/mcp/desk  virtual: jira/get_*, github/list_issues" in listed.stdout
+    assert "jira-token" not in listed.stdout
+
+
+def test_mcp_explain_shows_each_decision_without_calling(tmp_path):
+    allowed = cli(tmp_path, "explain", "--as", "user:Ann@example.com", "jira/delete_issue",
+                  "--arguments", '{"note": "tell ann@example.com"}')  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    assert "authorize  support-tools" in allowed.stdout
+    assert "redact-args" in allowed.stdout and "mutate" in allowed.stdout
+    assert 'the tool would get: {"note": "tell <EMAIL_1>"}' in allowed.stdout
+    denied = cli(tmp_path, "explain", "--as", "user:zed@example.com", "jira/get_issue")
+    assert denied.returncode == 1
+    assert "no access rule grants this tool" in denied.stdout
+    wrong = cli(tmp_path, "explain", "--as", "nobody", "jira/get_issue")
+    assert wrong.returncode == 2
