@@ -246,6 +246,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.mcp.upstream.close()
         await self.transport.close()
         if self.shared_health is not None:
             await self.shared_health.close()

@@ -1,7 +1,8 @@
 """A tool server for the MCP gateway's tests, built with the official SDK's FastMCP.
 
-Run as ``python tests/mcp_tool_server.py --port N --markers DIR [--token T]``; it serves MCP
-Streamable HTTP at ``/mcp``. Tools: ``echo``, ``lookup_customer`` (a result with an email and a
+Run as ``python tests/mcp_tool_server.py --port N --markers DIR [--token T] [--sse]``; it
+serves MCP Streamable HTTP at ``/mcp`` (with ``--sse``, the older HTTP+SSE transport at
+``/sse``). Tools: ``echo``, ``lookup_customer`` (a result with an email and a
 phone number in it), ``count`` (reports progress), ``wait_forever`` (writes ``started`` and,
 when cancelled, ``cancelled`` into the markers directory), ``die`` (the process exits mid-call),
 ``delete_record``, ``secret_tool`` (which access never grants). With ``--token`` every request
@@ -90,8 +91,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--markers", type=Path, required=True)
     parser.add_argument("--token")
+    parser.add_argument("--sse", action="store_true", help="the legacy HTTP+SSE transport")
     args = parser.parse_args()
-    app = build(args.markers).streamable_http_app()
+    server = build(args.markers)
+    app = server.sse_app() if args.sse else server.streamable_http_app()
     if args.token:
         app = RequireToken(app, args.token)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

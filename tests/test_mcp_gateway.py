@@ -12,9 +12,11 @@ audit log, which ``custos audit verify`` proves intact.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,15 +39,17 @@ UPSTREAM_TOKEN = "upstream-secret-token-for-tests"
 class ToolServer:
     """``tests/mcp_tool_server.py`` on a free port."""
 
-    def __init__(self, markers: Path, *, token: str | None = None) -> None:
+    def __init__(self, markers: Path, *, token: str | None = None, sse: bool = False) -> None:
         markers.mkdir(parents=True, exist_ok=True)
         self.markers = markers
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.url = f"http://127.0.0.1:{self.port}/{'sse' if sse else 'mcp'}"
         command = [sys.executable, str(SERVER_SCRIPT), "--port", str(self.port),
                    "--markers", str(markers)]  # fmt: skip
         if token:
             command += ["--token", token]
+        if sse:
+            command.append("--sse")
         self.process = subprocess.Popen(command, cwd=ROOT)
         self._wait()
 
@@ -53,11 +57,10 @@ class ToolServer:
         for _ in range(200):
             if self.process.poll() is not None:
                 raise RuntimeError("the tool server exited")
-            try:
-                httpx.get(self.url, timeout=0.5)
-                return
-            except httpx.HTTPError:
-                asyncio.run(asyncio.sleep(0.05))
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
         raise RuntimeError("the tool server did not start")
 
     def stop(self) -> None:
@@ -66,7 +69,10 @@ class ToolServer:
             self.process.wait(10)
 
 
-def gateway_config(tools_url: str, fragile_url: str, store: str = "sqlite:///./custos.db") -> str:
+def gateway_config(
+    tools_url: str, fragile_url: str, store: str = "sqlite:///./custos.db",
+    legacy_url: str = "http://127.0.0.1:9/sse",
+) -> str:  # fmt: skip
     return textwrap.dedent(
         f"""\
         version: 1
@@ -78,7 +84,8 @@ def gateway_config(tools_url: str, fragile_url: str, store: str = "sqlite:///./c
           - id: admin-tools
             subjects: [user:admin@custos.test]
             mcp_tools: [tools/echo, tools/lookup_customer, tools/count, tools/wait_forever,
-                        tools/delete_record, fragile/*]
+                        tools/delete_record, fragile/*, legacy/echo, legacy/count,
+                        legacy/wait_forever]
         mcp_servers:
           tools:
             url: {tools_url}
@@ -87,6 +94,9 @@ def gateway_config(tools_url: str, fragile_url: str, store: str = "sqlite:///./c
             timeouts: {{call_s: 30}}
           fragile:
             url: {fragile_url}
+          legacy:
+            url: {legacy_url}
+            transport: sse
         virtual_mcp_servers:
           desk:
             tools: [tools/echo, tools/secret_tool, fragile/echo]
@@ -117,12 +127,21 @@ def tool_servers(
 
 
 @pytest.fixture(scope="module")
+def legacy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToolServer]:
+    legacy = ToolServer(tmp_path_factory.mktemp("legacy"), sse=True)
+    yield legacy
+    legacy.stop()
+
+
+@pytest.fixture(scope="module")
 def mcp_gateway(
-    tool_servers: tuple[ToolServer, ToolServer], tmp_path_factory: pytest.TempPathFactory
+    tool_servers: tuple[ToolServer, ToolServer],
+    legacy_server: ToolServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
     tools, fragile = tool_servers
     gateway = GatewayProcess(
-        gateway_config(tools.url, fragile.url),
+        gateway_config(tools.url, fragile.url, legacy_url=legacy_server.url),
         tmp_path_factory.mktemp("mcp-gateway"),
         env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN},
     )
@@ -467,3 +486,49 @@ def test_custos_mcp_tools_shows_what_a_caller_would_see(mcp_gateway):
     assert listed.returncode == 0, listed.stderr
     granted = ["echo", "lookup_customer", "count", "wait_forever", "delete_record"]
     assert listed.stdout.split() == ["/mcp/tools", *(f"tools/{t}" for t in granted)]
+
+
+def test_a_server_on_the_legacy_sse_transport_is_served_the_same_way(mcp_gateway, legacy_server):
+    seen: list[float] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        seen.append(value)
+
+    async def body(s: ClientSession) -> tuple[list[str], str, str]:
+        names = sorted(t.name for t in (await s.list_tools()).tools)
+        echoed = text_of(await s.call_tool("echo", {"text": "old transport"}))
+        counted = text_of(await s.call_tool("count", {"steps": 3}, progress_callback=progress))
+        return names, echoed, counted
+
+    names, echoed, counted = asyncio.run(run_session(mcp_gateway, body, endpoint="legacy"))
+    assert names == ["count", "echo", "wait_forever"]
+    assert (echoed, counted) == ("old transport", "counted to 3")
+    assert seen == [1, 2, 3]
+    record = record_where(mcp_gateway, **{"mcp.server": "legacy", "mcp.tool": "count"})
+    assert record["mcp.progress_notifications"] == 3
+
+
+def test_a_cancelled_call_on_the_legacy_transport_is_cancelled_at_the_server(
+    mcp_gateway, legacy_server
+):
+    async def body(s: ClientSession) -> None:
+        request_id = s._request_id
+        call = asyncio.ensure_future(s.call_tool("wait_forever", {}))
+        for _ in range(200):
+            if (legacy_server.markers / "started").exists():
+                break
+            await asyncio.sleep(0.05)
+        cancel = types.CancelledNotification(
+            params=types.CancelledNotificationParams(requestId=request_id, reason="test")
+        )
+        await s.send_notification(types.ClientNotification(cancel))
+        for _ in range(200):
+            if (legacy_server.markers / "cancelled").exists():
+                break
+            await asyncio.sleep(0.05)
+        call.cancel()
+
+    asyncio.run(run_session(mcp_gateway, body, endpoint="legacy"))
+    assert (legacy_server.markers / "cancelled").exists()
+    record = record_where(mcp_gateway, **{"mcp.server": "legacy", "mcp.tool": "wait_forever"})
+    assert record["outcome"] == "cancelled"

@@ -6,7 +6,9 @@ calls it as the client (``url``, ``transport``) with its own credential for it (
     mcp_servers:
       jira:
         url: http://127.0.0.1:9000/mcp
-        transport: streamable_http       # the current MCP transport (the legacy sse: not yet)
+        transport: streamable_http       # streamable_http (the current MCP transport) | sse
+                                         # (the HTTP+SSE transport of 2024-11-05: url is its
+                                         # event stream, e.g. http://host/sse)
         region: eu                       # recorded in every tool call's audit record
         auth: {type: bearer, token: "${env:JIRA_MCP_TOKEN}"}
         timeouts: {connect_s: 5, call_s: 300}
@@ -89,14 +91,6 @@ class McpServerSettings(_Strict):
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
-        return value
-
-    @field_validator("transport")
-    @classmethod
-    def _implemented(cls, value: str) -> str:
-        if value == "sse":
-            raise ValueError("the legacy HTTP+SSE transport is not supported yet: use a server "
-                             "that speaks streamable_http")  # fmt: skip
         return value
 
 

@@ -16,6 +16,9 @@ progress as it arrives and cancelling by id. So this speaks the transport direct
 - requests the server sends the client inside a call (sampling, elicitation) are answered with
   a JSON-RPC error: the gateway does not relay them.
 
+A server with ``transport: sse`` (the older HTTP+SSE transport) is spoken to by
+``custos.mcp.legacy_sse`` instead, behind the same ``send`` and ``notify``.
+
 Request ids towards a server are the gateway's own (a counter), so that calls of several
 clients never collide on one server session; ``Exchange.upstream_id`` is the id to cancel.
 """
@@ -35,6 +38,7 @@ from typing import Any, Final
 import orjson
 
 from custos.config.mcp import McpServerSettings
+from custos.mcp.legacy_sse import LegacyFailed, LegacySession, LegacySseClient
 from custos.providers.sse import SSEDecoder
 from custos.providers.transport import (
     Transport,
@@ -91,16 +95,24 @@ class McpUpstream:
         self.transport = transport
         self.client_version = client_version
         self._sessions: OrderedDict[SessionKey, _Session] = OrderedDict()
+        self.legacy = LegacySseClient(transport, client_version)
+        self._legacy: OrderedDict[SessionKey, LegacySession] = OrderedDict()
 
     @staticmethod
-    def key(client_session: str, server: str, credential: str | None) -> SessionKey:
+    def key(
+        client_session: str, server: str, settings: McpServerSettings, credential: str | None
+    ) -> SessionKey:
+        """One upstream session per client session, server (as configured: a reload that moves
+        it opens another) and credential."""
         held = hashlib.sha256(credential.encode()).hexdigest() if credential else ""
-        return (client_session, server, held)
+        return (client_session, f"{server}|{settings.transport}|{settings.url}", held)
 
     def forget(self, client_session: str) -> None:
         """Drop this process's upstream sessions of a client session (``DELETE``)."""
         for key in [k for k in self._sessions if k[0] == client_session]:
             del self._sessions[key]
+        for key in [k for k in self._legacy if k[0] == client_session]:
+            self._legacy.pop(key).close()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -114,7 +126,9 @@ class McpUpstream:
         credential: str | None,
     ) -> Exchange:
         """Send one request; raises ``McpUpstreamError``."""
-        key = self.key(client_session, server, credential)
+        key = self.key(client_session, server, settings, credential)
+        if settings.transport == "sse":
+            return await self._send_legacy(key, settings, method, params, credential)
         for attempt in (0, 1):
             session = await self._session(key, settings, credential)
             upstream_id = next(_IDS)
@@ -137,15 +151,75 @@ class McpUpstream:
         credential: str | None,
     ) -> None:
         """Send a notification on an open session (nothing when there is none)."""
-        session = self._sessions.get(self.key(client_session, server, credential))
+        key = self.key(client_session, server, settings, credential)
+        message = {"jsonrpc": "2.0", "method": method, "params": params}
+        if settings.transport == "sse":
+            legacy = self._legacy.get(key)
+            if legacy is not None and legacy.ready and not legacy.closed:
+                try:
+                    await self.legacy.post(legacy, message)
+                except LegacyFailed as exc:
+                    log.info("mcp: notification %s to %s not delivered (%s)", method, server,
+                             exc.reason)  # fmt: skip
+            return
+        session = self._sessions.get(key)
         if session is None or not session.ready:
             return
-        message = {"jsonrpc": "2.0", "method": method, "params": params}
         try:
             response = await self._post(settings, session, message, credential)
             response.close()
         except McpUpstreamError as exc:
             log.info("mcp: notification %s to %s not delivered (%s)", method, server, exc.reason)
+
+    # -- the legacy transport ------------------------------------------------------------------
+
+    async def _send_legacy(
+        self,
+        key: SessionKey,
+        settings: McpServerSettings,
+        method: str,
+        params: dict[str, Any],
+        credential: str | None,
+    ) -> Exchange:
+        session = await self._legacy_session(key, settings, credential)
+        upstream_id = next(_IDS)
+        try:
+            answers = await self.legacy.request(session, upstream_id, method, params)
+        except LegacyFailed as exc:
+            raise McpUpstreamError(exc.reason) from None
+
+        def stop() -> None:
+            LegacySseClient.stop(session, upstream_id)
+
+        return Exchange(upstream_id, messages=_legacy_messages(answers), close=stop)
+
+    async def _legacy_session(
+        self, key: SessionKey, settings: McpServerSettings, credential: str | None
+    ) -> LegacySession:
+        session = self._legacy.get(key)
+        if session is None or session.closed:
+            session = self._legacy[key] = LegacySession(settings, credential)
+            while len(self._legacy) > MAX_SESSIONS:
+                self._legacy.popitem(last=False)[1].close()
+        else:
+            self._legacy.move_to_end(key)
+        if session.ready:
+            return session
+        async with session.lock:
+            if not session.ready:
+                try:
+                    await self.legacy.open(session)
+                except LegacyFailed as exc:
+                    session.close()
+                    self._legacy.pop(key, None)
+                    raise McpUpstreamError(exc.reason) from None
+        return session
+
+    def close(self) -> None:
+        """Close the legacy sessions' streams (the gateway stops)."""
+        for session in self._legacy.values():
+            session.close()
+        self._legacy.clear()
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -280,6 +354,16 @@ class McpUpstream:
         finally:
             response.close()
         raise McpUpstreamError("broken")
+
+
+async def _legacy_messages(
+    answers: AsyncIterator[dict[str, Any]],
+) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for message in answers:
+            yield message
+    except LegacyFailed as exc:
+        raise McpUpstreamError(exc.reason) from None
 
 
 async def final(exchange: Exchange) -> dict[str, Any]:
