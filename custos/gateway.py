@@ -122,8 +122,8 @@ class Gateway:
         return self._mcp_chain[1]
 
     def build_mcp_chain(self, runtime: Runtime) -> list[object]:
-        """A tool call's stages: the model route's, with tool access and the two MCP hooks
-        (budgets and rate limits do not count tool calls yet)."""
+        """A tool call's stages: the model route's, with tool access, rate limits of unit
+        ``tool_calls_per_*`` and the two MCP hooks (budgets do not count tool calls)."""
         config = runtime.config
         stages: list[object] = []
         if self.audit is not None:
@@ -135,8 +135,10 @@ class Gateway:
         guardrails = compile_guardrails(
             config.guardrails, webhooks=lambda rule: WebhookCheck(rule, self.transport)
         )
-        return [*stages, AuthorizeTool(), PREPARE_TERMINAL, ToolPreInvoke(guardrails),
-                ToolPostInvoke(guardrails)]  # fmt: skip
+        stages += [AuthorizeTool(), PREPARE_TERMINAL]
+        if any(r.unit == "tool_calls" for r in runtime.limits.rate_limits):
+            stages.append(self.limiter)
+        return [*stages, ToolPreInvoke(guardrails), ToolPostInvoke(guardrails)]
 
     def build_chain(self, runtime: Runtime) -> list[object]:
         """The stages ``runtime`` switches on, in order (``custos.chain``)."""

@@ -100,6 +100,12 @@ def gateway_config(
         virtual_mcp_servers:
           desk:
             tools: [tools/echo, tools/secret_tool, fragile/echo]
+        rate_limits:
+          - id: deletes-per-minute
+            when: {{mcp_tools: [tools/delete_record]}}
+            limit_to: 2
+            unit: tool_calls_per_minute
+            applies_per: [user]
         guardrails:
           - id: redact-pii-in-results
             hook: mcp_tool_post_invoke
@@ -532,3 +538,22 @@ def test_a_cancelled_call_on_the_legacy_transport_is_cancelled_at_the_server(
     assert (legacy_server.markers / "cancelled").exists()
     record = record_where(mcp_gateway, **{"mcp.server": "legacy", "mcp.tool": "wait_forever"})
     assert record["outcome"] == "cancelled"
+
+
+def test_a_rate_limit_counts_tool_calls(mcp_gateway):
+    async def body(s: ClientSession) -> list[str]:
+        texts = []
+        for n in range(3):
+            try:
+                result = await s.call_tool("delete_record", {"record_id": str(n),
+                                                             "environment": "staging"})  # fmt: skip
+                texts.append(text_of(result))
+            except McpError as exc:
+                texts.append(f"{exc.error.code} {exc.error.data['code']}")
+        return texts
+
+    texts = asyncio.run(run_session(mcp_gateway, body))
+    assert texts == ["deleted 0 in staging", "deleted 1 in staging",
+                     "-32029 rate_limit_exceeded"]  # fmt: skip
+    record = record_where(mcp_gateway, **{"mcp.tool": "delete_record", "outcome": "denied"})
+    assert record["stopped_at"] == "rate_limit"

@@ -26,7 +26,7 @@ from custos.mcp.policy import PolicyRequest
 from custos.mcp.service import McpGateway
 from custos.mcp.sessions import SESSION_TTL_S, SessionCodec
 from custos.mcp.stages import AuthorizeTool, ToolPreInvoke
-from custos.policy.when import When
+from custos.policy.when import Facts, When
 from custos.runtime import Runtime
 from tests.conftest import CUSTOS, ROOT
 
@@ -118,14 +118,19 @@ def test_bad_mcp_config_is_refused_with_its_path(old, new, path, fragment):
     assert any(p.startswith(path) and fragment in m for p, m in found.items()), found
 
 
-def test_mcp_tools_in_a_rate_limit_is_still_refused():
-    text = BASE + textwrap.dedent(
-        """\
-        rate_limits:
-          - {id: r, when: {mcp_tools: [jira/*]}, limit_to: 5, unit: requests_per_minute}
-        """
-    )
-    assert "not metered" in problems(text)["rate_limits[0].when"]
+def test_mcp_tools_select_only_rate_limits_that_count_tool_calls():
+    limit = "  - {id: r, when: {mcp_tools: [jira/*]}, limit_to: 5, unit: %s}\n"
+    text = BASE + "rate_limits:\n" + limit % "requests_per_minute"
+    assert "tool_calls_per_minute" in problems(text)["rate_limits[0].when"]
+    budget = "budgets:\n  - {id: b, when: {mcp_tools: [jira/*]}, limit_usd: 5, period: day}\n"
+    assert "do not count" in problems(BASE + budget)["budgets[0].when"]
+    runtime = load(BASE + "rate_limits:\n" + limit % "tool_calls_per_minute")
+    (rule,) = runtime.limits.rate_limits
+    assert (rule.unit, rule.window_s, rule.per_token) == ("tool_calls", 60, False)
+    tool_facts = Facts(frozenset({"team:support"}), "", {}, frozenset(), "jira/get_issue")
+    model_facts = Facts(frozenset({"team:support"}), "gpt-5.5")
+    assert runtime.limits.rate_rule(tool_facts) is rule
+    assert runtime.limits.rate_rule(model_facts) is None  # counts tool calls only
 
 
 # -- session ids -----------------------------------------------------------------------------------
