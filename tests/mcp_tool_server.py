@@ -1,10 +1,12 @@
 """A tool server for the MCP gateway's tests, built with the official SDK's FastMCP.
 
-Run as ``python tests/mcp_tool_server.py --port N --markers DIR [--token T] [--sse]``; it
-serves MCP Streamable HTTP at ``/mcp`` (with ``--sse``, the older HTTP+SSE transport at
-``/sse``). Tools: ``echo``, ``lookup_customer`` (a result with an email and a
-phone number in it), ``count`` (reports progress), ``wait_forever`` (writes ``started`` and,
-when cancelled, ``cancelled`` into the markers directory), ``die`` (the process exits mid-call),
+Run as ``python tests/mcp_tool_server.py --port N --markers DIR [--token T] [--sse|--json]``;
+it serves MCP Streamable HTTP at ``/mcp`` (answering requests with event streams, or with
+``--json`` plain JSON; with ``--sse``, the older HTTP+SSE transport at ``/sse``).
+
+Tools: ``echo``, ``lookup_customer`` (a result with an email and a phone number in it),
+``count`` (reports progress), ``wait_forever`` (writes ``started`` and, when cancelled,
+``cancelled`` into the markers directory), ``die`` (the process exits mid-call),
 ``delete_record``, ``secret_tool`` (which access never grants). With ``--token`` every request
 must carry ``Authorization: Bearer T`` (401 otherwise).
 """
@@ -20,8 +22,8 @@ import uvicorn
 from mcp.server.fastmcp import Context, FastMCP
 
 
-def build(markers: Path) -> FastMCP:
-    server = FastMCP("test-tools")
+def build(markers: Path, *, json_response: bool = False) -> FastMCP:
+    server = FastMCP("test-tools", json_response=json_response)
 
     @server.tool()
     def echo(text: str) -> str:
@@ -92,8 +94,9 @@ def main() -> None:
     parser.add_argument("--markers", type=Path, required=True)
     parser.add_argument("--token")
     parser.add_argument("--sse", action="store_true", help="the legacy HTTP+SSE transport")
+    parser.add_argument("--json", action="store_true", help="answer requests with plain JSON")
     args = parser.parse_args()
-    server = build(args.markers)
+    server = build(args.markers, json_response=args.json)
     app = server.sse_app() if args.sse else server.streamable_http_app()
     if args.token:
         app = RequireToken(app, args.token)

@@ -39,7 +39,9 @@ UPSTREAM_TOKEN = "upstream-secret-token-for-tests"
 class ToolServer:
     """``tests/mcp_tool_server.py`` on a free port."""
 
-    def __init__(self, markers: Path, *, token: str | None = None, sse: bool = False) -> None:
+    def __init__(
+        self, markers: Path, *, token: str | None = None, sse: bool = False, json: bool = False
+    ) -> None:
         markers.mkdir(parents=True, exist_ok=True)
         self.markers = markers
         self.port = free_port()
@@ -50,6 +52,8 @@ class ToolServer:
             command += ["--token", token]
         if sse:
             command.append("--sse")
+        if json:
+            command.append("--json")
         self.process = subprocess.Popen(command, cwd=ROOT)
         self._wait()
 
@@ -111,7 +115,7 @@ def gateway_config(
             hook: mcp_tool_post_invoke
             type: pii
             operation: mutate
-            when: {{mcp_tools: [tools/lookup_customer]}}
+            when: {{mcp_tools: [tools/lookup_customer, fragile/lookup_customer]}}
           - id: no-drop-table
             hook: mcp_tool_pre_invoke
             type: keywords
@@ -126,7 +130,7 @@ def tool_servers(
 ) -> Iterator[tuple[ToolServer, ToolServer]]:
     root = tmp_path_factory.mktemp("tools")
     tools = ToolServer(root / "tools", token=UPSTREAM_TOKEN)
-    fragile = ToolServer(root / "fragile")
+    fragile = ToolServer(root / "fragile", json=True)  # answers in plain JSON, not streams
     yield tools, fragile
     tools.stop()
     fragile.stop()
@@ -306,6 +310,19 @@ def test_pii_in_a_result_is_redacted_before_the_client_sees_it(mcp_gateway):
     assert decision["input"]["hook"] == "mcp_tool_post_invoke"
     # found in the text block and again in the structured content (FastMCP sends both)
     assert decision["input"]["found"] == {"pii.email": 2, "pii.phone": 2}
+
+
+def test_a_plain_json_answer_is_redacted_the_same_way(mcp_gateway):
+    async def body(s: ClientSession) -> types.CallToolResult:
+        return await s.call_tool("lookup_customer", {"customer_id": "CUST-000043"})
+
+    result = asyncio.run(run_session(mcp_gateway, body, endpoint="fragile"))
+    text = text_of(result)
+    assert "ada@example.com" not in text and "<EMAIL_1>" in text
+    record = record_where(mcp_gateway, **{"mcp.server": "fragile", "mcp.tool": "lookup_customer"})
+    assert record["outcome"] == "served"
+    (decision,) = [d for d in record["decisions"] if d["rule"] == "redact-pii-in-results"]
+    assert decision["decision"] == "mutate"
 
 
 def test_progress_passes_through(mcp_gateway):
