@@ -574,3 +574,36 @@ def test_a_rate_limit_counts_tool_calls(mcp_gateway):
                      "-32029 rate_limit_exceeded"]  # fmt: skip
     record = record_where(mcp_gateway, **{"mcp.tool": "delete_record", "outcome": "denied"})
     assert record["stopped_at"] == "rate_limit"
+
+
+def test_a_reload_changes_what_a_session_may_see_and_a_bad_file_keeps_the_old(
+    tool_servers, legacy_server, tmp_path
+):
+    tools, fragile = tool_servers
+    text = gateway_config(tools.url, fragile.url, legacy_url=legacy_server.url)
+    gateway = GatewayProcess(text, tmp_path, env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN})
+    try:
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+        opened = httpx.post(f"{gateway.url}/mcp/tools", json=init, headers={
+            **gateway.headers, "accept": "application/json, text/event-stream"})  # fmt: skip
+        session = opened.headers["mcp-session-id"]
+
+        async def names(s: ClientSession) -> list[str]:
+            return sorted(t.name for t in (await s.list_tools()).tools)
+
+        assert "echo" in asyncio.run(run_session(gateway, names, session_id=session))
+        before = gateway.revision()
+        gateway.config_path.write_text(text.replace("mcp_tools: [tools/echo, ", "mcp_tools: ["))
+        eventually(gateway.revision, lambda r: r != before)
+        assert gateway.revision() != before
+        now = asyncio.run(run_session(gateway, names, session_id=session))
+        assert "echo" not in now and "count" in now  # the same session, the new revision
+        served = gateway.revision()
+        gateway.config_path.write_text(text.replace("fragile/echo]", "nowhere/echo]"))
+        time.sleep(1.5)
+        assert gateway.revision() == served  # refused: the old revision keeps serving
+        assert "nowhere" in gateway.log()
+    finally:
+        gateway.stop()

@@ -312,3 +312,14 @@ def test_mcp_explain_shows_each_decision_without_calling(tmp_path):
     assert "no access rule grants this tool" in denied.stdout
     wrong = cli(tmp_path, "explain", "--as", "nobody", "jira/get_issue")
     assert wrong.returncode == 2
+
+
+def test_config_check_counts_the_mcp_servers(tmp_path):
+    config = tmp_path / "custos.yaml"
+    config.write_text(BASE)
+    checked = subprocess.run(
+        [*CUSTOS, "config", "check", str(config)], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, env={**os.environ, "CUSTOS_T_JIRA": "jira-token"},
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "2 MCP server(s), 1 virtual MCP server(s)" in checked.stdout

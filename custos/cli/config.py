@@ -37,4 +37,7 @@ def _config_check(args: argparse.Namespace) -> int:
         f"  {len(config.providers)} provider account(s), {models} model(s), "
         f"{len(config.virtual_models)} virtual model(s)"
     )
+    if config.mcp_servers:
+        print(f"  {len(config.mcp_servers)} MCP server(s), "
+              f"{len(config.virtual_mcp_servers)} virtual MCP server(s)")  # fmt: skip
     return 0
