@@ -71,6 +71,8 @@ class McpUpstreamError(Exception):
 
 @dataclass(slots=True)
 class _Session:
+    settings: McpServerSettings
+    credential: str | None = field(default=None, repr=False)
     id: str | None = None
     protocol_version: str = PROTOCOL_VERSION
     ready: bool = False
@@ -97,6 +99,7 @@ class McpUpstream:
         self._sessions: OrderedDict[SessionKey, _Session] = OrderedDict()
         self.legacy = LegacySseClient(transport, client_version)
         self._legacy: OrderedDict[SessionKey, LegacySession] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def key(
@@ -108,9 +111,10 @@ class McpUpstream:
         return (client_session, f"{server}|{settings.transport}|{settings.url}", held)
 
     def forget(self, client_session: str) -> None:
-        """Drop this process's upstream sessions of a client session (``DELETE``)."""
+        """Drop this process's upstream sessions of a client session (``DELETE``); the
+        servers are told (their own ``DELETE``), in the background."""
         for key in [k for k in self._sessions if k[0] == client_session]:
-            del self._sessions[key]
+            self._terminate(self._sessions.pop(key))
         for key in [k for k in self._legacy if k[0] == client_session]:
             self._legacy.pop(key).close()
 
@@ -228,9 +232,9 @@ class McpUpstream:
     ) -> _Session:
         session = self._sessions.get(key)
         if session is None:
-            session = self._sessions[key] = _Session()
+            session = self._sessions[key] = _Session(settings, credential)
             while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
+                self._terminate(self._sessions.popitem(last=False)[1])
         else:
             self._sessions.move_to_end(key)
         if session.ready:
@@ -262,6 +266,30 @@ class McpUpstream:
         note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         (await self._post(settings, session, note, credential)).close()
         session.ready = True
+
+    def _terminate(self, session: _Session) -> None:
+        """End a server's session we no longer use, so the server can free it."""
+        if session.id is None or not session.ready:
+            return
+        task = asyncio.ensure_future(self._delete(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _delete(self, session: _Session) -> None:
+        settings = session.settings
+        headers = {"mcp-session-id": session.id or "",
+                   "mcp-protocol-version": session.protocol_version}  # fmt: skip
+        token = settings.auth.token if settings.auth.type == "bearer" else session.credential
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        request = UpstreamRequest("DELETE", settings.url, headers, b"")
+        wait = settings.timeouts.connect_s
+        # A server that does not answer forgets the session in its own time.
+        with contextlib.suppress(UpstreamTimeout, UpstreamUnreachable, UpstreamRequestFailed):
+            response = await self.transport.open(
+                request, connect_s=wait, read_s=wait, total_s=wait * 2
+            )
+            response.close()
 
     # -- HTTP --------------------------------------------------------------------------------
 
