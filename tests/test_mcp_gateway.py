@@ -341,29 +341,36 @@ def test_progress_passes_through(mcp_gateway):
     assert record["mcp.progress_notifications"] == 4
 
 
-def test_a_cancelled_call_is_cancelled_at_the_tool_server(mcp_gateway, tool_servers):
-    tools, _ = tool_servers
+async def _cancel_wait_forever(s: ClientSession, markers: Path) -> None:
+    """Start ``wait_forever``, cancel it once the server runs it, wait until it was cancelled
+    there."""
+    request_id = s._request_id  # the id the SDK gives its next request
+    call = asyncio.ensure_future(s.call_tool("wait_forever", {}))
+    for _ in range(200):
+        if (markers / "started").exists():
+            break
+        await asyncio.sleep(0.05)
+    cancel = types.CancelledNotification(
+        params=types.CancelledNotificationParams(requestId=request_id, reason="test")
+    )
+    await s.send_notification(types.ClientNotification(cancel))
+    for _ in range(200):
+        if (markers / "cancelled").exists():
+            break
+        await asyncio.sleep(0.05)
+    call.cancel()
+
+
+@pytest.mark.parametrize("endpoint", ["tools", "fragile"])  # a streamed answer, a plain one
+def test_a_cancelled_call_is_cancelled_at_the_tool_server(mcp_gateway, tool_servers, endpoint):
+    markers = tool_servers[0 if endpoint == "tools" else 1].markers
 
     async def body(s: ClientSession) -> None:
-        request_id = s._request_id  # the id the SDK gives its next request
-        call = asyncio.ensure_future(s.call_tool("wait_forever", {}))
-        for _ in range(200):
-            if (tools.markers / "started").exists():
-                break
-            await asyncio.sleep(0.05)
-        cancel = types.CancelledNotification(
-            params=types.CancelledNotificationParams(requestId=request_id, reason="test")
-        )
-        await s.send_notification(types.ClientNotification(cancel))
-        for _ in range(200):
-            if (tools.markers / "cancelled").exists():
-                break
-            await asyncio.sleep(0.05)
-        call.cancel()
+        await _cancel_wait_forever(s, markers)
 
-    asyncio.run(run_session(mcp_gateway, body))
-    assert (tools.markers / "cancelled").exists()
-    record = record_where(mcp_gateway, **{"mcp.tool": "wait_forever"})
+    asyncio.run(run_session(mcp_gateway, body, endpoint=endpoint))
+    assert (markers / "cancelled").exists()
+    record = record_where(mcp_gateway, **{"mcp.server": endpoint, "mcp.tool": "wait_forever"})
     assert record["outcome"] == "cancelled"
     assert record["stopped_at"] == "client"
 
@@ -535,21 +542,7 @@ def test_a_cancelled_call_on_the_legacy_transport_is_cancelled_at_the_server(
     mcp_gateway, legacy_server
 ):
     async def body(s: ClientSession) -> None:
-        request_id = s._request_id
-        call = asyncio.ensure_future(s.call_tool("wait_forever", {}))
-        for _ in range(200):
-            if (legacy_server.markers / "started").exists():
-                break
-            await asyncio.sleep(0.05)
-        cancel = types.CancelledNotification(
-            params=types.CancelledNotificationParams(requestId=request_id, reason="test")
-        )
-        await s.send_notification(types.ClientNotification(cancel))
-        for _ in range(200):
-            if (legacy_server.markers / "cancelled").exists():
-                break
-            await asyncio.sleep(0.05)
-        call.cancel()
+        await _cancel_wait_forever(s, legacy_server.markers)
 
     asyncio.run(run_session(mcp_gateway, body, endpoint="legacy"))
     assert (legacy_server.markers / "cancelled").exists()

@@ -26,6 +26,8 @@ UPSTREAM_FAILED: Final = -32002
 DENIED: Final = -32003
 LIMITED: Final = -32029
 UNAVAILABLE: Final = -32050
+#: A request the client cancelled (the code LSP gives it), when an answer cannot be avoided.
+CANCELLED: Final = -32800
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 SSE_HEADERS: Final = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -75,6 +77,8 @@ def error_code(err: GatewayError) -> int:
         return PARSE_ERROR if err.code == "invalid_json" else INVALID_REQUEST
     if err.code == "method_not_found":
         return METHOD_NOT_FOUND
+    if err.code == "cancelled":
+        return CANCELLED
     if err.code in ("guardrail_blocked", "policy_denied"):
         return DENIED
     status = err.status

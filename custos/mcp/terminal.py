@@ -9,8 +9,10 @@ response, passed through the chain's ``on_chunk`` (the post-invoke guardrails), 
 request is settled, as the LLM terminal does with a stream's last chunk.
 
 The call is registered on this replica under (client session, client request id) while it
-runs: a ``notifications/cancelled`` naming it sends the server its own cancellation, closes the
-upstream stream and ends the client's stream without a response (the specification's rule).
+runs: a ``notifications/cancelled`` naming it sends the server its own cancellation and, once
+the server answers with a stream, closes it and ends the client's stream without a response
+(the specification's rule); before that (the call being sent, or a plain answer awaited) it
+stops the wait, and the client's request gets the error ``cancelled``.
 A client that goes away cancels the call the same way. Whatever the server does (a refused
 connection, an error status, a stream broken mid-call, no answer within ``timeouts.call_s``),
 the client gets a JSON-RPC error and the call its ``mcp.tool_call`` record.
@@ -30,7 +32,7 @@ from custos.errors import GatewayError
 from custos.mcp import jsonrpc
 from custos.mcp.call import ToolCall
 from custos.mcp.service import McpGateway, upstream_failed
-from custos.mcp.upstream import Exchange, McpUpstreamError
+from custos.mcp.upstream import Exchange, McpUpstreamError, next_id
 from custos.stage import GatewayResponse, StreamCloser
 
 log = logging.getLogger("custos.mcp")
@@ -55,26 +57,49 @@ class McpTerminal:
         call: ToolCall = ctx.mcp
         settings = ctx.runtime.config.mcp_servers[call.server]
         deadline = asyncio.get_running_loop().time() + settings.timeouts.call_s
+        call.upstream_id = next_id()
+        key = (call.session.nonce, call.message_id)
+        # Until the server starts answering, a cancellation cancels this wait.
+        waiting = asyncio.current_task()
+        self.service.in_flight[key] = lambda reason: self._cancel_wait(ctx, waiting, reason)
         try:
             async with asyncio.timeout_at(deadline):
                 exchange = await self.service.upstream.send(
                     call.server, settings, call.session.nonce, "tools/call", call.params,
-                    call.credential,
+                    call.credential, call.upstream_id,
                 )  # fmt: skip
         except McpUpstreamError as exc:
             raise _failed(ctx, exc.reason) from None
         except TimeoutError:
+            self._cancel(ctx, None, "timed out at the gateway")
             raise _failed(ctx, "timeout") from None
-        call.upstream_id = exchange.upstream_id
+        except asyncio.CancelledError:
+            if not call.cancelled or waiting is None:
+                raise
+            waiting.uncancel()
+            cancelled = GatewayError(499, "cancelled", "The call was cancelled.", stage="client")
+            raise cancelled from None
+        finally:
+            self.service.in_flight.pop(key, None)
+        call.upstream_id = exchange.upstream_id  # another, if the server's session was renewed
         if exchange.message is not None:
             ctx.status = 200
             return GatewayResponse(200, list(jsonrpc.JSON_HEADERS), _answer(ctx, exchange.message))
-        key = (call.session.nonce, call.message_id)
         self.service.in_flight[key] = lambda reason: self._cancel(ctx, exchange, reason)
         response = GatewayResponse(200, list(jsonrpc.SSE_HEADERS))
         response.stream = self._relay(ctx, exchange, chain, deadline)
         response.on_close = lambda: self._closed(ctx, exchange)
         return response
+
+    def _cancel_wait(
+        self, ctx: RequestContext, waiting: asyncio.Task[Any] | None, reason: str | None
+    ) -> None:
+        """A cancellation while the call is sent or its plain answer awaited."""
+        if ctx.mcp.cancelled:
+            return
+        self._cancel(ctx, None, reason)
+        if waiting is not None:
+            waiting.cancel()
 
     async def _relay(
         self, ctx: RequestContext, exchange: Exchange, chain: StreamCloser, deadline: float
@@ -140,13 +165,13 @@ class McpTerminal:
             self._cancel(ctx, exchange, "the client went away")
         exchange.close()
 
-    def _cancel(self, ctx: RequestContext, exchange: Exchange, reason: str | None) -> None:
+    def _cancel(self, ctx: RequestContext, exchange: Exchange | None, reason: str | None) -> None:
         """Cancel the call at the server (its own notification) and stop relaying it."""
         call: ToolCall = ctx.mcp
         if call.cancelled:
             return
         call.cancelled = True
-        params: dict[str, Any] = {"requestId": exchange.upstream_id}
+        params: dict[str, Any] = {"requestId": call.upstream_id}
         if reason:
             params["reason"] = reason
         settings = ctx.runtime.config.mcp_servers[call.server]
@@ -159,11 +184,12 @@ class McpTerminal:
         task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _then_close(notify: Any, exchange: Exchange) -> None:
+    async def _then_close(notify: Any, exchange: Exchange | None) -> None:
         try:
             await notify
         finally:
-            exchange.close()
+            if exchange is not None:
+                exchange.close()
 
     def settle(self, ctx: RequestContext) -> None:
         """(Nothing to price: tool calls cost no tokens.)"""

@@ -128,14 +128,19 @@ class McpUpstream:
         method: str,
         params: dict[str, Any],
         credential: str | None,
+        upstream_id: int | None = None,
     ) -> Exchange:
-        """Send one request; raises ``McpUpstreamError``."""
+        """Send one request (under ``upstream_id`` when given: ``next_id()``, drawn before so
+        that a call can be cancelled while it is being sent); raises ``McpUpstreamError``."""
         key = self.key(client_session, server, settings, credential)
+        if upstream_id is None:
+            upstream_id = next_id()
         if settings.transport == "sse":
-            return await self._send_legacy(key, settings, method, params, credential)
+            return await self._send_legacy(key, settings, method, params, credential, upstream_id)
         for attempt in (0, 1):
             session = await self._session(key, settings, credential)
-            upstream_id = next(_IDS)
+            if attempt:
+                upstream_id = next_id()
             message = {"jsonrpc": "2.0", "id": upstream_id, "method": method, "params": params}
             response = await self._post(settings, session, message, credential)
             if response.status == 404 and session.id is not None and attempt == 0:
@@ -184,9 +189,9 @@ class McpUpstream:
         method: str,
         params: dict[str, Any],
         credential: str | None,
+        upstream_id: int,
     ) -> Exchange:
         session = await self._legacy_session(key, settings, credential)
-        upstream_id = next(_IDS)
         try:
             answers = await self.legacy.request(session, upstream_id, method, params)
         except LegacyFailed as exc:
@@ -382,6 +387,11 @@ class McpUpstream:
         finally:
             response.close()
         raise McpUpstreamError("broken")
+
+
+def next_id() -> int:
+    """A request id of the gateway's own towards tool servers."""
+    return next(_IDS)
 
 
 async def _legacy_messages(
