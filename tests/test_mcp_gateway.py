@@ -600,3 +600,37 @@ def test_a_reload_changes_what_a_session_may_see_and_a_bad_file_keeps_the_old(
         assert "nowhere" in gateway.log()
     finally:
         gateway.stop()
+
+
+def test_tool_call_content_is_captured_under_the_audit_content_setting(
+    tool_servers, legacy_server, tmp_path
+):
+    tools, fragile = tool_servers
+    text = gateway_config(tools.url, fragile.url, legacy_url=legacy_server.url)
+    gateway = GatewayProcess(text + "audit: {content: redacted}\n", tmp_path,
+                             env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN})  # fmt: skip
+    try:
+
+        async def body(s: ClientSession) -> str:
+            return text_of(await s.call_tool("echo", {"text": "write to bob@example.com"}))
+
+        assert asyncio.run(run_session(gateway, body)) == "write to bob@example.com"
+        record = record_where(gateway, **{"mcp.tool": "echo"})
+        assert record["content.mode"] == "redacted"
+        assert len(record["content.request.sha256"]) == 64
+        # the argument, and the result's text and structured content
+        assert {"class": "pii.email", "count": 3, "source": "custos.pii/1"} in (
+            record["data_classes"]
+        )
+        reply = httpx.get(
+            f"{gateway.url}/admin/v1/audit/requests/{record['request_id']}/content",
+            headers=gateway.headers, timeout=10,
+        )  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        (item,) = reply.json()["data"]
+        assert item["state"] == "available"
+        assert item["request"] == {"tool": "tools/echo", "arguments": {"text": "write to [EMAIL]"}}
+        assert item["response"]["content"][0]["text"] == "write to [EMAIL]"
+        assert b"bob@example.com" not in (tmp_path / "custos.db").read_bytes()
+    finally:
+        gateway.stop()

@@ -57,7 +57,9 @@ With ``audit.content`` other than ``none``, ``llm.call`` also has ``content.*`` 
 The two digests are HMAC-SHA-256 keyed by the record's salt (as ``audit.content: hash``
 makes them for model calls) over the canonical JSON of the arguments as the caller sent them
 and of the result as the caller received it (after redaction); ``null`` when there was none.
-``outcome`` is as for ``llm.call``, plus ``cancelled`` (the client cancelled the call).
+``outcome`` is as for ``llm.call``, plus ``cancelled`` (the client cancelled the call). With
+``audit.content`` other than ``none`` it has the ``content.*`` fields too (the tool and its
+arguments as the request part, the result as the response part).
 
 Never in a record: the bearer token (only its id), provider keys, request or response content.
 """

@@ -139,7 +139,7 @@ class AuditTrail:
     # -- the request path ----------------------------------------------------------------------
 
     def enter(self, ctx: RequestContext) -> None:
-        if self._capture is not None and ctx.mcp is None:  # tool calls: digests only
+        if self._capture is not None:
             ctx.capture = content.ContentCapture(self._capture, ctx.protocol)
         reason = self.writer.admit()
         if reason is not None:
