@@ -634,3 +634,35 @@ def test_tool_call_content_is_captured_under_the_audit_content_setting(
         assert b"bob@example.com" not in (tmp_path / "custos.db").read_bytes()
     finally:
         gateway.stop()
+
+
+def test_custos_mcp_report_groups_tool_calls_by_team_server_and_tool(mcp_gateway):
+    import datetime as dt
+    import json
+
+    async def body(s: ClientSession) -> str:
+        return text_of(await s.call_tool("echo", {"text": "count me"}))
+
+    asyncio.run(run_session(mcp_gateway, body))
+    record_where(mcp_gateway, **{"mcp.tool": "echo", "outcome": "served"})
+    today = dt.datetime.now(dt.UTC).date()
+    reported = subprocess.run(
+        [*CUSTOS, "mcp", "report", "--from", str(today - dt.timedelta(days=1)),
+         "--to", str(today + dt.timedelta(days=1)), "--group-by", "team,server,tool,outcome",
+         "--format", "json", "--url", mcp_gateway.url, "--token", mcp_gateway.token],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert reported.returncode == 0, reported.stderr
+    report = json.loads(reported.stdout)
+    rows = {(r["server"], r["tool"], r["outcome"]): r for r in report["rows"]}
+    assert rows[("tools", "echo", "served")]["calls"] >= 1
+    assert report["totals"]["calls"] == sum(r["calls"] for r in report["rows"])
+    assert report["totals"]["calls"] == len(tool_records(mcp_gateway))
+    table = subprocess.run(
+        [*CUSTOS, "mcp", "report", "--from", str(today), "--to", str(today),
+         "--url", mcp_gateway.url, "--token", mcp_gateway.token],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == ["team", "server", "tool", "calls", "served",
+                                                    "denied", "cancelled", "failed"]  # fmt: skip

@@ -7,7 +7,10 @@ gateway would decide about a tool call, without making it.
 - ``explain --as SUBJECT SERVER/TOOL``: access, then each ``mcp_tool_pre_invoke`` guardrail
   in order on the given arguments (content guardrails and policy guardrails run as they would;
   webhooks are named, not called), then the post-invoke guardrails that would see the result.
-  Exit status 0 when the call would go to the tool, 1 when it would be refused.
+  Exit status 0 when the call would go to the tool, 1 when it would be refused;
+- ``report --from DATE --to DATE --group-by team,server,tool``: the ``mcp.tool_call`` records
+  of a period (read through the admin API, as an admin or auditor) grouped, with calls, served,
+  denied, cancelled and failed, and totals.
 
 The caller is given as ``user:EMAIL`` (its teams are the config's for that email, plus any
 ``--team``) or ``virtualaccount:NAME`` (with its ``--team``); nothing is read from the store,
@@ -23,7 +26,7 @@ import json
 import sys
 from typing import Any
 
-from custos.cli.common import fail, usage
+from custos.cli.common import TOKEN_ENV, api_options, fail, token_of, usage
 
 
 def register(commands: Any) -> None:
@@ -49,6 +52,19 @@ def register(commands: Any) -> None:
     explain.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                          help="request metadata (repeatable)")  # fmt: skip
     explain.set_defaults(run=_explain)
+    report = sub.add_parser(
+        "report",
+        parents=[api_options("an admin's or auditor's token")],
+        help="tool calls of a period grouped: calls, served, denied, cancelled, failed",
+        description="The mcp.tool_call records between two dates (whole UTC days, both "
+        "inclusive) grouped by the dimensions given, with totals.",
+    )
+    report.add_argument("--from", dest="from_", required=True, metavar="DATE")
+    report.add_argument("--to", required=True, metavar="DATE")
+    report.add_argument("--group-by", default="team,server,tool",
+                        help="comma-separated: " + ", ".join(REPORT_DIMENSIONS))  # fmt: skip
+    report.add_argument("--format", choices=["table", "json"], default="table")
+    report.set_defaults(run=_report)
 
 
 def _caller(parser: argparse.ArgumentParser) -> None:
@@ -225,3 +241,82 @@ async def _decide(runtime: Any, principal: Any, server: str, tool: str,
         print(f"the tool would get: {json.dumps(ctx.mcp.arguments)}")
     print("allowed: the call would reach the tool")
     return 0
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+#: Report dimension → the record field it groups by (``None``: derived from ``time_start``).
+REPORT_DIMENSIONS: dict[str, str | None] = {
+    "team": "team", "principal": "principal.id", "endpoint": "mcp.endpoint",
+    "server": "mcp.server", "tool": "mcp.tool", "region": "cloud.region",
+    "outcome": "outcome", "stage": "stopped_at", "error": "error.type",
+    "day": None, "month": None, "quarter": None,
+}  # fmt: skip
+REPORT_MEASURES = ("calls", "served", "denied", "cancelled", "failed")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from custos.cli.client import AdminClient, ApiError, path
+
+    token = token_of(args)
+    if not token:
+        return fail(f"no token: pass --token or set ${TOKEN_ENV}", 2)
+    group_by = [d.strip() for d in args.group_by.split(",") if d.strip()]
+    unknown = [d for d in group_by if d not in REPORT_DIMENSIONS]
+    if unknown or not group_by:
+        return fail(f"--group-by takes {', '.join(REPORT_DIMENSIONS)}", 2)
+    client = AdminClient(args.url, token, timeout=120)
+    rows: dict[tuple[Any, ...], dict[str, int]] = {}
+    totals = dict.fromkeys(REPORT_MEASURES, 0)
+    after = 0
+    try:
+        while True:
+            query = {"from": args.from_, "to": args.to, "event_type": "mcp.tool_call",
+                     "after": after}  # fmt: skip
+            reply = client.call("GET", path("audit", "events"), query=query)
+            for stored in reply["data"]:
+                record = json.loads(stored["record"])
+                key = tuple(_dimension(record, d) for d in group_by)
+                _count(rows.setdefault(key, dict.fromkeys(REPORT_MEASURES, 0)), record)
+                _count(totals, record)
+            if reply["next_after"] is None:
+                break
+            after = reply["next_after"]
+    except ApiError as exc:
+        return fail(str(exc))
+    ordered = sorted(rows.items(), key=lambda item: [str(v) for v in item[0]])
+    if args.format == "json":
+        data = [{**dict(zip(group_by, key, strict=True)), **counts} for key, counts in ordered]
+        print(json.dumps({"group_by": group_by, "rows": data, "totals": totals}, indent=2))
+        return 0
+    header = [*group_by, *REPORT_MEASURES]
+    table = [[*("-" if v is None else str(v) for v in key), *(str(c[m]) for m in REPORT_MEASURES)]
+             for key, c in ordered]  # fmt: skip
+    table.append(
+        ["total", *([""] * (len(group_by) - 1)), *(str(totals[m]) for m in REPORT_MEASURES)]
+    )
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
+def _dimension(record: dict[str, Any], name: str) -> Any:
+    field = REPORT_DIMENSIONS[name]
+    if field is not None:
+        return record.get(field)
+    start = str(record.get("time_start", ""))
+    if name == "day":
+        return start[:10]
+    if name == "month":
+        return start[:7]
+    return f"{start[:4]}-Q{(int(start[5:7]) - 1) // 3 + 1}" if len(start) >= 7 else None
+
+
+def _count(counts: dict[str, int], record: dict[str, Any]) -> None:
+    outcome = record.get("outcome")
+    counts["calls"] += 1
+    if outcome in ("served", "denied", "cancelled"):
+        counts[outcome] += 1
+    else:
+        counts["failed"] += 1
