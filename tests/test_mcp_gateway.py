@@ -80,6 +80,7 @@ def gateway_config(
     return textwrap.dedent(
         f"""\
         version: 1
+        gateway: {{max_body_bytes: 65536}}
         state: {{store: "{store}"}}
         identity:
           token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
@@ -666,3 +667,48 @@ def test_custos_mcp_report_groups_tool_calls_by_team_server_and_tool(mcp_gateway
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == ["team", "server", "tool", "calls", "served",
                                                     "denied", "cancelled", "failed"]  # fmt: skip
+
+
+def test_bad_input_gets_a_clear_json_rpc_error_and_changes_nothing(mcp_gateway):
+    url = f"{mcp_gateway.url}/mcp/tools"
+    base = {**mcp_gateway.headers, "accept": "application/json, text/event-stream",
+            "content-type": "application/json"}  # fmt: skip
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    session = httpx.post(url, json=init, headers=base).headers["mcp-session-id"]
+    headers = {**base, "mcp-session-id": session}
+    before = len(tool_records(mcp_gateway))
+
+    def post(body: bytes | str, **extra: str) -> httpx.Response:
+        return httpx.post(url, content=body, headers={**headers, **extra}, timeout=10)
+
+    def code(response: httpx.Response) -> int:
+        return int(response.json()["error"]["code"])
+
+    assert code(post(b"{not json")) == -32700
+    assert post(b"{}", **{"content-type": "text/plain"}).status_code == 415
+    assert post(b'{"x": "' + b"a" * 70_000 + b'"}').status_code == 413
+    assert code(post('{"jsonrpc": "1.0", "id": 1, "method": "ping"}')) == -32600
+    assert code(post('{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}')) == -32600
+    assert code(post('{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1]}')) == (
+        -32602
+    )
+    bad_arguments = post('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", '
+                         '"params": {"name": "echo", "arguments": "text"}}')  # fmt: skip
+    assert (bad_arguments.status_code, code(bad_arguments)) == (200, -32602)
+    assert bad_arguments.json()["id"] == 7
+    no_name = post('{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {}}')
+    assert code(no_name) == -32602
+    unknown = post('{"jsonrpc": "2.0", "id": 9, "method": "resources/list"}')
+    assert (unknown.status_code, code(unknown)) == (200, -32601)
+    old = post('{"jsonrpc": "2.0", "id": 10, "method": "ping"}', **{"mcp-protocol-version": "1999"})
+    assert old.status_code == 400
+    pong = post('{"jsonrpc": "2.0", "id": 11, "method": "ping"}')
+    assert pong.status_code == 200 and pong.json() == {"jsonrpc": "2.0", "id": 11, "result": {}}
+    # The refused tools/call requests were recorded as such; nothing reached a tool.
+    refused = eventually(lambda: tool_records(mcp_gateway)[before:], lambda r: len(r) >= 2)
+    assert [r["error.type"] for r in refused] == ["invalid_params", "invalid_params"]
+    assert all(r["outcome"] == "denied" and r["mcp.server"] is None for r in refused)
+    for text in (b"{not json", b"a" * 70_000):
+        assert text not in mcp_gateway.log().encode()
