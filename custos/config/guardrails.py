@@ -50,7 +50,7 @@ Hook = Literal["llm_input", "llm_output", "mcp_tool_pre_invoke", "mcp_tool_post_
 GuardrailType = Literal[
     "pii", "secrets", "regex", "keywords", "prompt_injection", "metadata", "webhook"
 ]
-#: Hooks and types of the DESIGN still to come.
+#: Hooks and types of the DESIGN that come with the MCP gateway.
 LATER_HOOKS: tuple[str, ...] = ()
 LATER_TYPES = ("cedar", "opa")
 
