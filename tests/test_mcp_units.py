@@ -323,3 +323,19 @@ def test_config_check_counts_the_mcp_servers(tmp_path):
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
     assert "2 MCP server(s), 1 virtual MCP server(s)" in checked.stdout
+
+
+def test_passthrough_sends_the_callers_jwt_and_never_a_gateway_token():
+    runtime = load(BASE.replace("github: {url: \"http://127.0.0.1:9001/mcp\"}",
+                                "github: {url: \"http://127.0.0.1:9001/mcp\", "
+                                "auth: {type: passthrough}}"))  # fmt: skip
+    github, jira = runtime.config.mcp_servers["github"], runtime.config.mcp_servers["jira"]
+    with pytest.raises(GatewayError) as caught:
+        McpGateway.credential(github, "github", principal(), "cst_pat_secret")
+    assert caught.value.code == "passthrough_needs_jwt"
+    assert "cst_pat_secret" not in caught.value.message
+    from dataclasses import replace
+
+    federated = replace(principal(), token_id="jwt:corp:ann@example.com")
+    assert McpGateway.credential(github, "github", federated, "eyJ.jwt.sig") == "eyJ.jwt.sig"
+    assert McpGateway.credential(jira, "jira", federated, "eyJ.jwt.sig") is None  # its bearer
