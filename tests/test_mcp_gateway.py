@@ -433,8 +433,9 @@ def test_a_session_of_one_endpoint_is_not_accepted_by_another(mcp_gateway):
     assert ended.status_code == 204
 
 
-def test_a_server_that_dies_mid_call_gives_a_clean_error_and_a_record(tmp_path):
-    dying = ToolServer(tmp_path / "dying")
+@pytest.mark.parametrize("plain", [False, True])  # mid-stream; before a plain answer
+def test_a_server_that_dies_mid_call_gives_a_clean_error_and_a_record(tmp_path, plain):
+    dying = ToolServer(tmp_path / "dying", json=plain)
     (tmp_path / "gw").mkdir()
     gateway = GatewayProcess(
         gateway_config(dying.url, dying.url),
@@ -450,7 +451,8 @@ def test_a_server_that_dies_mid_call_gives_a_clean_error_and_a_record(tmp_path):
             asyncio.run(run_session(gateway, body, endpoint="fragile"))
         assert caught.value.error.code == -32002
         assert "fragile" in caught.value.error.message
-        assert caught.value.error.data["code"] == "upstream_stream_broken"
+        expected = "upstream_unreachable" if plain else "upstream_stream_broken"
+        assert caught.value.error.data["code"] == expected
         record = record_where(gateway, request_id=caught.value.error.data["request_id"])
         assert record["outcome"] == "upstream_error"
         assert record["stopped_at"] == "provider"
