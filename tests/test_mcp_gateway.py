@@ -162,12 +162,12 @@ def mcp_gateway(
 
 async def run_session(
     gateway: GatewayProcess, body: Any, endpoint: str = "tools", *, url: str | None = None,
-    session_id: str | None = None,
+    session_id: str | None = None, token: str | None = None,
 ) -> Any:  # fmt: skip
     """``body(session)`` in an SDK session with ``endpoint`` (initialized, unless it resumes
-    ``session_id``, possibly on another replica's ``url``)."""
+    ``session_id``, possibly on another replica's ``url``), as the admin or ``token``."""
     try:
-        return await _run_session(gateway, body, endpoint, url, session_id)
+        return await _run_session(gateway, body, endpoint, url, session_id, token)
     except BaseExceptionGroup as group:  # anyio's task groups wrap what the body raised
         raise _leaf(group) from None
 
@@ -178,9 +178,10 @@ def _leaf(group: BaseExceptionGroup) -> BaseException:
 
 
 async def _run_session(
-    gateway: GatewayProcess, body: Any, endpoint: str, url: str | None, session_id: str | None
-) -> Any:
-    headers = dict(gateway.headers)
+    gateway: GatewayProcess, body: Any, endpoint: str, url: str | None, session_id: str | None,
+    token: str | None,
+) -> Any:  # fmt: skip
+    headers = {"authorization": f"Bearer {token}"} if token else dict(gateway.headers)
     if session_id is not None:
         headers["mcp-session-id"] = session_id
     async with (
@@ -714,3 +715,47 @@ def test_bad_input_gets_a_clear_json_rpc_error_and_changes_nothing(mcp_gateway):
     assert all(r["outcome"] == "denied" and r["mcp.server"] is None for r in refused)
     for text in (b"{not json", b"a" * 70_000):
         assert text not in mcp_gateway.log().encode()
+
+
+def test_passthrough_sends_the_callers_own_idp_token_to_the_server(
+    tool_servers, legacy_server, tmp_path
+):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.test_jwt import JWKSServer, _idp_entry, _with_idps, sign
+
+    jwks = JWKSServer()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.publish("rsa-1", key)
+    carol = sign(key, "rsa-1")  # Carol, team research (from the groups claim)
+    federated = ToolServer(tmp_path / "federated", token=carol)  # accepts only Carol's token
+    tools, fragile = tool_servers
+    text = gateway_config(tools.url, fragile.url, legacy_url=legacy_server.url)
+    server = f"  federated:\n    url: {federated.url}\n    auth: {{type: passthrough}}\n"
+    text = text.replace("fragile/*,", "fragile/*, federated/*,")
+    text = text.replace("\nmcp_servers:\n", "\nmcp_servers:\n" + server, 1)
+    research = (
+        "  - id: research-tools\n    subjects: [team:research]\n    mcp_tools: [federated/*]\n"
+    )
+    text = text.replace("access:\n", "access:\n" + research, 1)
+    text = _with_idps(text, _idp_entry(jwks.url))
+    (tmp_path / "gw").mkdir()
+    gateway = GatewayProcess(text, tmp_path / "gw",
+                             env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN})  # fmt: skip
+    try:
+
+        async def body(s: ClientSession) -> str:
+            return text_of(await s.call_tool("echo", {"text": "as carol"}))
+
+        assert asyncio.run(run_session(gateway, body, "federated", token=carol)) == "as carol"
+        record = record_where(gateway, **{"mcp.server": "federated", "outcome": "served"})
+        assert record["principal.id"].startswith("jwt:northwind:")
+        # The admin's gateway token is never sent on: refused before the server is called.
+        with pytest.raises(McpError) as caught:
+            asyncio.run(run_session(gateway, body, "federated"))
+        assert caught.value.error.data["code"] == "passthrough_needs_jwt"
+        assert gateway.token not in gateway.log()
+    finally:
+        gateway.stop()
+        federated.stop()
+        jwks.httpd.shutdown()
