@@ -470,6 +470,27 @@ def test_a_server_that_dies_mid_call_gives_a_clean_error_and_a_record(tmp_path, 
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def _serve_one_session_on_two_replicas(first: GatewayProcess, second: GatewayProcess) -> None:
+    """Initialize on ``first``; list and call through ``second`` with that session."""
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    opened = httpx.post(f"{first.url}/mcp/tools", json=init, headers={
+        **first.headers, "accept": "application/json, text/event-stream"})  # fmt: skip
+    session = opened.headers["mcp-session-id"]
+
+    async def body(s: ClientSession) -> tuple[list[str], str]:
+        names = sorted(t.name for t in (await s.list_tools()).tools)
+        return names, text_of(await s.call_tool("echo", {"text": "on the other replica"}))
+
+    names, text = asyncio.run(run_session(first, body, url=second.url, session_id=session))
+    assert "echo" in names and "secret_tool" not in names
+    assert text == "on the other replica"
+    record = record_where(first, **{"mcp.tool.called_as": "echo",
+                                    "mcp.session": session_nonce(session)})  # fmt: skip
+    assert record["outcome"] == "served"
+
+
 def test_a_session_opened_on_one_replica_is_served_by_another(mcp_gateway, tool_servers, tmp_path):
     tools, fragile = tool_servers
     store = f"sqlite:///{mcp_gateway.config_path.parent / 'custos.db'}"
@@ -477,27 +498,41 @@ def test_a_session_opened_on_one_replica_is_served_by_another(mcp_gateway, tool_
                              env={"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN})  # fmt: skip
     replica.token = mcp_gateway.token  # one store: the same users and tokens
     try:
-        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
-        opened = httpx.post(f"{mcp_gateway.url}/mcp/tools", json=init, headers={
-            **mcp_gateway.headers, "accept": "application/json, text/event-stream"})  # fmt: skip
-        session = opened.headers["mcp-session-id"]
-
-        async def body(s: ClientSession) -> tuple[list[str], str]:
-            names = sorted(t.name for t in (await s.list_tools()).tools)
-            return names, text_of(await s.call_tool("echo", {"text": "on the other replica"}))
-
-        names, text = asyncio.run(
-            run_session(mcp_gateway, body, url=replica.url, session_id=session)
-        )
-        assert "echo" in names and "secret_tool" not in names
-        assert text == "on the other replica"
-        record = record_where(mcp_gateway, **{"mcp.tool.called_as": "echo",
-                                              "mcp.session": session_nonce(session)})  # fmt: skip
-        assert record["outcome"] == "served"
+        _serve_one_session_on_two_replicas(mcp_gateway, replica)
     finally:
         replica.stop()
+
+
+def test_two_replicas_on_postgresql_serve_one_session(tool_servers, tmp_path):
+    from tests.store_fixtures import (
+        PG_URL,
+        create_pg_schema,
+        drop_pg_schema,
+        require_pg,
+        with_search_path,
+    )
+    from tests.test_cluster import _bootstrap
+
+    asyncio.run(require_pg())
+    schema = asyncio.run(create_pg_schema())
+    try:
+        store = with_search_path(PG_URL, schema)
+        admin_token = asyncio.run(_bootstrap(store))
+        tools, fragile = tool_servers
+        config = gateway_config(tools.url, fragile.url, store=store)
+        env = {"CUSTOS_TEST_UPSTREAM_TOKEN": UPSTREAM_TOKEN}
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+        first = GatewayProcess(config, tmp_path / "a", env=env)
+        second = GatewayProcess(config, tmp_path / "b", env=env)
+        first.token = second.token = admin_token
+        try:
+            _serve_one_session_on_two_replicas(first, second)
+        finally:
+            first.stop()
+            second.stop()
+    finally:
+        asyncio.run(drop_pg_schema(schema))
 
 
 def session_nonce(session_id: str) -> str:
