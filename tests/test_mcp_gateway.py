@@ -738,6 +738,9 @@ def test_bad_input_gets_a_clear_json_rpc_error_and_changes_nothing(mcp_gateway):
     assert bad_arguments.json()["id"] == 7
     no_name = post('{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {}}')
     assert code(no_name) == -32602
+    long_name = post(orjson.dumps({"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+                                   "params": {"name": "x" * 5000}}))  # fmt: skip
+    assert code(long_name) == -32602
     unknown = post('{"jsonrpc": "2.0", "id": 9, "method": "resources/list"}')
     assert (unknown.status_code, code(unknown)) == (200, -32601)
     old = post('{"jsonrpc": "2.0", "id": 10, "method": "ping"}', **{"mcp-protocol-version": "1999"})
@@ -745,8 +748,9 @@ def test_bad_input_gets_a_clear_json_rpc_error_and_changes_nothing(mcp_gateway):
     pong = post('{"jsonrpc": "2.0", "id": 11, "method": "ping"}')
     assert pong.status_code == 200 and pong.json() == {"jsonrpc": "2.0", "id": 11, "result": {}}
     # The refused tools/call requests were recorded as such; nothing reached a tool.
-    refused = eventually(lambda: tool_records(mcp_gateway)[before:], lambda r: len(r) >= 2)
-    assert [r["error.type"] for r in refused] == ["invalid_params", "invalid_params"]
+    refused = eventually(lambda: tool_records(mcp_gateway)[before:], lambda r: len(r) >= 3)
+    assert [r["error.type"] for r in refused] == ["invalid_params"] * 3
+    assert len(refused[-1]["mcp.tool.called_as"]) == 256
     assert all(r["outcome"] == "denied" and r["mcp.server"] is None for r in refused)
     for text in (b"{not json", b"a" * 70_000):
         assert text not in mcp_gateway.log().encode()

@@ -55,6 +55,9 @@ PREFIX: Final = "/mcp/"
 ROUTE: Final = "/mcp/{name}"
 SUPPORTED_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_VERSION: Final = "2025-11-25"
+#: The longest tool name taken (MCP names tools in 1 to 128 characters; a virtual server's
+#: ``server__tool`` adds a server's id).
+MAX_TOOL_NAME: Final = 256
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -288,13 +291,15 @@ class McpRoutes:
             metadata_headers=head.metadata,
         )
         params = message.get("params") or {}
-        ctx.mcp = call = ToolCall(endpoint.name, session, message["id"], str(params.get("name")))
+        # (A name longer than any tool's is refused below; the record keeps its start only.)
+        called = str(params.get("name"))[:MAX_TOOL_NAME]
+        ctx.mcp = call = ToolCall(endpoint.name, session, message["id"], called)
 
         async def read_request(ctx: RequestContext) -> None:
             name, arguments = params.get("name"), params.get("arguments", {})
-            if not isinstance(name, str) or not name:
-                raise GatewayError(400, "invalid_params", "tools/call needs params.name.",
-                                   param="name")  # fmt: skip
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_TOOL_NAME:
+                raise GatewayError(400, "invalid_params", "tools/call needs params.name (1 to "
+                                   f"{MAX_TOOL_NAME} characters).", param="name")  # fmt: skip
             if not isinstance(arguments, dict):
                 raise GatewayError(400, "invalid_params", "params.arguments is an object.",
                                    param="arguments")  # fmt: skip
