@@ -412,6 +412,8 @@ def test_requests_without_a_valid_session_or_token_are_refused(mcp_gateway):
     assert batch.status_code == 400 and batch.json()["error"]["code"] == -32600
     nowhere = httpx.post(f"{mcp_gateway.url}/mcp/nowhere", json=call, headers=mcp_gateway.headers)
     assert nowhere.status_code == 404
+    anonymous = httpx.post(f"{mcp_gateway.url}/mcp/nowhere", json=call)
+    assert anonymous.status_code == 401  # nothing said about which servers exist
 
 
 def test_a_session_of_one_endpoint_is_not_accepted_by_another(mcp_gateway):

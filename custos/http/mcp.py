@@ -132,14 +132,6 @@ class McpRoutes:
                 err = GatewayError(405, "method_not_allowed", "MCP endpoints take POST and DELETE.")
                 err.headers["allow"] = "POST, DELETE"
                 raise err
-            if endpoint is None:
-                raise GatewayError(404, "unknown_route", f"No MCP server '{name}' on this gateway.")
-            if head.protocol is not None and head.protocol not in SUPPORTED_VERSIONS:
-                raise GatewayError(
-                    400,
-                    "unsupported_protocol_version",
-                    f"MCP protocol version {head.protocol!r} is not supported.",
-                )
             try:
                 principal = await self.gateway.authenticate.principal_for(head.token, runtime.jwt)
             except GatewayError as err:
@@ -147,6 +139,16 @@ class McpRoutes:
                     self.auth_failed(scope, err, request_id)
                     err.headers["www-authenticate"] = "Bearer"
                 raise
+            # After authentication: an unauthenticated caller learns nothing of the servers.
+            if endpoint is None:
+                raise GatewayError(404, "unknown_route", f"No MCP server '{name[:64]}' here.")
+            if head.protocol is not None and head.protocol not in SUPPORTED_VERSIONS:
+                raise GatewayError(
+                    400,
+                    "unsupported_protocol_version",
+                    f"MCP protocol version {head.protocol[:32]!r} is not supported; use one of "
+                    f"{', '.join(SUPPORTED_VERSIONS)}.",
+                )
             if method == "DELETE":
                 session = self._session(head, endpoint, principal)
                 self.gateway.mcp.upstream.forget(session.nonce)
