@@ -59,6 +59,8 @@ LATEST_VERSION: Final = "2025-11-25"
 #: ``server__tool`` adds a server's id).
 MAX_TOOL_NAME: Final = 256
 
+_SESSION_ERRORS: Final = frozenset({"missing_session", "unknown_session"})
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Relay = Callable[[Send, Receive, GatewayResponse], Awaitable[None]]
@@ -202,9 +204,10 @@ class McpRoutes:
                 400, "method_not_found", f"The method {method!r} is not offered by the gateway."
             )
         except GatewayError as err:
-            status = err.status if err.status in (400, 404) and message_id is None else 200
-            if err.code in ("missing_session", "unknown_session", "method_not_allowed"):
-                status = err.status
+            # A session refusal is the transport's (400, 404: the client opens a new session);
+            # a request's refusal is its JSON-RPC error, with HTTP 200.
+            transport = err.code in _SESSION_ERRORS or message_id is None
+            status = err.status if transport else 200
             await _send_error(send, err, message_id, request_id, status=status)
             return status
 
