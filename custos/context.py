@@ -142,6 +142,9 @@ class RequestContext:
     guards: Any = field(default=None, repr=False)
     #: Content capture (``audit.content`` other than ``none``): the response goes here.
     capture: ContentCapture | None = field(default=None, repr=False)
+    #: An MCP tool call (``custos.mcp.call.ToolCall``): the server, the tool, its arguments
+    #: and what came back. ``None`` on the model routes.
+    mcp: Any = field(default=None, repr=False)
 
     @property
     def latency_ms(self) -> int:

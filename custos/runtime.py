@@ -49,6 +49,7 @@ class Runtime:
                     id=rule.id or f"access[{index}]",
                     subjects=frozenset(_subject_key(s) for s in rule.subjects),
                     models=ModelPattern(rule.models),
+                    tools=ModelPattern(rule.mcp_tools),
                 )
                 for index, rule in enumerate(self.config.access)
             ]

@@ -43,4 +43,7 @@ def _config_check(args: argparse.Namespace) -> int:
             checked = f", validated against {sources.schema.name}" if sources.schema else ""
             print(f"  guardrail {guardrail.id}: {len(sources.files)} {sources.language} file(s)"
                   f"{checked}, policy revision {sources.digest[:12]}")  # fmt: skip
+    if config.mcp_servers:
+        print(f"  {len(config.mcp_servers)} MCP server(s), "
+              f"{len(config.virtual_mcp_servers)} virtual MCP server(s)")  # fmt: skip
     return 0

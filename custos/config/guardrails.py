@@ -5,7 +5,8 @@ comes back (``llm_output``)::
 
     guardrails:
       - id: pii-redact
-        hook: llm_input            # llm_input | llm_output
+        hook: llm_input            # llm_input | llm_output | mcp_tool_pre_invoke
+                                   # | mcp_tool_post_invoke
         type: pii                  # pii | secrets | regex | keywords | prompt_injection
                                    # | metadata | webhook | cedar | opa
         operation: mutate          # validate: never changes data | mutate: may rewrite it
@@ -18,8 +19,8 @@ ones replace what they find with typed placeholders (``<EMAIL_1>``) and let the 
 ``enforce_but_ignore_on_error`` lets a call through when the guardrail itself fails or times
 out; ``audit`` decides and records, never blocks nor rewrites. Guardrails of one hook run in
 list order (mutations apply in that order); the first ``validate`` that refuses stops the
-request. The ``mcp_tool_*`` hooks and the ``cedar``/``opa`` types belong to the MCP gateway and
-are refused here until it exists.
+request. ``mcp_tool_pre_invoke`` checks a tool call's arguments before the tool runs,
+``mcp_tool_post_invoke`` its result before the agent sees it (``mutate`` redacts it; docs/mcp.md).
 
 ``data_classes:`` names the classes of data the organisation cares about and what detects
 them in a request's content; any rule's ``when: {data_classes: [...]}`` then matches requests
@@ -55,16 +56,13 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _CLASS = r"^[a-z][a-z0-9_.-]{0,63}$"
 _DETECTOR = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 
-Hook = Literal["llm_input", "llm_output"]
+Hook = Literal["llm_input", "llm_output", "mcp_tool_pre_invoke", "mcp_tool_post_invoke"]
 GuardrailType = Literal[
     "pii", "secrets", "regex", "keywords", "prompt_injection", "metadata", "webhook", "cedar",
     "opa",
 ]  # fmt: skip
-#: Hooks and types of the DESIGN that come with the MCP gateway.
-LATER_HOOKS = ("mcp_tool_pre_invoke", "mcp_tool_post_invoke")
-LATER_TYPES: tuple[str, ...] = ()
 #: Guardrail types that decide with a policy (``custos.guardrails.policy``), and where: before
-#: a model call (``call_model``) and, with the MCP gateway, before a tool call (``call_tool``).
+#: a model call (``call_model``) and before a tool call (``call_tool``).
 POLICY_TYPES = ("cedar", "opa")
 POLICY_HOOKS = ("llm_input", "mcp_tool_pre_invoke")
 
@@ -137,18 +135,6 @@ class GuardrailSettings(_Strict):
     def policy_sources(self) -> policies.PolicySources | None:
         """A ``cedar`` or in-process ``opa`` guardrail's files, read and checked."""
         return self._sources
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_yet(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            if data.get("hook") in LATER_HOOKS:
-                raise ValueError(f"hook {data['hook']} comes with the MCP gateway: not supported "
-                                 "yet")  # fmt: skip
-            if data.get("type") in LATER_TYPES:
-                raise ValueError(f"type {data['type']} comes with the MCP gateway: not supported "
-                                 "yet")  # fmt: skip
-        return data
 
     @model_validator(mode="after")
     def _fits_its_type(self) -> GuardrailSettings:

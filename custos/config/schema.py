@@ -23,12 +23,13 @@ from pydantic import (
 from custos.config.audit import AuditSettings
 from custos.config.guardrails import DataClasses, GuardrailSettings
 from custos.config.residency import ResidencyRule
+from custos.config.mcp import McpServers, VirtualMcpServers, check_mcp_names, tool_glob
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 from custos.request_values import RequestValue
 
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
-UNSUPPORTED_SECTIONS = ("mcp_servers",)
+UNSUPPORTED_SECTIONS: tuple[str, ...] = ()
 
 PROVIDER_TYPES = (
     "openai",
@@ -303,11 +304,24 @@ class TeamSettings(_Strict):
 
 
 class AccessRule(_Strict):
-    """A grant: these subjects may call these models. Default deny."""
+    """A grant: these subjects may call these models, these MCP tools (``server/tool``
+    globs), or both. Default deny: a model or tool no grant names is refused."""
 
     id: str | None = None
     subjects: Annotated[list[str], Field(min_length=1)]
-    models: Annotated[list[str], Field(min_length=1)]
+    models: list[str] = Field(default_factory=list)
+    mcp_tools: list[str] = Field(default_factory=list)
+
+    @field_validator("mcp_tools")
+    @classmethod
+    def _tool_globs(cls, value: list[str]) -> list[str]:
+        return [tool_glob(v) for v in value]
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> AccessRule:
+        if not self.models and not self.mcp_tools:
+            raise ValueError("a grant names models, mcp_tools or both")
+        return self
 
     @field_validator("subjects")
     @classmethod
@@ -572,6 +586,8 @@ class Config(_Strict):
     guardrails: list[GuardrailSettings] = Field(default_factory=list)
     data_classes: DataClasses = Field(default_factory=dict)
     residency: list[ResidencyRule] = Field(default_factory=list)
+    mcp_servers: McpServers = Field(default_factory=dict)
+    virtual_mcp_servers: VirtualMcpServers = Field(default_factory=dict)
 
     @field_validator("rate_limits", "budgets", "guardrails", "residency")
     @classmethod
@@ -597,6 +613,12 @@ class Config(_Strict):
                 "PostgreSQL store (every replica must share it); use ${env:NAME} or ${file:path}"
             )
         return self
+
+    @field_validator("virtual_mcp_servers")
+    @classmethod
+    def _mcp_names(cls, value: VirtualMcpServers, info: ValidationInfo) -> VirtualMcpServers:
+        check_mcp_names(info.data.get("mcp_servers") or {}, value)
+        return value
 
     @model_validator(mode="after")
     def _residency_knows_regions(self) -> Config:

@@ -27,6 +27,8 @@ from custos.context import RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
 from custos.http.admin import AdminAPI
+from custos.http.mcp import PREFIX as MCP_PREFIX
+from custos.http.mcp import McpRoutes
 from custos.http.models import ONE_MODEL_PREFIX, client_protocol, models_list, one_model
 from custos.http.requests import (
     ClientGone,
@@ -94,6 +96,13 @@ class GatewayApp:
             Endpoint("/metrics", frozenset({"GET"}), self.metrics, "openai"),
         ]
         self.routes: dict[str, Endpoint] = {e.route: e for e in endpoints}
+        self.mcp = McpRoutes(
+            gateway,
+            new_id=new_request_id,
+            relay=relay_stream,
+            auth_failed=self.auth_failed,
+            body_timeout_s=self.body_timeout_s,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -108,6 +117,8 @@ class GatewayApp:
             return
         if path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
             await self.console(scope, receive, send)
+        if path.startswith(MCP_PREFIX):
+            await self.mcp(scope, receive, send)
             return
         endpoint = self.routes.get(path) or self.routes.get(path.rstrip("/"))
         if (
