@@ -8,7 +8,6 @@ import asyncio
 import os
 import subprocess
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,11 +17,11 @@ import pytest
 from custos.config import ConfigError, parse_config
 from custos.context import RequestContext
 from custos.errors import GatewayError
+from custos.guardrails.policy.decision import PolicyDecision, PolicyRequest
 from custos.guardrails.rules import compile_guardrails
 from custos.identity.principal import Principal
 from custos.mcp.call import ToolCall
 from custos.mcp.catalog import McpCatalog
-from custos.mcp.policy import PolicyRequest
 from custos.mcp.service import McpGateway
 from custos.mcp.sessions import SESSION_TTL_S, SessionCodec
 from custos.mcp.stages import AuthorizeTool, ToolPreInvoke
@@ -184,22 +183,21 @@ def test_tools_are_default_deny_and_granted_by_globs():
 # -- the pre-invoke stage and policy guardrails ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Decided:
-    allowed: bool
-    policy_id: str
-    rule: str | None
-    reason: str
+def decided(verdict: str, rule: str, enforcing: str = "enforce") -> PolicyDecision:
+    """What a cedar/opa guardrail's policy answers (custos.guardrails.policy.GuardrailPolicy)."""
+    allowed = verdict == "allow" or enforcing == "audit"
+    return PolicyDecision(allowed, "tool-policy", rule, "told so", verdict=verdict,  # type: ignore[arg-type]
+                          enforcing=enforcing, engine="cedar", revision="rev1")  # type: ignore[arg-type]  # fmt: skip
 
 
 class FakePolicy:
     """Stands for a cedar/opa policy: records what it was asked, answers as told."""
 
-    def __init__(self, answer: Decided | Exception) -> None:
+    def __init__(self, answer: PolicyDecision | Exception) -> None:
         self.answer = answer
         self.asked: list[Any] = []
 
-    async def decide(self, request: PolicyRequest) -> Decided:
+    async def decide(self, request: PolicyRequest) -> PolicyDecision:
         self.asked.append(request)
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -231,13 +229,13 @@ def run_stages(runtime: Runtime, ctx: RequestContext, guardrail: Any) -> None:
 
 def test_a_policy_is_asked_about_the_call_after_the_mutations_before_it():
     runtime = load()
-    policy = FakePolicy(Decided(True, "tools.cedar", "permit-support", "ok"))
+    policy = FakePolicy(decided("allow", "permit-support"))
     ctx = tool_ctx(runtime, {"issue": "OPS-1", "note": "mail ann@example.com", "n": 3})
     run_stages(runtime, ctx, policy_guardrail(policy))
     (asked,) = policy.asked
     assert asked.action == "call_tool"
-    assert asked.principal == {"type": "User", "id": "u1", "name": "ann@example.com",
-                               "teams": ["support"]}  # fmt: skip
+    assert asked.principal == {"type": "User", "id": "ann@example.com", "uid": "u1",
+                               "teams": ["support"], "roles": []}  # fmt: skip
     mutated = {"issue": "OPS-1", "note": "mail <EMAIL_1>", "n": 3}
     assert asked.resource == {"type": "Tool", "server": "jira", "name": "delete_issue",
                               "arguments": mutated}  # fmt: skip
@@ -246,19 +244,20 @@ def test_a_policy_is_asked_about_the_call_after_the_mutations_before_it():
     decision = ctx.decisions[-1]
     assert (decision.stage, decision.rule, decision.outcome) == ("guardrails", "tool-policy",
                                                                  "allow")  # fmt: skip
-    assert decision.input["policy"] == "tools.cedar"
+    assert decision.input["policy"] == "tool-policy"
     assert decision.input["policy_rule"] == "permit-support"
+    assert decision.input["policy_revision"] == "rev1"
 
 
 def test_a_policy_denial_names_the_guardrail_the_policy_and_the_rule():
     runtime = load()
-    policy = FakePolicy(Decided(False, "tools.cedar", "forbid-delete-in-prod", "production"))
+    policy = FakePolicy(decided("deny", "forbid-delete-in-prod"))
     ctx = tool_ctx(runtime, {"issue": "OPS-1"})
     with pytest.raises(GatewayError) as caught:
         run_stages(runtime, ctx, policy_guardrail(policy))
     err = caught.value
     assert (err.status, err.code) == (403, "policy_denied")
-    assert "tool-policy" in err.message and "tools.cedar" in err.message
+    assert "tool-policy" in err.message
     assert "forbid-delete-in-prod" in err.message
     assert ctx.decisions[-1].outcome == "deny"
 
@@ -272,7 +271,7 @@ def test_a_policy_that_fails_follows_its_enforcing_and_audit_never_blocks():
     ctx = tool_ctx(runtime, {})
     run_stages(runtime, ctx, policy_guardrail(failing, "enforce_but_ignore_on_error"))
     assert (ctx.decisions[-1].outcome, ctx.decisions[-1].reason) == ("allow", "error")
-    denying = FakePolicy(Decided(False, "p", "r", "no"))
+    denying = FakePolicy(decided("deny", "r", "audit"))
     ctx = tool_ctx(runtime, {})
     run_stages(runtime, ctx, policy_guardrail(denying, "audit"))
     assert ctx.decisions[-1].outcome == "audit_only"

@@ -22,8 +22,8 @@ from pydantic import (
 
 from custos.config.audit import AuditSettings
 from custos.config.guardrails import DataClasses, GuardrailSettings
-from custos.config.residency import ResidencyRule
 from custos.config.mcp import McpServers, VirtualMcpServers, check_mcp_names, tool_glob
+from custos.config.residency import ResidencyRule
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 from custos.request_values import RequestValue
 
