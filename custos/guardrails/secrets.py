@@ -62,7 +62,8 @@ class Rule:
 
     - ``prefix``: a token (a run of base64-like characters, see ``_TOKEN``) starts with it;
     - ``literal``: the text contains it (case-sensitive);
-    - ``names``: where the lowered text has one of them, the expression is matched there."""
+    - ``names``: where one of them is (any case) shortly before a ``:`` or ``=``, the
+      expression is matched there."""
 
     kind: str
     pattern: re.Pattern[str]
@@ -203,19 +204,6 @@ def _high_entropy(text: str, start: int, token: str) -> bool:
     return len(body) >= 32 and mixed and entropy >= 4.5
 
 
-def _named(text: str, lowered: str, rule: Rule) -> Iterator[re.Match[str]]:
-    """The expression matched where one of the rule's names is (``lowered`` is ``text`` in
-    lower case, of the same length)."""
-    for name in rule.names:
-        position = lowered.find(name)
-        while position != -1:
-            if position == 0 or not lowered[position - 1].isalnum():
-                found = rule.pattern.match(text, position)
-                if found is not None:
-                    yield found
-            position = lowered.find(name, position + 1)
-
-
 def _matches(text: str, rule: Rule, candidates: Iterator[re.Match[str]]) -> Iterator[Match]:
     for found in candidates:
         value = found.group(1) if rule.pattern.groups else found.group()
@@ -227,20 +215,38 @@ def _matches(text: str, rule: Rule, candidates: Iterator[re.Match[str]]) -> Iter
         yield Match(rule.kind, start, end)
 
 
-def _named(text: str, rule: Rule) -> Iterator[re.Match[str]]:
-    """The rule's expression matched where one of its names is."""
-    lowered = text.lower()
-    if len(lowered) != len(text):  # lower case changed the length (rare letters)
-        yield from rule.pattern.finditer(text)
-        return
-    for name in rule.names:
-        position = lowered.find(name)
+def _named(text: str, rule: Rule, assignments: list[int]) -> Iterator[re.Match[str]]:
+    """The rule's expression matched where one of its names is, in the 48 characters before
+    a ``:`` or ``=`` (every named secret is assigned: ``password: …``)."""
+    seen: set[int] = set()
+    for position in assignments:
+        window = max(0, position - 48)
+        snippet = text[window:position].lower()
+        if len(snippet) != position - window:  # lower case changed the length: search it all
+            found = rule.pattern.search(text, window, position + 300)
+            if found is not None and found.start() not in seen:
+                seen.add(found.start())
+                yield found
+            continue
+        for name in rule.names:
+            at = snippet.rfind(name)
+            if at == -1 or (at > 0 and snippet[at - 1].isalnum()) or window + at in seen:
+                continue
+            found = rule.pattern.match(text, window + at)
+            if found is not None:
+                seen.add(window + at)
+                yield found
+
+
+def _assignments(text: str) -> list[int]:
+    """Where the text has ``:`` or ``=`` (found with ``str.find``, much faster than ``re``)."""
+    found = []
+    for sign in ":=":
+        position = text.find(sign)
         while position != -1:
-            if position == 0 or not lowered[position - 1].isalnum():
-                found = rule.pattern.match(text, position)
-                if found is not None:
-                    yield found
-            position = lowered.find(name, position + 1)
+            found.append(position)
+            position = text.find(sign, position + 1)
+    return found
 
 
 def _pem_end(text: str, header_end: int) -> int:
@@ -264,6 +270,7 @@ def scan(text: str) -> list[Match]:
     """Every secret found in ``text``, by position (see the module docstring)."""
     found: list[Match] = []
     by_prefix: dict[str, list[Rule]] = {}
+    assignments = _assignments(text)
     for rule in RULES:
         if rule.prefix:
             by_prefix.setdefault(rule.prefix, []).append(rule)
@@ -271,7 +278,7 @@ def scan(text: str) -> list[Match]:
             if rule.literal in text:
                 found.extend(_matches(text, rule, rule.pattern.finditer(text)))
         else:
-            found.extend(_matches(text, rule, _named(text, rule)))
+            found.extend(_matches(text, rule, _named(text, rule, assignments)))
     for start, token in _tokens(text):
         if token.startswith(_PREFIXES):
             for prefix, rules in by_prefix.items():

@@ -1,0 +1,199 @@
+"""Prompt-injection heuristics: scored rules, versioned (``custos.injection/1``).
+
+Each rule recognises one technique, in English, German, French and Spanish, and has a weight;
+a text's score is the sum of the weights of the distinct rules it matches, and it is an
+injection when the score reaches the guardrail's ``threshold`` (``DEFAULT_THRESHOLD`` = 1.0).
+The weights say how sure one technique alone makes us: an instruction override (``ignore all
+previous instructions``) or a chat template's control tokens are enough alone; a jailbreak
+persona, a question about the hidden instructions or a fake ``system:`` line need a second
+signal.
+
+A text that holds base64 is also checked once decoded (``encoded_payload``): a payload that
+matches a rule there counts that rule's weight plus the rule's own.
+
+The findings name the matched rules (kind ``injection.RULE``), never the text. A finding's
+span is where the rule matched, which is how the guardrail counts it; a ``prompt_injection``
+guardrail validates, it does not rewrite.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Final
+
+#: Changes whenever the rules or their weights change.
+RULES_VERSION: Final = "custos.injection/1"
+DEFAULT_THRESHOLD: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionRule:
+    id: str
+    weight: float
+    pattern: re.Pattern[str]
+
+
+def _rule(rule_id: str, weight: float, *alternatives: str) -> InjectionRule:
+    joined = "|".join(f"(?:{a})" for a in alternatives)
+    return InjectionRule(rule_id, weight, re.compile(joined, re.IGNORECASE))
+
+
+_ALL = r"(?:all |any |every |the |your |my |these |those )*"
+_PREVIOUS = (r"(?:previous|prior|preceding|above|earlier|foregoing|original|initial|system|"
+             r"existing)")  # fmt: skip
+_ORDERS = r"(?:instructions?|prompts?|rules|directions|directives|guidelines|orders|commands)"
+
+RULES: Final = (
+    _rule(
+        "override", 1.0,
+        # en: ignore / disregard / forget (all) previous instructions
+        rf"\b(?:ignore|disregard|forget|skip|override|bypass|drop)\s+{_ALL}(?:of\s+)?{_ALL}"
+        rf"{_PREVIOUS}\s+(?:\w+\s+)?{_ORDERS}",
+        r"\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:you\s+were\s+told|"
+        r"(?:that\s+)?(?:was\s+)?(?:said|written)\s+)?(?:above|before|so\s+far)",
+        # de: ignoriere alle vorherigen Anweisungen / vergiss deine Anweisungen
+        r"\b(?:ignorier|vergiss|missachte|übergeh)\w*\s+(?:\w+\s+){0,3}"
+        r"(?:anweisungen|instruktionen|regeln|vorgaben|befehle|richtlinien)",
+        # fr: ignore les instructions précédentes / oublie toutes tes instructions
+        r"\b(?:ignore[rz]?|oublie[rz]?|néglige[rz]?|fais\s+abstraction\s+de)\s+(?:\w+\s+){0,3}"
+        r"(?:instructions|consignes|règles|directives)",
+        # es: ignora las instrucciones anteriores / olvida tus instrucciones
+        r"\b(?:ignora|ignore|olvida|olvide|descarta|omite)\w*\s+(?:\w+\s+){0,3}"
+        r"(?:instrucciones|indicaciones|reglas|directrices|órdenes)",
+    ),
+    _rule(
+        "template_tokens", 1.0,
+        r"<\|im_start\|>|<\|im_end\|>|<\|system\|>|<\|endoftext\|>|<\|start_header_id\|>",
+        r"\[/?INST\]|<<\s*/?SYS\s*>>|<\s*/?\s*system\s*>",
+    ),
+    _rule(
+        "fake_system", 0.5,
+        r"(?:^|\n)\s*(?:#{1,3}\s*)?(?:system|sistema|système|systemnachricht|developer)"
+        r"\s*(?:message|prompt|nachricht)?\s*:",
+        r"(?:^|\n)\s*(?:\[|\()?(?:system|admin|developer)\s+(?:override|update|notice)",
+        r"\bbegin\s+(?:new\s+)?system\s+prompt\b|\bend\s+of\s+(?:user\s+)?(?:input|prompt)\b",
+        r"(?:^|\n)\s*(?:human|assistant)\s*:",
+    ),
+    _rule(
+        "new_instructions", 0.5,
+        r"\b(?:your\s+new\s+(?:instructions|task|role|rules)|new\s+instructions\s*:|"
+        r"from\s+now\s+on,?\s+you\s+(?:are|will|must|shall))",
+        r"\b(?:deine\s+neuen?\s+(?:anweisungen|aufgabe|regeln)|ab\s+(?:jetzt|sofort)\s+bist\s+du)",
+        r"\b(?:tes\s+nouvelles\s+(?:instructions|consignes)|(?:désormais|dorénavant|à\s+partir"
+        r"\s+de\s+maintenant),?\s+tu\s+(?:es|dois|vas))",
+        r"\b(?:tus\s+nuevas\s+(?:instrucciones|reglas)|(?:a\s+partir\s+de\s+ahora|desde\s+ahora)"
+        r",?\s+(?:eres|debes|vas))",
+    ),
+    _rule(
+        "persona", 0.6,
+        r"\b(?:DAN|do\s+anything\s+now|developer\s+mode|jailbr(?:ea|o)k\w*|god\s+mode|"
+        r"evil\s+(?:ai|assistant|twin|confidant)|AIM\s+mode|unfiltered\s+(?:ai|mode|assistant))\b",
+        r"\b(?:you\s+are\s+now|act\s+as|pretend\s+(?:to\s+be|you\s+are)|roleplay\s+as)\s+"
+        r"(?:an?\s+)?(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue)",
+        r"\b(?:du\s+bist\s+(?:jetzt|nun)|spiele?|tu\s+so,?\s+als\s+(?:ob|wärst))\s+(?:\w+\s+)?"
+        r"(?:uneingeschränkt|unzensiert|ohne\s+regeln|böse)",
+        r"\b(?:tu\s+es\s+maintenant|fais\s+semblant\s+d'être|joue\s+le\s+rôle\s+d)\S*\s+(?:\w+\s+)?"
+        r"(?:sans\s+restriction|non\s+censuré|sans\s+filtre|malveillant)",
+        r"\b(?:ahora\s+eres|finge\s+ser|actúa\s+como)\s+(?:una?\s+)?(?:\w+\s+)?"
+        r"(?:sin\s+restricciones|sin\s+censura|sin\s+filtros|malvad)",
+    ),
+    _rule(
+        "no_limits", 0.5,
+        r"\b(?:without|with\s+no|free\s+(?:of|from))\s+(?:any\s+)?(?:restrictions|limitations|"
+        r"filters|censorship|guidelines|rules|ethical\s+(?:guidelines|constraints))\b",
+        r"\bohne\s+(?:jegliche\s+|irgendwelche\s+)?(?:einschränkungen|beschränkungen|filter|"
+        r"zensur|regeln)\b",
+        r"\bsans\s+(?:aucune\s+)?(?:restrictions?|limites|filtres?|censure|règles)\b",
+        r"\bsin\s+(?:ninguna\s+)?(?:restricci(?:ón|ones)|límites|filtros?|censura|reglas)\b",
+    ),
+    _rule(
+        "bypass_safety", 0.6,
+        r"\b(?:bypass|disable|circumvent|turn\s+off|override|ignore)\s+(?:your\s+|the\s+|all\s+)*"
+        r"(?:safety|content|ethic\w*|moderation)\s+(?:filters?|guidelines|polic(?:y|ies)|rules|"
+        r"protocols|settings)",
+        r"\b(?:sicherheits\w*|inhalts\w*filter\w*)\s+(?:\w+\s+)?(?:umgehen|ignorieren|"
+        r"deaktivieren|abschalten)",
+        r"\b(?:contourne[rz]?|désactive[rz]?|ignore[rz]?)\s+(?:\w+\s+){0,2}(?:filtres?|règles|"
+        r"protections?)\s+de\s+(?:sécurité|modération)",
+        r"\b(?:omite|desactiva|evita|elude|ignora)\w*\s+(?:\w+\s+){0,2}(?:filtros?|reglas|"
+        r"políticas|protecciones)\s+de\s+(?:seguridad|moderación|contenido)",
+    ),
+    _rule(
+        "extraction", 1.0,
+        r"\b(?:reveal|show|print|output|repeat|display|leak|dump|tell\s+me|give\s+me|recite|"
+        r"spell\s+out|copy)\s+(?:me\s+)?(?:\w+\s+){0,2}(?:system\s+prompt|(?:initial|hidden|"
+        r"secret|original|system|developer)\s+(?:instructions|prompt|message)|instructions\s+"
+        r"(?:above|you\s+were\s+given))",
+        r"\brepeat\s+(?:\w+\s+){0,3}(?:words|text|everything)\s+above\b",
+        r"\b(?:zeig|gib|wiederhole|verrate|nenne)\w*\s+(?:\w+\s+){0,3}(?:system-?prompt|"
+        r"(?:ursprünglichen|versteckten|geheimen|initialen)\s+(?:anweisungen|instruktionen))",
+        r"\b(?:révèle|montre|affiche|répète|donne|dis)\S*\s+(?:\w+\s+){0,3}(?:prompt\s+système|"
+        r"invite\s+système|instructions\s+(?:initiales|cachées|secrètes|système|d'origine))",
+        r"\b(?:revela|muestra|imprime|repite|dime|dame)\w*\s+(?:\w+\s+){0,3}(?:prompt\s+del\s+"
+        r"sistema|instrucciones\s+(?:iniciales|ocultas|secretas|del\s+sistema|originales))",
+    ),
+    _rule(
+        "extraction_question", 0.5,
+        r"\bwhat\s+(?:is|are|was|were)\s+(?:your|the)\s+(?:exact\s+)?(?:system\s+prompt|"
+        r"(?:initial|hidden|original)\s+instructions)",
+        r"\bwie\s+lautet\s+(?:dein|der)\s+system-?prompt|\bwas\s+(?:sind|ist)\s+deine?\s+"
+        r"(?:system-?prompt|anweisungen)",
+        r"\bquel(?:le)?s?\s+(?:est|sont)\s+(?:ton|tes|le|les)\s+(?:prompt\s+système|"
+        r"instructions)",
+        r"\bcu[aá]l(?:es)?\s+(?:es|son)\s+(?:tu|tus|el|las)\s+(?:prompt\s+del\s+sistema|"
+        r"instrucciones)",
+    ),
+    _rule(
+        "encoded_instructions", 0.4,
+        r"\b(?:decode|decrypt|deobfuscate)\s+(?:this|the\s+following|it)\b.{0,40}\b(?:and|then)\s+"
+        r"(?:follow|execute|run|obey|do)",
+        r"\b(?:dekodiere|entschlüssle)\b.{0,40}\b(?:befolge|führe)",
+        r"\b(?:décode|déchiffre)\b.{0,40}\b(?:suis|exécute|applique)",
+        r"\b(?:decodifica|descifra)\b.{0,40}\b(?:sigue|ejecuta|obedece)",
+        r"\b(?:rot13|base64|hex)[- ]encoded\s+(?:instructions|prompt|command)",
+    ),
+)  # fmt: skip
+
+#: Base64 runs long enough to hold an instruction (at least 24 characters).
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    rule: str
+    start: int
+    end: int
+
+
+def matches(text: str) -> list[Hit]:
+    """The first match of each rule in ``text``, and ``encoded_payload`` for a decoded base64
+    run that matches a rule."""
+    hits = []
+    for rule in RULES:
+        found = rule.pattern.search(text)
+        if found is not None:
+            hits.append(Hit(rule.id, found.start(), found.end()))
+    for run in _BASE64.finditer(text):
+        decoded = _decoded(run.group())
+        if decoded and any(rule.pattern.search(decoded) for rule in RULES):
+            hits.append(Hit("encoded_payload", run.start(), run.end()))
+            break
+    return hits
+
+
+def _decoded(value: str) -> str | None:
+    try:
+        raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+
+
+WEIGHTS: Final = {rule.id: rule.weight for rule in RULES} | {"encoded_payload": 1.0}
+
+
+def score(hits: list[Hit]) -> float:
+    return sum(WEIGHTS[h.rule] for h in hits)
