@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+import ahocorasick
+
 #: Changes whenever the rules or their weights change.
 RULES_VERSION: Final = "custos.injection/1"
 DEFAULT_THRESHOLD: Final = 1.0
@@ -31,14 +33,19 @@ DEFAULT_THRESHOLD: Final = 1.0
 
 @dataclass(frozen=True, slots=True)
 class InjectionRule:
+    """One technique: its weight, its expression (case-insensitive) and the words, lower case,
+    at least one of which every match contains (the expression runs only near them)."""
+
     id: str
     weight: float
     pattern: re.Pattern[str]
+    triggers: tuple[str, ...]
 
 
-def _rule(rule_id: str, weight: float, *alternatives: str) -> InjectionRule:
+def _rule(rule_id: str, weight: float, triggers: str, *alternatives: str) -> InjectionRule:
     joined = "|".join(f"(?:{a})" for a in alternatives)
-    return InjectionRule(rule_id, weight, re.compile(joined, re.IGNORECASE))
+    return InjectionRule(rule_id, weight, re.compile(joined, re.IGNORECASE),
+                         tuple(triggers.split("|")))  # fmt: skip
 
 
 _ALL = r"(?:all |any |every |the |your |my |these |those )*"
@@ -49,6 +56,8 @@ _ORDERS = r"(?:instructions?|prompts?|rules|directions|directives|guidelines|ord
 RULES: Final = (
     _rule(
         "override", 1.0,
+        ("ignor|disregard|forget|skip|override|bypass|drop|vergiss|missacht|übergeh|oubli|"
+         "néglige|abstraction|olvid|descart|omit"),
         # en: ignore / disregard / forget (all) previous instructions
         rf"\b(?:ignore|disregard|forget|skip|override|bypass|drop)\s+{_ALL}(?:of\s+)?{_ALL}"
         rf"{_PREVIOUS}\s+(?:\w+\s+)?{_ORDERS}",
@@ -66,11 +75,13 @@ RULES: Final = (
     ),
     _rule(
         "template_tokens", 1.0,
+        "<|[inst]|[/inst]|<<|system>|system >",
         r"<\|im_start\|>|<\|im_end\|>|<\|system\|>|<\|endoftext\|>|<\|start_header_id\|>",
         r"\[/?INST\]|<<\s*/?SYS\s*>>|<\s*/?\s*system\s*>",
     ),
     _rule(
         "fake_system", 0.5,
+        ("system|sistema|système|developer|admin|human|assistant|begin|end of"),
         r"(?:^|\n)\s*(?:#{1,3}\s*)?(?:system|sistema|système|systemnachricht|developer)"
         r"\s*(?:message|prompt|nachricht)?\s*:",
         r"(?:^|\n)\s*(?:\[|\()?(?:system|admin|developer)\s+(?:override|update|notice)",
@@ -79,6 +90,9 @@ RULES: Final = (
     ),
     _rule(
         "new_instructions", 0.5,
+        ("new instructions|new task|new role|new rules|from now on|neue|ab jetzt|"
+         "ab sofort|nouvelles|désormais|dorénavant|à partir de maintenant|nuevas|"
+         "a partir de ahora|desde ahora"),
         r"\b(?:your\s+new\s+(?:instructions|task|role|rules)|new\s+instructions\s*:|"
         r"from\s+now\s+on,?\s+you\s+(?:are|will|must|shall))",
         r"\b(?:deine\s+neuen?\s+(?:anweisungen|aufgabe|regeln)|ab\s+(?:jetzt|sofort)\s+bist\s+du)",
@@ -89,6 +103,10 @@ RULES: Final = (
     ),
     _rule(
         "persona", 0.6,
+        ("dan|do anything|developer mode|jailbr|god mode|evil|aim mode|unfiltered|"
+         "unrestricted|uncensored|rogue|uneingeschränkt|unzensiert|ohne regeln|böse|"
+         "sans restriction|non censuré|sans filtre|malveillant|sin restricciones|"
+         "sin censura|sin filtros|malvad"),
         r"\b(?:DAN|do\s+anything\s+now|developer\s+mode|jailbr(?:ea|o)k\w*|god\s+mode|"
         r"evil\s+(?:ai|assistant|twin|confidant)|AIM\s+mode|unfiltered\s+(?:ai|mode|assistant))\b",
         r"\b(?:you\s+are\s+now|act\s+as|pretend\s+(?:to\s+be|you\s+are)|roleplay\s+as)\s+"
@@ -102,6 +120,7 @@ RULES: Final = (
     ),
     _rule(
         "no_limits", 0.5,
+        "without|with no|free of|free from|ohne|sans|sin",
         r"\b(?:without|with\s+no|free\s+(?:of|from))\s+(?:any\s+)?(?:restrictions|limitations|"
         r"filters|censorship|guidelines|rules|ethical\s+(?:guidelines|constraints))\b",
         r"\bohne\s+(?:jegliche\s+|irgendwelche\s+)?(?:einschränkungen|beschränkungen|filter|"
@@ -111,6 +130,8 @@ RULES: Final = (
     ),
     _rule(
         "bypass_safety", 0.6,
+        ("safety|content|ethic|moderation|sicherheit|inhalt|sécurité|modération|seguridad|"
+         "moderación|contenido"),
         r"\b(?:bypass|disable|circumvent|turn\s+off|override|ignore)\s+(?:your\s+|the\s+|all\s+)*"
         r"(?:safety|content|ethic\w*|moderation)\s+(?:filters?|guidelines|polic(?:y|ies)|rules|"
         r"protocols|settings)",
@@ -123,6 +144,7 @@ RULES: Final = (
     ),
     _rule(
         "extraction", 1.0,
+        "prompt|instructions|anweisungen|instruktionen|above",
         r"\b(?:reveal|show|print|output|repeat|display|leak|dump|tell\s+me|give\s+me|recite|"
         r"spell\s+out|copy)\s+(?:me\s+)?(?:\w+\s+){0,2}(?:system\s+prompt|(?:initial|hidden|"
         r"secret|original|system|developer)\s+(?:instructions|prompt|message)|instructions\s+"
@@ -137,6 +159,7 @@ RULES: Final = (
     ),
     _rule(
         "extraction_question", 0.5,
+        "prompt|instructions|anweisungen|instrucciones",
         r"\bwhat\s+(?:is|are|was|were)\s+(?:your|the)\s+(?:exact\s+)?(?:system\s+prompt|"
         r"(?:initial|hidden|original)\s+instructions)",
         r"\bwie\s+lautet\s+(?:dein|der)\s+system-?prompt|\bwas\s+(?:sind|ist)\s+deine?\s+"
@@ -148,6 +171,7 @@ RULES: Final = (
     ),
     _rule(
         "encoded_instructions", 0.4,
+        ("decod|decrypt|deobfuscate|dekodier|entschlüssl|décod|déchiffr|descifr|encoded"),
         r"\b(?:decode|decrypt|deobfuscate)\s+(?:this|the\s+following|it)\b.{0,40}\b(?:and|then)\s+"
         r"(?:follow|execute|run|obey|do)",
         r"\b(?:dekodiere|entschlüssle)\b.{0,40}\b(?:befolge|führe)",
@@ -157,8 +181,11 @@ RULES: Final = (
     ),
 )  # fmt: skip
 
-#: Base64 runs long enough to hold an instruction (at least 24 characters).
-_BASE64 = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+#: Base64 runs long enough to hold an instruction (at least 24 characters), with the
+#: character before them (a character class first lets ``re`` skip ahead quickly).
+_BASE64 = re.compile(r"[^A-Za-z0-9+/][A-Za-z0-9+/]{24,}={0,2}")
+#: How far around a trigger word a rule's expression is tried.
+_BEFORE, _AFTER = 160, 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,18 +195,56 @@ class Hit:
     end: int
 
 
+def _build_triggers() -> ahocorasick.Automaton:
+    automaton = ahocorasick.Automaton()
+    owners: dict[str, list[int]] = {}
+    for index, rule in enumerate(RULES):
+        for trigger in rule.triggers:
+            owners.setdefault(trigger, []).append(index)
+    for trigger, indexes in owners.items():
+        automaton.add_word(trigger, (len(trigger), tuple(indexes)))
+    automaton.make_automaton()
+    return automaton
+
+
+_TRIGGERS: Final = _build_triggers()
+
+
+def _rule_hits(text: str) -> list[Hit]:
+    """The first match of each rule, tried only around its trigger words."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # lower case changed the length: try every rule everywhere
+        found = ((rule, rule.pattern.search(text)) for rule in RULES)
+        return [Hit(rule.id, m.start(), m.end()) for rule, m in found if m is not None]
+    near: dict[int, list[int]] = {}
+    for last, (length, indexes) in _TRIGGERS.iter(lowered):
+        for index in indexes:
+            near.setdefault(index, []).append(last - length + 1)
+    hits = []
+    for index in sorted(near):
+        rule = RULES[index]
+        searched_to = 0
+        for position in near[index]:
+            start = max(searched_to, position - _BEFORE)
+            end = position + _AFTER
+            if start >= end:
+                continue
+            found = rule.pattern.search(text, start, end)
+            searched_to = end
+            if found is not None:
+                hits.append(Hit(rule.id, found.start(), found.end()))
+                break
+    return hits
+
+
 def matches(text: str) -> list[Hit]:
     """The first match of each rule in ``text``, and ``encoded_payload`` for a decoded base64
     run that matches a rule."""
-    hits = []
-    for rule in RULES:
-        found = rule.pattern.search(text)
-        if found is not None:
-            hits.append(Hit(rule.id, found.start(), found.end()))
-    for run in _BASE64.finditer(text):
-        decoded = _decoded(run.group())
-        if decoded and any(rule.pattern.search(decoded) for rule in RULES):
-            hits.append(Hit("encoded_payload", run.start(), run.end()))
+    hits = _rule_hits(text)
+    for run in _BASE64.finditer(" " + text):
+        decoded = _decoded(run.group()[1:])
+        if decoded and _rule_hits(decoded):
+            hits.append(Hit("encoded_payload", run.start(), run.end() - 1))
             break
     return hits
 
