@@ -61,6 +61,9 @@ RULES: Final = (
         # en: ignore / disregard / forget (all) previous instructions
         rf"\b(?:ignore|disregard|forget|skip|override|bypass|drop)\s+{_ALL}(?:of\s+)?{_ALL}"
         rf"{_PREVIOUS}\s+(?:\w+\s+)?{_ORDERS}",
+        r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+)?(?:of\s+)?your\s+(?:\w+\s+)?"
+        r"(?:rules|guidelines|policies|programming|restrictions|training|instructions)",
+        r"\boverride\s+(?:all|any|the|every)\s+(?:\w+\s+)?(?:policies|rules|restrictions)",
         r"\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:you\s+were\s+told|"
         r"(?:that\s+)?(?:was\s+)?(?:said|written)\s+)?(?:above|before|so\s+far)",
         # de: ignoriere alle vorherigen Anweisungen / vergiss deine Anweisungen
@@ -86,7 +89,11 @@ RULES: Final = (
         r"\s*(?:message|prompt|nachricht)?\s*:",
         r"(?:^|\n)\s*(?:\[|\()?(?:system|admin|developer)\s+(?:override|update|notice)",
         r"\bbegin\s+(?:new\s+)?system\s+prompt\b|\bend\s+of\s+(?:user\s+)?(?:input|prompt)\b",
-        r"(?:^|\n)\s*(?:human|assistant)\s*:",
+    ),
+    _rule(
+        "fake_turns", 0.5,
+        "user|human|assistant|utilisateur|usuario|benutzer|nutzer",
+        r"(?:^|\n)\s*(?:user|human|assistant|ai|utilisateur|usuario|benutzer|nutzer)\s*:",
     ),
     _rule(
         "new_instructions", 0.5,
@@ -102,21 +109,24 @@ RULES: Final = (
         r",?\s+(?:eres|debes|vas))",
     ),
     _rule(
-        "persona", 0.6,
-        ("dan|do anything|developer mode|jailbr|god mode|evil|aim mode|unfiltered|"
-         "unrestricted|uncensored|rogue|uneingeschränkt|unzensiert|ohne regeln|böse|"
-         "sans restriction|non censuré|sans filtre|malveillant|sin restricciones|"
-         "sin censura|sin filtros|malvad"),
-        r"\b(?:DAN|do\s+anything\s+now|developer\s+mode|jailbr(?:ea|o)k\w*|god\s+mode|"
-        r"evil\s+(?:ai|assistant|twin|confidant)|AIM\s+mode|unfiltered\s+(?:ai|mode|assistant))\b",
+        "unrestricted_role", 1.0,
+        ("unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|uneingeschränkt|"
+         "unzensiert|ohne regeln|böse|sans restriction|non censuré|sans filtre|malveillant|"
+         "sin restricciones|sin censura|sin filtros|malvad"),
         r"\b(?:you\s+are\s+now|act\s+as|pretend\s+(?:to\s+be|you\s+are)|roleplay\s+as)\s+"
         r"(?:an?\s+)?(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue)",
-        r"\b(?:du\s+bist\s+(?:jetzt|nun)|spiele?|tu\s+so,?\s+als\s+(?:ob|wärst))\s+(?:\w+\s+)?"
-        r"(?:uneingeschränkt|unzensiert|ohne\s+regeln|böse)",
-        r"\b(?:tu\s+es\s+maintenant|fais\s+semblant\s+d'être|joue\s+le\s+rôle\s+d)\S*\s+(?:\w+\s+)?"
-        r"(?:sans\s+restriction|non\s+censuré|sans\s+filtre|malveillant)",
+        r"\b(?:du\s+bist\s+(?:jetzt|nun)|spiele?|tu\s+so,?\s+als\s+(?:ob|wärst))\s+"
+        r"(?:\w+\s+)?(?:uneingeschränkt|unzensiert|ohne\s+regeln|böse)",
+        r"\b(?:tu\s+es\s+maintenant|fais\s+semblant\s+d'être|joue\s+le\s+rôle\s+d)\S*\s+"
+        r"(?:\w+\s+)?(?:sans\s+restriction|non\s+censuré|sans\s+filtre|malveillant)",
         r"\b(?:ahora\s+eres|finge\s+ser|actúa\s+como)\s+(?:una?\s+)?(?:\w+\s+)?"
         r"(?:sin\s+restricciones|sin\s+censura|sin\s+filtros|malvad)",
+    ),
+    _rule(
+        "persona", 0.6,
+        "dan|do anything|developer mode|jailbr|god mode|evil|aim mode|unfiltered",
+        r"\b(?:DAN|do\s+anything\s+now|developer\s+mode|jailbr(?:ea|o)k\w*|god\s+mode|"
+        r"evil\s+(?:ai|assistant|twin|confidant)|AIM\s+mode|unfiltered\s+(?:ai|mode|assistant))\b",
     ),
     _rule(
         "no_limits", 0.5,
@@ -144,7 +154,7 @@ RULES: Final = (
     ),
     _rule(
         "extraction", 1.0,
-        "prompt|instructions|anweisungen|instruktionen|above",
+        "prompt|instructions|anweisungen|instruktionen|above|instrucciones|invite|consignes",
         r"\b(?:reveal|show|print|output|repeat|display|leak|dump|tell\s+me|give\s+me|recite|"
         r"spell\s+out|copy)\s+(?:me\s+)?(?:\w+\s+){0,2}(?:system\s+prompt|(?:initial|hidden|"
         r"secret|original|system|developer)\s+(?:instructions|prompt|message)|instructions\s+"

@@ -216,8 +216,9 @@ _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 _PHONE_WORDS: Final = ("phone", "tel", "mobile", "cell", "call", "fax", "ring", "text", "telefon",
                        "handy", "mobil", "anruf", "ruf", "erreichbar", "téléphone", "portable",
                        "appel", "joindre", "teléfono", "telefono", "móvil", "movil", "llam",
-                       "cellulare", "chiam", "bellen", "telefoon", "whatsapp", "nummer",
-                       "número", "numéro", "numero", "contact", "kontakt", "reach")  # fmt: skip
+                       "cellulare", "chiam", "bellen", "telefoon", "whatsapp", "reach")
+#: Weaker words (``numéro``, ``contact``): the number must then be written in groups.
+_NUMBER_WORDS: Final = ("número", "numéro", "numero", "nummer", "contact", "kontakt")  # fmt: skip
 _DE_IDNR_WORDS: Final = ("steuer", "idnr", "steueridentifikationsnummer", "tin", "tax")
 _NL_BSN_WORDS: Final = ("bsn", "burgerservicenummer", "sofinummer")
 _PL_PESEL_WORDS: Final = ("pesel",)
@@ -240,7 +241,10 @@ def _emails(text: str) -> Iterator[Match]:
             start = position
             while start > 0 and position - start <= 64 and text[start - 1] in _EMAIL_LOCAL:
                 start -= 1
-            if start < position and position - start <= 64 and text[start].isalnum():
+            userinfo = start > 0 and text[start - 1] == ":" and "://" in text[start - 80 : start]
+            if start < position and position - start <= 64 and text[start].isalnum() and not (
+                userinfo and " " not in text[text.rfind("://", 0, start) : start]
+            ):
                 yield Match(EMAIL, start, domain.end())
         position = text.find("@", position + 1)
 
@@ -265,9 +269,12 @@ def _phones(text: str, start: int, end: int) -> Iterator[Match]:
     for found in _NANP_PHONE.finditer(text, start, end):
         if _phone_valid(found.group(), "US"):
             yield Match(PHONE, found.start(), found.end())
-    if _near(text, start, _PHONE_WORDS):
+    strong = _near(text, start, _PHONE_WORDS)
+    if strong or _near(text, start, _NUMBER_WORDS):
         for found in _NATIONAL_PHONE.finditer(text, start, end):
             value = found.group()
+            if not strong and value.isdigit():
+                continue
             if not value.startswith(("+", "00")) and any(
                 _phone_valid(value, region) for region in PHONE_REGIONS
             ):

@@ -119,8 +119,8 @@ RULES: Final = (
       for p in ("AKIA", "ASIA", "ABIA", "ACCA")),
     _prefixed("aws_access_key_id", "A3T", "[A-Z0-9][A-Z2-7]{16}"),
     Rule("secret.aws_secret_access_key", re.compile(
-        rf"(?i:secret)(?:[ _-]?(?i:access)[ _-]?(?i:key))?[\w\"' ]{{0,20}}[:=]+\s*"
-        rf"[\"']?({_B64}{{40}})(?![A-Za-z0-9+/=])"), names=("secret",)),
+        rf"(?i:secret[ _-]?access[ _-]?key|aws[\w ]{{0,20}}?secret)[\w\"' ]{{0,20}}[:=]+\s*"
+        rf"[\"']?({_B64}{{40}})(?![A-Za-z0-9+/=])"), names=("secret", "aws")),
     _prefixed("gcp_api_key", "AIza", "[0-9A-Za-z_-]{35}"),
     *(_prefixed("github_token", f"gh{c}_", "[A-Za-z0-9]{36,}") for c in "pousr"),
     _prefixed("github_token", "github_pat_", "[A-Za-z0-9_]{50,}"),
@@ -183,6 +183,17 @@ def _names_before(text: str, start: int) -> list[str]:
     return _WORD.findall(text[max(line_start, start - 40) : start].lower())
 
 
+def _is_prose(token: str) -> bool:
+    """Whether ``token`` is base64 of readable text (words and spaces), not of key bytes."""
+    if len(token) < 24:
+        return False
+    try:
+        decoded = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode()
+    except (binascii.Error, ValueError):
+        return False
+    return decoded.count(" ") >= 2 and decoded.isprintable()
+
+
 def _high_entropy(text: str, start: int, token: str) -> bool:
     if len(token) > _BLOB or token.startswith(_FILE_MAGIC) or _UUID.search(token):
         return False
@@ -194,6 +205,8 @@ def _high_entropy(text: str, start: int, token: str) -> bool:
         return False
     named = any(w.startswith(_SECRET_NAMES) for w in names[-3:])
     body = token.rstrip("=")
+    if _is_prose(body):
+        return False
     if _HEX.fullmatch(body):
         return named and len(body) >= 20 and shannon_entropy(body) >= 3.0
     entropy = shannon_entropy(body)
