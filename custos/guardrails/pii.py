@@ -213,10 +213,37 @@ _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 
 #: Words (or their beginnings) that say a number after them is a phone number, in the
 #: languages we serve; and the names of the identifiers taken only next to their name.
-_PHONE_WORDS: Final = ("phone", "tel", "mobile", "cell", "call", "fax", "ring", "text", "telefon",
-                       "handy", "mobil", "anruf", "ruf", "erreichbar", "téléphone", "portable",
-                       "appel", "joindre", "teléfono", "telefono", "móvil", "movil", "llam",
-                       "cellulare", "chiam", "bellen", "telefoon", "whatsapp", "reach")
+_PHONE_WORDS: Final = (
+    "phone",
+    "tel",
+    "mobile",
+    "cell",
+    "call",
+    "fax",
+    "ring",
+    "text",
+    "telefon",
+    "handy",
+    "mobil",
+    "anruf",
+    "ruf",
+    "erreichbar",
+    "téléphone",
+    "portable",
+    "appel",
+    "joindre",
+    "teléfono",
+    "telefono",
+    "móvil",
+    "movil",
+    "llam",
+    "cellulare",
+    "chiam",
+    "bellen",
+    "telefoon",
+    "whatsapp",
+    "reach",
+)
 #: Weaker words (``numéro``, ``contact``): the number must then be written in groups.
 _NUMBER_WORDS: Final = ("número", "numéro", "numero", "nummer", "contact", "kontakt")  # fmt: skip
 _DE_IDNR_WORDS: Final = ("steuer", "idnr", "steueridentifikationsnummer", "tin", "tax")
@@ -242,8 +269,11 @@ def _emails(text: str) -> Iterator[Match]:
             while start > 0 and position - start <= 64 and text[start - 1] in _EMAIL_LOCAL:
                 start -= 1
             userinfo = start > 0 and text[start - 1] == ":" and "://" in text[start - 80 : start]
-            if start < position and position - start <= 64 and text[start].isalnum() and not (
-                userinfo and " " not in text[text.rfind("://", 0, start) : start]
+            if (
+                start < position
+                and position - start <= 64
+                and text[start].isalnum()
+                and not (userinfo and " " not in text[text.rfind("://", 0, start) : start])
             ):
                 yield Match(EMAIL, start, domain.end())
         position = text.find("@", position + 1)
