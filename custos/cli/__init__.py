@@ -9,7 +9,9 @@ the command given.
 - ``users``, ``teams``, ``accounts``, ``tokens``, ``events``: identity administration over the
   admin API (``custos.cli.admin``);
 - ``audit …``: the audit trail, over the admin API or on the store directly
-  (``custos.cli.audit``, ``custos.cli.audit_store``).
+  (``custos.cli.audit``, ``custos.cli.audit_store``);
+- ``guardrails eval``: precision and recall of the built-in detectors on a labelled corpus
+  (``custos.cli.guardrails``).
 
 What they share (failing, finding the store, the admin API options) is in ``custos.cli.common``.
 """
@@ -21,7 +23,7 @@ import logging
 from collections.abc import Sequence
 
 from custos import __version__
-from custos.cli import admin, audit, config, mock, serve, store
+from custos.cli import admin, audit, config, guardrails, mock, serve, store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"custos {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (serve, config, mock, store, admin, audit):
+    for group in (serve, config, mock, store, admin, audit, guardrails):
         group.register(commands)
     return parser
