@@ -63,6 +63,9 @@ RULES: Final = (
         rf"{_PREVIOUS}\s+(?:\w+\s+)?{_ORDERS}",
         r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+)?(?:of\s+)?your\s+(?:\w+\s+)?"
         r"(?:rules|guidelines|policies|programming|restrictions|training|instructions)",
+        r"\b(?:ignore|disregard|forget)\s+(?:all|every|any)\s+(?:\w+\s+)?(?:instructions?|"
+        r"rules|directions|guidelines|prompts?)\s+(?:you\s+(?:were|have\s+been)\s+given|"
+        r"(?:given|received|written)\s+(?:before|earlier|so\s+far)|before|earlier|so\s+far)",
         r"\boverride\s+(?:all|any|the|every)\s+(?:\w+\s+)?(?:policies|rules|restrictions)",
         r"\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:you\s+were\s+told|"
         r"(?:that\s+)?(?:was\s+)?(?:said|written)\s+)?(?:above|before|so\s+far)",
@@ -130,8 +133,9 @@ RULES: Final = (
     ),
     _rule(
         "no_limits", 0.5,
-        "without|with no|free of|free from|ohne|sans|sin",
-        r"\b(?:without|with\s+no|free\s+(?:of|from))\s+(?:any\s+)?(?:restrictions|limitations|"
+        "without|with no|free of|free from|no|ohne|sans|sin",
+        r"\b(?:without|with\s+no|free\s+(?:of|from)|(?:has|have|with)\s+no)\s+(?:any\s+)?"
+        r"(?:restrictions|limitations|"
         r"filters|censorship|guidelines|rules|ethical\s+(?:guidelines|constraints))\b",
         r"\bohne\s+(?:jegliche\s+|irgendwelche\s+)?(?:einschränkungen|beschränkungen|filter|"
         r"zensur|regeln)\b",

@@ -208,6 +208,10 @@ _NINE_DIGITS = re.compile(r"(?<![\w-])\d{3}[ .]?\d{2}[ .]?\d{2}[ .]?\d{2}(?![\w-
                           r"(?<![\w-])\d{4}\.\d{2}\.\d{3}(?![\w-])")  # fmt: skip
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\.?\w)")
+#: Dates are not phone numbers, whatever word is near them.
+_DATE = re.compile(r"(?:19|20)\d\d[-./]\d\d?[-./]\d\d?|\d\d?[-./]\d\d?[-./](?:19|20)?\d\d")
+#: A number in groups (``06 12 34 56 78``, ``612-34-56-78``), as phones are written.
+_GROUPED = re.compile(r"\(?\d{2,4}\)?(?:[ .-]\d{2,4}){2,5}")
 _DIGITS_ONLY = str.maketrans("", "", "0123456789")
 _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 
@@ -260,6 +264,12 @@ def _near(text: str, start: int, words: tuple[str, ...], before: int = 40) -> bo
     return any(w.startswith(words) for w in _WORD.findall(snippet))
 
 
+def _in_url(text: str, start: int) -> bool:
+    """Whether ``start`` is inside a URL (``scheme://user:password@host``: not an address)."""
+    word = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start), start - 200)
+    return "://" in text[max(0, word) : start]
+
+
 def _emails(text: str) -> Iterator[Match]:
     position = text.find("@")
     while position != -1:
@@ -268,12 +278,11 @@ def _emails(text: str) -> Iterator[Match]:
             start = position
             while start > 0 and position - start <= 64 and text[start - 1] in _EMAIL_LOCAL:
                 start -= 1
-            userinfo = start > 0 and text[start - 1] == ":" and "://" in text[start - 80 : start]
             if (
                 start < position
                 and position - start <= 64
                 and text[start].isalnum()
-                and not (userinfo and " " not in text[text.rfind("://", 0, start) : start])
+                and not _in_url(text, start)
             ):
                 yield Match(EMAIL, start, domain.end())
         position = text.find("@", position + 1)
@@ -303,7 +312,7 @@ def _phones(text: str, start: int, end: int) -> Iterator[Match]:
     if strong or _near(text, start, _NUMBER_WORDS):
         for found in _NATIONAL_PHONE.finditer(text, start, end):
             value = found.group()
-            if not strong and value.isdigit():
+            if _DATE.fullmatch(value) or not (strong or _GROUPED.fullmatch(value)):
                 continue
             if not value.startswith(("+", "00")) and any(
                 _phone_valid(value, region) for region in PHONE_REGIONS

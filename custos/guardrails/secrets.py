@@ -132,7 +132,7 @@ RULES: Final = (
     Rule("secret.azure_storage_key", re.compile(rf"AccountKey=({_B64}{{80,90}}={{0,2}})"),
          literal="AccountKey="),
     _prefixed("huggingface_token", "hf_", "[A-Za-z0-9]{30,}"),
-    _prefixed("sendgrid_api_key", "SG.", r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"),
+    _prefixed("sendgrid_api_key", "SG.", r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{40,50}"),
     _prefixed("npm_token", "npm_", "[A-Za-z0-9]{36}"),
     _prefixed("pypi_token", "pypi-", "AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}"),
     Rule("secret.jwt", re.compile(
@@ -143,11 +143,15 @@ RULES: Final = (
         _not_placeholder, literal="://"),
     Rule("secret.password", re.compile(
         r"(?i:passwor[dt]|passwd|passcode|pwd|kennwort|mot de passe|mdp|contraseña|clave)"
-        r"\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{6,128})"),
+        r"\b[\"']?(?:\s+(?i:is|ist|lautet|est|es|was|war))?\s*[:=]\s*[\"']?"
+        r"([^\s\"',;]{6,128})"),
         _not_placeholder, names=("pass", "pwd", "kennwort", "mot de passe", "mdp",
                                  "contraseña", "clave")),
 )  # fmt: skip
 _PREFIXES: Final = tuple(sorted({r.prefix for r in RULES if r.prefix}))
+#: The rules of each prefix, longest prefix first (``sk-ant-`` before ``sk-``).
+_BY_PREFIX: Final = {p: [r for r in RULES if r.prefix == p]
+                     for p in sorted(_PREFIXES, key=len, reverse=True)}  # fmt: skip
 
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 _PEM_BODY = re.compile(r"(?:(?:\\n|\\r|\s|[A-Za-z0-9+/=:,-]){1,200})*")
@@ -156,7 +160,7 @@ _PEM_BODY = re.compile(r"(?:(?:\\n|\\r|\s|[A-Za-z0-9+/=:,-]){1,200})*")
 
 #: Tokens: 16 or more base64 (standard or URL-safe) characters or dots, after a character that
 #: is none of those (the scan runs over the text with a space before it).
-_TOKEN = re.compile(r"[^A-Za-z0-9+/_.-][A-Za-z0-9+/_.-]{16,}={0,2}")
+_TOKEN = re.compile(r"[^A-Za-z0-9+/_.-][A-Za-z0-9+/_.-]{16,}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _SECRET_NAMES = ("token", "key", "secret", "passw", "bearer", "auth", "credential", "api",
@@ -282,29 +286,28 @@ def _tokens(text: str) -> Iterator[tuple[int, str]]:
 def scan(text: str) -> list[Match]:
     """Every secret found in ``text``, by position (see the module docstring)."""
     found: list[Match] = []
-    by_prefix: dict[str, list[Rule]] = {}
-    assignments = _assignments(text)
-    for rule in RULES:
-        if rule.prefix:
-            by_prefix.setdefault(rule.prefix, []).append(rule)
-        elif rule.literal:
-            if rule.literal in text:
-                found.extend(_matches(text, rule, rule.pattern.finditer(text)))
-        else:
-            found.extend(_matches(text, rule, _named(text, rule, assignments)))
+    high_entropy: list[Match] = []
     for start, token in _tokens(text):
         if token.startswith(_PREFIXES):
-            for prefix, rules in by_prefix.items():
+            for prefix, rules in _BY_PREFIX.items():
                 if token.startswith(prefix):
                     for rule in rules:
                         found.extend(_matches(text, rule, _one(rule.pattern.match(text, start))))
         for part_start, part in _parts(start, token):
             if _high_entropy(text, part_start, part):
-                found.append(Match("secret.high_entropy", part_start, part_start + len(part)))
+                high_entropy.append(Match("secret.high_entropy", part_start,
+                                          part_start + len(part)))  # fmt: skip
+    assignments = _assignments(text)
+    for rule in RULES:
+        if rule.literal and rule.literal in text:
+            found.extend(_matches(text, rule, rule.pattern.finditer(text)))
+        elif rule.names:
+            found.extend(_matches(text, rule, _named(text, rule, assignments)))
+    found.extend(high_entropy)
     if not found:
         return []
     taken: list[Match] = []
-    for match in found:  # known shapes before high entropy: the known shape wins
+    for match in found:  # token shapes, then the others, then high entropy: the first wins
         if not any(match.start < t.end and t.start < match.end for t in taken):
             taken.append(match)
     taken.sort(key=lambda m: m.start)
