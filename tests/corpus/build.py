@@ -6,7 +6,8 @@ Deterministic (seeded). tests/corpus/holdout.jsonl, beside it, is written by han
 generator): 92 texts written after the detectors were tuned on this corpus, first measured
 as they were (docs/guardrails.md has both figures).
 
-Each line is ``{"text", "language", "expected": [kinds], "group"}``: ``expected`` lists every kind the text holds (``pii.*``/``fin.*`` kinds, ``secret.*`` kinds,
+Each line is ``{"text", "language", "expected": [kinds], "group"}``: ``expected`` lists
+every kind the text holds (``pii.*``/``fin.*`` kinds, ``secret.*`` kinds,
 ``injection`` for a prompt injection); an empty list is a clean look-alike that no detector
 may flag. Values are valid by construction: check digits computed here from their
 definitions (Luhn, mod 97), identifiers drawn at random until ``python-stdnum`` (the reference
