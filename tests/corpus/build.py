@@ -279,6 +279,7 @@ SECRETS: list[tuple[str, Callable[[], str]]] = [
     ("secret.npm_token", lambda: "npm_" + rand(B62, 36)),
     ("secret.sendgrid_api_key", lambda: f"SG.{rand(B64URL, 22)}.{rand(B64URL, 43)}"),
     ("secret.jwt", jwt),
+    ("secret.pypi_token", lambda: "pypi-AgEIcHlwaS5vcmc" + rand(B64URL, 70)),
 ]
 SECRET_TEMPLATES = {
     "en": ["Here is my key {} - why does it fail?", "export API_KEY={}", "token: {}"],
