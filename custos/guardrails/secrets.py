@@ -154,7 +154,12 @@ _BY_PREFIX: Final = {p: [r for r in RULES if r.prefix == p]
                      for p in sorted(_PREFIXES, key=len, reverse=True)}  # fmt: skip
 
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
-_PEM_BODY = re.compile(r"(?:(?:\\n|\\r|\s|[A-Za-z0-9+/=:,-]){1,200})*")
+#: A PEM body without its END line: whole lines of base64 (16 characters or more, or a short
+#: last line with its padding), or ``Name: value`` header lines; "\\n" as written in JSON too.
+_PEM_BODY = re.compile(
+    r"(?:(?:\r?\n|\\n)(?:[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9+/]{1,15}={1,2}|[A-Za-z-]+: [^\n]*)"
+    r"(?=\r?\n|\\n|$))*"
+)
 
 # -- high entropy ----------------------------------------------------------------------------
 
