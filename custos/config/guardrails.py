@@ -87,13 +87,15 @@ class GuardrailSettings(_Strict):
     #: a value split across chunks is found (and redacted) before any of it goes out.
     stream_window_chars: Annotated[int, Field(ge=16, le=65_536)] = 256
     # -- per type ------------------------------------------------------------------------------
-    #: ``pii``, ``secrets``: the kinds to find (``pii.email``, ``secret.aws_access_key``, …).
+    #: ``pii``, ``secrets``: the kinds to find (``pii.email``, ``secret.aws_access_key_id``, or
+    #: a family such as ``pii.national_id``; docs/guardrails.md lists them).
     kinds: list[str] | None = None
     #: ``regex``: name → pattern.
     patterns: dict[Annotated[str, Field(pattern=_ID)], str] = Field(default_factory=dict)
     #: ``keywords``: list name → words (case-insensitive, whole words).
     keywords: dict[Annotated[str, Field(pattern=_ID)], list[str]] = Field(default_factory=dict)
-    #: ``prompt_injection``: the score from which a prompt counts as an injection.
+    #: ``prompt_injection``: the score from which a prompt counts as an injection (default 1.0,
+    #: ``custos.guardrails.injection.DEFAULT_THRESHOLD``).
     threshold: Annotated[float, Field(gt=0, le=100)] | None = None
     #: ``metadata``: keys every request must carry, and the values a key may take.
     required: list[str] = Field(default_factory=list)
@@ -160,7 +162,7 @@ class GuardrailSettings(_Strict):
 class DataClassSettings(_Strict):
     """What detects one data class in a request's content (any one of its detectors)."""
 
-    #: ``pii.email``, ``fin.pan``, ``secret.aws_access_key``, ``pattern.NAME`` (from
+    #: ``pii.email``, ``fin.pan``, ``secret.aws_access_key_id``, ``pattern.NAME`` (from
     #: ``patterns``), ``keyword.NAME`` (from ``keywords``).
     detectors: list[str]
     patterns: dict[Annotated[str, Field(pattern=_ID)], str] = Field(default_factory=dict)
