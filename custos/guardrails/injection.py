@@ -133,7 +133,7 @@ RULES: Final = (
     ),
     _rule(
         "no_limits", 0.5,
-        "without|with no|free of|free from|no|ohne|sans|sin",
+        "without|with no|has no|have no|free of|free from|ohne|sans|sin ",
         r"\b(?:without|with\s+no|free\s+(?:of|from)|(?:has|have|with)\s+no)\s+(?:any\s+)?"
         r"(?:restrictions|limitations|"
         r"filters|censorship|guidelines|rules|ethical\s+(?:guidelines|constraints))\b",
