@@ -17,9 +17,10 @@ import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from custos.config.guardrails import DataClassSettings, GuardrailSettings
-from custos.guardrails import detectors, injection, secrets
+from custos.config.guardrails import PII_KINDS, SECRET_KINDS, DataClassSettings, GuardrailSettings
+from custos.guardrails import detectors, injection, pii, secrets
 from custos.guardrails.keywords import KeywordMatcher
 from tests.audit_helpers import recorded
 from tests.conftest import GatewayProcess, MockProvider, standard_config
@@ -167,6 +168,35 @@ def test_a_data_class_may_use_secret_kinds_and_families() -> None:
     assert [f.kind for f in national.find("ssn 536-90-4399 mail a@b.example")] == [
         "pii.national_id.us_ssn"
     ]
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_the_config_knows_every_kind_the_detectors_report() -> None:
+    assert set(PII_KINDS) == set(pii.PRIORITY)
+    assert set(SECRET_KINDS) == {r.kind for r in secrets.RULES} | {"secret.high_entropy"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"type": "secrets", "kinds": ["secret.aws_access_key"]}, "no secrets kind"),
+        ({"type": "pii", "kinds": ["secret.jwt"]}, "no pii kind"),
+        ({"type": "pii", "kinds": []}, "empty list"),
+        ({"type": "prompt_injection", "operation": "mutate"}, "validates"),
+        ({"type": "prompt_injection", "threshold": 0}, "greater than 0"),
+    ],
+)
+def test_bad_detector_settings_are_refused(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        GuardrailSettings(id="g", hook="llm_input", **fields)  # type: ignore[arg-type]
+
+
+def test_a_data_class_naming_an_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValidationError, match="no built-in detector"):
+        DataClassSettings(detectors=["pii.emails"])
+    assert DataClassSettings(detectors=["pii.national_id", "secret.jwt"])
 
 
 # -- end to end -----------------------------------------------------------------------------------

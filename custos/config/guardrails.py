@@ -54,6 +54,30 @@ LATER_HOOKS = ("mcp_tool_pre_invoke", "mcp_tool_post_invoke")
 LATER_TYPES = ("cedar", "opa")
 
 
+#: The kinds the built-in detectors report (``custos.guardrails.pii`` and ``.secrets``; the
+#: config is read below that package, tests/test_guardrail_detectors.py keeps the lists equal).
+PII_KINDS = (
+    "pii.email", "pii.phone", "fin.pan", "fin.iban", "fin.vat_id", "pii.national_id.us_ssn",
+    "pii.national_id.uk_nino", "pii.national_id.fr_nir", "pii.national_id.es_dni",
+    "pii.national_id.it_cf", "pii.national_id.de_idnr", "pii.national_id.nl_bsn",
+    "pii.national_id.pl_pesel", "pii.ip_address", "pii.ip_address.v6",
+)  # fmt: skip
+SECRET_KINDS = (
+    "secret.private_key", "secret.anthropic_api_key", "secret.openai_api_key",
+    "secret.stripe_key", "secret.aws_access_key_id", "secret.aws_secret_access_key",
+    "secret.gcp_api_key", "secret.github_token", "secret.gitlab_token", "secret.slack_token",
+    "secret.slack_webhook", "secret.azure_storage_key", "secret.huggingface_token",
+    "secret.sendgrid_api_key", "secret.npm_token", "secret.pypi_token", "secret.jwt",
+    "secret.url_credentials", "secret.password", "secret.high_entropy",
+)  # fmt: skip
+
+
+def unknown_kinds(names: list[str], kinds: tuple[str, ...]) -> list[str]:
+    """The names that are neither a kind of ``kinds`` nor a family of them (``pii.national_id``
+    names every ``pii.national_id.*``)."""
+    return [n for n in names if not any(k == n or k.startswith(n + ".") for k in kinds)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -138,6 +162,11 @@ class GuardrailSettings(_Strict):
         stray = sorted(k for k, v in given.items() if v and k not in uses)
         if stray:
             raise ValueError(f"a {kind} guardrail takes no {', '.join(stray)}")
+        if kind in ("pii", "secrets") and self.kinds is not None:
+            unknown = unknown_kinds(self.kinds, PII_KINDS if kind == "pii" else SECRET_KINDS)
+            if unknown or not self.kinds:
+                raise ValueError(f"kinds: no {kind} kind {', '.join(unknown) or '(empty list)'}; "
+                                 "docs/guardrails.md lists them")  # fmt: skip
         if kind == "regex" and not self.patterns:
             raise ValueError("a regex guardrail needs patterns")
         if kind == "keywords" and not any(self.keywords.values()):
@@ -180,6 +209,11 @@ class DataClassSettings(_Strict):
                 raise ValueError(f"detector {name}: no pattern {rest!r} in patterns")
             if family == "keyword" and rest not in self.keywords:
                 raise ValueError(f"detector {name}: no list {rest!r} in keywords")
+            if family not in ("pattern", "keyword") and unknown_kinds(
+                [name], PII_KINDS + SECRET_KINDS
+            ):
+                raise ValueError(f"detector {name}: no built-in detector of that kind; "
+                                 "docs/guardrails.md lists them")  # fmt: skip
         for name, pattern in self.patterns.items():
             try:
                 re.compile(pattern)
