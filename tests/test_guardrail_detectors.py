@@ -170,6 +170,36 @@ def test_a_data_class_may_use_secret_kinds_and_families() -> None:
     ]
 
 
+# -- adversarial input ----------------------------------------------------------------------------
+
+ADVERSARIAL = {
+    "capitals": "AB" + "C" * 100_000 + "1234",
+    "slack prefix, no end": "xoxb-" + "a" * 100_000 + "_",
+    "openai prefix, no end": "sk-" + "a1" * 50_000 + "_",
+    "a jwt that never ends": "eyJ" + "a" * 50_000 + ".eyJ" + "b" * 50_000 + ".",
+    "digits and spaces": "1 " * 50_000 + "x",
+    "names before colons": "password: " * 10_000,
+    "at signs": "@a." * 33_000,
+    "colons": "1:" * 50_000,
+    "overrides": "ignore " * 15_000,
+    "a pem body without end": "-----BEGIN PRIVATE KEY-----" + "\nAAAA" * 20_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_input_costs_linear_time(name: str) -> None:
+    """100 KB built to make backtracking expressions or pairwise overlap checks blow up: each
+    detector stays far under a second (the bound catches exponential or quadratic behaviour,
+    which takes tens of seconds here, not ordinary slowness)."""
+    import time
+
+    text = ADVERSARIAL[name]
+    for scan in (pii.scan, secrets.scan, injection.matches):
+        started = time.process_time()
+        scan(text)
+        assert time.process_time() - started < 1.0, scan.__module__
+
+
 # -- config -------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from custos.config.guardrails import DataClassSettings, GuardrailSettings
 from custos.guardrails import injection, pii, secrets
 from custos.guardrails.keywords import KeywordMatcher
+from custos.guardrails.spans import first_disjoint
 
 _M = TypeVar("_M")
 
@@ -189,13 +190,7 @@ class CombinedDetector:
     def find(self, text: str) -> list[Finding]:
         if len(self.parts) == 1:
             return self.parts[0].find(text)
-        taken: list[Finding] = []
-        for part in self.parts:
-            for f in part.find(text):
-                if not any(f.start < t.end and t.start < f.end for t in taken):
-                    taken.append(f)
-        taken.sort(key=lambda f: f.start)
-        return taken
+        return first_disjoint(f for part in self.parts for f in part.find(text))
 
 
 def for_guardrail(settings: GuardrailSettings) -> Detector:

@@ -39,6 +39,7 @@ precise expressions and checks run only on those short runs.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import Counter
@@ -55,6 +56,8 @@ from stdnum.it import codicefiscale
 from stdnum.nl import bsn
 from stdnum.pl import pesel
 from stdnum.us import ssn
+
+from custos.guardrails.spans import first_disjoint
 
 #: Changes whenever what the detectors find changes (recorded as the detection's source).
 DETECTOR_VERSION: Final = "custos.pii/2"
@@ -178,7 +181,7 @@ def nino_valid(value: str) -> bool:
 _DIGIT_RUN = re.compile(r"\d(?:[ \-./()]{0,2}\d){3,}[\d \-./()]*")
 #: Runs that start with two capitals or a capital and a digit (IBAN, VAT, NINO, CF, NIE) and
 #: hold at least five digits.
-_UPPER_RUN = re.compile(r"[A-Z][A-Z\d](?:[A-Z \-.]*\d){5}[A-Z\d \-.]*")
+_UPPER_RUN = re.compile(r"[A-Z][A-Z\d](?:[A-Z \-.]{0,8}\d){5}[A-Z\d \-.]*")
 _TRIGGER = re.compile(r"[@\d]")
 
 _EMAIL_DOMAIN = re.compile(
@@ -288,6 +291,7 @@ def _emails(text: str) -> Iterator[Match]:
         position = text.find("@", position + 1)
 
 
+@functools.lru_cache(maxsize=4096)
 def _phone_valid(candidate: str, region: str | None) -> bool:
     try:
         number = phonenumbers.parse(candidate, region)
@@ -479,12 +483,7 @@ def scan(text: str) -> list[Match]:
     if not found:
         return []
     found.sort(key=lambda m: (_RANK[m.kind], m.start))
-    taken: list[Match] = []
-    for match in found:
-        if not any(match.start < t.end and t.start < match.end for t in taken):
-            taken.append(match)
-    taken.sort(key=lambda m: m.start)
-    return taken
+    return first_disjoint(found)
 
 
 def redact(text: str) -> tuple[str, Counter[str]]:

@@ -43,6 +43,8 @@ from typing import Final
 
 import orjson
 
+from custos.guardrails.spans import first_disjoint
+
 #: Changes whenever what the detectors find changes.
 DETECTOR_VERSION: Final = "custos.secrets/1"
 
@@ -125,7 +127,7 @@ RULES: Final = (
     *(_prefixed("github_token", f"gh{c}_", "[A-Za-z0-9]{36,}") for c in "pousr"),
     _prefixed("github_token", "github_pat_", "[A-Za-z0-9_]{50,}"),
     _prefixed("gitlab_token", "glpat-", "[A-Za-z0-9_-]{20,}"),
-    *(_prefixed("slack_token", f"xox{c}-", "(?:[A-Za-z0-9]+-?){3,}") for c in "abposrce"),
+    *(_prefixed("slack_token", f"xox{c}-", "[A-Za-z0-9-]{10,}") for c in "abposrce"),
     Rule("secret.slack_webhook", re.compile(
         r"https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]{16,}"),
         literal="hooks.slack.com"),
@@ -311,12 +313,7 @@ def scan(text: str) -> list[Match]:
     found.extend(high_entropy)
     if not found:
         return []
-    taken: list[Match] = []
-    for match in found:  # token shapes, then the others, then high entropy: the first wins
-        if not any(match.start < t.end and t.start < match.end for t in taken):
-            taken.append(match)
-    taken.sort(key=lambda m: m.start)
-    return taken
+    return first_disjoint(found)  # token shapes, then the others, then high entropy
 
 
 def _one(found: re.Match[str] | None) -> Iterator[re.Match[str]]:
