@@ -176,8 +176,10 @@ _SECRET_NAMES = ("token", "key", "secret", "passw", "bearer", "auth", "credentia
 _HASH_NAMES = ("sha", "md5", "hash", "commit", "checksum", "digest", "integrity", "etag",
                "fingerprint", "revision", "rev", "blake", "crc", "hmac", "prüfsumme",
                "empreinte", "huella", "uuid", "guid", "id")  # fmt: skip
-#: What base64 file contents begin with (PNG, JPEG, GIF, WebP, PDF, ZIP, gzip).
-_FILE_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi", "UEsDB", "H4sI")
+#: What base64 file contents begin with (PNG, JPEG, GIF, WebP, PDF, ZIP, gzip), and SSH public
+#: keys (``ssh-rsa``, ``ssh-ed25519``, ``ecdsa-…``): public data, not secrets.
+_FILE_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi", "UEsDB", "H4sI",
+               "AAAAB3NzaC1", "AAAAC3NzaC1", "AAAAE2VjZHNh")  # fmt: skip
 _WORD = re.compile(r"[^\W\d_]+")
 _BLOB = 200
 
@@ -279,6 +281,10 @@ def _pem_end(text: str, header_end: int) -> int:
     closing = _PEM_END.search(text, header_end, header_end + 16_384)
     if closing is not None:
         return closing.end()
+    return _pem_body_end(text, header_end)
+
+
+def _pem_body_end(text: str, header_end: int) -> int:
     body = _PEM_BODY.match(text, header_end)
     return body.end() if body is not None else header_end
 
@@ -294,14 +300,17 @@ def scan(text: str) -> list[Match]:
     """Every secret found in ``text``, by position (see the module docstring)."""
     found: list[Match] = []
     high_entropy: list[Match] = []
+    public = _public_blocks(text) if "-----BEGIN " in text else []
     for start, token in _tokens(text):
         if token.startswith(_PREFIXES):
             for prefix, rules in _BY_PREFIX.items():
                 if token.startswith(prefix):
                     for rule in rules:
                         found.extend(_matches(text, rule, _one(rule.pattern.match(text, start))))
+        if token.startswith("//") and start > 0 and text[start - 1] == ":":
+            continue  # a URL: its path and ids are not secrets (its ?key=… values are tokens)
         for part_start, part in _parts(start, token):
-            if _high_entropy(text, part_start, part):
+            if _high_entropy(text, part_start, part) and not _inside(public, part_start):
                 high_entropy.append(Match("secret.high_entropy", part_start,
                                           part_start + len(part)))  # fmt: skip
     assignments = _assignments(text)
@@ -314,6 +323,24 @@ def scan(text: str) -> list[Match]:
     if not found:
         return []
     return first_disjoint(found)  # token shapes, then the others, then high entropy
+
+
+_PUBLIC_PEM = re.compile(
+    r"-----BEGIN ((?:[A-Z0-9]+ )*(?:PUBLIC KEY|CERTIFICATE(?: REQUEST)?))-----"
+)
+
+
+def _public_blocks(text: str) -> list[tuple[int, int]]:
+    """The spans of PEM blocks that hold no secret (public keys, certificates)."""
+    spans = []
+    for begin in _PUBLIC_PEM.finditer(text):
+        end = text.find(f"-----END {begin.group(1)}-----", begin.end(), begin.end() + 65_536)
+        spans.append((begin.start(), end if end != -1 else _pem_body_end(text, begin.end())))
+    return spans
+
+
+def _inside(spans: list[tuple[int, int]], position: int) -> bool:
+    return any(start <= position < end for start, end in spans)
 
 
 def _one(found: re.Match[str] | None) -> Iterator[re.Match[str]]:

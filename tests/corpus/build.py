@@ -451,6 +451,19 @@ CLEAN = {
         "The docker image digest is sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca4"
         "95991b7852b855.",
         "Bearer tokens expire after 3600 seconds.",
+        "Sheet: https://docs.google.com/spreadsheets/d/1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2up"
+        "ms/edit#gid=0",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@host",
+        "-----BEGIN CERTIFICATE-----\n"
+        "MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQswCQYDVQQGEwJJ"
+        "\nRTESMBAGA1UEChMJQmFsdGltb3JlMRMwEQYDVQQLEwpDeWJlclRydXN0MSIwIAYD\n"
+        "-----END CERTIFICATE-----",
+        "integrity sha512-XI5MPzVNApjAyhQzphX8BkmKsKUxD4LdyK24iZeQq8k4cjtGyj4GVbDnH3lNRN3amMz7v4xnl"
+        "C3J2bTxTB7ZQ==",
+        "Host key fingerprint SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8.",
+        "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a",
+        "Loaded https://cdn.example.com/assets/app.4f8a2c9e1b7d3f6a.bundle.js in 120 ms.",
+        "s3://my-bucket/exports/2026/07/01/part-00000-3b5f7e2a-1c4d-4e8f-9a0b-7c6d5e4f3a2b.parquet",
         "The key takeaway is that growth slowed in Q3.",
         "Our secret sauce is good service.",
     ],
