@@ -6,8 +6,10 @@ Built in: ``pii`` (``custos.guardrails.pii``), ``secrets`` (``custos.guardrails.
 ``detectors`` select kinds or families of kinds (``pii.national_id``, ``secret``).
 
 A ``Detector`` finds values of some kinds in a text (``find(text)`` → non-overlapping
-``Finding``s by position); ``redact`` replaces them with typed placeholders numbered per request
-through a ``Numbering`` (the same value gets the same placeholder everywhere in one request).
+``Finding``s by position; prompt-injection findings name rules, may overlap, and are never
+redacted: that guardrail validates); ``redact`` replaces them with typed placeholders numbered
+per request through a ``Numbering`` (the same value gets the same placeholder everywhere in one
+request).
 ``for_guardrail`` and ``data_class_detector`` build them from the config's settings.
 """
 
