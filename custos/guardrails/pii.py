@@ -260,11 +260,14 @@ _VERSION_WORDS: Final = ("version", "versión", "release", "build", "ver", "v", 
 _WORD = re.compile(r"\w+")
 
 
-def _near(text: str, start: int, words: tuple[str, ...], before: int = 40) -> bool:
-    """Whether a word in the ``before`` characters ahead of ``start`` begins with one of
-    ``words`` (case-insensitive)."""
-    snippet = text[max(0, start - before) : start].lower()
-    return any(w.startswith(words) for w in _WORD.findall(snippet))
+def _words_before(text: str, start: int, before: int = 40) -> list[str]:
+    """The words (lower case) in the ``before`` characters ahead of ``start``."""
+    return _WORD.findall(text[max(0, start - before) : start].lower())
+
+
+def _named(words: list[str], names: tuple[str, ...]) -> bool:
+    """Whether one of ``words`` begins with one of ``names``."""
+    return any(w.startswith(names) for w in words)
 
 
 def _in_url(text: str, start: int) -> bool:
@@ -300,20 +303,23 @@ def _phone_valid(candidate: str, region: str | None) -> bool:
     return phonenumbers.is_valid_number(number)
 
 
-def _phones(text: str, start: int, end: int) -> Iterator[Match]:
-    for found in _INTERNATIONAL_PHONE.finditer(text, start, end):
-        value = found.group()
-        digits = sum(c.isdigit() for c in value)
-        if value.startswith("00"):
-            value = "+" + value[2:]
-            digits -= 2
-        if 8 <= digits <= 15 and _phone_valid(value, None):
-            yield Match(PHONE, found.start(), found.end())
-    for found in _NANP_PHONE.finditer(text, start, end):
-        if _phone_valid(found.group(), "US"):
-            yield Match(PHONE, found.start(), found.end())
-    strong = _near(text, start, _PHONE_WORDS)
-    if strong or _near(text, start, _NUMBER_WORDS):
+def _phones(text: str, start: int, end: int, digits: int, words: list[str]) -> Iterator[Match]:
+    """Phone numbers in a run of ``digits`` digits, ``words`` the words before it."""
+    if text[start] == "+" or "00" in text[start:end]:
+        for found in _INTERNATIONAL_PHONE.finditer(text, start, end):
+            value = found.group()
+            count = sum(c.isdigit() for c in value)
+            if value.startswith("00"):
+                value = "+" + value[2:]
+                count -= 2
+            if 8 <= count <= 15 and _phone_valid(value, None):
+                yield Match(PHONE, found.start(), found.end())
+    if digits >= 10:
+        for found in _NANP_PHONE.finditer(text, start, end):
+            if _phone_valid(found.group(), "US"):
+                yield Match(PHONE, found.start(), found.end())
+    strong = _named(words, _PHONE_WORDS)
+    if strong or _named(words, _NUMBER_WORDS):
         for found in _NATIONAL_PHONE.finditer(text, start, end):
             value = found.group()
             if _DATE.fullmatch(value) or not (strong or _GROUPED.fullmatch(value)):
@@ -360,18 +366,19 @@ def _digit_run(text: str, run: re.Match[str]) -> Iterator[Match]:
         start -= 1
     end = min(run.end() + 1, len(text))
     if digits >= 7:
-        yield from _phones(text, start, end)
-    if digits >= 13:
-        yield from _cards(text, start, end)
-        yield from _checked(text, start, end, _FR_NIR, FR_NIR, nir.is_valid)
-    if digits >= 9:
-        yield from _checked(text, start, end, _US_SSN, US_SSN, ssn.is_valid)
-        if _near(text, start, _NL_BSN_WORDS):
-            yield from _checked(text, start, end, _NINE_DIGITS, NL_BSN, bsn.is_valid)
-    if digits >= 11 and _near(text, start, _DE_IDNR_WORDS):
-        yield from _checked(text, start, end, _ELEVEN_DIGITS, DE_IDNR, idnr.is_valid)
-    if digits >= 11 and _near(text, start, _PL_PESEL_WORDS):
-        yield from _checked(text, start, end, _ELEVEN_DIGITS, PL_PESEL, pesel.is_valid)
+        words = _words_before(text, start)
+        yield from _phones(text, start, end, digits, words)
+        if digits >= 13:
+            yield from _cards(text, start, end)
+            yield from _checked(text, start, end, _FR_NIR, FR_NIR, nir.is_valid)
+        if digits >= 9:
+            yield from _checked(text, start, end, _US_SSN, US_SSN, ssn.is_valid)
+            if _named(words, _NL_BSN_WORDS):
+                yield from _checked(text, start, end, _NINE_DIGITS, NL_BSN, bsn.is_valid)
+        if digits >= 11 and _named(words, _DE_IDNR_WORDS):
+            yield from _checked(text, start, end, _ELEVEN_DIGITS, DE_IDNR, idnr.is_valid)
+        if digits >= 11 and _named(words, _PL_PESEL_WORDS):
+            yield from _checked(text, start, end, _ELEVEN_DIGITS, PL_PESEL, pesel.is_valid)
     if digits >= 8:
         yield from _checked(text, start, end, _ES_DNI, ES_DNI, dni.is_valid)
     if "." in value:
