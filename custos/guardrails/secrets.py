@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import math
 import re
 from collections import Counter
@@ -340,7 +341,9 @@ def _public_blocks(text: str) -> list[tuple[int, int]]:
 
 
 def _inside(spans: list[tuple[int, int]], position: int) -> bool:
-    return any(start <= position < end for start, end in spans)
+    """Whether ``position`` is in one of ``spans`` (by start, as ``_public_blocks`` gives)."""
+    at = bisect.bisect_right(spans, (position, math.inf)) - 1
+    return at >= 0 and any(start <= position < end for start, end in spans[max(0, at - 2) : at + 1])
 
 
 def _one(found: re.Match[str] | None) -> Iterator[re.Match[str]]:
