@@ -119,6 +119,9 @@ def test_checksums_on_published_examples() -> None:
         ("mon numéro : 06 12 34 56 78", "mon numéro : [PHONE]"),
         ("mi teléfono es 612 34 56 78", "mi teléfono es [PHONE]"),
         ("call 0044 20 7946 0958", "call [PHONE]"),
+        ("Tel. +49 (0)30 12345678", "Tel. [PHONE]"),
+        ("SSN 536 90 4399 and ssn: 536904399", "SSN [SSN] and ssn: [SSN]"),
+        ("mail Jürgen.Müller@example.de or josé@correo.es", "mail [EMAIL] or [EMAIL]"),
     ],
 )
 def test_redacts(text: str, expected: str) -> None:
@@ -143,6 +146,7 @@ def test_redacts(text: str, expected: str) -> None:
         "std::vector, a::b and 10:30:00",
         "postgres://app:s3cret@db.internal/prod",  # a URL's credentials, not an e-mail
         "Numéro de suivi 123456789012",  # a weak number word and an ungrouped number
+        "order 536904399",  # an SSN's digits without its name or its dashes
     ],
 )
 def test_leaves_alone(text: str) -> None:

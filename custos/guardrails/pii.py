@@ -12,7 +12,8 @@ usual ``(415) 555-2671`` layout are taken as they are).
 
 What is detected (``scan``):
 
-- ``pii.email``: ``local@domain.tld``;
+- ``pii.email``: ``local@domain.tld``, letters of any script (``josé@correo.es``), not inside
+  a URL (``scheme://user:password@host`` is a credential);
 - ``pii.phone``: ``+CC …`` or ``00CC …`` numbers that ``phonenumbers`` says are valid; North
   American ``(415) 555-2671`` / ``415-555-2671`` / ``415.555.2671``; national numbers of the
   countries in ``PHONE_REGIONS`` next to a phone word;
@@ -20,7 +21,8 @@ What is detected (``scan``):
 - ``fin.iban``: country code, check digits and BBAN, grouped or not, of the length the country
   uses (unknown countries: 15 to 34 characters), passing ISO 7064 mod 97-10;
 - ``fin.vat_id``: EU (and UK) VAT numbers with their country prefix, valid per ``stdnum``;
-- ``pii.national_id.*``: ``us_ssn`` (``AAA-GG-SSSS``, never-issued numbers excluded),
+- ``pii.national_id.*``: ``us_ssn`` (``AAA-GG-SSSS``, never-issued numbers excluded; with
+  spaces or none next to ``SSN``),
   ``uk_nino``, ``fr_nir``, ``es_dni`` (DNI and NIE), ``it_cf`` (codice fiscale); next to their
   name: ``de_idnr``, ``nl_bsn``, ``pl_pesel``;
 - ``pii.ip_address``: a dotted-quad IPv4 address (not when it follows a word such as
@@ -184,10 +186,9 @@ _DIGIT_RUN = re.compile(r"\d(?:[ \-./()]{0,2}\d){3,}[\d \-./()]*")
 _UPPER_RUN = re.compile(r"[A-Z][A-Z\d](?:[A-Z \-.]{0,8}\d){5}[A-Z\d \-.]*")
 _TRIGGER = re.compile(r"[@\d]")
 
-_EMAIL_DOMAIN = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9-])"
-)
-_EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+#: Internationalised addresses too (RFC 6531): letters of any script in both parts.
+_EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])")
+_EMAIL_LOCAL_MARKS = frozenset("._%+-")
 _INTERNATIONAL_PHONE = re.compile(
     r"(?<![\w+])(?:\+|00)\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){2,6}(?!\w)"
 )
@@ -200,6 +201,8 @@ _VAT = re.compile(
     r"|RO|SE|SI|SK|XI)[ -]?[0-9A-Z](?:[ .]?[0-9A-Z]){6,13}"
 )
 _US_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
+#: Next to its name, an SSN also written with spaces or none.
+_US_SSN_NAMED = re.compile(r"(?<![\w-])\d{3} ?\d{2} ?\d{4}(?![\w-])")
 _UK_NINO = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])")
 _FR_NIR = re.compile(r"(?<![\w-])[12] ?\d{2} ?\d{2} ?\d{2} ?\d{3} ?\d{3} ?\d{2}(?![\w-])")
 _ES_DNI = re.compile(r"(?<![\w-])\d{8}-?[A-Z](?![\w-])")
@@ -256,6 +259,7 @@ _NUMBER_WORDS: Final = ("número", "numéro", "numero", "nummer", "contact", "ko
 _DE_IDNR_WORDS: Final = ("steuer", "idnr", "steueridentifikationsnummer", "tin", "tax")
 _NL_BSN_WORDS: Final = ("bsn", "burgerservicenummer", "sofinummer")
 _PL_PESEL_WORDS: Final = ("pesel",)
+_US_SSN_WORDS: Final = ("ssn", "social")
 _VERSION_WORDS: Final = ("version", "versión", "release", "build", "ver", "v", "versie")
 _WORD = re.compile(r"\w+")
 
@@ -282,7 +286,11 @@ def _emails(text: str) -> Iterator[Match]:
         domain = _EMAIL_DOMAIN.match(text, position + 1)
         if domain is not None:
             start = position
-            while start > 0 and position - start <= 64 and text[start - 1] in _EMAIL_LOCAL:
+            while (
+                start > 0
+                and position - start <= 64
+                and (text[start - 1].isalnum() or text[start - 1] in _EMAIL_LOCAL_MARKS)
+            ):
                 start -= 1
             if (
                 start < position
@@ -373,6 +381,9 @@ def _digit_run(text: str, run: re.Match[str]) -> Iterator[Match]:
             yield from _checked(text, start, end, _FR_NIR, FR_NIR, nir.is_valid)
         if digits >= 9:
             yield from _checked(text, start, end, _US_SSN, US_SSN, ssn.is_valid)
+            if _named(words, _US_SSN_WORDS):
+                yield from _checked(text, start, end, _US_SSN_NAMED, US_SSN,
+                                    lambda v: ssn.is_valid(v.replace(" ", "")))  # fmt: skip
             if _named(words, _NL_BSN_WORDS):
                 yield from _checked(text, start, end, _NINE_DIGITS, NL_BSN, bsn.is_valid)
         if digits >= 11 and _named(words, _DE_IDNR_WORDS):
