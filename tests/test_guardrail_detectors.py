@@ -95,6 +95,45 @@ def test_a_pem_block_is_found_whole_even_without_its_end_line() -> None:
     assert text[found.start : found.end].strip() == block.strip()
 
 
+B62 = string.ascii_letters + string.digits
+UPPER32 = string.ascii_uppercase + "234567"
+#: Each provider's documented shape: kind, prefix, alphabet of the rest, its length.
+SHAPES = [
+    ("secret.openai_api_key", "sk-proj-", B62, 48),
+    ("secret.anthropic_api_key", "sk-ant-api03-", B62 + "-_", 95),
+    ("secret.aws_access_key_id", "AKIA", UPPER32, 16),
+    ("secret.aws_access_key_id", "ASIA", UPPER32, 16),
+    ("secret.gcp_api_key", "AIza", B62 + "-_", 35),
+    ("secret.github_token", "ghp_", B62, 36),
+    ("secret.gitlab_token", "glpat-", B62 + "-_", 20),
+    ("secret.stripe_key", "sk_live_", B62, 24),
+    ("secret.huggingface_token", "hf_", B62, 34),
+    ("secret.npm_token", "npm_", B62, 36),
+]
+words = st.lists(st.text(string.ascii_letters, min_size=1, max_size=8), max_size=5)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(SHAPES), st.data(), words, words, st.sampled_from([" ", "=", ": ", "\n"]))
+def test_provider_keys_are_found_in_any_words(
+    shape: tuple[str, str, str, int],
+    data: st.DataObject,
+    before: list[str],
+    after: list[str],
+    joiner: str,
+) -> None:
+    kind, prefix, alphabet, length = shape
+    body = data.draw(st.text(alphabet, min_size=length, max_size=length))
+    if kind == "secret.openai_api_key" and not (
+        any(c.isdigit() for c in body) and any(c.isalpha() for c in body)
+    ):
+        return  # the shape asks for letters and digits
+    key = prefix + body
+    text = " ".join(before) + joiner + key + " " + " ".join(after)
+    found = secrets.scan(text)
+    assert [(m.kind, text[m.start : m.end]) for m in found] == [(kind, key)]
+
+
 @settings(max_examples=200)
 @given(st.text(string.ascii_letters + string.digits, min_size=40, max_size=40))
 def test_named_high_entropy_values_are_found(value: str) -> None:
