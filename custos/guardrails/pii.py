@@ -26,7 +26,8 @@ What is detected (``scan``):
   ``uk_nino``, ``fr_nir``, ``es_dni`` (DNI and NIE), ``it_cf`` (codice fiscale); next to their
   name: ``de_idnr``, ``nl_bsn``, ``pl_pesel``;
 - ``pii.ip_address``: a dotted-quad IPv4 address (not when it follows a word such as
-  ``version``); ``pii.ip_address.v6``: an IPv6 address with at least one digit.
+  ``version``; never loopback, ``0.0.0.0`` or broadcast); ``pii.ip_address.v6``: an IPv6
+  address with at least one digit (never ``::1`` or ``::``).
 
 ``scan`` returns the matches by position (overlaps resolved by ``PRIORITY``, so that the digits
 of an IBAN are not also reported as a phone number); ``redact`` replaces each with a placeholder
@@ -219,6 +220,8 @@ _DATE = re.compile(r"(?:19|20)\d\d[-./]\d\d?[-./]\d\d?|\d\d?[-./]\d\d?[-./](?:19
 #: A number in groups (``06 12 34 56 78``, ``612-34-56-78``), as phones are written.
 _GROUPED = re.compile(r"\(?\d{2,4}\)?(?:[ .-]\d{2,4}){2,5}")
 _DIGITS_ONLY = str.maketrans("", "", "0123456789")
+#: Addresses that identify no one: loopback, "any", broadcast.
+_NOBODYS_IPV4 = ("127.", "0.0.0.0", "255.255.255.255")
 _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 
 #: Words (or their beginnings) that say a number after them is a phone number, in the
@@ -330,7 +333,9 @@ def _phones(text: str, start: int, end: int, digits: int, words: list[str]) -> I
     if strong or _named(words, _NUMBER_WORDS):
         for found in _NATIONAL_PHONE.finditer(text, start, end):
             value = found.group()
-            if _DATE.fullmatch(value) or not (strong or _GROUPED.fullmatch(value)):
+            if _DATE.fullmatch(value) or " / " in value:
+                continue  # a date, or two numbers side by side
+            if not (strong or _GROUPED.fullmatch(value)):
                 continue
             if not value.startswith(("+", "00")) and any(
                 _phone_valid(value, region) for region in PHONE_REGIONS
@@ -359,7 +364,8 @@ def _checked(
 def _ipv4s(text: str, start: int, end: int) -> Iterator[Match]:
     for found in _IPV4.finditer(text, start, end):
         snippet = text[max(0, found.start() - 12) : found.start()].lower().split()
-        if not (snippet and snippet[-1].rstrip(":") in _VERSION_WORDS):
+        version = snippet and snippet[-1].rstrip(":") in _VERSION_WORDS
+        if not version and not found.group().startswith(_NOBODYS_IPV4):
             yield Match(IPV4, found.start(), found.end())
 
 
@@ -480,10 +486,10 @@ def _ipv6s(text: str) -> Iterator[Match]:
 
 def _ipv6_valid(candidate: str) -> bool:
     try:
-        ipaddress.IPv6Address(candidate)
+        address = ipaddress.IPv6Address(candidate)
     except ValueError:
         return False
-    return True
+    return not (address.is_loopback or address.is_unspecified)
 
 
 def scan(text: str) -> list[Match]:

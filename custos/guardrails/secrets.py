@@ -24,7 +24,9 @@ of Yelp's detect-secrets is the reference for which ones matter):
   small letters and digits at 4.5 bits per character or more. Never a UUID, never a token
   next to a word naming a hash (``sha``, ``commit``, ``md5``, ``checksum``, ``digest``, …),
   never part of a ``data:`` URI or a base64 blob longer than 200 characters, never hex
-  without a secret's name before it (git SHAs and hashes are hex).
+  without a secret's name before it (git SHAs and hashes are hex), never a URL's path, an SSH
+  public key, a certificate's or public key's PEM body, base64 of readable text or a path of
+  lower-case words.
 
 ``scan(text)`` returns the matches by position (overlaps go to the earlier rule of
 ``RULES``, so a key with a known format is not also reported as high entropy).
@@ -183,6 +185,8 @@ _FILE_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi", "UEsDB", "H4s
                "AAAAB3NzaC1", "AAAAC3NzaC1", "AAAAE2VjZHNh")  # fmt: skip
 _WORD = re.compile(r"[^\W\d_]+")
 _BLOB = 200
+#: A path of lower-case words (``custos/audit/key2026``): named like a key, but not one.
+_PATH = re.compile(r"[a-z0-9_.-]{1,24}(?:/[a-z0-9_.-]{1,24})+/?")
 
 
 def shannon_entropy(value: str) -> float:
@@ -219,7 +223,7 @@ def _high_entropy(text: str, start: int, token: str) -> bool:
         return False
     named = any(w.startswith(_SECRET_NAMES) for w in names[-3:])
     body = token.rstrip("=")
-    if _is_prose(body):
+    if _is_prose(body) or _PATH.fullmatch(body):
         return False
     if _HEX.fullmatch(body):
         return named and len(body) >= 20 and shannon_entropy(body) >= 3.0

@@ -451,6 +451,9 @@ CLEAN = {
         "The docker image digest is sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca4"
         "95991b7852b855.",
         "Bearer tokens expire after 3600 seconds.",
+        "The gateway listens on http://127.0.0.1:8787 and on [::1]:8080 locally.",
+        "signing_key_name: custos/audit/key2026",
+        "Phone support scored 1.000 / 1.000 in the survey.",
         "Sheet: https://docs.google.com/spreadsheets/d/1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2up"
         "ms/edit#gid=0",
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@host",
