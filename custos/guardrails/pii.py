@@ -218,6 +218,7 @@ _IPV4 = re.compile(rf"(?<![\w.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\.?\w)")
 #: Dates are not phone numbers, whatever word is near them.
 _DATE = re.compile(r"(?:19|20)\d\d[-./]\d\d?[-./]\d\d?|\d\d?[-./]\d\d?[-./](?:19|20)?\d\d")
 #: A number in groups (``06 12 34 56 78``, ``612-34-56-78``), as phones are written.
+_DECIMAL = re.compile(r"\d+[.,]\d+")
 _GROUPED = re.compile(r"\(?\d{2,4}\)?(?:[ .-]\d{2,4}){2,5}")
 _DIGITS_ONLY = str.maketrans("", "", "0123456789")
 #: Addresses that identify no one: loopback, "any", broadcast.
@@ -234,7 +235,6 @@ _PHONE_WORDS: Final = (
     "call",
     "fax",
     "ring",
-    "text",
     "telefon",
     "handy",
     "mobil",
@@ -263,7 +263,8 @@ _DE_IDNR_WORDS: Final = ("steuer", "idnr", "steueridentifikationsnummer", "tin",
 _NL_BSN_WORDS: Final = ("bsn", "burgerservicenummer", "sofinummer")
 _PL_PESEL_WORDS: Final = ("pesel",)
 _US_SSN_WORDS: Final = ("ssn", "social")
-_VERSION_WORDS: Final = ("version", "versión", "release", "build", "ver", "v", "versie")
+_VERSION_WORDS: Final = ("version", "versión", "release", "build", "ver", "v", "versie",
+                         "section", "sections", "chapter", "clause", "step", "§")  # fmt: skip
 _WORD = re.compile(r"\w+")
 
 
@@ -331,16 +332,27 @@ def _phones(text: str, start: int, end: int, digits: int, words: list[str]) -> I
                 yield Match(PHONE, found.start(), found.end())
     strong = _named(words, _PHONE_WORDS)
     if strong or _named(words, _NUMBER_WORDS):
+        last_digit = _last_digit(text, start, end)
         for found in _NATIONAL_PHONE.finditer(text, start, end):
             value = found.group()
-            if _DATE.fullmatch(value) or " / " in value:
-                continue  # a date, or two numbers side by side
+            if found.start() > start + 1 or found.end() < last_digit:
+                continue  # part of a longer number (a timestamp, an id)
+            if _DATE.fullmatch(value) or " / " in value or _DECIMAL.fullmatch(value):
+                continue  # a date, two numbers side by side, a decimal number
             if not (strong or _GROUPED.fullmatch(value)):
                 continue
             if not value.startswith(("+", "00")) and any(
                 _phone_valid(value, region) for region in PHONE_REGIONS
             ):
                 yield Match(PHONE, found.start(), found.end())
+
+
+def _last_digit(text: str, start: int, end: int) -> int:
+    """Where the run ``text[start:end]`` ends, after its last digit."""
+    stop = end
+    while stop > start and not text[stop - 1].isdigit():
+        stop -= 1
+    return stop
 
 
 def _cards(text: str, start: int, end: int) -> Iterator[Match]:
@@ -365,7 +377,8 @@ def _ipv4s(text: str, start: int, end: int) -> Iterator[Match]:
     for found in _IPV4.finditer(text, start, end):
         snippet = text[max(0, found.start() - 12) : found.start()].lower().split()
         version = snippet and snippet[-1].rstrip(":") in _VERSION_WORDS
-        if not version and not found.group().startswith(_NOBODYS_IPV4):
+        section = found.start() > 0 and text[found.start() - 1] == "§"
+        if not (version or section) and not found.group().startswith(_NOBODYS_IPV4):
             yield Match(IPV4, found.start(), found.end())
 
 
@@ -473,9 +486,11 @@ def _ipv6s(text: str) -> Iterator[Match]:
         candidate = text[start:end]
         before = text[start - 1] if start > 0 else " "
         after = text[end] if end < len(text) else " "
+        groups = [g for g in candidate.split(":") if g]
         if (
             candidate.count(":") >= 2
             and any(c.isdigit() for c in candidate)
+            and (len(groups) >= 3 or (candidate[0] != ":" and len(groups[0]) >= 3))  # not [1::2]
             and not (before.isalnum() or before in "._")
             and not (after.isalnum() or after == "_")
             and _ipv6_valid(candidate)

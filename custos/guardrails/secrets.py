@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import itertools
 import math
 import re
 from collections import Counter
@@ -79,13 +80,21 @@ class Rule:
 
 
 def _placeholder(value: str) -> bool:
+    """Not a secret's value: a reference (``${…}``, ``<…>``), a mask (``****``), a word such as
+    ``none``, or code (``passphrase.encode()``, ``os.environ['X']``)."""
     lowered = value.lower().strip("'\"")
     return (
         not lowered
         or lowered[0] in "$<{[%"
         or set(lowered) <= set("*x.•-_")
-        or lowered in ("password", "secret", "changeme", "redacted", "hidden", "none", "null")
+        or lowered
+        in ("password", "secret", "changeme", "redacted", "hidden", "none", "null", "true", "false")
+        or any(c in lowered for c in "()[]{}")
+        or _DOTTED_NAME.fullmatch(value) is not None
     )
+
+
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def _jwt(value: str) -> bool:
@@ -186,7 +195,10 @@ _FILE_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi", "UEsDB", "H4s
 _WORD = re.compile(r"[^\W\d_]+")
 _BLOB = 200
 #: A path of lower-case words (``custos/audit/key2026``): named like a key, but not one.
-_PATH = re.compile(r"[a-z0-9_.-]{1,24}(?:/[a-z0-9_.-]{1,24})+/?")
+_PATH = re.compile(r"/?[a-z0-9_.-]{1,24}(?:/[a-z0-9_.-]{1,24})+/?")
+#: Words and numbers joined by separators (``3+cache_write_tokens``, ``Order_2024-Final``): an
+#: identifier, however varied its letters.
+_WORDY = re.compile(r"(?:[A-Za-z][a-z]+|\d+)(?:[+/_.-]+(?:[A-Za-z][a-z]+|\d+))+")
 
 
 def shannon_entropy(value: str) -> float:
@@ -212,6 +224,17 @@ def _is_prose(token: str) -> bool:
     return decoded.count(" ") >= 2 and decoded.isprintable()
 
 
+def _sequence(token: str) -> bool:
+    """Whether ``token`` holds five characters in a row in alphabet order (``abcde``, ``01234``):
+    an alphabet or a made-up example, which a random token holds a few times in a million."""
+    run = 1
+    for previous, char in itertools.pairwise(token):
+        run = run + 1 if ord(char) == ord(previous) + 1 else 1
+        if run >= 5:
+            return True
+    return False
+
+
 def _high_entropy(text: str, start: int, token: str) -> bool:
     if len(token) > _BLOB or token.startswith(_FILE_MAGIC) or _UUID.search(token):
         return False
@@ -223,13 +246,13 @@ def _high_entropy(text: str, start: int, token: str) -> bool:
         return False
     named = any(w.startswith(_SECRET_NAMES) for w in names[-3:])
     body = token.rstrip("=")
-    if _is_prose(body) or _PATH.fullmatch(body):
+    if _is_prose(body) or _PATH.fullmatch(body) or _WORDY.fullmatch(body) or _sequence(body):
         return False
     if _HEX.fullmatch(body):
         return named and len(body) >= 20 and shannon_entropy(body) >= 3.0
     entropy = shannon_entropy(body)
-    if named:
-        return entropy >= min(4.0, math.log2(len(body)) - 0.6)
+    if named:  # (a random 20 characters of base62 hold a digit 97 times in 100: names do not)
+        return any(c.isdigit() for c in body) and entropy >= min(4.0, math.log2(len(body)) - 0.6)
     mixed = (any(c.isupper() for c in body) and any(c.islower() for c in body)
              and sum(c.isdigit() for c in body) >= 2)  # fmt: skip
     return len(body) >= 32 and mixed and entropy >= 4.5
