@@ -66,17 +66,21 @@ RULES: Final = (
         r"\b(?:ignore|disregard|forget)\s+(?:all|every|any)\s+(?:\w+\s+)?(?:instructions?|"
         r"rules|directions|guidelines|prompts?)\s+(?:you\s+(?:were|have\s+been)\s+given|"
         r"(?:given|received|written)\s+(?:before|earlier|so\s+far)|before|earlier|so\s+far)",
-        r"\boverride\s+(?:all|any|the|every)\s+(?:\w+\s+)?(?:policies|rules|restrictions)",
+        r"\boverride\s+(?:all|any|every|your)\s+(?:\w+\s+)?(?:policies|rules|restrictions)",
         r"\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:you\s+were\s+told|"
         r"(?:that\s+)?(?:was\s+)?(?:said|written)\s+)?(?:above|before|so\s+far)",
-        # de: ignoriere alle vorherigen Anweisungen / vergiss deine Anweisungen
-        r"\b(?:ignorier|vergiss|missachte|übergeh)\w*\s+(?:\w+\s+){0,3}"
+        # de: ignoriere alle vorherigen Anweisungen / vergiss deine Anweisungen (imperatives:
+        # "die Anweisungen werden ignoriert" or "sie ignorierte die Regeln" are not orders)
+        r"\b(?:ignorier(?:e|t)?|vergiss|vergesst|missachte|missachtet|übergeh(?:e|t)?)\s+"
+        r"(?:\w+\s+){0,3}"
         r"(?:anweisungen|instruktionen|regeln|vorgaben|befehle|richtlinien)",
         # fr: ignore les instructions précédentes / oublie toutes tes instructions
         r"\b(?:ignore[rz]?|oublie[rz]?|néglige[rz]?|fais\s+abstraction\s+de)\s+(?:\w+\s+){0,3}"
         r"(?:instructions|consignes|règles|directives)",
-        # es: ignora las instrucciones anteriores / olvida tus instrucciones
-        r"\b(?:ignora|ignore|olvida|olvide|descarta|omite)\w*\s+(?:\w+\s+){0,3}"
+        # es: ignora las instrucciones anteriores / olvida tus instrucciones (imperatives: "se
+        # ignoran las instrucciones viejas" is a report, not an order)
+        r"\b(?:ignora|ignore|ignorad|olvida|olvide|olvidad|descarta|descarte|omite|omita)\s+"
+        r"(?:\w+\s+){0,3}"
         r"(?:instrucciones|indicaciones|reglas|directrices|órdenes)",
     ),
     _rule(

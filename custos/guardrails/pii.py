@@ -223,6 +223,7 @@ _GROUPED = re.compile(r"\(?\d{2,4}\)?(?:[ .-]\d{2,4}){2,5}")
 _DIGITS_ONLY = str.maketrans("", "", "0123456789")
 #: Addresses that identify no one: loopback, "any", broadcast.
 _NOBODYS_IPV4 = ("127.", "0.0.0.0", "255.255.255.255")
+_SPACES_COLONS = re.compile(r"[\s:]+")
 _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 
 #: Words (or their beginnings) that say a number after them is a phone number, in the
@@ -374,12 +375,17 @@ def _checked(
 
 
 def _ipv4s(text: str, start: int, end: int) -> Iterator[Match]:
+    """IPv4 addresses, but not a version or section number (``version 1.2.3.4``,
+    ``§2.1.3.2``), a network (``192.168.0.0/24``) or an address that is nobody's."""
     for found in _IPV4.finditer(text, start, end):
-        snippet = text[max(0, found.start() - 12) : found.start()].lower().split()
-        version = snippet and snippet[-1].rstrip(":") in _VERSION_WORDS
-        section = found.start() > 0 and text[found.start() - 1] == "§"
-        if not (version or section) and not found.group().startswith(_NOBODYS_IPV4):
-            yield Match(IPV4, found.start(), found.end())
+        at, after = found.start(), found.end()
+        line = text[max(0, at - 40) : at].rsplit("\n", 1)[-1].lower()
+        version = any(w in _VERSION_WORDS or w.endswith("version")
+                      for w in _SPACES_COLONS.split(line)[-4:])  # fmt: skip
+        section = at > 0 and text[at - 1] == "§"
+        network = text.startswith("/", after) and text[after + 1 : after + 2].isdigit()
+        if not (version or section or network or found.group().startswith(_NOBODYS_IPV4)):
+            yield Match(IPV4, at, after)
 
 
 def _digit_run(text: str, run: re.Match[str]) -> Iterator[Match]:

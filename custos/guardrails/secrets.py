@@ -81,7 +81,8 @@ class Rule:
 
 def _placeholder(value: str) -> bool:
     """Not a secret's value: a reference (``${…}``, ``<…>``), a mask (``****``), a word such as
-    ``none``, or code (``passphrase.encode()``, ``os.environ['X']``)."""
+    ``none``, code (``passphrase.encode()``, ``os.environ['X']``), a metavariable
+    (``--password=PASSWORD``) or a single short word (``passwd: Passwort nicht geändert``)."""
     lowered = value.lower().strip("'\"")
     return (
         not lowered
@@ -91,6 +92,8 @@ def _placeholder(value: str) -> bool:
         in ("password", "secret", "changeme", "redacted", "hidden", "none", "null", "true", "false")
         or any(c in lowered for c in "()[]{}")
         or _DOTTED_NAME.fullmatch(value) is not None
+        or (value.isalpha() and len(value) < 12)
+        or (value.isupper() and value.replace("_", "").replace("-", "").isalpha())
     )
 
 

@@ -462,6 +462,9 @@ CLEAN = {
         "See RFC 9162 §2.1.3.2 and §2.1.4.1 for the proofs.",
         '{"event_type": "llm.call", "time_start": "2026-07-01T00:00:00Z"}',
         'assert line_of(text, "1.2500001") == 12  # call the price check',
+        "Parentheses are evaluated first and may override the precedence rules above.",
+        "Allowed networks, with a netmask (something like 192.168.0.0/24).",
+        "Project-Id-Version: shadow 4.1.4.2",
         "Sheet: https://docs.google.com/spreadsheets/d/1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2up"
         "ms/edit#gid=0",
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@host",
@@ -492,6 +495,8 @@ CLEAN = {
         "Preis: 49,99 € inkl. 19 % MwSt.",
         "Der Build 20260701.3 ist fehlerfrei durchgelaufen.",
         "Das Passwort muss mindestens 12 Zeichen haben.",
+        "  --password=PASSWORT         PASSWORT als Passwort verwenden",
+        "passwd: Passwort nicht geändert",
     ],
     "fr": [
         "Commande n° 2026-118833 expédiée le 01/07/2026.",
@@ -505,6 +510,7 @@ CLEAN = {
         "Prix : 19,99 € TTC, remise de 10 %.",
         "La référence produit est REF-4471-B.",
         "Le mot de passe doit contenir au moins 12 caractères.",
+        "  --password=MOT_DE_PASSE     définir le mot de passe",
     ],
     "es": [
         "Pedido 2026-118833 enviado el 01/07/2026.",
@@ -517,6 +523,7 @@ CLEAN = {
         "El código postal 28013 es de Madrid.",
         "Precio: 49,99 € con IVA del 21 %.",
         "La contraseña debe tener al menos 12 caracteres.",
+        "atención: se ignoran las instrucciones viejas para el objetivo 'all'",
     ],
 }
 for language, texts in CLEAN.items():
