@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 TEST_STAMP := $(STAMP)-test
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean browsers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,15 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check custos tests bench
 	$(BIN)/ruff format --check custos tests bench
 
-test: $(TEST_STAMP)
+# The console's browser tests (tests/test_console.py) drive Debian's chromium with its
+# chromedriver; installed here when missing (as root, or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browsers:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: $(TEST_STAMP) browsers
 	$(BIN)/ruff check custos tests bench
 	$(BIN)/ruff format --check custos tests bench
 	$(BIN)/lint-imports --no-cache

@@ -14,7 +14,8 @@ gateway and directly against the mock:
 Usage: bench/run.sh [--quick] [--out FILE] [--enforce] (bench/run.sh installs the tools, then
 runs this file with .venv's Python); bench/run.sh --compare [VARIANTS] [--rounds N] for what each
 governance stage costs, --instructions [VARIANTS] for the same in instructions per request
-(bench/instructions.py). Knobs, from the environment:
+(bench/instructions.py), --latency for added latency under an open-loop load
+(bench/latency.py). Knobs, from the environment:
 
   BENCH_DURATION     seconds per measured run (10; --quick: 2)
   BENCH_WARMUP       seconds of warm-up before each saturation run (3; --quick: 1)
@@ -1110,6 +1111,12 @@ def main(argv: list[str] | None = None) -> int:
             help=f"{what} (default {','.join(COMPARE_VARIANTS)})",
         )
     parser.add_argument("--rounds", type=int, default=3, help="--compare: rounds (3)")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="added latency at BENCH_RATE, open loop (bench/openloop.py), rounds straight after "
+        "saturation and after idling, on SQLite and on PostgreSQL + Redis (bench/latency.py)",
+    )
     args = parser.parse_args(argv)
     for chosen in (args.compare, args.instructions):
         unknown = set(chosen.split(",")) - set(COMPARE_VARIANTS) if chosen is not None else set()
@@ -1124,6 +1131,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     if args.compare is not None:
         return main_compare(bench, args.compare.split(","), args.rounds)
+    if args.latency:
+        from latency import main_latency
+
+        return main_latency(bench, sys.modules[__name__])
     if args.instructions is not None:
         from instructions import main_instructions
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from custos.audit.records.content import ContentCapture
     from custos.identity.principal import AuthFailure, Principal
     from custos.limits import Metering
-    from custos.routing.targets import ModelTarget
+    from custos.routing.targets import ModelRoute, ModelTarget
     from custos.runtime import Runtime
 
 
@@ -105,6 +105,9 @@ class RequestContext:
     started_unix_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
     #: The client asked for a usage chunk at the end of its stream.
     client_wants_usage: bool = False
+    #: The route the terminal's ``prepare`` found, its targets narrowed to those residency
+    #: allows (``None`` before it ran).
+    route: ModelRoute | None = None
     served: ModelTarget | None = None
     attempts: list[Attempt] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
@@ -139,6 +142,9 @@ class RequestContext:
     guards: Any = field(default=None, repr=False)
     #: Content capture (``audit.content`` other than ``none``): the response goes here.
     capture: ContentCapture | None = field(default=None, repr=False)
+    #: An MCP tool call (``custos.mcp.call.ToolCall``): the server, the tool, its arguments
+    #: and what came back. ``None`` on the model routes.
+    mcp: Any = field(default=None, repr=False)
 
     @property
     def latency_ms(self) -> int:

@@ -30,10 +30,13 @@ from custos.guardrails.rules import compile_guardrails
 from custos.guardrails.stages import ClassifyContent, InputGuardrails, OutputGuardrails
 from custos.guardrails.webhook import WebhookCheck
 from custos.identity.directory import Directory
-from custos.identity.setup import Identity, open_identity, sync_config_teams
+from custos.identity.setup import Identity, open_identity, sync_config_teams, token_hash_key
 from custos.identity.stage import Authenticate
 from custos.identity.tokens import TokenService
 from custos.limits import Limiter
+from custos.mcp.service import McpGateway
+from custos.mcp.stages import AuthorizeTool, ToolPostInvoke, ToolPreInvoke
+from custos.mcp.terminal import McpTerminal
 from custos.policy.stages import Authorize, Identify
 from custos.providers.transport import Transport
 from custos.routing.shared import SharedHealth
@@ -73,11 +76,16 @@ class Gateway:
         self.config_path = Path(config_path) if config_path else None
         self.transport = Transport()
         self.terminal = LLMTerminal(self.transport)
+        self.mcp = McpGateway(self.transport)
+        self.mcp_terminal = McpTerminal(self.mcp)
+        self._mcp_chain: tuple[Runtime, GovernanceChain] | None = None
         self.authenticate = Authenticate(None)
         self.identity: Identity | None = None
         self.audit: AuditTrail | None = None
         self.audit_log: AuditLog | None = None
         self.retention: RetentionJob | None = None
+        #: Set by ``custos serve --workers``: this process's worker number (``AuditTrail``).
+        self.worker: int | None = None
         state = self.runtime.config.state  # counters are per process: a change needs a restart
         counters = open_counters(state.counters, prefix=state.counters_prefix)
         self.limiter = Limiter(counters, lambda: self.runtime)
@@ -105,6 +113,35 @@ class Gateway:
                                                           self.terminal), runtime  # fmt: skip
         return self._chain
 
+    @property
+    def mcp_chain(self) -> GovernanceChain:
+        """The chain of a tool call through ``/mcp/*`` (the MCP terminal's), of the revision
+        being served."""
+        runtime = self.runtime
+        if self._mcp_chain is None or self._mcp_chain[0] is not runtime:
+            chain = GovernanceChain(self.build_mcp_chain(runtime), self.mcp_terminal)
+            self._mcp_chain = (runtime, chain)
+        return self._mcp_chain[1]
+
+    def build_mcp_chain(self, runtime: Runtime) -> list[object]:
+        """A tool call's stages: the model route's, with tool access, rate limits of unit
+        ``tool_calls_per_*`` and the two MCP hooks (budgets do not count tool calls)."""
+        config = runtime.config
+        stages: list[object] = []
+        if self.audit is not None:
+            stages.append(self.audit)
+        stages += [self.authenticate, READ_REQUEST, Identify()]
+        if config.data_classes:
+            detectors = {n: data_class_detector(c) for n, c in config.data_classes.items()}
+            stages.append(ClassifyContent(detectors))
+        guardrails = compile_guardrails(
+            config.guardrails, webhooks=lambda rule: WebhookCheck(rule, self.transport)
+        )
+        stages += [AuthorizeTool(), PREPARE_TERMINAL]
+        if any(r.unit == "tool_calls" for r in runtime.limits.rate_limits):
+            stages.append(self.limiter)
+        return [*stages, ToolPreInvoke(guardrails), ToolPostInvoke(guardrails)]
+
     def build_chain(self, runtime: Runtime) -> list[object]:
         """The stages ``runtime`` switches on, in order (``custos.chain``)."""
         config = runtime.config
@@ -119,7 +156,9 @@ class Gateway:
         if runtime.limits.active:
             stages.append(self.limiter)
         guardrails = compile_guardrails(
-            config.guardrails, webhooks=lambda rule: WebhookCheck(rule, self.transport)
+            config.guardrails,
+            webhooks=lambda rule: WebhookCheck(rule, self.transport),
+            transport=self.transport,
         )
         if any(g.hook == "llm_input" for g in guardrails):
             stages.append(InputGuardrails(guardrails))
@@ -169,7 +208,10 @@ class Gateway:
         self.identity = await open_identity(config)
         await sync_config_teams(self.identity.store, config.teams, self.runtime.revision)
         self.audit = AuditTrail(
-            self.identity.store, lambda: self.runtime.config.audit, instance=config.gateway.instance
+            self.identity.store,
+            lambda: self.runtime.config.audit,
+            instance=config.gateway.instance,
+            worker=self.worker,
         )
         await self.audit.start(self.runtime.loaded)
         self.audit_log = AuditLog(self.identity.store, config.audit,
@@ -181,8 +223,9 @@ class Gateway:
                                       self.audit.gateway, export=exports)  # fmt: skip
         self.retention.start()
         self.authenticate.directory = self.identity.directory
+        self.mcp.start(token_hash_key(config))
         await self.limiter.start(self.identity.store)
-        self._chain = None  # its stages are ready: rebuilt on the next request
+        self._chain = self._mcp_chain = None  # its stages are ready: rebuilt on next request
         if self.shared_health is not None:
             await self.shared_health.start()
         if self.config_path is not None:
@@ -212,6 +255,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.mcp.upstream.close()
         await self.transport.close()
         if self.shared_health is not None:
             await self.shared_health.close()

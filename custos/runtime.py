@@ -14,6 +14,7 @@ from custos.policy.access import AccessGrant, AccessPolicy
 from custos.policy.limits import LimitsPolicy
 from custos.policy.metadata import MetadataContract
 from custos.policy.patterns import ModelPattern
+from custos.policy.residency import ResidencyPolicy
 from custos.pricing import ModelPrice
 from custos.providers.base import ProviderAdapter
 from custos.providers.registry import adapter_for
@@ -48,11 +49,14 @@ class Runtime:
                     id=rule.id or f"access[{index}]",
                     subjects=frozenset(_subject_key(s) for s in rule.subjects),
                     models=ModelPattern(rule.models),
+                    tools=ModelPattern(rule.mcp_tools),
                 )
                 for index, rule in enumerate(self.config.access)
             ]
         )
         self.jwt = JWTVerifier(self.config.identity.idp, _teams_by_email(self.config))
+        #: Residency (part of stage 7): which targets may serve which requests.
+        self.residency = ResidencyPolicy.build(self.config.residency, self.targets)
         self.metadata = MetadataContract.build(
             self.config.metadata.required, self.config.metadata.allowed
         )

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 #: The client API a request came in on, and so the wire format of its answer and errors.
-ApiProtocol = Literal["openai", "anthropic"]
-#: What a request asks for.
-Operation = Literal["chat", "embeddings", "messages", "responses", "count_tokens"]
+ApiProtocol = Literal["openai", "anthropic", "mcp"]
+#: What a request asks for (``tool_call``: an MCP ``tools/call`` through ``/mcp/{name}``).
+Operation = Literal["chat", "embeddings", "messages", "responses", "count_tokens", "tool_call"]
 
 #: The largest count a request may ask for (``max_tokens``, ``n``, …) and the most tokens of a
 #: kind a call is charged for: far past any model's window, and small enough that every count

@@ -182,8 +182,14 @@ class GatewayProcess:
     """
 
     def __init__(
-        self, config_text: str, tmp_path: Path, *, env: dict[str, str] | None = None
+        self,
+        config_text: str,
+        tmp_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
+        """``args``: more ``custos serve`` options (``--workers 3``)."""
         self.token = ""
         store = (yaml.safe_load(config_text).get("state") or {}).get("store")
         if store == "sqlite:///./custos.db":
@@ -194,8 +200,9 @@ class GatewayProcess:
         self.config_path.write_text(config_text)
         self.log_path = tmp_path / "gateway.log"
         self._log = self.log_path.open("wb")
+        command = [*CUSTOS, "serve", "--config", str(self.config_path), "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [*CUSTOS, "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            [*command, *args],
             cwd=tmp_path,
             env={
                 **os.environ,

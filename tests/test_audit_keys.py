@@ -170,3 +170,17 @@ def test_keys_generate_writes_a_private_pem_and_keeps_an_existing_one(
     assert forced.returncode == 0, forced.stderr
     assert target.read_bytes() != first and mode(target) == 0o600
     assert [p.name for p in target.parent.iterdir()] == ["audit.pem"]
+
+
+def test_verify_refuses_unreadable_inputs_without_a_traceback(tmp_path: Path):
+    store = f"sqlite:///{tmp_path / 'custos.db'}"
+    missing = cli(ROOT, "audit", "verify", "--store", store,
+                  "--checkpoints", str(tmp_path / "absent.txt"))  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("custos: ") and "absent.txt" in missing.stderr
+    bad_key = cli(ROOT, "audit", "verify", "--store", store, "--public-key", "not-a-vkey")
+    assert bad_key.returncode == 2
+    assert bad_key.stderr.startswith("custos: ") and "verifier key" in bad_key.stderr
+    for result in (missing, bad_key):
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "custos.db").exists()  # refused before the store was opened

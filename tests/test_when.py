@@ -297,3 +297,11 @@ def test_a_model_without_a_price_needs_unpriced_allow():
     assert parse_config(allowed).config.providers["local"].models["m"].unpriced == "allow"
     both = BASE.replace("input_per_mtok: 1,", "input_per_mtok: 1, unpriced: allow,")
     assert "remove one" in problems(both)[0][2]
+
+
+def test_every_glob_of_a_list_matches_whole_names_only():
+    # Each alternative is anchored at both ends, not only the last one in the list.
+    matcher = when(models=["azure-eu/*-mini", "claude-main/*"])
+    assert matcher.matches(facts(model="azure-eu/gpt-5-mini"))
+    assert not matcher.matches(facts(model="azure-eu/gpt-5-mini-pro"))
+    assert matcher.matches(facts(model="claude-main/sonnet"))

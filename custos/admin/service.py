@@ -70,6 +70,9 @@ from custos.state.store import Store
 _TEAM_ID = re.compile(r"^team_[0-9a-f]{20}$")
 _ACCOUNT_ID = re.compile(r"^va_[0-9a-f]{20}$")
 
+#: The ``token_kind`` of a console session signed in through an identity provider (no token).
+IDP_SESSION = "idp_session"
+
 #: The longest rotation grace period and token lifetime the API accepts.
 MAX_GRACE_SECONDS = 30 * 86400
 MAX_EXPIRES_IN_DAYS = 3650
@@ -179,13 +182,14 @@ class AdminService:
         if p.kind != "user":
             raise Forbidden("virtual accounts cannot use the admin API; use a personal token")
         try:
-            token = await self.store.get_token(p.token_id)
             user = await self.store.get_user(p.id)
+            if p.token_kind != IDP_SESSION:
+                token = await self.store.get_token(p.token_id)
+                state = token.state(self._now())
+                if state not in ("active", "rotating"):  # rotating: still in its grace period
+                    return {"revoked": REVOKED, "rotated": ROTATED}.get(state, EXPIRED)
         except NotFound:
             return OWNER_DELETED
-        state = token.state(self._now())
-        if state not in ("active", "rotating"):  # rotating: replaced, still in its grace period
-            return {"revoked": REVOKED, "rotated": ROTATED}.get(state, EXPIRED)
         if user.disabled:
             return OWNER_DISABLED
         names = {t.id: t.name for t in await self.store.list_teams()}
@@ -205,6 +209,20 @@ class AdminService:
             roles=frozenset(user.roles),
             subjects=subjects,
         )
+
+    async def idp_session(self, email: str, idp: str) -> Principal | AuthFailure:
+        """The principal of a console session signed in through identity provider ``idp`` as
+        ``email``: the Custos user with that email, with the roles and teams the store gives
+        them (never the IdP's claims), checked again on every request by ``recheck``. No token
+        stands behind it (``token_kind`` ``IDP_SESSION``), so nothing it grants can be narrower
+        than the user."""
+        try:
+            user = await self.store.get_user_by_email(email)
+        except NotFound:
+            return OWNER_DELETED
+        bare = Principal("user", user.id, user.email, user.display_name, (), (), frozenset(),
+                         frozenset(), f"{IDP_SESSION}:{idp}", IDP_SESSION, None, None)  # fmt: skip
+        return await self.recheck(bare)
 
     def check_writer(self, p: Principal) -> None:
         """Refuse read-only principals (what every mutating method does first)."""

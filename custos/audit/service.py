@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +36,7 @@ from custos.admin import rights
 from custos.admin.errors import BadInput
 from custos.admin.schemas import MAX_CURSOR
 from custos.admin.service import AdminService
+from custos.audit import traces
 from custos.audit.compliance.report import (
     ReportError,
     build_report,
@@ -44,6 +46,7 @@ from custos.audit.compliance.report import (
 )
 from custos.audit.compliance.retention import Hold, list_holds, release_hold, set_hold
 from custos.audit.compliance.verify import API_PAGE, verify_log, verify_range
+from custos.audit.log.proof import ProofError, prove_event
 from custos.audit.records import content
 from custos.audit.records.record import EVENT_TYPES
 from custos.audit.storage import content_store
@@ -264,15 +267,31 @@ class VerifyOut(_Out):
     failures: list[str] = Field(description="In the order found; the first is the one to fix.")
 
 
-async def verify(svc: AdminService, principal: Any, q: VerifyQuery) -> VerifyOut:
+async def verify(
+    svc: AdminService,
+    principal: Any,
+    q: VerifyQuery,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyOut:
+    """``progress``, if given, is told how many of the log's leaves have been checked, page
+    after page (the console shows it)."""
+    check_verify(principal, q)
+    since, until = verify_range(q.from_, q.to)
+    async with _VERIFYING:
+        report = await verify_log(
+            svc.store, since=since, until=until, page_size=API_PAGE, progress=progress
+        )
+    return VerifyOut.model_validate(report.as_json())
+
+
+def check_verify(principal: Any, q: VerifyQuery) -> None:
+    """What ``verify`` refuses before it starts: the caller's role, the range."""
     rights.require_reader(principal, "verifying the audit log")
     try:
-        since, until = verify_range(q.from_, q.to)
+        verify_range(q.from_, q.to)
     except ValueError as exc:
         raise BadInput(str(exc), "from") from None
-    async with _VERIFYING:
-        report = await verify_log(svc.store, since=since, until=until, page_size=API_PAGE)
-    return VerifyOut.model_validate(report.as_json())
 
 
 # -- legal holds -----------------------------------------------------------------------------------
@@ -427,3 +446,128 @@ async def _principal_id(svc: AdminService, ref: str) -> str:
         except (NotFound, Invalid):
             continue
     return ref
+
+
+# -- the log's state (the console's audit page) ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogStatus:
+    """The latest checkpoint (``None`` before the first) and how many leaves the log holds."""
+
+    log_size: int
+    checkpoint_size: int | None
+    checkpoint_at: str | None
+    checkpoint_root: str | None
+    checkpoints: int
+
+
+async def log_status(svc: AdminService, principal: Any) -> LogStatus:
+    rights.require_reader(principal, "reading the audit log's state")
+    async with svc.store.transaction(readonly=True) as tx:
+        head = await tx.fetchrow("SELECT size FROM audit_tree_head WHERE id = 1")
+        latest = await tx.fetchrow(
+            "SELECT size, at, root FROM audit_checkpoints ORDER BY id DESC LIMIT 1"
+        )
+        count = await tx.fetchrow("SELECT count(*) AS n FROM audit_checkpoints")
+    return LogStatus(
+        log_size=int(head["size"]) if head else 0,
+        checkpoint_size=int(latest["size"]) if latest else None,
+        checkpoint_at=str(latest["at"]) if latest else None,
+        checkpoint_root=bytes(latest["root"]).hex() if latest else None,
+        checkpoints=int(count["n"]) if count else 0,
+    )
+
+
+async def record_proofs(svc: AdminService, principal: Any, ref: str) -> list[dict[str, Any]]:
+    """The records of one request or event id, each with its inclusion proof document
+    (``custos audit check-proof`` reads one), or why none can be made yet."""
+    found = (await request_records(svc, principal, ref)).data
+    out: list[dict[str, Any]] = []
+    for event in found:
+        try:
+            out.append(await prove_event(svc.store, event.event_id))
+        except ProofError as exc:
+            out.append({"event_id": event.event_id, "record": event.record,
+                        "proof_error": str(exc)})  # fmt: skip
+    return out
+
+
+# -- request traces ------------------------------------------------------------------------------
+
+
+class TracesQuery(_Query):
+    from_: str | None = Field(None, alias="from", description="First day or RFC 3339 time.",
+                              json_schema_extra=_DAY_OR_TIME)  # fmt: skip
+    to: str | None = Field(None, description="Last day (inclusive) or RFC 3339 time "
+                           "(exclusive).", json_schema_extra=_DAY_OR_TIME)  # fmt: skip
+    team: str | None = Field(None, description="Only this team's calls.")
+    user: str | None = Field(None, description="Only this user's calls (id or email).")
+    account: str | None = Field(None, description="Only this virtual account's calls.")
+    model: str | None = Field(None, description="Provider or requested model.")
+    provider: str | None = Field(None, description="Provider account.")
+    status: int | None = Field(None, ge=100, le=599, description="HTTP status answered.")
+    outcome: Literal[traces.OUTCOMES] | None = None  # type: ignore[valid-type]
+    data_class: str | None = Field(None, description="Only calls carrying this data class.")
+    guardrail: Literal[traces.GUARDRAIL_OUTCOMES] | None = Field(  # type: ignore[valid-type]
+        None, description="Only calls with a guardrail verdict of this kind (any: at least one)."
+    )
+    request_id: str | None = None
+    before: str | None = Field(None, description="next_before of the previous page.")
+    limit: int = Field(traces.PAGE, ge=1, le=500)
+
+
+class TraceRowOut(_Out):
+    event_id: str
+    request_id: str
+    time_start: str
+    team: str | None
+    principal_kind: str | None
+    principal_id: str | None
+    requested_model: str | None
+    provider: str | None
+    model: str | None
+    status: int
+    outcome: str
+    stopped_at: str | None
+    error_type: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    latency_ms: int
+
+
+class TraceListOut(_Out):
+    data: list[TraceRowOut]
+    next_before: str | None = Field(description="Pass as ?before= for older traces; null: the "
+                                    "end.")  # fmt: skip
+    scan_capped: bool = Field(description="The guardrail filter stopped reading before the "
+                              "page was full; continue with next_before.")  # fmt: skip
+
+
+class TraceOut(_Out):
+    request_id: str
+    records: list[dict[str, Any]] = Field(description="The request's llm.call records, parsed.")
+    proofs: dict[str, str] = Field(description="Event id → its inclusion proof status.")
+
+
+async def trace_list(svc: AdminService, principal: Any, q: TracesQuery) -> TraceListOut:
+    """Traces the caller may read (``custos.audit.traces``: admins and auditors every one,
+    team managers their teams', everyone their own), newest first."""
+    values = q.model_dump(exclude={"from_", "to", "limit"}, exclude_none=True)
+    found = await traces.search(
+        svc,
+        principal,
+        traces.TraceFilter(since=q.from_, until=q.to, **{k: str(v) for k, v in values.items()}),
+        limit=q.limit,
+    )
+    rows = [
+        TraceRowOut.model_validate({**r, "time_start": r["time_start"].isoformat()})
+        for r in found.rows
+    ]
+    return TraceListOut(data=rows, next_before=found.next_before, scan_capped=found.scan_capped)
+
+
+async def trace(svc: AdminService, principal: Any, request_id: str) -> TraceOut:
+    found = await traces.get(svc, principal, request_id)
+    return TraceOut(request_id=found.request_id, records=found.records, proofs=found.proofs)

@@ -41,12 +41,12 @@ def _open(args: argparse.Namespace) -> Any:
 
 async def _verify_main(args: argparse.Namespace) -> int:
     verifiers = None
-    if args.public_key:
-        verifiers = [v for spec in args.public_key for v in load_verifiers(spec)]
-    exported = read_export(args.checkpoints) if args.checkpoints else []
-    try:
+    try:  # what the auditor hands in: a file that cannot be read or a bad vkey is a usage error
+        if args.public_key:
+            verifiers = [v for spec in args.public_key for v in load_verifiers(spec)]
+        exported = read_export(args.checkpoints) if args.checkpoints else []
         since, until = verify_range(args.from_, args.to)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         print(f"custos: {exc}", file=sys.stderr)
         return 2
     store = await _open(args)

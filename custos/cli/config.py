@@ -37,4 +37,13 @@ def _config_check(args: argparse.Namespace) -> int:
         f"  {len(config.providers)} provider account(s), {models} model(s), "
         f"{len(config.virtual_models)} virtual model(s)"
     )
+    for guardrail in config.guardrails:
+        sources = guardrail.policy_sources
+        if sources is not None:
+            checked = f", validated against {sources.schema.name}" if sources.schema else ""
+            print(f"  guardrail {guardrail.id}: {len(sources.files)} {sources.language} file(s)"
+                  f"{checked}, policy revision {sources.digest[:12]}")  # fmt: skip
+    if config.mcp_servers:
+        print(f"  {len(config.mcp_servers)} MCP server(s), "
+              f"{len(config.virtual_mcp_servers)} virtual MCP server(s)")  # fmt: skip
     return 0

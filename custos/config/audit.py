@@ -13,6 +13,8 @@ audit:
   export:
     - otlp: {endpoint: "http://127.0.0.1:4318"}   # spans and log records, OTLP over HTTP
     - jsonl: {path: ./audit.jsonl}                # every record's bytes, one per line
+    - syslog: {name: soc, host: siem.example, port: 6514, format: cef, tls: {}}  # docs/siem.md
+    - splunk_hec: {name: splunk, url: "https://splunk:8088", token: "${env:HEC_TOKEN}"}
   signing_key: ./keys/audit-2026.pem              # Ed25519 PKCS#8 PEM, optionally encrypted
   signing_key_name: custos/audit/key2026
   retiring_signing_key: ./keys/audit-2025.pem     # during a rotation only: signs alongside
@@ -46,6 +48,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from custos.config.siem import SplunkHECSettings, SyslogSettings
 from custos.request_values import RequestValue
 
 
@@ -82,15 +85,22 @@ class JSONLSettings(_Strict):
 
 
 class ExportSettings(_Strict):
-    """One export target: exactly one of ``otlp`` or ``jsonl``."""
+    """One export target: exactly one of ``otlp``, ``jsonl``, ``syslog`` or ``splunk_hec``
+    (the last two: SIEM sinks with a durable cursor, ``custos.config.siem``)."""
 
     otlp: OTLPSettings | None = None
     jsonl: JSONLSettings | None = None
+    syslog: SyslogSettings | None = None
+    splunk_hec: SplunkHECSettings | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ExportSettings:
-        if (self.otlp is None) == (self.jsonl is None):
-            raise ValueError("each export entry is either {otlp: {…}} or {jsonl: {…}}")
+        given = [v for v in (self.otlp, self.jsonl, self.syslog, self.splunk_hec) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "each export entry is one of {otlp: {…}}, {jsonl: {…}}, {syslog: {…}} or "
+                "{splunk_hec: {…}}"
+            )
         return self
 
 
@@ -175,3 +185,19 @@ class AuditSettings(_Strict):
     @property
     def jsonl_paths(self) -> list[str]:
         return [e.jsonl.path for e in self.export if e.jsonl is not None]
+
+    @property
+    def siem_sinks(self) -> list[SyslogSettings | SplunkHECSettings]:
+        """The SIEM sinks (each follows the log with a cursor of its own)."""
+        return [s for e in self.export for s in (e.syslog, e.splunk_hec) if s is not None]
+
+    @model_validator(mode="after")
+    def _sink_names_unique(self) -> AuditSettings:
+        names = [s.name for s in self.siem_sinks]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(
+                f"audit.export: two SIEM sinks are named {doubled[0]!r}; each needs a name of "
+                "its own (the name keys its cursor)"
+            )
+        return self

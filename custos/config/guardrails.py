@@ -5,9 +5,10 @@ comes back (``llm_output``)::
 
     guardrails:
       - id: pii-redact
-        hook: llm_input            # llm_input | llm_output
+        hook: llm_input            # llm_input | llm_output | mcp_tool_pre_invoke
+                                   # | mcp_tool_post_invoke
         type: pii                  # pii | secrets | regex | keywords | prompt_injection
-                                   # | metadata | webhook
+                                   # | metadata | webhook | cedar | opa
         operation: mutate          # validate: never changes data | mutate: may rewrite it
         enforcing: enforce         # enforce | enforce_but_ignore_on_error | audit
         when: {metadata: {environment: production}}
@@ -18,8 +19,8 @@ ones replace what they find with typed placeholders (``<EMAIL_1>``) and let the 
 ``enforce_but_ignore_on_error`` lets a call through when the guardrail itself fails or times
 out; ``audit`` decides and records, never blocks nor rewrites. Guardrails of one hook run in
 list order (mutations apply in that order); the first ``validate`` that refuses stops the
-request. The ``mcp_tool_*`` hooks and the ``cedar``/``opa`` types belong to the MCP gateway and
-are refused here until it exists.
+request. ``mcp_tool_pre_invoke`` checks a tool call's arguments before the tool runs,
+``mcp_tool_post_invoke`` its result before the agent sees it (``mutate`` redacts it; docs/mcp.md).
 
 ``data_classes:`` names the classes of data the organisation cares about and what detects
 them in a request's content; any rule's ``when: {data_classes: [...]}`` then matches requests
@@ -35,23 +36,35 @@ that carry one, whether the caller declared it or the gateway found it::
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from custos.config import policies
 from custos.config.rules import WhenSettings
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _CLASS = r"^[a-z][a-z0-9_.-]{0,63}$"
 _DETECTOR = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 
-Hook = Literal["llm_input", "llm_output"]
+Hook = Literal["llm_input", "llm_output", "mcp_tool_pre_invoke", "mcp_tool_post_invoke"]
 GuardrailType = Literal[
-    "pii", "secrets", "regex", "keywords", "prompt_injection", "metadata", "webhook"
-]
-#: Hooks and types of the DESIGN that come with the MCP gateway.
-LATER_HOOKS = ("mcp_tool_pre_invoke", "mcp_tool_post_invoke")
-LATER_TYPES = ("cedar", "opa")
+    "pii", "secrets", "regex", "keywords", "prompt_injection", "metadata", "webhook", "cedar",
+    "opa",
+]  # fmt: skip
+#: Guardrail types that decide with a policy (``custos.guardrails.policy``), and where: before
+#: a model call (``call_model``) and before a tool call (``call_tool``).
+POLICY_TYPES = ("cedar", "opa")
+POLICY_HOOKS = ("llm_input", "mcp_tool_pre_invoke")
 
 
 #: The kinds the built-in detectors report (``custos.guardrails.pii`` and ``.secrets``; the
@@ -126,18 +139,28 @@ class GuardrailSettings(_Strict):
     allowed: dict[str, list[str]] = Field(default_factory=dict)
     #: ``webhook``: where and how to call it.
     webhook: WebhookSettings | None = None
+    #: ``cedar``: the policy files (relative to the config file's directory), and the Cedar
+    #: schema they are validated against (``.json``: JSON schema; otherwise the human format).
+    policies: list[str] | None = None
+    cedar_schema: str | None = Field(default=None, alias="schema")
+    #: ``opa`` in process: the Rego module(s); ``opa`` remote: the OPA server's address.
+    policy: list[str] | None = None
+    url: str | None = None
+    #: ``opa``: the document that decides (a boolean, or ``{allow, reason, rule}``).
+    query: str | None = None
+    #: ``opa`` remote: header name → value (secret references resolved when loaded).
+    headers: dict[str, str] = Field(default_factory=dict)
+    _sources: policies.PolicySources | None = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
+    @field_validator("policies", "policy", mode="before")
     @classmethod
-    def _not_yet(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            if data.get("hook") in LATER_HOOKS:
-                raise ValueError(f"hook {data['hook']} comes with the MCP gateway: not supported "
-                                 "yet")  # fmt: skip
-            if data.get("type") in LATER_TYPES:
-                raise ValueError(f"type {data['type']} comes with the MCP gateway: not supported "
-                                 "yet")  # fmt: skip
-        return data
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def policy_sources(self) -> policies.PolicySources | None:
+        """A ``cedar`` or in-process ``opa`` guardrail's files, read and checked."""
+        return self._sources
 
     @model_validator(mode="after")
     def _fits_its_type(self) -> GuardrailSettings:
@@ -149,6 +172,12 @@ class GuardrailSettings(_Strict):
             "threshold": self.threshold is not None,
             "required": bool(self.required or self.allowed),
             "webhook": self.webhook is not None,
+            "policies": self.policies is not None,
+            "schema": self.cedar_schema is not None,
+            "policy": self.policy is not None,
+            "url": self.url is not None,
+            "query": self.query is not None,
+            "headers": bool(self.headers),
         }
         uses = {
             "pii": {"kinds"},
@@ -158,10 +187,13 @@ class GuardrailSettings(_Strict):
             "prompt_injection": {"threshold"},
             "metadata": {"required"},
             "webhook": {"webhook"},
+            "cedar": {"policies", "schema"},
+            "opa": {"policy", "url", "query", "headers"},
         }[kind]
         stray = sorted(k for k, v in given.items() if v and k not in uses)
         if stray:
-            raise ValueError(f"a {kind} guardrail takes no {', '.join(stray)}")
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise ValueError(f"{article} {kind} guardrail takes no {', '.join(stray)}")
         if kind in ("pii", "secrets") and self.kinds is not None:
             unknown = unknown_kinds(self.kinds, PII_KINDS if kind == "pii" else SECRET_KINDS)
             if unknown or not self.kinds:
@@ -178,6 +210,8 @@ class GuardrailSettings(_Strict):
         if kind == "metadata" and (self.operation == "mutate" or self.hook != "llm_input"):
             raise ValueError("a metadata guardrail validates the request: hook llm_input, "
                              "operation validate")  # fmt: skip
+        if kind in POLICY_TYPES:
+            self._check_policy_type()
         if kind == "prompt_injection" and self.operation == "mutate":
             raise ValueError("a prompt_injection guardrail validates: operation validate")
         for name, pattern in self.patterns.items():
@@ -186,6 +220,47 @@ class GuardrailSettings(_Strict):
             except re.error as exc:
                 raise ValueError(f"patterns.{name}: not a regular expression ({exc})") from None
         return self
+
+    def _check_policy_type(self) -> None:
+        if self.operation == "mutate" or self.hook not in POLICY_HOOKS:
+            raise ValueError(f"a {self.type} guardrail decides whether a call may go on: hook "
+                             f"{' or '.join(POLICY_HOOKS)}, operation validate")  # fmt: skip
+        if self.type == "cedar" and not self.policies:
+            raise ValueError("a cedar guardrail needs policies: [file, ...]")
+        if self.type == "opa" and (self.policy is None) == (self.url is None):
+            raise ValueError("an opa guardrail needs either policy: file.rego (in process) or "
+                             "url: (a remote OPA), not both")  # fmt: skip
+        if self.query is not None and not policies.QUERY.match(self.query):
+            raise ValueError("query: write it as data.<package>.<rule> (data.custos.allow)")
+        if self.headers and self.url is None:
+            raise ValueError("headers are for a remote OPA (url:)")
+        if self.url is not None and "@" in self.url:
+            raise ValueError("url: no credentials in the address (send them in headers)")
+        if self.url is not None and not re.match(r"^https?://[^\s/]+/?$", self.url):
+            raise ValueError("url: the OPA server's http:// or https:// address, without a path "
+                             "(the query names the document)")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _read_policies(self, info: ValidationInfo) -> GuardrailSettings:
+        """Read and check the policy files (relative to the config file's directory, given by
+        the loader as the validation context ``base_dir``)."""
+        if self.type not in POLICY_TYPES or (self.policies is None and self.policy is None):
+            return self
+        base_dir = Path((info.context or {}).get("base_dir") or Path.cwd())
+        try:
+            if self.type == "cedar":
+                assert self.policies is not None
+                self._sources = policies.load_cedar(self.policies, self.cedar_schema, base_dir)
+            else:
+                assert self.policy is not None
+                self._sources = policies.load_rego(self.policy, self.opa_query, base_dir)
+        except policies.PolicyProblem as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def opa_query(self) -> str:
+        return self.query or policies.DEFAULT_QUERY
 
 
 class DataClassSettings(_Strict):

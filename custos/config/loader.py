@@ -7,6 +7,8 @@ problem found, each with the dotted path and the line it sits on, so one run of
 The revision is the SHA-256 of the file's canonical form: the parsed document *before* secret
 references are resolved, serialised as JSON with sorted keys. Reformatting or reordering the file
 keeps the revision; changing a rule changes it; rotating a secret behind ``${env:…}`` does not.
+When ``cedar``/``opa`` guardrails name policy files, the revision covers their contents too
+(``policy_revision``): editing a policy is a new revision.
 
 ``load_config(path, only=STORE_SECTIONS)`` reads, resolves and validates only the named sections
 (the rest take their defaults, with no provider accounts): what commands that work on the store
@@ -113,18 +115,25 @@ def parse_config(
     config: Config | None = None
     references = _cross_references(supported, resolved, lines)
     problems.extend(references)
+    unplaced = _accounts_without_region(resolved, lines)
+    problems.extend(unplaced)
     try:
-        config = Config.model_validate(resolved)
+        config = Config.model_validate(resolved, context={"base_dir": base_dir or Path.cwd()})
     except ValidationError as exc:
-        # The schema's own target check has no location; ``references`` says the same, placed.
+        # The schema's own target and region checks have no location; ``references`` and
+        # ``unplaced`` say the same, placed.
         problems.extend(
-            p for p in _pydantic_problems(exc, lines) if not (references and _is_target_check(p))
+            p
+            for p in _pydantic_problems(exc, lines)
+            if not (references and _is_target_check(p)) and not (unplaced and _is_region_check(p))
         )
     if problems or config is None:
         raise ConfigError(source, sorted(problems, key=lambda p: (p.line or 0, p.path)))
+    policy_digests = {g.id: s.digest for g in config.guardrails if (s := g.policy_sources)}
+    files += [p for g in config.guardrails if (s := g.policy_sources) for p in s.paths]
     return LoadedConfig(
         config=config,
-        revision=revision_of(document),
+        revision=policy_revision(document, policy_digests),
         text=text,
         source=source,
         files=tuple(dict.fromkeys(files)),
@@ -134,6 +143,14 @@ def parse_config(
 def revision_of(document: Any) -> str:
     canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+def policy_revision(document: Any, policy_digests: dict[str, str]) -> str:
+    """The revision of a document whose guardrails read policy files (guardrail id → the
+    digest of its files): the document's own when there are none."""
+    if not policy_digests:
+        return revision_of(document)
+    return revision_of({"config": document, "policy_files": policy_digests})
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
@@ -303,6 +320,27 @@ def _cross_references(
                 )
             )
     return problems
+
+
+def _accounts_without_region(resolved: dict[str, Any], lines: dict[Path_, int]) -> list[Problem]:
+    """With residency rules, each provider account without a region, at its own line."""
+    providers = resolved.get("providers")
+    if not resolved.get("residency") or not isinstance(providers, dict):
+        return []
+    return [
+        Problem(
+            dotted(("providers", name, "region")),
+            _line_of(("providers", name), lines),
+            "required when the file has residency rules: an account without a region is "
+            "allowed by none (write where it serves from: eu-west-1, eu, on-prem, ...)",
+        )
+        for name, account in providers.items()
+        if isinstance(account, dict) and not account.get("region")
+    ]
+
+
+def _is_region_check(problem: Problem) -> bool:
+    return not problem.path and problem.message.startswith("residency rules need")
 
 
 def _is_target_check(problem: Problem) -> bool:

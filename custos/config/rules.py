@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -110,13 +111,14 @@ class WhenSettings(_Strict):
 _LATER_FACTS = {
     "data_classes": "data classes are detected by the input guardrails (stage 6), after budgets "
     "and rate limits (stages 4 and 5)",
-    "mcp_tools": "MCP tool calls are not metered by budgets or rate limits yet",
+    "mcp_tools": "budgets do not count MCP tool calls (they cost nothing); a rate limit with "
+    "unit tool_calls_per_minute|hour|day does",
 }
 
 
-def _no_later_facts(when: WhenSettings) -> WhenSettings:
+def _no_later_facts(when: WhenSettings, *, allowed: tuple[str, ...] = ()) -> WhenSettings:
     for name, why in _LATER_FACTS.items():
-        if getattr(when, name) is not None:
+        if name not in allowed and getattr(when, name) is not None:
             raise ValueError(f"when.{name} cannot be used here: {why}")
     return when
 
@@ -146,18 +148,35 @@ RateUnit = Literal[
     "tokens_per_minute",
     "tokens_per_hour",
     "tokens_per_day",
+    "tool_calls_per_minute",
+    "tool_calls_per_hour",
+    "tool_calls_per_day",
 ]
 
 
 class RateLimitRule(_Strict):
     """``limit_to`` requests (or input + output tokens) per sliding minute, hour or day, with
-    one counter per value of ``applies_per`` (none: one counter for every matching request)."""
+    one counter per value of ``applies_per`` (none: one counter for every matching request).
+
+    A ``tool_calls_per_*`` rule counts MCP tool calls (``/mcp/*``) and may select them with
+    ``when: {mcp_tools: [...]}``; the other units count model calls. Each kind of call meets
+    the first rule of its own kind whose ``when`` matches."""
 
     id: Annotated[str, Field(pattern=_NAME)]
-    when: RuleWhen = Field(default_factory=WhenSettings)
     limit_to: Annotated[int, Field(gt=0, le=10**12)]
     unit: RateUnit
+    when: WhenSettings = Field(default_factory=WhenSettings)
     applies_per: AppliesPer = Field(default_factory=list)
+
+    @field_validator("when")
+    @classmethod
+    def _known_facts(cls, value: WhenSettings, info: ValidationInfo) -> WhenSettings:
+        tools = str(info.data.get("unit", "")).startswith("tool_calls")
+        return _no_later_facts(value, allowed=("mcp_tools",) if tools else ())
+
+    @property
+    def counts_tool_calls(self) -> bool:
+        return self.unit.startswith("tool_calls")
 
 
 def _usd(value: Any) -> Decimal:

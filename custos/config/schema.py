@@ -22,15 +22,14 @@ from pydantic import (
 
 from custos.config.audit import AuditSettings
 from custos.config.guardrails import DataClasses, GuardrailSettings
+from custos.config.mcp import McpServers, VirtualMcpServers, check_mcp_names, tool_glob
+from custos.config.residency import ResidencyRule
 from custos.config.rules import BudgetRule, LimitsSettings, RateLimitRule, unique_ids
 from custos.request_values import RequestValue
 
 #: Sections of the design's config file that later work fills in. Accepting them before they are
 #: enforced would let a reviewer believe a rule holds when it does not.
-UNSUPPORTED_SECTIONS = (
-    "residency",
-    "mcp_servers",
-)
+UNSUPPORTED_SECTIONS: tuple[str, ...] = ()
 
 PROVIDER_TYPES = (
     "openai",
@@ -305,11 +304,24 @@ class TeamSettings(_Strict):
 
 
 class AccessRule(_Strict):
-    """A grant: these subjects may call these models. Default deny."""
+    """A grant: these subjects may call these models, these MCP tools (``server/tool``
+    globs), or both. Default deny: a model or tool no grant names is refused."""
 
     id: str | None = None
     subjects: Annotated[list[str], Field(min_length=1)]
-    models: Annotated[list[str], Field(min_length=1)]
+    models: list[str] = Field(default_factory=list)
+    mcp_tools: list[str] = Field(default_factory=list)
+
+    @field_validator("mcp_tools")
+    @classmethod
+    def _tool_globs(cls, value: list[str]) -> list[str]:
+        return [tool_glob(v) for v in value]
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> AccessRule:
+        if not self.models and not self.mcp_tools:
+            raise ValueError("a grant names models, mcp_tools or both")
+        return self
 
     @field_validator("subjects")
     @classmethod
@@ -334,6 +346,27 @@ class ClaimMapping(_Strict):
     subject: str = "email"
     teams: str | None = "groups"
     roles: str | None = None
+
+
+class ConsoleSignIn(_Strict):
+    """Signing in to the web console through this IdP: OIDC authorization code with PKCE, as a
+    public client (docs/console.md). The IdP's user must exist in Custos with that email."""
+
+    client_id: Annotated[str, Field(min_length=1, max_length=500)]
+    #: Where the IdP sends the browser back; by default this gateway's own
+    #: ``/ui/signin/oidc/callback`` at the host the browser used. Set it behind a proxy.
+    redirect_url: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email"])
+    #: By default read from the issuer's ``/.well-known/openid-configuration``.
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+
+    @field_validator("redirect_url", "authorization_endpoint", "token_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
 
 class IdPSettings(_Strict):
@@ -364,6 +397,8 @@ class IdPSettings(_Strict):
     teams: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
     #: The virtual accounts it vouches for (principal ``virtualaccount``): names or ``*`` globs.
     accounts: list[str] | None = None
+    #: Sign-in to the web console through this IdP (users only).
+    console: ConsoleSignIn | None = None
 
     @field_validator("jwks_url")
     @classmethod
@@ -396,6 +431,8 @@ class IdPSettings(_Strict):
 
     @model_validator(mode="after")
     def _scope_fits_principal(self) -> IdPSettings:
+        if self.principal != "user" and self.console is not None:
+            raise ValueError("console sign-in is for an IdP with principal: user")
         if self.principal == "user" and self.accounts is not None:
             raise ValueError("accounts is for an IdP with principal: virtualaccount")
         if self.principal == "virtualaccount" and self.email_domains is not None:
@@ -548,8 +585,11 @@ class Config(_Strict):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     guardrails: list[GuardrailSettings] = Field(default_factory=list)
     data_classes: DataClasses = Field(default_factory=dict)
+    residency: list[ResidencyRule] = Field(default_factory=list)
+    mcp_servers: McpServers = Field(default_factory=dict)
+    virtual_mcp_servers: VirtualMcpServers = Field(default_factory=dict)
 
-    @field_validator("rate_limits", "budgets", "guardrails")
+    @field_validator("rate_limits", "budgets", "guardrails", "residency")
     @classmethod
     def _unique_rule_ids(cls, value: list[RateLimitRule], info: ValidationInfo) -> list[Any]:
         return unique_ids(value, str(info.field_name))
@@ -572,6 +612,26 @@ class Config(_Strict):
                 f"audit.content_key is required for audit.content: {audit.content} with a "
                 "PostgreSQL store (every replica must share it); use ${env:NAME} or ${file:path}"
             )
+        return self
+
+    @field_validator("virtual_mcp_servers")
+    @classmethod
+    def _mcp_names(cls, value: VirtualMcpServers, info: ValidationInfo) -> VirtualMcpServers:
+        check_mcp_names(info.data.get("mcp_servers") or {}, value)
+        return value
+
+    @model_validator(mode="after")
+    def _residency_knows_regions(self) -> Config:
+        """With residency rules, every account says where it is: one without a region would
+        be allowed by no rule, silently (docs/residency.md)."""
+        if self.residency:
+            missing = [name for name, p in self.providers.items() if not p.region]
+            if missing:
+                raise ValueError(
+                    "residency rules need every provider account's region; "
+                    f"{', '.join(repr(m) for m in missing)} ha{'s' if len(missing) == 1 else 've'}"
+                    " none (write where it serves from: eu-west-1, eu, on-prem, ...)"
+                )
         return self
 
     @model_validator(mode="after")

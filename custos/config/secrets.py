@@ -6,7 +6,8 @@ secret must never be part of it: wherever one is expected the file names it with
 
 - ``providers.*.api_key``, ``providers.*.credentials`` (vertex), bedrock's ``access_key_id``,
   ``secret_access_key`` and ``session_token``, ``identity.token_hash_key``,
-  ``audit.content_key``: the whole value is references;
+  ``audit.content_key``, a Splunk HEC export's ``token``, ``mcp_servers.*.auth.token``: the
+  whole value is references;
 - a header whose name says it carries a credential (``Authorization``, ``api-key``,
   ``x-api-key``, anything with *key*, *token*, *secret*, *auth*, *password*, *cookie* or
   *signature*) in any ``headers`` map (providers, OTLP export, budget alerts): references,
@@ -36,6 +37,8 @@ _SECRET_FIELDS = (
     ("providers", "*", "session_token"),
     ("identity", "token_hash_key"),
     ("audit", "content_key"),
+    ("audit", "export", "*", "splunk_hec", "token"),
+    ("mcp_servers", "*", "auth", "token"),
 )
 _KEY_PATHS = (("audit", "signing_key"), ("audit", "retiring_signing_key"))
 _CREDENTIAL_NAME = re.compile(

@@ -1,4 +1,6 @@
 """Hot reload: the config file is re-read when it or a file it references changes, and on SIGHUP.
+(The files it references: its ``${file:…}`` secrets and its ``cedar``/``opa`` guardrails' policy
+files, whose contents are part of the revision.)
 
 A file that fails validation is refused with every reason logged, and the running revision keeps
 serving. A file whose revision is unchanged (an editor's touch, a reformat) is a no-op, unless a
@@ -8,7 +10,9 @@ secret.
 What counts as a change. The directories of the config file and of its referenced files are
 watched (not the files: editors and Kubernetes replace files by rename, which a watch on the old
 inode would miss), but only events naming one of those files, or a Kubernetes ``..data`` swap,
-are looked at: the SQLite store beside the config (``./custos.db``, its WAL and key files) is
+are looked at; a file reached through symbolic links (``/etc/custos.yaml`` linking into a
+mounted ConfigMap) has the directory of each link watched too, so a swap behind the link is
+seen. The SQLite store beside the config (``./custos.db``, its WAL and key files) is
 written many times a second and is no reason to re-read anything. An event then re-reads only
 the bytes of those files; parsing and validating happen only when the bytes differ from the last
 ones read, and in a worker thread, so the event loop keeps serving meanwhile. SIGHUP always
@@ -34,6 +38,23 @@ from custos.config.refs import MAX_SECRET_FILE_BYTES, UnreadableFile, read_bound
 log = logging.getLogger("custos.config")
 
 ReloadOutcome = Literal["applied", "unchanged", "refused"]
+
+#: Symbolic links followed from a watched file before giving up (a loop, or a very long chain).
+MAX_LINK_HOPS = 8
+
+
+def links_of(path: Path) -> list[Path]:
+    """``path`` and each symbolic link it leads through, as named (not resolved), but not those
+    inside a ``..`` directory: Kubernetes' timestamped versions, replaced whole on each update
+    (their swap is seen as the ``..data`` event in the directory above)."""
+    hops = [path]
+    for _ in range(MAX_LINK_HOPS):
+        try:
+            target = os.readlink(hops[-1])
+        except OSError:  # not a link (or gone): the chain ends here
+            break
+        hops.append(Path(os.path.normpath(hops[-1].parent / target)))
+    return [hop for hop in hops if not hop.parent.name.startswith("..")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +143,7 @@ class ConfigWatcher:
         return digest.digest()
 
     def _watched(self) -> frozenset[Path]:
-        return frozenset((self.path, *self._files))
+        return frozenset(hop for file in (self.path, *self._files) for hop in links_of(file))
 
     def _relevant(self, _change: Change, path: str) -> bool:
         # ``..data`` and its timestamped siblings: Kubernetes' atomic swap of a mounted volume.

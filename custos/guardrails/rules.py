@@ -6,7 +6,10 @@ guardrail holds a detector (``custos.guardrails.detectors``); ``inspect`` runs i
 text slots and, for ``mutate``, rewrites them with typed placeholders numbered per request
 (``<EMAIL_1>`` is the same address everywhere in one request).
 
-What the guardrail decided is a ``Verdict``, turned into the request's ``Decision`` (stage
+A ``cedar``/``opa`` guardrail holds a ``policy`` (``custos.guardrails.policy``) that decides
+whether a principal may make a call; ``policy.decide`` gives a ``PolicyDecision``.
+
+What a content guardrail decided is a ``Verdict``, turned into the request's ``Decision`` (stage
 ``guardrails``, the guardrail's id, ``allow``/``deny``/``mutate``/``audit_only``, and as input its
 hook, what it found as counts per kind — never a value — and how long it took).
 """
@@ -17,14 +20,19 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from custos.config.guardrails import GuardrailSettings
+from custos.config.guardrails import POLICY_TYPES, GuardrailSettings
 from custos.context import Decision, Outcome
 from custos.errors import GatewayError
 from custos.guardrails import detectors
+from custos.guardrails.policy import build_policy
 from custos.guardrails.text import TextSlot
 from custos.policy.when import When
+
+if TYPE_CHECKING:
+    from custos.guardrails.policy import GuardrailPolicy
+    from custos.providers.transport import Transport
 
 #: A webhook guardrail's call (``custos.guardrails.webhook.WebhookCheck``): the payload and the
 #: number of texts in → (blocked, the texts rewritten or ``None``); raises ``GuardrailFailed``.
@@ -68,6 +76,8 @@ class Guardrail:
     allowed: Mapping[str, frozenset[str]] = field(default_factory=dict)
     #: ``webhook`` guardrails.
     webhook: RemoteCheck | None = None
+    #: ``cedar``/``opa`` guardrails: ``await policy.decide(PolicyRequest)``.
+    policy: GuardrailPolicy | None = None
     #: Streams: how many characters of a stream's text are held back, so that a value split
     #: across chunks is found before any of it goes out.
     window_chars: int = 256
@@ -146,18 +156,20 @@ def blocked(guardrail_id: str) -> GatewayError:
 
 
 def compile_guardrails(
-    settings: Sequence[GuardrailSettings], webhooks: Any = None
+    settings: Sequence[GuardrailSettings], webhooks: Any = None, transport: Transport | None = None
 ) -> tuple[Guardrail, ...]:
     """Every guardrail of a revision, in file order. ``webhooks`` makes a webhook guardrail's
-    check (the gateway's HTTP client): ``None`` leaves webhook guardrails failing closed."""
+    check (the gateway's HTTP client): ``None`` leaves webhook guardrails failing closed.
+    ``transport`` is the HTTP client of a remote OPA (``None``: it opens its own)."""
     compiled = []
     for rule in settings:
         detector = None
-        if rule.type not in ("metadata", "webhook"):
+        if rule.type not in ("metadata", "webhook", *POLICY_TYPES):
             detector = detectors.for_guardrail(rule)
         webhook = None
         if rule.type == "webhook" and webhooks is not None:
             webhook = webhooks(rule)
+        policy = build_policy(rule, transport) if rule.type in POLICY_TYPES else None
         compiled.append(
             Guardrail(
                 id=rule.id,
@@ -171,6 +183,7 @@ def compile_guardrails(
                 required=tuple(rule.required),
                 allowed={k: frozenset(v) for k, v in rule.allowed.items()},
                 webhook=webhook,
+                policy=policy,
                 window_chars=rule.stream_window_chars,
             )
         )

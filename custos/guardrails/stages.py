@@ -6,7 +6,8 @@
 - ``InputGuardrails`` (stage ``guardrails``, the chain's last stage before the terminal): the
   ``llm_input`` guardrails whose ``when`` matches, in file order. In-process checks run inline
   (microseconds); a ``validate`` webhook runs beside the provider call (``ctx.pending_checks``),
-  a ``mutate`` webhook before it.
+  a ``mutate`` webhook before it; a ``cedar``/``opa`` guardrail decides ``call_model`` for the
+  request before the provider is called (a remote OPA is awaited).
 - ``OutputGuardrails`` (stage ``guardrails``): the ``llm_output`` guardrails, on a plain
   response before it is released, and on a stream through a ``StreamGuard``.
 
@@ -27,6 +28,7 @@ import orjson
 
 from custos.context import DataClassHit, RequestContext
 from custos.guardrails.detectors import Detector, Numbering
+from custos.guardrails.policy.request import model_call
 from custos.guardrails.rules import Guardrail, GuardrailFailed, Verdict
 from custos.guardrails.stream import StreamGuard
 from custos.guardrails.text import TextSlot, request_slots, response_slots
@@ -128,6 +130,9 @@ class InputGuardrails:
         slots = _slots(ctx)
         changed = False
         for guardrail in applicable:
+            if guardrail.policy is not None:
+                await _decide_policy(ctx, guardrail)
+                continue
             if guardrail.remote and guardrail.operation == "validate":
                 check = _remote(ctx, guardrail, slots, "llm_input")
                 ctx.pending_checks.append(asyncio.ensure_future(check))
@@ -143,6 +148,20 @@ class InputGuardrails:
         if changed:  # the provider gets the rewritten request, built again from the body
             ctx.raw_body = orjson.dumps(ctx.body)
             ctx.prebuilt = None
+
+
+async def _decide_policy(ctx: RequestContext, guardrail: Guardrail) -> None:
+    """A ``cedar``/``opa`` guardrail's decision on ``call_model``: recorded, its refusal raised."""
+    assert guardrail.policy is not None
+    decision = await guardrail.policy.decide(model_call(ctx))
+    ctx.decisions.append(decision.to_decision("llm_input"))
+    metrics.GUARDRAIL_VERDICTS.labels(guardrail.id, "llm_input", decision.outcome).inc()
+    metrics.GUARDRAIL_SECONDS.labels(guardrail.id, "llm_input").observe(decision.latency_us / 1e6)
+    if decision.failure is not None:
+        metrics.GUARDRAIL_ERRORS.labels(guardrail.id, decision.failure).inc()
+    refusal = decision.refusal()
+    if refusal is not None:
+        raise refusal
 
 
 def _inspect(guardrail: Guardrail, slots: Sequence[TextSlot], numbering: Numbering) -> Verdict:

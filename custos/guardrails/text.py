@@ -12,10 +12,14 @@ Requests (the body as parsed, in the caller's protocol):
   (a string, or its ``text`` blocks and the text of ``tool_result`` blocks);
 - ``responses``: ``instructions``, ``input`` (a string, or items whose ``content`` is a string
   or ``input_text`` parts);
-- ``embeddings``: ``input`` (a string or a list of strings; token arrays carry no text).
+- ``embeddings``: ``input`` (a string or a list of strings; token arrays carry no text);
+- ``tool_call`` (an MCP ``tools/call``'s params): every string inside ``arguments``, at any
+  depth (keys are structure, not text).
 
 Responses: ``chat`` ``choices[].message.content``; ``messages`` ``content[]`` text blocks;
-``responses`` ``output[].content[]`` ``output_text`` parts.
+``responses`` ``output[].content[]`` ``output_text`` parts; ``tool_call`` (an MCP tool
+result) the ``text`` of its ``content[]`` text blocks and every string inside
+``structuredContent``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def request_slots(operation: str, body: dict[str, Any]) -> list[TextSlot]:
         return slots + list(_responses_input(body))
     if operation == "embeddings":
         return list(_embedding_inputs(body))
+    if operation == "tool_call":
+        return list(json_strings(body, "arguments"))
     return []
 
 
@@ -70,7 +76,23 @@ def response_slots(operation: str, body: dict[str, Any]) -> list[TextSlot]:
             for part in _dicts(item.get("content")):
                 if part.get("type") == "output_text" and isinstance(part.get("text"), str):
                     slots.append(TextSlot(part, "text"))
+    elif operation == "tool_call":
+        slots.extend(_text_blocks(body.get("content"), ("text",)))
+        slots.extend(json_strings(body, "structuredContent"))
     return slots
+
+
+def json_strings(container: Any, key: str | int) -> Iterator[TextSlot]:
+    """Every string in ``container[key]``, at any depth (dictionary values, list items)."""
+    value = container.get(key) if isinstance(container, dict) else container[key]
+    if isinstance(value, str):
+        yield TextSlot(container, key)
+    elif isinstance(value, dict):
+        for inner in value:
+            yield from json_strings(value, inner)
+    elif isinstance(value, list):
+        for index in range(len(value)):
+            yield from json_strings(value, index)
 
 
 def _dicts(value: Any) -> Iterator[dict[str, Any]]:

@@ -165,7 +165,7 @@ class AdminAPI:
         route, params = self._route(scope["method"], path)
         if route.spec.operation_id == "getOpenAPI":
             return 200, self.openapi_json()
-        service, directory = self._service_and_directory()
+        service, directory = self.service_and_directory()
         principal = await self._authenticate(scope, service, directory)
         try:
             if route.spec.mutating:
@@ -216,7 +216,9 @@ class AdminAPI:
             )
         raise GatewayError(404, "unknown_route", f"No admin route {method} {path}.")
 
-    def _service_and_directory(self) -> tuple[AdminService, Directory]:
+    def service_and_directory(self) -> tuple[AdminService, Directory]:
+        """The ``AdminService`` every admin route calls (the console calls the same one) and the
+        token directory; ``GatewayError`` 503 until the gateway has started."""
         try:
             store, tokens, directory = self._deps()
         except Exception:
@@ -511,6 +513,14 @@ async def _audit_request(svc: AdminService, c: Call) -> BaseModel:
     return await audit_service.request_records(svc, c.principal, c.params["request"])
 
 
+async def _audit_traces(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_service.trace_list(svc, c.principal, c.query)
+
+
+async def _audit_trace(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_service.trace(svc, c.principal, c.params["request"])
+
+
 async def _audit_verify(svc: AdminService, c: Call) -> BaseModel:
     return await audit_service.verify(svc, c.principal, c.query)
 
@@ -684,6 +694,18 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("GET", "/audit/requests/{request}", "getAuditRequest", "The audit records of one "
            "request id or event id (admin, auditor)", audit_service.StoredRecordList),
         _audit_request,
+    ),
+    (
+        _r("GET", "/audit/traces", "listAuditTraces", "Request traces the caller may read, "
+           "newest first, filtered (admins and auditors: all; team managers: their teams'; "
+           "everyone: their own)", audit_service.TraceListOut, query=audit_service.TracesQuery),
+        _audit_traces,
+    ),
+    (
+        _r("GET", "/audit/traces/{request}", "getAuditTrace", "One request's trace: its "
+           "records and their inclusion proof status, if the caller may read it",
+           audit_service.TraceOut),
+        _audit_trace,
     ),
     (
         _r("GET", "/audit/verify", "verifyAuditLog", "Verify the audit log with the keys in the "

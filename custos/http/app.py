@@ -21,10 +21,14 @@ from typing import Any
 
 import orjson
 
+from custos.console.app import Console
+from custos.console.web import PREFIX as CONSOLE_PREFIX
 from custos.context import RequestContext
 from custos.errors import GatewayError, error_body
 from custos.gateway import Gateway
 from custos.http.admin import AdminAPI
+from custos.http.mcp import PREFIX as MCP_PREFIX
+from custos.http.mcp import McpRoutes
 from custos.http.models import ONE_MODEL_PREFIX, client_protocol, models_list, one_model
 from custos.http.requests import (
     ClientGone,
@@ -75,6 +79,10 @@ class GatewayApp:
             budgets=gateway.limiter,
             body_timeout_s=self.body_timeout_s,
         )
+        #: The web console at /ui, over the admin API's own service (``custos.console``).
+        self.console = Console(
+            gateway, self.admin.service_and_directory, on_auth_failure=self.auth_failed
+        )
         endpoints = [
             self._llm("/v1/chat/completions", "openai", "chat"),
             self._llm("/v1/embeddings", "openai", "embeddings"),
@@ -88,6 +96,13 @@ class GatewayApp:
             Endpoint("/metrics", frozenset({"GET"}), self.metrics, "openai"),
         ]
         self.routes: dict[str, Endpoint] = {e.route: e for e in endpoints}
+        self.mcp = McpRoutes(
+            gateway,
+            new_id=new_request_id,
+            relay=relay_stream,
+            auth_failed=self.auth_failed,
+            body_timeout_s=self.body_timeout_s,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -99,6 +114,11 @@ class GatewayApp:
         path = scope["path"]
         if path.startswith("/admin/") or path == "/admin":
             await self.admin(scope, receive, send)
+            return
+        if path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
+            await self.console(scope, receive, send)
+        if path.startswith(MCP_PREFIX):
+            await self.mcp(scope, receive, send)
             return
         endpoint = self.routes.get(path) or self.routes.get(path.rstrip("/"))
         if (

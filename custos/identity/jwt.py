@@ -249,6 +249,10 @@ def _outside_scope(idp: IdPSettings, subject: str) -> str | None:
     return f"identity provider {idp.name!r} may not assert users of {domain or 'no email domain'}"
 
 
+#: The public name: the console's IdP sign-in applies the same scope to its ID tokens.
+outside_scope = _outside_scope
+
+
 def _string_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)

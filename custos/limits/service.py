@@ -236,9 +236,12 @@ class Limiter:
         plan = self._plan(ctx, ctx.principal, policy, time.time())
         if plan is None:
             return  # nothing applies, or an unknown model (the route stage answers 404)
-        in_tokens, out_tokens = estimate_tokens(
-            ctx.body, ctx.operation, plan.cost, policy.settings.default_output_tokens
-        )
+        if ctx.mcp is None:
+            in_tokens, out_tokens = estimate_tokens(
+                ctx.body, ctx.operation, plan.cost, policy.settings.default_output_tokens
+            )
+        else:  # an MCP tool call: one call, no tokens
+            in_tokens = out_tokens = 0
         # Stage 4, budget: every matching budget, one counter per split, each reserving the
         # estimated cost. Stage 5, rate limit: the first matching rule, one window per split,
         # charged one request or the estimated tokens.
@@ -302,7 +305,8 @@ class Limiter:
             self._plans_of = policy
         metadata = ctx.metadata
         classes = frozenset(d.name for d in ctx.data_classes) if ctx.data_classes else _NONE
-        key: PlanKey = (id(principal), ctx.model, tuple(metadata.items()) if metadata else (),
+        called = ctx.model if ctx.mcp is None else "\0tool:" + ctx.mcp.qualified
+        key: PlanKey = (id(principal), called, tuple(metadata.items()) if metadata else (),
                         classes)  # fmt: skip
         plan = self._plans.get(key)
         # The id of a principal object can be reused once it is gone: the identity check makes
@@ -319,11 +323,12 @@ class Limiter:
     def _new_plan(
         self, ctx: RequestContext, principal: Principal, policy: LimitsPolicy, now: float
     ) -> _Plan | None:
-        cost = policy.costs.get(ctx.model)
+        tool = ctx.mcp.qualified if ctx.mcp is not None else None
+        cost = policy.costs.get(ctx.model) if tool is None else RouteCost.free()
         if cost is None:
             return None
         classes = frozenset(d.name for d in ctx.data_classes)
-        facts = Facts(principal.subjects, ctx.model, ctx.metadata, classes)
+        facts = Facts(principal.subjects, ctx.model, ctx.metadata, classes, tool)
         budgets = policy.matching_budgets(facts)
         rule = policy.rate_rule(facts)
         if not budgets and rule is None:

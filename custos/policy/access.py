@@ -5,12 +5,15 @@ authenticated principal) and models (exact names, ``account/*`` globs, virtual m
 rules are compiled once per revision; a decision is a set intersection and a pattern match.
 A virtual model is allowed by naming it; naming its targets does not allow the virtual name, and
 naming the virtual name does not allow its targets directly.
+
+MCP tools are granted the same way by ``mcp_tools`` (``server/tool`` names and globs): default
+deny, the first grant that applies and names the tool allows it (``decide_tool``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from custos.context import Decision
 from custos.policy.patterns import ModelPattern
@@ -21,6 +24,8 @@ class AccessGrant:
     id: str
     subjects: frozenset[str]
     models: ModelPattern
+    #: The MCP tools it grants (``server/tool`` names and globs).
+    tools: ModelPattern = field(default_factory=lambda: ModelPattern(()))
 
     def applies_to(self, subjects: frozenset[str]) -> bool:
         return "*" in self.subjects or not self.subjects.isdisjoint(subjects)
@@ -64,6 +69,23 @@ class AccessPolicy:
                 return AccessDecision(True, grant.id, f"allowed by {grant.id}", _allow(grant.id))
         return AccessDecision(False, None, "no access rule grants it", _NO_GRANT)
 
+    def decide_tool(self, subjects: frozenset[str], tool: str) -> AccessDecision:
+        """The first grant that applies to ``subjects`` and names ``tool`` (``server/tool``),
+        or a denial."""
+        key = (subjects, "\0tool:" + tool)  # one cache with models, never the same key
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = _NO_TOOL_GRANT
+            for grant in self.grants:
+                if grant.applies_to(subjects) and grant.tools.matches(tool):
+                    decision = AccessDecision(True, grant.id, f"allowed by {grant.id}",
+                                              _allow(grant.id))  # fmt: skip
+                    break
+            if len(self._decided) >= _DECISION_CACHE_SIZE:
+                self._decided.clear()
+            self._decided[key] = decision
+        return decision
+
     def allowed_models(self, subjects: frozenset[str], names: Iterable[str]) -> list[str]:
         grants = [g for g in self.grants if g.applies_to(subjects)]
         return [n for n in names if any(g.models.matches(n) for g in grants)]
@@ -74,3 +96,4 @@ def _allow(rule_id: str) -> Decision:
 
 
 _NO_GRANT = Decision("authorize", None, "deny", "no_grant")
+_NO_TOOL_GRANT = AccessDecision(False, None, "no access rule grants this tool", _NO_GRANT)

@@ -146,7 +146,8 @@ class RateRule:
     per_token: bool
     window_s: int
     splitter: Splitter
-    #: ``requests`` or ``tokens``: the OpenAI header family (``x-ratelimit-*-requests``).
+    #: ``requests``, ``tokens`` or ``tool_calls``: the OpenAI header family
+    #: (``x-ratelimit-*-requests``).
     unit: str
     source: RateLimitRule
     #: ``x-ratelimit-{limit,remaining,reset}-<unit>`` and the limit, encoded once.
@@ -233,11 +234,19 @@ class RouteCost:
     #: The largest output any target can produce, when every target declares it.
     max_output_tokens: int | None
 
+    @classmethod
+    def free(cls) -> RouteCost:
+        """What an MCP tool call costs: nothing."""
+        return _FREE
+
     def micros(self, input_tokens: int, output_tokens: int) -> int:
         """Cost in micro-dollars, rounded up (never below what the call can be charged)."""
         pico = input_tokens * self.input + output_tokens * self.output + self.per_request
         # At most MAX_INT, as a recorded cost is: past it no budget could be met anyway.
         return min(-(-pico // _PICO_PER_MICRO), MAX_INT)
+
+
+_FREE = RouteCost(0, 0, 0, 0)
 
 
 def route_cost(route: ModelRoute, config: Config) -> RouteCost:
@@ -297,14 +306,20 @@ class LimitsPolicy:
         self._budgets_by_id = {b.id: b for b in self.budgets}
 
     def rate_rule(self, facts: Facts) -> RateRule | None:
-        """Stage 5: the first rule whose ``when`` matches (later matches are shadowed)."""
+        """Stage 5: the first rule whose ``when`` matches (later matches are shadowed), among
+        the rules that count this kind of call (tool calls: ``tool_calls_per_*``)."""
+        tool_call = facts.mcp_tool is not None
         for rule in self.rate_limits:
+            if (rule.unit == "tool_calls") != tool_call:
+                continue
             if rule.when.matches(facts):
                 return rule
         return None
 
     def matching_budgets(self, facts: Facts) -> list[BudgetPolicy]:
-        """Stage 4: every budget whose ``when`` matches."""
+        """Stage 4: every budget whose ``when`` matches (tool calls cost nothing: none)."""
+        if facts.mcp_tool is not None:
+            return []
         return [b for b in self.budgets if b.when.matches(facts)]
 
     def budget(self, budget_id: str) -> BudgetPolicy | None:

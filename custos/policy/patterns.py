@@ -15,9 +15,10 @@ class ModelPattern:
         self.source = tuple(patterns)
         self._exact = frozenset(p for p in self.source if "*" not in p)
         globs = [re.escape(p).replace(r"\*", ".*") for p in self.source if "*" in p]
-        self._glob = re.compile("|".join(f"(?:{g})" for g in globs) + r"\Z") if globs else None
+        # Every alternative must match the whole name (fullmatch), not only the last one.
+        self._glob = re.compile("|".join(f"(?:{g})" for g in globs)) if globs else None
 
     def matches(self, name: str) -> bool:
         if name in self._exact:
             return True
-        return self._glob is not None and self._glob.match(name) is not None
+        return self._glob is not None and self._glob.fullmatch(name) is not None

@@ -12,7 +12,7 @@ field              fact it tests                                        values
 ``models``         the model name the client asked for                 exact names, ``*`` globs
 ``metadata``       one value per key of the request metadata           exact values
 ``data_classes``   the data classes detected in the request            class names
-``mcp_tools``      the MCP tool being called (``server.tool``)          exact names, ``*`` globs
+``mcp_tools``      the MCP tool being called (``server/tool``)          exact names, ``*`` globs
 =================  ==================================================  =========================
 
 Semantics, exactly:

@@ -130,6 +130,23 @@ AUDIT_REPAIRED = Counter(
     registry=REGISTRY,
 )
 
+# SIEM sinks (custos/audit/siem/follower.py): alarm on a growing lag or on failures that go on.
+SIEM_RECORDS = Counter(
+    "custos_siem_records", "Audit records a SIEM sink's receiver acknowledged.", ["sink"],
+    registry=REGISTRY,
+)  # fmt: skip
+SIEM_FAILURES = Counter(
+    "custos_siem_failures", "Failed attempts to deliver a batch to a SIEM sink (retried).",
+    ["sink"], registry=REGISTRY,
+)  # fmt: skip
+SIEM_LAG = Gauge(
+    "custos_siem_lag_records",
+    "Records in the audit log a SIEM sink has not delivered yet (set by the replica sending "
+    "for the sink).",
+    ["sink"],
+    registry=REGISTRY,
+)
+
 
 @lru_cache(maxsize=8192)
 def child(metric: MetricWrapperBase, *labels: str) -> Any:
@@ -218,6 +235,14 @@ BUDGET_ALERTS = Counter(
 )
 
 # -- routing (custos.routing) ------------------------------------------------------------------
+
+RESIDENCY_DECISIONS = Counter(
+    "custos_residency_decisions_total",
+    "Residency rules that applied to a request, by rule and outcome (allow: targets in an "
+    "allowed region were left; deny: none was, the request was refused residency_denied)",
+    ["rule", "outcome"],
+    registry=REGISTRY,
+)
 
 TARGET_COOLDOWN = Gauge(
     "custos_target_cooldown",

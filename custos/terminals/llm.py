@@ -1,9 +1,11 @@
 """The LLM terminal: a governed model call routed to a provider (stages 7 and 8 of DESIGN §1).
 
 ``prepare`` runs before the stages that charge the request: it finds the route of the model
-asked for (404 ``model_not_found``), refuses an operation none of its targets supports, and
-builds once the request of every target that translates, refusing a field that does not
-translate or state another account keeps (400), so that such a request is never charged.
+asked for (404 ``model_not_found``), refuses an operation none of its targets supports, keeps
+only the targets the residency rules allow (``custos.policy.residency``: 403
+``residency_denied`` when none is left; the narrowed route is ``ctx.route``), and builds once
+the request of every target that translates, refusing a field that does not translate or state
+another account keeps (400), so that such a request is never charged.
 ``call`` tries the route's targets as ``custos.routing`` orders, retries and skips them; a
 stream is read to its first bytes for the client before it is answered (a failure before that
 is a failed attempt the route may retry), then relayed by a generator the chain wraps in a
@@ -17,11 +19,12 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from custos.context import Attempt, RequestContext
 from custos.errors import GatewayError
+from custos.policy.when import Facts
 from custos.providers.base import (
     ProviderCall,
     StreamDecoder,
@@ -69,6 +72,9 @@ class LLMTerminal:
 
     def prepare(self, ctx: RequestContext) -> None:
         route = self.route(ctx)
+        if ctx.runtime.residency.rules:
+            route = _resident(ctx, route)
+        ctx.route = route
         if ctx.operation != "count_tokens":  # nothing to translate: a count is not charged
             self.check_targets(ctx, route)
 
@@ -111,7 +117,7 @@ class LLMTerminal:
 
     async def call(self, ctx: RequestContext, chain: StreamCloser) -> GatewayResponse:
         """Try the route's targets as ``custos.routing`` orders, retries and skips them."""
-        route = ctx.runtime.routes[ctx.model]  # prepare found it
+        route = ctx.route or ctx.runtime.routes[ctx.model]  # prepare found it
         attempt = partial(self._attempt, ctx, route, chain)
         return await call_route(ctx, route, self.health, attempt)
 
@@ -283,6 +289,23 @@ class LLMTerminal:
         metrics.child(metrics.COST, model).inc(ctx.cost_micros)
         if served.price.unpriced:
             metrics.UNPRICED_CALLS.labels(model).inc()
+
+
+def _resident(ctx: RequestContext, route: ModelRoute) -> ModelRoute:
+    """``route`` with only the targets the residency rules allow for this request (before the
+    strategy orders them: retries and fallbacks stay among them); 403 when none is left."""
+    principal = ctx.principal
+    assert principal is not None  # authorize ran
+    classes = frozenset(d.name for d in ctx.data_classes)
+    facts = Facts(principal.subjects, ctx.model, ctx.metadata, classes)
+    candidates = [t for t in route.targets if t.adapter.supports(ctx.operation)]
+    kept = ctx.runtime.residency.place(facts, ctx.model, candidates, ctx.decisions)
+    if len(kept) == len(route.targets):
+        return route
+    chosen = {id(t) for t in kept}
+    pairs = zip(route.targets, route.weights, strict=False)
+    weights = tuple(w for t, w in pairs if id(t) in chosen)
+    return replace(route, targets=kept, weights=weights)
 
 
 def client_left(ctx: RequestContext) -> None:

@@ -47,6 +47,7 @@ first being the one the CLI names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,9 +155,11 @@ async def verify_log(
     page_size: int = PAGE,
     allow_unsigned: bool = False,
     unsigned_delay_s: float = UNSIGNED_DELAY_S,
+    progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Run every check of the module docstring, in its order; never raises for a bad log.
-    ``since``/``until`` narrow the bodies checked to records whose time is in ``[since, until)``."""
+    ``since``/``until`` narrow the bodies checked to records whose time is in ``[since, until)``;
+    ``progress`` is told how many leaves have been read, page after page."""
     report = Report(since=since, until=until)
     fail = report.failures.append
     registered = await registered_verifiers(store)
@@ -170,6 +173,7 @@ async def verify_log(
     leaves = await check_leaves(
         store, fail, purged=await purge_cover(store, fail), window=window, page_size=page_size,
         roots_at=[c.size for c in checkpoints] + [c.size for c in exported_cps],
+        progress=progress,
     )  # fmt: skip
     report.log_size, report.purged = leaves.size, leaves.purged
     report.records_total, report.records_valid = leaves.checked, leaves.valid

@@ -180,12 +180,13 @@ async def check_leaves(
     roots_at: Iterable[int],
     window: list[Any],
     page_size: int,
+    progress: Callable[[int], None] | None = None,
 ) -> LeafScan:
     """Proves every sequenced record in ``seq`` order: ``seq`` contiguous from 0, the record
     present, its bytes (when its time is in ``window``) hashing to its leaf, its stored leaf
     hash and the stored tree's level-0 node equal to the leaf. A body emptied counts as purged
     when ``purged`` covers its ``seq``. Recomputes the tree's root at each size in
-    ``roots_at``, for the checkpoints."""
+    ``roots_at``, for the checkpoints. ``progress`` is told the leaves read after each page."""
     wanted = set(roots_at)
     scan = LeafScan(roots={0: Frontier().root()} if 0 in wanted else {})
     frontier = Frontier()
@@ -200,6 +201,8 @@ async def check_leaves(
             frontier.append(stored)
             if frontier.size in wanted:
                 scan.roots[frontier.size] = frontier.root()
+        if progress is not None:
+            progress(frontier.size)
         if len(page) < page_size:
             break
         after = int(page[-1]["seq"])

@@ -40,6 +40,7 @@ from custos.state.store import SessionLock, Store, Tx
 
 if TYPE_CHECKING:
     from custos.audit.log.checkpoint import Checkpoint, Signer
+    from custos.audit.siem.follower import SIEMExports
 
 
 class CheckpointExport(Protocol):
@@ -300,7 +301,8 @@ async def append_leaves(
 
 
 class AuditLog:
-    """The sequencer and (with a signing key) the checkpointer of one gateway process.
+    """The sequencer, (with a signing key) the checkpointer and the SIEM sinks (which follow
+    the log by sequence number, ``custos.audit.siem``) of one gateway process.
 
     ``start``/``close`` are what the gateway calls. The signing keys (the current one and,
     during a rotation, the retiring one) are loaded here, once, and live only inside the
@@ -341,6 +343,12 @@ class AuditLog:
         hook = None if self.checkpointer is None else self.checkpointer.on_sequenced
         self.sequencer = Sequencer(store, on_committed=hook)
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self.siem: SIEMExports | None = None
+        sinks = getattr(settings, "siem_sinks", [])
+        if sinks:
+            from custos.audit.siem.follower import SIEMExports
+
+            self.siem = SIEMExports(store, sinks)
 
     async def head(self) -> tuple[int, bytes] | None:
         """The tree to checkpoint: ``None`` unless this process leads. On SQLite every
@@ -361,9 +369,13 @@ class AuditLog:
                 self.checkpointer.run(self.head), name="custos-audit-checkpoints"
             )
         self.sequencer.start()
+        if self.siem is not None:
+            self.siem.start()
 
     async def close(self) -> None:
-        """Sequence what is queued, sign a last checkpoint, stop."""
+        """Stop the SIEM sinks, sequence what is queued, sign a last checkpoint, stop."""
+        if self.siem is not None:
+            await self.siem.close()
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
             with contextlib.suppress(BaseException):

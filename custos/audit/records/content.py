@@ -260,7 +260,11 @@ def _redacted(value: Any, counts: Counter[str]) -> Any:
 
 
 def _captured_parts(ctx: RequestContext, capture: ContentCapture) -> dict[str, Any]:
-    """The content of the call: its request, and its response as relayed (stream or body)."""
+    """The content of the call: its request, and its response as relayed (stream or body);
+    for an MCP tool call, the tool and its arguments as the caller sent them, and the result
+    as the caller received it."""
+    if ctx.mcp is not None:
+        return _tool_call_parts(ctx.mcp)
     parts: dict[str, Any] = {}
     if ctx.body:
         parts["request"] = request_content(ctx.body)
@@ -270,6 +274,15 @@ def _captured_parts(ctx: RequestContext, capture: ContentCapture) -> dict[str, A
         found = response_content(ctx.protocol, ctx.operation, capture.response)
         if found is not None:
             parts["response"] = found
+    return parts
+
+
+def _tool_call_parts(call: Any) -> dict[str, Any]:
+    parts: dict[str, Any] = {}
+    if call.server:
+        parts["request"] = {"tool": call.qualified, "arguments": orjson.loads(call.arguments_json)}
+    if call.result_json is not None:
+        parts["response"] = orjson.loads(call.result_json)
     return parts
 
 
@@ -361,7 +374,7 @@ async def read_content(
 
     out: list[EventContent] = []
     for event in events:
-        if event.event_type != "llm.call":
+        if event.event_type not in ("llm.call", "mcp.tool_call"):
             continue
         if leaf_hash(event.record) != event.leaf_hash:
             raise ContentUnreadable(f"record {event.event_id} does not match its leaf hash")

@@ -41,11 +41,33 @@ With ``audit.content`` other than ``none``, ``llm.call`` also has ``content.*`` 
 (digests, or the ciphertext's hash, key id and size: ``custos.audit.records.content``); with
 ``none`` it has none.
 
+``mcp.tool_call`` (exactly one per ``tools/call`` through ``/mcp/{name}``, built the same way):
+
+    schema_version, event_type, event_id, salt, request_id, time_start, time_end,
+    gateway.instance, gateway.version, config.revision,
+    principal.kind, principal.id, principal.teams, team, auth.token_id, metadata,
+    data_classes [{class, count, source}], data_classes.detectors, api.protocol (mcp),
+    mcp.endpoint (the server or virtual server called), mcp.server, mcp.tool, mcp.tool.called_as,
+    mcp.session (the session's random nonce), cloud.region (the server's),
+    mcp.arguments.hmac_sha256, mcp.result.hmac_sha256, mcp.result.is_error,
+    mcp.upstream.error_code, mcp.progress_notifications,
+    decisions [{stage, rule, decision, reason, input}],
+    http.response.status_code, outcome, stopped_at, error.type, latency_ms
+
+The two digests are HMAC-SHA-256 keyed by the record's salt (as ``audit.content: hash``
+makes them for model calls) over the canonical JSON of the arguments as the caller sent them
+and of the result as the caller received it (after redaction); ``null`` when there was none.
+``outcome`` is as for ``llm.call``, plus ``cancelled`` (the client cancelled the call). With
+``audit.content`` other than ``none`` it has the ``content.*`` fields too (the tool and its
+arguments as the request part, the result as the response part).
+
 Never in a record: the bearer token (only its id), provider keys, request or response content.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +78,8 @@ from custos.audit.records.record import (
     AUTH_FAILURE,
     CONFIG_REVISION,
     LLM_CALL,
+    MCP_TOOL_CALL,
+    new_salt,
     rfc3339_ms,
     unix_ms,
 )
@@ -211,6 +235,70 @@ def llm_call(
 _NO_USAGE = Usage()
 
 
+# -- mcp.tool_call ---------------------------------------------------------------------------------
+
+
+def mcp_tool_call(
+    ctx: RequestContext, gateway: GatewayInfo, ended_ns: int
+) -> tuple[dict[str, Any], int]:
+    """The ``mcp.tool_call`` record of a settled tool call, and its ``time_start`` in Unix ms."""
+    call = ctx.mcp
+    principal = ctx.principal
+    start_ms = ctx.started_unix_ms
+    latency_ms = (ended_ns - ctx.started_ns) // 1_000_000
+    salt = new_salt()
+    key = bytes.fromhex(salt)
+    kind = principal_id = token_id = None
+    teams: list[str] = []
+    if principal is not None:
+        kind, principal_id, token_id = principal.kind, principal.id, principal.token_id
+        teams = list(principal.teams)
+    outcome = "cancelled" if ctx.error_code == "cancelled" else outcome_of(ctx)
+    record: dict[str, Any] = {
+        "event_type": MCP_TOOL_CALL,
+        "salt": salt,
+        "request_id": ctx.request_id,
+        "time_start": rfc3339_ms(start_ms),
+        "time_end": rfc3339_ms(start_ms + latency_ms),
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "config.revision": ctx.runtime.revision,
+        "principal.kind": kind,
+        "principal.id": principal_id,
+        "principal.teams": teams,
+        "team": _team(ctx),
+        "auth.token_id": token_id,
+        "metadata": dict(ctx.metadata),
+        "data_classes": [
+            {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
+        ],
+        "data_classes.detectors": ctx.data_class_detectors,
+        "api.protocol": "mcp",
+        "mcp.endpoint": call.endpoint,
+        "mcp.server": call.server or None,
+        "mcp.tool": call.tool or None,
+        "mcp.tool.called_as": call.name,
+        "mcp.session": call.session.nonce,
+        "cloud.region": call.region,
+        "mcp.arguments.hmac_sha256": _keyed(key, call.arguments_json) if call.server else None,
+        "mcp.result.hmac_sha256": _keyed(key, call.result_json),
+        "mcp.result.is_error": call.tool_error,
+        "mcp.upstream.error_code": call.upstream_error,
+        "mcp.progress_notifications": call.progress,
+        "decisions": [_decision(d) for d in ctx.decisions],
+        "http.response.status_code": ctx.status,
+        "outcome": outcome,
+        "stopped_at": ctx.stopped_at,
+        "error.type": ctx.error_code,
+        "latency_ms": latency_ms,
+    }
+    return record, start_ms
+
+
+def _keyed(key: bytes, content: bytes | None) -> str | None:
+    return None if content is None else hmac.new(key, content, hashlib.sha256).hexdigest()
+
+
 def unbuilt_llm_call(
     ctx: RequestContext, gateway: GatewayInfo, ended_ns: int
 ) -> tuple[dict[str, Any], int]:
@@ -220,7 +308,7 @@ def unbuilt_llm_call(
     start_ms = ctx.started_unix_ms
     code = ctx.error_code
     record: dict[str, Any] = {
-        "event_type": LLM_CALL,
+        "event_type": MCP_TOOL_CALL if ctx.mcp is not None else LLM_CALL,
         "request_id": ctx.request_id,
         "time_start": rfc3339_ms(start_ms),
         "time_end": rfc3339_ms(start_ms + (ended_ns - ctx.started_ns) // 1_000_000),

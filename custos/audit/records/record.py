@@ -39,7 +39,7 @@ from custos.wire import MAX_INT
 SCHEMA_VERSION: Final = 3
 
 LLM_CALL: Final = "llm.call"
-MCP_TOOL_CALL: Final = "mcp.tool_call"  # reserved for the MCP issue; nothing emits it yet
+MCP_TOOL_CALL: Final = "mcp.tool_call"
 ADMIN_CHANGE: Final = "admin.change"
 CONFIG_REVISION: Final = "config.revision"
 AUTH_FAILURE: Final = "auth.failure"

@@ -5,8 +5,9 @@ it is the governance chain's first stage (``custos.stage``), so it settles last:
 
 - ``enter(ctx)`` — first thing on the request path: 503 ``audit_unavailable`` while records
   cannot be made durable (see ``custos.audit.storage.writer`` for when);
-- ``settle(ctx)`` — run exactly once per LLM request whatever its outcome, after the other
-  stages settled: builds that request's one ``llm.call`` record;
+- ``settle(ctx)`` — run exactly once per request whatever its outcome, after the other
+  stages settled: builds that request's one ``llm.call`` record (``mcp.tool_call`` for a tool
+  call through ``/mcp/*``);
 - ``release(ctx)`` — awaited before a response (a stream's last chunk) is released: with
   ``durability: strict`` it waits until the request's record is durable, else returns at once;
 - ``auth_failure(…)`` — a refused credential on ``/v1/models`` or the admin API;
@@ -76,14 +77,23 @@ class AuditTrail:
         *,
         instance: str | None = None,
         base_dir: Path | None = None,
+        worker: int | None = None,
     ) -> None:
+        """``worker``: this process is worker ``worker`` of ``custos serve --workers``; it
+        spools in ``<audit.spool.path>/worker-<worker>`` (a spool is one process's) and its
+        records name the instance ``<instance>/worker-<worker>``."""
         self._settings = settings
         first = settings()
-        self.gateway = GatewayInfo(instance or socket.gethostname())
+        instance = instance or socket.gethostname()
+        if worker is not None:
+            instance = f"{instance}/worker-{worker}"
+        self.gateway = GatewayInfo(instance)
         self.store = AuditStore(store)
         spool_path = Path(first.spool.path)
         if base_dir is not None and not spool_path.is_absolute():
             spool_path = base_dir / spool_path
+        if worker is not None:
+            spool_path = spool_path / f"worker-{worker}"
         self.exports = Exports(first, self.gateway)
         self.writer = AuditWriter(
             self.store,
@@ -177,7 +187,8 @@ class AuditTrail:
     def _build(self, ctx: RequestContext, ended_ns: int, wait_for: WaitFor) -> None:
         attachment = None
         try:
-            record, at_ms = events.llm_call(ctx, self.gateway, ended_ns)
+            build = events.mcp_tool_call if ctx.mcp is not None else events.llm_call
+            record, at_ms = build(ctx, self.gateway, ended_ns)
         except Exception:
             log.exception("audit: could not build the record of request %s", ctx.request_id)
             record, at_ms = events.unbuilt_llm_call(ctx, self.gateway, ended_ns)

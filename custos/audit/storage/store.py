@@ -286,10 +286,11 @@ class AuditStore:
             if not rows:
                 rows = await tx.fetch("SELECT * FROM audit_events WHERE event_id = $1", ref)
             if not rows:
-                # auth.failure records have a request id but no projection: look in the bytes.
+                # auth.failure and mcp.tool_call records have a request id but no projection:
+                # look in the bytes of the latest ones.
                 rows = await tx.fetch(
-                    "SELECT * FROM audit_events WHERE event_type = 'auth.failure'"
-                    " ORDER BY ingest_id DESC LIMIT 10000"
+                    "SELECT * FROM audit_events WHERE event_type IN ('auth.failure',"
+                    " 'mcp.tool_call') ORDER BY ingest_id DESC LIMIT 10000"
                 )
                 rows = [r for r in rows if _request_id(r) == ref]
         return [StoredEvent.of(r) for r in rows]

@@ -1,0 +1,114 @@
+"""Spend and usage over time, per team, model or provider: the audit report, charted.
+
+Both charts and both tables come from ``custos.audit.service.report`` (the function behind
+``GET /admin/v1/audit/report`` and ``custos audit report``) with the signed-in principal, so
+the totals are the report's own and the role check is the API's (admin, auditor).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from custos.audit import service as audit_service
+from custos.audit.compliance.report import MEASURES as MEASURE_NAMES
+from custos.console import charts
+from custos.console.web import Request, Response, usd
+
+DIMENSIONS = ("team", "model", "provider", "requested_model", "principal", "data_class")
+#: Longer ranges chart only the days with calls.
+MAX_DAYS = 400
+MEASURES = {
+    "cost_micros": "Cost (USD)",
+    "requests": "Requests",
+    "input_tokens": "Input tokens",
+    "output_tokens": "Output tokens",
+}
+
+
+def default_range(days: int = 30) -> tuple[str, str]:
+    today = datetime.now(UTC).date()
+    return (today - timedelta(days=days - 1)).isoformat(), today.isoformat()
+
+
+def _every_day(daily: audit_service.ReportOut, measure: str) -> list[tuple[str, int]]:
+    """One point per day of the range, days without calls at 0 (the report lists only days
+    with calls); ranges over ``MAX_DAYS`` list only those."""
+    found = {str(row.group["day"])[:10]: getattr(row, measure) for row in daily.rows}
+    try:
+        first = date.fromisoformat(daily.from_[:10])
+        # ``to`` is exclusive: the day before it, unless it is not at midnight.
+        end = datetime.fromisoformat(daily.to.replace("Z", "+00:00"))
+        last = (end - timedelta(microseconds=1)).date()
+    except ValueError:
+        return sorted(found.items())
+    if (last - first).days > MAX_DAYS:
+        return sorted(found.items())
+    days = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+    return [(day, found.get(day, 0)) for day in days]
+
+
+async def _reports(
+    service: Any, p: Any, since: str, until: str, by: str
+) -> tuple[audit_service.ReportOut, audit_service.ReportOut]:
+    """The report per day and per ``by``. A call is in one day and one value of ``by`` (but
+    for ``data_class``: a call carries several), so one report grouped by both is summed
+    each way; for ``data_class`` two reports are read."""
+
+    async def report(group_by: str) -> audit_service.ReportOut:
+        query = {"from": since, "to": until, "group_by": group_by}
+        return await audit_service.report(
+            service, p, audit_service.ReportQuery.model_validate(query)
+        )
+
+    if by == "data_class":
+        return await report("day"), await report(by)
+    both = await report(f"day,{by}")
+    return _rollup(both, "day"), _rollup(both, by)
+
+
+def _rollup(report: audit_service.ReportOut, dim: str) -> audit_service.ReportOut:
+    """``report`` with its rows summed per value of ``dim`` (totals unchanged)."""
+    sums: dict[Any, dict[str, int]] = {}
+    for row in report.rows:
+        acc = sums.setdefault(row.group[dim], dict.fromkeys(MEASURE_NAMES, 0))
+        for name in MEASURE_NAMES:
+            acc[name] += getattr(row, name)
+    rows = [
+        audit_service.ReportRow(group={dim: key}, **values)
+        for key, values in sorted(sums.items(), key=lambda kv: (kv[0] is None, str(kv[0])))
+    ]
+    return report.model_copy(update={"rows": rows, "group_by": [dim]})
+
+
+async def page(c: Any, r: Request) -> Response:
+    service, _ = c.service()
+    start, end = default_range()
+    since, until = r.query.get("from") or start, r.query.get("to") or end
+    by = r.query.get("by") if r.query.get("by") in DIMENSIONS else "team"
+    measure = r.query.get("measure") if r.query.get("measure") in MEASURES else "cost_micros"
+    daily, grouped = await _reports(service, r.principal, since, until, by)
+    fmt = usd if measure == "cost_micros" else (lambda v: f"{v:,}")
+    day_points = _every_day(daily, measure)
+    group_points = [
+        (str(row.group[by]) if row.group[by] is not None else "(none)", getattr(row, measure))
+        for row in sorted(grouped.rows, key=lambda row: -getattr(row, measure))
+    ]
+    return c.render(
+        r,
+        "spend.html",
+        since=since,
+        until=until,
+        by=by,
+        measure=measure,
+        measures=MEASURES,
+        dimensions=DIMENSIONS,
+        daily=daily,
+        grouped=grouped,
+        day_chart=charts.bars(day_points, label=f"{MEASURES[measure]} per day", fmt=fmt),
+        group_chart=charts.bars(group_points, label=f"{MEASURES[measure]} per {by}", fmt=fmt),
+        day_points=day_points,
+        group_points=group_points,
+        fmt=fmt,
+        total=getattr(daily.totals, measure),
+    )
