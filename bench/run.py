@@ -762,7 +762,7 @@ class Bench:
 
 #: The variants ``--compare`` runs by default, and what each is compared against: the figure
 #: the issue that built the stage names (pass-through, or the same path without the stage).
-COMPARE_VARIANTS = ("passthrough", "auth", "limits", "limits-redis", "audit", "full")
+COMPARE_VARIANTS = ("passthrough", "auth", "limits", "limits-redis", "audit", "full", "guarded")
 COMPARISONS = (
     ("auth", "passthrough", 5.0, "token authentication + one access rule"),
     ("limits", "passthrough", 10.0, "+ a rate limit and a budget, in-process counters"),
@@ -771,7 +771,8 @@ COMPARISONS = (
     ("limits-redis", "limits", None, "Redis counters against in-process ones"),
     ("audit", "limits", 10.0, "+ the audit trail (record, spool, store)"),
     ("full", "audit", 10.0, "+ the Merkle log and signed checkpoints"),
-    ("full", "passthrough", None, "everything (what `custos serve` runs)"),
+    ("guarded", "full", 10.0, "+ a pii input guardrail, a secrets output guardrail, a data class"),
+    ("guarded", "passthrough", None, "everything (what `custos serve` runs)"),
 )
 
 

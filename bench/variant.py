@@ -12,7 +12,8 @@ passthrough     none: the first request's token is looked up once and its princi
 auth            token authentication and the access rules
 limits          auth + the config's rate limits and budgets
 audit           limits + the audit trail (records, spool, store), without the Merkle log
-full            audit + the Merkle log and its checkpoints: everything the config turns on
+full            audit + the Merkle log and its checkpoints
+guarded         full + data-class detection and the guardrails: everything the config turns on
                 (what ``custos serve`` runs)
 ==============  ==============================================================================
 
@@ -41,6 +42,7 @@ KEEPS: dict[str, frozenset[str]] = {
     "limits": frozenset({"auth", "limits"}),
     "audit": frozenset({"auth", "limits", "audit"}),
     "full": frozenset({"auth", "limits", "audit", "log"}),
+    "guarded": frozenset({"auth", "limits", "audit", "log", "guardrails"}),
 }
 
 
@@ -54,6 +56,9 @@ def gateway_keeping(stages: frozenset[str]) -> type[Gateway]:
             if "audit" not in stages:
                 dropped.add(id(self.audit))
             kept = [stage for stage in chain if id(stage) not in dropped]
+            if "guardrails" not in stages:  # data-class detection and the guardrails
+                guarding = ("classify", "guardrails")
+                kept = [s for s in kept if getattr(s, "name", None) not in guarding]
             if "auth" not in stages:
                 kept = [_RememberedPrincipal(self.authenticate) if s is self.authenticate else s
                         for s in kept if not isinstance(s, Authorize)]  # fmt: skip

@@ -27,6 +27,7 @@ import pytest
 from mcp import ClientSession, McpError, types
 from mcp.client.streamable_http import streamable_http_client
 
+from custos.guardrails import pii
 from tests.audit_helpers import eventually
 from tests.conftest import CUSTOS, ROOT, GatewayProcess, free_port
 
@@ -660,7 +661,7 @@ def test_tool_call_content_is_captured_under_the_audit_content_setting(
         assert record["content.mode"] == "redacted"
         assert len(record["content.request.sha256"]) == 64
         # the argument, and the result's text and structured content
-        assert {"class": "pii.email", "count": 3, "source": "custos.pii/1"} in (
+        assert {"class": "pii.email", "count": 3, "source": pii.DETECTOR_VERSION} in (
             record["data_classes"]
         )
         reply = httpx.get(

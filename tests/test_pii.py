@@ -106,6 +106,22 @@ def test_checksums_on_published_examples() -> None:
         ("call +44 20 7946 0958 or (415) 555-2671", "call [PHONE] or [PHONE]"),
         ("call +1-415-555-2671.", "call [PHONE]."),
         ("from 192.168.1.20.", "from [IPV4]."),
+        ("peer 2001:db8::1 and fe80::1ff:fe23:4567:890a", "peer [IPV6] and [IPV6]"),
+        ("VAT DE136695976, ATU13585627 and FR40303265045.", "VAT [VAT], [VAT] and [VAT]."),
+        ("NINO AB 12 34 56 C", "NINO [NATIONAL_ID]"),
+        ("DNI 54362315K, NIE X2482300W", "DNI [NATIONAL_ID], NIE [NATIONAL_ID]"),
+        ("CF RCCMNL83S18D969H", "CF [NATIONAL_ID]"),
+        ("NIR 2 95 10 99 126 111 93", "NIR [NATIONAL_ID]"),
+        ("Steuer-ID 36 574 261 809", "Steuer-ID [NATIONAL_ID]"),
+        ("BSN 111222333", "BSN [NATIONAL_ID]"),
+        ("PESEL 44051401359", "PESEL [NATIONAL_ID]"),
+        ("Tel.: 030 12345678", "Tel.: [PHONE]"),
+        ("mon numéro : 06 12 34 56 78", "mon numéro : [PHONE]"),
+        ("mi teléfono es 612 34 56 78", "mi teléfono es [PHONE]"),
+        ("call 0044 20 7946 0958", "call [PHONE]"),
+        ("Tel. +49 (0)30 12345678", "Tel. [PHONE]"),
+        ("SSN 536 90 4399 and ssn: 536904399", "SSN [SSN] and ssn: [SSN]"),
+        ("mail Jürgen.Müller@example.de or josé@correo.es", "mail [EMAIL] or [EMAIL]"),
     ],
 )
 def test_redacts(text: str, expected: str) -> None:
@@ -122,6 +138,15 @@ def test_redacts(text: str, expected: str) -> None:
         "000-12-3456 and 666-12-3456 are never issued",
         "999.1.1.1 is no address",
         "x = 3 * (4 + 5)",
+        "order 0301234567 shipped",  # a valid German number, but no phone word before it
+        "phone system launch on 2026-09-01",  # a date next to a phone word
+        "Bestellnummer 36574261809",  # an 11-digit IdNr-shaped number without its name
+        "reference 111222333 for the order",  # 11-proof, but no BSN before it
+        "upgrade to version 1.2.3.4",
+        "std::vector, a::b and 10:30:00",
+        "postgres://app:s3cret@db.internal/prod",  # a URL's credentials, not an e-mail
+        "Numéro de suivi 123456789012",  # a weak number word and an ungrouped number
+        "order 536904399",  # an SSN's digits without its name or its dashes
     ],
 )
 def test_leaves_alone(text: str) -> None:

@@ -10,9 +10,11 @@ the command given.
   admin API (``custos.cli.admin``);
 - ``audit …``: the audit trail, over the admin API or on the store directly
   (``custos.cli.audit``, ``custos.cli.audit_store``);
-- ``import litellm``: convert a LiteLLM proxy config (``custos.cli.importer``).
+- ``import litellm``: convert a LiteLLM proxy config (``custos.cli.importer``);
 - ``mcp servers|tools|explain``: MCP endpoints of a config, the tools a caller would see, and
-  what a tool call would meet, without making it (``custos.cli.mcp``).
+  what a tool call would meet, without making it (``custos.cli.mcp``);
+- ``guardrails eval``: precision and recall of the built-in detectors on a labelled corpus
+  (``custos.cli.guardrails``).
 
 What they share (failing, finding the store, the admin API options) is in ``custos.cli.common``.
 """
@@ -24,7 +26,7 @@ import logging
 from collections.abc import Sequence
 
 from custos import __version__
-from custos.cli import admin, audit, config, importer, mcp, mock, serve, store
+from custos.cli import admin, audit, config, guardrails, importer, mcp, mock, serve, store
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"custos {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (serve, config, mock, store, admin, audit, importer, mcp):
+    for group in (serve, config, mock, store, admin, audit, importer, mcp, guardrails):
         group.register(commands)
     return parser

@@ -67,6 +67,30 @@ POLICY_TYPES = ("cedar", "opa")
 POLICY_HOOKS = ("llm_input", "mcp_tool_pre_invoke")
 
 
+#: The kinds the built-in detectors report (``custos.guardrails.pii`` and ``.secrets``; the
+#: config is read below that package, tests/test_guardrail_detectors.py keeps the lists equal).
+PII_KINDS = (
+    "pii.email", "pii.phone", "fin.pan", "fin.iban", "fin.vat_id", "pii.national_id.us_ssn",
+    "pii.national_id.uk_nino", "pii.national_id.fr_nir", "pii.national_id.es_dni",
+    "pii.national_id.it_cf", "pii.national_id.de_idnr", "pii.national_id.nl_bsn",
+    "pii.national_id.pl_pesel", "pii.ip_address", "pii.ip_address.v6",
+)  # fmt: skip
+SECRET_KINDS = (
+    "secret.private_key", "secret.anthropic_api_key", "secret.openai_api_key",
+    "secret.stripe_key", "secret.aws_access_key_id", "secret.aws_secret_access_key",
+    "secret.gcp_api_key", "secret.github_token", "secret.gitlab_token", "secret.slack_token",
+    "secret.slack_webhook", "secret.azure_storage_key", "secret.huggingface_token",
+    "secret.sendgrid_api_key", "secret.npm_token", "secret.pypi_token", "secret.jwt",
+    "secret.url_credentials", "secret.password", "secret.high_entropy",
+)  # fmt: skip
+
+
+def unknown_kinds(names: list[str], kinds: tuple[str, ...]) -> list[str]:
+    """The names that are neither a kind of ``kinds`` nor a family of them (``pii.national_id``
+    names every ``pii.national_id.*``)."""
+    return [n for n in names if not any(k == n or k.startswith(n + ".") for k in kinds)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -100,13 +124,15 @@ class GuardrailSettings(_Strict):
     #: a value split across chunks is found (and redacted) before any of it goes out.
     stream_window_chars: Annotated[int, Field(ge=16, le=65_536)] = 256
     # -- per type ------------------------------------------------------------------------------
-    #: ``pii``, ``secrets``: the kinds to find (``pii.email``, ``secret.aws_access_key``, …).
+    #: ``pii``, ``secrets``: the kinds to find (``pii.email``, ``secret.aws_access_key_id``, or
+    #: a family such as ``pii.national_id``; docs/guardrails.md lists them).
     kinds: list[str] | None = None
     #: ``regex``: name → pattern.
     patterns: dict[Annotated[str, Field(pattern=_ID)], str] = Field(default_factory=dict)
     #: ``keywords``: list name → words (case-insensitive, whole words).
     keywords: dict[Annotated[str, Field(pattern=_ID)], list[str]] = Field(default_factory=dict)
-    #: ``prompt_injection``: the score from which a prompt counts as an injection.
+    #: ``prompt_injection``: the score from which a prompt counts as an injection (default 1.0,
+    #: ``custos.guardrails.injection.DEFAULT_THRESHOLD``).
     threshold: Annotated[float, Field(gt=0, le=100)] | None = None
     #: ``metadata``: keys every request must carry, and the values a key may take.
     required: list[str] = Field(default_factory=list)
@@ -168,6 +194,11 @@ class GuardrailSettings(_Strict):
         if stray:
             article = "an" if kind[0] in "aeiou" else "a"
             raise ValueError(f"{article} {kind} guardrail takes no {', '.join(stray)}")
+        if kind in ("pii", "secrets") and self.kinds is not None:
+            unknown = unknown_kinds(self.kinds, PII_KINDS if kind == "pii" else SECRET_KINDS)
+            if unknown or not self.kinds:
+                raise ValueError(f"kinds: no {kind} kind {', '.join(unknown) or '(empty list)'}; "
+                                 "docs/guardrails.md lists them")  # fmt: skip
         if kind == "regex" and not self.patterns:
             raise ValueError("a regex guardrail needs patterns")
         if kind == "keywords" and not any(self.keywords.values()):
@@ -235,7 +266,7 @@ class GuardrailSettings(_Strict):
 class DataClassSettings(_Strict):
     """What detects one data class in a request's content (any one of its detectors)."""
 
-    #: ``pii.email``, ``fin.pan``, ``secret.aws_access_key``, ``pattern.NAME`` (from
+    #: ``pii.email``, ``fin.pan``, ``secret.aws_access_key_id``, ``pattern.NAME`` (from
     #: ``patterns``), ``keyword.NAME`` (from ``keywords``).
     detectors: list[str]
     patterns: dict[Annotated[str, Field(pattern=_ID)], str] = Field(default_factory=dict)
@@ -253,6 +284,11 @@ class DataClassSettings(_Strict):
                 raise ValueError(f"detector {name}: no pattern {rest!r} in patterns")
             if family == "keyword" and rest not in self.keywords:
                 raise ValueError(f"detector {name}: no list {rest!r} in keywords")
+            if family not in ("pattern", "keyword") and unknown_kinds(
+                [name], PII_KINDS + SECRET_KINDS
+            ):
+                raise ValueError(f"detector {name}: no built-in detector of that kind; "
+                                 "docs/guardrails.md lists them")  # fmt: skip
         for name, pattern in self.patterns.items():
             try:
                 re.compile(pattern)

@@ -1,20 +1,31 @@
 """Detectors as the guardrails and data classes use them: built from config, run over text.
 
+Built in: ``pii`` (``custos.guardrails.pii``), ``secrets`` (``custos.guardrails.secrets``),
+``prompt_injection`` (``custos.guardrails.injection``), ``regex`` (named patterns) and
+``keywords`` (``custos.guardrails.keywords``). A guardrail's ``kinds`` and a data class's
+``detectors`` select kinds or families of kinds (``pii.national_id``, ``secret``).
+
 A ``Detector`` finds values of some kinds in a text (``find(text)`` → non-overlapping
-``Finding``s by position); ``redact`` replaces them with typed placeholders numbered per request
-through a ``Numbering`` (the same value gets the same placeholder everywhere in one request).
+``Finding``s by position; prompt-injection findings name rules, may overlap, and are never
+redacted: that guardrail validates); ``redact`` replaces them with typed placeholders numbered
+per request through a ``Numbering`` (the same value gets the same placeholder everywhere in one
+request).
 ``for_guardrail`` and ``data_class_detector`` build them from the config's settings.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from custos.config.guardrails import DataClassSettings, GuardrailSettings
-from custos.guardrails import pii
+from custos.guardrails import injection, pii, secrets
+from custos.guardrails.keywords import KeywordMatcher
+from custos.guardrails.spans import first_disjoint
+
+_M = TypeVar("_M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,37 +73,93 @@ def redact(text: str, findings: Sequence[Finding], numbering: Numbering) -> str:
     return "".join(parts)
 
 
+def _selector(kinds: Iterable[str] | None) -> Callable[[str], bool]:
+    """Whether a kind is selected by ``kinds``: itself or a family named by a prefix
+    (``pii.national_id`` selects ``pii.national_id.us_ssn``); ``None`` selects all."""
+    if kinds is None:
+        return lambda kind: True
+    chosen = frozenset(kinds)
+    memo: dict[str, bool] = {}
+
+    def selected(kind: str) -> bool:
+        found = memo.get(kind)
+        if found is None:
+            parts = kind.split(".")
+            prefixes = (".".join(parts[:n]) for n in range(1, len(parts) + 1))
+            found = memo[kind] = any(p in chosen for p in prefixes)
+        return found
+
+    return selected
+
+
 class PIIDetector:
+    """The built-in PII detectors (``custos.guardrails.pii``), restricted to ``kinds``."""
+
     version = pii.DETECTOR_VERSION
 
     def __init__(self, kinds: Iterable[str] | None = None) -> None:
-        self.kinds = frozenset(kinds) if kinds is not None else None
+        self.selected = _selector(kinds)
 
     def find(self, text: str) -> list[Finding]:
-        kinds = self.kinds
-        return [Finding(m.kind, m.start, m.end) for m in pii.scan(text)
-                if kinds is None or m.kind in kinds]  # fmt: skip
+        selected = self.selected
+        return [Finding(m.kind, m.start, m.end) for m in _cached(pii.scan, text)
+                if selected(m.kind)]  # fmt: skip
+
+
+class SecretsDetector:
+    """The built-in secret detectors (``custos.guardrails.secrets``), restricted to ``kinds``."""
+
+    version = secrets.DETECTOR_VERSION
+
+    def __init__(self, kinds: Iterable[str] | None = None) -> None:
+        self.selected = _selector(kinds)
+
+    def find(self, text: str) -> list[Finding]:
+        selected = self.selected
+        return [Finding(m.kind, m.start, m.end) for m in _cached(secrets.scan, text)
+                if selected(m.kind)]  # fmt: skip
+
+
+#: The last text each scanner read and what it found: data-class detection and the input
+#: guardrails read the same strings of a request, so the second pass over a text is free.
+_LAST: dict[Callable[[str], Any], tuple[str, Any]] = {}
+
+
+def _cached(scan: Callable[[str], list[_M]], text: str) -> list[_M]:
+    last = _LAST.get(scan)
+    if last is not None and last[0] is text:
+        return last[1]  # type: ignore[no-any-return]
+    found = scan(text)
+    _LAST[scan] = (text, found)
+    return found
+
+
+class InjectionDetector:
+    """The prompt-injection rules (``custos.guardrails.injection``): the matched rules as
+    findings (``injection.RULE``, possibly overlapping) when their score reaches
+    ``threshold``, else nothing."""
+
+    version = injection.RULES_VERSION
+
+    def __init__(self, threshold: float | None = None) -> None:
+        self.threshold = injection.DEFAULT_THRESHOLD if threshold is None else threshold
+
+    def find(self, text: str) -> list[Finding]:
+        hits = injection.matches(text)
+        if not hits or injection.score(hits) < self.threshold:
+            return []
+        return sorted((Finding(f"injection.{h.rule}", h.start, h.end) for h in hits),
+                      key=lambda f: f.start)  # fmt: skip
 
 
 class PatternDetector:
-    """Named regular expressions (``pattern.NAME``) and keyword lists (``keyword.NAME``: whole
-    words, case-insensitive), in one alternation."""
+    """Named regular expressions (``pattern.NAME``), in one alternation."""
 
     version = "custos.patterns/1"
 
-    def __init__(
-        self, patterns: Mapping[str, str], keywords: Mapping[str, Sequence[str]] = {}
-    ) -> None:
-        groups: list[str] = []
-        self._kinds: list[str] = []
-        for name, pattern in patterns.items():
-            groups.append(f"(?:{pattern})")
-            self._kinds.append(f"pattern.{name}")
-        for name, words in keywords.items():
-            alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-            groups.append(rf"(?i:\b(?:{alternatives})\b)")
-            self._kinds.append(f"keyword.{name}")
-        self._regex = re.compile("|".join(f"({g})" for g in groups))
+    def __init__(self, patterns: Mapping[str, str]) -> None:
+        self._kinds = [f"pattern.{name}" for name in patterns]
+        self._regex = re.compile("|".join(f"((?:{p}))" for p in patterns.values()))
 
     def find(self, text: str) -> list[Finding]:
         found = []
@@ -100,6 +167,19 @@ class PatternDetector:
             if match.end() > match.start():
                 found.append(Finding(self._kinds[match.lastindex - 1], match.start(), match.end()))  # type: ignore[operator]
         return found
+
+
+class KeywordDetector:
+    """Keyword lists (``keyword.NAME``): whole words, case-insensitive, Aho-Corasick."""
+
+    version = "custos.keywords/1"
+
+    def __init__(self, lists: Mapping[str, Sequence[str]]) -> None:
+        self._matcher = KeywordMatcher(lists)
+
+    def find(self, text: str) -> list[Finding]:
+        return [Finding(f"keyword.{name}", start, end)
+                for name, start, end in self._matcher.find(text)]  # fmt: skip
 
 
 class CombinedDetector:
@@ -112,34 +192,45 @@ class CombinedDetector:
     def find(self, text: str) -> list[Finding]:
         if len(self.parts) == 1:
             return self.parts[0].find(text)
-        taken: list[Finding] = []
-        for part in self.parts:
-            for f in part.find(text):
-                if not any(f.start < t.end and t.start < f.end for t in taken):
-                    taken.append(f)
-        taken.sort(key=lambda f: f.start)
-        return taken
+        return first_disjoint(f for part in self.parts for f in part.find(text))
 
 
 def for_guardrail(settings: GuardrailSettings) -> Detector:
+    """The detector of a content guardrail (``pii``, ``secrets``, ``regex``, ``keywords``,
+    ``prompt_injection``)."""
     kind = settings.type
     if kind == "pii":
         return PIIDetector(settings.kinds)
+    if kind == "secrets":
+        return SecretsDetector(settings.kinds)
+    if kind == "prompt_injection":
+        return InjectionDetector(settings.threshold)
     if kind == "regex":
         return PatternDetector(settings.patterns)
     if kind == "keywords":
-        return PatternDetector({}, settings.keywords)
+        return KeywordDetector(settings.keywords)
     raise ValueError(f"no detector for guardrails of type {kind}")
 
 
 def data_class_detector(settings: DataClassSettings) -> Detector:
-    """What finds one data class: its built-in detectors, patterns and keyword lists."""
-    builtin = [d for d in settings.detectors if d.split(".", 1)[0] not in ("pattern", "keyword")]
+    """What finds one data class: its built-in detectors (PII kinds such as ``pii.email`` or
+    ``fin.pan``, secret kinds ``secret.*``), patterns and keyword lists."""
+    families: dict[str, list[str]] = {}
+    for name in settings.detectors:
+        families.setdefault(name.split(".", 1)[0], []).append(name)
     parts: list[Detector] = []
-    if builtin:
-        parts.append(PIIDetector(builtin))
-    patterns = {n: p for n, p in settings.patterns.items() if f"pattern.{n}" in settings.detectors}
-    keywords = {n: w for n, w in settings.keywords.items() if f"keyword.{n}" in settings.detectors}
-    if patterns or keywords:
-        parts.append(PatternDetector(patterns, keywords))
+    secret_kinds = families.pop("secret", [])
+    pattern_names = {n.split(".", 1)[1] for n in families.pop("pattern", [])}
+    keyword_names = {n.split(".", 1)[1] for n in families.pop("keyword", [])}
+    pii_kinds = [n for names in families.values() for n in names]
+    if pii_kinds:
+        parts.append(PIIDetector(pii_kinds))
+    if secret_kinds:
+        parts.append(SecretsDetector(secret_kinds))
+    if pattern_names:
+        parts.append(PatternDetector({n: p for n, p in settings.patterns.items()
+                                      if n in pattern_names}))  # fmt: skip
+    if keyword_names:
+        parts.append(KeywordDetector({n: w for n, w in settings.keywords.items()
+                                      if n in keyword_names}))  # fmt: skip
     return CombinedDetector(parts)

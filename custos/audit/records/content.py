@@ -20,7 +20,7 @@ Modes (``custos.audit.records.transcript`` says what "the content" of a call is)
 - ``redacted``: like ``full``, but every string of the content first goes through the built-in
   PII detectors (``custos.guardrails.pii``), each value replaced by a placeholder such as
   ``[EMAIL]``; the classes and counts found are added to the record's ``data_classes`` (source
-  ``custos.pii/1``). Values never are.
+  ``custos.pii/N``, the detectors' version). Values never are.
 
 Key hierarchy:
 
