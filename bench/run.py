@@ -26,6 +26,8 @@ governance stage costs, --instructions [VARIANTS] for the same in instructions p
   BENCH_MODEL        model for non-streaming requests (bench-openai/gpt-5.5)
   BENCH_STREAM_MODEL model for streaming requests (bench-openai/gpt-5.5+chunks=20)
   BENCH_RATE         fixed rate for the latency runs, requests/s (350)
+  BENCH_PROMPT_WORDS the user message's length in words: 0 (the default) sends the one-sentence
+                     PROMPT, N > 0 the first N words of PARAGRAPH repeated
   BENCH_STREAM_RATE  fixed rate for the streaming latency runs, requests/s (350)
   BENCH_CONNECTIONS  wrk connections at saturation (64)
   BENCH_HEY          staggered (ten hey processes, one connection each; the default) or burst
@@ -78,6 +80,22 @@ BUDGET_RSS_MB = 150
 HEY_WORKERS = 10  # fixed-rate runs: ten one-connection hey processes at rate/10 each
 BENCH_EMAIL = "bench@example.com"  # bench.yaml grants its team every model
 PROMPT = "Summarise the benefits of a reviewed gateway configuration in one sentence."
+#: A paragraph of ordinary business prose (53 words, nothing any detector reports), repeated to
+#: make BENCH_PROMPT_WORDS: what the guardrails scan costs in proportion to the prompt's length.
+PARAGRAPH = (
+    "Our support team reviewed last quarter's tickets and found that most delays came from "
+    "missing order details. Please draft a short note for the regional managers that explains "
+    "the new intake form, why each field matters, and how the change should shorten the time "
+    "between a customer's first message and a resolved case."
+)
+
+
+def prompt_of(words: int) -> str:
+    """``PROMPT`` (0), or the first ``words`` words of ``PARAGRAPH`` repeated."""
+    if words <= 0:
+        return PROMPT
+    base = PARAGRAPH.split()
+    return " ".join(base[i % len(base)] for i in range(words))
 
 
 class BenchError(Exception):
@@ -472,6 +490,7 @@ class Bench:
         self.model = env.get("BENCH_MODEL", "bench-openai/gpt-5.5")
         self.stream_model = env.get("BENCH_STREAM_MODEL", "bench-openai/gpt-5.5+chunks=20")
         self.rate = float(env.get("BENCH_RATE", "350"))
+        self.prompt_words = int(env.get("BENCH_PROMPT_WORDS", "0"))
         self.stream_rate = float(env.get("BENCH_STREAM_RATE", "350"))
         self.connections = int(env.get("BENCH_CONNECTIONS", "64"))
         self.hey_mode = env.get("BENCH_HEY", "staggered")
@@ -504,7 +523,8 @@ class Bench:
         else:
             base, auth = f"http://127.0.0.1:{self.mock_port}", self.mock_key
             model = "gpt-5.5+chunks=20" if stream else "gpt-5.5"
-        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
+        content = prompt_of(self.prompt_words)
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
         if stream:
             body["stream"] = True
         return f"{base}/v1/chat/completions", json.dumps(body, separators=(",", ":")), auth

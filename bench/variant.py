@@ -17,6 +17,9 @@ guarded         full + data-class detection and the guardrails: everything the c
                 (what ``custos serve`` runs)
 ==============  ==============================================================================
 
+With ``BENCH_CPROFILE=PATH`` set, the variant runs under cProfile and writes its profile to
+``PATH.VARIANT`` when it stops: where a difference between two variants comes from.
+
 Everything else (HTTP, parsing, routing, the upstream call, metrics) is the same code as
 ``custos serve`` runs, so the difference between two variants is the cost of the stages that
 differ. The config should turn on every stage (``bench/bench.yaml`` does).
@@ -25,6 +28,9 @@ differ. The config should turn on every stage (``bench/bench.yaml`` does).
 from __future__ import annotations
 
 import argparse
+import cProfile
+import os
+import signal
 import sys
 from typing import Any
 
@@ -114,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
+    profile_to = os.environ.get("BENCH_CPROFILE")  # a file: where the variant's profile goes
+    if profile_to:
+        _profile_until_stopped(f"{profile_to}.{args.variant}")
     return serve(
         args.config,
         host=args.host,
@@ -121,6 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         watch=False,
         gateway_class=gateway_keeping(KEEPS[args.variant]),
     )
+
+
+def _profile_until_stopped(path: str) -> None:
+    """Profile from now on; write the profile when SIGTERM or SIGINT stops the process (uvicorn
+    puts back the handlers it found and raises the signal again once it has shut down)."""
+    profile = cProfile.Profile()
+
+    def stop(signum: int, _frame: object) -> None:
+        profile.disable()
+        profile.dump_stats(path)
+        sys.exit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    profile.enable()
 
 
 if __name__ == "__main__":
