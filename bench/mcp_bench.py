@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -143,7 +144,33 @@ def sanity(b: Bench, run: ModuleType, sessions: dict[str, McpSessionInfo]) -> No
         raise run.BenchError(
             f"sanity check: the Cedar policy did not refuse delete_record: HTTP {status}: {answer}"
         )
-    run.log(f"sanity checks passed ({TOOL} on both targets; delete_record denied by Cedar)")
+    denial_recorded(b, run, error["data"].get("request_id"))
+    run.log(f"sanity checks passed ({TOOL} on both targets; delete_record denied by Cedar, "
+            "its mcp.tool_call record in the audit log)")  # fmt: skip
+
+
+def denial_recorded(b: Bench, run: ModuleType, request_id: str | None) -> None:
+    """The denied call's ``mcp.tool_call`` record, with the Cedar rule, reached the audit log
+    (read over the admin API; the bench user is the store's first admin): the audit trail is on.
+    Records are written in batches, so the check waits for it a little."""
+    url = (f"http://127.0.0.1:{b.gateway_port}/admin/v1/audit/events"
+           "?event_type=mcp.tool_call&limit=20")  # fmt: skip
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {b.token}"})
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                rows = json.loads(response.read())["data"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise run.BenchError(f"sanity check: reading the audit log: {exc}") from None
+        for record in (json.loads(r["record"]) for r in rows):
+            rules = [(d.get("input") or {}).get("policy_rule") for d in record["decisions"]]
+            if record.get("request_id") == request_id and FORBIDDEN_RULE in rules:
+                return
+        if time.monotonic() > deadline:
+            raise run.BenchError(f"sanity check: no mcp.tool_call record of {request_id} "
+                                 f"naming {FORBIDDEN_RULE} in the audit log")  # fmt: skip
+        time.sleep(0.2)
 
 
 def saturate(b: Bench, run: ModuleType, target: str, session: McpSessionInfo) -> dict[str, Any]:
@@ -177,8 +204,10 @@ def saturate(b: Bench, run: ModuleType, target: str, session: McpSessionInfo) ->
     if target == "gateway" and cpu["gateway_cpu_pct"] < 95:
         b.warnings.append(
             f"MCP saturation: the gateway used only {cpu['gateway_cpu_pct']:.0f} % of its CPU "
-            f"(the tool server {cpu['tool_server_cpu_pct']:.0f} %, load CPU busy "
-            f"{cpu['load_core_busy_pct']:.0f} %): the gateway was not the bottleneck"
+            f"(others on its CPU {cpu['gateway_core_others_pct']:.0f} %; the tool server "
+            f"{cpu['tool_server_cpu_pct']:.0f} %, load CPU busy {cpu['load_core_busy_pct']:.0f} %, "
+            f"others there {cpu['load_core_others_pct']:.0f} %): the gateway was not the "
+            "bottleneck, and the tool calls/s understate it"
         )
     run.log(f"  {result['tool_calls_per_s']:,.0f} tool calls/s, other answers {result['other']}, "
             f"socket errors {sum(result['socket_errors'].values())}, cpu {cpu}")  # fmt: skip

@@ -21,6 +21,7 @@ directly (bench/mcp_bench.py). Knobs, from the environment:
   BENCH_DURATION     seconds per measured run (10; --quick: 2)
   BENCH_WARMUP       seconds of warm-up before each saturation run (3; --quick: 1)
   BENCH_CONFIG       the gateway config (bench/bench.yaml)
+  BENCH_MCP_CONFIG   --mcp: the gateway config (bench/bench-mcp.yaml)
   BENCH_TOKEN        the bearer token sent to the gateway; unset: run.py creates the user
                      bench@example.com in the run's fresh store with `custos init` and uses its
                      token (so BENCH_CONFIG files must grant that user, or set BENCH_TOKEN)
