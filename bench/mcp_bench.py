@@ -25,6 +25,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -51,11 +52,15 @@ CALL_BODY = (
 )
 
 
+@dataclass(frozen=True)
 class McpSessionInfo:
-    """An open MCP session at one target: where to POST and the headers every message sends."""
+    """An open MCP session at one target: where to POST and the headers every message sends
+    (``auth``, the bearer token, is empty for the tool server itself)."""
 
-    def __init__(self, url: str, auth: str, session_id: str, version: str) -> None:
-        self.url, self.auth, self.session_id, self.version = url, auth, session_id, version
+    url: str
+    auth: str
+    session_id: str
+    version: str
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -122,7 +127,9 @@ def open_session(run: ModuleType, url: str, auth: str) -> McpSessionInfo:
     return info
 
 
-def call_tool(run: ModuleType, session: McpSessionInfo, name: str, arguments: dict[str, Any]):
+def call_tool(
+    run: ModuleType, session: McpSessionInfo, name: str, arguments: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
     message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                "params": {"name": name, "arguments": arguments}}  # fmt: skip
     status, _, answer = post(run, session.url, message, session.headers())
@@ -311,5 +318,8 @@ def main_mcp(b: Bench, run: ModuleType) -> int:
     b.out.parent.mkdir(parents=True, exist_ok=True)
     b.out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(b, report))
+    if b.problems:  # the gateway's and the tool server's logs may say why
+        print(f"bench: logs kept in {b.tmp}")
+        return 1
     shutil.rmtree(b.tmp, ignore_errors=True)
-    return 1 if b.problems else 0
+    return 0
