@@ -15,11 +15,13 @@ Usage: bench/run.sh [--quick] [--out FILE] [--enforce] (bench/run.sh installs th
 runs this file with .venv's Python); bench/run.sh --compare [VARIANTS] [--rounds N] for what each
 governance stage costs, --instructions [VARIANTS] for the same in instructions per request
 (bench/instructions.py), --latency for added latency under an open-loop load
-(bench/latency.py). Knobs, from the environment:
+(bench/latency.py), --mcp for MCP tool calls/s through the gateway against the tool server
+directly (bench/mcp_bench.py). Knobs, from the environment:
 
   BENCH_DURATION     seconds per measured run (10; --quick: 2)
   BENCH_WARMUP       seconds of warm-up before each saturation run (3; --quick: 1)
   BENCH_CONFIG       the gateway config (bench/bench.yaml)
+  BENCH_MCP_CONFIG   --mcp: the gateway config (bench/bench-mcp.yaml)
   BENCH_TOKEN        the bearer token sent to the gateway; unset: run.py creates the user
                      bench@example.com in the run's fresh store with `custos init` and uses its
                      token (so BENCH_CONFIG files must grant that user, or set BENCH_TOKEN)
@@ -309,8 +311,19 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def run_wrk(b: Bench, url: str, body: str, auth: str, seconds: int) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_BODY": body, "BENCH_AUTH": auth}
+def run_wrk(
+    b: Bench,
+    url: str,
+    body: str,
+    auth: str,
+    seconds: int,
+    script: Path = BENCH / "wrk.lua",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One wrk run of ``script`` (which prints a ``WRK_JSON`` line; ``env`` is added to what it
+    reads from the environment): its throughput, errors and latency, and the answer counts a
+    script that reads the answers reports (``results``, ``other``)."""
+    env = {**os.environ, **(env or {}), "BENCH_BODY": body, "BENCH_AUTH": auth}
     cmd = [
         "wrk",
         "-t1",
@@ -319,7 +332,7 @@ def run_wrk(b: Bench, url: str, body: str, auth: str, seconds: int) -> dict[str,
         "--timeout",
         "5s",
         "-s",
-        str(BENCH / "wrk.lua"),
+        str(script),
         url,
     ]
     proc = spawn(
@@ -333,7 +346,9 @@ def run_wrk(b: Bench, url: str, body: str, auth: str, seconds: int) -> dict[str,
         raise BenchError(f"wrk printed no summary:\n{out}")
     raw = json.loads(line.removeprefix("WRK_JSON "))
     errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")}
+    answers = {k: raw[k] for k in ("results", "other") if k in raw}
     return {
+        **answers,
         "requests_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
         "requests": raw["requests"],
         "non2xx": raw["non2xx"],
@@ -508,6 +523,12 @@ class Bench:
         self.warnings: list[str] = []
         #: Prepended to the gateway's command (``--instructions`` runs it under valgrind).
         self.gateway_prefix: list[str] = []
+        #: Added to the gateway's environment, and written into its state directory (``--mcp``:
+        #: the tool server's URL and the Cedar policy).
+        self.gateway_env: dict[str, str] = {}
+        self.state_files: dict[str, str] = {}
+        #: What ``self.mock`` is and where it logs (``--mcp`` starts a tool server there).
+        self.upstream_name, self.upstream_log = "mock provider", "mock.log"
         self.ready_timeout_s = 30.0
         self.tmp = Path(tempfile.mkdtemp(prefix="custos-bench-"))
         self.mock_port = free_port()
@@ -593,8 +614,11 @@ class Bench:
         state = self.tmp / f"gateway-{self.gateway_starts}"
         state.mkdir()
         (state / "signing.pem").write_bytes(generate_pem())
+        for name, text in self.state_files.items():
+            (state / name).write_text(text)
         env = {
             **os.environ,
+            **self.gateway_env,
             "MOCK_PROVIDER_KEY": self.mock_key,
             "BENCH_MOCK_PORT": str(self.mock_port),
             "BENCH_STATE_DIR": str(state),
@@ -667,9 +691,9 @@ class Bench:
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            for proc, name in ((self.mock, "mock provider"), (self.gateway, "gateway")):
+            for proc, name in ((self.mock, self.upstream_name), (self.gateway, "gateway")):
                 if proc.poll() is not None:
-                    logfile = "mock.log" if proc is self.mock else "gateway.log"
+                    logfile = self.upstream_log if proc is self.mock else "gateway.log"
                     raise BenchError(
                         f"the {name} exited with status {proc.returncode} before it was ready:\n"
                         + self._log_tail(logfile)
@@ -726,7 +750,7 @@ class Bench:
 
     def check_alive(self, after: str) -> None:
         for proc, name, logfile in (
-            (self.mock, "mock provider", "mock.log"),
+            (self.mock, self.upstream_name, self.upstream_log),
             (self.gateway, "gateway", "gateway.log"),
         ):
             if proc.poll() is not None:
@@ -1137,6 +1161,13 @@ def main(argv: list[str] | None = None) -> int:
         help="added latency at BENCH_RATE, open loop (bench/openloop.py), rounds straight after "
         "saturation and after idling, on SQLite and on PostgreSQL + Redis (bench/latency.py)",
     )
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="MCP tool calls/s at saturation through the gateway (bench/bench-mcp.yaml: access "
+        "rule, Cedar policy, audit trail) and directly against the tool server "
+        "(bench/mcp_bench.py)",
+    )
     args = parser.parse_args(argv)
     for chosen in (args.compare, args.instructions):
         unknown = set(chosen.split(",")) - set(COMPARE_VARIANTS) if chosen is not None else set()
@@ -1151,6 +1182,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     if args.compare is not None:
         return main_compare(bench, args.compare.split(","), args.rounds)
+    if args.mcp:
+        from mcp_bench import main_mcp
+
+        return main_mcp(bench, sys.modules[__name__])
     if args.latency:
         from latency import main_latency
 
