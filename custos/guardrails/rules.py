@@ -17,7 +17,6 @@ hook, what it found as counts per kind — never a value — and how long it too
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,7 +52,9 @@ class GuardrailFailed(Exception):
 class Verdict:
     """What one guardrail found in one call, and whether it changed the text."""
 
-    found: Counter[str] = field(default_factory=Counter)
+    #: Kind → how many were found (a plain dict: a ``Counter`` costs more to make than the
+    #: whole check of a short prompt).
+    found: dict[str, int] = field(default_factory=dict)
     changed: bool = False
     #: Why the guardrail could not decide (``timeout``, ``error``, ``bad_answer``).
     failure: str | None = None
@@ -100,7 +101,7 @@ class Guardrail:
             if not findings:
                 continue
             for finding in findings:
-                verdict.found[finding.kind] += 1
+                verdict.found[finding.kind] = verdict.found.get(finding.kind, 0) + 1
             if rewrite:
                 slot.replace(detectors.redact(text, findings, numbering))
                 verdict.changed = True
@@ -110,11 +111,11 @@ class Guardrail:
         verdict = Verdict()
         for key in self.required:
             if key not in metadata:
-                verdict.found[f"metadata.missing.{key}"] += 1
+                verdict.found[f"metadata.missing.{key}"] = 1
         for key, values in self.allowed.items():
             value = metadata.get(key)
             if value is not None and value not in values:
-                verdict.found[f"metadata.value.{key}"] += 1
+                verdict.found[f"metadata.value.{key}"] = 1
         return verdict
 
     # -- the decision ---------------------------------------------------------------------------

@@ -75,12 +75,12 @@ def _record(ctx: RequestContext, guardrail: Guardrail, verdict: Verdict, hook: s
     """Append the decision (raising its refusal) and count it."""
     decision, refusal = guardrail.decide(verdict, hook)
     ctx.decisions.append(decision)
-    metrics.GUARDRAIL_VERDICTS.labels(guardrail.id, hook, decision.outcome).inc()
-    metrics.GUARDRAIL_SECONDS.labels(guardrail.id, hook).observe(
+    metrics.child(metrics.GUARDRAIL_VERDICTS, guardrail.id, hook, decision.outcome).inc()
+    metrics.child(metrics.GUARDRAIL_SECONDS, guardrail.id, hook).observe(
         (time.monotonic_ns() - verdict.started_ns) / 1e9
     )
     if verdict.failure is not None:
-        metrics.GUARDRAIL_ERRORS.labels(guardrail.id, verdict.failure).inc()
+        metrics.child(metrics.GUARDRAIL_ERRORS, guardrail.id, verdict.failure).inc()
     if refusal is not None:
         raise refusal
 
@@ -106,7 +106,7 @@ class ClassifyContent:
                 count += len(detector.find(slot.text))
             if count:
                 hits.append(DataClassHit(name, count, "detected"))
-                metrics.DATA_CLASSES_DETECTED.labels(name).inc()
+                metrics.child(metrics.DATA_CLASSES_DETECTED, name).inc()
         if hits:
             ctx.data_classes = sorted([*ctx.data_classes, *hits], key=lambda d: (d.name, d.source))
             ctx.data_class_detectors = self.version
@@ -155,10 +155,12 @@ async def _decide_policy(ctx: RequestContext, guardrail: Guardrail) -> None:
     assert guardrail.policy is not None
     decision = await guardrail.policy.decide(model_call(ctx))
     ctx.decisions.append(decision.to_decision("llm_input"))
-    metrics.GUARDRAIL_VERDICTS.labels(guardrail.id, "llm_input", decision.outcome).inc()
-    metrics.GUARDRAIL_SECONDS.labels(guardrail.id, "llm_input").observe(decision.latency_us / 1e6)
+    metrics.child(metrics.GUARDRAIL_VERDICTS, guardrail.id, "llm_input", decision.outcome).inc()
+    metrics.child(metrics.GUARDRAIL_SECONDS, guardrail.id, "llm_input").observe(
+        decision.latency_us / 1e6
+    )
     if decision.failure is not None:
-        metrics.GUARDRAIL_ERRORS.labels(guardrail.id, decision.failure).inc()
+        metrics.child(metrics.GUARDRAIL_ERRORS, guardrail.id, decision.failure).inc()
     refusal = decision.refusal()
     if refusal is not None:
         raise refusal
@@ -195,12 +197,12 @@ async def _remote_verdict(
         verdict.failure = "error"
         return verdict
     if is_blocked:
-        verdict.found["webhook.block"] += 1
+        verdict.found["webhook.block"] = verdict.found.get("webhook.block", 0) + 1
     elif texts is not None and guardrail.enforcing != "audit":
         for slot, text in zip(slots, texts, strict=True):
             if slot.text != text:
                 slot.replace(text)
-                verdict.found["webhook.rewrite"] += 1
+                verdict.found["webhook.rewrite"] = verdict.found.get("webhook.rewrite", 0) + 1
                 verdict.changed = True
     return verdict
 
@@ -300,4 +302,6 @@ async def _whole_stream(ctx: RequestContext, guard: StreamGuard) -> bytes:
 def _count(guard: StreamGuard) -> None:
     for decision in guard.ctx.decisions[-len(guard.guardrails) :]:
         if decision.stage == "guardrails" and decision.rule is not None:
-            metrics.GUARDRAIL_VERDICTS.labels(decision.rule, "llm_output", decision.outcome).inc()
+            metrics.child(
+                metrics.GUARDRAIL_VERDICTS, decision.rule, "llm_output", decision.outcome
+            ).inc()

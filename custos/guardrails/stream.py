@@ -164,7 +164,7 @@ class StreamGuard:
                 if end <= state.settled_upto:
                     continue
                 if guardrail.operation == "validate" and guardrail.enforcing != "audit":
-                    verdict.found[f.kind] += 1
+                    verdict.found[f.kind] = verdict.found.get(f.kind, 0) + 1
                     self._block(guardrail)
                 if end > horizon:
                     open_from = min(open_from, start)  # may still grow: settled later
@@ -173,7 +173,7 @@ class StreamGuard:
                 if mark in state.counted:
                     continue
                 state.counted.add(mark)
-                verdict.found[f.kind] += 1
+                verdict.found[f.kind] = verdict.found.get(f.kind, 0) + 1
                 if guardrail.operation == "mutate" and guardrail.enforcing != "audit":
                     state.settled.append(Finding(f.kind, start, end))
                     verdict.changed = True

@@ -54,7 +54,7 @@ async def decide_by_policy(ctx: RequestContext, guardrail: Guardrail, policy: An
         decided.failure or "denied"
     )  # fmt: skip
     ctx.decisions.append(Decision("guardrails", guardrail.id, outcome, reason, record))
-    metrics.GUARDRAIL_VERDICTS.labels(guardrail.id, PRE_INVOKE, outcome).inc()
+    metrics.child(metrics.GUARDRAIL_VERDICTS, guardrail.id, PRE_INVOKE, outcome).inc()
     if decided.allowed:
         return
     if decided.verdict == "error":
@@ -74,7 +74,7 @@ def _failed(ctx: RequestContext, guardrail: Guardrail, failure: str, latency_us:
     outcome: Outcome = {"enforce": "deny", "audit": "audit_only"}.get(guardrail.enforcing, "allow")  # type: ignore[assignment]
     record = {"hook": PRE_INVOKE, "error": failure, "latency_us": latency_us}
     ctx.decisions.append(Decision("guardrails", guardrail.id, outcome, failure, record))
-    metrics.GUARDRAIL_VERDICTS.labels(guardrail.id, PRE_INVOKE, outcome).inc()
+    metrics.child(metrics.GUARDRAIL_VERDICTS, guardrail.id, PRE_INVOKE, outcome).inc()
     if outcome == "deny":
         raise _unavailable(guardrail)
 
