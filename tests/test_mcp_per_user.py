@@ -46,16 +46,16 @@ ACTOR = Actor.system("tests")
 # -- storage, both dialects ------------------------------------------------------------------------
 
 
-async def _user(store: Store, email: str) -> str:
-    return (await store.create_user(ACTOR, email=email)).id
+async def _user(db: Store, email: str) -> str:
+    return (await db.create_user(ACTOR, email=email)).id
 
 
-async def _raw_rows(store: Store) -> list[dict[str, Any]]:
-    async with store.transaction(readonly=True) as tx:
+async def _raw_rows(db: Store) -> list[dict[str, Any]]:
+    async with db.transaction(readonly=True) as tx:
         return await tx.fetch("SELECT * FROM mcp_credentials ORDER BY principal_id")
 
 
-async def test_a_credential_is_sealed_bound_to_its_user_and_server(store: Store) -> None:
+async def test_a_credential_is_sealed_bound_to_its_user_and_server(store: Store) -> None:  # noqa: F811
     cipher = CredentialCipher(KEY)
     ann, bob = await _user(store, "ann@example.com"), await _user(store, "bob@example.com")
     info, created = await put_credential(store, ACTOR, cipher, ann, "jira", ANN_SECRET)
@@ -93,7 +93,7 @@ async def test_a_credential_is_sealed_bound_to_its_user_and_server(store: Store)
     )
 
 
-async def test_bad_values_and_unknown_users_are_refused_and_change_nothing(store: Store) -> None:
+async def test_bad_values_and_unknown_users_are_refused_and_change_nothing(store: Store) -> None:  # noqa: F811
     from custos.state.errors import Invalid, NotFound
 
     cipher = CredentialCipher(KEY)
@@ -109,7 +109,7 @@ async def test_bad_values_and_unknown_users_are_refused_and_change_nothing(store
     assert await _raw_rows(store) == []
 
 
-async def test_deleting_the_user_deletes_their_credentials(store: Store) -> None:
+async def test_deleting_the_user_deletes_their_credentials(store: Store) -> None:  # noqa: F811
     cipher = CredentialCipher(KEY)
     ann, bob = await _user(store, "ann@example.com"), await _user(store, "bob@example.com")
     await put_credential(store, ACTOR, cipher, ann, "jira", ANN_SECRET)
@@ -159,7 +159,7 @@ def _principal(kind: str, pid: str) -> Principal:
                      "tok_1", "pat", None, None)  # fmt: skip
 
 
-async def test_a_virtual_account_or_a_user_without_one_is_refused(store: Store) -> None:
+async def test_a_virtual_account_or_a_user_without_one_is_refused(store: Store) -> None:  # noqa: F811
     cache = CredentialCache(store, CredentialCipher(KEY))
     await cache.start()
     try:
