@@ -15,9 +15,16 @@ in the store file, the log, the admin events or the audit records.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
+from mcp import ClientSession, McpError
 
 from custos.errors import GatewayError
 from custos.identity.principal import Principal
@@ -34,7 +41,9 @@ from custos.state.mcp_credentials import (
 )
 from custos.state.models import Actor
 from custos.state.store import Store
+from tests.conftest import CUSTOS, ROOT, GatewayProcess
 from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
+from tests.test_mcp_gateway import ToolServer, record_where, run_session, text_of
 
 KEY = b"k" * 48
 ANN_SECRET = "ann-credential-4f9c2e71b8d3"
@@ -175,3 +184,161 @@ async def test_a_virtual_account_or_a_user_without_one_is_refused(store: Store) 
         assert caught.value.code == "mcp_credential_needs_user"
     finally:
         await cache.close()
+
+
+# -- end to end: the mcp SDK through custos serve --------------------------------------------------
+
+ANN_NEW = "ann-new"  # the tool server's name for ann's rotated credential
+SERVER_USERS = {"ann": ANN_SECRET, ANN_NEW: ANN_ROTATED, "bob": BOB_SECRET}
+
+
+def per_user_config(url: str) -> str:
+    return f"""\
+version: 1
+state: {{store: "sqlite:///./custos.db"}}
+identity:
+  token_hash_key: ${{env:CUSTOS_TEST_TOKEN_KEY}}
+providers: {{}}
+access:
+  - id: personal-tools
+    subjects: ["*"]
+    mcp_tools: [personal/whoami, personal/echo]
+mcp_servers:
+  personal:
+    url: {url}
+    auth: {{type: per_user}}
+"""
+
+
+class PerUser:
+    """The gateway, the tool server, and three members' tokens (ann, bob, carol)."""
+
+    def __init__(self, gateway: GatewayProcess, home: Path) -> None:
+        self.gateway, self.home = gateway, home
+        self.tokens = {name: self._member(name) for name in ("ann", "bob", "carol")}
+
+    def _member(self, name: str) -> str:
+        email = f"{name}@example.com"
+        self.admin("POST", "/users", json={"email": email, "roles": ["member"]})
+        return self.admin("POST", "/tokens", json={"name": "mcp", "user": email})["token"]
+
+    def api(self, token: str, method: str, route: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.gateway.url}/admin/v1{route}", timeout=10,
+                             headers={"authorization": f"Bearer {token}"}, **kw)  # fmt: skip
+
+    def admin(self, method: str, route: str, **kw: Any) -> Any:
+        response = self.api(self.gateway.token, method, route, **kw)
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def cli_set(self, user: str, secret: str) -> subprocess.CompletedProcess[str]:
+        command = [*CUSTOS, "mcp", "credential", "set", "personal", "--url", self.gateway.url,
+                   "--token", self.tokens[user]]  # fmt: skip
+        return subprocess.run(command, input=secret + "\n", capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)  # fmt: skip
+
+    def whoami(self, user: str) -> str:
+        async def body(s: ClientSession) -> str:
+            return text_of(await s.call_tool("whoami", {}))
+
+        return asyncio.run(run_session(self.gateway, body, "personal", token=self.tokens[user]))
+
+
+@pytest.fixture(scope="module")
+def per_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerUser]:
+    users = ",".join(f"{user}={token}" for user, token in SERVER_USERS.items())
+    server = ToolServer(tmp_path_factory.mktemp("personal-tools"), users=users)
+    home = tmp_path_factory.mktemp("per-user-gateway")
+    gateway = GatewayProcess(per_user_config(server.url), home)
+    try:
+        yield PerUser(gateway, home)
+    finally:
+        gateway.stop()
+        server.stop()
+
+
+def test_each_user_reaches_the_server_as_themselves(per_user: PerUser) -> None:
+    done = per_user.cli_set("ann", ANN_SECRET)
+    assert done.returncode == 0, done.stderr
+    assert ANN_SECRET not in done.stdout + done.stderr
+    reply = per_user.api(per_user.tokens["bob"], "PUT", "/mcp/credentials/personal",
+                         json={"secret": BOB_SECRET})  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    assert BOB_SECRET not in reply.text
+    assert per_user.whoami("ann") == "ann"
+    assert per_user.whoami("bob") == "bob"
+    listed = per_user.api(per_user.tokens["ann"], "GET", "/mcp/credentials").json()["data"]
+    assert [c["server"] for c in listed] == ["personal"]
+
+
+def test_a_user_without_a_credential_gets_credential_missing(per_user: PerUser) -> None:
+    with pytest.raises(McpError) as caught:
+        per_user.whoami("carol")
+    error = caught.value.error
+    assert error.data["code"] == "mcp_credential_missing"
+    assert "'personal'" in error.message and "custos mcp credential set personal" in error.message
+    record = record_where(per_user.gateway, request_id=error.data["request_id"])
+    assert record["outcome"] == "denied" and record["mcp.server"] == "personal"
+
+
+def test_a_rotated_credential_takes_effect_at_once(per_user: PerUser) -> None:
+    assert per_user.whoami("ann") == "ann"
+    done = per_user.cli_set("ann", ANN_ROTATED)
+    assert done.returncode == 0, done.stderr
+    assert per_user.whoami("ann") == ANN_NEW
+
+
+def test_a_member_manages_only_their_own_and_an_admin_deletes_but_never_reads(
+    per_user: PerUser,
+) -> None:
+    ann, bob = per_user.tokens["ann"], per_user.tokens["bob"]
+    bob_id = per_user.admin("GET", "/users/bob@example.com")["id"]
+    assert per_user.whoami("bob") == "bob"
+    # a member names nobody else: not in a PUT, not in a listing, not in a delete
+    refused = per_user.api(ann, "PUT", "/mcp/credentials/personal",
+                           json={"secret": "stolen", "user": bob_id})  # fmt: skip
+    assert refused.status_code == 400
+    assert per_user.api(ann, "PUT", "/mcp/credentials/personal?user=" + bob_id,
+                        json={"secret": "stolen"}).status_code == 400  # fmt: skip
+    assert per_user.api(ann, "GET", f"/mcp/credentials?user={bob_id}").status_code == 404
+    assert per_user.api(ann, "DELETE", f"/mcp/credentials/personal?user={bob_id}").status_code == (
+        404
+    )
+    assert per_user.whoami("bob") == "bob"  # untouched
+    # a server that takes no per-user credential
+    unknown = per_user.api(ann, "PUT", "/mcp/credentials/jira", json={"secret": "x"})
+    assert unknown.status_code == 404
+    # an admin lists (never a value) and deletes another user's
+    listed = per_user.admin("GET", f"/mcp/credentials?user={bob_id}")
+    assert [c["server"] for c in listed["data"]] == ["personal"]
+    assert set(listed["data"][0]) == {"user", "server", "created_at", "updated_at"}
+    per_user.admin("DELETE", f"/mcp/credentials/personal?user={bob_id}")
+    with pytest.raises(McpError) as caught:
+        per_user.whoami("bob")
+    assert caught.value.error.data["code"] == "mcp_credential_missing"
+    reply = per_user.api(bob, "PUT", "/mcp/credentials/personal", json={"secret": BOB_SECRET})
+    assert reply.status_code == 200
+    assert per_user.whoami("bob") == "bob"
+    # bad values are refused without being repeated
+    bad = per_user.api(bob, "PUT", "/mcp/credentials/personal", json={"secret": "a\r\nX: y"})
+    assert bad.status_code == 400 and "X: y" not in bad.text
+
+
+def test_the_value_is_never_in_clear_anywhere(per_user: PerUser) -> None:
+    # everything the earlier tests stored, rotated and deleted
+    secrets = [ANN_SECRET, ANN_ROTATED, BOB_SECRET]
+    events = per_user.admin("GET", "/events", params={"limit": 1000})["data"]
+    actions = [e["action"] for e in events if e["target_type"] == "mcp_credential"]
+    assert "mcp_credential.set" in actions and "mcp_credential.delete" in actions
+    records = per_user.admin("GET", "/audit/events", params={"limit": 1000})["data"]
+    assert records
+    stored = b"".join(p.read_bytes() for p in per_user.home.glob("custos.db*"))
+    with sqlite3.connect(per_user.home / "custos.db") as db:
+        rows = db.execute("SELECT principal_id, server, ciphertext FROM mcp_credentials").fetchall()
+    assert len(rows) == 2
+    for secret in secrets:
+        assert secret.encode() not in stored
+        assert secret not in per_user.gateway.log()
+        assert secret not in orjson.dumps(events).decode()
+        assert secret not in orjson.dumps(records).decode()
+        assert all(secret.encode() not in bytes(r[2]) for r in rows)
