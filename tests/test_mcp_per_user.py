@@ -26,9 +26,11 @@ import orjson
 import pytest
 from mcp import ClientSession, McpError
 
+from custos.config import ConfigError, parse_config
 from custos.errors import GatewayError
 from custos.identity.principal import Principal
 from custos.mcp.credentials import per_user_credential
+from custos.mcp.upstream import auth_headers
 from custos.state.backends import open_store
 from custos.state.invalidation import MemoryInvalidation
 from custos.state.mcp_credentials import (
@@ -186,6 +188,31 @@ async def test_a_virtual_account_or_a_user_without_one_is_refused(store: Store) 
         await cache.close()
 
 
+# -- the config ------------------------------------------------------------------------------------
+
+
+def _server(auth: str) -> Any:
+    config = parse_config(f"""\
+version: 1
+providers: {{}}
+mcp_servers:
+  crm: {{url: "http://127.0.0.1:9/mcp", auth: {auth}}}
+""")  # fmt: skip
+    return config.config.mcp_servers["crm"]
+
+
+def test_per_user_sends_the_credential_in_the_configured_header() -> None:
+    assert auth_headers(_server("{type: per_user}"), "c1") == {"authorization": "Bearer c1"}
+    custom = _server("{type: per_user, header: X-Api-Key, scheme: null}")
+    assert auth_headers(custom, "c1") == {"x-api-key": "c1"}
+    assert auth_headers(_server("{type: per_user, scheme: Token}"), "c1") == {
+        "authorization": "Token c1"
+    }
+    assert auth_headers(custom, None) == {}
+    with pytest.raises(ConfigError, match="per_user's"):
+        _server("{type: passthrough, header: X-Api-Key}")
+
+
 # -- end to end: the mcp SDK through custos serve --------------------------------------------------
 
 ANN_NEW = "ann-new"  # the tool server's name for ann's rotated credential
@@ -237,6 +264,11 @@ class PerUser:
         return subprocess.run(command, input=secret + "\n", capture_output=True, text=True,
                               cwd=ROOT, timeout=60)  # fmt: skip
 
+    def cli(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [*CUSTOS, "mcp", "credential", *args, "--url", self.gateway.url,
+                   "--token", self.tokens[user]]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+
     def whoami(self, user: str) -> str:
         async def body(s: ClientSession) -> str:
             return text_of(await s.call_tool("whoami", {}))
@@ -285,6 +317,15 @@ def test_a_rotated_credential_takes_effect_at_once(per_user: PerUser) -> None:
     assert per_user.whoami("ann") == "ann"
     done = per_user.cli_set("ann", ANN_ROTATED)
     assert done.returncode == 0, done.stderr
+    assert per_user.whoami("ann") == ANN_NEW
+    listed = per_user.cli("ann", "list")
+    assert listed.returncode == 0 and "personal" in listed.stdout
+    assert ANN_ROTATED not in listed.stdout
+    gone = per_user.cli("ann", "delete", "personal", "--json")
+    assert gone.returncode == 0 and orjson.loads(gone.stdout)["server"] == "personal"
+    assert "(none)" in per_user.cli("ann", "list").stdout
+    assert per_user.cli("ann", "delete", "personal").returncode == 1  # nothing to delete
+    assert per_user.cli_set("ann", ANN_ROTATED).returncode == 0
     assert per_user.whoami("ann") == ANN_NEW
 
 
