@@ -15,6 +15,7 @@ in the store file, the log, the admin events or the audit records.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from custos.identity.principal import Principal
 from custos.mcp.credentials import per_user_credential
 from custos.mcp.upstream import auth_headers
 from custos.state.backends import open_store
-from custos.state.invalidation import MemoryInvalidation
+from custos.state.invalidation import Invalidation, MemoryInvalidation, PostgresInvalidation
 from custos.state.mcp_credentials import (
     CredentialCache,
     CredentialCipher,
@@ -44,7 +45,7 @@ from custos.state.mcp_credentials import (
 from custos.state.models import Actor
 from custos.state.store import Store
 from tests.conftest import CUSTOS, ROOT, GatewayProcess
-from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
+from tests.store_fixtures import PG_URL, store, store_url  # noqa: F401  (fixtures)
 from tests.test_mcp_gateway import ToolServer, record_where, run_session, text_of
 
 KEY = b"k" * 48
@@ -132,12 +133,20 @@ async def test_deleting_the_user_deletes_their_credentials(store: Store) -> None
 
 async def test_the_cache_of_another_replica_follows_changes(store_url: str) -> None:  # noqa: F811
     """Two stores on one database, as two replicas: a change made through one is in the
-    other's cache once announced, and in the writer's own before the call returns."""
-    channel = MemoryInvalidation()
-    writer = await open_store(store_url, publisher=channel)
+    other's cache once announced (on PostgreSQL through LISTEN/NOTIFY, as between processes),
+    and in the writer's own before the call returns."""
+    if store_url.startswith("postgresql"):
+        name = f"custos_test_{secrets.token_hex(6)}"
+        sent: Invalidation = PostgresInvalidation(PG_URL, channel=name)
+        heard: Invalidation = PostgresInvalidation(PG_URL, channel=name)
+    else:
+        sent = heard = MemoryInvalidation()
+    await sent.start()
+    await heard.start()
+    writer = await open_store(store_url, publisher=sent)
     reader = await open_store(store_url)
-    mine = CredentialCache(writer, CredentialCipher(KEY), channel)
-    theirs = CredentialCache(reader, CredentialCipher(KEY), channel)
+    mine = CredentialCache(writer, CredentialCipher(KEY), sent)
+    theirs = CredentialCache(reader, CredentialCipher(KEY), heard)
     try:
         await mine.start()
         await theirs.start()
@@ -156,6 +165,8 @@ async def test_the_cache_of_another_replica_follows_changes(store_url: str) -> N
         await theirs.close()
         await writer.close()
         await reader.close()
+        await sent.close()
+        await heard.close()
 
 
 async def _until(check: Any, timeout: float = 5.0) -> None:
@@ -367,7 +378,7 @@ def test_a_member_manages_only_their_own_and_an_admin_deletes_but_never_reads(
 
 def test_the_value_is_never_in_clear_anywhere(per_user: PerUser) -> None:
     # everything the earlier tests stored, rotated and deleted
-    secrets = [ANN_SECRET, ANN_ROTATED, BOB_SECRET]
+    values = [ANN_SECRET, ANN_ROTATED, BOB_SECRET]
     events = per_user.admin("GET", "/events", params={"limit": 1000})["data"]
     actions = [e["action"] for e in events if e["target_type"] == "mcp_credential"]
     assert "mcp_credential.set" in actions and "mcp_credential.delete" in actions
@@ -377,7 +388,7 @@ def test_the_value_is_never_in_clear_anywhere(per_user: PerUser) -> None:
     with sqlite3.connect(per_user.home / "custos.db") as db:
         rows = db.execute("SELECT principal_id, server, ciphertext FROM mcp_credentials").fetchall()
     assert len(rows) == 2
-    for secret in secrets:
+    for secret in values:
         assert secret.encode() not in stored
         assert secret not in per_user.gateway.log()
         assert secret not in orjson.dumps(events).decode()

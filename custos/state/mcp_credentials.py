@@ -245,6 +245,7 @@ class CredentialCache:
         self._pending: set[str] = set()
         self._full = False
         self._dirty = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -285,14 +286,17 @@ class CredentialCache:
 
     async def reload(self, principal_ids: Collection[str] | None) -> None:
         """Load every row (None) or these principals' rows, and swap them in."""
-        rows = await _sealed_rows(self.store, principal_ids)
-        fresh = {(r["principal_id"], r["server"]): (r["key_id"], bytes(r["ciphertext"]))
-                 for r in rows}  # fmt: skip
-        if principal_ids is None:
-            self._sealed = fresh
-            return
-        kept = {k: v for k, v in self._sealed.items() if k[0] not in principal_ids}
-        self._sealed = {**kept, **fresh}
+        # One at a time: a full reload that read the table before a change must not land
+        # after the partial reload that brought the change in.
+        async with self._lock:
+            rows = await _sealed_rows(self.store, principal_ids)
+            fresh = {(r["principal_id"], r["server"]): (r["key_id"], bytes(r["ciphertext"]))
+                     for r in rows}  # fmt: skip
+            if principal_ids is None:
+                self._sealed = fresh
+                return
+            kept = {k: v for k, v in self._sealed.items() if k[0] not in principal_ids}
+            self._sealed = {**kept, **fresh}  # one assignment: a call sees old or new
 
     async def _loop(self) -> None:
         while True:
