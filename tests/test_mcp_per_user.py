@@ -323,6 +323,14 @@ def test_a_user_without_a_credential_gets_credential_missing(per_user: PerUser) 
     record = record_where(per_user.gateway, request_id=error.data["request_id"])
     assert record["outcome"] == "denied" and record["mcp.server"] == "personal"
 
+    async def listing(s: ClientSession) -> Any:
+        return await s.list_tools()
+
+    token = per_user.tokens["carol"]
+    with pytest.raises(McpError) as caught:  # the server is asked as the caller: no listing
+        asyncio.run(run_session(per_user.gateway, listing, "personal", token=token))
+    assert caught.value.error.data["code"] == "mcp_credential_missing"
+
 
 def test_a_rotated_credential_takes_effect_at_once(per_user: PerUser) -> None:
     assert per_user.whoami("ann") == "ann"
