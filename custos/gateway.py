@@ -224,6 +224,9 @@ class Gateway:
         self.retention.start()
         self.authenticate.directory = self.identity.directory
         self.mcp.start(token_hash_key(config))
+        await self.mcp.open_credentials(
+            self.identity.store, self.identity.tokens.key, self.identity.invalidation
+        )
         await self.limiter.start(self.identity.store)
         self._chain = self._mcp_chain = None  # its stages are ready: rebuilt on next request
         if self.shared_health is not None:
@@ -256,6 +259,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.mcp.upstream.close()
+        await self.mcp.close_credentials()
         await self.transport.close()
         if self.shared_health is not None:
             await self.shared_health.close()

@@ -7,8 +7,10 @@ it serves MCP Streamable HTTP at ``/mcp`` (answering requests with event streams
 Tools: ``echo``, ``lookup_customer`` (a result with an email and a phone number in it),
 ``count`` (reports progress), ``wait_forever`` (writes ``started`` and, when cancelled,
 ``cancelled`` into the markers directory), ``die`` (the process exits mid-call),
-``delete_record``, ``secret_tool`` (which access never grants). With ``--token`` every request
-must carry ``Authorization: Bearer T`` (401 otherwise).
+``delete_record``, ``secret_tool`` (which access never grants), ``whoami`` (whose token the
+request carried). With ``--token`` every request must carry ``Authorization: Bearer T`` (401
+otherwise); with ``--user-tokens ann=T1,bob=T2`` (per-user credentials) any of those tokens is
+accepted and ``whoami`` names its user.
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ import uvicorn
 from mcp.server.fastmcp import Context, FastMCP
 
 
-def build(markers: Path, *, json_response: bool = False) -> FastMCP:
+def build(
+    markers: Path, *, json_response: bool = False, users: dict[str, str] | None = None
+) -> FastMCP:
     server = FastMCP("test-tools", json_response=json_response)
+    by_token = {f"Bearer {token}": user for user, token in (users or {}).items()}
+
+    @server.tool()
+    def whoami(ctx: Context) -> str:
+        """The user whose token this request carried."""
+        request = ctx.request_context.request
+        header = request.headers.get("authorization", "") if request is not None else ""
+        return by_token.get(header, "nobody")
 
     @server.tool()
     def echo(text: str) -> str:
@@ -74,13 +86,13 @@ def build(markers: Path, *, json_response: bool = False) -> FastMCP:
 
 
 class RequireToken:
-    def __init__(self, app, token: str) -> None:  # type: ignore[no-untyped-def]
-        self.app, self.expected = app, f"Bearer {token}".encode()
+    def __init__(self, app, tokens: list[str]) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.expected = app, {f"Bearer {token}".encode() for token in tokens}
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if (
             scope["type"] == "http"
-            and dict(scope["headers"]).get(b"authorization") != self.expected
+            and dict(scope["headers"]).get(b"authorization") not in self.expected
         ):
             await send({"type": "http.response.start", "status": 401, "headers": []})
             await send({"type": "http.response.body", "body": b""})
@@ -93,13 +105,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--markers", type=Path, required=True)
     parser.add_argument("--token")
+    parser.add_argument("--user-tokens", help="USER=TOKEN,… accepted, named by whoami")
     parser.add_argument("--sse", action="store_true", help="the legacy HTTP+SSE transport")
     parser.add_argument("--json", action="store_true", help="answer requests with plain JSON")
     args = parser.parse_args()
-    server = build(args.markers, json_response=args.json)
+    users = dict(pair.split("=", 1) for pair in args.user_tokens.split(",")) if (
+        args.user_tokens) else {}  # fmt: skip
+    server = build(args.markers, json_response=args.json, users=users)
     app = server.sse_app() if args.sse else server.streamable_http_app()
-    if args.token:
-        app = RequireToken(app, args.token)
+    tokens = [*([args.token] if args.token else []), *users.values()]
+    if tokens:
+        app = RequireToken(app, tokens)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

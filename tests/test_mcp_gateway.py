@@ -41,8 +41,10 @@ class ToolServer:
     """``tests/mcp_tool_server.py`` on a free port."""
 
     def __init__(
-        self, markers: Path, *, token: str | None = None, sse: bool = False, json: bool = False
-    ) -> None:
+        self, markers: Path, *, token: str | None = None, sse: bool = False, json: bool = False,
+        users: str | None = None,
+    ) -> None:  # fmt: skip
+        """``users``: ``USER=TOKEN,…``, per-user tokens the server accepts (``whoami``)."""
         markers.mkdir(parents=True, exist_ok=True)
         self.markers = markers
         self.port = free_port()
@@ -51,6 +53,8 @@ class ToolServer:
                    "--markers", str(markers)]  # fmt: skip
         if token:
             command += ["--token", token]
+        if users:
+            command += ["--user-tokens", users]
         if sse:
             command.append("--sse")
         if json:

@@ -98,7 +98,12 @@ _DESK = "desk: {tools: [jira/get_*, github/list_issues]}"
         (_JIRA_AUTH, 'auth: {type: bearer, token: "Bearer sk-literal"}',
          "mcp_servers.jira.auth.token", "use ${env:NAME}"),
         (_JIRA_AUTH, "auth: {type: bearer}", "mcp_servers.jira.auth", "bearer needs token"),
-        (_JIRA_AUTH, "auth: {type: per_user}", "mcp_servers.jira.auth", "not supported yet"),
+        (_JIRA_AUTH, "auth: {type: none, header: X-Key}", "mcp_servers.jira.auth",
+         "header and scheme are per_user's"),
+        (_JIRA_AUTH, "auth: {type: per_user, header: Mcp-Session-Id}", "mcp_servers.jira.auth",
+         "the transport's own"),
+        (_JIRA_AUTH, "auth: {type: per_user, header: 'X Key'}", "mcp_servers.jira.auth.header",
+         "pattern"),
         ("region: eu", "region: eu\n    transport: websocket", "mcp_servers.jira.transport",
          "streamable_http"),
         ("url: http://127.0.0.1:9000/mcp", "url: ftp://127.0.0.1:9000/mcp", "mcp_servers.jira.url",
@@ -330,11 +335,12 @@ def test_passthrough_sends_the_callers_jwt_and_never_a_gateway_token():
                                 "auth: {type: passthrough}}"))  # fmt: skip
     github, jira = runtime.config.mcp_servers["github"], runtime.config.mcp_servers["jira"]
     with pytest.raises(GatewayError) as caught:
-        McpGateway.credential(github, "github", principal(), "cst_pat_secret")
+        McpGateway(None).credential(github, "github", principal(), "cst_pat_secret")  # type: ignore[arg-type]
     assert caught.value.code == "passthrough_needs_jwt"
     assert "cst_pat_secret" not in caught.value.message
     from dataclasses import replace
 
     federated = replace(principal(), token_id="jwt:corp:ann@example.com")
-    assert McpGateway.credential(github, "github", federated, "eyJ.jwt.sig") == "eyJ.jwt.sig"
-    assert McpGateway.credential(jira, "jira", federated, "eyJ.jwt.sig") is None  # its bearer
+    gateway = McpGateway(None)  # type: ignore[arg-type]
+    assert gateway.credential(github, "github", federated, "eyJ.jwt.sig") == "eyJ.jwt.sig"
+    assert gateway.credential(jira, "jira", federated, "eyJ.jwt.sig") is None  # its bearer

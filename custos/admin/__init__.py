@@ -5,6 +5,8 @@
 - ``bootstrap``: ``bootstrap``, what ``custos init`` runs to create the first admin.
 - ``schemas``: the JSON request and response models of the admin API (pydantic).
 - ``openapi``: the OpenAPI 3.1 document, generated from those models and the route table.
+- ``mcp_credentials``: each user's own credentials for ``auth: per_user`` MCP servers (set,
+  list, delete; never read back).
 
 The HTTP handler is ``custos.http.admin.AdminAPI``; the CLI is ``custos.cli.admin`` (and
 ``custos.cli.store`` for ``custos init``). The audit trail's admin operations are arranged the

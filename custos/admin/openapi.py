@@ -47,7 +47,7 @@ _ERRORS: dict[int, str] = {
 class RouteSpec:
     """One admin operation as the OpenAPI document (and the router) sees it."""
 
-    method: Literal["GET", "POST", "PATCH", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: str
     operation_id: str
     summary: str

@@ -145,7 +145,7 @@ class EventsQuery(_Query):
     )
     limit: int = Field(100, ge=1, le=1000)
     target_type: str | None = Field(
-        None, description="user, team, team_member, virtual_account or token."
+        None, description="user, team, team_member, virtual_account, token or mcp_credential."
     )
     target_id: str | None = None
 

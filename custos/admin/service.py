@@ -163,8 +163,11 @@ class AdminService:
         model_names: ModelNames | None = None,
         clock: Callable[[], datetime] = utcnow,
         budgets: BudgetSource | None = None,
+        mcp_credential_servers: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.store = store
+        #: The MCP servers with ``auth: per_user`` (a credential for another is refused).
+        self.mcp_credential_servers = mcp_credential_servers
         self.tokens = tokens
         self.model_names = model_names
         self._now = clock

@@ -10,7 +10,9 @@ gateway would decide about a tool call, without making it.
   Exit status 0 when the call would go to the tool, 1 when it would be refused;
 - ``report --from DATE --to DATE --group-by team,server,tool``: the ``mcp.tool_call`` records
   of a period (read through the admin API, as an admin or auditor) grouped, with calls, served,
-  denied, cancelled and failed, and totals.
+  denied, cancelled and failed, and totals;
+- ``credential set|list|delete``: your own credentials for ``auth: per_user`` servers
+  (``custos.cli.mcp_credentials``).
 
 The caller is given as ``user:EMAIL`` (its teams are the config's for that email, plus any
 ``--team``) or ``virtualaccount:NAME`` (with its ``--team``); nothing is read from the store,
@@ -26,6 +28,7 @@ import json
 import sys
 from typing import Any
 
+from custos.cli import mcp_credentials
 from custos.cli.common import TOKEN_ENV, api_options, fail, token_of, usage
 
 
@@ -65,6 +68,7 @@ def register(commands: Any) -> None:
                         help="comma-separated: " + ", ".join(REPORT_DIMENSIONS))  # fmt: skip
     report.add_argument("--format", choices=["table", "json"], default="table")
     report.set_defaults(run=_report)
+    mcp_credentials.register(sub)
 
 
 def _caller(parser: argparse.ArgumentParser) -> None:

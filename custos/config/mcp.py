@@ -20,7 +20,9 @@ calls it as the client (``url``, ``transport``) with its own credential for it (
 ``auth.type``: ``none``; ``bearer`` (``token``, a secret reference, sent as ``Authorization:
 Bearer``); ``passthrough`` (the caller's own IdP JWT is sent on; a caller that authenticated
 with a Custos token is refused, so a gateway token never leaves the gateway); ``per_user``
-(a credential per user kept encrypted in the store: not implemented yet, refused by name).
+(each user's own credential, stored by them through the admin API and kept encrypted in the
+store, ``custos.state.mcp_credentials``; sent in ``header`` after ``scheme``, by default
+``Authorization: Bearer``).
 
 A virtual server has the names of the real ones in one namespace: an id may not be both.
 Its tools keep their own names; two chosen tools of one name are both offered as
@@ -52,6 +54,10 @@ class McpAuth(_Strict):
     type: Literal["none", "bearer", "passthrough", "per_user"] = "none"
     #: ``bearer``: the token, a secret reference (``${env:NAME}``, ``${file:path}``).
     token: RequestValue | None = Field(default=None, repr=False)
+    #: ``per_user``: the header the user's credential is sent in, and the scheme before it
+    #: (``null``: the credential alone, e.g. ``header: X-Api-Key, scheme: null``).
+    header: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")] = "Authorization"
+    scheme: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")] | None = "Bearer"
 
     @model_validator(mode="after")
     def _fits_its_type(self) -> McpAuth:
@@ -59,10 +65,24 @@ class McpAuth(_Strict):
             raise ValueError("bearer needs token: ${env:NAME} or ${file:path}")
         if self.type != "bearer" and self.token is not None:
             raise ValueError(f"auth type {self.type} takes no token")
-        if self.type == "per_user":
-            raise ValueError("per_user credentials are not supported yet: use bearer or "
-                             "passthrough")  # fmt: skip
+        if self.type != "per_user" and {"header", "scheme"} & self.model_fields_set:
+            raise ValueError("header and scheme are per_user's: bearer and passthrough send "
+                             "Authorization: Bearer")  # fmt: skip
+        if self.type == "per_user" and self.header.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"header {self.header!r} is the transport's own")
         return self
+
+    def header_for(self, credential: str) -> tuple[str, str]:
+        """The header carrying ``credential`` (per_user's header and scheme; Bearer else)."""
+        if self.type != "per_user":
+            return "authorization", f"Bearer {credential}"
+        value = credential if self.scheme is None else f"{self.scheme} {credential}"
+        return self.header.lower(), value
+
+
+#: Headers the MCP transport sets itself, which a credential may not replace.
+_RESERVED_HEADERS = frozenset({"content-type", "accept", "mcp-session-id", "mcp-protocol-version",
+                               "content-length", "host", "last-event-id"})  # fmt: skip
 
 
 class McpTimeouts(_Strict):

@@ -25,6 +25,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from custos import __version__
+from custos.admin import mcp_credentials
 from custos.admin import schemas as s
 from custos.admin.budgets import BudgetList, BudgetSource, BudgetsQuery
 from custos.admin.errors import BadInput, Forbidden
@@ -123,8 +124,10 @@ class AdminAPI:
         body_timeout_s: float = BODY_TIMEOUT_S,
         on_auth_failure: Callable[[Scope, GatewayError], None] | None = None,
         budgets: BudgetSource | None = None,
+        mcp_credential_servers: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self._deps = deps
+        self._mcp_credential_servers = mcp_credential_servers
         #: The gateway's budgets (``GET /budgets``); without it that route answers 503.
         self._budgets = budgets
         #: Told of every 401 (the audit trail records it as an ``auth.failure``).
@@ -229,8 +232,9 @@ class AdminAPI:
         cached = self._service
         if cached is None or cached[0] is not store or cached[1] is not tokens:
             service = AdminService(
-                store, tokens, model_names=self._model_names, budgets=self._budgets
-            )
+                store, tokens, model_names=self._model_names, budgets=self._budgets,
+                mcp_credential_servers=self._mcp_credential_servers,
+            )  # fmt: skip
             self._service = cached = (store, tokens, service)
         return cached[2], directory
 
@@ -555,6 +559,18 @@ async def _list_budgets(svc: AdminService, c: Call) -> BaseModel:
         ) from None
 
 
+async def _mcp_credentials(svc: AdminService, c: Call) -> BaseModel:
+    return await mcp_credentials.list_credentials(svc, c.principal, c.query)
+
+
+async def _mcp_credential_set(svc: AdminService, c: Call) -> BaseModel:
+    return await mcp_credentials.set_credential(svc, c.principal, c.params["server"], c.body)
+
+
+async def _mcp_credential_delete(svc: AdminService, c: Call) -> BaseModel:
+    return await mcp_credentials.delete_credential(svc, c.principal, c.params["server"], c.query)
+
+
 async def _no_handler(svc: AdminService, c: Call) -> BaseModel:  # the document is served early
     raise AssertionError("unreachable")
 
@@ -745,6 +761,26 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("GET", "/budgets", "listBudgets", "Budgets: limit, spent, reserved and remaining per "
            "split (admin, auditor; team managers: their teams)", BudgetList, query=BudgetsQuery),
         _list_budgets,
+    ),
+    (
+        _r("GET", "/mcp/credentials", "listMcpCredentials", "Which MCP servers you (admins, "
+           "auditors: ?user=) hold a per-user credential for; never the values",
+           mcp_credentials.CredentialList, query=mcp_credentials.CredentialsQuery,
+           names_objects=True),
+        _mcp_credentials,
+    ),
+    (
+        _r("PUT", "/mcp/credentials/{server}", "setMcpCredential", "Set or replace your own "
+           "credential for an MCP server with auth per_user; stored encrypted, never shown",
+           mcp_credentials.CredentialOut, body=mcp_credentials.CredentialSet),
+        _mcp_credential_set,
+    ),
+    (
+        _r("DELETE", "/mcp/credentials/{server}", "deleteMcpCredential", "Delete your own "
+           "credential for an MCP server (admins: anyone's, with ?user=)",
+           mcp_credentials.CredentialOut, query=mcp_credentials.CredentialsQuery,
+           names_objects=True),
+        _mcp_credential_delete,
     ),
     (
         _r("GET", "/openapi.json", "getOpenAPI", "This document", OpenAPIDocument, auth=False,

@@ -78,7 +78,11 @@ class GatewayApp:
             on_auth_failure=self.auth_failed,
             budgets=gateway.limiter,
             body_timeout_s=self.body_timeout_s,
-        )
+            mcp_credential_servers=lambda: [
+                name for name, server in gateway.runtime.config.mcp_servers.items()
+                if server.auth.type == "per_user"
+            ],
+        )  # fmt: skip
         #: The web console at /ui, over the admin API's own service (``custos.console``).
         self.console = Console(
             gateway, self.admin.service_and_directory, on_auth_failure=self.auth_failed

@@ -154,6 +154,11 @@ class TokenService:
         self.store = store
         self._key = coerce_key(token_hash_key)
 
+    @property
+    def key(self) -> bytes:
+        """The token hash key, from which the MCP credentials' key is derived."""
+        return self._key
+
     def hash(self, token: str) -> str:
         return hash_token(token, self._key)
 

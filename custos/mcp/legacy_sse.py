@@ -241,4 +241,7 @@ class LegacySseClient:
     def _auth(session: LegacySession) -> dict[str, str]:
         settings = session.settings
         token = settings.auth.token if settings.auth.type == "bearer" else session.credential
-        return {"authorization": f"Bearer {token}"} if token else {}
+        if not token:
+            return {}
+        name, value = settings.auth.header_for(token)
+        return {name: value}

@@ -21,14 +21,18 @@ from custos.config.mcp import McpServerSettings
 from custos.context import Decision
 from custos.errors import GatewayError
 from custos.mcp.catalog import SEPARATOR, McpCatalog, McpEndpoint
+from custos.mcp.credentials import per_user_credential
 from custos.mcp.sessions import McpSession, SessionCodec
 from custos.mcp.upstream import McpUpstream, McpUpstreamError, final
 from custos.policy.access import AccessDecision
 from custos.providers.transport import Transport
+from custos.state.mcp_credentials import CredentialCache, CredentialCipher
 
 if TYPE_CHECKING:
     from custos.identity.principal import Principal
     from custos.runtime import Runtime
+    from custos.state.invalidation import Invalidation
+    from custos.state.store import Store
 
 log = logging.getLogger("custos.mcp")
 
@@ -52,9 +56,24 @@ class McpGateway:
         #: (session nonce, client request id) → cancels that call.
         self.in_flight: dict[tuple[str, Any], Callable[[str | None], None]] = {}
         self._catalogs: weakref.WeakKeyDictionary[Runtime, McpCatalog] = weakref.WeakKeyDictionary()
+        #: The users' own credentials for ``auth: per_user`` servers (``open_credentials``).
+        self.credentials: CredentialCache | None = None
 
     def start(self, token_hash_key: bytes) -> None:
         self.codec = SessionCodec(token_hash_key)
+
+    async def open_credentials(
+        self, store: Store, token_hash_key: bytes, invalidation: Invalidation | None
+    ) -> None:
+        """Load the per-user credentials into memory and follow their changes."""
+        cache = CredentialCache(store, CredentialCipher(token_hash_key), invalidation)
+        await cache.start()
+        self.credentials = cache
+
+    async def close_credentials(self) -> None:
+        if self.credentials is not None:
+            await self.credentials.close()
+            self.credentials = None
 
     def catalog(self, runtime: Runtime) -> McpCatalog:
         catalog = self._catalogs.get(runtime)
@@ -73,12 +92,14 @@ class McpGateway:
             return _OUTSIDE_NARROWING
         return runtime.access.decide_tool(principal.subjects, qualified)
 
-    @staticmethod
     def credential(
-        settings: McpServerSettings, server: str, principal: Principal, token: str | None
+        self, settings: McpServerSettings, server: str, principal: Principal, token: str | None
     ) -> str | None:
         """What the gateway presents to the server for this caller (``passthrough``: the
-        caller's own IdP JWT; a gateway token never leaves the gateway)."""
+        caller's own IdP JWT, a gateway token never leaving the gateway; ``per_user``: the
+        caller's own stored credential, from memory)."""
+        if settings.auth.type == "per_user":
+            return per_user_credential(self.credentials, server, principal)
         if settings.auth.type != "passthrough":
             return None
         if not principal.token_id.startswith("jwt:") or not token:

@@ -51,7 +51,7 @@ class McpTerminal:
         call.region = settings.region
         token = ctx.token if isinstance(ctx.token, str) else None
         assert ctx.principal is not None
-        call.credential = McpGateway.credential(settings, call.server, ctx.principal, token)
+        call.credential = self.service.credential(settings, call.server, ctx.principal, token)
 
     async def call(self, ctx: RequestContext, chain: StreamCloser) -> GatewayResponse:
         call: ToolCall = ctx.mcp

@@ -60,6 +60,16 @@ _ERROR_BODY_BYTES: Final = 4096
 _IDS = itertools.count(1)
 
 
+def auth_headers(settings: McpServerSettings, credential: str | None) -> dict[str, str]:
+    """The header that authenticates the gateway to the server: the configured bearer token,
+    or the call's credential (the caller's JWT, or their own per-user credential)."""
+    token = settings.auth.token if settings.auth.type == "bearer" else credential
+    if not token:
+        return {}
+    name, value = settings.auth.header_for(token)
+    return {name: value}
+
+
 class McpUpstreamError(Exception):
     """The tool server could not be used: ``reason`` is ``unreachable``, ``timeout``,
     ``status_NNN``, ``malformed``, ``too_large`` or ``broken`` (the stream ended early)."""
@@ -284,9 +294,7 @@ class McpUpstream:
         settings = session.settings
         headers = {"mcp-session-id": session.id or "",
                    "mcp-protocol-version": session.protocol_version}  # fmt: skip
-        token = settings.auth.token if settings.auth.type == "bearer" else session.credential
-        if token:
-            headers["authorization"] = f"Bearer {token}"
+        headers.update(auth_headers(settings, session.credential))
         request = UpstreamRequest("DELETE", settings.url, headers, b"")
         wait = settings.timeouts.connect_s
         # A server that does not answer forgets the session in its own time.
@@ -311,9 +319,7 @@ class McpUpstream:
             headers["mcp-session-id"] = session.id
         if session.ready:
             headers["mcp-protocol-version"] = session.protocol_version
-        token = settings.auth.token if settings.auth.type == "bearer" else credential
-        if token:
-            headers["authorization"] = f"Bearer {token}"
+        headers.update(auth_headers(settings, credential))
         request = UpstreamRequest("POST", settings.url, headers, orjson.dumps(message))
         timeouts = settings.timeouts
         try:
