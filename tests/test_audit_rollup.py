@@ -23,12 +23,14 @@ from custos.audit.storage.store import AuditStore
 from custos.state.backends import open_store
 from custos.state.models import utcnow
 from custos.state.store import Store
-from tests.store_fixtures import (
+from tests.store_fixtures import (  # noqa: F401  (fixtures)
     DIALECTS,
     PG_URL,
     create_pg_schema,
     drop_pg_schema,
     require_pg,
+    store,
+    store_url,
     with_search_path,
 )
 from tests.test_audit_report import seeded_calls
@@ -67,9 +69,9 @@ def _record(spec: dict[str, Any]) -> SealedRecord:
 class Trial:
     """One store for every example (the rollups must agree whatever came before)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, store: Store) -> None:
-        self.loop, self.store, self.audit = loop, store, AuditStore(store)
-        self.sequencer = Sequencer(store, batch=500)
+    def __init__(self, loop: asyncio.AbstractEventLoop, opened: Store) -> None:
+        self.loop, self.store, self.audit = loop, opened, AuditStore(opened)
+        self.sequencer = Sequencer(opened, batch=500)
         self.sent: list[SealedRecord] = []
 
     async def step(self, kind: str, arg: Any) -> None:
@@ -113,11 +115,11 @@ def trial(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Trial]:
         loop.run_until_complete(require_pg())
         schema = loop.run_until_complete(create_pg_schema())
         url = with_search_path(PG_URL, schema)
-    store = loop.run_until_complete(open_store(url))
+    opened = loop.run_until_complete(open_store(url))
     try:
-        yield Trial(loop, store)
+        yield Trial(loop, opened)
     finally:
-        loop.run_until_complete(store.close())
+        loop.run_until_complete(opened.close())
         if schema is not None:
             loop.run_until_complete(drop_pg_schema(schema))
         loop.close()
@@ -135,3 +137,23 @@ def test_the_rollups_say_what_the_rows_say(trial: Trial, steps: list[tuple[str, 
             await trial.agree()
 
     trial.loop.run_until_complete(run())
+
+
+async def test_a_class_both_declared_and_detected_counts_once(store: Store) -> None:  # noqa: F811
+    """Grouped by class, a call counts once per class it carries, however many sources say
+    so; grouped by class and source, once per source."""
+    both = _record({"days_ago": 1, "team": "sales", "seed": 1,
+                    "classes": [("pii.email", "declared"), ("pii.email", "detected")]})  # fmt: skip
+    await AuditStore(store).insert([both])
+    today = utcnow().date()
+    since, until = parse_range((today - timedelta(days=3)).isoformat(), today.isoformat())
+    for rollups in (True, False):
+        split = {("pii.email", "declared"): 1, ("pii.email", "detected"): 1}
+        for grouping, expected in (("data_class", {("pii.email",): 1}),
+                                   ("data_class,data_class_source", split)):  # fmt: skip
+            report = await build_report(
+                AuditStore(store), since=since, until=until,
+                group_by=parse_group_by(grouping), rollups=rollups,
+            )  # fmt: skip
+            assert {tuple(r["group"].values()): r["requests"] for r in report.rows} == expected
+            assert report.totals["requests"] == 1
