@@ -231,7 +231,9 @@ def _rollup_query(
             return None
         return rollup.CLASSES, "r.data_class = $3 AND r.source = $4", "same"
     if not by_class:
-        return (rollup.CALLS, "TRUE", "same") if set(others) <= set(rollup.CALL_DIMS) else None
+        # The rollup with the fewest rows a day that holds every dimension asked for.
+        table = next((t for t, d in rollup.CALL_ROLLUPS.items() if set(others) <= set(d)), None)
+        return None if table is None else (table, "TRUE", "same")
     if not set(others) <= set(rollup.CLASS_DIMS):
         return None
     star = f"'{rollup.ANY_SOURCE}'"
@@ -240,7 +242,7 @@ def _rollup_query(
         if "data_class_source" in group_by
         else f"(r.source IS NULL OR r.source = {star})"
     )
-    return rollup.CLASSES, rows, rollup.CALLS
+    return rollup.CLASSES, rows, next(iter(rollup.CALL_ROLLUPS))
 
 
 async def _from_rollup(

@@ -3,6 +3,9 @@ of the raw rows when it can.
 
 - ``audit_llm_daily``: per UTC day and every value of the call's report dimensions
   (``CALL_DIMS``), how many calls, their input and output tokens and their cost.
+- ``audit_llm_daily_routes`` and ``audit_llm_daily_principals``: the same sums over fewer
+  dimensions (``ROUTE_DIMS``: no principal, status, stage or error; ``PRINCIPAL_DIMS``: team,
+  principal and outcome), so far fewer rows a day for the groupings they hold.
 - ``audit_llm_daily_classes``: per UTC day, the dimensions ``CLASS_DIMS``, a data class and a
   source: the same sums over the calls carrying that class. ``source`` is ``declared`` or
   ``detected`` (a call counts once per class and source it carries), ``*`` (once per class it
@@ -30,26 +33,37 @@ from typing import Any, Final
 from custos.state.store import Tx
 
 CALLS: Final = "audit_llm_daily"
+ROUTES: Final = "audit_llm_daily_routes"
+PRINCIPALS: Final = "audit_llm_daily_principals"
 CLASSES: Final = "audit_llm_daily_classes"
 CALL_DIMS: Final = ("team", "principal_kind", "principal_id", "operation", "requested_model",
                     "provider", "provider_name", "model", "region", "status", "outcome",
                     "stopped_at", "error_type")  # fmt: skip
-CLASS_DIMS: Final = ("team", "operation", "requested_model", "provider", "provider_name",
+ROUTE_DIMS: Final = ("team", "operation", "requested_model", "provider", "provider_name",
                      "model", "region", "outcome")  # fmt: skip
+PRINCIPAL_DIMS: Final = ("team", "principal_kind", "principal_id", "outcome")
+CLASS_DIMS: Final = ("team", "operation", "provider", "provider_name", "region", "outcome")
+#: The per-call rollups, fewest rows a day first (a report reads the first that holds its
+#: grouping), each with its dimensions; ``outcome`` is in each (served, denied, failed).
+CALL_ROLLUPS: Final = {ROUTES: ROUTE_DIMS, PRINCIPALS: PRINCIPAL_DIMS, CALLS: CALL_DIMS}
+DIMS: Final = {**CALL_ROLLUPS, CLASSES: CLASS_DIMS}
 CLASS_KEYS: Final = ("data_class", "source")
 MEASURES: Final = ("requests", "input_tokens", "output_tokens", "cost_micros")
 ANY_SOURCE: Final = "*"
 #: Columns the projection never leaves null (the others are keyed null-safely on SQLite).
 _NOT_NULL: Final = frozenset({"operation", "status", "outcome", "day"})
 
-_class_dims = operator.itemgetter(*(CALL_DIMS.index(d) for d in CLASS_DIMS))
+#: Each rollup's dimensions out of a call's ``CALL_DIMS`` values.
+_PICK: Final = {
+    table: operator.itemgetter(*(CALL_DIMS.index(d) for d in dims)) for table, dims in DIMS.items()
+}
 
 Key = tuple[Any, ...]
 Sums = list[int]
 
 
 def _key_columns(table: str) -> tuple[str, ...]:
-    return ("day", *(CALL_DIMS if table == CALLS else (*CLASS_DIMS, *CLASS_KEYS)))
+    return ("day", *DIMS[table], *(CLASS_KEYS if table == CLASSES else ()))
 
 
 def conflict_target(table: str, dialect: str) -> str:
@@ -78,34 +92,36 @@ class Deltas:
 
     def __init__(self, sign: int = 1) -> None:
         self.sign = sign
-        self.calls: dict[Key, Sums] = defaultdict(lambda: [0, 0, 0, 0])
-        self.classes: dict[Key, Sums] = defaultdict(lambda: [0, 0, 0, 0])
+        self.sums: dict[str, dict[Key, Sums]] = {
+            table: defaultdict(lambda: [0, 0, 0, 0]) for table in DIMS
+        }
 
     def add(self, day: str, dims: Sequence[Any], measures: Sequence[int],
             classes: Iterable[tuple[str, str]]) -> None:  # fmt: skip
         """One call: its day, its ``CALL_DIMS`` values, (input tokens, output tokens, cost)
         and its (class, source) pairs (repeats count once, as the projection keeps them)."""
         one = (self.sign, *(self.sign * int(m) for m in measures))
-        key = (day, *dims)
-        _plus(self.calls[key], one)
-        narrow = (day, *_class_dims(dims))
+        for table in CALL_ROLLUPS:
+            _plus(self.sums[table][(day, *_PICK[table](dims))], one)
+        narrow = (day, *_PICK[CLASSES](dims))
+        classes_sums = self.sums[CLASSES]
         pairs = set(classes)
         if not pairs:
-            _plus(self.classes[(*narrow, None, None)], one)
+            _plus(classes_sums[(*narrow, None, None)], one)
         for pair in pairs:
-            _plus(self.classes[(*narrow, *pair)], one)
+            _plus(classes_sums[(*narrow, *pair)], one)
         for name in {name for name, _ in pairs}:
-            _plus(self.classes[(*narrow, name, ANY_SOURCE)], one)
+            _plus(classes_sums[(*narrow, name, ANY_SOURCE)], one)
 
     async def apply(self, tx: Tx, dialect: str) -> None:
-        for table, sums in ((CALLS, self.calls), (CLASSES, self.classes)):
+        for table, sums in self.sums.items():
             if sums:
                 await tx.executemany(
                     upsert_sql(table, dialect), [(*key, *v) for key, v in sorted_items(sums)]
                 )
         if self.sign < 0:  # drop the sums that reached zero, on the days touched
-            days = sorted({key[0] for key in self.calls})
-            for table in (CALLS, CLASSES):
+            days = sorted({key[0] for key in self.sums[CALLS]})
+            for table in DIMS:
                 await tx.executemany(
                     f"DELETE FROM {table} WHERE day = $1 AND requests = 0", [(d,) for d in days]
                 )

@@ -185,38 +185,42 @@ def _pg_rollups() -> str:
     daily rollups (``custos.audit.storage.rollup``), grouped, in key order."""
     day = "to_char(p.time_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
     sums = "count(*), sum(p.input_tokens), sum(p.output_tokens), sum(p.cost_micros)"
-    calls = ", ".join(f"p.{d}" for d in rollup.CALL_DIMS)
-    narrow = ", ".join(f"p.{d}" for d in rollup.CLASS_DIMS)
     # Each call's classes once per (class, source), once per class as '*', or (null, null).
     keyed = (
         "(SELECT DISTINCT p.event_id, c ->> 'class' AS data_class, c ->> 'source' AS source"
         " FROM projected p JOIN calls ON calls.event_id = p.event_id"
         " CROSS JOIN LATERAL jsonb_array_elements(calls.r -> 'data_classes') AS c)"
     )
-    return (
+    ctes = [
         f" pairs AS {keyed},"
         " keyed AS (SELECT event_id, data_class, source FROM pairs"
         f" UNION ALL SELECT DISTINCT event_id, data_class, '{rollup.ANY_SOURCE}' FROM pairs"
         " UNION ALL SELECT p.event_id, NULL, NULL FROM projected p"
-        " WHERE NOT EXISTS (SELECT 1 FROM pairs WHERE pairs.event_id = p.event_id)),"
-        " daily AS ("
-        + rollup.upsert_sql(
-            rollup.CALLS,
-            "postgresql",
-            f"SELECT {day}, {calls}, {sums} FROM projected p GROUP BY {day}, {calls}"
-            f" ORDER BY {day}, {calls}",
+        " WHERE NOT EXISTS (SELECT 1 FROM pairs WHERE pairs.event_id = p.event_id))"
+    ]
+    for n, (table, dims) in enumerate(rollup.CALL_ROLLUPS.items()):
+        keys = ", ".join([day, *(f"p.{d}" for d in dims)])
+        ctes.append(
+            f" rolled{n} AS ("
+            + rollup.upsert_sql(
+                table,
+                "postgresql",
+                f"SELECT {keys}, {sums} FROM projected p GROUP BY {keys} ORDER BY {keys}",
+            )
+            + ")"
         )
-        + "), daily_classes AS ("
+    keys = ", ".join([day, *(f"p.{d}" for d in rollup.CLASS_DIMS), "k.data_class", "k.source"])
+    ctes.append(
+        " rolled_classes AS ("
         + rollup.upsert_sql(
             rollup.CLASSES,
             "postgresql",
-            f"SELECT {day}, {narrow}, k.data_class, k.source, {sums}"
-            " FROM keyed k JOIN projected p ON p.event_id = k.event_id"
-            f" GROUP BY {day}, {narrow}, k.data_class, k.source"
-            f" ORDER BY {day}, {narrow}, k.data_class, k.source",
+            f"SELECT {keys}, {sums} FROM keyed k JOIN projected p ON p.event_id = k.event_id"
+            f" GROUP BY {keys} ORDER BY {keys}",
         )
         + ")"
     )
+    return ",".join(ctes)
 
 
 _PG_ROLLUPS: Final = _pg_rollups()
