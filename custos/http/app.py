@@ -117,6 +117,7 @@ class GatewayApp:
             return
         if path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
             await self.console(scope, receive, send)
+            return
         if path.startswith(MCP_PREFIX):
             await self.mcp(scope, receive, send)
             return
