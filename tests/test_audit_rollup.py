@@ -21,6 +21,7 @@ from custos.audit.log.sequencer import Sequencer
 from custos.audit.records.record import SealedRecord, rfc3339_ms, seal, unix_ms
 from custos.audit.storage.store import AuditStore
 from custos.state.backends import open_store
+from custos.state.migrations import m0009_audit_rollups
 from custos.state.models import utcnow
 from custos.state.store import Store
 from tests.store_fixtures import (  # noqa: F401  (fixtures)
@@ -157,3 +158,34 @@ async def test_a_class_both_declared_and_detected_counts_once(store: Store) -> N
             )  # fmt: skip
             assert {tuple(r["group"].values()): r["requests"] for r in report.rows} == expected
             assert report.totals["requests"] == 1
+
+
+async def test_the_migration_fills_the_rollups_as_the_inserts_do(store: Store) -> None:  # noqa: F811
+    """Migration 0009's backfill, run over the stored calls, makes the very rows the insert
+    path made call by call."""
+    specs = [{"days_ago": n / 7, "team": [None, "0", "sales"][n % 3], "seed": n,
+              "classes": [("pii.email", "declared"), ("pii.email", "detected"),
+                          ("customer_data", "declared")][: n % 4]}
+             for n in range(60)]  # fmt: skip
+    await AuditStore(store).insert([_record(s) for s in specs])
+    tables = ("audit_llm_daily", "audit_llm_daily_routes", "audit_llm_daily_principals",
+              "audit_llm_daily_classes")  # fmt: skip
+
+    async def contents() -> list[list[tuple[Any, ...]]]:
+        async with store.transaction(readonly=True) as tx:
+            rows = [await tx.fetch(f"SELECT * FROM {t}") for t in tables]
+        return [sorted((tuple(map(str, r.values())) for r in t), key=str) for t in rows]
+
+    made = await contents()
+    assert all(made)
+    script = (
+        m0009_audit_rollups.SQLITE if store.dialect == "sqlite" else m0009_audit_rollups.POSTGRESQL
+    )
+    fills = [s for s in script.split(";\n") if s.strip().startswith("INSERT")]
+    assert len(fills) == len(tables)
+    async with store.transaction() as tx:
+        for table in tables:
+            await tx.execute(f"DELETE FROM {table}")
+        for fill in fills:
+            await tx.execute(fill)
+    assert await contents() == made
