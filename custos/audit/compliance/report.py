@@ -2,7 +2,9 @@
 
 It answers "which teams sent customer data to which providers last quarter" with
 ``group_by=["team", "provider"]``, ``data_class="customer_data"``. It reads the projection
-tables only (never parsing records), so it is one indexed query per report.
+tables only (never parsing records), so it is one indexed query per report; over whole UTC
+days it sums the daily rollups (``custos.audit.storage.rollup``) instead when one holds the
+grouping and the filter, with the same result.
 
 Contracts:
 
@@ -13,9 +15,11 @@ Contracts:
   (``declared``: the caller said so in its metadata; ``detected``: the gateway found it in the
   content), only calls that carry it from that source. ``source`` alone: calls carrying any
   class from that source.
-- Grouping by ``data_class`` puts a call in the row of each class it carries (and calls with no
-  class in the row whose ``data_class`` is null), so those rows can add up to more than the
-  totals. ``totals`` is always computed from the calls themselves, never by adding rows.
+- Grouping by ``data_class`` puts a call in the row of each class it carries, once per class
+  whatever its sources (and calls with no class in the row whose ``data_class`` is null), so
+  those rows can add up to more than the totals; grouping by ``data_class_source`` too, once
+  per class and source. ``totals`` is always computed from the calls themselves, never by
+  adding rows.
 """
 
 from __future__ import annotations
