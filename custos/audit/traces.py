@@ -90,14 +90,20 @@ class Trace:
 
 def _scope(p: Principal, args: list[Any]) -> str:
     """The SQL condition limiting rows to what ``p`` may read ("" for readers of everything)."""
+    parts = _scope_parts(p, args)
+    return "(" + " OR ".join(parts) + ")" if parts else ""
+
+
+def _scope_parts(p: Principal, args: list[Any]) -> list[str]:
+    """What ``p`` may read as conditions of which a row must meet one (none: everything)."""
     if rights.reads_all(p):
-        return ""
+        return []
     args.append(p.id)
     parts = [f"c.principal_id = ${len(args)}"]
     for team in sorted(rights.managed_teams(p)):
         args.append(team)
         parts.append(f"c.team = ${len(args)}")
-    return "(" + " OR ".join(parts) + ")"
+    return parts
 
 
 async def _principal_ids(svc: AdminService, f: TraceFilter) -> list[str]:
@@ -116,12 +122,13 @@ async def _principal_ids(svc: AdminService, f: TraceFilter) -> list[str]:
     return ids
 
 
-async def _where(svc: AdminService, p: Principal, f: TraceFilter) -> tuple[str, list[Any]]:
+async def _where(
+    svc: AdminService, p: Principal, f: TraceFilter
+) -> tuple[list[str], list[str], list[Any]]:
+    """The filter's conditions, the caller's scope (``_scope_parts``) and their arguments."""
     args: list[Any] = []
-    conds = []
-    scope = _scope(p, args)
-    if scope:
-        conds.append(scope)
+    conds: list[str] = []
+    scope = _scope_parts(p, args)
     if f.since is not None or f.until is not None:
         try:
             since, until = parse_range(f.since or "1970-01-01", f.until or "9999-12-30")
@@ -162,7 +169,26 @@ async def _where(svc: AdminService, p: Principal, f: TraceFilter) -> tuple[str, 
         conds.append(
             f"(c.time_start < ${n - 2} OR (c.time_start = ${n - 1} AND c.event_id < ${n}))"
         )
-    return (" WHERE " + " AND ".join(conds)) if conds else "", args
+    return conds, scope, args
+
+
+def _newest(conds: list[str], scope: list[str], limit: str) -> str:
+    """The newest rows meeting ``conds`` and one of ``scope``. With several scope conditions
+    (a team manager's own calls and their teams'), each one's newest rows are read apart, in
+    its own index's order, then merged: an ``OR`` would read every row of the teams and sort
+    them all, for a page of 50."""
+    order = "ORDER BY c.time_start DESC, c.event_id DESC"
+
+    def one(extra: list[str]) -> str:
+        where = " AND ".join(conds + extra)
+        return f"SELECT {_COLUMNS} FROM audit_llm_calls c{' WHERE ' + where if where else ''}" + (
+            f" {order} LIMIT {limit}"
+        )
+
+    if len(scope) <= 1:
+        return one(scope)
+    merged = " UNION ".join(f"SELECT * FROM ({one([part])}) b{i}" for i, part in enumerate(scope))
+    return f"SELECT * FROM ({merged}) u ORDER BY time_start DESC, event_id DESC LIMIT {limit}"
 
 
 def _time(value: Any) -> datetime:
@@ -175,14 +201,11 @@ async def search(
     """One page of the traces ``p`` may read that match ``f``, newest first."""
     if f.guardrail is not None and f.guardrail not in GUARDRAIL_OUTCOMES:
         raise BadInput(f"guardrail must be one of {', '.join(GUARDRAIL_OUTCOMES)}", "guardrail")
-    where, args = await _where(svc, p, f)
+    conds, scope, args = await _where(svc, p, f)
     store = AuditStore(svc.store)
     want = limit if f.guardrail is None else GUARDRAIL_SCAN
     args.append(want + 1)
-    sql = (
-        f"SELECT {_COLUMNS} FROM audit_llm_calls c{where}"
-        f" ORDER BY c.time_start DESC, c.event_id DESC LIMIT ${len(args)}"
-    )
+    sql = _newest(conds, scope, f"${len(args)}")
     rows = [dict(r) for r in await store.fetch(sql, *args)]
     capped = False
     if f.guardrail is None:

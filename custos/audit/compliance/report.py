@@ -2,7 +2,9 @@
 
 It answers "which teams sent customer data to which providers last quarter" with
 ``group_by=["team", "provider"]``, ``data_class="customer_data"``. It reads the projection
-tables only (never parsing records), so it is one indexed query per report.
+tables only (never parsing records), so it is one indexed query per report; over whole UTC
+days it sums the daily rollups (``custos.audit.storage.rollup``) instead when one holds the
+grouping and the filter, with the same result.
 
 Contracts:
 
@@ -13,9 +15,11 @@ Contracts:
   (``declared``: the caller said so in its metadata; ``detected``: the gateway found it in the
   content), only calls that carry it from that source. ``source`` alone: calls carrying any
   class from that source.
-- Grouping by ``data_class`` puts a call in the row of each class it carries (and calls with no
-  class in the row whose ``data_class`` is null), so those rows can add up to more than the
-  totals. ``totals`` is always computed from the calls themselves, never by adding rows.
+- Grouping by ``data_class`` puts a call in the row of each class it carries, once per class
+  whatever its sources (and calls with no class in the row whose ``data_class`` is null), so
+  those rows can add up to more than the totals; grouping by ``data_class_source`` too, once
+  per class and source. ``totals`` is always computed from the calls themselves, never by
+  adding rows.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from custos.audit.storage import rollup
 from custos.audit.storage.store import AuditStore
 
 #: Report dimension → its SQL expression over ``audit_llm_calls c`` (and ``d``, the classes).
@@ -59,6 +64,26 @@ _MEASURES_SQL = """count(*) AS requests,
     CAST(COALESCE(sum(c.input_tokens), 0) AS BIGINT) AS input_tokens,
     CAST(COALESCE(sum(c.output_tokens), 0) AS BIGINT) AS output_tokens,
     CAST(COALESCE(sum(c.cost_micros), 0) AS BIGINT) AS cost_micros"""
+
+
+#: The same measures over a rollup ``r`` (its rows are sums already).
+_ROLLUP_SUMS = """CAST(COALESCE(sum(r.requests), 0) AS BIGINT) AS requests,
+    CAST(COALESCE(sum(CASE WHEN r.outcome = 'served' THEN r.requests ELSE 0 END), 0) AS BIGINT)
+         AS served,
+    CAST(COALESCE(sum(CASE WHEN r.outcome = 'denied' THEN r.requests ELSE 0 END), 0) AS BIGINT)
+         AS denied,
+    CAST(COALESCE(sum(CASE WHEN r.outcome NOT IN ('served', 'denied') THEN r.requests ELSE 0
+         END), 0) AS BIGINT) AS failed,
+    CAST(COALESCE(sum(r.input_tokens), 0) AS BIGINT) AS input_tokens,
+    CAST(COALESCE(sum(r.output_tokens), 0) AS BIGINT) AS output_tokens,
+    CAST(COALESCE(sum(r.cost_micros), 0) AS BIGINT) AS cost_micros"""
+#: The time units over a rollup's ``day`` text (``YYYY-MM-DD``), the same text on both
+#: dialects as ``Store.time_bucket`` makes from a time.
+_DAY_BUCKETS = {
+    "day": "r.day",
+    "month": "substr(r.day, 1, 7)",
+    "quarter": "substr(r.day, 1, 4) || '-Q' || ((CAST(substr(r.day, 6, 2) AS INTEGER) + 2) / 3)",
+}
 
 
 class ReportError(ValueError):
@@ -119,7 +144,15 @@ async def build_report(
     group_by: tuple[str, ...],
     data_class: str | None = None,
     source: str | None = None,
+    rollups: bool = True,
 ) -> Report:
+    """The report; from the daily rollups where they can answer it (``rollups=False``: from
+    the projection's rows always, which must give the same report)."""
+    summed = (
+        await _from_rollup(store, since, until, group_by, data_class, source) if rollups else None
+    )
+    if summed is not None:
+        return summed
     bucket = store.store.time_bucket
     columns = {**_COLUMNS, **{unit: bucket("c.time_start", unit) for unit in _TIME_UNITS}}
     args: list[Any] = [since, until]
@@ -136,8 +169,11 @@ async def build_report(
         )
     join = ""
     if "data_class" in group_by or "data_class_source" in group_by:
+        # A call counts once per class it carries; once per class and source only when the
+        # rows are split by source (a class both declared and detected is one class).
+        source_column = ", source" if "data_class_source" in group_by else ""
         join = (
-            " LEFT JOIN (SELECT DISTINCT event_id, data_class, source"
+            f" LEFT JOIN (SELECT DISTINCT event_id, data_class{source_column}"
             " FROM audit_llm_call_data_classes"
             " WHERE time_start >= $1 AND time_start < $2) d ON d.event_id = c.event_id"
         )
@@ -150,6 +186,18 @@ async def build_report(
     rows = await store.fetch(sql, *args)
     totals_rows = await store.fetch(f"SELECT {_MEASURES_SQL} FROM audit_llm_calls c WHERE {where}",
                                     *args)  # fmt: skip
+    return _report(since, until, group_by, data_class, source, rows, totals_rows[0])
+
+
+def _report(
+    since: datetime,
+    until: datetime,
+    group_by: tuple[str, ...],
+    data_class: str | None,
+    source: str | None,
+    rows: list[dict[str, Any]],
+    totals_row: dict[str, Any],
+) -> Report:
     out = [
         {
             "group": {name: row[f"g{i}"] for i, name in enumerate(group_by)},
@@ -159,8 +207,84 @@ async def build_report(
         if int(row["requests"]) > 0
     ]
     out.sort(key=lambda r: [(v is None, str(v)) for v in r["group"].values()])
-    totals = {m: int(totals_rows[0][m]) for m in MEASURES}
+    totals = {m: int(totals_row[m]) for m in MEASURES}
     return Report(since, until, group_by, data_class, out, totals=totals, source=source)
+
+
+def _whole_days(since: datetime, until: datetime) -> tuple[str, str] | None:
+    """``[since, until)`` as ``[first day, day after the last)``, when both are UTC midnights."""
+    edges = [moment.astimezone(UTC) for moment in (since, until)]
+    if any(moment.time() != time(0) for moment in edges):
+        return None
+    return edges[0].date().isoformat(), edges[1].date().isoformat()
+
+
+def _rollup_query(
+    group_by: tuple[str, ...], data_class: str | None, source: str | None
+) -> tuple[str, str, str] | None:
+    """Which rollup answers this report, if one can: (rows table, rows condition, totals
+    table+condition). The rollup rows (``custos.audit.storage.rollup``) count exactly what the
+    raw query counts: per class for ``data_class`` (source ``*``), per class and source for
+    ``data_class_source``, the calls carrying a class (and source) for the filters."""
+    by_class = {"data_class", "data_class_source"} & set(group_by)
+    others = [_COLUMNS[g][2:] for g in group_by if g not in by_class and g not in _TIME_UNITS]
+    if source is not None and data_class is None:
+        return None  # calls carrying any class from a source: one row per class, not per call
+    if data_class is not None:
+        if by_class or not set(others) <= set(rollup.CLASS_DIMS):
+            return None
+        return rollup.CLASSES, "r.data_class = $3 AND r.source = $4", "same"
+    if not by_class:
+        # The rollup with the fewest rows a day that holds every dimension asked for.
+        table = next((t for t, d in rollup.CALL_ROLLUPS.items() if set(others) <= set(d)), None)
+        return None if table is None else (table, "TRUE", "same")
+    if not set(others) <= set(rollup.CLASS_DIMS):
+        return None
+    star = f"'{rollup.ANY_SOURCE}'"
+    rows = (
+        f"(r.source IS NULL OR r.source <> {star})"
+        if "data_class_source" in group_by
+        else f"(r.source IS NULL OR r.source = {star})"
+    )
+    return rollup.CLASSES, rows, next(iter(rollup.CALL_ROLLUPS))
+
+
+async def _from_rollup(
+    store: AuditStore,
+    since: datetime,
+    until: datetime,
+    group_by: tuple[str, ...],
+    data_class: str | None,
+    source: str | None,
+) -> Report | None:
+    """The report summed from the daily rollups, or ``None`` when they cannot answer it (a
+    range not in whole days, a grouping or filter they do not hold)."""
+    days = _whole_days(since, until)
+    plan = _rollup_query(group_by, data_class, source)
+    if days is None or plan is None:
+        return None
+    table, condition, totals_table = plan
+    args: list[Any] = [*days]
+    if data_class is not None:
+        args += [data_class, source or rollup.ANY_SOURCE]
+    # Every dimension is the rollup column of the same name (``c.x`` → ``r.x``).
+    names = {**{n: f"r.{e[2:]}" for n, e in _COLUMNS.items()}, "data_class_source": "r.source",
+             **_DAY_BUCKETS}  # fmt: skip
+    select = ", ".join(f"{names[name]} AS g{i}" for i, name in enumerate(group_by))
+    where = f"r.day >= $1 AND r.day < $2 AND {condition}"
+    sql = f"SELECT {select + ', ' if select else ''}{_ROLLUP_SUMS} FROM {table} r WHERE {where}"
+    if group_by:
+        sql += " GROUP BY " + ", ".join(f"g{i}" for i in range(len(group_by)))
+    rows = await store.fetch(sql, *args)
+    if totals_table == "same":
+        totals_rows = await store.fetch(f"SELECT {_ROLLUP_SUMS} FROM {table} r WHERE {where}",
+                                        *args)  # fmt: skip
+    else:
+        totals_rows = await store.fetch(
+            f"SELECT {_ROLLUP_SUMS} FROM {totals_table} r WHERE r.day >= $1 AND r.day < $2",
+            *days,
+        )
+    return _report(since, until, group_by, data_class, source, rows, totals_rows[0])
 
 
 def usd(micros: int) -> str:

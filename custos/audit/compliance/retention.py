@@ -4,7 +4,8 @@
 ``audit.retention_days`` and that are already sequenced, and in one transaction per batch:
 
 - empties their bodies (``audit_events.record`` becomes zero bytes) and deletes their query rows
-  (``audit_llm_calls``, ``audit_llm_call_data_classes``);
+  (``audit_llm_calls``, ``audit_llm_call_data_classes``), taking them out of the daily rollups
+  (``custos.audit.storage.rollup``) first;
 - keeps everything the tree is made of: the ``audit_events`` row with its leaf hash,
   ``audit_leaves`` and ``audit_merkle_nodes``, so every root and every checkpoint, stored or
   exported, still verifies;
@@ -46,6 +47,7 @@ from typing import Any, Final
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.records import events
 from custos.audit.records.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
+from custos.audit.storage import rollup
 from custos.audit.storage.store import insert_in
 from custos.config.audit import AuditSettings
 from custos.state.errors import Conflict, Invalid, NotFound
@@ -292,6 +294,7 @@ async def _empty(tx: Tx, event_ids: list[str]) -> None:
             "UPDATE audit_events SET record = $2 WHERE event_id = $1",
             [(event_id, b"") for (event_id,) in ids],
         )
+        await rollup.subtract_calls(tx, event_ids)
         await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
         await tx.executemany("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids)
 

@@ -34,6 +34,7 @@ import orjson
 
 from custos.audit.log.sequencer import append_leaves
 from custos.audit.records.record import LLM_CALL, SealedRecord, rfc3339_ms, utc_second
+from custos.audit.storage import rollup
 from custos.audit.storage.content_store import insert_attachments
 from custos.state.errors import Conflict, Invalid
 from custos.state.models import utcnow
@@ -114,6 +115,10 @@ _SQLITE_INSERT_CLASS = (
 )
 #: The projected fields of a record, in column order, read in one C call.
 _call_values = operator.itemgetter(*(key for _, key, _ in _LLM_FIELDS))
+#: The rollup's dimensions (``rollup.CALL_DIMS``) out of ``_call_values``.
+_rollup_dims = operator.itemgetter(
+    *(next(i for i, (c, _, _) in enumerate(_LLM_FIELDS) if c == dim) for dim in rollup.CALL_DIMS)
+)
 
 # PostgreSQL: one statement inserts the batch. Its columns arrive either as arrays, one value
 # per record, or (``_pg_joined``) each as one value: the ids, types and times one per line, the
@@ -166,13 +171,59 @@ def _pg_insert_with_calls(source: str) -> str:
         f" projected AS (INSERT INTO audit_llm_calls ({_LLM_COLUMNS})"
         " SELECT event_id, at, (r ->> 'time_end')::timestamptz, "
         + ", ".join(f"(r ->> '{key}'){cast}" for _, key, cast in _LLM_FIELDS)
-        + " FROM calls ON CONFLICT (event_id) DO NOTHING)"
+        + f" FROM calls ON CONFLICT (event_id) DO NOTHING RETURNING *),{_PG_ROLLUPS}"
         f" INSERT INTO audit_llm_call_data_classes ({_CLASS_COLUMNS})"
         " SELECT calls.event_id, c ->> 'class', c ->> 'source', (c ->> 'count')::bigint,"
         " calls.at FROM calls"
         " CROSS JOIN LATERAL jsonb_array_elements(calls.r -> 'data_classes') AS c"
         " ON CONFLICT DO NOTHING"
     )
+
+
+def _pg_rollups() -> str:
+    """CTEs adding the projection rows the statement really inserted (``projected``) to the
+    daily rollups (``custos.audit.storage.rollup``), grouped, in key order."""
+    day = "to_char(p.time_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    sums = "count(*), sum(p.input_tokens), sum(p.output_tokens), sum(p.cost_micros)"
+    # Each call's classes once per (class, source), once per class as '*', or (null, null).
+    keyed = (
+        "(SELECT DISTINCT p.event_id, c ->> 'class' AS data_class, c ->> 'source' AS source"
+        " FROM projected p JOIN calls ON calls.event_id = p.event_id"
+        " CROSS JOIN LATERAL jsonb_array_elements(calls.r -> 'data_classes') AS c)"
+    )
+    ctes = [
+        f" pairs AS {keyed},"
+        " keyed AS (SELECT event_id, data_class, source FROM pairs"
+        f" UNION ALL SELECT DISTINCT event_id, data_class, '{rollup.ANY_SOURCE}' FROM pairs"
+        " UNION ALL SELECT p.event_id, NULL, NULL FROM projected p"
+        " WHERE NOT EXISTS (SELECT 1 FROM pairs WHERE pairs.event_id = p.event_id))"
+    ]
+    for n, (table, dims) in enumerate(rollup.CALL_ROLLUPS.items()):
+        keys = ", ".join([day, *(f"p.{d}" for d in dims)])
+        ctes.append(
+            f" rolled{n} AS ("
+            + rollup.upsert_sql(
+                table,
+                "postgresql",
+                f"SELECT {keys}, {sums} FROM projected p GROUP BY {keys} ORDER BY {keys}",
+            )
+            + ")"
+        )
+    keys = ", ".join([day, *(f"p.{d}" for d in rollup.CLASS_DIMS), "k.data_class", "k.source"])
+    ctes.append(
+        " rolled_classes AS ("
+        + rollup.upsert_sql(
+            rollup.CLASSES,
+            "postgresql",
+            f"SELECT {keys}, {sums} FROM keyed k JOIN projected p ON p.event_id = k.event_id"
+            f" GROUP BY {keys} ORDER BY {keys}",
+        )
+        + ")"
+    )
+    return ",".join(ctes)
+
+
+_PG_ROLLUPS: Final = _pg_rollups()
 
 
 #: (joined, with llm.call records) → the statement.
@@ -364,37 +415,60 @@ async def _insert_sqlite(tx: Tx, records: Sequence[SealedRecord]) -> None:
         [(r.event_id, r.event_type, start, r.body, r.leaf_hash, now)
          for r, start in zip(records, starts, strict=True)],
     )  # fmt: skip
-    calls = [(r, start) for r, start in zip(records, starts, strict=True)
-             if r.event_type == LLM_CALL]  # fmt: skip
-    if calls:
-        # time_end is time_start + latency_ms, as the record's own time_end says.
-        await tx.executemany(
-            _SQLITE_INSERT_CALL,
-            [
-                (r.event_id, start,
-                 _sqlite_time(r.at_ms + r.fields["latency_ms"]),
-                 *_call_values(r.fields))
-                for r, start in calls
-            ],
-        )  # fmt: skip
-        classes = [
-            (r.event_id, c["class"], c["source"], c["count"], start)
-            for r, start in calls
-            for c in r.fields["data_classes"]
-        ]
-        if classes:
-            await tx.executemany(_SQLITE_INSERT_CLASS, classes)
     if inserted == len(records):  # every record is new: they were added in this order
-        await append_leaves(tx, [(r.event_id, r.leaf_hash) for r in records])
-        return
-    # Some were stored already (a replay: ON CONFLICT skipped them). Each row added took the
-    # largest row id plus one, so the rows this transaction added are the ``inserted`` largest.
-    added = await tx.fetch(
+        added = list(zip(records, starts, strict=True))
+    else:
+        added = await _added_sqlite(tx, records, starts, inserted)
+    # Only the records this transaction added get projection rows (as on PostgreSQL): a
+    # record replayed after the purge emptied it must not come back into the reports.
+    calls = [(r, start) for r, start in added if r.event_type == LLM_CALL]
+    if calls:
+        await _project_sqlite(tx, calls)
+    if added:
+        await append_leaves(tx, [(r.event_id, r.leaf_hash) for r, _ in added])
+
+
+async def _added_sqlite(
+    tx: Tx, records: Sequence[SealedRecord], starts: list[str], inserted: int
+) -> list[tuple[SealedRecord, str]]:
+    """The records (with their start text) the event insert really added, in order, when some
+    were stored already (a replay: ON CONFLICT skipped them). Each row added took the largest
+    row id plus one, so the rows this transaction added are the ``inserted`` largest."""
+    if not inserted:
+        return []
+    rows = await tx.fetch(
         "SELECT event_id FROM audit_events ORDER BY ingest_id DESC LIMIT $1", inserted
     )
-    if added:
-        leaf_of = {r.event_id: r.leaf_hash for r in records}
-        await append_leaves(tx, [(a["event_id"], leaf_of[a["event_id"]]) for a in reversed(added)])
+    first = {}
+    for r, start in zip(records, starts, strict=True):
+        first.setdefault(r.event_id, (r, start))  # a repeat within the batch was skipped
+    return [first[row["event_id"]] for row in reversed(rows)]
+
+
+async def _project_sqlite(tx: Tx, calls: list[tuple[SealedRecord, str]]) -> None:
+    """The projection rows of newly added ``llm.call`` records, and their rollup sums."""
+    deltas = rollup.Deltas()
+    rows = []
+    for r, start in calls:
+        f = r.fields
+        values = _call_values(f)
+        rows.append((r.event_id, start, _sqlite_time(r.at_ms + f["latency_ms"]), *values))
+        deltas.add(
+            start[:10],
+            _rollup_dims(values),
+            (f["gen_ai.usage.input_tokens"], f["gen_ai.usage.output_tokens"], f["cost_micros"]),
+            [(c["class"], c["source"]) for c in f["data_classes"]],
+        )
+    # time_end is time_start + latency_ms, as the record's own time_end says.
+    await tx.executemany(_SQLITE_INSERT_CALL, rows)
+    classes = [
+        (r.event_id, c["class"], c["source"], c["count"], start)
+        for r, start in calls
+        for c in r.fields["data_classes"]
+    ]
+    if classes:
+        await tx.executemany(_SQLITE_INSERT_CLASS, classes)
+    await deltas.apply(tx, "sqlite")
 
 
 async def _insert_postgresql(tx: Tx, records: Sequence[SealedRecord]) -> None:
