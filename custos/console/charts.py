@@ -7,6 +7,7 @@ total in ``data-total``, which is what the tests compare with the report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from markupsafe import Markup, escape
@@ -14,6 +15,8 @@ from markupsafe import Markup, escape
 WIDTH = 720
 HEIGHT = 220
 _PAD_LEFT, _PAD_BOTTOM, _PAD_TOP = 8, 40, 16
+#: The width of a tick label's character in the chart's units (the tick font is small).
+_CHAR_PX = 7
 
 
 def bars(
@@ -32,7 +35,10 @@ def bars(
         f'<line class="axis" x1="{_PAD_LEFT}" y1="{HEIGHT - _PAD_BOTTOM}" x2="{WIDTH - _PAD_LEFT}"'
         f' y2="{HEIGHT - _PAD_BOTTOM}"/>',
     ]
-    every = max(1, n // 12)
+    # Label every bar only while the labels fit: a 30-day chart labels every fourth day.
+    widest = max((len(_short(name)) for name, _ in points), default=1)
+    room = (WIDTH - _PAD_LEFT * 2) / (widest * _CHAR_PX + 12)
+    every = max(1, math.ceil(n / max(room, 1)))
     for i, (name, value) in enumerate(points):
         h = plot_h * value / top
         x = _PAD_LEFT + i * step + (step - width) / 2
