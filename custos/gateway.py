@@ -26,7 +26,7 @@ from custos.chain.chain import PREPARE_TERMINAL
 from custos.config.loader import LoadedConfig, load_config
 from custos.config.watch import ConfigWatcher, ReloadResult
 from custos.guardrails.detectors import data_class_detector
-from custos.guardrails.rules import compile_guardrails
+from custos.guardrails.rules import Guardrail, compile_guardrails
 from custos.guardrails.stages import ClassifyContent, InputGuardrails, OutputGuardrails
 from custos.guardrails.webhook import WebhookCheck
 from custos.identity.directory import Directory
@@ -97,6 +97,7 @@ class Gateway:
             self.terminal.health = self.shared_health
         self._chain: GovernanceChain | None = None
         self._chain_of: Runtime | None = None
+        self._guardrails_of: tuple[Runtime, tuple[Guardrail, ...]] | None = None
         self.ready = False
         self._watcher: ConfigWatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,45 +127,46 @@ class Gateway:
     def build_mcp_chain(self, runtime: Runtime) -> list[object]:
         """A tool call's stages: the model route's, with tool access, rate limits of unit
         ``tool_calls_per_*`` and the two MCP hooks (budgets do not count tool calls)."""
-        config = runtime.config
-        stages: list[object] = []
-        if self.audit is not None:
-            stages.append(self.audit)
-        stages += [self.authenticate, READ_REQUEST, Identify()]
-        if config.data_classes:
-            detectors = {n: data_class_detector(c) for n, c in config.data_classes.items()}
-            stages.append(ClassifyContent(detectors))
-        guardrails = compile_guardrails(
-            config.guardrails, webhooks=lambda rule: WebhookCheck(rule, self.transport)
-        )
-        stages += [AuthorizeTool(), PREPARE_TERMINAL]
+        stages = [*self._front_stages(runtime), AuthorizeTool(), PREPARE_TERMINAL]
         if any(r.unit == "tool_calls" for r in runtime.limits.rate_limits):
             stages.append(self.limiter)
+        guardrails = self._guardrails(runtime)
         return [*stages, ToolPreInvoke(guardrails), ToolPostInvoke(guardrails)]
 
     def build_chain(self, runtime: Runtime) -> list[object]:
         """The stages ``runtime`` switches on, in order (``custos.chain``)."""
-        config = runtime.config
-        stages: list[object] = []
-        if self.audit is not None:
-            stages.append(self.audit)
-        stages += [self.authenticate, READ_REQUEST, Identify()]
-        if config.data_classes:
-            detectors = {n: data_class_detector(c) for n, c in config.data_classes.items()}
-            stages.append(ClassifyContent(detectors))
-        stages += [Authorize(), PREPARE_TERMINAL]
+        stages = [*self._front_stages(runtime), Authorize(), PREPARE_TERMINAL]
         if runtime.limits.active:
             stages.append(self.limiter)
-        guardrails = compile_guardrails(
-            config.guardrails,
-            webhooks=lambda rule: WebhookCheck(rule, self.transport),
-            transport=self.transport,
-        )
+        guardrails = self._guardrails(runtime)
         if any(g.hook == "llm_input" for g in guardrails):
             stages.append(InputGuardrails(guardrails))
         if any(g.hook == "llm_output" for g in guardrails):
             stages.append(OutputGuardrails(guardrails))
         return stages
+
+    def _front_stages(self, runtime: Runtime) -> list[object]:
+        """What every chain starts with: the audit trail, the caller, the request, who it is
+        and the data classes its content carries."""
+        stages: list[object] = []
+        if self.audit is not None:
+            stages.append(self.audit)
+        stages += [self.authenticate, READ_REQUEST, Identify()]
+        classes = runtime.config.data_classes
+        if classes:
+            stages.append(ClassifyContent({n: data_class_detector(c) for n, c in classes.items()}))
+        return stages
+
+    def _guardrails(self, runtime: Runtime) -> tuple[Guardrail, ...]:
+        """The revision's guardrails, compiled once for both chains (policies, detectors)."""
+        if self._guardrails_of is None or self._guardrails_of[0] is not runtime:
+            compiled = compile_guardrails(
+                runtime.config.guardrails,
+                webhooks=lambda rule: WebhookCheck(rule, self.transport),
+                transport=self.transport,
+            )
+            self._guardrails_of = (runtime, compiled)
+        return self._guardrails_of[1]
 
     @classmethod
     def from_file(cls, path: str | Path, *, watch: bool = True) -> Gateway:

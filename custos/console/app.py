@@ -40,6 +40,7 @@ from custos.errors import GatewayError
 from custos.gateway import Gateway
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal
+from custos.paths import match_segments
 from custos.state.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger("custos.console")
@@ -60,17 +61,7 @@ class Route:
     page: Page
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
-        if len(parts) != len(self.segments):
-            return None
-        params = {}
-        for want, got in zip(self.segments, parts, strict=True):
-            if want.startswith("{"):
-                if not got:
-                    return None
-                params[want[1:-1]] = got
-            elif want != got:
-                return None
-        return params
+        return match_segments(self.segments, parts)
 
 
 def _route(method: str, path: str, page: Page) -> Route:

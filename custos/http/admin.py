@@ -37,6 +37,7 @@ from custos.http.requests import ClientGone, bearer, read_body, with_credential
 from custos.identity.directory import Directory
 from custos.identity.principal import AuthFailure, Principal
 from custos.identity.tokens import TokenService
+from custos.paths import match_segments
 from custos.state.counters import CountersUnavailable
 from custos.state.errors import Conflict, Invalid, NotFound
 from custos.state.store import Store
@@ -79,17 +80,7 @@ class AdminRoute:
     segments: tuple[str, ...]
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
-        if len(parts) != len(self.segments):
-            return None
-        params: dict[str, str] = {}
-        for want, got in zip(self.segments, parts, strict=True):
-            if want.startswith("{"):
-                if not got:
-                    return None
-                params[want[1:-1]] = got
-            elif want != got:
-                return None
-        return params
+        return match_segments(self.segments, parts)
 
 
 async def _read_your_writes(directory: Directory, result: BaseModel) -> None:

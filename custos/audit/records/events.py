@@ -137,7 +137,6 @@ def llm_call(
     """The ``llm.call`` record of a settled request, and its ``time_start`` in Unix ms.
     ``ended_ns``: when the request was settled (``time.monotonic_ns``)."""
     runtime = ctx.runtime
-    principal = ctx.principal
     served = ctx.served
     usage = ctx.usage or _NO_USAGE
     start_ms = ctx.started_unix_ms
@@ -150,8 +149,6 @@ def llm_call(
         provider_type = settings.type if settings is not None else None
         account, model = served.account, served.model
         upstream_model, region = served.upstream_model, served.region
-    kind = principal_id = token_id = None
-    teams: list[str] = []
     # What the budget and rate-limit stages charged at admission (their decisions' input).
     estimated_in = estimated_out = reserved = None
     metering = ctx.limits
@@ -159,31 +156,13 @@ def llm_call(
         estimated_in = metering.estimated_input_tokens
         estimated_out = metering.estimated_output_tokens
         reserved = metering.reserved_micros
-    if principal is not None:
-        kind, principal_id, token_id = principal.kind, principal.id, principal.token_id
-        teams = list(principal.teams)
     body = ctx.body
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if max_tokens is None:
         max_tokens = body.get("max_output_tokens")
     record: dict[str, Any] = {
         "event_type": LLM_CALL,
-        "request_id": ctx.request_id,
-        "time_start": rfc3339_ms(start_ms),
-        "time_end": rfc3339_ms(start_ms + latency_ms),
-        "gateway.instance": gateway.instance,
-        "gateway.version": gateway.version,
-        "config.revision": runtime.revision,
-        "principal.kind": kind,
-        "principal.id": principal_id,
-        "principal.teams": teams,
-        "team": _team(ctx),
-        "auth.token_id": token_id,
-        "metadata": dict(ctx.metadata),
-        "data_classes": [
-            {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
-        ],
-        "data_classes.detectors": ctx.data_class_detectors,
+        **_call_fields(ctx, gateway, start_ms, latency_ms),
         "api.protocol": ctx.protocol,
         "api.operation": ctx.operation,
         "gen_ai.operation.name": OPERATIONS.get(ctx.operation, ctx.operation),
@@ -235,6 +214,32 @@ def llm_call(
 _NO_USAGE = Usage()
 
 
+def _call_fields(
+    ctx: RequestContext, gateway: GatewayInfo, start_ms: int, latency_ms: int
+) -> dict[str, Any]:
+    """The fields a model call's and a tool call's records share: when, where, under which
+    revision, who (with their teams and token), the request's metadata and data classes."""
+    principal = ctx.principal
+    return {
+        "request_id": ctx.request_id,
+        "time_start": rfc3339_ms(start_ms),
+        "time_end": rfc3339_ms(start_ms + latency_ms),
+        "gateway.instance": gateway.instance,
+        "gateway.version": gateway.version,
+        "config.revision": ctx.runtime.revision,
+        "principal.kind": principal.kind if principal is not None else None,
+        "principal.id": principal.id if principal is not None else None,
+        "principal.teams": list(principal.teams) if principal is not None else [],
+        "team": _team(ctx),
+        "auth.token_id": principal.token_id if principal is not None else None,
+        "metadata": dict(ctx.metadata),
+        "data_classes": [
+            {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
+        ],
+        "data_classes.detectors": ctx.data_class_detectors,
+    }
+
+
 # -- mcp.tool_call ---------------------------------------------------------------------------------
 
 
@@ -243,36 +248,15 @@ def mcp_tool_call(
 ) -> tuple[dict[str, Any], int]:
     """The ``mcp.tool_call`` record of a settled tool call, and its ``time_start`` in Unix ms."""
     call = ctx.mcp
-    principal = ctx.principal
     start_ms = ctx.started_unix_ms
     latency_ms = (ended_ns - ctx.started_ns) // 1_000_000
     salt = new_salt()
     key = bytes.fromhex(salt)
-    kind = principal_id = token_id = None
-    teams: list[str] = []
-    if principal is not None:
-        kind, principal_id, token_id = principal.kind, principal.id, principal.token_id
-        teams = list(principal.teams)
     outcome = "cancelled" if ctx.error_code == "cancelled" else outcome_of(ctx)
     record: dict[str, Any] = {
         "event_type": MCP_TOOL_CALL,
         "salt": salt,
-        "request_id": ctx.request_id,
-        "time_start": rfc3339_ms(start_ms),
-        "time_end": rfc3339_ms(start_ms + latency_ms),
-        "gateway.instance": gateway.instance,
-        "gateway.version": gateway.version,
-        "config.revision": ctx.runtime.revision,
-        "principal.kind": kind,
-        "principal.id": principal_id,
-        "principal.teams": teams,
-        "team": _team(ctx),
-        "auth.token_id": token_id,
-        "metadata": dict(ctx.metadata),
-        "data_classes": [
-            {"class": d.name, "count": d.count, "source": d.source} for d in ctx.data_classes
-        ],
-        "data_classes.detectors": ctx.data_class_detectors,
+        **_call_fields(ctx, gateway, start_ms, latency_ms),
         "api.protocol": "mcp",
         "mcp.endpoint": call.endpoint,
         "mcp.server": call.server or None,
