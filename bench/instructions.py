@@ -16,8 +16,10 @@ counts (``callgrind_control --dump``) and divide the dump's total by the request
 are rounded to a multiple of the 16 connections: hey sends the same number on each). Every
 measured request must be answered 200. A variant takes about a minute.
 
-Knobs: BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_WARMUP (600), and those of ``bench/run.py``
-that apply (BENCH_CONFIG, BENCH_STORE, BENCH_REDIS, BENCH_*_CPU, BENCH_MODEL).
+Knobs: BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_WARMUP (600), BENCH_INSTR_KEEP (a directory:
+each variant's dump is copied there as ``callgrind.VARIANT``, for ``callgrind_annotate`` to show
+which C functions, regular expression matching or hashing or the interpreter, a difference comes
+from), and those of ``bench/run.py`` that apply (BENCH_CONFIG, BENCH_STORE, BENCH_REDIS, BENCH_*_CPU, BENCH_MODEL).
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def count_instructions(b: Bench, variants: list[str], run: ModuleType) -> dict[s
         elapsed = time.monotonic() - started
         _callgrind_control(run, "--dump", pid)
         total = _dumped_total(run, dump, pid)
+        keep = os.environ.get("BENCH_INSTR_KEEP")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f"{dump}.{pid}.1", Path(keep) / f"callgrind.{variant}")
         b.check_alive(f"the instruction count of {variant}")
         b.stop_gateway()
         figures[variant] = {

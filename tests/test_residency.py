@@ -186,7 +186,7 @@ def test_rules_intersect_in_order_and_a_remembered_placement_decides_the_same_ea
     plain = Facts(frozenset({"user:ann@x.example"}), "m", {}, frozenset())
     customer = Facts(frozenset({"user:ann@x.example"}), "m", {}, frozenset({"customer_data"}))
     denials = metrics.child(metrics.RESIDENCY_DECISIONS, "everything-us", "deny")
-    before = denials._value.get()
+    before = denials.value
     for _ in range(2):  # the second time from what the policy remembers
         decisions: list[Decision] = []
         kept = runtime.residency.place(plain, "m", candidates, decisions)
@@ -207,7 +207,7 @@ def test_rules_intersect_in_order_and_a_remembered_placement_decides_the_same_ea
             "kept": [],
             "removed": [{"target": "eu-main/m", "region": "eu-west-1"}],
         }
-    assert denials._value.get() == before + 2
+    assert denials.value == before + 2
 
 
 # -- through the gateway ---------------------------------------------------------------------------

@@ -186,6 +186,8 @@ _DIGIT_RUN = re.compile(r"\d(?:[ \-./()]{0,2}\d){3,}[\d \-./()]*")
 #: hold at least five digits.
 _UPPER_RUN = re.compile(r"[A-Z][A-Z\d](?:[A-Z \-.]{0,8}\d){5}[A-Z\d \-.]*")
 _TRIGGER = re.compile(r"[@\d]")
+#: What ``_TRIGGER`` looks for, in ASCII.
+_ASCII_TRIGGERS: Final = "@0123456789"
 
 #: Internationalised addresses too (RFC 6531): letters of any script in both parts.
 _EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])")
@@ -513,10 +515,23 @@ def _ipv6_valid(candidate: str) -> bool:
     return not (address.is_loopback or address.is_unspecified)
 
 
+def _may_hold_pii(text: str) -> bool:
+    """Whether ``text`` has an ``@`` or a digit, without which nothing here matches.
+
+    ``re`` has no fast scan for a character class (it tries the class at every position, some
+    12 ns a character), while ``in`` searches at memory speed: an ASCII text, what most prompts
+    are, is checked eleven times with ``in`` (a 1,200-character prompt in under 1 µs instead of
+    15). Any other text goes through the expression, whose ``\\d`` takes every script's digits.
+    """
+    if text.isascii():
+        return any(trigger in text for trigger in _ASCII_TRIGGERS)
+    return _TRIGGER.search(text) is not None
+
+
 def scan(text: str) -> list[Match]:
     """Every detected value in ``text``, by position; overlapping matches are resolved by
     ``PRIORITY``, then by the earlier start."""
-    if not _TRIGGER.search(text):
+    if not _may_hold_pii(text):
         return []
     found: list[Match] = list(_emails(text))
     for run in _DIGIT_RUN.finditer(text):

@@ -165,6 +165,10 @@ RULES: Final = (
         _not_placeholder, names=("pass", "pwd", "kennwort", "mot de passe", "mdp",
                                  "contraseña", "clave")),
 )  # fmt: skip
+#: The rules tried by a substring search, and those tried next to their names only (two
+#: lists, so that a scan does not walk the prefixed rules a third time).
+_LITERAL_RULES: Final = tuple(r for r in RULES if r.literal)
+_NAMED_RULES: Final = tuple(r for r in RULES if r.names and not r.literal)
 _PREFIXES: Final = tuple(sorted({r.prefix for r in RULES if r.prefix}))
 #: The rules of each prefix, longest prefix first (``sk-ant-`` before ``sk-``).
 _BY_PREFIX: Final = {p: [r for r in RULES if r.prefix == p]
@@ -345,10 +349,13 @@ def scan(text: str) -> list[Match]:
                 high_entropy.append(Match("secret.high_entropy", part_start,
                                           part_start + len(part)))  # fmt: skip
     assignments = _assignments(text)
-    for rule in RULES:
-        if rule.literal and rule.literal in text:
+    for rule in _LITERAL_RULES:
+        if rule.literal in text:
             found.extend(_matches(text, rule, rule.pattern.finditer(text)))
-        elif rule.names:
+        elif rule.names and assignments:
+            found.extend(_matches(text, rule, _named(text, rule, assignments)))
+    if assignments:
+        for rule in _NAMED_RULES:
             found.extend(_matches(text, rule, _named(text, rule, assignments)))
     found.extend(high_entropy)
     if not found:

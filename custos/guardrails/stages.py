@@ -115,15 +115,25 @@ class ClassifyContent:
 # -- input ----------------------------------------------------------------------------------------
 
 
+def _applicable(ctx: RequestContext, guardrails: tuple[Guardrail, ...],
+                unconditional: bool) -> Sequence[Guardrail]:  # fmt: skip
+    """The guardrails whose ``when`` matches the request (``unconditional``: all of them, the
+    facts not even built)."""
+    if unconditional:
+        return guardrails
+    known = facts(ctx)
+    return [g for g in guardrails if g.when.matches(known)]
+
+
 class InputGuardrails:
     name = "guardrails"
 
     def __init__(self, guardrails: Sequence[Guardrail]) -> None:
         self.guardrails = tuple(g for g in guardrails if g.hook == "llm_input")
+        self.unconditional = all(g.when.matches_all for g in self.guardrails)
 
     async def enter(self, ctx: RequestContext) -> None:
-        known = facts(ctx)
-        applicable = [g for g in self.guardrails if g.when.matches(known)]
+        applicable = _applicable(ctx, self.guardrails, self.unconditional)
         if not applicable:
             return
         state = _state(ctx)
@@ -233,12 +243,12 @@ class OutputGuardrails:
 
     def __init__(self, guardrails: Sequence[Guardrail]) -> None:
         self.guardrails = tuple(g for g in guardrails if g.hook == "llm_output")
+        self.unconditional = all(g.when.matches_all for g in self.guardrails)
 
     async def on_response(self, ctx: RequestContext, response: GatewayResponse) -> None:
         if ctx.operation in ("embeddings", "count_tokens"):
             return  # no model text comes back
-        known = facts(ctx)
-        applicable = [g for g in self.guardrails if g.when.matches(known)]
+        applicable = _applicable(ctx, self.guardrails, self.unconditional)
         if not applicable:
             return
         state = _state(ctx)

@@ -3,6 +3,10 @@
 Label values come from the config (account, model names, budget ids) and fixed code sets (the
 matched route's template, status, error code), never from what a client sends (its path, body or
 headers), so the number of series stays bounded however many odd requests arrive.
+
+The metrics a request updates on its way through are ``LoopCounter`` and ``LoopHistogram``
+(``custos.telemetry.loop_metrics``: no lock, updated only on the event loop's thread); those the
+audit writer's and other threads update are ``prometheus_client``'s own.
 """
 
 from __future__ import annotations
@@ -10,44 +14,46 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
+from custos.telemetry.loop_metrics import LoopCounter, LoopHistogram
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-REQUESTS = Counter(
+REQUESTS = LoopCounter(
     "custos_requests",
     "Requests by route and final HTTP status.",
     ["route", "status"],
     registry=REGISTRY,
 )
-DENIALS = Counter(
+DENIALS = LoopCounter(
     "custos_errors",
     "Requests stopped by the gateway, by error code.",
     ["code"],
     registry=REGISTRY,
 )
-LATENCY = Histogram(
+LATENCY = LoopHistogram(
     "custos_request_duration_seconds",
     "Time from request received to last byte sent.",
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
-UPSTREAM_ATTEMPTS = Counter(
+UPSTREAM_ATTEMPTS = LoopCounter(
     "custos_upstream_attempts",
     "Calls to providers by provider account and outcome (HTTP status or error).",
     ["account", "outcome"],
     registry=REGISTRY,
 )
-TOKENS = Counter(
+TOKENS = LoopCounter(
     "custos_tokens",
     "Tokens by provider model and direction (input, output).",
     ["model", "direction"],
     registry=REGISTRY,
 )
-COST = Counter(
+COST = LoopCounter(
     "custos_cost_micros",
     "Cost in micro-dollars by provider model.",
     ["model"],
@@ -76,7 +82,7 @@ CONFIG_INFO = Gauge(
     registry=REGISTRY,
 )
 
-DENIALS_BY_STAGE = Counter(
+DENIALS_BY_STAGE = LoopCounter(
     "custos_denials",
     "LLM requests stopped by the gateway, by the stage that stopped them.",
     ["stage"],
@@ -149,7 +155,7 @@ SIEM_LAG = Gauge(
 
 
 @lru_cache(maxsize=8192)
-def child(metric: MetricWrapperBase, *labels: str) -> Any:
+def child(metric: MetricWrapperBase | LoopCounter | LoopHistogram, *labels: str) -> Any:
     """``metric.labels(*labels)``, looked up once: ``labels()`` hashes and locks on every call,
     which shows in the hot path's profile. Label values come from bounded sets (routes, status
     codes, configured model names), so the cache stays small."""
@@ -190,32 +196,32 @@ LEDGER_FLUSH_FAILURES = Counter(
     "Spend-ledger batches that could not be written (kept for the next attempt).",
     registry=REGISTRY,
 )
-GUARDRAIL_VERDICTS = Counter(
+GUARDRAIL_VERDICTS = LoopCounter(
     "custos_guardrail_verdicts_total",
     "Guardrail decisions, by guardrail, hook and outcome (allow, deny, mutate, audit_only)",
     ["guardrail", "hook", "outcome"],
     registry=REGISTRY,
 )
-GUARDRAIL_ERRORS = Counter(
+GUARDRAIL_ERRORS = LoopCounter(
     "custos_guardrail_errors_total",
     "Guardrails that could not decide (timeout, error, a webhook's bad answer), by guardrail",
     ["guardrail", "reason"],
     registry=REGISTRY,
 )
-GUARDRAIL_SECONDS = Histogram(
+GUARDRAIL_SECONDS = LoopHistogram(
     "custos_guardrail_seconds",
     "Time a guardrail took on one call (a stream's output guardrails: over the whole stream)",
     ["guardrail", "hook"],
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
     registry=REGISTRY,
 )
-DATA_CLASSES_DETECTED = Counter(
+DATA_CLASSES_DETECTED = LoopCounter(
     "custos_data_classes_detected_total",
     "Requests in which a configured data class was detected in the content, by class",
     ["data_class"],
     registry=REGISTRY,
 )
-UNPRICED_CALLS = Counter(
+UNPRICED_CALLS = LoopCounter(
     "custos_unpriced_calls",
     "Calls served by a model the config marks 'unpriced: allow' (charged 0 to budgets).",
     ["model"],
@@ -236,7 +242,7 @@ BUDGET_ALERTS = Counter(
 
 # -- routing (custos.routing) ------------------------------------------------------------------
 
-RESIDENCY_DECISIONS = Counter(
+RESIDENCY_DECISIONS = LoopCounter(
     "custos_residency_decisions_total",
     "Residency rules that applied to a request, by rule and outcome (allow: targets in an "
     "allowed region were left; deny: none was, the request was refused residency_denied)",
@@ -251,7 +257,7 @@ TARGET_COOLDOWN = Gauge(
     ["virtual_model", "target"],
     registry=REGISTRY,
 )
-TARGET_SKIPS = Counter(
+TARGET_SKIPS = LoopCounter(
     "custos_target_skips",
     "Targets a virtual model passed over without trying them, by reason (cooldown).",
     ["virtual_model", "target", "reason"],
