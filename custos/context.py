@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from custos.wire import ApiProtocol, Operation, Usage
 
@@ -61,11 +61,14 @@ StageName = Literal[
 Outcome = Literal["allow", "deny", "mutate", "audit_only"]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """One stage's decision about one request, appended where it is made (OPA's decision log
     model: the decision, the rule that made it and the input it was made on). The audit record's
-    ``decisions`` is exactly the request's list of these, in the order they were made."""
+    ``decisions`` is exactly the request's list of these, in the order they were made.
+
+    A named tuple, immutable as a frozen dataclass would be, but made in a fifth of the time
+    (a frozen dataclass sets each field through ``object.__setattr__``), and a request makes
+    several."""
 
     stage: StageName
     #: The id of the config rule that decided; ``None`` for a default (access is default deny).
