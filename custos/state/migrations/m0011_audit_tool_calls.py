@@ -1,0 +1,108 @@
+"""Audit: the query projection of ``mcp.tool_call`` records, so reports group tool calls with
+one indexed query (``custos audit report --kind tool_calls``) instead of reading every record.
+
+- ``audit_tool_calls``: one row per tool call with the columns a report groups or filters by
+  (who, which endpoint, server and tool, how it ended, where it stopped, how long it took).
+  Everything in it is also in the record. Indexed on time, on team and on principal (each with
+  time) and on request id (``custos audit show``). Only ``event_id`` and ``time_start`` are
+  required: a record the gateway could only build in part (``audit.repaired: ["$"]``) still
+  gets its row, with nulls where it says nothing.
+- Filled here from the tool-call records already stored (bodies the purge emptied have none);
+  from then on the store's insert path adds the rows in the transaction that adds the records,
+  and the retention purge deletes them with the bodies.
+- Guarded like the other projections (migration 0005): INSERT; DELETE only inside a purge
+  window; no UPDATE (and no TRUNCATE on PostgreSQL).
+- No daily rollups: a quarter of 200,000 tool calls is summed from these rows in well under a
+  second on either store (measured in docs/mcp.md), and rollups cost an upsert per batch.
+"""
+
+#: (column, SQLite type, PostgreSQL type, record key), after ``event_id`` and ``time_start``
+#: (written out here: an applied migration never changes).
+_COLUMNS = (
+    ("request_id", "TEXT", "TEXT", "request_id"),
+    ("team", "TEXT", "TEXT", "team"),
+    ("principal_kind", "TEXT", "TEXT", "principal.kind"),
+    ("principal_id", "TEXT", "TEXT", "principal.id"),
+    ("token_id", "TEXT", "TEXT", "auth.token_id"),
+    ("endpoint", "TEXT", "TEXT", "mcp.endpoint"),
+    ("server", "TEXT", "TEXT", "mcp.server"),
+    ("tool", "TEXT", "TEXT", "mcp.tool"),
+    ("called_as", "TEXT", "TEXT", "mcp.tool.called_as"),
+    ("region", "TEXT", "TEXT", "cloud.region"),
+    ("status", "INTEGER", "INTEGER", "http.response.status_code"),
+    ("outcome", "TEXT", "TEXT", "outcome"),
+    ("stopped_at", "TEXT", "TEXT", "stopped_at"),
+    ("error_type", "TEXT", "TEXT", "error.type"),
+    ("tool_error", "INTEGER", "BOOLEAN", "mcp.result.is_error"),
+    ("latency_ms", "INTEGER", "BIGINT", "latency_ms"),
+    ("config_revision", "TEXT", "TEXT", "config.revision"),
+)
+_NAMES = ", ".join(c for c, _, _, _ in _COLUMNS)
+_PG_CASTS = {"INTEGER": "::integer", "BIGINT": "::bigint", "BOOLEAN": "::boolean"}
+
+
+def _table(time_type: str, dialect: int) -> str:
+    columns = ["    event_id   TEXT PRIMARY KEY", f"    time_start {time_type} NOT NULL"]
+    columns += [f"    {c} {types[dialect]}" for c, *types, _ in _COLUMNS]
+    return "CREATE TABLE audit_tool_calls (\n" + ",\n".join(columns) + "\n);\n"
+
+
+_INDEXES = """CREATE INDEX audit_tool_calls_time ON audit_tool_calls (time_start);
+CREATE INDEX audit_tool_calls_team ON audit_tool_calls (team, time_start);
+CREATE INDEX audit_tool_calls_principal ON audit_tool_calls (principal_id, time_start);
+CREATE INDEX audit_tool_calls_request ON audit_tool_calls (request_id);
+"""
+
+# SQLite: the store keeps audit_events.at in the text the insert path writes time_start in.
+_SQLITE_FILL = (
+    f"INSERT INTO audit_tool_calls (event_id, time_start, {_NAMES})\n"
+    "SELECT event_id, at, "
+    + ", ".join(f"json_extract(r, '$.\"{key}\"')" for _, _, _, key in _COLUMNS)
+    + "\nFROM (SELECT event_id, at, CAST(record AS TEXT) AS r FROM audit_events\n"
+    "      WHERE event_type = 'mcp.tool_call' AND length(record) > 0);\n"
+)
+
+# PostgreSQL: as the insert path does, a NUL (``\\u0000``, which jsonb refuses) is read as
+# U+FFFD; escaped backslashes are set aside as chr(1) first.
+_PG_JSON = (
+    "(CASE WHEN strpos(t, chr(92) || 'u0000') = 0 THEN t ELSE replace(replace(replace(t,"
+    " chr(92) || chr(92), chr(1)), chr(92) || 'u0000', chr(92) || 'ufffd'), chr(1),"
+    " chr(92) || chr(92)) END)::jsonb"
+)
+_PG_FILL = (
+    f"INSERT INTO audit_tool_calls (event_id, time_start, {_NAMES})\n"
+    "SELECT event_id, at, "
+    + ", ".join(f"(r ->> '{key}'){_PG_CASTS.get(pg, '')}" for _, _, pg, key in _COLUMNS)
+    + f"\nFROM (SELECT event_id, at, {_PG_JSON} AS r\n"
+    "      FROM (SELECT event_id, at, convert_from(record, 'UTF8') AS t FROM audit_events\n"
+    "            WHERE event_type = 'mcp.tool_call' AND length(record) > 0) texts) calls;\n"
+)
+
+_REFUSED = "audit_tool_calls: the audit tables are append-only ({op} refused)"
+
+SQLITE = (
+    _table("TEXT", 0)
+    + _SQLITE_FILL
+    + _INDEXES
+    + f"""CREATE TRIGGER audit_guard_audit_tool_calls_update BEFORE UPDATE ON audit_tool_calls
+BEGIN
+    SELECT RAISE(ABORT, '{_REFUSED.format(op="UPDATE")}');
+END;
+CREATE TRIGGER audit_guard_audit_tool_calls_delete BEFORE DELETE ON audit_tool_calls
+WHEN NOT EXISTS (SELECT 1 FROM audit_purge_window)
+BEGIN
+    SELECT RAISE(ABORT, '{_REFUSED.format(op="DELETE")}');
+END;
+"""
+)
+
+POSTGRESQL = (
+    _table("TIMESTAMPTZ", 1)
+    + _PG_FILL
+    + _INDEXES
+    + """CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON audit_tool_calls
+    FOR EACH ROW EXECUTE FUNCTION audit_projection_guard();
+CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON audit_tool_calls
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+"""
+)
