@@ -11,7 +11,8 @@ against their leaf hashes):
   record's field (on PostgreSQL a NUL in text is projected as U+FFFD, as the insert does), and
   exactly its data-class rows; a record whose body the purge emptied has none;
 - no projection or data-class row exists without its ``llm.call`` record;
-- the same for ``mcp.tool_call`` records and their ``audit_tool_calls`` rows (no data classes);
+- the same for ``mcp.tool_call`` records and their ``audit_tool_calls`` rows (no data classes;
+  a NUL in text is projected as U+FFFD on both stores);
 - every stored config text hashes to the ``config.text_sha256`` of a ``config.revision`` record
   of its revision, and every such record older than the pending delay has its text. A text whose
   revision's records were all purged cannot be checked (the records are gone) and is skipped.
@@ -30,7 +31,7 @@ import orjson
 
 from custos.audit.log.checks import each_event
 from custos.audit.records.record import CONFIG_REVISION, LLM_CALL, MCP_TOOL_CALL, parse_rfc3339
-from custos.audit.storage.store import _LLM_FIELDS, TOOL_FIELDS
+from custos.audit.storage.store import _LLM_FIELDS, TOOL_FIELDS, TOOL_NUL
 from custos.state.store import Store, _dt
 
 Fail = Callable[[str], None]
@@ -83,7 +84,6 @@ async def check_tool_projections(
     """The ``audit_tool_calls`` row of every ``mcp.tool_call`` record (in ``window`` when
     given), then rows left without a record."""
     in_range = " AND e.at >= $3 AND e.at < $4" if window else ""
-    nul = store.text_nul
     checked, after = 0, 0
     while True:
         async with store.transaction(readonly=True) as tx:
@@ -99,7 +99,7 @@ async def check_tool_projections(
             )
         for row in page:
             checked += 1
-            problem = _tool_problem(row, nul)
+            problem = _tool_problem(row, TOOL_NUL)
             if problem is not None:
                 fail(f"projection of mcp.tool_call record {row['event_id']}: {problem}")
         if len(page) < page_size:

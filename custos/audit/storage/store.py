@@ -113,6 +113,8 @@ TOOL_FIELDS: Final = (
 )
 _TOOL_COLUMNS = "event_id, time_start, " + ", ".join(c for c, _, _ in TOOL_FIELDS)
 _TOOL_KEYS: Final = tuple(key for _, key, _ in TOOL_FIELDS)
+#: What a NUL character in text is in ``audit_tool_calls``, on both stores.
+TOOL_NUL: Final = "\ufffd"
 
 
 def _nul_as_replacement(text: str) -> str:
@@ -492,10 +494,17 @@ async def _insert_sqlite(tx: Tx, records: Sequence[SealedRecord]) -> None:
     if tools:
         await tx.executemany(
             _SQLITE_INSERT_TOOL,
-            [(r.event_id, start, *[r.fields.get(key) for key in _TOOL_KEYS]) for r, start in tools],
+            [(r.event_id, start, *_tool_values(r.fields)) for r, start in tools],
         )
     if added:
         await append_leaves(tx, [(r.event_id, r.leaf_hash) for r, _ in added])
+
+
+def _tool_values(fields: dict[str, Any]) -> list[Any]:
+    """A tool call's ``audit_tool_calls`` values (SQLite), a NUL in text as U+FFFD as on
+    PostgreSQL (migration 0011's backfill, through SQLite's JSON functions, cannot keep one)."""
+    values = [fields.get(key) for key in _TOOL_KEYS]
+    return [v.replace("\x00", TOOL_NUL) if type(v) is str and "\x00" in v else v for v in values]
 
 
 async def _added_sqlite(

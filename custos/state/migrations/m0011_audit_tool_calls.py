@@ -3,7 +3,8 @@ one indexed query (``custos audit report --kind tool_calls``) instead of reading
 
 - ``audit_tool_calls``: one row per tool call with the columns a report groups or filters by
   (who, which endpoint, server and tool, how it ended, where it stopped, how long it took).
-  Everything in it is also in the record. Indexed on time, on team and on principal (each with
+  Everything in it is also in the record, except that a NUL character in text is U+FFFD here
+  on both stores. Indexed on time, on team and on principal (each with
   time) and on request id (``custos audit show``). Only ``event_id`` and ``time_start`` are
   required: a record the gateway could only build in part (``audit.repaired: ["$"]``) still
   gets its row, with nulls where it says nothing.
@@ -53,17 +54,22 @@ CREATE INDEX audit_tool_calls_principal ON audit_tool_calls (principal_id, time_
 CREATE INDEX audit_tool_calls_request ON audit_tool_calls (request_id);
 """
 
+# A NUL in text (``\\u0000``) is projected as U+FFFD on both stores, as the insert path does:
+# PostgreSQL text cannot hold one, and SQLite's JSON functions end a text at it. Escaped
+# backslashes are set aside as chr(1) first (canonical JSON never holds it raw).
 # SQLite: the store keeps audit_events.at in the text the insert path writes time_start in.
+_SQLITE_TEXT = (
+    "replace(replace(replace(CAST(record AS TEXT), char(92) || char(92), char(1)),"
+    " char(92) || 'u0000', char(92) || 'ufffd'), char(1), char(92) || char(92))"
+)
 _SQLITE_FILL = (
     f"INSERT INTO audit_tool_calls (event_id, time_start, {_NAMES})\n"
     "SELECT event_id, at, "
     + ", ".join(f"json_extract(r, '$.\"{key}\"')" for _, _, _, key in _COLUMNS)
-    + "\nFROM (SELECT event_id, at, CAST(record AS TEXT) AS r FROM audit_events\n"
+    + f"\nFROM (SELECT event_id, at, {_SQLITE_TEXT} AS r FROM audit_events\n"
     "      WHERE event_type = 'mcp.tool_call' AND length(record) > 0);\n"
 )
 
-# PostgreSQL: as the insert path does, a NUL (``\\u0000``, which jsonb refuses) is read as
-# U+FFFD; escaped backslashes are set aside as chr(1) first.
 _PG_JSON = (
     "(CASE WHEN strpos(t, chr(92) || 'u0000') = 0 THEN t ELSE replace(replace(replace(t,"
     " chr(92) || chr(92), chr(1)), chr(92) || 'u0000', chr(92) || 'ufffd'), chr(1),"
