@@ -94,12 +94,13 @@ def seeded_tool_calls(count: int, seed: int = 11) -> list[dict[str, Any]]:
     first = unix_ms(QUARTER_START - timedelta(days=5))
     span = unix_ms(QUARTER_END + timedelta(days=5)) - first
     times = [first + rng.randrange(span) for _ in range(count)]
-    times[:4] = [unix_ms(QUARTER_START), unix_ms(QUARTER_END) - 1, unix_ms(QUARTER_START) - 1,
-                 unix_ms(QUARTER_END)]  # fmt: skip
+    edges = [unix_ms(QUARTER_START), unix_ms(QUARTER_END) - 1, unix_ms(QUARTER_START) - 1,
+             unix_ms(QUARTER_END)][:count]  # fmt: skip
+    times[: len(edges)] = edges
     records = [tool_call(at, rng, n) for n, at in enumerate(times)]
-    records[5] = unbuilt(times[5], 5)
-    records[6] = unbuilt(times[6], 6)
     records[0]["mcp.tool"] = "odd\x00name"  # at the range's first millisecond
+    for n in range(5, min(count, 7)):
+        records[n] = unbuilt(times[n], n)
     return records
 
 
