@@ -29,6 +29,7 @@ from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
 from tests.test_audit_report import seeded_calls
 from tests.test_audit_verify import make_signer
 
+TABLES = ("audit_tool_calls", "audit_tool_daily")
 QUARTER_START = datetime(2026, 7, 1, tzinfo=UTC)
 QUARTER_END = datetime(2026, 10, 1, tzinfo=UTC)
 TEAMS = ["support", "sales", None]
@@ -136,9 +137,20 @@ async def test_the_report_says_what_the_records_say(store: Store) -> None:  # no
     await audit.insert(batch)
     await audit.insert(batch[:40])
     since, until = parse_range("2026-07-01", "2026-09-30")
-    for grouping in ("team,server,tool", "stage,outcome", "principal_kind", ""):
+    exact = parse_range("2026-07-01T00:00:00Z", "2026-09-30T23:59:59.9995Z")  # the same calls
+    # From the daily rollup (whole days, dimensions it keeps) and from the rows.
+    for grouping, rollups, (start, end) in (
+        ("team,server,tool", True, (since, until)),
+        ("team,server,tool", False, (since, until)),
+        ("team,server,tool", True, exact),  # a time, not a date: the rows, the same calls
+        ("stage,outcome", True, (since, until)),
+        ("stage,outcome", False, (since, until)),
+        ("principal_kind", True, (since, until)),  # not in the rollup: the rows
+        ("", True, (since, until)),
+    ):  # fmt: skip
         group_by = parse_group_by(grouping)
-        report = await build_tool_report(audit, since=since, until=until, group_by=group_by)
+        report = await build_tool_report(audit, since=start, until=end, group_by=group_by,
+                                         rollups=rollups)  # fmt: skip
         want = expected(records, group_by)
         got = {tuple(r["group"].values()): r for r in report["rows"]}
         # A NUL in text is U+FFFD in the projection, on both stores.
@@ -155,27 +167,49 @@ async def test_the_report_says_what_the_records_say(store: Store) -> None:  # no
                                        group_by=parse_group_by("stage"))  # fmt: skip
     stages = {r["group"]["stage"]: r["denied"] for r in by_stage["rows"]}
     assert {"access", "guardrails", "rate_limit"} <= {s for s, n in stages.items() if n}
+    # Per day and per quarter, from the rollup and from the rows alike.
+    for grouping in ("day,tool", "quarter,team"):
+        reports = [await build_tool_report(audit, since=since, until=until,
+                                           group_by=parse_group_by(grouping), rollups=rollups)
+                   for rollups in (True, False)]  # fmt: skip
+        assert reports[0] == reports[1] and reports[0]["rows"], grouping
+    # Over whole days the report reads the rollup: a changed sum there shows (verify does not
+    # trust the rollup; the rows are what it is checked against).
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE audit_tool_daily SET calls = calls + 1000 WHERE day = $1",
+                         "2026-07-01")  # fmt: skip
+    summed, counted = [
+        (await build_tool_report(audit, since=since, until=until, group_by=(),
+                                 rollups=rollups))["totals"]["calls"]
+        for rollups in (True, False)
+    ]  # fmt: skip
+    assert summed - counted >= 1000
     # ``custos audit show`` finds a tool call by its request id through the projection.
     found = await audit.find("tool000010")
     assert [e.event_type for e in found] == ["mcp.tool_call"]
 
 
 async def test_the_migration_fills_the_rows_the_inserts_make(store: Store) -> None:  # noqa: F811
+    """Migration 0011's backfill, over the stored records, makes the very rows (and daily
+    sums) the insert path made batch by batch."""
     await AuditStore(store).insert(sealed(seeded_tool_calls(120, seed=3) + seeded_calls(10)))
 
-    async def rows() -> list[tuple[str, ...]]:
+    async def rows() -> list[list[tuple[str, ...]]]:
         async with store.transaction(readonly=True) as tx:
-            found = await tx.fetch("SELECT * FROM audit_tool_calls")
-        return sorted(tuple(map(repr, r.values())) for r in found)
+            found = [await tx.fetch(f"SELECT * FROM {table}") for table in TABLES]
+        return [sorted(tuple(map(repr, r.values())) for r in rows) for rows in found]
 
     made = await rows()
-    assert len(made) == 120
+    assert len(made[0]) == 120 and made[1]
     script = m0011_audit_tool_calls.SQLITE if store.dialect == "sqlite" else (
         m0011_audit_tool_calls.POSTGRESQL)  # fmt: skip
-    fill = next(s for s in script.split(";\n") if s.startswith("INSERT"))
+    fills = [s for s in script.split(";\n") if s.startswith("INSERT")]
+    assert len(fills) == len(TABLES)
     async with unguarded(store) as tx:
-        await tx.execute("DELETE FROM audit_tool_calls")
-        await tx.execute(fill)
+        for table in TABLES:
+            await tx.execute(f"DELETE FROM {table}")
+        for fill in fills:
+            await tx.execute(fill)
     assert await rows() == made
 
 
@@ -286,3 +320,13 @@ async def test_the_purge_empties_tool_calls_and_a_team_hold_keeps_its_own(
     await tool_log.sequence()
     report = await verify_log(tool_log.store, verifiers=[tool_log.signer.verifier])
     assert report.ok and report.purged == 20, report.failures
+    # The daily rollup lost exactly what the purge deleted: it sums what the rows say.
+    first = (utcnow() - timedelta(days=600)).date().isoformat()
+    since, until = parse_range(first, utcnow().date().isoformat())
+    reports = [await build_tool_report(AuditStore(tool_log.store), since=since, until=until,
+                                       group_by=("day", "team", "tool"), rollups=rollups)
+               for rollups in (True, False)]  # fmt: skip
+    assert reports[0] == reports[1]
+    assert reports[0]["totals"]["calls"] == len(rows)
+    async with tool_log.store.transaction(readonly=True) as tx:
+        assert not await tx.fetch("SELECT * FROM audit_tool_daily WHERE calls = 0")

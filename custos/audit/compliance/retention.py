@@ -5,7 +5,8 @@
 
 - empties their bodies (``audit_events.record`` becomes zero bytes) and deletes their query rows
   (``audit_llm_calls``, ``audit_llm_call_data_classes``, ``audit_tool_calls``), taking them out
-  of the daily rollups (``custos.audit.storage.rollup``) first;
+  of the daily rollups (``custos.audit.storage.rollup``, ``custos.audit.storage.tool_rollup``)
+  first;
 - keeps everything the tree is made of: the ``audit_events`` row with its leaf hash,
   ``audit_leaves`` and ``audit_merkle_nodes``, so every root and every checkpoint, stored or
   exported, still verifies;
@@ -48,7 +49,7 @@ from typing import Any, Final
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.records import events
 from custos.audit.records.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
-from custos.audit.storage import rollup
+from custos.audit.storage import rollup, tool_rollup
 from custos.audit.storage.store import insert_in
 from custos.config.audit import AuditSettings
 from custos.state.errors import Conflict, Invalid, NotFound
@@ -303,6 +304,7 @@ async def _empty(tx: Tx, event_ids: list[str]) -> None:
         await rollup.subtract_calls(tx, event_ids)
         await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
         await tx.executemany("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids)
+        await tool_rollup.subtract_tool_calls(tx, event_ids)
         await tx.executemany("DELETE FROM audit_tool_calls WHERE event_id = $1", ids)
 
 

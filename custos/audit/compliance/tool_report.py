@@ -14,8 +14,11 @@ Contracts:
 - ``served``, ``denied``, ``cancelled`` and ``failed`` (``upstream_error``, ``error``,
   ``client_disconnected``) add up to ``calls``; ``tool_errors`` counts the served calls whose
   result the tool itself marked as an error (``isError``), which the gateway passed on.
-- No daily rollups: tool calls are fewer than model calls, and a quarter of 200,000 of them is
-  summed from the rows in well under a second on either store (docs/mcp.md has the figures).
+- Over whole UTC days, when every dimension asked for is one the daily rollup keeps (team,
+  endpoint, server, tool, region, outcome, stage, error, and the time units), the report sums
+  the rollup (``custos.audit.storage.tool_rollup``) instead of the rows, with the same
+  result; grouping by principal, principal_kind, called_as or status, or an exact time range,
+  reads the rows (``bench/tool_report.py`` measures both).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from custos.audit.compliance.report import ReportError
+from custos.audit.compliance.report import _DAY_BUCKETS, ReportError, _whole_days
+from custos.audit.storage import tool_rollup
 from custos.audit.storage.store import AuditStore
 
 #: Report dimension → its column of ``audit_tool_calls t``.
@@ -51,7 +55,8 @@ def _count_where(condition: str) -> str:
     return f"CAST(COALESCE(sum(CASE WHEN {condition} THEN 1 ELSE 0 END), 0) AS BIGINT)"
 
 
-_FAILED = "t.outcome IS NULL OR t.outcome NOT IN ('served', 'denied', 'cancelled')"
+_ENDED = "('served', 'denied', 'cancelled')"
+_FAILED = f"t.outcome IS NULL OR t.outcome NOT IN {_ENDED}"
 _MEASURES_SQL = ", ".join([
     "count(*) AS calls",
     _count_where("t.outcome = 'served'") + " AS served",
@@ -72,20 +77,51 @@ def parse_group_by(text: str) -> tuple[str, ...]:
     return names
 
 
+#: The same measures over the rollup ``r`` (its rows are sums already).
+_ROLLUP_SUMS = ", ".join([
+    "CAST(COALESCE(sum(r.calls), 0) AS BIGINT) AS calls",
+    *(f"CAST(COALESCE(sum(CASE WHEN r.outcome = '{o}' THEN r.calls ELSE 0 END), 0) AS BIGINT)"
+      f" AS {o}" for o in ("served", "denied", "cancelled")),
+    f"CAST(COALESCE(sum(CASE WHEN r.outcome IS NULL OR r.outcome NOT IN {_ENDED} THEN r.calls"
+    " ELSE 0 END), 0) AS BIGINT) AS failed",
+    "CAST(COALESCE(sum(r.tool_errors), 0) AS BIGINT) AS tool_errors",
+])  # fmt: skip
+
+
 async def build_tool_report(
-    store: AuditStore, *, since: datetime, until: datetime, group_by: tuple[str, ...]
+    store: AuditStore,
+    *,
+    since: datetime,
+    until: datetime,
+    group_by: tuple[str, ...],
+    rollups: bool = True,
 ) -> dict[str, Any]:
-    """The report as JSON (``rows`` of ``group`` and the measures, ``totals``)."""
-    bucket = store.store.time_bucket
-    columns = {**_COLUMNS, **{unit: bucket("t.time_start", unit) for unit in _TIME_UNITS}}
-    select = ", ".join(f"{columns[name]} AS g{i}" for i, name in enumerate(group_by))
-    sql = (
-        f"SELECT {select + ', ' if select else ''}{_MEASURES_SQL} FROM audit_tool_calls t"
-        " WHERE t.time_start >= $1 AND t.time_start < $2"
-    )
+    """The report as JSON (``rows`` of ``group`` and the measures, ``totals``): summed from the
+    daily rollup (``custos.audit.storage.tool_rollup``) over whole UTC days when it holds every
+    dimension of ``group_by``, else from the rows (always, with ``rollups=False``: the same
+    report)."""
+    days = _whole_days(since, until)
+    rolled = {**{n: f"r.{c[2:]}" for n, c in _COLUMNS.items() if c[2:] in tool_rollup.DIMS},
+              **_DAY_BUCKETS}  # fmt: skip
+    if rollups and days is not None and set(group_by) <= set(rolled):
+        select = ", ".join(f"{rolled[name]} AS g{i}" for i, name in enumerate(group_by))
+        sql = (
+            f"SELECT {select + ', ' if select else ''}{_ROLLUP_SUMS} FROM {tool_rollup.TABLE} r"
+            " WHERE r.day >= $1 AND r.day < $2"
+        )
+        args: tuple[Any, ...] = days
+    else:
+        bucket = store.store.time_bucket
+        columns = {**_COLUMNS, **{unit: bucket("t.time_start", unit) for unit in _TIME_UNITS}}
+        select = ", ".join(f"{columns[name]} AS g{i}" for i, name in enumerate(group_by))
+        sql = (
+            f"SELECT {select + ', ' if select else ''}{_MEASURES_SQL} FROM audit_tool_calls t"
+            " WHERE t.time_start >= $1 AND t.time_start < $2"
+        )
+        args = (since, until)
     if group_by:
         sql += " GROUP BY " + ", ".join(f"g{i}" for i in range(len(group_by)))
-    found = await store.fetch(sql, since, until)
+    found = await store.fetch(sql, *args)
     rows = [
         {"group": {name: row[f"g{i}"] for i, name in enumerate(group_by)},
          **{m: int(row[m]) for m in MEASURES}}

@@ -41,7 +41,7 @@ from custos.audit.records.record import (
     rfc3339_ms,
     utc_second,
 )
-from custos.audit.storage import rollup
+from custos.audit.storage import rollup, tool_rollup
 from custos.audit.storage.content_store import insert_attachments
 from custos.state.errors import Conflict, Invalid
 from custos.state.models import utcnow
@@ -150,6 +150,10 @@ _SQLITE_INSERT_TOOL = (
     + ", ".join(f"${i}" for i in range(1, 3 + len(TOOL_FIELDS)))
     + ") ON CONFLICT (event_id) DO NOTHING"
 )
+#: The tool-call rollup's dimensions (``tool_rollup.DIMS``) out of ``_tool_values``.
+_TOOL_COLUMN_INDEX: Final = {c: i for i, (c, _, _) in enumerate(TOOL_FIELDS)}
+_tool_rollup_dims = operator.itemgetter(*(_TOOL_COLUMN_INDEX[d] for d in tool_rollup.DIMS))
+_TOOL_ERROR: Final = _TOOL_COLUMN_INDEX["tool_error"]
 #: The projected fields of a record, in column order, read in one C call.
 _call_values = operator.itemgetter(*(key for _, key, _ in _LLM_FIELDS))
 #: The rollup's dimensions (``rollup.CALL_DIMS``) out of ``_call_values``.
@@ -200,7 +204,7 @@ _PG_JSON = (
 _PG_INSERT_TOOLS = (
     f"INSERT INTO audit_tool_calls ({_TOOL_COLUMNS}) SELECT event_id, at, "
     + ", ".join(f"(r ->> '{key}'){cast}" for _, key, cast in TOOL_FIELDS)
-    + " FROM tool_calls ON CONFLICT (event_id) DO NOTHING"
+    + " FROM tool_calls ON CONFLICT (event_id) DO NOTHING RETURNING *"
 )
 
 
@@ -214,10 +218,12 @@ def _pg_insert_projecting(source: str, *, calls: bool, tools: bool) -> str:
             " tool_texts AS (SELECT event_id, at, convert_from(record, 'UTF8') AS t FROM added"
             f" WHERE event_type = '{MCP_TOOL_CALL}')",
             f" tool_calls AS (SELECT event_id, at, {_PG_JSON} AS r FROM tool_texts)",
+            f" tools_projected AS ({_PG_INSERT_TOOLS})",
         ]
+        rolled = tool_rollup.pg_rollup_sql("tools_projected")
         if not calls:
-            return ",".join(ctes) + " " + _PG_INSERT_TOOLS
-        ctes.append(f" tools_projected AS ({_PG_INSERT_TOOLS})")
+            return ",".join(ctes) + " " + rolled
+        ctes.append(f" tools_rolled AS ({rolled})")
     ctes += [
         " texts AS (SELECT event_id, at, convert_from(record, 'UTF8') AS t FROM added"
         f" WHERE event_type = '{LLM_CALL}')",
@@ -492,12 +498,22 @@ async def _insert_sqlite(tx: Tx, records: Sequence[SealedRecord]) -> None:
         await _project_sqlite(tx, calls)
     tools = [(r, start) for r, start in added if r.event_type == MCP_TOOL_CALL]
     if tools:
-        await tx.executemany(
-            _SQLITE_INSERT_TOOL,
-            [(r.event_id, start, *_tool_values(r.fields)) for r, start in tools],
-        )
+        await _project_tools_sqlite(tx, tools)
     if added:
         await append_leaves(tx, [(r.event_id, r.leaf_hash) for r, _ in added])
+
+
+async def _project_tools_sqlite(tx: Tx, tools: list[tuple[SealedRecord, str]]) -> None:
+    """The ``audit_tool_calls`` rows of newly added ``mcp.tool_call`` records, and their sums
+    in the daily rollup."""
+    deltas = tool_rollup.Deltas()
+    rows = []
+    for r, start in tools:
+        values = _tool_values(r.fields)
+        rows.append((r.event_id, start, *values))
+        deltas.add(start[:10], _tool_rollup_dims(values), values[_TOOL_ERROR])
+    await tx.executemany(_SQLITE_INSERT_TOOL, rows)
+    await deltas.apply(tx, "sqlite")
 
 
 def _tool_values(fields: dict[str, Any]) -> list[Any]:

@@ -13,8 +13,14 @@ one indexed query (``custos audit report --kind tool_calls``) instead of reading
   and the retention purge deletes them with the bodies.
 - Guarded like the other projections (migration 0005): INSERT; DELETE only inside a purge
   window; no UPDATE (and no TRUNCATE on PostgreSQL).
-- No daily rollups: a quarter of 200,000 tool calls is summed from these rows in well under a
-  second on either store (measured in docs/mcp.md), and rollups cost an upsert per batch.
+- ``audit_tool_daily``: the daily rollup (``custos.audit.storage.tool_rollup`` states what it
+  holds): per UTC day (``YYYY-MM-DD`` text) and each value of team, endpoint, server, tool,
+  region, outcome, stage and error, the number of calls and of tool errors. One unique key,
+  null-safe as migration 0009's (PostgreSQL ``NULLS NOT DISTINCT``; SQLite ``ifnull(column,
+  0)``), day first. Filled here from the rows above; from then on the insert path adds to it
+  in the transaction that adds the rows, and the purge subtracts what it deletes. Not guarded
+  (every batch updates today's sums), and verify does not trust it: the report's figures can
+  always be recomputed from the rows.
 """
 
 #: (column, SQLite type, PostgreSQL type, record key), after ``event_id`` and ``time_start``
@@ -84,12 +90,35 @@ _PG_FILL = (
     "            WHERE event_type = 'mcp.tool_call' AND length(record) > 0) texts) calls;\n"
 )
 
+_DIMS = ("team", "endpoint", "server", "tool", "region", "outcome", "stopped_at", "error_type")
+
+
+def _rollup(dialect: str, day: str) -> str:
+    names = ["day TEXT NOT NULL", *(f"{d} TEXT" for d in _DIMS), "calls BIGINT NOT NULL",
+             "tool_errors BIGINT NOT NULL"]  # fmt: skip
+    columns = ",\n".join(f"    {c}" for c in names)
+    if dialect == "postgresql":
+        key = f"(day, {', '.join(_DIMS)}) NULLS NOT DISTINCT"
+        errors = "count(*) FILTER (WHERE tool_error)"
+    else:
+        key = f"(day, {', '.join(f'ifnull({d}, 0)' for d in _DIMS)})"
+        errors = "sum(CASE WHEN tool_error THEN 1 ELSE 0 END)"
+    keys = ", ".join([day, *_DIMS])
+    return (
+        f"CREATE TABLE audit_tool_daily (\n{columns}\n);\n"
+        f"CREATE UNIQUE INDEX audit_tool_daily_key ON audit_tool_daily\n    {key};\n"
+        f"INSERT INTO audit_tool_daily (day, {', '.join(_DIMS)}, calls, tool_errors)\n"
+        f"SELECT {keys}, count(*), {errors}\nFROM audit_tool_calls\nGROUP BY {keys};\n"
+    )
+
+
 _REFUSED = "audit_tool_calls: the audit tables are append-only ({op} refused)"
 
 SQLITE = (
     _table("TEXT", 0)
     + _SQLITE_FILL
     + _INDEXES
+    + _rollup("sqlite", "substr(time_start, 1, 10)")
     + f"""CREATE TRIGGER audit_guard_audit_tool_calls_update BEFORE UPDATE ON audit_tool_calls
 BEGIN
     SELECT RAISE(ABORT, '{_REFUSED.format(op="UPDATE")}');
@@ -106,6 +135,7 @@ POSTGRESQL = (
     _table("TIMESTAMPTZ", 1)
     + _PG_FILL
     + _INDEXES
+    + _rollup("postgresql", "to_char(time_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
     + """CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON audit_tool_calls
     FOR EACH ROW EXECUTE FUNCTION audit_projection_guard();
 CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON audit_tool_calls
