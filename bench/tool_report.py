@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from custos.audit.compliance.report import parse_range  # noqa: E402
-from custos.audit.compliance.tool_report import build_tool_report, parse_group_by  # noqa: E402
-from custos.audit.records.record import unix_ms  # noqa: E402
-from custos.audit.storage.store import AuditStore  # noqa: E402
-from custos.state.backends import open_store  # noqa: E402
-from tests.test_audit_tool_calls import QUARTER_END, QUARTER_START, sealed, tool_call  # noqa: E402
+from custos.audit.compliance.report import parse_range
+from custos.audit.compliance.tool_report import build_tool_report, parse_group_by
+from custos.audit.records.record import unix_ms
+from custos.audit.storage.store import AuditStore
+from custos.state.backends import open_store
+from tests.test_audit_tool_calls import QUARTER_END, QUARTER_START, sealed, tool_call
 
 GROUPINGS = ("team,server,tool", "team,server,tool,outcome,stage", "principal,tool", "day")
 SCHEMA = "custos_bench_tools"
