@@ -34,6 +34,7 @@ GUARDED = {
     "audit_llm_calls": "team = team",
     "audit_llm_call_data_classes": "source = source",
     "audit_tool_calls": "tool = tool",
+    "audit_tool_call_data_classes": "source = source",
     "audit_leaves": "seq = seq",
     "audit_merkle_nodes": "hash = hash",
     "audit_checkpoints": "note = note",

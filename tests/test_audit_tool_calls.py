@@ -29,7 +29,7 @@ from tests.store_fixtures import store, store_url  # noqa: F401  (fixtures)
 from tests.test_audit_report import seeded_calls
 from tests.test_audit_verify import make_signer
 
-TABLES = ("audit_tool_calls", "audit_tool_daily")
+TABLES = ("audit_tool_calls", "audit_tool_call_data_classes", "audit_tool_daily")
 QUARTER_START = datetime(2026, 7, 1, tzinfo=UTC)
 QUARTER_END = datetime(2026, 10, 1, tzinfo=UTC)
 TEAMS = ["support", "sales", None]
@@ -43,6 +43,18 @@ ENDINGS = {
     "cancelled": (200, None, "cancelled"),
     "upstream_error": (502, "provider", "upstream_unreachable"),
 }
+
+
+def classes(rng: random.Random) -> list[dict[str, Any]]:
+    """Data classes as tool-call records carry them: declared, detected, both; a class named
+    twice by one source (the projection keeps the first)."""
+    picked = [(name, source) for name in ("customer_data", "pii.email")
+              for source in ("declared", "detected") if rng.random() < 0.25]  # fmt: skip
+    listed = [{"class": name, "count": rng.randrange(1, 4), "source": source}
+              for name, source in picked]  # fmt: skip
+    if listed and rng.random() < 0.1:
+        listed.append({**listed[0], "count": 99})
+    return listed
 
 
 def tool_call(at_ms: int, rng: random.Random, n: int) -> dict[str, Any]:
@@ -62,7 +74,7 @@ def tool_call(at_ms: int, rng: random.Random, n: int) -> dict[str, Any]:
         "principal.kind": "virtual_account" if virtual else "user",
         "principal.id": f"{'vac' if virtual else 'usr'}_{rng.randrange(8):020d}",
         "principal.teams": [team] if team else [], "team": team, "auth.token_id": "tok_x",
-        "metadata": {}, "data_classes": [], "data_classes.detectors": [],
+        "metadata": {}, "data_classes": classes(rng), "data_classes.detectors": [],
         "api.protocol": "mcp",
         "mcp.endpoint": "desk" if rng.random() < 0.3 else server,
         "mcp.server": server, "mcp.tool": tool, "mcp.tool.called_as": tool,
@@ -109,7 +121,9 @@ def sealed(records: list[dict[str, Any]]) -> list[SealedRecord]:
     return [seal(dict(r), at_ms=unix_ms(datetime.fromisoformat(r["time_start"]))) for r in records]
 
 
-def expected(records: list[dict[str, Any]], group_by: tuple[str, ...]) -> dict[tuple, Counter]:
+def expected(
+    records: list[dict[str, Any]], group_by: tuple[str, ...], data_class: str | None = None
+) -> dict[tuple, Counter]:
     """The report computed from the records themselves (Q3 2026)."""
     field = {"team": "team", "server": "mcp.server", "tool": "mcp.tool", "stage": "stopped_at",
              "outcome": "outcome", "principal_kind": "principal.kind"}  # fmt: skip
@@ -117,14 +131,20 @@ def expected(records: list[dict[str, Any]], group_by: tuple[str, ...]) -> dict[t
     for r in records:
         if not "2026-07-01" <= r["time_start"] < "2026-10-01":
             continue
+        carried = sorted({c["class"] for c in r.get("data_classes") or []})
+        if data_class is not None and data_class not in carried:
+            continue
         outcome = r["outcome"]
-        key = tuple(r.get(field[g]) for g in group_by)
-        groups[key].update(
-            calls=1, served=outcome == "served", denied=outcome == "denied",
-            cancelled=outcome == "cancelled",
-            failed=outcome not in ("served", "denied", "cancelled"),
-            tool_errors=r.get("mcp.result.is_error") is True,
-        )  # fmt: skip
+        keys = [tuple(r.get(field[g]) for g in group_by if g != "data_class")]
+        if "data_class" in group_by:  # last in the groupings below: once per class carried
+            keys = [(*keys[0], name) for name in carried or [None]]
+        for key in keys:
+            groups[key].update(
+                calls=1, served=outcome == "served", denied=outcome == "denied",
+                cancelled=outcome == "cancelled",
+                failed=outcome not in ("served", "denied", "cancelled"),
+                tool_errors=r.get("mcp.result.is_error") is True,
+            )  # fmt: skip
     return groups
 
 
@@ -139,19 +159,21 @@ async def test_the_report_says_what_the_records_say(store: Store) -> None:  # no
     since, until = parse_range("2026-07-01", "2026-09-30")
     exact = parse_range("2026-07-01T00:00:00Z", "2026-09-30T23:59:59.9995Z")  # the same calls
     # From the daily rollup (whole days, dimensions it keeps) and from the rows.
-    for grouping, rollups, (start, end) in (
-        ("team,server,tool", True, (since, until)),
-        ("team,server,tool", False, (since, until)),
-        ("team,server,tool", True, exact),  # a time, not a date: the rows, the same calls
-        ("stage,outcome", True, (since, until)),
-        ("stage,outcome", False, (since, until)),
-        ("principal_kind", True, (since, until)),  # not in the rollup: the rows
-        ("", True, (since, until)),
+    for grouping, rollups, (start, end), data_class in (
+        ("team,server,tool", True, (since, until), None),
+        ("team,tool", True, (since, until), "customer_data"),  # the rows: a class asked about
+        ("team,data_class", True, (since, until), None),
+        ("team,server,tool", False, (since, until), None),
+        ("team,server,tool", True, exact, None),  # a time, not a date: the rows, the same calls
+        ("stage,outcome", True, (since, until), None),
+        ("stage,outcome", False, (since, until), None),
+        ("principal_kind", True, (since, until), None),  # not in the rollup: the rows
+        ("", True, (since, until), None),
     ):  # fmt: skip
         group_by = parse_group_by(grouping)
         report = await build_tool_report(audit, since=start, until=end, group_by=group_by,
-                                         rollups=rollups)  # fmt: skip
-        want = expected(records, group_by)
+                                         data_class=data_class, rollups=rollups)  # fmt: skip
+        want = expected(records, group_by, data_class)
         got = {tuple(r["group"].values()): r for r in report["rows"]}
         # A NUL in text is U+FFFD in the projection, on both stores.
         want = {tuple(v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in k): c
@@ -159,9 +181,31 @@ async def test_the_report_says_what_the_records_say(store: Store) -> None:  # no
         assert set(got) == set(want), grouping
         for key, counts in want.items():
             assert {m: got[key][m] for m in MEASURES} == {m: counts[m] for m in MEASURES}, key
-        in_range = sum(1 for r in records if "2026-07-01" <= r["time_start"] < "2026-10-01")
-        assert report["totals"]["calls"] == in_range
-        assert report["totals"] == {m: sum(c[m] for c in want.values()) for m in MEASURES}
+        in_range = [r for r in records if "2026-07-01" <= r["time_start"] < "2026-10-01"
+                    and (data_class is None or data_class in
+                         {c["class"] for c in r.get("data_classes") or []})]  # fmt: skip
+        assert report["totals"]["calls"] == len(in_range)
+        if "data_class" not in group_by:
+            assert report["totals"] == {m: sum(c[m] for c in want.values()) for m in MEASURES}
+    # Per class and source: a call once per (class, source) it carries, a repeat once.
+    in_q3 = [r for r in records if "2026-07-01" <= r["time_start"] < "2026-10-01"]
+    split = await build_tool_report(
+        audit, since=since, until=until, group_by=parse_group_by("data_class,data_class_source")
+    )
+    pairs = Counter(
+        pair
+        for r in in_q3
+        for pair in {(c["class"], c["source"]) for c in r.get("data_classes") or []}
+    )
+    pairs[(None, None)] = sum(1 for r in in_q3 if not r.get("data_classes"))
+    assert {tuple(r["group"].values()): r["calls"] for r in split["rows"]} == dict(pairs)
+    assert split["totals"]["calls"] == len(in_q3)
+    detected = await build_tool_report(
+        audit, since=since, until=until, group_by=(), data_class="pii.email", source="detected"
+    )
+    assert detected["totals"]["calls"] == sum(
+        1 for r in in_q3 if ("pii.email", "detected") in
+        {(c["class"], c["source"]) for c in r.get("data_classes") or []})  # fmt: skip
     # Denials by stage: each stage that refused calls has its row.
     by_stage = await build_tool_report(audit, since=since, until=until,
                                        group_by=parse_group_by("stage"))  # fmt: skip
@@ -285,10 +329,19 @@ async def test_verify_checks_tool_calls_and_their_rows(tool_log: ToolLog) -> Non
         ("UPDATE audit_tool_calls SET team = 'other' WHERE event_id = $1",
          "audit_tool_calls.team is 'other'"),
         ("DELETE FROM audit_tool_calls WHERE event_id = $1", "audit_tool_calls has no row"),
+        ("UPDATE audit_tool_call_data_classes SET match_count = 7 WHERE event_id = $1",
+         "audit_tool_call_data_classes holds"),
+        ("INSERT INTO audit_tool_call_data_classes (event_id, data_class, source, match_count,"
+         " time_start) SELECT event_id, 'secret', 'declared', 1, time_start FROM"
+         " audit_tool_calls WHERE event_id = $1", "audit_tool_call_data_classes holds"),
     ],
 )  # fmt: skip
 async def test_an_edited_row_fails_verify(tool_log: ToolLog, statement: str, says: str) -> None:
-    target = next(r for r in tool_log.recent if r.fields.get("outcome") == "denied")
+    target = next(
+        r
+        for r in tool_log.recent
+        if r.fields.get("outcome") == "denied" and r.fields["data_classes"]
+    )
     await tool_log.tamper(statement, target.event_id)
     failures = await tool_log.failures()
     assert len(failures) == 1 and target.event_id in failures[0] and says in failures[0], failures

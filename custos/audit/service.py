@@ -5,7 +5,7 @@ the routes (``custos.http.admin``) and the CLI (``custos.cli.audit``) are thin l
 as for the identity operations (``custos.admin.service``).
 
 ``GET /admin/v1/audit/report?from=&to=&group_by=&data_class=`` — ``custos.audit.compliance.report``.
-``GET /admin/v1/audit/report/tool-calls?from=&to=&group_by=`` — MCP tool calls grouped
+``GET /admin/v1/audit/report/tool-calls?from=&to=&group_by=&data_class=`` — MCP tool calls grouped
 (``custos.audit.compliance.tool_report``), with the same rights as the model-call report.
 ``GET /admin/v1/audit/events?from=&to=&event_type=&after=&limit=`` — stored records in insertion
 order, each as its canonical JSON text exactly as stored (``record``: a string, so a client that
@@ -141,7 +141,14 @@ class ToolReportQuery(_Query):
     group_by: str = Field(
         DEFAULT_GROUP_BY,
         description="Comma-separated: team, principal, principal_kind, endpoint, server, tool, "
-        "called_as, region, outcome, status, stage, error, day, month, quarter.",
+        "called_as, region, outcome, status, stage, error, data_class, data_class_source, day, "
+        "month, quarter.",
+    )
+    data_class: str | None = Field(None, description="Only calls that carry this data class.")
+    source: Literal["declared", "detected"] | None = Field(
+        None,
+        description="Only calls carrying the class (or any class) from this source: declared "
+        "by the caller, or detected in the arguments.",
     )
 
 
@@ -163,6 +170,8 @@ class ToolReportOut(_Out):
     from_: str = Field(alias="from")
     to: str
     group_by: list[str]
+    data_class: str | None
+    source: str | None
     rows: list[ToolReportRow]
     totals: ToolReportTotals
 
@@ -244,7 +253,8 @@ async def tool_report(svc: AdminService, principal: Any, q: ToolReportQuery) -> 
         group_by = parse_tool_group_by(q.group_by)
     except ReportError as exc:
         raise BadInput(str(exc), "group_by" if "group" in str(exc) else "from") from None
-    built = await build_tool_report(_store(svc), since=since, until=until, group_by=group_by)
+    built = await build_tool_report(_store(svc), since=since, until=until, group_by=group_by,
+                                    data_class=q.data_class, source=q.source)  # fmt: skip
     return ToolReportOut.model_validate(built)
 
 

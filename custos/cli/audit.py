@@ -59,9 +59,8 @@ def _run(action: Action) -> Run:
 
 def _report(client: AdminClient, args: argparse.Namespace) -> int:
     if args.kind == "tool_calls":
-        if args.data_class is not None or args.source is not None:
-            return fail("--data-class and --source filter model calls only (--kind llm_calls)", 2)
-        return tool_report(client, args.from_, args.to, args.group_by, args.format)
+        return tool_report(client, args.from_, args.to, args.group_by, args.format,
+                           data_class=args.data_class, source=args.source)  # fmt: skip
     query = {"from": args.from_, "to": args.to, "group_by": args.group_by or "team,provider",
              "data_class": args.data_class, "source": args.source}  # fmt: skip
     reply = client.call("GET", path("audit", "report"), query=query)
@@ -74,11 +73,12 @@ def _report(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def tool_report(client: AdminClient, since: str, until: str, group_by: str | None,
-                form: str) -> int:  # fmt: skip
+def tool_report(client: AdminClient, since: str, until: str, group_by: str | None, form: str,
+                *, data_class: str | None = None, source: str | None = None) -> int:  # fmt: skip
     """The tool-call report (``GET /admin/v1/audit/report/tool-calls``) printed as ``form``:
     ``custos audit report --kind tool_calls`` and ``custos mcp report``."""
-    query = {"from": since, "to": until, "group_by": group_by or TOOL_GROUP_BY}
+    query = {"from": since, "to": until, "group_by": group_by or TOOL_GROUP_BY,
+             "data_class": data_class, "source": source}  # fmt: skip
     reply = client.call("GET", path("audit", "report", "tool-calls"), query=query)
     if form == "json":
         print(json.dumps(reply, indent=2, sort_keys=True))
@@ -222,10 +222,10 @@ def _register_records(commands: Any, parent: argparse.ArgumentParser) -> None:
                         "principal, provider, model, region, data_class, outcome, stage, "
                         "status, day, month, quarter, ...; tool calls (default "
                         f"{TOOL_GROUP_BY}): {', '.join(TOOL_DIMENSIONS)}")  # fmt: skip
-    report.add_argument("--data-class", help="only calls that carry this data class (LLM calls)")
+    report.add_argument("--data-class", help="only calls that carry this data class")
     report.add_argument("--source", choices=["declared", "detected"],
                         help="only classes from this source: declared by the caller, or "
-                        "detected in the content (LLM calls)")  # fmt: skip
+                        "detected in the content")  # fmt: skip
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
     report.set_defaults(run=_run(_report))
 

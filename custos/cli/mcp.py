@@ -69,6 +69,10 @@ def register(commands: Any) -> None:
     report.add_argument("--to", required=True, metavar="DATE")
     report.add_argument("--group-by", default=TOOL_GROUP_BY,
                         help="comma-separated: " + ", ".join(TOOL_DIMENSIONS))  # fmt: skip
+    report.add_argument("--data-class", help="only calls that carry this data class")
+    report.add_argument("--source", choices=["declared", "detected"],
+                        help="only classes from this source: declared by the caller, or "
+                        "detected in the arguments")  # fmt: skip
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
     report.set_defaults(run=_report)
     mcp_credentials.register(sub)
@@ -262,6 +266,7 @@ def _report(args: argparse.Namespace) -> int:
         return fail(f"no token: pass --token or set ${TOKEN_ENV}", 2)
     try:
         return tool_report(AdminClient(args.url, token, timeout=120), args.from_, args.to,
-                           args.group_by, args.format)  # fmt: skip
+                           args.group_by, args.format, data_class=args.data_class,
+                           source=args.source)  # fmt: skip
     except ApiError as exc:
         return fail(str(exc))

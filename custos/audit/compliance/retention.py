@@ -4,7 +4,8 @@
 ``audit.retention_days`` and that are already sequenced, and in one transaction per batch:
 
 - empties their bodies (``audit_events.record`` becomes zero bytes) and deletes their query rows
-  (``audit_llm_calls``, ``audit_llm_call_data_classes``, ``audit_tool_calls``), taking them out
+  (``audit_llm_calls``, ``audit_llm_call_data_classes``, ``audit_tool_calls``,
+  ``audit_tool_call_data_classes``), taking them out
   of the daily rollups (``custos.audit.storage.rollup``, ``custos.audit.storage.tool_rollup``)
   first;
 - keeps everything the tree is made of: the ``audit_events`` row with its leaf hash,
@@ -306,6 +307,7 @@ async def _empty(tx: Tx, event_ids: list[str]) -> None:
         await tx.executemany("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids)
         await tool_rollup.subtract_tool_calls(tx, event_ids)
         await tx.executemany("DELETE FROM audit_tool_calls WHERE event_id = $1", ids)
+        await tx.executemany("DELETE FROM audit_tool_call_data_classes WHERE event_id = $1", ids)
 
 
 class RetentionJob:

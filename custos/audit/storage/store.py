@@ -6,13 +6,14 @@ Contracts:
   ``ON CONFLICT DO NOTHING`` everywhere: inserting a record twice (a spool replayed after a
   crash, a batch retried after a timeout whose commit did land) changes nothing.
 - The projections (``audit_llm_calls``, ``audit_llm_call_data_classes`` of ``llm.call``
-  records, ``audit_tool_calls`` of ``mcp.tool_call`` records) say exactly what the records
-  say. On PostgreSQL the database derives them from the stored bytes of the records the batch
-  added, with one exception: a NUL character, which PostgreSQL
-  text cannot hold, is projected as U+FFFD; this reads the bytes as UTF-8 text in the
-  database's encoding, so the database must be able to hold every character a record may carry
-  (``UTF8``: ``PostgresStore.open`` refuses any other). On SQLite they are bound from the
-  records' parsed fields.
+  records; ``audit_tool_calls``, ``audit_tool_call_data_classes`` of ``mcp.tool_call``
+  records) say exactly what the records say. On PostgreSQL the database derives them from the
+  stored bytes of the records the batch added, with one exception: a NUL character, which
+  PostgreSQL text cannot hold, is projected as U+FFFD; this reads the bytes as UTF-8 text in
+  the database's encoding, so the database must be able to hold every character a record may
+  carry (``UTF8``: ``PostgresStore.open`` refuses any other). On SQLite they are bound from
+  the records' parsed fields (the tool-call projections with a NUL as U+FFFD too: migration
+  0011 filled them through SQLite's JSON functions, which end a text at a NUL).
 - On SQLite that transaction also appends the records to the Merkle log (``insert_in``).
 - Reads never re-serialise a record: ``record`` comes back as the stored bytes.
 - Times are stored as the dialect's time type (SQLite: fixed-width ISO text; PostgreSQL:
@@ -145,6 +146,10 @@ _SQLITE_INSERT_CLASS = (
     f"INSERT INTO audit_llm_call_data_classes ({_CLASS_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT DO NOTHING"
 )
+_SQLITE_INSERT_TOOL_CLASS = (
+    f"INSERT INTO audit_tool_call_data_classes ({_CLASS_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT DO NOTHING"
+)
 _SQLITE_INSERT_TOOL = (
     f"INSERT INTO audit_tool_calls ({_TOOL_COLUMNS}) VALUES ("
     + ", ".join(f"${i}" for i in range(1, 3 + len(TOOL_FIELDS)))
@@ -207,6 +212,16 @@ _PG_INSERT_TOOLS = (
     + " FROM tool_calls ON CONFLICT (event_id) DO NOTHING RETURNING *"
 )
 
+#: A tool call's data classes (the array, when its record has one: a record built only in part
+#: has none), in the order the record lists them (a class named twice by one source: the first).
+_PG_INSERT_TOOL_CLASSES = (
+    f"INSERT INTO audit_tool_call_data_classes ({_CLASS_COLUMNS})"
+    " SELECT event_id, c ->> 'class', c ->> 'source', (c ->> 'count')::bigint, at"
+    " FROM tool_calls CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN"
+    " jsonb_typeof(r -> 'data_classes') = 'array' THEN r -> 'data_classes' END)"
+    " WITH ORDINALITY AS x (c, n) ORDER BY event_id, n ON CONFLICT DO NOTHING"
+)
+
 
 def _pg_insert_projecting(source: str, *, calls: bool, tools: bool) -> str:
     """The batch's insert with the projections of the ``llm.call`` (``calls``) and the
@@ -220,10 +235,10 @@ def _pg_insert_projecting(source: str, *, calls: bool, tools: bool) -> str:
             f" tool_calls AS (SELECT event_id, at, {_PG_JSON} AS r FROM tool_texts)",
             f" tools_projected AS ({_PG_INSERT_TOOLS})",
         ]
-        rolled = tool_rollup.pg_rollup_sql("tools_projected")
+        ctes.append(f" tools_rolled AS ({tool_rollup.pg_rollup_sql('tools_projected')})")
         if not calls:
-            return ",".join(ctes) + " " + rolled
-        ctes.append(f" tools_rolled AS ({rolled})")
+            return ",".join(ctes) + " " + _PG_INSERT_TOOL_CLASSES
+        ctes.append(f" tool_classes AS ({_PG_INSERT_TOOL_CLASSES})")
     ctes += [
         " texts AS (SELECT event_id, at, convert_from(record, 'UTF8') AS t FROM added"
         f" WHERE event_type = '{LLM_CALL}')",
@@ -513,7 +528,19 @@ async def _project_tools_sqlite(tx: Tx, tools: list[tuple[SealedRecord, str]]) -
         rows.append((r.event_id, start, *values))
         deltas.add(start[:10], _tool_rollup_dims(values), values[_TOOL_ERROR])
     await tx.executemany(_SQLITE_INSERT_TOOL, rows)
+    classes = [
+        (r.event_id, *_without_nul(c["class"], c["source"]), c["count"], start)
+        for r, start in tools
+        if type(r.fields.get("data_classes")) is list
+        for c in r.fields["data_classes"]
+    ]
+    if classes:
+        await tx.executemany(_SQLITE_INSERT_TOOL_CLASS, classes)
     await deltas.apply(tx, "sqlite")
+
+
+def _without_nul(*texts: str) -> list[str]:
+    return [t.replace("\x00", TOOL_NUL) for t in texts]
 
 
 def _tool_values(fields: dict[str, Any]) -> list[Any]:

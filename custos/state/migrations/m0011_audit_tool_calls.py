@@ -8,10 +8,13 @@ one indexed query (``custos audit report --kind tool_calls``) instead of reading
   time) and on request id (``custos audit show``). Only ``event_id`` and ``time_start`` are
   required: a record the gateway could only build in part (``audit.repaired: ["$"]``) still
   gets its row, with nulls where it says nothing.
-- Filled here from the tool-call records already stored (bodies the purge emptied have none);
+- ``audit_tool_call_data_classes``: a tool call's data classes (class, count, source; a class
+  named twice by one source: the first), with the call's time, indexed on class and time, as
+  ``audit_llm_call_data_classes`` for model calls.
+- Both filled here from the tool-call records already stored (bodies the purge emptied have none);
   from then on the store's insert path adds the rows in the transaction that adds the records,
   and the retention purge deletes them with the bodies.
-- Guarded like the other projections (migration 0005): INSERT; DELETE only inside a purge
+- Both guarded like the other projections (migration 0005): INSERT; DELETE only inside a purge
   window; no UPDATE (and no TRUNCATE on PostgreSQL).
 - ``audit_tool_daily``: the daily rollup (``custos.audit.storage.tool_rollup`` states what it
   holds): per UTC day (``YYYY-MM-DD`` text) and each value of team, endpoint, server, tool,
@@ -90,6 +93,43 @@ _PG_FILL = (
     "            WHERE event_type = 'mcp.tool_call' AND length(record) > 0) texts) calls;\n"
 )
 
+_CLASSES = """CREATE TABLE audit_tool_call_data_classes (
+    event_id    TEXT NOT NULL,
+    data_class  TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    match_count {count},
+    time_start  {time} NOT NULL,
+    PRIMARY KEY (event_id, data_class, source)
+){rowid};
+"""
+_CLASSES_INDEX = """CREATE INDEX audit_tool_call_data_classes_class
+    ON audit_tool_call_data_classes (data_class, time_start);
+"""
+_SQLITE_CLASSES_FILL = (
+    "INSERT INTO audit_tool_call_data_classes"
+    " (event_id, data_class, source, match_count, time_start)\n"
+    "SELECT e.event_id, json_extract(c.value, '$.class'), json_extract(c.value, '$.source'),"
+    " json_extract(c.value, '$.count'), e.at\n"
+    f"FROM (SELECT event_id, at, {_SQLITE_TEXT} AS r FROM audit_events\n"
+    "      WHERE event_type = 'mcp.tool_call' AND length(record) > 0) e,\n"
+    "     json_each(e.r, '$.data_classes') c\n"
+    "WHERE json_type(e.r, '$.data_classes') = 'array'\n"
+    "ORDER BY e.event_id, c.key\n"
+    "ON CONFLICT DO NOTHING;\n"
+)
+_PG_CLASSES_FILL = (
+    "INSERT INTO audit_tool_call_data_classes"
+    " (event_id, data_class, source, match_count, time_start)\n"
+    "SELECT event_id, c ->> 'class', c ->> 'source', (c ->> 'count')::bigint, at\n"
+    f"FROM (SELECT event_id, at, {_PG_JSON} AS r\n"
+    "      FROM (SELECT event_id, at, convert_from(record, 'UTF8') AS t FROM audit_events\n"
+    "            WHERE event_type = 'mcp.tool_call' AND length(record) > 0) texts) calls\n"
+    "CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(r -> 'data_classes')"
+    " = 'array' THEN r -> 'data_classes' END) WITH ORDINALITY AS x (c, n)\n"
+    "ORDER BY event_id, n\n"
+    "ON CONFLICT DO NOTHING;\n"
+)
+
 _DIMS = ("team", "endpoint", "server", "tool", "region", "outcome", "stopped_at", "error_type")
 
 
@@ -112,33 +152,48 @@ def _rollup(dialect: str, day: str) -> str:
     )
 
 
-_REFUSED = "audit_tool_calls: the audit tables are append-only ({op} refused)"
+def _sqlite_guards(table: str) -> str:
+    refused = "{table}: the audit tables are append-only ({op} refused)"
+    return f"""CREATE TRIGGER audit_guard_{table}_update BEFORE UPDATE ON {table}
+BEGIN
+    SELECT RAISE(ABORT, '{refused.format(table=table, op="UPDATE")}');
+END;
+CREATE TRIGGER audit_guard_{table}_delete BEFORE DELETE ON {table}
+WHEN NOT EXISTS (SELECT 1 FROM audit_purge_window)
+BEGIN
+    SELECT RAISE(ABORT, '{refused.format(table=table, op="DELETE")}');
+END;
+"""
+
+
+def _pg_guards(table: str) -> str:
+    return f"""CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION audit_projection_guard();
+CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+"""
+
+
+_PROJECTIONS = ("audit_tool_calls", "audit_tool_call_data_classes")
 
 SQLITE = (
     _table("TEXT", 0)
     + _SQLITE_FILL
     + _INDEXES
+    + _CLASSES.format(count="INTEGER", time="TEXT", rowid=" WITHOUT ROWID")
+    + _SQLITE_CLASSES_FILL
+    + _CLASSES_INDEX
     + _rollup("sqlite", "substr(time_start, 1, 10)")
-    + f"""CREATE TRIGGER audit_guard_audit_tool_calls_update BEFORE UPDATE ON audit_tool_calls
-BEGIN
-    SELECT RAISE(ABORT, '{_REFUSED.format(op="UPDATE")}');
-END;
-CREATE TRIGGER audit_guard_audit_tool_calls_delete BEFORE DELETE ON audit_tool_calls
-WHEN NOT EXISTS (SELECT 1 FROM audit_purge_window)
-BEGIN
-    SELECT RAISE(ABORT, '{_REFUSED.format(op="DELETE")}');
-END;
-"""
+    + "".join(_sqlite_guards(t) for t in _PROJECTIONS)
 )
 
 POSTGRESQL = (
     _table("TIMESTAMPTZ", 1)
     + _PG_FILL
     + _INDEXES
+    + _CLASSES.format(count="BIGINT", time="TIMESTAMPTZ", rowid="")
+    + _PG_CLASSES_FILL
+    + _CLASSES_INDEX
     + _rollup("postgresql", "to_char(time_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
-    + """CREATE TRIGGER audit_guard BEFORE UPDATE OR DELETE ON audit_tool_calls
-    FOR EACH ROW EXECUTE FUNCTION audit_projection_guard();
-CREATE TRIGGER audit_guard_truncate BEFORE TRUNCATE ON audit_tool_calls
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
-"""
+    + "".join(_pg_guards(t) for t in _PROJECTIONS)
 )
