@@ -4,8 +4,9 @@ one indexed query (``custos audit report --kind tool_calls``) instead of reading
 - ``audit_tool_calls``: one row per tool call with the columns a report groups or filters by
   (who, which endpoint, server and tool, how it ended, where it stopped, how long it took).
   Everything in it is also in the record, except that a NUL character in text is U+FFFD here
-  on both stores. Indexed on time, on team and on principal (each with
-  time) and on request id (``custos audit show``). Only ``event_id`` and ``time_start`` are
+  on both stores. Indexed only where its readers look: on time (the report) and on request id
+  (``custos audit show``); an index on team or principal cost every insert and served no
+  query (as migration 0006 found for model calls). Only ``event_id`` and ``time_start`` are
   required: a record the gateway could only build in part (``audit.repaired: ["$"]``) still
   gets its row, with nulls where it says nothing.
 - ``audit_tool_call_data_classes``: a tool call's data classes (class, count, source; a class
@@ -58,8 +59,6 @@ def _table(time_type: str, dialect: int) -> str:
 
 
 _INDEXES = """CREATE INDEX audit_tool_calls_time ON audit_tool_calls (time_start);
-CREATE INDEX audit_tool_calls_team ON audit_tool_calls (team, time_start);
-CREATE INDEX audit_tool_calls_principal ON audit_tool_calls (principal_id, time_start);
 CREATE INDEX audit_tool_calls_request ON audit_tool_calls (request_id);
 """
 
