@@ -778,7 +778,7 @@ async def test_query_parameters_say_which_values_are_valid(env: Env) -> None:
         return next(p["schema"] for p in params if p["name"] == name)
 
     assert parameter("/audit/events", "event_type")["enum"] == sorted(EVENT_TYPES)
-    for path in ("/audit/report", "/audit/events", "/audit/verify"):
+    for path in ("/audit/report", "/audit/report/tool-calls", "/audit/events", "/audit/verify"):
         for name in ("from", "to"):
             schema = parameter(path, name)
             assert {o["format"] for o in schema["anyOf"]} == {"date", "date-time"}
@@ -835,3 +835,21 @@ async def test_the_last_enabled_admin_cannot_be_demoted_disabled_or_deleted(env:
     await env.ok("POST", "/users", env.admin, {"email": "ops@example.com", "roles": ["admin"]})
     demoted = await env.ok("PATCH", "/users/root@example.com", env.admin, {"roles": ["member"]})
     assert demoted["roles"] == ["member"]
+
+
+async def test_only_admins_and_auditors_read_the_reports(env: Env) -> None:
+    """The model-call and the tool-call report: the same rights (admin, auditor)."""
+    member = await env.user("member@example.com", ["member"])
+    manager = await env.user("manager@example.com", ["team_manager"])
+    auditor = await env.user("auditor@example.com", ["auditor"])
+    for path in ("/audit/report", "/audit/report/tool-calls"):
+        query = f"{path}?from=2026-07-01&to=2026-09-30"
+        for token in (member, manager):
+            response = await env.call("GET", query, token)
+            assert response.status_code == 403, response.text
+            assert "admin or auditor role" in response.json()["error"]["message"]
+        for token in (auditor, env.admin):
+            assert (await env.ok("GET", query, token))["totals"]
+    bad = await env.call("GET", "/audit/report/tool-calls?from=2026-07-01&to=2026-09-30"
+                         "&group_by=provider", auditor)  # fmt: skip
+    assert bad.status_code == 400 and "cannot group by 'provider'" in bad.text

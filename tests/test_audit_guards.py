@@ -25,6 +25,7 @@ from tests.audit_log_worker import record
 from tests.conftest import ROOT
 from tests.store_fixtures import PG_URL, pg_url, store, store_url  # noqa: F401  (fixtures)
 from tests.test_audit_report import seeded_calls
+from tests.test_audit_tool_calls import sealed, seeded_tool_calls
 from tests.test_audit_verify import make_signer
 
 #: Each guarded table and a harmless UPDATE of it (a column set to itself).
@@ -32,6 +33,8 @@ GUARDED = {
     "audit_events": "event_type = event_type",
     "audit_llm_calls": "team = team",
     "audit_llm_call_data_classes": "source = source",
+    "audit_tool_calls": "tool = tool",
+    "audit_tool_call_data_classes": "source = source",
     "audit_leaves": "seq = seq",
     "audit_merkle_nodes": "hash = hash",
     "audit_checkpoints": "note = note",
@@ -42,9 +45,10 @@ GUARDED = {
 
 
 async def build(db: Store) -> Sequencer:
-    """A small log: LLM calls with data classes, other records, sequenced, checkpointed, with a
-    registered key, a config text and a hold."""
+    """A small log: LLM calls with data classes, tool calls, other records, sequenced,
+    checkpointed, with a registered key, a config text and a hold."""
     calls = [seal(dict(r), at_ms=unix_ms(utcnow()) - 1000) for r in seeded_calls(30, seed=3)]
+    calls += sealed(seeded_tool_calls(5))
     checkpointer = Checkpointer(db, [make_signer()], origin="custos.test/audit")
     await checkpointer.register_keys()
     sequencer = Sequencer(db, batch=16, on_committed=checkpointer.checkpoint)
@@ -100,7 +104,7 @@ async def test_normal_operation_still_works(store: Store) -> None:  # noqa: F811
     await AuditStore(store).insert([record("more", n) for n in range(25)])
     while await sequencer.tick():
         pass
-    assert await count(store, "audit_leaves") == 65
+    assert await count(store, "audit_leaves") == 70
     assert await count(store, "audit_pending") == 0
     assert await count(store, "audit_checkpoints") >= 2
     # Key rotation: a second key, and the first key's validity closed, once.
@@ -158,6 +162,7 @@ async def test_the_purge_window_allows_exactly_the_purge(store: Store) -> None: 
         assert await tx.execute(empty, b"", event) == 1
         await tx.execute("DELETE FROM audit_llm_calls WHERE event_id = $1", event)
         await tx.execute("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", event)
+        await tx.execute("DELETE FROM audit_tool_calls WHERE tool = 'echo'")  # none: allowed
     # ... but nothing else: another value, another column, an unsequenced record, a delete.
     for sql, args in (
         (empty, (b"x", event)),
@@ -167,13 +172,15 @@ async def test_the_purge_window_allows_exactly_the_purge(store: Store) -> None: 
         ("DELETE FROM audit_events WHERE event_id = $1", (event,)),
         ("DELETE FROM audit_leaves WHERE event_id = $1", (event,)),
         ("UPDATE audit_llm_calls SET team = 'x'", ()),
+        ("UPDATE audit_tool_calls SET team = 'x'", ()),
     ):  # fmt: skip
         with pytest.raises(Invalid, match="the audit tables are append-only"):
             async with store.transaction() as tx, tx.purge_window():
                 await tx.execute(sql, *args)
     # The window closes with its transaction.
     await refused(store, "DELETE FROM audit_llm_calls", "audit_llm_calls", "DELETE")
-    assert sequencer.frontier is not None and sequencer.frontier.size == 40
+    await refused(store, "DELETE FROM audit_tool_calls", "audit_tool_calls", "DELETE")
+    assert sequencer.frontier is not None and sequencer.frontier.size == 45
 
 
 def documented_grants(schema: str, app: str, retention: str) -> str:
@@ -201,20 +208,23 @@ async def test_the_documented_grants(pg_url: str) -> None:  # noqa: F811
         await admin.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {app}")
         as_app = await open_store(pg_url.replace("postgres@", f"{app}@"), migrate=False)
         try:
+            old = unix_ms(utcnow() - timedelta(days=500))
             await AuditStore(as_app).insert(
-                [seal(dict(r), at_ms=unix_ms(utcnow() - timedelta(days=500)))
-                 for r in seeded_calls(10, seed=5)] + [record("app", n) for n in range(5)]
+                [seal(dict(r), at_ms=old) for r in seeded_calls(10, seed=5)]
+                + [seal(dict(r), at_ms=old) for r in seeded_tool_calls(3)]
+                + [record("app", n) for n in range(5)]
             )  # fmt: skip
             checkpointer = Checkpointer(as_app, [make_signer()], origin="custos.test/audit")
             await checkpointer.register_keys()
             sequencer = Sequencer(as_app, on_committed=checkpointer.checkpoint)
-            assert await sequencer.lead() and await sequencer.tick() == 15
+            assert await sequencer.lead() and await sequencer.tick() == 18
             async with as_app.transaction() as tx:
                 await tx.execute("UPDATE audit_signing_keys SET not_after = $1", utcnow())
             hold = await set_hold(as_app, Actor("user:a", "admin"), team="x", reason="case")
             await release_hold(as_app, Actor("user:a", "admin"), hold.id, reason="done")
             for sql in ("UPDATE audit_events SET record = ''::bytea", "DELETE FROM audit_leaves",
-                        "TRUNCATE audit_checkpoints", "DELETE FROM audit_llm_calls"):  # fmt: skip
+                        "TRUNCATE audit_checkpoints", "DELETE FROM audit_llm_calls",
+                        "DELETE FROM audit_tool_calls"):  # fmt: skip
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     async with as_app.transaction() as tx, tx.purge_window():
                         await tx.execute(sql)
@@ -226,7 +236,7 @@ async def test_the_documented_grants(pg_url: str) -> None:  # noqa: F811
         try:
             purged = await purge(as_retention, retention_days=400, trigger="command",
                                  gateway=GatewayInfo("tests"))  # fmt: skip
-            assert purged.count == 10
+            assert purged.count == 13
         finally:
             await as_retention.close()
     finally:

@@ -12,6 +12,8 @@ audit log, which ``custos audit verify`` proves intact.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import socket
 import subprocess
 import sys
@@ -168,11 +170,13 @@ def mcp_gateway(
 async def run_session(
     gateway: GatewayProcess, body: Any, endpoint: str = "tools", *, url: str | None = None,
     session_id: str | None = None, token: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Any:  # fmt: skip
     """``body(session)`` in an SDK session with ``endpoint`` (initialized, unless it resumes
-    ``session_id``, possibly on another replica's ``url``), as the admin or ``token``."""
+    ``session_id``, possibly on another replica's ``url``), as the admin or ``token``, with
+    ``headers`` on every request."""
     try:
-        return await _run_session(gateway, body, endpoint, url, session_id, token)
+        return await _run_session(gateway, body, endpoint, url, session_id, token, headers)
     except BaseExceptionGroup as group:  # anyio's task groups wrap what the body raised
         raise _leaf(group) from None
 
@@ -184,9 +188,10 @@ def _leaf(group: BaseExceptionGroup) -> BaseException:
 
 async def _run_session(
     gateway: GatewayProcess, body: Any, endpoint: str, url: str | None, session_id: str | None,
-    token: str | None,
+    token: str | None, extra: dict[str, str] | None,
 ) -> Any:  # fmt: skip
     headers = {"authorization": f"Bearer {token}"} if token else dict(gateway.headers)
+    headers.update(extra or {})
     if session_id is not None:
         headers["mcp-session-id"] = session_id
     async with (
@@ -475,6 +480,34 @@ def test_a_server_that_dies_mid_call_gives_a_clean_error_and_a_record(tmp_path, 
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    if not plain:
+        _a_tampered_tool_call_fails_verify(tmp_path / "gw" / "custos.db", record["event_id"])
+
+
+def _a_tampered_tool_call_fails_verify(db: Path, event_id: str) -> None:
+    """One byte of one ``mcp.tool_call`` record changed by whoever holds the file (the guard
+    triggers dropped first): ``custos audit verify`` fails, naming the record."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'audit_guard_%'"
+        ).fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute(
+            "UPDATE audit_events SET record = CAST(replace(CAST(record AS TEXT),"
+            ' \'"outcome":"upstream_error"\', \'"outcome":"served"\') AS BLOB)'
+            " WHERE event_id = ?",
+            (event_id,),
+        )
+        assert conn.total_changes == 1
+    verified = subprocess.run(
+        [*CUSTOS, "audit", "verify", "--store", f"sqlite:///{db}", "--allow-unsigned"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert f"({event_id}): the record's bytes do not match its leaf hash" in (
+        verified.stdout + verified.stderr)  # fmt: skip
 
 
 def _serve_one_session_on_two_replicas(first: GatewayProcess, second: GatewayProcess) -> None:
@@ -535,6 +568,8 @@ def test_two_replicas_on_postgresql_serve_one_session(tool_servers, tmp_path):
         first.token = second.token = admin_token
         try:
             _serve_one_session_on_two_replicas(first, second)
+            # The tool-call report of a PostgreSQL store equals its records.
+            assert assert_report_equals_records(first)["totals"]["served"] >= 1
         finally:
             first.stop()
             second.stop()
@@ -682,36 +717,107 @@ def test_tool_call_content_is_captured_under_the_audit_content_setting(
         gateway.stop()
 
 
-def test_custos_mcp_report_groups_tool_calls_by_team_server_and_tool(mcp_gateway):
-    import datetime as dt
-    import json
+def expected_tool_report(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, int]]:
+    """The tool-call report grouped by team, server, tool, outcome and stage, computed from
+    the records themselves."""
+    rows: dict[tuple[Any, ...], dict[str, int]] = {}
+    for r in records:
+        key = (r["team"], r["mcp.server"], r["mcp.tool"], r["outcome"], r["stopped_at"])
+        row = rows.setdefault(key, dict.fromkeys(("calls", "served", "denied", "cancelled",
+                                                   "failed", "tool_errors"), 0))  # fmt: skip
+        row["calls"] += 1
+        outcome = r["outcome"] if r["outcome"] in ("served", "denied", "cancelled") else "failed"
+        row[outcome] += 1
+        row["tool_errors"] += r["mcp.result.is_error"] is True
+    return rows
 
-    async def body(s: ClientSession) -> str:
-        return text_of(await s.call_tool("echo", {"text": "count me"}))
+
+def reported_tool_calls(gateway: GatewayProcess) -> dict[str, Any]:
+    today = dt.datetime.now(dt.UTC).date()
+    response = httpx.get(
+        f"{gateway.url}/admin/v1/audit/report/tool-calls",
+        params={"from": str(today - dt.timedelta(days=1)), "to": str(today),
+                "group_by": "team,server,tool,outcome,stage"},
+        headers=gateway.headers, timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_report_equals_records(gateway: GatewayProcess) -> dict[str, Any]:
+    """The tool-call report of ``gateway`` against its records (waiting until the records in
+    flight are in both)."""
+
+    def both() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return reported_tool_calls(gateway), tool_records(gateway)
+
+    def agree(pair: tuple[dict[str, Any], list[dict[str, Any]]]) -> bool:
+        report, records = pair
+        return report["totals"]["calls"] == len(records)
+
+    report, records = eventually(both, agree)
+    rows = {tuple(r["group"][g] for g in report["group_by"]):
+            {m: r[m] for m in report["totals"]} for r in report["rows"]}  # fmt: skip
+    assert rows == expected_tool_report(records)
+    assert report["totals"]["calls"] == len(records) == sum(r["calls"] for r in rows.values())
+    return report
+
+
+def test_the_audit_report_groups_tool_calls_by_team_server_and_tool(mcp_gateway):
+    """Served, denied (by access and by a guardrail) and failed tool calls through the SDK; the
+    tool-call report (``custos audit report --kind tool_calls``, and ``custos mcp report``,
+    the same report) equals the records, group by group and in total."""
+
+    async def body(s: ClientSession) -> None:
+        await s.call_tool("echo", {"text": "count me"})
+        await s.call_tool("echo", {"text": "and me"})
+        for refused in (("secret_tool", {}), ("echo", {"text": "DROP TABLE t"})):
+            with pytest.raises(McpError):
+                await s.call_tool(*refused)
+
+    async def declared(s: ClientSession) -> None:
+        await s.call_tool("echo", {"text": "about a customer"})
 
     asyncio.run(run_session(mcp_gateway, body))
-    record_where(mcp_gateway, **{"mcp.tool": "echo", "outcome": "served"})
+    classified = {"x-custos-metadata": json.dumps({"data_classification": "customer_data"})}
+    asyncio.run(run_session(mcp_gateway, declared, headers=classified))
+    record_where(mcp_gateway, **{"mcp.tool": "echo", "stopped_at": "guardrails"})
+    record_where(mcp_gateway, data_classes=[{"class": "customer_data", "count": None,
+                                             "source": "declared"}])  # fmt: skip
+    report = assert_report_equals_records(mcp_gateway)
+    stages = {(r["group"]["tool"], r["group"]["stage"]): r for r in report["rows"]}
+    assert stages[("secret_tool", "authorize")]["denied"] >= 1
+    assert stages[("echo", "guardrails")]["denied"] >= 1
+    assert stages[("echo", None)]["served"] >= 2
+
     today = dt.datetime.now(dt.UTC).date()
-    reported = subprocess.run(
-        [*CUSTOS, "mcp", "report", "--from", str(today - dt.timedelta(days=1)),
-         "--to", str(today + dt.timedelta(days=1)), "--group-by", "team,server,tool,outcome",
-         "--format", "json", "--url", mcp_gateway.url, "--token", mcp_gateway.token],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert reported.returncode == 0, reported.stderr
-    report = json.loads(reported.stdout)
-    rows = {(r["server"], r["tool"], r["outcome"]): r for r in report["rows"]}
-    assert rows[("tools", "echo", "served")]["calls"] >= 1
-    assert report["totals"]["calls"] == sum(r["calls"] for r in report["rows"])
-    assert report["totals"]["calls"] == len(tool_records(mcp_gateway))
-    table = subprocess.run(
-        [*CUSTOS, "mcp", "report", "--from", str(today), "--to", str(today),
-         "--url", mcp_gateway.url, "--token", mcp_gateway.token],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert table.returncode == 0, table.stderr
-    assert table.stdout.splitlines()[0].split() == ["team", "server", "tool", "calls", "served",
-                                                    "denied", "cancelled", "failed"]  # fmt: skip
+    common = ["--from", str(today - dt.timedelta(days=1)), "--to", str(today),
+              "--url", mcp_gateway.url, "--token", mcp_gateway.token]  # fmt: skip
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([*CUSTOS, *args, *common], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    audit = json.loads(cli("audit", "report", "--kind", "tool_calls", "--format", "json"))
+    assert audit["group_by"] == ["team", "server", "tool"]
+    assert audit["totals"]["calls"] >= report["totals"]["calls"]
+    assert json.loads(cli("mcp", "report", "--format", "json")) == audit
+    table = cli("mcp", "report").splitlines()
+    assert table[0].startswith("tool-call report ")
+    assert table[1].split() == ["TEAM", "SERVER", "TOOL", "CALLS", "SERVED", "DENIED",
+                                "CANCELLED", "FAILED", "TOOL_ERRORS"]  # fmt: skip
+    assert table[-1].split()[0] == "TOTAL"
+    # Which tools were called with customer data: the calls that declared it, nothing else.
+    customer = json.loads(cli("audit", "report", "--kind", "tool_calls", "--data-class",
+                              "customer_data", "--format", "json"))  # fmt: skip
+    carrying = [r for r in tool_records(mcp_gateway)
+                if "customer_data" in {c["class"] for c in r["data_classes"]}]  # fmt: skip
+    assert customer["totals"]["calls"] == len(carrying) >= 1
+    assert {(r["group"]["team"], r["group"]["server"], r["group"]["tool"])
+            for r in customer["rows"]} == {
+        (r["team"], r["mcp.server"], r["mcp.tool"]) for r in carrying}  # fmt: skip
 
 
 def test_bad_input_gets_a_clear_json_rpc_error_and_changes_nothing(mcp_gateway):

@@ -5,6 +5,8 @@ the routes (``custos.http.admin``) and the CLI (``custos.cli.audit``) are thin l
 as for the identity operations (``custos.admin.service``).
 
 ``GET /admin/v1/audit/report?from=&to=&group_by=&data_class=`` — ``custos.audit.compliance.report``.
+``GET /admin/v1/audit/report/tool-calls?from=&to=&group_by=&data_class=`` — MCP tool calls grouped
+(``custos.audit.compliance.tool_report``), with the same rights as the model-call report.
 ``GET /admin/v1/audit/events?from=&to=&event_type=&after=&limit=`` — stored records in insertion
 order, each as its canonical JSON text exactly as stored (``record``: a string, so a client that
 writes it out as UTF-8 has the stored bytes), with its leaf hash; ``next_after`` continues.
@@ -45,6 +47,8 @@ from custos.audit.compliance.report import (
     to_json,
 )
 from custos.audit.compliance.retention import Hold, list_holds, release_hold, set_hold
+from custos.audit.compliance.tool_report import DEFAULT_GROUP_BY, build_tool_report
+from custos.audit.compliance.tool_report import parse_group_by as parse_tool_group_by
 from custos.audit.compliance.verify import API_PAGE, verify_log, verify_range
 from custos.audit.log.proof import ProofError, prove_event
 from custos.audit.records import content
@@ -124,6 +128,56 @@ class ReportOut(_Out):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
+class ToolReportQuery(_Query):
+    from_: str = Field(
+        alias="from",
+        description="First day (2026-07-01) or RFC 3339 time.",
+        json_schema_extra=_DAY_OR_TIME,
+    )
+    to: str = Field(
+        description="Last day, inclusive (2026-09-30), or an RFC 3339 time, exclusive.",
+        json_schema_extra=_DAY_OR_TIME,
+    )
+    group_by: str = Field(
+        DEFAULT_GROUP_BY,
+        description="Comma-separated: team, principal, principal_kind, endpoint, server, tool, "
+        "called_as, region, outcome, status, stage, error, data_class, data_class_source, day, "
+        "month, quarter.",
+    )
+    data_class: str | None = Field(None, description="Only calls that carry this data class.")
+    source: Literal["declared", "detected"] | None = Field(
+        None,
+        description="Only calls carrying the class (or any class) from this source: declared "
+        "by the caller, or detected in the arguments.",
+    )
+
+
+class ToolReportTotals(_Out):
+    calls: int
+    served: int
+    denied: int
+    cancelled: int
+    failed: int
+    tool_errors: int = Field(description="Served calls whose result the tool marked isError.")
+
+
+class ToolReportRow(ToolReportTotals):
+    group: dict[str, Any]
+
+
+class ToolReportOut(_Out):
+    kind: Literal["tool_calls"]
+    from_: str = Field(alias="from")
+    to: str
+    group_by: list[str]
+    data_class: str | None
+    source: str | None
+    rows: list[ToolReportRow]
+    totals: ToolReportTotals
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
 class EventsQuery(_Query):
     from_: str | None = Field(
         None,
@@ -190,6 +244,18 @@ async def report(svc: AdminService, principal: Any, q: ReportQuery) -> ReportOut
         source=q.source,
     )
     return ReportOut.model_validate(to_json(built))
+
+
+async def tool_report(svc: AdminService, principal: Any, q: ToolReportQuery) -> ToolReportOut:
+    rights.require_reader(principal, "the audit report")
+    try:
+        since, until = parse_range(q.from_, q.to)
+        group_by = parse_tool_group_by(q.group_by)
+    except ReportError as exc:
+        raise BadInput(str(exc), "group_by" if "group" in str(exc) else "from") from None
+    built = await build_tool_report(_store(svc), since=since, until=until, group_by=group_by,
+                                    data_class=q.data_class, source=q.source)  # fmt: skip
+    return ToolReportOut.model_validate(built)
 
 
 async def events(svc: AdminService, principal: Any, q: EventsQuery) -> StoredRecordList:

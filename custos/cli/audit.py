@@ -5,7 +5,9 @@ http://127.0.0.1:8787) with a personal access token of an admin or auditor (``--
 ``$CUSTOS_TOKEN``).
 
 - ``report --from 2026-07-01 --to 2026-09-30 --group-by team,provider [--data-class X]
-  [--format table|csv|json]``: requests, tokens, cost and denials per group, with totals.
+  [--format table|csv|json]``: requests, tokens, cost and denials per group, with totals;
+  ``--kind tool_calls --group-by team,server,tool``: MCP tool calls (calls, served, denied,
+  cancelled, failed, tool errors) per group, with totals.
 - ``export [--from] [--to] [--event-type T] [--output FILE]``: the records as JSON lines, each
   line the record's bytes exactly as stored (so ``SHA-256(0x00 || line)`` is its leaf hash).
 - ``show REQUEST_ID``: the records of one request (or one event id), readable.
@@ -32,6 +34,9 @@ from typing import Any, BinaryIO
 
 from custos import private
 from custos.audit.compliance.report import render_csv, render_table
+from custos.audit.compliance.tool_report import DEFAULT_GROUP_BY as TOOL_GROUP_BY
+from custos.audit.compliance.tool_report import DIMENSIONS as TOOL_DIMENSIONS
+from custos.audit.compliance.tool_report import MEASURES as TOOL_MEASURES
 from custos.cli import audit_store
 from custos.cli.client import AdminClient, ApiError, path
 from custos.cli.common import TOKEN_ENV, Run, api_options, fail, token_of, usage
@@ -53,7 +58,10 @@ def _run(action: Action) -> Run:
 
 
 def _report(client: AdminClient, args: argparse.Namespace) -> int:
-    query = {"from": args.from_, "to": args.to, "group_by": args.group_by,
+    if args.kind == "tool_calls":
+        return tool_report(client, args.from_, args.to, args.group_by, args.format,
+                           data_class=args.data_class, source=args.source)  # fmt: skip
+    query = {"from": args.from_, "to": args.to, "group_by": args.group_by or "team,provider",
              "data_class": args.data_class, "source": args.source}  # fmt: skip
     reply = client.call("GET", path("audit", "report"), query=query)
     if args.format == "json":
@@ -62,6 +70,22 @@ def _report(client: AdminClient, args: argparse.Namespace) -> int:
         sys.stdout.write(render_csv(reply))
     else:
         sys.stdout.write(render_table(reply))
+    return 0
+
+
+def tool_report(client: AdminClient, since: str, until: str, group_by: str | None, form: str,
+                *, data_class: str | None = None, source: str | None = None) -> int:  # fmt: skip
+    """The tool-call report (``GET /admin/v1/audit/report/tool-calls``) printed as ``form``:
+    ``custos audit report --kind tool_calls`` and ``custos mcp report``."""
+    query = {"from": since, "to": until, "group_by": group_by or TOOL_GROUP_BY,
+             "data_class": data_class, "source": source}  # fmt: skip
+    reply = client.call("GET", path("audit", "report", "tool-calls"), query=query)
+    if form == "json":
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    elif form == "csv":
+        sys.stdout.write(render_csv(reply, TOOL_MEASURES))
+    else:
+        sys.stdout.write(render_table(reply, TOOL_MEASURES))
     return 0
 
 
@@ -181,16 +205,23 @@ def register(subparsers: Any) -> None:
 
 def _register_records(commands: Any, parent: argparse.ArgumentParser) -> None:
     report = commands.add_parser(
-        "report", parents=[parent], help="LLM calls grouped: requests, tokens, cost, denials",
+        "report", parents=[parent],
+        help="LLM calls (or MCP tool calls) grouped: requests, tokens, cost, denials",
         description="Which teams sent which data to which providers: LLM calls between two "
         "dates grouped by the dimensions given, with requests, tokens, cost and denials, and "
-        "totals. Dates are whole UTC days, both inclusive.",
+        "totals. With --kind tool_calls: MCP tool calls grouped by team, server, tool, ..., "
+        "with calls, served, denied, cancelled, failed and tool errors. Dates are whole UTC "
+        "days, both inclusive.",
     )  # fmt: skip
+    report.add_argument("--kind", choices=["llm_calls", "tool_calls"], default="llm_calls",
+                        help="what to report: model calls (default) or MCP tool calls")  # fmt: skip
     report.add_argument("--from", dest="from_", required=True, metavar="DATE")
     report.add_argument("--to", required=True, metavar="DATE")
-    report.add_argument("--group-by", default="team,provider",
-                        help="comma-separated: team, principal, provider, model, region, "
-                        "data_class, outcome, stage, status, day, month, quarter, …")  # fmt: skip
+    report.add_argument("--group-by",
+                        help="comma-separated. LLM calls (default team,provider): team, "
+                        "principal, provider, model, region, data_class, outcome, stage, "
+                        "status, day, month, quarter, ...; tool calls (default "
+                        f"{TOOL_GROUP_BY}): {', '.join(TOOL_DIMENSIONS)}")  # fmt: skip
     report.add_argument("--data-class", help="only calls that carry this data class")
     report.add_argument("--source", choices=["declared", "detected"],
                         help="only classes from this source: declared by the caller, or "
@@ -221,8 +252,8 @@ def _register_holds(commands: Any, parent: argparse.ArgumentParser) -> None:
     hold = commands.add_parser(
         "hold", help="legal holds: suspend the retention purge",
         description="Legal holds suspend the retention purge: for every record, or for the LLM "
-        "calls of one team. Admins set and release them, with a reason; each change is an "
-        "admin event.",
+        "and MCP tool calls of one team. Admins set and release them, with a reason; each "
+        "change is an admin event.",
     )  # fmt: skip
     hold.set_defaults(run=lambda _args: usage(hold))
     holds = hold.add_subparsers(title="hold commands", metavar="COMMAND")

@@ -8,9 +8,9 @@ gateway would decide about a tool call, without making it.
   in order on the given arguments (content guardrails and policy guardrails run as they would;
   webhooks are named, not called), then the post-invoke guardrails that would see the result.
   Exit status 0 when the call would go to the tool, 1 when it would be refused;
-- ``report --from DATE --to DATE --group-by team,server,tool``: the ``mcp.tool_call`` records
-  of a period (read through the admin API, as an admin or auditor) grouped, with calls, served,
-  denied, cancelled and failed, and totals;
+- ``report --from DATE --to DATE --group-by team,server,tool``: ``custos audit report --kind
+  tool_calls`` (the admin API's tool-call report, as an admin or auditor): tool calls of a
+  period grouped, with calls, served, denied, cancelled, failed and tool errors, and totals;
 - ``credential set|list|delete``: your own credentials for ``auth: per_user`` servers
   (``custos.cli.mcp_credentials``).
 
@@ -28,6 +28,8 @@ import json
 import sys
 from typing import Any
 
+from custos.audit.compliance.tool_report import DEFAULT_GROUP_BY as TOOL_GROUP_BY
+from custos.audit.compliance.tool_report import DIMENSIONS as TOOL_DIMENSIONS
 from custos.cli import mcp_credentials
 from custos.cli.common import TOKEN_ENV, api_options, fail, token_of, usage
 
@@ -59,14 +61,19 @@ def register(commands: Any) -> None:
         "report",
         parents=[api_options("an admin's or auditor's token")],
         help="tool calls of a period grouped: calls, served, denied, cancelled, failed",
-        description="The mcp.tool_call records between two dates (whole UTC days, both "
-        "inclusive) grouped by the dimensions given, with totals.",
+        description="The same report as 'custos audit report --kind tool_calls': MCP tool calls "
+        "between two dates (whole UTC days, both inclusive) grouped by the dimensions given, "
+        "with calls, served, denied, cancelled, failed and tool errors, and totals.",
     )
     report.add_argument("--from", dest="from_", required=True, metavar="DATE")
     report.add_argument("--to", required=True, metavar="DATE")
-    report.add_argument("--group-by", default="team,server,tool",
-                        help="comma-separated: " + ", ".join(REPORT_DIMENSIONS))  # fmt: skip
-    report.add_argument("--format", choices=["table", "json"], default="table")
+    report.add_argument("--group-by", default=TOOL_GROUP_BY,
+                        help="comma-separated: " + ", ".join(TOOL_DIMENSIONS))  # fmt: skip
+    report.add_argument("--data-class", help="only calls that carry this data class")
+    report.add_argument("--source", choices=["declared", "detected"],
+                        help="only classes from this source: declared by the caller, or "
+                        "detected in the arguments")  # fmt: skip
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
     report.set_defaults(run=_report)
     mcp_credentials.register(sub)
 
@@ -249,78 +256,17 @@ async def _decide(runtime: Any, principal: Any, server: str, tool: str,
 
 # -- report ----------------------------------------------------------------------------------------
 
-#: Report dimension → the record field it groups by (``None``: derived from ``time_start``).
-REPORT_DIMENSIONS: dict[str, str | None] = {
-    "team": "team", "principal": "principal.id", "endpoint": "mcp.endpoint",
-    "server": "mcp.server", "tool": "mcp.tool", "region": "cloud.region",
-    "outcome": "outcome", "stage": "stopped_at", "error": "error.type",
-    "day": None, "month": None, "quarter": None,
-}  # fmt: skip
-REPORT_MEASURES = ("calls", "served", "denied", "cancelled", "failed")
-
 
 def _report(args: argparse.Namespace) -> int:
-    from custos.cli.client import AdminClient, ApiError, path
+    from custos.cli.audit import tool_report
+    from custos.cli.client import AdminClient, ApiError
 
     token = token_of(args)
     if not token:
         return fail(f"no token: pass --token or set ${TOKEN_ENV}", 2)
-    group_by = [d.strip() for d in args.group_by.split(",") if d.strip()]
-    unknown = [d for d in group_by if d not in REPORT_DIMENSIONS]
-    if unknown or not group_by:
-        return fail(f"--group-by takes {', '.join(REPORT_DIMENSIONS)}", 2)
-    client = AdminClient(args.url, token, timeout=120)
-    rows: dict[tuple[Any, ...], dict[str, int]] = {}
-    totals = dict.fromkeys(REPORT_MEASURES, 0)
-    after = 0
     try:
-        while True:
-            query = {"from": args.from_, "to": args.to, "event_type": "mcp.tool_call",
-                     "after": after}  # fmt: skip
-            reply = client.call("GET", path("audit", "events"), query=query)
-            for stored in reply["data"]:
-                record = json.loads(stored["record"])
-                key = tuple(_dimension(record, d) for d in group_by)
-                _count(rows.setdefault(key, dict.fromkeys(REPORT_MEASURES, 0)), record)
-                _count(totals, record)
-            if reply["next_after"] is None:
-                break
-            after = reply["next_after"]
+        return tool_report(AdminClient(args.url, token, timeout=120), args.from_, args.to,
+                           args.group_by, args.format, data_class=args.data_class,
+                           source=args.source)  # fmt: skip
     except ApiError as exc:
         return fail(str(exc))
-    ordered = sorted(rows.items(), key=lambda item: [str(v) for v in item[0]])
-    if args.format == "json":
-        data = [{**dict(zip(group_by, key, strict=True)), **counts} for key, counts in ordered]
-        print(json.dumps({"group_by": group_by, "rows": data, "totals": totals}, indent=2))
-        return 0
-    header = [*group_by, *REPORT_MEASURES]
-    table = [[*("-" if v is None else str(v) for v in key), *(str(c[m]) for m in REPORT_MEASURES)]
-             for key, c in ordered]  # fmt: skip
-    table.append(
-        ["total", *([""] * (len(group_by) - 1)), *(str(totals[m]) for m in REPORT_MEASURES)]
-    )
-    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
-    for row in [header, *table]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return 0
-
-
-def _dimension(record: dict[str, Any], name: str) -> Any:
-    field = REPORT_DIMENSIONS[name]
-    if field is not None:
-        return record.get(field)
-    start = str(record.get("time_start", ""))
-    if name == "day":
-        return start[:10]
-    if name == "month":
-        return start[:7]
-    return f"{start[:4]}-Q{(int(start[5:7]) - 1) // 3 + 1}" if len(start) >= 7 else None
-
-
-def _count(counts: dict[str, int], record: dict[str, Any]) -> None:
-    outcome = record.get("outcome")
-    counts["calls"] += 1
-    if outcome in ("served", "denied", "cancelled"):
-        counts[outcome] += 1
-    else:
-        counts["failed"] += 1

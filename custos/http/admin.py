@@ -500,6 +500,10 @@ async def _audit_report(svc: AdminService, c: Call) -> BaseModel:
     return await audit_service.report(svc, c.principal, c.query)
 
 
+async def _audit_tool_report(svc: AdminService, c: Call) -> BaseModel:
+    return await audit_service.tool_report(svc, c.principal, c.query)
+
+
 async def _audit_events(svc: AdminService, c: Call) -> BaseModel:
     return await audit_service.events(svc, c.principal, c.query)
 
@@ -690,6 +694,12 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
            "data class, …: requests, tokens, cost, denials (admin, auditor)",
            audit_service.ReportOut, query=audit_service.ReportQuery),
         _audit_report,
+    ),
+    (
+        _r("GET", "/audit/report/tool-calls", "getAuditToolCallReport", "MCP tool calls grouped "
+           "by team, server, tool, …: calls, served, denied, cancelled, failed (admin, auditor)",
+           audit_service.ToolReportOut, query=audit_service.ToolReportQuery),
+        _audit_tool_report,
     ),
     (
         _r("GET", "/audit/events", "listAuditEvents", "Audit records exactly as stored, in "

@@ -1,6 +1,7 @@
 """What ``custos audit verify`` checks beyond the Merkle log: the tables derived from records.
 
-Reports read the query projections (``audit_llm_calls``, ``audit_llm_call_data_classes``) and
+Reports read the query projections (``audit_llm_calls``, ``audit_llm_call_data_classes``,
+``audit_tool_calls``) and
 the config history reads ``audit_config_texts``; neither is hashed into the log, so an edit to
 them (with the guard triggers dropped) would change reports and history unseen. Here each is
 checked against the hashed records it was derived from (whose bytes ``verify`` has checked
@@ -10,6 +11,8 @@ against their leaf hashes):
   record's field (on PostgreSQL a NUL in text is projected as U+FFFD, as the insert does), and
   exactly its data-class rows; a record whose body the purge emptied has none;
 - no projection or data-class row exists without its ``llm.call`` record;
+- the same for ``mcp.tool_call`` records and their ``audit_tool_calls`` and
+  ``audit_tool_call_data_classes`` rows (a NUL in text is projected as U+FFFD on both stores);
 - every stored config text hashes to the ``config.text_sha256`` of a ``config.revision`` record
   of its revision, and every such record older than the pending delay has its text. A text whose
   revision's records were all purged cannot be checked (the records are gone) and is skipped.
@@ -27,13 +30,15 @@ from typing import Any
 import orjson
 
 from custos.audit.log.checks import each_event
-from custos.audit.records.record import CONFIG_REVISION, LLM_CALL, parse_rfc3339
-from custos.audit.storage.store import _LLM_FIELDS
+from custos.audit.records.record import CONFIG_REVISION, LLM_CALL, MCP_TOOL_CALL, parse_rfc3339
+from custos.audit.storage.store import _LLM_FIELDS, TOOL_FIELDS, TOOL_NUL
 from custos.state.store import Store, _dt
 
 Fail = Callable[[str], None]
 
 _PROJECTED = ", ".join(f"c.{column} AS p_{column}" for column, _, _ in _LLM_FIELDS)
+_TOOL_CLASSES = "audit_tool_call_data_classes"
+_TOOL_PROJECTED = ", ".join(f"t.{column} AS p_{column}" for column, _, _ in TOOL_FIELDS)
 
 
 async def check_projections(store: Store, fail: Fail, *, window: list[Any], page_size: int) -> int:
@@ -74,12 +79,93 @@ async def check_projections(store: Store, fail: Fail, *, window: list[Any], page
     return checked
 
 
-async def _class_rows(tx: Any, event_ids: list[str]) -> dict[str, list[tuple[Any, ...]]]:
+async def check_tool_projections(
+    store: Store, fail: Fail, *, window: list[Any], page_size: int
+) -> int:
+    """The ``audit_tool_calls`` and data-class rows of every ``mcp.tool_call`` record (in
+    ``window`` when given), then rows left without a record."""
+    in_range = " AND e.at >= $3 AND e.at < $4" if window else ""
+    checked, after = 0, 0
+    while True:
+        async with store.transaction(readonly=True) as tx:
+            page = await tx.fetch(
+                "SELECT e.ingest_id, e.event_id, e.record, t.event_id AS p_event_id,"
+                f" t.time_start AS p_time_start, {_TOOL_PROJECTED}"
+                " FROM audit_events e LEFT JOIN audit_tool_calls t ON t.event_id = e.event_id"
+                f" WHERE e.event_type = '{MCP_TOOL_CALL}' AND e.ingest_id > $1{in_range}"
+                " ORDER BY e.ingest_id LIMIT $2",
+                after,
+                page_size,
+                *window,
+            )
+            classes = await _class_rows(tx, [str(r["event_id"]) for r in page], _TOOL_CLASSES)
+        for row in page:
+            checked += 1
+            problem = _tool_problem(row, classes.get(str(row["event_id"]), []))
+            if problem is not None:
+                fail(f"projection of mcp.tool_call record {row['event_id']}: {problem}")
+        if len(page) < page_size:
+            break
+        after = int(page[-1]["ingest_id"])
+    for table in ("audit_tool_calls", _TOOL_CLASSES):
+        async with store.transaction(readonly=True) as tx:
+            orphan = await tx.fetchrow(
+                f"SELECT t.event_id FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM audit_events"
+                f" e WHERE e.event_id = t.event_id AND e.event_type = '{MCP_TOOL_CALL}') LIMIT 1"
+            )
+        if orphan is not None:
+            fail(f"{table} holds a row for {orphan['event_id']}, which is no mcp.tool_call "
+                 "record")  # fmt: skip
+    return checked
+
+
+def _tool_problem(row: Any, classes: list[tuple[Any, ...]]) -> str | None:
+    body = bytes(row["record"]) if row["record"] is not None else b""
+    if not body:  # emptied by the purge, which deletes its rows in the same transaction
+        if row["p_event_id"] is not None or classes:
+            return "its body was purged but its projection rows remain"
+        return None
+    if row["p_event_id"] is None:
+        return "audit_tool_calls has no row for it"
+    record = orjson.loads(body)
+    nul = TOOL_NUL
+    for column, key, _cast in TOOL_FIELDS:
+        expected = record.get(key)
+        if isinstance(expected, str):
+            expected = expected.replace("\x00", nul)
+        stored = row[f"p_{column}"]
+        # SQLite keeps ``tool_error`` as 0 or 1, which equal False and True.
+        if stored != expected:
+            return f"audit_tool_calls.{column} is {stored!r}, the record says {expected!r}"
+    stored_start: datetime | None = _dt(row["p_time_start"])
+    if stored_start != parse_rfc3339(record["time_start"]):
+        return (f"audit_tool_calls.time_start is {stored_start}, the record says "
+                f"{record['time_start']}")  # fmt: skip
+    listed = record.get("data_classes")
+    declared = _declared(listed if isinstance(listed, list) else [], nul)
+    if sorted(classes) != declared:
+        return f"{_TOOL_CLASSES} holds {sorted(classes)}, the record says {declared}"
+    return None
+
+
+def _declared(listed: list[dict[str, Any]], nul: str) -> list[tuple[str, str, Any]]:
+    """A record's data classes as its projection keeps them: (class, source, count), sorted,
+    a class named twice by one source once (the first)."""
+    first: dict[tuple[str, str], Any] = {}
+    for c in listed:
+        first.setdefault((c["class"].replace("\x00", nul), c["source"].replace("\x00", nul)),
+                         c["count"])  # fmt: skip
+    return sorted((name, source, count) for (name, source), count in first.items())
+
+
+async def _class_rows(
+    tx: Any, event_ids: list[str], table: str = "audit_llm_call_data_classes"
+) -> dict[str, list[tuple[Any, ...]]]:
     if not event_ids:
         return {}
     marks = ", ".join(f"${i}" for i in range(1, len(event_ids) + 1))
     rows = await tx.fetch(
-        "SELECT event_id, data_class, source, match_count FROM audit_llm_call_data_classes"
+        f"SELECT event_id, data_class, source, match_count FROM {table}"
         f" WHERE event_id IN ({marks})",
         *event_ids,
     )
@@ -111,11 +197,7 @@ def _projection_problem(row: Any, classes: list[tuple[Any, ...]], nul: str) -> s
         stored: datetime | None = _dt(row[f"p_{column}"])
         if stored != parse_rfc3339(record[column]):
             return f"audit_llm_calls.{column} is {stored}, the record says {record[column]}"
-    first: dict[tuple[str, str], Any] = {}  # a class named twice by one source: the first
-    for c in record.get("data_classes") or []:
-        first.setdefault((c["class"].replace("\x00", nul), c["source"].replace("\x00", nul)),
-                         c["count"])  # fmt: skip
-    declared = sorted((name, source, count) for (name, source), count in first.items())
+    declared = _declared(record.get("data_classes") or [], nul)
     if sorted(classes) != declared:
         return f"audit_llm_call_data_classes holds {sorted(classes)}, the record says {declared}"
     return None

@@ -309,24 +309,26 @@ def to_json(report: Report) -> dict[str, Any]:
 _HEADINGS = {"input_tokens": "input tok", "output_tokens": "output tok", "cost_micros": "cost usd"}
 
 
-def _cells(entry: dict[str, Any]) -> list[str]:
-    return [usd(entry["cost_micros"]) if m == "cost_micros" else str(entry[m]) for m in MEASURES]
+def _cells(entry: dict[str, Any], measures: tuple[str, ...]) -> list[str]:
+    return [usd(entry["cost_micros"]) if m == "cost_micros" else str(entry[m]) for m in measures]
 
 
-def render_table(data: dict[str, Any]) -> str:
-    """A report (``to_json``'s shape) as an aligned text table with a totals line."""
+def render_table(data: dict[str, Any], measures: tuple[str, ...] = MEASURES) -> str:
+    """A report (``to_json``'s shape, or the tool-call report's with its ``measures``) as an
+    aligned text table with a totals line."""
     group_by = data["group_by"]
-    head = [g.upper() for g in group_by] + [_HEADINGS.get(m, m).upper() for m in MEASURES]
+    head = [g.upper() for g in group_by] + [_HEADINGS.get(m, m).upper() for m in measures]
     grid = [head]
     for row in data["rows"]:
         names = ["-" if row["group"][g] is None else str(row["group"][g]) for g in group_by]
-        grid.append(names + _cells(row))
-    grid.append(["TOTAL"] + [""] * max(0, len(group_by) - 1) + _cells(data["totals"]))
+        grid.append(names + _cells(row, measures))
+    grid.append(["TOTAL"] + [""] * max(0, len(group_by) - 1) + _cells(data["totals"], measures))
     if not group_by:
         grid[-1] = grid[-1][1:]
     widths = [max(len(line[i]) for line in grid) for i in range(len(head))]
-    lines = [f"audit report {data['from']} .. {data['to']}"
-             + (f", data class {data['data_class']}" if data["data_class"] else "")]  # fmt: skip
+    kind = "tool-call report" if data.get("kind") == "tool_calls" else "audit report"
+    title = f"{kind} {data['from']} .. {data['to']}"
+    lines = [title + (f", data class {data['data_class']}" if data.get("data_class") else "")]
     for line in grid:
         cells = [
             v.ljust(w) if i < len(group_by) else v.rjust(w)
@@ -336,11 +338,14 @@ def render_table(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_csv(data: dict[str, Any]) -> str:
+def render_csv(data: dict[str, Any], measures: tuple[str, ...] = MEASURES) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*data["group_by"], *MEASURES[:-1], "cost_usd"])
+    writer.writerow(
+        [*data["group_by"], *(m if m != "cost_micros" else "cost_usd" for m in measures)]
+    )
     for row in data["rows"]:
         names = ["" if row["group"][g] is None else row["group"][g] for g in data["group_by"]]
-        writer.writerow([*names, *(row[m] for m in MEASURES[:-1]), usd(row["cost_micros"])])
+        cells = [usd(row[m]) if m == "cost_micros" else row[m] for m in measures]
+        writer.writerow([*names, *cells])
     return buffer.getvalue()

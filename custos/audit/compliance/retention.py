@@ -4,8 +4,10 @@
 ``audit.retention_days`` and that are already sequenced, and in one transaction per batch:
 
 - empties their bodies (``audit_events.record`` becomes zero bytes) and deletes their query rows
-  (``audit_llm_calls``, ``audit_llm_call_data_classes``), taking them out of the daily rollups
-  (``custos.audit.storage.rollup``) first;
+  (``audit_llm_calls``, ``audit_llm_call_data_classes``, ``audit_tool_calls``,
+  ``audit_tool_call_data_classes``), taking them out
+  of the daily rollups (``custos.audit.storage.rollup``, ``custos.audit.storage.tool_rollup``)
+  first;
 - keeps everything the tree is made of: the ``audit_events`` row with its leaf hash,
   ``audit_leaves`` and ``audit_merkle_nodes``, so every root and every checkpoint, stored or
   exported, still verifies;
@@ -27,7 +29,8 @@ WAL. On PostgreSQL the old row versions stay in the table's files until (auto)va
 them, and in WAL archives and backups until those age out.
 
 **Legal holds** (``set_hold``/``release_hold``): a hold suspends the purge, for every record
-(global, ``team`` null) or for the LLM calls attributed to one team (the records' ``team``).
+(global, ``team`` null) or for the LLM and MCP tool calls attributed to one team (the records'
+``team``).
 Holds are set and released by admins with a reason; each change is an admin event (and so an
 ``admin.change`` record) in the same transaction. A released hold is kept, with who released it
 and why.
@@ -47,7 +50,7 @@ from typing import Any, Final
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.records import events
 from custos.audit.records.record import AUDIT_PURGE, SealedRecord, seal, unix_ms
-from custos.audit.storage import rollup
+from custos.audit.storage import rollup, tool_rollup
 from custos.audit.storage.store import insert_in
 from custos.config.audit import AuditSettings
 from custos.state.errors import Conflict, Invalid, NotFound
@@ -207,15 +210,20 @@ async def _candidates(tx: Tx, cutoff: datetime, teams: list[str], after: int,
                       limit: int | None) -> list[dict[str, Any]]:  # fmt: skip
     """Sequenced, not yet purged records older than ``cutoff``, not held, ``seq > after``."""
     args: list[Any] = [cutoff, AUDIT_PURGE, after]
-    held = ""
+    held = joined = ""
     if teams:
         marks = ", ".join(f"${len(args) + 1 + i}" for i in range(len(teams)))
         args.extend(teams)
-        held = f" AND (c.team IS NULL OR c.team NOT IN ({marks}))"
+        # A model call's team, or a tool call's: each record has at most one of the two rows.
+        joined = (
+            " LEFT JOIN audit_llm_calls c ON c.event_id = e.event_id"
+            " LEFT JOIN audit_tool_calls t ON t.event_id = e.event_id"
+        )
+        team = "COALESCE(c.team, t.team)"
+        held = f" AND ({team} IS NULL OR {team} NOT IN ({marks}))"
     sql = (
         "SELECT l.seq, e.event_id FROM audit_leaves l"
-        " JOIN audit_events e ON e.event_id = l.event_id"
-        " LEFT JOIN audit_llm_calls c ON c.event_id = e.event_id"
+        f" JOIN audit_events e ON e.event_id = l.event_id{joined}"
         f" WHERE e.at < $1 AND length(e.record) > 0 AND e.event_type <> $2 AND l.seq > $3{held}"
         " ORDER BY l.seq"
     )
@@ -297,6 +305,9 @@ async def _empty(tx: Tx, event_ids: list[str]) -> None:
         await rollup.subtract_calls(tx, event_ids)
         await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
         await tx.executemany("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids)
+        await tool_rollup.subtract_tool_calls(tx, event_ids)
+        await tx.executemany("DELETE FROM audit_tool_calls WHERE event_id = $1", ids)
+        await tx.executemany("DELETE FROM audit_tool_call_data_classes WHERE event_id = $1", ids)
 
 
 class RetentionJob:

@@ -52,7 +52,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from custos.audit.compliance.derived import check_config_texts, check_projections
+from custos.audit.compliance.derived import (
+    check_config_texts,
+    check_projections,
+    check_tool_projections,
+)
 from custos.audit.log.checkpoint import Verifier
 from custos.audit.log.checks import (
     check_checkpoints,
@@ -95,7 +99,8 @@ class Report:
     unsigned: int = 0
     pending_late: int = 0
     exported_checked: int = 0
-    #: llm.call records whose projection rows were compared; config texts checked.
+    #: llm.call and mcp.tool_call records whose projection rows were compared; config texts
+    #: checked.
     projections_checked: int = 0
     config_texts_checked: int = 0
     keys_from_database: bool = False
@@ -190,6 +195,8 @@ async def verify_log(
     page = min(page_size, API_PAGE)
     report.projections_checked = await check_projections(store, fail, window=window,
                                                          page_size=page)  # fmt: skip
+    report.projections_checked += await check_tool_projections(store, fail, window=window,
+                                                               page_size=page)  # fmt: skip
     report.config_texts_checked = await check_config_texts(store, fail, cutoff=cutoff)
     return report
 

@@ -5,13 +5,15 @@ Contracts:
 - ``insert`` writes a batch of sealed records and their projections in one transaction, with
   ``ON CONFLICT DO NOTHING`` everywhere: inserting a record twice (a spool replayed after a
   crash, a batch retried after a timeout whose commit did land) changes nothing.
-- The projections (``audit_llm_calls``, ``audit_llm_call_data_classes``) say exactly what the
-  records say. On PostgreSQL the database derives them from the stored bytes of the
-  ``llm.call`` records the batch added, with one exception: a NUL character, which PostgreSQL
-  text cannot hold, is projected as U+FFFD; this reads the bytes as UTF-8 text in the
-  database's encoding, so the database must be able to hold every character a record may carry
-  (``UTF8``: ``PostgresStore.open`` refuses any other). On SQLite they are bound from the
-  records' parsed fields.
+- The projections (``audit_llm_calls``, ``audit_llm_call_data_classes`` of ``llm.call``
+  records; ``audit_tool_calls``, ``audit_tool_call_data_classes`` of ``mcp.tool_call``
+  records) say exactly what the records say. On PostgreSQL the database derives them from the
+  stored bytes of the records the batch added, with one exception: a NUL character, which
+  PostgreSQL text cannot hold, is projected as U+FFFD; this reads the bytes as UTF-8 text in
+  the database's encoding, so the database must be able to hold every character a record may
+  carry (``UTF8``: ``PostgresStore.open`` refuses any other). On SQLite they are bound from
+  the records' parsed fields (the tool-call projections with a NUL as U+FFFD too: migration
+  0011 filled them through SQLite's JSON functions, which end a text at a NUL).
 - On SQLite that transaction also appends the records to the Merkle log (``insert_in``).
 - Reads never re-serialise a record: ``record`` comes back as the stored bytes.
 - Times are stored as the dialect's time type (SQLite: fixed-width ISO text; PostgreSQL:
@@ -33,8 +35,14 @@ from typing import Any, Final
 import orjson
 
 from custos.audit.log.sequencer import append_leaves
-from custos.audit.records.record import LLM_CALL, SealedRecord, rfc3339_ms, utc_second
-from custos.audit.storage import rollup
+from custos.audit.records.record import (
+    LLM_CALL,
+    MCP_TOOL_CALL,
+    SealedRecord,
+    rfc3339_ms,
+    utc_second,
+)
+from custos.audit.storage import rollup, tool_rollup
 from custos.audit.storage.content_store import insert_attachments
 from custos.state.errors import Conflict, Invalid
 from custos.state.models import utcnow
@@ -83,6 +91,31 @@ _LLM_FIELDS: Final = (
 )
 _LLM_COLUMNS = "event_id, time_start, time_end, " + ", ".join(c for c, _, _ in _LLM_FIELDS)
 _CLASS_COLUMNS = "event_id, data_class, source, match_count, time_start"
+#: ``audit_tool_calls`` columns (migration 0011) after ``event_id, time_start``, as
+#: ``_LLM_FIELDS``. Every one may be null: a record built only in part still gets its row.
+TOOL_FIELDS: Final = (
+    ("request_id", "request_id", ""),
+    ("team", "team", ""),
+    ("principal_kind", "principal.kind", ""),
+    ("principal_id", "principal.id", ""),
+    ("token_id", "auth.token_id", ""),
+    ("endpoint", "mcp.endpoint", ""),
+    ("server", "mcp.server", ""),
+    ("tool", "mcp.tool", ""),
+    ("called_as", "mcp.tool.called_as", ""),
+    ("region", "cloud.region", ""),
+    ("status", "http.response.status_code", "::integer"),
+    ("outcome", "outcome", ""),
+    ("stopped_at", "stopped_at", ""),
+    ("error_type", "error.type", ""),
+    ("tool_error", "mcp.result.is_error", "::boolean"),
+    ("latency_ms", "latency_ms", "::bigint"),
+    ("config_revision", "config.revision", ""),
+)
+_TOOL_COLUMNS = "event_id, time_start, " + ", ".join(c for c, _, _ in TOOL_FIELDS)
+_TOOL_KEYS: Final = tuple(key for _, key, _ in TOOL_FIELDS)
+#: What a NUL character in text is in ``audit_tool_calls``, on both stores.
+TOOL_NUL: Final = "\ufffd"
 
 
 def _nul_as_replacement(text: str) -> str:
@@ -113,6 +146,19 @@ _SQLITE_INSERT_CLASS = (
     f"INSERT INTO audit_llm_call_data_classes ({_CLASS_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT DO NOTHING"
 )
+_SQLITE_INSERT_TOOL_CLASS = (
+    f"INSERT INTO audit_tool_call_data_classes ({_CLASS_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT DO NOTHING"
+)
+_SQLITE_INSERT_TOOL = (
+    f"INSERT INTO audit_tool_calls ({_TOOL_COLUMNS}) VALUES ("
+    + ", ".join(f"${i}" for i in range(1, 3 + len(TOOL_FIELDS)))
+    + ") ON CONFLICT (event_id) DO NOTHING"
+)
+#: The tool-call rollup's dimensions (``tool_rollup.DIMS``) out of ``_tool_values``.
+_TOOL_COLUMN_INDEX: Final = {c: i for i, (c, _, _) in enumerate(TOOL_FIELDS)}
+_tool_rollup_dims = operator.itemgetter(*(_TOOL_COLUMN_INDEX[d] for d in tool_rollup.DIMS))
+_TOOL_ERROR: Final = _TOOL_COLUMN_INDEX["tool_error"]
 #: The projected fields of a record, in column order, read in one C call.
 _call_values = operator.itemgetter(*(key for _, key, _ in _LLM_FIELDS))
 #: The rollup's dimensions (``rollup.CALL_DIMS``) out of ``_call_values``.
@@ -150,28 +196,60 @@ def _pg_insert_events(source: str) -> str:
     )
 
 
-# And for batches that hold llm.call records, the same statement derives the projections from
-# the rows it really added (RETURNING: a record already stored adds nothing), parsing each
-# record once. A batch without any (the purge's audit.purge record) names no projection table,
-# so a role without INSERT on them (docs/audit.md, the retention role) can still write it.
+# And for batches that hold llm.call or mcp.tool_call records, the same statement derives the
+# projections from the rows it really added (RETURNING: a record already stored adds nothing),
+# parsing each record once. A batch without any (the purge's audit.purge record) names no
+# projection table, so a role without INSERT on them (docs/audit.md, the retention role) can
+# still write it.
 _PG_JSON = (
     "(CASE WHEN strpos(t, chr(92) || 'u0000') = 0 THEN t ELSE "
     + _nul_as_replacement("t")
     + " END)::jsonb"
 )
+_PG_INSERT_TOOLS = (
+    f"INSERT INTO audit_tool_calls ({_TOOL_COLUMNS}) SELECT event_id, at, "
+    + ", ".join(f"(r ->> '{key}'){cast}" for _, key, cast in TOOL_FIELDS)
+    + " FROM tool_calls ON CONFLICT (event_id) DO NOTHING RETURNING *"
+)
+
+#: A tool call's data classes (the array, when its record has one: a record built only in part
+#: has none), in the order the record lists them (a class named twice by one source: the first).
+_PG_INSERT_TOOL_CLASSES = (
+    f"INSERT INTO audit_tool_call_data_classes ({_CLASS_COLUMNS})"
+    " SELECT event_id, c ->> 'class', c ->> 'source', (c ->> 'count')::bigint, at"
+    " FROM tool_calls CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN"
+    " jsonb_typeof(r -> 'data_classes') = 'array' THEN r -> 'data_classes' END)"
+    " WITH ORDINALITY AS x (c, n) ORDER BY event_id, n ON CONFLICT DO NOTHING"
+)
 
 
-def _pg_insert_with_calls(source: str) -> str:
-    return (
-        f"WITH added AS ({_pg_insert_events(source)}"
-        " RETURNING event_id, event_type, at, record),"
+def _pg_insert_projecting(source: str, *, calls: bool, tools: bool) -> str:
+    """The batch's insert with the projections of the ``llm.call`` (``calls``) and the
+    ``mcp.tool_call`` (``tools``) records it added, as one statement."""
+    added = f"{_pg_insert_events(source)} RETURNING event_id, event_type, at, record"
+    ctes = [f"WITH added AS ({added})"]
+    if tools:
+        ctes += [
+            " tool_texts AS (SELECT event_id, at, convert_from(record, 'UTF8') AS t FROM added"
+            f" WHERE event_type = '{MCP_TOOL_CALL}')",
+            f" tool_calls AS (SELECT event_id, at, {_PG_JSON} AS r FROM tool_texts)",
+            f" tools_projected AS ({_PG_INSERT_TOOLS})",
+        ]
+        ctes.append(f" tools_rolled AS ({tool_rollup.pg_rollup_sql('tools_projected')})")
+        if not calls:
+            return ",".join(ctes) + " " + _PG_INSERT_TOOL_CLASSES
+        ctes.append(f" tool_classes AS ({_PG_INSERT_TOOL_CLASSES})")
+    ctes += [
         " texts AS (SELECT event_id, at, convert_from(record, 'UTF8') AS t FROM added"
-        " WHERE event_type = 'llm.call'),"
-        f" calls AS (SELECT event_id, at, {_PG_JSON} AS r FROM texts),"
+        f" WHERE event_type = '{LLM_CALL}')",
+        f" calls AS (SELECT event_id, at, {_PG_JSON} AS r FROM texts)",
         f" projected AS (INSERT INTO audit_llm_calls ({_LLM_COLUMNS})"
         " SELECT event_id, at, (r ->> 'time_end')::timestamptz, "
         + ", ".join(f"(r ->> '{key}'){cast}" for _, key, cast in _LLM_FIELDS)
-        + f" FROM calls ON CONFLICT (event_id) DO NOTHING RETURNING *),{_PG_ROLLUPS}"
+        + " FROM calls ON CONFLICT (event_id) DO NOTHING RETURNING *)",
+        _PG_ROLLUPS,
+    ]
+    return ",".join(ctes) + (
         f" INSERT INTO audit_llm_call_data_classes ({_CLASS_COLUMNS})"
         " SELECT calls.event_id, c ->> 'class', c ->> 'source', (c ->> 'count')::bigint,"
         " calls.at FROM calls"
@@ -226,13 +304,16 @@ def _pg_rollups() -> str:
 _PG_ROLLUPS: Final = _pg_rollups()
 
 
-#: (joined, with llm.call records) → the statement.
+#: (joined, with llm.call records, with mcp.tool_call records) → the statement.
 _PG_INSERTS = {
-    (joined, calls): (_pg_insert_with_calls if calls else _pg_insert_events)(
-        _PG_FROM_JOINED if joined else _PG_FROM_ARRAYS
+    (joined, calls, tools): (
+        _pg_insert_projecting(source, calls=calls, tools=tools)
+        if calls or tools
+        else _pg_insert_events(source)
     )
-    for joined in (False, True)
+    for joined, source in ((False, _PG_FROM_ARRAYS), (True, _PG_FROM_JOINED))
     for calls in (False, True)
+    for tools in (False, True)
 }
 
 
@@ -337,11 +418,17 @@ class AuditStore:
             if not rows:
                 rows = await tx.fetch("SELECT * FROM audit_events WHERE event_id = $1", ref)
             if not rows:
-                # auth.failure and mcp.tool_call records have a request id but no projection:
-                # look in the bytes of the latest ones.
                 rows = await tx.fetch(
-                    "SELECT * FROM audit_events WHERE event_type IN ('auth.failure',"
-                    " 'mcp.tool_call') ORDER BY ingest_id DESC LIMIT 10000"
+                    "SELECT e.* FROM audit_events e JOIN audit_tool_calls t"
+                    " ON t.event_id = e.event_id WHERE t.request_id = $1 ORDER BY e.ingest_id",
+                    ref,
+                )
+            if not rows:
+                # auth.failure records have a request id but no projection: look in the bytes
+                # of the latest ones.
+                rows = await tx.fetch(
+                    "SELECT * FROM audit_events WHERE event_type = 'auth.failure'"
+                    " ORDER BY ingest_id DESC LIMIT 10000"
                 )
                 rows = [r for r in rows if _request_id(r) == ref]
         return [StoredEvent.of(r) for r in rows]
@@ -389,11 +476,11 @@ async def insert_in(tx: Tx, records: Sequence[SealedRecord]) -> None:
     """``AuditStore.insert`` inside an open transaction.
 
     On PostgreSQL one statement inserts the batch (one value per column, or arrays: see
-    ``_PG_FROM_JOINED``) and derives the projection rows of the ``llm.call`` records it
-    actually added from their bytes, so the work of projecting is the database server's, not
-    the gateway's. On SQLite (in the gateway's process either way) the projection rows are
-    bound from the records' fields, which costs less than having SQLite parse each record
-    again.
+    ``_PG_FROM_JOINED``) and derives the projection rows of the ``llm.call`` and
+    ``mcp.tool_call`` records it actually added from their bytes, so the work of projecting
+    is the database server's, not the gateway's. On SQLite (in the gateway's process either
+    way) the projection rows are bound from the records' fields, which costs less than having
+    SQLite parse each record again.
 
     On SQLite the same transaction also appends the records it stored to the Merkle log
     (``append_leaves``): SQLite runs one writing transaction at a time, so whoever inserts can
@@ -424,8 +511,43 @@ async def _insert_sqlite(tx: Tx, records: Sequence[SealedRecord]) -> None:
     calls = [(r, start) for r, start in added if r.event_type == LLM_CALL]
     if calls:
         await _project_sqlite(tx, calls)
+    tools = [(r, start) for r, start in added if r.event_type == MCP_TOOL_CALL]
+    if tools:
+        await _project_tools_sqlite(tx, tools)
     if added:
         await append_leaves(tx, [(r.event_id, r.leaf_hash) for r, _ in added])
+
+
+async def _project_tools_sqlite(tx: Tx, tools: list[tuple[SealedRecord, str]]) -> None:
+    """The ``audit_tool_calls`` rows of newly added ``mcp.tool_call`` records, and their sums
+    in the daily rollup."""
+    deltas = tool_rollup.Deltas()
+    rows = []
+    for r, start in tools:
+        values = _tool_values(r.fields)
+        rows.append((r.event_id, start, *values))
+        deltas.add(start[:10], _tool_rollup_dims(values), values[_TOOL_ERROR])
+    await tx.executemany(_SQLITE_INSERT_TOOL, rows)
+    classes = [
+        (r.event_id, *_without_nul(c["class"], c["source"]), c["count"], start)
+        for r, start in tools
+        if type(r.fields.get("data_classes")) is list
+        for c in r.fields["data_classes"]
+    ]
+    if classes:
+        await tx.executemany(_SQLITE_INSERT_TOOL_CLASS, classes)
+    await deltas.apply(tx, "sqlite")
+
+
+def _without_nul(*texts: str) -> list[str]:
+    return [t.replace("\x00", TOOL_NUL) for t in texts]
+
+
+def _tool_values(fields: dict[str, Any]) -> list[Any]:
+    """A tool call's ``audit_tool_calls`` values (SQLite), a NUL in text as U+FFFD as on
+    PostgreSQL (migration 0011's backfill, through SQLite's JSON functions, cannot keep one)."""
+    values = [fields.get(key) for key in _TOOL_KEYS]
+    return [v.replace("\x00", TOOL_NUL) if type(v) is str and "\x00" in v else v for v in values]
 
 
 async def _added_sqlite(
@@ -472,16 +594,17 @@ async def _project_sqlite(tx: Tx, calls: list[tuple[SealedRecord, str]]) -> None
 
 
 async def _insert_postgresql(tx: Tx, records: Sequence[SealedRecord]) -> None:
-    with_calls = any(r.event_type == LLM_CALL for r in records)
+    kinds = {r.event_type for r in records}
+    projecting = LLM_CALL in kinds, MCP_TOOL_CALL in kinds
     received = ms_to_datetime(time.time_ns() // 1_000_000)
     joined = _pg_joined(records)
     if joined is not None:
         ids, types, times, bodies, hashes, sizes = joined
-        sql = _PG_INSERTS[True, with_calls]
+        sql = _PG_INSERTS[True, *projecting]
         await tx.execute(sql, ids, types, times, bodies, hashes, received, sizes)
         return
     await tx.execute(
-        _PG_INSERTS[False, with_calls],
+        _PG_INSERTS[False, *projecting],
         [r.event_id for r in records],
         [r.event_type for r in records],
         [ms_to_datetime(r.at_ms) for r in records],
