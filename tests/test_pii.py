@@ -221,3 +221,12 @@ def test_matches_are_ordered_and_disjoint(text: str) -> None:
         assert first.end <= second.start
     _redacted, counts = pii.redact(text)
     assert sum(counts.values()) == len(found)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab @.-:١٢٣٤ä€\n9") | st.characters(), max_size=60))
+def test_the_quick_first_check_agrees_with_the_expression(text: str) -> None:
+    """``_may_hold_pii`` (substring searches on ASCII text) says what ``[@\\d]`` says, on ASCII
+    text and on text with other scripts' digits (Arabic-Indic ١٢٣)."""
+    assert pii._may_hold_pii(text) == (pii._TRIGGER.search(text) is not None)
+    assert pii._may_hold_pii("x" * 500 + "7") and not pii._may_hold_pii("plain words " * 50)
