@@ -44,6 +44,7 @@ ACCOUNTS = {
     "claude-main": ("anthropic", "us", ("claude-sonnet-5", "claude-haiku-5")),
 }
 CLASSES = ("customer_data", "pii.email", "pii.phone", "source_code")
+PROJECTS = [f"project-{n}" for n in range(8)]
 BATCH = 2000
 
 
@@ -64,12 +65,16 @@ def call(rng: random.Random, n: int, at_ms: int) -> dict[str, Any]:
         for source in ("declared", "detected") if kind == "both" else (kind,):
             classes.append({"class": name, "count": rng.randrange(1, 5), "source": source})
     routed = outcome != "denied"
+    metadata: dict[str, str] = {}
+    if rng.random() < 0.8:
+        metadata["project"] = rng.choice(PROJECTS)
+        metadata["environment"] = rng.choice(["prod", "prod", "staging"])
     return {
         "event_type": "llm.call", "request_id": f"req{n:012d}",
         "time_start": rfc3339_ms(at_ms), "time_end": rfc3339_ms(at_ms + 420),
         "gateway.instance": "seed", "gateway.version": "0.1.0", "config.revision": "c0" * 32,
         "principal.kind": "user", "principal.id": user, "principal.teams": [team],
-        "team": team, "auth.token_id": f"tok_{user[-8:]}", "metadata": {},
+        "team": team, "auth.token_id": f"tok_{user[-8:]}", "metadata": metadata,
         "data_classes": classes, "api.protocol": "openai", "gen_ai.operation.name": "chat",
         "gen_ai.request.model": f"{account}/{model}", "gen_ai.request.stream": False,
         "gen_ai.request.max_tokens": None,
