@@ -18,7 +18,7 @@ would not help (no filter on an unindexed column, or a request id, which has an 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -31,6 +31,8 @@ from custos.identity.principal import Principal
 #: Filters on columns the projection has no index for (a data class has one, but the search
 #: reaches it through each call's row, walking the time index as for the others).
 UNINDEXED: Final = ("provider", "model", "status", "outcome", "data_class")
+#: Days of rollups read first (``spans``).
+RECENT_DAYS: Final = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +70,32 @@ async def matching_days(store: AuditStore, p: Principal, a: Asked) -> list[tuple
     """The days that may hold matches, newest first, each with its bound (module docstring)."""
     if not narrows(a):
         return None
+    return await _matching(store, p, a, a.first_day, a.last_day)
+
+
+async def spans(store: AuditStore, p: Principal, a: Asked) -> AsyncIterator[Span]:
+    """The runs of consecutive days that may hold matches, newest first. The rollups are read
+    for the last ``RECENT_DAYS`` first, and for the days before only if the search goes on: a
+    value most calls have fills its page from the first run, and the rollup with every
+    dimension (statuses) has thousands of rows a day."""
+    top = a.last_day or datetime.now(UTC).date() + timedelta(days=1)
+    recent = top - timedelta(days=RECENT_DAYS - 1)
+    windows: list[tuple[date | None, date | None]] = [
+        (recent if a.first_day is None else max(a.first_day, recent), a.last_day)
+    ]
+    if a.first_day is None or a.first_day < recent:
+        windows.append((a.first_day, recent - timedelta(days=1)))
+    for first, last in windows:
+        for span in runs(await _matching(store, p, a, first, last)):
+            yield span
+
+
+async def _matching(
+    store: AuditStore, p: Principal, a: Asked, first: date | None, last: date | None
+) -> list[tuple[date, int]]:
     found: dict[date, int] | None = None
     for table, conds, args in _plans(p, a):
-        days = await _days(store, table, conds, args, a)
+        days = await _days(store, table, conds, args, first, last)
         if found is not None:
             days = {d: min(n, found[d]) for d, n in days.items() if d in found}
         found = days
@@ -78,7 +103,7 @@ async def matching_days(store: AuditStore, p: Principal, a: Asked) -> list[tuple
     return sorted(found.items(), reverse=True)
 
 
-def spans(days: list[tuple[date, int]]) -> list[Span]:
+def runs(days: list[tuple[date, int]]) -> list[Span]:
     """Newest first, the runs of consecutive days among ``days`` (newest first)."""
     out: list[Span] = []
     for day, count in days:
@@ -142,11 +167,16 @@ def _plans(p: Principal, a: Asked) -> list[tuple[str, list[str], list[Any]]]:
 
 
 async def _days(
-    store: AuditStore, table: str, conds: list[str], args: list[Any], a: Asked
+    store: AuditStore,
+    table: str,
+    conds: list[str],
+    args: list[Any],
+    first: date | None,
+    last: date | None,
 ) -> dict[date, int]:
     args = list(args)
     where = list(conds)
-    for op, day in ((">=", a.first_day), ("<=", a.last_day)):
+    for op, day in ((">=", first), ("<=", last)):
         if day is not None:
             args.append(day.isoformat())
             where.append(f"r.day {op} ${len(args)}")

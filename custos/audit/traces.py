@@ -254,15 +254,14 @@ async def _rows(
     """The newest ``limit`` rows meeting the conditions. Where the daily rollups name the days
     that can hold them (``custos.audit.trace_days``), only those days' rows are walked, a run of
     consecutive days at a time, newest first, until the page is full."""
-    days = await trace_days.matching_days(store, p, asked)
-    if days is None:
+    if not trace_days.narrows(asked):
         sql = _newest(conds, scope, f"${len(args) + 1}")
         return [dict(r) for r in await store.fetch(sql, *args, limit)]
     n = len(args)
     bounded = [*conds, f"c.time_start >= ${n + 1} AND c.time_start < ${n + 2}"]
     sql = _newest(bounded, scope, f"${n + 3}")
     rows: list[dict[str, Any]] = []
-    for span in trace_days.spans(days):
+    async for span in trace_days.spans(store, p, asked):
         found = await store.fetch(sql, *args, span.start, span.end, limit - len(rows))
         rows += [dict(r) for r in found]
         if len(rows) >= limit:
