@@ -303,10 +303,11 @@ def _serve(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         "version: 1\n"
         f"gateway: {{listen: '127.0.0.1:{port}'}}\n"
         f"state: {{store: '{url}'}}\n"
-        f"identity: {{token_hash_key: {BENCH_TOKEN_KEY}}}\n"
+        "identity: {token_hash_key: '${env:CUSTOS_BENCH_TOKEN_KEY}'}\n"
         "access: [{id: all, subjects: ['*'], models: ['*']}]\n"
         "providers:\n"
-        "  openai-main: {type: openai, base_url: 'http://127.0.0.1:9/v1', api_key: x,"
+        "  openai-main: {type: openai, base_url: 'http://127.0.0.1:9/v1',"
+        " api_key: '${env:CUSTOS_BENCH_TOKEN_KEY}',"
         " models: {gpt-5.5: {input_per_mtok: 1, output_per_mtok: 1}}}\n"
         "budgets:\n"
         "  - {id: monthly, when: {}, limit_usd: 100000, period: month}\n"
@@ -315,7 +316,8 @@ def _serve(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = (workdir / "gateway.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "custos.cli", "serve", "--config", str(config)],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "CUSTOS_BENCH_TOKEN_KEY": BENCH_TOKEN_KEY},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     import httpx

@@ -22,6 +22,7 @@ from custos.audit.records.record import SealedRecord, rfc3339_ms, seal, unix_ms
 from custos.audit.storage.store import AuditStore
 from custos.state.backends import open_store
 from custos.state.migrations import m0009_audit_rollups
+from custos.state.migrations import m0011_audit_metadata_rollup as m0011
 from custos.state.models import utcnow
 from custos.state.store import Store
 from tests.store_fixtures import (  # noqa: F401  (fixtures)
@@ -38,7 +39,9 @@ from tests.test_audit_report import seeded_calls
 
 GROUPINGS = ["", "team", "day,principal", "month,model", "quarter,team,data_class,provider",
              "data_class", "data_class_source", "data_class,data_class_source", "stage,error",
-             "team,outcome,status", "region,requested_model,provider_name,operation"]  # fmt: skip
+             "team,outcome,status", "region,requested_model,provider_name,operation",
+             "metadata.project", "day,metadata.env", "metadata.project,team,outcome",
+             "provider,metadata.project,model", "metadata.project,principal"]  # fmt: skip
 FILTERS = [(None, None), ("customer_data", None), ("pii.email", "detected"),
            ("customer_data", "declared"), (None, "declared")]  # fmt: skip
 
@@ -49,6 +52,8 @@ _call = st.fixed_dictionaries({
     "team": st.sampled_from([None, "0", "", "sales"]),
     "classes": st.lists(_class, max_size=4),
     "seed": st.integers(0, 10_000),
+    "metadata": st.sampled_from([{}, {"project": "a"}, {"project": "b", "env": "prod"},
+                                 {"env": ""}, {"project": "0"}]),
 })  # fmt: skip
 _step = st.one_of(
     st.tuples(st.just("insert"), st.lists(_call, min_size=1, max_size=12)),
@@ -63,6 +68,7 @@ def _record(spec: dict[str, Any]) -> SealedRecord:
     fields.update({
         "time_start": rfc3339_ms(at), "time_end": rfc3339_ms(at + 40), "team": spec["team"],
         "data_classes": [{"class": c, "count": 1, "source": s} for c, s in spec["classes"]],
+        "metadata": spec.get("metadata", {}),
     })  # fmt: skip
     return seal(fields, at_ms=at)
 
@@ -188,4 +194,29 @@ async def test_the_migration_fills_the_rollups_as_the_inserts_do(store: Store) -
             await tx.execute(f"DELETE FROM {table}")
         for fill in fills:
             await tx.execute(fill)
+    assert await contents() == made
+
+
+async def test_the_metadata_migration_fills_the_rollup_as_the_inserts_do(
+    store: Store,  # noqa: F811
+) -> None:
+    """Migration 0011's backfill, read from the stored records' metadata, makes the very rows
+    the insert path made call by call."""
+    kinds = [{}, {"project": "a"}, {"project": "b", "env": "prod"}, {"env": ""}]
+    specs = [{"days_ago": n / 7, "team": [None, "0", "sales"][n % 3], "seed": n, "classes": [],
+              "metadata": kinds[n % 4]} for n in range(40)]  # fmt: skip
+    await AuditStore(store).insert([_record(s) for s in specs])
+
+    async def contents() -> list[tuple[str, ...]]:
+        async with store.transaction(readonly=True) as tx:
+            rows = await tx.fetch("SELECT * FROM audit_llm_daily_metadata")
+        return sorted(tuple(map(str, r.values())) for r in rows)
+
+    made = await contents()
+    assert len({row[-6] for row in made}) == 2  # both keys, per day, team and outcome
+    script = m0011.SQLITE if store.dialect == "sqlite" else m0011.POSTGRESQL
+    fill = next(s for s in script.split(";\n") if s.strip().startswith("INSERT"))
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM audit_llm_daily_metadata")
+        await tx.execute(fill)
     assert await contents() == made

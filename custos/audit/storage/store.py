@@ -220,6 +220,22 @@ def _pg_rollups() -> str:
         )
         + ")"
     )
+    # Each call's metadata pairs (a record's metadata is an object; anything else has none).
+    keys = ", ".join([day, *(f"p.{d}" for d in rollup.METADATA_DIMS), "m.key", "m.value"])
+    pairs = (
+        "jsonb_each_text(CASE WHEN jsonb_typeof(calls.r -> 'metadata') = 'object'"
+        " THEN calls.r -> 'metadata' ELSE '{}'::jsonb END) AS m"
+    )
+    ctes.append(
+        " rolled_metadata AS ("
+        + rollup.upsert_sql(
+            rollup.METADATA,
+            "postgresql",
+            f"SELECT {keys}, {sums} FROM projected p JOIN calls ON calls.event_id = p.event_id"
+            f" CROSS JOIN LATERAL {pairs} GROUP BY {keys} ORDER BY {keys}",
+        )
+        + ")"
+    )
     return ",".join(ctes)
 
 
@@ -458,6 +474,7 @@ async def _project_sqlite(tx: Tx, calls: list[tuple[SealedRecord, str]]) -> None
             _rollup_dims(values),
             (f["gen_ai.usage.input_tokens"], f["gen_ai.usage.output_tokens"], f["cost_micros"]),
             [(c["class"], c["source"]) for c in f["data_classes"]],
+            f.get("metadata"),
         )
     # time_end is time_start + latency_ms, as the record's own time_end says.
     await tx.executemany(_SQLITE_INSERT_CALL, rows)
