@@ -607,6 +607,47 @@ def test_the_spend_charts_totals_are_the_reports(
         assert int(day.get_attribute("data-total") or -1) == rows["totals"]["requests"]
 
 
+def test_spend_per_metadata_key_is_the_reports(
+    gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    """Grouped by a metadata key, the chart's bars and the table are the report's rows (the
+    calls without the key in "(none)"), and the totals are the report's."""
+    client = openai.OpenAI(base_url=gw.base_url, api_key=people["bob"], max_retries=0)
+    for project in ("apollo", "apollo", "gemini"):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Custos-Metadata": json.dumps({"project": project})},
+        )  # fmt: skip
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    params = {"from": today, "to": today, "group_by": "metadata.project"}
+    deadline = time.monotonic() + 15
+    while True:  # the audit writer stores the records within moments
+        report = admin_api(gw, "GET", "/audit/report", people["auditor"], params=params).json()
+        projects = {r["group"]["metadata.project"]: r for r in report["rows"]}
+        if projects.get("apollo", {}).get("requests") == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert {k: v["requests"] for k, v in projects.items() if k} == {"apollo": 2, "gemini": 1}
+    assert projects[None]["requests"] >= 4  # the other tests' calls carry no metadata
+    sign_in(browser, gw, people["auditor"])
+    visit(browser, f"{gw.url}/ui/spend?from={today}&to={today}")
+    options = browser.find_elements(By.CSS_SELECTOR, "#s-by option")
+    assert "metadata.project" in [o.text for o in options]
+    for measure in ("requests", "cost_micros"):
+        visit(browser, f"{gw.url}/ui/spend?from={today}&to={today}&by=metadata.project"
+                       f"&measure={measure}")  # fmt: skip
+        assert heading(browser) == "Spend and usage"
+        bars = browser.find_elements(By.CSS_SELECTOR, "#group-chart rect.bar")
+        shown = {b.get_attribute("data-label"): int(b.get_attribute("data-value") or 0)
+                 for b in bars}  # fmt: skip
+        assert shown == {(k or "(none)"): v[measure] for k, v in projects.items()}, measure
+        chart = browser.find_element(By.CSS_SELECTOR, "#group-chart svg")
+        assert int(chart.get_attribute("data-total") or -1) == report["totals"][measure]
+        assert sum(shown.values()) == report["totals"][measure]
+    cells = browser.find_elements(By.CSS_SELECTOR, "#group-table tbody tr td:first-child")
+    assert sorted(c.text for c in cells) == sorted(k or "(none)" for k in projects)
+
+
 def test_budgets_are_the_apis_for_each_role(
     gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
 ) -> None:

@@ -44,6 +44,7 @@ from custos.audit.compliance.report import (
     parse_range,
     to_json,
 )
+from custos.audit.compliance.report import metadata_keys as report_metadata_keys
 from custos.audit.compliance.retention import Hold, list_holds, release_hold, set_hold
 from custos.audit.compliance.verify import API_PAGE, verify_log, verify_range
 from custos.audit.log.proof import ProofError, prove_event
@@ -190,6 +191,17 @@ async def report(svc: AdminService, principal: Any, q: ReportQuery) -> ReportOut
         source=q.source,
     )
     return ReportOut.model_validate(to_json(built))
+
+
+async def metadata_keys(svc: AdminService, principal: Any, since: str, until: str) -> list[str]:
+    """The metadata keys the report can group by (``metadata.KEY``) in a range: those carried
+    by calls on its days. Admins and auditors, as the report."""
+    rights.require_reader(principal, "the audit report")
+    try:
+        start, end = parse_range(since, until)
+    except ReportError as exc:
+        raise BadInput(str(exc), "from") from None
+    return await report_metadata_keys(_store(svc), start, end)
 
 
 async def events(svc: AdminService, principal: Any, q: EventsQuery) -> StoredRecordList:

@@ -190,7 +190,8 @@ def _register_records(commands: Any, parent: argparse.ArgumentParser) -> None:
     report.add_argument("--to", required=True, metavar="DATE")
     report.add_argument("--group-by", default="team,provider",
                         help="comma-separated: team, principal, provider, model, region, "
-                        "data_class, outcome, stage, status, day, month, quarter, …")  # fmt: skip
+                        "data_class, outcome, stage, status, day, month, quarter, "
+                        "metadata.KEY, …")  # fmt: skip
     report.add_argument("--data-class", help="only calls that carry this data class")
     report.add_argument("--source", choices=["declared", "detected"],
                         help="only classes from this source: declared by the caller, or "

@@ -1,8 +1,9 @@
 """Inline SVG bar charts, drawn on the server: no script, no external asset.
 
 A chart is decoration beside a table that holds the same numbers (screen readers get the table;
-the SVG is ``aria-hidden``). Each bar carries its value in ``data-value`` and the chart its
-total in ``data-total``, which is what the tests compare with the report.
+the SVG is ``aria-hidden``). Each bar carries its label in ``data-label`` and its value in
+``data-value``, and the chart its total in ``data-total``, which is what the tests compare
+with the report.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def bars(
         y = HEIGHT - _PAD_BOTTOM - h
         parts.append(
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{h:.1f}"'
-            f' data-value="{value}"><title>{escape(name)}: {escape(fmt(value))}</title></rect>'
+            f' data-label="{escape(name)}" data-value="{value}">'
+            f"<title>{escape(name)}: {escape(fmt(value))}</title></rect>"
         )
         if i % every == 0:
             parts.append(

@@ -388,6 +388,22 @@ async def _from_metadata_rollup(
     return _report(since, until, group_by, data_class, source, rows, totals_rows[0])
 
 
+async def metadata_keys(
+    store: AuditStore, since: datetime, until: datetime, *, limit: int = 100
+) -> list[str]:
+    """The metadata keys carried by calls on the UTC days ``[since, until)`` touches (the
+    metadata rollup's), in order, at most ``limit``: what ``metadata.KEY`` can group by."""
+    last = until - timedelta(microseconds=1)
+    rows = await store.fetch(
+        f"SELECT DISTINCT r.key AS key FROM {rollup.METADATA} r"
+        " WHERE r.day >= $1 AND r.day <= $2 ORDER BY r.key LIMIT $3",
+        since.astimezone(UTC).date().isoformat(),
+        last.astimezone(UTC).date().isoformat(),
+        limit,
+    )
+    return [str(row["key"]) for row in rows]
+
+
 def usd(micros: int) -> str:
     """Micro-dollars as an exact decimal string: ``1234567`` → ``1.234567``."""
     sign = "-" if micros < 0 else ""
