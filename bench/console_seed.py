@@ -187,7 +187,7 @@ def pages(svc: AdminService) -> dict[str, Callable[[], Awaitable[Any]]]:
         "traces (team manager)": search(manager),
         "traces team manager, outcome": search(manager, outcome="upstream_error"),
     }
-    for by in ("team", "model", "principal", "data_class"):
+    for by in ("team", "model", "principal", "data_class", "metadata.project"):
         out[f"spend 30 days by {by}"] = report(month, "day", by)
         out[f"spend quarter by {by}"] = report(quarter, "day", by)
     out["budgets (refusals, 7 days)"] = report(week, "stage,error")
@@ -278,7 +278,7 @@ def _urls() -> dict[str, tuple[str, str]]:
     out["traces (team manager): outcome"] = ("manager", "/ui/traces?outcome=upstream_error")
     out["traces (team manager): model no call has"] = ("manager", "/ui/traces?model=gpt-0")
     out["a trace"] = ("admin", "/ui/traces/req000000012345")
-    for by in ("team", "model", "provider", "principal", "data_class"):
+    for by in ("team", "model", "provider", "principal", "data_class", "metadata.project"):
         out[f"spend 30 days by {by}"] = ("admin", f"/ui/spend?by={by}")
         out[f"spend quarter by {by}"] = ("admin", f"/ui/spend?by={by}&{quarter}")
     out["budgets"] = ("admin", "/ui/budgets")
