@@ -684,6 +684,51 @@ def test_budgets_are_the_apis_for_each_role(
     assert heading(browser) == "Not allowed"
 
 
+def test_a_budgets_burn_down_is_its_ledger_for_each_role(
+    gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    """A budget's page draws its current period day by day from the spend ledger: once the
+    ledger is written (about once a second), today's spend so far is the counters' spent, as
+    GET /admin/v1/budgets says; a team manager sees only their team's split; a member none."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    sign_in(browser, gw, people["auditor"])
+    deadline = time.monotonic() + 15
+    while True:
+        listed = admin_api(gw, "GET", "/budgets", people["auditor"],
+                           params={"budget": "monthly"}).json()["data"][0]  # fmt: skip
+        visit(browser, f"{gw.url}/ui/budgets/monthly")
+        rows = browser.find_elements(By.CSS_SELECTOR, ".burn-days tbody tr")
+        last = rows[-1].find_elements(By.TAG_NAME, "td") if rows else []
+        so_far = int(last[2].get_attribute("data-value") or -1) if last else -1
+        if so_far == listed["spent_micros"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert so_far == listed["spent_micros"] > 0
+    assert last[0].text == today
+    chart = browser.find_element(By.CSS_SELECTOR, ".burn-down svg")
+    assert int(chart.get_attribute("data-last") or -1) == so_far
+    assert int(chart.get_attribute("data-limit") or -1) == listed["limit_micros"]
+    periods = browser.find_elements(By.CSS_SELECTOR, "#periods tbody tr")
+    current = [p for p in periods if p.find_element(By.TAG_NAME, "td").text == listed["period_key"]]
+    assert len(current) == 1
+    cell = current[0].find_elements(By.TAG_NAME, "td")[2]
+    assert int(cell.get_attribute("data-value") or -1) == so_far
+    visit(browser, f"{gw.url}/ui/budgets")
+    browser.find_element(By.LINK_TEXT, "per-team").click()
+    assert heading(browser) == "Budget per-team"
+    assert {h.text for h in browser.find_elements(By.CSS_SELECTOR, ".burn-down h2")} >= {
+        "team=blue",
+        "team=red",
+    }
+
+    manager = Signed(gw, people["manager"])
+    page = manager.get("/ui/budgets/per-team")
+    assert page.status_code == 200 and "team=blue" in page.text and "team=red" not in page.text
+    assert manager.get("/ui/budgets/monthly").status_code == 404  # not one of theirs
+    assert Signed(gw, people["alice"]).get("/ui/budgets/monthly").status_code == 403
+    assert Signed(gw, people["auditor"]).get("/ui/budgets/no-such").status_code == 404
+
+
 def test_audit_page_verifies_and_downloads_a_proof(
     gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
 ) -> None:
@@ -826,7 +871,8 @@ def test_screenshots(gw: GatewayProcess, people: dict[str, Any], browser: webdri
     out.mkdir(parents=True, exist_ok=True)
     rid = people["requests"]["alice"][0]
     pages = {"traces": "/ui/traces", "trace": f"/ui/traces/{rid}", "spend": "/ui/spend",
-             "budgets": "/ui/budgets",
+             "spend-metadata": "/ui/spend?by=metadata.project",
+             "budgets": "/ui/budgets", "budget": "/ui/budgets/per-team",
              "identity": "/ui/identity", "audit": "/ui/audit", "config": "/ui/config",
              "quarter": "/ui/quarter"}  # fmt: skip
     try:

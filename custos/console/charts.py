@@ -86,3 +86,48 @@ def meter(spent: int, reserved: int, limit: int, elapsed: float | None) -> Marku
         parts.append(f'<line class="pace" x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height}"/>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def burn(points: Sequence[tuple[str, int | None]], limit: int, *, label: str) -> Markup:
+    """A budget's burn-down: per day of its period, the spend so far (a bar; ``None``: a day
+    still to come, no bar), against the limit (a horizontal line) and the even pace (a line
+    from nothing on the first day to the limit on the last)."""
+    n = max(len(points), 1)
+    top = max([limit, *(v for _, v in points if v is not None)]) or 1
+    plot_h = HEIGHT - _PAD_BOTTOM - _PAD_TOP
+    step = (WIDTH - _PAD_LEFT * 2) / n
+    width = min(max(step * 0.7, 1.0), 64.0)
+    base = HEIGHT - _PAD_BOTTOM
+
+    def y(value: int) -> float:
+        return base - plot_h * value / top
+
+    shown = [v for _, v in points if v is not None]
+    parts = [
+        f'<svg class="chart burn" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-hidden="true"'
+        f' data-limit="{limit}" data-last="{shown[-1] if shown else 0}"'
+        ' preserveAspectRatio="xMidYMid meet">',
+        f'<line class="axis" x1="{_PAD_LEFT}" y1="{base}" x2="{WIDTH - _PAD_LEFT}" y2="{base}"/>',
+    ]
+    every = max(1, math.ceil(n / 10))
+    for i, (name, value) in enumerate(points):
+        x = _PAD_LEFT + i * step + (step - width) / 2
+        if value is not None:
+            parts.append(
+                f'<rect class="bar" x="{x:.1f}" y="{y(value):.1f}" width="{width:.1f}"'
+                f' height="{base - y(value):.1f}" data-label="{escape(name)}"'
+                f' data-value="{value}"><title>{escape(name)}: {value}</title></rect>'
+            )
+        if i % every == 0:
+            parts.append(
+                f'<text class="tick" x="{x + width / 2:.1f}" y="{base + 14}"'
+                f' text-anchor="middle">{escape(_short(name[5:]))}</text>'
+            )
+    right = WIDTH - _PAD_LEFT
+    parts.append(f'<line class="limit" x1="{_PAD_LEFT}" y1="{y(limit):.1f}" x2="{right}"'
+                 f' y2="{y(limit):.1f}"/>')  # fmt: skip
+    parts.append(f'<line class="pace" x1="{_PAD_LEFT}" y1="{base}" x2="{right}"'
+                 f' y2="{y(limit):.1f}"/>')  # fmt: skip
+    parts.append(f'<text class="caption" x="{_PAD_LEFT}" y="{HEIGHT - 6}">{escape(label)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
