@@ -282,6 +282,7 @@ def _urls() -> dict[str, tuple[str, str]]:
         out[f"spend 30 days by {by}"] = ("admin", f"/ui/spend?by={by}")
         out[f"spend quarter by {by}"] = ("admin", f"/ui/spend?by={by}&{quarter}")
     out["budgets"] = ("admin", "/ui/budgets")
+    out["a budget (burn-down)"] = ("admin", "/ui/budgets/monthly")
     out["quarter question"] = ("admin", "/ui/quarter")
     out["audit log"] = ("admin", "/ui/audit")
     out["config"] = ("admin", "/ui/config")

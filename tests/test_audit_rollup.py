@@ -14,7 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from custos.audit.compliance.report import build_report, parse_group_by, parse_range
+from custos.audit.compliance.report import (
+    build_report,
+    metadata_keys,
+    parse_group_by,
+    parse_range,
+)
 from custos.audit.compliance.retention import purge
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.log.sequencer import Sequencer
@@ -220,3 +225,27 @@ async def test_the_metadata_migration_fills_the_rollup_as_the_inserts_do(
         await tx.execute("DELETE FROM audit_llm_daily_metadata")
         await tx.execute(fill)
     assert await contents() == made
+
+
+async def test_the_metadata_keys_offered_are_those_of_the_ranges_days(
+    store: Store,  # noqa: F811
+) -> None:
+    kinds = [{"b": "x"}, {"a": "1", "c": ""}, {}, {"d": "y"}]
+    specs = [{"days_ago": 3 * n + 0.5, "team": "t", "seed": n, "classes": [],
+              "metadata": kinds[n]} for n in range(4)]  # fmt: skip
+    audit = AuditStore(store)
+    await audit.insert([_record(s) for s in specs])
+    today = utcnow().date()
+
+    async def keys(first_ago: int, last_ago: int, limit: int = 100) -> list[str]:
+        since, until = parse_range(
+            (today - timedelta(days=first_ago)).isoformat(),
+            (today - timedelta(days=last_ago)).isoformat(),
+        )
+        return await metadata_keys(audit, since, until, limit=limit)
+
+    assert await keys(12, 0) == ["a", "b", "c", "d"]
+    assert await keys(5, 0) == ["a", "b", "c"]
+    assert await keys(5, 0, limit=2) == ["a", "b"]
+    assert await keys(8, 5) == []
+    assert await keys(12, 8) == ["d"]

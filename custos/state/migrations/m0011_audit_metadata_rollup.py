@@ -7,7 +7,9 @@ than parsing millions of records.
   holds), the number of calls, their tokens and their cost. A call counts once per key it
   carries; the calls without a key are the day's calls less those with it
   (``custos.audit.storage.rollup`` states the contract).
-- One unique key over the day and its dimensions, null-safe as migration 0009's.
+- One unique key over the key, the day and the dimensions, null-safe as migration 0009's.
+  The metadata key comes first: a report asks for one key over a range of days, which is one
+  index range that skips the other keys' rows.
 - Filled here from the records of the calls already stored (each record's ``metadata``: the
   projection has no column for it). From then on the store's insert path adds to it and the
   retention purge subtracts from it, as for the other rollups. PostgreSQL reads the records as
@@ -50,7 +52,7 @@ def _fill(day: str, pairs: str, key: str, value: str) -> str:
 
 SQLITE = (
     _TABLE + "CREATE UNIQUE INDEX audit_llm_daily_metadata_key ON audit_llm_daily_metadata\n"
-    "    (day, ifnull(team, 0), ifnull(provider, 0), ifnull(model, 0), outcome, key,"
+    "    (key, day, ifnull(team, 0), ifnull(provider, 0), ifnull(model, 0), outcome,"
     " ifnull(value, 0));\n"
     + _fill(
         "substr(c.time_start, 1, 10)",
@@ -62,7 +64,7 @@ SQLITE = (
 
 POSTGRESQL = (
     _TABLE + "CREATE UNIQUE INDEX audit_llm_daily_metadata_key ON audit_llm_daily_metadata\n"
-    "    (day, team, provider, model, outcome, key, value) NULLS NOT DISTINCT;\n"
+    "    (key, day, team, provider, model, outcome, value) NULLS NOT DISTINCT;\n"
     + _fill(
         "to_char(c.time_start AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
         "LATERAL json_each_text(convert_from(e.record, 'UTF8')::json -> 'metadata') m",
