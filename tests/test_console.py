@@ -721,12 +721,25 @@ def test_a_budgets_burn_down_is_its_ledger_for_each_role(
         "team=red",
     }
 
+    # The admin API's GET /budgets/{budget}/history is the same function, with the same rule.
+    history = admin_api(gw, "GET", "/budgets/monthly/history", people["auditor"]).json()
+    assert history["days"][0]["days"][-1] == {
+        "day": today, "spent_micros": history["days"][0]["days"][-1]["spent_micros"],
+        "cumulative_micros": so_far,
+    }  # fmt: skip
     manager = Signed(gw, people["manager"])
     page = manager.get("/ui/budgets/per-team")
     assert page.status_code == 200 and "team=blue" in page.text and "team=red" not in page.text
-    assert manager.get("/ui/budgets/monthly").status_code == 404  # not one of theirs
-    assert Signed(gw, people["alice"]).get("/ui/budgets/monthly").status_code == 403
-    assert Signed(gw, people["auditor"]).get("/ui/budgets/no-such").status_code == 404
+    theirs = admin_api(gw, "GET", "/budgets/per-team/history", people["manager"]).json()
+    assert [d["split"] for d in theirs["days"]] == [{"team": "blue"}]
+    assert {p["split"]["team"] for p in theirs["periods"]} == {"blue"}
+    for path, token, status in (
+        ("monthly", people["manager"], 404),  # not one of theirs
+        ("monthly", people["alice"], 403),
+        ("no-such", gw.token, 404),
+    ):
+        assert admin_api(gw, "GET", f"/budgets/{path}/history", token).status_code == status
+        assert Signed(gw, token).get(f"/ui/budgets/{path}").status_code == status
 
 
 def test_audit_page_verifies_and_downloads_a_proof(

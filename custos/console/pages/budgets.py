@@ -70,7 +70,10 @@ async def page(c: Any, r: Request) -> Response:
 
 async def one(c: Any, r: Request) -> Response:
     service, _ = c.service()
-    history = await service.budget_history(r.principal, r.params["budget"])
+    try:
+        history = await service.budget_history(r.principal, r.params["budget"])
+    except CountersUnavailable:
+        return c.render(r, "budget.html", unavailable=True, b=None, history=None, splits=[])
     b = history.budget
     today = datetime.now(UTC).date()
     splits = []
@@ -79,7 +82,7 @@ async def one(c: Any, r: Request) -> Response:
         label = ", ".join(f"{k}={v}" for k, v in split.split.items()) or "the whole budget"
         chart = charts.burn(points, b.limit_micros, label=f"Spent so far, {label}")
         splits.append({"split": split, "label": label, "chart": chart})
-    return c.render(r, "budget.html", history=history, b=b, splits=splits)
+    return c.render(r, "budget.html", history=history, b=b, splits=splits, unavailable=False)
 
 
 def _every_day(
