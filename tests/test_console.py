@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from custos.audit.log.checkpoint import generate_pem
 from tests.audit_helpers import serve_http
-from tests.conftest import GatewayProcess, MockProvider, standard_config
+from tests.conftest import CUSTOS, GatewayProcess, MockProvider, standard_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -629,6 +630,13 @@ def test_spend_per_metadata_key_is_the_reports(
         time.sleep(0.2)
     assert {k: v["requests"] for k, v in projects.items() if k} == {"apollo": 2, "gemini": 1}
     assert projects[None]["requests"] >= 4  # the other tests' calls carry no metadata
+    cli = subprocess.run(
+        [*CUSTOS, "audit", "report", "--url", gw.url, "--from", today, "--to", today,
+         "--group-by", "metadata.project", "--format", "json"],
+        env={**os.environ, "CUSTOS_TOKEN": people["auditor"]}, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    assert json.loads(cli.stdout)["rows"] == report["rows"]
     sign_in(browser, gw, people["auditor"])
     visit(browser, f"{gw.url}/ui/spend?from={today}&to={today}")
     options = browser.find_elements(By.CSS_SELECTOR, "#s-by option")
