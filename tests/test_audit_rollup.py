@@ -111,10 +111,9 @@ class Trial:
                 summed = await build_report(self.audit, **args)
                 counted = await build_report(self.audit, **args, rollups=False)
                 assert summed == counted, (grouping, data_class, source)
-        zero = await self.audit.fetch(
-            "SELECT count(*) AS n FROM audit_llm_daily WHERE requests <= 0"
-        )
-        assert int(zero[0]["n"]) == 0
+        for table in ("audit_llm_daily", "audit_llm_daily_metadata"):
+            zero = await self.audit.fetch(f"SELECT count(*) AS n FROM {table} WHERE requests <= 0")
+            assert int(zero[0]["n"]) == 0, table
 
 
 @pytest.fixture(params=DIALECTS)

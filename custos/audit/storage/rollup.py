@@ -140,9 +140,15 @@ class Deltas:
                 )
         if self.sign < 0:  # drop the sums that reached zero, on the days touched
             days = sorted({key[0] for key in self.sums[CALLS]})
-            for table in DIMS:
+            for table in CALL_ROLLUPS.keys() | {CLASSES}:
                 await tx.executemany(
                     f"DELETE FROM {table} WHERE day = $1 AND requests = 0", [(d,) for d in days]
+                )
+            # The metadata rollup's unique index leads with the key: delete by key and day.
+            keys = sorted({(key[-2], key[0]) for key in self.sums[METADATA]})
+            if keys:
+                await tx.executemany(
+                    f"DELETE FROM {METADATA} WHERE key = $1 AND day = $2 AND requests = 0", keys
                 )
 
 
