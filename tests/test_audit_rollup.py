@@ -27,7 +27,7 @@ from custos.audit.records.record import SealedRecord, rfc3339_ms, seal, unix_ms
 from custos.audit.storage.store import AuditStore
 from custos.state.backends import open_store
 from custos.state.migrations import m0009_audit_rollups
-from custos.state.migrations import m0011_audit_metadata_rollup as m0011
+from custos.state.migrations import m0012_audit_metadata_rollup as m0012
 from custos.state.models import utcnow
 from custos.state.store import Store
 from tests.store_fixtures import (  # noqa: F401  (fixtures)
@@ -204,7 +204,7 @@ async def test_the_migration_fills_the_rollups_as_the_inserts_do(store: Store) -
 async def test_the_metadata_migration_fills_the_rollup_as_the_inserts_do(
     store: Store,  # noqa: F811
 ) -> None:
-    """Migration 0011's backfill, read from the stored records' metadata, makes the very rows
+    """Migration 0012's backfill, read from the stored records' metadata, makes the very rows
     the insert path made call by call."""
     kinds = [{}, {"project": "a"}, {"project": "b", "env": "prod"}, {"env": ""}]
     specs = [{"days_ago": n / 7, "team": [None, "0", "sales"][n % 3], "seed": n, "classes": [],
@@ -218,7 +218,7 @@ async def test_the_metadata_migration_fills_the_rollup_as_the_inserts_do(
 
     made = await contents()
     assert len({row[-6] for row in made}) == 2  # both keys, per day, team and outcome
-    script = m0011.SQLITE if store.dialect == "sqlite" else m0011.POSTGRESQL
+    script = m0012.SQLITE if store.dialect == "sqlite" else m0012.POSTGRESQL
     fill = next(s for s in script.split(";\n") if s.strip().startswith("INSERT"))
     async with store.transaction() as tx:
         await tx.execute("DELETE FROM audit_llm_daily_metadata")

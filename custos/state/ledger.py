@@ -50,7 +50,7 @@ _UPSERT = (
     " updated_at = excluded.updated_at"
 )
 
-#: The same spend, by the UTC day it was written (migration 0012: the console's burn-down).
+#: The same spend, by the UTC day it was written (migration 0013: the console's burn-down).
 _UPSERT_DAY = (
     "INSERT INTO budget_spend_daily (budget_id, period, split, day, spent_micros)"
     " VALUES ($1, $2, $3, $4, $5)"

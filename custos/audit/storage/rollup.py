@@ -10,7 +10,7 @@ of the raw rows when it can.
   source: the same sums over the calls carrying that class. ``source`` is ``declared`` or
   ``detected`` (a call counts once per class and source it carries), ``*`` (once per class it
   carries, from either source or both), or null with a null class (the calls carrying none).
-- ``audit_llm_daily_metadata`` (migration 0011): per UTC day, the dimensions ``METADATA_DIMS``,
+- ``audit_llm_daily_metadata`` (migration 0012): per UTC day, the dimensions ``METADATA_DIMS``,
   a metadata key and its value: the same sums over the calls whose record's ``metadata``
   carries that key with that value (a call counts once per key it carries). The calls that do
   not carry a key are not listed: they are the day's calls (any per-call rollup) less those
