@@ -1,6 +1,7 @@
 """``bench/store_cost.py``: what the audit store costs per record, apart from the gateway.
 
     .venv/bin/python bench/store_cost.py [--store URL] [--records N] [--batch B] [--log]
+        [--metadata]
 
 ``--compare`` and ``--instructions`` (bench/run.py) measure the whole audit trail inside a
 loaded gateway, where the store's share cannot be told from the rest. This inserts ``N``
@@ -37,9 +38,13 @@ from custos.state.migrations import m0003_audit, m0006_audit_lean, m0008_audit_t
 START_MS = 1_782_864_000_000
 
 
-def record(n: int) -> SealedRecord:
+#: ``--metadata``: what the calls carry in ``X-Custos-Metadata`` (two keys, 16 values).
+PROJECTS = [f"project-{n}" for n in range(8)]
+
+
+def record(n: int, metadata: bool = False) -> SealedRecord:
     """A served ``llm.call`` record as the benchmark's requests produce (1.6 KB sealed), three
-    a millisecond."""
+    a millisecond; with ``metadata``, a project and an environment."""
     at_ms = START_MS + n // 3
     fields: dict[str, Any] = {
         "event_type": "llm.call", "request_id": f"{n:024x}",
@@ -47,7 +52,9 @@ def record(n: int) -> SealedRecord:
         "gateway.instance": "bench", "gateway.version": "0.1.0", "config.revision": "b3" * 32,
         "principal.kind": "user", "principal.id": "usr_ad2925691a826a9d76f8",
         "principal.teams": ["bench"], "team": "bench", "auth.token_id": "tok_8c16fb1d9c7da17c2ea4",
-        "metadata": {}, "data_classes": [], "api.protocol": "openai",
+        "metadata": {"project": PROJECTS[n % 8], "environment": ["prod", "staging"][n % 2]}
+        if metadata else {},
+        "data_classes": [], "api.protocol": "openai",
         "gen_ai.operation.name": "chat", "gen_ai.request.model": "bench-openai/gpt-5.5",
         "gen_ai.request.stream": False, "gen_ai.request.max_tokens": None,
         "gen_ai.provider.name": "openai", "provider.account": "bench-openai",
@@ -153,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=30_000)
     parser.add_argument("--batch", type=int, default=150)
     parser.add_argument("--log", action="store_true", help="append to the Merkle log too")
+    parser.add_argument("--metadata", action="store_true", help="calls carry two metadata keys")
     args = parser.parse_args(argv)
-    records = [record(n) for n in range(args.records)]
+    records = [record(n, args.metadata) for n in range(args.records)]
     size = sum(len(r.body) for r in records) // len(records)
     print(f"{args.records:,} records of {size:,} bytes, {args.batch} a transaction")
     with tempfile.TemporaryDirectory(prefix="custos-store-cost-") as tmp:

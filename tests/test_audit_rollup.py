@@ -14,7 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from custos.audit.compliance.report import build_report, parse_group_by, parse_range
+from custos.audit.compliance.report import (
+    build_report,
+    metadata_keys,
+    parse_group_by,
+    parse_range,
+)
 from custos.audit.compliance.retention import purge
 from custos.audit.gateway_info import GatewayInfo
 from custos.audit.log.sequencer import Sequencer
@@ -22,6 +27,7 @@ from custos.audit.records.record import SealedRecord, rfc3339_ms, seal, unix_ms
 from custos.audit.storage.store import AuditStore
 from custos.state.backends import open_store
 from custos.state.migrations import m0009_audit_rollups
+from custos.state.migrations import m0012_audit_metadata_rollup as m0012
 from custos.state.models import utcnow
 from custos.state.store import Store
 from tests.store_fixtures import (  # noqa: F401  (fixtures)
@@ -38,7 +44,9 @@ from tests.test_audit_report import seeded_calls
 
 GROUPINGS = ["", "team", "day,principal", "month,model", "quarter,team,data_class,provider",
              "data_class", "data_class_source", "data_class,data_class_source", "stage,error",
-             "team,outcome,status", "region,requested_model,provider_name,operation"]  # fmt: skip
+             "team,outcome,status", "region,requested_model,provider_name,operation",
+             "metadata.project", "day,metadata.env", "metadata.project,team,outcome",
+             "provider,metadata.project,model", "metadata.project,principal"]  # fmt: skip
 FILTERS = [(None, None), ("customer_data", None), ("pii.email", "detected"),
            ("customer_data", "declared"), (None, "declared")]  # fmt: skip
 
@@ -49,6 +57,8 @@ _call = st.fixed_dictionaries({
     "team": st.sampled_from([None, "0", "", "sales"]),
     "classes": st.lists(_class, max_size=4),
     "seed": st.integers(0, 10_000),
+    "metadata": st.sampled_from([{}, {"project": "a"}, {"project": "b", "env": "prod"},
+                                 {"env": ""}, {"project": "0"}]),
 })  # fmt: skip
 _step = st.one_of(
     st.tuples(st.just("insert"), st.lists(_call, min_size=1, max_size=12)),
@@ -63,6 +73,7 @@ def _record(spec: dict[str, Any]) -> SealedRecord:
     fields.update({
         "time_start": rfc3339_ms(at), "time_end": rfc3339_ms(at + 40), "team": spec["team"],
         "data_classes": [{"class": c, "count": 1, "source": s} for c, s in spec["classes"]],
+        "metadata": spec.get("metadata", {}),
     })  # fmt: skip
     return seal(fields, at_ms=at)
 
@@ -100,10 +111,9 @@ class Trial:
                 summed = await build_report(self.audit, **args)
                 counted = await build_report(self.audit, **args, rollups=False)
                 assert summed == counted, (grouping, data_class, source)
-        zero = await self.audit.fetch(
-            "SELECT count(*) AS n FROM audit_llm_daily WHERE requests <= 0"
-        )
-        assert int(zero[0]["n"]) == 0
+        for table in ("audit_llm_daily", "audit_llm_daily_metadata"):
+            zero = await self.audit.fetch(f"SELECT count(*) AS n FROM {table} WHERE requests <= 0")
+            assert int(zero[0]["n"]) == 0, table
 
 
 @pytest.fixture(params=DIALECTS)
@@ -189,3 +199,52 @@ async def test_the_migration_fills_the_rollups_as_the_inserts_do(store: Store) -
         for fill in fills:
             await tx.execute(fill)
     assert await contents() == made
+
+
+async def test_the_metadata_migration_fills_the_rollup_as_the_inserts_do(
+    store: Store,  # noqa: F811
+) -> None:
+    """Migration 0012's backfill, read from the stored records' metadata, makes the very rows
+    the insert path made call by call."""
+    kinds = [{}, {"project": "a"}, {"project": "b", "env": "prod"}, {"env": ""}]
+    specs = [{"days_ago": n / 7, "team": [None, "0", "sales"][n % 3], "seed": n, "classes": [],
+              "metadata": kinds[n % 4]} for n in range(40)]  # fmt: skip
+    await AuditStore(store).insert([_record(s) for s in specs])
+
+    async def contents() -> list[tuple[str, ...]]:
+        async with store.transaction(readonly=True) as tx:
+            rows = await tx.fetch("SELECT * FROM audit_llm_daily_metadata")
+        return sorted(tuple(map(str, r.values())) for r in rows)
+
+    made = await contents()
+    assert len({row[-6] for row in made}) == 2  # both keys, per day, team and outcome
+    script = m0012.SQLITE if store.dialect == "sqlite" else m0012.POSTGRESQL
+    fill = next(s for s in script.split(";\n") if s.strip().startswith("INSERT"))
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM audit_llm_daily_metadata")
+        await tx.execute(fill)
+    assert await contents() == made
+
+
+async def test_the_metadata_keys_offered_are_those_of_the_ranges_days(
+    store: Store,  # noqa: F811
+) -> None:
+    kinds = [{"b": "x"}, {"a": "1", "c": ""}, {}, {"d": "y"}]
+    specs = [{"days_ago": 3 * n + 0.5, "team": "t", "seed": n, "classes": [],
+              "metadata": kinds[n]} for n in range(4)]  # fmt: skip
+    audit = AuditStore(store)
+    await audit.insert([_record(s) for s in specs])
+    today = utcnow().date()
+
+    async def keys(first_ago: int, last_ago: int, limit: int = 100) -> list[str]:
+        since, until = parse_range(
+            (today - timedelta(days=first_ago)).isoformat(),
+            (today - timedelta(days=last_ago)).isoformat(),
+        )
+        return await metadata_keys(audit, since, until, limit=limit)
+
+    assert await keys(12, 0) == ["a", "b", "c", "d"]
+    assert await keys(5, 0) == ["a", "b", "c"]
+    assert await keys(5, 0, limit=2) == ["a", "b"]
+    assert await keys(8, 5) == []
+    assert await keys(12, 8) == ["d"]

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from custos.audit.log.checkpoint import generate_pem
 from tests.audit_helpers import serve_http
-from tests.conftest import GatewayProcess, MockProvider, standard_config
+from tests.conftest import CUSTOS, GatewayProcess, MockProvider, standard_config
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -607,6 +608,54 @@ def test_the_spend_charts_totals_are_the_reports(
         assert int(day.get_attribute("data-total") or -1) == rows["totals"]["requests"]
 
 
+def test_spend_per_metadata_key_is_the_reports(
+    gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    """Grouped by a metadata key, the chart's bars and the table are the report's rows (the
+    calls without the key in "(none)"), and the totals are the report's."""
+    client = openai.OpenAI(base_url=gw.base_url, api_key=people["bob"], max_retries=0)
+    for project in ("apollo", "apollo", "gemini"):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Custos-Metadata": json.dumps({"project": project})},
+        )  # fmt: skip
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    params = {"from": today, "to": today, "group_by": "metadata.project"}
+    deadline = time.monotonic() + 15
+    while True:  # the audit writer stores the records within moments
+        report = admin_api(gw, "GET", "/audit/report", people["auditor"], params=params).json()
+        projects = {r["group"]["metadata.project"]: r for r in report["rows"]}
+        if projects.get("apollo", {}).get("requests") == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert {k: v["requests"] for k, v in projects.items() if k} == {"apollo": 2, "gemini": 1}
+    assert projects[None]["requests"] >= 4  # the other tests' calls carry no metadata
+    cli = subprocess.run(
+        [*CUSTOS, "audit", "report", "--url", gw.url, "--from", today, "--to", today,
+         "--group-by", "metadata.project", "--format", "json"],
+        env={**os.environ, "CUSTOS_TOKEN": people["auditor"]}, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    assert json.loads(cli.stdout)["rows"] == report["rows"]
+    sign_in(browser, gw, people["auditor"])
+    visit(browser, f"{gw.url}/ui/spend?from={today}&to={today}")
+    options = browser.find_elements(By.CSS_SELECTOR, "#s-by option")
+    assert "metadata.project" in [o.text for o in options]
+    for measure in ("requests", "cost_micros"):
+        visit(browser, f"{gw.url}/ui/spend?from={today}&to={today}&by=metadata.project"
+                       f"&measure={measure}")  # fmt: skip
+        assert heading(browser) == "Spend and usage"
+        bars = browser.find_elements(By.CSS_SELECTOR, "#group-chart rect.bar")
+        shown = {b.get_attribute("data-label"): int(b.get_attribute("data-value") or 0)
+                 for b in bars}  # fmt: skip
+        assert shown == {(k or "(none)"): v[measure] for k, v in projects.items()}, measure
+        chart = browser.find_element(By.CSS_SELECTOR, "#group-chart svg")
+        assert int(chart.get_attribute("data-total") or -1) == report["totals"][measure]
+        assert sum(shown.values()) == report["totals"][measure]
+    cells = browser.find_elements(By.CSS_SELECTOR, "#group-table tbody tr td:first-child")
+    assert sorted(c.text for c in cells) == sorted(k or "(none)" for k in projects)
+
+
 def test_budgets_are_the_apis_for_each_role(
     gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
 ) -> None:
@@ -641,6 +690,64 @@ def test_budgets_are_the_apis_for_each_role(
     sign_in(browser, gw, people["alice"])
     visit(browser, f"{gw.url}/ui/budgets")
     assert heading(browser) == "Not allowed"
+
+
+def test_a_budgets_burn_down_is_its_ledger_for_each_role(
+    gw: GatewayProcess, people: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    """A budget's page draws its current period day by day from the spend ledger: once the
+    ledger is written (about once a second), today's spend so far is the counters' spent, as
+    GET /admin/v1/budgets says; a team manager sees only their team's split; a member none."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    sign_in(browser, gw, people["auditor"])
+    deadline = time.monotonic() + 15
+    while True:
+        listed = admin_api(gw, "GET", "/budgets", people["auditor"],
+                           params={"budget": "monthly"}).json()["data"][0]  # fmt: skip
+        visit(browser, f"{gw.url}/ui/budgets/monthly")
+        rows = browser.find_elements(By.CSS_SELECTOR, ".burn-days tbody tr")
+        last = rows[-1].find_elements(By.TAG_NAME, "td") if rows else []
+        so_far = int(last[2].get_attribute("data-value") or -1) if last else -1
+        if so_far == listed["spent_micros"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert so_far == listed["spent_micros"] > 0
+    assert last[0].text == today
+    chart = browser.find_element(By.CSS_SELECTOR, ".burn-down svg")
+    assert int(chart.get_attribute("data-last") or -1) == so_far
+    assert int(chart.get_attribute("data-limit") or -1) == listed["limit_micros"]
+    periods = browser.find_elements(By.CSS_SELECTOR, "#periods tbody tr")
+    current = [p for p in periods if p.find_element(By.TAG_NAME, "td").text == listed["period_key"]]
+    assert len(current) == 1
+    cell = current[0].find_elements(By.TAG_NAME, "td")[2]
+    assert int(cell.get_attribute("data-value") or -1) == so_far
+    visit(browser, f"{gw.url}/ui/budgets")
+    browser.find_element(By.LINK_TEXT, "per-team").click()
+    assert heading(browser) == "Budget per-team"
+    assert {h.text for h in browser.find_elements(By.CSS_SELECTOR, ".burn-down h2")} >= {
+        "team=blue",
+        "team=red",
+    }
+
+    # The admin API's GET /budgets/{budget}/history is the same function, with the same rule.
+    history = admin_api(gw, "GET", "/budgets/monthly/history", people["auditor"]).json()
+    assert history["days"][0]["days"][-1] == {
+        "day": today, "spent_micros": history["days"][0]["days"][-1]["spent_micros"],
+        "cumulative_micros": so_far,
+    }  # fmt: skip
+    manager = Signed(gw, people["manager"])
+    page = manager.get("/ui/budgets/per-team")
+    assert page.status_code == 200 and "team=blue" in page.text and "team=red" not in page.text
+    theirs = admin_api(gw, "GET", "/budgets/per-team/history", people["manager"]).json()
+    assert [d["split"] for d in theirs["days"]] == [{"team": "blue"}]
+    assert {p["split"]["team"] for p in theirs["periods"]} == {"blue"}
+    for path, token, status in (
+        ("monthly", people["manager"], 404),  # not one of theirs
+        ("monthly", people["alice"], 403),
+        ("no-such", gw.token, 404),
+    ):
+        assert admin_api(gw, "GET", f"/budgets/{path}/history", token).status_code == status
+        assert Signed(gw, token).get(f"/ui/budgets/{path}").status_code == status
 
 
 def test_audit_page_verifies_and_downloads_a_proof(
@@ -785,7 +892,8 @@ def test_screenshots(gw: GatewayProcess, people: dict[str, Any], browser: webdri
     out.mkdir(parents=True, exist_ok=True)
     rid = people["requests"]["alice"][0]
     pages = {"traces": "/ui/traces", "trace": f"/ui/traces/{rid}", "spend": "/ui/spend",
-             "budgets": "/ui/budgets",
+             "spend-metadata": "/ui/spend?by=metadata.project",
+             "budgets": "/ui/budgets", "budget": "/ui/budgets/per-team",
              "identity": "/ui/identity", "audit": "/ui/audit", "config": "/ui/config",
              "quarter": "/ui/quarter"}  # fmt: skip
     try:

@@ -74,3 +74,34 @@ async def test_an_alert_is_claimed_once(store: Store):  # noqa: F811
             " AND period = 'month:2026-11-01'"
         )
     assert row is not None and row["attempts"] == 2 and row["delivered_at"] is not None
+
+
+async def test_each_flush_is_kept_by_day_too_and_the_days_add_up(store: Store):  # noqa: F811
+    """The burn-down's days (budget_spend_daily) are the same batches as the totals, under the
+    flush's UTC day; history lists the last periods newest first."""
+    ledger = SpendLedger(store)
+    ledger.record(MONTH, 120, epoch=None)
+    ledger.record(TOTAL, 5, epoch=None)
+    await ledger.flush()
+    ledger.record(MONTH, 30, epoch=None)
+    await ledger.flush()
+    async with store.transaction() as tx:  # yesterday's flush, as a day earlier would write it
+        await tx.execute(
+            "UPDATE budget_spend_daily SET day = '2026-11-02' WHERE budget_id = 'team-budget'"
+        )
+    ledger.record(MONTH, 50, epoch=None)
+    flushed = await ledger.flush()
+    assert flushed is not None
+    days = await ledger.days("team-budget", "month:2026-11-01")
+    assert len(days) == 2 and days[0][1:] == ("2026-11-02", 150)
+    assert sum(spent for *_, spent in days) == dict(await ledger.totals([MONTH[1]]))[MONTH] == 200
+    assert {split for split, _, _ in days} == {"team=support"}
+    earlier = ("team-budget", "month:2026-10-01", "team=support")
+    ledger.record(earlier, 7, epoch=None)
+    await ledger.flush()
+    assert await ledger.history("team-budget", periods=2) == [
+        ("month:2026-11-01", "team=support", 200), ("month:2026-10-01", "team=support", 7),
+    ]  # fmt: skip
+    assert await ledger.history("team-budget", periods=1) == [
+        ("month:2026-11-01", "team=support", 200)
+    ]

@@ -5,6 +5,7 @@ once, newest first), and who may read what."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from custos.admin.errors import Forbidden
 from custos.admin.service import AdminService
-from custos.audit import traces
+from custos.audit import trace_days, traces
 from custos.audit.records.record import seal, unix_ms
 from custos.audit.storage.store import AuditStore
 from custos.identity.principal import Principal
@@ -122,6 +123,61 @@ async def test_search_filters_pages_and_rights(store: Store) -> None:  # noqa: F
             "no-such-request", "X"
         )
     assert (await traces.get(svc, manager, mine[0]["request_id"])).records
+
+
+async def test_filters_without_an_index_walk_only_the_days_the_rollups_name(
+    store: Store,  # noqa: F811
+) -> None:
+    """Provider, model, status, outcome and data class read the days to walk from the daily
+    rollups (custos.audit.trace_days): the pages must still be every match, newest first, for
+    each role, with and without a time range, for rare values (a few calls days apart) and
+    values no call has; and the walk must skip the days without matches."""
+    records = seeded_calls(400, seed=11)
+    rare = records[10::97]  # five calls, weeks apart
+    for r in rare:
+        r["gen_ai.request.model"] = "rare-account/rare"
+        r["http.response.status_code"] = 418
+        r["data_classes"] = [{"class": "rare.class", "count": 1, "source": "detected"}]
+    await _seed(store, records)
+    svc = AdminService(store, TokenService(store, "k" * 32))
+    member = records[0]["principal.id"]
+    manager = principal({"team_manager"}, member, ("support",))
+
+    def sees(p: Principal, r: dict[str, Any]) -> bool:
+        return p is ADMIN or r["principal.id"] == member or r["team"] == "support"
+
+    def classes(r: dict[str, Any]) -> set[str]:
+        return {c["class"] for c in r["data_classes"]}
+
+    cases: list[tuple[dict[str, str], Any]] = [
+        ({"model": "rare-account/rare"}, lambda r: r in rare),
+        ({"status": "418"}, lambda r: r in rare),
+        ({"data_class": "rare.class"}, lambda r: r in rare),
+        ({"provider": "nowhere"}, lambda r: False),
+        ({"outcome": "client_disconnected"}, lambda r: False),
+        ({"provider": "azure-eu", "data_class": "pii.email"},
+         lambda r: r["provider.account"] == "azure-eu" and "pii.email" in classes(r)),
+        ({"status": "429", "data_class": "customer_data", "user": member},
+         lambda r: r["http.response.status_code"] == 429 and "customer_data" in classes(r)
+         and r["principal.id"] == member),
+        ({"model": "claude-main/m", "since": "2026-07-20", "until": "2026-08-10"},
+         lambda r: r["gen_ai.request.model"] == "claude-main/m"
+         and "2026-07-20" <= r["time_start"] < "2026-08-11"),
+        ({"outcome": "denied", "team": "support"},
+         lambda r: r["outcome"] == "denied" and r["team"] == "support"),
+    ]  # fmt: skip
+    for p in (ADMIN, manager):
+        for given, keep in cases:
+            want = newest_first([r for r in records if keep(r) and sees(p, r)])
+            assert await everything(svc, p, traces.TraceFilter(**given)) == want, (p.roles, given)
+
+    # The rare model's calls lie on a few days: the walk reads those days' rows only.
+    store_ = AuditStore(store)
+    asked = trace_days.Asked(model="rare-account/rare")
+    days = await trace_days.matching_days(store_, ADMIN, asked)
+    on = Counter(datetime.fromisoformat(r["time_start"]).date() for r in rare)
+    assert days == sorted(on.items(), reverse=True)
+    assert await trace_days.matching_days(store_, ADMIN, trace_days.Asked(team="x")) is None
 
 
 async def test_bad_filters_are_refused(store: Store) -> None:  # noqa: F811

@@ -85,10 +85,11 @@ def _split_out(limit: int, split: SplitReport) -> BudgetSplitOut:
     )
 
 
-def _visible_splits(p: Principal, report: BudgetReport) -> list[SplitReport] | None:
-    """The splits ``p`` may see (``None``: not this budget at all)."""
+def _seen(p: Principal, report: BudgetReport) -> bool | frozenset[str]:
+    """What of the budget ``p`` may see: every split (``True``), the splits of these teams
+    (a set), or nothing (``False``)."""
     if rights.reads_all(p):
-        return list(report.splits)
+        return True
     managed = rights.managed_teams(p)
     subjects = report.budget.source.when.subjects
     named = (
@@ -97,10 +98,22 @@ def _visible_splits(p: Principal, report: BudgetReport) -> list[SplitReport] | N
         else set()
     )
     if not named.isdisjoint(managed):
-        return list(report.splits)
+        return True
     if "team" not in report.budget.splitter.dimensions:
-        return None
-    shown = [s for s in report.splits if parse_split(s.split).get("team") in managed]
+        return False
+    return managed
+
+
+def _sees(seen: bool | frozenset[str], split: str) -> bool:
+    return seen is True or (isinstance(seen, frozenset) and parse_split(split).get("team") in seen)
+
+
+def _visible_splits(p: Principal, report: BudgetReport) -> list[SplitReport] | None:
+    """The splits ``p`` may see (``None``: not this budget at all)."""
+    seen = _seen(p, report)
+    shown = [s for s in report.splits if _sees(seen, s.split)]
+    if seen is True:
+        return shown
     return shown or None
 
 
@@ -140,3 +153,65 @@ async def list_budgets(source: BudgetSource, p: Principal, budget: str | None) -
             )
         )
     return BudgetList(data=out)
+
+
+class BudgetDayOut(_Out):
+    day: str
+    spent_micros: int = Field(description="Written to the ledger that UTC day.")
+    cumulative_micros: int = Field(description="Written in the period up to that day.")
+
+
+class BudgetSplitDaysOut(_Out):
+    split: dict[str, str]
+    days: list[BudgetDayOut]
+
+
+class BudgetPeriodOut(_Out):
+    period_key: str
+    split: dict[str, str]
+    spent_micros: int
+
+
+class BudgetHistoryOut(_Out):
+    budget: BudgetOut
+    #: The current period's spend by day, per split (from the ledger: settled spend only).
+    days: list[BudgetSplitDaysOut]
+    #: The settled spend of the last periods, newest first, per split.
+    periods: list[BudgetPeriodOut]
+
+
+class SpendHistory(Protocol):
+    async def history(self, budget_id: str, *, periods: int) -> list[tuple[str, str, int]]: ...
+
+    async def days(self, budget_id: str, period: str) -> list[tuple[str, str, int]]: ...
+
+
+async def budget_history(
+    source: BudgetSource, ledger: SpendHistory, p: Principal, budget: str, *, periods: int = 12
+) -> BudgetHistoryOut | None:
+    """One budget's burn-down (its current period's settled spend by day) and its last
+    ``periods`` periods, per split, as ``list_budgets`` shows it to ``p`` (``None``: no such
+    budget, or none ``p`` may see)."""
+    listed = await list_budgets(source, p, budget)
+    report = next((r for r in await source.report() if r.budget.id == budget), None)
+    if not listed.data or report is None:
+        return None
+    seen = _seen(p, report)
+    by_split: dict[str, list[BudgetDayOut]] = {}
+    for split, day, spent in await ledger.days(budget, report.period.key):
+        if _sees(seen, split):
+            days = by_split.setdefault(split, [])
+            total = (days[-1].cumulative_micros if days else 0) + spent
+            days.append(BudgetDayOut(day=day, spent_micros=spent, cumulative_micros=total))
+    history = [
+        BudgetPeriodOut(period_key=period, split=parse_split(split), spent_micros=spent)
+        for period, split, spent in await ledger.history(budget, periods=periods)
+        if _sees(seen, split)
+    ]
+    return BudgetHistoryOut(
+        budget=listed.data[0],
+        days=[
+            BudgetSplitDaysOut(split=parse_split(s), days=d) for s, d in sorted(by_split.items())
+        ],
+        periods=history,
+    )

@@ -33,7 +33,13 @@ from datetime import datetime, timedelta
 from typing import Literal, TypeVar
 
 from custos.admin import rights
-from custos.admin.budgets import BudgetList, BudgetSource, list_budgets
+from custos.admin.budgets import (
+    BudgetHistoryOut,
+    BudgetList,
+    BudgetSource,
+    budget_history,
+    list_budgets,
+)
 from custos.admin.errors import BadInput, Forbidden
 from custos.admin.narrowing import ModelNames, check_patterns, uncovered
 from custos.admin.views import (
@@ -57,6 +63,7 @@ from custos.identity.principal import (
 )
 from custos.identity.tokens import TokenService
 from custos.state.errors import Conflict, NotFound
+from custos.state.ledger import SpendLedger
 from custos.state.models import (
     Actor,
     Team,
@@ -779,6 +786,16 @@ class AdminService:
         if self.budgets is None:
             raise Forbidden("this gateway serves no budgets")
         return await list_budgets(self.budgets, p, budget)
+
+    async def budget_history(self, p: Principal, budget: str) -> BudgetHistoryOut:
+        """One budget's current period by day and its last periods, from the spend ledger,
+        for the splits ``list_budgets`` shows ``p``; a budget ``p`` may not see is missing."""
+        if self.budgets is None:
+            raise Forbidden("this gateway serves no budgets")
+        found = await budget_history(self.budgets, SpendLedger(self.store), p, budget)
+        if found is None:
+            raise NotFound(f"no budget {budget!r}")
+        return found
 
     # -- admin events ------------------------------------------------------------------------
 

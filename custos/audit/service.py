@@ -46,6 +46,7 @@ from custos.audit.compliance.report import (
     parse_range,
     to_json,
 )
+from custos.audit.compliance.report import metadata_keys as report_metadata_keys
 from custos.audit.compliance.retention import Hold, list_holds, release_hold, set_hold
 from custos.audit.compliance.tool_report import DEFAULT_GROUP_BY, build_tool_report
 from custos.audit.compliance.tool_report import parse_group_by as parse_tool_group_by
@@ -256,6 +257,17 @@ async def tool_report(svc: AdminService, principal: Any, q: ToolReportQuery) -> 
     built = await build_tool_report(_store(svc), since=since, until=until, group_by=group_by,
                                     data_class=q.data_class, source=q.source)  # fmt: skip
     return ToolReportOut.model_validate(built)
+
+
+async def metadata_keys(svc: AdminService, principal: Any, since: str, until: str) -> list[str]:
+    """The metadata keys the report can group by (``metadata.KEY``) in a range: those carried
+    by calls on its days. Admins and auditors, as the report."""
+    rights.require_reader(principal, "the audit report")
+    try:
+        start, end = parse_range(since, until)
+    except ReportError as exc:
+        raise BadInput(str(exc), "from") from None
+    return await report_metadata_keys(_store(svc), start, end)
 
 
 async def events(svc: AdminService, principal: Any, q: EventsQuery) -> StoredRecordList:

@@ -10,7 +10,9 @@ A trace outside the caller's rights is answered as missing (``NotFound``), with 
 as a trace that does not exist, so changing an id in a URL reveals nothing.
 
 Searches read the projection (``audit_llm_calls``), newest first, one indexed query a page;
-pages continue with a keyset cursor (``before``: the last row's time and event id). The
+pages continue with a keyset cursor (``before``: the last row's time and event id). A filter
+on a column without an index (provider, model, status, outcome, data class) first reads which
+days hold such calls from the daily rollups (``custos.audit.trace_days``) and walks only those. The
 guardrail outcome is not projected: that filter reads the records of the rows found, at most
 ``GUARDRAIL_SCAN`` of them a page, and says when it stopped early.
 """
@@ -18,7 +20,7 @@ guardrail outcome is not projected: that filter reads the records of the rows fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -26,6 +28,7 @@ import orjson
 from custos.admin import rights
 from custos.admin.errors import BadInput
 from custos.admin.service import AdminService
+from custos.audit import trace_days
 from custos.audit.compliance.report import ReportError, parse_range
 from custos.audit.log.proof import ProofError, prove_event
 from custos.audit.storage.store import AuditStore
@@ -124,11 +127,13 @@ async def _principal_ids(svc: AdminService, f: TraceFilter) -> list[str]:
 
 async def _where(
     svc: AdminService, p: Principal, f: TraceFilter
-) -> tuple[list[str], list[str], list[Any]]:
-    """The filter's conditions, the caller's scope (``_scope_parts``) and their arguments."""
+) -> tuple[list[str], list[str], list[Any], trace_days.Asked]:
+    """The filter's conditions, the caller's scope (``_scope_parts``) and their arguments, and
+    the same filter as the rollups read it."""
     args: list[Any] = []
     conds: list[str] = []
     scope = _scope_parts(p, args)
+    first_day = last_day = None
     if f.since is not None or f.until is not None:
         try:
             since, until = parse_range(f.since or "1970-01-01", f.until or "9999-12-30")
@@ -136,12 +141,14 @@ async def _where(
             raise BadInput(str(exc), "since") from None
         args.extend((since, until))
         conds.append(f"c.time_start >= ${len(args) - 1} AND c.time_start < ${len(args)}")
+        first_day, last_day = since.date(), (until - timedelta(microseconds=1)).date()
     for column, value in (("c.team", f.team), ("c.provider", f.provider),
                           ("c.request_id", f.request_id), ("c.outcome", f.outcome)):  # fmt: skip
         if value is not None:
             args.append(value)
             conds.append(f"{column} = ${len(args)}")
-    for pid in await _principal_ids(svc, f):
+    pids = await _principal_ids(svc, f)
+    for pid in pids:
         args.append(pid)
         conds.append(f"c.principal_id = ${len(args)}")
     if f.model is not None:
@@ -169,7 +176,15 @@ async def _where(
         conds.append(
             f"(c.time_start < ${n - 2} OR (c.time_start = ${n - 1} AND c.event_id < ${n}))"
         )
-    return conds, scope, args
+        day = (moment.astimezone(UTC) if moment.tzinfo else moment).date()
+        last_day = day if last_day is None else min(last_day, day)
+    asked = trace_days.Asked(
+        team=f.team, provider=f.provider, model=f.model,
+        status=int(f.status) if f.status is not None else None, outcome=f.outcome,
+        data_class=f.data_class, request_id=f.request_id, principal_ids=pids,
+        first_day=first_day, last_day=last_day,
+    )  # fmt: skip
+    return conds, scope, args, asked
 
 
 def _newest(conds: list[str], scope: list[str], limit: str) -> str:
@@ -201,12 +216,10 @@ async def search(
     """One page of the traces ``p`` may read that match ``f``, newest first."""
     if f.guardrail is not None and f.guardrail not in GUARDRAIL_OUTCOMES:
         raise BadInput(f"guardrail must be one of {', '.join(GUARDRAIL_OUTCOMES)}", "guardrail")
-    conds, scope, args = await _where(svc, p, f)
+    conds, scope, args, asked = await _where(svc, p, f)
     store = AuditStore(svc.store)
     want = limit if f.guardrail is None else GUARDRAIL_SCAN
-    args.append(want + 1)
-    sql = _newest(conds, scope, f"${len(args)}")
-    rows = [dict(r) for r in await store.fetch(sql, *args)]
+    rows = await _rows(store, p, conds, scope, args, asked, want + 1)
     capped = False
     if f.guardrail is None:
         more = len(rows) > limit
@@ -227,6 +240,33 @@ async def search(
     if more and last is not None:
         cursor = f"{_time(last['time_start']).isoformat()}|{last['event_id']}"
     return TracePage(rows, cursor, capped)
+
+
+async def _rows(
+    store: AuditStore,
+    p: Principal,
+    conds: list[str],
+    scope: list[str],
+    args: list[Any],
+    asked: trace_days.Asked,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` rows meeting the conditions. Where the daily rollups name the days
+    that can hold them (``custos.audit.trace_days``), only those days' rows are walked, a run of
+    consecutive days at a time, newest first, until the page is full."""
+    if not trace_days.narrows(asked):
+        sql = _newest(conds, scope, f"${len(args) + 1}")
+        return [dict(r) for r in await store.fetch(sql, *args, limit)]
+    n = len(args)
+    bounded = [*conds, f"c.time_start >= ${n + 1} AND c.time_start < ${n + 2}"]
+    sql = _newest(bounded, scope, f"${n + 3}")
+    rows: list[dict[str, Any]] = []
+    async for span in trace_days.spans(store, p, asked):
+        found = await store.fetch(sql, *args, span.start, span.end, limit - len(rows))
+        rows += [dict(r) for r in found]
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 async def _with_guardrail(

@@ -220,7 +220,7 @@ def _register_records(commands: Any, parent: argparse.ArgumentParser) -> None:
     report.add_argument("--group-by",
                         help="comma-separated. LLM calls (default team,provider): team, "
                         "principal, provider, model, region, data_class, outcome, stage, "
-                        "status, day, month, quarter, ...; tool calls (default "
+                        "status, day, month, quarter, metadata.KEY, ...; tool calls (default "
                         f"{TOOL_GROUP_BY}): {', '.join(TOOL_DIMENSIONS)}")  # fmt: skip
     report.add_argument("--data-class", help="only calls that carry this data class")
     report.add_argument("--source", choices=["declared", "detected"],

@@ -1,8 +1,9 @@
 """Inline SVG bar charts, drawn on the server: no script, no external asset.
 
 A chart is decoration beside a table that holds the same numbers (screen readers get the table;
-the SVG is ``aria-hidden``). Each bar carries its value in ``data-value`` and the chart its
-total in ``data-total``, which is what the tests compare with the report.
+the SVG is ``aria-hidden``). Each bar carries its label in ``data-label`` and its value in
+``data-value``, and the chart its total in ``data-total``, which is what the tests compare
+with the report.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def bars(
         y = HEIGHT - _PAD_BOTTOM - h
         parts.append(
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{h:.1f}"'
-            f' data-value="{value}"><title>{escape(name)}: {escape(fmt(value))}</title></rect>'
+            f' data-label="{escape(name)}" data-value="{value}">'
+            f"<title>{escape(name)}: {escape(fmt(value))}</title></rect>"
         )
         if i % every == 0:
             parts.append(
@@ -82,5 +84,50 @@ def meter(spent: int, reserved: int, limit: int, elapsed: float | None) -> Marku
     if elapsed is not None:
         x = width * elapsed
         parts.append(f'<line class="pace" x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height}"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def burn(points: Sequence[tuple[str, int | None]], limit: int, *, label: str) -> Markup:
+    """A budget's burn-down: per day of its period, the spend so far (a bar; ``None``: a day
+    still to come, no bar), against the limit (a horizontal line) and the even pace (a line
+    from nothing on the first day to the limit on the last)."""
+    n = max(len(points), 1)
+    top = max([limit, *(v for _, v in points if v is not None)]) or 1
+    plot_h = HEIGHT - _PAD_BOTTOM - _PAD_TOP
+    step = (WIDTH - _PAD_LEFT * 2) / n
+    width = min(max(step * 0.7, 1.0), 64.0)
+    base = HEIGHT - _PAD_BOTTOM
+
+    def y(value: int) -> float:
+        return base - plot_h * value / top
+
+    shown = [v for _, v in points if v is not None]
+    parts = [
+        f'<svg class="chart burn" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-hidden="true"'
+        f' data-limit="{limit}" data-last="{shown[-1] if shown else 0}"'
+        ' preserveAspectRatio="xMidYMid meet">',
+        f'<line class="axis" x1="{_PAD_LEFT}" y1="{base}" x2="{WIDTH - _PAD_LEFT}" y2="{base}"/>',
+    ]
+    every = max(1, math.ceil(n / 10))
+    for i, (name, value) in enumerate(points):
+        x = _PAD_LEFT + i * step + (step - width) / 2
+        if value is not None:
+            parts.append(
+                f'<rect class="bar" x="{x:.1f}" y="{y(value):.1f}" width="{width:.1f}"'
+                f' height="{base - y(value):.1f}" data-label="{escape(name)}"'
+                f' data-value="{value}"><title>{escape(name)}: {value}</title></rect>'
+            )
+        if i % every == 0:
+            parts.append(
+                f'<text class="tick" x="{x + width / 2:.1f}" y="{base + 14}"'
+                f' text-anchor="middle">{escape(_short(name[5:]))}</text>'
+            )
+    right = WIDTH - _PAD_LEFT
+    parts.append(f'<line class="limit" x1="{_PAD_LEFT}" y1="{y(limit):.1f}" x2="{right}"'
+                 f' y2="{y(limit):.1f}"/>')  # fmt: skip
+    parts.append(f'<line class="pace" x1="{_PAD_LEFT}" y1="{base}" x2="{right}"'
+                 f' y2="{y(limit):.1f}"/>')  # fmt: skip
+    parts.append(f'<text class="caption" x="{_PAD_LEFT}" y="{HEIGHT - 6}">{escape(label)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from custos import __version__
 from custos.admin import mcp_credentials
 from custos.admin import schemas as s
-from custos.admin.budgets import BudgetList, BudgetSource, BudgetsQuery
+from custos.admin.budgets import BudgetHistoryOut, BudgetList, BudgetSource, BudgetsQuery
 from custos.admin.errors import BadInput, Forbidden
 from custos.admin.openapi import RouteSpec, body_required, build_document
 from custos.admin.service import AdminService
@@ -554,6 +554,15 @@ async def _list_budgets(svc: AdminService, c: Call) -> BaseModel:
         ) from None
 
 
+async def _budget_history(svc: AdminService, c: Call) -> BaseModel:
+    try:
+        return await svc.budget_history(c.principal, c.params["budget"])
+    except CountersUnavailable:
+        raise GatewayError(
+            503, "counters_unavailable", "The budget counters cannot be read right now."
+        ) from None
+
+
 async def _mcp_credentials(svc: AdminService, c: Call) -> BaseModel:
     return await mcp_credentials.list_credentials(svc, c.principal, c.query)
 
@@ -762,6 +771,12 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
         _r("GET", "/budgets", "listBudgets", "Budgets: limit, spent, reserved and remaining per "
            "split (admin, auditor; team managers: their teams)", BudgetList, query=BudgetsQuery),
         _list_budgets,
+    ),
+    (
+        _r("GET", "/budgets/{budget}/history", "getBudgetHistory", "One budget's current "
+           "period day by day and its last periods, per split, from the spend ledger (as "
+           "listBudgets shows it to you)", BudgetHistoryOut),
+        _budget_history,
     ),
     (
         _r("GET", "/mcp/credentials", "listMcpCredentials", "Which MCP servers you (admins, "

@@ -50,6 +50,14 @@ _UPSERT = (
     " updated_at = excluded.updated_at"
 )
 
+#: The same spend, by the UTC day it was written (migration 0013: the console's burn-down).
+_UPSERT_DAY = (
+    "INSERT INTO budget_spend_daily (budget_id, period, split, day, spent_micros)"
+    " VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT (budget_id, period, split, day) DO UPDATE"
+    " SET spent_micros = budget_spend_daily.spent_micros + excluded.spent_micros"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Flushed:
@@ -100,6 +108,8 @@ class SpendLedger:
                 row = await tx.fetchrow("SELECT epoch FROM counter_epoch WHERE id = 1")
                 rows = [(b, p, s, amount, now) for (b, p, s), amount in sorted(totals.items())]
                 await tx.executemany(_UPSERT, rows)
+                day = now.date().isoformat()
+                await tx.executemany(_UPSERT_DAY, [(b, p, s, day, a) for b, p, s, a, _ in rows])
         except BaseException:
             for slot, amount in batch.items():
                 self._pending[slot] = self._pending.get(slot, 0) + amount
@@ -117,6 +127,37 @@ class SpendLedger:
             rows = await _spend_rows(tx, periods)
         assert row is not None
         return Seed(int(row["epoch"]), rows)
+
+    async def history(self, budget_id: str, *, periods: int) -> list[tuple[str, str, int]]:
+        """(period, split, spent) of the budget's last ``periods`` periods with spend, newest
+        period first."""
+        async with self.store.transaction(readonly=True) as tx:
+            keys = await tx.fetch(
+                "SELECT DISTINCT period FROM budget_spend WHERE budget_id = $1"
+                " ORDER BY period DESC LIMIT $2",
+                budget_id,
+                periods,
+            )
+            if not keys:
+                return []
+            rows = await tx.fetch(
+                "SELECT period, split, spent_micros FROM budget_spend"
+                " WHERE budget_id = $1 AND period >= $2 ORDER BY period DESC, split",
+                budget_id,
+                keys[-1]["period"],
+            )
+        return [(r["period"], r["split"], int(r["spent_micros"])) for r in rows]
+
+    async def days(self, budget_id: str, period: str) -> list[tuple[str, str, int]]:
+        """(split, day, spent) of one budget period, by the UTC day the spend was written."""
+        async with self.store.transaction(readonly=True) as tx:
+            rows = await tx.fetch(
+                "SELECT split, day, spent_micros FROM budget_spend_daily"
+                " WHERE budget_id = $1 AND period = $2 ORDER BY split, day",
+                budget_id,
+                period,
+            )
+        return [(r["split"], r["day"], int(r["spent_micros"])) for r in rows]
 
     async def totals(self, periods: Sequence[str]) -> tuple[tuple[LedgerKey, int], ...]:
         """The spend of the given periods (what in-process counters start from)."""

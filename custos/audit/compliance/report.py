@@ -53,6 +53,10 @@ _COLUMNS = {
 }
 _TIME_UNITS = ("day", "month", "quarter")
 DIMENSIONS = (*_COLUMNS, *_TIME_UNITS)
+#: ``metadata.KEY``: the value of KEY in the calls' metadata (the ``X-Custos-Metadata``
+#: object their records hold); null for the calls without that key.
+METADATA_PREFIX = "metadata."
+MAX_KEY_LENGTH = 128
 MEASURES = ("requests", "served", "denied", "failed", "input_tokens", "output_tokens",
             "cost_micros")  # fmt: skip
 
@@ -65,6 +69,14 @@ _MEASURES_SQL = """count(*) AS requests,
     CAST(COALESCE(sum(c.output_tokens), 0) AS BIGINT) AS output_tokens,
     CAST(COALESCE(sum(c.cost_micros), 0) AS BIGINT) AS cost_micros"""
 
+
+#: A ``metadata.KEY`` dimension over a call's record ``e`` (``{n}``: the key's parameter):
+#: the key's value, null when the call's metadata lacks it.
+_METADATA_VALUE = {
+    "sqlite": "(SELECT m.value FROM json_each(CAST(e.record AS TEXT), '$.metadata') m"
+    " WHERE m.key = ${n})",
+    "postgresql": "(convert_from(e.record, 'UTF8')::json -> 'metadata' ->> ${n}::text)",
+}
 
 #: The same measures over a rollup ``r`` (its rows are sums already).
 _ROLLUP_SUMS = """CAST(COALESCE(sum(r.requests), 0) AS BIGINT) AS requests,
@@ -128,12 +140,25 @@ def _moment(text: str, name: str, *, end: bool) -> datetime:
 
 def parse_group_by(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in DIMENSIONS]
+    unknown = [n for n in names if n not in DIMENSIONS and metadata_key(n) is None]
     if unknown:
-        raise ReportError(f"cannot group by {unknown[0]!r}: choose from {', '.join(DIMENSIONS)}")
+        raise ReportError(
+            f"cannot group by {unknown[0]!r}: choose from {', '.join(DIMENSIONS)},"
+            f" {METADATA_PREFIX}KEY"
+        )
     if len(set(names)) != len(names):
         raise ReportError("a dimension appears twice in group_by")
+    if sum(metadata_key(n) is not None for n in names) > 1:
+        raise ReportError(f"group_by takes one {METADATA_PREFIX}KEY at a time")
     return names
+
+
+def metadata_key(name: str) -> str | None:
+    """The metadata key a ``metadata.KEY`` dimension names (``None``: not such a dimension)."""
+    if not name.startswith(METADATA_PREFIX):
+        return None
+    key = name[len(METADATA_PREFIX) :]
+    return key if 0 < len(key) <= MAX_KEY_LENGTH else None
 
 
 async def build_report(
@@ -157,6 +182,7 @@ async def build_report(
     columns = {**_COLUMNS, **{unit: bucket("c.time_start", unit) for unit in _TIME_UNITS}}
     args: list[Any] = [since, until]
     where = "c.time_start >= $1 AND c.time_start < $2"
+    join = ""
     if data_class is not None or source is not None:
         carried = []
         for column, value in (("data_class", data_class), ("source", source)):
@@ -167,12 +193,19 @@ async def build_report(
             " AND EXISTS (SELECT 1 FROM audit_llm_call_data_classes x"
             f" WHERE x.event_id = c.event_id{''.join(carried)})"
         )
-    join = ""
+    filters = list(args)
+    for name in group_by:
+        key = metadata_key(name)
+        if key is not None:
+            # The projection has no metadata column: each call's record says.
+            args.append(key)
+            columns[name] = _METADATA_VALUE[store.store.dialect].format(n=len(args))
+            join = " JOIN audit_events e ON e.event_id = c.event_id"
     if "data_class" in group_by or "data_class_source" in group_by:
         # A call counts once per class it carries; once per class and source only when the
         # rows are split by source (a class both declared and detected is one class).
         source_column = ", source" if "data_class_source" in group_by else ""
-        join = (
+        join += (
             f" LEFT JOIN (SELECT DISTINCT event_id, data_class{source_column}"
             " FROM audit_llm_call_data_classes"
             " WHERE time_start >= $1 AND time_start < $2) d ON d.event_id = c.event_id"
@@ -185,7 +218,7 @@ async def build_report(
         sql += f" GROUP BY {groups}"
     rows = await store.fetch(sql, *args)
     totals_rows = await store.fetch(f"SELECT {_MEASURES_SQL} FROM audit_llm_calls c WHERE {where}",
-                                    *args)  # fmt: skip
+                                    *filters)  # fmt: skip
     return _report(since, until, group_by, data_class, source, rows, totals_rows[0])
 
 
@@ -260,6 +293,8 @@ async def _from_rollup(
     """The report summed from the daily rollups, or ``None`` when they cannot answer it (a
     range not in whole days, a grouping or filter they do not hold)."""
     days = _whole_days(since, until)
+    if days is not None and any(metadata_key(name) is not None for name in group_by):
+        return await _from_metadata_rollup(store, since, until, days, group_by, data_class, source)
     plan = _rollup_query(group_by, data_class, source)
     if days is None or plan is None:
         return None
@@ -285,6 +320,95 @@ async def _from_rollup(
             *days,
         )
     return _report(since, until, group_by, data_class, source, rows, totals_rows[0])
+
+
+async def _from_metadata_rollup(
+    store: AuditStore,
+    since: datetime,
+    until: datetime,
+    days: tuple[str, str],
+    group_by: tuple[str, ...],
+    data_class: str | None,
+    source: str | None,
+) -> Report | None:
+    """A report grouped by one ``metadata.KEY``, summed from the metadata rollup: the calls
+    carrying the key, per value, from its rows; the calls without it (value null), per group
+    of the other dimensions, as all the calls of that group (the smallest per-call rollup
+    holding those dimensions) less those carrying the key. ``None`` when the rollups cannot
+    answer it (a class filter or grouping, a dimension the metadata rollup lacks)."""
+    position = next(i for i, name in enumerate(group_by) if metadata_key(name) is not None)
+    key = metadata_key(group_by[position])
+    others = [g for g in group_by if g != group_by[position]]
+    columns = [_COLUMNS[g][2:] for g in others if g not in _TIME_UNITS]
+    if (
+        data_class is not None
+        or source is not None
+        or not set(columns) <= set(rollup.METADATA_DIMS)
+    ):
+        return None
+    table = next(t for t, d in rollup.CALL_ROLLUPS.items() if set(columns) <= set(d))
+    names = {**{n: f"r.{e[2:]}" for n, e in _COLUMNS.items()}, **_DAY_BUCKETS}
+    select = [f"{names[g]} AS g{i}" for i, g in enumerate(others)]
+    labels = [f"g{i}" for i in range(len(select))]
+    with_key = await store.fetch(
+        f"SELECT {', '.join([*select, 'r.value AS gv'])}, {_ROLLUP_SUMS}"
+        f" FROM {rollup.METADATA} r WHERE r.day >= $1 AND r.day < $2 AND r.key = $3"
+        f" GROUP BY {', '.join([*labels, 'gv'])}",
+        *days,
+        key,
+    )
+    every = await store.fetch(
+        f"SELECT {', '.join([*select, _ROLLUP_SUMS])}"
+        f" FROM {table} r WHERE r.day >= $1 AND r.day < $2"
+        + (f" GROUP BY {', '.join(labels)}" if labels else ""),
+        *days,
+    )
+    # Per group of the other dimensions: all its calls, less those carrying the key.
+    out: dict[tuple[Any, ...], dict[str, int]] = {}
+    for row in every:
+        out[(*(row[g] for g in labels), None)] = {m: int(row[m]) for m in MEASURES}
+    for row in with_key:
+        groups = tuple(row[g] for g in labels)
+        without = out.setdefault((*groups, None), dict.fromkeys(MEASURES, 0))
+        for m in MEASURES:
+            without[m] -= int(row[m])
+        carried = out.setdefault((*groups, row["gv"]), dict.fromkeys(MEASURES, 0))
+        for m in MEASURES:  # a null value adds back to the calls without the key
+            carried[m] += int(row[m])
+    rows = []
+    for groups, measures in out.items():
+        values = list(groups[:-1])
+        values.insert(position, groups[-1])
+        rows.append({**{f"g{i}": v for i, v in enumerate(values)}, **measures})
+    totals_rows = await store.fetch(
+        f"SELECT {_ROLLUP_SUMS} FROM {next(iter(rollup.CALL_ROLLUPS))} r"
+        " WHERE r.day >= $1 AND r.day < $2",
+        *days,
+    )
+    return _report(since, until, group_by, data_class, source, rows, totals_rows[0])
+
+
+async def metadata_keys(
+    store: AuditStore, since: datetime, until: datetime, *, limit: int = 100
+) -> list[str]:
+    """The metadata keys carried by calls on the UTC days ``[since, until)`` touches (the
+    metadata rollup's), in order, at most ``limit``: what ``metadata.KEY`` can group by."""
+    last = until - timedelta(microseconds=1)
+    # Key by key along the rollup's unique index (the key first), each checked for a row in
+    # the range: a few index probes a key, where DISTINCT would read every row of the range.
+    table = rollup.METADATA
+    rows = await store.fetch(
+        f"WITH RECURSIVE k (key) AS (SELECT min(key) FROM {table}"
+        f" UNION ALL SELECT (SELECT min(m.key) FROM {table} m WHERE m.key > k.key)"
+        " FROM k WHERE k.key IS NOT NULL)"
+        " SELECT k.key AS key FROM k WHERE k.key IS NOT NULL AND EXISTS"
+        f" (SELECT 1 FROM {table} r WHERE r.key = k.key AND r.day >= $1 AND r.day <= $2)"
+        " LIMIT $3",
+        since.astimezone(UTC).date().isoformat(),
+        last.astimezone(UTC).date().isoformat(),
+        limit,
+    )
+    return [str(row["key"]) for row in rows]
 
 
 def usd(micros: int) -> str:

@@ -298,11 +298,11 @@ async def _empty(tx: Tx, event_ids: list[str]) -> None:
     overwriting the freed bytes where the engine can."""
     ids = [(event_id,) for event_id in event_ids]
     async with tx.erasing(), tx.purge_window():
+        await rollup.subtract_calls(tx, event_ids)  # reads the records: before emptying them
         await tx.executemany(
             "UPDATE audit_events SET record = $2 WHERE event_id = $1",
             [(event_id, b"") for (event_id,) in ids],
         )
-        await rollup.subtract_calls(tx, event_ids)
         await tx.executemany("DELETE FROM audit_llm_calls WHERE event_id = $1", ids)
         await tx.executemany("DELETE FROM audit_llm_call_data_classes WHERE event_id = $1", ids)
         await tool_rollup.subtract_tool_calls(tx, event_ids)

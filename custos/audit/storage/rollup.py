@@ -10,6 +10,11 @@ of the raw rows when it can.
   source: the same sums over the calls carrying that class. ``source`` is ``declared`` or
   ``detected`` (a call counts once per class and source it carries), ``*`` (once per class it
   carries, from either source or both), or null with a null class (the calls carrying none).
+- ``audit_llm_daily_metadata`` (migration 0012): per UTC day, the dimensions ``METADATA_DIMS``,
+  a metadata key and its value: the same sums over the calls whose record's ``metadata``
+  carries that key with that value (a call counts once per key it carries). The calls that do
+  not carry a key are not listed: they are the day's calls (any per-call rollup) less those
+  that do.
 
 Contracts:
 
@@ -27,8 +32,10 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
+
+import orjson
 
 from custos.state.store import Tx
 
@@ -43,15 +50,20 @@ ROUTE_DIMS: Final = ("team", "operation", "requested_model", "provider", "provid
                      "model", "region", "outcome")  # fmt: skip
 PRINCIPAL_DIMS: Final = ("team", "principal_kind", "principal_id", "outcome")
 CLASS_DIMS: Final = ("team", "operation", "provider", "provider_name", "region", "outcome")
+METADATA: Final = "audit_llm_daily_metadata"
+METADATA_DIMS: Final = ("team", "provider", "model", "outcome")
+METADATA_KEYS: Final = ("key", "value")
 #: The per-call rollups, fewest rows a day first (a report reads the first that holds its
 #: grouping), each with its dimensions; ``outcome`` is in each (served, denied, failed).
 CALL_ROLLUPS: Final = {ROUTES: ROUTE_DIMS, PRINCIPALS: PRINCIPAL_DIMS, CALLS: CALL_DIMS}
-DIMS: Final = {**CALL_ROLLUPS, CLASSES: CLASS_DIMS}
+DIMS: Final = {**CALL_ROLLUPS, CLASSES: CLASS_DIMS, METADATA: METADATA_DIMS}
 CLASS_KEYS: Final = ("data_class", "source")
+#: The keys each rollup has besides the day and its dimensions.
+_EXTRA_KEYS: Final = {CLASSES: CLASS_KEYS, METADATA: METADATA_KEYS}
 MEASURES: Final = ("requests", "input_tokens", "output_tokens", "cost_micros")
 ANY_SOURCE: Final = "*"
 #: Columns the projection never leaves null (the others are keyed null-safely on SQLite).
-_NOT_NULL: Final = frozenset({"operation", "status", "outcome", "day"})
+_NOT_NULL: Final = frozenset({"operation", "status", "outcome", "day", "key"})
 
 #: Each rollup's dimensions out of a call's ``CALL_DIMS`` values.
 _PICK: Final = {
@@ -63,7 +75,7 @@ Sums = list[int]
 
 
 def _key_columns(table: str) -> tuple[str, ...]:
-    return ("day", *DIMS[table], *(CLASS_KEYS if table == CLASSES else ()))
+    return ("day", *DIMS[table], *_EXTRA_KEYS.get(table, ()))
 
 
 def conflict_target(table: str, dialect: str) -> str:
@@ -97,12 +109,19 @@ class Deltas:
         }
 
     def add(self, day: str, dims: Sequence[Any], measures: Sequence[int],
-            classes: Iterable[tuple[str, str]]) -> None:  # fmt: skip
-        """One call: its day, its ``CALL_DIMS`` values, (input tokens, output tokens, cost)
-        and its (class, source) pairs (repeats count once, as the projection keeps them)."""
+            classes: Iterable[tuple[str, str]],
+            metadata: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        """One call: its day, its ``CALL_DIMS`` values, (input tokens, output tokens, cost),
+        its (class, source) pairs (repeats count once, as the projection keeps them) and its
+        record's metadata."""
         one = (self.sign, *(self.sign * int(m) for m in measures))
         for table in CALL_ROLLUPS:
             _plus(self.sums[table][(day, *_PICK[table](dims))], one)
+        if metadata:
+            by_key = (day, *_PICK[METADATA](dims))
+            metadata_sums = self.sums[METADATA]
+            for key, value in metadata.items():
+                _plus(metadata_sums[(*by_key, key, value)], one)
         narrow = (day, *_PICK[CLASSES](dims))
         classes_sums = self.sums[CLASSES]
         pairs = set(classes)
@@ -121,9 +140,15 @@ class Deltas:
                 )
         if self.sign < 0:  # drop the sums that reached zero, on the days touched
             days = sorted({key[0] for key in self.sums[CALLS]})
-            for table in DIMS:
+            for table in CALL_ROLLUPS.keys() | {CLASSES}:
                 await tx.executemany(
                     f"DELETE FROM {table} WHERE day = $1 AND requests = 0", [(d,) for d in days]
+                )
+            # The metadata rollup's unique index leads with the key: delete by key and day.
+            keys = sorted({(key[-2], key[0]) for key in self.sums[METADATA]})
+            if keys:
+                await tx.executemany(
+                    f"DELETE FROM {METADATA} WHERE key = $1 AND day = $2 AND requests = 0", keys
                 )
 
 
@@ -144,9 +169,19 @@ _DAY_OF: Final = {
 }
 
 
+def _metadata(record: bytes) -> dict[str, Any] | None:
+    """A stored record's ``metadata`` object (``None`` when it has none)."""
+    try:
+        found = orjson.loads(record).get("metadata")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
 async def subtract_calls(tx: Tx, event_ids: Sequence[str]) -> None:
     """Take the projection rows of ``event_ids`` out of the rollups; call it before deleting
-    those rows, in the same transaction."""
+    those rows and before emptying their records (the metadata is read from the records), in
+    the same transaction."""
     deltas = Deltas(sign=-1)
     dialect = "sqlite" if tx.serial_writes else "postgresql"
     day_of = _DAY_OF[dialect]
@@ -166,11 +201,18 @@ async def subtract_calls(tx: Tx, event_ids: Sequence[str]) -> None:
             *chunk,
         ):
             pairs[row["event_id"]].append((row["data_class"], row["source"]))
+        metadata = {
+            row["event_id"]: _metadata(bytes(row["record"]))
+            for row in await tx.fetch(
+                f"SELECT event_id, record FROM audit_events WHERE event_id IN ({marks})", *chunk
+            )
+        }
         for row in rows:
             deltas.add(
                 str(row["day"]),
                 [row[d] for d in CALL_DIMS],
                 (row["input_tokens"], row["output_tokens"], row["cost_micros"]),
                 pairs.get(row["event_id"], ()),
+                metadata.get(row["event_id"]),
             )
     await deltas.apply(tx, dialect)

@@ -90,6 +90,8 @@ _LLM_FIELDS: Final = (
     ("config_revision", "config.revision", ""),
 )
 _LLM_COLUMNS = "event_id, time_start, time_end, " + ", ".join(c for c, _, _ in _LLM_FIELDS)
+#: Projection column → the record key it is read from.
+_RECORD_KEY: Final = {column: key for column, key, _ in _LLM_FIELDS}
 _CLASS_COLUMNS = "event_id, data_class, source, match_count, time_start"
 #: ``audit_tool_calls`` columns (migration 0011) after ``event_id, time_start``, as
 #: ``_LLM_FIELDS``. Every one may be null: a record built only in part still gets its row.
@@ -294,6 +296,35 @@ def _pg_rollups() -> str:
             rollup.CLASSES,
             "postgresql",
             f"SELECT {keys}, {sums} FROM keyed k JOIN projected p ON p.event_id = k.event_id"
+            f" GROUP BY {keys} ORDER BY {keys}",
+        )
+        + ")"
+    )
+    # Each call's metadata pairs (a record's metadata is an object; anything else has none),
+    # read from ``calls``, the records the statement added, with the projection's own
+    # expressions. Joining ``projected`` back to ``calls`` instead cost the server about 70 µs
+    # of CPU a record, metadata or not (measured; this costs about 7 µs for two keys, nothing
+    # without). A call the statement added is a call it projected: a projection row never
+    # exists without its record (as on SQLite, whose sums come from the records added).
+    keys = ", ".join([
+        "to_char(calls.at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        *(f"(calls.r ->> '{_RECORD_KEY[d]}')" for d in rollup.METADATA_DIMS),
+        "m.key", "m.value",
+    ])  # fmt: skip
+    measures = ", ".join(
+        f"sum((calls.r ->> '{_RECORD_KEY[m]}')::bigint)"
+        for m in ("input_tokens", "output_tokens", "cost_micros")
+    )
+    pairs = (
+        "jsonb_each_text(CASE WHEN jsonb_typeof(calls.r -> 'metadata') = 'object'"
+        " THEN calls.r -> 'metadata' ELSE '{}'::jsonb END) AS m"
+    )
+    ctes.append(
+        " rolled_metadata AS ("
+        + rollup.upsert_sql(
+            rollup.METADATA,
+            "postgresql",
+            f"SELECT {keys}, count(*), {measures} FROM calls CROSS JOIN LATERAL {pairs}"
             f" GROUP BY {keys} ORDER BY {keys}",
         )
         + ")"
@@ -580,6 +611,7 @@ async def _project_sqlite(tx: Tx, calls: list[tuple[SealedRecord, str]]) -> None
             _rollup_dims(values),
             (f["gen_ai.usage.input_tokens"], f["gen_ai.usage.output_tokens"], f["cost_micros"]),
             [(c["class"], c["source"]) for c in f["data_classes"]],
+            f.get("metadata"),
         )
     # time_end is time_start + latency_ms, as the record's own time_end says.
     await tx.executemany(_SQLITE_INSERT_CALL, rows)

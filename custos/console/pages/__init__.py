@@ -27,6 +27,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/traces/{request}/proof", traces.proof),
     ("GET", "/spend", spend.page),
     ("GET", "/budgets", budgets.page),
+    ("GET", "/budgets/{budget}", budgets.one),
     ("GET", "/identity", identity.page),
     ("POST", "/users", identity.create_user),
     ("POST", "/teams", identity.create_team),

@@ -1,4 +1,5 @@
-"""Spend and usage over time, per team, model or provider: the audit report, charted.
+"""Spend and usage over time, per team, model, provider or metadata key: the audit report,
+charted.
 
 Both charts and both tables come from ``custos.audit.service.report`` (the function behind
 ``GET /admin/v1/audit/report`` and ``custos audit report``) with the signed-in principal, so
@@ -11,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from custos.audit import service as audit_service
+from custos.audit.compliance.report import METADATA_PREFIX, metadata_key
 from custos.console import charts
 from custos.console.web import Request, Response, usd
 
@@ -67,7 +69,11 @@ async def page(c: Any, r: Request) -> Response:
     service, _ = c.service()
     start, end = default_range()
     since, until = r.query.get("from") or start, r.query.get("to") or end
-    by = r.query.get("by") if r.query.get("by") in DIMENSIONS else "team"
+    keys = await audit_service.metadata_keys(service, r.principal, since, until)
+    by = r.query.get("by") or "team"
+    # Any metadata key may be asked for (one no call carries has a single "(none)" bar).
+    if by not in DIMENSIONS and metadata_key(by) is None:
+        by = "team"
     measure = r.query.get("measure") if r.query.get("measure") in MEASURES else "cost_micros"
     daily, grouped = await _reports(service, r.principal, since, until, by)
     fmt = usd if measure == "cost_micros" else (lambda v: f"{v:,}")
@@ -84,7 +90,8 @@ async def page(c: Any, r: Request) -> Response:
         by=by,
         measure=measure,
         measures=MEASURES,
-        dimensions=DIMENSIONS,
+        dimensions=[*DIMENSIONS, *(f"{METADATA_PREFIX}{k}" for k in keys)]
+        + ([by] if by not in DIMENSIONS and metadata_key(by) not in keys else []),
         daily=daily,
         grouped=grouped,
         day_chart=charts.bars(day_points, label=f"{MEASURES[measure]} per day", fmt=fmt),
