@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from custos.context import RequestContext, StageName
@@ -88,6 +88,9 @@ class GatewayResponse:
     #: A stream's clean-up when it is closed, run after its generator is: what must happen
     #: even if the generator never started (its ``finally`` then never runs).
     on_close: Callable[[], None] | None = None
+    #: ``body`` as parsed JSON when the terminal has it (``ParsedResponse.parsed``); a stage
+    #: that rewrites ``body`` sets both or clears this.
+    parsed: dict[str, Any] | None = None
 
 
 class Stage(Protocol):

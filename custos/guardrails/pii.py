@@ -186,8 +186,6 @@ _DIGIT_RUN = re.compile(r"\d(?:[ \-./()]{0,2}\d){3,}[\d \-./()]*")
 #: hold at least five digits.
 _UPPER_RUN = re.compile(r"[A-Z][A-Z\d](?:[A-Z \-.]{0,8}\d){5}[A-Z\d \-.]*")
 _TRIGGER = re.compile(r"[@\d]")
-#: What ``_TRIGGER`` looks for, in ASCII.
-_ASCII_TRIGGERS: Final = "@0123456789"
 
 #: Internationalised addresses too (RFC 6531): letters of any script in both parts.
 _EMAIL_DOMAIN = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])")
@@ -523,8 +521,10 @@ def _may_hold_pii(text: str) -> bool:
     are, is checked eleven times with ``in`` (a 1,200-character prompt in under 1 µs instead of
     15). Any other text goes through the expression, whose ``\\d`` takes every script's digits.
     """
-    if text.isascii():
-        return any(trigger in text for trigger in _ASCII_TRIGGERS)
+    if text.isascii():  # written out: a loop over the eleven costs more than the searches
+        return ("@" in text or "0" in text or "1" in text or "2" in text or "3" in text
+                or "4" in text or "5" in text or "6" in text or "7" in text or "8" in text
+                or "9" in text)  # fmt: skip
     return _TRIGGER.search(text) is not None
 
 

@@ -255,7 +255,7 @@ class OutputGuardrails:
         if response.stream is not None:
             state.stream = StreamGuard(ctx, applicable, state.numbering)
             return
-        body = orjson.loads(response.body)
+        body = response.parsed if response.parsed is not None else orjson.loads(response.body)
         slots = response_slots(ctx.operation, body)
         changed = False
         for guardrail in applicable:
@@ -266,7 +266,7 @@ class OutputGuardrails:
             changed = changed or verdict.changed
             _record(ctx, guardrail, verdict, "llm_output")
         if changed:
-            response.body = orjson.dumps(body)
+            response.body, response.parsed = orjson.dumps(body), body
 
     async def on_chunk(self, ctx: RequestContext, chunk: bytes, last: bool) -> bytes:
         guard = ctx.guards.stream if ctx.guards is not None else None

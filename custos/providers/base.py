@@ -62,6 +62,10 @@ class ParsedResponse:
 
     body: bytes
     usage: Usage | None
+    #: ``body`` as parsed JSON, when the adapter has it and it is exactly what ``body`` holds
+    #: (so a stage that reads the answer, an output guardrail, does not parse it again);
+    #: ``None`` when the adapter does not keep it.
+    parsed: dict[str, Any] | None = None
 
 
 class StreamTranslator(ABC):

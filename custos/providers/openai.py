@@ -90,8 +90,10 @@ class OpenAIAdapter(ProviderAdapter):
         usage = usage_from_openai(data.get("usage"))
         if call.protocol == "anthropic":
             translated = translate.openai_response_to_anthropic(data, call.requested_model)
-            return ParsedResponse(orjson.dumps(translated), usage)
-        return ParsedResponse(renamed_model(body, data, call.requested_model), usage)
+            return ParsedResponse(orjson.dumps(translated), usage, translated)
+        renamed = renamed_model(body, data, call.requested_model)
+        data["model"] = call.requested_model  # as ``renamed`` has it (spliced in, or already so)
+        return ParsedResponse(renamed, usage, data)
 
     def stream_translator(self, call: ProviderCall) -> StreamTranslator:
         if call.operation == "responses":

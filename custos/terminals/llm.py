@@ -179,7 +179,7 @@ class LLMTerminal:
             ctx.capture.response = parsed.body
         ctx.status = 200
         headers = [_JSON, (b"x-custos-served-by", target.served_by)]
-        return GatewayResponse(200, headers, parsed.body), None
+        return GatewayResponse(200, headers, parsed.body, parsed=parsed.parsed), None
 
     def _failed(self, attempt: Attempt, err: GatewayError, started: int) -> GatewayError:
         attempt.latency_ms = (time.monotonic_ns() - started) // 1_000_000
