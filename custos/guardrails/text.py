@@ -47,7 +47,7 @@ class TextSlot:
 def request_slots(operation: str, body: dict[str, Any]) -> list[TextSlot]:
     """The text slots of a request body (see the module docstring)."""
     if operation == "chat":
-        return list(_contents(body.get("messages"), ("text",)))
+        return _chat_messages(body.get("messages"))
     if operation in ("messages", "count_tokens"):
         return [*_system(body), *_contents(body.get("messages"), ("text", "tool_result"))]
     if operation == "responses":
@@ -65,8 +65,9 @@ def response_slots(operation: str, body: dict[str, Any]) -> list[TextSlot]:
     """The text slots of a response body in the caller's protocol."""
     slots: list[TextSlot] = []
     if operation == "chat":
-        for choice in _dicts(body.get("choices")):
-            message = choice.get("message")
+        choices = body.get("choices")
+        for choice in choices if isinstance(choices, list) else ():  # (no generator: per call)
+            message = choice.get("message") if isinstance(choice, dict) else None
             if isinstance(message, dict) and isinstance(message.get("content"), str):
                 slots.append(TextSlot(message, "content"))
     elif operation == "messages":
@@ -106,6 +107,23 @@ def _system(body: dict[str, Any]) -> Iterator[TextSlot]:
         yield TextSlot(body, "system")
     else:
         yield from _text_blocks(system, ("text",))
+
+
+def _chat_messages(messages: Any) -> list[TextSlot]:
+    """``_contents(messages, ("text",))`` as a list, without generators for the usual shape
+    (every message's content a string): this runs on every chat request."""
+    if not isinstance(messages, list):
+        return []
+    slots = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            slots.append(TextSlot(message, "content"))
+        else:
+            slots.extend(_text_blocks(content, ("text",)))
+    return slots
 
 
 def _contents(messages: Any, kinds: tuple[str, ...]) -> Iterator[TextSlot]:
