@@ -78,6 +78,10 @@ BUDGET_RPS = 2500  # DESIGN: >= 2,000 required, aiming for 2,500; the issue asks
 BUDGET_ADDED_P50_MS = 1.0
 BUDGET_ADDED_P99_MS = 3.0
 BUDGET_RSS_MB = 150
+#: The performance issue's goal: the governed path (what `custos serve` runs with bench.yaml, the
+#: `guarded` variant) serves at least this share of what the `passthrough` variant of
+#: bench/variant.py serves, measured in the same run, non-streaming and 20-chunk streams alike.
+GOAL_RATIO = 0.6
 
 HEY_WORKERS = 10  # fixed-rate runs: ten one-connection hey processes at rate/10 each
 BENCH_EMAIL = "bench@example.com"  # bench.yaml grants its team every model
@@ -362,7 +366,8 @@ def run_wrk(
 def saturation(b: Bench, target: str, stream: bool) -> dict[str, Any]:
     url, body, auth = b.target(target, stream)
     log(
-        f"saturation {'stream' if stream else 'non-stream'} -> {target}: "
+        f"saturation {'stream' if stream else 'non-stream'} -> {target}"
+        f"{f' ({b.serving})' if target == 'gateway' else ''}: "
         f"wrk -c{b.connections}, {b.warmup}s warm-up + {b.duration}s"
     )
     warm = run_wrk(b, url, body, auth, b.warmup)
@@ -372,17 +377,18 @@ def saturation(b: Bench, target: str, stream: bool) -> dict[str, Any]:
     result["warmup_non2xx"] = warm["non2xx"]
     if target == "gateway" and meter.result["gateway_cpu_pct"] < 95:
         b.warnings.append(
-            f"saturation {'stream' if stream else 'non-stream'}: the gateway used only "
-            f"{meter.result['gateway_cpu_pct']:.0f} % of its CPU, so it was not the bottleneck "
-            f"(others on its CPU {meter.result['gateway_core_others_pct']:.0f} %, load CPU busy "
-            f"{meter.result['load_core_busy_pct']:.0f} %, others there "
+            f"saturation {'stream' if stream else 'non-stream'}: the gateway ({b.serving}) used "
+            f"only {meter.result['gateway_cpu_pct']:.0f} % of its CPU, so it was not the "
+            f"bottleneck (others on its CPU {meter.result['gateway_core_others_pct']:.0f} %, "
+            f"load CPU busy {meter.result['load_core_busy_pct']:.0f} %, others there "
             f"{meter.result['load_core_others_pct']:.0f} %): the req/s understates it"
         )
     bad = result["non2xx"] + warm["non2xx"] + sum(result["socket_errors"].values())
     if bad:
         b.problems.append(
-            f"saturation {target} {'stream' if stream else 'non-stream'}: "
-            f"{result['non2xx']} non-2xx (warm-up {warm['non2xx']}), "
+            f"saturation {target if target == 'direct' else b.serving} "
+            f"{'stream' if stream else 'non-stream'}: {result['non2xx']} non-2xx "
+            f"(warm-up {warm['non2xx']}), "
             f"socket errors {result['socket_errors']}"
         )
     log(
@@ -502,6 +508,7 @@ class Bench:
         self.fixed_token = env.get("BENCH_TOKEN", "")  # empty: `custos init` makes one
         self.token = self.fixed_token
         self.gateway_starts = 0
+        self.serving = "custos serve"  # what the gateway runs: custos serve or a variant
         self.model = env.get("BENCH_MODEL", "bench-openai/gpt-5.5")
         self.stream_model = env.get("BENCH_STREAM_MODEL", "bench-openai/gpt-5.5+chunks=20")
         self.rate = float(env.get("BENCH_RATE", "350"))
@@ -628,6 +635,7 @@ class Bench:
             "BENCH_COUNTERS_PREFIX": f"custos-bench-{os.getpid()}-{self.gateway_starts}:",
         }
         self.token = self.fixed_token or self._issue_token(custos, env, state)
+        self.serving = variant or "custos serve"
         listen = ["--host", "127.0.0.1", "--port", str(self.gateway_port)]
         if variant is None:
             cmd = [str(custos), "serve", "--config", str(self.config), *listen, "--no-watch"]
@@ -796,6 +804,14 @@ class Bench:
             sat["streaming"][t] = saturation(self, t, True)
             self.check_alive(f"the streaming saturation run ({t})")
         results["gateway_memory_kb"] = self.memory()
+        # the same saturation runs against the passthrough variant: the issue's ratios
+        self.stop_gateway()
+        self.start_gateway("passthrough")
+        self.sanity(("gateway",))
+        results["passthrough"] = {}
+        for name, stream in (("non_streaming", False), ("streaming", True)):
+            results["passthrough"][name] = saturation(self, "gateway", stream)
+            self.check_alive(f"the {name} saturation run of the passthrough variant")
         self.speed["end"] = {f"cpu{c}": cpu_speed(c) for c in (self.gateway_cpu, self.load_cpu)}
         return results
 
@@ -818,11 +834,15 @@ COMPARISONS = (
     ("guarded", "full", 10.0, "+ a pii input guardrail, a secrets output guardrail, a data class"),
     ("guarded", "passthrough", None, "everything (what `custos serve` runs)"),
 )
+#: The variants whose 20-chunk streams are saturated too, after their non-streaming run on the
+#: same gateway: the stream ratio of the issue (guarded against passthrough).
+STREAM_VARIANTS = ("passthrough", "guarded")
 
 
 def compare(b: Bench, variants: list[str], rounds: int) -> dict[str, list[dict[str, Any]]]:
     """Saturate each variant in turn, ``rounds`` times, rotating the order every round so that
-    a machine that slows down or speeds up during the run does not favour one variant."""
+    a machine that slows down or speeds up during the run does not favour one variant. The
+    STREAM_VARIANTS are saturated with 20-chunk streams as well (under ``"stream"``)."""
     redis_url = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
     b.preflight()
     b.idle_before = b.idle_check()
@@ -839,6 +859,9 @@ def compare(b: Bench, variants: list[str], rounds: int) -> dict[str, list[dict[s
             b.sanity(("gateway",))
             result = saturation(b, "gateway", False)
             b.check_alive(f"the saturation run of {variant}")
+            if variant in STREAM_VARIANTS:
+                result["stream"] = saturation(b, "gateway", True)
+                b.check_alive(f"the stream saturation run of {variant}")
             b.stop_gateway()
             result["round"] = r + 1
             runs[variant].append(result)
@@ -852,21 +875,32 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def _cpu_us_per_request(result: dict[str, Any]) -> float:
+    return 1e6 * result["cpu"]["gateway_cpu_pct"] / 100 / max(1e-9, result["requests_per_s"])
+
+
 def compare_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
     figures = {}
     for variant, results in runs.items():
         rps = [r["requests_per_s"] for r in results]
-        cpu_us = [
-            1e6 * r["cpu"]["gateway_cpu_pct"] / 100 / max(1e-9, r["requests_per_s"])
-            for r in results
-        ]
         figures[variant] = {
             "rps_median": round(_median(rps), 1),
             "rps_min": min(rps),
             "rps_max": max(rps),
-            "cpu_us_per_request": round(_median(cpu_us), 1),
+            "cpu_us_per_request": round(_median([_cpu_us_per_request(r) for r in results]), 1),
             "gateway_cpu_pct_min": min(r["cpu"]["gateway_cpu_pct"] for r in results),
         }
+        streams = [r["stream"] for r in results if "stream" in r]
+        if streams:  # STREAM_VARIANTS: the same figures for their 20-chunk streams
+            stream_rps = [r["requests_per_s"] for r in streams]
+            figures[variant].update(
+                stream_rps_median=round(_median(stream_rps), 1),
+                stream_rps_min=min(stream_rps),
+                stream_rps_max=max(stream_rps),
+                stream_cpu_us_per_request=round(
+                    _median([_cpu_us_per_request(r) for r in streams]), 1
+                ),
+            )
     return figures
 
 
@@ -881,6 +915,36 @@ def paired_changes(runs: dict[str, list[dict[str, Any]]], variant: str, base: st
         for r in runs.get(variant, [])
         if base_of.get(r["round"])
     ]
+
+
+def compare_ratios(
+    figures: dict[str, dict[str, float]], runs: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The issue's two ratios from a --compare run: guarded against passthrough on the medians,
+    non-streaming and streams, each with its per-round ratios; none without both variants."""
+    guarded, passthrough = figures.get("guarded"), figures.get("passthrough")
+    if not guarded or not passthrough:
+        return []
+    ratios = []
+    for stream, figure in ((False, "non-streaming"), (True, "20-chunk streams")):
+        key = "stream_rps_median" if stream else "rps_median"
+        if key not in guarded or key not in passthrough:
+            continue
+        per_round = []
+        base = {r["round"]: _round_rps(r, stream) for r in runs["passthrough"]}
+        for result in runs["guarded"]:
+            value, against = _round_rps(result, stream), base.get(result["round"])
+            if value and against:
+                per_round.append(round(value / against, 3))
+        ratios.append(ratio(figure, guarded[key], passthrough[key], per_round))
+    return ratios
+
+
+def _round_rps(result: dict[str, Any], stream: bool) -> float | None:
+    """One round's requests/s of a variant, non-streaming or its stream run (if it had one)."""
+    if stream:
+        return (result.get("stream") or {}).get("requests_per_s")
+    return float(result["requests_per_s"])
 
 
 def compare_verdicts(
@@ -933,6 +997,14 @@ def compare_summary(b: Bench, report: dict[str, Any]) -> str:
             f"{variant:<14}{fig['rps_median']:>14,.0f}{spread:>18}"
             f"{fig['cpu_us_per_request']:>12,.0f}{fig['gateway_cpu_pct_min']:>14.0f}"
         )
+        if "stream_rps_median" in fig:
+            spread = f"({fig['stream_rps_min']:,.0f}-{fig['stream_rps_max']:,.0f})"
+            lines.append(
+                f"{'  streams':<14}{fig['stream_rps_median']:>14,.0f}{spread:>18}"
+                f"{fig['stream_cpu_us_per_request']:>12,.0f}"
+            )
+    lines.append("-" * 96)
+    lines.extend(ratio_lines(report["ratios"]))
     lines.append("-" * 96)
     for v in verdicts:
         verdict = (
@@ -974,6 +1046,51 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def ratio(
+    figure: str, governed: float, passthrough: float, per_round: list[float] | None = None
+) -> dict[str, Any]:
+    """The issue's figure: governed requests/s over passthrough requests/s, against GOAL_RATIO."""
+    value = governed / passthrough if passthrough else math.nan
+    return {
+        "figure": figure,
+        "governed_rps": governed,
+        "passthrough_rps": passthrough,
+        "ratio": round(value, 3),
+        "goal": GOAL_RATIO,
+        "ok": value >= GOAL_RATIO,
+        "per_round": per_round or [],
+    }
+
+
+def ratio_lines(ratios: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in ratios:
+        lines.append(
+            f"governed / passthrough, {r['figure']}: {r['governed_rps']:,.0f} / "
+            f"{r['passthrough_rps']:,.0f} req/s = {r['ratio']:.2f}   >= {r['goal']:g}: "
+            f"{'ok' if r['ok'] else 'MISSED'}"
+        )
+        if len(r["per_round"]) > 1:
+            lines.append(
+                f"    per round: {min(r['per_round']):.2f} to {max(r['per_round']):.2f} (each "
+                "round's guarded against its passthrough)"
+            )
+    return lines
+
+
+def bench_ratios(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """``make bench``'s two ratios: custos serve against the passthrough variant."""
+    sat, passthrough = r["saturation"], r["passthrough"]
+    return [
+        ratio(
+            figure,
+            sat[mode]["gateway"]["requests_per_s"],
+            passthrough[mode]["requests_per_s"],
+        )
+        for mode, figure in (("non_streaming", "non-streaming"), ("streaming", "20-chunk streams"))
+    ]
+
+
 def budgets(b: Bench, r: dict[str, Any]) -> list[dict[str, Any]]:
     rps = r["saturation"]["non_streaming"]["gateway"]["requests_per_s"]
     added = r["fixed_rate"]["non_streaming"]["added"]
@@ -1003,6 +1120,15 @@ def budgets(b: Bench, r: dict[str, Any]) -> list[dict[str, Any]]:
             "budget": f"<= {BUDGET_RSS_MB}",
             "ok": rss_mb <= BUDGET_RSS_MB,
         },
+        *(
+            {
+                "figure": f"governed / passthrough, {q['figure']}",
+                "value": q["ratio"],
+                "budget": f">= {GOAL_RATIO:g}",
+                "ok": q["ok"],
+            }
+            for q in bench_ratios(r)
+        ),
     ]
 
 
@@ -1092,6 +1218,14 @@ def summary(b: Bench, report: dict[str, Any]) -> str:
         f"   <= {BUDGET_RSS_MB} MB: {ok['peak RSS MB']}"
     )
     w(f"{'     RSS at the end, MB':44}{mem['VmRSS'] / 1024:>12.1f}")
+    p = r["passthrough"]
+    w(
+        f"{'5  passthrough variant, saturation (req/s)':44}"
+        f"{p['non_streaming']['requests_per_s']:>12,.0f}{'':>14}{'':>10}   non-streaming"
+    )
+    w(f"{'':44}{p['streaming']['requests_per_s']:>12,.0f}{'':>14}{'':>10}   20-chunk streams")
+    for line in ratio_lines(report["ratios"]):
+        w(f"   {line}")
     w("-" * 96)
     if report["problems"]:
         w("PROBLEMS:")
@@ -1102,7 +1236,7 @@ def summary(b: Bench, report: dict[str, Any]) -> str:
     noisy = [
         f"{where}: {cpu['gateway_core_others_pct']:.0f} % / {cpu['load_core_others_pct']:.0f} %"
         for where, cpu in report["cpu_by_run"].items()
-        if (cpu["gateway_core_others_pct"] > 5 and where.endswith("gateway"))
+        if (cpu["gateway_core_others_pct"] > 5 and where.endswith(("gateway", "passthrough")))
         or cpu["load_core_others_pct"] > 10
     ]
     if noisy:
@@ -1219,6 +1353,7 @@ def main(argv: list[str] | None = None) -> int:
         "warnings": bench.warnings,
         "out": os.path.relpath(bench.out, ROOT),
     }
+    report["ratios"] = bench_ratios(results)
     report["budgets"] = budgets(bench, results)
     report["cpu_by_run"] = {
         f"{kind} {mode} {target}": run[target]["cpu"]
@@ -1229,6 +1364,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode, run in group.items()
         for target in ("direct", "gateway")
     }
+    for mode, run in results["passthrough"].items():
+        report["cpu_by_run"][f"saturation {mode} passthrough"] = run["cpu"]
     bench.out.parent.mkdir(parents=True, exist_ok=True)
     bench.out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(bench, report))
@@ -1262,6 +1399,7 @@ def main_compare(bench: Bench, variants: list[str], rounds: int) -> int:
         "runs": runs,
         "figures": figures,
         "verdicts": compare_verdicts(figures, runs),
+        "ratios": compare_ratios(figures, runs),
         "problems": bench.problems,
         "warnings": bench.warnings,
     }
