@@ -1302,6 +1302,15 @@ def main(argv: list[str] | None = None) -> int:
         "rule, Cedar policy, audit trail) and directly against the tool server "
         "(bench/mcp_bench.py)",
     )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="the governed gateway's RSS and audit spool over --requests mixed requests (plain, "
+        "streams, refusals, clients leaving streams), plotted (bench/soak.py)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=1_000_000, help="--soak: requests to send (1,000,000)"
+    )
     args = parser.parse_args(argv)
     for chosen in (args.compare, args.instructions):
         unknown = set(chosen.split(",")) - set(COMPARE_VARIANTS) if chosen is not None else set()
@@ -1316,6 +1325,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     if args.compare is not None:
         return main_compare(bench, args.compare.split(","), args.rounds)
+    if args.soak:
+        from soak import main_soak
+
+        return main_soak(bench, sys.modules[__name__], args.requests)
     if args.mcp:
         from mcp_bench import main_mcp
 
