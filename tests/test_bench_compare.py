@@ -48,5 +48,7 @@ def test_the_issue_ratios_come_from_the_same_rounds() -> None:
     assert plain["per_round"] == [0.6, 0.5, 0.65]
     assert (streams["ratio"], streams["ok"]) == (0.7, True)
     assert streams["per_round"] == [0.5, 0.7, 0.7]
+    # every run at 100 % of the core: the CPU ratio is the throughput ratio
+    assert (plain["cpu_ratio"], streams["cpu_ratio"]) == (0.5, 0.7)
     # without both variants there is no ratio to print
     assert run.compare_ratios({"guarded": figures["guarded"]}, runs) == []
