@@ -9,14 +9,18 @@ gateway and directly against the mock:
 2. latency at a fixed rate (350 requests/s), non-streaming: hey; added = gateway - direct;
 3. the same for a 20-chunk stream: time to last byte and time to first byte;
 1b. requests/s at saturation for the 20-chunk stream;
-4. the gateway's peak RSS (VmHWM) at the end.
+4. the gateway's peak RSS (VmHWM) at the end;
+5. 1 and 1b against the ``passthrough`` variant of bench/variant.py, and the performance issue's
+   two ratios: governed (``custos serve``) requests/s over passthrough requests/s, non-streaming
+   and streams (goal >= GOAL_RATIO).
 
 Usage: bench/run.sh [--quick] [--out FILE] [--enforce] (bench/run.sh installs the tools, then
 runs this file with .venv's Python); bench/run.sh --compare [VARIANTS] [--rounds N] for what each
 governance stage costs, --instructions [VARIANTS] for the same in instructions per request
 (bench/instructions.py), --latency for added latency under an open-loop load
 (bench/latency.py), --mcp for MCP tool calls/s through the gateway against the tool server
-directly (bench/mcp_bench.py). Knobs, from the environment:
+directly (bench/mcp_bench.py), --soak [--requests N] for the gateway's RSS and audit spool over
+N mixed requests (bench/soak.py). Knobs, from the environment:
 
   BENCH_DURATION     seconds per measured run (10; --quick: 2)
   BENCH_WARMUP       seconds of warm-up before each saturation run (3; --quick: 1)

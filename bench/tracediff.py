@@ -4,7 +4,8 @@
     .venv/bin/python bench/tracediff.py OLD.snap NEW.snap [--top 25] [--by traceback|lineno]
 
 ``--by lineno`` groups by the line that allocated; ``--by traceback`` (the default) shows the
-10 frames that led there, which tells a cache that fills once from a list that grows forever.
+frames that led there (as many as ``BENCH_TRACEMALLOC_FRAMES`` kept), which tells a cache that
+fills once from a list that grows forever.
 """
 
 from __future__ import annotations

@@ -19,10 +19,17 @@ guarded         full + data-class detection and the guardrails: everything the c
 
 With ``BENCH_CPROFILE=PATH`` set, the variant runs under cProfile and writes its profile to
 ``PATH.VARIANT`` when it stops: where a difference between two variants comes from.
-With ``BENCH_TRACEMALLOC=PATH`` set, it traces its Python allocations (``tracemalloc``, 10
-frames) and writes a snapshot to ``PATH.N.snap`` every ``BENCH_TRACEMALLOC_EVERY`` seconds (30):
-``bench/tracediff.py`` shows what grew between two of them (where RSS growth in a soak comes
-from). Tracing slows the gateway several times and adds its own memory to RSS.
+With ``BENCH_TRACEMALLOC=PATH`` set, it traces its Python allocations (``tracemalloc``,
+``BENCH_TRACEMALLOC_FRAMES`` frames, 1) and writes a snapshot to ``PATH.N.snap`` every
+``BENCH_TRACEMALLOC_EVERY`` seconds (30): ``bench/tracediff.py`` shows what grew between two of
+them (where RSS growth in a soak comes from). Tracing adds its own memory to RSS and slows the
+gateway (with 10 frames and a snapshot every 15 s, so much that the audit trail fell behind and
+its queue filled the heap: keep frames few and snapshots rare).
+With ``BENCH_TRIM_RECORD_BYTES=1`` each sealed record's canonical bytes are copied into an
+object of their own size: orjson (3.12 and later) returns its output in a buffer rounded up to
+a power of two (16 KiB for a 1.5 KiB ``llm.call`` record), and the audit writer holds up to two
+store batches of records (``SHIP_BATCH``, 2,000 each) at saturation, so this shows what that
+rounding costs in RSS.
 
 Everything else (HTTP, parsing, routing, the upstream call, metrics) is the same code as
 ``custos serve`` runs, so the difference between two variants is the cost of the stages that
@@ -130,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     profile_to = os.environ.get("BENCH_CPROFILE")  # a file: where the variant's profile goes
     if profile_to:
         _profile_until_stopped(f"{profile_to}.{args.variant}")
+    if os.environ.get("BENCH_TRIM_RECORD_BYTES") == "1":
+        _trim_record_bytes()
     trace_to = os.environ.get("BENCH_TRACEMALLOC")  # a path prefix for the snapshots
     if trace_to:
-        _snapshot_allocations(trace_to, float(os.environ.get("BENCH_TRACEMALLOC_EVERY", "30")))
+        _snapshot_allocations(
+            trace_to,
+            float(os.environ.get("BENCH_TRACEMALLOC_EVERY", "30")),
+            int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "1")),
+        )
     return serve(
         args.config,
         host=args.host,
@@ -157,10 +170,23 @@ def _profile_until_stopped(path: str) -> None:
     profile.enable()
 
 
-def _snapshot_allocations(prefix: str, every_s: float) -> None:
+def _trim_record_bytes() -> None:
+    """Seal records with exact-size canonical bytes (``seal`` looks the function up in its
+    module at each call, so replacing it there is enough)."""
+    import custos.audit.records.record as record_module
+
+    canonical = record_module.canonical_bytes
+
+    def trimmed(record: Any, *, check: bool = True) -> bytes:
+        return bytes(memoryview(canonical(record, check=check)))  # a copy of the exact size
+
+    record_module.canonical_bytes = trimmed  # type: ignore[assignment]
+
+
+def _snapshot_allocations(prefix: str, every_s: float, frames: int) -> None:
     """Trace allocations from now on, and dump a snapshot every ``every_s`` seconds from a
     daemon thread (taking one holds the interpreter lock, so it sees a consistent heap)."""
-    tracemalloc.start(10)
+    tracemalloc.start(frames)
 
     def dump() -> None:
         n = 0
