@@ -986,8 +986,9 @@ def compare_summary(b: Bench, report: dict[str, Any]) -> str:
         f"custos bench --compare  {report['date']}  commit {report['commit']}  "
         f"config {report['config']}  store {report['store']}",
         f"{report['host']['cpus']} CPUs ({report['host']['cpu_model']}); gateway pinned to CPU "
-        f"{b.gateway_cpu}, mock + wrk to CPU {b.load_cpu}; non-streaming saturation, "
-        f"wrk -c{b.connections}, {b.warmup} s warm-up + {b.duration} s, "
+        f"{b.gateway_cpu}, mock + wrk to CPU {b.load_cpu}; non-streaming saturation (and "
+        f"20-chunk streams: {', '.join(STREAM_VARIANTS)}), wrk -c{b.connections}, "
+        f"{b.warmup} s warm-up + {b.duration} s, "
         f"{report['rounds']} rounds (order rotated)",
         "CPU speed probe (M loops/s): "
         + ", ".join(
