@@ -53,6 +53,9 @@ local function write_progress()
 end
 
 function response(status, headers, body)
+  if answers >= limit then
+    return -- answers read in the same turn of the loop as the stop are not counted
+  end
   answers = answers + 1
   statuses[status] = (statuses[status] or 0) + 1
   if status == 200 and body:find("data: [DONE]", 1, true) then

@@ -1,15 +1,24 @@
-"""``bench/run.sh --soak``: the mix it sends, the slope and the verdicts it prints."""
+"""``bench/run.sh --soak``: the mix it sends, the slope and the verdicts it prints, and a short
+soak against a real gateway that answers every kind as the mix says, leaves streams half-way
+and writes its samples and plot."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import pytest
 
-import soak
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import soak  # noqa: E402
 
 
 def test_the_mix_is_spread_over_the_cycle() -> None:
@@ -67,3 +76,38 @@ def test_growth_and_a_filling_spool_are_reported() -> None:
     assert figures["rss_mb"]["slope_second_half_mb_per_100k"] == 2.0
     assert figures["verdicts"]["rss_flat"] is False
     assert figures["verdicts"]["spool_bounded"] is False
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and shutil.which("taskset")), reason="wrk and taskset needed"
+)
+def test_a_short_soak_serves_the_mix_and_plots_it(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    available = sorted(os.sched_getaffinity(0))
+    env = {**os.environ, "BENCH_SOAK_SAMPLE_S": "0.5", "BENCH_SOAK_DISCONNECTS": "20",
+           "BENCH_CONNECTIONS": "16", "BENCH_GATEWAY_CPU": str(available[0]),
+           "BENCH_LOAD_CPU": str(available[-1])}  # fmt: skip
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "bench" / "run.py"), "--soak",
+         "--requests", "3000", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "RSS slope over the second half" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["mode"] == "soak" and report["problems"] == []
+    answers = report["results"]["answers"]
+    assert answers["total"] == 3000
+    # the mix's shares, give or take the 16 requests in flight when the count reached 3,000
+    expected = {"200": 2700, "403": 120, "400": 120, "429": 60}
+    assert set(answers["statuses"]) == set(expected)
+    for status, n in expected.items():
+        assert answers["statuses"][status] == pytest.approx(n, abs=16)
+    assert answers["streams"] == pytest.approx(600, abs=16)
+    assert report["results"]["disconnects"]["left"] > 0
+    samples = report["results"]["samples"]
+    assert [s["phase"] for s in samples[:2]] == ["before load", "load"]
+    assert samples[-1]["requests"] >= 3000 and all(s["rss_kb"] > 0 for s in samples)
+    assert report["figures"]["store_bytes_per_request"] > 0
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
