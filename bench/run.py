@@ -9,14 +9,18 @@ gateway and directly against the mock:
 2. latency at a fixed rate (350 requests/s), non-streaming: hey; added = gateway - direct;
 3. the same for a 20-chunk stream: time to last byte and time to first byte;
 1b. requests/s at saturation for the 20-chunk stream;
-4. the gateway's peak RSS (VmHWM) at the end.
+4. the gateway's peak RSS (VmHWM) at the end;
+5. 1 and 1b against the ``passthrough`` variant of bench/variant.py, and the performance issue's
+   two ratios: governed (``custos serve``) requests/s over passthrough requests/s, non-streaming
+   and streams (goal >= GOAL_RATIO).
 
 Usage: bench/run.sh [--quick] [--out FILE] [--enforce] (bench/run.sh installs the tools, then
 runs this file with .venv's Python); bench/run.sh --compare [VARIANTS] [--rounds N] for what each
 governance stage costs, --instructions [VARIANTS] for the same in instructions per request
 (bench/instructions.py), --latency for added latency under an open-loop load
 (bench/latency.py), --mcp for MCP tool calls/s through the gateway against the tool server
-directly (bench/mcp_bench.py). Knobs, from the environment:
+directly (bench/mcp_bench.py), --soak [--requests N] for the gateway's RSS and audit spool over
+N mixed requests (bench/soak.py). Knobs, from the environment:
 
   BENCH_DURATION     seconds per measured run (10; --quick: 2)
   BENCH_WARMUP       seconds of warm-up before each saturation run (3; --quick: 1)
@@ -78,6 +82,10 @@ BUDGET_RPS = 2500  # DESIGN: >= 2,000 required, aiming for 2,500; the issue asks
 BUDGET_ADDED_P50_MS = 1.0
 BUDGET_ADDED_P99_MS = 3.0
 BUDGET_RSS_MB = 150
+#: The performance issue's goal: the governed path (what `custos serve` runs with bench.yaml, the
+#: `guarded` variant) serves at least this share of what the `passthrough` variant of
+#: bench/variant.py serves, measured in the same run, non-streaming and 20-chunk streams alike.
+GOAL_RATIO = 0.6
 
 HEY_WORKERS = 10  # fixed-rate runs: ten one-connection hey processes at rate/10 each
 BENCH_EMAIL = "bench@example.com"  # bench.yaml grants its team every model
@@ -362,7 +370,8 @@ def run_wrk(
 def saturation(b: Bench, target: str, stream: bool) -> dict[str, Any]:
     url, body, auth = b.target(target, stream)
     log(
-        f"saturation {'stream' if stream else 'non-stream'} -> {target}: "
+        f"saturation {'stream' if stream else 'non-stream'} -> {target}"
+        f"{f' ({b.serving})' if target == 'gateway' else ''}: "
         f"wrk -c{b.connections}, {b.warmup}s warm-up + {b.duration}s"
     )
     warm = run_wrk(b, url, body, auth, b.warmup)
@@ -372,17 +381,18 @@ def saturation(b: Bench, target: str, stream: bool) -> dict[str, Any]:
     result["warmup_non2xx"] = warm["non2xx"]
     if target == "gateway" and meter.result["gateway_cpu_pct"] < 95:
         b.warnings.append(
-            f"saturation {'stream' if stream else 'non-stream'}: the gateway used only "
-            f"{meter.result['gateway_cpu_pct']:.0f} % of its CPU, so it was not the bottleneck "
-            f"(others on its CPU {meter.result['gateway_core_others_pct']:.0f} %, load CPU busy "
-            f"{meter.result['load_core_busy_pct']:.0f} %, others there "
+            f"saturation {'stream' if stream else 'non-stream'}: the gateway ({b.serving}) used "
+            f"only {meter.result['gateway_cpu_pct']:.0f} % of its CPU, so it was not the "
+            f"bottleneck (others on its CPU {meter.result['gateway_core_others_pct']:.0f} %, "
+            f"load CPU busy {meter.result['load_core_busy_pct']:.0f} %, others there "
             f"{meter.result['load_core_others_pct']:.0f} %): the req/s understates it"
         )
     bad = result["non2xx"] + warm["non2xx"] + sum(result["socket_errors"].values())
     if bad:
         b.problems.append(
-            f"saturation {target} {'stream' if stream else 'non-stream'}: "
-            f"{result['non2xx']} non-2xx (warm-up {warm['non2xx']}), "
+            f"saturation {target if target == 'direct' else b.serving} "
+            f"{'stream' if stream else 'non-stream'}: {result['non2xx']} non-2xx "
+            f"(warm-up {warm['non2xx']}), "
             f"socket errors {result['socket_errors']}"
         )
     log(
@@ -502,6 +512,7 @@ class Bench:
         self.fixed_token = env.get("BENCH_TOKEN", "")  # empty: `custos init` makes one
         self.token = self.fixed_token
         self.gateway_starts = 0
+        self.serving = "custos serve"  # what the gateway runs: custos serve or a variant
         self.model = env.get("BENCH_MODEL", "bench-openai/gpt-5.5")
         self.stream_model = env.get("BENCH_STREAM_MODEL", "bench-openai/gpt-5.5+chunks=20")
         self.rate = float(env.get("BENCH_RATE", "350"))
@@ -628,6 +639,7 @@ class Bench:
             "BENCH_COUNTERS_PREFIX": f"custos-bench-{os.getpid()}-{self.gateway_starts}:",
         }
         self.token = self.fixed_token or self._issue_token(custos, env, state)
+        self.serving = variant or "custos serve"
         listen = ["--host", "127.0.0.1", "--port", str(self.gateway_port)]
         if variant is None:
             cmd = [str(custos), "serve", "--config", str(self.config), *listen, "--no-watch"]
@@ -796,6 +808,14 @@ class Bench:
             sat["streaming"][t] = saturation(self, t, True)
             self.check_alive(f"the streaming saturation run ({t})")
         results["gateway_memory_kb"] = self.memory()
+        # the same saturation runs against the passthrough variant: the issue's ratios
+        self.stop_gateway()
+        self.start_gateway("passthrough")
+        self.sanity(("gateway",))
+        results["passthrough"] = {}
+        for name, stream in (("non_streaming", False), ("streaming", True)):
+            results["passthrough"][name] = saturation(self, "gateway", stream)
+            self.check_alive(f"the {name} saturation run of the passthrough variant")
         self.speed["end"] = {f"cpu{c}": cpu_speed(c) for c in (self.gateway_cpu, self.load_cpu)}
         return results
 
@@ -818,11 +838,15 @@ COMPARISONS = (
     ("guarded", "full", 10.0, "+ a pii input guardrail, a secrets output guardrail, a data class"),
     ("guarded", "passthrough", None, "everything (what `custos serve` runs)"),
 )
+#: The variants whose 20-chunk streams are saturated too, after their non-streaming run on the
+#: same gateway: the stream ratio of the issue (guarded against passthrough).
+STREAM_VARIANTS = ("passthrough", "guarded")
 
 
 def compare(b: Bench, variants: list[str], rounds: int) -> dict[str, list[dict[str, Any]]]:
     """Saturate each variant in turn, ``rounds`` times, rotating the order every round so that
-    a machine that slows down or speeds up during the run does not favour one variant."""
+    a machine that slows down or speeds up during the run does not favour one variant. The
+    STREAM_VARIANTS are saturated with 20-chunk streams as well (under ``"stream"``)."""
     redis_url = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
     b.preflight()
     b.idle_before = b.idle_check()
@@ -839,6 +863,9 @@ def compare(b: Bench, variants: list[str], rounds: int) -> dict[str, list[dict[s
             b.sanity(("gateway",))
             result = saturation(b, "gateway", False)
             b.check_alive(f"the saturation run of {variant}")
+            if variant in STREAM_VARIANTS:
+                result["stream"] = saturation(b, "gateway", True)
+                b.check_alive(f"the stream saturation run of {variant}")
             b.stop_gateway()
             result["round"] = r + 1
             runs[variant].append(result)
@@ -852,21 +879,32 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def _cpu_us_per_request(result: dict[str, Any]) -> float:
+    return 1e6 * result["cpu"]["gateway_cpu_pct"] / 100 / max(1e-9, result["requests_per_s"])
+
+
 def compare_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
     figures = {}
     for variant, results in runs.items():
         rps = [r["requests_per_s"] for r in results]
-        cpu_us = [
-            1e6 * r["cpu"]["gateway_cpu_pct"] / 100 / max(1e-9, r["requests_per_s"])
-            for r in results
-        ]
         figures[variant] = {
             "rps_median": round(_median(rps), 1),
             "rps_min": min(rps),
             "rps_max": max(rps),
-            "cpu_us_per_request": round(_median(cpu_us), 1),
+            "cpu_us_per_request": round(_median([_cpu_us_per_request(r) for r in results]), 1),
             "gateway_cpu_pct_min": min(r["cpu"]["gateway_cpu_pct"] for r in results),
         }
+        streams = [r["stream"] for r in results if "stream" in r]
+        if streams:  # STREAM_VARIANTS: the same figures for their 20-chunk streams
+            stream_rps = [r["requests_per_s"] for r in streams]
+            figures[variant].update(
+                stream_rps_median=round(_median(stream_rps), 1),
+                stream_rps_min=min(stream_rps),
+                stream_rps_max=max(stream_rps),
+                stream_cpu_us_per_request=round(
+                    _median([_cpu_us_per_request(r) for r in streams]), 1
+                ),
+            )
     return figures
 
 
@@ -881,6 +919,38 @@ def paired_changes(runs: dict[str, list[dict[str, Any]]], variant: str, base: st
         for r in runs.get(variant, [])
         if base_of.get(r["round"])
     ]
+
+
+def compare_ratios(
+    figures: dict[str, dict[str, float]], runs: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The issue's two ratios from a --compare run: guarded against passthrough on the medians,
+    non-streaming and streams, each with its per-round ratios; none without both variants."""
+    guarded, passthrough = figures.get("guarded"), figures.get("passthrough")
+    if not guarded or not passthrough:
+        return []
+    ratios = []
+    for stream, figure in ((False, "non-streaming"), (True, "20-chunk streams")):
+        key = "stream_rps_median" if stream else "rps_median"
+        cpu = "stream_cpu_us_per_request" if stream else "cpu_us_per_request"
+        if key not in guarded or key not in passthrough:
+            continue
+        per_round = []
+        base = {r["round"]: _round_rps(r, stream) for r in runs["passthrough"]}
+        for result in runs["guarded"]:
+            value, against = _round_rps(result, stream), base.get(result["round"])
+            if value and against:
+                per_round.append(round(value / against, 3))
+        cpu_us = (guarded[cpu], passthrough[cpu])
+        ratios.append(ratio(figure, guarded[key], passthrough[key], cpu_us, per_round))
+    return ratios
+
+
+def _round_rps(result: dict[str, Any], stream: bool) -> float | None:
+    """One round's requests/s of a variant, non-streaming or its stream run (if it had one)."""
+    if stream:
+        return (result.get("stream") or {}).get("requests_per_s")
+    return float(result["requests_per_s"])
 
 
 def compare_verdicts(
@@ -916,8 +986,9 @@ def compare_summary(b: Bench, report: dict[str, Any]) -> str:
         f"custos bench --compare  {report['date']}  commit {report['commit']}  "
         f"config {report['config']}  store {report['store']}",
         f"{report['host']['cpus']} CPUs ({report['host']['cpu_model']}); gateway pinned to CPU "
-        f"{b.gateway_cpu}, mock + wrk to CPU {b.load_cpu}; non-streaming saturation, "
-        f"wrk -c{b.connections}, {b.warmup} s warm-up + {b.duration} s, "
+        f"{b.gateway_cpu}, mock + wrk to CPU {b.load_cpu}; non-streaming saturation (and "
+        f"20-chunk streams: {', '.join(STREAM_VARIANTS)}), wrk -c{b.connections}, "
+        f"{b.warmup} s warm-up + {b.duration} s, "
         f"{report['rounds']} rounds (order rotated)",
         "CPU speed probe (M loops/s): "
         + ", ".join(
@@ -933,6 +1004,14 @@ def compare_summary(b: Bench, report: dict[str, Any]) -> str:
             f"{variant:<14}{fig['rps_median']:>14,.0f}{spread:>18}"
             f"{fig['cpu_us_per_request']:>12,.0f}{fig['gateway_cpu_pct_min']:>14.0f}"
         )
+        if "stream_rps_median" in fig:
+            spread = f"({fig['stream_rps_min']:,.0f}-{fig['stream_rps_max']:,.0f})"
+            lines.append(
+                f"{'  streams':<14}{fig['stream_rps_median']:>14,.0f}{spread:>18}"
+                f"{fig['stream_cpu_us_per_request']:>12,.0f}"
+            )
+    lines.append("-" * 96)
+    lines.extend(ratio_lines(report["ratios"]))
     lines.append("-" * 96)
     for v in verdicts:
         verdict = (
@@ -974,6 +1053,66 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def ratio(
+    figure: str,
+    governed: float,
+    passthrough: float,
+    cpu_us: tuple[float, float],
+    per_round: list[float] | None = None,
+) -> dict[str, Any]:
+    """The issue's figure: governed requests/s over passthrough requests/s, against GOAL_RATIO.
+    Beside it, without a verdict, the same from the gateway's CPU per request (``cpu_us``:
+    governed, passthrough): passthrough's over governed's, which other load on the gateway's
+    core moves less than requests/s."""
+    value = governed / passthrough if passthrough else math.nan
+    return {
+        "figure": figure,
+        "governed_rps": governed,
+        "passthrough_rps": passthrough,
+        "ratio": round(value, 3),
+        "goal": GOAL_RATIO,
+        "ok": value >= GOAL_RATIO,
+        "per_round": per_round or [],
+        "governed_cpu_us_per_request": round(cpu_us[0], 1),
+        "passthrough_cpu_us_per_request": round(cpu_us[1], 1),
+        "cpu_ratio": round(cpu_us[1] / cpu_us[0], 3) if cpu_us[0] else math.nan,
+    }
+
+
+def ratio_lines(ratios: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in ratios:
+        lines.append(
+            f"governed / passthrough, {r['figure']}: {r['governed_rps']:,.0f} / "
+            f"{r['passthrough_rps']:,.0f} req/s = {r['ratio']:.2f}   >= {r['goal']:g}: "
+            f"{'ok' if r['ok'] else 'MISSED'}"
+        )
+        lines.append(
+            f"    from CPU per request: {r['passthrough_cpu_us_per_request']:,.0f} / "
+            f"{r['governed_cpu_us_per_request']:,.0f} us = {r['cpu_ratio']:.2f}"
+        )
+        if len(r["per_round"]) > 1:
+            lines.append(
+                f"    per round: {min(r['per_round']):.2f} to {max(r['per_round']):.2f} (each "
+                "round's guarded against its passthrough)"
+            )
+    return lines
+
+
+def bench_ratios(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """``make bench``'s two ratios: custos serve against the passthrough variant."""
+    sat, passthrough = r["saturation"], r["passthrough"]
+    return [
+        ratio(
+            figure,
+            sat[mode]["gateway"]["requests_per_s"],
+            passthrough[mode]["requests_per_s"],
+            (_cpu_us_per_request(sat[mode]["gateway"]), _cpu_us_per_request(passthrough[mode])),
+        )
+        for mode, figure in (("non_streaming", "non-streaming"), ("streaming", "20-chunk streams"))
+    ]
+
+
 def budgets(b: Bench, r: dict[str, Any]) -> list[dict[str, Any]]:
     rps = r["saturation"]["non_streaming"]["gateway"]["requests_per_s"]
     added = r["fixed_rate"]["non_streaming"]["added"]
@@ -1003,6 +1142,15 @@ def budgets(b: Bench, r: dict[str, Any]) -> list[dict[str, Any]]:
             "budget": f"<= {BUDGET_RSS_MB}",
             "ok": rss_mb <= BUDGET_RSS_MB,
         },
+        *(
+            {
+                "figure": f"governed / passthrough, {q['figure']}",
+                "value": q["ratio"],
+                "budget": f">= {GOAL_RATIO:g}",
+                "ok": q["ok"],
+            }
+            for q in bench_ratios(r)
+        ),
     ]
 
 
@@ -1092,6 +1240,14 @@ def summary(b: Bench, report: dict[str, Any]) -> str:
         f"   <= {BUDGET_RSS_MB} MB: {ok['peak RSS MB']}"
     )
     w(f"{'     RSS at the end, MB':44}{mem['VmRSS'] / 1024:>12.1f}")
+    p = r["passthrough"]
+    w(
+        f"{'5  passthrough variant, saturation (req/s)':44}"
+        f"{p['non_streaming']['requests_per_s']:>12,.0f}{'':>14}{'':>10}   non-streaming"
+    )
+    w(f"{'':44}{p['streaming']['requests_per_s']:>12,.0f}{'':>14}{'':>10}   20-chunk streams")
+    for line in ratio_lines(report["ratios"]):
+        w(f"   {line}")
     w("-" * 96)
     if report["problems"]:
         w("PROBLEMS:")
@@ -1102,7 +1258,7 @@ def summary(b: Bench, report: dict[str, Any]) -> str:
     noisy = [
         f"{where}: {cpu['gateway_core_others_pct']:.0f} % / {cpu['load_core_others_pct']:.0f} %"
         for where, cpu in report["cpu_by_run"].items()
-        if (cpu["gateway_core_others_pct"] > 5 and where.endswith("gateway"))
+        if (cpu["gateway_core_others_pct"] > 5 and where.endswith(("gateway", "passthrough")))
         or cpu["load_core_others_pct"] > 10
     ]
     if noisy:
@@ -1168,6 +1324,15 @@ def main(argv: list[str] | None = None) -> int:
         "rule, Cedar policy, audit trail) and directly against the tool server "
         "(bench/mcp_bench.py)",
     )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="the governed gateway's RSS and audit spool over --requests mixed requests (plain, "
+        "streams, refusals, clients leaving streams), plotted (bench/soak.py)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=1_000_000, help="--soak: requests to send (1,000,000)"
+    )
     args = parser.parse_args(argv)
     for chosen in (args.compare, args.instructions):
         unknown = set(chosen.split(",")) - set(COMPARE_VARIANTS) if chosen is not None else set()
@@ -1182,6 +1347,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     if args.compare is not None:
         return main_compare(bench, args.compare.split(","), args.rounds)
+    if args.soak:
+        from soak import main_soak
+
+        return main_soak(bench, sys.modules[__name__], args.requests)
     if args.mcp:
         from mcp_bench import main_mcp
 
@@ -1219,6 +1388,7 @@ def main(argv: list[str] | None = None) -> int:
         "warnings": bench.warnings,
         "out": os.path.relpath(bench.out, ROOT),
     }
+    report["ratios"] = bench_ratios(results)
     report["budgets"] = budgets(bench, results)
     report["cpu_by_run"] = {
         f"{kind} {mode} {target}": run[target]["cpu"]
@@ -1229,6 +1399,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode, run in group.items()
         for target in ("direct", "gateway")
     }
+    for mode, run in results["passthrough"].items():
+        report["cpu_by_run"][f"saturation {mode} passthrough"] = run["cpu"]
     bench.out.parent.mkdir(parents=True, exist_ok=True)
     bench.out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(bench, report))
@@ -1262,6 +1434,7 @@ def main_compare(bench: Bench, variants: list[str], rounds: int) -> int:
         "runs": runs,
         "figures": figures,
         "verdicts": compare_verdicts(figures, runs),
+        "ratios": compare_ratios(figures, runs),
         "problems": bench.problems,
         "warnings": bench.warnings,
     }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make bench: install what the benchmark needs if it is missing, then run bench/run.py with the
 # project's virtualenv. Arguments go to run.py (--quick, --out FILE, --enforce, --compare,
-# --instructions, --latency, --mcp); knobs are environment variables (BENCH_DURATION,
-# BENCH_CONFIG, ...; see bench/README.md).
+# --instructions, --latency, --mcp, --soak [--requests N]); knobs are environment variables
+# (BENCH_DURATION, BENCH_CONFIG, ...; see bench/README.md).
 # run.py owns every process it starts: it stops them on exit, on Ctrl-C and on SIGTERM, and they
 # get SIGTERM from the kernel (PR_SET_PDEATHSIG) if run.py itself is killed.
 set -euo pipefail
@@ -26,12 +26,13 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The `bench` extra: the MCP SDK, whose FastMCP is the tool server of --mcp.
+# The `bench` extra: the MCP SDK, whose FastMCP is the tool server of --mcp, and matplotlib
+# for the plot of --soak.
 if [[ ! -x .venv/bin/python ]]; then
   echo "bench: creating .venv and installing custos into it" >&2
   python3 -m venv .venv
   .venv/bin/pip install -q -e '.[bench]'
-elif ! .venv/bin/python -c 'import custos, uvloop, httptools, mcp' 2>/dev/null; then
+elif ! .venv/bin/python -c 'import custos, uvloop, httptools, mcp, matplotlib' 2>/dev/null; then
   .venv/bin/pip install -q -e '.[bench]'
 fi
 

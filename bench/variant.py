@@ -22,6 +22,12 @@ With ``BENCH_CPROFILE=PATH`` set, the variant runs under cProfile and writes its
 profile's clock is the event loop thread's CPU time (``time.thread_time``): with wall-clock
 time, on a machine with other work, the moments the process waits for a core are charged to
 whichever function was running, and a trivial one can top the profile.
+With ``BENCH_TRACEMALLOC=PATH`` set, it traces its Python allocations (``tracemalloc``,
+``BENCH_TRACEMALLOC_FRAMES`` frames, 1) and writes a snapshot to ``PATH.N.snap`` every
+``BENCH_TRACEMALLOC_EVERY`` seconds (30): ``bench/tracediff.py`` shows what grew between two of
+them (where RSS growth in a soak comes from). Tracing adds its own memory to RSS and slows the
+gateway (with 10 frames and a snapshot every 15 s, so much that the audit trail fell behind and
+its queue filled the heap: keep frames few and snapshots rare).
 
 Everything else (HTTP, parsing, routing, the upstream call, metrics) is the same code as
 ``custos serve`` runs, so the difference between two variants is the cost of the stages that
@@ -35,7 +41,9 @@ import cProfile
 import os
 import signal
 import sys
+import threading
 import time
+import tracemalloc
 from typing import Any
 
 from custos.audit.log.merkle import Frontier
@@ -127,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     profile_to = os.environ.get("BENCH_CPROFILE")  # a file: where the variant's profile goes
     if profile_to:
         _profile_until_stopped(f"{profile_to}.{args.variant}")
+    trace_to = os.environ.get("BENCH_TRACEMALLOC")  # a path prefix for the snapshots
+    if trace_to:
+        _snapshot_allocations(
+            trace_to,
+            float(os.environ.get("BENCH_TRACEMALLOC_EVERY", "30")),
+            int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "1")),
+        )
     return serve(
         args.config,
         host=args.host,
@@ -149,6 +164,21 @@ def _profile_until_stopped(path: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
     profile.enable()
+
+
+def _snapshot_allocations(prefix: str, every_s: float, frames: int) -> None:
+    """Trace allocations from now on, and dump a snapshot every ``every_s`` seconds from a
+    daemon thread (taking one holds the interpreter lock, so it sees a consistent heap)."""
+    tracemalloc.start(frames)
+
+    def dump() -> None:
+        n = 0
+        while True:
+            time.sleep(every_s)
+            n += 1
+            tracemalloc.take_snapshot().dump(f"{prefix}.{n:03d}.snap")
+
+    threading.Thread(target=dump, name="bench-tracemalloc", daemon=True).start()
 
 
 if __name__ == "__main__":

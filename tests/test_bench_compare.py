@@ -33,3 +33,22 @@ def test_each_round_is_compared_within_itself() -> None:
     # A round whose base run is missing is left out, not compared with another round's.
     runs["limits"] = runs["limits"][1:]
     assert run.paired_changes(runs, "audit", "limits") == [-10.0, -10.0]
+
+
+def test_the_issue_ratios_come_from_the_same_rounds() -> None:
+    # guarded at half of passthrough non-streaming, streams measured in each round too
+    runs = {"passthrough": rounds([4000, 3000, 2000]), "guarded": rounds([2400, 1500, 1300])}
+    for variant, streams in (("passthrough", [3000, 2000, 1000]), ("guarded", [1500, 1400, 700])):
+        for result, rps in zip(runs[variant], streams, strict=True):
+            result["stream"] = {"requests_per_s": rps, "cpu": {"gateway_cpu_pct": 100.0}}
+    figures = run.compare_figures(runs)
+    assert figures["guarded"]["stream_rps_median"] == 1400
+    plain, streams = run.compare_ratios(figures, runs)
+    assert (plain["figure"], plain["ratio"], plain["ok"]) == ("non-streaming", 0.5, False)
+    assert plain["per_round"] == [0.6, 0.5, 0.65]
+    assert (streams["ratio"], streams["ok"]) == (0.7, True)
+    assert streams["per_round"] == [0.5, 0.7, 0.7]
+    # every run at 100 % of the core: the CPU ratio is the throughput ratio
+    assert (plain["cpu_ratio"], streams["cpu_ratio"]) == (0.5, 0.7)
+    # without both variants there is no ratio to print
+    assert run.compare_ratios({"guarded": figures["guarded"]}, runs) == []
