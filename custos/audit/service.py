@@ -129,23 +129,15 @@ class ReportOut(_Out):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
-class ToolReportQuery(_Query):
-    from_: str = Field(
-        alias="from",
-        description="First day (2026-07-01) or RFC 3339 time.",
-        json_schema_extra=_DAY_OR_TIME,
-    )
-    to: str = Field(
-        description="Last day, inclusive (2026-09-30), or an RFC 3339 time, exclusive.",
-        json_schema_extra=_DAY_OR_TIME,
-    )
+class ToolReportQuery(ReportQuery):
+    """The model-call report's query, with the tool calls' dimensions."""
+
     group_by: str = Field(
         DEFAULT_GROUP_BY,
         description="Comma-separated: team, principal, principal_kind, endpoint, server, tool, "
         "called_as, region, outcome, status, stage, error, data_class, data_class_source, day, "
         "month, quarter.",
     )
-    data_class: str | None = Field(None, description="Only calls that carry this data class.")
     source: Literal["declared", "detected"] | None = Field(
         None,
         description="Only calls carrying the class (or any class) from this source: declared "
