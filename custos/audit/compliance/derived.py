@@ -68,15 +68,22 @@ async def check_projections(store: Store, fail: Fail, *, window: list[Any], page
         if len(page) < page_size:
             break
         after = int(page[-1]["ingest_id"])
-    for table in ("audit_llm_calls", "audit_llm_call_data_classes"):
+    await _check_orphans(store, fail, ("audit_llm_calls", "audit_llm_call_data_classes"), LLM_CALL)
+    return checked
+
+
+async def _check_orphans(
+    store: Store, fail: Fail, tables: tuple[str, ...], event_type: str
+) -> None:
+    """Rows of ``tables`` whose event is no record of ``event_type``."""
+    for table in tables:
         async with store.transaction(readonly=True) as tx:
             orphan = await tx.fetchrow(
                 f"SELECT p.event_id FROM {table} p WHERE NOT EXISTS (SELECT 1 FROM audit_events"
-                f" e WHERE e.event_id = p.event_id AND e.event_type = '{LLM_CALL}') LIMIT 1"
+                f" e WHERE e.event_id = p.event_id AND e.event_type = '{event_type}') LIMIT 1"
             )
         if orphan is not None:
-            fail(f"{table} holds a row for {orphan['event_id']}, which is no llm.call record")
-    return checked
+            fail(f"{table} holds a row for {orphan['event_id']}, which is no {event_type} record")
 
 
 async def check_tool_projections(
@@ -107,15 +114,7 @@ async def check_tool_projections(
         if len(page) < page_size:
             break
         after = int(page[-1]["ingest_id"])
-    for table in ("audit_tool_calls", _TOOL_CLASSES):
-        async with store.transaction(readonly=True) as tx:
-            orphan = await tx.fetchrow(
-                f"SELECT t.event_id FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM audit_events"
-                f" e WHERE e.event_id = t.event_id AND e.event_type = '{MCP_TOOL_CALL}') LIMIT 1"
-            )
-        if orphan is not None:
-            fail(f"{table} holds a row for {orphan['event_id']}, which is no mcp.tool_call "
-                 "record")  # fmt: skip
+    await _check_orphans(store, fail, ("audit_tool_calls", _TOOL_CLASSES), MCP_TOOL_CALL)
     return checked
 
 
