@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from custos.config.guardrails import DataClassSettings, GuardrailSettings
@@ -44,12 +44,15 @@ class Detector(Protocol):
     def find(self, text: str) -> list[Finding]: ...
 
 
-@dataclass(slots=True)
 class Numbering:
-    """Placeholders given out in one request: value → ``<KIND_N>``."""
+    """Placeholders given out in one request: value → ``<KIND_N>``. (A plain class: one is
+    made per request, and a dataclass's default factories cost more than the dicts.)"""
 
-    given: dict[tuple[str, str], str] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("counts", "given")
+
+    def __init__(self) -> None:
+        self.given: dict[tuple[str, str], str] = {}
+        self.counts: dict[str, int] = {}
 
     def placeholder(self, kind: str, value: str) -> str:
         key = (kind, value)
@@ -192,7 +195,8 @@ class CombinedDetector:
     def find(self, text: str) -> list[Finding]:
         if len(self.parts) == 1:
             return self.parts[0].find(text)
-        return first_disjoint(f for part in self.parts for f in part.find(text))
+        found = [f for part in self.parts for f in part.find(text)]
+        return first_disjoint(found) if len(found) > 1 else found
 
 
 def for_guardrail(settings: GuardrailSettings) -> Detector:

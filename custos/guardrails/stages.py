@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -39,13 +38,15 @@ from custos.telemetry import metrics
 log = logging.getLogger("custos.guardrails")
 
 
-@dataclass(slots=True)
 class GuardState:
-    """The guardrails' state of one request (``ctx.guards``)."""
+    """The guardrails' state of one request (``ctx.guards``; a plain class, made per request)."""
 
-    numbering: Numbering = field(default_factory=Numbering)
-    slots: list[TextSlot] | None = None
-    stream: StreamGuard | None = None
+    __slots__ = ("numbering", "slots", "stream")
+
+    def __init__(self) -> None:
+        self.numbering = Numbering()
+        self.slots: list[TextSlot] | None = None
+        self.stream: StreamGuard | None = None
 
 
 def _state(ctx: RequestContext) -> GuardState:
