@@ -36,54 +36,21 @@ from custos.state.store import Store, _dt
 
 Fail = Callable[[str], None]
 
-_PROJECTED = ", ".join(f"c.{column} AS p_{column}" for column, _, _ in _LLM_FIELDS)
+_PROJECTED = ", ".join(f"p.{column} AS p_{column}" for column, _, _ in _LLM_FIELDS)
 _TOOL_CLASSES = "audit_tool_call_data_classes"
-_TOOL_PROJECTED = ", ".join(f"t.{column} AS p_{column}" for column, _, _ in TOOL_FIELDS)
+_TOOL_PROJECTED = ", ".join(f"p.{column} AS p_{column}" for column, _, _ in TOOL_FIELDS)
 
 
 async def check_projections(store: Store, fail: Fail, *, window: list[Any], page_size: int) -> int:
     """The projection rows of every ``llm.call`` record (only those whose time is in
     ``window``, ``[since, until)``, when given), then rows left without a record."""
-    in_range = " AND e.at >= $3 AND e.at < $4" if window else ""
     nul = store.text_nul
-    checked, after = 0, 0
-    while True:
-        async with store.transaction(readonly=True) as tx:
-            page = await tx.fetch(
-                "SELECT e.ingest_id, e.event_id, e.record, c.event_id AS p_event_id,"
-                f" c.time_start AS p_time_start, c.time_end AS p_time_end, {_PROJECTED}"
-                " FROM audit_events e LEFT JOIN audit_llm_calls c ON c.event_id = e.event_id"
-                f" WHERE e.event_type = '{LLM_CALL}' AND e.ingest_id > $1{in_range}"
-                " ORDER BY e.ingest_id LIMIT $2",
-                after,
-                page_size,
-                *window,
-            )
-            classes = await _class_rows(tx, [str(r["event_id"]) for r in page])
-        for row in page:
-            checked += 1
-            problem = _projection_problem(row, classes.get(str(row["event_id"]), []), nul)
-            if problem is not None:
-                fail(f"projection of llm.call record {row['event_id']}: {problem}")
-        if len(page) < page_size:
-            break
-        after = int(page[-1]["ingest_id"])
-    await _check_orphans(store, fail, ("audit_llm_calls", "audit_llm_call_data_classes"), LLM_CALL)
-    return checked
-
-
-async def _check_orphans(
-    store: Store, fail: Fail, tables: tuple[str, ...], event_type: str
-) -> None:
-    """Rows of ``tables`` whose event is no record of ``event_type``."""
-    for table in tables:
-        async with store.transaction(readonly=True) as tx:
-            orphan = await tx.fetchrow(
-                f"SELECT p.event_id FROM {table} p WHERE NOT EXISTS (SELECT 1 FROM audit_events"
-                f" e WHERE e.event_id = p.event_id AND e.event_type = '{event_type}') LIMIT 1"
-            )
-        if orphan is not None:
-            fail(f"{table} holds a row for {orphan['event_id']}, which is no {event_type} record")
+    return await _check_rows(
+        store, fail, LLM_CALL, "audit_llm_calls", "audit_llm_call_data_classes",
+        f"p.time_end AS p_time_end, {_PROJECTED}",
+        lambda row, classes: _projection_problem(row, classes, nul),
+        window=window, page_size=page_size,
+    )  # fmt: skip
 
 
 async def check_tool_projections(
@@ -91,30 +58,59 @@ async def check_tool_projections(
 ) -> int:
     """The ``audit_tool_calls`` and data-class rows of every ``mcp.tool_call`` record (in
     ``window`` when given), then rows left without a record."""
+    return await _check_rows(store, fail, MCP_TOOL_CALL, "audit_tool_calls", _TOOL_CLASSES,
+                             _TOOL_PROJECTED, _tool_problem, window=window,
+                             page_size=page_size)  # fmt: skip
+
+
+async def _check_rows(
+    store: Store,
+    fail: Fail,
+    event_type: str,
+    table: str,
+    classes_table: str,
+    columns: str,
+    problem: Callable[[Any, list[tuple[Any, ...]]], str | None],
+    *,
+    window: list[Any],
+    page_size: int,
+) -> int:
+    """Each record of ``event_type`` (in ``window`` when given) with its row of ``table`` (its
+    ``columns``, aliased ``p``) and of ``classes_table``, a page at a time, checked by
+    ``problem``; then the rows of both tables left without a record."""
     in_range = " AND e.at >= $3 AND e.at < $4" if window else ""
     checked, after = 0, 0
     while True:
         async with store.transaction(readonly=True) as tx:
             page = await tx.fetch(
-                "SELECT e.ingest_id, e.event_id, e.record, t.event_id AS p_event_id,"
-                f" t.time_start AS p_time_start, {_TOOL_PROJECTED}"
-                " FROM audit_events e LEFT JOIN audit_tool_calls t ON t.event_id = e.event_id"
-                f" WHERE e.event_type = '{MCP_TOOL_CALL}' AND e.ingest_id > $1{in_range}"
+                "SELECT e.ingest_id, e.event_id, e.record, p.event_id AS p_event_id,"
+                f" p.time_start AS p_time_start, {columns}"
+                f" FROM audit_events e LEFT JOIN {table} p ON p.event_id = e.event_id"
+                f" WHERE e.event_type = '{event_type}' AND e.ingest_id > $1{in_range}"
                 " ORDER BY e.ingest_id LIMIT $2",
                 after,
                 page_size,
                 *window,
             )
-            classes = await _class_rows(tx, [str(r["event_id"]) for r in page], _TOOL_CLASSES)
+            classes = await _class_rows(tx, [str(r["event_id"]) for r in page], classes_table)
         for row in page:
             checked += 1
-            problem = _tool_problem(row, classes.get(str(row["event_id"]), []))
-            if problem is not None:
-                fail(f"projection of mcp.tool_call record {row['event_id']}: {problem}")
+            found = problem(row, classes.get(str(row["event_id"]), []))
+            if found is not None:
+                fail(f"projection of {event_type} record {row['event_id']}: {found}")
         if len(page) < page_size:
             break
         after = int(page[-1]["ingest_id"])
-    await _check_orphans(store, fail, ("audit_tool_calls", _TOOL_CLASSES), MCP_TOOL_CALL)
+    for orphans_in in (table, classes_table):
+        async with store.transaction(readonly=True) as tx:
+            orphan = await tx.fetchrow(
+                f"SELECT p.event_id FROM {orphans_in} p WHERE NOT EXISTS (SELECT 1 FROM"
+                " audit_events e WHERE e.event_id = p.event_id AND e.event_type ="
+                f" '{event_type}') LIMIT 1"
+            )
+        if orphan is not None:
+            fail(f"{orphans_in} holds a row for {orphan['event_id']}, which is no {event_type}"
+                 " record")  # fmt: skip
     return checked
 
 
