@@ -202,3 +202,77 @@ async def test_a_strict_record_dropped_is_not_released(
     with pytest.raises(writer_module.AuditUnavailable, match="spool cannot be written"):
         await writer.wait(waiter)
     assert metrics.AUDIT_DROPPED._value.get() == dropped + 2
+
+
+async def test_an_idle_writer_runs_no_timer_and_a_record_still_becomes_durable_in_time(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing queued neither task wakes (a fixed tick made every quiet second cost a
+    hundred flushes); the first record wakes them and is spooled within the interval."""
+    writer = AuditWriter(
+        FlakyStore(store), Spool(tmp_path / "spool", max_bytes=1 << 30),
+        flush_interval_s=0.05, block=lambda: False,
+    )  # fmt: skip
+    flushes = ships = 0
+    flush, ship = writer._flush, writer._ship_batch
+
+    async def counted_flush() -> bool:
+        nonlocal flushes
+        flushes += 1
+        return await flush()
+
+    async def counted_ship() -> None:
+        nonlocal ships
+        ships += 1
+        await ship()
+
+    monkeypatch.setattr(writer, "_flush", counted_flush)
+    monkeypatch.setattr(writer, "_ship_batch", counted_ship)
+    await writer.start()
+    await asyncio.sleep(0.3)  # six intervals with nothing to do
+    assert (flushes, ships) == (0, 0)
+    assert writer._flush_idle
+    started = asyncio.get_running_loop().time()
+    writer.submit(record(1))
+    await settle(lambda: writer.spool.total_bytes > 0, timeout=2)
+    took = asyncio.get_running_loop().time() - started
+    assert 0.04 <= took < 0.5  # the batch had its interval to fill, and no more than that
+    await settle(lambda: ships == 1)
+    assert flushes == 1
+    await asyncio.sleep(0.3)  # idle again: no further wake-ups
+    assert (flushes, ships) == (1, 1)
+    await writer.close()
+    assert await stored_ns(store) == [1]
+
+
+async def test_a_strict_record_is_flushed_without_waiting_for_the_interval(
+    store: Store, tmp_path: Path
+) -> None:
+    writer = AuditWriter(
+        FlakyStore(store), Spool(tmp_path / "spool", max_bytes=1 << 30),
+        flush_interval_s=5.0, block=lambda: False,
+    )  # fmt: skip
+    await writer.start()
+    writer.submit(record(1))  # batched: waits for the (long) interval
+    waiter = writer.submit(record(2), "store")
+    assert waiter is not None
+    await asyncio.wait_for(AuditWriter.wait(waiter), 2.0)  # well before 5 s
+    assert sorted(await stored_ns(store)) == [1, 2]  # the batched one went with it
+    await writer.close()
+
+
+async def test_an_alarm_wakes_on_ring_or_timeout_and_remembers_a_ring_before_the_wait() -> None:
+    alarm = writer_module.Alarm()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await alarm.wait(0.05)
+    assert loop.time() - started >= 0.04  # nobody rang: the timeout ended it
+    alarm.ring()
+    started = loop.time()
+    await alarm.wait(5.0)  # rung before: returns at once
+    assert loop.time() - started < 1.0
+    waiting = asyncio.ensure_future(alarm.wait())
+    await asyncio.sleep(0.02)
+    assert not waiting.done()  # no timeout, no ring: still waiting
+    alarm.ring()
+    await asyncio.wait_for(waiting, 1.0)

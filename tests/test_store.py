@@ -565,3 +565,69 @@ async def test_two_sqlite_stores_share_one_file(tmp_path: Path) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+async def _kv_rows(s: Store) -> list[tuple[str, int]]:
+    async with s.transaction(readonly=True) as tx:
+        rows = await tx.fetch(
+            "SELECT name, position FROM audit_cursors WHERE name LIKE 't-%' ORDER BY name"
+        )
+    return [(r["name"], int(r["position"])) for r in rows]
+
+
+async def test_run_transaction_commits_the_body_or_rolls_it_back(store: Store) -> None:  # noqa: F811
+    async def write(tx: store_module.Tx) -> int:
+        await tx.execute("INSERT INTO audit_cursors (name, position) VALUES ($1, $2)", "t-a", 1)
+        await tx.executemany(
+            "INSERT INTO audit_cursors (name, position) VALUES ($1, $2)", [("t-b", 2), ("t-c", 3)]
+        )
+        row = await tx.fetchrow("SELECT count(*) AS n FROM audit_cursors WHERE name LIKE 't-%'")
+        assert row is not None
+        return int(row["n"])
+
+    assert await store.run_transaction(write) == 3
+    assert await _kv_rows(store) == [("t-a", 1), ("t-b", 2), ("t-c", 3)]
+
+    async def fail_half_way(tx: store_module.Tx) -> None:
+        await tx.execute("UPDATE audit_cursors SET position = 99 WHERE name LIKE 't-%'")
+        raise ValueError("half way")
+
+    with pytest.raises(ValueError, match="half way"):
+        await store.run_transaction(fail_half_way)
+    assert await _kv_rows(store) == [("t-a", 1), ("t-b", 2), ("t-c", 3)]  # nothing of it stayed
+
+
+async def test_run_transaction_on_sqlite_is_one_hop_and_refuses_other_awaits(
+    tmp_path: Path,
+) -> None:
+    s = await open_store(f"sqlite:///{tmp_path / 'one-hop.db'}")
+    try:
+        hops = 0
+        run = s._run  # type: ignore[attr-defined]
+
+        async def counted(*args: object) -> object:
+            nonlocal hops
+            hops += 1
+            return await run(*args)
+
+        s._run = counted  # type: ignore[attr-defined]
+
+        async def many_statements(tx: store_module.Tx) -> None:
+            for n in range(10):
+                await tx.execute(
+                    "INSERT INTO audit_cursors (name, position) VALUES ($1, $2)", f"t-{n}", n
+                )
+
+        await s.run_transaction(many_statements)
+        assert hops == 1  # ten statements, BEGIN and COMMIT: one trip to the worker thread
+
+        async def sleeps(tx: store_module.Tx) -> None:
+            await tx.execute("DELETE FROM audit_cursors WHERE name LIKE 't-%'")
+            await asyncio.sleep(0)  # not a statement: the body cannot finish on the thread
+
+        with pytest.raises(RuntimeError, match="awaited something besides tx"):
+            await s.run_transaction(sleeps)
+        s._run = run  # type: ignore[attr-defined]
+        assert len(await _kv_rows(s)) == 10  # the delete was rolled back
+    finally:
+        await s.close()

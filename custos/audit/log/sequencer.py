@@ -57,6 +57,9 @@ log = logging.getLogger("custos.audit.sequencer")
 LOCK_CLASS: Final = 0x61756431  # "aud1"
 BATCH: Final = 2000
 INTERVAL_S: Final = 0.2
+#: On SQLite the inserting transactions extend the log themselves (``insert_in``): a tick
+#: only tells the checkpointer how far the log grew, so it need not come five times a second.
+SERIAL_INTERVAL_S: Final = 1.0
 _RETRY_S: Final = 1.0
 
 
@@ -341,7 +344,8 @@ class AuditLog:
                         "and custos audit verify fails (custos audit keys generate makes "
                         "a key)")  # fmt: skip
         hook = None if self.checkpointer is None else self.checkpointer.on_sequenced
-        self.sequencer = Sequencer(store, on_committed=hook)
+        interval_s = SERIAL_INTERVAL_S if store.serial_writes else INTERVAL_S
+        self.sequencer = Sequencer(store, interval_s=interval_s, on_committed=hook)
         self._checkpoint_task: asyncio.Task[None] | None = None
         self.siem: SIEMExports | None = None
         sinks = getattr(settings, "siem_sinks", [])

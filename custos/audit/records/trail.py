@@ -176,6 +176,7 @@ class AuditTrail:
             self._settled.append((ctx, time.monotonic_ns()))
             if len(self._settled) >= MAX_SETTLED:  # the flush is late: do not hold more
                 self._build_settled()
+            self.writer.notify()
             return
         self._build(ctx, time.monotonic_ns(), wait_for)
 

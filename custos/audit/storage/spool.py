@@ -3,8 +3,8 @@
 The spool is what makes a record durable before the store has it. A directory holds numbered
 segment files (``000000000001.spool``, …); one, the *current* segment, is appended to; the
 others are *sealed*. Records are appended in batches (one ``write``) and made durable with
-``sync`` (``fsync``, plus the directory's when a segment was created). A segment file is
-deleted once every record in it is known to be in the store.
+``sync`` (``fdatasync``, plus the directory's ``fsync`` when a segment was created). A segment
+file is deleted once every record in it is known to be in the store.
 
 Contracts:
 
@@ -130,9 +130,12 @@ class Spool:
         return segment.id
 
     def sync(self) -> None:
-        """Make every appended record durable (blocking: call from a worker thread)."""
+        """Make every appended record durable (blocking: call from a worker thread).
+
+        ``fdatasync``: the appended bytes and the file's new size, which is what reading them
+        back needs, without the modification time's own journal write on every flush."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)
         if self._dir_dirty:
             self._dir_dirty = False
             _fsync_dir(self.path)

@@ -363,11 +363,14 @@ class AuditStore:
         content, ``custos.audit.storage.content_store``) in one transaction; idempotent."""
         if not records and not attachments:
             return
-        async with self.store.transaction() as tx:
+
+        async def insert(tx: Tx) -> None:
             if records:
                 await insert_in(tx, records)
             if attachments:
                 await insert_attachments(tx, attachments)
+
+        await self.store.run_transaction(insert)
 
     async def save_config_text(self, revision: str, text: str) -> None:
         async with self.store.transaction() as tx:

@@ -2,12 +2,20 @@
 
 The request path only appends to a list (``submit``); two background tasks do the rest:
 
-- the **flush task** wakes every ``flush_interval_s`` (at once when a strict request waits),
-  writes every queued record to the spool in one ``write`` and ``fsync``s it in a worker thread.
-  A record is then durable: it survives ``kill -9`` and a power cut.
+- the **flush task** sleeps until a record is queued, gives the batch ``flush_interval_s`` to
+  fill (no wait when a strict request waits), then writes every queued record to the spool in
+  one ``write`` and ``fsync``s it in a worker thread. A record is then durable: it survives
+  ``kill -9`` and a power cut.
 - the **ship task** inserts spooled records into the store in transactions of up to
-  ``SHIP_BATCH`` records (``ON CONFLICT DO NOTHING``, so a retried batch or a replayed spool
-  never duplicates a record), then marks them shipped so their spool segments can be deleted.
+  ``SHIP_BATCH`` records, at most one per ``SHIP_INTERVAL_S`` unless a batch is full or a
+  record waits for the store (``ON CONFLICT DO NOTHING``, so a retried batch or a replayed
+  spool never duplicates a record), then marks them shipped so their spool segments can be
+  deleted.
+
+Neither task has a timer running while there is nothing to do: an idle gateway does not wake
+for its audit trail, and at a moderate rate each task wakes once per batch (a wake-up costs
+the same whether it finds one record or a hundred, so waking on a fixed tick made a quiet
+gateway's requests dearer than a busy one's).
 
 Guarantees (``docs/audit.md`` states them for operators):
 
@@ -76,6 +84,45 @@ WaitFor = Literal["spool", "store"] | None
 _Item = TypeVar("_Item")
 
 
+class Alarm:
+    """Wakes one waiting task: ``wait(timeout)`` returns once ``ring()`` was called (since the
+    last ``wait`` returned) or ``timeout`` seconds have passed; without a timeout, no timer runs.
+
+    Unlike ``asyncio.timeout`` around ``Event.wait``, a timeout here raises nothing: the
+    timeout form cancels the task and turns the cancellation into ``TimeoutError``, which cost
+    more than the rest of an idle flush."""
+
+    __slots__ = ("_rung", "_waiter")
+
+    def __init__(self) -> None:
+        self._rung = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def ring(self) -> None:
+        self._rung = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        if not self._rung:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        self._rung = False
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class AuditUnavailable(Exception):
     """A record could not be made durable in time."""
 
@@ -124,8 +171,15 @@ class AuditWriter:
         self._prepare = prepare
         self._queue: list[_Entry] = []
         self._pending: list[_Entry] = []
-        self._flush_wake = asyncio.Event()
-        self._ship_wake = asyncio.Event()
+        self._waiting = waiting
+        #: ``_work`` wakes an idle flush task (a record was queued); ``_flush_now`` cuts its
+        #: wait for the batch to fill short (a strict record, a full batch, a stop, a retry).
+        self._work = Alarm()
+        self._flush_now = Alarm()
+        self._flush_idle = False
+        #: The same pair for the ship task: records to ship, and ship without waiting.
+        self._ship_work = Alarm()
+        self._ship_now = Alarm()
         self._rotation: asyncio.Future[int] | None = None
         self._overflowed = False
         #: Sealed segments up to this id must be replayed from disk (after an overflow).
@@ -170,8 +224,8 @@ class AuditWriter:
         """Flush and ship everything (within ``timeout_s``), then close the spool. What could
         not be shipped stays in the spool for the next start."""
         self._stopping = True
-        self._flush_wake.set()
-        self._ship_wake.set()
+        self._wake_flush(now=True)
+        self._wake_ship(now=True)
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -198,8 +252,27 @@ class AuditWriter:
         waiter = asyncio.get_running_loop().create_future() if wait_for else None
         self._queue.append(_Entry(record, waiter, wait_for, 0, attachment))
         if wait_for or len(self._queue) >= SHIP_BATCH:
-            self._flush_wake.set()
+            self._wake_flush(now=True)
+        elif self._flush_idle:
+            self._wake_flush()
         return waiter
+
+    def notify(self) -> None:
+        """A record waits to be built (``prepare`` will submit it): wake an idle flush task.
+        Costs one attribute test when the task is already awake."""
+        if self._flush_idle:
+            self._wake_flush()
+
+    def _wake_flush(self, *, now: bool = False) -> None:
+        self._flush_idle = False
+        self._work.ring()
+        if now:
+            self._flush_now.ring()
+
+    def _wake_ship(self, *, now: bool = False) -> None:
+        self._ship_work.ring()
+        if now:
+            self._ship_now.ring()
 
     def admit(self) -> str | None:
         """``None`` when new requests may be served, else why not."""
@@ -222,14 +295,17 @@ class AuditWriter:
 
     # -- flush: queue → spool ------------------------------------------------------------------
 
+    def _queued(self) -> bool:
+        return bool(self._queue) or (self._waiting is not None and self._waiting() > 0)
+
     async def _flush_loop(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(self.flush_interval_s):
-                    await self._flush_wake.wait()
-            except TimeoutError:
-                pass
-            self._flush_wake.clear()
+            if not self._stopping:
+                if not self._queued() and not (self._rotation and not self._rotation.done()):
+                    self._flush_idle = True
+                    await self._work.wait()  # idle: no timer until a record comes
+                if not self._stopping:
+                    await self._flush_now.wait(self.flush_interval_s)  # let the batch fill
             if self._rotation is not None and not self._rotation.done():
                 self._rotation.set_result(self.spool.rotate())
                 self._overflowed = False
@@ -266,7 +342,7 @@ class AuditWriter:
                 self.spool.rotate()
             if not self._stopping:
                 await asyncio.sleep(_BACKOFF_S[1] if self.spool_full else _BACKOFF_S[-1])
-                self._flush_wake.set()
+                self._wake_flush(now=True)
             return False
         self.spool_ok, self.spool_full = True, False
         self._count(batch)
@@ -287,7 +363,7 @@ class AuditWriter:
                 self._export([e.record for e in batch])
             except Exception:  # an exporter's bug must not stop the audit trail
                 log.exception("audit export failed")
-        self._ship_wake.set()
+        self._wake_ship(now=self._urgent or len(self._pending) >= SHIP_BATCH)
         return True
 
     def _count(self, batch: list[_Entry]) -> None:
@@ -334,6 +410,16 @@ class AuditWriter:
 
     # -- ship: spool → store -------------------------------------------------------------------
 
+    def _ship_due(self) -> bool:
+        """Whether the ship task has anything to do (or to retry)."""
+        return bool(
+            self._pending
+            or self._urgent
+            or self._overflowed
+            or self._replay_up_to is not None
+            or not self.store_ok
+        )
+
     async def _ship_loop(self) -> None:
         failures = 0
         last_ship = 0.0
@@ -341,15 +427,11 @@ class AuditWriter:
             if self._stopping:
                 await asyncio.sleep(0.005)  # let the flush task finish its last batches
             else:
-                try:
-                    async with asyncio.timeout(SHIP_INTERVAL_S):
-                        await self._ship_wake.wait()
-                except TimeoutError:
-                    pass
-                self._ship_wake.clear()
-            if not (self._urgent or self._stopping or len(self._pending) >= SHIP_BATCH or
-                    time.monotonic() - last_ship >= SHIP_INTERVAL_S):  # fmt: skip
-                continue
+                if not self._ship_due():
+                    await self._ship_work.wait()  # idle: no timer until a batch is spooled
+                wait = last_ship + SHIP_INTERVAL_S - time.monotonic()
+                if wait > 0 and not (self._urgent or len(self._pending) >= SHIP_BATCH):
+                    await self._ship_now.wait(wait)  # one transaction per interval at most
             self._urgent = False
             try:
                 if self._overflowed or self._replay_up_to is not None:
@@ -377,8 +459,6 @@ class AuditWriter:
             self.store_ok = True
             failures = 0
             last_ship = time.monotonic()
-            if self._pending:
-                self._ship_wake.set()
 
     def _flush_done(self) -> bool:
         return all(t.done() for t in self._tasks if t.get_name() == "custos-audit-flush")
@@ -444,7 +524,7 @@ class AuditWriter:
             else:
                 if self._rotation is None or self._rotation.done():
                     self._rotation = asyncio.get_running_loop().create_future()
-                    self._flush_wake.set()
+                    self._wake_flush(now=True)
                 self._replay_up_to = await self._rotation
         for path in self.spool.sealed_segments(up_to=self._replay_up_to):
             await self._replay(path)
