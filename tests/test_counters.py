@@ -391,3 +391,34 @@ def test_a_value_redis_cannot_take_is_refused_as_redis_py_refuses_it():
     for value in (None, True, object()):
         with pytest.raises(DataError):
             connection.pack_command("SET", "k", value)
+
+
+async def test_settlements_close_together_go_to_redis_in_one_call() -> None:
+    """At a moderate rate requests finish a few milliseconds apart: their settlements wait a
+    moment for each other and cost Redis one call, not one each."""
+    await require_redis()
+    prefix = f"linger-{secrets.token_hex(4)}:"
+    counters = await redis_counters(REDIS_URL, prefix)
+    try:
+        batches: list[int] = []
+        settle_batch = counters._settle_batch
+
+        async def counted(batch: list[tuple[Ticket, int, int]]) -> None:
+            batches.append(len(batch))
+            await settle_batch(batch)
+
+        counters._settle_batch = counted  # type: ignore[method-assign]
+        tickets = []
+        for _ in range(5):
+            admission = await admit(counters, [budget(amount=10)], [], rid(), 60_000)
+            assert admission.ticket is not None
+            tickets.append(admission.ticket)
+        for ticket in tickets:  # one every 2 ms, as five requests finishing at 500/s would
+            counters.settle(ticket, 7, 0)
+            await asyncio.sleep(0.002)
+        await counters.drain()
+        assert batches == [5]
+        assert await counters.read(["b|x|total|"]) == [BudgetState(35, 0)]
+    finally:
+        await counters.close()
+        await _drop_prefix(REDIS_URL, prefix)

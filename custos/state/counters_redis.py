@@ -28,7 +28,11 @@ admits them in turn (each as atomic as alone; one command to pack, one reply to 
 under load is most of what a Redis call costs the gateway (commands are packed by hiredis, in C).
 Settlements are queued and sent in batches (one script call for up to 256) by a background task,
 so finishing a request never waits on Redis; a settlement that cannot be sent is reported to the
-sink with ``epoch=None`` and the ledger re-applies it once Redis is back.
+sink with ``epoch=None`` and the ledger re-applies it once Redis is back. The task waits
+``_SETTLE_LINGER_S`` after the first settlement before sending, so that at a moderate rate one
+call carries the settlements of several requests instead of one each (350 requests/s were 350
+calls a second). A settlement sent later keeps its reservation a little longer, which can only
+refuse earlier, never overshoot (docs/architecture.md, the overshoot bound).
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ from custos.telemetry import metrics
 log = logging.getLogger("custos.counters")
 
 _BATCH = 256
+#: How long the first settlement of a batch waits for others (see the module docstring).
+_SETTLE_LINGER_S = 0.02
 _PROBE_S = 0.1
 _SEED_LOCK_MS = 30_000
 
@@ -597,6 +603,8 @@ class RedisCounters(Counters):
     async def _settle_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if len(self._queue) < _BATCH:
+                await asyncio.sleep(_SETTLE_LINGER_S)  # let the next requests' join this call
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
