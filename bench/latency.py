@@ -15,8 +15,11 @@ direct), and the gateway's CPU per request, which is compared with its CPU per r
 saturation (measured in the same run: low-rate batching should cost in proportion).
 
 Knobs: BENCH_LATENCY_ROUNDS (10), BENCH_LATENCY_BACKENDS (sqlite,postgres), BENCH_STORE for
-postgres (postgresql://127.0.0.1:5432/test), BENCH_REDIS (redis://127.0.0.1:6379/0), and those
-of ``bench/run.py`` that apply (BENCH_RATE, BENCH_DURATION, BENCH_CONFIG, BENCH_*_CPU).
+postgres (postgresql://127.0.0.1:5432/test), BENCH_REDIS (redis://127.0.0.1:6379/0),
+BENCH_LATENCY_VARIANT (a ``bench/variant.py`` variant served instead of ``custos serve``: with
+``passthrough``, what the same rounds cost a gateway that governs nothing, i.e. how much dearer
+a request at a moderate rate is than at saturation before any governance), and those of
+``bench/run.py`` that apply (BENCH_RATE, BENCH_DURATION, BENCH_CONFIG, BENCH_*_CPU).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def backend(b: Bench, run: ModuleType, name: str, rounds: int) -> dict[str, Any]
         counters = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
     else:
         b.pg_url = ""
-    b.start_gateway(None, counters)
+    b.start_gateway(os.environ.get("BENCH_LATENCY_VARIANT") or None, counters)
     b.sanity()
     saturated: list[float] = []
     results = []
@@ -149,7 +152,8 @@ def verdicts(backends: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summary(report: dict[str, Any]) -> str:
     lines = [
-        f"open-loop latency at {report['rate']:g} requests/s, {CONNECTIONS} connections",
+        f"open-loop latency of {report.get('serving', 'custos serve')} at {report['rate']:g} "
+        f"requests/s, {CONNECTIONS} connections",
         "| backend | round | after | direct p50/p99 | gateway p50/p99/max | added p50 | added p99 "
         "| µs CPU/req |",
         "|---|---|---|---|---|---|---|---|",
@@ -195,6 +199,7 @@ def main_latency(b: Bench, run: ModuleType) -> int:
         run.cleanup()
     report = {
         **run.report_header(b, "latency"),
+        "serving": b.serving,
         "rate": b.rate,
         "backends": backends,
         "verdicts": verdicts(backends),
