@@ -276,3 +276,30 @@ async def test_an_alarm_wakes_on_ring_or_timeout_and_remembers_a_ring_before_the
     assert not waiting.done()  # no timeout, no ring: still waiting
     alarm.ring()
     await asyncio.wait_for(waiting, 1.0)
+
+
+def test_the_spool_writes_only_in_sync_so_a_held_up_write_never_stalls_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """``append`` (on the event loop) only queues; ``sync`` (on a worker thread) writes and
+    syncs; a rotation or a close writes whatever was queued first."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30)
+    spool.open()
+
+    def ns(path: Path) -> list[int]:
+        return [r.fields["n"] for r in Spool.read_segment(path)[0]]
+
+    first = spool.append(record(1).body + b"\n", 1)
+    segment = tmp_path / "spool" / f"{first:012d}.spool"
+    assert segment.read_bytes() == b""  # queued, not written
+    assert spool.total_bytes == len(record(1).body) + 1  # but counted against the bound
+    spool.sync()
+    assert ns(segment) == [1]
+    spool.append(record(2).body + b"\n", 1)
+    sealed = spool.rotate()
+    assert sealed == first
+    assert ns(segment) == [1, 2]  # written before sealing
+    spool.append(record(3).body + b"\n", 1)
+    current = tmp_path / "spool" / f"{spool.current_id:012d}.spool"
+    spool.close()
+    assert ns(current) == [3]

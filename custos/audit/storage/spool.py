@@ -17,9 +17,10 @@ Contracts:
 - A line that starts with ``+`` is not a record but an *attachment* of the record before it
   (its encrypted content, ``custos.audit.storage.content_store``); ``read_segment`` returns those
   lines' bytes (without the ``+``) beside the records.
-- ``append``, ``rotate``, ``mark_shipped`` and ``close`` run on the event loop; ``sync`` may run
-  in a worker thread, but never at the same time as ``rotate`` or ``close`` (the writer's one
-  flush task does all of them in turn).
+- ``append``, ``rotate``, ``mark_shipped`` and ``close`` run on the event loop; ``sync``, which
+  writes what ``append`` queued and makes it durable, may run in a worker thread, but never at
+  the same time as ``append``, ``rotate`` or ``close`` (the writer's one flush task does all of
+  them in turn).
 - ``keep_refused`` writes records the store refused for what they hold (not for being down)
   to a segment file of their own in ``refused/`` and syncs it, so they are kept without holding
   up the records behind them. Nothing replays that directory: once the cause is fixed, moving
@@ -77,6 +78,8 @@ class Spool:
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._dir_dirty = False
+        #: Bytes appended and not yet written (``sync`` writes them on a worker thread).
+        self._unwritten: list[bytes] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -107,6 +110,8 @@ class Spool:
         if self._current is not None:
             current, self._current = self._current, None
             current.sealed = True
+            if self._write_unwritten() and self._fd is not None:
+                os.fsync(self._fd)
             self._close_fd()
             self._maybe_delete(current)
         if self._lock_fd is not None:
@@ -117,33 +122,41 @@ class Spool:
 
     def append(self, data: bytes, count: int) -> int:
         """Append ``count`` records (``data``: their bytes, each followed by a newline) to the
-        current segment; returns its id. Not durable until ``sync``."""
+        current segment; returns its id. They are written by the next ``sync``, on a worker
+        thread: after a burst the kernel may hold a ``write`` up for tens of milliseconds
+        (throttling dirty pages), which on the event loop stalled every request."""
         if self.total_bytes + len(data) > self.max_bytes:
             raise SpoolFull(f"the audit spool {self.path} is full ({self.max_bytes} bytes)")
         segment = self._current
         assert segment is not None and self._fd is not None
-        _write_all(self._fd, data)
+        self._unwritten.append(data)
         segment.size += len(data)
         segment.written += count
-        if segment.size >= self.segment_bytes:
-            self.rotate()
         return segment.id
 
     def sync(self) -> None:
-        """Make every appended record durable (blocking: call from a worker thread).
+        """Write what ``append`` queued and make it durable (blocking: call from a worker
+        thread, while nothing else appends or rotates).
 
         ``fdatasync``: the appended bytes and the file's new size, which is what reading them
         back needs, without the modification time's own journal write on every flush."""
+        self._write_unwritten()
         if self._fd is not None:
             os.fdatasync(self._fd)
         if self._dir_dirty:
             self._dir_dirty = False
             _fsync_dir(self.path)
 
+    def rotate_if_full(self) -> None:
+        """After a ``sync``: start a new segment when the current one reached its size."""
+        if self._current is not None and self._current.size >= self.segment_bytes:
+            self.rotate()
+
     def rotate(self) -> int:
         """Seal the current segment and start a new one; returns the sealed segment's id."""
         old = self._current
         assert old is not None
+        self._write_unwritten()  # appended but not yet synced
         # The sealed segment's records must be durable before it stops being the one synced.
         if self._fd is not None:
             os.fsync(self._fd)
@@ -241,6 +254,14 @@ class Spool:
         self._current = _Segment(segment_id, path)
         self._segments[segment_id] = self._current
         self._dir_dirty = True
+
+    def _write_unwritten(self) -> bool:
+        """Write what ``append`` queued to the current segment; whether there was any."""
+        unwritten, self._unwritten = self._unwritten, []
+        if not unwritten or self._fd is None:
+            return False
+        _write_all(self._fd, b"".join(unwritten))
+        return True
 
     def _close_fd(self) -> None:
         if self._fd is not None:

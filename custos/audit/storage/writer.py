@@ -336,6 +336,7 @@ class AuditWriter:
         try:
             segment = self.spool.append(data, len(batch))
             await asyncio.get_running_loop().run_in_executor(None, self.spool.sync)
+            self.spool.rotate_if_full()
         except (SpoolError, OSError) as exc:
             self._queue[:0] = batch
             self.spool_full = isinstance(exc, SpoolFull)
