@@ -192,20 +192,22 @@ class SQLiteStore(Store):
                 await asyncio.shield(self._run(_rollback, conn))
                 raise
 
-    async def run_transaction(self, body: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+    async def run_transaction(
+        self, body: Callable[[Tx], Coroutine[Any, Any, T]], *, readonly: bool = False
+    ) -> T:
         """One hop to the worker thread for the whole transaction: ``BEGIN IMMEDIATE``, the
         body driven there (its ``tx`` methods run the statement at once instead of hopping),
         ``COMMIT``. A batch of audit records is some fifteen statements: fifteen hops, each a
         wake-up of both threads, cost more than the statements at a moderate rate."""
         async with self._lock:
             conn = self.connection
-            return await self._run(_run_inline, _InlineTx(self, conn), body)
+            return await self._run(_run_inline, _InlineTx(self, conn), body, readonly)
 
 
-def _run_inline(tx: _InlineTx, body: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+def _run_inline(tx: _InlineTx, body: Callable[[Tx], Coroutine[Any, Any, T]], readonly: bool) -> T:
     """``body(tx)`` in a transaction, on the worker thread (``SQLiteStore.run_transaction``)."""
     conn = tx._conn
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
     try:
         result = _drive(body(tx))
         conn.execute("COMMIT")

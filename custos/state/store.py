@@ -376,15 +376,17 @@ class Store(ABC):
         ``readonly`` transactions see one consistent snapshot and take no write lock.
         """
 
-    async def run_transaction(self, body: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+    async def run_transaction(
+        self, body: Callable[[Tx], Coroutine[Any, Any, T]], *, readonly: bool = False
+    ) -> T:
         """``await body(tx)`` in one transaction (committed when it returns, rolled back when it
-        raises); returns what it returns.
+        raises; ``readonly`` as for ``transaction``); returns what it returns.
 
         For a transaction of many statements on a hot path (the audit trail's batches). Where
         every statement is a hop to a worker thread (SQLite) the whole body runs there in one
         hop, so ``body`` must await nothing but ``tx``'s methods: no sleep, lock or other I/O
         (awaiting anything else rolls the transaction back with ``RuntimeError``)."""
-        async with self.transaction() as tx:
+        async with self.transaction(readonly=readonly) as tx:
             return await body(tx)
 
     async def checkpoint_wal(self) -> bool:

@@ -387,7 +387,20 @@ class AuditStore:
     ) -> list[SealedRecord]:
         """Turn admin events not yet recorded into records, in one transaction with the cursor
         that says how far they were read: each admin event becomes exactly one record, even
-        with several replicas doing this at once (the cursor row is locked)."""
+        with several replicas doing this at once (the cursor row is locked). A read-only look
+        first: most polls find nothing, and need not take the write lock (SQLite's, which the
+        audit batches wait on) to find it."""
+
+        async def any_new(tx: Tx) -> bool:
+            row = await tx.fetchrow(
+                "SELECT 1 AS one FROM admin_events WHERE id > COALESCE("
+                "(SELECT position FROM audit_cursors WHERE name = $1), 0) LIMIT 1",
+                ADMIN_CURSOR,
+            )
+            return row is not None
+
+        if not await self.store.run_transaction(any_new, readonly=True):
+            return []
         async with self.store.transaction() as tx:
             row = await tx.fetchrow(
                 f"SELECT position FROM audit_cursors WHERE name = $1{tx.for_update}", ADMIN_CURSOR
