@@ -93,8 +93,12 @@ class StreamGuard:
         self.chunks += 1
         for event in self._events(chunk, last):
             self.held.append(event)
-            for key in {piece[0] for piece in event.pieces}:
-                self._scan(key, last=False)
+            pieces = event.pieces
+            if len(pieces) == 1:  # the usual event: one delta of one text
+                self._scan(pieces[0][0], last=False)
+            elif pieces:
+                for key in {piece[0] for piece in pieces}:
+                    self._scan(key, last=False)
         if last:
             for key in self.texts:
                 self._scan(key, last=True)
@@ -129,10 +133,13 @@ class StreamGuard:
                 yield self._parse(raw + b"\n\n")
 
     def _parse(self, raw: bytes) -> _Event:
-        payload = b""
-        for line in raw.split(b"\n"):
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
+        if raw.startswith(b"data: ") and raw.find(b"\n") == len(raw) - 2:
+            payload = raw[6:-2]  # one data line, as the gateway's own translators write events
+        else:
+            payload = b""
+            for line in raw.split(b"\n"):
+                if line.startswith(b"data:"):
+                    payload = line[5:].strip()
         try:
             data = orjson.loads(payload) if payload and payload != b"[DONE]" else None
         except orjson.JSONDecodeError:
@@ -192,15 +199,17 @@ class StreamGuard:
 
     def _release(self, *, everything: bool) -> bytes:
         out: list[bytes] = []
+        texts = self.texts
         while self.held:
             event = self.held[0]
-            if not everything and not all(
-                end <= self.texts[key].settled_upto for key, _s, end, _p in event.pieces
+            if not everything and any(
+                end > texts[key].settled_upto for key, _s, end, _p in event.pieces
             ):
                 break
             out.append(self._rewritten(event))
             self.held.pop(0)
-        self._trim()
+        if out:  # nothing released: every text still needed is still held
+            self._trim()
         return b"".join(out)
 
     def _rewritten(self, event: _Event) -> bytes:
@@ -240,14 +249,20 @@ class StreamGuard:
 
     def _trim(self) -> None:
         """Drop text no held event needs, keeping ``window`` characters to look back on."""
+        # A text's pieces are held in stream order with growing starts: the first held piece
+        # of each text is the earliest it needs.
         needed: dict[Key, int] = {}
         for event in self.held:
             for key, start, _e, _p in event.pieces:
-                needed[key] = min(needed.get(key, start), start)
+                if key not in needed:
+                    needed[key] = start
+            if len(needed) == len(self.texts):
+                break
         for key, state in self.texts.items():
             keep = min(needed.get(key, state.end), state.settled_upto - self.window)
-            state.settled = [f for f in state.settled if f.end > keep]
-            keep = min([keep, *(f.start for f in state.settled)])
+            if state.settled:
+                state.settled = [f for f in state.settled if f.end > keep]
+                keep = min([keep, *(f.start for f in state.settled)])
             cut = keep - state.base
             if cut > 0:
                 state.text = state.text[cut:]
