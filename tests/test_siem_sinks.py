@@ -345,7 +345,16 @@ def _delivered_all(sinked: Sinked, db_url: str, timeout: float = 30) -> list[int
     def state() -> tuple[int, int]:
         return sinked.count(), len(_stored(db_url)[1])
 
-    eventually(state, lambda s: s[0] >= s[1] > 0, timeout=timeout)
+    # The store gets the calls' records in batches (one every 200 ms at most): wait until it
+    # holds them all, i.e. the log stopped growing for longer than that, and all went out.
+    previous = -1
+    deadline = time.monotonic() + timeout
+    while True:
+        eventually(state, lambda s: s[0] >= s[1] > 0, timeout=max(1.0, deadline - time.monotonic()))
+        if state()[1] == previous or time.monotonic() > deadline:
+            break
+        previous = state()[1]
+        time.sleep(0.6)
     stored, order = _stored(db_url)
     got = sinked.received(stored)
     seqs = [seq for seq, _ in got]
