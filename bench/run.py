@@ -778,6 +778,22 @@ class Bench:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         return {k: int(fields[k].split()[0]) for k in ("VmHWM", "VmRSS")}  # kB
 
+    def open_loop(self) -> dict[str, Any]:
+        """2b: the non-streaming fixed rate again, sent on a schedule (bench/openloop.py): the
+        latency counted from when each request was due, which hey's closed loop cannot see."""
+        from latency import open_loop  # bench/ is on the path: run.sh runs this file
+
+        runs: dict[str, Any] = {}
+        for t in ("direct", "gateway"):
+            log(f"open loop {self.rate:g}/s non-stream -> {t}")
+            runs[t] = open_loop(self, sys.modules[__name__], t, self.rate)
+            self.check_alive(f"the open-loop run ({t})")
+        runs["added"] = {
+            key: round(runs["gateway"][key] - runs["direct"][key], 2)
+            for key in ("p50_ms", "p99_ms")
+        }
+        return runs
+
     def run(self) -> dict[str, Any]:
         self.preflight()
         self.idle_before = self.idle_check()
@@ -803,6 +819,7 @@ class Bench:
                 for key in ("p50_ms", "p99_ms", "ttfb_p50_ms", "ttfb_p99_ms")
             }
             results["fixed_rate"][name] = runs
+        results["open_loop"] = self.open_loop()
         sat["streaming"] = {}
         for t in ("direct", "gateway"):
             sat["streaming"][t] = saturation(self, t, True)
@@ -1136,6 +1153,16 @@ def budgets(b: Bench, r: dict[str, Any]) -> list[dict[str, Any]]:
             "budget": f"<= {BUDGET_ADDED_P99_MS}",
             "ok": added["p99_ms"] <= BUDGET_ADDED_P99_MS,
         },
+        *(
+            {
+                "figure": f"open-loop added {name} ms",
+                "value": r["open_loop"]["added"][f"{name}_ms"],
+                "budget": f"<= {limit}",
+                "ok": r["open_loop"]["added"][f"{name}_ms"] <= limit,
+            }
+            for name, limit in (("p50", BUDGET_ADDED_P50_MS), ("p99", BUDGET_ADDED_P99_MS))
+            if "open_loop" in r
+        ),
         {
             "figure": "peak RSS MB",
             "value": round(rss_mb, 1),
@@ -1227,6 +1254,25 @@ def summary(b: Bench, report: dict[str, Any]) -> str:
                 f"{f['direct'][field]:>14.1f}{f['added'][field]:>10.1f}{budget}"
             )
         w(f"{'     gateway CPU %':44}{f['gateway']['cpu']['gateway_cpu_pct']:>12.0f}")
+    if "open_loop" in r:
+        o = r["open_loop"]
+        w(
+            f"{f'2b non-streaming at {b.rate:g} req/s (open loop)':44}"
+            f"{o['gateway']['rate_achieved']:>12,.0f}{o['direct']['rate_achieved']:>14,.0f}"
+            f"{'':>10}   achieved req/s"
+        )
+        for name in ("p50", "p99"):
+            figure = f"open-loop added {name} ms"
+            limit = BUDGET_ADDED_P50_MS if name == "p50" else BUDGET_ADDED_P99_MS
+            w(
+                f"{'     ' + name + ' (ms)':44}{o['gateway'][name + '_ms']:>12.1f}"
+                f"{o['direct'][name + '_ms']:>14.1f}{o['added'][name + '_ms']:>10.1f}"
+                f"   added <= {limit:g} ms: {ok[figure]}"
+            )
+        w(
+            f"{'     max (ms); gateway CPU per request (us)':44}{o['gateway']['max_ms']:>12.1f}"
+            f"{o['direct']['max_ms']:>14.1f}   {o['gateway']['gateway_cpu_us_per_request']:.0f} us"
+        )
     s = sat["streaming"]
     w(
         f"{'1b stream saturation, wrk -c' + str(b.connections) + ' (req/s)':44}"
@@ -1401,6 +1447,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for mode, run in results["passthrough"].items():
         report["cpu_by_run"][f"saturation {mode} passthrough"] = run["cpu"]
+    for target in ("direct", "gateway"):
+        report["cpu_by_run"][f"open loop {target}"] = results["open_loop"][target]["cpu"]
     bench.out.parent.mkdir(parents=True, exist_ok=True)
     bench.out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(bench, report))
