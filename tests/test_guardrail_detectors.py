@@ -408,3 +408,58 @@ def test_the_token_prefilter_never_hides_a_token(text: str) -> None:
     everywhere = [(m.start(), m.group()[1:]) for m in secrets._TOKEN.finditer(padded)]
     assert list(secrets._tokens(text)) == everywhere
     assert list(secrets._tokens("key " + "Ab1" * 6)) == [(4, "Ab1" * 6)]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        ("CUST-[0-9]{6}", "CUST-"),
+        ("ORD_[A-Z]+", "ORD_"),
+        ("abc", "abc"),
+        ("ab*c", "a"),  # a quantifier takes the character before it out of the prefix
+        ("ab+c", "a"),
+        ("ab?c", "a"),
+        ("ab{2}", "a"),
+        ("x+", ""),
+        ("EMP|ID-[0-9]+", ""),  # an alternative need not start the same way
+        ("(?i)cust-[0-9]+", ""),  # flags, groups, classes, escapes: no prefix
+        (r"\bEMP[0-9]+", ""),
+        ("[A-Z]{3}-[0-9]+", ""),
+    ],
+)
+def test_a_patterns_literal_prefix_is_read_conservatively(pattern: str, prefix: str) -> None:
+    assert detectors.literal_prefix(pattern) == prefix
+
+
+_PATTERNS = {
+    "customer_id": "CUST-[0-9]{6}",
+    "order": "ORD_[A-Z]{2,}",
+    "ticket": "T(?:K|X)-[0-9]+",
+    "employee": "(?i:emp)[0-9]{4}",
+}
+
+
+_PIECES = ["CUST-123456", "CUST-12345", "ORD_AB", "ORD_a", "TK-7", "TX-", "Emp1234", "EMP12",
+           "cust-123456", " ", "x", "-", "_", "9"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=12),
+    st.sets(st.sampled_from(sorted(_PATTERNS)), min_size=1),
+)
+def test_the_pattern_prefilter_finds_what_the_expression_finds(
+    pieces: list[str], names: set[str]
+) -> None:
+    """A text without any pattern's literal prefix is skipped without running the expression:
+    what is found must be exactly what the expression alone finds."""
+    chosen = {name: _PATTERNS[name] for name in sorted(names)}
+    detector = detectors.PatternDetector(chosen)
+    text = "".join(pieces)
+    kinds = [f"pattern.{name}" for name in chosen]
+    alternation = re.compile("|".join(f"((?:{p}))" for p in chosen.values()))
+    expected = [(kinds[m.lastindex - 1], m.start(), m.end())  # type: ignore[operator]
+                for m in alternation.finditer(text) if m.end() > m.start()]  # fmt: skip
+    assert [(f.kind, f.start, f.end) for f in detector.find(text)] == expected
+    if detector._prefixes is not None and not any(p in text for p in detector._prefixes):
+        assert expected == []

@@ -174,6 +174,29 @@ def test_input_mutate_redacts_before_the_provider(
     assert "redact-pii-in" in raw.headers["x-custos-applied"].split(",")
 
 
+def test_a_data_class_and_a_pii_guardrail_over_the_same_text_both_see_every_value(
+    gw: GatewayProcess, mock_provider: MockProvider
+) -> None:
+    """Data-class detection and the ``pii`` guardrail read the same strings (the scan of a text
+    is shared): the class counts what it selects before the guardrail masks it, the guardrail
+    masks every address, and the values never reach the provider."""
+    mock_provider.clear()
+    raw = oai(gw, "redact").chat.completions.with_raw_response.create(
+        model=ECHO, messages=user("ticket CUST-123456: mail ann@example.com, cc bo@example.org")
+    )
+    assert raw.parse().choices[0].message.content == (
+        "ticket CUST-123456: mail <EMAIL_1>, cc <EMAIL_2>"
+    )
+    assert "example" not in json.dumps(mock_provider.requests()[-1])
+    request_id = raw.headers["x-custos-request-id"]
+    record = recorded(gw, request_id)
+    assert record["data_classes"] == [{"class": "customer_data", "count": 3, "source": "detected"}]
+    decided = decisions(gw, request_id)["redact-pii-in"]
+    assert decided["decision"] == "mutate" and decided["input"]["found"] == {"pii.email": 2}
+    applied = raw.headers["x-custos-applied"].split(",")
+    assert "redact-pii-in" in applied and "watch-quarterly" in applied
+
+
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 def test_input_validate_blocks_in_the_callers_protocol(
     gw: GatewayProcess, mock_provider: MockProvider, sdk: str

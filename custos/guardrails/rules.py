@@ -48,17 +48,20 @@ class GuardrailFailed(Exception):
         self.reason = reason
 
 
-@dataclass(slots=True)
 class Verdict:
-    """What one guardrail found in one call, and whether it changed the text."""
+    """What one guardrail found in one call, and whether it changed the text. (A plain class:
+    one is made per guardrail and request, and a dataclass's default factories cost more.)"""
 
-    #: Kind → how many were found (a plain dict: a ``Counter`` costs more to make than the
-    #: whole check of a short prompt).
-    found: dict[str, int] = field(default_factory=dict)
-    changed: bool = False
-    #: Why the guardrail could not decide (``timeout``, ``error``, ``bad_answer``).
-    failure: str | None = None
-    started_ns: int = field(default_factory=time.monotonic_ns)
+    __slots__ = ("changed", "failure", "found", "started_ns")
+
+    def __init__(self, failure: str | None = None) -> None:
+        #: Kind → how many were found (a plain dict: a ``Counter`` costs more to make than the
+        #: whole check of a short prompt).
+        self.found: dict[str, int] = {}
+        self.changed = False
+        #: Why the guardrail could not decide (``timeout``, ``error``, ``bad_answer``).
+        self.failure = failure
+        self.started_ns = time.monotonic_ns()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +126,11 @@ class Guardrail:
     def decide(self, verdict: Verdict, hook: str) -> tuple[Decision, GatewayError | None]:
         """The decision to record, and the refusal to raise (``None``: the call goes on)."""
         latency_us = (time.monotonic_ns() - verdict.started_ns) // 1000
-        record: dict[str, Any] = {"hook": hook, "found": dict(verdict.found),
+        found = verdict.found
+        record: dict[str, Any] = {"hook": hook, "found": dict(found) if found else {},
                                   "latency_us": latency_us}  # fmt: skip
+        if verdict.failure is None and not found:  # what most calls take: first, and cheapest
+            return Decision("guardrails", self.id, "allow", None, record), None
         if verdict.failure is not None:
             record["error"] = verdict.failure
             if self.enforcing == "enforce":
@@ -137,8 +143,6 @@ class Guardrail:
                 return Decision("guardrails", self.id, "deny", verdict.failure, record), refusal
             outcome: Outcome = "allow" if self.enforcing != "audit" else "audit_only"
             return Decision("guardrails", self.id, outcome, verdict.failure, record), None
-        if not verdict.found:
-            return Decision("guardrails", self.id, "allow", None, record), None
         if self.enforcing == "audit":
             return Decision("guardrails", self.id, "audit_only", "found", record), None
         if self.operation == "mutate":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,14 +71,24 @@ def facts(ctx: RequestContext) -> Facts:
     )
 
 
+#: Each guardrail's metric children by (id, hook, outcome): the verdict counter and the
+#: latency histogram, looked up once instead of per call (children are never removed).
+_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
 def _record(ctx: RequestContext, guardrail: Guardrail, verdict: Verdict, hook: str) -> None:
     """Append the decision (raising its refusal) and count it."""
     decision, refusal = guardrail.decide(verdict, hook)
     ctx.decisions.append(decision)
-    metrics.child(metrics.GUARDRAIL_VERDICTS, guardrail.id, hook, decision.outcome).inc()
-    metrics.child(metrics.GUARDRAIL_SECONDS, guardrail.id, hook).observe(
-        (time.monotonic_ns() - verdict.started_ns) / 1e9
-    )
+    key = (guardrail.id, hook, decision.outcome)
+    children = _CHILDREN.get(key)
+    if children is None:
+        children = _CHILDREN[key] = (
+            metrics.child(metrics.GUARDRAIL_VERDICTS, *key),
+            metrics.child(metrics.GUARDRAIL_SECONDS, guardrail.id, hook),
+        )
+    children[0].inc()
+    children[1].observe(decision.input["latency_us"] / 1e6)  # type: ignore[index]
     if verdict.failure is not None:
         metrics.child(metrics.GUARDRAIL_ERRORS, guardrail.id, verdict.failure).inc()
     if refusal is not None:
@@ -141,18 +150,20 @@ class InputGuardrails:
         slots = _slots(ctx)
         changed = False
         for guardrail in applicable:
-            if guardrail.policy is not None:
+            if guardrail.detector is not None:  # a content guardrail (only those have one)
+                verdict = _inspect(guardrail, slots, state.numbering)
+            elif guardrail.policy is not None:
                 await _decide_policy(ctx, guardrail)
                 continue
-            if guardrail.remote and guardrail.operation == "validate":
+            elif guardrail.webhook is not None and guardrail.operation == "validate":
                 check = _remote(ctx, guardrail, slots, "llm_input")
                 ctx.pending_checks.append(asyncio.ensure_future(check))
                 continue
-            if guardrail.remote:
+            elif guardrail.webhook is not None:
                 verdict = await _remote_verdict(ctx, guardrail, slots, "llm_input")
             elif guardrail.type == "metadata":
                 verdict = guardrail.check_metadata(ctx.metadata)
-            else:
+            else:  # a webhook guardrail built without a client: it fails (closed, by default)
                 verdict = _inspect(guardrail, slots, state.numbering)
             changed = changed or verdict.changed
             _record(ctx, guardrail, verdict, "llm_input")
@@ -260,7 +271,7 @@ class OutputGuardrails:
         slots = response_slots(ctx.operation, body)
         changed = False
         for guardrail in applicable:
-            if guardrail.remote:
+            if guardrail.webhook is not None:
                 verdict = await _remote_verdict(ctx, guardrail, slots, "llm_output")
             else:
                 verdict = _inspect(guardrail, slots, state.numbering)
