@@ -249,9 +249,11 @@ def test_every_target_cooling_down_is_a_503_without_an_upstream_call(
 
 def test_the_latency_strategy_prefers_the_target_that_answers_first(gw) -> None:
     served = [_chat(gw, "fastest")[1] for _ in range(20)]
-    # Both unmeasured: the first is tried first; once each was measured, the faster leads
-    # (but for the odd exploring request).
-    assert served[0] == SLOW and served[1] == BACKUP
+    # Both unmeasured: the first is tried first, then the other, still unmeasured; once each
+    # was measured, the faster leads. One request in twenty explores a random order (the
+    # gateway's own draw), so the first two may come the other way round now and then: what
+    # must hold is that the unmeasured target is tried at once and the faster leads after.
+    assert served.index(BACKUP) <= 2, served
     assert served.count(BACKUP) >= 16, served
     assert gw.metric("custos_target_first_event_seconds", target=SLOW, kind="plain") >= 0.15
 
