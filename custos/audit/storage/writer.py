@@ -3,9 +3,9 @@
 The request path only appends to a list (``submit``); two background tasks do the rest:
 
 - the **flush task** sleeps until a record is queued, gives the batch ``flush_interval_s`` to
-  fill (no wait when a strict request waits), then writes every queued record to the spool in
-  one ``write`` and ``fsync``s it in a worker thread. A record is then durable: it survives
-  ``kill -9`` and a power cut.
+  fill (no wait when a strict request waits), then hands every queued record to the spool,
+  which writes them in one ``write`` and ``fdatasync``s the file in a worker thread (no file
+  I/O on the event loop). A record is then durable: it survives ``kill -9`` and a power cut.
 - the **ship task** inserts spooled records into the store in transactions of up to
   ``SHIP_BATCH`` records, at most one per ``SHIP_INTERVAL_S`` unless a batch is full or a
   record waits for the store (``ON CONFLICT DO NOTHING``, so a retried batch or a replayed
