@@ -25,7 +25,8 @@ timing (measured: from one run to the next, the same variant's background thread
 total; the loop's change is printed beside it, and where the two disagree the loop's is the one
 a stage that runs on the loop (authentication, limits, guardrails) is responsible for.
 
-Knobs: BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_WARMUP (600), BENCH_INSTR_KEEP (a directory:
+Knobs: BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_WARMUP (600), BENCH_INSTR_CONNECTIONS (16; 1
+sends one request at a time, the moderate rate's regime), BENCH_INSTR_KEEP (a directory:
 each variant's dump is copied there as ``callgrind.VARIANT``, for ``callgrind_annotate`` to show
 which C functions, regular expression matching or hashing or the interpreter, a difference comes
 from), and those of ``bench/run.py`` that apply (BENCH_CONFIG, BENCH_STORE, BENCH_REDIS,
@@ -47,8 +48,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from run import Bench
 
-#: Requests hey sends at once; more only queue up inside the (slow) gateway.
-CONNECTIONS = 16
+#: Requests hey sends at once; more only queue up inside the (slow) gateway. 1 measures each
+#: request alone, as a moderate rate sees it (no batch shares a Redis call or a wake-up).
+CONNECTIONS = int(os.environ.get("BENCH_INSTR_CONNECTIONS", "16"))
 #: Callgrind's number for the process's main thread, where the event loop runs.
 LOOP_THREAD = "01"
 

@@ -359,6 +359,67 @@ async def test_batched_admissions_survive_a_script_flush(redis_server: RedisServ
         await counters.close()
 
 
+async def test_a_lone_admission_goes_at_once_and_those_arriving_meanwhile_share_a_call(
+    redis_server: RedisServer,  # noqa: F811
+):
+    """At a moderate rate each request sends its own admission from its own task (no hand-over
+    to a batching task, no extra turn of the event loop); admissions that arrive while a call is
+    in flight go together in the next one, each decided as if alone."""
+    counters = await redis_counters(redis_server.url, "lead:")
+    calls: list[int] = []
+    tasks: list[asyncio.Task[object] | None] = []
+    admit_script = counters._admit
+
+    async def counted(*, keys: list[str], args: list[object]) -> object:
+        calls.append(int(args[0]))  # type: ignore[call-overload]
+        tasks.append(asyncio.current_task())
+        return await admit_script(keys=keys, args=args)
+
+    counters._admit = counted  # type: ignore[assignment]
+    try:
+        me = asyncio.current_task()
+        assert (await admit(counters, [], [window(limit=12)], rid(), 1000)).admitted
+        assert calls == [1] and tasks == [me]
+        calls.clear()
+        admissions = await asyncio.gather(
+            *(admit(counters, [], [window(limit=12)], rid(), 1000) for _ in range(15))
+        )
+        # the first leads alone, the other fourteen wait for it and go as one call
+        assert calls == [1, 14]
+        assert sum(a.admitted for a in admissions) == 11  # 12 in all: one was admitted before
+        assert [a.admitted for a in admissions] == [True] * 11 + [False] * 4
+    finally:
+        await counters.close()
+
+
+async def test_admissions_queued_behind_a_call_are_refused_not_lost_when_it_fails(
+    redis_server: RedisServer,  # noqa: F811
+):
+    counters = await redis_counters(redis_server.url, "leadfail:")
+    admit_script = counters._admit
+    fail = True
+
+    async def failing(*, keys: list[str], args: list[object]) -> object:
+        if int(args[0]) > 1 and fail:  # type: ignore[call-overload]
+            raise RedisError("the batch is refused")
+        await asyncio.sleep(0.01)
+        return await admit_script(keys=keys, args=args)
+
+    counters._admit = failing  # type: ignore[assignment]
+    try:
+        results = await asyncio.gather(
+            *(admit(counters, [], [window(limit=10)], rid(), 1000) for _ in range(4)),
+            return_exceptions=True,
+        )
+        assert results[0].admitted  # type: ignore[union-attr]
+        assert all(isinstance(r, CountersUnavailable) for r in results[1:])
+        fail = False
+        assert (await admit(counters, [], [window(limit=10)], rid(), 1000)).admitted
+        assert not counters._admitting and not counters._admits
+    finally:
+        await counters.close()
+
+
 @pytest.mark.parametrize(
     "command",
     [

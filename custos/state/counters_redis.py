@@ -23,9 +23,12 @@ without waiting on the network), drops the pooled connections, and starts a prob
 every 100 ms; the first answer brings the counters back, with no restart. Commands are never
 retried by the client: a script that may have run must not run twice.
 
-Admissions that arrive in the same turn of the event loop go to Redis as one script call that
-admits them in turn (each as atomic as alone; one command to pack, one reply to parse), which
-under load is most of what a Redis call costs the gateway (commands are packed by hiredis, in C).
+A request sends its own admission at once while no other is in flight (one round trip, no
+extra turn of the event loop); admissions that arrive while one is in flight go to Redis
+together in the next script call, which admits them in turn (each as atomic as alone; one command
+to pack, one reply to parse), so under load a batch holds what arrived during one round trip,
+and the client's work per command, most of what a Redis call costs the gateway, is shared
+(commands are packed by hiredis, in C).
 Settlements are queued and sent in batches (one script call for up to 256) by a background task,
 so finishing a request never waits on Redis; a settlement that cannot be sent is reported to the
 sink with ``epoch=None`` and the ledger re-applies it once Redis is back. The task waits
@@ -421,7 +424,8 @@ class RedisCounters(Counters):
         self._tasks: list[asyncio.Task[None]] = []
         #: Admissions waiting for the next batch (see ``_batched_admit``).
         self._admits: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._admit_scheduled = False
+        #: An admission call is in flight (the next ones queue in ``_admits``).
+        self._admitting = False
         self._admit_batches: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -678,56 +682,80 @@ class RedisCounters(Counters):
     # -- admissions, batched ------------------------------------------------------------------
 
     async def _batched_admit(self, keys: list[str], args: list[Any]) -> Any:
-        """Run this request's admission in the next batch.
+        """Run this request's admission now, or in the next batch if one is under way.
 
-        Admissions that arrive in the same turn of the event loop go to Redis as one script
-        call, which admits them in turn, each exactly as it would alone (a script runs to
-        completion before any other command, so each admission is as atomic as before, and so
-        is the batch). One command to pack and send, one reply to read: the client's work per
-        command, not Redis's, is most of what a Redis call costs the gateway under load. A lone
-        request waits for nothing.
+        While no admission call is in flight the request sends its own at once, from its own
+        task: at a moderate rate a request costs one Redis round trip and no extra turn of the
+        event loop (handing it to a batching task took three: the hand-over, the task's start
+        and the wake-up with the reply). Admissions that arrive while a call is in flight wait
+        for it and then go as one script call, which admits them in turn, each exactly as it
+        would alone (a script runs to completion before any other command, so each admission
+        is as atomic as before, and so is the batch). Under load the batches grow to whatever
+        arrived during one round trip: one command to pack and send, one reply to read, which
+        is most of what a Redis call costs the gateway.
         """
         if time.monotonic() < self._down_until:
             raise CountersUnavailable(self._down_reason)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._admits.append((keys, args, future))
-        if not self._admit_scheduled:
-            self._admit_scheduled = True
-            loop.call_soon(self._send_admits)
-        return await future
+        if self._admitting:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._admits.append((keys, args, future))
+            return await future
+        self._admitting = True
+        try:
+            reply = (await self._admit_batch([(keys, args)]))[0]
+        finally:
+            self._next_admits()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
-    def _send_admits(self) -> None:
-        self._admit_scheduled = False
-        waiting, self._admits = self._admits, []
-        loop = asyncio.get_running_loop()
-        for start in range(0, len(waiting), _BATCH):
-            task = loop.create_task(self._run_admits(waiting[start : start + _BATCH]))
-            self._admit_batches.add(task)
-            task.add_done_callback(self._admit_batches.discard)
+    def _next_admits(self) -> None:
+        """After a call: send what queued meanwhile (in a task: the caller has its reply)."""
+        if not self._admits:
+            self._admitting = False
+            return
+        task = asyncio.get_running_loop().create_task(self._run_queued_admits())
+        self._admit_batches.add(task)
+        task.add_done_callback(self._admit_batches.discard)
 
-    async def _run_admits(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
-    ) -> None:
+    async def _run_queued_admits(self) -> None:
+        batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        try:
+            while self._admits:
+                batch, self._admits = self._admits[:_BATCH], self._admits[_BATCH:]
+                try:
+                    replies = await self._admit_batch([(k, a) for k, a, _ in batch])
+                except Exception as exc:  # every waiter gets what the call raised
+                    replies = [exc] * len(batch)
+                for (_, _, future), reply in zip(batch, replies, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                batch = []
+        finally:
+            self._admitting = False
+            left, self._admits = batch + self._admits, []
+            for _, _, future in left:  # only when cancelled: the counters are closing
+                if not future.done():
+                    future.set_exception(CountersUnavailable("the counters are closing"))
+
+    async def _admit_batch(self, batch: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One script call for ``batch``: each admission's reply, or the error for all."""
         keys: list[str] = []
         args: list[Any] = [len(batch)]
-        for k, a, _ in batch:
+        for k, a in batch:
             keys += k
             args.append(len(k))
             args.append(len(a))
             args += a
         try:
             # (a script Redis no longer knows did not run: redis-py loads it and sends it again)
-            replies = await self._command(self._admit(keys=keys, args=args))
+            return list(await self._command(self._admit(keys=keys, args=args)))
         except CountersUnavailable as exc:
-            replies = [CountersUnavailable(str(exc))] * len(batch)
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            return [CountersUnavailable(str(exc))] * len(batch)
 
     # -- talking to Redis --------------------------------------------------------------------
 
